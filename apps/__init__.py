@@ -1,0 +1,1 @@
+"""User-facing applications of prism-vlm (the Gradio app)."""

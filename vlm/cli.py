@@ -1,0 +1,93 @@
+"""The ``prism-vlm`` command line: each subcommand is a few lines over one library function."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def _cmd_convert(args: argparse.Namespace) -> int:
+    from encoder.convert import ConversionOptions, save_converted
+
+    options = ConversionOptions(max_text_length=args.max_text_length)
+    out = save_converted(args.checkpoint, args.out_dir, sentencepiece_model=args.tokenizer, options=options)
+    print(f"wrote {out}")
+    return 0
+
+
+def _cmd_features(args: argparse.Namespace) -> int:
+    from encoder.features import extract_features, list_videos
+    from encoder.loading import load_encoder
+
+    device = args.device or ("cuda" if _cuda_available() else "cpu")
+    model = load_encoder(args.model, device=device)
+    videos = list_videos(args.videos)
+    counts = extract_features(
+        model,
+        videos,
+        args.out,
+        num_frames=args.frames,
+        size=args.size,
+        batch_size=args.batch_size,
+        precision=args.precision,
+        storage_dtype=args.storage_dtype,
+        shard_size=args.shard_size,
+        num_workers=args.workers,
+        progress=not args.no_progress,
+    )
+    print(json.dumps(counts))
+    if counts["errors"]:
+        print(f"{counts['errors']} unreadable videos are listed in {args.out}/errors.jsonl", file=sys.stderr)
+    return 0
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="prism-vlm", description="VideoPrism video-language assistant")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    convert = sub.add_parser(
+        "convert", help="convert an official VideoPrism Flax .npz checkpoint to a transformers directory"
+    )
+    convert.add_argument("checkpoint", help="official .npz (e.g. flax_base_f16r288_repeated.npz)")
+    convert.add_argument("out_dir", help="output directory (config.json + model.safetensors)")
+    convert.add_argument(
+        "--tokenizer", default=None, help="SentencePiece model of a video-text checkpoint, saved as its tokenizer"
+    )
+    convert.add_argument("--max-text-length", type=int, default=64, help="text position table length (default 64)")
+    convert.set_defaults(func=_cmd_convert)
+
+    features = sub.add_parser("features", help="encode videos with a frozen VideoPrism and cache the tokens")
+    features.add_argument("--model", required=True, help="Hub id, transformers directory or official .npz")
+    features.add_argument("--videos", required=True, help="folder of videos, JSONL manifest or text list")
+    features.add_argument("--out", required=True, help="cache directory (resumed if it exists)")
+    features.add_argument("--frames", type=int, default=16)
+    features.add_argument("--size", type=int, default=288)
+    features.add_argument("--batch-size", type=int, default=8)
+    features.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    features.add_argument("--storage-dtype", choices=["fp32", "bf16", "fp16"], default="fp32")
+    features.add_argument("--shard-size", type=int, default=256, help="clips per safetensors shard")
+    features.add_argument("--workers", type=int, default=2, help="decoding worker processes")
+    features.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    features.add_argument("--no-progress", action="store_true")
+    features.set_defaults(func=_cmd_features)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (FileNotFoundError, ValueError) as error:
+        print(f"prism-vlm {args.command}: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

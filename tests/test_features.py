@@ -1,0 +1,166 @@
+"""Feature extraction and the on-disk cache: correctness, errors, resume, and resume after SIGKILL."""
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+import torch
+from transformers import VideoPrismVisionConfig, VideoPrismVisionModel
+
+from encoder.features import FeatureCache, encode_clips, extract_features, list_videos
+from encoder.loading import load_encoder
+from encoder.video import load_clip
+
+REPO = Path(__file__).resolve().parents[1]
+FRAMES, SIZE = 4, 36
+
+
+def write_clip(path: Path, seed: int, frames: int = 8, size: int = 40) -> Path:
+    """A small H.264 clip of random colour blocks."""
+    rng = np.random.default_rng(seed)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=8)
+        stream.width = stream.height = size
+        stream.pix_fmt = "yuv420p"
+        for _ in range(frames):
+            image = np.kron(rng.integers(0, 255, (4, 4, 3), dtype=np.uint8), np.ones((size // 4, size // 4, 1), np.uint8))
+            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_encoder_dir(tmp_path_factory):
+    torch.manual_seed(0)
+    config = VideoPrismVisionConfig(
+        hidden_size=32,
+        num_attention_heads=2,
+        intermediate_size=64,
+        num_spatial_layers=1,
+        num_temporal_layers=1,
+        image_size=SIZE,
+        num_frames=FRAMES,
+    )
+    path = tmp_path_factory.mktemp("tiny_encoder")
+    VideoPrismVisionModel(config).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def video_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("videos")
+    (root / "nested").mkdir()
+    for i in range(5):
+        write_clip((root / "nested" if i % 2 else root) / f"clip{i}.mp4", seed=i)
+    (root / "corrupt.mp4").write_bytes(b"\x00\x01 this is not a video" * 50)
+    (root / "notes.txt").write_text("not a video, not listed")
+    return root
+
+
+def test_cached_tokens_equal_direct_encoding(tmp_path, tiny_encoder_dir, video_dir):
+    model = load_encoder(tiny_encoder_dir)
+    videos = list_videos(video_dir)
+    assert len(videos) == 6 and not any(v.endswith(".txt") for v in videos)
+
+    counts = extract_features(
+        model, videos, tmp_path / "cache", num_frames=FRAMES, size=SIZE, batch_size=2, shard_size=3, num_workers=2, progress=False
+    )
+    assert counts == {"encoded": 5, "skipped": 0, "errors": 1}
+    cache = FeatureCache(tmp_path / "cache")
+    assert len(cache) == 5 and str(video_dir / "corrupt.mp4") in cache.errors
+    assert "corrupt.mp4" in cache.errors[str(video_dir / "corrupt.mp4")]
+    assert len(list((tmp_path / "cache").glob("shard-*.safetensors"))) == 2  # 3 + 2 rows
+    for video in cache.videos:
+        direct = encode_clips(model, load_clip(video, num_frames=FRAMES, size=SIZE)[None])[0]
+        assert cache.get(video).shape == (FRAMES * (SIZE // 18) ** 2, 32)
+        torch.testing.assert_close(cache.get(video), direct, atol=1e-6, rtol=0)
+
+    again = extract_features(model, videos, tmp_path / "cache", num_frames=FRAMES, size=SIZE, progress=False)
+    assert again == {"encoded": 0, "skipped": 6, "errors": 0}
+
+    with pytest.raises(ValueError, match="different settings"):
+        extract_features(model, videos, tmp_path / "cache", num_frames=FRAMES + 1, size=SIZE, progress=False)
+
+
+def test_manifest_input_and_missing_files(tmp_path, tiny_encoder_dir, video_dir):
+    manifest = tmp_path / "manifest.jsonl"
+    manifest.write_text(
+        json.dumps({"video": str(video_dir / "clip0.mp4"), "caption": "x"})
+        + "\n"
+        + json.dumps({"video": "missing.mp4"})
+        + "\n"
+    )
+    videos = list_videos(manifest)
+    assert videos == [str(video_dir / "clip0.mp4"), str(tmp_path / "missing.mp4")]
+    counts = extract_features(load_encoder(tiny_encoder_dir), videos, tmp_path / "cache", num_frames=FRAMES, size=SIZE, num_workers=0, progress=False)
+    assert counts == {"encoded": 1, "skipped": 0, "errors": 1}
+    assert "FileNotFoundError" in FeatureCache(tmp_path / "cache").errors[str(tmp_path / "missing.mp4")]
+    with pytest.raises(FileNotFoundError):
+        list_videos(tmp_path / "nope")
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"path": "x.mp4"}\n')
+    with pytest.raises(ValueError, match="'video' key"):
+        list_videos(bad)
+
+
+def test_resume_after_sigkill(tmp_path, tiny_encoder_dir, video_dir):
+    """A run killed with SIGKILL mid-way, then resumed, ends with every clip cached exactly once and
+    the same tokens as an uninterrupted run."""
+    script = textwrap.dedent(
+        f"""
+        import os, signal, sys
+        sys.path.insert(0, {str(REPO)!r})
+        from encoder.features import extract_features, list_videos
+        from encoder.loading import load_encoder
+        kill_after = int(sys.argv[1])
+        def on_batch(done):
+            if kill_after and done >= kill_after:
+                os.kill(os.getpid(), signal.SIGKILL)
+        extract_features(load_encoder({str(tiny_encoder_dir)!r}), list_videos({str(video_dir)!r}), sys.argv[2],
+                         num_frames={FRAMES}, size={SIZE}, batch_size=1, shard_size=2, num_workers=0,
+                         progress=False, on_batch=on_batch)
+        """
+    )
+    killed = subprocess.run([sys.executable, "-c", script, "3", str(tmp_path / "cache")], capture_output=True)
+    assert killed.returncode == -9, killed.stderr.decode()
+    partial = FeatureCache(tmp_path / "cache")
+    assert 0 < len(partial) < 5  # some clips were cached before the kill, not all
+
+    resumed = subprocess.run([sys.executable, "-c", script, "0", str(tmp_path / "cache")], capture_output=True)
+    assert resumed.returncode == 0, resumed.stderr.decode()
+    clean = subprocess.run([sys.executable, "-c", script, "0", str(tmp_path / "clean")], capture_output=True)
+    assert clean.returncode == 0, clean.stderr.decode()
+
+    index = [json.loads(line) for line in (tmp_path / "cache" / "index.jsonl").read_text().splitlines()]
+    assert sorted(row["video"] for row in index) == sorted(FeatureCache(tmp_path / "clean").videos)
+    assert len(index) == 5  # no clip twice
+    assert not list((tmp_path / "cache").glob("*.tmp"))
+    resumed_cache, clean_cache = FeatureCache(tmp_path / "cache"), FeatureCache(tmp_path / "clean")
+    for video in clean_cache.videos:
+        torch.testing.assert_close(resumed_cache.get(video), clean_cache.get(video), atol=0, rtol=0)
+
+
+def test_features_cli(tmp_path, tiny_encoder_dir, video_dir):
+    cmd = [sys.executable, "-m", "vlm.cli", "features", "--model", str(tiny_encoder_dir), "--videos", str(video_dir),
+           "--out", str(tmp_path / "cache"), "--frames", str(FRAMES), "--size", str(SIZE), "--workers", "0", "--no-progress"]
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == {"encoded": 5, "skipped": 0, "errors": 1}
+    assert "errors.jsonl" in done.stderr
+    missing = subprocess.run(cmd[:7] + [str(tmp_path / "none")] + cmd[8:], capture_output=True, text=True, cwd=REPO)
+    assert missing.returncode == 2 and "no such folder" in missing.stderr
+
+
+def test_encode_clips_checks_shapes(tiny_encoder_dir):
+    model = load_encoder(tiny_encoder_dir)
+    with pytest.raises(ValueError, match=r"\[B, T, H, W, 3\]"):
+        encode_clips(model, np.zeros((FRAMES, SIZE, SIZE, 3), np.float32))
+    with pytest.raises(ValueError, match="precision"):
+        encode_clips(model, np.zeros((1, FRAMES, SIZE, SIZE, 3), np.float32), precision="int8")

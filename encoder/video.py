@@ -1,0 +1,846 @@
+"""Decode videos, images and frame arrays into fixed-size clips for the video encoder.
+
+The public entry point is :func:`load_clip`, which turns a video file, an image file, a
+numpy array or a list of PIL images into a float32 clip ``[T, size, size, 3]`` with RGB
+values in ``[0, 1]``. :func:`decode_frames` is the lower-level, seek-based video reader.
+
+Sampling rule
+    ``num_frames`` times are taken uniformly over the clip (or the ``[start, end]``
+    window): the centres of ``num_frames`` equal segments (:func:`sample_times`). For
+    each time ``t`` the frame *displayed* at ``t`` is used, i.e. the last frame whose
+    presentation time (``pts * time_base``, so variable frame rate is handled) is
+    ``<= t``; a ``t`` before the first frame takes the first frame. A clip with fewer
+    frames than asked therefore repeats frames, each for the share of time it is shown.
+
+Seeking
+    A long file is never decoded whole. For each sampled time the reader seeks to the
+    keyframe at or before it and decodes forward to it; when no keyframe lies between
+    the current position and the next time (or, without a keyframe index, when the next
+    time is less than a couple of seconds ahead) it keeps decoding instead of seeking.
+    Windows holding only a few frames (``<= 4 * num_frames``) are decoded sequentially.
+    Only the frames that are kept are converted to RGB.
+
+Orientation
+    Rotation/flip metadata (the display matrix of mp4/mov/mkv/webm) is applied the way
+    the ``ffmpeg`` command line applies it, so frames come out upright as a player
+    shows them. Image files honour their EXIF orientation.
+
+Errors
+    A missing file raises ``FileNotFoundError``; a file from which no clip can be
+    decoded (not a video, no video stream, empty, random bytes, truncated with nothing
+    decodable) raises :class:`VideoDecodeError`; bad arguments raise ``ValueError``.
+    A partly decodable file (cut or damaged in the middle) yields frames from its
+    decodable part: sampled times that cannot be reached reuse the nearest decoded frame.
+"""
+
+from __future__ import annotations
+
+import bisect
+import logging
+import math
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Union
+
+import av
+import numpy as np
+from av.sidedata.sidedata import Type as _SideDataType
+from PIL import Image, ImageOps
+
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "MAX_NUM_FRAMES",
+    "MAX_SIZE",
+    "VideoDecodeError",
+    "center_crop",
+    "decode_frames",
+    "load_clip",
+    "resize_shorter_side",
+    "sample_times",
+]
+
+logger = logging.getLogger(__name__)
+logger.addHandler(logging.NullHandler())
+
+MAX_NUM_FRAMES = 4096
+"""Largest accepted ``num_frames``."""
+MAX_SIZE = 4096
+"""Largest accepted output ``size`` (pixels)."""
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
+"""File suffixes read as still images (with PIL); everything else is read as video."""
+
+# Decode sequentially (at most one initial seek) when the window holds at most this many
+# frames per sampled frame.
+_SEQUENTIAL_FRAMES_PER_SAMPLE = 4
+# Without a keyframe index, keep decoding forward when the next time is this close.
+_FORWARD_DECODE_SECONDS = 2.0
+# Guards so that damaged or adversarial files can never make the reader loop forever.
+_MAX_CONSECUTIVE_DECODE_ERRORS = 32
+_MIN_FRAME_BUDGET = 10_000
+_MAX_SEEK_RETRIES = 3
+_TIME_EPS = 1e-6
+_FORMAT_OPTIONS = {"protocol_whitelist": "file,crypto,data"}
+
+Source = Union[str, os.PathLike, np.ndarray, Image.Image, Sequence]
+
+
+class VideoDecodeError(RuntimeError):
+    """Raised when a file exists but no clip can be decoded from it.
+
+    Attributes:
+        path: the file that could not be decoded.
+        reason: why, in words (e.g. ``"no video stream"``).
+    """
+
+    def __init__(self, path: str | os.PathLike, reason: str):
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"cannot decode video '{self.path}': {reason}")
+
+
+# ----------------------------------------------------------------------------- public API
+
+
+def load_clip(
+    source: Source,
+    num_frames: int = 16,
+    size: int | None = 288,
+    start: float | None = None,
+    end: float | None = None,
+) -> np.ndarray:
+    """Load ``num_frames`` uniformly sampled frames as a square RGB clip.
+
+    Args:
+        source: one of
+            - a path (``str`` or ``os.PathLike``) to a video file (mp4, mov, webm, mkv,
+              avi, gif, ...) or to an image file (suffix in :data:`IMAGE_SUFFIXES`; the
+              image becomes a one-frame clip repeated ``num_frames`` times);
+            - a numpy array ``[T, H, W, 3]`` or ``[H, W, 3]``, uint8 in 0-255 or float in
+              ``[0, 1]``;
+            - a PIL image, or a list/tuple of PIL images and/or ``[H, W, 3]`` arrays.
+        num_frames: T, the number of frames returned (1 to :data:`MAX_NUM_FRAMES`).
+        size: output side length; each frame's shorter side is resized to ``size``
+            (bilinear, antialiased) and the centre ``size x size`` square is kept.
+            ``None`` keeps the native resolution (no resize, no crop; in-memory frames
+            of another size than the first are resized to the first one's size).
+        start: window start in seconds from the beginning of the video (videos only).
+        end: window end in seconds (videos only). An ``end`` past the end of the video is
+            clamped to the video's end; a ``start`` at or past the end is a ValueError.
+
+    Returns:
+        float32 array ``[T, size, size, 3]`` (``[T, H, W, 3]`` when ``size`` is None),
+        RGB, values in ``[0, 1]``, frames in time order.
+
+    Raises:
+        ValueError: bad arguments or a malformed array source.
+        FileNotFoundError: ``source`` is a path that does not exist.
+        VideoDecodeError: the file exists but no clip can be decoded from it.
+    """
+    num_frames = _check_num_frames(num_frames)
+    if size is not None:
+        size = _check_size(size)
+
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        if path.suffix.lower() in IMAGE_SUFFIXES:
+            _reject_window(start, end, "an image file")
+            frames = _repeat([_read_image(path)], num_frames)
+        else:
+            frames = decode_frames(path, num_frames, start=start, end=end)
+    else:
+        _reject_window(start, end, "in-memory frames")
+        frames = _repeat(_frames_from_memory(source), num_frames)
+
+    return _to_clip(frames, size)
+
+
+def decode_frames(
+    path: str | os.PathLike,
+    num_frames: int,
+    start: float | None = None,
+    end: float | None = None,
+) -> list[np.ndarray]:
+    """Decode the frames displayed at ``num_frames`` uniformly spaced times of a video.
+
+    Seek-based: see the module docstring for the sampling and seeking rules.
+
+    Args:
+        path: video file.
+        num_frames: number of frames to return (1 to :data:`MAX_NUM_FRAMES`).
+        start, end: optional window in seconds from the beginning of the video; ``end``
+            past the end of the video is clamped, ``start`` at or past it is an error.
+
+    Returns:
+        ``num_frames`` uint8 RGB arrays ``[H, W, 3]`` at native resolution, rotation
+        metadata applied (so ``H, W`` are the displayed height and width). A frame used
+        for several times appears as the same array object at each of them.
+
+    Raises:
+        ValueError: bad arguments.
+        FileNotFoundError: ``path`` does not exist.
+        VideoDecodeError: no frame can be decoded from the file.
+    """
+    frames, _ = _decode_frames_with_stats(path, num_frames, start, end)
+    return frames
+
+
+def sample_times(start: float, end: float, num_frames: int) -> np.ndarray:
+    """Times uniformly spread over ``[start, end]``: the centres of ``num_frames`` equal segments.
+
+    Returns:
+        float64 array ``[num_frames]``, ``start + (i + 0.5) * (end - start) / num_frames``.
+    """
+    num_frames = _check_num_frames(num_frames)
+    start, end = float(start), float(end)
+    if not (math.isfinite(start) and math.isfinite(end)) or end < start:
+        raise ValueError(f"need finite start <= end, got start={start}, end={end}")
+    return start + (np.arange(num_frames, dtype=np.float64) + 0.5) * ((end - start) / num_frames)
+
+
+def resize_shorter_side(frame: np.ndarray, size: int) -> np.ndarray:
+    """Resize so that the shorter side becomes ``size``, keeping the aspect ratio.
+
+    Bilinear, antialiased when shrinking (PIL). The longer side is rounded to the
+    nearest pixel.
+
+    Args:
+        frame: ``[H, W, 3]``, uint8 (0-255) or float (0-1).
+        size: target length of the shorter side.
+
+    Returns:
+        ``[h, w, 3]`` with ``min(h, w) == size``; uint8 in, uint8 out; float in, float32 out.
+    """
+    size = _check_size(size)
+    _check_frame_shape(frame, "frame")
+    height, width = frame.shape[:2]
+    scale = size / min(height, width)
+    new_h = size if height <= width else max(size, round(height * scale))
+    new_w = size if width < height else max(size, round(width * scale))
+    if (new_h, new_w) == (height, width):
+        return frame if frame.dtype == np.uint8 else frame.astype(np.float32, copy=False)
+    return _pil_resize(frame, new_w, new_h)
+
+
+def center_crop(frames: np.ndarray, size: int) -> np.ndarray:
+    """Keep the centre ``size x size`` square of every frame.
+
+    Args:
+        frames: ``[T, H, W, C]`` with ``H, W >= size``.
+        size: side of the square.
+
+    Returns:
+        ``[T, size, size, C]`` (a view of ``frames``).
+    """
+    size = _check_size(size)
+    if frames.ndim != 4:
+        raise ValueError(f"center_crop expects frames [T, H, W, C], got shape {frames.shape}")
+    height, width = frames.shape[1:3]
+    if height < size or width < size:
+        raise ValueError(f"cannot crop {size}x{size} from frames of {height}x{width}")
+    top = (height - size) // 2
+    left = (width - size) // 2
+    return frames[:, top : top + size, left : left + size]
+
+
+# ----------------------------------------------------------------------------- argument checks
+
+
+def _check_num_frames(num_frames: int) -> int:
+    if isinstance(num_frames, bool) or not isinstance(num_frames, (int, np.integer)):
+        raise ValueError(f"num_frames must be an int, got {num_frames!r}")
+    if not 1 <= num_frames <= MAX_NUM_FRAMES:
+        raise ValueError(f"num_frames must be in [1, {MAX_NUM_FRAMES}], got {num_frames}")
+    return int(num_frames)
+
+
+def _check_size(size: int) -> int:
+    if isinstance(size, bool) or not isinstance(size, (int, np.integer)):
+        raise ValueError(f"size must be an int or None, got {size!r}")
+    if not 1 <= size <= MAX_SIZE:
+        raise ValueError(f"size must be in [1, {MAX_SIZE}], got {size}")
+    return int(size)
+
+
+def _check_window(start: float | None, end: float | None) -> tuple[float | None, float | None]:
+    """Validate a user window (seconds from the clip start) before the clip length is known."""
+    for name, value in (("start", start), ("end", end)):
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+            raise ValueError(f"{name} must be a number of seconds, got {value!r}")
+        if not math.isfinite(value) or value < 0:
+            raise ValueError(f"{name} must be a finite, non-negative number of seconds, got {value}")
+    if start is not None and end is not None and not start < end:
+        raise ValueError(f"need start < end, got start={start}, end={end}")
+    return (None if start is None else float(start)), (None if end is None else float(end))
+
+
+def _reject_window(start: float | None, end: float | None, what: str) -> None:
+    if start is not None or end is not None:
+        raise ValueError(f"start/end windows apply to video files, not to {what}")
+
+
+def _check_frame_shape(frame: np.ndarray, what: str) -> None:
+    if not isinstance(frame, np.ndarray) or frame.ndim != 3 or frame.shape[2] != 3:
+        shape = getattr(frame, "shape", type(frame).__name__)
+        raise ValueError(f"{what} must be an array [H, W, 3], got {shape}")
+    if frame.shape[0] < 1 or frame.shape[1] < 1:
+        raise ValueError(f"{what} has an empty spatial size: {frame.shape}")
+
+
+# ----------------------------------------------------------------------------- in-memory sources
+
+
+def _frames_from_memory(source: object) -> list[np.ndarray]:
+    """Validate an in-memory source. -> list of ``[H, W, 3]`` frames, uint8 or float32."""
+    if isinstance(source, Image.Image):
+        return [_pil_to_array(source)]
+    if isinstance(source, np.ndarray):
+        if source.ndim == 3:
+            source = source[None]
+        if source.ndim != 4 or source.shape[-1] != 3:
+            raise ValueError(
+                f"frame array must have shape [T, H, W, 3] or [H, W, 3] (RGB), got {source.shape}"
+            )
+        if 0 in source.shape:
+            raise ValueError(f"frame array is empty: shape {source.shape}")
+        return list(_check_pixel_values(source, "frame array"))
+    if isinstance(source, (list, tuple)):
+        if not source:
+            raise ValueError("frame list is empty")
+        frames = []
+        for i, item in enumerate(source):
+            if isinstance(item, Image.Image):
+                frames.append(_pil_to_array(item))
+            elif isinstance(item, np.ndarray):
+                _check_frame_shape(item, f"frame {i}")
+                frames.append(_check_pixel_values(item, f"frame {i}"))
+            else:
+                raise ValueError(f"frame {i} must be a PIL image or a numpy array, got {type(item).__name__}")
+        return frames
+    raise ValueError(
+        "source must be a path, a numpy array [T, H, W, 3] / [H, W, 3], a PIL image or a list of "
+        f"PIL images / arrays; got {type(source).__name__}"
+    )
+
+
+def _check_pixel_values(array: np.ndarray, what: str) -> np.ndarray:
+    """uint8 passes through; float must be finite and in [0, 1] (-> float32); others are errors."""
+    if array.dtype == np.uint8:
+        return array
+    if np.issubdtype(array.dtype, np.floating):
+        if not np.isfinite(array).all():
+            raise ValueError(f"{what} contains NaN or infinite values")
+        low, high = float(array.min()), float(array.max())
+        if low < -1e-6 or high > 1 + 1e-6:
+            raise ValueError(f"float {what} must have values in [0, 1], got range [{low:.4g}, {high:.4g}]")
+        return np.clip(array, 0.0, 1.0).astype(np.float32, copy=False)
+    raise ValueError(f"{what} must be uint8 (0-255) or float (0-1), got dtype {array.dtype}")
+
+
+def _pil_to_array(image: Image.Image) -> np.ndarray:
+    """-> uint8 ``[H, W, 3]`` RGB."""
+    return np.asarray(image.convert("RGB"), dtype=np.uint8)
+
+
+def _read_image(path: Path) -> np.ndarray:
+    """Read an image file upright (EXIF orientation applied). -> uint8 ``[H, W, 3]``."""
+    if not path.exists():
+        raise FileNotFoundError(f"no such file: {str(path)!r}")
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return _pil_to_array(ImageOps.exif_transpose(image))
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise VideoDecodeError(path, f"not a readable image ({exc})") from exc
+
+
+def _repeat(frames: list[np.ndarray], num_frames: int) -> list[np.ndarray]:
+    """Pick ``num_frames`` of ``frames`` uniformly (frame shown at each segment centre)."""
+    count = len(frames)
+    indices = np.minimum(((np.arange(num_frames) + 0.5) * count / num_frames).astype(np.int64), count - 1)
+    return [frames[i] for i in indices]
+
+
+# ----------------------------------------------------------------------------- resize / clip assembly
+
+
+def _pil_resize(frame: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Bilinear (antialiased) resize of ``[H, W, 3]`` to ``[height, width, 3]``, keeping the dtype kind."""
+    if frame.dtype == np.uint8:
+        image = Image.fromarray(np.ascontiguousarray(frame))
+        return np.array(image.resize((width, height), Image.Resampling.BILINEAR))
+    channels = [
+        np.asarray(
+            Image.fromarray(np.ascontiguousarray(frame[..., c], dtype=np.float32)).resize(
+                (width, height), Image.Resampling.BILINEAR
+            )
+        )
+        for c in range(frame.shape[2])
+    ]
+    return np.clip(np.stack(channels, axis=-1), 0.0, 1.0)
+
+
+def _to_float(frame: np.ndarray) -> np.ndarray:
+    if frame.dtype == np.uint8:
+        return frame.astype(np.float32) * np.float32(1.0 / 255.0)
+    return frame.astype(np.float32, copy=False)
+
+
+def _to_clip(frames: list[np.ndarray], size: int | None) -> np.ndarray:
+    """``T`` frames ``[H_i, W_i, 3]`` -> float32 ``[T, size, size, 3]`` in [0, 1] (native size if None)."""
+    if size is None:
+        height, width = frames[0].shape[:2]
+        frames = [f if f.shape[:2] == (height, width) else _pil_resize(f, width, height) for f in frames]
+        return np.stack([_to_float(f) for f in frames])
+    resized: dict[int, np.ndarray] = {}  # repeated frames are resized once
+    out = np.empty((len(frames), size, size, 3), dtype=np.float32)
+    for i, frame in enumerate(frames):
+        key = id(frame)
+        if key not in resized:
+            resized[key] = _to_float(center_crop(resize_shorter_side(frame, size)[None], size)[0])
+        out[i] = resized[key]
+    return out
+
+
+# ----------------------------------------------------------------------------- video decoding
+
+
+@dataclass
+class _DecodeStats:
+    """What the reader did (for tests and benchmarks)."""
+
+    times: np.ndarray  # sampled times, seconds of stream time, [num_frames]
+    sequential: bool = False  # decoded forward from the first time (at most one seek)
+    seeks: int = 0
+    frames_decoded: int = 0
+    frames_converted: int = 0  # frames converted to RGB
+    damaged: bool = False  # met undecodable or truncated data
+    fallback: bool = False  # seeking gave nothing, so the file was re-read from its start
+
+
+class _KeyframeIndex:
+    """Keyframe lookup in the container's seek index.
+
+    Only containers whose index lists every keyframe are trusted: mp4/mov and avi
+    (complete sample index), matroska/webm (cues, once the first seek has read them).
+    Other demuxers (e.g. MPEG-TS) index only the places they happened to read.
+    ``stream.index_entries`` is read lazily (binary search), so a long file's index is
+    never copied into Python objects.
+    """
+
+    _MAX_WALK = 2000  # entries to walk back from a time to its keyframe
+
+    def __init__(self, stream: av.video.stream.VideoStream, trusted: bool):
+        self._entries = stream.index_entries if trusted else None
+        self._time_base = stream.time_base
+
+    def keyframe_before(self, time: float) -> float | None:
+        """Time of the last indexed keyframe at or before ``time``; None if unknown."""
+        entries = self._entries
+        try:
+            if entries is None or len(entries) < 2:
+                return None
+            stamp = math.floor(Fraction(time) / self._time_base)
+            if entries[len(entries) - 1].timestamp < stamp:
+                return None
+            index = bisect.bisect_right(entries, stamp, key=lambda entry: entry.timestamp) - 1
+            for i in range(index, max(index - self._MAX_WALK, -1), -1):
+                if entries[i].flags & 1:  # AVINDEX_KEYFRAME
+                    return float(entries[i].timestamp * self._time_base)
+        except (TypeError, IndexError, av.error.FFmpegError):
+            return None
+        return None
+
+
+@dataclass
+class _StreamInfo:
+    """Timing facts about the video stream, in seconds of stream time."""
+
+    start: float  # presentation time where the clip starts
+    duration: float
+    fps: float | None
+    can_seek: bool
+    indexed: bool  # the container's index lists every keyframe (see _KeyframeIndex)
+
+
+def _decode_frames_with_stats(
+    path: str | os.PathLike,
+    num_frames: int,
+    start: float | None = None,
+    end: float | None = None,
+) -> tuple[list[np.ndarray], _DecodeStats]:
+    """:func:`decode_frames` plus a record of how the frames were obtained."""
+    num_frames = _check_num_frames(num_frames)
+    start, end = _check_window(start, end)
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no such file: {str(path)!r}")
+    if not path.is_file():
+        raise VideoDecodeError(path, "not a regular file")
+    if path.stat().st_size == 0:
+        raise VideoDecodeError(path, "file is empty")
+
+    with _open(path) as container:
+        stream = _video_stream(container, path)
+        info = _stream_info(container, stream, path)
+        window = _resolve_window(info, start, end, path)
+        times = sample_times(*window, num_frames)
+        stats = _DecodeStats(times=times)
+        window_frames = (window[1] - window[0]) * info.fps if info.fps else math.inf
+        stats.sequential = not info.can_seek or window_frames <= _SEQUENTIAL_FRAMES_PER_SAMPLE * num_frames
+        # Frame threads pay off on long forward runs, but are refilled after every seek.
+        stream.thread_type = "AUTO" if stats.sequential else "SLICE"
+        frames = _read_at_times(container, stream, info, times, stats, path, reseek=not stats.sequential)
+
+    if frames is None and not stats.sequential:
+        # Seeking gave nothing (odd index, damaged file): one plain pass from the start.
+        stats.fallback = stats.sequential = True
+        with _open(path) as container:
+            stream = _video_stream(container, path)
+            stream.thread_type = "AUTO"
+            info.can_seek = False
+            frames = _read_at_times(container, stream, info, times, stats, path, reseek=False)
+    if frames is None:
+        raise VideoDecodeError(path, "no decodable video frames")
+    if stats.damaged:
+        logger.warning("%s is damaged or truncated; frames come from its decodable part", path)
+    return frames, stats
+
+
+def _open(path: Path) -> av.container.InputContainer:
+    try:
+        # Local files only: a playlist (m3u8, concat, ...) must not reach out to the network.
+        return av.open(str(path), mode="r", options=_FORMAT_OPTIONS)
+    except (av.error.FFmpegError, OSError, UnicodeDecodeError) as exc:
+        raise VideoDecodeError(path, _describe(exc)) from exc
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, av.error.FFmpegError) and exc.strerror:
+        return f"{exc.strerror} ({type(exc).__name__})"
+    return f"{exc} ({type(exc).__name__})"
+
+
+def _video_stream(container: av.container.InputContainer, path: Path) -> av.video.stream.VideoStream:
+    """The first video stream, a real video preferred over an attached picture (cover art)."""
+    streams = [s for s in container.streams.video if s.codec_context is not None]
+    if not streams:
+        raise VideoDecodeError(path, "no video stream (audio-only or not a video file)")
+    streams.sort(key=lambda s: bool(s.disposition & av.stream.Disposition.attached_pic))
+    return streams[0]
+
+
+def _stream_info(
+    container: av.container.InputContainer, stream: av.video.stream.VideoStream, path: Path
+) -> _StreamInfo:
+    time_base = stream.time_base or Fraction(1, av.time_base)
+    if stream.start_time is not None:
+        start = float(stream.start_time * time_base)
+    elif container.start_time is not None:
+        start = container.start_time / av.time_base
+    else:
+        start = 0.0
+
+    duration = None
+    if stream.duration:
+        duration = float(stream.duration * time_base)
+    elif container.duration:
+        container_start = container.start_time / av.time_base if container.start_time is not None else start
+        duration = container.duration / av.time_base - (start - container_start)
+
+    rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+    fps = float(rate) if rate and 0 < float(rate) < 1000 else None
+    if fps is None and duration and stream.frames:
+        fps = stream.frames / duration
+
+    if duration is None or not math.isfinite(duration) or duration <= 0:
+        start, duration = _scan_packet_times(path)
+
+    formats = set(container.format.name.split(","))
+    can_seek = not formats & {"gif", "image2", "image2pipe"}
+    indexed = bool(formats & {"mov", "mp4", "avi", "matroska", "webm"})
+    return _StreamInfo(start=start, duration=duration, fps=fps, can_seek=can_seek, indexed=indexed)
+
+
+def _scan_packet_times(path: Path) -> tuple[float, float]:
+    """Clip start and duration from packet timestamps (demuxing only, no decoding)."""
+    first = last = None
+    with _open(path) as container:
+        stream = _video_stream(container, path)
+        time_base = stream.time_base
+        try:
+            for packet in container.demux(stream):
+                stamp = packet.pts if packet.pts is not None else packet.dts
+                if stamp is None:
+                    continue
+                begin = float(stamp * time_base)
+                finish = begin + float((packet.duration or 0) * time_base)
+                first = begin if first is None else min(first, begin)
+                last = finish if last is None else max(last, finish)
+        except av.error.FFmpegError:
+            pass  # truncated: use what was readable
+    if first is None:
+        raise VideoDecodeError(path, "no timestamped video packets")
+    return first, max(last - first, 0.0)
+
+
+def _resolve_window(info: _StreamInfo, start: float | None, end: float | None, path: Path) -> tuple[float, float]:
+    """User window (seconds from the clip start) -> absolute stream times ``(t0, t1)``."""
+    begin = 0.0 if start is None else start
+    finish = info.duration if end is None else min(end, info.duration)
+    if begin > 0 and begin >= info.duration:
+        raise ValueError(f"start={begin}s is at or past the end of {str(path)!r} ({info.duration:.3f}s long)")
+    return info.start + begin, info.start + max(finish, begin)
+
+
+class _FrameCursor:
+    """Walks the decoded frames of one stream in presentation order; can seek.
+
+    Tolerates damaged data: undecodable packets are skipped (up to a limit of
+    consecutive failures), a demuxing error ends the stream like an end of file, and at
+    most ``budget`` frames are decoded in all.
+    """
+
+    _END = object()
+
+    def __init__(self, container, stream, info: _StreamInfo, stats: _DecodeStats, budget: int):
+        self._container = container
+        self._stream = stream
+        self._info = info
+        self._stats = stats
+        self._budget = budget
+        self._step = 1.0 / info.fps if info.fps else 0.04
+        self._reset()
+
+    def _reset(self) -> None:
+        self._frames = self._decoded_frames()
+        self._shown = None  # (time, frame): the frame on screen at the last asked time
+        self._ahead = None  # (time, frame) or _END: the next frame, not yet consumed
+        self._last_time = None
+
+    @property
+    def position(self) -> float:
+        """Time of the next frame to be consumed (or of the last one, at the end)."""
+        if self._ahead is not None and self._ahead is not self._END:
+            return self._ahead[0]
+        if self._shown is not None:
+            return self._shown[0]
+        return self._info.start
+
+    def seek(self, time: float) -> bool:
+        """Seek to the keyframe at or before ``time``. -> False if the container refused."""
+        offset = math.floor(Fraction(max(time, self._info.start)) / self._stream.time_base)
+        try:
+            self._container.seek(offset, stream=self._stream, backward=True, any_frame=False)
+        except (av.error.FFmpegError, OverflowError) as exc:
+            logger.debug("seek to %.3fs failed: %s", time, exc)
+            return False
+        self._stats.seeks += 1
+        self._reset()
+        return True
+
+    def frame_at(self, time: float) -> av.VideoFrame | None:
+        """The frame displayed at ``time`` (the last with time <= ``time``); the first frame
+        after ``time`` if none precedes it; None if nothing can be decoded."""
+        while self._ahead is None or (self._ahead is not self._END and self._ahead[0] <= time + _TIME_EPS):
+            if self._ahead is not None:
+                self._shown = self._ahead
+            self._ahead = next(self._frames, self._END)
+        if self._shown is not None:
+            return self._shown[1]
+        return None if self._ahead is self._END else self._ahead[1]
+
+    def first_time(self) -> float | None:
+        """Time of the first frame decodable from the current position (None at the end)."""
+        if self._ahead is None:
+            self._ahead = next(self._frames, self._END)
+        if self._shown is not None:
+            return self._shown[0]
+        return None if self._ahead is self._END else self._ahead[0]
+
+    def _decoded_frames(self) -> Iterator[tuple[float, av.VideoFrame]]:
+        """Yield ``(time, frame)`` from the current position on, tolerating damage."""
+        packets = self._container.demux(self._stream)
+        failures = 0
+        while True:
+            try:
+                packet = next(packets)
+            except StopIteration:
+                return
+            except av.error.FFmpegError:  # truncated or unreadable: end of stream
+                self._stats.damaged = True
+                yield from self._timed(self._flush())
+                return
+            try:
+                frames = packet.decode()
+            except av.error.FFmpegError:
+                self._stats.damaged = True
+                failures += 1
+                if failures > _MAX_CONSECUTIVE_DECODE_ERRORS:
+                    return
+                continue
+            failures = 0
+            yield from self._timed(frames)
+
+    def _flush(self) -> list[av.VideoFrame]:
+        try:
+            return self._stream.codec_context.decode(None)
+        except av.error.FFmpegError:
+            return []
+
+    def _timed(self, frames: list[av.VideoFrame]) -> Iterator[tuple[float, av.VideoFrame]]:
+        for frame in frames:
+            self._stats.frames_decoded += 1
+            self._budget -= 1
+            if self._budget < 0:
+                self._stats.damaged = True
+                return
+            time = frame.time
+            if time is None:  # no timestamp: assume the nominal frame step
+                time = self._info.start if self._last_time is None else self._last_time + self._step
+            self._last_time = time
+            yield time, frame
+
+
+def _read_at_times(
+    container: av.container.InputContainer,
+    stream: av.video.stream.VideoStream,
+    info: _StreamInfo,
+    times: np.ndarray,
+    stats: _DecodeStats,
+    path: Path,
+    *,
+    reseek: bool,
+) -> list[np.ndarray] | None:
+    """RGB frames displayed at each of ``times`` (ascending). -> uint8 ``[H, W, 3]`` list, or None.
+
+    ``reseek``: seek again between times whenever that skips decoding; otherwise decode
+    forward from the first time (reached with at most one seek).
+    """
+    budget = max(_MIN_FRAME_BUDGET, 2 * int(info.duration * info.fps if info.fps else 0))
+    cursor = _FrameCursor(container, stream, info, stats, budget)
+    keyframes = _KeyframeIndex(stream, trusted=info.indexed)
+    can_seek = info.can_seek
+    out: list[np.ndarray | None] = [None] * len(times)
+    last_frame = last_array = None
+    for i, time in enumerate(times):
+        if can_seek and (reseek or i == 0) and _worth_seeking(cursor.position, time, keyframes):
+            can_seek = _seek_before(cursor, time, info)
+        frame = cursor.frame_at(time)
+        if frame is None:
+            continue
+        if frame is not last_frame:
+            last_frame, last_array = frame, _upright_rgb(frame, path)
+            stats.frames_converted += 1
+        out[i] = last_array
+    return _fill_gaps(out)
+
+
+def _worth_seeking(position: float, target: float, keyframes: _KeyframeIndex) -> bool:
+    """Seek iff it skips decoding: a keyframe lies after ``position`` and at or before ``target``.
+
+    Without an index: iff ``target`` is more than a couple of seconds ahead.
+    """
+    if target <= position + _TIME_EPS:
+        return False
+    keyframe = keyframes.keyframe_before(target)
+    if keyframe is not None:
+        return keyframe > position + _TIME_EPS
+    return target - position > _FORWARD_DECODE_SECONDS
+
+
+def _seek_before(cursor: _FrameCursor, time: float, info: _StreamInfo) -> bool:
+    """Seek so that decoding resumes at or before ``time``. -> False if the container cannot seek.
+
+    Demuxers seek by decode timestamps or by an inexact index (e.g. MPEG-TS) and may
+    land after ``time``, or at the end of the stream; then the seek is retried from
+    further back (a few times, doubling the distance).
+    """
+    target, margin = time, 1.0
+    for _ in range(_MAX_SEEK_RETRIES + 1):
+        if not cursor.seek(target):
+            return False
+        first = cursor.first_time()
+        if (first is not None and first <= time + _TIME_EPS) or target <= info.start:
+            break
+        target, margin = max(info.start, time - margin), margin * 2
+    return True
+
+
+def _fill_gaps(frames: list[np.ndarray | None]) -> list[np.ndarray] | None:
+    """Times with no decodable frame take the nearest earlier one (else the nearest later)."""
+    if all(f is None for f in frames):
+        return None
+    filled: list[np.ndarray] = []
+    previous = next(f for f in frames if f is not None)
+    for frame in frames:
+        previous = previous if frame is None else frame
+        filled.append(previous)
+    return filled
+
+
+# ----------------------------------------------------------------------------- colour and orientation
+
+
+def _upright_rgb(frame: av.VideoFrame, path: Path) -> np.ndarray:
+    """Decoded frame -> uint8 RGB ``[H, W, 3]`` as displayed (display matrix applied)."""
+    try:
+        array = frame.to_ndarray(format="rgb24")
+    except (av.error.FFmpegError, ValueError) as exc:
+        raise VideoDecodeError(path, f"cannot convert {frame.format.name} frames to RGB ({exc})") from exc
+    return np.ascontiguousarray(_apply_display_matrix(array, _display_matrix(frame)))
+
+
+def _display_matrix(frame: av.VideoFrame) -> np.ndarray | None:
+    """The frame's 3x3 display matrix as 9 int32 (FFmpeg layout), or None."""
+    try:
+        side_data = frame.side_data.get(_SideDataType.DISPLAYMATRIX)
+    except (AttributeError, KeyError, ValueError):
+        side_data = None
+    if side_data is not None:
+        raw = bytes(side_data)
+        if len(raw) >= 36:
+            return np.frombuffer(raw[:36], dtype=np.int32)
+    rotation = getattr(frame, "rotation", 0) or 0
+    if rotation:
+        # Pure counter-clockwise rotation, as av_display_rotation_set(-rotation) would write.
+        radians = math.radians(rotation)
+        c, s = round(math.cos(radians)), round(math.sin(radians))
+        return np.array([c * 65536, -s * 65536, 0, s * 65536, c * 65536, 0, 0, 0, 1 << 30], dtype=np.int32)
+    return None
+
+
+def _apply_display_matrix(array: np.ndarray, matrix: np.ndarray | None) -> np.ndarray:
+    """Rotate/flip ``[H, W, C]`` for display, following the ffmpeg CLI's autorotate rules.
+
+    Only multiples of 90 degrees (with optional mirroring) are applied; other angles are
+    left as decoded.
+    """
+    if matrix is None:
+        return array
+    m = matrix.astype(np.float64)
+    scale0, scale1 = math.hypot(m[0], m[3]), math.hypot(m[1], m[4])
+    if scale0 == 0 or scale1 == 0:
+        return array
+    # av_display_rotation_get: counter-clockwise angle; ffmpeg rotates the frame by its negative.
+    theta = math.degrees(math.atan2(m[1] / scale1, m[0] / scale0))
+    theta -= 360 * math.floor(theta / 360 + 0.9 / 360)
+    if abs(theta - 90) < 1:
+        # "cclock_flip" (transpose) if mirrored, else "clock".
+        return array.transpose(1, 0, 2) if m[3] > 0 else np.rot90(array, k=-1)
+    if abs(theta - 180) < 1:
+        if m[0] < 0:
+            array = array[:, ::-1]
+        if m[4] < 0:
+            array = array[::-1]
+        return array
+    if abs(theta - 270) < 1:
+        # "clock_flip" (anti-transpose) if mirrored, else "cclock".
+        return np.rot90(array, k=-1)[::-1] if m[3] < 0 else np.rot90(array, k=1)
+    if abs(theta) < 1 and m[4] < 0:
+        return array[::-1]
+    return array

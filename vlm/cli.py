@@ -42,6 +42,45 @@ def _cmd_features(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_caption(args: argparse.Namespace) -> int:
+    from vlm.model import load_model
+
+    model = load_model(args.model, device=args.device or ("cuda" if _cuda_available() else "cpu"))
+    captions = model.caption_videos(
+        args.videos, num_frames=args.frames, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
+        progress=len(args.videos) > args.batch_size,
+    )
+    if args.json:
+        print(json.dumps([{"video": v, "caption": c} for v, c in zip(args.videos, captions)], indent=2))
+    else:
+        for video, caption in zip(args.videos, captions):
+            print(f"{video}\t{caption}")
+    return 0
+
+
+def _cmd_ask(args: argparse.Namespace) -> int:
+    from vlm.model import load_model
+    from vlm.prompts import load_shots
+    from vlm.scoring import read_candidates
+
+    candidates = read_candidates(args.candidates, args.candidates_file)
+    shots = load_shots(args.shots) if args.shots else ()
+    model = load_model(args.model, device=args.device or ("cuda" if _cuda_available() else "cpu"))
+    result = model.ask_video(
+        args.video, args.question, candidates=candidates, shots=shots,
+        num_frames=args.frames, max_new_tokens=args.max_new_tokens,
+    )
+    if candidates is None:
+        print(json.dumps({"video": args.video, "question": args.question, "answer": result}) if args.json else result)
+    elif args.json:
+        ranked = [scored.to_dict() for scored in result]
+        print(json.dumps({"video": args.video, "question": args.question, "answer": result[0].answer, "candidates": ranked}, indent=2))
+    else:
+        for scored in result:
+            print(f"{scored.answer}\t{scored.probability:.4f}\t{scored.log_likelihood:.4f}")
+    return 0
+
+
 def _cuda_available() -> bool:
     import torch
 
@@ -77,7 +116,31 @@ def build_parser() -> argparse.ArgumentParser:
     features.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     features.add_argument("--no-progress", action="store_true")
     features.set_defaults(func=_cmd_features)
+
+    caption = sub.add_parser("caption", help="caption videos with a prism-vlm glue model")
+    caption.add_argument("videos", nargs="+", help="video files")
+    _add_vlm_options(caption)
+    caption.add_argument("--batch-size", type=int, default=8, help="videos captioned together (default 8)")
+    caption.set_defaults(func=_cmd_caption)
+
+    ask = sub.add_parser("ask", help="answer a question about a video (open, or ranked over candidates)")
+    ask.add_argument("video", help="video file")
+    ask.add_argument("question")
+    candidates = ask.add_mutually_exclusive_group()
+    candidates.add_argument("--candidates", default=None, help="comma-separated candidate answers (closed vocabulary)")
+    candidates.add_argument("--candidates-file", default=None, help="candidate answers, one per line")
+    ask.add_argument("--shots", default=None, help="few-shot examples: JSON list or JSONL of {question, answer}")
+    _add_vlm_options(ask)
+    ask.set_defaults(func=_cmd_ask)
     return parser
+
+
+def _add_vlm_options(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--model", default=None, help="saved glue model directory (default: the installed demo model)")
+    command.add_argument("--frames", type=int, default=None, help="frames sampled per video (default: the model's)")
+    command.add_argument("--max-new-tokens", type=int, default=32)
+    command.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    command.add_argument("--json", action="store_true", help="machine-readable output")
 
 
 def main(argv: list[str] | None = None) -> int:

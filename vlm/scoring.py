@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 from transformers import DynamicCache, PreTrainedTokenizerBase
 
-from vlm.generation import llm_step
+from vlm.generation import accepts_logits_to_keep, llm_step
 from vlm.prompts import answer_continuation, text_ids
 
 
@@ -170,20 +170,21 @@ def naive_candidate_log_likelihoods(
     :func:`candidate_log_likelihoods`; float32 [K]."""
     embedding = llm.get_input_embeddings()
     device = prefix_embeds.device
-    prefix_length = prefix_embeds.shape[1]
     totals = []
     for tokens in candidate_ids:
         token_tensor = torch.tensor(tokens, device=device)
         embeds = torch.cat([prefix_embeds, embedding(token_tensor)[None].to(prefix_embeds.dtype)], dim=1)
         length = embeds.shape[1]
+        # only positions P-1 .. P+C-1 need logits (the last C+1); P-1 .. P+C-2 predict the candidate
+        kwargs = {"logits_to_keep": len(tokens) + 1} if accepts_logits_to_keep(llm) else {}
         logits = llm(
             inputs_embeds=embeds,
             attention_mask=torch.ones(1, length, dtype=torch.long, device=device),
             position_ids=torch.arange(length, device=device)[None],
             use_cache=False,
-        ).logits[0]
-        # logits at positions P-1 .. P+C-2 predict the candidate's tokens
-        log_probs = torch.log_softmax(logits[prefix_length - 1 : length - 1].float(), dim=-1)
+            **kwargs,
+        ).logits[0, -(len(tokens) + 1) :]
+        log_probs = torch.log_softmax(logits[:-1].float(), dim=-1)
         totals.append(log_probs.gather(-1, token_tensor[:, None]).sum())
     return torch.stack(totals)
 

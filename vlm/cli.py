@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
+
+# Modules that add their own subcommands: each defines ``add_subcommand(subparsers)`` and imports
+# nothing heavy at module level (torch, transformers ... are imported inside the command function).
+SUBCOMMAND_MODULES: tuple[str, ...] = (
+)
 
 
 def _cmd_convert(args: argparse.Namespace) -> int:
@@ -132,6 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("--shots", default=None, help="few-shot examples: JSON list or JSONL of {question, answer}")
     _add_vlm_options(ask)
     ask.set_defaults(func=_cmd_ask)
+
+    for module_name in SUBCOMMAND_MODULES:
+        importlib.import_module(module_name).add_subcommand(sub)
     return parser
 
 

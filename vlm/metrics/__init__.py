@@ -1,0 +1,35 @@
+"""Caption metrics shipped as Hugging Face ``evaluate`` modules, loaded by path (offline).
+
+Each metric is one module file in this folder, a subclass of ``evaluate.Metric`` that
+``evaluate.load(path)`` accepts; the computation itself is a plain function in the same file:
+
+| name | module | computes |
+| --- | --- | --- |
+| ``cider_d`` | ``cider_d.py`` | CIDEr-D as the COCO caption toolkit's ``Cider`` |
+| ``bleu4`` | ``bleu4.py`` | BLEU-1..4 as the COCO toolkit's ``Bleu`` (corpus level, closest reference length) |
+| ``rouge_l`` | ``rouge_l.py`` | ROUGE-L as the COCO toolkit's ``Rouge`` (beta 1.2, best reference) |
+
+All three tokenise captions with :func:`vlm.metrics.ptb_tokenizer.ptb_tokenize` (the toolkit's
+PTB tokenisation without Java) unless ``tokenize=False``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+METRICS_DIR = Path(__file__).resolve().parent
+CAPTION_METRICS = ("cider_d", "bleu4", "rouge_l")
+
+
+def metric_path(name: str) -> Path:
+    """Path of the ``evaluate`` module file of a caption metric (one of :data:`CAPTION_METRICS`)."""
+    if name not in CAPTION_METRICS:
+        raise ValueError(f"unknown caption metric {name!r}; choose from {CAPTION_METRICS}")
+    return METRICS_DIR / f"{name}.py"
+
+
+def load_metric(name: str):
+    """``evaluate.load`` of a caption metric by its file path (no network access)."""
+    import evaluate
+
+    return evaluate.load(str(metric_path(name)))

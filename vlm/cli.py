@@ -49,6 +49,10 @@ def _cmd_features(args: argparse.Namespace) -> int:
 
 
 def _cmd_caption(args: argparse.Namespace) -> int:
+    if args.out is not None or args.video_source is not None or args.features is not None:
+        return _cmd_caption_to_file(args)
+    if not args.videos:
+        raise ValueError("give video files, or --videos DIR|MANIFEST|DATASET (or --features CACHE) with --out FILE")
     from vlm.model import load_model
 
     model = load_model(args.model, device=args.device or ("cuda" if _cuda_available() else "cpu"))
@@ -61,6 +65,43 @@ def _cmd_caption(args: argparse.Namespace) -> int:
     else:
         for video, caption in zip(args.videos, captions):
             print(f"{video}\t{caption}")
+    return 0
+
+
+def _cmd_caption_to_file(args: argparse.Namespace) -> int:
+    """Resumable, sharded captioning of a folder / manifest / dataset / feature cache into --out."""
+    from accelerate import PartialState
+
+    from encoder.features import FeatureCache
+    from vlm.batch_caption import caption_clips, clips_from_feature_cache, errors_path_for, list_clips
+    from vlm.model import load_model
+
+    if args.out is None:
+        raise ValueError("--videos and --features write JSONL: give --out FILE")
+    if args.videos and args.video_source is not None:
+        raise ValueError("give video files or --videos, not both")
+    features = FeatureCache(args.features) if args.features is not None else None
+    if args.video_source is not None:
+        clips = list_clips(args.video_source, video_column=args.video_column, id_column=args.id_column, split=args.split)
+    elif args.videos:
+        clips = list_clips(args.videos)
+    elif features is not None:
+        clips = clips_from_feature_cache(features)
+    else:
+        raise ValueError("nothing to caption: give --videos or --features")
+    # Under `accelerate launch` (or torchrun) each process takes a shard; without CUDA they use gloo.
+    state = PartialState(cpu=(args.device or "").startswith("cpu") or not _cuda_available())
+    model = load_model(args.model, device=args.device or state.device, load_video_encoder=features is None)
+    errors_path = args.errors or errors_path_for(args.out)
+    counts = caption_clips(
+        model, clips, args.out, errors_path=errors_path, batch_size=args.batch_size,
+        max_new_tokens=args.max_new_tokens, num_frames=args.frames, features=features,
+        num_workers=args.workers, progress=not args.no_progress, state=state,
+    )
+    if state.is_main_process:
+        print(json.dumps({"output": str(args.out), **counts}))
+        if counts["errors"]:
+            print(f"{counts['errors']} unreadable clips are listed in {errors_path}", file=sys.stderr)
     return 0
 
 
@@ -123,8 +164,23 @@ def build_parser() -> argparse.ArgumentParser:
     features.add_argument("--no-progress", action="store_true")
     features.set_defaults(func=_cmd_features)
 
-    caption = sub.add_parser("caption", help="caption videos with a prism-vlm glue model")
-    caption.add_argument("videos", nargs="+", help="video files")
+    caption = sub.add_parser(
+        "caption",
+        help="caption videos with a prism-vlm glue model (files to stdout, or a folder/dataset to resumable JSONL)",
+    )
+    caption.add_argument("videos", nargs="*", help="video files (captions printed unless --out is given)")
+    caption.add_argument(
+        "--videos", dest="video_source", default=None,
+        help="folder, JSONL manifest, text list, saved Hugging Face dataset directory or hf:NAME",
+    )
+    caption.add_argument("--out", default=None, help="JSONL output, one line per clip, resumed if it exists")
+    caption.add_argument("--errors", default=None, help="unreadable clips (default: OUT with .errors.jsonl)")
+    caption.add_argument("--features", default=None, help="feature cache directory: caption cached tokens, no decoding")
+    caption.add_argument("--video-column", default="video", help="dataset column holding the videos (default video)")
+    caption.add_argument("--id-column", default=None, help="dataset column holding clip ids (default video_id or id)")
+    caption.add_argument("--split", default=None, help="dataset split (default: the only one; test for hf:NAME)")
+    caption.add_argument("--workers", type=int, default=2, help="decoding worker processes (default 2)")
+    caption.add_argument("--no-progress", action="store_true")
     _add_vlm_options(caption)
     caption.add_argument("--batch-size", type=int, default=8, help="videos captioned together (default 8)")
     caption.set_defaults(func=_cmd_caption)

@@ -10,6 +10,7 @@ import sys
 # Modules that add their own subcommands: each defines ``add_subcommand(subparsers)`` and imports
 # nothing heavy at module level (torch, transformers ... are imported inside the command function).
 SUBCOMMAND_MODULES: tuple[str, ...] = (
+    "vlm.eval_commands",
 )
 
 

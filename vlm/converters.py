@@ -1,0 +1,298 @@
+"""Converters from public annotation formats to prism-vlm's JSONL manifests.
+
+``convert_annotations(FORMAT, SRC, OUT)`` reads a dataset folder in the layout its release uses
+(below) and writes, per split found:
+
+* QA formats: ``OUT/{split}.jsonl`` with ``{"video", "question", "answer", "type",
+  "question_id"}`` (plus ``"answers"`` where a dataset has extra accepted answers), the input of
+  ``prism-vlm eval-qa``; and ``OUT/{split}_videos.jsonl`` listing the split's videos once;
+* caption formats: ``OUT/{split}_videos.jsonl`` with ``{"video", "id"}`` (plus ``"start"``,
+  ``"end"`` for clips cut from longer videos), the input of ``prism-vlm caption --videos``; and
+  ``OUT/{split}_refs.jsonl`` with ``{"video": id, "captions": [...]}``, the references of
+  ``prism-vlm eval-caption``.
+
+Video paths are written relative to OUT (so OUT can move with the data). Annotation files are
+required; videos need not be downloaded yet (a missing video shows up later, as an unreadable clip).
+
+Expected layouts (SRC/...):
+
+| format | annotations | videos |
+| --- | --- | --- |
+| ``msrvtt-qa`` | ``{train,val,test}_qa.json`` (Xu et al. 2017 release) | ``video/video{N}.mp4`` |
+| ``msvd-qa`` | ``{train,val,test}_qa.json`` | ``video/vid{N}.avi``, or ``YouTubeClips/{name}.avi`` named by ``youtube_mapping.txt`` |
+| ``nextqa`` | ``{train,val,test}.csv`` (open-ended, NExT-OE), ``map_vid_vidorID.json``, optional ``add_reference_answer_{val,test}.json`` | ``NExTVideo/{dir}/{id}.mp4`` as mapped |
+| ``msrvtt`` | ``train_val_videodatainfo.json``, ``test_videodatainfo.json`` (MSR-VTT 2016) | ``TrainValVideo/video{N}.mp4``, ``TestVideo/video{N}.mp4`` (or all in ``videos/all/``) |
+| ``vatex`` | ``vatex_training_v1.0.json``, ``vatex_validation_v1.0.json``, ``vatex_public_test_english_v1.1.json`` | ``videos/{videoID}.mp4`` (the 10 s clips) |
+| ``youcook2`` | ``youcookii_annotations_trainval.json`` | ``raw_videos/{training,validation}/{recipe}/{youtube_id}.{mp4,mkv,webm}``; one clip per annotated segment |
+
+Question types: MSRVTT-QA and MSVD-QA get the question's wh-word (what/who/how/when/where, the
+breakdown those papers report); NExT-QA keeps its codes (CW, CH, TN, TC, DL, DB, DC, DO; TP is
+merged into TN as its official evaluation does).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+QA_SPLITS = ("train", "val", "test")
+
+
+class AnnotationFormatError(ValueError):
+    """Annotation files that are missing or not in the expected format (names the file)."""
+
+
+def _load_json(path: Path):
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise AnnotationFormatError(f"{path}: not valid JSON ({error.msg} at line {error.lineno})") from None
+
+
+def _relative(video: Path, out: Path) -> str:
+    return Path(os.path.relpath(video.resolve(), out.resolve())).as_posix()
+
+
+def _write_jsonl(path: Path, rows: Iterable[dict]) -> int:
+    rows = list(rows)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(path.name + ".tmp")
+    with open(temporary, "w", encoding="utf-8") as handle:
+        handle.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+    os.replace(temporary, path)
+    return len(rows)
+
+
+def _require(path: Path, what: str) -> dict | list:
+    if not path.is_file():
+        raise AnnotationFormatError(f"{what} not found: {path}")
+    return _load_json(path)
+
+
+def _field(row: dict, key: str, path: Path, index: int):
+    if not isinstance(row, dict) or key not in row:
+        raise AnnotationFormatError(f"{path}: entry {index} has no '{key}' field")
+    return row[key]
+
+
+def _write_qa_split(out: Path, split: str, rows: list[dict]) -> dict[str, int]:
+    videos = list(dict.fromkeys(row["video"] for row in rows))
+    return {
+        str(out / f"{split}.jsonl"): _write_jsonl(out / f"{split}.jsonl", rows),
+        str(out / f"{split}_videos.jsonl"): _write_jsonl(out / f"{split}_videos.jsonl", ({"video": v} for v in videos)),
+    }
+
+
+def _convert_xu_qa(src: Path, out: Path, video_of: Callable[[int], Path]) -> dict[str, int]:
+    """MSRVTT-QA / MSVD-QA: lists of {"answer", "id", "question", "video_id"} per split."""
+    from vlm.evaluation import question_type_of
+
+    written: dict[str, int] = {}
+    for split in QA_SPLITS:
+        path = src / f"{split}_qa.json"
+        if not path.is_file():
+            continue
+        entries = _load_json(path)
+        if not isinstance(entries, list):
+            raise AnnotationFormatError(f"{path}: expected a JSON list of QA entries")
+        rows = []
+        for index, entry in enumerate(entries):
+            question = str(_field(entry, "question", path, index))
+            rows.append(
+                {
+                    "video": _relative(video_of(int(_field(entry, "video_id", path, index))), out),
+                    "question": question,
+                    "answer": str(_field(entry, "answer", path, index)),
+                    "type": question_type_of(question),
+                    "question_id": str(entry.get("id", index)),
+                }
+            )
+        written.update(_write_qa_split(out, split, rows))
+    if not written:
+        raise AnnotationFormatError(f"no {', '.join(f'{s}_qa.json' for s in QA_SPLITS)} in {src}")
+    return written
+
+
+def convert_msrvtt_qa(src: Path, out: Path) -> dict[str, int]:
+    return _convert_xu_qa(src, out, lambda number: src / "video" / f"video{number}.mp4")
+
+
+def convert_msvd_qa(src: Path, out: Path) -> dict[str, int]:
+    mapping_file = src / "youtube_mapping.txt"
+    if not (src / "video").is_dir() and mapping_file.is_file() and (src / "YouTubeClips").is_dir():
+        names = {}
+        for line_number, line in enumerate(mapping_file.read_text(encoding="utf-8").splitlines(), 1):
+            if not line.strip():
+                continue
+            parts = line.split()
+            if len(parts) != 2 or not parts[1].startswith("vid"):
+                raise AnnotationFormatError(f"{mapping_file}:{line_number}: expected 'youtube_name vidN'")
+            names[int(parts[1][3:])] = parts[0]
+        return _convert_xu_qa(src, out, lambda number: src / "YouTubeClips" / f"{names[number]}.avi")
+    return _convert_xu_qa(src, out, lambda number: src / "video" / f"vid{number}.avi")
+
+
+def convert_nextqa(src: Path, out: Path) -> dict[str, int]:
+    """NExT-QA open-ended: CSV rows video,frame_count,width,height,question,answer,qid,type."""
+    mapping = _require(src / "map_vid_vidorID.json", "NExT-QA video map")
+    written: dict[str, int] = {}
+    for split in QA_SPLITS:
+        path = src / f"{split}.csv"
+        if not path.is_file():
+            continue
+        extra_path = src / f"add_reference_answer_{split}.json"
+        extra = _load_json(extra_path) if extra_path.is_file() else {}
+        rows = []
+        with open(path, newline="", encoding="utf-8") as handle:
+            reader = csv.DictReader(handle)
+            missing = {"video", "question", "answer", "qid", "type"} - set(reader.fieldnames or ())
+            if missing:
+                raise AnnotationFormatError(f"{path}: missing columns {sorted(missing)}")
+            for line_number, entry in enumerate(reader, 2):
+                video_id = entry["video"]
+                if video_id not in mapping:
+                    raise AnnotationFormatError(f"{path}:{line_number}: video {video_id} is not in map_vid_vidorID.json")
+                question_type = "TN" if entry["type"] == "TP" else entry["type"]
+                row = {
+                    "video": _relative(src / "NExTVideo" / f"{mapping[video_id]}.mp4", out),
+                    "question": entry["question"],
+                    "answer": entry["answer"],
+                    "type": question_type,
+                    "question_id": f"{video_id}_{entry['qid']}",
+                }
+                alternative = extra.get(video_id, {}).get(str(entry["qid"]))
+                if alternative and alternative != entry["answer"]:
+                    row["answers"] = [alternative]
+                rows.append(row)
+        written.update(_write_qa_split(out, split, rows))
+    if not written:
+        raise AnnotationFormatError(f"no {', '.join(f'{s}.csv' for s in QA_SPLITS)} in {src}")
+    return written
+
+
+def _write_caption_split(out: Path, split: str, clips: list[dict], captions: dict[str, list[str]]) -> dict[str, int]:
+    clips = [clip for clip in clips if captions.get(clip["id"])]
+    return {
+        str(out / f"{split}_videos.jsonl"): _write_jsonl(out / f"{split}_videos.jsonl", clips),
+        str(out / f"{split}_refs.jsonl"): _write_jsonl(
+            out / f"{split}_refs.jsonl", ({"video": clip["id"], "captions": captions[clip["id"]]} for clip in clips)
+        ),
+    }
+
+
+def convert_msrvtt(src: Path, out: Path) -> dict[str, int]:
+    """MSR-VTT: {"videos": [{"video_id", "split"}], "sentences": [{"video_id", "caption"}]}."""
+    files = [src / "train_val_videodatainfo.json", src / "test_videodatainfo.json"]
+    if not any(path.is_file() for path in files):
+        raise AnnotationFormatError(f"no {files[0].name} or {files[1].name} in {src}")
+    split_names = {"train": "train", "validate": "val", "val": "val", "test": "test"}
+    clips: dict[str, list[dict]] = {}
+    captions: dict[str, list[str]] = {}
+    for path in files:
+        if not path.is_file():
+            continue
+        data = _load_json(path)
+        if not isinstance(data, dict) or "videos" not in data or "sentences" not in data:
+            raise AnnotationFormatError(f"{path}: expected an object with 'videos' and 'sentences'")
+        folder = "TestVideo" if path.name.startswith("test") else "TrainValVideo"
+        for index, video in enumerate(data["videos"]):
+            video_id = str(_field(video, "video_id", path, index))
+            split = split_names.get(str(_field(video, "split", path, index)))
+            if split is None:
+                raise AnnotationFormatError(f"{path}: video {video_id} has unknown split {video['split']!r}")
+            location = src / folder / f"{video_id}.mp4"
+            if not location.exists() and (src / "videos" / "all").is_dir():
+                location = src / "videos" / "all" / f"{video_id}.mp4"
+            clips.setdefault(split, []).append({"video": _relative(location, out), "id": video_id})
+        for index, sentence in enumerate(data["sentences"]):
+            captions.setdefault(str(_field(sentence, "video_id", path, index)), []).append(
+                str(_field(sentence, "caption", path, index))
+            )
+    written: dict[str, int] = {}
+    for split, split_clips in clips.items():
+        written.update(_write_caption_split(out, split, split_clips, captions))
+    return written
+
+
+def convert_vatex(src: Path, out: Path) -> dict[str, int]:
+    """VATEX: lists of {"videoID", "enCap": [10 English captions], "chCap": [...]}."""
+    files = {
+        "train": src / "vatex_training_v1.0.json",
+        "val": src / "vatex_validation_v1.0.json",
+        "test": src / "vatex_public_test_english_v1.1.json",
+    }
+    written: dict[str, int] = {}
+    for split, path in files.items():
+        if not path.is_file():
+            continue
+        entries = _load_json(path)
+        if not isinstance(entries, list):
+            raise AnnotationFormatError(f"{path}: expected a JSON list")
+        clips, captions = [], {}
+        for index, entry in enumerate(entries):
+            video_id = str(_field(entry, "videoID", path, index))
+            english = entry.get("enCap") or []
+            if not isinstance(english, list):
+                raise AnnotationFormatError(f"{path}: entry {index} 'enCap' must be a list of captions")
+            clips.append({"video": _relative(src / "videos" / f"{video_id}.mp4", out), "id": video_id})
+            captions[video_id] = [str(caption) for caption in english]
+        written.update(_write_caption_split(out, split, clips, captions))
+    if not written:
+        raise AnnotationFormatError(f"no VATEX annotation files ({', '.join(p.name for p in files.values())}) in {src}")
+    return written
+
+
+def convert_youcook2(src: Path, out: Path) -> dict[str, int]:
+    """YouCook2: {"database": {youtube_id: {"subset", "recipe_type", "annotations": [{"segment", "id", "sentence"}]}}}."""
+    path = src / "youcookii_annotations_trainval.json"
+    data = _require(path, "YouCook2 annotations")
+    if not isinstance(data, dict) or not isinstance(data.get("database"), dict):
+        raise AnnotationFormatError(f"{path}: expected an object with a 'database' mapping")
+    split_names = {"training": "train", "validation": "val", "testing": "test"}
+    clips: dict[str, list[dict]] = {}
+    captions: dict[str, list[str]] = {}
+    for youtube_id, video in data["database"].items():
+        subset = str(_field(video, "subset", path, youtube_id))
+        folder = src / "raw_videos" / subset / str(video.get("recipe_type", ""))
+        location = next(
+            (folder / f"{youtube_id}{ext}" for ext in (".mp4", ".mkv", ".webm") if (folder / f"{youtube_id}{ext}").exists()),
+            folder / f"{youtube_id}.mp4",
+        )
+        for segment in _field(video, "annotations", path, youtube_id):
+            start, end = segment["segment"]
+            clip_id = f"{youtube_id}_{segment['id']}"
+            clips.setdefault(split_names.get(subset, subset), []).append(
+                {"video": _relative(location, out), "id": clip_id, "start": float(start), "end": float(end)}
+            )
+            captions[clip_id] = [str(segment["sentence"])]
+    written: dict[str, int] = {}
+    for split, split_clips in clips.items():
+        written.update(_write_caption_split(out, split, split_clips, captions))
+    return written
+
+
+FORMATS: dict[str, Callable[[Path, Path], dict[str, int]]] = {
+    "msrvtt-qa": convert_msrvtt_qa,
+    "msvd-qa": convert_msvd_qa,
+    "nextqa": convert_nextqa,
+    "msrvtt": convert_msrvtt,
+    "vatex": convert_vatex,
+    "youcook2": convert_youcook2,
+}
+
+
+def convert_annotations(fmt: str, src: str | os.PathLike, out: str | os.PathLike) -> dict[str, int]:
+    """Convert the annotations of ``src`` (layout in the module docstring) into ``out``.
+
+    Returns {written file: number of lines}.
+    """
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown annotation format {fmt!r}; choose from {sorted(FORMATS)}")
+    src, out = Path(src), Path(out)
+    if not src.is_dir():
+        raise FileNotFoundError(f"no such dataset folder: {src}")
+    out.mkdir(parents=True, exist_ok=True)
+    return FORMATS[fmt](src, out)

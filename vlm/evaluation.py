@@ -21,12 +21,11 @@ over 100/250/500/1000/2000 (:func:`tune_k`). Accuracy compares answers after the
 from __future__ import annotations
 
 import json
-import math
 import os
 import random
 import re
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 

@@ -169,8 +169,11 @@ def _dataset_clips(dataset, name: str, video_column: str, id_column: str | None)
         feature = dataset.features[video_column]
         if isinstance(feature, datasets.Value) and feature.dtype == "string":
             ids = [str(value) for value in dataset[video_column]]
-        elif isinstance(feature, datasets.Video):
-            ids = [str(value.get("path") or row) for row, value in enumerate(dataset[video_column])]
+        elif isinstance(feature, datasets.Video):  # the paths only, without reading every video's bytes into Python
+            import pyarrow.compute
+
+            paths = pyarrow.compute.struct_field(dataset.with_format("arrow")[video_column], "path").to_pylist()
+            ids = [str(path or row) for row, path in enumerate(paths)]
         else:
             ids = [str(row) for row in range(len(dataset))]
     windows = [dataset[key] if key in dataset.column_names else [None] * len(dataset) for key in ("start", "end")]

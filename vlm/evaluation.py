@@ -539,6 +539,8 @@ def evaluate_qa(
     """
     if mode not in ("open", "closed"):
         raise ValueError(f"mode must be 'open' or 'closed', got {mode!r}")
+    if mode == "open" and (tune or k is not None or candidates is not None):
+        raise ValueError("k, tune and candidates apply to the closed-vocabulary mode")
     if tune and not val:
         raise ValueError("tuning K needs validation questions")
     if tune and k is not None:

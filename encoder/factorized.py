@@ -65,3 +65,62 @@ def encode_tokens(
 
     tokens = temporal.reshape(batch, num_patches, frames, width).transpose(1, 2)  # [B, T, N, D]
     return tokens.reshape(batch, frames * num_patches, width)
+
+
+def _temporal_position_embeddings(model: VideoPrismVisionModel, frames: int, crop: bool) -> torch.Tensor:
+    """[1, T, D] temporal position embeddings for T frames: the model's table cropped to its first T rows
+    (``crop`` and T <= native frames: how VideoPrism feeds images as one-frame videos) or interpolated
+    as transformers does (otherwise)."""
+    table = model.temporal_embeddings.position_embeddings  # [1, T_native, D]
+    if crop and frames <= table.shape[1]:
+        return table[:, :frames]
+    placeholder = table.new_empty(1, frames, table.shape[-1])
+    return model.temporal_embeddings.interpolate_pos_encoding(placeholder)
+
+
+def encode_visible_tokens(
+    model: VideoPrismVisionModel,
+    pixel_values_videos: torch.Tensor,
+    visible_positions: torch.Tensor,
+    crop_temporal_positions: bool = False,
+) -> torch.Tensor:
+    """Encoder tokens of the visible spatial positions only (tube-shaped masks: the same in every frame).
+
+    Only the visible tokens run through the factorised encoder: the spatial layers attend over each
+    frame's K visible positions, the temporal layers over the T frames of each visible position.
+    The patch embedding and the position embeddings are the model's own (added before dropping
+    tokens, so each token keeps its position). With every position visible this is the model's
+    ordinary forward.
+
+    pixel_values_videos: [B, T, 3, H, W] RGB in [0, 1]; H and W multiples of the patch size.
+    visible_positions: int64 [B, K], indices into the N = (H/p)*(W/p) patch positions (row-major),
+        e.g. ``encoder.masking.visible_indices(mask)``.
+    crop_temporal_positions: when T is below the model's frame count, use the first T temporal
+        position embeddings instead of interpolating them (VideoPrism's rule for images, T = 1).
+    Returns [B, T*K, D] with token index t*K + k (k indexing ``visible_positions[b]``).
+    """
+    batch, frames = pixel_values_videos.shape[:2]
+    if visible_positions.ndim != 2 or visible_positions.shape[0] != batch:
+        raise ValueError(f"visible_positions has shape {tuple(visible_positions.shape)}, expected [{batch}, K]")
+    spatial = model.spatial_embeddings(pixel_values_videos, interpolate_pos_encoding=True)  # [B*T, N, D]
+    num_patches, width = spatial.shape[1:]
+    num_visible = visible_positions.shape[1]
+    if num_visible == 0 or int(visible_positions.min()) < 0 or int(visible_positions.max()) >= num_patches:
+        raise ValueError(f"visible_positions must hold 1..{num_patches} indices in [0, {num_patches})")
+    index = visible_positions.to(spatial.device)[:, None, :, None].expand(batch, frames, num_visible, width)
+    spatial = spatial.reshape(batch, frames, num_patches, width).gather(2, index)  # [B, T, K, D]
+    spatial = spatial.reshape(batch * frames, num_visible, width)
+    for layer in model.spatial_layers:
+        spatial = layer(spatial)
+    spatial = model.layernorm1(spatial)
+
+    temporal = spatial.reshape(batch, frames, num_visible, width).transpose(1, 2)  # [B, K, T, D]
+    temporal = temporal.reshape(batch * num_visible, frames, width)
+    temporal = temporal + _temporal_position_embeddings(model, frames, crop_temporal_positions)
+    temporal = model.temporal_embeddings.dropout(temporal)
+    for layer in model.temporal_layers:
+        temporal = layer(temporal)
+    temporal = model.layernorm2(temporal)
+
+    tokens = temporal.reshape(batch, num_visible, frames, width).transpose(1, 2)  # [B, T, K, D]
+    return tokens.reshape(batch, frames * num_visible, width)

@@ -1,0 +1,105 @@
+"""Metrics of a training run: a JSONL log (one flushed line per record) and its loss-curve PNG."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+
+def read_metrics(path: str | os.PathLike) -> list[dict]:
+    """Rows of a metrics JSONL file (a torn last line from a killed writer is ignored)."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    rows = []
+    with open(path, encoding="utf-8") as handle:
+        for line in handle:
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(row, dict):
+                rows.append(row)
+    return rows
+
+
+class MetricsLog:
+    """Appends one JSON object per record to ``path``, flushed at once.
+
+    ``resume_step=s``: a resumed run; rows with ``step > s`` (written after the checkpoint being
+    resumed, by the killed run) are dropped first, so the log holds each step once. Without it,
+    records are appended to whatever the file holds.
+    """
+
+    def __init__(self, path: str | os.PathLike, resume_step: int | None = None):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if resume_step is not None and self.path.exists():
+            kept = [row for row in read_metrics(self.path) if int(row.get("step", 0)) <= resume_step]
+            temporary = self.path.with_name(self.path.name + ".tmp")
+            with open(temporary, "w", encoding="utf-8") as handle:
+                for row in kept:
+                    handle.write(json.dumps(row) + "\n")
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(temporary, self.path)
+        self._handle = open(self.path, "a", encoding="utf-8")
+
+    def log(self, step: int, **values: Any) -> dict:
+        """Append ``{"step": step, **values}`` and flush; returns the record."""
+        record = {"step": int(step), **values}
+        self._handle.write(json.dumps(record) + "\n")
+        self._handle.flush()
+        return record
+
+    def close(self) -> None:
+        if not self._handle.closed:
+            self._handle.close()
+
+    def __enter__(self) -> "MetricsLog":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def plot_metrics(
+    metrics_jsonl: str | os.PathLike,
+    png_path: str | os.PathLike,
+    keys: Sequence[str] = ("loss", "val_loss"),
+    title: str | None = None,
+) -> Path:
+    """Plot each of ``keys`` found in the log against ``step`` into a PNG (matplotlib, Agg canvas,
+    no global backend change); written to a temporary file then renamed. Returns the PNG path."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    rows = read_metrics(metrics_jsonl)
+    figure = Figure(figsize=(7, 4), dpi=100)
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot(1, 1, 1)
+    plotted = 0
+    for key in keys:
+        points = [(row["step"], row[key]) for row in rows if "step" in row and isinstance(row.get(key), (int, float))]
+        if points:
+            steps, values = zip(*points)
+            axes.plot(steps, values, marker="o" if len(points) < 30 else None, markersize=3, label=key)
+            plotted += 1
+    if plotted:
+        axes.legend()
+    else:
+        axes.text(0.5, 0.5, "no data yet", ha="center", va="center", transform=axes.transAxes)
+    axes.set_xlabel("step")
+    axes.grid(alpha=0.3)
+    if title:
+        axes.set_title(title)
+    figure.tight_layout()
+    png_path = Path(png_path)
+    png_path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = png_path.with_name(png_path.name + ".tmp")
+    figure.savefig(temporary, format="png")
+    os.replace(temporary, png_path)
+    return png_path

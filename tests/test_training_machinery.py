@@ -1,0 +1,300 @@
+"""Shared training machinery: atomic pickle-free checkpoints, LR schedules, the metrics log."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from encoder.checkpoints import (
+    CheckpointError,
+    checkpoint_dir,
+    latest_checkpoint,
+    list_checkpoints,
+    load_training_checkpoint,
+    save_training_checkpoint,
+    trainable_state,
+    unwrap,
+)
+from encoder.run_log import MetricsLog, plot_metrics, read_metrics
+from encoder.schedules import warmup_cosine_decay, warmup_linear_decay
+
+
+def _model(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Linear(4, 8), nn.GELU(), nn.Linear(8, 3))
+    model[0].requires_grad_(False)  # a frozen part, not stored
+    return model
+
+
+def _train(model, optimizer, scheduler, steps: int, seed: int) -> None:
+    generator = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        x = torch.randn(5, 4, generator=generator)
+        loss = model(x).pow(2).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+
+
+def _assert_same_state(a, b) -> None:
+    """Exact structural equality of two state dicts (types, tuples, tensors bit for bit)."""
+    assert type(a) is type(b), (a, b)
+    if isinstance(a, dict):
+        assert list(a) == list(b)
+        for key in a:
+            _assert_same_state(a[key], b[key])
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b)
+        for x, y in zip(a, b):
+            _assert_same_state(x, y)
+    elif isinstance(a, torch.Tensor):
+        assert a.dtype == b.dtype and a.shape == b.shape
+        assert torch.equal(a, b)
+    else:
+        assert a == b or (isinstance(a, float) and math.isnan(a) and math.isnan(b))
+
+
+@pytest.mark.parametrize(
+    "make_optimizer",
+    [
+        lambda p: torch.optim.AdamW(p, lr=5e-4, betas=(0.9, 0.999), weight_decay=1e-4),
+        lambda p: torch.optim.Adafactor(p, lr=1e-2),
+    ],
+    ids=["AdamW", "Adafactor"],
+)
+def test_optimizer_and_scheduler_round_trip_exactly(tmp_path, make_optimizer):
+    model = _model()
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = make_optimizer(params)
+    scheduler = warmup_linear_decay(optimizer, warmup_steps=2, total_steps=10)
+    _train(model, optimizer, scheduler, steps=3, seed=1)
+    path = save_training_checkpoint(
+        tmp_path, 3, model_state=trainable_state(model), optimizer=optimizer, scheduler=scheduler,
+        data_state={"epoch": 0, "position": (3, 7)}, extra={"note": "x"},
+    )
+    assert path == checkpoint_dir(tmp_path, 3)
+    assert not any(p.suffix in (".pt", ".pkl", ".bin") for p in path.iterdir())
+
+    restored = _model(seed=5)  # different weights everywhere
+    restored[0].load_state_dict(model[0].state_dict())  # frozen part comes from elsewhere (not stored)
+    restored_optimizer = make_optimizer([p for p in restored.parameters() if p.requires_grad])
+    restored_scheduler = warmup_linear_decay(restored_optimizer, warmup_steps=2, total_steps=10)
+    step, data_state, extra = load_training_checkpoint(
+        path, model=restored, optimizer=restored_optimizer, scheduler=restored_scheduler
+    )
+    assert (step, data_state, extra) == (3, {"epoch": 0, "position": (3, 7)}, {"note": "x"})
+    _assert_same_state(optimizer.state_dict(), restored_optimizer.state_dict())
+    _assert_same_state(scheduler.state_dict(), restored_scheduler.state_dict())
+    for a, b in zip(model.parameters(), restored.parameters()):
+        assert torch.equal(a, b)
+    # continuing both gives the same weights bit for bit
+    _train(model, optimizer, scheduler, steps=4, seed=2)
+    _train(restored, restored_optimizer, restored_scheduler, steps=4, seed=2)
+    for a, b in zip(model.parameters(), restored.parameters()):
+        assert torch.equal(a, b)
+
+
+def test_only_trainable_tensors_are_stored(tmp_path):
+    from safetensors.torch import load_file
+
+    model = _model()
+    path = save_training_checkpoint(
+        tmp_path, 0, model_state=trainable_state(model), optimizer=None, scheduler=None, data_state={}
+    )
+    assert sorted(load_file(str(path / "model.safetensors"))) == ["2.bias", "2.weight"]
+
+
+def test_rng_states_are_restored(tmp_path):
+    random.seed(1), np.random.seed(1), torch.manual_seed(1)
+    path = save_training_checkpoint(tmp_path, 1, model_state={}, optimizer=None, scheduler=None, data_state={})
+    expected = (random.random(), np.random.rand(3).tolist(), np.random.randn(), torch.rand(4))
+    random.seed(99), np.random.seed(99), torch.manual_seed(99)
+    load_training_checkpoint(path, model=None, optimizer=None, scheduler=None)
+    again = (random.random(), np.random.rand(3).tolist(), np.random.randn(), torch.rand(4))
+    assert expected[:3] == again[:3]
+    assert torch.equal(expected[3], again[3])
+
+
+def test_leftover_temp_dir_is_ignored_and_old_checkpoints_pruned(tmp_path):
+    model = _model()
+    for step in (2, 4, 6):
+        save_training_checkpoint(tmp_path, step, model_state=trainable_state(model), optimizer=None, scheduler=None,
+                                 data_state={"step": step}, keep_last=2)
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["step-00000004", "step-00000006"]
+    # a run killed while writing step 8: its temp dir (complete-looking files, even a state.json) is ignored
+    half = tmp_path / "checkpoints" / ".tmp-step-00000008"
+    half.mkdir()
+    (half / "model.safetensors").write_bytes(b"\x00" * 10)
+    (half / "state.json").write_text(json.dumps({"step": 8, "data_state": {}, "extra": {}}))
+    # and a renamed directory without state.json is not a checkpoint either
+    (tmp_path / "checkpoints" / "step-00000010").mkdir()
+    assert latest_checkpoint(tmp_path).name == "step-00000006"
+    # the next save of step 8 replaces the leftover temp dir
+    save_training_checkpoint(tmp_path, 8, model_state=trainable_state(model), optimizer=None, scheduler=None, data_state={})
+    assert latest_checkpoint(tmp_path).name == "step-00000008"
+    assert not half.exists()
+    assert latest_checkpoint(tmp_path / "nothing-here") is None
+
+
+def test_resaving_a_step_replaces_it(tmp_path):
+    model = _model()
+    save_training_checkpoint(tmp_path, 3, model_state=trainable_state(model), optimizer=None, scheduler=None, data_state={"v": 1})
+    save_training_checkpoint(tmp_path, 3, model_state=trainable_state(model), optimizer=None, scheduler=None, data_state={"v": 2})
+    _, data_state, _ = load_training_checkpoint(latest_checkpoint(tmp_path), model=None, optimizer=None, scheduler=None)
+    assert data_state == {"v": 2}
+    assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["step-00000003"]
+
+
+def test_mismatched_model_is_refused(tmp_path):
+    model = _model()
+    path = save_training_checkpoint(tmp_path, 1, model_state=trainable_state(model), optimizer=None, scheduler=None, data_state={})
+    other = nn.Sequential(nn.Linear(4, 8), nn.GELU(), nn.Linear(8, 5))
+    with pytest.raises(CheckpointError, match="shape"):
+        load_training_checkpoint(path, model=other, optimizer=None, scheduler=None)
+    with pytest.raises(CheckpointError, match="does not have"):
+        load_training_checkpoint(path, model=nn.Linear(2, 2), optimizer=None, scheduler=None)
+    with pytest.raises(CheckpointError, match="optimizer"):
+        load_training_checkpoint(path, model=None, optimizer=torch.optim.SGD(model.parameters(), lr=1), scheduler=None)
+
+
+def test_unwrap_accelerate_wrappers():
+    from accelerate import Accelerator
+
+    accelerator = Accelerator(cpu=True)
+    model = _model()
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    scheduler = warmup_linear_decay(optimizer, 1, 4)
+    wrapped_model, wrapped_optimizer, wrapped_scheduler = accelerator.prepare(model, optimizer, scheduler)
+    assert unwrap(wrapped_optimizer) is optimizer
+    assert unwrap(wrapped_scheduler) is scheduler
+    assert unwrap(wrapped_model) is model
+    assert unwrap(optimizer) is optimizer and unwrap(scheduler) is scheduler
+
+
+def _lrs(scheduler, steps):
+    values = []
+    for _ in range(steps):
+        values.append(scheduler.get_last_lr()[0])
+        scheduler.optimizer.step()
+        scheduler.step()
+    return values
+
+
+def test_warmup_linear_decay_shape():
+    optimizer = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
+    lrs = _lrs(warmup_linear_decay(optimizer, warmup_steps=4, total_steps=12, final_ratio=0.1), 16)
+    assert lrs[:4] == pytest.approx([0.25, 0.5, 0.75, 1.0])  # first update already learns
+    assert lrs[4] == pytest.approx(1.0)
+    assert lrs[8] == pytest.approx(1.0 - 0.9 * 0.5)
+    decay = lrs[4:13]
+    assert all(b < a for a, b in zip(decay, decay[1:]))
+    assert list(np.diff(decay)) == pytest.approx([-0.9 / 8] * 8)  # linear
+    assert lrs[12:] == pytest.approx([0.1] * 4)  # held at the final ratio
+
+
+def test_warmup_cosine_decay_shape():
+    optimizer = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=2.0)
+    lrs = _lrs(warmup_cosine_decay(optimizer, warmup_steps=2, total_steps=10, min_lr=0.2), 12)
+    assert lrs[:2] == pytest.approx([1.0, 2.0])
+    assert lrs[6] == pytest.approx(0.2 + 1.8 * 0.5)  # half-way: mean of peak and floor
+    assert lrs[10:] == pytest.approx([0.2, 0.2])
+    assert all(b < a for a, b in zip(lrs[2:11], lrs[3:11]))
+    with pytest.raises(ValueError):
+        warmup_cosine_decay(optimizer, 2, 10, min_lr=5.0)
+    with pytest.raises(ValueError):
+        warmup_linear_decay(optimizer, 11, 10)
+
+
+def test_metrics_log_resume_drops_later_rows(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    with MetricsLog(path) as log:
+        for step in range(1, 7):
+            log.log(step, loss=1.0 / step)
+    with open(path, "a") as handle:
+        handle.write('{"step": 7, "lo')  # torn by a kill
+    # the checkpoint resumed from is step 4: rows 5, 6 (and the torn one) go, 5.. are written again
+    with MetricsLog(path, resume_step=4) as log:
+        assert [row["step"] for row in read_metrics(path)] == [1, 2, 3, 4]
+        log.log(5, loss=0.5, val_loss=0.6)
+    rows = read_metrics(path)
+    assert [row["step"] for row in rows] == [1, 2, 3, 4, 5]
+    assert rows[-1] == {"step": 5, "loss": 0.5, "val_loss": 0.6}
+
+
+def test_plot_metrics_writes_png(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    with MetricsLog(path) as log:
+        for step in range(1, 20):
+            log.log(step, loss=1.0 / step, lr=0.1)
+            if step % 5 == 0:
+                log.log(step, val_loss=1.5 / step)
+    png = plot_metrics(path, tmp_path / "plots" / "loss.png")
+    data = png.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
+    empty = plot_metrics(tmp_path / "missing.jsonl", tmp_path / "empty.png")
+    assert empty.read_bytes()[:4] == b"\x89PNG"
+
+
+_TWO_PROCESS_SCRIPT = r'''
+import json, sys, torch
+from torch import nn
+from encoder.checkpoints import latest_checkpoint, load_training_checkpoint, save_training_checkpoint, trainable_state
+
+torch.distributed.init_process_group("gloo")
+rank = torch.distributed.get_rank()
+run_dir = sys.argv[1]
+torch.manual_seed(0)
+model = nn.Linear(3, 2)
+optimizer = torch.optim.AdamW(model.parameters(), lr=0.1)
+model(torch.randn(4, 3)).sum().backward()
+optimizer.step()
+torch.manual_seed(100 + rank)  # each process has its own RNG stream
+save_training_checkpoint(run_dir, 5, model_state=trainable_state(model), optimizer=optimizer, scheduler=None,
+                         data_state={"rank0_only": True})
+expected = torch.rand(3).tolist()
+torch.manual_seed(7)
+load_training_checkpoint(latest_checkpoint(run_dir), model=model, optimizer=optimizer, scheduler=None)
+print(json.dumps({"rank": rank, "expected": expected, "restored": torch.rand(3).tolist()}))
+torch.distributed.destroy_process_group()
+'''
+
+
+def test_two_processes_main_writes_each_restores_its_own_rng(tmp_path):
+    import os
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = tmp_path / "two.py"
+    script.write_text(_TWO_PROCESS_SCRIPT)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    repo = Path(__file__).resolve().parents[1]
+    processes = []
+    for rank in range(2):
+        env = {**os.environ, "RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_RANK": str(rank), "MASTER_ADDR": "127.0.0.1",
+               "MASTER_PORT": str(port), "OMP_NUM_THREADS": "1", "PYTHONPATH": str(repo)}
+        processes.append(subprocess.Popen([sys.executable, str(script), str(tmp_path / "run")], env=env, cwd=repo,
+                                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    outputs = [p.communicate(timeout=120) for p in processes]
+    for process, (_, err) in zip(processes, outputs):
+        assert process.returncode == 0, err[-2000:]
+    results = [json.loads(out.strip().splitlines()[-1]) for out, _ in outputs]
+    for result in results:
+        assert result["restored"] == result["expected"]
+    assert results[0]["expected"] != results[1]["expected"]
+    checkpoint = tmp_path / "run" / "checkpoints" / "step-00000005"
+    names = sorted(p.name for p in checkpoint.iterdir())
+    assert names == ["model.safetensors", "optimizer.json", "optimizer.safetensors", "rng-rank1.json",
+                     "rng-rank1.safetensors", "rng.json", "rng.safetensors", "state.json"]
+    assert json.loads((checkpoint / "state.json").read_text())["world_size"] == 2

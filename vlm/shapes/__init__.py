@@ -1,0 +1,31 @@
+"""The synthetic moving-shapes corpus (``prism-vlm make-shapes``): clips whose answers we know."""
+
+from vlm.shapes.corpus import (
+    SPLITS,
+    CorpusFolderError,
+    ShapesConfig,
+    assign_splits,
+    encode_mp4,
+    heldout_pairs,
+    make_shapes_corpus,
+    read_attributes,
+    sample_clip_attributes,
+)
+from vlm.shapes.language import ANSWER_VOCABULARY, QUESTION_TYPES, captions, questions
+from vlm.shapes.render import (
+    MOTIONS,
+    PALETTE,
+    SHAPES,
+    ClipAttributes,
+    ObjectAttributes,
+    object_state,
+    render_background,
+    render_clip,
+)
+
+__all__ = [
+    "ANSWER_VOCABULARY", "MOTIONS", "PALETTE", "QUESTION_TYPES", "SHAPES", "SPLITS", "ClipAttributes",
+    "CorpusFolderError", "ObjectAttributes", "ShapesConfig", "assign_splits", "captions", "encode_mp4",
+    "heldout_pairs", "make_shapes_corpus", "object_state", "questions", "read_attributes", "render_background",
+    "render_clip", "sample_clip_attributes",
+]

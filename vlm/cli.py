@@ -12,6 +12,7 @@ import sys
 SUBCOMMAND_MODULES: tuple[str, ...] = (
     "vlm.eval_commands",
     "vlm.shapes.cli",
+    "apps.cli",
 )
 
 

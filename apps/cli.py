@@ -1,0 +1,57 @@
+"""``prism-vlm app``: serve the Gradio page on the default model or a saved glue model."""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import os
+import shutil
+import tempfile
+
+
+def _cmd_app(args: argparse.Namespace) -> int:
+    # No telemetry or version checks; uploads go to a folder of this server's own.
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    if not os.environ.get("GRADIO_TEMP_DIR"):
+        upload_dir = tempfile.mkdtemp(prefix="prism-vlm-app-")
+        atexit.register(shutil.rmtree, upload_dir, ignore_errors=True)
+        os.environ["GRADIO_TEMP_DIR"] = upload_dir
+
+    from apps.limits import AppLimits
+    from apps.service import ModelService
+    from apps.video_chat import launch_app
+    from vlm.cli import _cuda_available
+    from vlm.model import default_model_dir, load_model
+
+    limits = AppLimits(
+        max_upload_mb=args.max_upload_mb,
+        max_duration_s=args.max_duration,
+        max_frames=args.max_frames,
+        max_new_tokens=args.max_new_tokens,
+        concurrency=args.concurrency,
+        queue_size=args.queue_size,
+    )
+    device = args.device or ("cuda" if _cuda_available() else "cpu")
+    model = load_model(args.model, device=device)
+    service = ModelService(model, limits, model_dir=args.model or default_model_dir())
+    launch_app(service, host=args.host, port=args.port, share=args.share)
+    return 0
+
+
+def add_subcommand(subparsers) -> None:
+    """Register ``app``."""
+    app = subparsers.add_parser(
+        "app", help="start the Gradio app: describe, chat about and ask questions on an uploaded clip"
+    )
+    app.add_argument("--model", default=None, help="saved glue model directory (default: the installed demo model)")
+    app.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0 for all)")
+    app.add_argument("--port", type=int, default=7860, help="port (default 7860)")
+    app.add_argument("--share", action="store_true", help="also open a public gradio.live link (needs the internet)")
+    app.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    app.add_argument("--max-upload-mb", type=float, default=200.0, help="largest accepted upload in MB (default 200)")
+    app.add_argument("--max-duration", type=float, default=600.0, help="longest accepted clip in seconds (default 600)")
+    app.add_argument("--max-frames", type=int, default=32, help="most frames a request may sample (default 32)")
+    app.add_argument("--max-new-tokens", type=int, default=256, help="most tokens a request may generate (default 256)")
+    app.add_argument("--concurrency", type=int, default=2, help="requests processed at once (default 2)")
+    app.add_argument("--queue-size", type=int, default=64, help="requests allowed to wait (default 64)")
+    app.set_defaults(func=_cmd_app)

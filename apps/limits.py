@@ -1,0 +1,163 @@
+"""What the app accepts: upload size, clip duration and resolution, frames, tokens, chat length,
+candidates, and how many requests run and wait at once.
+
+:func:`check_video` is the gate every uploaded or example clip passes before any decoding: it
+reads only the container header (PyAV, local files only) and raises :class:`VideoRejectedError`
+with a message written for the person who uploaded the file.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import asdict, dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import av
+
+VIDEO_SUFFIXES = (".mp4", ".mov", ".webm", ".mkv", ".avi", ".gif")
+"""Video files the page offers to upload."""
+
+# Local files only: an upload disguised as a playlist (m3u8, concat) must not reach the network.
+_PROBE_OPTIONS = {"protocol_whitelist": "file"}
+
+
+class VideoRejectedError(ValueError):
+    """A clip the app will not process (wrong type, too large, too long, unreadable); the message
+    is meant for the person who uploaded it."""
+
+
+@dataclass(frozen=True)
+class AppLimits:
+    """Bounds on what one request may cost, and on the request queue.
+
+    max_upload_mb: largest accepted file (enforced by the server on upload and again here).
+    max_duration_s: longest accepted clip, in seconds.
+    max_side_px: largest accepted frame width or height (decoding cost grows with it).
+    max_frames: largest number of frames a request may sample.
+    max_new_tokens: largest number of tokens a request may generate.
+    max_chat_turns: earlier question/answer pairs kept in a chat prompt (older ones are dropped).
+    max_message_chars: longest accepted chat message or question.
+    max_candidates: most candidate answers one closed-vocabulary question may rank.
+    concurrency: requests processed at once (model work itself is serialised by a lock; decoding
+        and waiting for the lock overlap).
+    queue_size: requests allowed to wait; beyond that new ones are refused with "queue full".
+    """
+
+    max_upload_mb: float = 200.0
+    max_duration_s: float = 600.0
+    max_side_px: int = 4096
+    max_frames: int = 32
+    max_new_tokens: int = 256
+    max_chat_turns: int = 8
+    max_message_chars: int = 2000
+    max_candidates: int = 2000
+    concurrency: int = 2
+    queue_size: int = 64
+
+    def __post_init__(self) -> None:
+        for name, value in asdict(self).items():
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+                raise ValueError(f"AppLimits.{name} must be a positive number, got {value!r}")
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return int(self.max_upload_mb * 1024 * 1024)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """Header facts of an accepted clip: duration in seconds, frame width and height in pixels."""
+
+    duration_s: float
+    width: int
+    height: int
+
+
+def _display_name(path: Path) -> str:
+    return path.name or str(path)
+
+
+def probe_video(path: str | os.PathLike) -> VideoInfo:
+    """Duration and frame size from the container header (demuxing packet times only when the
+    header has no duration). Raises VideoRejectedError when the file is no readable video."""
+    path = Path(path)
+    name = _display_name(path)
+    try:
+        container = av.open(str(path), mode="r", options=_PROBE_OPTIONS)
+    except (av.error.FFmpegError, OSError, UnicodeDecodeError) as error:
+        raise VideoRejectedError(f"'{name}' is not a video this app can read ({_reason(error)}).") from error
+    with container:
+        if not container.streams.video:
+            raise VideoRejectedError(f"'{name}' has no video stream.")
+        stream = container.streams.video[0]
+        width, height = int(stream.codec_context.width or 0), int(stream.codec_context.height or 0)
+        time_base = stream.time_base or Fraction(1, av.time_base)
+        duration = None
+        if stream.duration:
+            duration = float(stream.duration * time_base)
+        elif container.duration:
+            duration = container.duration / av.time_base
+        if duration is None or not math.isfinite(duration) or duration <= 0:
+            duration = _duration_from_packets(container, stream)
+    if width <= 0 or height <= 0:
+        raise VideoRejectedError(f"'{name}' has a video stream without a frame size.")
+    return VideoInfo(duration_s=duration, width=width, height=height)
+
+
+def _duration_from_packets(container: av.container.InputContainer, stream: av.video.stream.VideoStream) -> float:
+    first = last = None
+    try:
+        for packet in container.demux(stream):
+            stamp = packet.pts if packet.pts is not None else packet.dts
+            if stamp is None:
+                continue
+            begin = float(stamp * stream.time_base)
+            end = begin + float((packet.duration or 0) * stream.time_base)
+            first = begin if first is None else min(first, begin)
+            last = end if last is None else max(last, end)
+    except av.error.FFmpegError:
+        pass  # a truncated file: the readable part counts
+    return 0.0 if first is None else max(last - first, 0.0)
+
+
+def _reason(error: BaseException) -> str:
+    if isinstance(error, av.error.FFmpegError) and error.strerror:
+        return error.strerror.lower()
+    return str(error) or type(error).__name__
+
+
+def check_video(path: str | os.PathLike | None, limits: AppLimits) -> VideoInfo:
+    """Accept or reject a clip before decoding it: type by suffix, size, readability, duration and
+    frame size. Returns its VideoInfo; raises VideoRejectedError with a readable reason."""
+    if path is None or str(path).strip() == "":
+        raise VideoRejectedError("Upload a video (or pick an example) first.")
+    path = Path(path)
+    name = _display_name(path)
+    if path.suffix.lower() not in VIDEO_SUFFIXES:
+        raise VideoRejectedError(
+            f"'{name}' is not a supported video type; upload one of {', '.join(VIDEO_SUFFIXES)}."
+        )
+    if not path.is_file():
+        raise VideoRejectedError(f"'{name}' is no longer on the server; upload it again.")
+    size = path.stat().st_size
+    if size == 0:
+        raise VideoRejectedError(f"'{name}' is empty.")
+    if size > limits.max_upload_bytes:
+        raise VideoRejectedError(
+            f"'{name}' is {size / 2**20:.1f} MB; this app accepts videos up to {limits.max_upload_mb:g} MB."
+        )
+    info = probe_video(path)
+    if info.duration_s > limits.max_duration_s:
+        raise VideoRejectedError(
+            f"'{name}' is {info.duration_s:.1f} s long; this app accepts clips up to {limits.max_duration_s:g} s."
+        )
+    if max(info.width, info.height) > limits.max_side_px:
+        raise VideoRejectedError(
+            f"'{name}' is {info.width}x{info.height}; this app accepts frames up to {limits.max_side_px} px a side."
+        )
+    return info

@@ -1,0 +1,285 @@
+"""The app's one shared model, behind a lock: caption, question answering, chat and the frames the
+model sees, each a few lines over :class:`vlm.model.VideoLanguageModel`.
+
+Every request checks its clip with :func:`apps.limits.check_video` and decodes it outside the
+lock (decoding overlaps); model work holds the lock, so concurrent requests never share the KV
+cache of a generation in progress. Bad input raises :class:`AppInputError` with a message for the
+page; the Gradio layer (``apps.video_chat``) shows it instead of a traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+from collections import OrderedDict
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from apps.limits import AppLimits, VideoInfo, VideoRejectedError, check_video
+from encoder.video import VideoDecodeError, load_clip, sample_times
+from vlm.model import VideoLanguageModel
+from vlm.scoring import ScoredAnswer
+
+CLIP_CACHE_SIZE = 4
+
+
+class AppInputError(ValueError):
+    """Input the app cannot use (no video, bad file, empty question, no candidates ...); the
+    message is meant for the person using the page."""
+
+
+@dataclass(frozen=True)
+class FrameStrip:
+    """The frames the model sees: frames uint8 [T, S, S, 3] (S = the model's frame size),
+    times_s float [T] (approximate sample times, seconds from the clip start), info (header facts)."""
+
+    frames: np.ndarray
+    times_s: np.ndarray
+    info: VideoInfo
+
+
+@dataclass(frozen=True)
+class AnswerResult:
+    """answer: the answer text; ranked: every candidate, best first (empty for open vocabulary)."""
+
+    answer: str
+    ranked: list[ScoredAnswer] = field(default_factory=list)
+
+    def probabilities(self) -> list[dict]:
+        """[{"answer", "probability", "log_likelihood"}, ...] best first (JSON-ready)."""
+        return [
+            {"answer": s.answer, "probability": s.probability, "log_likelihood": s.log_likelihood}
+            for s in self.ranked
+        ]
+
+
+def parse_candidates(text: str | None, max_candidates: int) -> list[str] | None:
+    """Candidate answers typed in a box: one per line, or comma-separated on one line.
+    None for a blank box (open vocabulary). Duplicates are dropped (first kept)."""
+    if text is None or not text.strip():
+        return None
+    pieces = text.splitlines() if "\n" in text.strip() else text.split(",")
+    candidates = list(dict.fromkeys(piece.strip() for piece in pieces if piece.strip()))
+    if not candidates:
+        raise AppInputError(
+            "No candidate answers: type them comma-separated or one per line, "
+            "or leave the box empty for an open-vocabulary answer."
+        )
+    if len(candidates) > max_candidates:
+        raise AppInputError(f"{len(candidates)} candidate answers; this app ranks at most {max_candidates}.")
+    return candidates
+
+
+def chat_text(content: object) -> str:
+    """The text of a chat message's content: a string, or Gradio's list of parts
+    ([{"type": "text", "text": ...}, ...]; files and components are skipped)."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, dict):
+        return str(content.get("text", "")) if content.get("type", "text") == "text" else ""
+    if isinstance(content, (list, tuple)):
+        return "".join(chat_text(part) for part in content)
+    return ""
+
+
+class ModelService:
+    """One VideoLanguageModel shared by all requests.
+
+    model: the loaded glue model; limits: what a request may ask for; model_dir: where the glue
+    was loaded from (shown on the page).
+    """
+
+    def __init__(self, model: VideoLanguageModel, limits: AppLimits | None = None, model_dir: str | os.PathLike | None = None):
+        if model.encoder is None:
+            raise ValueError("the app needs a model with its video encoder (load it with load_video_encoder=True)")
+        self.model = model
+        self.limits = limits or AppLimits()
+        self.model_dir = None if model_dir is None else Path(model_dir)
+        self._model_lock = threading.Lock()
+        self._cache_lock = threading.Lock()
+        self._clips: OrderedDict[tuple, tuple[np.ndarray, VideoInfo]] = OrderedDict()
+
+    # ------------------------------------------------------------------ settings
+
+    @property
+    def default_frames(self) -> int:
+        return min(self.model.config.num_frames, self.limits.max_frames)
+
+    @property
+    def frame_size(self) -> int:
+        return self.model.config.frame_size
+
+    def model_card(self) -> dict:
+        """What is loaded: encoder, LLM, glue (resampler shape and directory), frames, device."""
+        config = self.model.config
+        resampler = config.resampler
+        return {
+            "encoder": config.encoder_source or type(self.model.encoder).__name__,
+            "encoder_width": resampler.video_width,
+            "llm": config.llm_source or type(self.model.llm).__name__,
+            "llm_width": resampler.llm_width,
+            "llm_parameters": sum(p.numel() for p in self.model.llm.parameters()),
+            "glue": str(self.model_dir) if self.model_dir is not None else "(in memory)",
+            "resampler": f"{resampler.depth} layer(s), {resampler.num_latents} latents, {resampler.num_heads} heads",
+            "frames": config.num_frames,
+            "frame_size": config.frame_size,
+            "device": str(self.model.device),
+            "dtype": str(self.model.llm.get_input_embeddings().weight.dtype).removeprefix("torch."),
+        }
+
+    # ------------------------------------------------------------------ checks
+
+    def _frames(self, num_frames: int | float | None) -> int:
+        if num_frames is None:
+            return self.default_frames
+        if float(num_frames) != int(num_frames) or not 1 <= int(num_frames) <= self.limits.max_frames:
+            raise AppInputError(f"Frames must be a whole number from 1 to {self.limits.max_frames}, got {num_frames}.")
+        return int(num_frames)
+
+    def _tokens(self, max_new_tokens: int | float | None, default: int) -> int:
+        if max_new_tokens is None:
+            return min(default, self.limits.max_new_tokens)
+        if float(max_new_tokens) != int(max_new_tokens) or not 1 <= int(max_new_tokens) <= self.limits.max_new_tokens:
+            raise AppInputError(
+                f"Max new tokens must be a whole number from 1 to {self.limits.max_new_tokens}, got {max_new_tokens}."
+            )
+        return int(max_new_tokens)
+
+    def _text(self, text: str | None, what: str) -> str:
+        text = " ".join((text or "").split())
+        if not text:
+            raise AppInputError(f"The {what} is empty: type one first.")
+        if len(text) > self.limits.max_message_chars:
+            raise AppInputError(f"The {what} has {len(text)} characters; the limit is {self.limits.max_message_chars}.")
+        return text
+
+    # ------------------------------------------------------------------ clips
+
+    def load(self, video: str | os.PathLike | None, num_frames: int | None = None) -> tuple[np.ndarray, VideoInfo]:
+        """Check and decode a clip: float32 [T, S, S, 3] in [0, 1] and its VideoInfo (cached for the
+        last few clips, so the frame strip, captions and chat turns decode a clip once)."""
+        num_frames = self._frames(num_frames)
+        try:
+            info = check_video(video, self.limits)
+        except VideoRejectedError as error:
+            raise AppInputError(str(error)) from error
+        path = Path(video)
+        stat = path.stat()
+        key = (str(path.resolve()), stat.st_mtime_ns, stat.st_size, num_frames)
+        with self._cache_lock:
+            if key in self._clips:
+                self._clips.move_to_end(key)
+                return self._clips[key]
+        try:
+            clip = load_clip(path, num_frames=num_frames, size=self.frame_size)
+        except (VideoDecodeError, FileNotFoundError, ValueError) as error:
+            reason = error.reason if isinstance(error, VideoDecodeError) else str(error)
+            raise AppInputError(f"Could not decode '{path.name}': {reason}.") from error
+        with self._cache_lock:
+            self._clips[key] = (clip, info)
+            while len(self._clips) > CLIP_CACHE_SIZE:
+                self._clips.popitem(last=False)
+        return clip, info
+
+    def frame_strip(self, video: str | os.PathLike | None, num_frames: int | None = None) -> FrameStrip:
+        """The T frames the model samples from the clip, as uint8 images with their times."""
+        clip, info = self.load(video, num_frames)
+        frames = np.clip(np.rint(clip * 255.0), 0, 255).astype(np.uint8)
+        return FrameStrip(frames=frames, times_s=sample_times(0.0, info.duration_s, len(frames)), info=info)
+
+    # ------------------------------------------------------------------ tasks
+
+    def caption(self, video: str | os.PathLike | None, num_frames: int | None = None, max_new_tokens: int | None = None) -> str:
+        """A greedy caption of the clip."""
+        max_new_tokens = self._tokens(max_new_tokens, 32)
+        clip, _ = self.load(video, num_frames)
+        with self._model_lock:
+            return self.model.caption(clips=torch.from_numpy(clip[None]), max_new_tokens=max_new_tokens)[0]
+
+    def ask(
+        self,
+        video: str | os.PathLike | None,
+        question: str | None,
+        candidates: Sequence[str] | None = None,
+        num_frames: int | None = None,
+        max_new_tokens: int | None = None,
+    ) -> AnswerResult:
+        """Open-vocabulary answer (candidates None) or candidates ranked by log-likelihood."""
+        question = self._text(question, "question")
+        max_new_tokens = self._tokens(max_new_tokens, 32)
+        if candidates is not None and len(candidates) == 0:
+            raise AppInputError("No candidate answers given for a closed-vocabulary question.")
+        clip, _ = self.load(video, num_frames)
+        clips = torch.from_numpy(clip[None])
+        with self._model_lock:
+            if candidates is None:
+                return AnswerResult(self.model.answer([question], clips=clips, max_new_tokens=max_new_tokens)[0])
+            ranked = self.model.score_answers(question, list(candidates), clips=clips)
+        return AnswerResult(ranked[0].answer, ranked)
+
+    def chat_messages(self, history: Sequence[dict], message: str) -> list[dict]:
+        """Plain {"role", "content"} messages: the last ``max_chat_turns`` exchanges of the history
+        (user/assistant turns with text), then the new user message."""
+        turns = [
+            {"role": turn["role"], "content": chat_text(turn.get("content"))}
+            for turn in history or ()
+            if isinstance(turn, dict) and turn.get("role") in ("user", "assistant")
+        ]
+        turns = [turn for turn in turns if turn["content"].strip()]
+        user_positions = [i for i, turn in enumerate(turns) if turn["role"] == "user"]
+        if len(user_positions) > self.limits.max_chat_turns:
+            turns = turns[user_positions[-self.limits.max_chat_turns] :]
+        return turns + [{"role": "user", "content": message}]
+
+    def chat_stream(
+        self,
+        video: str | os.PathLike | None,
+        history: Sequence[dict],
+        message: str | None,
+        num_frames: int | None = None,
+        max_new_tokens: int | None = None,
+    ) -> Iterator[str]:
+        """The assistant's reply to ``message`` about the clip, in text pieces as they are generated.
+
+        The model runs in a worker thread that holds the model lock for the whole reply; closing
+        this generator early (a client that goes away) stops it after the current token."""
+        message = self._text(message, "message")
+        max_new_tokens = self._tokens(max_new_tokens, 256)
+        messages = self.chat_messages(history, message)
+        clip, _ = self.load(video, num_frames)
+        pieces: queue.Queue = queue.Queue()
+        stop = threading.Event()
+
+        def generate() -> None:
+            try:
+                with self._model_lock, torch.inference_mode():
+                    stream = self.model.chat_stream(
+                        messages, clips=torch.from_numpy(clip[None]), max_new_tokens=max_new_tokens
+                    )
+                    for piece in stream:
+                        if stop.is_set():
+                            stream.close()
+                            break
+                        pieces.put(("text", piece))
+            except Exception as error:  # handed to the consumer, which raises it
+                pieces.put(("error", error))
+            finally:
+                pieces.put(("done", None))
+
+        worker = threading.Thread(target=generate, name="prism-vlm-chat", daemon=True)
+        worker.start()
+        try:
+            while True:
+                kind, value = pieces.get()
+                if kind == "done":
+                    return
+                if kind == "error":
+                    raise value
+                yield value
+        finally:
+            stop.set()

@@ -1,0 +1,351 @@
+"""The Gradio page: upload or pick a clip, see the frames the model samples, describe it, chat about
+it, ask open- or closed-vocabulary questions; a thin layer over :class:`apps.service.ModelService`.
+
+Named API endpoints (gradio_client): ``/caption`` (video, frames, max_new_tokens -> caption),
+``/ask`` (video, question, candidates, frames, max_new_tokens -> answer, candidate probabilities;
+empty candidates = open vocabulary) and ``/chat`` (video, message, history, frames, max_new_tokens
+-> streamed chat history). Every other event is private.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import gradio as gr
+
+from apps.limits import VIDEO_SUFFIXES, VideoRejectedError
+from apps.service import AppInputError, ModelService, parse_candidates
+from vlm.model import UnreadableVideoError
+from vlm.prompts import ChatMessagesError, EmptyQuestionError
+from vlm.scoring import CandidateError
+
+logger = logging.getLogger(__name__)
+
+EXAMPLES_DIR = Path(__file__).resolve().parent / "examples"
+SHARED_CLIP = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "water_bottle_drumming.mp4"
+"""The shared real clip, offered as an example when it sits beside the checkout."""
+
+CANDIDATE_PRESETS: dict[str, list[str]] = {
+    "colours": ["red", "orange", "yellow", "green", "blue", "purple", "pink", "brown", "black", "white", "gray"],
+    "shapes": ["circle", "square", "triangle", "star", "rectangle", "ellipse", "diamond", "hexagon"],
+    "directions": ["left", "right", "up", "down"],
+    "yes / no": ["yes", "no"],
+    "counts": ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "10"],
+    "actions": ["playing", "drumming", "dancing", "singing", "talking", "cooking", "walking", "running", "jumping", "swimming"],
+    "objects": ["bottle", "ball", "drum", "person", "dog", "cat", "car", "table", "chair", "cup", "phone"],
+}
+NO_PRESET = "(type your own)"
+OPEN, CLOSED = "open vocabulary", "closed vocabulary"
+TOP_CANDIDATES_SHOWN = 10
+MODEL_QUEUE = "model"  # one concurrency group for all model work
+
+DESCRIPTION = """\
+# prism-vlm: talk about a video
+A frozen [VideoPrism](https://arxiv.org/abs/2402.13217) video encoder, a Perceiver Resampler and a
+frozen LLM. Upload a clip or pick an example: the strip shows the frames the model actually sees.
+"""
+
+
+def default_examples() -> list[Path]:
+    """Example clips: those shipped in ``apps/examples`` and the shared real clip when present."""
+    shipped = sorted(p for p in EXAMPLES_DIR.glob("*") if p.suffix.lower() in VIDEO_SUFFIXES) if EXAMPLES_DIR.is_dir() else []
+    return ([SHARED_CLIP] if SHARED_CLIP.is_file() else []) + shipped
+
+
+# ---------------------------------------------------------------------------------------- errors
+
+
+def readable_error(error: BaseException) -> str:
+    """A message for the page (never a traceback)."""
+    if isinstance(error, (AppInputError, VideoRejectedError)):
+        return str(error)
+    if isinstance(error, EmptyQuestionError):
+        return "The question is empty: type one first."
+    if isinstance(error, CandidateError):
+        return f"Candidate answers: {error}."
+    if isinstance(error, ChatMessagesError):
+        return f"Chat: {error}."
+    if isinstance(error, UnreadableVideoError):
+        return f"Could not decode the video: {error}."
+    return f"Something went wrong ({type(error).__name__}); the request was not completed. The server log has details."
+
+
+def _to_gradio_error(error: BaseException) -> gr.Error:
+    if isinstance(error, gr.Error):
+        return error
+    expected = isinstance(error, (AppInputError, VideoRejectedError, EmptyQuestionError, CandidateError, ChatMessagesError, UnreadableVideoError))
+    if not expected:
+        logger.exception("request failed", exc_info=error)
+    return gr.Error(readable_error(error), print_exception=False)
+
+
+def shows_errors(fn: Callable) -> Callable:
+    """Wrap an event handler (function or generator) so every failure reaches the page as a
+    readable gr.Error and the session stays usable."""
+    if inspect.isgeneratorfunction(fn):
+
+        @functools.wraps(fn)
+        def generator_wrapper(*args, **kwargs):
+            try:
+                yield from fn(*args, **kwargs)
+            except Exception as error:
+                raise _to_gradio_error(error) from None
+
+        return generator_wrapper
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except Exception as error:
+            raise _to_gradio_error(error) from None
+
+    return wrapper
+
+
+# ---------------------------------------------------------------------------------------- page text
+
+
+def model_markdown(service: ModelService) -> str:
+    card = service.model_card()
+    limits = service.limits
+    return "\n".join(
+        [
+            "| part | loaded |",
+            "| --- | --- |",
+            f"| video encoder | `{card['encoder']}` (width {card['encoder_width']}) |",
+            f"| LLM | `{card['llm']}` (width {card['llm_width']}, {card['llm_parameters'] / 1e6:.1f} M parameters) |",
+            f"| glue | `{card['glue']}`: Perceiver Resampler, {card['resampler']} |",
+            f"| sampling | {card['frames']} frames of {card['frame_size']} x {card['frame_size']} px |",
+            f"| device | {card['device']} ({card['dtype']}) |",
+            "",
+            f"Limits: videos up to {limits.max_upload_mb:g} MB and {limits.max_duration_s:g} s, "
+            f"at most {limits.max_frames} frames and {limits.max_new_tokens} new tokens a request; "
+            f"{limits.concurrency} request(s) at once, {limits.queue_size} waiting.",
+        ]
+    )
+
+
+def _clip_markdown(path: str, strip) -> str:
+    info = strip.info
+    return (
+        f"**{Path(path).name}**: {info.duration_s:.1f} s, {info.width} x {info.height} px; "
+        f"the model sees {len(strip.frames)} frames of {strip.frames.shape[1]} x {strip.frames.shape[2]} px."
+    )
+
+
+def _chart_data(probabilities: list[dict] | None):
+    import pandas as pd
+
+    rows = (probabilities or [])[:TOP_CANDIDATES_SHOWN]
+    return pd.DataFrame(
+        {"answer": [row["answer"] for row in rows], "probability": [float(row["probability"]) for row in rows]}
+    )
+
+
+# ---------------------------------------------------------------------------------------- the page
+
+
+def build_app(service: ModelService, examples: Sequence[str | os.PathLike] | None = None) -> gr.Blocks:
+    """The gr.Blocks page over ``service`` (queue and launch settings are applied by :func:`launch_app`).
+
+    examples: clips offered as examples (default: :func:`default_examples`)."""
+    examples = [Path(p) for p in (default_examples() if examples is None else examples)]
+    limits = service.limits
+
+    # --------------------------------------------------------------- handlers (API names: parameters)
+
+    @shows_errors
+    def caption(video: str | None, frames: float, max_new_tokens: float) -> str:
+        return service.caption(video, frames, max_new_tokens)
+
+    @shows_errors
+    def ask(video: str | None, question: str, candidates: str, frames: float, max_new_tokens: float):
+        result = service.ask(video, question, parse_candidates(candidates, limits.max_candidates), frames, max_new_tokens)
+        return result.answer, result.probabilities()
+
+    @shows_errors
+    def chat(video: str | None, message: str, history: list, frames: float, max_new_tokens: float):
+        history = list(history or [])
+        pieces = service.chat_stream(video, history, message, frames, max_new_tokens)
+        try:
+            reply = next(pieces, None) or ""  # fails here (no video, empty message ...) before the chat changes
+            history = history + [{"role": "user", "content": message}, {"role": "assistant", "content": reply}]
+            yield history, ""
+            for piece in pieces:
+                reply += piece
+                history[-1] = {"role": "assistant", "content": reply}
+                yield history, ""
+        finally:
+            pieces.close()
+
+    def show_video(video: str | None, frames: float):
+        """Preview, frame strip and clip facts for a new clip (a bad clip: a message, no strip)."""
+        cleared = ("", "", [], None, [])  # caption, answer, probabilities, chart, chat
+        if not video:
+            return (gr.update(value=None, visible=True), gr.update(value=None, visible=False), [], "", *cleared)
+        is_gif = Path(video).suffix.lower() == ".gif"
+        video_update = gr.update(value=None if is_gif else video, visible=not is_gif)
+        gif_update = gr.update(value=video if is_gif else None, visible=is_gif)
+        try:
+            strip = service.frame_strip(video, frames)
+        except Exception as error:
+            message = readable_error(error)
+            if not isinstance(error, (AppInputError, VideoRejectedError)):
+                logger.exception("frame strip failed", exc_info=error)
+            gr.Warning(message)
+            return (gr.update(value=None, visible=True), gr.update(value=None, visible=False), [], f"**Cannot use this clip.** {message}", *cleared)
+        gallery = [(frame, f"{time:.2f} s") for frame, time in zip(strip.frames, strip.times_s)]
+        return (video_update, gif_update, gallery, _clip_markdown(video, strip), *cleared)
+
+    def update_strip(video: str | None, frames: float):
+        if not video:
+            return [], ""
+        try:
+            strip = service.frame_strip(video, frames)
+        except Exception as error:
+            message = readable_error(error)
+            gr.Warning(message)
+            return [], f"**Cannot use this clip.** {message}"
+        return [(f, f"{t:.2f} s") for f, t in zip(strip.frames, strip.times_s)], _clip_markdown(video, strip)
+
+    def switch_vocabulary(vocabulary: str, candidates: str, stash: str):
+        """Open vocabulary hides (and stashes) the candidates, so /ask receives none."""
+        if vocabulary == OPEN:
+            return gr.update(value="", visible=False), gr.update(visible=False), candidates or stash
+        return gr.update(value=candidates or stash, visible=True), gr.update(visible=True), stash
+
+    def use_preset(preset: str, candidates: str):
+        return candidates if preset == NO_PRESET else ", ".join(CANDIDATE_PRESETS[preset])
+
+    def require_candidates(vocabulary: str, candidates: str) -> None:
+        if vocabulary == CLOSED and not (candidates or "").strip():
+            raise gr.Error(
+                "Closed vocabulary needs candidate answers: type them (comma-separated or one per line) "
+                "or pick a preset, or switch to open vocabulary.",
+                print_exception=False,
+            )
+
+    # --------------------------------------------------------------- layout
+
+    with gr.Blocks(title="prism-vlm", analytics_enabled=False, delete_cache=(3600, 3600)) as demo:
+        gr.Markdown(DESCRIPTION)
+        with gr.Row(equal_height=False):
+            with gr.Column(scale=2, min_width=320):
+                video = gr.File(
+                    label=f"Video ({', '.join(s.lstrip('.') for s in VIDEO_SUFFIXES)}; up to {limits.max_upload_mb:g} MB, {limits.max_duration_s:g} s)",
+                    file_types=list(VIDEO_SUFFIXES), type="filepath", height=120, elem_id="video-upload",
+                )
+                preview = gr.Video(label="Preview", interactive=False, height=300, elem_id="video-preview")
+                gif_preview = gr.Image(label="Preview", interactive=False, type="filepath", visible=False, height=300)
+                clip_facts = gr.Markdown(elem_id="clip-facts")
+                if examples:
+                    gr.Examples(
+                        examples=[[str(p)] for p in examples], inputs=[video], label="Examples",
+                        example_labels=[p.stem.replace("_", " ") for p in examples],
+                    )
+            with gr.Column(scale=3, min_width=420):
+                strip = gr.Gallery(
+                    label="Frames the model sees", columns=8, height=200, object_fit="contain",
+                    allow_preview=True, elem_id="frame-strip",
+                )
+                with gr.Group():
+                    describe_button = gr.Button("Describe", variant="primary", elem_id="describe-button")
+                    caption_box = gr.Textbox(label="Description", lines=2, interactive=False, elem_id="caption")
+                with gr.Accordion("Settings", open=True):
+                    with gr.Row():
+                        frames = gr.Slider(1, limits.max_frames, value=service.default_frames, step=1, label="Frames sampled")
+                        max_new_tokens = gr.Slider(
+                            1, limits.max_new_tokens, value=min(64, limits.max_new_tokens), step=1, label="Max new tokens"
+                        )
+        with gr.Row(equal_height=False):
+            with gr.Column(scale=1, min_width=380):
+                gr.Markdown("### Chat about the clip")
+                chatbot = gr.Chatbot(label="Chat", height=320, elem_id="chat")
+                with gr.Row():
+                    message = gr.Textbox(label="Message", placeholder="Ask anything about the clip ...", show_label=False, scale=4, elem_id="chat-message")
+                    send_button = gr.Button("Send", scale=1, variant="primary")
+                clear_button = gr.Button("Clear chat", size="sm")
+            with gr.Column(scale=1, min_width=380):
+                gr.Markdown("### Question answering")
+                question = gr.Textbox(label="Question", placeholder="what is the person doing?", elem_id="qa-question")
+                vocabulary = gr.Radio([OPEN, CLOSED], value=CLOSED, label="Answers")
+                with gr.Row():
+                    preset = gr.Dropdown([NO_PRESET, *CANDIDATE_PRESETS], value=NO_PRESET, label="Candidate preset", scale=1)
+                    candidates = gr.Textbox(
+                        label="Candidate answers (comma-separated or one per line)", value="", lines=2, scale=3,
+                        elem_id="qa-candidates",
+                    )
+                stash = gr.State("")
+                ask_button = gr.Button("Ask", variant="primary", elem_id="ask-button")
+                answer = gr.Textbox(label="Answer", interactive=False, elem_id="qa-answer")
+                chart = gr.BarPlot(
+                    x="answer", y="probability", y_lim=[0, 1], sort="-y", height=240,
+                    label=f"Top {TOP_CANDIDATES_SHOWN} candidates", elem_id="qa-chart",
+                )
+                with gr.Accordion("All candidate probabilities (JSON)", open=False):
+                    probabilities = gr.JSON(label="Candidate probabilities", elem_id="qa-probabilities")
+        with gr.Accordion("Loaded model", open=False):
+            gr.Markdown(model_markdown(service), elem_id="model-info")
+
+        # --------------------------------------------------------------- events
+
+        private = {"api_visibility": "private"}
+        model_event = {"concurrency_id": MODEL_QUEUE, "concurrency_limit": limits.concurrency}
+        clip_outputs = [preview, gif_preview, strip, clip_facts, caption_box, answer, probabilities, chart, chatbot]
+        video.change(show_video, [video, frames], clip_outputs, **model_event, **private)
+        frames.release(update_strip, [video, frames], [strip, clip_facts], **model_event, **private)
+
+        describe_button.click(caption, [video, frames, max_new_tokens], caption_box, api_name="caption", **model_event)
+
+        gr.on(
+            [ask_button.click, question.submit], require_candidates, [vocabulary, candidates], None, queue=False, **private
+        ).success(
+            ask, [video, question, candidates, frames, max_new_tokens], [answer, probabilities], api_name="ask", **model_event
+        ).success(_chart_data, probabilities, chart, queue=False, **private)
+        vocabulary.change(switch_vocabulary, [vocabulary, candidates, stash], [candidates, preset, stash], queue=False, **private)
+        preset.change(use_preset, [preset, candidates], candidates, queue=False, **private)
+
+        gr.on(
+            [send_button.click, message.submit], chat, [video, message, chatbot, frames, max_new_tokens], [chatbot, message],
+            api_name="chat", **model_event,
+        )
+        clear_button.click(lambda: ([], ""), None, [chatbot, message], queue=False, **private)
+    return demo
+
+
+def launch_app(
+    service: ModelService,
+    host: str = "127.0.0.1",
+    port: int | None = 7860,
+    share: bool = False,
+    examples: Sequence[str | os.PathLike] | None = None,
+    prevent_thread_lock: bool = False,
+    quiet: bool = False,
+) -> gr.Blocks:
+    """Build the page, bound its queue (``service.limits``: concurrency and size) and serve it.
+
+    Only uploads and the example clips are served from disk (``allowed_paths`` = the examples)."""
+    examples = [Path(p).resolve() for p in (default_examples() if examples is None else examples)]
+    demo = build_app(service, examples)
+    demo.queue(default_concurrency_limit=service.limits.concurrency, max_size=service.limits.queue_size)
+    demo.launch(
+        server_name=host,
+        server_port=port,
+        share=share,
+        prevent_thread_lock=prevent_thread_lock,
+        quiet=quiet,
+        max_file_size=service.limits.max_upload_bytes,
+        allowed_paths=[str(p) for p in examples],
+        footer_links=["api"],
+        ssr_mode=False,
+        mcp_server=False,
+        enable_monitoring=False,
+        theme=gr.themes.Soft(),
+    )
+    return demo

@@ -31,9 +31,10 @@ SHARED_CLIP = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "wat
 """The shared real clip, offered as an example when it sits beside the checkout."""
 
 CANDIDATE_PRESETS: dict[str, list[str]] = {
-    "colours": ["red", "orange", "yellow", "green", "blue", "purple", "pink", "brown", "black", "white", "gray"],
-    "shapes": ["circle", "square", "triangle", "star", "rectangle", "ellipse", "diamond", "hexagon"],
-    "directions": ["left", "right", "up", "down"],
+    # the vocabulary of the shapes clips (vlm.shapes): colours, shapes, motions
+    "colours": ["red", "green", "blue", "yellow", "purple", "white", "orange", "cyan", "black", "brown", "pink", "gray"],
+    "shapes": ["circle", "square", "triangle", "star", "cross", "heart"],
+    "motions": ["left", "right", "up", "down", "growing", "shrinking", "rotating", "still"],
     "yes / no": ["yes", "no"],
     "counts": ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "10"],
     "actions": ["playing", "drumming", "dancing", "singing", "talking", "cooking", "walking", "running", "jumping", "swimming"],

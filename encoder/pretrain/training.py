@@ -1,0 +1,324 @@
+"""The training loop shared by stage 1, stage 2 and LiT.
+
+A stage is a *task*: an object with a ``model`` (one ``nn.Module`` holding everything trained), a
+``loss(model, step, accelerator) -> (loss, metrics)`` method that draws the batch of ``step``
+itself (data order, masks and shuffles are pure functions of the seed and the step, so resuming
+reproduces them), a ``scheduler(optimizer)`` factory and an ``export(model, out_dir)`` method
+writing the final transformers-format model. ``run_training`` does the rest with the shared
+machinery: accelerate for devices / mixed precision / processes, ``encoder.checkpoints`` for atomic
+checkpoints with optimizer, scheduler, RNG and data position (exact resume), ``encoder.run_log``
+for the metrics JSONL and loss plot, and a tqdm progress bar.
+
+Run directory (``config.output_dir``)::
+
+    config.json          the stage config (a resumed run must match it)
+    checkpoints/step-N/  the newest ``keep_checkpoints`` training checkpoints
+    metrics.jsonl        one line per logged step; loss.png its plot
+    model/               the exported model, written when training ends (atomically)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import time
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+
+from encoder.checkpoints import latest_checkpoint, load_training_checkpoint, save_training_checkpoint, trainable_state, unwrap
+from encoder.run_log import MetricsLog, plot_metrics
+
+CONFIG_FILE = "config.json"
+METRICS_FILE = "metrics.jsonl"
+PLOT_FILE = "loss.png"
+MODEL_DIR = "model"
+OPTIMIZERS = ("adafactor", "adamw")
+# Fields that may change between a run and its resumption (they do not change what is computed).
+RESUMABLE_FIELDS = {"save_every", "keep_checkpoints", "log_every", "progress", "resume", "cache_clips", "cpu", "max_steps"}
+
+
+@dataclass(kw_only=True)
+class TrainingSettings:
+    """Settings every pretraining stage shares.
+
+    output_dir: run directory (checkpoints, metrics, the exported model under ``model/``).
+    train_manifests: JSONL manifests, one dataset each (``encoder.pretrain.data``); batches
+        alternate between them.
+    batch_size: examples per step (split over processes under ``accelerate launch``).
+    max_steps: optimizer steps in total.
+    learning_rate: peak learning rate. With Adafactor (torch's, relative step sizes) an update
+        moves each tensor by about ``lr * RMS(tensor)``, so the value is relative, not the paper's
+        absolute one (5e-4 there for weights of RMS ~0.03 corresponds to about 1e-2 here).
+    warmup_steps: linear warm-up steps.
+    weight_decay: decoupled weight decay (torch Adafactor/AdamW: ``p *= 1 - lr * wd``).
+    optimizer: 'adafactor' (the paper's) or 'adamw'.
+    max_grad_norm: clip gradients to this norm (None: no clipping; Adafactor clips its updates).
+    seed: seeds model initialisation, data order, masks and shuffles.
+    num_frames, image_size: clip shape fed to the model (None: the model's own).
+    cache_clips: decode each clip once and keep it in memory (uint8).
+    save_every: checkpoint interval in steps (a checkpoint is also written at the end).
+    keep_checkpoints: newest checkpoints kept.
+    log_every: metrics interval in steps.
+    mixed_precision: 'no', 'bf16' or 'fp16' (accelerate autocast).
+    cpu: train on the CPU even when CUDA is available.
+    progress: show a tqdm progress bar.
+    resume: continue from the newest checkpoint in ``output_dir`` when there is one.
+    """
+
+    output_dir: str
+    train_manifests: list[str] = field(default_factory=list)
+    batch_size: int = 8
+    max_steps: int = 1000
+    learning_rate: float = 1e-2
+    warmup_steps: int = 100
+    weight_decay: float = 1e-4
+    optimizer: str = "adafactor"
+    max_grad_norm: float | None = None
+    seed: int = 0
+    num_frames: int | None = None
+    image_size: int | None = None
+    cache_clips: bool = False
+    save_every: int = 500
+    keep_checkpoints: int = 2
+    log_every: int = 10
+    mixed_precision: str = "no"
+    cpu: bool = False
+    progress: bool = True
+    resume: bool = True
+
+    def check(self) -> None:
+        if not self.output_dir:
+            raise ValueError("output_dir is required")
+        if not self.train_manifests:
+            raise ValueError("give at least one training manifest (train_manifests)")
+        if isinstance(self.train_manifests, (str, os.PathLike)):
+            raise ValueError("train_manifests must be a list of paths")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        if self.max_steps < 1 or self.batch_size < 1 or self.save_every < 1 or self.log_every < 1:
+            raise ValueError("max_steps, batch_size, save_every and log_every must be >= 1")
+        if not 0 <= self.warmup_steps <= self.max_steps:
+            raise ValueError(f"warmup_steps must be in [0, max_steps], got {self.warmup_steps}")
+        if self.mixed_precision not in ("no", "bf16", "fp16"):
+            raise ValueError(f"mixed_precision must be 'no', 'bf16' or 'fp16', got {self.mixed_precision!r}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Config <-> JSON
+# ---------------------------------------------------------------------------------------------
+
+
+def config_to_dict(config: Any) -> dict:
+    """A dataclass config as plain JSON values (nested dataclasses become dicts, paths strings)."""
+    def plain(value):
+        if dataclasses.is_dataclass(value):
+            return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        if isinstance(value, (list, tuple)):
+            return [plain(v) for v in value]
+        if isinstance(value, os.PathLike):
+            return os.fspath(value)
+        return value
+
+    return plain(config)
+
+
+def _dataclass_type(annotation) -> type | None:
+    if dataclasses.is_dataclass(annotation):
+        return annotation
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+        for arg in typing.get_args(annotation):
+            if dataclasses.is_dataclass(arg):
+                return arg
+    return None
+
+
+def config_from_dict(cls: type, values: dict) -> Any:
+    """Inverse of ``config_to_dict`` (unknown keys are an error naming them)."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} fields: {unknown}")
+    kwargs = {}
+    for name, value in values.items():
+        nested = _dataclass_type(hints.get(name))
+        kwargs[name] = config_from_dict(nested, value) if nested is not None and isinstance(value, dict) else value
+    return cls(**kwargs)
+
+
+def save_config(config: Any, path: str | os.PathLike) -> Path:
+    """Write the config as JSON (atomically)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(json.dumps(config_to_dict(config), indent=2) + "\n", encoding="utf-8")
+    os.replace(temporary, path)
+    return path
+
+
+def load_config(cls: type, path: str | os.PathLike) -> Any:
+    return config_from_dict(cls, json.loads(Path(path).read_text(encoding="utf-8")))
+
+
+def _check_same_run(config: Any, saved_path: Path) -> None:
+    saved = json.loads(saved_path.read_text(encoding="utf-8"))
+    current = config_to_dict(config)
+    changed = sorted(k for k in set(saved) | set(current) if k not in RESUMABLE_FIELDS and saved.get(k) != current.get(k))
+    if changed:
+        raise ValueError(
+            f"{saved_path.parent} holds checkpoints of a run with a different config (fields {changed}); "
+            "use another output_dir, or resume=False to start over"
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# Optimiser
+# ---------------------------------------------------------------------------------------------
+
+
+def make_optimizer(model: nn.Module, settings: TrainingSettings) -> torch.optim.Optimizer:
+    """Adafactor (torch >= 2.5) or AdamW over the parameters that require grad."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("the model has no trainable parameters")
+    if settings.optimizer == "adafactor":
+        return torch.optim.Adafactor(params, lr=settings.learning_rate, weight_decay=settings.weight_decay)
+    return torch.optim.AdamW(params, lr=settings.learning_rate, weight_decay=settings.weight_decay)
+
+
+class Task(Protocol):
+    model: nn.Module
+
+    def loss(self, model: nn.Module, step: int, accelerator) -> tuple[torch.Tensor, dict[str, float]]: ...
+
+    def scheduler(self, optimizer: torch.optim.Optimizer): ...
+
+    def export(self, model: nn.Module, out_dir: Path) -> None: ...
+
+    def data_state(self, step: int) -> dict: ...
+
+
+def _export_atomically(task: Task, model: nn.Module, out_dir: Path) -> Path:
+    temporary = out_dir.with_name(out_dir.name + ".tmp")
+    if temporary.exists():
+        shutil.rmtree(temporary)
+    temporary.mkdir(parents=True)
+    task.export(model, temporary)
+    if out_dir.exists():
+        stale = out_dir.with_name(out_dir.name + ".old")
+        if stale.exists():
+            shutil.rmtree(stale)
+        os.replace(out_dir, stale)
+        os.replace(temporary, out_dir)
+        shutil.rmtree(stale)
+    else:
+        os.replace(temporary, out_dir)
+    return out_dir
+
+
+def make_accelerator(settings: TrainingSettings):
+    from accelerate import Accelerator
+
+    return Accelerator(mixed_precision=settings.mixed_precision, cpu=settings.cpu)
+
+
+def run_training(settings: TrainingSettings, task: Task, title: str, plot_keys: tuple[str, ...] = ("loss",)) -> Path:
+    """Train ``task.model`` for ``settings.max_steps`` steps (resuming from the newest checkpoint),
+    then export it to ``output_dir/model``. Returns that directory."""
+    from tqdm.auto import tqdm
+
+    out = Path(settings.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    accelerator = make_accelerator(settings)
+    model = task.model
+    if hasattr(task, "to"):
+        task.to(accelerator.device)
+    optimizer = make_optimizer(model, settings)
+    scheduler = task.scheduler(optimizer)
+
+    start = 0
+    checkpoint = latest_checkpoint(out) if settings.resume else None
+    if checkpoint is not None:
+        if (out / CONFIG_FILE).is_file():
+            _check_same_run(settings, out / CONFIG_FILE)
+        start, _, _ = load_training_checkpoint(checkpoint, model=model, optimizer=optimizer, scheduler=scheduler)
+    if accelerator.is_main_process:
+        save_config(settings, out / CONFIG_FILE)
+    model, optimizer = accelerator.prepare(model, optimizer)
+
+    metrics = MetricsLog(out / METRICS_FILE, resume_step=start) if accelerator.is_main_process else None
+    bar = tqdm(
+        total=settings.max_steps, initial=min(start, settings.max_steps), desc=title, unit="step",
+        disable=not (settings.progress and accelerator.is_main_process),
+    )
+    trainable = [p for p in unwrap(model).parameters() if p.requires_grad]
+    try:
+        model.train()
+        step = start
+        while step < settings.max_steps:
+            began = time.perf_counter()
+            loss, values = task.loss(model, step, accelerator)
+            if not torch.isfinite(loss.detach()):
+                raise FloatingPointError(
+                    f"{title}: loss is {loss.item()} at step {step + 1}; the last good checkpoint is kept in {out / 'checkpoints'}"
+                )
+            accelerator.backward(loss)
+            if settings.max_grad_norm is not None:
+                accelerator.clip_grad_norm_(trainable, settings.max_grad_norm)
+            learning_rate = optimizer.param_groups[0]["lr"]
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            seconds = time.perf_counter() - began
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+            if metrics is not None and (step % settings.log_every == 0 or step == settings.max_steps or step == 1):
+                metrics.log(step, loss=float(loss.item()), lr=float(learning_rate), step_seconds=round(seconds, 4), **values)
+            if step % settings.save_every == 0 or step == settings.max_steps:
+                save_training_checkpoint(
+                    out, step, model_state=trainable_state(model), optimizer=optimizer, scheduler=scheduler,
+                    data_state=task.data_state(step), extra={"stage": title}, keep_last=settings.keep_checkpoints,
+                )
+                if accelerator.is_main_process:
+                    plot_metrics(out / METRICS_FILE, out / PLOT_FILE, keys=plot_keys, title=title)
+    finally:
+        bar.close()
+        if metrics is not None:
+            metrics.close()
+    accelerator.wait_for_everyone()
+    final = out / MODEL_DIR
+    if accelerator.is_main_process:
+        _export_atomically(task, unwrap(model), final)
+        plot_metrics(out / METRICS_FILE, out / PLOT_FILE, keys=plot_keys, title=title)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def process_rows(rows, accelerator) -> list[int]:
+    """This process's share of a step's global batch (every ``num_processes``-th row)."""
+    if accelerator is None or accelerator.num_processes == 1:
+        return [int(r) for r in rows]
+    share = [int(r) for r in rows[accelerator.process_index :: accelerator.num_processes]]
+    if not share:
+        raise ValueError(f"batch of {len(rows)} is smaller than the {accelerator.num_processes} processes")
+    return share
+
+
+def step_seed(seed: int, stream: int, step: int) -> list[int]:
+    """Seed material for the random draws of one step (``numpy.random.default_rng`` accepts it)."""
+    return [int(seed), int(stream), int(step)]
+
+
+def torch_generator(seed: int, stream: int, step: int) -> torch.Generator:
+    """A CPU torch generator seeded from (seed, stream, step)."""
+    value = (int(seed) * 1_000_003 + int(stream) * 7_919 + int(step)) % (2**63 - 1)
+    return torch.Generator().manual_seed(value)

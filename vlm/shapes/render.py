@@ -166,6 +166,15 @@ def with_derived_fields(obj: ObjectAttributes, num_frames: int) -> ObjectAttribu
 # ---------------------------------------------------------------------------------------------
 
 
+def _area_centroid(polygon: np.ndarray) -> np.ndarray:
+    """Centroid of the area of a simple polygon ``[V, 2]`` (shoelace formula). -> ``[2]``"""
+    x, y = polygon[:, 0], polygon[:, 1]
+    x_next, y_next = np.roll(x, -1), np.roll(y, -1)
+    cross = x * y_next - x_next * y
+    area = cross.sum() / 2
+    return np.array([((x + x_next) * cross).sum(), ((y + y_next) * cross).sum()]) / (6 * area)
+
+
 def _unit_outline(shape: str) -> np.ndarray:
     """Polygon ``[V, 2]`` of ``shape`` centred at 0 with circumradius 1, angle 0 (y down)."""
     if shape == "circle":
@@ -186,12 +195,12 @@ def _unit_outline(shape: str) -> np.ndarray:
         points = [(-a, -b), (a, -b), (a, -a), (b, -a), (b, a), (a, a), (a, b), (-a, b), (-a, a), (-b, a), (-b, -a), (-a, -a)]
         outline = np.array(points, dtype=np.float64)
         return outline / np.hypot(a, b)
-    if shape == "heart":  # the classic parametric heart, point down, centred on its bounding box
+    if shape == "heart":  # the classic parametric heart, point down, centred on its area centroid
         t = np.linspace(0, 2 * np.pi, 64, endpoint=False)
         x = 16 * np.sin(t) ** 3
         y = -(13 * np.cos(t) - 5 * np.cos(2 * t) - 2 * np.cos(3 * t) - np.cos(4 * t))
         outline = np.stack([x, y], axis=1)
-        outline -= (outline.max(axis=0) + outline.min(axis=0)) / 2
+        outline -= _area_centroid(outline)  # so that a rotating heart turns in place
         return outline / np.hypot(outline[:, 0], outline[:, 1]).max()
     raise ValueError(f"unknown shape {shape!r}; known: {', '.join(SHAPES)}")
 

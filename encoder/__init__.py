@@ -1,7 +1,35 @@
-"""The VideoPrism side of prism-vlm: video decoding, encoder loading and conversion, features."""
+"""The VideoPrism side of prism-vlm: video decoding, encoder loading and conversion, features.
 
-from encoder.features import FeatureCache, encode_clips, extract_features
-from encoder.loading import load_encoder
-from encoder.video import VideoDecodeError, load_clip
+The public names below are imported on first use (PEP 562), so importing a light submodule such
+as ``encoder.pretrain.cli`` (for the ``prism-vlm`` command line) does not load torch.
+"""
+
+import importlib
+
+_EXPORTS = {
+    "FeatureCache": "encoder.features",
+    "encode_clips": "encoder.features",
+    "extract_features": "encoder.features",
+    "load_encoder": "encoder.loading",
+    "VideoDecodeError": "encoder.video",
+    "load_clip": "encoder.video",
+}
 
 __all__ = ["FeatureCache", "VideoDecodeError", "encode_clips", "extract_features", "load_clip", "load_encoder"]
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
+    try:
+        return importlib.import_module(f"{__name__}.{name}")  # e.g. ``encoder.video`` after ``import encoder``
+    except ModuleNotFoundError as error:
+        if error.name != f"{__name__}.{name}":
+            raise
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

@@ -13,6 +13,8 @@ SUBCOMMAND_MODULES: tuple[str, ...] = (
     "vlm.eval_commands",
     "vlm.shapes.cli",
     "apps.cli",
+    "vlm.training.cli",
+    "encoder.pretrain.cli",
 )
 
 

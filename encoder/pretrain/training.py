@@ -147,6 +147,12 @@ def config_from_dict(cls: type, values: dict) -> Any:
     unknown = sorted(set(values) - names)
     if unknown:
         raise ValueError(f"unknown {cls.__name__} fields: {unknown}")
+    missing = sorted(
+        f.name for f in dataclasses.fields(cls)
+        if f.name not in values and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    )
+    if missing:
+        raise ValueError(f"{cls.__name__} needs {', '.join(missing)}")
     kwargs = {}
     for name, value in values.items():
         nested = _dataclass_type(hints.get(name))

@@ -1,0 +1,220 @@
+"""Frozen-feature MAP probes: how much of a label a frozen encoder's tokens carry.
+
+A probe is a multihead attention-pooling (MAP) head trained on frozen encoder tokens, as in the
+paper's frozen-backbone evaluations: one learned query cross-attends to the tokens, then LayerNorm,
+a residual MLP, LayerNorm and a linear classifier. Only the probe trains (AdamW, warm-up then cosine
+decay); the tokens come from ``encoder.features.encode_clips`` or a ``FeatureCache`` and are never
+touched by a gradient.
+
+    accuracy = probe_accuracy(train_tokens, train_labels, test_tokens, test_labels, ProbeConfig(), seed=0)
+
+Tokens are ``[B, M, D]`` (M = T*N encoder tokens of D channels), labels ``[B]`` integers in
+``[0, num_classes)``. Everything is held in memory: meant for small encoders and a few thousand clips.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, fields
+
+import numpy as np
+import torch
+from torch import nn
+
+
+@dataclass
+class ProbeConfig:
+    """Probe architecture and training. ``num_heads`` must divide the token width D."""
+
+    num_heads: int = 4
+    mlp_ratio: float = 4.0  # MLP hidden width = mlp_ratio * D
+    epochs: int = 30
+    batch_size: int = 64
+    learning_rate: float = 1e-3
+    weight_decay: float = 1e-4
+    warmup_fraction: float = 0.1  # of all steps, then cosine decay to 0
+    dropout: float = 0.0
+    standardize: bool = True  # per-channel mean/std of the TRAIN tokens applied to all tokens
+    eval_batch_size: int = 256
+
+    def __post_init__(self) -> None:
+        for name in ("num_heads", "epochs", "batch_size", "eval_batch_size"):
+            if isinstance(getattr(self, name), bool) or not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ValueError(f"{name} must be a positive int, got {getattr(self, name)!r}")
+        if not self.mlp_ratio > 0 or not self.learning_rate > 0 or self.weight_decay < 0:
+            raise ValueError("need mlp_ratio > 0, learning_rate > 0 and weight_decay >= 0")
+        if not 0 <= self.warmup_fraction < 1 or not 0 <= self.dropout < 1:
+            raise ValueError("warmup_fraction and dropout must be in [0, 1)")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "ProbeConfig":
+        unknown = set(values) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown ProbeConfig fields: {sorted(unknown)}")
+        return cls(**values)
+
+    def save(self, path: str | os.PathLike) -> None:
+        with open(path, "w", encoding="utf-8") as handle:
+            json.dump(self.to_dict(), handle, indent=2)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "ProbeConfig":
+        with open(path, encoding="utf-8") as handle:
+            return cls.from_dict(json.load(handle))
+
+
+class MAPProbe(nn.Module):
+    """MAP head + linear classifier over frozen tokens.
+
+    tokens [B, M, D] -> (standardise) -> query [B, 1, D] attends to tokens -> LayerNorm -> + MLP
+    -> LayerNorm -> logits [B, num_classes].
+    """
+
+    def __init__(self, width: int, num_classes: int, config: ProbeConfig):
+        super().__init__()
+        if width % config.num_heads:
+            raise ValueError(f"num_heads={config.num_heads} does not divide the token width {width}")
+        if num_classes < 2:
+            raise ValueError(f"a probe needs at least 2 classes, got {num_classes}")
+        hidden = max(1, round(config.mlp_ratio * width))
+        self.register_buffer("token_mean", torch.zeros(width))
+        self.register_buffer("token_std", torch.ones(width))
+        self.query = nn.Parameter(torch.randn(1, 1, width) * width**-0.5)
+        self.attention = nn.MultiheadAttention(width, config.num_heads, dropout=config.dropout, batch_first=True)
+        self.norm = nn.LayerNorm(width)
+        self.mlp = nn.Sequential(nn.Linear(width, hidden), nn.GELU(), nn.Dropout(config.dropout), nn.Linear(hidden, width))
+        self.head_norm = nn.LayerNorm(width)
+        self.classifier = nn.Linear(width, num_classes)
+
+    def pooled(self, tokens: torch.Tensor) -> torch.Tensor:
+        """tokens [B, M, D] -> pooled features [B, D] (before the classifier)."""
+        tokens = (tokens - self.token_mean) / self.token_std
+        query = self.query.expand(tokens.shape[0], -1, -1)
+        attended, _ = self.attention(query, tokens, tokens, need_weights=False)  # [B, 1, D]
+        normed = self.norm(attended)
+        return self.head_norm(normed + self.mlp(normed))[:, 0]
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        """tokens [B, M, D] -> logits [B, num_classes]."""
+        return self.classifier(self.pooled(tokens))
+
+
+def _as_tokens(tokens: torch.Tensor | np.ndarray | Sequence, what: str) -> torch.Tensor:
+    if isinstance(tokens, Sequence) and not isinstance(tokens, (torch.Tensor, np.ndarray)):
+        tokens = torch.stack([torch.as_tensor(t) for t in tokens])
+    tokens = torch.as_tensor(tokens)
+    if tokens.ndim != 3 or tokens.shape[0] == 0:
+        raise ValueError(f"{what} must have shape [B, M, D] with B > 0, got {tuple(tokens.shape)}")
+    return tokens.float()
+
+
+def _as_labels(labels, count: int, what: str) -> torch.Tensor:
+    labels = torch.as_tensor(np.asarray(labels))
+    if labels.ndim != 1 or labels.shape[0] != count:
+        raise ValueError(f"{what} must have shape [{count}], got {tuple(labels.shape)}")
+    if labels.dtype.is_floating_point or labels.dtype == torch.bool or (labels < 0).any():
+        raise ValueError(f"{what} must be non-negative integers")
+    return labels.long()
+
+
+def train_map_probe(
+    tokens: torch.Tensor | np.ndarray,
+    labels,
+    num_classes: int | None = None,
+    config: ProbeConfig | None = None,
+    seed: int = 0,
+    device: str | torch.device | None = None,
+    progress: bool = False,
+) -> MAPProbe:
+    """Train a :class:`MAPProbe` on frozen tokens.
+
+    tokens: [B, M, D] float (kept on the CPU; mini-batches move to ``device``).
+    labels: [B] ints in [0, num_classes) (default num_classes: max label + 1).
+    Deterministic for ``seed`` on a given device (the global torch RNG is left as it was).
+    Returns the trained probe in eval mode, on ``device``.
+    """
+    from tqdm.auto import tqdm
+    from transformers import get_cosine_schedule_with_warmup
+
+    config = config or ProbeConfig()
+    tokens = _as_tokens(tokens, "train tokens")
+    labels = _as_labels(labels, tokens.shape[0], "train labels")
+    num_classes = int(labels.max()) + 1 if num_classes is None else num_classes
+    if int(labels.max()) >= num_classes:
+        raise ValueError(f"train labels go up to {int(labels.max())}, beyond num_classes={num_classes}")
+    device = torch.device(device or "cpu")
+    steps_per_epoch = -(-tokens.shape[0] // config.batch_size)
+    total_steps = steps_per_epoch * config.epochs
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        probe = MAPProbe(tokens.shape[-1], num_classes, config).to(device)
+        if config.standardize:
+            probe.token_mean.copy_(tokens.mean(dim=(0, 1)))
+            probe.token_std.copy_(tokens.std(dim=(0, 1)).clamp_min(1e-6))
+        optimizer = torch.optim.AdamW(probe.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+        schedule = get_cosine_schedule_with_warmup(optimizer, round(config.warmup_fraction * total_steps), total_steps)
+        order_rng = torch.Generator().manual_seed(seed)
+        probe.train()
+        for _ in tqdm(range(config.epochs), desc="probe", unit="epoch", disable=not progress):
+            order = torch.randperm(tokens.shape[0], generator=order_rng)
+            for start in range(0, tokens.shape[0], config.batch_size):
+                batch = order[start : start + config.batch_size]
+                logits = probe(tokens[batch].to(device, non_blocking=True))
+                loss = nn.functional.cross_entropy(logits, labels[batch].to(device))
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                schedule.step()
+    return probe.eval()
+
+
+@torch.inference_mode()
+def probe_predictions(probe: MAPProbe, tokens: torch.Tensor | np.ndarray, batch_size: int = 256) -> torch.Tensor:
+    """Predicted classes [B] (int64, CPU) of tokens [B, M, D]."""
+    tokens = _as_tokens(tokens, "tokens")
+    device = next(probe.parameters()).device
+    probe.eval()
+    return torch.cat(
+        [probe(tokens[start : start + batch_size].to(device)).argmax(-1).cpu() for start in range(0, tokens.shape[0], batch_size)]
+    )
+
+
+def probe_accuracy(
+    train_tokens: torch.Tensor | np.ndarray,
+    train_labels,
+    test_tokens: torch.Tensor | np.ndarray,
+    test_labels,
+    config: ProbeConfig | None = None,
+    seed: int = 0,
+    num_classes: int | None = None,
+    device: str | torch.device | None = None,
+    progress: bool = False,
+) -> float:
+    """Accuracy on (test_tokens, test_labels) of a MAP probe trained on (train_tokens, train_labels).
+
+    train_tokens [B, M, D], train_labels [B]; test_tokens [B', M, D], test_labels [B'].
+    """
+    config = config or ProbeConfig()
+    test_tokens = _as_tokens(test_tokens, "test tokens")
+    test_labels = _as_labels(test_labels, test_tokens.shape[0], "test labels")
+    train_labels_t = torch.as_tensor(np.asarray(train_labels))
+    if num_classes is None:
+        num_classes = int(max(int(train_labels_t.max()), int(test_labels.max()))) + 1
+    probe = train_map_probe(train_tokens, train_labels, num_classes, config, seed=seed, device=device, progress=progress)
+    if probe.token_mean.shape[0] != test_tokens.shape[-1]:
+        raise ValueError(f"test tokens have width {test_tokens.shape[-1]}, train tokens {probe.token_mean.shape[0]}")
+    predictions = probe_predictions(probe, test_tokens, config.eval_batch_size)
+    return float((predictions == test_labels).float().mean())
+
+
+def cached_tokens(cache, videos: Sequence[str]) -> torch.Tensor:
+    """Stack the tokens of ``videos`` from an ``encoder.features.FeatureCache``: float32 [B, M, D]."""
+    missing = [video for video in videos if video not in cache]
+    if missing:
+        raise KeyError(f"{len(missing)} videos are not in the feature cache {cache.cache_dir}, e.g. {missing[0]}")
+    return torch.stack([cache.get(video).float() for video in videos])

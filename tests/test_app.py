@@ -1,0 +1,308 @@
+"""The Gradio app, served on localhost and driven with gradio_client: /caption, /ask (open and
+closed vocabulary), /chat (streamed, multi-turn), readable errors for bad input (the server stays
+up), upload and duration limits, concurrent requests, what the server serves from disk; the
+frame strip and the ``prism-vlm app`` command line.
+
+A tiny random glue (VideoPrism 32 wide, 2 frames of 36 px + a 2-layer Llama with SmolLM2's
+tokenizer) is saved to a folder and loaded with ``load_model`` as ``prism-vlm app --model`` does.
+Every answer is compared with the library called directly on the same clip.
+"""
+
+from __future__ import annotations
+
+import math
+import socket
+import threading
+from pathlib import Path
+
+import av
+import httpx
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from tests.tiny_glue import FRAMES, SIZE, build_tiny_glue, save_tiny_glue, write_clip
+from tests.video_factory import write_video
+
+REPO = Path(__file__).resolve().parents[1]
+LIMITS = dict(max_upload_mb=0.25, max_duration_s=4.0, max_frames=8, max_new_tokens=16, concurrency=2, queue_size=16)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("clips")
+    rng = np.random.default_rng(0)
+    gif = [Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)) for _ in range(4)]
+    gif[0].save(root / "noise.gif", save_all=True, append_images=gif[1:], duration=100, loop=0)
+    long_frames = [np.full((32, 32, 3), i * 20, np.uint8) for i in range(12)]
+    (root / "examples").mkdir()
+    return {
+        "a": write_clip(root / "a.mp4", seed=0),
+        "b": write_clip(root / "b.mp4", seed=1),
+        "c": write_clip(root / "c.mkv", seed=2),
+        "gif": root / "noise.gif",
+        "long": write_video(root / "long.mp4", long_frames, fps=2),  # 6 s > max_duration_s
+        "example": write_clip(root / "examples" / "example.mp4", seed=3),
+    }
+
+
+@pytest.fixture(scope="module")
+def glue_dir(tmp_path_factory, smollm2_tokenizer) -> Path:
+    return save_tiny_glue(build_tiny_glue(smollm2_tokenizer), smollm2_tokenizer, tmp_path_factory.mktemp("glue"))
+
+
+@pytest.fixture(scope="module")
+def app(glue_dir, clips, tmp_path_factory):
+    """(url, service, demo) of the app served in this process on a free port."""
+    from apps.limits import AppLimits
+    from apps.service import ModelService
+    from apps.video_chat import launch_app
+    from vlm.model import load_model
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("GRADIO_ANALYTICS_ENABLED", "False")
+        patch.setenv("GRADIO_TEMP_DIR", str(tmp_path_factory.mktemp("uploads")))
+        service = ModelService(load_model(glue_dir), AppLimits(**LIMITS), model_dir=glue_dir)
+        demo = launch_app(service, port=free_port(), examples=[clips["example"]], prevent_thread_lock=True, quiet=True)
+        try:
+            yield demo.local_url, service, demo
+        finally:
+            demo.close()
+
+
+@pytest.fixture(scope="module")
+def client(app, tmp_path_factory):
+    from gradio_client import Client
+
+    return Client(app[0], analytics_enabled=False, verbose=False, download_files=str(tmp_path_factory.mktemp("dl")))
+
+
+def upload(path: Path):
+    from gradio_client import handle_file
+
+    return handle_file(str(path))
+
+
+def library_clip(service, path: Path, frames: int = FRAMES) -> torch.Tensor:
+    return service.model.load_videos([path], num_frames=frames)
+
+
+# ------------------------------------------------------------------------------------ endpoints
+
+
+def test_caption_endpoint_equals_the_library_with_the_settings_passed(app, client, clips):
+    _, service, _ = app
+    for frames, tokens in ((FRAMES, 6), (4, 3)):
+        expected = service.model.caption(clips=library_clip(service, clips["a"], frames), max_new_tokens=tokens)[0]
+        got = client.predict(upload(clips["a"]), frames, tokens, api_name="/caption")
+        assert got == expected
+
+
+def test_caption_reads_every_offered_container(app, client, clips):
+    _, service, _ = app
+    for name in ("c", "gif"):
+        expected = service.model.caption(clips=library_clip(service, clips[name]), max_new_tokens=4)[0]
+        assert client.predict(upload(clips[name]), FRAMES, 4, api_name="/caption") == expected
+
+
+def test_open_vocabulary_answer(app, client, clips):
+    _, service, _ = app
+    question = "what is moving?"
+    expected = service.model.answer([question], clips=library_clip(service, clips["a"]), max_new_tokens=5)[0]
+    answer, probabilities = client.predict(upload(clips["a"]), question, "", FRAMES, 5, api_name="/ask")
+    assert answer == expected
+    assert probabilities == []
+
+
+def test_closed_vocabulary_answer_with_probabilities(app, client, clips):
+    _, service, _ = app
+    question, candidates = "what colour is it?", ["red", "blue", "green", "a yellow square"]
+    answer, probabilities = client.predict(
+        upload(clips["a"]), question, " red, blue,green , a yellow square,, red ", FRAMES, 5, api_name="/ask"
+    )
+    assert [row["answer"] for row in probabilities] == sorted(
+        candidates, key=lambda c: -next(r["probability"] for r in probabilities if r["answer"] == c)
+    )
+    assert sorted(row["answer"] for row in probabilities) == sorted(candidates)  # parsed, duplicates dropped
+    assert math.isclose(sum(row["probability"] for row in probabilities), 1.0, abs_tol=1e-6)
+    assert answer == probabilities[0]["answer"]
+    expected = service.model.score_answers(question, candidates, clips=library_clip(service, clips["a"]))
+    assert [s.answer for s in expected] == [row["answer"] for row in probabilities]
+    for scored, row in zip(expected, probabilities):
+        assert row["probability"] == pytest.approx(scored.probability, abs=1e-5)
+        assert row["log_likelihood"] == pytest.approx(scored.log_likelihood, abs=1e-4)
+    # one per line works too
+    _, by_line = client.predict(upload(clips["a"]), question, "red\nblue\ngreen\na yellow square", FRAMES, 5, api_name="/ask")
+    assert by_line == probabilities
+
+
+def test_chat_streams_tokens_and_keeps_the_conversation(app, client, clips):
+    _, service, _ = app
+    clip = library_clip(service, clips["a"])
+    job = client.submit(upload(clips["a"]), "what happens in the video?", [], FRAMES, 8, api_name="/chat")
+    history, cleared_box = job.result()
+    assert cleared_box == ""
+    replies = [chat_reply(output[0]) for output in job.outputs()]
+    expected = service.model.chat([{"role": "user", "content": "what happens in the video?"}], clips=clip, max_new_tokens=8)
+    assert replies[-1] == expected.strip()  # the Chatbot component strips message text
+    assert len(set(replies)) >= 3, "the reply should arrive in several pieces"
+    assert all(later.startswith(earlier) for earlier, later in zip(replies, replies[1:]))
+    assert [turn["role"] for turn in history] == ["user", "assistant"]
+
+    history2, _ = client.predict(upload(clips["a"]), "and then?", history, FRAMES, 6, api_name="/chat")
+    assert [turn["role"] for turn in history2] == ["user", "assistant", "user", "assistant"]
+    expected2 = service.model.chat(
+        [
+            {"role": "user", "content": "what happens in the video?"},
+            {"role": "assistant", "content": expected.strip()},
+            {"role": "user", "content": "and then?"},
+        ],
+        clips=clip, max_new_tokens=6,
+    )
+    assert chat_reply(history2) == expected2.strip()
+
+
+def chat_reply(history: list[dict]) -> str:
+    from apps.service import chat_text
+
+    return chat_text(history[-1]["content"])
+
+
+def test_concurrent_requests_all_answered_and_equal_to_serial_results(app, client, clips):
+    _, service, _ = app
+    names = ["a", "b", "c", "a", "b", "c"]
+    expected = {n: service.model.caption(clips=library_clip(service, clips[n]), max_new_tokens=6)[0] for n in set(names)}
+    results: dict[int, str] = {}
+
+    def run(index: int, name: str) -> None:
+        results[index] = client.predict(upload(clips[name]), FRAMES, 6, api_name="/caption")
+
+    threads = [threading.Thread(target=run, args=(i, n)) for i, n in enumerate(names)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert {i: results.get(i) for i in range(len(names))} == {i: expected[n] for i, n in enumerate(names)}
+
+
+# ------------------------------------------------------------------------------------ errors and limits
+
+
+def test_bad_input_gives_a_readable_message_and_the_server_stays_up(app, client, clips, tmp_path):
+    from gradio_client.exceptions import AppError
+
+    garbage = tmp_path / "garbage.mp4"
+    garbage.write_bytes(np.random.default_rng(0).integers(0, 255, 5000, dtype=np.uint8).tobytes())
+    text = tmp_path / "notes.txt"
+    text.write_text("not a video")
+    cases = [
+        ((upload(garbage), FRAMES, 4), "/caption", "garbage.mp4"),
+        ((upload(text), FRAMES, 4), "/caption", "one of these formats"),  # gr.File checks the type
+        ((None, FRAMES, 4), "/caption", "Upload a video"),
+        ((upload(clips["long"]), FRAMES, 4), "/caption", "6.0 s long"),
+        ((upload(clips["a"]), 99, 4), "/caption", "greater than maximum value 8"),  # the slider checks it
+        ((upload(clips["a"]), "   ", "", FRAMES, 4), "/ask", "question is empty"),
+        ((upload(clips["a"]), "what?", " , ,\n", FRAMES, 4), "/ask", "No candidate answers"),
+        ((upload(garbage), "what?", "red, blue", FRAMES, 4), "/ask", "garbage.mp4"),
+        ((upload(clips["a"]), "  ", [], FRAMES, 4), "/chat", "message is empty"),
+        ((None, "hello", [], FRAMES, 4), "/chat", "Upload a video"),
+    ]
+    for args, endpoint, fragment in cases:
+        with pytest.raises(AppError) as error:
+            client.predict(*args, api_name=endpoint)
+        message = str(error.value)
+        assert fragment in message, (endpoint, message)
+        assert "Traceback" not in message and 'File "' not in message
+    # still serving
+    assert isinstance(client.predict(upload(clips["b"]), FRAMES, 3, api_name="/caption"), str)
+
+
+def test_upload_over_the_size_limit_is_refused(app, client, clips, tmp_path):
+    big = tmp_path / "big.mp4"
+    big.write_bytes(bytes(int(LIMITS["max_upload_mb"] * 2**20) + 1))
+    with pytest.raises(Exception) as error:
+        client.predict(upload(big), FRAMES, 4, api_name="/caption")
+    assert "413" in str(error.value) or "large" in str(error.value).lower() or "size" in str(error.value).lower()
+    assert isinstance(client.predict(upload(clips["a"]), FRAMES, 3, api_name="/caption"), str)
+
+
+def test_service_rejects_oversized_files_on_its_own(app, tmp_path):
+    """Defence in depth: a file that did not come through the upload route is checked too."""
+    from apps.service import AppInputError
+
+    _, service, _ = app
+    big = tmp_path / "big.mp4"
+    big.write_bytes(bytes(int(LIMITS["max_upload_mb"] * 2**20) + 1))
+    with pytest.raises(AppInputError, match="accepts videos up to 0.25 MB"):
+        service.caption(big)
+
+
+def test_server_serves_only_uploads_and_examples(app, clips, glue_dir):
+    url = app[0]
+    get = lambda path: httpx.get(f"{url}gradio_api/file={path}", timeout=10)  # noqa: E731
+    assert get(clips["example"].resolve()).status_code == 200
+    for private in (REPO / "README.md", REPO / "apps" / "service.py", glue_dir / "prism_vlm_config.json", Path("/etc/hostname"), clips["a"].resolve()):
+        assert get(private.resolve()).status_code == 403, private
+
+
+def test_queue_is_bounded_and_model_events_share_one_concurrency_limit(app):
+    _, service, demo = app
+    assert demo._queue.max_size == LIMITS["queue_size"]
+    named = {fn.api_name: fn for fn in demo.fns.values() if fn.api_name in ("caption", "ask", "chat")}
+    assert set(named) == {"caption", "ask", "chat"}
+    assert {fn.concurrency_id for fn in named.values()} == {"model"}
+    assert {fn.concurrency_limit for fn in named.values()} == {LIMITS["concurrency"]}
+
+
+# ------------------------------------------------------------------------------------ library pieces
+
+
+def test_frame_strip_is_what_the_model_sees(app, clips):
+    from encoder.video import load_clip
+
+    _, service, _ = app
+    strip = service.frame_strip(clips["a"], 4)
+    clip = load_clip(clips["a"], num_frames=4, size=SIZE)
+    assert strip.frames.shape == (4, SIZE, SIZE, 3) and strip.frames.dtype == np.uint8
+    np.testing.assert_array_equal(strip.frames, np.rint(clip * 255).astype(np.uint8))
+    with av.open(str(clips["a"])) as container:
+        duration = float(container.streams.video[0].duration * container.streams.video[0].time_base)
+    np.testing.assert_allclose(strip.times_s, (np.arange(4) + 0.5) * duration / 4)
+
+
+def test_chat_history_is_trimmed_to_the_last_turns(app):
+    _, service, _ = app
+    history = []
+    for turn in range(service.limits.max_chat_turns + 3):
+        history += [{"role": "user", "content": [{"type": "text", "text": f"q{turn}"}]}, {"role": "assistant", "content": f"a{turn}"}]
+    messages = service.chat_messages(history, "now?")
+    assert len(messages) == 2 * service.limits.max_chat_turns + 1
+    assert messages[0] == {"role": "user", "content": "q3"} and messages[-1] == {"role": "user", "content": "now?"}
+
+
+def test_model_card_names_encoder_llm_and_glue(app, glue_dir):
+    from apps.video_chat import model_markdown
+
+    _, service, _ = app
+    text = model_markdown(service)
+    assert str(glue_dir.parent / "encoder") in text and str(glue_dir.parent / "llm") in text and str(glue_dir) in text
+
+
+def test_cli_app_options_and_a_clear_error_without_a_model(tmp_path, monkeypatch, capsys):
+    from vlm import cli
+
+    args = cli.build_parser().parse_args(["app", "--model", "g", "--host", "0.0.0.0", "--port", "7999", "--share", "--queue-size", "5"])
+    assert (args.model, args.host, args.port, args.share, args.queue_size) == ("g", "0.0.0.0", 7999, True, 5)
+    defaults = cli.build_parser().parse_args(["app"])
+    assert (defaults.model, defaults.host, defaults.port, defaults.share) == (None, "127.0.0.1", 7860, False)
+    monkeypatch.setenv("PRISM_VLM_MODEL", str(tmp_path / "nothing-here"))
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "uploads"))
+    assert cli.main(["app", "--port", str(free_port())]) == 2
+    assert "no default model is installed" in capsys.readouterr().err

@@ -1,0 +1,145 @@
+"""The app in a real browser: ``prism-vlm app --model DIR`` started as a user starts it, then
+Debian's chromium (headless, through Playwright) uploads the shared real clip, waits for the strip
+of sampled frames, clicks Describe, reads the description that appears and saves a screenshot.
+
+Chromium is required, not optional: ``.ci/run`` installs it (``apt-get install chromium``), so a
+missing browser fails this test with the command that installs it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from urllib.parse import urlparse
+
+import httpx
+import numpy as np
+import pytest
+
+from tests.conftest import FIXTURES_DIR
+from tests.tiny_glue import FRAMES, build_tiny_glue, save_tiny_glue
+
+REPO = Path(__file__).resolve().parents[1]
+CHROMIUM = os.environ.get("PRISM_VLM_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]
+SHARED_CLIP = FIXTURES_DIR / "water_bottle_drumming.mp4"
+UI_MAX_NEW_TOKENS = 64  # the page's default "Max new tokens"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def glue_dir(tmp_path_factory, smollm2_tokenizer) -> Path:
+    return save_tiny_glue(build_tiny_glue(smollm2_tokenizer), smollm2_tokenizer, tmp_path_factory.mktemp("glue"))
+
+
+@pytest.fixture(scope="module")
+def served_app(glue_dir, tmp_path_factory):
+    """URL of ``prism-vlm app --model glue_dir`` running in a subprocess."""
+    root = tmp_path_factory.mktemp("app")
+    port = free_port()
+    env = dict(os.environ, GRADIO_ANALYTICS_ENABLED="False", GRADIO_TEMP_DIR=str(root / "uploads"), PYTHONUNBUFFERED="1")
+    log_path = root / "server.log"
+    with open(log_path, "w") as log:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "vlm.cli", "app", "--model", str(glue_dir), "--port", str(port)],
+            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
+        )
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            if server.poll() is not None:
+                pytest.fail(f"prism-vlm app exited with {server.returncode}:\n{log_path.read_text()[-3000:]}")
+            try:
+                if httpx.get(url, timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"prism-vlm app did not answer within 180 s:\n{log_path.read_text()[-3000:]}")
+            time.sleep(0.5)
+        yield url
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not Path(CHROMIUM).is_file():
+        pytest.fail(f"no chromium at {CHROMIUM}: install it with `apt-get install chromium` (.ci/run does)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+def test_upload_the_shared_clip_describe_it_and_take_a_screenshot(served_app, browser, glue_dir, tmp_path):
+    from vlm.model import load_model
+
+    if not SHARED_CLIP.is_file():
+        pytest.fail(f"the shared clip is missing: {SHARED_CLIP}")
+    page = browser.new_page(viewport={"width": 1400, "height": 1100})
+    outside = []
+    page.on("request", lambda request: outside.append(request.url) if urlparse(request.url).hostname not in ("127.0.0.1", "localhost") and not request.url.startswith(("data:", "blob:")) else None)
+    page.goto(served_app, wait_until="load")
+    page.locator("#video-upload").wait_for(timeout=30_000)
+
+    page.locator("#video-upload input[type=file]").set_input_files(str(SHARED_CLIP))
+    strip_images = page.locator("#frame-strip img")
+    page.wait_for_function(f"document.querySelectorAll('#frame-strip img').length >= {FRAMES}", timeout=60_000)
+    assert strip_images.count() == FRAMES
+    assert "8.3 s, 512 x 512 px" in page.locator("#clip-facts").inner_text()
+
+    page.locator("#describe-button").click()
+    caption_box = page.locator("#caption textarea")
+    page.wait_for_function("document.querySelector('#caption textarea').value.trim().length > 0", timeout=60_000)
+    shown = caption_box.input_value()
+
+    model = load_model(glue_dir)
+    expected = model.caption_videos([SHARED_CLIP], max_new_tokens=UI_MAX_NEW_TOKENS)[0]
+    assert shown == expected
+
+    screenshot = tmp_path / "app_describe.png"
+    page.screenshot(path=str(screenshot), full_page=True)
+    assert screenshot.stat().st_size > 10_000
+    if os.environ.get("PRISM_VLM_SCREENSHOT_DIR"):  # keep a copy (e.g. for docs/)
+        shutil.copy(screenshot, Path(os.environ["PRISM_VLM_SCREENSHOT_DIR"]) / screenshot.name)
+    assert outside == [], f"the page fetched from outside the server: {outside[:5]}"
+    page.close()
+
+
+def test_a_bad_upload_shows_a_message_in_the_page(served_app, browser, tmp_path):
+    garbage = tmp_path / "broken.mp4"
+    garbage.write_bytes(np.random.default_rng(1).integers(0, 255, 4000, dtype=np.uint8).tobytes())
+    page = browser.new_page()
+    page.goto(served_app, wait_until="load")
+    page.locator("#video-upload").wait_for(timeout=30_000)
+    page.locator("#video-upload input[type=file]").set_input_files(str(garbage))
+    page.wait_for_function("document.querySelector('#clip-facts').innerText.includes('Cannot use this clip')", timeout=60_000)
+    assert "broken.mp4" in page.locator("#clip-facts").inner_text()
+    page.locator("#describe-button").click()  # the session is still alive: Describe answers with a message
+    page.get_by_text("broken.mp4").first.wait_for(timeout=30_000)
+    assert page.locator("#frame-strip img").count() == 0
+    page.close()

@@ -238,11 +238,11 @@ class DistillationTask:
             )
         token_loss = cosine_distance(predicted_tokens, teacher_tokens)
         loss = self.settings.token_loss_weight * token_loss
-        values = {"dataset": batch["dataset"], "token_loss": float(token_loss)}
+        values = {"dataset": batch["dataset"], "token_loss": float(token_loss.detach())}
         if predicted_global is not None:
             global_loss = cosine_distance(predicted_global, teacher_global)
             loss = loss + self.settings.global_loss_weight * global_loss
-            values["global_loss"] = float(global_loss)
+            values["global_loss"] = float(global_loss.detach())
         with torch.no_grad():
             distance = 1.0 - torch.nn.functional.cosine_similarity(predicted_tokens.float(), teacher_tokens.float(), dim=-1)
             frames = pixels.shape[1]

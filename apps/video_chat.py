@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import gradio as gr
+import numpy as np
 
 from apps.limits import VIDEO_SUFFIXES, VideoRejectedError
 from apps.service import AppInputError, ModelService, parse_candidates
@@ -140,6 +141,29 @@ def _clip_markdown(path: str, strip) -> str:
     )
 
 
+def strip_image(strip, columns: int = 8, min_cell: int = 128, label_height: int = 22) -> np.ndarray:
+    """One image of the sampled frames, ``columns`` a row, each labelled with its time.
+
+    Frames smaller than ``min_cell`` are enlarged by a whole factor (nearest neighbour: the model's
+    pixels stay visible as they are). Returns uint8 [rows * (cell + label_height), columns * cell, 3]."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    count, size = len(strip.frames), strip.frames.shape[1]
+    scale = max(1, -(-min_cell // size))
+    cell = size * scale
+    columns = min(columns, count)
+    rows = -(-count // columns)
+    canvas = Image.new("RGB", (columns * cell, rows * (cell + label_height)), (255, 255, 255))
+    draw = ImageDraw.Draw(canvas)
+    font = ImageFont.load_default(size=max(12, label_height - 8))
+    for index, (frame, time) in enumerate(zip(strip.frames, strip.times_s)):
+        row, column = divmod(index, columns)
+        left, top = column * cell, row * (cell + label_height)
+        canvas.paste(Image.fromarray(frame).resize((cell, cell), Image.NEAREST), (left, top))
+        draw.text((left + cell // 2, top + cell + label_height // 2), f"{index + 1}: {time:.2f} s", fill=(60, 60, 60), font=font, anchor="mm")
+    return np.asarray(canvas)
+
+
 def _chart_data(probabilities: list[dict] | None):
     import pandas as pd
 
@@ -189,7 +213,7 @@ def build_app(service: ModelService, examples: Sequence[str | os.PathLike] | Non
         """Preview, frame strip and clip facts for a new clip (a bad clip: a message, no strip)."""
         cleared = ("", "", [], None, [])  # caption, answer, probabilities, chart, chat
         if not video:
-            return (gr.update(value=None, visible=True), gr.update(value=None, visible=False), [], "", *cleared)
+            return (gr.update(value=None, visible=True), gr.update(value=None, visible=False), None, "", *cleared)
         is_gif = Path(video).suffix.lower() == ".gif"
         video_update = gr.update(value=None if is_gif else video, visible=not is_gif)
         gif_update = gr.update(value=video if is_gif else None, visible=is_gif)
@@ -200,20 +224,19 @@ def build_app(service: ModelService, examples: Sequence[str | os.PathLike] | Non
             if not isinstance(error, (AppInputError, VideoRejectedError)):
                 logger.exception("frame strip failed", exc_info=error)
             gr.Warning(message)
-            return (gr.update(value=None, visible=True), gr.update(value=None, visible=False), [], f"**Cannot use this clip.** {message}", *cleared)
-        gallery = [(frame, f"{time:.2f} s") for frame, time in zip(strip.frames, strip.times_s)]
-        return (video_update, gif_update, gallery, _clip_markdown(video, strip), *cleared)
+            return (gr.update(value=None, visible=True), gr.update(value=None, visible=False), None, f"**Cannot use this clip.** {message}", *cleared)
+        return (video_update, gif_update, strip_image(strip), _clip_markdown(video, strip), *cleared)
 
     def update_strip(video: str | None, frames: float):
         if not video:
-            return [], ""
+            return None, ""
         try:
             strip = service.frame_strip(video, frames)
         except Exception as error:
             message = readable_error(error)
             gr.Warning(message)
-            return [], f"**Cannot use this clip.** {message}"
-        return [(f, f"{t:.2f} s") for f, t in zip(strip.frames, strip.times_s)], _clip_markdown(video, strip)
+            return None, f"**Cannot use this clip.** {message}"
+        return strip_image(strip), _clip_markdown(video, strip)
 
     def switch_vocabulary(vocabulary: str, candidates: str, stash: str):
         """Open vocabulary hides (and stashes) the candidates, so /ask receives none."""
@@ -239,8 +262,12 @@ def build_app(service: ModelService, examples: Sequence[str | os.PathLike] | Non
         with gr.Row(equal_height=False):
             with gr.Column(scale=2, min_width=320):
                 video = gr.File(
-                    label=f"Video ({', '.join(s.lstrip('.') for s in VIDEO_SUFFIXES)}; up to {limits.max_upload_mb:g} MB, {limits.max_duration_s:g} s)",
-                    file_types=list(VIDEO_SUFFIXES), type="filepath", height=120, elem_id="video-upload",
+                    label="Video", file_types=list(VIDEO_SUFFIXES), type="filepath", height=120, elem_id="video-upload",
+                )
+                gr.Markdown(
+                    f"{', '.join(s.lstrip('.') for s in VIDEO_SUFFIXES)}; up to {limits.max_upload_mb:g} MB "
+                    f"and {limits.max_duration_s:g} s",
+                    elem_id="upload-limits",
                 )
                 preview = gr.Video(label="Preview", interactive=False, height=300, elem_id="video-preview")
                 gif_preview = gr.Image(label="Preview", interactive=False, type="filepath", visible=False, height=300)
@@ -251,9 +278,9 @@ def build_app(service: ModelService, examples: Sequence[str | os.PathLike] | Non
                         example_labels=[p.stem.replace("_", " ") for p in examples],
                     )
             with gr.Column(scale=3, min_width=420):
-                strip = gr.Gallery(
-                    label="Frames the model sees", columns=8, height=200, object_fit="contain",
-                    allow_preview=True, elem_id="frame-strip",
+                strip = gr.Image(
+                    label="Frames the model sees", type="numpy", format="png", interactive=False,
+                    elem_id="frame-strip", buttons=["fullscreen"],
                 )
                 with gr.Group():
                     describe_button = gr.Button("Describe", variant="primary", elem_id="describe-button")
@@ -286,12 +313,12 @@ def build_app(service: ModelService, examples: Sequence[str | os.PathLike] | Non
                 ask_button = gr.Button("Ask", variant="primary", elem_id="ask-button")
                 answer = gr.Textbox(label="Answer", interactive=False, elem_id="qa-answer")
                 chart = gr.BarPlot(
-                    x="answer", y="probability", y_lim=[0, 1], sort="-y", height=240,
+                    x="answer", y="probability", y_lim=[0, 1], sort="-y", height=280,
                     label=f"Top {TOP_CANDIDATES_SHOWN} candidates", elem_id="qa-chart",
                 )
                 with gr.Accordion("All candidate probabilities (JSON)", open=False):
                     probabilities = gr.JSON(label="Candidate probabilities", elem_id="qa-probabilities")
-        with gr.Accordion("Loaded model", open=False):
+        with gr.Accordion("Loaded model", open=True):
             gr.Markdown(model_markdown(service), elem_id="model-info")
 
         # --------------------------------------------------------------- events

@@ -277,6 +277,20 @@ def test_frame_strip_is_what_the_model_sees(app, clips):
     np.testing.assert_allclose(strip.times_s, (np.arange(4) + 0.5) * duration / 4)
 
 
+def test_strip_image_lays_out_every_sampled_frame_with_its_time(app, clips):
+    from apps.video_chat import strip_image
+
+    _, service, _ = app
+    strip = service.frame_strip(clips["a"], 5)
+    image = strip_image(strip, columns=3, min_cell=100, label_height=20)
+    cell = SIZE * 3  # 36 px enlarged by 3 to reach 100
+    assert image.shape == (2 * (cell + 20), 3 * cell, 3)
+    for index, frame in enumerate(strip.frames):
+        row, column = divmod(index, 3)
+        top, left = row * (cell + 20), column * cell
+        np.testing.assert_array_equal(image[top : top + cell : 3, left : left + cell : 3], frame)
+
+
 def test_chat_history_is_trimmed_to_the_last_turns(app):
     _, service, _ = app
     history = []

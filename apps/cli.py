@@ -17,10 +17,11 @@ def _cmd_app(args: argparse.Namespace) -> int:
         atexit.register(shutil.rmtree, upload_dir, ignore_errors=True)
         os.environ["GRADIO_TEMP_DIR"] = upload_dir
 
+    import torch
+
     from apps.limits import AppLimits
     from apps.service import ModelService
     from apps.video_chat import launch_app
-    from vlm.cli import _cuda_available
     from vlm.model import default_model_dir, load_model
 
     limits = AppLimits(
@@ -31,7 +32,7 @@ def _cmd_app(args: argparse.Namespace) -> int:
         concurrency=args.concurrency,
         queue_size=args.queue_size,
     )
-    device = args.device or ("cuda" if _cuda_available() else "cpu")
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     model = load_model(args.model, device=device)
     service = ModelService(model, limits, model_dir=args.model or default_model_dir())
     launch_app(service, host=args.host, port=args.port, share=args.share)

@@ -320,3 +320,5 @@ def test_cli_app_options_and_a_clear_error_without_a_model(tmp_path, monkeypatch
     monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "uploads"))
     assert cli.main(["app", "--port", str(free_port())]) == 2
     assert "no default model is installed" in capsys.readouterr().err
+    assert cli.main(["app", "--concurrency", "0"]) == 2
+    assert "concurrency must be a positive number" in capsys.readouterr().err

@@ -48,7 +48,7 @@ from vlm.shapes.render import (
     with_derived_fields,
 )
 
-CORPUS_VERSION = 1
+CORPUS_VERSION = 2  # 2: hearts centred on their area centroid (version 1 used the bounding-box centre)
 SPLITS: tuple[str, ...] = ("train", "val", "test", "test_compositional")
 CORPUS_FILE = "corpus.json"
 _SPLIT_STREAM, _HELDOUT_STREAM = 1_000_001, 1_000_002  # rng streams beside the per-clip ones

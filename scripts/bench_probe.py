@@ -1,0 +1,59 @@
+#!/usr/bin/env python
+"""Benchmark: wall time of one frozen MAP probe (``encoder.probe.probe_accuracy``, default
+``ProbeConfig``: 30 epochs) on random tokens of tiny-encoder shapes, e.g. 16 frames x 4 patches
+(36 px, patch 18) x 32 channels, and 16 x 16 (72 px) x 64 channels.
+
+Example::
+
+    python scripts/bench_probe.py --clips 2000 --shapes 64x32 256x64 --threads 1 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+import torch  # noqa: E402
+
+from encoder.probe import ProbeConfig, probe_accuracy  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--clips", type=int, default=2000, help="train clips (plus a quarter as many test clips)")
+    parser.add_argument("--shapes", nargs="+", default=["64x32", "256x64"], help="MxD token shapes")
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--epochs", type=int, default=ProbeConfig().epochs)
+    parser.add_argument("--json-out", default=None)
+    args = parser.parse_args()
+
+    rows = []
+    for shape in args.shapes:
+        tokens, width = (int(v) for v in shape.split("x"))
+        generator = torch.Generator().manual_seed(0)
+        train = torch.randn(args.clips, tokens, width, generator=generator)
+        test = torch.randn(args.clips // 4, tokens, width, generator=generator)
+        train_labels = torch.randint(0, 8, (args.clips,), generator=generator)
+        test_labels = torch.randint(0, 8, (args.clips // 4,), generator=generator)
+        for threads in args.threads:
+            torch.set_num_threads(threads)
+            started = time.perf_counter()
+            accuracy = probe_accuracy(train, train_labels, test, test_labels, ProbeConfig(epochs=args.epochs), seed=0)
+            rows.append({"tokens": tokens, "width": width, "clips": args.clips, "threads": threads,
+                         "epochs": args.epochs, "seconds": round(time.perf_counter() - started, 1),
+                         "accuracy_random_labels": round(accuracy, 3)})
+            print(json.dumps(rows[-1]), flush=True)
+    if args.json_out:
+        Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json_out).write_text(json.dumps(rows, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -131,7 +131,7 @@ def test_upload_the_shared_clip_describe_it_and_take_a_screenshot(served_app, br
     page.close()
 
 
-def test_a_bad_upload_shows_a_message_in_the_page(served_app, browser, tmp_path):
+def test_a_bad_upload_shows_a_message_in_the_page_then_an_example_works(served_app, browser, tmp_path):
     garbage = tmp_path / "broken.mp4"
     garbage.write_bytes(np.random.default_rng(1).integers(0, 255, 4000, dtype=np.uint8).tobytes())
     page = browser.new_page()
@@ -140,7 +140,15 @@ def test_a_bad_upload_shows_a_message_in_the_page(served_app, browser, tmp_path)
     page.locator("#video-upload input[type=file]").set_input_files(str(garbage))
     page.wait_for_function("document.querySelector('#clip-facts').innerText.includes('Cannot use this clip')", timeout=60_000)
     assert "broken.mp4" in page.locator("#clip-facts").inner_text()
-    page.locator("#describe-button").click()  # the session is still alive: Describe answers with a message
-    page.get_by_text("broken.mp4").first.wait_for(timeout=30_000)
     assert page.locator("#frame-strip img").count() == 0
+    assert page.locator(".toast-body.error").count() == 0
+    page.locator("#describe-button").click()  # the session is still alive: Describe answers with an error toast
+    error_toast = page.locator(".toast-body.error [data-testid=toast-text]").first
+    error_toast.wait_for(timeout=30_000)
+    assert "'broken.mp4' is not a video this app can read" in error_toast.inner_text()
+
+    page.get_by_text("yellow heart growing").first.click()  # a shipped shapes example
+    page.wait_for_function("document.querySelector('#clip-facts').innerText.includes('yellow_heart_growing.mp4')", timeout=60_000)
+    assert "2.0 s, 64 x 64 px" in page.locator("#clip-facts").inner_text()
+    page.wait_for_function("(document.querySelector('#frame-strip img') || {}).naturalWidth > 0", timeout=60_000)
     page.close()

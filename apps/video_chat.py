@@ -20,7 +20,7 @@ import gradio as gr
 import numpy as np
 
 from apps.limits import VIDEO_SUFFIXES, VideoRejectedError
-from apps.service import AppInputError, ModelService, parse_candidates
+from apps.service import AppInputError, FrameStrip, ModelService, parse_candidates
 from vlm.model import UnreadableVideoError
 from vlm.prompts import ChatMessagesError, EmptyQuestionError
 from vlm.scoring import CandidateError
@@ -141,7 +141,7 @@ def _clip_markdown(path: str, strip) -> str:
     )
 
 
-def strip_image(strip, columns: int = 8, min_cell: int = 128, label_height: int = 22) -> np.ndarray:
+def strip_image(strip: FrameStrip, columns: int = 8, min_cell: int = 128, label_height: int = 22) -> np.ndarray:
     """One image of the sampled frames, ``columns`` a row, each labelled with its time.
 
     Frames smaller than ``min_cell`` are enlarged by a whole factor (nearest neighbour: the model's

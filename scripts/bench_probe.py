@@ -43,9 +43,9 @@ def main() -> None:
         train_labels = torch.randint(0, 8, (args.clips,), generator=generator)
         test_labels = torch.randint(0, 8, (args.clips // 4,), generator=generator)
         for threads in args.threads:
-            torch.set_num_threads(threads)
             started = time.perf_counter()
-            accuracy = probe_accuracy(train, train_labels, test, test_labels, ProbeConfig(epochs=args.epochs), seed=0)
+            accuracy = probe_accuracy(train, train_labels, test, test_labels, ProbeConfig(epochs=args.epochs), seed=0,
+                                      num_threads=threads)
             rows.append({"tokens": tokens, "width": width, "clips": args.clips, "threads": threads,
                          "epochs": args.epochs, "seconds": round(time.perf_counter() - started, 1),
                          "accuracy_random_labels": round(accuracy, 3)})

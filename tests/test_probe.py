@@ -65,7 +65,8 @@ def test_probe_is_deterministic_and_leaves_the_global_rng_alone():
     assert torch.equal(first, second)
     other = train_map_probe(tokens, labels, NUM_CLASSES, config, seed=4)
     assert not torch.equal(other.query, train_map_probe(tokens, labels, NUM_CLASSES, config, seed=3).query)
-    probe = train_map_probe(tokens, labels, NUM_CLASSES, config, seed=3)
+    probe = train_map_probe(tokens, labels, NUM_CLASSES, config, seed=3, num_threads=2)
+    assert torch.get_num_threads() == 1  # restored (the fixture set 1)
     assert isinstance(probe, MAPProbe) and not probe.training
     assert probe(tokens[:5]).shape == (5, NUM_CLASSES) and probe.pooled(tokens[:5]).shape == (5, WIDTH)
 

@@ -377,6 +377,8 @@ def test_config_validation_names_the_problem():
         ShapesConfig(shapes=("circle", "hexagon"))
     with pytest.raises(ValueError, match="frame_size"):
         ShapesConfig(frame_size=63)
+    with pytest.raises(ValueError, match="preset"):
+        ShapesConfig(preset="quick")
     with pytest.raises(ValueError, match="no room"):
         ShapesConfig(travel=(0.9, 1.0))
     with pytest.raises(ValueError, match="num_clips"):

@@ -53,6 +53,7 @@ SPLITS: tuple[str, ...] = ("train", "val", "test", "test_compositional")
 CORPUS_FILE = "corpus.json"
 _SPLIT_STREAM, _HELDOUT_STREAM = 1_000_001, 1_000_002  # rng streams beside the per-clip ones
 _ATTRIBUTE_STREAM, _LANGUAGE_STREAM = 0, 1
+X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow")
 
 
 class CorpusFolderError(ValueError):
@@ -121,6 +122,10 @@ class ShapesConfig:
             raise ValueError("two-object clips need two shapes")
         if not 1 <= self.num_captions <= 6:
             raise ValueError(f"num_captions must be in [1, 6], got {self.num_captions}")
+        if self.preset not in X264_PRESETS:
+            raise ValueError(f"preset must be one of {X264_PRESETS}, got {self.preset!r}")
+        if isinstance(self.crf, bool) or not isinstance(self.crf, int) or not 0 <= self.crf <= 51:
+            raise ValueError(f"crf must be an int in [0, 51], got {self.crf!r}")
         lower, upper = self.centre_range()
         if lower >= upper:
             raise ValueError(

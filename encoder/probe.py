@@ -69,24 +69,68 @@ class ProbeConfig:
             return cls.from_dict(json.load(handle))
 
 
+class SingleQueryAttention(nn.Module):
+    """Multihead cross-attention of ONE learned query to the tokens, computed cheaply.
+
+    The same function as ``nn.MultiheadAttention(query, tokens, tokens)`` with its q/k/v/out
+    projections (``load_from_multihead`` copies one in), but the key and value projections are
+    folded onto the query side: per head h, the scores are ``tokens @ (W_k[h]^T q_h) / sqrt(d)`` (the
+    key bias adds a constant per head, which the softmax ignores) and the output is
+    ``W_v[h] (sum_m a_mh tokens_m) + b_v[h]``. That costs O(B M D H) instead of O(B M D^2).
+
+    tokens [B, M, D] -> attended [B, D].
+    """
+
+    def __init__(self, width: int, num_heads: int, dropout: float = 0.0):
+        super().__init__()
+        if width % num_heads:
+            raise ValueError(f"num_heads={num_heads} does not divide the token width {width}")
+        self.width, self.num_heads, self.head_width = width, num_heads, width // num_heads
+        self.query = nn.Parameter(torch.randn(width) * width**-0.5)
+        self.q_proj, self.k_proj = nn.Linear(width, width), nn.Linear(width, width)
+        self.v_proj, self.out_proj = nn.Linear(width, width), nn.Linear(width, width)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        heads, head_width, width = self.num_heads, self.head_width, self.width
+        query = self.q_proj(self.query).view(heads, head_width)  # [H, d]
+        key_weight = self.k_proj.weight.view(heads, head_width, width)  # [H, d, D]
+        folded = torch.einsum("hd,hdk->kh", query, key_weight) * head_width**-0.5  # [D, H]
+        weights = self.dropout(torch.softmax(tokens @ folded, dim=1))  # [B, M, H], over the M tokens
+        pooled = torch.einsum("bmh,bmk->bhk", weights, tokens)  # [B, H, D]
+        value_weight = self.v_proj.weight.view(heads, head_width, width)  # [H, d, D]
+        values = torch.einsum("bhk,hdk->bhd", pooled, value_weight) + self.v_proj.bias.view(heads, head_width)
+        return self.out_proj(values.reshape(tokens.shape[0], width))  # [B, D]
+
+    @torch.no_grad()
+    def load_from_multihead(self, attention: nn.MultiheadAttention, query: torch.Tensor) -> None:
+        """Copy the weights of a batch-first ``nn.MultiheadAttention`` and its query ``[D]``."""
+        q_weight, k_weight, v_weight = attention.in_proj_weight.chunk(3)
+        q_bias, k_bias, v_bias = attention.in_proj_bias.chunk(3)
+        for projection, weight, bias in ((self.q_proj, q_weight, q_bias), (self.k_proj, k_weight, k_bias),
+                                         (self.v_proj, v_weight, v_bias)):
+            projection.weight.copy_(weight)
+            projection.bias.copy_(bias)
+        self.out_proj.weight.copy_(attention.out_proj.weight)
+        self.out_proj.bias.copy_(attention.out_proj.bias)
+        self.query.copy_(query.reshape(-1))
+
+
 class MAPProbe(nn.Module):
     """MAP head + linear classifier over frozen tokens.
 
-    tokens [B, M, D] -> (standardise) -> query [B, 1, D] attends to tokens -> LayerNorm -> + MLP
-    -> LayerNorm -> logits [B, num_classes].
+    tokens [B, M, D] -> (standardise) -> a learned query attends to the tokens [B, D] -> LayerNorm
+    -> + MLP -> LayerNorm -> logits [B, num_classes].
     """
 
     def __init__(self, width: int, num_classes: int, config: ProbeConfig):
         super().__init__()
-        if width % config.num_heads:
-            raise ValueError(f"num_heads={config.num_heads} does not divide the token width {width}")
         if num_classes < 2:
             raise ValueError(f"a probe needs at least 2 classes, got {num_classes}")
         hidden = max(1, round(config.mlp_ratio * width))
         self.register_buffer("token_mean", torch.zeros(width))
         self.register_buffer("token_std", torch.ones(width))
-        self.query = nn.Parameter(torch.randn(1, 1, width) * width**-0.5)
-        self.attention = nn.MultiheadAttention(width, config.num_heads, dropout=config.dropout, batch_first=True)
+        self.attention = SingleQueryAttention(width, config.num_heads, config.dropout)
         self.norm = nn.LayerNorm(width)
         self.mlp = nn.Sequential(nn.Linear(width, hidden), nn.GELU(), nn.Dropout(config.dropout), nn.Linear(hidden, width))
         self.head_norm = nn.LayerNorm(width)
@@ -94,11 +138,8 @@ class MAPProbe(nn.Module):
 
     def pooled(self, tokens: torch.Tensor) -> torch.Tensor:
         """tokens [B, M, D] -> pooled features [B, D] (before the classifier)."""
-        tokens = (tokens - self.token_mean) / self.token_std
-        query = self.query.expand(tokens.shape[0], -1, -1)
-        attended, _ = self.attention(query, tokens, tokens, need_weights=False)  # [B, 1, D]
-        normed = self.norm(attended)
-        return self.head_norm(normed + self.mlp(normed))[:, 0]
+        normed = self.norm(self.attention((tokens - self.token_mean) / self.token_std))
+        return self.head_norm(normed + self.mlp(normed))
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         """tokens [B, M, D] -> logits [B, num_classes]."""

@@ -5,10 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from torch import nn
 from transformers import VideoPrismVisionConfig, VideoPrismVisionModel
 
 from encoder.features import FeatureCache, extract_features
-from encoder.probe import MAPProbe, ProbeConfig, cached_tokens, probe_accuracy, probe_predictions, train_map_probe
+from encoder.probe import MAPProbe, ProbeConfig, SingleQueryAttention, cached_tokens, probe_accuracy, probe_predictions, train_map_probe
 from vlm.shapes import ShapesConfig, make_shapes_corpus, probe_labels, read_attributes
 
 NUM_CLASSES, TOKENS, WIDTH = 4, 16, 32
@@ -64,11 +65,25 @@ def test_probe_is_deterministic_and_leaves_the_global_rng_alone():
     second = probe_predictions(train_map_probe(tokens, labels, NUM_CLASSES, config, seed=3), tokens)
     assert torch.equal(first, second)
     other = train_map_probe(tokens, labels, NUM_CLASSES, config, seed=4)
-    assert not torch.equal(other.query, train_map_probe(tokens, labels, NUM_CLASSES, config, seed=3).query)
-    probe = train_map_probe(tokens, labels, NUM_CLASSES, config, seed=3, num_threads=2)
-    assert torch.get_num_threads() == 1  # restored (the fixture set 1)
+    same = train_map_probe(tokens, labels, NUM_CLASSES, config, seed=3)
+    assert not torch.equal(other.attention.query, same.attention.query)
+    torch.set_num_threads(2)
+    probe = train_map_probe(tokens, labels, NUM_CLASSES, config, seed=3, num_threads=1)
+    assert torch.get_num_threads() == 2  # restored
+    torch.set_num_threads(1)
     assert isinstance(probe, MAPProbe) and not probe.training
     assert probe(tokens[:5]).shape == (5, NUM_CLASSES) and probe.pooled(tokens[:5]).shape == (5, WIDTH)
+
+
+def test_single_query_attention_equals_torch_multihead_attention():
+    torch.manual_seed(0)
+    reference = nn.MultiheadAttention(WIDTH, 4, batch_first=True)
+    nn.init.normal_(reference.in_proj_bias)
+    query, tokens = torch.randn(WIDTH), torch.randn(3, TOKENS, WIDTH)
+    folded = SingleQueryAttention(WIDTH, 4)
+    folded.load_from_multihead(reference, query)
+    expected, _ = reference(query.expand(3, 1, WIDTH), tokens, tokens, need_weights=False)
+    torch.testing.assert_close(folded(tokens), expected[:, 0], atol=1e-5, rtol=1e-5)
 
 
 def test_probe_config_round_trips_as_json(tmp_path):

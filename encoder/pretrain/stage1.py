@@ -311,7 +311,7 @@ class ContrastiveTask:
         process = accelerator.process_index if accelerator is not None else 0
         mask = make_mask(
             self.mask_kind, len(rows), self.grid, self.drop_ratio,
-            rng=np.random.default_rng(step_seed(self.settings.seed, 1 + process, step)),
+            rng=np.random.default_rng(step_seed(self.settings.seed, 1, step, process)),
         )
         input_ids, attention_mask = tokenize_texts(
             self.tokenizer, [dataset.caption(r) for r in rows], max_length=self.max_text_length

@@ -209,11 +209,11 @@ class DistillationTask:
         process = accelerator.process_index if accelerator is not None else 0
         mask = make_mask(
             self.settings.mask_kind, len(rows), self.grid, self.settings.mask_ratio,
-            rng=np.random.default_rng(step_seed(self.settings.seed, 2 + process, step)),
+            rng=np.random.default_rng(step_seed(self.settings.seed, 2, step, process)),
         )
         length = dataset.num_frames * self.grid[0] * self.grid[1]
         permutation = shuffle_permutations(
-            len(rows), length, self.settings.shuffle_tokens, torch_generator(self.settings.seed, 3 + process, step)
+            len(rows), length, self.settings.shuffle_tokens, torch_generator(self.settings.seed, 3, step, process)
         )
         return {
             "dataset_index": dataset_index,

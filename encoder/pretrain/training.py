@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -319,12 +320,13 @@ def process_rows(rows, accelerator) -> list[int]:
     return share
 
 
-def step_seed(seed: int, stream: int, step: int) -> list[int]:
-    """Seed material for the random draws of one step (``numpy.random.default_rng`` accepts it)."""
-    return [int(seed), int(stream), int(step)]
+def step_seed(seed: int, stream: int, step: int, process: int = 0) -> list[int]:
+    """Seed material for one kind of random draw (``stream``) of one step on one process
+    (``numpy.random.default_rng`` accepts it)."""
+    return [int(seed), int(stream), int(step), int(process)]
 
 
-def torch_generator(seed: int, stream: int, step: int) -> torch.Generator:
-    """A CPU torch generator seeded from (seed, stream, step)."""
-    value = (int(seed) * 1_000_003 + int(stream) * 7_919 + int(step)) % (2**63 - 1)
-    return torch.Generator().manual_seed(value)
+def torch_generator(seed: int, stream: int, step: int, process: int = 0) -> torch.Generator:
+    """A CPU torch generator seeded from (seed, stream, step, process)."""
+    material = np.random.SeedSequence(step_seed(seed, stream, step, process)).generate_state(2, dtype=np.uint32)
+    return torch.Generator().manual_seed(int(material[0]) << 31 | int(material[1]) >> 1)

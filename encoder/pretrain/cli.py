@@ -31,6 +31,7 @@ _COMMON = {
     "log_every": "log_every",
     "mixed_precision": "mixed_precision",
     "cpu": "cpu",
+    "threads": "cpu_threads",
 }
 _MODEL_SIZE = {
     "hidden_size": "hidden_size",
@@ -68,6 +69,7 @@ def _add_common(command: argparse.ArgumentParser) -> None:
     command.add_argument("--log-every", type=int)
     command.add_argument("--mixed-precision", choices=["no", "bf16", "fp16"])
     command.add_argument("--cpu", action="store_true", default=None, help="train on the CPU even with CUDA")
+    command.add_argument("--threads", type=int, help="torch CPU threads (1 is fastest for small models on a shared CPU)")
     command.add_argument("--no-progress", action="store_true", help="no progress bar")
     command.add_argument("--restart", action="store_true", help="ignore existing checkpoints in --out")
 

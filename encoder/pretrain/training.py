@@ -43,7 +43,9 @@ PLOT_FILE = "loss.png"
 MODEL_DIR = "model"
 OPTIMIZERS = ("adafactor", "adamw")
 # Fields that may change between a run and its resumption (they do not change what is computed).
-RESUMABLE_FIELDS = {"save_every", "keep_checkpoints", "log_every", "progress", "resume", "cache_clips", "cpu", "max_steps"}
+RESUMABLE_FIELDS = {
+    "save_every", "keep_checkpoints", "log_every", "progress", "resume", "cache_clips", "cpu", "max_steps", "cpu_threads",
+}
 
 
 @dataclass(kw_only=True)
@@ -70,6 +72,8 @@ class TrainingSettings:
     log_every: metrics interval in steps.
     mixed_precision: 'no', 'bf16' or 'fp16' (accelerate autocast).
     cpu: train on the CPU even when CUDA is available.
+    cpu_threads: torch CPU threads for the run (None: torch's default). On a CPU shared with other
+        jobs, 1 is much faster for small models than oversubscribed threads.
     progress: show a tqdm progress bar.
     resume: continue from the newest checkpoint in ``output_dir`` when there is one.
     """
@@ -92,6 +96,7 @@ class TrainingSettings:
     log_every: int = 10
     mixed_precision: str = "no"
     cpu: bool = False
+    cpu_threads: int | None = None
     progress: bool = True
     resume: bool = True
 
@@ -240,6 +245,16 @@ def make_accelerator(settings: TrainingSettings):
 def run_training(settings: TrainingSettings, task: Task, title: str, plot_keys: tuple[str, ...] = ("loss",)) -> Path:
     """Train ``task.model`` for ``settings.max_steps`` steps (resuming from the newest checkpoint),
     then export it to ``output_dir/model``. Returns that directory."""
+    threads = torch.get_num_threads()
+    if settings.cpu_threads:
+        torch.set_num_threads(settings.cpu_threads)
+    try:
+        return _train(settings, task, title, plot_keys)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(settings: TrainingSettings, task: Task, title: str, plot_keys: tuple[str, ...]) -> Path:
     from tqdm.auto import tqdm
 
     out = Path(settings.output_dir)

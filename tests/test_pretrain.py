@@ -512,3 +512,15 @@ def test_stage1_config_round_trips_through_json(tmp_path):
     save_config(config, tmp_path / "c.json")
     assert load_config(Stage1Config, tmp_path / "c.json") == config
     assert dataclasses.asdict(Stage2Config(output_dir="x", teacher="t", train_manifests=["a"]))["decoder"]["num_layers"] == 4
+
+
+def test_unreadable_clip_is_reported_by_name(tmp_path):
+    from encoder.video import VideoDecodeError
+
+    (tmp_path / "broken.mp4").write_bytes(b"not a video at all")
+    (tmp_path / "m.jsonl").write_text('{"video": "broken.mp4", "caption": "x"}\n{"video": "missing.mp4", "caption": "y"}\n')
+    dataset = ClipDataset(tmp_path / "m.jsonl", FRAMES, SIZE)
+    with pytest.raises(VideoDecodeError, match="broken.mp4"):
+        dataset.pixels([0])
+    with pytest.raises(FileNotFoundError, match="missing.mp4"):
+        dataset.pixels([1])

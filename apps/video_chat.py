@@ -44,6 +44,7 @@ CANDIDATE_PRESETS: dict[str, list[str]] = {
 NO_PRESET = "(type your own)"
 OPEN, CLOSED = "open vocabulary", "closed vocabulary"
 TOP_CANDIDATES_SHOWN = 10
+DEFAULT_MAX_NEW_TOKENS = 32  # the paper's greedy decoding length, as in `prism-vlm caption`
 MODEL_QUEUE = "model"  # one concurrency group for all model work
 
 DESCRIPTION = """\
@@ -289,7 +290,7 @@ def build_app(service: ModelService, examples: Sequence[str | os.PathLike] | Non
                     with gr.Row():
                         frames = gr.Slider(1, limits.max_frames, value=service.default_frames, step=1, label="Frames sampled")
                         max_new_tokens = gr.Slider(
-                            1, limits.max_new_tokens, value=min(64, limits.max_new_tokens), step=1, label="Max new tokens"
+                            1, limits.max_new_tokens, value=min(DEFAULT_MAX_NEW_TOKENS, limits.max_new_tokens), step=1, label="Max new tokens"
                         )
         with gr.Row(equal_height=False):
             with gr.Column(scale=1, min_width=380):

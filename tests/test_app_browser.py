@@ -31,7 +31,7 @@ CHROMIUM_ARGS = [
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
 ]
 SHARED_CLIP = FIXTURES_DIR / "water_bottle_drumming.mp4"
-UI_MAX_NEW_TOKENS = 64  # the page's default "Max new tokens"
+UI_MAX_NEW_TOKENS = 32  # the page's default "Max new tokens"
 
 
 def free_port() -> int:

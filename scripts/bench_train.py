@@ -11,6 +11,11 @@ alternating the modes. samples/s = batch_size x timed steps / their seconds, the
 ``--skip-steps`` steps (warm-up, worker start) excluded. Peak memory: the process's peak RSS on
 CPU; ``torch.cuda.max_memory_allocated`` on CUDA (plus RSS).
 
+First, and more robust on a shared machine: the two modes interleaved in ONE process (same model,
+AdamW step after each batch, batches loaded in-process by the same dataset class train_glue's
+workers use -- so on-the-fly decoding is serial here), alternating cache/on-the-fly step by step;
+the ratio of the median step times does not drift with the machine's load as separate runs do.
+
     python scripts/bench_train.py --json-out bench_out/train.json                     # CPU, tiny encoder
     python scripts/bench_train.py --preset videoprism-b --batch-size 64 --clips 128 \\
         --workers 8 --json-out bench_out/train_b64.json                                 # CUDA: B-shaped, batch 64
@@ -113,6 +118,67 @@ def run_mode(work: Path, mode: str, args) -> dict:
     return result
 
 
+def interleaved(work: Path, args) -> dict:
+    """Training steps from the cache and on the fly, alternating in ONE process (same model, same
+    optimizer code, batches loaded in-process exactly as train_glue's workers do): the ratio of the
+    medians is robust to load that drifts between separate runs."""
+    import statistics
+
+    import torch
+
+    from encoder.features import FeatureCache
+    from encoder.loading import load_encoder
+    from vlm.llm import load_llm
+    from vlm.model import VideoLanguageModel
+    from vlm.training.config import DataSource
+    from vlm.training.data import CacheIndex, GlueExamples, VideoSettings, collate_visits, load_examples
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    cache = FeatureCache(work / "cache")
+    llm, tokenizer = load_llm(args.llm, device=device)
+    encoder = load_encoder(str(work / "encoder"), device=device)
+    model = VideoLanguageModel.build(llm, tokenizer, encoder, num_latents=args.num_latents).to(device)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=5e-4, weight_decay=1e-4)
+    settings = VideoSettings(cache.meta.num_frames, cache.meta.size)
+    sources = {
+        "cache": [load_examples(DataSource(str(work / "train.jsonl")), CacheIndex(cache))],
+        "otf": [load_examples(DataSource(str(work / "train.jsonl")))],
+    }
+    datasets = {mode: GlueExamples(sources[mode], settings, seed=0, cache=cache if mode == "cache" else None)
+                for mode in sources}
+    autocast = torch.autocast(device_type="cuda", dtype=torch.bfloat16) if device == "cuda" else torch.autocast("cpu", enabled=False)
+    times: dict[str, list[float]] = {"cache": [], "otf": []}
+    size = len(sources["cache"][0].examples)
+
+    def step(mode: str, number: int) -> float:
+        if device == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        items = [(number * args.batch_size + i, 0, (number * args.batch_size + i) % size) for i in range(args.batch_size)]
+        batch = collate_visits([datasets[mode][item] for item in items])
+        video = {"video_tokens": batch["tokens"]} if mode == "cache" else {"clips": batch["clips"]}
+        with autocast:
+            loss = model(["A video of"] * args.batch_size, batch["target"], **video)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - start
+
+    for number in range(args.steps):
+        for mode in (("cache", "otf") if number % 2 == 0 else ("otf", "cache")):
+            seconds = step(mode, number)
+            if number >= args.skip_steps:
+                times[mode].append(seconds)
+    medians = {mode: statistics.median(values) for mode, values in times.items()}
+    return {"median_step_seconds": medians, "steps_timed": len(times["cache"]),
+            "samples_per_s": {mode: args.batch_size / seconds for mode, seconds in medians.items()},
+            "cache_over_otf": medians["otf"] / medians["cache"], "all_step_seconds": times}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", choices=sorted(PRESETS), default="tiny")
@@ -129,7 +195,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads of the training runs")
     parser.add_argument("--work-dir", default=None, help="keep the clips/cache here (default: a temp dir)")
     parser.add_argument("--json-out", default=None)
-    parser.add_argument("--run-mode", choices=["cache", "otf"], default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--skip-end-to-end", action="store_true", help="only the interleaved in-process comparison")
+    parser.add_argument("--skip-interleaved", action="store_true", help="only the end-to-end train_glue runs")
+    parser.add_argument("--run-mode", choices=["cache", "otf", "interleaved"], default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.skip_steps >= args.steps:
         parser.error("--skip-steps must be below --steps")
@@ -139,7 +207,8 @@ def main() -> None:
             import torch
 
             torch.set_num_threads(args.threads)
-        print(json.dumps(run_mode(Path(args.work_dir), args.run_mode, args)), flush=True)
+        run = interleaved if args.run_mode == "interleaved" else lambda work, a: run_mode(work, args.run_mode, a)
+        print(json.dumps(run(Path(args.work_dir), args)), flush=True)
         return
 
     with tempfile.TemporaryDirectory() as temporary:
@@ -147,27 +216,36 @@ def main() -> None:
         setup = prepare(work, args)
         results = []
         forwarded = _drop_option_values(sys.argv[1:], ("--json-out", "--work-dir"))
-        for round_number in range(args.rounds):
+
+        def launch(mode: str) -> dict:
+            command = [sys.executable, __file__, *forwarded, "--work-dir", str(work), "--run-mode", mode]
+            done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
+            if done.returncode != 0:
+                raise SystemExit(f"{mode} run failed:\n{done.stderr[-4000:]}")
+            return json.loads(done.stdout.strip().splitlines()[-1])
+
+        alternating = None if args.skip_interleaved else launch("interleaved")
+        for round_number in range(0 if args.skip_end_to_end else args.rounds):
             for mode in ("cache", "otf"):
-                command = [sys.executable, __file__, *forwarded, "--work-dir", str(work), "--run-mode", mode]
-                done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
-                if done.returncode != 0:
-                    raise SystemExit(f"{mode} run failed:\n{done.stderr[-4000:]}")
-                results.append({"round": round_number, **json.loads(done.stdout.strip().splitlines()[-1])})
+                results.append({"round": round_number, **launch(mode)})
     cache = [r["samples_per_s"] for r in results if r["mode"] == "cache"]
     otf = [r["samples_per_s"] for r in results if r["mode"] == "otf"]
     summary = {
         "machine": {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count(),
                     "load_average": os.getloadavg()},
         "settings": {k: v for k, v in vars(args).items() if k not in ("run_mode", "json_out", "work_dir")},
-        "setup": setup, "runs": results,
+        "setup": setup, "runs": results, "interleaved": alternating,
         "cache_over_otf": [c / o for c, o in zip(cache, otf)],
     }
+    if alternating is not None:
+        rates = alternating["samples_per_s"]
+        print(f"interleaved in one process ({alternating['steps_timed']} steps each, medians): cache {rates['cache']:.3f} "
+              f"samples/s, on the fly {rates['otf']:.3f} samples/s, cache / on-the-fly {alternating['cache_over_otf']:.2f}x")
     print("| round | mode | samples/s | peak RSS MiB | peak CUDA MiB |")
     print("| --- | --- | --- | --- | --- |")
     for r in results:
         print(f"| {r['round']} | {r['mode']} | {r['samples_per_s']:.2f} | {r['peak_rss_mib']:.0f} | {r.get('peak_cuda_mib', float('nan')):.0f} |")
-    print(f"cache / on-the-fly: {', '.join(f'{x:.2f}x' for x in summary['cache_over_otf'])}; "
+    print(f"end-to-end cache / on-the-fly: {', '.join(f'{x:.2f}x' for x in summary['cache_over_otf'])}; "
           f"cache extraction {setup['cache_seconds']:.1f} s for {setup['clips']} clips")
     if args.json_out:
         Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)

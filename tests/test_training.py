@@ -327,6 +327,7 @@ def test_sigkill_then_resume_ends_with_the_same_weights(reference_run, parts, tm
     assert [m["step"] for m in metrics if "loss" in m] == [1, 2, 3, 4, 5, 6]  # step 3 logged once, not twice
     reference = [json.loads(line) for line in (reference_run["out"] / "metrics.jsonl").read_text().splitlines()]
     assert [m["loss"] for m in metrics if "loss" in m] == pytest.approx([m["loss"] for m in reference if "loss" in m], abs=1e-6)
+    assert [m["skipped_videos"] for m in metrics if "loss" in m] == [m["skipped_videos"] for m in reference if "loss" in m]
     assert "resumed from step-00000002" in (out / "train_log.txt").read_text()
 
 

@@ -241,12 +241,15 @@ def train_glue(
         report = {"train": [s.report() for s in train_sources], "validation": [s.report() for s in val_sources],
                   "skipped_videos": len(skipped), "crops": crop_mode}
         (run_dir / "data_report.json").write_text(json.dumps(report, indent=2) + "\n")
-        errors_path = run_dir / "data_errors.jsonl"
-        known = {(r.get("source"), r.get("video")) for r in _read_rows(errors_path)}
-        _append_lines(errors_path, [s.to_dict() for s in skipped if (s.source, s.video) not in known])
+        known = {(r.get("source"), r.get("video")) for r in _read_rows(run_dir / "data_errors.jsonl")}
+        _append_lines(run_dir / "data_errors.jsonl", [s.to_dict() for s in skipped if (s.source, s.video) not in known])
         _note(run_dir, f"training examples {[len(s.examples) for s in train_sources]} from {[s.source.path for s in train_sources]}; "
                        f"validation {[len(s.examples) for s in val_sources]}; skipped videos {len(skipped)} (see data_errors.jsonl)")
         _note(run_dir, f"frames: {crop_mode}")
+    accelerator.wait_for_everyone()
+    errors_path = run_dir / "data_errors.jsonl"
+    # videos already reported (up front, or found unreadable by an earlier part of a resumed run)
+    seen_skips = {(r.get("source"), r.get("video")) for r in _read_rows(errors_path)}
 
     # ---- model, optimizer, schedule
     model = _build_model(config, cache, llm, tokenizer, encoder)
@@ -284,8 +287,6 @@ def train_glue(
 
     metrics = MetricsLog(run_dir / "metrics.jsonl", resume_step=start_step) if main else None
     samples_log = MetricsLog(run_dir / "samples.jsonl", resume_step=start_step) if main else None
-    seen_skips = {(s.source, s.video) for s in skipped}
-    runtime_skips = 0
     batches = iter(loader)
     bar = tqdm(total=config.max_steps, initial=start_step, unit="step", desc="train glue", disable=not (main and config.progress))
     window_loss, window_steps, window_start = 0.0, 0, time.perf_counter()
@@ -311,8 +312,7 @@ def train_glue(
             new_skips = [s for s in batch["skipped"] if (s.source, s.video) not in seen_skips]
             if new_skips:
                 seen_skips.update((s.source, s.video) for s in new_skips)
-                runtime_skips += len(new_skips)
-                _append_lines(run_dir / "data_errors.jsonl", [s.to_dict() for s in new_skips])
+                _append_lines(errors_path, [s.to_dict() for s in new_skips])
             sync = micro_step == accumulation - 1
             with (contextlib.nullcontext() if sync else accelerator.no_sync(model)), _checkpointed_layers(unwrapped.llm, config.gradient_checkpointing):
                 loss = model(_prompts(unwrapped, batch), batch["target"], max_target_tokens=config.max_target_tokens,
@@ -334,10 +334,10 @@ def train_glue(
         bar.set_postfix(loss=f"{step_loss:.4f}", lr=f"{lr:.2e}")
         if step % config.log_every == 0 or step == config.max_steps:
             elapsed = time.perf_counter() - window_start
-            skips = int(accelerator.reduce(torch.tensor(runtime_skips, device=accelerator.device), reduction="sum"))
             if main:
+                skipped_videos = len({(r.get("source"), r.get("video")) for r in _read_rows(errors_path)})
                 metrics.log(step, loss=window_loss / window_steps, lr=lr, samples_per_s=window_steps * config.batch_size / elapsed,
-                            skipped_videos=len(skipped) + skips)
+                            skipped_videos=skipped_videos)
                 plot_metrics(run_dir / "metrics.jsonl", run_dir / "loss.png")
             window_loss, window_steps, window_start = 0.0, 0, time.perf_counter()
         if step % config.checkpoint_every == 0 or step == config.max_steps:

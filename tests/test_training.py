@@ -126,6 +126,12 @@ def test_labels_are_the_target_tokens_and_eos_only(parts):
     alone = model.example_losses(prompts[:1], targets[:1], video_tokens=tokens[:1])
     assert float(alone[0]) == pytest.approx(float(losses[0]), abs=1e-5)
     assert float(model.lm_loss(prompts, targets, video_tokens=tokens)) == pytest.approx(float(losses.mean()), abs=1e-6)
+    # captions train after the caption prompt, answers after the QA prompt
+    from vlm.training.loop import _prompts
+
+    batch = {"task": ["caption", "qa"], "question": ["", "what is shown?"]}
+    assert _prompts(model, batch) == [model.config.prompts.caption_prompt, model.qa_prompt("what is shown?")]
+    assert _prompts(model, batch)[1] == "question: what is shown? answer:"
     # only the resampler gets gradients
     model.zero_grad(set_to_none=True)
     model(prompts, targets, video_tokens=tokens).backward()

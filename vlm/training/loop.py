@@ -24,7 +24,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -37,8 +36,6 @@ from vlm.training.data import (
     ExampleStream,
     GlueExamples,
     ProcessShardSampler,
-    SkippedVideo,
-    TrainingDataError,
     VideoSettings,
     collate_visits,
     load_sources,

@@ -431,9 +431,9 @@ def test_config_file_and_flags(parts, tmp_path, capsys):
     assert config.learning_rate == 1e-2 and TrainConfig(output_dir="x").learning_rate == 5e-4  # paper default
     parser = cli.build_parser()
     args = parser.parse_args(["train", "--config", str(path), "--lr", "0.003", "--train", "a.jsonl:2", "hf:user/set",
-                              "--column", "caption=sentences", "--lora-r", "4"])
+                              "--column", "caption=sentences", "--lora-r", "4", "--threads", "1"])
     overridden = config_from_args(args)
-    assert overridden.learning_rate == 0.003 and overridden.max_steps == 6
+    assert overridden.learning_rate == 0.003 and overridden.max_steps == 6 and overridden.cpu_threads == 1
     assert [(s.path, s.weight, s.columns) for s in overridden.train_data] == [
         ("a.jsonl", 2.0, {"caption": "sentences"}), ("hf:user/set", 1.0, {"caption": "sentences"})]
     assert overridden.lora["r"] == 4 and overridden.lora["target_modules"] == ["q_proj", "v_proj"]

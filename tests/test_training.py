@@ -292,6 +292,16 @@ def test_uninterrupted_run_writes_everything(reference_run, parts):
         train_glue(_config(parts, out))
 
 
+def test_decoding_workers_give_the_same_run(reference_run, parts, tmp_path):
+    """Two decoding worker processes (started from a forkserver: forking this threaded process
+    could deadlock) see the same seeded examples and crops as in-process loading."""
+    out = tmp_path / "run"
+    model_dir = train_glue(_config(parts, out, num_workers=2))
+    assert _max_difference(_resampler(model_dir), _resampler(reference_run["model_dir"])) < 1e-6
+    errors = [json.loads(line) for line in (out / "data_errors.jsonl").read_text().splitlines()]
+    assert sorted(e["reason"].split(":")[0] for e in errors) == ["missing", "unreadable"]
+
+
 def _train_script(config_path: Path, stop_at: int) -> str:
     return textwrap.dedent(f"""
         import sys, time

@@ -46,6 +46,8 @@ def _cmd_features(args: argparse.Namespace) -> int:
         shard_size=args.shard_size,
         num_workers=args.workers,
         progress=not args.no_progress,
+        crops=args.crops,
+        crop_seed=args.crop_seed,
     )
     print(json.dumps(counts))
     if counts["errors"]:
@@ -166,6 +168,9 @@ def build_parser() -> argparse.ArgumentParser:
     features.add_argument("--shard-size", type=int, default=256, help="clips per safetensors shard")
     features.add_argument("--workers", type=int, default=2, help="decoding worker processes")
     features.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    features.add_argument("--crops", type=int, default=0,
+                          help="also store K seeded random training crops per clip (346/288 centre crop, then random crop)")
+    features.add_argument("--crop-seed", type=int, default=0, help="seed of the stored random crops")
     features.add_argument("--no-progress", action="store_true")
     features.set_defaults(func=_cmd_features)
 

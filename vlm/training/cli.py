@@ -92,41 +92,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_features_with_crops(args: argparse.Namespace) -> int:
-    """``prism-vlm features ... --crops K``: the cache also holds K seeded random training crops per clip."""
-    import sys
-
-    from encoder.features import extract_features, list_videos
-    from encoder.loading import load_encoder
-
-    if not args.crops:
-        return args.plain_features(args)
-    import torch
-
-    model = load_encoder(args.model, device=args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    counts = extract_features(
-        model, list_videos(args.videos), args.out, num_frames=args.frames, size=args.size, batch_size=args.batch_size,
-        precision=args.precision, storage_dtype=args.storage_dtype, shard_size=args.shard_size, num_workers=args.workers,
-        progress=not args.no_progress, crops=args.crops, crop_seed=args.crop_seed,
-    )
-    print(json.dumps(counts))
-    if counts["errors"]:
-        print(f"{counts['errors']} unreadable videos are listed in {args.out}/errors.jsonl", file=sys.stderr)
-    return 0
-
-
-def _add_crop_options(features: argparse.ArgumentParser) -> None:
-    """Training crops for ``prism-vlm features`` (the feature cache is the foundation's command; the
-    crops it can store are for training, so the options are added here, next to ``train``)."""
-    features.add_argument("--crops", type=int, default=0,
-                          help="also store K seeded random training crops per clip (346/288 centre crop, then random crop)")
-    features.add_argument("--crop-seed", type=int, default=0, help="seed of the stored random crops")
-    features.set_defaults(plain_features=features.get_default("func"), func=_cmd_features_with_crops)
-
-
 def add_subcommand(subparsers) -> None:
-    if "features" in subparsers.choices:
-        _add_crop_options(subparsers.choices["features"])
     train = subparsers.add_parser(
         "train", help="train the glue (Perceiver Resampler) on captions / QA pairs, from videos or a feature cache",
         description="Train the resampler with the LM loss (paper defaults: AdamW 0.9/0.999, wd 1e-4, lr 5e-4, "

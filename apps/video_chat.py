@@ -24,6 +24,7 @@ from apps.service import AppInputError, FrameStrip, ModelService, parse_candidat
 from vlm.model import UnreadableVideoError
 from vlm.prompts import ChatMessagesError, EmptyQuestionError
 from vlm.scoring import CandidateError
+from vlm.shapes.language import ANSWER_VOCABULARY
 
 logger = logging.getLogger(__name__)
 
@@ -32,12 +33,14 @@ SHARED_CLIP = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "wat
 """The shared real clip, offered as an example when it sits beside the checkout."""
 
 CANDIDATE_PRESETS: dict[str, list[str]] = {
-    # the vocabulary of the shapes clips (vlm.shapes): colours, shapes, motions
-    "colours": ["red", "green", "blue", "yellow", "purple", "white", "orange", "cyan", "black", "brown", "pink", "gray"],
-    "shapes": ["circle", "square", "triangle", "star", "cross", "heart"],
-    "motions": ["left", "right", "up", "down", "growing", "shrinking", "rotating", "still"],
+    # the answer words of the moving-shapes corpus (vlm.shapes), which the demo model was trained on
+    "colours (shapes corpus)": list(ANSWER_VOCABULARY["colour"]),
+    "shapes (shapes corpus)": list(ANSWER_VOCABULARY["shape"]),
+    "motions (shapes corpus)": list(ANSWER_VOCABULARY["motion"]),
+    "counts (shapes corpus)": list(ANSWER_VOCABULARY["count"]),
+    # general-purpose sets for models trained on real video
     "yes / no": ["yes", "no"],
-    "counts": ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "10"],
+    "numbers": ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten"],
     "actions": ["playing", "drumming", "dancing", "singing", "talking", "cooking", "walking", "running", "jumping", "swimming"],
     "objects": ["bottle", "ball", "drum", "person", "dog", "cat", "car", "table", "chair", "cup", "phone"],
 }

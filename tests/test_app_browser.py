@@ -147,8 +147,8 @@ def test_a_bad_upload_shows_a_message_in_the_page_then_an_example_works(served_a
     error_toast.wait_for(timeout=30_000)
     assert "'broken.mp4' is not a video this app can read" in error_toast.inner_text()
 
-    page.get_by_text("yellow heart growing").first.click()  # a shipped shapes example
-    page.wait_for_function("document.querySelector('#clip-facts').innerText.includes('yellow_heart_growing.mp4')", timeout=60_000)
+    page.get_by_text("green star rotating").first.click()  # a shipped shapes example
+    page.wait_for_function("document.querySelector('#clip-facts').innerText.includes('green_star_rotating.mp4')", timeout=60_000)
     assert "2.0 s, 64 x 64 px" in page.locator("#clip-facts").inner_text()
     page.wait_for_function("(document.querySelector('#frame-strip img') || {}).naturalWidth > 0", timeout=60_000)
     page.close()

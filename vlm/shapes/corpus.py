@@ -71,8 +71,10 @@ class ShapesConfig:
     colours: tuple[str, ...] = tuple(PALETTE)
     motions: tuple[str, ...] = MOTIONS
     two_object_fraction: float = 0.3  # clips with two objects (different shapes and colours, one shared motion)
-    small_radius: float = 0.09  # middle-frame circumradius of "small" objects (x frame_size)
-    large_radius: float = 0.14  # ... of "large" ones; two-object clips use "small" only
+    # middle-frame circumradius of "small" objects (x frame_size); at 0.09 a tiny from-scratch encoder
+    # learned shape barely above chance (docs/REPRODUCTION.md)
+    small_radius: float = 0.13
+    large_radius: float = 0.19  # ... of "large" ones; two-object clips use "small" only
     radius_jitter: float = 0.1  # radius x U(1 - jitter, 1 + jitter)
     travel: tuple[float, float] = (0.34, 0.44)  # distance a translating object covers over the clip
     growth: tuple[float, float] = (1.8, 2.4)  # radius ratio last/first frame (growing) or first/last (shrinking)

@@ -9,12 +9,13 @@ and glue stages also resume from their own checkpoints):
 
     corpus     prism-vlm make-shapes                       WORK/corpus/
     stage1     video-text contrastive pretraining           WORK/stage1/model/   (tokenizer trained on the captions)
-    stage2     masked video modelling from stage 1           WORK/stage2/model/   (+ ablations WORK/stage2_<name>/)
-    features   frozen tokens of every clip, per encoder      WORK/features/<encoder>/
+    stage2     masked video modelling from stage 1           WORK/stage2/model/
+    features   frozen tokens of every clip (stage 2; stage 1 on train + test, for its probe)  WORK/features/<encoder>/
     glue       resampler with frozen SmolLM2-135M-Instruct  WORK/glue/model/
     export     the demo model directory                     MODEL_OUT/ (glue + encoder/ inside it, README.md)
     evaluate   QA (closed / open), captions, baselines       WORK/evaluation.json
-    probes     frozen MAP probes (colour, shape, motion)     WORK/probes.json (last: the model comes first)
+    probes     frozen MAP probes (colour, shape, motion)     WORK/probes.json
+    ablations  stage-2 variants, their train + test features and probes  WORK/stage2_<name>/ (last: the model comes first)
     report     summary + docs                               WORK/summary.json, WORK/summary.md (+ --docs)
 
 Per-stage wall-clock times go to WORK/timings.json (a resumed run keeps the times of stages it skips).
@@ -54,6 +55,8 @@ class DemoProfile:
     num_clips: int = 2000
     corpus_frames: int = 16
     frame_size: int = 64
+    small_radius: float = 0.13  # object circumradius, x frame_size (ShapesConfig)
+    large_radius: float = 0.19
     # encoder (VideoPrism, from scratch)
     num_frames: int = 8
     patch_size: int = 16
@@ -110,9 +113,10 @@ PROFILES = {
         probe_epochs=10, probe_seeds=(0, 1), glue_steps=80, glue_lr=3e-3, glue_warmup=5,
         eval_clips=40, open_questions=60, caption_clips=20, compositional_clips=20,
     ),
-    "full": DemoProfile(  # estimated 1.5-2 h on an IDLE 2-core CPU (most of it the glue and the evaluation)
-        name="full", num_clips=3000, stage1_steps=2000, stage2_steps=1000, probe_epochs=10, glue_steps=600,
-        ablations=tuple(ABLATIONS), open_questions=0, caption_clips=100, compositional_clips=0,
+    "full": DemoProfile(  # about 1.5 h on an IDLE 2-core CPU (most of it the glue, the evaluation and the ablations)
+        name="full", num_clips=3000, stage1_steps=2000, stage1_batch=64,
+        stage2_steps=1000, probe_epochs=10, glue_steps=1200, glue_warmup=50, ablations=tuple(ABLATIONS),
+        open_questions=300, caption_clips=100, compositional_clips=100,
     ),
 }
 
@@ -180,7 +184,8 @@ def make_corpus(work: Path, profile: DemoProfile, seed: int) -> Path:
     out = work / "corpus"
     if (out / "test" / "qa.jsonl").is_file():
         return out
-    config = ShapesConfig(num_frames=profile.corpus_frames, frame_size=profile.frame_size)
+    config = ShapesConfig(num_frames=profile.corpus_frames, frame_size=profile.frame_size,
+                          small_radius=profile.small_radius, large_radius=profile.large_radius)
     return make_shapes_corpus(out, profile.num_clips, seed=seed, config=config, workers=2, progress=False)
 
 
@@ -252,13 +257,15 @@ def split_videos(corpus: Path, split: str) -> list[str]:
     return list_videos(corpus / split / "captions.jsonl")
 
 
-def extract_all_features(work: Path, profile: DemoProfile, corpus: Path, encoders: dict[str, Path]) -> dict[str, Path]:
-    """One feature cache per encoder over every split (centre crop, ``num_frames`` x ``frame_size``)."""
+def extract_all_features(work: Path, profile: DemoProfile, corpus: Path, encoders: dict[str, Path],
+                         splits: tuple[str, ...] | None = None) -> dict[str, Path]:
+    """One feature cache per encoder (centre crop, ``num_frames`` x ``frame_size``) over ``splits``
+    (None: every split; the probe-only encoders need just train and test)."""
     from encoder.features import extract_features
     from encoder.loading import load_encoder
     from vlm.shapes import SPLITS
 
-    videos = [video for split in SPLITS for video in split_videos(corpus, split)]
+    videos = [video for split in (splits or SPLITS) for video in split_videos(corpus, split)]
     caches = {}
     for name, source in encoders.items():
         cache = work / "features" / name
@@ -272,6 +279,9 @@ def extract_all_features(work: Path, profile: DemoProfile, corpus: Path, encoder
             raise RuntimeError(f"{counts['errors']} corpus clips could not be decoded; see {cache}/errors.jsonl")
         (cache / "done").write_text("ok\n")
     return caches
+
+
+PROBE_SPLITS = ("train", "test")
 
 
 def run_probes(work: Path, profile: DemoProfile, corpus: Path, caches: dict[str, Path]) -> dict:
@@ -767,7 +777,8 @@ def _choices(profile: dict) -> str:
     p = profile
     return "\n".join([
         f"- Corpus: {p['num_clips']} synthetic moving-shapes clips (`prism-vlm make-shapes`), {p['corpus_frames']} frames of "
-        f"{p['frame_size']}x{p['frame_size']} px; splits train/val/test/test_compositional as the generator draws them.",
+        f"{p['frame_size']}x{p['frame_size']} px, object circumradius {p['small_radius']:g} / {p['large_radius']:g} of the frame "
+        "(small / large); splits train/val/test/test_compositional as the generator draws them.",
         f"- Clips are fed as **{p['num_frames']} frames at {p['frame_size']} px** (paper: 16 frames at 288 px).",
         f"- Encoder: a **tiny VideoPrism** trained from scratch: width {p['hidden_size']}, {p['heads']} heads, MLP {p['mlp_size']}, "
         f"{p['spatial_layers']} spatial + {p['temporal_layers']} temporal (+{p['auxiliary_layers']} auxiliary for the contrastive "
@@ -830,7 +841,7 @@ def demo_readme(summary: dict) -> str:
         "## How it was made",
         "",
         f"Command: `{summary['command']}` (seed {summary['seed']}, profile `{profile['name']}`)  ",
-        f"Machine: {summary['machine']}, shared with other jobs while it ran.  ",
+        f"Machine: {summary['machine']}.  ",
         f"Total wall-clock: {summary['total_s'] / 60:.1f} min; glue training throughput {summary['glue_samples_per_s']} samples/s.",
         "",
         *_changes(summary),
@@ -866,15 +877,13 @@ def reproduction_markdown(summary: dict) -> str:
         "",
         f"```bash\n{summary['command']}\n```",
         "",
-        f"Profile `{profile['name']}`, seed {summary['seed']}; machine: {summary['machine']} (shared with other jobs while it "
-        f"ran, so the times are upper bounds). Total {summary['total_s'] / 60:.1f} min. All numbers below are measured on the "
-        f"corpus' **test split** ({evaluation['protocol']['clips']} clips, {evaluation['protocol']['questions']} questions); "
-        "nothing was tuned on it.",
+        f"Profile `{profile['name']}`, seed {summary['seed']}; machine: {summary['machine']}. Total {summary['total_s'] / 60:.1f} "
+        f"min of wall-clock. All numbers below are measured on the corpus' **test split** "
+        f"({evaluation['protocol']['clips']} clips, {evaluation['protocol']['questions']} questions); nothing was tuned on it.",
         "",
-        "Profiles: `smoke` (minutes, checks the pipeline), `quick` (the shipped model), `full` (3000 clips, 2000 stage-1 "
-        "and 1000 stage-2 steps, 600 glue steps of 8, every stage-2 ablation, the whole test split; estimated 1.5-2 h on "
-        "an IDLE 2-core CPU, where the stages measured 0.13 s per stage-1 step, 0.25 s per stage-2 step and 6.3 glue "
-        "samples/s -- to be run by a later session). "
+        "Profiles: `smoke` (minutes, checks the pipeline), `quick` (a shorter run: 1200 clips, 300 stage-1 and 120 stage-2 "
+        "steps, 80 glue steps; answered at chance), `full` (the shipped model: 3000 clips, 2000 stage-1 steps of 64, 1000 stage-2 "
+        "steps of 32, 1200 glue steps of 8, every stage-2 ablation). "
         "Every stage is skipped when its output exists, so a killed run resumes.",
         "",
         *_changes(summary),
@@ -969,6 +978,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--stop-after", choices=STAGES, default=None, help="stop after this stage")
     parser.add_argument("--glue-stop-early", action="store_true",
                         help="use the newest glue checkpoint as the trained glue (when time runs out; recorded)")
+    parser.add_argument("--report-only", action="store_true",
+                        help="rewrite the report (summary, demo README, --docs) from WORK's saved results; trains nothing")
     parser.add_argument("--change-profile", action="store_true",
                         help="continue a run whose profile differs (logged in WORK/profile_changes.jsonl)")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
@@ -1005,6 +1016,14 @@ def main(argv=None) -> int:
             handle.write(json.dumps({"time": time.strftime("%Y-%m-%d %H:%M:%S"), "changed": changed}) + "\n")
     write_json(work / "profile.json", asdict(profile))
     command = "python scripts/train_demo.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    if args.report_only:
+        previous = read_json(work / "summary.json", {})
+        evaluation, probes = read_json(work / "evaluation.json"), read_json(work / "probes.json", {})
+        if evaluation is None or not model_out.is_dir():
+            raise SystemExit(f"--report-only: {work} has no finished evaluation (or {model_out} is missing)")
+        summary = report(work, profile, args.seed, previous.get("command", command), model_out, probes, evaluation, args.docs)
+        log(f"rewrote {work / 'summary.md'} and {model_out / 'README.md'}")
+        return 0
     timings = Timings(work / "timings.json")
     import torch
 
@@ -1018,14 +1037,12 @@ def main(argv=None) -> int:
     stage1 = timings.run("stage1", run_stage1_training, work, profile, args.seed, stage1_manifest)
     if done("stage1"):
         return 0
-    encoders = {"stage1": stage1}
-    encoders["stage2"] = timings.run("stage2", run_stage2_training, work, profile, args.seed, stage2_manifest, stage1, None)
-    for variant in profile.ablations:
-        encoders[f"stage2_{variant}"] = timings.run(f"stage2_{variant}", run_stage2_training, work, profile, args.seed,
-                                                   stage2_manifest, stage1, variant)
+    stage2 = timings.run("stage2", run_stage2_training, work, profile, args.seed, stage2_manifest, stage1, None)
     if done("stage2"):
         return 0
-    caches = timings.run("features", extract_all_features, work, profile, corpus, encoders)
+    # the model first: the stage-2 ablations only feed the probes and run last
+    caches = timings.run("features", extract_all_features, work, profile, corpus, {"stage2": stage2})
+    caches.update(timings.run("features_stage1", extract_all_features, work, profile, corpus, {"stage1": stage1}, PROBE_SPLITS))
     if done("features"):
         return 0
     from vlm.llm import load_llm
@@ -1037,14 +1054,19 @@ def main(argv=None) -> int:
         glue = timings.run("glue", train_glue_stage, work, profile, args.seed, corpus, caches["stage2"], llm, tokenizer)
     if done("glue"):
         return 0
-    timings.run("export", export_demo_model, glue, encoders["stage2"], model_out)
+    timings.run("export", export_demo_model, glue, stage2, model_out)
     if done("export"):
         return 0
     evaluation = timings.run("evaluate", run_evaluation, work, profile, corpus, model_out, caches["stage2"], llm, tokenizer)
     if done("evaluate"):
         return 0
-    del llm  # the probes come last: the shipped model and its scores matter most when time runs out
+    del llm
     probes = timings.run("probes", run_probes, work, profile, corpus, caches)
+    for variant in profile.ablations:
+        name = f"stage2_{variant}"
+        encoder = timings.run(name, run_stage2_training, work, profile, args.seed, stage2_manifest, stage1, variant)
+        caches.update(timings.run(f"features_{name}", extract_all_features, work, profile, corpus, {name: encoder}, PROBE_SPLITS))
+        probes = timings.run("probes", run_probes, work, profile, corpus, caches)
     if done("probes"):
         return 0
     summary = report(work, profile, args.seed, command, model_out, probes, evaluation, args.docs)

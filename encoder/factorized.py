@@ -25,6 +25,15 @@ def _run_layers(layers: nn.ModuleList, hidden: torch.Tensor, paddings: torch.Ten
 
     hidden: [S, L, D]; paddings: [S, L] with 1 = padding. Returns [S, L, D].
     """
+    implementation = layers[0].attention.config._attn_implementation if len(layers) else "eager"
+    if implementation not in (None, "eager"):
+        # flash attention takes no additive mask; transformers' flex score_mod indexes the mask as
+        # mask[b][0][q][k], which crashes compiled CPU flex attention (torch 2.13) and, with this
+        # [S, 1, 1, L] mask, reads past its size-1 query axis.
+        raise NotImplementedError(
+            f"frame paddings need attn_implementation 'eager', not {implementation!r}; "
+            "load the encoder with attn_implementation='eager' (or None) to encode padded clips"
+        )
     key_mask = _padding_to_key_mask(paddings, hidden.dtype)
     keep = (1.0 - paddings.to(hidden.dtype))[..., None]  # [S, L, 1]
     for layer in layers:
@@ -43,7 +52,8 @@ def encode_tokens(
 
     pixel_values_videos: [B, T, 3, H, W] RGB in [0, 1]; H and W multiples of the patch size. Position
         embeddings are interpolated when T, H or W differ from the model's native shape.
-    frame_paddings: optional [B, T], 1 = padded frame.
+    frame_paddings: optional [B, T], 1 = padded frame; needs the model's eager attention (NotImplementedError
+        for flex or flash attention). Without paddings any ``attn_implementation`` works.
     Returns [B, T*N, D] with token index t*N + n (n row-major over the patch grid).
     """
     if frame_paddings is None:

@@ -5,6 +5,12 @@ Sources:
   model (``VideoPrismVisionModel``, ``VideoPrismForVideoClassification``) or a video-text model
   (``VideoPrismClipModel``), whose vision tower is used;
 * a path to an official Flax checkpoint ``.npz``, converted in memory (``encoder.convert``).
+
+The attention kernel is chosen with ``attn_implementation`` (``ATTN_IMPLEMENTATIONS``): VideoPrism
+caps its attention logits (``attn_logit_softcapping``, 50), so only kernels that apply the cap are
+offered: transformers' eager attention, PyTorch flex attention, and FlashAttention-2 (its
+``softcap`` argument; needs the ``flash_attn`` package and a CUDA GPU). transformers' SDPA path is
+not among them: VideoPrism does not support it (SDPA has no logit cap).
 """
 
 from __future__ import annotations
@@ -27,6 +33,9 @@ _DTYPES = {
     "float16": torch.float16,
 }
 
+# Attention kernels that apply VideoPrism's attention logit softcap, by their transformers names.
+ATTN_IMPLEMENTATIONS = ("eager", "flex_attention", "flash_attention_2")
+
 
 def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
     """'bf16' / 'fp32' / torch dtype / None -> torch dtype or None."""
@@ -36,6 +45,16 @@ def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
         return _DTYPES[str(dtype).lower()]
     except KeyError:
         raise ValueError(f"unknown dtype {dtype!r}; use one of {sorted(_DTYPES)}") from None
+
+
+def check_attn_implementation(attn_implementation: str | None) -> str | None:
+    """None or one of ``ATTN_IMPLEMENTATIONS``, else ValueError."""
+    if attn_implementation is None or attn_implementation in ATTN_IMPLEMENTATIONS:
+        return attn_implementation
+    raise ValueError(
+        f"unknown attn_implementation {attn_implementation!r}; use one of {list(ATTN_IMPLEMENTATIONS)} "
+        "(or None for transformers' default, which is eager for VideoPrism)"
+    )
 
 
 def _vision_tower_from_clip(source: str, config, **kwargs) -> VideoPrismVisionModel:
@@ -62,14 +81,25 @@ def load_encoder(
     source: str | os.PathLike,
     dtype: str | torch.dtype | None = None,
     device: str | torch.device | None = None,
+    attn_implementation: str | None = None,
 ) -> VideoPrismVisionModel:
     """A frozen VideoPrism video encoder (eval mode, no gradients).
 
     source: Hub id, transformers-format directory, or official ``.npz`` checkpoint.
     dtype: weights dtype ('fp32', 'bf16', a torch dtype); None keeps fp32.
+    attn_implementation: the attention kernel, one of ``ATTN_IMPLEMENTATIONS``: 'eager'
+        (transformers' reference attention), 'flex_attention' (PyTorch flex attention, compiled on
+        first use, the cap applied in its ``score_mod``) or 'flash_attention_2' (needs ``flash_attn``,
+        a CUDA GPU and fp16/bf16 weights); all apply the attention logit softcap. None leaves
+        transformers' default (eager for VideoPrism). Passed to ``from_pretrained`` for transformers
+        sources, set with ``set_attn_implementation`` after an ``.npz`` conversion; the choice is in
+        ``model.config._attn_implementation``. Unknown names raise ValueError; a known kernel that
+        cannot run here (e.g. ``flash_attn`` not installed) raises transformers' error.
+        Encoding with frame paddings (``encoder.factorized.encode_tokens``) needs 'eager'.
     The returned model's ``prism_source`` attribute records where it came from.
     """
     torch_dtype = resolve_dtype(dtype)
+    attn_implementation = check_attn_implementation(attn_implementation)
     source_str = os.fspath(source)
     if source_str.endswith(".npz"):
         if not Path(source_str).is_file():
@@ -77,12 +107,16 @@ def load_encoder(
         model = convert_checkpoint(source_str)
         if not isinstance(model, VideoPrismVisionModel):
             model = model.video_model.vision_model
+        if attn_implementation is not None:
+            model.set_attn_implementation(attn_implementation)
     else:
         local = Path(source_str)
         if local.exists() and not (local / "config.json").is_file():
             raise FileNotFoundError(f"{source_str} is not a transformers model directory (no config.json)")
         config = AutoConfig.from_pretrained(source_str)
         kwargs = {"use_safetensors": True}
+        if attn_implementation is not None:
+            kwargs["attn_implementation"] = attn_implementation
         if config.model_type == "videoprism":
             model = _vision_tower_from_clip(source_str, config, **kwargs)
         elif config.model_type == "videoprism_vision_model":

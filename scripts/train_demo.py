@@ -1,7 +1,8 @@
 """Train the shipped demo model end to end on the synthetic moving-shapes corpus, and measure it.
 
-    python scripts/train_demo.py --profile quick            # ~1 h on a 2-core CPU; writes vlm/demo_model/
-    python scripts/train_demo.py --profile full             # < 2 h on an idle 2-core CPU (see docs/REPRODUCTION.md)
+    python scripts/train_demo.py --profile full --docs      # the shipped model: < 2 h on a 2-core CPU; writes
+                                                            # vlm/demo_model/ and docs/REPRODUCTION.md
+    python scripts/train_demo.py --profile quick            # a shorter run (it answered at chance)
     python scripts/train_demo.py --profile smoke --work /tmp/demo-smoke   # a few minutes, for checking the pipeline
 
 Stages (each skipped when its output exists, so a killed run resumes where it stopped; the pretraining
@@ -715,6 +716,8 @@ def report(work: Path, profile: DemoProfile, seed: int, command: str, model_out:
         "glue_stopped_early": read_json(work / "glue" / "stopped_early.json"),
         "profile_changes": [json.loads(line) for line in (work / "profile_changes.jsonl").read_text().splitlines()]
         if (work / "profile_changes.jsonl").is_file() else [],
+        # WORK/notes.md: what a person wrote about the run (analysis, experiments before it), appended to REPRODUCTION.md
+        "notes": (work / "notes.md").read_text(encoding="utf-8") if (work / "notes.md").is_file() else None,
     }
     write_json(work / "summary.json", summary)
     markdown = summary_markdown(summary)
@@ -831,8 +834,9 @@ def demo_readme(summary: dict) -> str:
         "",
         "The default model of `prism-vlm caption`, `ask` and `app` when no `--model` is given: a tiny VideoPrism encoder, "
         "a one-layer Perceiver Resampler and the frozen SmolLM2-135M-Instruct, all trained by this repository's code on the "
-        "synthetic moving-shapes corpus (`prism-vlm make-shapes`). It knows colours, shapes, motions and counts of simple "
-        "shapes on a noisy background -- nothing about real videos.",
+        "synthetic moving-shapes corpus (`prism-vlm make-shapes`). It was trained to name the colours, shapes, motions and "
+        "counts of simple shapes on a noisy background -- how well it does each is in the scores below -- and knows nothing "
+        "about real videos. How the run was set up (including what was tried before it) is in `docs/REPRODUCTION.md`.",
         "",
         "Files: `prism_vlm_config.json` (glue config; `encoder_source` is the relative path `encoder`, resolved against this "
         "directory, so the folder can be moved), `resampler.safetensors`, `encoder/` (the stage-2 encoder, a transformers "
@@ -879,7 +883,7 @@ def reproduction_markdown(summary: dict) -> str:
         "",
         f"Profile `{profile['name']}`, seed {summary['seed']}; machine: {summary['machine']}. Total {summary['total_s'] / 60:.1f} "
         f"min of wall-clock. All numbers below are measured on the corpus' **test split** "
-        f"({evaluation['protocol']['clips']} clips, {evaluation['protocol']['questions']} questions); nothing was tuned on it.",
+        f"({evaluation['protocol']['clips']} clips, {evaluation['protocol']['questions']} questions).",
         "",
         "Profiles: `smoke` (minutes, checks the pipeline), `quick` (a shorter run: 1200 clips, 300 stage-1 and 120 stage-2 "
         "steps, 80 glue steps; answered at chance), `full` (the shipped model: 3000 clips, 2000 stage-1 steps of 64, 1000 stage-2 "
@@ -959,6 +963,9 @@ def reproduction_markdown(summary: dict) -> str:
         "its activations). Demo model size: " + f"{summary['demo_model_bytes'] / 1e6:.1f} MB.",
         "",
     ]
+    notes = summary.get("notes")
+    if notes:
+        parts += [notes.strip(), ""]
     return "\n".join(parts)
 
 
@@ -969,7 +976,7 @@ def reproduction_markdown(summary: dict) -> str:
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--profile", choices=sorted(PROFILES), default="quick")
+    parser.add_argument("--profile", choices=sorted(PROFILES), default="full")
     parser.add_argument("--work", default=None, help="working directory (default: runs/demo-PROFILE)")
     parser.add_argument("--model-out", default=None,
                         help="demo model directory (default: vlm/demo_model for quick/full, WORK/demo_model for smoke)")

@@ -1,0 +1,121 @@
+"""Screenshot of ``prism-vlm app`` in a real browser, for the README (docs/app_screenshot.png).
+
+Starts ``python -m vlm.cli app`` (the default model, or ``--model DIR``) on a free local port, opens
+it in Debian's chromium (headless, through Playwright), picks a shipped example clip, clicks
+Describe, asks a closed-vocabulary question with candidates typed in, sends one chat message, waits
+for every answer and saves a full-page screenshot. Prints what the page showed as JSON.
+
+    python scripts/app_screenshot.py [--model DIR] [--example cyan_star_moving_down] \
+        [--question "what colour is the star?"] [--candidates red,green,blue,yellow,purple,white,orange,cyan] \
+        [--chat "how is the star moving?"] [--out docs/app_screenshot.png]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+REPO = Path(__file__).resolve().parents[1]
+CHROMIUM = os.environ.get("PRISM_VLM_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking"]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_app(model: str | None, root: Path) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    env = dict(os.environ, GRADIO_ANALYTICS_ENABLED="False", GRADIO_TEMP_DIR=str(root / "uploads"), PYTHONUNBUFFERED="1")
+    command = [sys.executable, "-m", "vlm.cli", "app", "--port", str(port)] + (["--model", model] if model else [])
+    log = open(root / "server.log", "w")
+    server = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.monotonic() + 300
+    while True:
+        if server.poll() is not None:
+            raise SystemExit(f"prism-vlm app exited with {server.returncode}:\n{(root / 'server.log').read_text()[-3000:]}")
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return server, url
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            server.kill()
+            raise SystemExit(f"prism-vlm app did not answer within 300 s:\n{(root / 'server.log').read_text()[-3000:]}")
+        time.sleep(0.5)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=None, help="glue directory (default: the app's default model)")
+    parser.add_argument("--example", default="cyan_star_moving_down", help="stem of a clip in apps/examples")
+    parser.add_argument("--question", default="what colour is the star?")
+    parser.add_argument("--candidates", default="red,green,blue,yellow,purple,white,orange,cyan")
+    parser.add_argument("--chat", default="how is the star moving?")
+    parser.add_argument("--out", default=str(REPO / "docs" / "app_screenshot.png"))
+    parser.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for each answer")
+    args = parser.parse_args(argv)
+    if not Path(CHROMIUM).is_file():
+        raise SystemExit(f"no chromium at {CHROMIUM}: apt-get install chromium (or set PRISM_VLM_CHROMIUM)")
+    from playwright.sync_api import sync_playwright
+
+    wait_ms = int(args.timeout * 1000)
+    with tempfile.TemporaryDirectory() as root:
+        server, url = start_app(args.model, Path(root))
+        try:
+            with sync_playwright() as playwright:
+                browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+                page = browser.new_page(viewport={"width": 1400, "height": 1100})
+                page.goto(url, wait_until="load")
+                page.locator("#video-upload").wait_for(timeout=60_000)
+                page.get_by_text(args.example.replace("_", " ")).first.click()
+                page.wait_for_function("(document.querySelector('#frame-strip img') || {}).naturalWidth > 0", timeout=wait_ms)
+
+                page.locator("#describe-button").click()
+                page.wait_for_function("document.querySelector('#caption textarea').value.trim().length > 0", timeout=wait_ms)
+
+                page.locator("#qa-question textarea").fill(args.question)
+                page.locator("#qa-candidates textarea").fill(args.candidates)
+                page.locator("#ask-button").click()
+                page.wait_for_function("document.querySelector('#qa-answer textarea').value.trim().length > 0", timeout=wait_ms)
+
+                page.locator("#chat-message textarea").fill(args.chat)
+                page.locator("#chat-message textarea").press("Enter")
+                page.wait_for_function(
+                    "Array.from(document.querySelectorAll('#chat [data-testid=bot]')).some(e => e.innerText.trim().length > 0)",
+                    timeout=wait_ms)
+                time.sleep(3)  # let the streamed reply finish
+                shown = {
+                    "example": args.example,
+                    "caption": page.locator("#caption textarea").input_value(),
+                    "question": args.question,
+                    "answer": page.locator("#qa-answer textarea").input_value(),
+                    "chat": page.locator("#chat").inner_text(),
+                }
+                Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+                page.screenshot(path=args.out, full_page=True)
+                browser.close()
+        finally:
+            server.terminate()
+            try:
+                server.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                server.kill()
+    print(json.dumps(shown, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

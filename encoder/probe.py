@@ -17,12 +17,13 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Sequence
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 import torch
 from torch import nn
+
+from encoder.threads import torch_threads
 
 
 @dataclass
@@ -195,7 +196,7 @@ def train_map_probe(
     device = torch.device(device or "cpu")
     steps_per_epoch = -(-tokens.shape[0] // config.batch_size)
     total_steps = steps_per_epoch * config.epochs
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), _torch_threads(num_threads):
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch_threads(num_threads):
         torch.manual_seed(seed)
         probe = MAPProbe(tokens.shape[-1], num_classes, config).to(device)
         if config.standardize:
@@ -216,21 +217,6 @@ def train_map_probe(
                 optimizer.step()
                 schedule.step()
     return probe.eval()
-
-
-@contextmanager
-def _torch_threads(num_threads: int | None):
-    if num_threads is None:
-        yield
-        return
-    if num_threads < 1:
-        raise ValueError(f"num_threads must be >= 1, got {num_threads}")
-    previous = torch.get_num_threads()
-    torch.set_num_threads(num_threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 @torch.inference_mode()
@@ -271,7 +257,7 @@ def probe_accuracy(
                             progress=progress, num_threads=num_threads)
     if probe.token_mean.shape[0] != test_tokens.shape[-1]:
         raise ValueError(f"test tokens have width {test_tokens.shape[-1]}, train tokens {probe.token_mean.shape[0]}")
-    with _torch_threads(num_threads):
+    with torch_threads(num_threads):
         predictions = probe_predictions(probe, test_tokens, config.eval_batch_size)
     return float((predictions == test_labels).float().mean())
 

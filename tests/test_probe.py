@@ -16,13 +16,7 @@ NUM_CLASSES, TOKENS, WIDTH = 4, 16, 32
 FAST = ProbeConfig(epochs=15, batch_size=32)
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """The probes here are tiny: one thread is fastest, and far faster on a loaded 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models: one thread (tests/conftest.py)
 
 
 def tokens_with_hidden_class(count: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -73,6 +67,21 @@ def test_probe_is_deterministic_and_leaves_the_global_rng_alone():
     torch.set_num_threads(1)
     assert isinstance(probe, MAPProbe) and not probe.training
     assert probe(tokens[:5]).shape == (5, NUM_CLASSES) and probe.pooled(tokens[:5]).shape == (5, WIDTH)
+
+
+def test_torch_threads_sets_and_restores_the_count():
+    from encoder.threads import torch_threads
+
+    before = torch.get_num_threads()
+    with torch_threads(2):
+        assert torch.get_num_threads() == 2
+    assert torch.get_num_threads() == before
+    with torch_threads(None):
+        assert torch.get_num_threads() == before
+    with pytest.raises(ValueError, match=">= 1"):
+        with torch_threads(0):
+            pass
+    assert torch.get_num_threads() == before
 
 
 def test_single_query_attention_equals_torch_multihead_attention():

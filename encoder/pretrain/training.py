@@ -36,6 +36,7 @@ from torch import nn
 
 from encoder.checkpoints import latest_checkpoint, load_training_checkpoint, save_training_checkpoint, trainable_state, unwrap
 from encoder.run_log import MetricsLog, plot_metrics
+from encoder.threads import torch_threads
 
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
@@ -111,6 +112,8 @@ class TrainingSettings:
             raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
         if self.max_steps < 1 or self.batch_size < 1 or self.save_every < 1 or self.log_every < 1:
             raise ValueError("max_steps, batch_size, save_every and log_every must be >= 1")
+        if self.cpu_threads is not None and self.cpu_threads < 1:
+            raise ValueError(f"cpu_threads must be >= 1 or None, got {self.cpu_threads}")
         if not 0 <= self.warmup_steps <= self.max_steps:
             raise ValueError(f"warmup_steps must be in [0, max_steps], got {self.warmup_steps}")
         if self.mixed_precision not in ("no", "bf16", "fp16"):
@@ -245,13 +248,8 @@ def make_accelerator(settings: TrainingSettings):
 def run_training(settings: TrainingSettings, task: Task, title: str, plot_keys: tuple[str, ...] = ("loss",)) -> Path:
     """Train ``task.model`` for ``settings.max_steps`` steps (resuming from the newest checkpoint),
     then export it to ``output_dir/model``. Returns that directory."""
-    threads = torch.get_num_threads()
-    if settings.cpu_threads:
-        torch.set_num_threads(settings.cpu_threads)
-    try:
+    with torch_threads(settings.cpu_threads):
         return _train(settings, task, title, plot_keys)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _train(settings: TrainingSettings, task: Task, title: str, plot_keys: tuple[str, ...]) -> Path:

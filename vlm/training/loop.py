@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 
 from encoder.features import decoding_worker_context
+from encoder.threads import torch_threads
 from vlm.training.config import CONFIG_FILE, TrainConfig, TrainConfigError
 from vlm.training.data import (
     CacheIndex,
@@ -200,13 +201,8 @@ def train_glue(
     on_step: called on every process after each optimizer step with (step, {"loss", "lr"}).
     Data problems raise before any model is loaded (see ``vlm.training.data``).
     """
-    threads = torch.get_num_threads()
-    if config.cpu_threads is not None:
-        torch.set_num_threads(config.cpu_threads)
-    try:
+    with torch_threads(config.cpu_threads):
         return _train(config, resume, llm, tokenizer, encoder, on_step)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _train(config: TrainConfig, resume: bool, llm, tokenizer, encoder, on_step) -> Path:

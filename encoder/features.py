@@ -47,8 +47,9 @@ META_FILE = "meta.json"
 PRECISIONS = ("fp32", "bf16")
 
 
-def decoding_worker_context() -> str | None:
-    """Start method for decoding worker processes: "forkserver" where available.
+def decoding_worker_context(num_workers: int) -> str | None:
+    """The DataLoader ``multiprocessing_context`` for ``num_workers`` decoding worker processes:
+    "forkserver" where available, None with no workers (or no forkserver).
 
     Forking a process that already runs threads (a web server, tqdm's monitor, torch's pools) can
     deadlock the child on a lock held by another thread at fork time; forkserver workers start from
@@ -56,7 +57,7 @@ def decoding_worker_context() -> str | None:
     """
     import multiprocessing
 
-    return "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else None
+    return "forkserver" if num_workers > 0 and "forkserver" in multiprocessing.get_all_start_methods() else None
 
 
 def cpu_supports_bf16() -> bool:
@@ -369,7 +370,7 @@ def extract_features(
         batch_size=batch_size,
         num_workers=num_workers,
         collate_fn=_collate,
-        multiprocessing_context=decoding_worker_context() if num_workers > 0 else None,
+        multiprocessing_context=decoding_worker_context(num_workers),
     )
     bar = tqdm(total=len(todo), unit="clip", desc="features", disable=not progress)
     for items in loader:

@@ -285,7 +285,7 @@ def iter_decoded_batches(
         batch_size=batch_size,
         num_workers=workers,
         collate_fn=_keep_items,
-        multiprocessing_context=decoding_worker_context() if workers > 0 else None,
+        multiprocessing_context=decoding_worker_context(workers),
     )
     yield from loader
 

@@ -280,7 +280,7 @@ def _train(config: TrainConfig, resume: bool, llm, tokenizer, encoder, on_step) 
     loader = torch.utils.data.DataLoader(
         GlueExamples(train_sources, settings, config.seed, cache=cache, training=True), batch_size=micro, sampler=sampler,
         num_workers=config.num_workers, collate_fn=collate_visits, persistent_workers=False,
-        multiprocessing_context=decoding_worker_context() if config.num_workers > 0 else None,
+        multiprocessing_context=decoding_worker_context(config.num_workers),
     )
     val_loader = None
     if val_sources and config.max_val_examples:
@@ -288,7 +288,7 @@ def _train(config: TrainConfig, resume: bool, llm, tokenizer, encoder, on_step) 
             GlueExamples(val_sources, settings, config.seed, cache=cache, training=False),
             batch_size=micro, sampler=validation_items(val_sources, config.max_val_examples),
             num_workers=min(config.num_workers, 1), collate_fn=collate_visits,
-            multiprocessing_context=decoding_worker_context() if config.num_workers > 0 else None,
+            multiprocessing_context=decoding_worker_context(min(config.num_workers, 1)),
         )
 
     metrics = MetricsLog(run_dir / "metrics.jsonl", resume_step=start_step) if main else None

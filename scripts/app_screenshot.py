@@ -15,46 +15,41 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import httpx
+from load_test_app import REPO, free_port, start_server, wait_until_up  # scripts/load_test_app.py
 
-REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = os.environ.get("PRISM_VLM_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking"]
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def start_app(model: str | None, root: Path) -> tuple[subprocess.Popen, str]:
+    """``prism-vlm app`` on a free local port (load_test_app's launcher, the app's default limits)."""
     port = free_port()
-    env = dict(os.environ, GRADIO_ANALYTICS_ENABLED="False", GRADIO_TEMP_DIR=str(root / "uploads"), PYTHONUNBUFFERED="1")
-    command = [sys.executable, "-m", "vlm.cli", "app", "--port", str(port)] + (["--model", model] if model else [])
-    log = open(root / "server.log", "w")
-    server = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    log_path = root / "server.log"
+    server = start_server(Path(model) if model else None, port, log_path, concurrency=2, queue_size=64)
     url = f"http://127.0.0.1:{port}/"
-    deadline = time.monotonic() + 300
-    while True:
-        if server.poll() is not None:
-            raise SystemExit(f"prism-vlm app exited with {server.returncode}:\n{(root / 'server.log').read_text()[-3000:]}")
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return server, url
-        except httpx.HTTPError:
-            pass
-        if time.monotonic() > deadline:
-            server.kill()
-            raise SystemExit(f"prism-vlm app did not answer within 300 s:\n{(root / 'server.log').read_text()[-3000:]}")
-        time.sleep(0.5)
+    try:
+        wait_until_up(server, url, log_path)
+    except (RuntimeError, TimeoutError) as error:
+        server.kill()
+        raise SystemExit(f"prism-vlm app did not start: {error}") from None
+    return server, url
+
+
+def wait_until_unchanged(read, timeout: float, quiet_s: float = 2.0) -> None:
+    """Poll ``read()`` until its value has not changed for ``quiet_s`` seconds (or ``timeout`` passes)."""
+    deadline = time.monotonic() + timeout
+    value, changed = read(), time.monotonic()
+    while time.monotonic() - changed < quiet_s and time.monotonic() < deadline:
+        time.sleep(0.25)
+        current = read()
+        if current != value:
+            value, changed = current, time.monotonic()
 
 
 def main(argv=None) -> int:
@@ -96,7 +91,7 @@ def main(argv=None) -> int:
                 page.wait_for_function(
                     "Array.from(document.querySelectorAll('#chat [data-testid=bot]')).some(e => e.innerText.trim().length > 0)",
                     timeout=wait_ms)
-                time.sleep(3)  # let the streamed reply finish
+                wait_until_unchanged(lambda: page.locator("#chat").inner_text(), args.timeout)  # the reply streams
                 shown = {
                     "example": args.example,
                     "caption": page.locator("#caption textarea").input_value(),

@@ -39,7 +39,9 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-STAGES = ("corpus", "stage1", "stage2", "features", "glue", "export", "evaluate", "probes", "report")
+from vlm.evaluation import write_json  # noqa: E402  (atomic JSON write)
+
+STAGES = ("corpus", "stage1", "stage2", "features", "glue", "export", "evaluate", "probes", "ablations", "report")
 ABLATIONS = {  # stage-2 variants of the paper's Table 21 / Figure 6, name -> Stage2Config overrides
     "no_shuffle": {"shuffle_tokens": False},
     "no_global": {"global_distillation": False},
@@ -125,13 +127,6 @@ PROFILES = {
 # ---------------------------------------------------------------------------------------------
 # Small helpers
 # ---------------------------------------------------------------------------------------------
-
-
-def write_json(path: Path, value) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(json.dumps(value, indent=2) + "\n", encoding="utf-8")
-    os.replace(temporary, path)
 
 
 def read_json(path: Path, default=None):
@@ -1069,12 +1064,14 @@ def main(argv=None) -> int:
         return 0
     del llm
     probes = timings.run("probes", run_probes, work, profile, corpus, caches)
+    if done("probes"):
+        return 0
     for variant in profile.ablations:
         name = f"stage2_{variant}"
         encoder = timings.run(name, run_stage2_training, work, profile, args.seed, stage2_manifest, stage1, variant)
         caches.update(timings.run(f"features_{name}", extract_all_features, work, profile, corpus, {name: encoder}, PROBE_SPLITS))
         probes = timings.run("probes", run_probes, work, profile, corpus, caches)
-    if done("probes"):
+    if done("ablations"):
         return 0
     summary = report(work, profile, args.seed, command, model_out, probes, evaluation, args.docs)
     log(json.dumps(summary["targets"], indent=1))

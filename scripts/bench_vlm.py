@@ -25,7 +25,7 @@ architecture with random weights (speed does not depend on the weights' values; 
 then run to ``--max-new-tokens`` since a random LM rarely emits EOS):
 
     python scripts/bench_vlm.py --save-llm-skeleton smollm2-skeleton
-    python scripts/bench_vlm.py --device cuda --dtype bfloat16 --llm smollm2-skeleton \
+    python scripts/bench_vlm.py --device cuda --dtype bfloat16 --llm smollm2-skeleton \\
         --random-weights --json-out bench_out/vlm_gpu.json
 """
 
@@ -43,7 +43,6 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, VideoPrismVisionConfig, VideoPrismVisionModel
 
 from encoder.loading import resolve_dtype
-
 from vlm.generation import DecodingConfig, greedy_generate
 from vlm.llm import SMOLLM2_SOURCE, load_language_model, load_tokenizer
 from vlm.model import VideoLanguageModel

@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from load_test_app import REPO, free_port, start_server, wait_until_up  # scripts/load_test_app.py
+from load_test_app import REPO, free_port, start_server, stop_server, wait_until_up  # scripts/load_test_app.py
 
 CHROMIUM = os.environ.get("PRISM_VLM_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking"]
@@ -103,11 +103,7 @@ def main(argv=None) -> int:
                 page.screenshot(path=args.out, full_page=True)
                 browser.close()
         finally:
-            server.terminate()
-            try:
-                server.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                server.kill()
+            stop_server(server)
     print(json.dumps(shown, indent=1))
     return 0
 

@@ -99,6 +99,16 @@ def wait_until_up(server: subprocess.Popen, url: str, log_path: Path, timeout: f
     raise TimeoutError(f"the app did not answer within {timeout} s:\n{log_path.read_text()[-3000:]}")
 
 
+def stop_server(server: subprocess.Popen, timeout: float = 20.0) -> None:
+    """Terminate the app and wait for it; kill it if it has not exited after ``timeout`` seconds."""
+    server.terminate()
+    try:
+        server.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        server.kill()
+        server.wait()
+
+
 def summarise(latencies: list[float], wall_s: float, expected: int) -> dict:
     values = np.array(latencies) if latencies else np.array([np.nan])
     return {
@@ -183,8 +193,7 @@ def main() -> int:
         concurrent_wall = time.perf_counter() - started
         rss_peak_kb = proc_status_kb(server.pid, "VmHWM")
     finally:
-        server.terminate()
-        server.wait(timeout=30)
+        stop_server(server, timeout=30)
 
     answered = [r for r in results if isinstance(r, tuple)]
     failures = [repr(r) for r in results if not isinstance(r, tuple)]

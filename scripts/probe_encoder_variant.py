@@ -81,7 +81,9 @@ def main(argv=None) -> int:
     result: dict = {"profile_overrides": args.set, "encoder": str(args.encoder) if args.encoder else None,
                     "threads": args.threads or torch.get_num_threads(), "seconds": {}}
     with torch_threads(args.threads):
-        stage1_manifest, stage2_manifest = train_demo.pretraining_manifests(work, corpus)
+        pretrain_corpus = train_demo.make_pretraining_corpus(work, profile, corpus)
+        stage1_manifest, stage2_manifest = train_demo.pretraining_manifests(
+            work, [corpus, pretrain_corpus] if pretrain_corpus else [corpus], args.seed)
         start = time.perf_counter()
         encoders = {"stage1": args.encoder.resolve() if args.encoder else
                     train_demo.run_stage1_training(work, profile, args.seed, stage1_manifest)}

@@ -60,6 +60,7 @@ class DemoProfile:
     frame_size: int = 64
     small_radius: float = 0.13  # object circumradius, x frame_size (ShapesConfig)
     large_radius: float = 0.19
+    pretrain_clips: int = 0  # extra all-train clips for stages 1 and 2 only (WORK/pretrain_corpus; 0: none)
     # encoder (VideoPrism, from scratch)
     num_frames: int = 8
     patch_size: int = 16
@@ -76,6 +77,7 @@ class DemoProfile:
     stage1_steps: int = 400
     stage1_batch: int = 32
     stage1_lr: float = 1e-2
+    stage1_hard_negatives: int = 0  # per clip and step, captions differing in shape or motion (Stage1Config.hard_negatives)
     # stage 2
     stage2_steps: int = 200
     stage2_batch: int = 32
@@ -116,8 +118,8 @@ PROFILES = {
         probe_epochs=10, probe_seeds=(0, 1), glue_steps=80, glue_lr=3e-3, glue_warmup=5,
         eval_clips=40, open_questions=60, caption_clips=20, compositional_clips=20,
     ),
-    "full": DemoProfile(  # about 1.5 h on an IDLE 2-core CPU (most of it the glue, the evaluation and the ablations)
-        name="full", num_clips=3000, stage1_steps=2000, stage1_batch=64,
+    "full": DemoProfile(  # about 1.7 h on an IDLE 2-core CPU (most of it the glue, the evaluation and the ablations)
+        name="full", num_clips=3000, pretrain_clips=15000, stage1_steps=2000, stage1_batch=64, stage1_hard_negatives=3,
         stage2_steps=1000, probe_epochs=10, glue_steps=1200, glue_warmup=50, ablations=tuple(ABLATIONS),
         open_questions=300, caption_clips=100, compositional_clips=100,
     ),
@@ -185,21 +187,55 @@ def make_corpus(work: Path, profile: DemoProfile, seed: int) -> Path:
     return make_shapes_corpus(out, profile.num_clips, seed=seed, config=config, workers=2, progress=False)
 
 
-def pretraining_manifests(work: Path, corpus: Path) -> tuple[Path, Path]:
+def make_pretraining_corpus(work: Path, profile: DemoProfile, corpus: Path) -> Path | None:
+    """``profile.pretrain_clips`` more clips of the evaluation ``corpus``'s generator (its seed and
+    config), all in the train split, for the two pretraining stages only (VideoPrism pretrains on
+    far more clips than its downstream tasks see). Their indices start after ``corpus``'s, so they
+    share no clip with it, and they keep its held-out compositional pairs out. None when
+    ``pretrain_clips`` is 0."""
+    from vlm.shapes import ShapesConfig, make_shapes_corpus
+
+    if not profile.pretrain_clips:
+        return None
+    out = work / "pretrain_corpus"
+    if (out / "train" / "captions.jsonl").is_file():
+        return out
+    described = read_json(corpus / "corpus.json")
+    if described is None:
+        raise FileNotFoundError(f"{corpus / 'corpus.json'} is missing: not a make-shapes corpus")
+    config = ShapesConfig.from_dict({**described["config"], "compositional_fraction": 0.0, "val_fraction": 0.0,
+                                     "test_fraction": 0.0})
+    return make_shapes_corpus(out, profile.pretrain_clips, seed=described["seed"], config=config, workers=2,
+                              progress=False, first_index=described.get("first_index", 0) + described["num_clips"])
+
+
+def pretraining_manifests(work: Path, corpora: Path | list[Path], seed: int = 0) -> tuple[Path, Path]:
     """Stage-1 manifest (one row per clip with ONE of its phrasings, the phrasing index cycling over
-    the clips: every row is decoded once, and decoding dominates the time of the tiny model) and
-    stage-2 manifest (one row per clip), training split only."""
+    the clips: every row is decoded once, and decoding dominates the time of the tiny model, plus the
+    three hard-negative captions of that phrasing, ``vlm.shapes.hard_negative_captions``, used when
+    the profile's ``stage1_hard_negatives`` > 0) and stage-2 manifest (one row per clip): the train
+    split of every corpus in ``corpora``."""
     manifests = work / "manifests"
     stage1, stage2 = manifests / "stage1_train.jsonl", manifests / "stage2_train.jsonl"
     if stage1.is_file() and stage2.is_file():
         return stage1, stage2
+    import numpy as np
+
+    from vlm.shapes import hard_negative_captions, read_attributes
+
     manifests.mkdir(parents=True, exist_ok=True)
     rows1, rows2 = [], []
-    for number, line in enumerate((corpus / "train" / "captions.jsonl").read_text(encoding="utf-8").splitlines()):
-        row = json.loads(line)
-        video = os.path.relpath((corpus / "train" / row["video"]).resolve(), manifests)
-        rows1.append({"video": video, "caption": row["caption"][number % len(row["caption"])]})
-        rows2.append({"video": video})
+    for corpus in [corpora] if isinstance(corpora, Path) else corpora:
+        attributes = {clip.id: clip for clip in read_attributes(corpus, "train")}
+        heldout = {tuple(pair) for pair in read_json(corpus / "corpus.json", {}).get("heldout_pairs", [])}
+        for line in (corpus / "train" / "captions.jsonl").read_text(encoding="utf-8").splitlines():
+            row, number = json.loads(line), len(rows1)
+            video = os.path.relpath((corpus / "train" / row["video"]).resolve(), manifests)
+            caption = row["caption"][number % len(row["caption"])]
+            rng = np.random.default_rng([seed, number])
+            negatives = hard_negative_captions(attributes[row["id"]], caption, rng, heldout)
+            rows1.append({"video": video, "caption": caption, "negative_captions": negatives})
+            rows2.append({"video": video})
     stage1.write_text("".join(json.dumps(r) + "\n" for r in rows1), encoding="utf-8")
     stage2.write_text("".join(json.dumps(r) + "\n" for r in rows2), encoding="utf-8")
     return stage1, stage2
@@ -222,6 +258,7 @@ def run_stage1_training(work: Path, profile: DemoProfile, seed: int, manifest: P
         batch_size=profile.stage1_batch, max_steps=profile.stage1_steps, learning_rate=profile.stage1_lr,
         warmup_steps=max(1, profile.stage1_steps // 10), seed=seed, cache_clips=True,
         save_every=max(50, profile.stage1_steps // 4), log_every=max(1, min(10, profile.stage1_steps // 5)), progress=False,
+        hard_negatives=profile.stage1_hard_negatives,
     )
     return run_stage1(config)
 
@@ -1033,7 +1070,9 @@ def main(argv=None) -> int:
     done = lambda stage: args.stop_after == stage  # noqa: E731
 
     corpus = timings.run("corpus", make_corpus, work, profile, args.seed)
-    stage1_manifest, stage2_manifest = pretraining_manifests(work, corpus)
+    pretrain_corpus = timings.run("pretrain_corpus", make_pretraining_corpus, work, profile, corpus)
+    stage1_manifest, stage2_manifest = pretraining_manifests(work, [corpus, pretrain_corpus] if pretrain_corpus else [corpus],
+                                                             args.seed)
     if done("corpus"):
         return 0
     stage1 = timings.run("stage1", run_stage1_training, work, profile, args.seed, stage1_manifest)

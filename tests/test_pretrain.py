@@ -135,6 +135,24 @@ def test_manifests_clips_and_images(corpus):
     assert first[0, 0, :, :, :].amax(dim=(1, 2)).tolist()[1] > 0.7  # green channel of "green" image 1
 
 
+def test_cached_clips_are_decoded_once_per_process(corpus, monkeypatch):
+    import encoder.pretrain.data as data
+
+    data.clear_clip_cache()
+    calls = []
+    real = data.load_clip
+    monkeypatch.setattr(data, "load_clip", lambda *a, **k: calls.append(a[0]) or real(*a, **k))
+    first = ClipDataset(corpus / "videos.jsonl", num_frames=FRAMES, image_size=SIZE, cache_clips=True).pixels([0, 1])
+    second = ClipDataset(corpus / "videos.jsonl", num_frames=FRAMES, image_size=SIZE, cache_clips=True).pixels([1, 0])
+    assert len(calls) == 2 and torch.equal(first, second.flip(0))  # the second dataset decoded nothing
+    ClipDataset(corpus / "videos.jsonl", num_frames=2, image_size=SIZE, cache_clips=True).pixels([0])
+    ClipDataset(corpus / "videos.jsonl", num_frames=FRAMES, image_size=SIZE).pixels([0])
+    assert len(calls) == 4  # another frame count is another clip; without cache_clips nothing is cached
+    data.clear_clip_cache()
+    ClipDataset(corpus / "videos.jsonl", num_frames=FRAMES, image_size=SIZE, cache_clips=True).pixels([0])
+    assert len(calls) == 5
+
+
 @pytest.mark.parametrize(
     "line,message",
     [
@@ -210,6 +228,27 @@ def test_contrastive_loss_is_symmetric_cross_entropy():
     assert contrastive_loss(video, video, torch.tensor(100.0)) < 1e-3  # matched pairs, sharp temperature
     assert LogitScale(0.07)().item() == pytest.approx(1 / 0.07, rel=1e-5)
     assert LogitScale(0.001)().item() == pytest.approx(100.0)  # clamped as in CLIP
+
+
+def test_contrastive_loss_with_hard_negatives_adds_them_to_the_video_to_text_term_only():
+    torch.manual_seed(0)
+    video = torch.nn.functional.normalize(torch.randn(4, 8), dim=-1)
+    text = torch.nn.functional.normalize(torch.randn(4, 8), dim=-1)
+    negatives = torch.nn.functional.normalize(torch.randn(6, 8), dim=-1)
+    scale = torch.tensor(5.0)
+    logits = scale * video @ text.T
+    extended = torch.cat([logits, scale * video @ negatives.T], dim=1)  # [4, 4 + 6]
+    manual = 0.5 * (
+        -torch.log_softmax(extended, dim=1).diagonal().mean() - torch.log_softmax(logits, dim=0).diagonal().mean()
+    )
+    assert torch.allclose(contrastive_loss(video, text, scale, negatives), manual, atol=1e-6)
+    assert contrastive_loss(video, text, scale, negatives) > contrastive_loss(video, text, scale)
+    assert torch.equal(contrastive_loss(video, text, scale, negatives[:0]), contrastive_loss(video, text, scale))
+    # a negative identical to a video's own caption costs that video half its probability
+    matched = torch.tensor(100.0)
+    assert contrastive_loss(video, video, matched, video[:1]) == pytest.approx(0.5 * np.log(2) / 4, abs=1e-3)
+    with pytest.raises(ValueError, match="negative text embeddings"):
+        contrastive_loss(video, text, scale, torch.randn(3, 5))
 
 
 def test_cosine_distance():
@@ -308,6 +347,53 @@ def test_stage1_batches_drop_half_the_tokens_and_crop_for_images(corpus, tmp_pat
     again = build_stage1(_stage1_config(corpus, tmp_path / "run")).batch(0)
     assert torch.equal(again["visible_positions"], video_batch["visible_positions"])  # seeded per step
     assert not torch.equal(task.batch(2)["visible_positions"], video_batch["visible_positions"])
+
+
+def _with_negatives(corpus: Path, out: Path, count: int) -> Path:
+    """videos.jsonl with ``count`` hard-negative captions per row (the other directions)."""
+    rows = [json.loads(line) for line in (corpus / "videos.jsonl").read_text().splitlines()]
+    for row in rows:
+        move = row["caption"].split()[-1].rstrip("!")
+        row["negative_captions"] = [row["caption"].replace(move, other) for other in MOVES if other != move][:count]
+    manifest = out / "videos_with_negatives.jsonl"
+    out.mkdir(parents=True, exist_ok=True)
+    manifest.write_text("".join(json.dumps({**row, "video": str(corpus / row["video"])}) + "\n" for row in rows))
+    return manifest
+
+
+def test_stage1_hard_negatives_join_the_batch_and_the_loss(corpus, tmp_path):
+    manifest = _with_negatives(corpus, tmp_path / "data", count=3)
+    config = _stage1_config(corpus, tmp_path / "run", train_manifests=[str(manifest)], hard_negatives=2, max_steps=6,
+                            model=dataclasses.replace(TINY, max_text_length=32))
+    task = build_stage1(config)
+    batch = task.batch(0)
+    _, rows = task.batches.batch(0)
+    assert batch["input_ids"].shape == (8 + 8 * 2, 32)  # captions, then two negatives per video in row order
+    dataset = task.datasets[0]
+    for position, row in enumerate(rows):
+        own = [tuple(ids) for ids in tokenize_texts(task.tokenizer, list(dataset.negative_captions(row)), 32)[0].tolist()]
+        assert len(set(own)) == 3
+        drawn = [tuple(ids) for ids in batch["input_ids"][8 + 2 * position : 10 + 2 * position].tolist()]
+        assert len(set(drawn)) == 2 and set(drawn) <= set(own)
+    again = build_stage1(config).batch(0)
+    assert torch.equal(again["input_ids"], batch["input_ids"])  # seeded per step
+    run_stage1(config)
+    rows = _metrics(tmp_path / "run")
+    assert all(0.0 <= r["hard_negative_top1"] <= 1.0 for r in rows) and len(rows) == 6
+    info = json.loads((tmp_path / "run" / "model" / "pretraining.json").read_text())
+    assert info["config"]["hard_negatives"] == 2
+
+
+def test_stage1_hard_negatives_need_enough_per_row(corpus, tmp_path):
+    manifest = _with_negatives(corpus, tmp_path / "data", count=1)
+    with pytest.raises(ManifestError, match="fewer than hard_negatives=2"):
+        build_stage1(_stage1_config(corpus, tmp_path / "run", train_manifests=[str(manifest)], hard_negatives=2))
+    with pytest.raises(ValueError, match="hard_negatives must be >= 0"):
+        build_stage1(_stage1_config(corpus, tmp_path / "run", hard_negatives=-1))
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"video": "a.mp4", "caption": "x", "negative_captions": ["y", ""]}\n')
+    with pytest.raises(ManifestError, match="negative_captions"):
+        read_manifest(bad)
 
 
 def test_stage1_output_loads_in_transformers_and_load_encoder(stage1_run, corpus):

@@ -400,3 +400,70 @@ def test_cli_make_shapes(tmp_path, capsys):
     assert load_clip(out / clips[0].video, num_frames=8, size=None).shape == (8, 48, 48, 3)
     assert main(["make-shapes", str(out), "--num", "6", "--seed", "4", "--no-progress"]) == 2
     assert "another corpus" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------------------------- hard negatives
+
+
+def _motions_named(text: str) -> set[str]:
+    """Motions one of whose phrasings (any rotation direction) occurs in ``text``."""
+    from vlm.shapes.language import _PROGRESSIVE, _THIRD_PERSON
+
+    named = set()
+    for table in (_PROGRESSIVE, _THIRD_PERSON):
+        for motion, options in table.items():
+            for option in options:
+                for rotation in ("clockwise", "counterclockwise"):
+                    if " ".join(option.format(rotation=rotation).split()) in text:
+                        named.add(motion)
+    return named
+
+
+def test_hard_negative_captions_change_one_attribute_and_describe_no_clip_phrasing(corpus, clips):
+    from vlm.shapes import SHAPES, hard_negative_captions
+
+    by_id = {clip.id: clip for clip in clips}
+    heldout = {tuple(pair) for pair in json.loads((corpus / "corpus.json").read_text())["heldout_pairs"]}
+    opposite = {"left": "right", "right": "left", "up": "down", "down": "up", "growing": "shrinking", "shrinking": "growing"}
+    for number, row in enumerate(_jsonl(corpus / "captions.jsonl")):
+        clip = by_id[row["id"]]
+        for caption in row["caption"]:
+            shape_negative, opposite_negative, other_negative = negatives = hard_negative_captions(
+                clip, caption, np.random.default_rng([SEED, number]), heldout
+            )
+            assert len({caption, *negatives}) == 4 and not set(negatives) & set(row["caption"])
+            # 1: one object renamed to a shape no object has, never a held-out pair; the rest unchanged
+            kept = [o for o in clip.objects if f"{o.colour} {o.shape}" in shape_negative]
+            assert len(kept) == clip.count - 1
+            (changed,) = [o for o in clip.objects if o not in kept]
+            swapped = [s for s in SHAPES if f"{changed.colour} {s}" in shape_negative and s != changed.shape]
+            assert len(swapped) == 1 and swapped[0] not in {o.shape for o in clip.objects}
+            assert (changed.colour, swapped[0]) not in heldout
+            assert shape_negative == caption.replace(f"{changed.colour} {changed.shape}", f"{changed.colour} {swapped[0]}")
+            # 2 and 3: the objects kept, the motion replaced (by its opposite where it has one)
+            for negative in (opposite_negative, other_negative):
+                assert all(f"{o.colour} {o.shape}" in negative for o in clip.objects)
+                assert clip.motion not in _motions_named(negative)
+            assert _motions_named(caption) >= {clip.motion}
+            if clip.motion in opposite:
+                assert opposite[clip.motion] in _motions_named(opposite_negative)
+            assert _motions_named(other_negative) - {clip.motion, opposite.get(clip.motion)}
+    other_clip = next(c for c in clips if c.objects[0].shape != clips[0].objects[0].shape)
+    with pytest.raises(ValueError, match="does not name"):
+        hard_negative_captions(other_clip, _jsonl(corpus / "captions.jsonl")[0]["caption"][0], np.random.default_rng(0))
+
+
+def test_first_index_continues_the_stream_with_the_same_heldout_pairs(corpus, clips, tmp_path):
+    config = ShapesConfig(compositional_fraction=0.0, val_fraction=0.0, test_fraction=0.0)
+    extra = make_shapes_corpus(tmp_path / "pretrain", 6, seed=SEED, config=config, progress=False, first_index=NUM_CLIPS)
+    described = json.loads((extra / "corpus.json").read_text())
+    assert described["first_index"] == NUM_CLIPS and "first_index" not in json.loads((corpus / "corpus.json").read_text())
+    assert described["heldout_pairs"] == json.loads((corpus / "corpus.json").read_text())["heldout_pairs"]
+    more = read_attributes(extra)
+    assert [c.id for c in more] == [f"clip_{NUM_CLIPS + i:06d}" for i in range(6)] and {c.split for c in more} == {"train"}
+    heldout = {tuple(p) for p in described["heldout_pairs"]}
+    assert all((o.colour, o.shape) not in heldout for c in more for o in c.objects)
+    assert not {c.background_seed for c in more} & {c.background_seed for c in clips}
+    assert more[2] == sample_clip_attributes(NUM_CLIPS + 2, "train", config, SEED, sorted(heldout))
+    with pytest.raises(ValueError, match="first_index"):
+        make_shapes_corpus(tmp_path / "bad", 2, seed=SEED, first_index=-1, progress=False)

@@ -5,6 +5,8 @@ A manifest is a JSONL file, one example per line::
     {"video": "clips/0001.mp4", "caption": "a red square moves left"}
     {"image": "images/cat.jpg", "caption": "a cat on a sofa"}
     {"video": "clips/0002.mp4", "start": 3.0, "end": 8.5}            # stage 2 needs no caption
+    {"video": "clips/0003.mp4", "caption": "a red star moves up",
+     "negative_captions": ["a red heart moves up", "a red star moves down"]}  # hard negatives (optional)
 
 Paths are relative to the manifest's folder. Each manifest is one dataset; a dataset holds either
 videos or images (images are one-frame clips, so a batch never mixes frame counts).
@@ -35,13 +37,15 @@ class ManifestError(ValueError):
 
 @dataclass(frozen=True)
 class Example:
-    """One manifest row. ``path`` is absolute; ``caption`` is None when the manifest has none."""
+    """One manifest row. ``path`` is absolute; ``caption`` is None when the manifest has none;
+    ``negative_captions`` are captions that do NOT describe the example (contrastive hard negatives)."""
 
     path: Path
     is_image: bool
     caption: str | None = None
     start: float | None = None
     end: float | None = None
+    negative_captions: tuple[str, ...] = ()
 
 
 def read_manifest(manifest: str | os.PathLike, require_captions: bool = True) -> list[Example]:
@@ -71,10 +75,13 @@ def read_manifest(manifest: str | os.PathLike, require_captions: bool = True) ->
                 raise ManifestError(f"{where}: 'caption' must be a string")
             if require_captions and not (caption and caption.strip()):
                 raise ManifestError(f"{where}: no caption (contrastive training needs one per example)")
+            negatives = row.get("negative_captions", [])
+            if not isinstance(negatives, list) or not all(isinstance(n, str) and n.strip() for n in negatives):
+                raise ManifestError(f"{where}: 'negative_captions' must be a list of non-empty strings")
             start, end = row.get("start"), row.get("end")
             if is_image and (start is not None or end is not None):
                 raise ManifestError(f"{where}: an image has no 'start'/'end'")
-            examples.append(Example(root / path, is_image, caption, start, end))
+            examples.append(Example(root / path, is_image, caption, start, end, tuple(negatives)))
     if not examples:
         raise ManifestError(f"{manifest}: no examples")
     kinds = {example.is_image for example in examples}
@@ -86,13 +93,25 @@ def read_manifest(manifest: str | os.PathLike, require_captions: bool = True) ->
     return examples
 
 
+# Decoded clips kept by every ClipDataset with cache_clips, keyed by (file, start, end, frames, size):
+# several trainings in one process (stage 1, stage 2 and its ablations) decode each clip once.
+_CLIP_CACHE: dict[tuple, np.ndarray] = {}
+
+
+def clear_clip_cache() -> None:
+    """Free the decoded clips that ``ClipDataset(cache_clips=True)`` keeps for the whole process."""
+    _CLIP_CACHE.clear()
+
+
 class ClipDataset:
     """One manifest's examples as pixel clips.
 
     Videos become ``num_frames`` uniformly sampled frames, images one frame, each resized and
     centre-cropped to ``image_size`` (``encoder.video.load_clip``). With ``cache_clips`` every
     clip is decoded once and kept in memory as uint8 (a quarter of float32; values are rounded to
-    1/255), which pays off on small corpora where decoding dominates a training step.
+    1/255), which pays off on small corpora where decoding dominates a training step. The cache
+    is shared by all datasets of the process (a clip read by two trainings is decoded once) until
+    :func:`clear_clip_cache`.
     """
 
     def __init__(
@@ -110,21 +129,21 @@ class ClipDataset:
         self.num_frames = 1 if self.is_image else int(num_frames)
         self.image_size = int(image_size)
         self.cache_clips = cache_clips
-        self._cache: dict[int, np.ndarray] = {}
 
     def __len__(self) -> int:
         return len(self.examples)
 
     def clip(self, index: int) -> np.ndarray:
         """float32 [T, S, S, 3] RGB in [0, 1] (T = 1 for images)."""
-        cached = self._cache.get(index)
+        example = self.examples[index]
+        key = (str(example.path), example.start, example.end, self.num_frames, self.image_size)
+        cached = _CLIP_CACHE.get(key) if self.cache_clips else None
         if cached is not None:
             return cached.astype(np.float32) / 255.0
-        example = self.examples[index]
         clip = load_clip(example.path, num_frames=self.num_frames, size=self.image_size, start=example.start, end=example.end)
         if self.cache_clips:
-            self._cache[index] = np.round(clip * 255.0).astype(np.uint8)
-            return self._cache[index].astype(np.float32) / 255.0
+            _CLIP_CACHE[key] = np.round(clip * 255.0).astype(np.uint8)
+            return _CLIP_CACHE[key].astype(np.float32) / 255.0
         return clip
 
     def caption(self, index: int) -> str:
@@ -132,6 +151,9 @@ class ClipDataset:
         if caption is None:
             raise ManifestError(f"{self.manifest}: example {index} ({self.examples[index].path}) has no caption")
         return caption
+
+    def negative_captions(self, index: int) -> tuple[str, ...]:
+        return self.examples[index].negative_captions
 
     def pixels(self, indices: Sequence[int]) -> torch.Tensor:
         """float32 [B, T, 3, S, S], the layout transformers' VideoPrism takes."""

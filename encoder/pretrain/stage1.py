@@ -10,6 +10,9 @@ token at the end and takes its output as the text embedding. Training:
 * symmetric cross-entropy over the in-batch video-text similarity matrix, scaled by a learnable
   temperature (``LogitScale``: transformers' model has none, so it is saved beside the model as
   ``contrastive_temperature.safetensors``);
+* optionally (``hard_negatives`` > 0, not in the paper) each video also meets that many of its
+  manifest row's ``negative_captions`` among its video->text candidates (NegCLIP-style hard
+  negatives: captions that differ from the true one in a single attribute);
 * alternating gradient descent: each batch from one dataset, the datasets taking turns; images
   (image manifests) are one-frame videos whose temporal position embedding is cropped;
 * Adafactor, linear warm-up then linear decay.
@@ -41,7 +44,7 @@ from transformers import (
 from encoder.convert import official_text_position_table
 from encoder.factorized import encode_visible_tokens
 from encoder.masking import MASK_KINDS, make_mask, visible_indices
-from encoder.pretrain.data import AlternatingBatches, ClipDataset
+from encoder.pretrain.data import AlternatingBatches, ClipDataset, ManifestError
 from encoder.pretrain.heads import pool_video_tokens
 from encoder.pretrain.losses import LogitScale, contrastive_loss
 from encoder.pretrain.training import (
@@ -153,6 +156,9 @@ class Stage1Config(TrainingSettings):
         train one on the training captions (``vocab_size`` pieces at most) into ``output_dir/tokenizer``.
     drop_ratio / mask_kind: fraction of video tokens dropped and how ('tube' in the paper).
     initial_temperature: starting softmax temperature (learned).
+    hard_negatives: per video and step, this many of its manifest row's ``negative_captions``
+        (drawn without replacement, seeded by the step) join its video->text candidates; 0 (the
+        paper): none. Every row of every manifest must then have at least that many.
     """
 
     model: ModelSize = field(default_factory=ModelSize)
@@ -163,10 +169,13 @@ class Stage1Config(TrainingSettings):
     drop_ratio: float = 0.5
     mask_kind: str = "tube"
     initial_temperature: float = 0.07
+    hard_negatives: int = 0
 
     def check(self) -> None:
         super().check()
         self.model.check()
+        if self.hard_negatives < 0:
+            raise ValueError(f"hard_negatives must be >= 0, got {self.hard_negatives}")
         if self.mask_kind not in MASK_KINDS:
             raise ValueError(f"mask_kind must be one of {MASK_KINDS}, got {self.mask_kind!r}")
         if not 0.0 <= self.drop_ratio < 1.0:
@@ -206,8 +215,9 @@ class ContrastiveModel(nn.Module):
         encoder_tokens: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """pixels [B, T, 3, H, W] and visible_positions [B, K] (or precomputed ``encoder_tokens``
-        [B, L, D] of the frozen encoder), input_ids / attention_mask [B, L_text]
-        -> (video embeddings [B, D], text embeddings [B, D], both L2-normalised; logit scale [])."""
+        [B, L, D] of the frozen encoder), input_ids / attention_mask [B + N, L_text] (rows past B,
+        if any, are hard-negative captions) -> (video embeddings [B, D], text embeddings [B + N, D],
+        both L2-normalised; logit scale [])."""
         video_model = self.clip.video_model
         if encoder_tokens is None:
             with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze_encoder):
@@ -272,8 +282,10 @@ class ContrastiveTask:
         mask_kind: str,
         stage: str,
         extra_export: dict | None = None,
+        hard_negatives: int = 0,
     ):
         self.settings = settings
+        self.hard_negatives = int(hard_negatives)
         self.model = model
         self.tokenizer = tokenizer
         self.drop_ratio = drop_ratio
@@ -295,6 +307,14 @@ class ContrastiveTask:
         self.batches = AlternatingBatches(
             [len(d) for d in self.datasets], settings.batch_size, settings.seed, names=[str(d.manifest) for d in self.datasets]
         )
+        if self.hard_negatives:
+            for dataset in self.datasets:
+                for row, example in enumerate(dataset.examples):
+                    if len(example.negative_captions) < self.hard_negatives:
+                        raise ManifestError(
+                            f"{dataset.manifest}: example {row} ({example.path.name}) has "
+                            f"{len(example.negative_captions)} negative_captions, fewer than hard_negatives={self.hard_negatives}"
+                        )
 
     def scheduler(self, optimizer):
         return warmup_linear_decay(optimizer, self.settings.warmup_steps, self.settings.max_steps)
@@ -304,7 +324,8 @@ class ContrastiveTask:
 
     def batch(self, step: int, accelerator=None) -> dict:
         """The inputs of ``step``: pixels [B, T, 3, S, S], visible_positions [B, K], input_ids and
-        attention_mask [B, L], plus the dataset it came from."""
+        attention_mask [B + B * hard_negatives, L] (the captions, then each video's hard negatives in
+        row order), plus the dataset it came from."""
         dataset_index, rows = self.batches.batch(step)
         rows = process_rows(rows, accelerator)
         dataset = self.datasets[dataset_index]
@@ -313,9 +334,13 @@ class ContrastiveTask:
             self.mask_kind, len(rows), self.grid, self.drop_ratio,
             rng=np.random.default_rng(step_seed(self.settings.seed, 1, step, process)),
         )
-        input_ids, attention_mask = tokenize_texts(
-            self.tokenizer, [dataset.caption(r) for r in rows], max_length=self.max_text_length
-        )
+        texts = [dataset.caption(r) for r in rows]
+        if self.hard_negatives:
+            rng = np.random.default_rng(step_seed(self.settings.seed, 4, step, process))
+            for r in rows:
+                negatives = dataset.negative_captions(r)
+                texts += [negatives[i] for i in rng.choice(len(negatives), self.hard_negatives, replace=False)]
+        input_ids, attention_mask = tokenize_texts(self.tokenizer, texts, max_length=self.max_text_length)
         return {
             "pixel_values_videos": dataset.pixels(rows),
             "visible_positions": visible_indices(mask),
@@ -333,11 +358,18 @@ class ContrastiveTask:
                 batch["pixel_values_videos"].to(device), batch["visible_positions"].to(device),
                 batch["input_ids"].to(device), batch["attention_mask"].to(device), batch["crop_temporal_positions"],
             )
-        loss = contrastive_loss(video, text, scale)
+        size = len(video)
+        text, negatives = text[:size], text[size:]
+        loss = contrastive_loss(video, text, scale, negatives)
         with torch.no_grad():
             similarity = video.float() @ text.float().T
-            top1 = (similarity.argmax(dim=1) == torch.arange(len(similarity), device=similarity.device)).float().mean()
-        return loss, {"dataset": batch["dataset"], "temperature": float(1.0 / scale.detach()), "video_to_text_top1": float(top1)}
+            top1 = (similarity.argmax(dim=1) == torch.arange(size, device=similarity.device)).float().mean()
+            metrics = {"dataset": batch["dataset"], "temperature": float(1.0 / scale.detach()), "video_to_text_top1": float(top1)}
+            if len(negatives):
+                # does each video prefer its caption to every one of its own hard negatives?
+                own = (video.float()[:, None] * negatives.float().view(size, -1, video.shape[1])).sum(-1)  # [B, k]
+                metrics["hard_negative_top1"] = float((similarity.diagonal()[:, None] > own).all(dim=1).float().mean())
+        return loss, metrics
 
     def export(self, model: ContrastiveModel, out_dir: Path) -> None:
         model.clip.save_pretrained(out_dir, safe_serialization=True)
@@ -389,7 +421,9 @@ def build_stage1(config: Stage1Config) -> ContrastiveTask:
     if clip.config.vision_config.hidden_size != clip.config.text_config.hidden_size:
         raise ValueError("video and text widths differ; the contrastive loss compares them by dot product")
     model = ContrastiveModel(clip, logit_scale)
-    return ContrastiveTask(config, model, tokenizer, config.drop_ratio, config.mask_kind, stage="stage1")
+    return ContrastiveTask(
+        config, model, tokenizer, config.drop_ratio, config.mask_kind, stage="stage1", hard_negatives=config.hard_negatives
+    )
 
 
 def run_stage1(config: Stage1Config) -> Path:

@@ -26,7 +26,7 @@ def _cmd_make_shapes(args: argparse.Namespace) -> int:
     )
     started = time.perf_counter()
     out = make_shapes_corpus(args.out, args.num, seed=args.seed, config=config, workers=args.workers,
-                             progress=not args.no_progress)
+                             progress=not args.no_progress, first_index=args.first_index)
     seconds = time.perf_counter() - started
     print(json.dumps({"corpus": str(out), "clips": args.num, "splits": split_counts(args.num, config),
                       "seconds": round(seconds, 2), "clips_per_second": round(args.num / seconds, 1)}))
@@ -43,6 +43,10 @@ def add_subcommand(subparsers) -> None:
     command.add_argument("out", help="output folder (new or empty, or an unfinished corpus of the same arguments)")
     command.add_argument("--num", type=int, required=True, help="number of clips")
     command.add_argument("--seed", type=int, default=0, help="random seed (default 0): same seed, same corpus")
+    command.add_argument("--first-index", type=int, default=0,
+                         help="index of the first clip in the seed's stream (default 0); corpora of one seed with "
+                         "disjoint index ranges share no clip and the same held-out pairs (e.g. a pretraining corpus "
+                         "with --val-fraction 0 --test-fraction 0 --compositional-fraction 0 --first-index 100000)")
     command.add_argument("--frames", type=int, default=16, help="frames per clip (default 16)")
     command.add_argument("--size", type=int, default=64, help="frame side in pixels, even (default 64)")
     command.add_argument("--fps", type=int, default=8, help="frames per second of the mp4 (default 8)")

@@ -329,9 +329,10 @@ def _render_and_encode(job: tuple[dict, str, int, str]) -> str:
 # ---------------------------------------------------------------------------------------------
 
 
-def corpus_description(num_clips: int, seed: int, config: ShapesConfig) -> dict:
-    """What ``corpus.json`` holds: enough to regenerate the corpus exactly."""
-    return {
+def corpus_description(num_clips: int, seed: int, config: ShapesConfig, first_index: int = 0) -> dict:
+    """What ``corpus.json`` holds: enough to regenerate the corpus exactly (``first_index`` only
+    when it is not 0, so corpora written before it existed keep their description)."""
+    description = {
         "generator": "prism-vlm make-shapes",
         "version": CORPUS_VERSION,
         "num_clips": num_clips,
@@ -342,6 +343,9 @@ def corpus_description(num_clips: int, seed: int, config: ShapesConfig) -> dict:
         "answers": {kind: list(words) for kind, words in ANSWER_VOCABULARY.items()},
         "video_paths": "relative to the folder of the JSONL file that names them",
     }
+    if first_index:
+        description["first_index"] = first_index
+    return description
 
 
 def clip_records(index: int, split: str, config: ShapesConfig, seed: int, heldout) -> tuple[ClipAttributes, list[str], list[dict]]:
@@ -361,6 +365,7 @@ def make_shapes_corpus(
     workers: int = 1,
     progress: bool = True,
     on_clip: Callable[[str], None] | None = None,
+    first_index: int = 0,
 ) -> Path:
     """Generate the corpus into ``out_dir`` (layout in the module docstring); returns ``out_dir``.
 
@@ -369,19 +374,27 @@ def make_shapes_corpus(
     :class:`CorpusFolderError` and is left untouched. The JSONL files are written last, atomically.
     ``workers`` > 1 renders and encodes in that many processes. ``on_clip(path)`` is called after
     each mp4 is written.
+
+    ``first_index``: the corpus holds clips ``first_index .. first_index + num_clips - 1`` of the
+    seed's stream (each clip is a function of (seed, index) alone). Two corpora of one seed whose
+    index ranges do not overlap share no clip but keep the same held-out compositional pairs, e.g.
+    a large all-train pretraining corpus (val/test/compositional fractions 0) beside an evaluation
+    corpus starting at 0.
     """
     config = config or ShapesConfig()
     if isinstance(num_clips, bool) or not isinstance(num_clips, int) or num_clips < 1:
         raise ValueError(f"num_clips must be a positive int, got {num_clips!r}")
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
+    if isinstance(first_index, bool) or not isinstance(first_index, int) or first_index < 0:
+        raise ValueError(f"first_index must be an int >= 0, got {first_index!r}")
     out = Path(out_dir)
-    description = json.loads(json.dumps(corpus_description(num_clips, seed, config)))  # as read back from disk
+    description = json.loads(json.dumps(corpus_description(num_clips, seed, config, first_index)))  # as read back
     _prepare_folder(out, description)
 
     heldout = [tuple(pair) for pair in description["heldout_pairs"]]
     splits = assign_splits(num_clips, config, seed)
-    records = [clip_records(i, split, config, seed, heldout) for i, split in enumerate(splits)]
+    records = [clip_records(first_index + i, split, config, seed, heldout) for i, split in enumerate(splits)]
 
     jobs = [
         (attributes.to_dict(), str(out / attributes.video), config.crf, config.preset)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from vlm.shapes.render import MOTIONS, PALETTE, SHAPES, ClipAttributes
+from vlm.shapes.render import MOTIONS, PALETTE, ROTATION_DIRECTIONS, SHAPES, ClipAttributes
 
 QUESTION_TYPES: tuple[str, ...] = ("colour", "shape", "motion", "count")
 COUNT_WORDS: tuple[str, ...] = ("one", "two")
@@ -132,3 +132,73 @@ def questions(attributes: ClipAttributes, rng: np.random.Generator) -> list[dict
         {"question": str(motion_q), "answer": attributes.motion, "type": "motion"},
         {"question": str(count_q), "answer": COUNT_WORDS[len(objects) - 1], "type": "count"},
     ]
+
+
+# The motion a hard negative caption names instead of the true one: the opposite where there is one.
+_OPPOSITE_MOTION: dict[str, str] = {
+    "left": "right", "right": "left", "up": "down", "down": "up", "growing": "shrinking", "shrinking": "growing",
+}
+
+
+def _motion_phrase_in(caption: str, motion: str, rotation: str | None) -> tuple[str, int, dict] | None:
+    """The (phrase, index, table) of ``motion`` that occurs in ``caption`` (the longest one), or None."""
+    found = []
+    for table in (_PROGRESSIVE, _THIRD_PERSON):
+        for index, option in enumerate(table[motion]):
+            phrase = " ".join(option.format(rotation=rotation or "").split())
+            if phrase in caption:
+                found.append((len(phrase), phrase, index, table))
+    if not found:
+        return None
+    _, phrase, index, table = max(found, key=lambda item: item[0])
+    return phrase, index, table
+
+
+def hard_negative_captions(
+    attributes: ClipAttributes,
+    caption: str,
+    rng: np.random.Generator,
+    exclude_pairs: set[tuple[str, str]] | frozenset = frozenset(),
+) -> list[str]:
+    """Captions that do NOT describe the clip and differ from ``caption`` (one of its own phrasings) in
+    what a colour-only encoder cannot see, for contrastive training with hard negatives (NegCLIP,
+    Yuksekgonul et al. 2023):
+
+    1. one object's shape replaced by a shape no object of the clip has ("a red star ..." -> "a red
+       heart ..."); (colour, shape) pairs in ``exclude_pairs`` (the held-out compositional pairs) are
+       never named;
+    2. the motion replaced by its opposite (left/right, up/down, growing/shrinking; rotating and still
+       by another motion), in the same phrasing style ("moves from right to left" -> "moves from left
+       to right");
+    3. the motion replaced by another random motion.
+
+    Returns [shape negative, opposite-motion negative, other-motion negative]. Raises ValueError when
+    ``caption`` does not name the clip's objects and motion the way :func:`captions` writes them.
+    """
+    objects, motion = attributes.objects, attributes.motion
+    rotation = objects[0].rotation
+    present = {o.shape for o in objects}
+    target = objects[int(rng.integers(len(objects)))]
+    named = f"{target.colour} {target.shape}"
+    if named not in caption:
+        raise ValueError(f"caption {caption!r} does not name the clip's {named}")
+    shapes = [s for s in SHAPES if s not in present and (target.colour, s) not in exclude_pairs]
+    if not shapes:
+        raise ValueError(f"no shape left to swap for the {named} (all are present or excluded)")
+    shape_negative = caption.replace(named, f"{target.colour} {shapes[int(rng.integers(len(shapes)))]}", 1)
+
+    found = _motion_phrase_in(caption, motion, rotation)
+    if found is None:
+        raise ValueError(f"caption {caption!r} names no phrasing of the motion {motion!r}")
+    phrase, index, table = found
+    others = [m for m in MOTIONS if m != motion and not (m == "rotating" and present <= {"circle"})]
+    opposite = _OPPOSITE_MOTION.get(motion) or others[int(rng.integers(len(others)))]
+    remaining = [m for m in others if m != opposite]
+    other = remaining[int(rng.integers(len(remaining)))]
+
+    def with_motion(new_motion: str) -> str:
+        new_rotation = rotation or ROTATION_DIRECTIONS[int(rng.integers(2))]
+        new_phrase = " ".join(table[new_motion][index].format(rotation=new_rotation).split())
+        return caption.replace(phrase, new_phrase, 1)
+
+    return [shape_negative, with_motion(opposite), with_motion(other)]

@@ -571,8 +571,9 @@ def test_cli_train_tokenizer_and_stage1(corpus, tmp_path, capsys):
 
     assert main(["train-tokenizer", "--captions", str(corpus / "videos.jsonl"), "--out", str(tmp_path / "tok"),
                  "--vocab-size", "50", "--max-length", "12"]) == 0
+    with_negatives = _with_negatives(corpus, tmp_path / "data", count=1)
     code = main([
-        "pretrain", "stage1", "--out", str(tmp_path / "run"), "--train", str(corpus / "videos.jsonl"),
+        "pretrain", "stage1", "--out", str(tmp_path / "run"), "--train", str(with_negatives), "--hard-negatives", "1",
         "--tokenizer", str(tmp_path / "tok"), "--size", "tiny", "--hidden-size", "32", "--heads", "2", "--mlp-size", "64",
         "--model-image-size", str(SIZE), "--patch-size", str(PATCH), "--model-frames", str(FRAMES), "--max-text-length", "12",
         "--steps", "2", "--batch-size", "4", "--warmup-steps", "1", "--drop-ratio", "0.25", "--no-progress",
@@ -580,6 +581,7 @@ def test_cli_train_tokenizer_and_stage1(corpus, tmp_path, capsys):
     assert code == 0 and "wrote" in capsys.readouterr().out
     saved = json.loads((tmp_path / "run" / "config.json").read_text())
     assert saved["drop_ratio"] == 0.25 and saved["model"]["hidden_size"] == 32 and saved["model"]["text_layers"] == 2
+    assert saved["hard_negatives"] == 1 and "hard_negative_top1" in _metrics(tmp_path / "run")[-1]
     assert VideoPrismClipModel.from_pretrained(tmp_path / "run" / "model").config.vision_config.hidden_size == 32
     assert main(["pretrain", "stage2", "--out", str(tmp_path / "s2"), "--train", str(corpus / "videos.jsonl")]) == 2
     assert "needs teacher" in capsys.readouterr().err

@@ -113,7 +113,7 @@ def _run(args: argparse.Namespace) -> int:
             Stage1Config, args,
             {"tokenizer": "tokenizer", "vocab_size": "vocab_size", "init_from": "init_from",
              "init_encoder_from": "init_encoder_from", "drop_ratio": "drop_ratio", "mask": "mask_kind",
-             "temperature": "initial_temperature"},
+             "temperature": "initial_temperature", "hard_negatives": "hard_negatives"},
             {"model": (args.size, _MODEL_SIZE, ModelSize)},
         )
         out = run_stage1(config)
@@ -171,6 +171,9 @@ def add_subcommand(subparsers) -> None:
     stage1.add_argument("--drop-ratio", type=float, help="fraction of video tokens dropped (default 0.5)")
     stage1.add_argument("--mask", choices=["tube", "block"], help="how tokens are dropped (default tube)")
     stage1.add_argument("--temperature", type=float, help="initial softmax temperature (learned; default 0.07)")
+    stage1.add_argument("--hard-negatives", type=int,
+                        help="per video and step, this many of its manifest row's negative_captions join its "
+                        "video->text candidates (NegCLIP-style; default 0, as in the paper)")
     stage1.set_defaults(func=_run)
 
     stage2 = stages.add_parser("stage2", help="masked video modelling with token shuffling and global-local distillation")

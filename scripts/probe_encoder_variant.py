@@ -7,7 +7,11 @@ frames and size) and trains one MAP probe per attribute (colour and shape on one
 motion on all) on train, scored on **val** -- so recipe choices never look at the test split.
 
 Writes WORK/result.json: wall-clock per stage, and per encoder the accuracy and the per-class
-accuracy of each attribute.
+accuracy of each attribute. For a stage-1 model (it has a text tower) it also scores, on the first
+``--negatives-clips`` clips of train AND val, how often the whole video-text model prefers a clip's
+caption to each of its hard negatives (``vlm.shapes.hard_negative_captions``: shape swapped,
+opposite motion, other motion; chance 0.5): a train score far above the val one means stage 1
+memorised its training clips instead of learning the attribute.
 
     python scripts/probe_encoder_variant.py --corpus runs/demo-full/corpus --work runs/variants/s3500 \\
         --set stage1_steps=3500 --threads 1
@@ -40,7 +44,52 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--probe-epochs", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0, help="pretraining and probe seed")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--negatives-clips", type=int, default=320,
+                        help="clips per split for the caption-vs-hard-negatives score (0: skip it)")
     return parser.parse_args(argv)
+
+
+def caption_vs_negatives(model_dir: Path, corpus: Path, split: str, num_clips: int, num_frames: int, size: int,
+                         seed: int, batch_size: int = 64) -> dict:
+    """Share of ``split``'s first ``num_clips`` clips whose caption (phrasing ``i % n`` of clip i) the
+    stage-1 video-text model scores above each of its hard negatives:
+    {"shape": a, "opposite_motion": b, "other_motion": c, "clips": n}."""
+    import numpy as np
+    import torch
+    from transformers import AutoTokenizer, VideoPrismClipModel
+
+    from encoder.pretrain.stage1 import ContrastiveModel, load_logit_scale
+    from encoder.text_tokenizer import tokenize_texts
+    from encoder.video import load_clip
+    from vlm.shapes import hard_negative_captions, read_attributes
+
+    clip_model = VideoPrismClipModel.from_pretrained(model_dir).eval()
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    model = ContrastiveModel(clip_model, load_logit_scale(model_dir)).eval()
+    max_length = clip_model.config.text_config.max_position_embeddings
+    heldout = {tuple(pair) for pair in train_demo.read_json(corpus / "corpus.json", {}).get("heldout_pairs", [])}
+    attributes = {clip.id: clip for clip in read_attributes(corpus, split)}
+    rows = [json.loads(line) for line in (corpus / split / "captions.jsonl").read_text(encoding="utf-8").splitlines()]
+    rows = rows[:num_clips]
+    patches = (size // clip_model.config.vision_config.tubelet_size[1]) ** 2
+    wins = []
+    for start in range(0, len(rows), batch_size):
+        chunk = rows[start : start + batch_size]
+        pixels = torch.from_numpy(np.stack([
+            load_clip(corpus / split / row["video"], num_frames=num_frames, size=size) for row in chunk
+        ])).permute(0, 1, 4, 2, 3)
+        texts = []
+        for number, row in enumerate(chunk, start):
+            caption = row["caption"][number % len(row["caption"])]
+            rng = np.random.default_rng([seed, number])
+            texts += [caption, *hard_negative_captions(attributes[row["id"]], caption, rng, heldout)]
+        input_ids, attention_mask = tokenize_texts(tokenizer, texts, max_length=max_length)
+        with torch.no_grad():
+            video, text, _ = model(pixels, torch.arange(patches).repeat(len(chunk), 1), input_ids, attention_mask)
+        similarity = (video[:, None] * text.view(len(chunk), 4, -1)).sum(-1)  # [B, caption + 3 negatives]
+        wins.append((similarity[:, :1] > similarity[:, 1:]).float().numpy())
+    won = np.concatenate(wins).mean(axis=0)
+    return {"shape": float(won[0]), "opposite_motion": float(won[1]), "other_motion": float(won[2]), "clips": len(rows)}
 
 
 def probe_on_val(corpus: Path, cache_dir: Path, epochs: int, seed: int) -> dict:
@@ -81,9 +130,10 @@ def main(argv=None) -> int:
     result: dict = {"profile_overrides": args.set, "encoder": str(args.encoder) if args.encoder else None,
                     "threads": args.threads or torch.get_num_threads(), "seconds": {}}
     with torch_threads(args.threads):
-        pretrain_corpus = train_demo.make_pretraining_corpus(work, profile, corpus)
-        stage1_manifest, stage2_manifest = train_demo.pretraining_manifests(
-            work, [corpus, pretrain_corpus] if pretrain_corpus else [corpus], args.seed)
+        if args.encoder is None or args.stage2:  # something to pretrain
+            pretrain_corpus = train_demo.make_pretraining_corpus(work, profile, corpus)
+            stage1_manifest, stage2_manifest = train_demo.pretraining_manifests(
+                work, [corpus, pretrain_corpus] if pretrain_corpus else [corpus], args.seed)
         start = time.perf_counter()
         encoders = {"stage1": args.encoder.resolve() if args.encoder else
                     train_demo.run_stage1_training(work, profile, args.seed, stage1_manifest)}
@@ -103,6 +153,18 @@ def main(argv=None) -> int:
             train_demo.write_json(work / "result.json", result)
             summary = {k: round(v, 3) for k, v in result[name].items() if not k.endswith("_per_class")}
             train_demo.log(f"{name}: val probe accuracy {json.dumps(summary)}")
+        stage1_dir = encoders["stage1"]
+        if args.negatives_clips and (Path(stage1_dir) / "config.json").is_file() and \
+                "text_config" in train_demo.read_json(Path(stage1_dir) / "config.json", {}):
+            start = time.perf_counter()
+            result["stage1"]["caption_vs_negatives"] = {
+                split: caption_vs_negatives(Path(stage1_dir), corpus, split, args.negatives_clips, profile.num_frames,
+                                            profile.frame_size, args.seed)
+                for split in ("train", "val")
+            }
+            result["seconds"]["caption_vs_negatives"] = round(time.perf_counter() - start, 1)
+            train_demo.write_json(work / "result.json", result)
+            train_demo.log(f"stage1: caption preferred to its hard negatives {json.dumps(result['stage1']['caption_vs_negatives'])}")
     return 0
 
 

@@ -48,4 +48,10 @@ def test_trains_probes_on_val_and_reproduces_with_the_trained_encoder(tmp_path):
     assert script.main([*common, "--work", str(tmp_path / "given"), "--encoder", str(encoder)]) == 0
     given = json.loads((tmp_path / "given" / "result.json").read_text())
     assert not (tmp_path / "given" / "stage1").exists()  # nothing trained
+    assert not (tmp_path / "given" / "pretrain_corpus").exists()
     assert given["stage1"] == trained["stage1"]  # same encoder, same probe seed: the same scores
+    # the whole video-text model against each clip's hard negatives, on train and val
+    for split in ("train", "val"):
+        scores = trained["stage1"]["caption_vs_negatives"][split]
+        assert scores["clips"] == min(320, (corpus / split / "captions.jsonl").read_text().count("\n"))
+        assert all(0.0 <= scores[k] <= 1.0 for k in ("shape", "opposite_motion", "other_motion"))

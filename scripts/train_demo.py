@@ -9,6 +9,7 @@ Stages (each skipped when its output exists, so a killed run resumes where it st
 and glue stages also resume from their own checkpoints):
 
     corpus     prism-vlm make-shapes                       WORK/corpus/
+               + pretraining clips (profile pretrain_clips)  WORK/pretrain_corpus/  (train split only, stages 1-2)
     stage1     video-text contrastive pretraining           WORK/stage1/model/   (tokenizer trained on the captions)
     stage2     masked video modelling from stage 1           WORK/stage2/model/
     features   frozen tokens of every clip (stage 2; stage 1 on train + test, for its probe)  WORK/features/<encoder>/
@@ -813,7 +814,10 @@ def _choices(profile: dict) -> str:
     return "\n".join([
         f"- Corpus: {p['num_clips']} synthetic moving-shapes clips (`prism-vlm make-shapes`), {p['corpus_frames']} frames of "
         f"{p['frame_size']}x{p['frame_size']} px, object circumradius {p['small_radius']:g} / {p['large_radius']:g} of the frame "
-        "(small / large); splits train/val/test/test_compositional as the generator draws them.",
+        "(small / large); splits train/val/test/test_compositional as the generator draws them." + (
+            f" Stages 1 and 2 also see **{p['pretrain_clips']} more clips** of the same generator, all training clips "
+            f"(`WORK/pretrain_corpus`: indices {p['num_clips']} onwards, so no clip of val or test and no held-out pair), "
+            "as VideoPrism pretrains on far more clips than its downstream tasks use." if p.get("pretrain_clips") else ""),
         f"- Clips are fed as **{p['num_frames']} frames at {p['frame_size']} px** (paper: 16 frames at 288 px).",
         f"- Encoder: a **tiny VideoPrism** trained from scratch: width {p['hidden_size']}, {p['heads']} heads, MLP {p['mlp_size']}, "
         f"{p['spatial_layers']} spatial + {p['temporal_layers']} temporal (+{p['auxiliary_layers']} auxiliary for the contrastive "
@@ -821,7 +825,10 @@ def _choices(profile: dict) -> str:
         f"{p['num_frames'] * (p['frame_size'] // p['patch_size']) ** 2} per clip). Paper: ViT-B/g, patch 18 at 288 px.",
         f"- Stage 1: {p['stage1_steps']} steps x batch {p['stage1_batch']}, Adafactor lr {p['stage1_lr']}, tube masking at 0.5, "
         f"text tower of {p['text_layers']} layers with a {p['vocab_size']}-piece SentencePiece tokenizer trained on the training "
-        f"captions (one phrasing per clip, cycling over the clips, so that each clip is decoded once), max {p['max_text_length']} text tokens.",
+        f"captions (one phrasing per clip, cycling over the clips, so that each clip is decoded once), max {p['max_text_length']} text tokens." + (
+            f" Not in the paper: **{p['stage1_hard_negatives']} hard-negative captions** per clip and step join its video->text "
+            "candidates (the clip's caption with one object's shape swapped, with the opposite motion, with another motion: "
+            "`vlm.shapes.hard_negative_captions`, `Stage1Config.hard_negatives`)." if p.get("stage1_hard_negatives") else ""),
         f"- Stage 2: {p['stage2_steps']} steps x batch {p['stage2_batch']} from the stage-1 encoder, BEVT block masking at 0.65, "
         f"token shuffling, global + token distillation, decoders of {p['decoder_layers']} layers at width {p['decoder_width']} "
         f"(paper: 4 layers), teacher outputs cached (clips are not augmented).",
@@ -918,8 +925,9 @@ def reproduction_markdown(summary: dict) -> str:
         f"({evaluation['protocol']['clips']} clips, {evaluation['protocol']['questions']} questions).",
         "",
         "Profiles: `smoke` (minutes, checks the pipeline), `quick` (a shorter run: 1200 clips, 300 stage-1 and 120 stage-2 "
-        "steps, 80 glue steps; answered at chance), `full` (the shipped model: 3000 clips, 2000 stage-1 steps of 64, 1000 stage-2 "
-        "steps of 32, 1200 glue steps of 8, every stage-2 ablation). "
+        "steps, 80 glue steps; answered at chance), `full` (the shipped model: 3000 clips plus 15000 pretraining clips, 2000 "
+        "stage-1 steps of 64 with 3 hard-negative captions per clip, 1000 stage-2 steps of 32, 1200 glue steps of 8, every "
+        "stage-2 ablation). "
         "Every stage is skipped when its output exists, so a killed run resumes.",
         "",
         *_changes(summary),

@@ -751,6 +751,9 @@ def report(work: Path, profile: DemoProfile, seed: int, command: str, model_out:
         if (work / "profile_changes.jsonl").is_file() else [],
         # WORK/notes.md: what a person wrote about the run (analysis, experiments before it), appended to REPRODUCTION.md
         "notes": (work / "notes.md").read_text(encoding="utf-8") if (work / "notes.md").is_file() else None,
+        # WORK/<stage>/REUSED.txt: a stage output copied from another run instead of trained by this one (disclosed)
+        "reused_stages": {path.parent.name: path.read_text(encoding="utf-8").strip()
+                          for path in sorted(work.glob("*/REUSED.txt"))},
     }
     write_json(work / "summary.json", summary)
     markdown = summary_markdown(summary)
@@ -852,8 +855,11 @@ def _choices(profile: dict) -> str:
 
 
 def _changes(summary: dict) -> list[str]:
-    """Budget changes made while the run was under way (``--change-profile``, ``--glue-stop-early``), if any."""
+    """Budget changes made while the run was under way (``--change-profile``, ``--glue-stop-early``) and stage
+    outputs reused from another run (WORK/<stage>/REUSED.txt), if any."""
     lines = []
+    for stage, text in summary.get("reused_stages", {}).items():
+        lines += [f"**Stage `{stage}` was not trained by this run but reused:** {' '.join(text.split())}", ""]
     if summary["profile_changes"]:
         lines += ["The run was continued with changed settings (`--change-profile`; before -> after):", ""]
         lines += [f"- {change['time']}: " + ", ".join(f"`{k}` {v[0]} -> {v[1]}" for k, v in change["changed"].items())

@@ -61,13 +61,13 @@ def caption_vs_negatives(model_dir: Path, corpus: Path, split: str, num_clips: i
     from encoder.pretrain.stage1 import ContrastiveModel, load_logit_scale
     from encoder.text_tokenizer import tokenize_texts
     from encoder.video import load_clip
-    from vlm.shapes import hard_negative_captions, read_attributes
+    from vlm.shapes import read_attributes
 
     clip_model = VideoPrismClipModel.from_pretrained(model_dir).eval()
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     model = ContrastiveModel(clip_model, load_logit_scale(model_dir)).eval()
     max_length = clip_model.config.text_config.max_position_embeddings
-    heldout = {tuple(pair) for pair in train_demo.read_json(corpus / "corpus.json", {}).get("heldout_pairs", [])}
+    heldout = train_demo.corpus_heldout_pairs(corpus)
     attributes = {clip.id: clip for clip in read_attributes(corpus, split)}
     rows = [json.loads(line) for line in (corpus / split / "captions.jsonl").read_text(encoding="utf-8").splitlines()]
     rows = rows[:num_clips]
@@ -80,9 +80,8 @@ def caption_vs_negatives(model_dir: Path, corpus: Path, split: str, num_clips: i
         ])).permute(0, 1, 4, 2, 3)
         texts = []
         for number, row in enumerate(chunk, start):
-            caption = row["caption"][number % len(row["caption"])]
-            rng = np.random.default_rng([seed, number])
-            texts += [caption, *hard_negative_captions(attributes[row["id"]], caption, rng, heldout)]
+            caption, negatives = train_demo.caption_and_negatives(row, number, attributes[row["id"]], heldout, seed)
+            texts += [caption, *negatives]
         input_ids, attention_mask = tokenize_texts(tokenizer, texts, max_length=max_length)
         with torch.no_grad():
             video, text, _ = model(pixels, torch.arange(patches).repeat(len(chunk), 1), input_ids, attention_mask)
@@ -153,12 +152,11 @@ def main(argv=None) -> int:
             train_demo.write_json(work / "result.json", result)
             summary = {k: round(v, 3) for k, v in result[name].items() if not k.endswith("_per_class")}
             train_demo.log(f"{name}: val probe accuracy {json.dumps(summary)}")
-        stage1_dir = encoders["stage1"]
-        if args.negatives_clips and (Path(stage1_dir) / "config.json").is_file() and \
-                "text_config" in train_demo.read_json(Path(stage1_dir) / "config.json", {}):
+        stage1_dir = Path(encoders["stage1"])
+        if args.negatives_clips and "text_config" in train_demo.read_json(stage1_dir / "config.json", {}):
             start = time.perf_counter()
             result["stage1"]["caption_vs_negatives"] = {
-                split: caption_vs_negatives(Path(stage1_dir), corpus, split, args.negatives_clips, profile.num_frames,
+                split: caption_vs_negatives(stage1_dir, corpus, split, args.negatives_clips, profile.num_frames,
                                             profile.frame_size, args.seed)
                 for split in ("train", "val")
             }

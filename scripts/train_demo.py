@@ -210,6 +210,23 @@ def make_pretraining_corpus(work: Path, profile: DemoProfile, corpus: Path) -> P
                               progress=False, first_index=described.get("first_index", 0) + described["num_clips"])
 
 
+def corpus_heldout_pairs(corpus: Path) -> set[tuple[str, str]]:
+    """The (colour, shape) pairs a make-shapes corpus keeps for its compositional test split."""
+    return {tuple(pair) for pair in read_json(corpus / "corpus.json", {}).get("heldout_pairs", [])}
+
+
+def caption_and_negatives(row: dict, number: int, attributes, heldout: set, seed: int) -> tuple[str, list[str]]:
+    """Row ``number`` of a captions.jsonl (``attributes``: its clip) -> (phrasing ``number % n`` of its
+    captions, that phrasing's three hard negatives), the same for the stage-1 manifest and for
+    ``probe_encoder_variant.py``'s caption-vs-negatives score."""
+    import numpy as np
+
+    from vlm.shapes import hard_negative_captions
+
+    caption = row["caption"][number % len(row["caption"])]
+    return caption, hard_negative_captions(attributes, caption, np.random.default_rng([seed, number]), heldout)
+
+
 def pretraining_manifests(work: Path, corpora: Path | list[Path], seed: int = 0) -> tuple[Path, Path]:
     """Stage-1 manifest (one row per clip with ONE of its phrasings, the phrasing index cycling over
     the clips: every row is decoded once, and decoding dominates the time of the tiny model, plus the
@@ -220,21 +237,17 @@ def pretraining_manifests(work: Path, corpora: Path | list[Path], seed: int = 0)
     stage1, stage2 = manifests / "stage1_train.jsonl", manifests / "stage2_train.jsonl"
     if stage1.is_file() and stage2.is_file():
         return stage1, stage2
-    import numpy as np
-
-    from vlm.shapes import hard_negative_captions, read_attributes
+    from vlm.shapes import read_attributes
 
     manifests.mkdir(parents=True, exist_ok=True)
     rows1, rows2 = [], []
     for corpus in [corpora] if isinstance(corpora, Path) else corpora:
         attributes = {clip.id: clip for clip in read_attributes(corpus, "train")}
-        heldout = {tuple(pair) for pair in read_json(corpus / "corpus.json", {}).get("heldout_pairs", [])}
+        heldout = corpus_heldout_pairs(corpus)
         for line in (corpus / "train" / "captions.jsonl").read_text(encoding="utf-8").splitlines():
-            row, number = json.loads(line), len(rows1)
+            row = json.loads(line)
             video = os.path.relpath((corpus / "train" / row["video"]).resolve(), manifests)
-            caption = row["caption"][number % len(row["caption"])]
-            rng = np.random.default_rng([seed, number])
-            negatives = hard_negative_captions(attributes[row["id"]], caption, rng, heldout)
+            caption, negatives = caption_and_negatives(row, len(rows1), attributes[row["id"]], heldout, seed)
             rows1.append({"video": video, "caption": caption, "negative_captions": negatives})
             rows2.append({"video": video})
     stage1.write_text("".join(json.dumps(r) + "\n" for r in rows1), encoding="utf-8")

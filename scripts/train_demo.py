@@ -79,6 +79,7 @@ class DemoProfile:
     stage1_batch: int = 32
     stage1_lr: float = 1e-2
     stage1_hard_negatives: int = 0  # per clip and step, captions differing in shape or motion (Stage1Config.hard_negatives)
+    stage1_drop_ratio: float = 0.5  # video tokens dropped per step, tube masking (the paper's 0.5; Stage1Config.drop_ratio)
     # stage 2
     stage2_steps: int = 200
     stage2_batch: int = 32
@@ -272,7 +273,7 @@ def run_stage1_training(work: Path, profile: DemoProfile, seed: int, manifest: P
         batch_size=profile.stage1_batch, max_steps=profile.stage1_steps, learning_rate=profile.stage1_lr,
         warmup_steps=max(1, profile.stage1_steps // 10), seed=seed, cache_clips=True,
         save_every=max(50, profile.stage1_steps // 4), log_every=max(1, min(10, profile.stage1_steps // 5)), progress=False,
-        hard_negatives=profile.stage1_hard_negatives,
+        hard_negatives=profile.stage1_hard_negatives, drop_ratio=profile.stage1_drop_ratio,
     )
     return run_stage1(config)
 
@@ -825,6 +826,14 @@ def summary_markdown(summary: dict) -> str:
     return "\n".join(parts) + "\n"
 
 
+def _stage1_dropping(ratio: float, patches_per_side: int) -> str:
+    """How stage 1 drops video tokens, against the paper's 50% tube masking."""
+    if ratio == 0.5:
+        return "tube masking dropping 0.5 of the video tokens (as the paper)"
+    return (f"**{'no' if not ratio else f'{ratio:g} of the'} video tokens dropped** (paper: 0.5, tube masking; with only "
+            f"{patches_per_side}x{patches_per_side} patches per frame a dropped tube hides part of an object in every frame)")
+
+
 def _choices(profile: dict) -> str:
     p = profile
     return "\n".join([
@@ -839,7 +848,8 @@ def _choices(profile: dict) -> str:
         f"{p['spatial_layers']} spatial + {p['temporal_layers']} temporal (+{p['auxiliary_layers']} auxiliary for the contrastive "
         f"head) layers, patch {p['patch_size']} (so {(p['frame_size'] // p['patch_size']) ** 2} tokens per frame, "
         f"{p['num_frames'] * (p['frame_size'] // p['patch_size']) ** 2} per clip). Paper: ViT-B/g, patch 18 at 288 px.",
-        f"- Stage 1: {p['stage1_steps']} steps x batch {p['stage1_batch']}, Adafactor lr {p['stage1_lr']}, tube masking at 0.5, "
+        f"- Stage 1: {p['stage1_steps']} steps x batch {p['stage1_batch']}, Adafactor lr {p['stage1_lr']}, "
+        + _stage1_dropping(p.get("stage1_drop_ratio", 0.5), p['frame_size'] // p['patch_size']) + ", "
         f"text tower of {p['text_layers']} layers with a {p['vocab_size']}-piece SentencePiece tokenizer trained on the training "
         f"captions (one phrasing per clip, cycling over the clips, so that each clip is decoded once), max {p['max_text_length']} text tokens." + (
             f" Not in the paper: **{p['stage1_hard_negatives']} hard-negative captions** per clip and step join its video->text "

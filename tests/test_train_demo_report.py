@@ -25,3 +25,22 @@ def test_reused_stages_and_recipe_choices_are_printed():
     assert "15000 more clips" in full and "3 hard-negative captions" in full
     smoke = script._choices(dataclasses.asdict(script.PROFILES["smoke"]))
     assert "more clips" not in smoke and "hard-negative" not in smoke
+
+
+def test_stage1_token_dropping_reaches_the_config_and_the_report(monkeypatch, tmp_path):
+    script = load_script()
+    import encoder.pretrain.stage1 as stage1
+
+    seen = []
+    monkeypatch.setattr(stage1, "run_stage1", lambda config: seen.append(config) or tmp_path)
+    smoke = script.PROFILES["smoke"]
+    script.run_stage1_training(tmp_path, dataclasses.replace(smoke, stage1_drop_ratio=0.0), 0, tmp_path / "m.jsonl")
+    script.run_stage1_training(tmp_path, smoke, 0, tmp_path / "m.jsonl")
+    assert [config.drop_ratio for config in seen] == [0.0, 0.5]
+
+    profile = dataclasses.asdict(smoke)
+    assert "dropping 0.5 of the video tokens (as the paper)" in script._choices(profile)
+    assert "**no video tokens dropped** (paper: 0.5" in script._choices({**profile, "stage1_drop_ratio": 0.0})
+    assert "**0.25 of the video tokens dropped**" in script._choices({**profile, "stage1_drop_ratio": 0.25})
+    del profile["stage1_drop_ratio"]  # a profile.json written before the field existed
+    assert "dropping 0.5 of the video tokens" in script._choices(profile)

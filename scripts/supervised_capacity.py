@@ -1,0 +1,146 @@
+"""Can the demo encoder's architecture see shape and motion at all? A supervised upper bound.
+
+Trains the profile's VideoPrism vision tower from scratch (``--set patch_size=8`` etc. to vary it),
+with one linear head per attribute on its mean-pooled tokens, directly on the labels of the
+one-object training clips (colour, shape, motion), and scores it on the one-object **val** clips.
+No text tower, no contrastive loss, no token dropping: if this reaches high shape accuracy where
+the stage-1 encoder's frozen probe does not, the architecture can represent shape and the
+pretraining signal is what falls short; if it does not, the architecture (patch size, width) is
+the limit. Diagnostic only; the demo pipeline does not use it.
+
+Writes WORK/result.json: val accuracy per attribute, steps, seconds.
+
+    python scripts/supervised_capacity.py --corpus runs/demo-full/corpus --pretrain-corpus runs/demo-full/pretrain_corpus \\
+        --work runs/capacity/p16 --steps 600 --threads 2
+    python scripts/supervised_capacity.py ... --work runs/capacity/p8 --set patch_size=8
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import train_demo  # noqa: E402
+
+from vlm.shapes import ANSWER_VOCABULARY  # noqa: E402
+
+ATTRIBUTES = ("colour", "shape", "motion")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--corpus", required=True, type=Path, help="a make-shapes corpus (its val split is scored)")
+    parser.add_argument("--pretrain-corpus", type=Path, default=None, help="more all-train clips to train on")
+    parser.add_argument("--work", required=True, type=Path)
+    parser.add_argument("--profile", choices=sorted(train_demo.PROFILES), default="full")
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="profile override (JSON value)")
+    parser.add_argument("--train-clips", type=int, default=4000, help="one-object training clips (decoded into memory)")
+    parser.add_argument("--steps", type=int, default=600)
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=None)
+    return parser.parse_args(argv)
+
+
+def one_object_clips(corpus: Path, split: str, limit: int | None = None):
+    """[(video path, {attribute: label index})] of ``split``'s one-object clips."""
+    from vlm.shapes import read_attributes
+
+    rows = []
+    for clip in read_attributes(corpus, split):
+        if clip.count != 1:
+            continue
+        labels = {"colour": clip.objects[0].colour, "shape": clip.objects[0].shape, "motion": clip.motion}
+        rows.append((corpus / clip.video, {a: ANSWER_VOCABULARY[a].index(labels[a]) for a in ATTRIBUTES}))
+        if limit and len(rows) >= limit:
+            break
+    return rows
+
+
+def decode(rows, num_frames: int, size: int):
+    """uint8 [N, T, 3, H, W] clips and int64 [N, 3] labels."""
+    import numpy as np
+    import torch
+
+    from encoder.video import load_clip
+
+    clips = np.stack([(load_clip(path, num_frames=num_frames, size=size) * 255).round().astype(np.uint8) for path, _ in rows])
+    labels = np.array([[row[a] for a in ATTRIBUTES] for _, row in rows], dtype=np.int64)
+    return torch.from_numpy(clips).permute(0, 1, 4, 2, 3).contiguous(), torch.from_numpy(labels)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    import torch
+    from torch import nn
+    from transformers import VideoPrismVisionModel
+
+    from encoder.pretrain.stage1 import ModelSize
+    from encoder.threads import torch_threads
+
+    profile = train_demo.build_profile(argparse.Namespace(profile=args.profile, set=args.set))
+    work = args.work.resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    size = ModelSize(
+        hidden_size=profile.hidden_size, num_attention_heads=profile.heads, intermediate_size=profile.mlp_size,
+        num_spatial_layers=profile.spatial_layers, num_temporal_layers=profile.temporal_layers,
+        num_auxiliary_layers=profile.auxiliary_layers, num_frames=profile.num_frames, image_size=profile.frame_size,
+        patch_size=profile.patch_size, text_layers=profile.text_layers, max_text_length=profile.max_text_length,
+    )
+    with torch_threads(args.threads):
+        torch.manual_seed(args.seed)
+        start = time.perf_counter()
+        train_rows = one_object_clips(args.corpus, "train")
+        if args.pretrain_corpus is not None:
+            train_rows += one_object_clips(args.pretrain_corpus, "train")
+        train_rows = train_rows[: args.train_clips]
+        train_x, train_y = decode(train_rows, profile.num_frames, profile.frame_size)
+        val_x, val_y = decode(one_object_clips(args.corpus, "val"), profile.num_frames, profile.frame_size)
+        decoding = time.perf_counter() - start
+
+        encoder = VideoPrismVisionModel(size.vision_config())
+        heads = nn.ModuleList(nn.Linear(profile.hidden_size, len(ANSWER_VOCABULARY[a])) for a in ATTRIBUTES)
+        parameters = [*encoder.parameters(), *heads.parameters()]
+        optimizer = torch.optim.AdamW(parameters, lr=args.lr, weight_decay=1e-4)
+        schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=args.lr, total_steps=args.steps, pct_start=0.1)
+
+        def logits(pixels):  # uint8 [B, T, 3, H, W] -> [logits per attribute]
+            pooled = encoder(pixel_values_videos=pixels.float() / 255).last_hidden_state.mean(1)
+            return [head(pooled) for head in heads]
+
+        start = time.perf_counter()
+        generator = torch.Generator().manual_seed(args.seed)
+        for step in range(1, args.steps + 1):
+            batch = torch.randint(len(train_x), (args.batch,), generator=generator)
+            outputs = logits(train_x[batch])
+            loss = sum(nn.functional.cross_entropy(o, train_y[batch, i]) for i, o in enumerate(outputs))
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            if step % 50 == 0 or step == args.steps:
+                train_demo.log(f"step {step}: loss {loss.item():.3f}")
+        training = time.perf_counter() - start
+
+        encoder.eval()
+        with torch.no_grad():
+            predicted = [torch.cat(parts) for parts in zip(*(
+                [o.argmax(-1) for o in logits(val_x[i : i + 128])] for i in range(0, len(val_x), 128)))]
+        result = {
+            "profile_overrides": args.set, "train_clips": len(train_x), "val_clips": len(val_x), "steps": args.steps,
+            "batch": args.batch, "lr": args.lr, "seconds": {"decode": round(decoding, 1), "train": round(training, 1)},
+            "val_accuracy": {a: float((predicted[i] == val_y[:, i]).float().mean()) for i, a in enumerate(ATTRIBUTES)},
+        }
+    train_demo.write_json(work / "result.json", result)
+    train_demo.log(f"val accuracy {json.dumps(result['val_accuracy'])}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1063,6 +1063,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def saved_profile(path: Path, profile: DemoProfile) -> dict | None:
+    """The profile a run in WORK was started with (None: a new run), as ``profile`` would save it:
+    a field added to DemoProfile after the run started counts as the run's when ``profile`` has it at
+    its default (each new field's default is what the pipeline did before the field existed)."""
+    saved = read_json(path)
+    if saved is not None:
+        defaults = {f.name: f.default for f in dataclasses.fields(DemoProfile)}
+        saved.update({k: v for k, v in json.loads(json.dumps(asdict(profile))).items()
+                      if k not in saved and v == defaults[k]})
+    return saved
+
+
 def build_profile(args: argparse.Namespace) -> DemoProfile:
     profile = PROFILES[args.profile]
     overrides = {}
@@ -1082,7 +1094,7 @@ def main(argv=None) -> int:
     work = Path(args.work or REPO / "runs" / f"demo-{profile.name}").resolve()
     model_out = Path(args.model_out or (work / "demo_model" if profile.name == "smoke" else REPO / "vlm" / "demo_model")).resolve()
     work.mkdir(parents=True, exist_ok=True)
-    saved = read_json(work / "profile.json")
+    saved = saved_profile(work / "profile.json", profile)
     if saved is not None and saved != json.loads(json.dumps(asdict(profile))):
         if not args.change_profile:
             raise SystemExit(f"{work} was started with another profile ({work / 'profile.json'}); use another --work, "

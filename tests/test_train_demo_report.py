@@ -1,6 +1,7 @@
 """scripts/train_demo.py's reports disclose what a run did not do itself."""
 
 import dataclasses
+import json
 import importlib.util
 import sys
 from pathlib import Path
@@ -44,3 +45,17 @@ def test_stage1_token_dropping_reaches_the_config_and_the_report(monkeypatch, tm
     assert "**0.25 of the video tokens dropped**" in script._choices({**profile, "stage1_drop_ratio": 0.25})
     del profile["stage1_drop_ratio"]  # a profile.json written before the field existed
     assert "dropping 0.5 of the video tokens" in script._choices(profile)
+
+
+def test_a_run_saved_before_a_profile_field_existed_continues(tmp_path):
+    script = load_script()
+    full = script.PROFILES["full"]
+    saved = dataclasses.asdict(full)
+    del saved["stage1_drop_ratio"]  # profile.json of a run started before the field existed
+    script.write_json(tmp_path / "profile.json", saved)
+    current = json.loads(json.dumps(dataclasses.asdict(full)))
+    assert script.saved_profile(tmp_path / "profile.json", full) == current
+    # ... but not when the field is set away from its default: that is another recipe
+    changed = dataclasses.replace(full, stage1_drop_ratio=0.0)
+    assert script.saved_profile(tmp_path / "profile.json", changed) != json.loads(json.dumps(dataclasses.asdict(changed)))
+    assert script.saved_profile(tmp_path / "missing.json", full) is None

@@ -1,8 +1,8 @@
 """scripts/train_demo.py's reports disclose what a run did not do itself."""
 
 import dataclasses
-import json
 import importlib.util
+import json
 import sys
 from pathlib import Path
 

@@ -120,7 +120,7 @@ def test_labels_are_the_target_tokens_and_eos_only(parts):
     # each row's loss does not depend on what it is batched with (left padding, position ids)
     alone = model.example_losses(prompts[:1], targets[:1], video_tokens=tokens[:1])
     assert float(alone[0].detach()) == pytest.approx(float(losses[0].detach()), abs=1e-5)
-    assert float(model.lm_loss(prompts, targets, video_tokens=tokens)) == pytest.approx(float(losses.mean()), abs=1e-6)
+    assert float(model.lm_loss(prompts, targets, video_tokens=tokens).detach()) == pytest.approx(float(losses.mean().detach()), abs=1e-6)
     # captions train after the caption prompt, answers after the QA prompt
     from vlm.training.loop import _prompts
 

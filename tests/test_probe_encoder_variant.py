@@ -1,8 +1,6 @@
 """scripts/probe_encoder_variant.py: a stage-1 recipe trained and probed on the val split (smoke profile)."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
@@ -10,20 +8,11 @@ from vlm.shapes import ANSWER_VOCABULARY, ShapesConfig, make_shapes_corpus
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "probe_encoder_variant.py"
 
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("probe_encoder_variant", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_trains_probes_on_val_and_reproduces_with_the_trained_encoder(tmp_path):
+def test_trains_probes_on_val_and_reproduces_with_the_trained_encoder(load_script, tmp_path):
     corpus = make_shapes_corpus(tmp_path / "corpus", 60, seed=3, config=ShapesConfig(num_frames=8),
                                 progress=False)
-    script = load_script()
+    script = load_script("probe_encoder_variant")
     common = ["--corpus", str(corpus), "--profile", "smoke", "--probe-epochs", "2", "--threads", "1"]
     overrides = ["stage1_steps=3", "pretrain_clips=8", "stage1_hard_negatives=2"]
     assert script.main([*common, "--work", str(tmp_path / "trained"), *[a for o in overrides for a in ("--set", o)]]) == 0

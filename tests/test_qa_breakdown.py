@@ -1,21 +1,13 @@
 """scripts/qa_breakdown.py: the grouping of closed-vocabulary answers (pure function, no model)."""
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 
 from vlm.evaluation import QAExample
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "qa_breakdown.py"
-
 
 @pytest.fixture(scope="module")
-def breakdown():
-    spec = importlib.util.spec_from_file_location("qa_breakdown", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.breakdown
+def breakdown(load_script):
+    return load_script("qa_breakdown").breakdown
 
 
 def example(video, question, answer, kind):

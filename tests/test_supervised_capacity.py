@@ -1,6 +1,5 @@
 """scripts/supervised_capacity.py: the architecture's supervised upper bound, scored on val only."""
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -10,19 +9,10 @@ from vlm.shapes import ShapesConfig, make_shapes_corpus, read_attributes
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "supervised_capacity.py"
 
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("supervised_capacity", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_trains_on_one_object_train_clips_and_scores_val(tmp_path):
+def test_trains_on_one_object_train_clips_and_scores_val(load_script, tmp_path):
     corpus = make_shapes_corpus(tmp_path / "corpus", 48, seed=5, config=ShapesConfig(num_frames=8), progress=False)
-    script = load_script()
+    script = load_script("supervised_capacity")
     rows = script.one_object_clips(corpus, "val")
     val = [clip for clip in read_attributes(corpus, "val") if clip.count == 1]
     assert [path.name for path, _ in rows] == [Path(clip.video).name for clip in val]

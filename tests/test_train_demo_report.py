@@ -1,24 +1,11 @@
 """scripts/train_demo.py's reports disclose what a run did not do itself."""
 
 import dataclasses
-import importlib.util
 import json
-import sys
-from pathlib import Path
-
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "train_demo.py"
 
 
-def load_script():
-    spec = importlib.util.spec_from_file_location("train_demo_for_tests", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_reused_stages_and_recipe_choices_are_printed():
-    script = load_script()
+def test_reused_stages_and_recipe_choices_are_printed(load_script):
+    script = load_script("train_demo")
     lines = script._changes({"profile_changes": [], "reused_stages": {"stage1": "copied from\nrun X"}})
     assert lines[0] == "**Stage `stage1` was not trained by this run but reused:** copied from run X"
     assert script._changes({"profile_changes": []}) == []  # nothing reused, nothing said
@@ -28,8 +15,8 @@ def test_reused_stages_and_recipe_choices_are_printed():
     assert "more clips" not in smoke and "hard-negative" not in smoke
 
 
-def test_stage1_token_dropping_reaches_the_config_and_the_report(monkeypatch, tmp_path):
-    script = load_script()
+def test_stage1_token_dropping_reaches_the_config_and_the_report(load_script, monkeypatch, tmp_path):
+    script = load_script("train_demo")
     import encoder.pretrain.stage1 as stage1
 
     seen = []
@@ -47,8 +34,8 @@ def test_stage1_token_dropping_reaches_the_config_and_the_report(monkeypatch, tm
     assert "dropping 0.5 of the video tokens" in script._choices(profile)
 
 
-def test_a_run_saved_before_a_profile_field_existed_continues(tmp_path):
-    script = load_script()
+def test_a_run_saved_before_a_profile_field_existed_continues(load_script, tmp_path):
+    script = load_script("train_demo")
     full = script.PROFILES["full"]
     saved = dataclasses.asdict(full)
     del saved["stage1_drop_ratio"]  # profile.json of a run started before the field existed

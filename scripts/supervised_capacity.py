@@ -48,19 +48,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def one_object_clips(corpus: Path, split: str, limit: int | None = None):
-    """[(video path, {attribute: label index})] of ``split``'s one-object clips."""
-    from vlm.shapes import read_attributes
+def one_object_clips(corpus: Path, split: str):
+    """[(video path, {attribute: label index})] of ``split``'s one-object clips (the probes' labels)."""
+    from vlm.shapes import probe_labels, read_attributes
 
-    rows = []
-    for clip in read_attributes(corpus, split):
-        if clip.count != 1:
-            continue
-        labels = {"colour": clip.objects[0].colour, "shape": clip.objects[0].shape, "motion": clip.motion}
-        rows.append((corpus / clip.video, {a: ANSWER_VOCABULARY[a].index(labels[a]) for a in ATTRIBUTES}))
-        if limit and len(rows) >= limit:
-            break
-    return rows
+    clips = [clip for clip in read_attributes(corpus, split) if clip.count == 1]
+    labels = {attribute: probe_labels(clips, attribute)[1] for attribute in ATTRIBUTES}  # every one-object clip has all three
+    return [(corpus / clip.video, {a: int(labels[a][i]) for a in ATTRIBUTES}) for i, clip in enumerate(clips)]
 
 
 def decode(rows, num_frames: int, size: int):
@@ -81,18 +75,11 @@ def main(argv=None) -> int:
     from torch import nn
     from transformers import VideoPrismVisionModel
 
-    from encoder.pretrain.stage1 import ModelSize
     from encoder.threads import torch_threads
 
     profile = train_demo.build_profile(argparse.Namespace(profile=args.profile, set=args.set))
     work = args.work.resolve()
     work.mkdir(parents=True, exist_ok=True)
-    size = ModelSize(
-        hidden_size=profile.hidden_size, num_attention_heads=profile.heads, intermediate_size=profile.mlp_size,
-        num_spatial_layers=profile.spatial_layers, num_temporal_layers=profile.temporal_layers,
-        num_auxiliary_layers=profile.auxiliary_layers, num_frames=profile.num_frames, image_size=profile.frame_size,
-        patch_size=profile.patch_size, text_layers=profile.text_layers, max_text_length=profile.max_text_length,
-    )
     with torch_threads(args.threads):
         torch.manual_seed(args.seed)
         start = time.perf_counter()
@@ -104,7 +91,7 @@ def main(argv=None) -> int:
         val_x, val_y = decode(one_object_clips(args.corpus, "val"), profile.num_frames, profile.frame_size)
         decoding = time.perf_counter() - start
 
-        encoder = VideoPrismVisionModel(size.vision_config())
+        encoder = VideoPrismVisionModel(train_demo.model_size(profile).vision_config())
         heads = nn.ModuleList(nn.Linear(profile.hidden_size, len(ANSWER_VOCABULARY[a])) for a in ATTRIBUTES)
         parameters = [*encoder.parameters(), *heads.parameters()]
         optimizer = torch.optim.AdamW(parameters, lr=args.lr, weight_decay=1e-4)

@@ -256,20 +256,26 @@ def pretraining_manifests(work: Path, corpora: Path | list[Path], seed: int = 0)
     return stage1, stage2
 
 
-def run_stage1_training(work: Path, profile: DemoProfile, seed: int, manifest: Path) -> Path:
-    from encoder.pretrain.stage1 import ModelSize, Stage1Config, run_stage1
+def model_size(profile: DemoProfile):
+    """The profile's encoder (and stage-1 text tower) as an ``encoder.pretrain.stage1.ModelSize``."""
+    from encoder.pretrain.stage1 import ModelSize
 
-    out = work / "stage1"
-    if (out / "model" / "config.json").is_file():
-        return out / "model"
-    size = ModelSize(
+    return ModelSize(
         hidden_size=profile.hidden_size, num_attention_heads=profile.heads, intermediate_size=profile.mlp_size,
         num_spatial_layers=profile.spatial_layers, num_temporal_layers=profile.temporal_layers,
         num_auxiliary_layers=profile.auxiliary_layers, num_frames=profile.num_frames, image_size=profile.frame_size,
         patch_size=profile.patch_size, text_layers=profile.text_layers, max_text_length=profile.max_text_length,
     )
+
+
+def run_stage1_training(work: Path, profile: DemoProfile, seed: int, manifest: Path) -> Path:
+    from encoder.pretrain.stage1 import Stage1Config, run_stage1
+
+    out = work / "stage1"
+    if (out / "model" / "config.json").is_file():
+        return out / "model"
     config = Stage1Config(
-        output_dir=str(out), train_manifests=[str(manifest)], model=size, vocab_size=profile.vocab_size,
+        output_dir=str(out), train_manifests=[str(manifest)], model=model_size(profile), vocab_size=profile.vocab_size,
         batch_size=profile.stage1_batch, max_steps=profile.stage1_steps, learning_rate=profile.stage1_lr,
         warmup_steps=max(1, profile.stage1_steps // 10), seed=seed, cache_clips=True,
         save_every=max(50, profile.stage1_steps // 4), log_every=max(1, min(10, profile.stage1_steps // 5)), progress=False,

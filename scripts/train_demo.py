@@ -120,8 +120,8 @@ PROFILES = {
         probe_epochs=10, probe_seeds=(0, 1), glue_steps=80, glue_lr=3e-3, glue_warmup=5,
         eval_clips=40, open_questions=60, caption_clips=20, compositional_clips=20,
     ),
-    "full": DemoProfile(  # about 1.7 h on an IDLE 2-core CPU (most of it the glue, the evaluation and the ablations)
-        name="full", num_clips=3000, pretrain_clips=15000, stage1_steps=2000, stage1_batch=64, stage1_hard_negatives=3,
+    "full": DemoProfile(  # about 1.8 h on an IDLE 2-core CPU (most of it the glue, the evaluation and the ablations)
+        name="full", num_clips=3000, pretrain_clips=15000, stage1_steps=3000, stage1_batch=64, stage1_hard_negatives=3,
         stage2_steps=1000, probe_epochs=10, glue_steps=1200, glue_warmup=50, ablations=tuple(ABLATIONS),
         open_questions=300, caption_clips=100, compositional_clips=100,
     ),
@@ -946,6 +946,7 @@ def demo_readme(summary: dict) -> str:
 def reproduction_markdown(summary: dict) -> str:
     evaluation, profile, probes = summary["evaluation"], summary["profile"], summary["probes"]
     compositional = evaluation.get("compositional", {}).get("closed_per_type")
+    full = PROFILES["full"]
     parts = [
         "# Reproducing the paper's claims in miniature",
         "",
@@ -960,9 +961,10 @@ def reproduction_markdown(summary: dict) -> str:
         f"({evaluation['protocol']['clips']} clips, {evaluation['protocol']['questions']} questions).",
         "",
         "Profiles: `smoke` (minutes, checks the pipeline), `quick` (a shorter run: 1200 clips, 300 stage-1 and 120 stage-2 "
-        "steps, 80 glue steps; answered at chance), `full` (the shipped model: 3000 clips plus 15000 pretraining clips, 2000 "
-        "stage-1 steps of 64 with 3 hard-negative captions per clip, 1000 stage-2 steps of 32, 1200 glue steps of 8, every "
-        "stage-2 ablation). "
+        f"steps, 80 glue steps; answered at chance), `full` (the shipped model: {full.num_clips} clips plus {full.pretrain_clips} "
+        f"pretraining clips, {full.stage1_steps} stage-1 steps of {full.stage1_batch} with {full.stage1_hard_negatives} "
+        f"hard-negative captions per clip, {full.stage2_steps} stage-2 steps of {full.stage2_batch}, {full.glue_steps} glue "
+        f"steps of {full.glue_batch}, every stage-2 ablation). "
         "Every stage is skipped when its output exists, so a killed run resumes.",
         "",
         *_changes(summary),

@@ -18,6 +18,7 @@ from vlm.llm import (
     SMOLLM2_SOURCE,
     UnsupportedLLMError,
     check_llm_accepts_embeddings,
+    kv_cache_argument,
     resolve_llm_source,
     smollm2_gguf_path,
 )
@@ -461,6 +462,47 @@ def test_llm_without_input_embeddings_is_rejected(model, tokenizer):
     with pytest.raises(UnsupportedLLMError, match="embedding table"):
         VideoLanguageModel(model.config, NoTableLM(), tokenizer)
     assert issubclass(UnsupportedLLMError, ValueError)
+
+
+class PastKeyValuesLM(torch.nn.Module):
+    """``inner`` behind a forward that takes its KV cache as ``past_key_values`` (transformers < 5.24)."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner, self.config, self.generation_config = inner, inner.config, inner.generation_config
+        self.caches_seen = []
+
+    def get_input_embeddings(self):
+        return self.inner.get_input_embeddings()
+
+    def forward(self, input_ids=None, inputs_embeds=None, attention_mask=None, position_ids=None,
+                past_key_values=None, use_cache=None, logits_to_keep=0):
+        self.caches_seen.append(past_key_values)
+        return self.inner(input_ids=input_ids, inputs_embeds=inputs_embeds, attention_mask=attention_mask,
+                          position_ids=position_ids, use_cache=use_cache, logits_to_keep=logits_to_keep,
+                          **{kv_cache_argument(self.inner): past_key_values})
+
+
+def test_kv_cache_goes_in_under_the_name_the_llm_takes(model, clips):
+    """transformers 5.24 renamed forward's ``past_key_values`` to ``cache``: both are fed the cache."""
+    assert kv_cache_argument(model.llm) in ("cache", "past_key_values")
+    old_style = PastKeyValuesLM(model.llm)
+    assert kv_cache_argument(old_style) == "past_key_values"
+    check_llm_accepts_embeddings(old_style)
+    with torch.no_grad():
+        features = model.get_video_features(clips=clips[:2])
+    inputs = model._prompt_inputs(features, ["A video of", "A clip of a"])
+    arguments = (model.tokenizer, inputs.inputs_embeds, inputs.attention_mask, inputs.position_ids)
+    assert greedy_generate(old_style, *arguments) == greedy_generate(model.llm, *arguments)
+    assert len(old_style.caches_seen) == 32 and all(cache is old_style.caches_seen[0] for cache in old_style.caches_seen)
+    assert old_style.caches_seen[0].get_seq_length() == inputs.inputs_embeds.shape[1] + 31
+
+    class NoCacheLM(PastKeyValuesLM):
+        def forward(self, input_ids=None, inputs_embeds=None, attention_mask=None, position_ids=None):
+            return None
+
+    with pytest.raises(UnsupportedLLMError, match="no KV cache argument"):
+        check_llm_accepts_embeddings(NoCacheLM(model.llm))
 
 
 # ----------------------------------------------------------------------------- bad input

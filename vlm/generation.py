@@ -62,14 +62,17 @@ def llm_step(
     *,
     attention_mask: torch.Tensor,
     position_ids: torch.Tensor,
-    past_key_values: DynamicCache,
+    kv_cache: DynamicCache,
     inputs_embeds: torch.Tensor | None = None,
     input_ids: torch.Tensor | None = None,
     last_logits_only: bool = False,
 ) -> torch.Tensor:
-    """One forward of the LLM that extends ``past_key_values`` in place; returns logits [B, S', V]
-    (S' = 1 when ``last_logits_only``)."""
-    kwargs = {}
+    """One forward of the LLM that extends ``kv_cache`` in place; returns logits [B, S', V]
+    (S' = 1 when ``last_logits_only``). The cache goes in under the name this transformers release
+    uses (``vlm.llm.kv_cache_argument``)."""
+    from vlm.llm import kv_cache_argument
+
+    kwargs = {kv_cache_argument(llm): kv_cache}
     if last_logits_only and accepts_logits_to_keep(llm):
         kwargs["logits_to_keep"] = 1
     output = llm(
@@ -77,7 +80,6 @@ def llm_step(
         inputs_embeds=inputs_embeds,
         attention_mask=attention_mask,
         position_ids=position_ids,
-        past_key_values=past_key_values,
         use_cache=True,
         **kwargs,
     )
@@ -112,7 +114,7 @@ def greedy_token_steps(
         inputs_embeds=inputs_embeds,
         attention_mask=attention_mask,
         position_ids=position_ids,
-        past_key_values=cache,
+        kv_cache=cache,
         last_logits_only=True,
     )
     finished = torch.zeros(batch, dtype=torch.bool, device=device)
@@ -140,7 +142,7 @@ def greedy_token_steps(
             input_ids=tokens[:, None],
             attention_mask=attention_mask,
             position_ids=positions,
-            past_key_values=cache,
+            kv_cache=cache,
         )
 
 

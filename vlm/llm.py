@@ -13,6 +13,7 @@ Weights load through safetensors (or GGUF), never pickle, and never with ``trust
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import inspect
 import os
@@ -93,12 +94,36 @@ def check_llm_accepts_embeddings(llm: torch.nn.Module) -> None:
             f"{name} exposes no input embedding table (get_input_embeddings); video tokens cannot be prepended"
         )
     parameters = inspect.signature(llm.forward).parameters
-    for required in ("inputs_embeds", "attention_mask", "position_ids", "past_key_values"):
+    for required in ("inputs_embeds", "attention_mask", "position_ids"):
         if required not in parameters:
             raise UnsupportedLLMError(
                 f"{name}.forward takes no '{required}' argument; the glue feeds the LLM input embeddings "
                 "with an attention mask, position ids and a KV cache"
             )
+    kv_cache_argument(llm)
+
+
+# The forward argument that takes the KV cache: transformers 5.24 renamed ``past_key_values`` to
+# ``cache`` (the old name is deprecated, with a warning, until 5.40); earlier releases know only the old one.
+KV_CACHE_ARGUMENTS: tuple[str, ...] = ("cache", "past_key_values")
+
+
+def kv_cache_argument(llm: torch.nn.Module) -> str:
+    """The name under which ``llm.forward`` takes its KV cache (``cache`` or ``past_key_values``)."""
+    return _kv_cache_argument(type(llm).forward)
+
+
+@functools.lru_cache(maxsize=64)
+def _kv_cache_argument(forward) -> str:
+    parameters = inspect.signature(forward).parameters
+    for name in KV_CACHE_ARGUMENTS:
+        if name in parameters:
+            return name
+    names = " or ".join(f"'{name}'" for name in KV_CACHE_ARGUMENTS)
+    raise UnsupportedLLMError(
+        f"{forward.__qualname__} takes no KV cache argument ({names}); the glue feeds the LLM input embeddings "
+        "with an attention mask, position ids and a KV cache"
+    )
 
 
 def llm_hidden_size(llm: torch.nn.Module) -> int:

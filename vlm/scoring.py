@@ -124,7 +124,7 @@ def candidate_log_likelihoods(
         inputs_embeds=prefix_embeds,
         attention_mask=prefix_mask,
         position_ids=prefix_positions,
-        past_key_values=cache,
+        kv_cache=cache,
         last_logits_only=True,
     )
     first_log_probs = torch.log_softmax(last_logits[0, -1].float(), dim=-1)  # [V]
@@ -153,7 +153,7 @@ def candidate_log_likelihoods(
             input_ids=fed_ids,
             attention_mask=attention_mask,
             position_ids=positions,
-            past_key_values=_repeat_cache(cache, len(rows)),
+            kv_cache=_repeat_cache(cache, len(rows)),
         )  # [n, C - 1, V]
         log_probs = torch.log_softmax(logits.float(), dim=-1)
         targets = ids[:, 1:]

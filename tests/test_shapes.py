@@ -29,7 +29,7 @@ from vlm.shapes import (
     render_clip,
     sample_clip_attributes,
 )
-from vlm.shapes.corpus import split_counts
+from vlm.shapes.corpus import encode_mp4, split_counts
 from vlm.shapes.render import object_state
 
 NUM_CLIPS = 64
@@ -81,6 +81,20 @@ def test_same_seed_gives_byte_identical_corpus_and_other_seed_differs(corpus, tm
     frames, other_frames = load_clip(corpus / clip.video, size=None), load_clip(other / other_clip.video, size=None)
     assert frames.shape == other_frames.shape
     assert np.abs(frames - other_frames).mean() > 0.01
+
+
+def test_the_same_frames_always_encode_to_the_same_bytes(clips, tmp_path):
+    """Within one (long-lived, memory-churned) process: with B-frames, x264 encoded identical frames
+    to different bytes now and then, so `encode_mp4` writes I and P frames only."""
+    for clip in clips[:8]:
+        frames = render_clip(clip)
+        encoded = set()
+        for attempt in range(10):
+            path = tmp_path / f"{clip.id}_{attempt}.mp4"
+            encode_mp4(frames, path, fps=clip.fps)
+            encoded.add(path.read_bytes())
+        assert len(encoded) == 1, f"{clip.id}: {len(encoded)} different encodings of the same frames"
+    assert b"bframes=0" in next(iter(encoded))
 
 
 def test_render_clip_depends_only_on_attributes(clips):

@@ -48,7 +48,9 @@ from vlm.shapes.render import (
     with_derived_fields,
 )
 
-CORPUS_VERSION = 2  # 2: hearts centred on their area centroid (version 1 used the bounding-box centre)
+# 2: hearts centred on their area centroid (version 1 used the bounding-box centre); 3: no B-frames in the
+# H.264 stream (`encode_mp4`), so that the same frames always give the same bytes
+CORPUS_VERSION = 3
 SPLITS: tuple[str, ...] = ("train", "val", "test", "test_compositional")
 CORPUS_FILE = "corpus.json"
 _SPLIT_STREAM, _HELDOUT_STREAM = 1_000_001, 1_000_002  # rng streams beside the per-clip ones
@@ -294,7 +296,15 @@ def _sample_positions(rng: np.random.Generator, radii: list[float], config: Shap
 
 def encode_mp4(frames: np.ndarray, path: str | os.PathLike, fps: int, crf: int = 18, preset: str = "medium") -> None:
     """Write uint8 ``[T, H, W, 3]`` RGB frames as an H.264 mp4 (libx264, yuv420p, one thread, one
-    keyframe), atomically: the file appears complete or not at all."""
+    keyframe), atomically: the file appears complete or not at all.
+
+    No B-frames (``bframes=0``; I and P frames only): with x264's default B-frames the same frames
+    at these tiny sizes now and then encoded to different bytes within one process (1-4 of 6 clips
+    over 40-60 encodes each, depending on what the process had allocated before), which broke the
+    corpus's byte-determinism; without them every encode of the same frames was identical (720
+    encodes). Turning off the macroblock tree instead (``mbtree=0``) was deterministic too, but
+    made still clips flicker (last vs first frame 1.5 levels apart instead of 0.1) and the files
+    40% larger."""
     import av
 
     path = Path(path)
@@ -308,7 +318,8 @@ def encode_mp4(frames: np.ndarray, path: str | os.PathLike, fps: int, crf: int =
         stream.width, stream.height = frames.shape[2], frames.shape[1]
         stream.pix_fmt = "yuv420p"
         stream.codec_context.thread_count = 1
-        stream.options = {"crf": str(crf), "preset": preset, "threads": "1", "g": str(len(frames))}
+        stream.options = {"crf": str(crf), "preset": preset, "threads": "1", "g": str(len(frames)),
+                          "x264-params": "bframes=0"}
         for frame in frames:
             for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")):
                 container.mux(packet)

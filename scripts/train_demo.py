@@ -120,8 +120,11 @@ PROFILES = {
         probe_epochs=10, probe_seeds=(0, 1), glue_steps=80, glue_lr=3e-3, glue_warmup=5,
         eval_clips=40, open_questions=60, caption_clips=20, compositional_clips=20,
     ),
-    "full": DemoProfile(  # about 1.8 h on an IDLE 2-core CPU (most of it the glue, the evaluation and the ablations)
-        name="full", num_clips=3000, pretrain_clips=15000, stage1_steps=3000, stage1_batch=64, stage1_hard_negatives=3,
+    # about 1.7 h on an IDLE 2-core CPU (most of it the glue, the evaluation and the ablations). 3000 stage-1 steps
+    # lifted the val motion probe (65.2 vs 59.6) but, end to end, lost colour and shape answers and the captions on
+    # val (docs/REPRODUCTION.md), so the shipped model keeps 2000.
+    "full": DemoProfile(
+        name="full", num_clips=3000, pretrain_clips=15000, stage1_steps=2000, stage1_batch=64, stage1_hard_negatives=3,
         stage2_steps=1000, probe_epochs=10, glue_steps=1200, glue_warmup=50, ablations=tuple(ABLATIONS),
         open_questions=300, caption_clips=100, compositional_clips=100,
     ),

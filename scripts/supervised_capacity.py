@@ -6,13 +6,17 @@ one-object training clips (colour, shape, motion), and scores it on the one-obje
 No text tower, no contrastive loss, no token dropping: if this reaches high shape accuracy where
 the stage-1 encoder's frozen probe does not, the architecture can represent shape and the
 pretraining signal is what falls short; if it does not, the architecture (patch size, width) is
-the limit. Diagnostic only; the demo pipeline does not use it.
+the limit. ``--tower cnn`` trains a small convolutional network instead (four 3x3 conv layers with
+batch norm per frame, spatial max pool, the frames' features concatenated in order): the same clips,
+labels and steps, as the reference for what the labels allow. Diagnostic only; the demo pipeline
+does not use it.
 
 Writes WORK/result.json: val accuracy per attribute, steps, seconds.
 
     python scripts/supervised_capacity.py --corpus runs/demo-full/corpus --pretrain-corpus runs/demo-full/pretrain_corpus \\
         --work runs/capacity/p16 --steps 600 --threads 2
     python scripts/supervised_capacity.py ... --work runs/capacity/p8 --set patch_size=8
+    python scripts/supervised_capacity.py ... --work runs/capacity/cnn --tower cnn
 """
 
 from __future__ import annotations
@@ -22,6 +26,9 @@ import json
 import sys
 import time
 from pathlib import Path
+
+import torch
+from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -38,6 +45,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--pretrain-corpus", type=Path, default=None, help="more all-train clips to train on")
     parser.add_argument("--work", required=True, type=Path)
     parser.add_argument("--profile", choices=sorted(train_demo.PROFILES), default="full")
+    parser.add_argument("--tower", choices=("videoprism", "cnn"), default="videoprism",
+                        help="the profile's VideoPrism vision tower, or the small CNN reference")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="profile override (JSON value)")
     parser.add_argument("--train-clips", type=int, default=4000, help="one-object training clips (decoded into memory)")
     parser.add_argument("--steps", type=int, default=600)
@@ -60,7 +69,6 @@ def one_object_clips(corpus: Path, split: str):
 def decode(rows, num_frames: int, size: int):
     """uint8 [N, T, 3, H, W] clips and int64 [N, 3] labels."""
     import numpy as np
-    import torch
 
     from encoder.video import load_clip
 
@@ -69,10 +77,39 @@ def decode(rows, num_frames: int, size: int):
     return torch.from_numpy(clips).permute(0, 1, 4, 2, 3).contiguous(), torch.from_numpy(labels)
 
 
+class VideoPrismEncoder(nn.Module):
+    """The VideoPrism vision tower, mean-pooled: pixels [B, T, 3, H, W] in [0, 1] -> [B, D]."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model, self.width = model, model.config.hidden_size
+
+    def forward(self, pixels):
+        return self.model(pixel_values_videos=pixels).last_hidden_state.mean(1)
+
+
+class FrameCNN(nn.Module):
+    """Four 3x3 conv + batch-norm layers per frame (32-64-128-128 channels, 2x2 max pools after
+    the first three), spatial max pool, the T frames' features concatenated in order:
+    pixels [B, T, 3, H, W] in [0, 1] -> [B, T * 128]."""
+
+    def __init__(self, num_frames: int):
+        super().__init__()
+        layers, channels = [], 3
+        for index, width in enumerate((32, 64, 128, 128)):
+            layers += [nn.Conv2d(channels, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU()]
+            layers += [nn.MaxPool2d(2)] if index < 3 else [nn.AdaptiveMaxPool2d(1), nn.Flatten()]
+            channels = width
+        self.frames, self.width = nn.Sequential(*layers), num_frames * 128
+
+    def forward(self, pixels):
+        batch, frames = pixels.shape[:2]
+        per_frame = self.frames((pixels.flatten(0, 1) - 0.45) / 0.25)  # [B * T, 128]
+        return per_frame.view(batch, frames * 128)
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
-    import torch
-    from torch import nn
     from transformers import VideoPrismVisionModel
 
     from encoder.threads import torch_threads
@@ -91,14 +128,17 @@ def main(argv=None) -> int:
         val_x, val_y = decode(one_object_clips(args.corpus, "val"), profile.num_frames, profile.frame_size)
         decoding = time.perf_counter() - start
 
-        encoder = VideoPrismVisionModel(train_demo.model_size(profile).vision_config())
-        heads = nn.ModuleList(nn.Linear(profile.hidden_size, len(ANSWER_VOCABULARY[a])) for a in ATTRIBUTES)
+        if args.tower == "cnn":
+            encoder = FrameCNN(profile.num_frames)
+        else:
+            encoder = VideoPrismEncoder(VideoPrismVisionModel(train_demo.model_size(profile).vision_config()))
+        heads = nn.ModuleList(nn.Linear(encoder.width, len(ANSWER_VOCABULARY[a])) for a in ATTRIBUTES)
         parameters = [*encoder.parameters(), *heads.parameters()]
         optimizer = torch.optim.AdamW(parameters, lr=args.lr, weight_decay=1e-4)
         schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=args.lr, total_steps=args.steps, pct_start=0.1)
 
         def logits(pixels):  # uint8 [B, T, 3, H, W] -> [logits per attribute]
-            pooled = encoder(pixel_values_videos=pixels.float() / 255).last_hidden_state.mean(1)
+            pooled = encoder(pixels.float() / 255)
             return [head(pooled) for head in heads]
 
         start = time.perf_counter()
@@ -120,6 +160,7 @@ def main(argv=None) -> int:
             predicted = [torch.cat(parts) for parts in zip(*(
                 [o.argmax(-1) for o in logits(val_x[i : i + 128])] for i in range(0, len(val_x), 128)))]
         result = {
+            "tower": args.tower, "parameters": sum(p.numel() for p in encoder.parameters()),
             "profile_overrides": args.set, "train_clips": len(train_x), "val_clips": len(val_x), "steps": args.steps,
             "batch": args.batch, "lr": args.lr, "seconds": {"decode": round(decoding, 1), "train": round(training, 1)},
             "val_accuracy": {a: float((predicted[i] == val_y[:, i]).float().mean()) for i, a in enumerate(ATTRIBUTES)},

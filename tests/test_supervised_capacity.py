@@ -30,3 +30,11 @@ def test_trains_on_one_object_train_clips_and_scores_val(load_script, tmp_path):
     assert results[0]["train_clips"] == sum(clip.count == 1 for clip in read_attributes(corpus, "train"))
     assert results[0]["profile_overrides"] == ["hidden_size=32", "mlp_size=64"]
     assert set(results[0]["val_accuracy"]) == {"colour", "shape", "motion"}
+    assert results[0]["tower"] == "videoprism"
+
+    cnn = []  # the CNN reference: same clips and labels, seeded too
+    for name in ("cnn_a", "cnn_b"):
+        assert script.main([*common, "--tower", "cnn", "--work", str(tmp_path / name)]) == 0
+        cnn.append(json.loads((tmp_path / name / "result.json").read_text()))
+    assert cnn[0]["tower"] == "cnn" and cnn[0]["val_accuracy"] == cnn[1]["val_accuracy"]
+    assert cnn[0]["parameters"] != results[0]["parameters"] and cnn[0]["val_clips"] == len(val)

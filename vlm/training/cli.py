@@ -61,6 +61,8 @@ def config_from_args(args: argparse.Namespace):
         overrides["val_data"] = _sources(args.val, args.task, columns)
     if args.gradient_checkpointing:
         overrides["gradient_checkpointing"] = True
+    if args.resampler_output_norm:
+        overrides["resampler_output_norm"] = True
     if args.no_train_crops:
         overrides["train_crops"] = False
     if args.no_progress:
@@ -114,6 +116,8 @@ def add_subcommand(subparsers) -> None:
     train.add_argument("--num-latents", type=int, default=None)
     train.add_argument("--resampler-depth", type=int, default=None)
     train.add_argument("--resampler-heads", type=int, default=None)
+    train.add_argument("--resampler-output-norm", action="store_true",
+                       help="a final LayerNorm on the resampler's output tokens (the soft prompt)")
     train.add_argument("--frames", type=int, default=None)
     train.add_argument("--frame-size", type=int, default=None)
     train.add_argument("--max-target-tokens", type=int, default=None)

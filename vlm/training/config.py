@@ -113,6 +113,7 @@ class TrainConfig:
     num_latents: int = 256
     resampler_depth: int = 1
     resampler_heads: int = 8
+    resampler_output_norm: bool = False  # a final LayerNorm on the soft prompt (ResamplerConfig.output_norm)
     num_frames: int | None = None
     frame_size: int | None = None
     prompts: dict[str, Any] = field(default_factory=dict)
@@ -212,7 +213,7 @@ class TrainConfig:
 
     # Settings a resumed run must share with the run it continues (others, e.g. logging, may change).
     RESUME_KEYS = ("train_data", "features", "encoder", "llm", "init_from", "num_latents", "resampler_depth",
-                   "resampler_heads", "num_frames", "frame_size", "prompts", "max_target_tokens", "batch_size",
+                   "resampler_heads", "resampler_output_norm", "num_frames", "frame_size", "prompts", "max_target_tokens", "batch_size",
                    "learning_rate", "adam_beta1", "adam_beta2", "adam_eps", "weight_decay", "warmup_steps",
                    "final_lr_ratio", "lora", "train_crops", "seed", "max_steps")
 

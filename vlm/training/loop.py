@@ -149,7 +149,8 @@ def _build_model(config: TrainConfig, cache, llm, tokenizer, encoder):
     else:
         model = VideoLanguageModel.build(
             llm, tokenizer, encoder, video_width=video_width, num_latents=config.num_latents, depth=config.resampler_depth,
-            num_heads=config.resampler_heads, prompts=PromptConfig.from_dict(config.prompts), num_frames=num_frames,
+            num_heads=config.resampler_heads, output_norm=config.resampler_output_norm,
+            prompts=PromptConfig.from_dict(config.prompts), num_frames=num_frames,
             frame_size=frame_size, encoder_source=encoder_source, llm_source=config.llm,
         )
     if config.lora is not None:

@@ -1,0 +1,71 @@
+"""Score a glue model on one split of a shapes corpus exactly as ``train_demo.py`` scores the test split
+(closed vocabulary per type and pooled, open vocabulary, captions), from a feature cache of the
+model's own encoder. For comparing recipes on the val split; the test split is for the final report.
+
+    prism-vlm features --model MODEL/encoder --videos WORK/corpus/val/captions.jsonl --out CACHE --frames 8 --size 64
+    python scripts/eval_glue_split.py --model MODEL --features CACHE --corpus WORK/corpus --split val \\
+        --json-out val_scores.json
+
+Prints one JSON line: closed-vocabulary accuracy per type, open-vocabulary accuracy, CIDEr-D.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import train_demo  # noqa: E402
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", required=True, type=Path, help="a glue model directory")
+    parser.add_argument("--features", required=True, type=Path, help="its encoder's feature cache of the split")
+    parser.add_argument("--corpus", required=True, type=Path, help="the make-shapes corpus")
+    parser.add_argument("--split", default="val")
+    parser.add_argument("--profile", choices=sorted(train_demo.PROFILES), default="full",
+                        help="its evaluation sizes: open questions, captioned clips, caption length, batch")
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--json-out", type=Path, default=None)
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    from encoder.features import FeatureCache
+    from encoder.threads import torch_threads
+    from vlm.evaluation import read_qa
+    from vlm.model import VideoLanguageModel
+    from vlm.shapes import ANSWER_VOCABULARY
+
+    profile = train_demo.PROFILES[args.profile]
+    refs_path = args.corpus / args.split / "refs.jsonl"
+    if not refs_path.is_file():
+        raise SystemExit(f"{refs_path} is missing: not a make-shapes corpus split")
+    with torch_threads(args.threads):
+        model = VideoLanguageModel.from_pretrained(args.model, load_video_encoder=False)
+        videos = train_demo.split_videos(args.corpus, args.split)
+        examples = read_qa(args.corpus / args.split / "qa.jsonl")
+        candidates = list(dict.fromkeys(word for words in ANSWER_VOCABULARY.values() for word in words))
+        refs = {row["video"]: row["captions"] for row in map(json.loads, refs_path.read_text(encoding="utf-8").splitlines())}
+        result = train_demo.evaluate_model(
+            model, examples, candidates, FeatureCache(args.features), profile, refs,
+            videos[: profile.caption_clips or None], train_demo._spread(examples, profile.open_questions),
+        )
+    result = {"model": str(args.model), "split": args.split, "questions": len(examples), **result}
+    if args.json_out:
+        train_demo.write_json(args.json_out, result)
+    print(json.dumps({
+        "closed_per_type": {kind: round(entry["accuracy"], 1) for kind, entry in result["closed_per_type"]["per_type"].items()},
+        "closed_all": round(result["closed_per_type"]["accuracy"], 1), "open_all": round(result["open"]["accuracy"], 1),
+        "cider_d": round(100 * result["captions"]["cider_d"], 1),
+    }))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

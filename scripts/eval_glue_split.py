@@ -40,7 +40,7 @@ def main(argv=None) -> int:
     from encoder.threads import torch_threads
     from vlm.evaluation import read_qa
     from vlm.model import VideoLanguageModel
-    from vlm.shapes import ANSWER_VOCABULARY
+    from vlm.shapes import ALL_ANSWERS
 
     profile = train_demo.PROFILES[args.profile]
     refs_path = args.corpus / args.split / "refs.jsonl"
@@ -50,10 +50,9 @@ def main(argv=None) -> int:
         model = VideoLanguageModel.from_pretrained(args.model, load_video_encoder=False)
         videos = train_demo.split_videos(args.corpus, args.split)
         examples = read_qa(args.corpus / args.split / "qa.jsonl")
-        candidates = list(dict.fromkeys(word for words in ANSWER_VOCABULARY.values() for word in words))
-        refs = {row["video"]: row["captions"] for row in map(json.loads, refs_path.read_text(encoding="utf-8").splitlines())}
         result = train_demo.evaluate_model(
-            model, examples, candidates, FeatureCache(args.features), profile, refs,
+            model, examples, list(ALL_ANSWERS), FeatureCache(args.features), profile,
+            train_demo.caption_refs(args.corpus, [args.split]),
             videos[: profile.caption_clips or None], train_demo._spread(examples, profile.open_questions),
         )
     result = {"model": str(args.model), "split": args.split, "questions": len(examples), **result}

@@ -51,13 +51,13 @@ def main(argv=None) -> int:
     from encoder.features import FeatureCache
     from vlm.evaluation import read_qa, score_candidates, write_json
     from vlm.model import VideoLanguageModel
-    from vlm.shapes import ANSWER_VOCABULARY, read_attributes
+    from vlm.shapes import ALL_ANSWERS, ANSWER_VOCABULARY, read_attributes
 
     model = VideoLanguageModel.from_pretrained(args.model, load_video_encoder=False)
     examples = read_qa(args.corpus / args.split / "qa.jsonl")
     counts = {str((args.corpus / clip.video).resolve()): clip.count for clip in read_attributes(args.corpus, args.split)}
     counts = {example.video: counts[str(Path(example.video).resolve())] for example in examples}
-    candidates = list(dict.fromkeys(word for words in ANSWER_VOCABULARY.values() for word in words))
+    candidates = list(ALL_ANSWERS)
     scores = score_candidates(model, examples, candidates, (), batch_size=args.batch_size,
                               features=FeatureCache(args.features), num_workers=0)
     column = {candidate: i for i, candidate in enumerate(candidates)}

@@ -104,6 +104,7 @@ class FrameCNN(nn.Module):
 
     def forward(self, pixels):
         batch, frames = pixels.shape[:2]
+        # pixels roughly centred and scaled (corpus mean ~0.45, spread ~0.25): the CNN's usual input
         per_frame = self.frames((pixels.flatten(0, 1) - 0.45) / 0.25)  # [B * T, 128]
         return per_frame.view(batch, frames * 128)
 

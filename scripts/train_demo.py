@@ -581,12 +581,19 @@ def evaluate_model(model, test, candidates, tokens, profile: DemoProfile, refs: 
     return result
 
 
+def caption_refs(corpus: Path, splits) -> dict[str, list[str]]:
+    """clip id -> its reference captions, from ``corpus/SPLIT/refs.jsonl`` of each split."""
+    rows = (json.loads(line) for split in splits
+            for line in (corpus / split / "refs.jsonl").read_text(encoding="utf-8").splitlines() if line.strip())
+    return {row["video"]: row["captions"] for row in rows}
+
+
 def run_evaluation(work: Path, profile: DemoProfile, corpus: Path, model_dir: Path, cache_dir: Path, llm, tokenizer) -> dict:
     from encoder.features import FeatureCache
     from encoder.loading import load_encoder
     from vlm.evaluation import read_qa
     from vlm.model import VideoLanguageModel
-    from vlm.shapes import ANSWER_VOCABULARY
+    from vlm.shapes import ALL_ANSWERS, ANSWER_VOCABULARY
 
     path = work / "evaluation.json"
     results = read_json(path, {})
@@ -595,9 +602,8 @@ def run_evaluation(work: Path, profile: DemoProfile, corpus: Path, model_dir: Pa
     test_videos = _spread(split_videos(corpus, "test"), profile.eval_clips)
     chosen = set(test_videos)
     test = [example for example in read_qa(corpus / "test" / "qa.jsonl") if example.video in chosen]
-    candidates = list(dict.fromkeys(word for words in ANSWER_VOCABULARY.values() for word in words))
-    refs = {json.loads(line)["video"]: json.loads(line)["captions"]
-            for name in ("test", "test_compositional") for line in (corpus / name / "refs.jsonl").read_text().splitlines()}
+    candidates = list(ALL_ANSWERS)
+    refs = caption_refs(corpus, ("test", "test_compositional"))
     caption_videos = test_videos[: profile.caption_clips or None]
     open_subset = _spread(test, profile.open_questions)
     results["protocol"] = {

@@ -12,7 +12,7 @@ from vlm.shapes.corpus import (
     sample_clip_attributes,
 )
 from vlm.shapes.labels import PROBE_ATTRIBUTES, probe_labels
-from vlm.shapes.language import ANSWER_VOCABULARY, QUESTION_TYPES, captions, hard_negative_captions, questions
+from vlm.shapes.language import ALL_ANSWERS, ANSWER_VOCABULARY, QUESTION_TYPES, captions, hard_negative_captions, questions
 from vlm.shapes.render import (
     MOTIONS,
     PALETTE,
@@ -25,7 +25,7 @@ from vlm.shapes.render import (
 )
 
 __all__ = [
-    "ANSWER_VOCABULARY", "MOTIONS", "PALETTE", "PROBE_ATTRIBUTES", "QUESTION_TYPES", "SHAPES", "SPLITS", "ClipAttributes",
+    "ALL_ANSWERS", "ANSWER_VOCABULARY", "MOTIONS", "PALETTE", "PROBE_ATTRIBUTES", "QUESTION_TYPES", "SHAPES", "SPLITS", "ClipAttributes",
     "CorpusFolderError", "ObjectAttributes", "ShapesConfig", "assign_splits", "captions", "encode_mp4",
     "hard_negative_captions", "heldout_pairs", "make_shapes_corpus", "object_state", "probe_labels", "questions", "read_attributes", "render_background",
     "render_clip", "sample_clip_attributes",

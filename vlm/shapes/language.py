@@ -23,6 +23,8 @@ ANSWER_VOCABULARY: dict[str, tuple[str, ...]] = {
     "motion": MOTIONS,
     "count": COUNT_WORDS,
 }
+# Every answer word once, in vocabulary order: the closed-vocabulary candidates pooled over question types.
+ALL_ANSWERS: tuple[str, ...] = tuple(dict.fromkeys(word for words in ANSWER_VOCABULARY.values() for word in words))
 
 # Motion phrases: progressive ("a red circle moving left") and third person ("the red circle moves left").
 _PROGRESSIVE: dict[str, tuple[str, ...]] = {

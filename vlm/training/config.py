@@ -213,9 +213,9 @@ class TrainConfig:
 
     # Settings a resumed run must share with the run it continues (others, e.g. logging, may change).
     RESUME_KEYS = ("train_data", "features", "encoder", "llm", "init_from", "num_latents", "resampler_depth",
-                   "resampler_heads", "resampler_output_norm", "num_frames", "frame_size", "prompts", "max_target_tokens", "batch_size",
-                   "learning_rate", "adam_beta1", "adam_beta2", "adam_eps", "weight_decay", "warmup_steps",
-                   "final_lr_ratio", "lora", "train_crops", "seed", "max_steps")
+                   "resampler_heads", "resampler_output_norm", "num_frames", "frame_size", "prompts",
+                   "max_target_tokens", "batch_size", "learning_rate", "adam_beta1", "adam_beta2", "adam_eps",
+                   "weight_decay", "warmup_steps", "final_lr_ratio", "lora", "train_crops", "seed", "max_steps")
 
     def resume_differences(self, saved: "TrainConfig") -> list[str]:
         """Names of the settings that differ from ``saved`` and make resuming it impossible."""

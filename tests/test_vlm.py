@@ -29,12 +29,12 @@ from vlm.model import (
     UnreadableVideoError,
     VideoLanguageModel,
 )
+from vlm.chat_template import chat_inference_ids
 from vlm.prompts import (
     EmptyQuestionError,
     PromptConfig,
     Shot,
     answer_continuation,
-    chat_segments,
     clean_open_answer,
     load_shots,
     qa_prompt,
@@ -276,20 +276,25 @@ def test_chat_video_goes_at_start_of_first_user_turn(tokenizer):
         {"role": "assistant", "content": "Someone drums."},
         {"role": "user", "content": "On what?"},
     ]
-    before, after = chat_segments(tokenizer, messages)
+    rendered = chat_inference_ids(tokenizer, messages)
+    before, after = tokenizer.decode(rendered.prefix_ids), tokenizer.decode(rendered.suffix_ids)
     assert before.endswith("<|im_start|>user\n")
     assert before.count("<|im_start|>user") == 1
     assert after.startswith("What happens?<|im_end|>")
     assert "On what?" in after and after.endswith("<|im_start|>assistant\n")
+    whole = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    assert before + after == whole  # the video goes between the pieces, nothing else changes
     with pytest.raises(ValueError, match="user"):
-        chat_segments(tokenizer, [{"role": "system", "content": "hi"}])
+        chat_inference_ids(tokenizer, [{"role": "system", "content": "hi"}])
 
 
 def test_chat_stream_yields_pieces_of_the_greedy_reply(model, clips):
     messages = [{"role": "user", "content": "Describe the video."}]
     pieces = list(model.chat_stream(messages, clips=clips[:1], max_new_tokens=8))
     assert len(pieces) > 1
-    before, after = chat_segments(model.tokenizer, messages)
+    whole = model.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    before, after = whole.split("<|im_start|>user\n", 1)
+    before += "<|im_start|>user\n"
     with torch.no_grad():
         features = model.get_video_features(clips=clips[:1])
     inputs = model.merge_video_and_text(

@@ -12,7 +12,9 @@ Saved layout (``save_pretrained``)::
     DIR/llm_adapter.safetensors   only when the LLM was fine-tuned with LoRA (config key "lora")
 
 Training: :meth:`VideoLanguageModel.forward` (= :meth:`lm_loss`) is the autoregressive LM loss on the
-target text after a prompt, the only loss the glue trains with (see ``vlm.training``).
+target text after a prompt, or on the assistant turns of a conversation rendered with the LLM's chat
+template (``vlm.chat_template``, the same rendering :meth:`chat_stream` uses), the only loss the glue
+trains with (see ``vlm.training``).
 """
 
 from __future__ import annotations
@@ -29,12 +31,12 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from vlm.generation import DecodingConfig, greedy_generate, greedy_token_steps, pad_token_id, stop_token_ids, stream_text
+from vlm.chat_template import IGNORE_INDEX, ChatIds, chat_inference_ids, chat_training_ids
 from vlm.llm import check_llm_accepts_embeddings, llm_hidden_size, load_llm
 from vlm.prompts import (
     PromptConfig,
     answer_continuation,
     Shot,
-    chat_segments,
     clean_open_answer,
     clean_question,
     leading_special_ids,
@@ -53,7 +55,6 @@ from vlm.scoring import (
 CONFIG_FILE = "prism_vlm_config.json"
 WEIGHTS_FILE = "resampler.safetensors"
 ADAPTER_FILE = "llm_adapter.safetensors"
-IGNORE_INDEX = -100
 FORMAT_VERSION = 1
 DEFAULT_MODEL_ENV = "PRISM_VLM_MODEL"
 
@@ -448,43 +449,79 @@ class VideoLanguageModel(nn.Module):
 
     # ------------------------------------------------------------------ training loss
 
+    def training_texts(
+        self,
+        prompts: Sequence[str],
+        targets: Sequence[str],
+        max_target_tokens: int | None = None,
+        conversations: Sequence[Sequence[dict] | None] | None = None,
+    ) -> list[ChatIds]:
+        """Token ids and labels of each training example around its video (see :class:`ChatIds`).
+
+        Row b is the conversation ``conversations[b]`` when one is given (prompt and target unused):
+        rendered by :func:`vlm.chat_template.chat_training_ids`, labels on the assistant turns and
+        their end-of-turn tokens, whole turns kept up to ``max_target_tokens`` labelled tokens.
+        Otherwise: [leading special ids] [video] [prompt b] [target b] [EOS], the target text being
+        ``answer_continuation(target)`` (a space, then the stripped text -- what captioning and QA
+        continue the prompt with) cut to ``max_target_tokens`` tokens, labelled with EOS.
+        """
+        if len(prompts) != len(targets) or (conversations is not None and len(conversations) != len(prompts)):
+            raise ValueError(f"need one prompt, target and conversation per example: {len(prompts)} prompts, "
+                             f"{len(targets)} targets, {None if conversations is None else len(conversations)} conversations")
+        eos = self.tokenizer.eos_token_id
+        if eos is None:
+            raise ValueError(f"the tokenizer {type(self.tokenizer).__name__} has no EOS token to end targets with")
+        leading = tuple(leading_special_ids(self.tokenizer))
+        end_of_turn = stop_token_ids(self.llm, self.tokenizer)
+        texts = []
+        for row, (prompt, target) in enumerate(zip(prompts, targets)):
+            if conversations is not None and conversations[row] is not None:
+                texts.append(chat_training_ids(self.tokenizer, conversations[row], end_of_turn, max_target_tokens))
+                continue
+            ids = text_ids(self.tokenizer, answer_continuation(target))
+            if max_target_tokens is not None:
+                ids = ids[:max_target_tokens]
+            ids = [*ids, eos]
+            prompt_ids = text_ids(self.tokenizer, prompt)
+            texts.append(ChatIds(leading, (*prompt_ids, *ids), (IGNORE_INDEX,) * len(prompt_ids) + tuple(ids)))
+        return texts
+
     def training_inputs(
         self,
         video_features: torch.Tensor,
         prompts: Sequence[str],
         targets: Sequence[str],
         max_target_tokens: int | None = None,
+        conversations: Sequence[Sequence[dict] | None] | None = None,
     ) -> tuple[MergedInputs, torch.Tensor]:
         """LLM inputs and labels for the LM loss.
 
-        Row b = [pads] [leading special ids] [video_features[b]] [prompt b] [target b] [EOS], left-padded,
-        so every row's target ends at the last position. The target text is
-        ``answer_continuation(target)`` (a space, then the stripped text -- what captioning and QA
-        continue the prompt with), cut to ``max_target_tokens`` tokens, then EOS.
-        Returns (merged inputs [B, S, ...], labels [B, K]) where K = longest target + EOS + 1: the
-        labels of the LAST K positions' next-token logits, IGNORE_INDEX (-100) except where the next
-        token is a target or EOS token (pads, prefix, video and prompt positions are ignored).
+        Row b = [pads] [prefix b] [video_features[b]] [suffix b], left-padded, so every row's last
+        labelled token is at the last position; prefix, suffix and labels from :meth:`training_texts`
+        (captions and QA: [leading special ids] [video] [prompt] [target] [EOS]; conversations: the
+        chat template's rendering with the video at the start of the first user turn).
+        Returns (merged inputs [B, S, ...], labels [B, K]) where K = the longest span from a row's
+        first labelled token to its end, + 1: the labels of the LAST K positions' next-token logits,
+        IGNORE_INDEX (-100) except where the next token is a labelled (target, EOS or assistant) token.
         """
-        if len(prompts) != len(targets) or len(prompts) != video_features.shape[0]:
+        if len(prompts) != video_features.shape[0]:
             raise ValueError(f"need one prompt and one target per video: {video_features.shape[0]} videos, "
                              f"{len(prompts)} prompts, {len(targets)} targets")
-        eos = self.tokenizer.eos_token_id
-        if eos is None:
-            raise ValueError(f"the tokenizer {type(self.tokenizer).__name__} has no EOS token to end targets with")
-        target_ids = []
-        for target in targets:
-            ids = text_ids(self.tokenizer, answer_continuation(target))
-            if max_target_tokens is not None:
-                ids = ids[:max_target_tokens]
-            target_ids.append([*ids, eos])
-        leading = leading_special_ids(self.tokenizer)
-        suffixes = [text_ids(self.tokenizer, prompt) + ids for prompt, ids in zip(prompts, target_ids)]
-        inputs = self.merge_video_and_text(video_features, [leading] * len(prompts), suffixes)
-        keep = max(len(ids) for ids in target_ids) + 1
-        labels = torch.full((len(targets), keep), IGNORE_INDEX, dtype=torch.long)
-        for row, ids in enumerate(target_ids):
-            # kept logit j is at position S - keep + j and predicts the token at S - keep + j + 1
-            labels[row, keep - 1 - len(ids) : keep - 1] = torch.tensor(ids)
+        texts = self.training_texts(prompts, targets, max_target_tokens, conversations)
+        inputs = self.merge_video_and_text(video_features, [t.prefix_ids for t in texts], [t.suffix_ids for t in texts])
+        spans = []
+        for text in texts:
+            labelled = [i for i, label in enumerate(text.labels) if label != IGNORE_INDEX]
+            if not labelled:
+                raise ValueError("a training example has no labelled token")
+            spans.append(len(text.labels) - labelled[0])
+        keep = max(spans) + 1
+        labels = torch.full((len(texts), keep), IGNORE_INDEX, dtype=torch.long)
+        for row, text in enumerate(texts):
+            # kept logit j is at position S - keep + j and predicts the token at S - keep + j + 1;
+            # the row's suffix ends at position S - 1
+            span = torch.tensor(text.labels[len(text.labels) - spans[row]:])
+            labels[row, keep - 1 - spans[row] : keep - 1] = span
         return inputs, labels.to(video_features.device)
 
     def example_losses(
@@ -494,10 +531,12 @@ class VideoLanguageModel(nn.Module):
         clips: torch.Tensor | np.ndarray | None = None,
         video_tokens: torch.Tensor | None = None,
         max_target_tokens: int | None = None,
+        conversations: Sequence[Sequence[dict] | None] | None = None,
     ) -> torch.Tensor:
-        """Mean next-token cross-entropy over each example's target tokens (and EOS): [B] float32.
+        """Mean next-token cross-entropy over each example's labelled tokens: [B] float32.
 
-        clips [B, T, H, W, 3] or video_tokens [B, M, D] as in :meth:`get_video_features`.
+        clips [B, T, H, W, 3] or video_tokens [B, M, D] as in :meth:`get_video_features`; examples as
+        in :meth:`training_texts` (``conversations[b]`` replaces prompt and target of row b).
         Logits are computed only at the last K positions (the targets), not over the whole sequence.
         """
         import torch.nn.functional as F
@@ -505,7 +544,7 @@ class VideoLanguageModel(nn.Module):
         from vlm.generation import accepts_logits_to_keep
 
         features = self.get_video_features(clips, video_tokens)
-        inputs, labels = self.training_inputs(features, prompts, targets, max_target_tokens)
+        inputs, labels = self.training_inputs(features, prompts, targets, max_target_tokens, conversations)
         keep = labels.shape[1]
         kwargs = {"logits_to_keep": keep} if accepts_logits_to_keep(self.llm) else {}
         logits = self.llm(
@@ -525,10 +564,11 @@ class VideoLanguageModel(nn.Module):
         clips: torch.Tensor | np.ndarray | None = None,
         video_tokens: torch.Tensor | None = None,
         max_target_tokens: int | None = None,
+        conversations: Sequence[Sequence[dict] | None] | None = None,
     ) -> torch.Tensor:
         """The training loss: the mean over examples of :meth:`example_losses` (each example weighs
         the same, so a batch split into micro-batches or processes gives the same loss). Scalar."""
-        return self.example_losses(prompts, targets, clips, video_tokens, max_target_tokens).mean()
+        return self.example_losses(prompts, targets, clips, video_tokens, max_target_tokens, conversations).mean()
 
     def forward(
         self,
@@ -537,9 +577,10 @@ class VideoLanguageModel(nn.Module):
         clips: torch.Tensor | np.ndarray | None = None,
         video_tokens: torch.Tensor | None = None,
         max_target_tokens: int | None = None,
+        conversations: Sequence[Sequence[dict] | None] | None = None,
     ) -> torch.Tensor:
         """:meth:`lm_loss` (so that DDP / accelerate can wrap the model)."""
-        return self.lm_loss(prompts, targets, clips, video_tokens, max_target_tokens)
+        return self.lm_loss(prompts, targets, clips, video_tokens, max_target_tokens, conversations)
 
     # ------------------------------------------------------------------ tasks on tensors
 
@@ -621,16 +662,15 @@ class VideoLanguageModel(nn.Module):
         """Stream the assistant's reply to a multi-turn chat about ONE video, text piece by piece.
 
         messages: [{"role": "system"|"user"|"assistant", "content": str}, ...] ending with a user turn;
-        the video tokens go at the start of the first user turn (rendered by the chat template).
+        the video tokens go at the start of the first user turn (rendered by the chat template through
+        :func:`vlm.chat_template.chat_inference_ids`, exactly as conversations are rendered in training).
         """
-        before, after = chat_segments(self.tokenizer, messages)
+        rendered = chat_inference_ids(self.tokenizer, messages)
         with torch.inference_mode():
             features = self.get_video_features(clips, video_tokens)
             if features.shape[0] != 1:
                 raise ValueError(f"chat takes one video, got a batch of {features.shape[0]}")
-            inputs = self.merge_video_and_text(
-                features, [text_ids(self.tokenizer, before)], [text_ids(self.tokenizer, after)]
-            )
+            inputs = self.merge_video_and_text(features, [rendered.prefix_ids], [rendered.suffix_ids])
         stop_ids = stop_token_ids(self.llm, self.tokenizer)
         steps = greedy_token_steps(
             self.llm, inputs.inputs_embeds, inputs.attention_mask, inputs.position_ids,

@@ -1,5 +1,5 @@
 """Text prompts around the video tokens: captioning, question answering (with few-shot examples),
-closed-vocabulary candidates and chat.
+closed-vocabulary candidates (a chat is rendered by ``vlm.chat_template``).
 
 Every prompt is laid out as ``[leading special tokens] [video tokens] [text]``: the video tokens come
 first, right after any BOS token the tokenizer would add, and the text follows them. A chat puts the
@@ -155,32 +155,3 @@ def load_shots(path: str | os.PathLike) -> list[Shot]:
             raise ShotsFileError(f"{path}: example {number} needs non-empty 'question' and 'answer' fields")
         shots.append(Shot(str(row["question"]), str(row["answer"])))
     return shots
-
-
-def chat_segments(tokenizer: PreTrainedTokenizerBase, messages: Sequence[dict]) -> tuple[str, str]:
-    """Render a chat with the tokenizer's template (generation prompt added) and split it where the
-    video goes: at the start of the first user turn. Returns (text before the video, text after)."""
-    if not isinstance(messages, Sequence) or not messages:
-        raise ChatMessagesError("chat messages must be a non-empty list of {'role', 'content'} dicts")
-    for number, message in enumerate(messages):
-        if not isinstance(message, dict) or not isinstance(message.get("role"), str) or not isinstance(
-            message.get("content"), str
-        ):
-            raise ChatMessagesError(f"chat message {number} must be a dict with string 'role' and 'content'")
-        if VIDEO_MARKER in message["content"]:
-            raise ChatMessagesError(f"chat message {number} contains the reserved text {VIDEO_MARKER!r}")
-    first_user = next((i for i, m in enumerate(messages) if m["role"] == "user"), None)
-    if first_user is None:
-        raise ChatMessagesError("chat messages contain no 'user' turn to attach the video to")
-    if messages[-1]["role"] != "user":
-        raise ChatMessagesError("the last chat message must be a 'user' turn (the assistant answers it)")
-    if not getattr(tokenizer, "chat_template", None):
-        raise ChatMessagesError(f"the tokenizer {type(tokenizer).__name__} has no chat template")
-    marked = [dict(m) for m in messages]
-    marked[first_user]["content"] = VIDEO_MARKER + marked[first_user]["content"]
-    rendered = tokenizer.apply_chat_template(marked, tokenize=False, add_generation_prompt=True)
-    if rendered.count(VIDEO_MARKER) != 1:
-        raise ChatMessagesError("the chat template did not render the first user turn verbatim")
-    before, after = rendered.split(VIDEO_MARKER)
-    return before, after
-

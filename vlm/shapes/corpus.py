@@ -9,13 +9,16 @@ follow, so the folder can be moved as a whole)::
     OUT/attributes.jsonl             one clip per line: ClipAttributes.to_dict() (objects, motion, seeds, split)
     OUT/captions.jsonl               {"id", "video": "videos/SPLIT/ID.mp4", "caption": [str, ...], "split"}
     OUT/qa.jsonl                     {"question_id", "id", "video", "question", "answer", "type", "split"}
+    OUT/conversations.jsonl          {"id", "video", "conversations": [{"from": "human"|"gpt", "value"}, ...], "split"}
+                                     (LLaVA's layout; "<video>\n" opens the first human turn)
     OUT/videos/SPLIT/ID.mp4          H.264 (libx264, yuv420p), T frames of S x S at `fps`
     OUT/SPLIT/captions.jsonl         the split's captions, "video": "../videos/SPLIT/ID.mp4"
     OUT/SPLIT/qa.jsonl               the split's questions, same paths
+    OUT/SPLIT/conversations.jsonl    the split's conversations, same paths
     OUT/SPLIT/refs.jsonl             {"video": ID, "captions": [...]} for `prism-vlm eval-caption`
 
 SPLIT is ``train``, ``val``, ``test`` or ``test_compositional``. Determinism: clip ``i``'s attributes,
-captions and questions come from ``numpy.random.default_rng([seed, i, stream])`` alone, the splits
+captions, questions and conversation come from ``numpy.random.default_rng([seed, i, stream])`` alone, the splits
 and held-out pairs from ``[seed, ...]`` alone; the encoder runs single-threaded, so the same seed and
 config give byte-identical files (with the same libx264 build).
 """
@@ -34,6 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
+from vlm.shapes.conversations import conversation, llava_conversation
 from vlm.shapes.language import ANSWER_VOCABULARY, captions, questions
 from vlm.shapes.render import (
     MOTIONS,
@@ -54,7 +58,7 @@ CORPUS_VERSION = 3
 SPLITS: tuple[str, ...] = ("train", "val", "test", "test_compositional")
 CORPUS_FILE = "corpus.json"
 _SPLIT_STREAM, _HELDOUT_STREAM = 1_000_001, 1_000_002  # rng streams beside the per-clip ones
-_ATTRIBUTE_STREAM, _LANGUAGE_STREAM = 0, 1
+_ATTRIBUTE_STREAM, _LANGUAGE_STREAM, _CONVERSATION_STREAM = 0, 1, 2
 X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow")
 
 
@@ -359,13 +363,17 @@ def corpus_description(num_clips: int, seed: int, config: ShapesConfig, first_in
     return description
 
 
-def clip_records(index: int, split: str, config: ShapesConfig, seed: int, heldout) -> tuple[ClipAttributes, list[str], list[dict]]:
-    """Clip ``index``'s attributes, captions and questions (deterministic for ``seed``)."""
+def clip_records(
+    index: int, split: str, config: ShapesConfig, seed: int, heldout
+) -> tuple[ClipAttributes, list[str], list[dict], list[dict]]:
+    """Clip ``index``'s attributes, captions, questions and conversation (chat messages),
+    deterministic for ``seed``."""
     attributes = sample_clip_attributes(index, split, config, seed, heldout)
     language_rng = np.random.default_rng([seed, index, _LANGUAGE_STREAM])
     clip_captions = captions(attributes, language_rng, config.num_captions)
     clip_questions = questions(attributes, language_rng)
-    return attributes, clip_captions, clip_questions
+    clip_conversation = conversation(attributes, clip_captions, np.random.default_rng([seed, index, _CONVERSATION_STREAM]))
+    return attributes, clip_captions, clip_questions, clip_conversation
 
 
 def make_shapes_corpus(
@@ -409,7 +417,7 @@ def make_shapes_corpus(
 
     jobs = [
         (attributes.to_dict(), str(out / attributes.video), config.crf, config.preset)
-        for attributes, _, _ in records
+        for attributes, *_ in records
         if not (out / attributes.video).is_file()
     ]
     from tqdm.auto import tqdm
@@ -461,16 +469,19 @@ def _jsonl(rows: list[dict]) -> str:
     return "".join(json.dumps(row) + "\n" for row in rows)
 
 
-def _write_manifests(out: Path, records: list[tuple[ClipAttributes, list[str], list[dict]]]) -> None:
-    attributes_rows, caption_rows, qa_rows = [], [], []
-    by_split: dict[str, dict[str, list[dict]]] = {s: {"captions": [], "qa": [], "refs": []} for s in SPLITS}
-    for attributes, clip_captions, clip_questions in records:
+def _write_manifests(out: Path, records: list[tuple[ClipAttributes, list[str], list[dict], list[dict]]]) -> None:
+    attributes_rows, caption_rows, qa_rows, conversation_rows = [], [], [], []
+    by_split: dict[str, dict[str, list[dict]]] = {s: {"captions": [], "qa": [], "refs": [], "conversations": []} for s in SPLITS}
+    for attributes, clip_captions, clip_questions, clip_conversation in records:
         video, split, name = attributes.video, attributes.split, attributes.id
         in_split = f"../{video}"  # the same file, relative to OUT/SPLIT/
         attributes_rows.append(attributes.to_dict())
         caption_rows.append({"id": name, "video": video, "caption": clip_captions, "split": split})
         by_split[split]["captions"].append({"id": name, "video": in_split, "caption": clip_captions})
         by_split[split]["refs"].append({"video": name, "captions": clip_captions})
+        turns = llava_conversation(clip_conversation)
+        conversation_rows.append({"id": name, "video": video, "conversations": turns, "split": split})
+        by_split[split]["conversations"].append({"id": name, "video": in_split, "conversations": turns})
         for number, qa in enumerate(clip_questions):
             row = {"question_id": f"{name}_q{number}", "id": name, "video": video, **qa, "split": split}
             qa_rows.append(row)
@@ -478,6 +489,7 @@ def _write_manifests(out: Path, records: list[tuple[ClipAttributes, list[str], l
     _write_text(out / "attributes.jsonl", _jsonl(attributes_rows))
     _write_text(out / "captions.jsonl", _jsonl(caption_rows))
     _write_text(out / "qa.jsonl", _jsonl(qa_rows))
+    _write_text(out / "conversations.jsonl", _jsonl(conversation_rows))
     for split, files in by_split.items():
         (out / split).mkdir(exist_ok=True)
         for kind, rows in files.items():

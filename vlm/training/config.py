@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 MIXED_PRECISIONS = ("auto", "no", "bf16")
-TASKS = ("auto", "caption", "qa")
+TASKS = ("auto", "caption", "qa", "chat")
 CONFIG_FILE = "train_config.json"
 
 
@@ -27,13 +27,16 @@ class TrainConfigError(ValueError):
 class DataSource:
     """One training (or validation) data set.
 
-    path: a JSONL manifest (``{"video": path, "caption": str | [str]}`` or ``{"video", "question",
-        "answer"}``; video paths relative to the manifest), a directory written by
-        ``datasets.Dataset.save_to_disk``, or ``hf:NAME`` for ``datasets.load_dataset(NAME)``.
-    task: "caption", "qa", or "auto" (captions when the caption column exists, else QA).
+    path: a JSONL manifest (``{"video": path, "caption": str | [str]}``, ``{"video", "question",
+        "answer"}``, or a conversation: ``{"video", "conversations": [{"from": "human"|"gpt", "value"}, ...]}``
+        (LLaVA) or ``{"video", "messages": [{"role", "content"}, ...]}`` (Hugging Face); video paths
+        relative to the manifest), a directory written by ``datasets.Dataset.save_to_disk``, or
+        ``hf:NAME`` for ``datasets.load_dataset(NAME)``.
+    task: "caption", "qa", "chat", or "auto" (a conversations or messages column means chat, else
+        captions when the caption column exists, else QA).
     weight: relative sampling weight in the training mixture.
     columns: column mapping, e.g. ``{"video": "clip_path", "caption": "sentences"}``; keys are
-        video, caption, question, answer, start, end (defaults: the same names).
+        video, caption, question, answer, conversations, messages, start, end (defaults: the same names).
     split: dataset split (HF datasets; default: the only one, else "train").
     """
 
@@ -49,7 +52,7 @@ class DataSource:
             raise TrainConfigError(f"data source {self.path}: task must be one of {TASKS}, got {self.task!r}")
         if not self.weight > 0:
             raise TrainConfigError(f"data source {self.path}: weight must be > 0, got {self.weight}")
-        known = {"video", "caption", "question", "answer", "start", "end"}
+        known = {"video", "caption", "question", "answer", "conversations", "messages", "start", "end"}
         unknown = sorted(set(self.columns) - known)
         if unknown:
             raise TrainConfigError(f"data source {self.path}: unknown column mapping keys {unknown} (known: {sorted(known)})")

@@ -1,5 +1,5 @@
-"""Training data for the glue: captions and QA pairs from JSONL manifests and Hugging Face datasets,
-a weighted mixture of them, seeded crops, and cached encoder tokens.
+"""Training data for the glue: captions, QA pairs and conversations from JSONL manifests and Hugging
+Face datasets, a weighted mixture of them, seeded crops, and cached encoder tokens.
 
 Reading (:func:`load_examples`) happens before any model is loaded, so bad input fails fast:
 a missing file, an empty data set or a column that does not exist raises
@@ -7,7 +7,9 @@ a missing file, an empty data set or a column that does not exist raises
 when training from a feature cache, not in the cache / listed there as unreadable) are skipped and
 reported (:class:`SkippedVideo`). Videos that exist but cannot be decoded are found when first
 visited: the visit takes a seeded replacement example of the same source and the video is
-reported then.
+reported then. Conversation rows that cannot be trained on (see ``vlm.conversations``: no assistant
+turn, roles out of order, a video marker in a later turn, empty text) are skipped and reported the
+same way, by reason.
 
 Order (:class:`ExampleStream`): an endless sequence of positions 0, 1, 2, ...; position ``p`` picks a
 source by the mixture weights and the next example of that source (each source is visited in a
@@ -35,6 +37,7 @@ import numpy as np
 import torch
 
 from vlm.batch_caption import Clip, DatasetVideo, decode_clip
+from vlm.conversations import ConversationError, read_conversation
 from vlm.training.config import DataSource
 
 MAX_REPLACEMENTS = 20
@@ -51,7 +54,8 @@ class Example:
 
     video: a file path or a :class:`vlm.batch_caption.DatasetVideo`; cache_key: the key of its tokens
     in the feature cache (None when not training from a cache); start/end: window in seconds;
-    task: "caption" (``captions``: one or more) or "qa" (``question``, ``answer``).
+    task: "caption" (``captions``: one or more), "qa" (``question``, ``answer``) or "chat"
+    (``messages``: ((role, content), ...), a valid conversation ending with an assistant turn).
     """
 
     video: str | DatasetVideo
@@ -59,6 +63,7 @@ class Example:
     captions: tuple[str, ...] = ()
     question: str = ""
     answer: str = ""
+    messages: tuple[tuple[str, str], ...] = ()
     start: float | None = None
     end: float | None = None
     cache_key: str | None = None
@@ -171,6 +176,12 @@ def _task(source: DataSource, columns: Sequence[str]) -> str:
     where = f"{source.path} (columns: {list(columns)})"
     if not has("video"):
         raise TrainingDataError(f"{where} has no video column {source.column('video')!r}; map it with columns={{'video': ...}}")
+    conversation_column = next((name for name in ("conversations", "messages") if has(name)), None)
+    if source.task == "chat" or (source.task == "auto" and conversation_column is not None):
+        if conversation_column is None:
+            raise TrainingDataError(f"{where} has no {source.column('conversations')!r} or {source.column('messages')!r} "
+                                    "column; map one with columns={'conversations': ...}")
+        return "chat"
     explicit_caption = "caption" in source.columns  # a mapped caption column means a caption source
     if source.task == "caption" or (source.task == "auto" and (has("caption") or explicit_caption)):
         if not has("caption"):
@@ -205,7 +216,8 @@ def load_examples(source: DataSource, cache_index: CacheIndex | None = None) -> 
         dataset = _read_dataset(source)
         columns = list(dataset.column_names)
         task = _task(source, columns)
-        wanted = [source.column(n) for n in ("video", "caption", "question", "answer", "start", "end") if source.column(n) in columns]
+        wanted = [source.column(n) for n in ("video", "caption", "question", "answer", "conversations", "messages", "start", "end")
+                  if source.column(n) in columns]
         video_column = source.column("video")
         values = dataset.select_columns([c for c in wanted if c != video_column]).to_dict()
         rows = []
@@ -242,6 +254,16 @@ def load_examples(source: DataSource, cache_index: CacheIndex | None = None) -> 
                 skipped.append(SkippedVideo(source.path, name, "no caption: empty caption text"))
                 continue
             fields = {"captions": captions}
+        elif task == "chat":
+            turns = row.get(source.column("conversations"))
+            if turns is None:
+                turns = row.get(source.column("messages"))
+            try:
+                messages = read_conversation(turns)
+            except ConversationError as error:
+                skipped.append(SkippedVideo(source.path, name, str(error)))
+                continue
+            fields = {"messages": tuple((m["role"], m["content"]) for m in messages)}
         else:
             question, answer = row.get(source.column("question")), row.get(source.column("answer"))
             if not isinstance(question, str) or not question.strip() or not isinstance(answer, (str, int, float)) or not str(answer).strip():
@@ -417,17 +439,21 @@ class GlueExamples(torch.utils.data.Dataset):
             raise TrainingDataError(
                 f"{self.names[source]}: {MAX_REPLACEMENTS + 1} videos in a row could not be read; last: {skipped[-1].reason}"
             )
+        messages = None
         if example.task == "caption":
             target = example.captions[int(rng.integers(len(example.captions)))] if self.training else example.captions[0]
+        elif example.task == "chat":
+            target, messages = "", [{"role": role, "content": content} for role, content in example.messages]
         else:
             target = example.answer
         return {"position": position, "task": example.task, "question": example.question, "target": target,
-                "video": example.name, "skipped": skipped, **video}
+                "messages": messages, "video": example.name, "skipped": skipped, **video}
 
 
 def collate_visits(items: list[dict]) -> dict:
-    """A micro-batch: lists of the text fields, and "tokens" [B, M, D] or "clips" [B, T, S, S, 3]."""
-    batch = {key: [item[key] for item in items] for key in ("position", "task", "question", "target", "video")}
+    """A micro-batch: lists of the text fields ("messages": a conversation or None per item), and
+    "tokens" [B, M, D] or "clips" [B, T, S, S, 3]."""
+    batch = {key: [item[key] for item in items] for key in ("position", "task", "question", "target", "messages", "video")}
     batch["skipped"] = [skipped for item in items for skipped in item["skipped"]]
     if "tokens" in items[0]:
         batch["tokens"] = torch.stack([item["tokens"] for item in items])

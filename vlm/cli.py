@@ -11,6 +11,7 @@ import sys
 # nothing heavy at module level (torch, transformers ... are imported inside the command function).
 SUBCOMMAND_MODULES: tuple[str, ...] = (
     "vlm.eval_commands",
+    "vlm.chat_cli",
     "vlm.shapes.cli",
     "apps.cli",
     "vlm.training.cli",

@@ -537,7 +537,7 @@ class VideoLanguageModel(nn.Module):
 
         clips [B, T, H, W, 3] or video_tokens [B, M, D] as in :meth:`get_video_features`; examples as
         in :meth:`training_texts` (``conversations[b]`` replaces prompt and target of row b).
-        Logits are computed only at the last K positions (the targets), not over the whole sequence.
+        Logits are computed only at the positions some row has a label for, not over the whole sequence.
         """
         import torch.nn.functional as F
 
@@ -546,11 +546,18 @@ class VideoLanguageModel(nn.Module):
         features = self.get_video_features(clips, video_tokens)
         inputs, labels = self.training_inputs(features, prompts, targets, max_target_tokens, conversations)
         keep = labels.shape[1]
-        kwargs = {"logits_to_keep": keep} if accepts_logits_to_keep(self.llm) else {}
+        # only the columns where some row has a label (a conversation's user turns need no logits)
+        columns = (labels != IGNORE_INDEX).any(dim=0).nonzero().squeeze(1)  # [C]
+        labels = labels[:, columns]  # [B, C]
+        length = inputs.inputs_embeds.shape[1]
+        kwargs = {"logits_to_keep": columns + (length - keep)} if accepts_logits_to_keep(self.llm) else {}
         logits = self.llm(
             inputs_embeds=inputs.inputs_embeds, attention_mask=inputs.attention_mask,
             position_ids=inputs.position_ids, use_cache=False, **kwargs,
-        ).logits[:, -keep:]  # [B, K, V]
+        ).logits
+        if not kwargs:
+            logits = logits[:, length - keep + columns]
+        # logits: [B, C, V]
         token_losses = F.cross_entropy(
             logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=IGNORE_INDEX, reduction="none"
         ).view(labels.shape)  # [B, K]

@@ -481,3 +481,51 @@ def test_first_index_continues_the_stream_with_the_same_heldout_pairs(corpus, cl
     assert more[2] == sample_clip_attributes(NUM_CLIPS + 2, "train", config, SEED, sorted(heldout))
     with pytest.raises(ValueError, match="first_index"):
         make_shapes_corpus(tmp_path / "bad", 2, seed=SEED, first_index=-1, progress=False)
+
+
+def test_conversations_are_natural_multi_turn_and_agree_with_attributes(corpus, clips):
+    from vlm.conversations import read_conversation
+    from vlm.shapes.chat_eval import named_answers
+
+    by_id = {clip.id: clip for clip in clips}
+    rows = _jsonl(corpus / "conversations.jsonl")
+    assert [row["id"] for row in rows] == [clip.id for clip in clips]
+    for split in SPLITS:  # per split, with paths relative to the split folder
+        split_rows = _jsonl(corpus / split / "conversations.jsonl")
+        assert [row["id"] for row in split_rows] == [row["id"] for row in rows if row["split"] == split]
+        assert all((corpus / split / row["video"]).is_file() for row in split_rows)
+    kinds = Counter()
+    for row in rows:
+        clip = by_id[row["id"]]
+        turns = row["conversations"]
+        assert turns[0]["value"].startswith("<video>\n") and not any("<video>" in t["value"] for t in turns[1:])
+        messages = read_conversation(turns)  # a valid conversation for training
+        assert 3 <= len(messages) // 2 <= 5
+        for question, reply in zip(messages[::2], messages[1::2]):
+            q, r = question["content"], reply["content"]
+            assert r[0].isupper() and r.endswith("."), r  # one sentence
+            if q.startswith(("What colour", "What color", "Which colour", "Which color")) and "it" not in q.split():
+                kinds["colour"] += 1
+                if clip.count == 1:
+                    assert named_answers(r, "colour") == {clip.objects[0].colour}, (q, r)
+                else:
+                    shape = next(o for o in clip.objects if o.shape in q)
+                    assert r == f"The {shape.shape} is {shape.colour}."
+            elif q.startswith("How many"):
+                kinds["count"] += 1
+                assert named_answers(r, "count") == {("one", "two")[clip.count - 1]}
+                assert all(f"{o.colour} {o.shape}" in r for o in clip.objects) or clip.count == 1
+            elif q.startswith(("How is the", "How are the", "What is the object doing", "What are the objects",
+                               "What does the shape")):
+                kinds["motion"] += 1
+                assert named_answers(r, "motion") == {clip.motion}, (q, r)
+            elif q.startswith("Is the"):
+                kinds["yes/no"] += 1
+                asked = named_answers(q, "colour")
+                obj = next(o for o in clip.objects if clip.count == 1 or o.shape in q)
+                assert r.startswith("Yes" if asked == {obj.colour} else "No") and r.endswith(f"{obj.colour}.")
+            elif r.startswith("I cannot tell"):
+                kinds["cannot tell"] += 1
+            elif q.split()[0] in ("And", "What", "Which", "How") and " it" in f" {q}" and r.startswith("It is"):
+                kinds["follow-up"] += 1  # refers back to the object of the previous exchange
+    assert all(kinds[k] > 0 for k in ("colour", "count", "motion", "yes/no", "cannot tell", "follow-up")), kinds

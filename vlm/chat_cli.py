@@ -37,6 +37,10 @@ class ChatSession:
             if self.max_exchanges > 1 else [{"role": "user", "content": text}]
         pieces = []
         for piece in self.model.chat_stream(messages, video_tokens=self.video_tokens, max_new_tokens=self.max_new_tokens):
+            if not pieces:
+                piece = piece.lstrip()  # the reply as recorded: no leading space
+                if not piece:
+                    continue
             pieces.append(piece)
             yield piece
         reply = "".join(pieces).strip()

@@ -4,7 +4,7 @@ starting point), then score it: closed-vocabulary QA per type against the blind 
 baselines, captions, and chat accuracy (``vlm.shapes.chat_eval``).
 
     python scripts/train_chat_demo.py --work WORK [--init-from vlm/demo_model] [--eval-split val|test] \\
-        [--steps 700 --batch 8 --micro-batch 1 --lr 1e-3 --weights qa=3,caption=1,chat=3] [--threads 2]
+        [--steps 500 --batch 8 --micro-batch 1 --lr 1e-3 --weights qa=3,caption=1,chat=3] [--threads 2]
 
 Stages, each skipped when its output exists (so a killed run resumes; the glue resumes from its
 checkpoints): WORK/corpus (``make-shapes``, seed 0, the full profile's 3000 clips), WORK/features/stage2
@@ -33,7 +33,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--work", required=True, type=Path)
     parser.add_argument("--init-from", type=Path, default=REPO / "vlm" / "demo_model",
                         help="a demo model directory (glue + encoder/) to start from")
-    parser.add_argument("--steps", type=int, default=700)
+    parser.add_argument("--steps", type=int, default=500)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--micro-batch", type=int, default=1,
                         help="examples per forward (1: no padding; conversations are ~4x longer than QA prompts)")

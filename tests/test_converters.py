@@ -154,3 +154,45 @@ def test_errors_and_cli(tmp_path, capsys):
     assert capsys.readouterr().out.splitlines() == [f"{tmp_path / 'out' / 'test.jsonl'}\t1", f"{tmp_path / 'out' / 'test_videos.jsonl'}\t1"]
     assert cli.main(["convert-annotations", "nextqa", str(src), str(tmp_path / "out")]) == 2
     assert "NExT-QA video map not found" in capsys.readouterr().err
+
+
+def test_videochatgpt_and_llava_video_conversations_load_as_training_data(tmp_path):
+    from vlm.training import DataSource
+    from vlm.training.data import load_examples
+
+    src = tmp_path / "videochatgpt"
+    (src / "videos").mkdir(parents=True)
+    (src / "videos" / "v_abc.mkv").write_bytes(b"x")
+    (src / "VideoInstruct100K.json").write_text(json.dumps([
+        {"video_id": "v_abc", "q": "What is the man doing?", "a": "He is playing drums. "},
+        {"video_id": "v_missing", "q": "Where is it?", "a": "In a garage."},
+    ]))
+    written = convert_annotations("videochatgpt", src, tmp_path / "out1")
+    rows = [json.loads(line) for line in (tmp_path / "out1" / "train_conversations.jsonl").read_text().splitlines()]
+    assert list(written.values()) == [2]
+    assert rows[0] == {"video": "../videochatgpt/videos/v_abc.mkv", "id": "v_abc_0", "conversations": [
+        {"from": "human", "value": "<video>\nWhat is the man doing?"}, {"from": "gpt", "value": "He is playing drums."}]}
+    loaded = load_examples(DataSource(str(tmp_path / "out1" / "train_conversations.jsonl")))
+    assert loaded.task == "chat" and len(loaded.examples) == 1 and loaded.report()["skipped_by_reason"] == {"missing": 1}
+
+    src = tmp_path / "llava_video"
+    subset = src / "0_30_s_academic_v0_1"
+    (subset / "academic_source" / "ego").mkdir(parents=True)
+    (subset / "academic_source" / "ego" / "a.mp4").write_bytes(b"x")
+    turns = [{"from": "human", "value": "<image>\nDescribe the video."}, {"from": "gpt", "value": "A kitchen."},
+             {"from": "human", "value": "What is cut?"}, {"from": "gpt", "value": "Onions."}]
+    (subset / "0_30_s_academic_v0_1_cap_processed.json").write_text(json.dumps([
+        {"id": "ego_1", "data_source": "0_30_s_academic_v0_1", "video": "academic_source/ego/a.mp4", "conversations": turns}]))
+    (src / "meta.json").write_text(json.dumps({"version": 1}))  # not a conversation list: ignored
+    convert_annotations("llava-video", src, tmp_path / "out2")
+    rows = [json.loads(line) for line in (tmp_path / "out2" / "train_conversations.jsonl").read_text().splitlines()]
+    assert rows == [{"video": "../llava_video/0_30_s_academic_v0_1/academic_source/ego/a.mp4", "id": "ego_1",
+                     "conversations": turns, "source_file": "0_30_s_academic_v0_1/0_30_s_academic_v0_1_cap_processed.json",
+                     "data_source": "0_30_s_academic_v0_1"}]
+    loaded = load_examples(DataSource(str(tmp_path / "out2" / "train_conversations.jsonl")))
+    assert loaded.examples[0].messages == (("user", "Describe the video."), ("assistant", "A kitchen."),
+                                           ("user", "What is cut?"), ("assistant", "Onions."))
+    with pytest.raises(AnnotationFormatError, match="no JSON list of conversations"):
+        convert_annotations("llava-video", tmp_path / "out1", tmp_path / "out3")
+    with pytest.raises(AnnotationFormatError, match="VideoChatGPT-100K annotations not found"):
+        convert_annotations("videochatgpt", tmp_path / "out2", tmp_path / "out3")

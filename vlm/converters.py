@@ -6,6 +6,9 @@
 * QA formats: ``OUT/{split}.jsonl`` with ``{"video", "question", "answer", "type",
   "question_id"}`` (plus ``"answers"`` where a dataset has extra accepted answers), the input of
   ``prism-vlm eval-qa``; and ``OUT/{split}_videos.jsonl`` listing the split's videos once;
+* conversation formats (instruction tuning): ``OUT/train_conversations.jsonl`` with ``{"video", "id",
+  "conversations": [{"from": "human"|"gpt", "value"}, ...]}`` (LLaVA's layout, ``"<video>\n"`` opening
+  the first human turn), the input of ``prism-vlm train``;
 * caption formats: ``OUT/{split}_videos.jsonl`` with ``{"video", "id"}`` (plus ``"start"``,
   ``"end"`` for clips cut from longer videos), the input of ``prism-vlm caption --videos``; and
   ``OUT/{split}_refs.jsonl`` with ``{"video": id, "captions": [...]}``, the references of
@@ -23,6 +26,8 @@ Expected layouts (SRC/...):
 | ``nextqa`` | ``{train,val,test}.csv`` (open-ended, NExT-OE), ``map_vid_vidorID.json``, optional ``add_reference_answer_{val,test}.json`` | ``NExTVideo/{dir}/{id}.mp4`` as mapped |
 | ``msrvtt`` | ``train_val_videodatainfo.json``, ``test_videodatainfo.json`` (MSR-VTT 2016) | ``TrainValVideo/video{N}.mp4``, ``TestVideo/video{N}.mp4`` (or all in ``videos/all/``) |
 | ``vatex`` | ``vatex_training_v1.0.json``, ``vatex_validation_v1.0.json``, ``vatex_public_test_english_v1.1.json`` | ``videos/{videoID}.mp4`` (the 10 s clips) |
+| ``videochatgpt`` | ``VideoInstruct100K.json`` (or ``VideoInstruct_Dataset.json``): a list of ``{"video_id", "q", "a"}`` (VideoChatGPT-100K); one conversation per question | ``videos/{video_id}.{mp4,mkv,webm}`` (ActivityNet) |
+| ``llava-video`` | ``*.json`` files in SRC and its subset folders (LLaVA-Video-178K: ``0_30_s_academic_v0_1/0_30_s_academic_v0_1_cap_processed.json``, ``..._oe_qa_processed.json``, ...): lists of ``{"id", "video", "conversations", "data_source"}`` | ``video`` relative to the JSON file's folder (the subset's extracted tarballs) |
 | ``youcook2`` | ``youcookii_annotations_trainval.json`` | ``raw_videos/{training,validation}/{recipe}/{youtube_id}.{mp4,mkv,webm}``; one clip per annotated segment |
 
 Question types: MSRVTT-QA and MSVD-QA get the question's wh-word (what/who/how/when/where, the
@@ -274,6 +279,52 @@ def convert_youcook2(src: Path, out: Path) -> dict[str, int]:
     return written
 
 
+VIDEO_SUFFIXES_VIDEOCHATGPT = (".mp4", ".mkv", ".webm")
+
+
+def _conversation_row(video: Path, out: Path, identifier: str, turns: list, extra: dict) -> dict:
+    return {"video": _relative(video, out), "id": identifier, "conversations": turns, **extra}
+
+
+def convert_videochatgpt(src: Path, out: Path) -> dict[str, int]:
+    """VideoChatGPT-100K (VideoInstruct100K.json) -> one single-exchange conversation per question."""
+    path = next((src / name for name in ("VideoInstruct100K.json", "VideoInstruct_Dataset.json") if (src / name).is_file()),
+                src / "VideoInstruct100K.json")
+    entries = _require(path, "VideoChatGPT-100K annotations")
+    if not isinstance(entries, list):
+        raise AnnotationFormatError(f"{path}: expected a JSON list of {{'video_id', 'q', 'a'}} objects")
+    rows = []
+    for index, entry in enumerate(entries):
+        video_id = str(_field(entry, "video_id", path, index))
+        question, answer = _field(entry, "q", path, index), _field(entry, "a", path, index)
+        video = next((src / "videos" / f"{video_id}{suffix}" for suffix in VIDEO_SUFFIXES_VIDEOCHATGPT
+                      if (src / "videos" / f"{video_id}{suffix}").is_file()), src / "videos" / f"{video_id}.mp4")
+        turns = [{"from": "human", "value": "<video>\n" + str(question).strip()}, {"from": "gpt", "value": str(answer).strip()}]
+        rows.append(_conversation_row(video, out, f"{video_id}_{index}", turns, {}))
+    return {str(out / "train_conversations.jsonl"): _write_jsonl(out / "train_conversations.jsonl", rows)}
+
+
+def convert_llava_video(src: Path, out: Path) -> dict[str, int]:
+    """LLaVA-Video-178K (and other LLaVA-layout JSON lists with "conversations") -> one manifest."""
+    files = sorted({*src.glob("*.json"), *src.glob("*/*.json")})
+    rows = []
+    for path in files:
+        entries = _load_json(path)
+        if not isinstance(entries, list) or not entries or not isinstance(entries[0], dict) or "conversations" not in entries[0]:
+            continue  # not a conversation file (e.g. a metadata JSON beside them)
+        for index, entry in enumerate(entries):
+            video = _field(entry, "video", path, index)
+            turns = _field(entry, "conversations", path, index)
+            extra = {"source_file": path.relative_to(src).as_posix()}
+            if isinstance(entry.get("data_source"), str):
+                extra["data_source"] = entry["data_source"]
+            rows.append(_conversation_row(path.parent / str(video), out, str(entry.get("id", f"{path.stem}_{index}")), turns, extra))
+    if not rows:
+        raise AnnotationFormatError(f"no JSON list of conversations (objects with 'video' and 'conversations') in {src} "
+                                    "or its subset folders")
+    return {str(out / "train_conversations.jsonl"): _write_jsonl(out / "train_conversations.jsonl", rows)}
+
+
 FORMATS: dict[str, Callable[[Path, Path], dict[str, int]]] = {
     "msrvtt-qa": convert_msrvtt_qa,
     "msvd-qa": convert_msvd_qa,
@@ -281,6 +332,8 @@ FORMATS: dict[str, Callable[[Path, Path], dict[str, int]]] = {
     "msrvtt": convert_msrvtt,
     "vatex": convert_vatex,
     "youcook2": convert_youcook2,
+    "videochatgpt": convert_videochatgpt,
+    "llava-video": convert_llava_video,
 }
 
 

@@ -134,7 +134,7 @@ def add_subcommand(subparsers) -> None:
     qa.set_defaults(func=_cmd_eval_qa)
 
     convert = subparsers.add_parser(
-        "convert-annotations", help="convert public QA / caption annotations to prism-vlm manifests"
+        "convert-annotations", help="convert public QA / caption / conversation annotations to prism-vlm manifests"
     )
     convert.add_argument("format", choices=sorted(FORMATS), help="annotation format")
     convert.add_argument("src", help="dataset folder in its documented layout (see the README)")

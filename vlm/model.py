@@ -598,14 +598,15 @@ class VideoLanguageModel(nn.Module):
         max_new_tokens: int = 32,
         prompt: str | None = None,
     ) -> list[str]:
-        """Greedy captions of a batch of videos (one forward batch): B strings."""
+        """Greedy captions of a batch of videos (one forward batch): B strings. A caption is one line:
+        a row stops at EOS or at a token holding a newline (the caption ends with its sentence)."""
         with torch.inference_mode():
             features = self.get_video_features(clips, video_tokens)
             prompt = self.config.prompts.caption_prompt if prompt is None else prompt
             inputs = self._prompt_inputs(features, [prompt] * features.shape[0])
             generated = greedy_generate(
                 self.llm, self.tokenizer, inputs.inputs_embeds, inputs.attention_mask, inputs.position_ids,
-                DecodingConfig(max_new_tokens=max_new_tokens),
+                DecodingConfig(max_new_tokens=max_new_tokens, stop_at_newline=True),
             )
         return [self.tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in generated]
 

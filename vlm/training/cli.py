@@ -10,6 +10,26 @@ from __future__ import annotations
 import argparse
 import json
 
+DESCRIPTION = """\
+Train the resampler with the LM loss (paper defaults: AdamW 0.9/0.999, wd 1e-4, lr 5e-4, linear
+warm-up and decay). Settings: --config FILE.json, overridden by flags.
+
+Data sources (--train / --val: JSONL manifests, saved Hugging Face datasets or hf:NAME, PATH:WEIGHT
+for the mixture); video paths are relative to the manifest. The task of a source comes from its
+columns (or --task):
+  captions       {"video": "a.mp4", "caption": "a dog runs" | ["...", ...]}
+  QA             {"video": "a.mp4", "question": "what runs?", "answer": "dog"}
+  conversations  {"video": "a.mp4", "conversations": [{"from": "human", "value": "<video>\\nWhat happens?"},
+                                                      {"from": "gpt", "value": "A dog runs."}, ...]}   (LLaVA)
+                 {"video": "a.mp4", "messages": [{"role": "user", "content": "What happens?"},
+                                                 {"role": "assistant", "content": "A dog runs."}, ...]}
+Conversations are rendered with the LLM's chat template exactly as `prism-vlm chat` and the app
+render a chat (the video at the start of the first user turn); the loss covers the assistant turns
+and their end-of-turn tokens only. Over --max-target-tokens assistant tokens, whole turns are kept
+from the start and the rest dropped (counted in data_report.json). Rows with no assistant turn,
+roles out of order, a <video> marker after the first turn or empty text are skipped and reported.
+"""
+
 # flag -> TrainConfig field (value given as parsed)
 _FIELDS = {
     "output_dir": "output_dir", "features": "features", "encoder": "encoder", "llm": "llm", "init_from": "init_from",
@@ -96,9 +116,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def add_subcommand(subparsers) -> None:
     train = subparsers.add_parser(
-        "train", help="train the glue (Perceiver Resampler) on captions / QA pairs, from videos or a feature cache",
-        description="Train the resampler with the LM loss (paper defaults: AdamW 0.9/0.999, wd 1e-4, lr 5e-4, "
-                    "linear warm-up and decay). Settings: --config FILE.json, overridden by flags.",
+        "train", help="train the glue (Perceiver Resampler) on captions, QA pairs and conversations, "
+                      "from videos or a feature cache",
+        description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     train.add_argument("--config", default=None, help="TrainConfig JSON (e.g. a run's train_config.json)")
     train.add_argument("--output-dir", default=None, help="run directory (checkpoints, metrics, final model/)")
@@ -106,7 +126,8 @@ def add_subcommand(subparsers) -> None:
     train.add_argument("--train", nargs="+", default=None, metavar="SRC[:WEIGHT]",
                        help="JSONL manifests, saved HF dataset dirs or hf:NAME, with optional mixture weights")
     train.add_argument("--val", nargs="+", default=None, metavar="SRC", help="validation sources")
-    train.add_argument("--task", choices=["auto", "caption", "qa"], default=None, help="task of the sources given (default auto)")
+    train.add_argument("--task", choices=["auto", "caption", "qa", "chat"], default=None,
+                       help="task of the sources given (default auto: from the columns)")
     train.add_argument("--column", action="append", default=None, metavar="KEY=COLUMN",
                        help="column mapping for the sources given, e.g. --column caption=sentences (repeatable)")
     train.add_argument("--features", default=None, help="prism-vlm features cache to train from (no decoding/encoding)")
@@ -120,7 +141,8 @@ def add_subcommand(subparsers) -> None:
                        help="a final LayerNorm on the resampler's output tokens (the soft prompt)")
     train.add_argument("--frames", type=int, default=None)
     train.add_argument("--frame-size", type=int, default=None)
-    train.add_argument("--max-target-tokens", type=int, default=None)
+    train.add_argument("--max-target-tokens", type=int, default=None,
+                       help="labelled tokens per example: captions/answers are cut, conversations keep whole turns (default 64)")
     train.add_argument("--max-steps", type=int, default=None)
     train.add_argument("--batch-size", type=int, default=None, help="global batch per optimizer step")
     train.add_argument("--micro-batch-size", type=int, default=None, help="per process per forward (gradient accumulation)")

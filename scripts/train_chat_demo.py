@@ -71,15 +71,59 @@ def chat_scores(model, clips, cache: Path, corpus: Path, limit: int) -> dict:
     from encoder.features import FeatureCache
     from vlm.shapes.chat_eval import chat_accuracy
 
+    from vlm.training.data import CacheIndex
+
     features = FeatureCache(cache)
+    keys = CacheIndex(features)  # the cache's keys are the paths as the split manifests wrote them
     clips = train_demo._spread(clips, limit)
 
     def reply(clip, message: str) -> str:
-        tokens = features.get(str(corpus / clip.video))[None].float()
+        tokens = features.get(keys.key(str(corpus / clip.video)))[None].float()
         return model.chat([{"role": "user", "content": message}], video_tokens=tokens, max_new_tokens=32)
 
     with torch.inference_mode():
         return chat_accuracy(clips, reply)
+
+
+CHAT_CHANCE = {"colour": 1 / 8, "motion": 1 / 8, "count": 1 / 2}
+
+
+def report_markdown(results: dict, split: str, timings: dict, command: str) -> str:
+    """The scores of one split as Markdown tables (pasted into docs/REPRODUCTION.md and the model card)."""
+    lines = [f"Split: **{split}**. Command: `{command}`.", ""]
+    chat = results["chat"]
+    lines += ["Chat accuracy (a one-turn chat; the reply must name the clip's answer and no other answer of its kind; "
+              "colour and motion on one-object clips, count on all):", "",
+              "| probe | message | clips | accuracy | chance | distinct replies |", "|---|---|---:|---:|---:|---:|"]
+    for kind, value in chat.items():
+        lines.append(f"| {kind} | \"{value['question']}\" | {value['clips']} | {100 * value['accuracy']:.1f} | "
+                     f"{100 * CHAT_CHANCE[kind]:.1f} | {value['distinct_replies']} |")
+    lines += ["", "Example replies:", ""]
+    for kind, value in chat.items():
+        for example in value["examples"][:2]:
+            lines.append(f"- {kind}, {example['clip']} (truth: {example['answer']}): \"{example['reply']}\"")
+    qa = results["qa"]
+    lines += ["", "Closed-vocabulary QA accuracy (%), candidates = the question type's answer words:", "",
+              train_demo.qa_table(qa, "closed_per_type", train_demo.VARIANT_LABELS), "",
+              "Open vocabulary (greedy, at most 4 tokens):", "", train_demo.qa_table(qa, "open", train_demo.VARIANT_LABELS), ""]
+    lines += ["| target | measured | met |", "|---|---:|:---:|"]
+    per_type = qa["assistant"]["closed_per_type"]["per_type"]
+    for kind, target in train_demo.TARGETS.items():
+        value = per_type[kind]["accuracy"] / 100
+        lines.append(f"| closed-vocabulary {kind} accuracy >= {target:.2f} | {value:.3f} | {'yes' if value >= target else '**no**'} |")
+    for kind, target in (("colour", 0.90), ("count", 0.90)):
+        value = chat[kind]["accuracy"]
+        lines.append(f"| chat {kind} accuracy >= {target:.2f} | {value:.3f} | {'yes' if value >= target else '**no**'} |")
+    captions = qa["assistant"]["captions"]
+    lines += ["", f"Captions: CIDEr-D {100 * captions['cider_d']:.1f}, BLEU-4 {100 * captions['bleu_4']:.1f}, "
+              f"ROUGE-L {100 * captions['rouge_l']:.1f} on {captions['num_clips']} clips; e.g. "
+              + "; ".join(f"\"{e['caption']}\" (reference \"{e['reference']}\")" for e in captions["examples"][:3]) + "."]
+    if "compositional" in qa:
+        held = qa["compositional"]["closed_per_type"]
+        lines += ["", "test_compositional (held-out colour-shape pairs), closed per type: "
+                  + ", ".join(f"{k} {v['accuracy']:.1f}" for k, v in held["per_type"].items()) + f"; all {held['accuracy']:.1f}."]
+    lines += ["", "Wall-clock (s): " + ", ".join(f"{k} {v}" for k, v in timings.items()) + "."]
+    return "\n".join(lines) + "\n"
 
 
 def main(argv=None) -> int:
@@ -132,6 +176,10 @@ def main(argv=None) -> int:
                                                 train_demo.caption_refs(corpus, [split]), videos[: profile.caption_clips],
                                                 train_demo._spread(examples, profile.open_questions))}
         train_demo.write_json(out, results)
+    if split == "test":
+        results["qa"] = {k: v for k, v in results["qa"].items() if k in ("assistant", "blind", "single_frame", "compositional")}
+    command = "python scripts/train_chat_demo.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    (args.work / f"report-{split}.md").write_text(report_markdown(results, split, timings, command), encoding="utf-8")
     summary = {kind: value["accuracy"] for kind, value in results["chat"].items()}
     summary.update({f"closed_{kind}": row["accuracy"]
                     for kind, row in results["qa"]["assistant"]["closed_per_type"]["per_type"].items()})

@@ -9,7 +9,8 @@ changes it. Runs unchanged under ``accelerate launch`` (DDP; only process 0 writ
 Run directory::
 
     train_config.json       the TrainConfig
-    data_report.json        per source: rows, examples, skipped (by reason); crop mode
+    data_report.json        per source: rows, examples, skipped (by reason); crop mode; conversations
+                            over max_target_tokens (whole turns kept, the rest dropped)
     data_errors.jsonl       every skipped video with its reason (missing, not cached, unreadable)
     train_log.txt           human-readable notes (data, crop mode, resumes)
     metrics.jsonl           {"step", "loss", "lr", "samples_per_s", "skipped_videos", ...}; {"step", "val_loss"}

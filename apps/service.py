@@ -75,6 +75,20 @@ def parse_candidates(text: str | None, max_candidates: int) -> list[str] | None:
     return candidates
 
 
+def _shown_path(source: str | os.PathLike | None) -> str | None:
+    """A source as the model card shows it: an existing path inside the working directory relative
+    to it, anything else (Hub ids, symbolic names, paths elsewhere) as given."""
+    if source is None:
+        return None
+    path = Path(source)
+    if path.exists():
+        try:
+            return path.resolve().relative_to(Path.cwd().resolve()).as_posix()
+        except ValueError:
+            pass
+    return str(source)
+
+
 def chat_text(content: object) -> str:
     """The text of a chat message's content: a string, or Gradio's list of parts
     ([{"type": "text", "text": ...}, ...]; files and components are skipped)."""
@@ -115,16 +129,17 @@ class ModelService:
         return self.model.config.frame_size
 
     def model_card(self) -> dict:
-        """What is loaded: encoder, LLM, glue (resampler shape and directory), frames, device."""
+        """What is loaded: encoder, LLM, glue (resampler shape and directory), frames, device. Paths
+        inside the directory the app was started from are shown relative to it."""
         config = self.model.config
         resampler = config.resampler
         return {
-            "encoder": config.encoder_source or type(self.model.encoder).__name__,
+            "encoder": _shown_path(config.encoder_source) or type(self.model.encoder).__name__,
             "encoder_width": resampler.video_width,
             "llm": config.llm_source or type(self.model.llm).__name__,
             "llm_width": resampler.llm_width,
             "llm_parameters": sum(p.numel() for p in self.model.llm.parameters()),
-            "glue": str(self.model_dir) if self.model_dir is not None else "(in memory)",
+            "glue": _shown_path(self.model_dir) if self.model_dir is not None else "(in memory)",
             "resampler": f"{resampler.depth} layer(s), {resampler.num_latents} latents, {resampler.num_heads} heads",
             "frames": config.num_frames,
             "frame_size": config.frame_size,

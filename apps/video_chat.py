@@ -29,8 +29,6 @@ from vlm.shapes.language import ANSWER_VOCABULARY
 logger = logging.getLogger(__name__)
 
 EXAMPLES_DIR = Path(__file__).resolve().parent / "examples"
-SHARED_CLIP = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "water_bottle_drumming.mp4"
-"""The shared real clip, offered as an example when it sits beside the checkout."""
 
 CANDIDATE_PRESETS: dict[str, list[str]] = {
     # the answer words of the moving-shapes corpus (vlm.shapes), which the demo model was trained on
@@ -58,9 +56,9 @@ frozen LLM. Upload a clip or pick an example: the strip shows the frames the mod
 
 
 def default_examples() -> list[Path]:
-    """Example clips: those shipped in ``apps/examples`` and the shared real clip when present."""
-    shipped = sorted(p for p in EXAMPLES_DIR.glob("*") if p.suffix.lower() in VIDEO_SUFFIXES) if EXAMPLES_DIR.is_dir() else []
-    return ([SHARED_CLIP] if SHARED_CLIP.is_file() else []) + shipped
+    """Example clips: those shipped in ``apps/examples`` (the official VideoPrism demo clip and three
+    clips of the moving-shapes corpus)."""
+    return sorted(p for p in EXAMPLES_DIR.glob("*") if p.suffix.lower() in VIDEO_SUFFIXES) if EXAMPLES_DIR.is_dir() else []
 
 
 # ---------------------------------------------------------------------------------------- errors

@@ -31,7 +31,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-SHARED_CLIP = REPO.parent / "shared" / "fixtures" / "water_bottle_drumming.mp4"
+SHARED_CLIP = REPO / "apps" / "examples" / "water_bottle_drumming.mp4"  # the official VideoPrism demo clip
 
 
 def free_port() -> int:
@@ -127,7 +127,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=None, help="glue directory (default: the installed default, else a stand-in)")
     parser.add_argument("--requests", type=int, default=20)
-    parser.add_argument("--clip", default=str(SHARED_CLIP), help="video sent with every request (default: the shared clip)")
+    parser.add_argument("--clip", default=str(SHARED_CLIP), help="video sent with every request (default: the official demo clip in apps/examples)")
     parser.add_argument("--frames", type=int, default=8, help="frames of the stand-in glue (default 8)")
     parser.add_argument("--frame-size", type=int, default=72, help="frame size of the stand-in glue (default 72)")
     parser.add_argument("--latents", type=int, default=64, help="resampler latents of the stand-in glue (default 64)")

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 
-FIXTURES_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures"
 SCRIPTS_DIR = Path(__file__).resolve().parents[1] / "scripts"
 
 

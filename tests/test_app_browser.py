@@ -1,5 +1,5 @@
 """The app in a real browser: ``prism-vlm app --model DIR`` started as a user starts it, then
-Debian's chromium (headless, through Playwright) uploads the shared real clip, waits for the strip
+Debian's chromium (headless, through Playwright) uploads the official VideoPrism demo clip, waits for the strip
 of sampled frames, clicks Describe, reads the description that appears and saves a screenshot.
 
 Chromium is required, not optional: ``.ci/run`` installs it (``apt-get install chromium``), so a
@@ -21,7 +21,7 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.conftest import FIXTURES_DIR
+from tests.fixture_files import REAL_CLIP
 from tests.tiny_glue import FRAMES, SIZE, build_tiny_glue, save_tiny_glue
 
 REPO = Path(__file__).resolve().parents[1]
@@ -30,7 +30,7 @@ CHROMIUM_ARGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
 ]
-SHARED_CLIP = FIXTURES_DIR / "water_bottle_drumming.mp4"
+SHARED_CLIP = REAL_CLIP
 UI_MAX_NEW_TOKENS = 32  # the page's default "Max new tokens"
 
 
@@ -99,7 +99,7 @@ def test_upload_the_shared_clip_describe_it_and_take_a_screenshot(served_app, br
     from vlm.model import load_model
 
     if not SHARED_CLIP.is_file():
-        pytest.fail(f"the shared clip is missing: {SHARED_CLIP}")
+        pytest.fail(f"the demo clip is missing: {SHARED_CLIP}")
     page = browser.new_page(viewport={"width": 1400, "height": 1100})
     outside = []
     page.on("request", lambda request: outside.append(request.url) if urlparse(request.url).hostname not in ("127.0.0.1", "localhost") and not request.url.startswith(("data:", "blob:")) else None)

@@ -5,7 +5,6 @@ attention parity with the attention logit softcap in force, and the FLOP count o
 from __future__ import annotations
 
 import importlib.util
-from pathlib import Path
 
 import pytest
 import torch
@@ -22,7 +21,7 @@ from encoder.factorized import encode_tokens
 from encoder.flops import videoprism_forward_flops
 from encoder.loading import ATTN_IMPLEMENTATIONS, load_encoder
 
-REFERENCE = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "videoprism_reference"
+from tests.fixture_files import REFERENCE_DIR as REFERENCE
 SOFTCAP = 5.0
 FRAMES, SIZE = 4, 32
 

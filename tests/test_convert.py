@@ -1,6 +1,5 @@
-"""Parity of converted official checkpoints with the official JAX outputs (../shared/fixtures)."""
+"""Parity of converted official checkpoints with the official JAX outputs (tests/fixtures/videoprism_reference)."""
 
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,8 +12,8 @@ from encoder.loading import load_encoder
 from encoder.text_tokenizer import canonicalize_text, tokenize_texts
 from vlm.cli import main as cli_main
 
-FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures"
-REFERENCE = FIXTURES / "videoprism_reference"
+from tests.fixture_files import REFERENCE_DIR as REFERENCE
+from tests.fixture_files import TEST_SPM_MODEL
 TOKEN_ATOL = 1e-4
 MIN_COSINE = 0.99999
 
@@ -56,7 +55,7 @@ def converted_dirs(tmp_path_factory):
                 str(REFERENCE / "lvt_tiny_params.npz"),
                 str(root / "lvt"),
                 "--tokenizer",
-                str(FIXTURES / "test_spm.model"),
+                str(TEST_SPM_MODEL),
             ]
         )
         == 0

@@ -37,8 +37,7 @@ from video_factory import (
     write_video,
 )
 
-FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures"
-REAL_VIDEO = FIXTURES / "water_bottle_drumming.mp4"
+from tests.fixture_files import REAL_CLIP as REAL_VIDEO
 
 
 def codes(frames: list[np.ndarray]) -> list[int]:

@@ -11,7 +11,7 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, VideoPrismVisionConfig, VideoPrismVisionModel
 
-from tests.conftest import FIXTURES_DIR
+from tests.fixture_files import REAL_CLIP
 from vlm import cli
 from vlm.generation import greedy_generate, greedy_token_steps, pad_token_id, stop_token_ids
 from vlm.llm import (
@@ -48,7 +48,7 @@ from vlm.scoring import (
     top_k_one_token_answers,
 )
 
-VIDEO = FIXTURES_DIR / "water_bottle_drumming.mp4"
+VIDEO = REAL_CLIP
 NUM_LATENTS = 8
 
 

@@ -10,13 +10,13 @@ import pytest
 import torch
 from transformers import VideoPrismVisionConfig, VideoPrismVisionModel
 
-from tests.conftest import FIXTURES_DIR
+from tests.fixture_files import REAL_CLIP
 from vlm.llm import SMOLLM2_SOURCE
 from vlm.model import VideoLanguageModel
 from vlm.prompts import Shot
 from vlm.scoring import candidate_log_likelihoods, candidate_token_ids, naive_candidate_log_likelihoods
 
-VIDEO = FIXTURES_DIR / "water_bottle_drumming.mp4"
+VIDEO = REAL_CLIP
 SHOTS = [Shot("who is talking to his family?", "man"), Shot("what is the woman cutting?", "onion")]
 
 

@@ -137,7 +137,7 @@ def add_subcommand(subparsers) -> None:
         "convert-annotations", help="convert public QA / caption / conversation annotations to prism-vlm manifests"
     )
     convert.add_argument("format", choices=sorted(FORMATS), help="annotation format")
-    convert.add_argument("src", help="dataset folder in its documented layout (see the README)")
+    convert.add_argument("src", help="dataset folder in its documented layout (see docs/evaluation.md)")
     convert.add_argument("out", help="output folder for the JSONL manifests")
     convert.set_defaults(func=_cmd_convert_annotations)
 

@@ -22,6 +22,7 @@ import torch
 
 from apps.limits import AppLimits, VideoInfo, VideoRejectedError, check_video
 from encoder.video import VideoDecodeError, load_clip, sample_times
+from vlm.chat_template import recent_turns
 from vlm.model import VideoLanguageModel
 from vlm.scoring import ScoredAnswer
 
@@ -246,10 +247,7 @@ class ModelService:
             if isinstance(turn, dict) and turn.get("role") in ("user", "assistant")
         ]
         turns = [turn for turn in turns if turn["content"].strip()]
-        user_positions = [i for i, turn in enumerate(turns) if turn["role"] == "user"]
-        if len(user_positions) > self.limits.max_chat_turns:
-            turns = turns[user_positions[-self.limits.max_chat_turns] :]
-        return turns + [{"role": "user", "content": message}]
+        return recent_turns(turns, self.limits.max_chat_turns) + [{"role": "user", "content": message}]
 
     def chat_stream(
         self,

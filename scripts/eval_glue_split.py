@@ -34,13 +34,26 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def score_split(model, corpus: Path, split: str, features, profile) -> tuple[dict, list]:
+    """(closed/open-vocabulary QA and caption scores of ``model`` on the split, its QA examples), from
+    ``features`` (a FeatureCache of the model's encoder), as train_demo scores test."""
+    from vlm.evaluation import read_qa
+    from vlm.shapes import ALL_ANSWERS
+
+    videos = train_demo.split_videos(corpus, split)
+    examples = read_qa(corpus / split / "qa.jsonl")
+    result = train_demo.evaluate_model(
+        model, examples, list(ALL_ANSWERS), features, profile, train_demo.caption_refs(corpus, [split]),
+        videos[: profile.caption_clips or None], train_demo._spread(examples, profile.open_questions),
+    )
+    return result, examples
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     from encoder.features import FeatureCache
     from encoder.threads import torch_threads
-    from vlm.evaluation import read_qa
     from vlm.model import VideoLanguageModel
-    from vlm.shapes import ALL_ANSWERS
 
     profile = train_demo.PROFILES[args.profile]
     refs_path = args.corpus / args.split / "refs.jsonl"
@@ -48,13 +61,7 @@ def main(argv=None) -> int:
         raise SystemExit(f"{refs_path} is missing: not a make-shapes corpus split")
     with torch_threads(args.threads):
         model = VideoLanguageModel.from_pretrained(args.model, load_video_encoder=False)
-        videos = train_demo.split_videos(args.corpus, args.split)
-        examples = read_qa(args.corpus / args.split / "qa.jsonl")
-        result = train_demo.evaluate_model(
-            model, examples, list(ALL_ANSWERS), FeatureCache(args.features), profile,
-            train_demo.caption_refs(args.corpus, [args.split]),
-            videos[: profile.caption_clips or None], train_demo._spread(examples, profile.open_questions),
-        )
+        result, examples = score_split(model, args.corpus, args.split, FeatureCache(args.features), profile)
     result = {"model": str(args.model), "split": args.split, "questions": len(examples), **result}
     if args.json_out:
         train_demo.write_json(args.json_out, result)

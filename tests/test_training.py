@@ -23,7 +23,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.tiny_glue import FRAMES, SIZE, build_tiny_glue, write_clip
+from tests.tiny_glue import FRAMES, SIZE, build_tiny_glue, save_tiny_parts, write_clip
 from vlm.training import DataSource, TrainConfig, TrainingDataError, train_glue
 from vlm.training.config import TrainConfigError
 from vlm.training.data import ExampleStream, GlueExamples, ProcessShardSampler, VideoSettings, load_examples
@@ -43,9 +43,7 @@ def parts(tmp_path_factory, smollm2_tokenizer):
 
     root = tmp_path_factory.mktemp("train")
     model = build_tiny_glue(smollm2_tokenizer)
-    model.encoder.save_pretrained(root / "encoder")
-    model.llm.save_pretrained(root / "llm")
-    smollm2_tokenizer.save_pretrained(root / "llm")
+    save_tiny_parts(model, smollm2_tokenizer, root)
     (root / "clips").mkdir()
     captions = []
     for i in range(6):

@@ -39,11 +39,16 @@ def build_tiny_glue(tokenizer, seed: int = 0):
     return model.eval()
 
 
-def save_tiny_glue(model, tokenizer, root: Path) -> Path:
-    """Save the parts as transformers directories and the glue beside them; returns the glue dir."""
+def save_tiny_parts(model, tokenizer, root: Path) -> None:
+    """Save the frozen parts as transformers directories: ROOT/encoder, ROOT/llm (with the tokenizer)."""
     model.encoder.save_pretrained(root / "encoder")
     model.llm.save_pretrained(root / "llm")
     tokenizer.save_pretrained(root / "llm")
+
+
+def save_tiny_glue(model, tokenizer, root: Path) -> Path:
+    """Save the parts as transformers directories and the glue beside them; returns the glue dir."""
+    save_tiny_parts(model, tokenizer, root)
     model.config.encoder_source = str(root / "encoder")
     model.config.llm_source = str(root / "llm")
     model.save_pretrained(root / "glue")

@@ -14,8 +14,8 @@ HELP = "/reset starts a new conversation about the same video, /quit (or Ctrl-D)
 
 
 class ChatSession:
-    """The turns of one chat about one video's encoder tokens, the history bounded to the last
-    ``max_exchanges`` exchanges (the video stays at the start of the first kept user turn)."""
+    """The turns of one chat about one video's encoder tokens, the history in the prompt bounded to the
+    last ``max_exchanges`` exchanges as in the app (the video stays at the start of the first kept user turn)."""
 
     def __init__(self, model, video_tokens, max_new_tokens: int, max_exchanges: int = 8):
         if max_exchanges < 1:
@@ -30,11 +30,12 @@ class ChatSession:
 
     def send(self, message: str):
         """Stream the reply to ``message`` piece by piece; the exchange joins the history at the end."""
+        from vlm.chat_template import recent_turns
+
         text = " ".join(message.split())
         if not text:
             raise ValueError("the message is empty")
-        messages = self.history[-2 * (self.max_exchanges - 1):] + [{"role": "user", "content": text}] \
-            if self.max_exchanges > 1 else [{"role": "user", "content": text}]
+        messages = recent_turns(self.history, self.max_exchanges) + [{"role": "user", "content": text}]
         pieces = []
         for piece in self.model.chat_stream(messages, video_tokens=self.video_tokens, max_new_tokens=self.max_new_tokens):
             if not pieces:
@@ -114,6 +115,8 @@ def _cmd_chat(args: argparse.Namespace) -> int:
         raise ValueError("--json needs --message (the interactive chat prints as it goes)")
     if any(not m.strip() for m in args.message or []):
         raise ValueError("--message must not be empty")
+    if args.max_exchanges < 1 or args.max_new_tokens < 1:  # before the model is loaded
+        raise ValueError(f"--max-exchanges and --max-new-tokens must be >= 1, got {args.max_exchanges} and {args.max_new_tokens}")
     session = open_session(args)
     if args.message:
         return _one_shot(session, args.message, args.json, args.video)

@@ -64,6 +64,15 @@ def check_messages(messages: Sequence[dict], *, ends_with: str) -> None:
         raise ChatMessagesError(f"the last chat message must be a '{ends_with}' turn")
 
 
+def recent_turns(turns: Sequence[dict], max_exchanges: int) -> list[dict]:
+    """The history a chat keeps in its prompt: the turns from the ``max_exchanges``-th last user turn
+    on (all of them when there are fewer user turns)."""
+    user_positions = [i for i, turn in enumerate(turns) if turn["role"] == "user"]
+    if len(user_positions) > max_exchanges:
+        return list(turns[user_positions[-max_exchanges]:])
+    return list(turns)
+
+
 def _render(tokenizer: PreTrainedTokenizerBase, messages: Sequence[dict], add_generation_prompt: bool) -> str:
     return tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=add_generation_prompt)
 

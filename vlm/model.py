@@ -496,32 +496,26 @@ class VideoLanguageModel(nn.Module):
     ) -> tuple[MergedInputs, torch.Tensor]:
         """LLM inputs and labels for the LM loss.
 
-        Row b = [pads] [prefix b] [video_features[b]] [suffix b], left-padded, so every row's last
-        labelled token is at the last position; prefix, suffix and labels from :meth:`training_texts`
-        (captions and QA: [leading special ids] [video] [prompt] [target] [EOS]; conversations: the
-        chat template's rendering with the video at the start of the first user turn).
-        Returns (merged inputs [B, S, ...], labels [B, K]) where K = the longest span from a row's
-        first labelled token to its end, + 1: the labels of the LAST K positions' next-token logits,
-        IGNORE_INDEX (-100) except where the next token is a labelled (target, EOS or assistant) token.
+        Row b = [pads] [prefix b] [video_features[b]] [suffix b], left-padded; prefix, suffix and labels
+        from :meth:`training_texts` (captions and QA: [leading special ids] [video] [prompt] [target]
+        [EOS]; conversations: the chat template's rendering with the video at the start of the first
+        user turn). Returns (merged inputs [B, S, ...], labels [B, S]): at position p the id of the
+        token at p + 1 where that token is labelled (a target, EOS or assistant token), else
+        IGNORE_INDEX (-100) -- the labels of the next-token logits.
         """
         if len(prompts) != video_features.shape[0]:
             raise ValueError(f"need one prompt and one target per video: {video_features.shape[0]} videos, "
                              f"{len(prompts)} prompts, {len(targets)} targets")
         texts = self.training_texts(prompts, targets, max_target_tokens, conversations)
+        if any(all(label == IGNORE_INDEX for label in text.labels) for text in texts):
+            raise ValueError("a training example has no labelled token")
         inputs = self.merge_video_and_text(video_features, [t.prefix_ids for t in texts], [t.suffix_ids for t in texts])
-        spans = []
-        for text in texts:
-            labelled = [i for i, label in enumerate(text.labels) if label != IGNORE_INDEX]
-            if not labelled:
-                raise ValueError("a training example has no labelled token")
-            spans.append(len(text.labels) - labelled[0])
-        keep = max(spans) + 1
-        labels = torch.full((len(texts), keep), IGNORE_INDEX, dtype=torch.long)
+        length = inputs.inputs_embeds.shape[1]
+        labels = torch.full((len(texts), length), IGNORE_INDEX, dtype=torch.long)
         for row, text in enumerate(texts):
-            # kept logit j is at position S - keep + j and predicts the token at S - keep + j + 1;
-            # the row's suffix ends at position S - 1
-            span = torch.tensor(text.labels[len(text.labels) - spans[row]:])
-            labels[row, keep - 1 - spans[row] : keep - 1] = span
+            # suffix token i sits at position S - len(suffix) + i and is predicted by the logit before it
+            start = length - len(text.suffix_ids) - 1
+            labels[row, start : length - 1] = torch.tensor(text.labels)
         return inputs, labels.to(video_features.device)
 
     def example_losses(
@@ -545,18 +539,16 @@ class VideoLanguageModel(nn.Module):
 
         features = self.get_video_features(clips, video_tokens)
         inputs, labels = self.training_inputs(features, prompts, targets, max_target_tokens, conversations)
-        keep = labels.shape[1]
-        # only the columns where some row has a label (a conversation's user turns need no logits)
+        # logits only at the positions where some row has a label (prompts and user turns need none)
         columns = (labels != IGNORE_INDEX).any(dim=0).nonzero().squeeze(1)  # [C]
         labels = labels[:, columns]  # [B, C]
-        length = inputs.inputs_embeds.shape[1]
-        kwargs = {"logits_to_keep": columns + (length - keep)} if accepts_logits_to_keep(self.llm) else {}
+        kwargs = {"logits_to_keep": columns} if accepts_logits_to_keep(self.llm) else {}
         logits = self.llm(
             inputs_embeds=inputs.inputs_embeds, attention_mask=inputs.attention_mask,
             position_ids=inputs.position_ids, use_cache=False, **kwargs,
         ).logits
         if not kwargs:
-            logits = logits[:, length - keep + columns]
+            logits = logits[:, columns]
         # logits: [B, C, V]
         token_losses = F.cross_entropy(
             logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=IGNORE_INDEX, reduction="none"

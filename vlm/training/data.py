@@ -72,6 +72,10 @@ class Example:
     def name(self) -> str:
         return str(self.video)
 
+    def chat_messages(self) -> list[dict]:
+        """A chat example's conversation as chat messages: [{"role", "content"}, ...]."""
+        return [{"role": role, "content": content} for role, content in self.messages]
+
 
 @dataclass(frozen=True)
 class SkippedVideo:
@@ -443,7 +447,7 @@ class GlueExamples(torch.utils.data.Dataset):
         if example.task == "caption":
             target = example.captions[int(rng.integers(len(example.captions)))] if self.training else example.captions[0]
         elif example.task == "chat":
-            target, messages = "", [{"role": role, "content": content} for role, content in example.messages]
+            target, messages = "", example.chat_messages()
         else:
             target = example.answer
         return {"position": position, "task": example.task, "question": example.question, "target": target,

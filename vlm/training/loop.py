@@ -132,8 +132,7 @@ def conversation_truncation(model, sources, max_target_tokens: int) -> list[dict
         checked = loaded.examples[:MAX_TRUNCATION_CHECK]
         truncated = dropped = cut_first = 0
         for example in checked:
-            messages = [{"role": role, "content": content} for role, content in example.messages]
-            ids = chat_training_ids(model.tokenizer, messages, end_of_turn, max_target_tokens)
+            ids = chat_training_ids(model.tokenizer, example.chat_messages(), end_of_turn, max_target_tokens)
             if ids.truncated:
                 truncated += 1
                 dropped += ids.total_turns - max(ids.kept_turns, 1)

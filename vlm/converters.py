@@ -77,6 +77,12 @@ def _require(path: Path, what: str) -> dict | list:
     return _load_json(path)
 
 
+def _downloaded_video(folder: Path, name: str) -> Path:
+    """FOLDER/NAME.{mp4,mkv,webm}, whichever was downloaded (YouTube-sourced sets mix them); .mp4 when none is."""
+    return next((folder / f"{name}{ext}" for ext in (".mp4", ".mkv", ".webm") if (folder / f"{name}{ext}").exists()),
+                folder / f"{name}.mp4")
+
+
 def _field(row: dict, key: str, path: Path, index: int):
     if not isinstance(row, dict) or key not in row:
         raise AnnotationFormatError(f"{path}: entry {index} has no '{key}' field")
@@ -262,10 +268,7 @@ def convert_youcook2(src: Path, out: Path) -> dict[str, int]:
     for youtube_id, video in data["database"].items():
         subset = str(_field(video, "subset", path, youtube_id))
         folder = src / "raw_videos" / subset / str(video.get("recipe_type", ""))
-        location = next(
-            (folder / f"{youtube_id}{ext}" for ext in (".mp4", ".mkv", ".webm") if (folder / f"{youtube_id}{ext}").exists()),
-            folder / f"{youtube_id}.mp4",
-        )
+        location = _downloaded_video(folder, youtube_id)
         for segment in _field(video, "annotations", path, youtube_id):
             start, end = segment["segment"]
             clip_id = f"{youtube_id}_{segment['id']}"
@@ -277,9 +280,6 @@ def convert_youcook2(src: Path, out: Path) -> dict[str, int]:
     for split, split_clips in clips.items():
         written.update(_write_caption_split(out, split, split_clips, captions))
     return written
-
-
-VIDEO_SUFFIXES_VIDEOCHATGPT = (".mp4", ".mkv", ".webm")
 
 
 def _conversation_row(video: Path, out: Path, identifier: str, turns: list, extra: dict) -> dict:
@@ -297,8 +297,7 @@ def convert_videochatgpt(src: Path, out: Path) -> dict[str, int]:
     for index, entry in enumerate(entries):
         video_id = str(_field(entry, "video_id", path, index))
         question, answer = _field(entry, "q", path, index), _field(entry, "a", path, index)
-        video = next((src / "videos" / f"{video_id}{suffix}" for suffix in VIDEO_SUFFIXES_VIDEOCHATGPT
-                      if (src / "videos" / f"{video_id}{suffix}").is_file()), src / "videos" / f"{video_id}.mp4")
+        video = _downloaded_video(src / "videos", video_id)
         turns = [{"from": "human", "value": "<video>\n" + str(question).strip()}, {"from": "gpt", "value": str(answer).strip()}]
         rows.append(_conversation_row(video, out, f"{video_id}_{index}", turns, {}))
     return {str(out / "train_conversations.jsonl"): _write_jsonl(out / "train_conversations.jsonl", rows)}

@@ -180,6 +180,8 @@ def test_loss_from_the_cache_equals_on_the_fly_encoding(parts):
     # a cache with training crops: crop 0 is the plain centre crop, crop k the seeded random crop k
     assert crops.num_crops == 2 and sorted(crops.videos) == sorted(cache.videos)
     source = crop_source_size(SIZE)
+    offsets = {(video, crop): cache_crop_offsets(video, crop, 3, source, SIZE) for video in videos for crop in (1, 2)}
+    assert len(set(offsets.values())) > 1  # crops are drawn, not fixed
     for video in videos:
         torch.testing.assert_close(crops.get(video, 0), cache.get(video), atol=0, rtol=0)
         wide = load_clip(video, num_frames=FRAMES, size=source)
@@ -189,7 +191,9 @@ def test_loss_from_the_cache_equals_on_the_fly_encoding(parts):
             on_the_fly = model.lm_loss(prompts[:1], targets[:1], clips=view)
             cached = model.lm_loss(prompts[:1], targets[:1], video_tokens=crops.get(video, crop)[None])
             assert abs(float(on_the_fly.detach()) - float(cached.detach())) <= 1e-5
-        assert not torch.equal(crops.get(video, 1), crops.get(video, 2))
+        # two crops of a clip hold the same tokens exactly when they were drawn at the same offset (the
+        # offsets are seeded by the video's path, here a pytest folder: 1 run in 64 draws them equal)
+        assert torch.equal(crops.get(video, 1), crops.get(video, 2)) == (offsets[video, 1] == offsets[video, 2])
     with pytest.raises(KeyError, match="crops 0..2"):
         crops.get(videos[0], 3)
 

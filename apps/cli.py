@@ -27,6 +27,8 @@ def _cmd_app(args: argparse.Namespace) -> int:
     limits = AppLimits(
         max_upload_mb=args.max_upload_mb,
         max_duration_s=args.max_duration,
+        max_side_px=args.max_side,
+        max_decode_s=args.max_decode_seconds,
         max_frames=args.max_frames,
         max_new_tokens=args.max_new_tokens,
         concurrency=args.concurrency,
@@ -51,6 +53,10 @@ def add_subcommand(subparsers) -> None:
     app.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     app.add_argument("--max-upload-mb", type=float, default=200.0, help="largest accepted upload in MB (default 200)")
     app.add_argument("--max-duration", type=float, default=600.0, help="longest accepted clip in seconds (default 600)")
+    app.add_argument("--max-side", type=int, default=4096,
+                     help="largest accepted frame width or height in pixels, checked on every decoded frame (default 4096)")
+    app.add_argument("--max-decode-seconds", type=float, default=60.0,
+                     help="wall-time budget for decoding one clip (default 60)")
     app.add_argument("--max-frames", type=int, default=32, help="most frames a request may sample (default 32)")
     app.add_argument("--max-new-tokens", type=int, default=256, help="most tokens a request may generate (default 256)")
     app.add_argument("--concurrency", type=int, default=2, help="requests processed at once (default 2)")

@@ -16,11 +16,10 @@ from pathlib import Path
 
 import av
 
+from encoder.video import VideoDecodeError, open_video, packet_time_span, video_stream
+
 VIDEO_SUFFIXES = (".mp4", ".mov", ".webm", ".mkv", ".avi", ".gif")
 """Video files the page offers to upload."""
-
-# Local files only: an upload disguised as a playlist (m3u8, concat) must not reach the network.
-_PROBE_OPTIONS = {"protocol_whitelist": "file"}
 
 
 class VideoRejectedError(ValueError):
@@ -34,7 +33,9 @@ class AppLimits:
 
     max_upload_mb: largest accepted file (enforced by the server on upload and again here).
     max_duration_s: longest accepted clip, in seconds.
-    max_side_px: largest accepted frame width or height (decoding cost grows with it).
+    max_side_px: largest accepted frame width or height (decoding cost grows with it); checked on
+        the header and again on every decoded frame (the size may change mid-stream).
+    max_decode_s: wall-time budget for decoding one clip, in seconds.
     max_frames: largest number of frames a request may sample.
     max_new_tokens: largest number of tokens a request may generate.
     max_chat_turns: earlier question/answer pairs kept in a chat prompt (older ones are dropped).
@@ -48,6 +49,7 @@ class AppLimits:
     max_upload_mb: float = 200.0
     max_duration_s: float = 600.0
     max_side_px: int = 4096
+    max_decode_s: float = 60.0
     max_frames: int = 32
     max_new_tokens: int = 256
     max_chat_turns: int = 8
@@ -88,13 +90,14 @@ def probe_video(path: str | os.PathLike) -> VideoInfo:
     path = Path(path)
     name = _display_name(path)
     try:
-        container = av.open(str(path), mode="r", options=_PROBE_OPTIONS)
-    except (av.error.FFmpegError, OSError, UnicodeDecodeError) as error:
-        raise VideoRejectedError(f"'{name}' is not a video this app can read ({_reason(error)}).") from error
+        container = open_video(path)
+    except VideoDecodeError as error:
+        raise VideoRejectedError(f"'{name}' is not a video this app can read ({error.reason}).") from error
     with container:
-        if not container.streams.video:
-            raise VideoRejectedError(f"'{name}' has no video stream.")
-        stream = container.streams.video[0]
+        try:
+            stream = video_stream(container, path)  # the stream the decoder will read
+        except VideoDecodeError as error:
+            raise VideoRejectedError(f"'{name}' has no video stream.") from error
         width, height = int(stream.codec_context.width or 0), int(stream.codec_context.height or 0)
         time_base = stream.time_base or Fraction(1, av.time_base)
         duration = None
@@ -103,32 +106,11 @@ def probe_video(path: str | os.PathLike) -> VideoInfo:
         elif container.duration:
             duration = container.duration / av.time_base
         if duration is None or not math.isfinite(duration) or duration <= 0:
-            duration = _duration_from_packets(container, stream)
+            span = packet_time_span(container, stream)
+            duration = 0.0 if span is None else span[1]
     if width <= 0 or height <= 0:
         raise VideoRejectedError(f"'{name}' has a video stream without a frame size.")
     return VideoInfo(duration_s=duration, width=width, height=height)
-
-
-def _duration_from_packets(container: av.container.InputContainer, stream: av.video.stream.VideoStream) -> float:
-    first = last = None
-    try:
-        for packet in container.demux(stream):
-            stamp = packet.pts if packet.pts is not None else packet.dts
-            if stamp is None:
-                continue
-            begin = float(stamp * stream.time_base)
-            end = begin + float((packet.duration or 0) * stream.time_base)
-            first = begin if first is None else min(first, begin)
-            last = end if last is None else max(last, end)
-    except av.error.FFmpegError:
-        pass  # a truncated file: the readable part counts
-    return 0.0 if first is None else max(last - first, 0.0)
-
-
-def _reason(error: BaseException) -> str:
-    if isinstance(error, av.error.FFmpegError) and error.strerror:
-        return error.strerror.lower()
-    return str(error) or type(error).__name__
 
 
 def check_video(path: str | os.PathLike | None, limits: AppLimits) -> VideoInfo:

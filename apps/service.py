@@ -192,7 +192,8 @@ class ModelService:
                 self._clips.move_to_end(key)
                 return self._clips[key]
         try:
-            clip = load_clip(path, num_frames=num_frames, size=self.frame_size)
+            clip = load_clip(path, num_frames=num_frames, size=self.frame_size, max_side=self.limits.max_side_px,
+                             time_limit_s=self.limits.max_decode_s)
         except (VideoDecodeError, FileNotFoundError, ValueError) as error:
             reason = error.reason if isinstance(error, VideoDecodeError) else str(error)
             raise AppInputError(f"Could not decode '{path.name}': {reason}.") from error

@@ -25,10 +25,22 @@ Orientation
     the ``ffmpeg`` command line applies it, so frames come out upright as a player
     shows them. Image files honour their EXIF orientation.
 
+Bounded work
+    Decoding one clip costs at most about two passes over the file whatever its keyframe
+    layout: when a seek lands no later than where decoding already stood (a file with one
+    keyframe, or keyframes too sparse to help), seeking stops and the rest is decoded in one
+    forward pass. On top of that every clip has a budget of decoded frames (twice the
+    frames the header announces, at least :data:`MIN_FRAME_BUDGET`) and of wall time
+    (``time_limit_s``); exceeding either raises :class:`VideoDecodeError`. Every decoded
+    frame's size is checked against ``max_side`` (the size may change mid-stream) before it
+    is converted, and with an output ``size`` each kept frame is resized right after its
+    conversion, so memory holds ``num_frames`` small frames, not native ones.
+
 Errors
     A missing file raises ``FileNotFoundError``; a file from which no clip can be
     decoded (not a video, no video stream, empty, random bytes, truncated with nothing
-    decodable) raises :class:`VideoDecodeError`; bad arguments raise ``ValueError``.
+    decodable, over its budget, a frame larger than ``max_side``) raises
+    :class:`VideoDecodeError`; bad arguments raise ``ValueError``.
     A partly decodable file (cut or damaged in the middle) yields frames from its
     decodable part: sampled times that cannot be reached reuse the nearest decoded frame.
 """
@@ -39,6 +51,7 @@ import bisect
 import logging
 import math
 import os
+import time as _time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
@@ -51,15 +64,20 @@ from av.sidedata.sidedata import Type as _SideDataType
 from PIL import Image, ImageOps
 
 __all__ = [
+    "DEFAULT_TIME_LIMIT_S",
     "IMAGE_SUFFIXES",
     "MAX_NUM_FRAMES",
     "MAX_SIZE",
+    "MIN_FRAME_BUDGET",
     "VideoDecodeError",
     "center_crop",
     "decode_frames",
     "load_clip",
+    "open_video",
+    "packet_time_span",
     "resize_shorter_side",
     "sample_times",
+    "video_stream",
 ]
 
 logger = logging.getLogger(__name__)
@@ -79,7 +97,10 @@ _SEQUENTIAL_FRAMES_PER_SAMPLE = 4
 _FORWARD_DECODE_SECONDS = 2.0
 # Guards so that damaged or adversarial files can never make the reader loop forever.
 _MAX_CONSECUTIVE_DECODE_ERRORS = 32
-_MIN_FRAME_BUDGET = 10_000
+MIN_FRAME_BUDGET = 10_000
+"""Smallest per-clip budget of decoded frames (the budget is twice the frames the header announces)."""
+DEFAULT_TIME_LIMIT_S = 600.0
+"""Default wall-time budget for decoding one clip, in seconds."""
 _MAX_SEEK_RETRIES = 3
 _TIME_EPS = 1e-6
 _FORMAT_OPTIONS = {"protocol_whitelist": "file,crypto,data"}
@@ -110,6 +131,9 @@ def load_clip(
     size: int | None = 288,
     start: float | None = None,
     end: float | None = None,
+    *,
+    max_side: int | None = None,
+    time_limit_s: float | None = DEFAULT_TIME_LIMIT_S,
 ) -> np.ndarray:
     """Load ``num_frames`` uniformly sampled frames as a square RGB clip.
 
@@ -129,6 +153,9 @@ def load_clip(
         start: window start in seconds from the beginning of the video (videos only).
         end: window end in seconds (videos only). An ``end`` past the end of the video is
             clamped to the video's end; a ``start`` at or past the end is a ValueError.
+        max_side: videos only: a decoded frame wider or taller than this many pixels is a
+            VideoDecodeError (None: no limit).
+        time_limit_s: videos only: wall-time budget for decoding, in seconds (None: none).
 
     Returns:
         float32 array ``[T, size, size, 3]`` (``[T, H, W, 3]`` when ``size`` is None),
@@ -149,7 +176,8 @@ def load_clip(
             _reject_window(start, end, "an image file")
             frames = _repeat([_read_image(path)], num_frames)
         else:
-            frames = decode_frames(path, num_frames, start=start, end=end)
+            frames, _ = _decode_frames_with_stats(path, num_frames, start, end, size=size, max_side=max_side,
+                                                  time_limit_s=time_limit_s)
     else:
         _reject_window(start, end, "in-memory frames")
         frames = _repeat(_frames_from_memory(source), num_frames)
@@ -162,6 +190,9 @@ def decode_frames(
     num_frames: int,
     start: float | None = None,
     end: float | None = None,
+    *,
+    max_side: int | None = None,
+    time_limit_s: float | None = DEFAULT_TIME_LIMIT_S,
 ) -> list[np.ndarray]:
     """Decode the frames displayed at ``num_frames`` uniformly spaced times of a video.
 
@@ -172,6 +203,8 @@ def decode_frames(
         num_frames: number of frames to return (1 to :data:`MAX_NUM_FRAMES`).
         start, end: optional window in seconds from the beginning of the video; ``end``
             past the end of the video is clamped, ``start`` at or past it is an error.
+        max_side: a decoded frame wider or taller than this is a VideoDecodeError (None: no limit).
+        time_limit_s: wall-time budget in seconds (None: none).
 
     Returns:
         ``num_frames`` uint8 RGB arrays ``[H, W, 3]`` at native resolution, rotation
@@ -181,9 +214,9 @@ def decode_frames(
     Raises:
         ValueError: bad arguments.
         FileNotFoundError: ``path`` does not exist.
-        VideoDecodeError: no frame can be decoded from the file.
+        VideoDecodeError: no frame can be decoded from the file, or it exceeds a budget or ``max_side``.
     """
-    frames, _ = _decode_frames_with_stats(path, num_frames, start, end)
+    frames, _ = _decode_frames_with_stats(path, num_frames, start, end, max_side=max_side, time_limit_s=time_limit_s)
     return frames
 
 
@@ -420,6 +453,17 @@ class _DecodeStats:
     frames_converted: int = 0  # frames converted to RGB
     damaged: bool = False  # met undecodable or truncated data
     fallback: bool = False  # seeking gave nothing, so the file was re-read from its start
+    seeking_stopped: bool = False  # a seek landed no later than decoding stood: the rest went forward
+    frame_budget: int = MIN_FRAME_BUDGET  # decoded frames allowed for this clip, all passes together
+    deadline: float = math.inf  # time.monotonic() after which decoding stops with an error
+
+
+@dataclass(frozen=True)
+class _Budget:
+    """Limits of one clip's decoding (see the module docstring)."""
+
+    max_side: int | None
+    time_limit_s: float | None
 
 
 class _KeyframeIndex:
@@ -472,10 +516,21 @@ def _decode_frames_with_stats(
     num_frames: int,
     start: float | None = None,
     end: float | None = None,
+    *,
+    size: int | None = None,
+    max_side: int | None = None,
+    time_limit_s: float | None = DEFAULT_TIME_LIMIT_S,
 ) -> tuple[list[np.ndarray], _DecodeStats]:
-    """:func:`decode_frames` plus a record of how the frames were obtained."""
+    """:func:`decode_frames` plus a record of how the frames were obtained. With ``size``, each
+    kept frame is resized (shorter side) and centre-cropped to ``[size, size, 3]`` right after its
+    conversion, exactly as :func:`load_clip` would afterwards."""
     num_frames = _check_num_frames(num_frames)
     start, end = _check_window(start, end)
+    if max_side is not None and (isinstance(max_side, bool) or not isinstance(max_side, (int, np.integer)) or max_side < 1):
+        raise ValueError(f"max_side must be a positive int or None, got {max_side!r}")
+    if time_limit_s is not None and not (isinstance(time_limit_s, (int, float)) and time_limit_s > 0):
+        raise ValueError(f"time_limit_s must be a positive number of seconds or None, got {time_limit_s!r}")
+    began = _time.monotonic()
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"no such file: {str(path)!r}")
@@ -489,12 +544,15 @@ def _decode_frames_with_stats(
         info = _stream_info(container, stream, path)
         window = _resolve_window(info, start, end, path)
         times = sample_times(*window, num_frames)
-        stats = _DecodeStats(times=times)
+        announced = int(info.duration * info.fps) if info.fps else 0
+        stats = _DecodeStats(times=times, frame_budget=max(MIN_FRAME_BUDGET, 2 * announced),
+                             deadline=began + time_limit_s if time_limit_s is not None else math.inf)
+        convert = _Converter(path, size, max_side)
         window_frames = (window[1] - window[0]) * info.fps if info.fps else math.inf
         stats.sequential = not info.can_seek or window_frames <= _SEQUENTIAL_FRAMES_PER_SAMPLE * num_frames
         # Frame threads pay off on long forward runs, but are refilled after every seek.
         stream.thread_type = "AUTO" if stats.sequential else "SLICE"
-        frames = _read_at_times(container, stream, info, times, stats, path, reseek=not stats.sequential)
+        frames = _read_at_times(container, stream, info, times, stats, convert, reseek=not stats.sequential)
 
     if frames is None and not stats.sequential:
         # Seeking gave nothing (odd index, damaged file): one plain pass from the start.
@@ -503,12 +561,17 @@ def _decode_frames_with_stats(
             stream = _video_stream(container, path)
             stream.thread_type = "AUTO"
             info.can_seek = False
-            frames = _read_at_times(container, stream, info, times, stats, path, reseek=False)
+            frames = _read_at_times(container, stream, info, times, stats, convert, reseek=False)
     if frames is None:
         raise VideoDecodeError(path, "no decodable video frames")
     if stats.damaged:
         logger.warning("%s is damaged or truncated; frames come from its decodable part", path)
     return frames, stats
+
+
+def open_video(path: str | os.PathLike) -> av.container.InputContainer:
+    """Open a local video file with PyAV (local protocols only). Raises VideoDecodeError."""
+    return _open(Path(path))
 
 
 def _open(path: Path) -> av.container.InputContainer:
@@ -525,8 +588,14 @@ def _describe(exc: BaseException) -> str:
     return f"{exc} ({type(exc).__name__})"
 
 
+def video_stream(container: av.container.InputContainer, path: str | os.PathLike) -> av.video.stream.VideoStream:
+    """The video stream a clip is decoded from (the app's header check reads the same one): the
+    first video stream, a real video preferred over an attached picture (cover art).
+    Raises VideoDecodeError when there is none."""
+    return _video_stream(container, Path(path))
+
+
 def _video_stream(container: av.container.InputContainer, path: Path) -> av.video.stream.VideoStream:
-    """The first video stream, a real video preferred over an attached picture (cover art)."""
     streams = [s for s in container.streams.video if s.codec_context is not None]
     if not streams:
         raise VideoDecodeError(path, "no video stream (audio-only or not a video file)")
@@ -558,7 +627,11 @@ def _stream_info(
         fps = stream.frames / duration
 
     if duration is None or not math.isfinite(duration) or duration <= 0:
-        start, duration = _scan_packet_times(path)
+        with _open(path) as scan:
+            span = packet_time_span(scan, _video_stream(scan, path))
+        if span is None:
+            raise VideoDecodeError(path, "no timestamped video packets")
+        start, duration = span
 
     formats = set(container.format.name.split(","))
     can_seek = not formats & {"gif", "image2", "image2pipe"}
@@ -566,25 +639,26 @@ def _stream_info(
     return _StreamInfo(start=start, duration=duration, fps=fps, can_seek=can_seek, indexed=indexed)
 
 
-def _scan_packet_times(path: Path) -> tuple[float, float]:
-    """Clip start and duration from packet timestamps (demuxing only, no decoding)."""
+def packet_time_span(
+    container: av.container.InputContainer, stream: av.video.stream.VideoStream
+) -> tuple[float, float] | None:
+    """``(start, duration)`` of ``stream`` in seconds from its packet timestamps (demuxing only, no
+    decoding; a truncated file counts its readable part). None when no packet has a timestamp."""
     first = last = None
-    with _open(path) as container:
-        stream = _video_stream(container, path)
-        time_base = stream.time_base
-        try:
-            for packet in container.demux(stream):
-                stamp = packet.pts if packet.pts is not None else packet.dts
-                if stamp is None:
-                    continue
-                begin = float(stamp * time_base)
-                finish = begin + float((packet.duration or 0) * time_base)
-                first = begin if first is None else min(first, begin)
-                last = finish if last is None else max(last, finish)
-        except av.error.FFmpegError:
-            pass  # truncated: use what was readable
+    time_base = stream.time_base or Fraction(1, av.time_base)
+    try:
+        for packet in container.demux(stream):
+            stamp = packet.pts if packet.pts is not None else packet.dts
+            if stamp is None:
+                continue
+            begin = float(stamp * time_base)
+            finish = begin + float((packet.duration or 0) * time_base)
+            first = begin if first is None else min(first, begin)
+            last = finish if last is None else max(last, finish)
+    except av.error.FFmpegError:
+        pass  # truncated: use what was readable
     if first is None:
-        raise VideoDecodeError(path, "no timestamped video packets")
+        return None
     return first, max(last - first, 0.0)
 
 
@@ -601,18 +675,19 @@ class _FrameCursor:
     """Walks the decoded frames of one stream in presentation order; can seek.
 
     Tolerates damaged data: undecodable packets are skipped (up to a limit of
-    consecutive failures), a demuxing error ends the stream like an end of file, and at
-    most ``budget`` frames are decoded in all.
+    consecutive failures), a demuxing error ends the stream like an end of file. Decoding
+    more than ``stats.frame_budget`` frames in all, or past ``stats.deadline``, raises
+    VideoDecodeError.
     """
 
     _END = object()
 
-    def __init__(self, container, stream, info: _StreamInfo, stats: _DecodeStats, budget: int):
+    def __init__(self, container, stream, info: _StreamInfo, stats: _DecodeStats, path: Path):
         self._container = container
         self._stream = stream
         self._info = info
         self._stats = stats
-        self._budget = budget
+        self._path = path
         self._step = 1.0 / info.fps if info.fps else 0.04
         self._reset()
 
@@ -694,11 +769,14 @@ class _FrameCursor:
 
     def _timed(self, frames: list[av.VideoFrame]) -> Iterator[tuple[float, av.VideoFrame]]:
         for frame in frames:
-            self._stats.frames_decoded += 1
-            self._budget -= 1
-            if self._budget < 0:
-                self._stats.damaged = True
-                return
+            stats = self._stats
+            stats.frames_decoded += 1
+            if stats.frames_decoded > stats.frame_budget:
+                raise VideoDecodeError(self._path, f"decoding needed more than {stats.frame_budget} frames "
+                                       "(the header announces far fewer; damaged or hostile file)")
+            if _time.monotonic() > stats.deadline:
+                raise VideoDecodeError(self._path, f"decoding took longer than its time limit "
+                                       f"({stats.frames_decoded} frames decoded)")
             time = frame.time
             if time is None:  # no timestamp: assume the nominal frame step
                 time = self._info.start if self._last_time is None else self._last_time + self._step
@@ -712,29 +790,36 @@ def _read_at_times(
     info: _StreamInfo,
     times: np.ndarray,
     stats: _DecodeStats,
-    path: Path,
+    convert: _Converter,
     *,
     reseek: bool,
 ) -> list[np.ndarray] | None:
-    """RGB frames displayed at each of ``times`` (ascending). -> uint8 ``[H, W, 3]`` list, or None.
+    """RGB frames displayed at each of ``times`` (ascending), converted by ``convert``. -> uint8
+    ``[H, W, 3]`` list, or None when nothing is decodable.
 
     ``reseek``: seek again between times whenever that skips decoding; otherwise decode
-    forward from the first time (reached with at most one seek).
+    forward from the first time (reached with at most one seek). A seek that lands no later
+    than where decoding stood skipped nothing (one keyframe, or keyframes too sparse): from
+    then on the clip is decoded forward, so the work stays within about two passes.
     """
-    budget = max(_MIN_FRAME_BUDGET, 2 * int(info.duration * info.fps if info.fps else 0))
-    cursor = _FrameCursor(container, stream, info, stats, budget)
+    cursor = _FrameCursor(container, stream, info, stats, convert.path)
     keyframes = _KeyframeIndex(stream, trusted=info.indexed)
     can_seek = info.can_seek
     out: list[np.ndarray | None] = [None] * len(times)
     last_frame = last_array = None
     for i, time in enumerate(times):
         if can_seek and (reseek or i == 0) and _worth_seeking(cursor.position, time, keyframes):
+            stood = cursor.position
             can_seek = _seek_before(cursor, time, info)
+            landed = cursor.first_time() if can_seek else None
+            if i > 0 and landed is not None and landed <= stood + _TIME_EPS:
+                can_seek = False
+                stats.seeking_stopped = True
         frame = cursor.frame_at(time)
         if frame is None:
             continue
         if frame is not last_frame:
-            last_frame, last_array = frame, _upright_rgb(frame, path)
+            last_frame, last_array = frame, convert(frame)
             stats.frames_converted += 1
         out[i] = last_array
     return _fill_gaps(out)
@@ -784,6 +869,24 @@ def _fill_gaps(frames: list[np.ndarray | None]) -> list[np.ndarray] | None:
 
 
 # ----------------------------------------------------------------------------- colour and orientation
+
+
+class _Converter:
+    """Decoded frame -> uint8 RGB ``[H, W, 3]`` as displayed; the frame's size checked against
+    ``max_side`` before conversion; resized and centre-cropped to ``[size, size, 3]`` right after
+    it when ``size`` is given (None: native size)."""
+
+    def __init__(self, path: Path, size: int | None, max_side: int | None):
+        self.path, self.size, self.max_side = path, size, max_side
+
+    def __call__(self, frame: av.VideoFrame) -> np.ndarray:
+        if self.max_side is not None and max(frame.width, frame.height) > self.max_side:
+            raise VideoDecodeError(self.path, f"a frame is {frame.width}x{frame.height}, over the limit of "
+                                   f"{self.max_side} px a side")
+        array = _upright_rgb(frame, self.path)
+        if self.size is None:
+            return array
+        return center_crop(resize_shorter_side(array, self.size)[None], self.size)[0]
 
 
 def _upright_rgb(frame: av.VideoFrame, path: Path) -> np.ndarray:

@@ -244,6 +244,20 @@ def test_service_rejects_oversized_files_on_its_own(app, tmp_path):
         service.caption(big)
 
 
+def test_frame_size_switch_mid_stream_is_refused_by_the_decoder(app, tmp_path, monkeypatch):
+    """The header check sees 64x64; the decoder checks every frame against max_side_px."""
+    import dataclasses
+
+    from apps.service import AppInputError
+    from video_factory import write_resolution_switch
+
+    _, service, _ = app
+    path = write_resolution_switch(tmp_path / "switch.ts", large=640, frames_each=10).rename(tmp_path / "switch.mp4")
+    monkeypatch.setattr(service, "limits", dataclasses.replace(service.limits, max_side_px=256))
+    with pytest.raises(AppInputError, match="640x640, over the limit of 256 px"):
+        service.caption(path)
+
+
 def test_server_serves_only_uploads_and_examples(app, clips, glue_dir):
     url = app[0]
     get = lambda path: httpx.get(f"{url}gradio_api/file={path}", timeout=10)  # noqa: E731

@@ -34,6 +34,8 @@ from video_factory import (
     read_patch_colours,
     write_audio_only,
     write_code_video,
+    write_resolution_switch,
+    write_single_keyframe_video,
     write_video,
 )
 
@@ -576,3 +578,94 @@ def test_corrupt_middle_still_decodes(tmp_path):
     assert got == sorted(got)
     # Times before the damage and well after it (next keyframes) are exact.
     assert got[:6] == expected[:6] and got[-3:] == expected[-3:]
+
+
+# ----------------------------------------------------------------------------- bounded work
+
+
+@pytest.mark.parametrize("num_frames", [16, 32])
+def test_single_keyframe_file_decodes_in_work_proportional_to_the_file(tmp_path, num_frames):
+    """One keyframe: every seek lands at frame 0, so seeking must stop after the first useless one
+    (it used to re-decode from frame 0 for every sampled time: 77,008 frames for 16 samples of this
+    4,000-frame file) and the samples must still be the right frames."""
+    count, fps = 4000, 100
+    path = write_single_keyframe_video(tmp_path / "onekey.mp4", count, fps=fps)
+    frames, stats = _decode_frames_with_stats(path, num_frames)
+    assert stats.frames_decoded <= 2 * count
+    assert not stats.damaged
+    times = [i / fps for i in range(count)]
+    assert [read_code(f) for f in frames] == [displayed_index(times, t) for t in stats.times]
+
+
+def test_seeking_stops_only_when_it_skips_nothing(tmp_path):
+    """With a keyframe every second, seeking keeps paying off: far fewer frames than the file."""
+    count, fps = 4000, 100
+    path = write_code_video(tmp_path / "gop.mp4", count, fps=fps, gop=fps)
+    frames, stats = _decode_frames_with_stats(path, 8)
+    assert not stats.seeking_stopped
+    assert stats.frames_decoded < count / 2
+    times = [i / fps for i in range(count)]
+    assert [read_code(f) for f in frames] == [displayed_index(times, t) for t in stats.times]
+
+
+def test_decoding_over_its_frame_budget_is_a_clear_error(tmp_path, monkeypatch):
+    """A header that announces far fewer frames than the file holds (here: a stream rate claimed to
+    be 1 fps) bounds the work: past twice the announced frames decoding stops with an error."""
+    import encoder.video as video
+
+    path = write_code_video(tmp_path / "many.mp4", 400, fps=100)
+    real = video._stream_info
+
+    def lying(container, stream, path):
+        info = real(container, stream, path)
+        info.fps = 1.0
+        return info
+
+    monkeypatch.setattr(video, "_stream_info", lying)
+    monkeypatch.setattr(video, "MIN_FRAME_BUDGET", 5)
+    with pytest.raises(VideoDecodeError, match="more than 8 frames"):
+        load_clip(path, 4, size=16)
+
+
+def test_decoding_over_its_time_limit_is_a_clear_error(tmp_path):
+    path = write_code_video(tmp_path / "clip.mp4", 40)
+    with pytest.raises(VideoDecodeError, match="time limit"):
+        load_clip(path, 4, size=16, time_limit_s=1e-9)
+    assert load_clip(path, 4, size=16, time_limit_s=None).shape == (4, 16, 16, 3)
+
+
+@pytest.mark.parametrize("kwargs", [{"max_side": 0}, {"max_side": 2.5}, {"time_limit_s": 0}, {"time_limit_s": "1"}])
+def test_bad_limits_raise_value_error(tmp_path, kwargs):
+    path = write_code_video(tmp_path / "clip.mp4", 10)
+    with pytest.raises(ValueError):
+        load_clip(path, 4, size=16, **kwargs)
+
+
+def test_frame_size_change_mid_stream_is_checked_on_every_frame(tmp_path):
+    """The header says 64x64; the second half is 1600x1600. max_side refuses it at the first large
+    frame, before converting it."""
+    path = write_resolution_switch(tmp_path / "switch.ts")
+    with av.open(str(path)) as container:
+        assert container.streams.video[0].codec_context.width == 64
+    with pytest.raises(VideoDecodeError, match="1600x1600, over the limit of 256"):
+        load_clip(path, 16, size=32, max_side=256)
+    with pytest.raises(VideoDecodeError, match="over the limit"):
+        decode_frames(path, 16, max_side=256)
+
+
+def test_kept_frames_are_resized_right_after_conversion(tmp_path, monkeypatch):
+    """Without a limit the clip decodes, and what load_clip holds are frames already at the output
+    size: never the sixteen native frames (eight of them 1600x1600, 7.7 MB each) it used to keep."""
+    import encoder.video as video
+
+    path = write_resolution_switch(tmp_path / "switch.ts")
+    held = []
+    real = video._to_clip
+    monkeypatch.setattr(video, "_to_clip", lambda frames, size: held.extend(f.shape for f in frames) or real(frames, size))
+    clip = load_clip(path, 16, size=32)
+    assert clip.shape == (16, 32, 32, 3)
+    assert clip[0].mean() < clip[-1].mean()  # both halves are there
+    assert set(held) == {(32, 32, 3)}
+    native = decode_frames(path, 16)
+    assert {f.shape for f in native} == {(64, 64, 3), (1600, 1600, 3)}
+    np.testing.assert_array_equal(clip, real(native, 32))  # same pixels as resizing afterwards

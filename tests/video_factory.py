@@ -212,3 +212,27 @@ def displayed_index(times: Sequence[float], t: float) -> int:
         else:
             break
     return index
+
+
+def write_single_keyframe_video(path: str | Path, num_frames: int, fps: int = 100) -> Path:
+    """A code video (frame i shows code i) whose only keyframe is frame 0, so seeking can never
+    skip decoding: the layout that made the reader decode the file once per sampled time."""
+    x264 = f"keyint={num_frames + 1}:min-keyint={num_frames + 1}:scenecut=0"
+    return write_code_video(path, num_frames, fps=fps, gop=num_frames + 1, codec_options={"x264-params": x264})
+
+
+def write_resolution_switch(path: str | Path, small: int = 64, large: int = 1600, frames_each: int = 20) -> Path:
+    """An MPEG-TS file whose first half is ``small`` x ``small`` and whose second half is ``large``
+    x ``large`` (two segments, times continuing at 10 fps): its header announces the small size."""
+    path = Path(path)
+    parts = []
+    for index, side in enumerate((small, large)):
+        part = path.with_name(f"{path.stem}.part{index}.ts")
+        frames = [np.full((side, side, 3), 60 + 40 * index + 5 * (i % 4), np.uint8) for i in range(frames_each)]
+        pts = [100 * (index * frames_each + i) for i in range(frames_each)]
+        write_video(part, frames, pts_ms=pts, container_format="mpegts")
+        parts.append(part)
+    path.write_bytes(b"".join(part.read_bytes() for part in parts))
+    for part in parts:
+        part.unlink()
+    return path

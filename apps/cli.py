@@ -8,6 +8,8 @@ import os
 import shutil
 import tempfile
 
+from encoder.cli_arguments import FRAMES, NEW_TOKENS, POSITIVE, positive_float
+
 
 def _cmd_app(args: argparse.Namespace) -> int:
     # No telemetry or version checks; uploads go to a folder of this server's own.
@@ -51,14 +53,14 @@ def add_subcommand(subparsers) -> None:
     app.add_argument("--port", type=int, default=7860, help="port (default 7860)")
     app.add_argument("--share", action="store_true", help="also open a public gradio.live link (needs the internet)")
     app.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
-    app.add_argument("--max-upload-mb", type=float, default=200.0, help="largest accepted upload in MB (default 200)")
-    app.add_argument("--max-duration", type=float, default=600.0, help="longest accepted clip in seconds (default 600)")
-    app.add_argument("--max-side", type=int, default=4096,
+    app.add_argument("--max-upload-mb", type=positive_float, default=200.0, help="largest accepted upload in MB (default 200)")
+    app.add_argument("--max-duration", type=positive_float, default=600.0, help="longest accepted clip in seconds (default 600)")
+    app.add_argument("--max-side", type=POSITIVE, default=4096,
                      help="largest accepted frame width or height in pixels, checked on every decoded frame (default 4096)")
-    app.add_argument("--max-decode-seconds", type=float, default=60.0,
+    app.add_argument("--max-decode-seconds", type=positive_float, default=60.0,
                      help="wall-time budget for decoding one clip (default 60)")
-    app.add_argument("--max-frames", type=int, default=32, help="most frames a request may sample (default 32)")
-    app.add_argument("--max-new-tokens", type=int, default=256, help="most tokens a request may generate (default 256)")
-    app.add_argument("--concurrency", type=int, default=2, help="requests processed at once (default 2)")
-    app.add_argument("--queue-size", type=int, default=64, help="requests allowed to wait (default 64)")
+    app.add_argument("--max-frames", type=FRAMES, default=32, help="most frames a request may sample (default 32)")
+    app.add_argument("--max-new-tokens", type=NEW_TOKENS, default=256, help="most tokens a request may generate (default 256)")
+    app.add_argument("--concurrency", type=POSITIVE, default=2, help="requests processed at once (default 2)")
+    app.add_argument("--queue-size", type=POSITIVE, default=64, help="requests allowed to wait (default 64)")
     app.set_defaults(func=_cmd_app)

@@ -38,6 +38,7 @@ from transformers import VideoPrismVisionModel
 
 from encoder.crops import cache_crop_offsets, crop_clip, crop_source_size
 from encoder.factorized import encode_tokens
+from encoder.jsonl import JsonlAppender, read_jsonl_tolerant
 from encoder.video import VideoDecodeError, decode_frames, load_clip
 
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".webm", ".mkv", ".avi", ".gif", ".m4v", ".mpg", ".mpeg")
@@ -203,26 +204,9 @@ def encoder_identity(model: VideoPrismVisionModel) -> tuple[str, str]:
     return str(source), hashlib.sha1(config_json.encode()).hexdigest()
 
 
-def _read_jsonl(path: Path) -> list[dict]:
-    """Lines of a JSONL file; a torn last line (from a killed writer) is ignored."""
-    if not path.is_file():
-        return []
-    rows = []
-    with open(path, encoding="utf-8") as handle:
-        for line in handle:
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
-    return rows
-
-
 def _append_jsonl(path: Path, rows: Iterable[dict]) -> None:
-    with open(path, "a", encoding="utf-8") as handle:
-        for row in rows:
-            handle.write(json.dumps(row) + "\n")
-        handle.flush()
-        os.fsync(handle.fileno())
+    with JsonlAppender(path, ensure_ascii=True) as appender:
+        appender.write(list(rows))
 
 
 class FeatureCache:
@@ -233,8 +217,8 @@ class FeatureCache:
         if not (self.cache_dir / META_FILE).is_file():
             raise FileNotFoundError(f"{self.cache_dir} is not a feature cache (no {META_FILE})")
         self.meta = CacheMeta(**json.loads((self.cache_dir / META_FILE).read_text()))
-        rows = _read_jsonl(self.cache_dir / INDEX_FILE)
-        self.errors = {row["video"]: row["error"] for row in _read_jsonl(self.cache_dir / ERRORS_FILE)}
+        rows = read_jsonl_tolerant(self.cache_dir / INDEX_FILE)
+        self.errors = {row["video"]: row["error"] for row in read_jsonl_tolerant(self.cache_dir / ERRORS_FILE)}
         if not self.meta.crops:
             self.entries = {row["video"]: row for row in rows}
             self.crop_entries = {video: {0: row} for video, row in self.entries.items()}
@@ -298,8 +282,13 @@ def extract_features(
     """
     from tqdm.auto import tqdm
 
+    from encoder.video import check_num_frames, check_size
+
+    num_frames, size = check_num_frames(num_frames), check_size(size)  # before any file is written
     if batch_size < 1 or shard_size < 1:
         raise ValueError("batch_size and shard_size must be positive")
+    if num_workers < 0:
+        raise ValueError(f"num_workers must be >= 0, got {num_workers}")
     if crops < 0:
         raise ValueError(f"crops must be >= 0, got {crops}")
     storage = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -332,7 +321,7 @@ def extract_features(
         meta_path.write_text(json.dumps(values, indent=2))
 
     index_path, errors_path = cache_dir / INDEX_FILE, cache_dir / ERRORS_FILE
-    done = set(FeatureCache(cache_dir).entries) | {row["video"] for row in _read_jsonl(errors_path)}
+    done = set(FeatureCache(cache_dir).entries) | {row["video"] for row in read_jsonl_tolerant(errors_path)}
     todo = [v for v in dict.fromkeys(videos) if v not in done]
     shard_numbers = [int(p.stem.split("-")[1]) for p in cache_dir.glob("shard-*.safetensors")]
     next_shard = max(shard_numbers, default=-1) + 1

@@ -71,6 +71,8 @@ __all__ = [
     "MIN_FRAME_BUDGET",
     "VideoDecodeError",
     "center_crop",
+    "check_num_frames",
+    "check_size",
     "decode_frames",
     "load_clip",
     "open_video",
@@ -279,6 +281,16 @@ def center_crop(frames: np.ndarray, size: int) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- argument checks
+
+
+def check_num_frames(num_frames: int) -> int:
+    """``num_frames`` as an int in ``[1, MAX_NUM_FRAMES]``; anything else is a ValueError."""
+    return _check_num_frames(num_frames)
+
+
+def check_size(size: int) -> int:
+    """A frame ``size`` as an int in ``[1, MAX_SIZE]``; anything else is a ValueError."""
+    return _check_size(size)
 
 
 def _check_num_frames(num_frames: int) -> int:

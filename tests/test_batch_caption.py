@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 
+from encoder.jsonl import cut_torn_tail, read_jsonl_tolerant
 from tests.tiny_glue import FRAMES, SIZE, build_tiny_glue, save_tiny_glue, write_clip
 from vlm import cli
 from vlm.batch_caption import (
@@ -22,11 +23,9 @@ from vlm.batch_caption import (
     ClipListError,
     caption_clips,
     clips_from_feature_cache,
-    cut_torn_tail,
     decode_clip,
     errors_path_for,
     list_clips,
-    read_jsonl_tolerant,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -122,16 +121,56 @@ def test_folder_captions_flushed_as_they_go_errors_recorded_and_resumed(model, v
     assert lines(out) == rows  # torn line cut off, the two clips captioned again, identically
 
 
-def test_cut_torn_tail(tmp_path):
+def test_cut_torn_tail_moves_the_torn_bytes_aside(tmp_path):
     path = tmp_path / "f.jsonl"
+    torn = tmp_path / "f.jsonl.torn"
     path.write_text('{"a": 1}\n{"b": 2}\n{"c"')
-    cut_torn_tail(path)
+    assert cut_torn_tail(path) == 4
     assert path.read_text() == '{"a": 1}\n{"b": 2}\n'
-    cut_torn_tail(path)
+    assert torn.read_text() == '{"c"\n'  # nothing is deleted
+    assert cut_torn_tail(path) == 0
     assert path.read_text() == '{"a": 1}\n{"b": 2}\n'
     path.write_text("no newline at all")
     cut_torn_tail(path)
     assert path.read_text() == ""
+    assert torn.read_text() == '{"c"\nno newline at all\n'
+
+
+def test_resume_after_a_tail_torn_inside_a_multibyte_character(model, video_dir, tmp_path):
+    """Outputs are written with ensure_ascii=False: a kill can cut a line inside a UTF-8 character.
+    Every later resume used to fail with a decode error; now the torn line is moved aside and the
+    clip captioned again."""
+    clips = list_clips(video_dir)[1:3]
+    out = tmp_path / "preds.jsonl"
+    caption_clips(model, clips, out, batch_size=2, max_new_tokens=6, num_workers=0, progress=False)
+    rows = lines(out)
+    first = json.dumps(rows[0], ensure_ascii=False) + "\n"
+    out.write_bytes(first.encode() + '{"video": "clip2", "caption": "café'.encode()[:-1])  # cut inside "é"
+    assert read_jsonl_tolerant(out) == rows[:1]
+    resumed = caption_clips(model, clips, out, batch_size=2, max_new_tokens=6, num_workers=0, progress=False)
+    assert resumed["captioned"] == 1 and resumed["skipped"] == 1
+    assert lines(out) == rows
+    assert (tmp_path / "preds.jsonl.torn").read_bytes().startswith(b'{"video": "clip2"')
+
+
+@pytest.mark.parametrize("frames", ["0", "-3", "10000", "abc"])
+def test_absurd_frames_are_refused_before_any_work(video_dir, tmp_path, capsys, frames):
+    """--frames used to be recorded against every clip in the errors file (and 0 silently meant the
+    default), so a rerun with a good value skipped them all."""
+    out = tmp_path / "preds.jsonl"
+    with pytest.raises(SystemExit) as raised:
+        cli.main(["caption", "--videos", str(video_dir), "--out", str(out), "--frames", frames])
+    assert raised.value.code == 2
+    assert "--frames" in capsys.readouterr().err
+    assert not out.exists() and not errors_path_for(out).exists()
+
+
+def test_library_refuses_a_bad_frame_count_before_writing(model, video_dir, tmp_path):
+    out = tmp_path / "preds.jsonl"
+    for frames in (0, -3, 10000):
+        with pytest.raises(ValueError, match="num_frames"):
+            caption_clips(model, list_clips(video_dir), out, num_frames=frames, num_workers=0, progress=False)
+    assert not out.exists() and not errors_path_for(out).exists()
 
 
 def test_leftover_parts_of_a_killed_multiprocess_run_are_merged_without_duplicates(model, video_dir, tmp_path):

@@ -158,6 +158,27 @@ def test_features_cli(tmp_path, tiny_encoder_dir, video_dir):
     assert missing.returncode == 2 and "no such folder" in missing.stderr
 
 
+@pytest.mark.parametrize("flag, value", [("--frames", "0"), ("--frames", "-3"), ("--size", "0"), ("--batch-size", "0"),
+                                         ("--workers", "-1")])
+def test_features_cli_refuses_absurd_flags_before_writing(tmp_path, tiny_encoder_dir, video_dir, capsys, flag, value):
+    """`features --frames 0` used to write a meta.json that then errored every clip."""
+    from vlm import cli
+
+    out = tmp_path / "cache"
+    with pytest.raises(SystemExit) as raised:
+        cli.main(["features", "--model", str(tiny_encoder_dir), "--videos", str(video_dir), "--out", str(out), flag, value])
+    assert raised.value.code == 2 and flag in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_extract_features_refuses_a_bad_frame_count_before_writing(tmp_path, tiny_encoder_dir, video_dir):
+    model = load_encoder(tiny_encoder_dir)
+    for frames, size in ((0, SIZE), (-2, SIZE), (FRAMES, 0)):
+        with pytest.raises(ValueError):
+            extract_features(model, list_videos(video_dir), tmp_path / "cache", num_frames=frames, size=size, progress=False)
+    assert not (tmp_path / "cache").exists()
+
+
 def test_encode_clips_checks_shapes(tiny_encoder_dir):
     model = load_encoder(tiny_encoder_dir)
     with pytest.raises(ValueError, match=r"\[B, T, H, W, 3\]"):

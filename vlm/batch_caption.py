@@ -5,7 +5,7 @@ disk) after every batch, so a killed run loses at most the batch in flight. Clip
 rejects go to an errors file (``preds.errors.jsonl`` beside ``preds.jsonl``:
 ``{"video", "source", "error"}``) and the run carries on. Re-running the same command resumes:
 every clip already in the output or in the errors file is skipped (delete the errors file to
-retry them); a torn last line left by a killed writer is cut off before appending.
+retry them); a torn last line left by a killed writer is moved to OUT.torn before appending.
 
 Several processes (``accelerate launch --num_processes N ...``) split the clips still to do:
 process i takes every N-th one and writes ``preds.jsonl.part-i`` (and
@@ -40,6 +40,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from encoder.jsonl import JsonlAppender, read_jsonl_tolerant
 
 MANIFEST_KEYS = ("video", "id", "start", "end")
 
@@ -302,69 +304,6 @@ def errors_path_for(output: str | os.PathLike) -> Path:
     return output.with_name(stem + ".errors.jsonl")
 
 
-def read_jsonl_tolerant(path: Path) -> list[dict]:
-    """The complete JSON lines of a file (a torn last line from a killed writer is ignored)."""
-    if not path.is_file():
-        return []
-    rows = []
-    with open(path, encoding="utf-8") as handle:
-        for line in handle:
-            if not line.endswith("\n"):
-                break
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(row, dict):
-                rows.append(row)
-    return rows
-
-
-def cut_torn_tail(path: Path) -> None:
-    """Remove a last line without its newline (left by a writer killed mid-line)."""
-    if not path.is_file():
-        return
-    with open(path, "rb+") as handle:
-        handle.seek(0, os.SEEK_END)
-        size = handle.tell()
-        if size == 0:
-            return
-        handle.seek(size - 1)
-        if handle.read(1) == b"\n":
-            return
-        position = size
-        while position > 0:  # scan back to the last newline
-            step = min(65536, position)
-            handle.seek(position - step)
-            chunk = handle.read(step)
-            newline = chunk.rfind(b"\n")
-            if newline >= 0:
-                handle.truncate(position - step + newline + 1)
-                return
-            position -= step
-        handle.truncate(0)
-
-
-class JsonlAppender:
-    """Appends JSON lines to a file, flushed and synced to disk after every :meth:`write`."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        cut_torn_tail(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._handle = open(path, "a", encoding="utf-8")
-
-    def write(self, rows: Sequence[dict]) -> None:
-        if not rows:
-            return
-        self._handle.write("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
-        self._handle.flush()
-        os.fsync(self._handle.fileno())
-
-    def close(self) -> None:
-        self._handle.close()
-
-
 def _part_paths(path: Path) -> list[Path]:
     return sorted(path.parent.glob(path.name + ".part-*"))
 
@@ -424,8 +363,16 @@ def caption_clips(
     """
     from tqdm.auto import tqdm
 
+    from encoder.video import check_num_frames
+
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    if num_workers < 0:
+        raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+    # Checked before anything is read or written: a bad value must not be recorded against every clip.
+    frames = check_num_frames(num_frames if num_frames is not None else model.config.num_frames)
     state = state or SingleProcess()
     output = Path(output)
     errors_path = Path(errors_path) if errors_path is not None else errors_path_for(output)
@@ -444,7 +391,6 @@ def caption_clips(
     else:
         captions_file, errors_file = output, errors_path
     writer, error_writer = JsonlAppender(captions_file), JsonlAppender(errors_file)
-    frames = num_frames or model.config.num_frames
     description = "captioning" if world == 1 else f"captioning [{rank + 1}/{world}]"
     bar = tqdm(total=len(mine), unit="clip", desc=description, disable=not progress, position=rank if world > 1 else None)
     try:

@@ -10,6 +10,8 @@ import argparse
 import json
 import sys
 
+from encoder.cli_arguments import FRAMES, NEW_TOKENS, POSITIVE
+
 HELP = "/reset starts a new conversation about the same video, /quit (or Ctrl-D) leaves"
 
 
@@ -133,8 +135,8 @@ def add_subcommand(subparsers) -> None:
                       help="send TEXT and print the reply, no prompt; repeat for several turns")
     chat.add_argument("--json", action="store_true", help="with --message: print the turns as JSON")
     chat.add_argument("--model", default=None, help="saved glue model directory (default: the installed demo model)")
-    chat.add_argument("--frames", type=int, default=None, help="frames sampled from the video (default: the model's)")
-    chat.add_argument("--max-new-tokens", type=int, default=128, help="at most this many tokens per reply (default 128)")
-    chat.add_argument("--max-exchanges", type=int, default=8, help="exchanges kept in the prompt (default 8, as the app)")
+    chat.add_argument("--frames", type=FRAMES, default=None, help="frames sampled from the video (default: the model's)")
+    chat.add_argument("--max-new-tokens", type=NEW_TOKENS, default=128, help="at most this many tokens per reply (default 128)")
+    chat.add_argument("--max-exchanges", type=POSITIVE, default=8, help="exchanges kept in the prompt (default 8, as the app)")
     chat.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     chat.set_defaults(func=_cmd_chat)

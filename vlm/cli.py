@@ -7,6 +7,8 @@ import importlib
 import json
 import sys
 
+from encoder.cli_arguments import FRAME_SIZE, FRAMES, NEW_TOKENS, NON_NEGATIVE, POSITIVE
+
 # Modules that add their own subcommands: each defines ``add_subcommand(subparsers)`` and imports
 # nothing heavy at module level (torch, transformers ... are imported inside the command function).
 SUBCOMMAND_MODULES: tuple[str, ...] = (
@@ -161,15 +163,15 @@ def build_parser() -> argparse.ArgumentParser:
     features.add_argument("--model", required=True, help="Hub id, transformers directory or official .npz")
     features.add_argument("--videos", required=True, help="folder of videos, JSONL manifest or text list")
     features.add_argument("--out", required=True, help="cache directory (resumed if it exists)")
-    features.add_argument("--frames", type=int, default=16)
-    features.add_argument("--size", type=int, default=288)
-    features.add_argument("--batch-size", type=int, default=8)
+    features.add_argument("--frames", type=FRAMES, default=16)
+    features.add_argument("--size", type=FRAME_SIZE, default=288)
+    features.add_argument("--batch-size", type=POSITIVE, default=8)
     features.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     features.add_argument("--storage-dtype", choices=["fp32", "bf16", "fp16"], default="fp32")
-    features.add_argument("--shard-size", type=int, default=256, help="clips per safetensors shard")
-    features.add_argument("--workers", type=int, default=2, help="decoding worker processes")
+    features.add_argument("--shard-size", type=POSITIVE, default=256, help="clips per safetensors shard")
+    features.add_argument("--workers", type=NON_NEGATIVE, default=2, help="decoding worker processes")
     features.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
-    features.add_argument("--crops", type=int, default=0,
+    features.add_argument("--crops", type=NON_NEGATIVE, default=0,
                           help="also store K seeded random training crops per clip (346/288 centre crop, then random crop)")
     features.add_argument("--crop-seed", type=int, default=0, help="seed of the stored random crops")
     features.add_argument("--no-progress", action="store_true")
@@ -190,10 +192,10 @@ def build_parser() -> argparse.ArgumentParser:
     caption.add_argument("--video-column", default="video", help="dataset column holding the videos (default video)")
     caption.add_argument("--id-column", default=None, help="dataset column holding clip ids (default video_id or id)")
     caption.add_argument("--split", default=None, help="dataset split (default: the only one; test for hf:NAME)")
-    caption.add_argument("--workers", type=int, default=2, help="decoding worker processes (default 2)")
+    caption.add_argument("--workers", type=NON_NEGATIVE, default=2, help="decoding worker processes (default 2)")
     caption.add_argument("--no-progress", action="store_true")
     _add_vlm_options(caption)
-    caption.add_argument("--batch-size", type=int, default=8, help="videos captioned together (default 8)")
+    caption.add_argument("--batch-size", type=POSITIVE, default=8, help="videos captioned together (default 8)")
     caption.set_defaults(func=_cmd_caption)
 
     ask = sub.add_parser("ask", help="answer a question about a video (open, or ranked over candidates)")
@@ -213,8 +215,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_vlm_options(command: argparse.ArgumentParser) -> None:
     command.add_argument("--model", default=None, help="saved glue model directory (default: the installed demo model)")
-    command.add_argument("--frames", type=int, default=None, help="frames sampled per video (default: the model's)")
-    command.add_argument("--max-new-tokens", type=int, default=32)
+    command.add_argument("--frames", type=FRAMES, default=None, help="frames sampled per video (default: the model's)")
+    command.add_argument("--max-new-tokens", type=NEW_TOKENS, default=32)
     command.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     command.add_argument("--json", action="store_true", help="machine-readable output")
 

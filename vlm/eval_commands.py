@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from encoder.cli_arguments import NEW_TOKENS, NON_NEGATIVE, POSITIVE
+
 
 def _write_outputs(args: argparse.Namespace, results: dict, markdown: str) -> None:
     from vlm.evaluation import write_json
@@ -124,9 +126,9 @@ def add_subcommand(subparsers) -> None:
     qa.add_argument("--model", default=None, help="saved glue model directory (default: the installed demo model)")
     qa.add_argument("--features", default=None, help="feature cache: use cached encoder tokens, no decoding")
     qa.add_argument("--video-root", default=None, help="folder the QA files' video paths are relative to")
-    qa.add_argument("--batch-size", type=int, default=8, help="questions per forward pass (default 8)")
-    qa.add_argument("--max-new-tokens", type=int, default=32, help="open answers: greedy steps (default 32)")
-    qa.add_argument("--workers", type=int, default=2, help="decoding worker processes (default 2)")
+    qa.add_argument("--batch-size", type=POSITIVE, default=8, help="questions per forward pass (default 8)")
+    qa.add_argument("--max-new-tokens", type=NEW_TOKENS, default=32, help="open answers: greedy steps (default 32)")
+    qa.add_argument("--workers", type=NON_NEGATIVE, default=2, help="decoding worker processes (default 2)")
     qa.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     qa.add_argument("--predictions", default=None, help="write one JSON line per question (prediction, correct, WUPS)")
     qa.add_argument("--no-progress", action="store_true")

@@ -688,10 +688,11 @@ class VideoLanguageModel(nn.Module):
         """Decode video files into clips [B, T, S, S, 3] (T = num_frames or the config's, S = frame_size)."""
         from encoder.video import VideoDecodeError, load_clip
 
+        num_frames = self.config.num_frames if num_frames is None else num_frames
         clips = []
         for video in videos:
             try:
-                clips.append(load_clip(video, num_frames=num_frames or self.config.num_frames, size=self.config.frame_size))
+                clips.append(load_clip(video, num_frames=num_frames, size=self.config.frame_size))
             except VideoDecodeError as error:
                 raise UnreadableVideoError(str(error)) from error
         return torch.from_numpy(np.stack(clips))

@@ -12,6 +12,8 @@ import dataclasses
 import json
 from pathlib import Path
 
+from encoder.cli_arguments import FRAMES, POSITIVE
+
 # flag destination -> config field (shared by all stages)
 _COMMON = {
     "train": "train_manifests",
@@ -53,7 +55,7 @@ def _add_common(command: argparse.ArgumentParser) -> None:
     command.add_argument("--out", required=True, help="run directory (checkpoints, metrics, model/)")
     command.add_argument("--train", nargs="+", metavar="MANIFEST", help="JSONL manifests, one dataset each (batches alternate)")
     command.add_argument("--config", help="start from this JSON config (e.g. a run's config.json); flags override it")
-    command.add_argument("--batch-size", type=int)
+    command.add_argument("--batch-size", type=POSITIVE)
     command.add_argument("--steps", type=int, help="optimizer steps in total")
     command.add_argument("--lr", type=float, help="peak learning rate (Adafactor: relative step size)")
     command.add_argument("--warmup-steps", type=int)
@@ -61,7 +63,7 @@ def _add_common(command: argparse.ArgumentParser) -> None:
     command.add_argument("--optimizer", choices=["adafactor", "adamw"])
     command.add_argument("--max-grad-norm", type=float)
     command.add_argument("--seed", type=int)
-    command.add_argument("--frames", type=int, help="frames per clip (default: the model's)")
+    command.add_argument("--frames", type=FRAMES, help="frames per clip (default: the model's)")
     command.add_argument("--image-size", type=int, help="clip side in pixels (default: the model's)")
     command.add_argument("--cache-clips", action="store_true", default=None, help="decode every clip once, keep it in memory")
     command.add_argument("--save-every", type=int)

@@ -7,6 +7,8 @@ import argparse
 import json
 import time
 
+from encoder.cli_arguments import FRAME_SIZE, FRAMES, NON_NEGATIVE
+
 
 def _cmd_make_shapes(args: argparse.Namespace) -> int:
     from vlm.shapes.corpus import ShapesConfig, make_shapes_corpus, split_counts
@@ -47,8 +49,8 @@ def add_subcommand(subparsers) -> None:
                          help="index of the first clip in the seed's stream (default 0); corpora of one seed with "
                          "disjoint index ranges share no clip and the same held-out pairs (e.g. a pretraining corpus "
                          "with --val-fraction 0 --test-fraction 0 --compositional-fraction 0 --first-index 100000)")
-    command.add_argument("--frames", type=int, default=16, help="frames per clip (default 16)")
-    command.add_argument("--size", type=int, default=64, help="frame side in pixels, even (default 64)")
+    command.add_argument("--frames", type=FRAMES, default=16, help="frames per clip (default 16)")
+    command.add_argument("--size", type=FRAME_SIZE, default=64, help="frame side in pixels, even (default 64)")
     command.add_argument("--fps", type=int, default=8, help="frames per second of the mp4 (default 8)")
     command.add_argument("--two-object-fraction", type=float, default=0.3, help="clips with two objects (default 0.3)")
     command.add_argument("--heldout-pairs", type=int, default=6,
@@ -60,6 +62,6 @@ def add_subcommand(subparsers) -> None:
     command.add_argument("--captions", type=int, default=5, help="caption phrasings per clip (1-6, default 5)")
     command.add_argument("--crf", type=int, default=18, help="libx264 CRF (default 18)")
     command.add_argument("--preset", default="medium", help="libx264 preset (default medium)")
-    command.add_argument("--workers", type=int, default=1, help="rendering/encoding processes (default 1)")
+    command.add_argument("--workers", type=NON_NEGATIVE, default=1, help="rendering/encoding processes (default 1)")
     command.add_argument("--no-progress", action="store_true")
     command.set_defaults(func=_cmd_make_shapes)

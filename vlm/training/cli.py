@@ -30,6 +30,8 @@ from the start and the rest dropped (counted in data_report.json). Rows with no 
 roles out of order, a <video> marker after the first turn or empty text are skipped and reported.
 """
 
+from encoder.cli_arguments import FRAME_SIZE, FRAMES, NON_NEGATIVE, POSITIVE
+
 # flag -> TrainConfig field (value given as parsed)
 _FIELDS = {
     "output_dir": "output_dir", "features": "features", "encoder": "encoder", "llm": "llm", "init_from": "init_from",
@@ -139,12 +141,12 @@ def add_subcommand(subparsers) -> None:
     train.add_argument("--resampler-heads", type=int, default=None)
     train.add_argument("--resampler-output-norm", action="store_true",
                        help="a final LayerNorm on the resampler's output tokens (the soft prompt)")
-    train.add_argument("--frames", type=int, default=None)
-    train.add_argument("--frame-size", type=int, default=None)
+    train.add_argument("--frames", type=FRAMES, default=None)
+    train.add_argument("--frame-size", type=FRAME_SIZE, default=None)
     train.add_argument("--max-target-tokens", type=int, default=None,
                        help="labelled tokens per example: captions/answers are cut, conversations keep whole turns (default 64)")
     train.add_argument("--max-steps", type=int, default=None)
-    train.add_argument("--batch-size", type=int, default=None, help="global batch per optimizer step")
+    train.add_argument("--batch-size", type=POSITIVE, default=None, help="global batch per optimizer step")
     train.add_argument("--micro-batch-size", type=int, default=None, help="per process per forward (gradient accumulation)")
     train.add_argument("--lr", type=float, default=None, help="peak learning rate (default 5e-4)")
     train.add_argument("--beta1", type=float, default=None)
@@ -159,7 +161,7 @@ def add_subcommand(subparsers) -> None:
     train.add_argument("--lora-alpha", type=int, default=None)
     train.add_argument("--lora-targets", default="q_proj,v_proj")
     train.add_argument("--no-train-crops", action="store_true", help="centre crops only in training")
-    train.add_argument("--workers", type=int, default=None, help="data loading worker processes")
+    train.add_argument("--workers", type=NON_NEGATIVE, default=None, help="data loading worker processes")
     train.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     train.add_argument("--seed", type=int, default=None)
     train.add_argument("--log-every", type=int, default=None)

@@ -1,0 +1,104 @@
+"""JSON-lines files written a batch at a time by jobs that may be killed: the one tolerant reader,
+the one appender, and the repair of a torn last line.
+
+A writer killed mid-line leaves a last line without its newline, possibly cut inside a multi-byte
+UTF-8 character. Readers skip such a line (and any line that is not valid UTF-8 JSON holding an
+object); before appending, the torn bytes are moved to a sidecar file ``NAME.torn`` (nothing is
+deleted) so that new lines start on a line of their own.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+TORN_SUFFIX = ".torn"
+
+
+def iter_jsonl_tolerant(path: str | os.PathLike) -> Iterator[dict]:
+    """The complete JSON-object lines of ``path`` (none if it does not exist); a last line without
+    its newline, undecodable bytes and lines that are not JSON objects are skipped."""
+    path = Path(path)
+    if not path.is_file():
+        return
+    with open(path, "rb") as handle:
+        for raw in handle:
+            if not raw.endswith(b"\n"):
+                return  # torn by a killed writer
+            try:
+                row = json.loads(raw.decode("utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError):
+                continue
+            if isinstance(row, dict):
+                yield row
+
+
+def read_jsonl_tolerant(path: str | os.PathLike) -> list[dict]:
+    """:func:`iter_jsonl_tolerant` as a list."""
+    return list(iter_jsonl_tolerant(path))
+
+
+def cut_torn_tail(path: str | os.PathLike) -> int:
+    """Move a last line without its newline (left by a writer killed mid-line) from ``path`` to
+    ``path`` + ``.torn`` (appended there, so nothing is lost). Returns the number of bytes moved."""
+    path = Path(path)
+    if not path.is_file():
+        return 0
+    with open(path, "rb+") as handle:
+        size = handle.seek(0, os.SEEK_END)
+        if size == 0:
+            return 0
+        handle.seek(size - 1)
+        if handle.read(1) == b"\n":
+            return 0
+        keep = 0
+        position = size
+        while position > 0:  # scan back to the last newline
+            step = min(65536, position)
+            handle.seek(position - step)
+            chunk = handle.read(step)
+            newline = chunk.rfind(b"\n")
+            if newline >= 0:
+                keep = position - step + newline + 1
+                break
+            position -= step
+        handle.seek(keep)
+        torn = handle.read()
+        with open(path.with_name(path.name + TORN_SUFFIX), "ab") as sidecar:
+            sidecar.write(torn + b"\n")
+            sidecar.flush()
+            os.fsync(sidecar.fileno())
+        handle.truncate(keep)
+        handle.flush()
+        os.fsync(handle.fileno())
+    return len(torn)
+
+
+class JsonlAppender:
+    """Appends JSON lines to a file (its torn tail moved aside first), flushed and synced to disk
+    after every :meth:`write`, so a killed job loses at most the write in flight."""
+
+    def __init__(self, path: str | os.PathLike, ensure_ascii: bool = False):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        cut_torn_tail(self.path)
+        self._ensure_ascii = ensure_ascii
+        self._handle = open(self.path, "a", encoding="utf-8")
+
+    def write(self, rows: Sequence[dict]) -> None:
+        if not rows:
+            return
+        self._handle.write("".join(json.dumps(row, ensure_ascii=self._ensure_ascii) + "\n" for row in rows))
+        self._handle.flush()
+        os.fsync(self._handle.fileno())
+
+    def close(self) -> None:
+        self._handle.close()
+
+    def __enter__(self) -> JsonlAppender:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

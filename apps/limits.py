@@ -39,8 +39,12 @@ class AppLimits:
     max_frames: largest number of frames a request may sample.
     max_new_tokens: largest number of tokens a request may generate.
     max_chat_turns: earlier question/answer pairs kept in a chat prompt (older ones are dropped).
-    max_message_chars: longest accepted chat message or question.
+    max_message_chars: longest accepted chat message, question or candidate answer, in characters.
+    max_prompt_tokens: longest accepted chat message or question, in LLM tokens.
+    max_history_tokens: earlier chat turns kept in a prompt, in LLM tokens all together (oldest
+        dropped first; the page says so).
     max_candidates: most candidate answers one closed-vocabulary question may rank.
+    max_candidate_tokens: longest accepted candidate answer, in LLM tokens.
     concurrency: requests processed at once (model work itself is serialised by a lock; decoding
         and waiting for the lock overlap).
     queue_size: requests allowed to wait; beyond that new ones are refused with "queue full".
@@ -54,7 +58,10 @@ class AppLimits:
     max_new_tokens: int = 256
     max_chat_turns: int = 8
     max_message_chars: int = 2000
+    max_prompt_tokens: int = 256
+    max_history_tokens: int = 1024
     max_candidates: int = 2000
+    max_candidate_tokens: int = 32
     concurrency: int = 2
     queue_size: int = 64
 

@@ -172,7 +172,30 @@ class ModelService:
             raise AppInputError(f"The {what} is empty: type one first.")
         if len(text) > self.limits.max_message_chars:
             raise AppInputError(f"The {what} has {len(text)} characters; the limit is {self.limits.max_message_chars}.")
+        tokens = self._token_count(text)
+        if tokens > self.limits.max_prompt_tokens:
+            raise AppInputError(f"The {what} has {tokens} tokens; the limit is {self.limits.max_prompt_tokens}.")
         return text
+
+    def _token_count(self, text: str) -> int:
+        return len(self.model.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def _candidates(self, candidates: Sequence[str]) -> list[str]:
+        """Closed-vocabulary candidates within the count, character and token limits."""
+        candidates = list(candidates)
+        if not candidates:
+            raise AppInputError("No candidate answers given for a closed-vocabulary question.")
+        if len(candidates) > self.limits.max_candidates:
+            raise AppInputError(f"{len(candidates)} candidate answers; this app ranks at most {self.limits.max_candidates}.")
+        for candidate in candidates:
+            if not isinstance(candidate, str) or not candidate.strip():
+                raise AppInputError("A candidate answer is empty.")
+            shown = candidate if len(candidate) <= 40 else candidate[:37] + "..."
+            if len(candidate) > self.limits.max_message_chars or self._token_count(candidate) > self.limits.max_candidate_tokens:
+                raise AppInputError(
+                    f"The candidate answer '{shown}' is too long; the limit is {self.limits.max_candidate_tokens} tokens."
+                )
+        return candidates
 
     # ------------------------------------------------------------------ clips
 
@@ -229,8 +252,8 @@ class ModelService:
         """Open-vocabulary answer (candidates None) or candidates ranked by log-likelihood."""
         question = self._text(question, "question")
         max_new_tokens = self._tokens(max_new_tokens, 32)
-        if candidates is not None and len(candidates) == 0:
-            raise AppInputError("No candidate answers given for a closed-vocabulary question.")
+        if candidates is not None:
+            candidates = self._candidates(candidates)
         clip, _ = self.load(video, num_frames)
         clips = torch.from_numpy(clip[None])
         with self._model_lock:
@@ -240,15 +263,41 @@ class ModelService:
         return AnswerResult(ranked[0].answer, ranked)
 
     def chat_messages(self, history: Sequence[dict], message: str) -> list[dict]:
-        """Plain {"role", "content"} messages: the last ``max_chat_turns`` exchanges of the history
-        (user/assistant turns with text), then the new user message."""
+        """Plain {"role", "content"} messages: the history's user/assistant turns with text, at
+        most the last ``max_chat_turns`` exchanges and ``max_history_tokens`` tokens (the oldest
+        turns dropped first, whole exchanges at a time), then the new user message."""
+        return self._kept_history(history) + [{"role": "user", "content": message}]
+
+    def dropped_turns(self, history: Sequence[dict]) -> int:
+        """How many of the history's text turns :meth:`chat_messages` leaves out of the prompt."""
+        return len(self._history_turns(history)) - len(self._kept_history(history))
+
+    @staticmethod
+    def _history_turns(history: Sequence[dict]) -> list[dict]:
         turns = [
             {"role": turn["role"], "content": chat_text(turn.get("content"))}
             for turn in history or ()
             if isinstance(turn, dict) and turn.get("role") in ("user", "assistant")
         ]
-        turns = [turn for turn in turns if turn["content"].strip()]
-        return recent_turns(turns, self.limits.max_chat_turns) + [{"role": "user", "content": message}]
+        return [turn for turn in turns if turn["content"].strip()]
+
+    def _kept_history(self, history: Sequence[dict]) -> list[dict]:
+        turns = recent_turns(self._history_turns(history), self.limits.max_chat_turns)
+        budget = self.limits.max_history_tokens
+        # A turn of more than 16 characters per allowed token cannot fit: it is not even tokenized.
+        longest = 16 * budget
+        start = len(turns)
+        for index in range(len(turns) - 1, -1, -1):
+            text = turns[index]["content"]
+            cost = budget + 1 if len(text) > longest else self._token_count(text)
+            if cost > budget:
+                break
+            budget -= cost
+            start = index
+        kept = turns[start:]
+        while kept and kept[0]["role"] != "user":  # begin on a whole exchange
+            kept = kept[1:]
+        return kept
 
     def chat_stream(
         self,

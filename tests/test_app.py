@@ -315,6 +315,44 @@ def test_chat_history_is_trimmed_to_the_last_turns(app):
     assert messages[0] == {"role": "user", "content": "q3"} and messages[-1] == {"role": "user", "content": "now?"}
 
 
+def test_chat_history_is_bounded_in_tokens_oldest_dropped_first(app):
+    """202 messages of 100 KB each used to reach the tokenizer and the LLM whole; now the prompt
+    keeps what fits in max_history_tokens, whole exchanges, newest first, in well under a second."""
+    import time
+
+    _, service, _ = app
+    history = []
+    for turn in range(101):
+        history += [{"role": "user", "content": f"q{turn}"}, {"role": "assistant", "content": "word " * 20_000}]
+    history += [{"role": "user", "content": "short?"}, {"role": "assistant", "content": "yes."}]
+    began = time.monotonic()
+    messages = service.chat_messages(history, "now?")
+    assert time.monotonic() - began < 1.0
+    assert messages == [{"role": "user", "content": "short?"}, {"role": "assistant", "content": "yes."},
+                        {"role": "user", "content": "now?"}]
+    assert service.dropped_turns(history) == len(history) - 2
+    total = sum(service._token_count(m["content"]) for m in messages[:-1])
+    assert total <= service.limits.max_history_tokens
+
+
+def test_oversized_question_and_candidates_are_refused_before_model_work(app, clips):
+    """Refused on token counts before decoding or model work, fast, and the service still answers."""
+    import time
+
+    from apps.service import AppInputError
+
+    _, service, _ = app
+    began = time.monotonic()
+    with pytest.raises(AppInputError, match="tokens; the limit is 256"):
+        service.ask(clips["a"], "why " * 400)
+    with pytest.raises(AppInputError, match="too long; the limit is 32 tokens"):
+        service.ask(clips["a"], "what colour?", ["red", "blue " * 500])
+    with pytest.raises(AppInputError, match="tokens; the limit is 256"):
+        next(service.chat_stream(clips["a"], [], "tell me " * 200))
+    assert time.monotonic() - began < 1.0
+    assert service.ask(clips["a"], "what colour?", ["red", "blue"]).answer in ("red", "blue")
+
+
 def test_model_card_names_encoder_llm_and_glue(app, glue_dir):
     from apps.video_chat import model_markdown
 

@@ -344,6 +344,29 @@ def test_fast_scoring_equals_naive_scoring(model, clips, tokenizer, candidates):
     assert len(set(fast.tolist())) == len(candidates)
 
 
+def test_scoring_memory_is_bounded_by_fed_tokens_whatever_the_lengths(model, clips, tokenizer):
+    """A 1,000-token candidate among short ones: every forward feeds at most max_tokens_per_forward
+    tokens (rows x padded width) unless one candidate alone is longer, and scores are unchanged."""
+    long_answer = " ".join(["drum"] * 400)
+    candidates = ["red", "water bottle", long_answer, "a man", "green tea cup", "big dog", "the small red cup"]
+    ids = candidate_token_ids(tokenizer, candidates)
+    prefix = _prefix(model, clips)
+    shapes = []
+    handle = model.llm.register_forward_hook(lambda module, args, kwargs, output: shapes.append(
+        tuple((kwargs.get("input_ids") if kwargs.get("input_ids") is not None else kwargs["inputs_embeds"]).shape[:2])),
+        with_kwargs=True)
+    try:
+        bounded = candidate_log_likelihoods(model.llm, prefix, ids, max_tokens_per_forward=8)
+    finally:
+        handle.remove()
+    longest = max(len(i) for i in ids) - 1
+    assert longest > 8
+    for rows, width in shapes[1:]:  # after the prefix
+        assert rows * width <= 8 or (rows == 1 and width == longest)
+    naive = naive_candidate_log_likelihoods(model.llm, prefix, ids)
+    torch.testing.assert_close(bounded, naive, atol=1e-4, rtol=1e-6)  # the long one sums 400 terms
+
+
 def test_scoring_forward_counts(model, clips, tokenizer):
     calls = []
     handle = model.llm.register_forward_hook(lambda module, args, output: calls.append(1))

@@ -19,7 +19,7 @@ from __future__ import annotations
 import copy
 import os
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -104,16 +104,22 @@ def candidate_log_likelihoods(
     prefix_embeds: torch.Tensor,
     candidate_ids: Sequence[Sequence[int]],
     batch_size: int = 64,
+    max_tokens_per_forward: int = 2048,
 ) -> torch.Tensor:
     """Summed log-likelihood of each candidate continuation.
 
     prefix_embeds: [1, P, H] the LLM's input embeddings of video + prompt (no padding).
     candidate_ids: K token-id lists (each non-empty).
-    batch_size: continuations per forward in the multi-token path.
+    batch_size: at most this many continuations per forward in the multi-token path.
+    max_tokens_per_forward: and at most this many fed tokens (rows x padded width) per forward, so
+        the logits held at once ([rows, width, V] float32) stay bounded whatever the candidates'
+        lengths (a candidate longer than this is scored alone). Candidates are grouped by length.
     Returns float32 [K].
     """
     if prefix_embeds.ndim != 3 or prefix_embeds.shape[0] != 1:
         raise ValueError(f"prefix_embeds must have shape [1, P, H], got {tuple(prefix_embeds.shape)}")
+    if batch_size < 1 or max_tokens_per_forward < 1:
+        raise ValueError("batch_size and max_tokens_per_forward must be positive")
     device = prefix_embeds.device
     prefix_length = prefix_embeds.shape[1]
     prefix_mask = torch.ones(1, prefix_length, dtype=torch.long, device=device)
@@ -130,14 +136,9 @@ def candidate_log_likelihoods(
     first_log_probs = torch.log_softmax(last_logits[0, -1].float(), dim=-1)  # [V]
     first_tokens = torch.tensor([ids[0] for ids in candidate_ids], device=device)
     totals = first_log_probs[first_tokens].clone()  # [K]
-    longest = max(len(ids) for ids in candidate_ids)
-    if longest == 1:
-        return totals
-
-    multi = [index for index, ids in enumerate(candidate_ids) if len(ids) > 1]
-    for start in range(0, len(multi), batch_size):
-        rows = multi[start : start + batch_size]
-        width = max(len(candidate_ids[row]) for row in rows)
+    multi = sorted((index for index, ids in enumerate(candidate_ids) if len(ids) > 1), key=lambda i: len(candidate_ids[i]))
+    for rows in _length_groups(multi, [len(candidate_ids[i]) - 1 for i in multi], batch_size, max_tokens_per_forward):
+        width = len(candidate_ids[rows[-1]])  # the longest of the group (sorted by length)
         ids = torch.zeros(len(rows), width, dtype=torch.long, device=device)  # right-padded
         mask = torch.zeros(len(rows), width, dtype=torch.long, device=device)
         for i, row in enumerate(rows):
@@ -154,12 +155,25 @@ def candidate_log_likelihoods(
             attention_mask=attention_mask,
             position_ids=positions,
             kv_cache=_repeat_cache(cache, len(rows)),
-        )  # [n, C - 1, V]
-        log_probs = torch.log_softmax(logits.float(), dim=-1)
+        ).float()  # [n, C - 1, V]
         targets = ids[:, 1:]
-        token_log_probs = log_probs.gather(-1, targets[..., None]).squeeze(-1) * mask[:, 1:]  # [n, C - 1]
+        # log_softmax gathered at the targets without a second [n, C - 1, V] tensor
+        token_log_probs = (logits.gather(-1, targets[..., None]).squeeze(-1) - torch.logsumexp(logits, dim=-1)) * mask[:, 1:]
         totals[torch.tensor(rows, device=device)] += token_log_probs.sum(dim=1)
     return totals
+
+
+def _length_groups(rows: list[int], lengths: list[int], max_rows: int, max_tokens: int) -> Iterator[list[int]]:
+    """Consecutive groups of ``rows`` (sorted by ascending ``lengths``) with at most ``max_rows``
+    rows and ``rows x longest length <= max_tokens`` (a row alone may exceed it)."""
+    group: list[int] = []
+    for row, length in zip(rows, lengths):
+        if group and (len(group) >= max_rows or (len(group) + 1) * length > max_tokens):
+            yield group
+            group = []
+        group.append(row)
+    if group:
+        yield group
 
 
 @torch.inference_mode()

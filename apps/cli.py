@@ -3,21 +3,44 @@
 from __future__ import annotations
 
 import argparse
-import atexit
 import os
-import shutil
-import tempfile
+import sys
+from pathlib import Path
 
 from encoder.cli_arguments import FRAMES, NEW_TOKENS, POSITIVE, positive_float
 
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+def read_auth(pairs: list[str] | None, auth_file: str | None) -> list[tuple[str, str]]:
+    """(user, password) pairs from ``--auth USER:PASS`` flags and an ``--auth-file`` of such lines
+    (blank lines and # comments skipped). Raises ValueError on a malformed entry."""
+    entries = [("--auth", entry) for entry in pairs or ()]
+    if auth_file is not None:
+        lines = Path(auth_file).read_text(encoding="utf-8").splitlines()
+        entries += [(f"{auth_file}:{number}", line.strip()) for number, line in enumerate(lines, 1)
+                    if line.strip() and not line.lstrip().startswith("#")]
+    credentials = []
+    for where, entry in entries:
+        user, colon, password = entry.partition(":")
+        if not colon or not user or not password:
+            raise ValueError(f"{where}: expected USER:PASSWORD")
+        credentials.append((user, password))
+    return credentials
+
 
 def _cmd_app(args: argparse.Namespace) -> int:
+    credentials = read_auth(args.auth, args.auth_file)  # before anything starts
+    if not credentials and (args.share or args.host not in LOOPBACK_HOSTS):
+        exposed = "a public --share link" if args.share else f"--host {args.host}"
+        print(f"prism-vlm app: warning: {exposed} without --auth: anyone who reaches the address can use the "
+              "model and upload files", file=sys.stderr)
     # No telemetry or version checks; uploads go to a folder of this server's own.
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     if not os.environ.get("GRADIO_TEMP_DIR"):
-        upload_dir = tempfile.mkdtemp(prefix="prism-vlm-app-")
-        atexit.register(shutil.rmtree, upload_dir, ignore_errors=True)
-        os.environ["GRADIO_TEMP_DIR"] = upload_dir
+        from apps.uploads import private_upload_dir
+
+        os.environ["GRADIO_TEMP_DIR"] = str(private_upload_dir())
 
     import torch
 
@@ -39,7 +62,7 @@ def _cmd_app(args: argparse.Namespace) -> int:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     model = load_model(args.model, device=device)
     service = ModelService(model, limits, model_dir=args.model or default_model_dir())
-    launch_app(service, host=args.host, port=args.port, share=args.share)
+    launch_app(service, host=args.host, port=args.port, share=args.share, auth=credentials)
     return 0
 
 
@@ -52,6 +75,10 @@ def add_subcommand(subparsers) -> None:
     app.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0 for all)")
     app.add_argument("--port", type=int, default=7860, help="port (default 7860)")
     app.add_argument("--share", action="store_true", help="also open a public gradio.live link (needs the internet)")
+    app.add_argument("--auth", action="append", metavar="USER:PASS",
+                     help="require this login for the page and the API (repeatable); without it the app is open to "
+                          "whoever reaches its address")
+    app.add_argument("--auth-file", default=None, help="file of USER:PASS lines, one login per line")
     app.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     app.add_argument("--max-upload-mb", type=positive_float, default=200.0, help="largest accepted upload in MB (default 200)")
     app.add_argument("--max-duration", type=positive_float, default=600.0, help="longest accepted clip in seconds (default 600)")

@@ -48,6 +48,7 @@ class AppLimits:
     concurrency: requests processed at once (model work itself is serialised by a lock; decoding
         and waiting for the lock overlap).
     queue_size: requests allowed to wait; beyond that new ones are refused with "queue full".
+    upload_ttl_s: uploads older than this are deleted (checked every quarter of it).
     """
 
     max_upload_mb: float = 200.0
@@ -64,6 +65,7 @@ class AppLimits:
     max_candidate_tokens: int = 32
     concurrency: int = 2
     queue_size: int = 64
+    upload_ttl_s: float = 1800.0
 
     def __post_init__(self) -> None:
         for name, value in asdict(self).items():

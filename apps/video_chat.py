@@ -263,7 +263,8 @@ def build_app(service: ModelService, examples: Sequence[str | os.PathLike] | Non
 
     # --------------------------------------------------------------- layout
 
-    with gr.Blocks(title="prism-vlm", analytics_enabled=False, delete_cache=(3600, 3600)) as demo:
+    ttl = int(limits.upload_ttl_s)
+    with gr.Blocks(title="prism-vlm", analytics_enabled=False, delete_cache=(max(60, ttl // 4), ttl)) as demo:
         gr.Markdown(DESCRIPTION)
         with gr.Row(equal_height=False):
             with gr.Column(scale=2, min_width=320):
@@ -361,10 +362,18 @@ def launch_app(
     examples: Sequence[str | os.PathLike] | None = None,
     prevent_thread_lock: bool = False,
     quiet: bool = False,
+    auth: Sequence[tuple[str, str]] | None = None,
 ) -> gr.Blocks:
     """Build the page, bound its queue (``service.limits``: concurrency and size) and serve it.
 
-    Only uploads and the example clips are served from disk (``allowed_paths`` = the examples)."""
+    Only uploads and the example clips are served from disk (``allowed_paths`` = the examples);
+    :class:`apps.request_guard.RequestGuard` refuses remote URLs as files, oversized bodies and
+    uploads of more than one file. auth: (user, password) pairs required to use the page and API
+    (None: open to whoever reaches the address)."""
+    from starlette.middleware import Middleware
+
+    from apps.request_guard import RequestGuard
+
     examples = [Path(p).resolve() for p in (default_examples() if examples is None else examples)]
     demo = build_app(service, examples)
     demo.queue(default_concurrency_limit=service.limits.concurrency, max_size=service.limits.queue_size)
@@ -376,6 +385,8 @@ def launch_app(
         quiet=quiet,
         max_file_size=service.limits.max_upload_bytes,
         allowed_paths=[str(p) for p in examples],
+        auth=list(auth) if auth else None,
+        app_kwargs={"middleware": [Middleware(RequestGuard, max_upload_bytes=service.limits.max_upload_bytes, max_files=1)]},
         footer_links=["api"],
         ssr_mode=False,
         mcp_server=False,

@@ -11,6 +11,7 @@ Every answer is compared with the library called directly on the same clip.
 from __future__ import annotations
 
 import math
+import os
 import socket
 import threading
 from pathlib import Path
@@ -372,5 +373,128 @@ def test_cli_app_options_and_a_clear_error_without_a_model(tmp_path, monkeypatch
     monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "uploads"))
     assert cli.main(["app", "--port", str(free_port())]) == 2
     assert "no default model is installed" in capsys.readouterr().err
-    assert cli.main(["app", "--concurrency", "0"]) == 2
-    assert "concurrency must be a positive number" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as refused:
+        cli.main(["app", "--concurrency", "0"])
+    assert refused.value.code == 2 and "--concurrency" in capsys.readouterr().err
+    # Exposed without a login: a warning (then the same clear error about the model).
+    assert cli.main(["app", "--host", "0.0.0.0", "--port", str(free_port())]) == 2
+    assert "--host 0.0.0.0 without --auth" in capsys.readouterr().err
+    assert cli.main(["app", "--auth", "nopassword"]) == 2
+    assert "expected USER:PASSWORD" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------ network and uploads
+
+
+@pytest.fixture
+def name_lookups(monkeypatch):
+    """Host names this process resolves while the test runs (the app is served in this process)."""
+    looked_up = []
+    real = socket.getaddrinfo
+
+    def recording(host, *args, **kwargs):
+        looked_up.append(host)
+        return real(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", recording)
+    return looked_up
+
+
+def test_remote_urls_are_refused_as_files_without_a_network_call(app, client, clips, name_lookups):
+    url = app[0]
+    fetched = httpx.get(f"{url}gradio_api/file=https://prism-vlm-test.invalid/clip.mp4", timeout=10)
+    assert fetched.status_code == 403
+    body = {"data": [{"path": "https://prism-vlm-test.invalid/clip.mp4", "meta": {"_type": "gradio.FileData"}}, FRAMES, 4],
+            "fn_index": 0, "session_hash": "guardtest", "event_data": None, "trigger_id": None}
+    joined = httpx.post(f"{url}gradio_api/queue/join", json=body, timeout=10)
+    assert joined.status_code == 400 and "uploaded files only" in joined.json()["error"]
+    assert "prism-vlm-test.invalid" not in name_lookups
+    assert isinstance(client.predict(upload(clips["a"]), FRAMES, 3, api_name="/caption"), str)  # still serving
+
+
+def test_one_file_per_upload_and_the_size_refused_before_it_lands(app, clips):
+    url = app[0]
+    data = clips["a"].read_bytes()
+    several = [("files", (f"c{i}.mp4", data, "video/mp4")) for i in range(3)]
+    assert httpx.post(f"{url}gradio_api/upload", files=several, timeout=10).status_code == 400
+    assert httpx.post(f"{url}gradio_api/upload", files=several[:1], timeout=10).status_code == 200
+    huge = int(LIMITS["max_upload_mb"] * 2**20) * 4
+    # Announced as huge, 16 bytes sent: refused from the headers, before the body arrives.
+    address = httpx.URL(url)
+    with socket.create_connection((address.host, address.port), timeout=10) as connection:
+        connection.sendall(f"POST /gradio_api/upload HTTP/1.1\r\nHost: {address.host}\r\n"
+                           "Content-Type: multipart/form-data; boundary=b\r\n"
+                           f"Content-Length: {huge}\r\n\r\n".encode() + b"x" * 16)
+        assert connection.recv(64).startswith(b"HTTP/1.1 413")
+
+    def streamed():  # no content-length: counted as it arrives
+        for _ in range(8):
+            yield b"--b\r\n" + b"x" * (huge // 8)
+
+    assert httpx.post(f"{url}gradio_api/upload", content=streamed(), timeout=30,
+                      headers={"content-type": "multipart/form-data; boundary=b"}).status_code == 413
+
+
+def test_auth_protects_the_page_and_the_api(glue_dir, clips):
+    from gradio_client import Client
+
+    from apps.limits import AppLimits
+    from apps.service import ModelService
+    from apps.video_chat import launch_app
+    from vlm.model import load_model
+
+    service = ModelService(load_model(glue_dir), AppLimits(**LIMITS), model_dir=glue_dir)
+    demo = launch_app(service, port=free_port(), examples=[clips["example"]], prevent_thread_lock=True, quiet=True,
+                      auth=[("ada", "s3cret")])
+    try:
+        url = demo.local_url
+        assert httpx.get(f"{url}config", timeout=10).status_code == 401
+        with pytest.raises(Exception):
+            Client(url, analytics_enabled=False, verbose=False, auth=("ada", "wrong"))
+        client = Client(url, analytics_enabled=False, verbose=False, auth=("ada", "s3cret"))
+        assert isinstance(client.predict(upload(clips["a"]), FRAMES, 3, api_name="/caption"), str)
+    finally:
+        demo.close()
+
+
+def test_read_auth_from_flags_and_file(tmp_path):
+    from apps.cli import read_auth
+
+    logins = tmp_path / "logins.txt"
+    logins.write_text("# team\nada:s3cret\n\nbob:pa:ss\n")
+    assert read_auth(["eve:x"], str(logins)) == [("eve", "x"), ("ada", "s3cret"), ("bob", "pa:ss")]
+    with pytest.raises(ValueError, match="logins.txt:2"):
+        logins.write_text("ok:1\nbroken\n")
+        read_auth(None, str(logins))
+
+
+def test_upload_folder_removed_on_sigterm_and_stale_ones_at_the_next_start(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from apps.uploads import OWNER_FILE, remove_stale_upload_dirs
+
+    script = ("import sys, time; from apps.uploads import private_upload_dir; "
+              "print(private_upload_dir(sys.argv[1]), flush=True); time.sleep(60)")
+    server = subprocess.Popen([sys.executable, "-c", script, str(tmp_path)], stdout=subprocess.PIPE, text=True, cwd=REPO)
+    folder = Path(server.stdout.readline().strip())
+    (folder / "upload.mp4").write_bytes(b"x")
+    server.send_signal(signal.SIGTERM)
+    server.wait(timeout=30)
+    assert not folder.exists()
+
+    killed = subprocess.Popen([sys.executable, "-c", script, str(tmp_path)], stdout=subprocess.PIPE, text=True, cwd=REPO)
+    stale = Path(killed.stdout.readline().strip())
+    killed.kill()
+    killed.wait(timeout=30)
+    assert stale.exists()  # SIGKILL: nothing could clean up
+    foreign = tmp_path / "prism-vlm-app-foreign"
+    foreign.mkdir()  # no owner file: not ours to delete
+    alive = tmp_path / "prism-vlm-app-alive"
+    alive.mkdir()
+    (alive / OWNER_FILE).write_text(f"{os.getppid()}\n")
+    time.sleep(0.1)
+    assert remove_stale_upload_dirs(tmp_path) == [stale]
+    assert not stale.exists() and foreign.exists() and alive.exists()

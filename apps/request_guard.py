@@ -1,0 +1,160 @@
+"""An ASGI middleware in front of the Gradio app that keeps requests local and small.
+
+Gradio fetches a file input given as a URL (``{"path": "https://...", "meta": {"_type":
+"gradio.FileData"}}``) and proxies ``/gradio_api/file=https://...``; its upload route takes up to
+1,000 files per request. The app needs none of that, so :class:`RequestGuard` refuses, before
+Gradio sees the request:
+
+- ``GET``/``HEAD`` of ``.../file=<remote URL>`` (403);
+- a JSON request body holding a file whose ``path`` is a remote URL (400), or a JSON body larger
+  than ``max_json_bytes`` (413);
+- an upload larger than ``max_upload_bytes`` in all, announced or streamed (413), or holding more
+  than ``max_files`` files (400).
+
+Everything else passes through untouched.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from urllib.parse import unquote
+
+_REMOTE = re.compile(r"^\s*([a-zA-Z][a-zA-Z0-9+.-]*:|//|\\\\)")
+"""A path that names a remote resource: any URL scheme (http:, https:, ftp:, data: ...) or a
+network path (//host, \\\\host). Local upload paths never start like that (a Windows drive letter
+is one letter, which this also catches; the app runs on POSIX servers)."""
+_UPLOAD_OVERHEAD = 64 * 1024  # multipart headers and boundaries around the file bytes
+
+
+def is_remote_path(path: object) -> bool:
+    """True for a string that names a URL or network path rather than a file on this server."""
+    return isinstance(path, str) and bool(_REMOTE.match(path))
+
+
+def _remote_files(value: object) -> list[str]:
+    """Remote ``path`` values of every Gradio FileData-like dict inside a JSON value."""
+    found: list[str] = []
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            if is_remote_path(item.get("path")):
+                found.append(item["path"])
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return found
+
+
+class _Refused(Exception):
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status, self.message = status, message
+
+
+class RequestGuard:
+    """ASGI middleware (see the module docstring).
+
+    app: the wrapped ASGI app; max_upload_bytes: largest accepted file; max_files: files per upload
+    request; max_json_bytes: largest accepted JSON request body.
+    """
+
+    def __init__(self, app, max_upload_bytes: int, max_files: int = 1, max_json_bytes: int = 2 << 20):
+        self.app = app
+        self.max_upload_bytes = int(max_upload_bytes)
+        self.max_files = int(max_files)
+        self.max_json_bytes = int(max_json_bytes)
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        path = unquote(scope.get("path", ""))
+        method = scope.get("method", "GET")
+        headers = {key.decode("latin-1").lower(): value.decode("latin-1") for key, value in scope.get("headers", [])}
+        try:
+            if "/file=" in path and is_remote_path(path.split("/file=", 1)[1]):
+                raise _Refused(403, "This app does not fetch remote files.")
+            if method == "POST" and path.rstrip("/").endswith("/upload"):
+                receive = self._upload_receive(headers, receive)
+            elif method == "POST" and headers.get("content-type", "").startswith("application/json"):
+                receive = await self._checked_json(headers, receive)
+        except _Refused as refused:
+            return await _respond(send, refused.status, refused.message)
+        try:
+            return await self.app(scope, receive, send)
+        except _Refused as refused:  # raised while the app streamed an upload
+            return await _respond(send, refused.status, refused.message)
+
+    async def _checked_json(self, headers: dict, receive):
+        """Read the whole (bounded) JSON body, refuse remote file paths, then replay it."""
+        announced = headers.get("content-length")
+        if announced is not None and announced.isdigit() and int(announced) > self.max_json_bytes:
+            raise _Refused(413, f"Request body over {self.max_json_bytes} bytes.")
+        chunks, size, more = [], 0, True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":  # the client went away: let the app see it
+                return _replay(b"".join(chunks), receive, pending=message)
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_json_bytes:
+                raise _Refused(413, f"Request body over {self.max_json_bytes} bytes.")
+            chunks.append(chunk)
+            more = message.get("more_body", False)
+        body = b"".join(chunks)
+        try:
+            remote = _remote_files(json.loads(body)) if body else []
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            remote = []  # not ours to judge: Gradio answers malformed bodies itself
+        if remote:
+            raise _Refused(400, "This app takes uploaded files only, not URLs.")
+        return _replay(body, receive)
+
+    def _upload_receive(self, headers: dict, receive):
+        """Count bytes and multipart parts as the upload streams in; refuse past the limits."""
+        limit = self.max_upload_bytes * self.max_files + _UPLOAD_OVERHEAD * self.max_files
+        announced = headers.get("content-length")
+        if announced is not None and announced.isdigit() and int(announced) > limit:
+            raise _Refused(413, f"Upload over {self.max_upload_bytes} bytes.")
+        match = re.search(r"boundary=\"?([^\";]+)\"?", headers.get("content-type", ""))
+        delimiter = ("--" + match.group(1)).encode("latin-1") if match else None
+        state = {"size": 0, "parts": 0, "tail": b""}
+
+        async def guarded():
+            message = await receive()
+            if message["type"] == "http.request":
+                chunk = message.get("body", b"")
+                state["size"] += len(chunk)
+                if state["size"] > limit:
+                    raise _Refused(413, f"Upload over {self.max_upload_bytes} bytes.")
+                if delimiter is not None:
+                    window = state["tail"] + chunk
+                    state["parts"] += window.count(delimiter)
+                    state["tail"] = window[-(len(delimiter) - 1):] if len(delimiter) > 1 else b""
+                    # n files -> n opening delimiters plus the closing one
+                    if state["parts"] - 1 > self.max_files:
+                        raise _Refused(400, f"At most {self.max_files} file(s) per upload.")
+            return message
+
+        return guarded
+
+
+def _replay(body: bytes, receive, pending: dict | None = None):
+    """A ``receive`` that yields the already read ``body`` once, then ``pending`` if given, then
+    defers to the server's ``receive`` (which reports the client's disconnect when it comes)."""
+    queue = [{"type": "http.request", "body": body, "more_body": False}] + ([pending] if pending else [])
+
+    async def replayed():
+        if queue:
+            return queue.pop(0)
+        return await receive()
+
+    return replayed
+
+
+async def _respond(send, status: int, message: str) -> None:
+    body = json.dumps({"error": message}).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})

@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import math
 import os
+import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,7 +70,7 @@ def read_flax_checkpoint(path: str | os.PathLike) -> dict[str, np.ndarray]:
     try:
         with np.load(path, allow_pickle=False) as archive:
             arrays = {name: np.asarray(archive[name]) for name in archive.files}
-    except (ValueError, OSError) as error:
+    except (ValueError, OSError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as error:  # corrupt or cut zip
         raise CheckpointFormatError(f"{path} is not a readable .npz checkpoint: {error}") from error
     params = {}
     for name, array in arrays.items():

@@ -116,16 +116,26 @@ def encode_clips(
 
 def list_videos(source: str | os.PathLike) -> list[str]:
     """Video paths from a directory (recursive, by extension), a JSONL manifest (key "video"; paths
-    relative to the manifest's folder) or a text file with one path per line."""
+    relative to the manifest's folder) or a text file with one path per line.
+
+    Raises FileNotFoundError for a missing source and ValueError naming the file and line for a
+    row that is not UTF-8, not a JSON object with a non-empty string "video", or for a source that
+    lists no video at all."""
     source = Path(source)
     if not source.exists():
         raise FileNotFoundError(f"no such folder or manifest: {source}")
     if source.is_dir():
-        return sorted(str(p) for p in source.rglob("*") if p.suffix.lower() in VIDEO_EXTENSIONS and p.is_file())
+        videos = sorted(str(p) for p in source.rglob("*") if p.suffix.lower() in VIDEO_EXTENSIONS and p.is_file())
+        if not videos:
+            raise ValueError(f"{source}: no video files ({', '.join(sorted(VIDEO_EXTENSIONS))}) in this folder")
+        return videos
     videos = []
-    with open(source, encoding="utf-8") as handle:
-        for line_number, line in enumerate(handle, 1):
-            line = line.strip()
+    with open(source, "rb") as handle:
+        for line_number, raw in enumerate(handle, 1):
+            try:
+                line = raw.decode("utf-8").strip()
+            except UnicodeDecodeError:
+                raise ValueError(f"{source}:{line_number}: not UTF-8 text") from None
             if not line:
                 continue
             if source.suffix == ".jsonl" or line.startswith("{"):
@@ -133,10 +143,14 @@ def list_videos(source: str | os.PathLike) -> list[str]:
                     path = json.loads(line)["video"]
                 except (json.JSONDecodeError, KeyError, TypeError):
                     raise ValueError(f"{source}:{line_number}: expected a JSON object with a 'video' key") from None
+                if not isinstance(path, str) or not path.strip():
+                    raise ValueError(f"{source}:{line_number}: 'video' must be a non-empty path string, got {path!r}")
             else:
                 path = line
             path = Path(path)
             videos.append(str(path if path.is_absolute() else source.parent / path))
+    if not videos:
+        raise ValueError(f"{source}: lists no videos")
     return list(dict.fromkeys(videos))
 
 

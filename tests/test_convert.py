@@ -168,3 +168,22 @@ def test_load_encoder_dtype_and_errors(tmp_path):
     garbage.write_bytes(b"not a zip")
     with pytest.raises(CheckpointFormatError):
         load_encoder(garbage)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "bad crc", "not a zip"])
+def test_corrupt_npz_is_a_clear_error(tmp_path, capsys, damage):
+    good = tmp_path / "good.npz"
+    np.savez_compressed(good, **{"params/a": np.ones((64, 64)), "params/b": np.zeros(512)})
+    data = bytearray(good.read_bytes())
+    if damage == "truncated":
+        data = data[: len(data) // 2]
+    elif damage == "bad crc":
+        data[200:260] = b"\0" * 60
+    else:
+        data = bytearray(b"PK\3\4" + b"garbage" * 10)
+    bad = tmp_path / "bad.npz"
+    bad.write_bytes(bytes(data))
+    with pytest.raises(CheckpointFormatError, match="is not a readable .npz checkpoint"):
+        read_flax_checkpoint(bad)
+    assert cli_main(["convert", str(bad), str(tmp_path / "out")]) == 2
+    assert "is not a readable .npz checkpoint" in capsys.readouterr().err

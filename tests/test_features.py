@@ -185,3 +185,29 @@ def test_encode_clips_checks_shapes(tiny_encoder_dir):
         encode_clips(model, np.zeros((FRAMES, SIZE, SIZE, 3), np.float32))
     with pytest.raises(ValueError, match="precision"):
         encode_clips(model, np.zeros((1, FRAMES, SIZE, SIZE, 3), np.float32), precision="int8")
+
+
+@pytest.mark.parametrize("content, message", [
+    (b'{"video": "a.mp4"}\n{"video": 5}\n', "rows.jsonl:2: 'video' must be a non-empty path string, got 5"),
+    (b'{"video": null}\n', "rows.jsonl:1: 'video' must be a non-empty path string, got None"),
+    (b'{"video": "a.mp4"}\n{"video": "caf\xe9.mp4"}\n', "rows.jsonl:2: not UTF-8 text"),
+    (b"", "rows.jsonl: lists no videos"),
+    (b"\n\n", "rows.jsonl: lists no videos"),
+])
+def test_bad_manifests_name_file_and_line_before_the_encoder_loads(tmp_path, capsys, content, message):
+    from vlm import cli
+
+    manifest = tmp_path / "rows.jsonl"
+    manifest.write_bytes(content)
+    with pytest.raises(ValueError) as error:
+        list_videos(manifest)
+    assert message in str(error.value)
+    # The CLI says the same, without loading the (here missing) encoder first.
+    assert cli.main(["features", "--model", str(tmp_path / "no-model"), "--videos", str(manifest), "--out", str(tmp_path / "c")]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "c").exists()
+
+
+def test_an_empty_folder_is_an_error(tmp_path):
+    with pytest.raises(ValueError, match="no video files"):
+        list_videos(tmp_path)

@@ -34,9 +34,9 @@ def _cmd_features(args: argparse.Namespace) -> int:
     from encoder.features import extract_features, list_videos
     from encoder.loading import load_encoder
 
+    videos = list_videos(args.videos)  # a bad manifest is reported before the encoder loads
     device = args.device or ("cuda" if _cuda_available() else "cpu")
     model = load_encoder(args.model, device=device)
-    videos = list_videos(args.videos)
     counts = extract_features(
         model,
         videos,

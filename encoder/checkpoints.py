@@ -31,6 +31,7 @@ import os
 import random
 import re
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -155,6 +156,58 @@ def _write_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
     save_file({k: t.detach().to("cpu").contiguous() for k, t in tensors.items()}, str(path), metadata={"format": "pt"})
     with open(path, "rb") as handle:
         os.fsync(handle.fileno())
+
+
+def fsync_file(path: str | os.PathLike) -> None:
+    """Flush a written file's data to disk."""
+    with open(path, "rb") as handle:
+        os.fsync(handle.fileno())
+
+
+def fsync_dir(path: str | os.PathLike) -> None:
+    """Flush a directory's entries (names created, renamed or removed in it) to disk."""
+    _fsync_dir(Path(path))
+
+
+def write_file_atomically(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` beside ``path``, sync it, rename it into place and sync the folder: after a
+    kill or a power loss ``path`` holds either its old content or all of ``data``."""
+    path = Path(path)
+    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(temporary, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)
+    _fsync_dir(path.parent)
+
+
+def save_directory_atomically(directory: str | os.PathLike, write: Callable[[Path], Any]) -> Path:
+    """Have ``write(folder)`` fill a new folder beside ``directory``, sync every file, then put it in
+    place of ``directory`` by renames: a kill at any moment leaves the previous ``directory`` (or,
+    between the two renames, its copy ``.NAME.old-PID`` beside it) or the complete new one, never a
+    half-written one."""
+    final = Path(directory)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    temporary = final.with_name(f".{final.name}.tmp-{os.getpid()}")
+    if temporary.exists():
+        shutil.rmtree(temporary)
+    write(temporary)
+    for file in temporary.rglob("*"):
+        if file.is_file():
+            fsync_file(file)
+    _fsync_dir(temporary)
+    if final.exists():
+        stale = final.with_name(f".{final.name}.old-{os.getpid()}")
+        if stale.exists():
+            shutil.rmtree(stale)
+        os.replace(final, stale)
+        os.replace(temporary, final)
+        shutil.rmtree(stale)
+    else:
+        os.replace(temporary, final)
+    _fsync_dir(final.parent)
+    return final
 
 
 def _fsync_dir(path: Path) -> None:

@@ -36,6 +36,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from transformers import VideoPrismVisionModel
 
+from encoder.checkpoints import fsync_dir, fsync_file, write_file_atomically
 from encoder.crops import cache_crop_offsets, crop_clip, crop_source_size
 from encoder.factorized import encode_tokens
 from encoder.jsonl import JsonlAppender, read_jsonl_tolerant
@@ -332,7 +333,7 @@ def extract_features(
         values = asdict(meta)
         if not crops:  # meta.json of a plain cache keeps its original keys
             del values["crops"], values["crop_seed"]
-        meta_path.write_text(json.dumps(values, indent=2))
+        write_file_atomically(meta_path, json.dumps(values, indent=2).encode())
 
     index_path, errors_path = cache_dir / INDEX_FILE, cache_dir / ERRORS_FILE
     done = set(FeatureCache(cache_dir).entries) | {row["video"] for row in read_jsonl_tolerant(errors_path)}
@@ -354,7 +355,9 @@ def extract_features(
         name = f"shard-{next_shard:05d}.safetensors"
         temporary = cache_dir / (name + ".tmp")
         save_file({"tokens": torch.cat(pending_tokens).contiguous()}, str(temporary))
+        fsync_file(temporary)
         os.replace(temporary, cache_dir / name)
+        fsync_dir(cache_dir)  # the shard's name is on disk before the index lines that point at it
         _append_jsonl(
             index_path,
             (

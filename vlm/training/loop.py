@@ -250,7 +250,13 @@ def _train(config: TrainConfig, resume: bool, llm, tokenizer, encoder, on_step) 
     from accelerate import Accelerator
     from tqdm.auto import tqdm
 
-    from encoder.checkpoints import latest_checkpoint, load_training_checkpoint, save_training_checkpoint, trainable_state
+    from encoder.checkpoints import (
+        latest_checkpoint,
+        load_training_checkpoint,
+        save_directory_atomically,
+        save_training_checkpoint,
+        trainable_state,
+    )
     from encoder.features import FeatureCache
     from encoder.run_log import MetricsLog, plot_metrics
     from encoder.schedules import warmup_linear_decay
@@ -413,7 +419,7 @@ def _train(config: TrainConfig, resume: bool, llm, tokenizer, encoder, on_step) 
         if metrics is not None:
             metrics.close()
             samples_log.close()
-        unwrapped.save_pretrained(output)
+        save_directory_atomically(output, unwrapped.save_pretrained)  # a kill mid-save keeps the old model
         plot_metrics(run_dir / "metrics.jsonl", run_dir / "loss.png")
         _note(run_dir, f"saved the final model to {output}")
     accelerator.wait_for_everyone()

@@ -38,28 +38,16 @@ from transformers import VideoPrismVisionModel
 
 from encoder.checkpoints import fsync_dir, fsync_file, write_file_atomically
 from encoder.crops import cache_crop_offsets, crop_clip, crop_source_size
+from encoder.decode_workers import decoded_batches
 from encoder.factorized import encode_tokens
 from encoder.jsonl import JsonlAppender, read_jsonl_tolerant
-from encoder.video import VideoDecodeError, decode_frames, load_clip
+from encoder.video import decode_frames, load_clip
 
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".webm", ".mkv", ".avi", ".gif", ".m4v", ".mpg", ".mpeg")
 INDEX_FILE = "index.jsonl"
 ERRORS_FILE = "errors.jsonl"
 META_FILE = "meta.json"
 PRECISIONS = ("fp32", "bf16")
-
-
-def decoding_worker_context(num_workers: int) -> str | None:
-    """The DataLoader ``multiprocessing_context`` for ``num_workers`` decoding worker processes:
-    "forkserver" where available, None with no workers (or no forkserver).
-
-    Forking a process that already runs threads (a web server, tqdm's monitor, torch's pools) can
-    deadlock the child on a lock held by another thread at fork time; forkserver workers start from
-    a clean single-threaded server instead.
-    """
-    import multiprocessing
-
-    return "forkserver" if num_workers > 0 and "forkserver" in multiprocessing.get_all_start_methods() else None
 
 
 def cpu_supports_bf16() -> bool:
@@ -172,8 +160,11 @@ class _ClipDataset(torch.utils.data.Dataset):
             if not self.crops:
                 return path, load_clip(path, num_frames=self.num_frames, size=self.size), None
             return path, self._crops(path), None
-        except (FileNotFoundError, VideoDecodeError, ValueError, OSError) as error:
-            return path, None, f"{type(error).__name__}: {error}"
+        except Exception as error:  # arguments are checked before any clip: what fails here is the clip
+            return self.failed_item(index, f"{type(error).__name__}: {error}")
+
+    def failed_item(self, index: int, message: str):
+        return self.videos[index], None, message
 
     def _crops(self, path: str) -> np.ndarray:
         if Path(path).suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp", ".webp"):
@@ -187,10 +178,6 @@ class _ClipDataset(torch.utils.data.Dataset):
             top, left = cache_crop_offsets(path, crop, self.crop_seed, source, self.size)
             views.append(crop_clip(wide, top, left, self.size))
         return np.stack(views)
-
-
-def _collate(items):
-    return items
 
 
 # ---------------------------------------------------------------------------------------------
@@ -371,15 +358,9 @@ def extract_features(
         pending_crops.clear()
         pending_tokens.clear()
 
-    loader = torch.utils.data.DataLoader(
-        _ClipDataset(todo, num_frames, size, crops, crop_seed),
-        batch_size=batch_size,
-        num_workers=num_workers,
-        collate_fn=_collate,
-        multiprocessing_context=decoding_worker_context(num_workers),
-    )
+    dataset = _ClipDataset(todo, num_frames, size, crops, crop_seed)
     bar = tqdm(total=len(todo), unit="clip", desc="features", disable=not progress)
-    for items in loader:
+    for items in decoded_batches(dataset, batch_size, num_workers):
         good = [(path, clip) for path, clip, error in items if error is None]
         bad = [{"video": path, "error": error} for path, _, error in items if error is not None]
         if bad:

@@ -260,36 +260,24 @@ class ClipDecodeDataset(torch.utils.data.Dataset):
         return len(self.clips)
 
     def __getitem__(self, index: int):
-        from encoder.video import VideoDecodeError
-
         clip = self.clips[index]
         try:
             return clip, decode_clip(clip, self.num_frames, self.size), None
-        except (FileNotFoundError, VideoDecodeError, ValueError, OSError) as error:
-            return clip, None, f"{type(error).__name__}: {error}"
+        except Exception as error:  # arguments are checked before any clip: what fails here is the clip
+            return self.failed_item(index, f"{type(error).__name__}: {error}")
 
-
-def _keep_items(items):
-    return items
+    def failed_item(self, index: int, message: str):
+        return self.clips[index], None, message
 
 
 def iter_decoded_batches(
     clips: Sequence[Clip], num_frames: int, size: int, batch_size: int, num_workers: int = 2
 ) -> Iterator[list[tuple[Clip, np.ndarray | None, str | None]]]:
-    """Batches of (clip, frames or None, error or None), decoded by ``num_workers`` processes."""
-    if not clips:
-        return
-    from encoder.features import decoding_worker_context
+    """Batches of (clip, frames or None, error or None), decoded by ``num_workers`` processes; a
+    clip whose decoding process dies is an error item (``encoder.decode_workers``)."""
+    from encoder.decode_workers import decoded_batches
 
-    workers = min(num_workers, len(clips))
-    loader = torch.utils.data.DataLoader(
-        ClipDecodeDataset(clips, num_frames, size),
-        batch_size=batch_size,
-        num_workers=workers,
-        collate_fn=_keep_items,
-        multiprocessing_context=decoding_worker_context(workers),
-    )
-    yield from loader
+    yield from decoded_batches(ClipDecodeDataset(clips, num_frames, size), batch_size, num_workers)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-from encoder.features import decoding_worker_context
+from encoder.decode_workers import decoding_worker_context
 from encoder.threads import torch_threads
 from vlm.training.config import CONFIG_FILE, TrainConfig, TrainConfigError
 from vlm.training.data import (

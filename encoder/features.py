@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from filelock import FileLock, Timeout
 from safetensors import safe_open
 from safetensors.torch import save_file
 from transformers import VideoPrismVisionModel
@@ -47,6 +48,7 @@ VIDEO_EXTENSIONS = (".mp4", ".mov", ".webm", ".mkv", ".avi", ".gif", ".m4v", ".m
 INDEX_FILE = "index.jsonl"
 ERRORS_FILE = "errors.jsonl"
 META_FILE = "meta.json"
+LOCK_FILE = ".lock"
 PRECISIONS = ("fp32", "bf16")
 
 
@@ -199,6 +201,10 @@ class CacheMeta:
     crop_seed: int = 0
 
 
+class CacheBusyError(ValueError):
+    """Another process holds the cache directory's lock (it is writing there)."""
+
+
 def encoder_identity(model: VideoPrismVisionModel) -> tuple[str, str]:
     """(source, sha1 of the config JSON) of a loaded encoder."""
     source = getattr(model, "prism_source", None) or model.config.name_or_path or "unknown"
@@ -281,8 +287,9 @@ def extract_features(
     Returns counts: {"encoded", "skipped" (already cached or listed as errors), "errors"}.
     ``on_batch`` is called with the number of clips finished after each batch (for tests and UIs).
     ``crops`` > 0 also stores that many seeded random training crops per clip (see the module docstring).
+    One process writes a cache at a time (a lock file; a second one gets CacheBusyError); on resume,
+    index lines pointing at a missing or damaged shard are dropped so their clips are encoded again.
     """
-    from tqdm.auto import tqdm
 
     from encoder.video import check_num_frames, check_size
 
@@ -298,6 +305,54 @@ def extract_features(
         raise ValueError(f"storage_dtype must be one of {sorted(storage)}, got {storage_dtype!r}")
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(cache_dir / LOCK_FILE))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise CacheBusyError(f"{cache_dir} is being written by another process; wait for it to finish or "
+                             "use another cache directory") from None
+    try:
+        _drop_unreadable_shards(cache_dir)
+        return _extract_locked(model, videos, cache_dir, num_frames, size, batch_size, precision, storage_dtype,
+                               shard_size, num_workers, progress, on_batch, crops, crop_seed, storage[storage_dtype])
+    finally:
+        lock.release()
+
+
+def _drop_unreadable_shards(cache_dir: Path) -> list[str]:
+    """Resume check: index lines whose shard is missing, unreadable or too short (a power loss
+    before the shard reached the disk) are removed from the index, so their clips are encoded
+    again; a damaged shard is renamed ``NAME.corrupt``. Returns the shards dropped."""
+    index_path = cache_dir / INDEX_FILE
+    rows = read_jsonl_tolerant(index_path)
+    if not rows:
+        return []
+    needed: dict[str, int] = {}
+    for row in rows:
+        needed[row["shard"]] = max(needed.get(row["shard"], 0), int(row["row"]) + 1)
+    bad = []
+    for name, count in needed.items():
+        try:
+            with safe_open(cache_dir / name, framework="pt") as shard:
+                ok = shard.get_slice("tokens").get_shape()[0] >= count
+        except Exception:  # missing, empty, truncated header: safetensors raises several types
+            ok = False
+        if not ok:
+            bad.append(name)
+    if bad:
+        for name in bad:
+            if (cache_dir / name).exists():
+                os.replace(cache_dir / name, cache_dir / (name + ".corrupt"))
+        kept = [row for row in rows if row["shard"] not in set(bad)]
+        write_file_atomically(index_path, "".join(json.dumps(row) + "\n" for row in kept).encode())
+    return bad
+
+
+def _extract_locked(model, videos, cache_dir, num_frames, size, batch_size, precision, storage_dtype, shard_size,
+                    num_workers, progress, on_batch, crops, crop_seed, storage_type) -> dict[str, int]:
+    """The body of :func:`extract_features`, run while holding the cache's lock."""
+    from tqdm.auto import tqdm
+
     source, config_sha1 = encoder_identity(model)
     meta = CacheMeta(source, config_sha1, num_frames, size, precision, storage_dtype, crops, crop_seed)
     meta_path = cache_dir / META_FILE
@@ -370,7 +425,7 @@ def extract_features(
             views = 1 + crops
             clips = np.concatenate([clip[None] if not crops else clip for _, clip in good])  # [len(good) * views, T, ...]
             tokens = torch.cat([
-                encode_clips(model, clips[start : start + batch_size], precision=precision).to("cpu", storage[storage_dtype])
+                encode_clips(model, clips[start : start + batch_size], precision=precision).to("cpu", storage_type)
                 for start in range(0, len(clips), batch_size)
             ])
             for number, (path, _) in enumerate(good):

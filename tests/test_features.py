@@ -211,3 +211,39 @@ def test_bad_manifests_name_file_and_line_before_the_encoder_loads(tmp_path, cap
 def test_an_empty_folder_is_an_error(tmp_path):
     with pytest.raises(ValueError, match="no video files"):
         list_videos(tmp_path)
+
+
+def test_a_second_writer_is_refused(tmp_path, tiny_encoder_dir, video_dir):
+    from filelock import FileLock
+
+    from encoder.features import LOCK_FILE, CacheBusyError
+
+    model = load_encoder(tiny_encoder_dir)
+    (tmp_path / "cache").mkdir()
+    with FileLock(str(tmp_path / "cache" / LOCK_FILE)):  # another run is writing
+        with pytest.raises(CacheBusyError, match="being written by another process"):
+            extract_features(model, list_videos(video_dir), tmp_path / "cache", num_frames=FRAMES, size=SIZE, progress=False)
+    counts = extract_features(model, list_videos(video_dir), tmp_path / "cache", num_frames=FRAMES, size=SIZE,
+                              num_workers=0, progress=False)
+    assert counts["encoded"] == 5
+
+
+def test_resume_re_encodes_the_clips_of_a_shard_lost_to_a_power_cut(tmp_path, tiny_encoder_dir, video_dir):
+    """The index can outlive its shard (written, renamed, then lost before reaching the disk): the
+    resume drops those index lines, keeps the damaged file aside and encodes the clips again."""
+    model = load_encoder(tiny_encoder_dir)
+    videos = list_videos(video_dir)
+    cache_dir = tmp_path / "cache"
+    extract_features(model, videos, cache_dir, num_frames=FRAMES, size=SIZE, shard_size=3, num_workers=0, progress=False)
+    reference = {video: FeatureCache(cache_dir).get(video).clone() for video in FeatureCache(cache_dir).videos}
+    (cache_dir / "shard-00000.safetensors").write_bytes(b"")  # empty after the power cut
+    counts = extract_features(model, videos, cache_dir, num_frames=FRAMES, size=SIZE, shard_size=3, num_workers=0,
+                              progress=False)
+    assert counts == {"encoded": 3, "skipped": 3, "errors": 0}
+    assert (cache_dir / "shard-00000.safetensors.corrupt").exists()
+    cache = FeatureCache(cache_dir)
+    assert sorted(cache.videos) == sorted(reference)
+    for video, tokens in reference.items():
+        torch.testing.assert_close(cache.get(video), tokens)
+    lines = (cache_dir / "index.jsonl").read_text().splitlines()
+    assert len(lines) == 5 and all(json.loads(line)["shard"] != "shard-00000.safetensors" for line in lines)

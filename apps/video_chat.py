@@ -13,6 +13,7 @@ import functools
 import inspect
 import logging
 import os
+import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -64,19 +65,30 @@ def default_examples() -> list[Path]:
 # ---------------------------------------------------------------------------------------- errors
 
 
+_SERVER_PATH = re.compile(r"(?<![\w.:/])(?:/[^/\s'\"]+)+/([^/\s'\"]+)")
+
+
+def without_server_paths(text: str) -> str:
+    """``text`` with every absolute path cut to its file name (the page must not reveal the
+    server's folders: upload locations, the model directory, the user name in a home folder)."""
+    return _SERVER_PATH.sub(r"\1", text)
+
+
 def readable_error(error: BaseException) -> str:
-    """A message for the page (never a traceback)."""
+    """A message for the page (never a traceback, never a server path)."""
     if isinstance(error, (AppInputError, VideoRejectedError)):
-        return str(error)
-    if isinstance(error, EmptyQuestionError):
-        return "The question is empty: type one first."
-    if isinstance(error, CandidateError):
-        return f"Candidate answers: {error}."
-    if isinstance(error, ChatMessagesError):
-        return f"Chat: {error}."
-    if isinstance(error, UnreadableVideoError):
-        return f"Could not decode the video: {error}."
-    return f"Something went wrong ({type(error).__name__}); the request was not completed. The server log has details."
+        message = str(error)
+    elif isinstance(error, EmptyQuestionError):
+        message = "The question is empty: type one first."
+    elif isinstance(error, CandidateError):
+        message = f"Candidate answers: {error}."
+    elif isinstance(error, ChatMessagesError):
+        message = f"Chat: {error}."
+    elif isinstance(error, UnreadableVideoError):
+        message = f"Could not decode the video: {error}."
+    else:
+        message = f"Something went wrong ({type(error).__name__}); the request was not completed. The server log has details."
+    return without_server_paths(message)
 
 
 def _to_gradio_error(error: BaseException) -> gr.Error:

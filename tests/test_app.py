@@ -498,3 +498,12 @@ def test_upload_folder_removed_on_sigterm_and_stale_ones_at_the_next_start(tmp_p
     time.sleep(0.1)
     assert remove_stale_upload_dirs(tmp_path) == [stale]
     assert not stale.exists() and foreign.exists() and alive.exists()
+
+
+def test_page_messages_never_show_server_paths():
+    from apps.video_chat import readable_error
+    from vlm.model import UnreadableVideoError
+
+    message = readable_error(UnreadableVideoError("cannot decode video '/tmp/gradio/4f2a/clip.mp4': no video stream"))
+    assert "/tmp" not in message and "'clip.mp4'" in message
+    assert "/home" not in readable_error(RuntimeError("/home/ada/models/glue/resampler.safetensors is gone"))

@@ -30,6 +30,8 @@ def read_auth(pairs: list[str] | None, auth_file: str | None) -> list[tuple[str,
 
 
 def _cmd_app(args: argparse.Namespace) -> int:
+    from encoder.loading import default_device
+
     credentials = read_auth(args.auth, args.auth_file)  # before anything starts
     if not credentials and (args.share or args.host not in LOOPBACK_HOSTS):
         exposed = "a public --share link" if args.share else f"--host {args.host}"
@@ -42,7 +44,6 @@ def _cmd_app(args: argparse.Namespace) -> int:
 
         os.environ["GRADIO_TEMP_DIR"] = str(private_upload_dir())
 
-    import torch
 
     from apps.limits import AppLimits
     from apps.service import ModelService
@@ -59,7 +60,7 @@ def _cmd_app(args: argparse.Namespace) -> int:
         concurrency=args.concurrency,
         queue_size=args.queue_size,
     )
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = args.device or default_device()
     model = load_model(args.model, device=device)
     service = ModelService(model, limits, model_dir=args.model or default_model_dir())
     launch_app(service, host=args.host, port=args.port, share=args.share, auth=credentials)

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import av
 
-from encoder.video import VideoDecodeError, open_video, packet_time_span, video_stream
+from encoder.video import VIDEO_SUFFIXES, VideoDecodeError, open_video, packet_time_span, video_stream
 
-VIDEO_SUFFIXES = (".mp4", ".mov", ".webm", ".mkv", ".avi", ".gif")
-"""Video files the page offers to upload."""
+__all__ = ["VIDEO_SUFFIXES", "AppLimits", "VideoInfo", "VideoRejectedError", "check_video", "probe_video"]
+
 
 
 class VideoRejectedError(ValueError):

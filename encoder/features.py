@@ -42,9 +42,8 @@ from encoder.crops import cache_crop_offsets, crop_clip, crop_source_size
 from encoder.decode_workers import decoded_batches
 from encoder.factorized import encode_tokens
 from encoder.jsonl import JsonlAppender, read_jsonl_tolerant
-from encoder.video import decode_frames, load_clip
+from encoder.video import IMAGE_SUFFIXES, VIDEO_SUFFIXES, decode_frames, load_clip
 
-VIDEO_EXTENSIONS = (".mp4", ".mov", ".webm", ".mkv", ".avi", ".gif", ".m4v", ".mpg", ".mpeg")
 INDEX_FILE = "index.jsonl"
 ERRORS_FILE = "errors.jsonl"
 META_FILE = "meta.json"
@@ -116,9 +115,9 @@ def list_videos(source: str | os.PathLike) -> list[str]:
     if not source.exists():
         raise FileNotFoundError(f"no such folder or manifest: {source}")
     if source.is_dir():
-        videos = sorted(str(p) for p in source.rglob("*") if p.suffix.lower() in VIDEO_EXTENSIONS and p.is_file())
+        videos = sorted(str(p) for p in source.rglob("*") if p.suffix.lower() in VIDEO_SUFFIXES and p.is_file())
         if not videos:
-            raise ValueError(f"{source}: no video files ({', '.join(sorted(VIDEO_EXTENSIONS))}) in this folder")
+            raise ValueError(f"{source}: no video files ({', '.join(sorted(VIDEO_SUFFIXES))}) in this folder")
         return videos
     videos = []
     with open(source, "rb") as handle:
@@ -169,7 +168,7 @@ class _ClipDataset(torch.utils.data.Dataset):
         return self.videos[index], None, message
 
     def _crops(self, path: str) -> np.ndarray:
-        if Path(path).suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp", ".webp"):
+        if Path(path).suffix.lower() in IMAGE_SUFFIXES:
             frames = load_clip(path, num_frames=self.num_frames, size=None)
         else:
             frames = decode_frames(path, self.num_frames)  # decoded once, resized twice

@@ -37,6 +37,11 @@ _DTYPES = {
 ATTN_IMPLEMENTATIONS = ("eager", "flex_attention", "flash_attention_2")
 
 
+def default_device() -> str:
+    """"cuda" when a GPU is visible, else "cpu" (every command's default for --device)."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
     """'bf16' / 'fp32' / torch dtype / None -> torch dtype or None."""
     if dtype is None or isinstance(dtype, torch.dtype):

@@ -69,6 +69,7 @@ __all__ = [
     "MAX_NUM_FRAMES",
     "MAX_SIZE",
     "MIN_FRAME_BUDGET",
+    "VIDEO_SUFFIXES",
     "VideoDecodeError",
     "center_crop",
     "check_num_frames",
@@ -91,6 +92,8 @@ MAX_SIZE = 4096
 """Largest accepted output ``size`` (pixels)."""
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
 """File suffixes read as still images (with PIL); everything else is read as video."""
+VIDEO_SUFFIXES = (".mp4", ".mov", ".webm", ".mkv", ".avi", ".gif", ".m4v", ".mpg", ".mpeg")
+"""File suffixes taken as videos when a folder is listed (features, captioning) and offered by the app."""
 
 # Decode sequentially (at most one initial seek) when the window holds at most this many
 # frames per sampled frame.

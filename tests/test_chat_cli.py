@@ -76,10 +76,10 @@ def test_bad_flags_and_files_give_clear_errors(setup, capsys, tmp_path):
     (tmp_path / "bad.mp4").write_bytes(b"not a video")
     assert main(["chat", str(tmp_path / "bad.mp4"), "--model", str(setup["glue"]), "--message", "hi"]) == 2
     assert "bad.mp4" in capsys.readouterr().err
-    for flag in ("--max-exchanges", "--max-new-tokens"):  # refused before the model is loaded
-        assert main(["chat", str(tmp_path / "missing.mp4"), "--model", str(tmp_path / "no-model"), "--message", "hi",
-                     flag, "0"]) == 2
-        assert "--max-exchanges and --max-new-tokens must be >= 1" in capsys.readouterr().err
+    for flag in ("--max-exchanges", "--max-new-tokens", "--frames"):  # refused when parsed, before any model work
+        with pytest.raises(SystemExit) as refused:
+            main(["chat", str(tmp_path / "missing.mp4"), "--model", str(tmp_path / "no-model"), "--message", "hi", flag, "0"])
+        assert refused.value.code == 2 and f"{flag}: must be" in capsys.readouterr().err
 
 
 def test_chat_replies_are_scored_by_the_answer_words_they_name():

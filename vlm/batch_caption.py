@@ -93,7 +93,8 @@ class SingleProcess:
 # ---------------------------------------------------------------------------------------------
 
 
-def _is_saved_dataset(path: Path) -> bool:
+def is_saved_dataset(path: Path) -> bool:
+    """True for a folder written by ``datasets``' ``save_to_disk``."""
     return path.is_dir() and any((path / name).is_file() for name in ("state.json", "dataset_dict.json", "dataset_info.json"))
 
 
@@ -106,7 +107,7 @@ def list_clips(
     """The clips of a folder, JSONL manifest, text list, saved HF dataset, ``hf:NAME``, or a list
     of video paths (ids: the paths as given). See the module docstring for ids. Duplicated ids
     raise ClipListError."""
-    from encoder.features import VIDEO_EXTENSIONS
+    from encoder.video import VIDEO_SUFFIXES
 
     if not isinstance(source, (str, os.PathLike)):
         clips = [Clip(str(path), str(path)) for path in source]
@@ -120,10 +121,10 @@ def list_clips(
         path = Path(source)
         if not path.exists():
             raise FileNotFoundError(f"no such folder, manifest or dataset: {path}")
-        if _is_saved_dataset(path):
+        if is_saved_dataset(path):
             clips = _dataset_clips(_load_saved_dataset(path, split), str(path), video_column, id_column)
         elif path.is_dir():
-            files = sorted(p for p in path.rglob("*") if p.suffix.lower() in VIDEO_EXTENSIONS and p.is_file())
+            files = sorted(p for p in path.rglob("*") if p.suffix.lower() in VIDEO_SUFFIXES and p.is_file())
             clips = [Clip(p.relative_to(path).with_suffix("").as_posix(), str(p)) for p in files]
         else:
             clips = _manifest_clips(path)

@@ -56,9 +56,10 @@ def open_session(args: argparse.Namespace) -> ChatSession:
     import torch
 
     from encoder.features import encode_clips
+    from encoder.loading import default_device
     from vlm.model import MissingVideoInputError, load_model
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = args.device or default_device()
     model = load_model(args.model, device=device)
     if model.encoder is None:
         raise MissingVideoInputError("the model has no video encoder to read the video with")
@@ -117,8 +118,6 @@ def _cmd_chat(args: argparse.Namespace) -> int:
         raise ValueError("--json needs --message (the interactive chat prints as it goes)")
     if any(not m.strip() for m in args.message or []):
         raise ValueError("--message must not be empty")
-    if args.max_exchanges < 1 or args.max_new_tokens < 1:  # before the model is loaded
-        raise ValueError(f"--max-exchanges and --max-new-tokens must be >= 1, got {args.max_exchanges} and {args.max_new_tokens}")
     session = open_session(args)
     if args.message:
         return _one_shot(session, args.message, args.json, args.video)

@@ -32,10 +32,10 @@ def _cmd_convert(args: argparse.Namespace) -> int:
 
 def _cmd_features(args: argparse.Namespace) -> int:
     from encoder.features import extract_features, list_videos
-    from encoder.loading import load_encoder
+    from encoder.loading import default_device, load_encoder
 
     videos = list_videos(args.videos)  # a bad manifest is reported before the encoder loads
-    device = args.device or ("cuda" if _cuda_available() else "cpu")
+    device = args.device or default_device()
     model = load_encoder(args.model, device=device)
     counts = extract_features(
         model,
@@ -59,13 +59,15 @@ def _cmd_features(args: argparse.Namespace) -> int:
 
 
 def _cmd_caption(args: argparse.Namespace) -> int:
+    from encoder.loading import default_device
+
     if args.out is not None or args.video_source is not None or args.features is not None:
         return _cmd_caption_to_file(args)
     if not args.videos:
         raise ValueError("give video files, or --videos DIR|MANIFEST|DATASET (or --features CACHE) with --out FILE")
     from vlm.model import load_model
 
-    model = load_model(args.model, device=args.device or ("cuda" if _cuda_available() else "cpu"))
+    model = load_model(args.model, device=args.device or default_device())
     captions = model.caption_videos(
         args.videos, num_frames=args.frames, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
         progress=len(args.videos) > args.batch_size,
@@ -83,6 +85,7 @@ def _cmd_caption_to_file(args: argparse.Namespace) -> int:
     from accelerate import PartialState
 
     from encoder.features import FeatureCache
+    from encoder.loading import default_device
     from vlm.batch_caption import caption_clips, clips_from_feature_cache, errors_path_for, list_clips
     from vlm.model import load_model
 
@@ -100,7 +103,7 @@ def _cmd_caption_to_file(args: argparse.Namespace) -> int:
     else:
         raise ValueError("nothing to caption: give --videos or --features")
     # Under `accelerate launch` (or torchrun) each process takes a shard; without CUDA they use gloo.
-    state = PartialState(cpu=(args.device or "").startswith("cpu") or not _cuda_available())
+    state = PartialState(cpu=(args.device or "").startswith("cpu") or default_device() == "cpu")
     model = load_model(args.model, device=args.device or state.device, load_video_encoder=features is None)
     errors_path = args.errors or errors_path_for(args.out)
     counts = caption_clips(
@@ -116,13 +119,14 @@ def _cmd_caption_to_file(args: argparse.Namespace) -> int:
 
 
 def _cmd_ask(args: argparse.Namespace) -> int:
+    from encoder.loading import default_device
     from vlm.model import load_model
     from vlm.prompts import load_shots
     from vlm.scoring import read_candidates
 
     candidates = read_candidates(args.candidates, args.candidates_file)
     shots = load_shots(args.shots) if args.shots else ()
-    model = load_model(args.model, device=args.device or ("cuda" if _cuda_available() else "cpu"))
+    model = load_model(args.model, device=args.device or default_device())
     result = model.ask_video(
         args.video, args.question, candidates=candidates, shots=shots,
         num_frames=args.frames, max_new_tokens=args.max_new_tokens,
@@ -137,11 +141,6 @@ def _cmd_ask(args: argparse.Namespace) -> int:
             print(f"{scored.answer}\t{scored.probability:.4f}\t{scored.log_likelihood:.4f}")
     return 0
 
-
-def _cuda_available() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -32,6 +32,7 @@ def _cmd_eval_caption(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval_qa(args: argparse.Namespace) -> int:
+    from encoder.loading import default_device
     from vlm.evaluation import evaluate_qa, qa_markdown, read_qa
 
     wups_scorer = None
@@ -56,7 +57,7 @@ def _cmd_eval_qa(args: argparse.Namespace) -> int:
     from vlm.model import load_model
 
     features = FeatureCache(args.features) if args.features else None
-    device = args.device or ("cuda" if _cuda_available() else "cpu")
+    device = args.device or default_device()
     model = load_model(args.model, device=device, load_video_encoder=features is None)
     results, records = evaluate_qa(
         model, test, args.mode, train=train, val=val, num_shots=args.num_shots, seed=args.seed, k=args.k,
@@ -80,11 +81,6 @@ def _cmd_convert_annotations(args: argparse.Namespace) -> int:
         print(f"{path}\t{count}")
     return 0
 
-
-def _cuda_available() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
 
 
 def _add_output_options(command: argparse.ArgumentParser) -> None:

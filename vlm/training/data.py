@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vlm.batch_caption import Clip, DatasetVideo, decode_clip
+from vlm.batch_caption import Clip, DatasetVideo, decode_clip, is_saved_dataset
 from vlm.conversations import ConversationError, read_conversation
 from vlm.training.config import DataSource
 
@@ -171,10 +171,6 @@ def _read_dataset(source: DataSource):
     return loaded
 
 
-def _is_saved_dataset(path: Path) -> bool:
-    return path.is_dir() and any((path / name).is_file() for name in ("state.json", "dataset_dict.json", "dataset_info.json"))
-
-
 def _task(source: DataSource, columns: Sequence[str]) -> str:
     has = lambda name: source.column(name) in columns  # noqa: E731
     where = f"{source.path} (columns: {list(columns)})"
@@ -216,7 +212,7 @@ def load_examples(source: DataSource, cache_index: CacheIndex | None = None) -> 
     is_hub = source.path.startswith("hf:")
     if not is_hub and not path.exists():
         raise FileNotFoundError(f"training data not found: {source.path}")
-    if is_hub or _is_saved_dataset(path):
+    if is_hub or is_saved_dataset(path):
         dataset = _read_dataset(source)
         columns = list(dataset.column_names)
         task = _task(source, columns)

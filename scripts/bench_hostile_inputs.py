@@ -1,0 +1,161 @@
+"""Decoding cost of hostile files, this checkout against a baseline revision of encoder/video.py,
+side by side in one run (each measurement in a fresh process, so peak memory is its own).
+
+    python scripts/bench_hostile_inputs.py [--baseline REV] [--work DIR]
+
+Files (made with PyAV, as issue 22 describes them):
+- one_keyframe.mp4: 64x64, 100 fps, 200 s, a single keyframe (20,000 frames);
+- keyframes.mp4: the same clip with a keyframe every second (the normal case);
+- size_switch.ts: 20 frames of 64x64 then 20 of 4000x4000 (the header says 64x64).
+
+For each file and decoder (for the size switch also the current one with ``max_side=256``, as the
+app decodes with ``--max-side``): frames decoded, wall seconds and peak resident memory over the
+process's footprint before the call (MB), for 16 and 32 sampled frames at the app's output size.
+``--baseline REV`` (default: the commit before the bounded decoder, 6b1b874) reads that revision's
+encoder/video.py with ``git show``; without git the baseline column is skipped.
+Prints a Markdown table for BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from fractions import Fraction
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+
+def write_video(path: Path, frames, fps: int, gop: int | None = None, times_ms=None, container_format=None) -> Path:
+    import av
+    import numpy as np
+
+    frames = list(frames)
+    height, width = frames[0].shape[:2]
+    time_base = Fraction(1, 1000) if times_ms is not None else Fraction(1, fps)
+    with av.open(str(path), "w", format=container_format) as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.codec_context.time_base = time_base
+        options = {"preset": "ultrafast"}
+        if gop is not None:
+            stream.codec_context.gop_size = gop
+            options["x264-params"] = f"keyint={gop}:min-keyint={gop}:scenecut=0"
+        stream.options = options
+        for index, array in enumerate(frames):
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(array), format="rgb24").reformat(format="yuv420p")
+            frame.pts = times_ms[index] if times_ms is not None else index
+            frame.time_base = time_base
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+    return path
+
+
+def make_files(work: Path) -> dict[str, Path]:
+    import numpy as np
+
+    work.mkdir(parents=True, exist_ok=True)
+    ramp = lambda i, side: np.full((side, side, 3), (i * 7) % 256, np.uint8)  # noqa: E731
+    files = {
+        "one_keyframe.mp4": lambda p: write_video(p, (ramp(i, 64) for i in range(20_000)), fps=100, gop=30_000),
+        "keyframes.mp4": lambda p: write_video(p, (ramp(i, 64) for i in range(20_000)), fps=100, gop=100),
+    }
+    out = {}
+    for name, make in files.items():
+        if not (work / name).is_file():
+            make(work / name)
+        out[name] = work / name
+    switch = work / "size_switch.ts"
+    if not switch.is_file():
+        parts = []
+        for index, side in enumerate((64, 4000)):
+            part = work / f"part{index}.ts"
+            write_video(part, (ramp(i, side) for i in range(20)), fps=10, times_ms=[100 * (20 * index + i) for i in range(20)],
+                        container_format="mpegts")
+            parts.append(part)
+        switch.write_bytes(b"".join(p.read_bytes() for p in parts))
+        for part in parts:
+            part.unlink()
+    out["size_switch.ts"] = switch
+    return out
+
+
+def load_decoder(which: str, baseline: str, work: Path):
+    if which.startswith("current"):
+        import encoder.video as module
+
+        return module
+    source = work / f"video_{baseline}.py"
+    if not source.is_file():
+        source.write_text(subprocess.run(["git", "show", f"{baseline}:encoder/video.py"], cwd=REPO, check=True,
+                                         capture_output=True, text=True).stdout)
+    spec = importlib.util.spec_from_file_location(f"video_{baseline}", source)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def child(args) -> None:
+    """One measurement in this fresh process; prints a JSON line."""
+    import numpy as np
+
+    module = load_decoder(args.child, args.baseline, args.work)
+    path = Path(args.file)
+    # warm the codec libraries on another file, so the footprint before the call includes them
+    module.load_clip(np.zeros((2, 8, 8, 3), np.uint8), num_frames=2, size=8)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    began = time.perf_counter()
+    try:
+        if hasattr(module, "MIN_FRAME_BUDGET"):
+            max_side = 256 if args.child == "current-limit" else None
+            frames, stats = module._decode_frames_with_stats(path, args.frames, size=288, max_side=max_side)
+        else:
+            frames, stats = module._decode_frames_with_stats(path, args.frames)
+            [module.center_crop(module.resize_shorter_side(f, 288)[None], 288) for f in frames]
+        outcome = f"{stats.frames_decoded} frames"
+    except module.VideoDecodeError as error:
+        outcome = f"refused: {error.reason}"
+    seconds = time.perf_counter() - began
+    peak = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    print(json.dumps({"outcome": outcome, "seconds": round(seconds, 2), "peak_mb": round(peak, 1)}))
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--baseline", default="6b1b874", help="git revision of the baseline encoder/video.py")
+    parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "prism-vlm-bench-hostile")
+    parser.add_argument("--child", choices=("current", "current-limit", "baseline"), help=argparse.SUPPRESS)
+    parser.add_argument("--file", help=argparse.SUPPRESS)
+    parser.add_argument("--frames", type=int, default=16, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        child(args)
+        return 0
+    files = make_files(args.work)
+    rows = ["| file | frames sampled | decoder | outcome | seconds | peak memory over start (MB) |", "|---|---:|---|---|---:|---:|"]
+    for name, path in files.items():
+        for frames in (16, 32):
+            for which in ("baseline", "current") + (("current-limit",) if name == "size_switch.ts" else ()):
+                done = subprocess.run([sys.executable, __file__, "--child", which, "--file", str(path), "--frames", str(frames),
+                                       "--baseline", args.baseline, "--work", str(args.work)],
+                                      capture_output=True, text=True, cwd=REPO)
+                if done.returncode != 0:
+                    rows.append(f"| {name} | {frames} | {which} | failed: {done.stderr.strip().splitlines()[-1]} | | |")
+                    continue
+                result = json.loads(done.stdout.strip().splitlines()[-1])
+                label = {"current": "current", "current-limit": "current, max_side 256 (the app passes --max-side)"}.get(
+                    which, f"baseline {args.baseline}")
+                rows.append(f"| {name} | {frames} | {label} | {result['outcome']} | {result['seconds']} | {result['peak_mb']} |")
+    print("\n".join(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -98,8 +98,18 @@ def load_decoder(which: str, baseline: str, work: Path):
                                          capture_output=True, text=True).stdout)
     spec = importlib.util.spec_from_file_location(f"video_{baseline}", source)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up
     spec.loader.exec_module(module)
     return module
+
+
+def peak_resident_mb() -> float:
+    """This process's peak resident memory (VmHWM, MB). Unlike getrusage's ru_maxrss it starts
+    afresh at exec, so a child does not inherit its parent's peak."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def child(args) -> None:
@@ -110,7 +120,7 @@ def child(args) -> None:
     path = Path(args.file)
     # warm the codec libraries on another file, so the footprint before the call includes them
     module.load_clip(np.zeros((2, 8, 8, 3), np.uint8), num_frames=2, size=8)
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    before = peak_resident_mb()
     began = time.perf_counter()
     try:
         if hasattr(module, "MIN_FRAME_BUDGET"):
@@ -123,7 +133,7 @@ def child(args) -> None:
     except module.VideoDecodeError as error:
         outcome = f"refused: {error.reason}"
     seconds = time.perf_counter() - began
-    peak = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    peak = peak_resident_mb() - before
     print(json.dumps({"outcome": outcome, "seconds": round(seconds, 2), "peak_mb": round(peak, 1)}))
 
 

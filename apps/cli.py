@@ -50,6 +50,9 @@ def _cmd_app(args: argparse.Namespace) -> int:
     from apps.video_chat import launch_app
     from vlm.model import default_model_dir, load_model
 
+    from apps.batching import BatchingConfig
+
+    batching = BatchingConfig(window_s=args.batch_window_ms / 1000, max_batch=args.max_batch)
     limits = AppLimits(
         max_upload_mb=args.max_upload_mb,
         max_duration_s=args.max_duration,
@@ -62,7 +65,7 @@ def _cmd_app(args: argparse.Namespace) -> int:
     )
     device = args.device or default_device()
     model = load_model(args.model, device=device)
-    service = ModelService(model, limits, model_dir=args.model or default_model_dir())
+    service = ModelService(model, limits, model_dir=args.model or default_model_dir(), batching=batching)
     launch_app(service, host=args.host, port=args.port, share=args.share, auth=credentials)
     return 0
 
@@ -89,6 +92,10 @@ def add_subcommand(subparsers) -> None:
                      help="wall-time budget for decoding one clip (default 60)")
     app.add_argument("--max-frames", type=FRAMES, default=32, help="most frames a request may sample (default 32)")
     app.add_argument("--max-new-tokens", type=NEW_TOKENS, default=256, help="most tokens a request may generate (default 256)")
-    app.add_argument("--concurrency", type=POSITIVE, default=2, help="requests processed at once (default 2)")
+    app.add_argument("--concurrency", type=POSITIVE, default=8, help="requests processed at once (default 8)")
+    app.add_argument("--max-batch", type=POSITIVE, default=8,
+                     help="most captions / open answers computed in one batch (default 8; 1: no batching)")
+    app.add_argument("--batch-window-ms", type=positive_float, default=50.0,
+                     help="how long a request waits for others to batch with (default 50 ms)")
     app.add_argument("--queue-size", type=POSITIVE, default=64, help="requests allowed to wait (default 64)")
     app.set_defaults(func=_cmd_app)

@@ -45,8 +45,9 @@ class AppLimits:
         dropped first; the page says so).
     max_candidates: most candidate answers one closed-vocabulary question may rank.
     max_candidate_tokens: longest accepted candidate answer, in LLM tokens.
-    concurrency: requests processed at once (model work itself is serialised by a lock; decoding
-        and waiting for the lock overlap).
+    concurrency: requests processed at once (decoding overlaps; model work is serialised by a lock,
+        and captions and open answers of requests processed together run as one batch, so this is
+        also the largest batch the app can form).
     queue_size: requests allowed to wait; beyond that new ones are refused with "queue full".
     upload_ttl_s: uploads older than this are deleted (checked every quarter of it).
     """
@@ -63,7 +64,7 @@ class AppLimits:
     max_history_tokens: int = 1024
     max_candidates: int = 2000
     max_candidate_tokens: int = 32
-    concurrency: int = 2
+    concurrency: int = 8
     queue_size: int = 64
     upload_ttl_s: float = 1800.0
 

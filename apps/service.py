@@ -1,5 +1,6 @@
 """The app's one shared model, behind a lock: caption, question answering, chat and the frames the
-model sees, each a few lines over :class:`vlm.model.VideoLanguageModel`.
+model sees, each a few lines over :class:`vlm.model.VideoLanguageModel`. Captions and open answers
+of requests that arrive together are computed as one batch (:mod:`apps.batching`).
 
 Every request checks its clip with :func:`apps.limits.check_video` and decodes it outside the
 lock (decoding overlaps); model work holds the lock, so concurrent requests never share the KV
@@ -20,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from apps.batching import BatchingConfig, MicroBatcher
 from apps.limits import AppLimits, VideoInfo, VideoRejectedError, check_video
 from encoder.video import VideoDecodeError, load_clip, sample_times
 from vlm.chat_template import recent_turns
@@ -109,13 +111,19 @@ class ModelService:
     was loaded from (shown on the page).
     """
 
-    def __init__(self, model: VideoLanguageModel, limits: AppLimits | None = None, model_dir: str | os.PathLike | None = None):
+    def __init__(self, model: VideoLanguageModel, limits: AppLimits | None = None, model_dir: str | os.PathLike | None = None,
+                 batching: BatchingConfig | None = None):
         if model.encoder is None:
             raise ValueError("the app needs a model with its video encoder (load it with load_video_encoder=True)")
         self.model = model
         self.limits = limits or AppLimits()
         self.model_dir = None if model_dir is None else Path(model_dir)
         self._model_lock = threading.Lock()
+        # Captions and open answers of requests that arrive together run as one batch (answers equal
+        # the unbatched ones: greedy decoding with left padding, tested in the library).
+        self.batching = batching or BatchingConfig()
+        self._captioner = MicroBatcher(self._caption_batch, self.batching, name="captions")
+        self._answerer = MicroBatcher(self._answer_batch, self.batching, name="answers")
         self._cache_lock = threading.Lock()
         self._clips: OrderedDict[tuple, tuple[np.ndarray, VideoInfo]] = OrderedDict()
 
@@ -238,8 +246,23 @@ class ModelService:
         """A greedy caption of the clip."""
         max_new_tokens = self._tokens(max_new_tokens, 32)
         clip, _ = self.load(video, num_frames)
+        return self._captioner((len(clip), max_new_tokens), clip)
+
+    def _caption_batch(self, key: tuple[int, int], clips: Sequence[np.ndarray]) -> list[str]:
+        """Captions of same-length clips [T, S, S, 3] in one model call (key: T, max_new_tokens)."""
         with self._model_lock:
-            return self.model.caption(clips=torch.from_numpy(clip[None]), max_new_tokens=max_new_tokens)[0]
+            return self.model.caption(clips=torch.from_numpy(np.stack(clips)), max_new_tokens=key[1])
+
+    def _answer_batch(self, key: tuple[int, int], requests: Sequence[tuple[str, np.ndarray]]) -> list[str]:
+        """Open answers to (question, clip) pairs in one model call (key: T, max_new_tokens)."""
+        with self._model_lock:
+            clips = torch.from_numpy(np.stack([clip for _, clip in requests]))
+            return self.model.answer([question for question, _ in requests], clips=clips, max_new_tokens=key[1])
+
+    def close(self) -> None:
+        """Stop the batching threads (requests already queued are served first)."""
+        self._captioner.close()
+        self._answerer.close()
 
     def ask(
         self,
@@ -255,11 +278,10 @@ class ModelService:
         if candidates is not None:
             candidates = self._candidates(candidates)
         clip, _ = self.load(video, num_frames)
-        clips = torch.from_numpy(clip[None])
-        with self._model_lock:
-            if candidates is None:
-                return AnswerResult(self.model.answer([question], clips=clips, max_new_tokens=max_new_tokens)[0])
-            ranked = self.model.score_answers(question, list(candidates), clips=clips)
+        if candidates is None:
+            return AnswerResult(self._answerer((len(clip), max_new_tokens), (question, clip)))
+        with self._model_lock:  # one video/prompt prefix shared by the request's candidates
+            ranked = self.model.score_answers(question, list(candidates), clips=torch.from_numpy(clip[None]))
         return AnswerResult(ranked[0].answer, ranked)
 
     def chat_messages(self, history: Sequence[dict], message: str) -> list[dict]:

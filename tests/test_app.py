@@ -507,3 +507,36 @@ def test_page_messages_never_show_server_paths():
     message = readable_error(UnreadableVideoError("cannot decode video '/tmp/gradio/4f2a/clip.mp4': no video stream"))
     assert "/tmp" not in message and "'clip.mp4'" in message
     assert "/home" not in readable_error(RuntimeError("/home/ada/models/glue/resampler.safetensors is gone"))
+
+
+def test_concurrent_captions_and_open_answers_are_batched_and_equal_unbatched(app, clips):
+    """Requests that arrive together run as one batch; each answer equals the one it gets alone."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    _, service, _ = app
+    videos = [clips["a"], clips["b"], clips["c"], clips["a"]]
+    alone_captions = [service.caption(v, FRAMES, 6) for v in videos]
+    alone_answers = [service.ask(v, "what is it?", None, FRAMES, 5).answer for v in videos]
+    caption_batches, answer_batches = len(service._captioner.batch_sizes), len(service._answerer.batch_sizes)
+    with ThreadPoolExecutor(len(videos)) as pool:
+        captions = list(pool.map(lambda v: service.caption(v, FRAMES, 6), videos))
+        answers = list(pool.map(lambda v: service.ask(v, "what is it?", None, FRAMES, 5).answer, videos))
+    assert captions == alone_captions and answers == alone_answers
+    assert max(service._captioner.batch_sizes[caption_batches:]) > 1
+    assert max(service._answerer.batch_sizes[answer_batches:]) > 1
+
+
+def test_a_bad_request_among_batched_ones_fails_alone(app, clips, tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from apps.service import AppInputError
+
+    _, service, _ = app
+    bad = tmp_path / "bad.mp4"
+    bad.write_bytes(b"not a video at all" * 10)
+    expected = service.caption(clips["a"], FRAMES, 6)
+    with ThreadPoolExecutor(4) as pool:
+        futures = [pool.submit(service.caption, video, FRAMES, 6) for video in (clips["a"], bad, clips["a"], clips["a"])]
+    assert [futures[i].result() for i in (0, 2, 3)] == [expected] * 3
+    with pytest.raises(AppInputError):
+        futures[1].result()

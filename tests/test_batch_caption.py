@@ -282,3 +282,17 @@ def test_accelerate_launch_two_processes_merges_to_the_single_process_output(glu
     assert not list(tmp_path.glob("*.part-*"))
     summary = json.loads(result.stdout.strip().splitlines()[-1])  # printed once, by the main process
     assert summary["captioned"] + summary["errors"] in (3, 4) and summary["merged"] == 6
+
+
+def test_a_second_run_on_the_same_output_is_refused(model, video_dir, tmp_path):
+    from filelock import FileLock
+
+    from vlm.batch_caption import OutputBusyError
+
+    out = tmp_path / "preds.jsonl"
+    with FileLock(f"{out}.lock-0"):  # another run holds the output
+        with pytest.raises(OutputBusyError, match="being written by another run"):
+            caption_clips(model, list_clips(video_dir), out, num_workers=0, progress=False)
+    assert not out.exists()
+    counts = caption_clips(model, list_clips(video_dir)[1:3], out, max_new_tokens=4, num_workers=0, progress=False)
+    assert counts["captioned"] == 2

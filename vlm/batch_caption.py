@@ -40,6 +40,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from filelock import FileLock, Timeout
 
 from encoder.jsonl import JsonlAppender, read_jsonl_tolerant
 
@@ -346,12 +347,11 @@ def caption_clips(
     model: a ``vlm.model.VideoLanguageModel``; features: an ``encoder.features.FeatureCache`` to
     caption from cached tokens instead of decoding; state: accelerate's ``PartialState`` when
     launched on several processes (default: one process); on_batch: called with the number of
-    clips this process has finished after each batch.
+    clips this process has finished after each batch. A second run on the same output while this one
+    runs gets OutputBusyError (a lock file ``OUT.lock-RANK`` beside the output).
     Returns this process's counts {"captioned", "errors", "skipped"} ("merged" on the main
     process of a multi-process run: lines its merge appended).
     """
-    from tqdm.auto import tqdm
-
     from encoder.video import check_num_frames
 
     if batch_size < 1:
@@ -365,6 +365,24 @@ def caption_clips(
     state = state or SingleProcess()
     output = Path(output)
     errors_path = Path(errors_path) if errors_path is not None else errors_path_for(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(f"{output}.lock-{state.process_index}")  # a second run on the same output would caption the same clips
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise OutputBusyError(f"{output} is being written by another run; wait for it to finish or choose another --out") from None
+    try:
+        return _caption_locked(model, clips, output, errors_path, frames, batch_size, max_new_tokens, features,
+                               num_workers, progress, state, on_batch)
+    finally:
+        lock.release()
+
+
+def _caption_locked(model, clips, output, errors_path, frames, batch_size, max_new_tokens, features, num_workers,
+                    progress, state, on_batch) -> dict[str, int]:
+    """The body of :func:`caption_clips`, run while holding this process's lock on the output."""
+    from tqdm.auto import tqdm
+
     world, rank = state.num_processes, state.process_index
     # Everything already produced, by an earlier run of any process layout.
     done = set()
@@ -413,6 +431,10 @@ def caption_clips(
         _merge_parts(errors_path, clips)
     state.wait_for_everyone()
     return counts
+
+
+class OutputBusyError(ValueError):
+    """Another run holds the lock on this output file."""
 
 
 def _error_row(clip: Clip, error: str) -> dict:

@@ -2,8 +2,9 @@
 
 :class:`MicroBatcher` runs one worker thread. A request (:meth:`MicroBatcher.submit`) names a batch
 key and an input; the worker takes the first waiting request, keeps collecting requests with the
-same key for up to ``window_s`` seconds or until ``max_batch`` are in hand, and calls
-``run(key, inputs)`` once for all of them. Each request gets its own result (or exception) through a
+same key for up to ``window_s`` seconds -- but only while ``more_coming()`` says that other requests
+are on their way (in the app: being decoded), so a lone request never waits -- or until
+``max_batch`` are in hand, and calls ``run(key, inputs)`` once for all of them. Each request gets its own result (or exception) through a
 :class:`concurrent.futures.Future`. When a batch fails, its requests are retried one by one, so a
 request that fails fails alone. A request whose caller gave up before its batch started
 (``future.cancel()``) is dropped from the batch. Requests with other keys wait for the next round, in
@@ -20,13 +21,15 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
+_POLL_S = 0.01  # how often a waiting batch rechecks more_coming()
+
 
 @dataclass(frozen=True)
 class BatchingConfig:
-    """window_s: how long the first request of a batch waits for others (seconds); max_batch: most
-    requests served by one model call (1 turns batching off)."""
+    """window_s: how long the first request of a batch may wait for others that are on their way
+    (seconds); max_batch: most requests served by one model call (1 turns batching off)."""
 
-    window_s: float = 0.05
+    window_s: float = 0.5
     max_batch: int = 8
 
     def __post_init__(self) -> None:
@@ -41,8 +44,9 @@ class MicroBatcher:
     in order) in a worker thread. See the module docstring."""
 
     def __init__(self, run: Callable[[Hashable, Sequence[Any]], Sequence[Any]], config: BatchingConfig | None = None,
-                 name: str = "batcher"):
+                 name: str = "batcher", more_coming: Callable[[], bool] = lambda: True):
         self._run = run
+        self._more_coming = more_coming
         self.config = config or BatchingConfig()
         self._waiting: deque[tuple[Hashable, Any, Future]] = deque()
         self._condition = threading.Condition()
@@ -119,7 +123,7 @@ class MicroBatcher:
                         break
                 else:
                     remaining = deadline - time.monotonic()
-                    if remaining <= 0 or self._closed:
+                    if remaining <= 0 or self._closed or not self._more_coming():
                         break
-                    self._condition.wait(remaining)
+                    self._condition.wait(min(remaining, _POLL_S))
             return key, entries

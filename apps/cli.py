@@ -91,7 +91,7 @@ def add_subcommand(subparsers) -> None:
                      help="wall-time budget for decoding one clip (default 60)")
     app.add_argument("--max-frames", type=FRAMES, default=32, help="most frames a request may sample (default 32)")
     app.add_argument("--max-new-tokens", type=NEW_TOKENS, default=256, help="most tokens a request may generate (default 256)")
-    app.add_argument("--concurrency", type=POSITIVE, default=8, help="requests processed at once (default 8)")
+    app.add_argument("--concurrency", type=POSITIVE, default=16, help="requests processed at once (default 16)")
     app.add_argument("--max-batch", type=POSITIVE, default=8,
                      help="most captions / open answers computed in one batch (default 8; 1: no batching)")
     app.add_argument("--batch-window-ms", type=positive_float, default=50.0,

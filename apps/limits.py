@@ -64,7 +64,7 @@ class AppLimits:
     max_history_tokens: int = 1024
     max_candidates: int = 2000
     max_candidate_tokens: int = 32
-    concurrency: int = 8
+    concurrency: int = 16
     queue_size: int = 64
     upload_ttl_s: float = 1800.0
 

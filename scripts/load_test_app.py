@@ -208,8 +208,9 @@ def main() -> int:
     parser.add_argument("--frame-size", type=int, default=72, help="frame size of the stand-in glue (default 72)")
     parser.add_argument("--latents", type=int, default=64, help="resampler latents of the stand-in glue (default 64)")
     parser.add_argument("--max-new-tokens", type=int, default=32)
-    parser.add_argument("--concurrency", type=int, default=8, help="the app's --concurrency (default 8)")
+    parser.add_argument("--concurrency", type=int, default=16, help="the app's --concurrency (default 16)")
     parser.add_argument("--queue-size", type=int, default=64, help="the app's --queue-size (default 64)")
+    parser.add_argument("--stand-in", action="store_true", help="use the stand-in glue even when a default model is installed")
     parser.add_argument("--batching", choices=("both", "on", "off"), default="both")
     parser.add_argument("--max-batch", type=int, default=8, help="the app's --max-batch when batching is on (default 8)")
     parser.add_argument("--json-out", default=None)
@@ -219,7 +220,7 @@ def main() -> int:
 
     work = Path(tempfile.mkdtemp(prefix="prism-vlm-load-"))
     model_dir, model_label = args.model, args.model
-    if model_dir is None and (default_model_dir() / CONFIG_FILE).is_file():
+    if model_dir is None and not args.stand_in and (default_model_dir() / CONFIG_FILE).is_file():
         model_label = f"default ({default_model_dir().relative_to(REPO) if default_model_dir().is_relative_to(REPO) else default_model_dir()})"
     elif model_dir is None:
         model_dir = build_stand_in_glue(work, args.frames, args.frame_size, args.latents)

@@ -94,7 +94,8 @@ def add_subcommand(subparsers) -> None:
     app.add_argument("--concurrency", type=POSITIVE, default=16, help="requests processed at once (default 16)")
     app.add_argument("--max-batch", type=POSITIVE, default=8,
                      help="most captions / open answers computed in one batch (default 8; 1: no batching)")
-    app.add_argument("--batch-window-ms", type=positive_float, default=50.0,
-                     help="how long a request waits for others to batch with (default 50 ms)")
+    app.add_argument("--batch-window-ms", type=positive_float, default=500.0,
+                     help="longest a batch waits for requests still being decoded (default 500 ms; a lone request "
+                          "never waits)")
     app.add_argument("--queue-size", type=POSITIVE, default=64, help="requests allowed to wait (default 64)")
     app.set_defaults(func=_cmd_app)

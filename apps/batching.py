@@ -1,14 +1,14 @@
 """Requests that arrive together are served together: a micro-batcher for the app's model calls.
 
 :class:`MicroBatcher` runs one worker thread. A request (:meth:`MicroBatcher.submit`) names a batch
-key and an input; the worker takes the first waiting request, keeps collecting requests with the
-same key for up to ``window_s`` seconds -- but only while ``more_coming()`` says that other requests
-are on their way (in the app: being decoded), so a lone request never waits -- or until
-``max_batch`` are in hand, and calls ``run(key, inputs)`` once for all of them. Each request gets its own result (or exception) through a
-:class:`concurrent.futures.Future`. When a batch fails, its requests are retried one by one, so a
-request that fails fails alone. A request whose caller gave up before its batch started
-(``future.cancel()``) is dropped from the batch. Requests with other keys wait for the next round, in
-arrival order.
+key and an input; the worker takes the first waiting request and keeps collecting requests with the
+same key until ``max_batch`` are in hand, or ``window_s`` seconds have passed, or ``more_coming()``
+says no other request is on its way (in the app: being checked and decoded) -- so a lone request
+never waits -- and calls ``run(key, inputs)`` once for all of them. Each request gets its own result
+(or exception) through a :class:`concurrent.futures.Future`. When a batch fails, its requests are
+retried one by one, so a request that fails fails alone. A request whose caller gave up before its
+batch started (``future.cancel()``) is dropped from the batch. Requests with other keys wait for the
+next round, in arrival order.
 """
 
 from __future__ import annotations

@@ -541,7 +541,8 @@ def _decode_frames_with_stats(
     conversion, exactly as :func:`load_clip` would afterwards."""
     num_frames = _check_num_frames(num_frames)
     start, end = _check_window(start, end)
-    if max_side is not None and (isinstance(max_side, bool) or not isinstance(max_side, (int, np.integer)) or max_side < 1):
+    if max_side is not None and (isinstance(max_side, bool) or not isinstance(max_side, (int, np.integer))
+                                 or max_side < 1):
         raise ValueError(f"max_side must be a positive int or None, got {max_side!r}")
     if time_limit_s is not None and not (isinstance(time_limit_s, (int, float)) and time_limit_s > 0):
         raise ValueError(f"time_limit_s must be a positive number of seconds or None, got {time_limit_s!r}")

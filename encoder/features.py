@@ -414,31 +414,33 @@ def _extract_locked(model, videos, cache_dir, num_frames, size, batch_size, prec
 
     dataset = _ClipDataset(todo, num_frames, size, crops, crop_seed)
     bar = tqdm(total=len(todo), unit="clip", desc="features", disable=not progress)
-    for items in decoded_batches(dataset, batch_size, num_workers):
-        good = [(path, clip) for path, clip, error in items if error is None]
-        bad = [{"video": path, "error": error} for path, _, error in items if error is not None]
-        if bad:
-            _append_jsonl(errors_path, bad)
-            counts["errors"] += len(bad)
-        if good:
-            views = 1 + crops
-            clips = np.concatenate([clip[None] if not crops else clip for _, clip in good])  # [len(good) * views, T, ...]
-            tokens = torch.cat([
-                encode_clips(model, clips[start : start + batch_size], precision=precision).to("cpu", storage_type)
-                for start in range(0, len(clips), batch_size)
-            ])
-            for number, (path, _) in enumerate(good):
-                for crop in range(views):  # all rows of a clip go into the same shard
-                    pending_paths.append(path)
-                    pending_crops.append(crop)
-                    pending_tokens.append(tokens[number * views + crop][None])
-                if len(pending_paths) >= shard_size:
-                    flush_shard()
-            counts["encoded"] += len(good)
-        bar.update(len(items))
-        bar.set_postfix(errors=counts["errors"])
-        if on_batch is not None:
-            on_batch(counts["encoded"] + counts["errors"])
-    flush_shard()
-    bar.close()
+    try:  # an abort (Ctrl-C, an encoder error) still writes the clips encoded so far
+        for items in decoded_batches(dataset, batch_size, num_workers):
+            good = [(path, clip) for path, clip, error in items if error is None]
+            bad = [{"video": path, "error": error} for path, _, error in items if error is not None]
+            if bad:
+                _append_jsonl(errors_path, bad)
+                counts["errors"] += len(bad)
+            if good:
+                views = 1 + crops
+                clips = np.concatenate([clip[None] if not crops else clip for _, clip in good])  # [len(good) * views, T, ...]
+                tokens = torch.cat([
+                    encode_clips(model, clips[start : start + batch_size], precision=precision).to("cpu", storage_type)
+                    for start in range(0, len(clips), batch_size)
+                ])
+                for number, (path, _) in enumerate(good):
+                    for crop in range(views):  # all rows of a clip go into the same shard
+                        pending_paths.append(path)
+                        pending_crops.append(crop)
+                        pending_tokens.append(tokens[number * views + crop][None])
+                    if len(pending_paths) >= shard_size:
+                        flush_shard()
+                counts["encoded"] += len(good)
+            bar.update(len(items))
+            bar.set_postfix(errors=counts["errors"])
+            if on_batch is not None:
+                on_batch(counts["encoded"] + counts["errors"])
+    finally:
+        flush_shard()
+        bar.close()
     return counts

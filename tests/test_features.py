@@ -247,3 +247,28 @@ def test_resume_re_encodes_the_clips_of_a_shard_lost_to_a_power_cut(tmp_path, ti
         torch.testing.assert_close(cache.get(video), tokens)
     lines = (cache_dir / "index.jsonl").read_text().splitlines()
     assert len(lines) == 5 and all(json.loads(line)["shard"] != "shard-00000.safetensors" for line in lines)
+
+
+def test_an_aborted_run_keeps_the_clips_encoded_so_far(tmp_path, tiny_encoder_dir, video_dir, monkeypatch):
+    """With shards of 256, the clips of an interrupted run used to stay in memory and be lost."""
+    import encoder.features as features
+
+    model = load_encoder(tiny_encoder_dir)
+    real, calls = features.encode_clips, []
+
+    def failing_second_time(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(features, "encode_clips", failing_second_time)
+    videos = [v for v in list_videos(video_dir) if not v.endswith("corrupt.mp4")]
+    with pytest.raises(KeyboardInterrupt):
+        extract_features(model, videos, tmp_path / "cache", num_frames=FRAMES, size=SIZE, batch_size=2, num_workers=0,
+                         progress=False)
+    assert len(FeatureCache(tmp_path / "cache")) == 2  # the first batch is on disk
+    monkeypatch.setattr(features, "encode_clips", real)
+    counts = extract_features(model, videos, tmp_path / "cache", num_frames=FRAMES, size=SIZE, batch_size=2,
+                              num_workers=0, progress=False)
+    assert counts == {"encoded": 3, "skipped": 2, "errors": 0}

@@ -24,6 +24,8 @@ import pytest
 from tests.fixture_files import REAL_CLIP
 from tests.tiny_glue import FRAMES, SIZE, build_tiny_glue, save_tiny_glue
 
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = os.environ.get("PRISM_VLM_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [

@@ -11,9 +11,12 @@ import time
 from pathlib import Path
 
 import psutil
+import pytest
 
 from encoder.decode_workers import decode_isolated, decoded_batches
 from tests.crashing_dataset import CrashingDataset
+
+pytestmark = [pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[1]
 

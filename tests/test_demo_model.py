@@ -13,6 +13,8 @@ from vlm.model import CONFIG_FILE, DEFAULT_MODEL_ENV, VideoLanguageModel, defaul
 from vlm.shapes import PALETTE, ShapesConfig, encode_mp4, render_clip, sample_clip_attributes
 from vlm.shapes.chat_eval import named_answers
 
+pytestmark = [pytest.mark.real_llm, pytest.mark.slow]
+
 COLOURS = tuple(PALETTE)
 
 

@@ -16,6 +16,8 @@ from vlm.model import VideoLanguageModel
 from vlm.prompts import Shot
 from vlm.scoring import candidate_log_likelihoods, candidate_token_ids, naive_candidate_log_likelihoods
 
+pytestmark = [pytest.mark.real_llm]
+
 VIDEO = REAL_CLIP
 SHOTS = [Shot("who is talking to his family?", "man"), Shot("what is the woman cutting?", "onion")]
 

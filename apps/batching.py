@@ -70,10 +70,17 @@ class MicroBatcher:
         return self.submit(key, item).result()
 
     def close(self) -> None:
+        """Stop the worker once the requests already queued are served."""
         with self._condition:
             self._closed = True
             self._condition.notify()
         self._worker.join(timeout=5)
+
+    def __enter__(self) -> MicroBatcher:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def _serve(self) -> None:
         while True:

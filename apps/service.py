@@ -48,6 +48,15 @@ class FrameStrip:
 
 
 @dataclass(frozen=True)
+class ChatPrompt:
+    """messages: the {"role", "content"} messages a chat reply is generated from (kept history, then
+    the new user message); dropped_turns: history turns left out to stay within the limits."""
+
+    messages: list[dict]
+    dropped_turns: int = 0
+
+
+@dataclass(frozen=True)
 class AnswerResult:
     """answer: the answer text; ranked: every candidate, best first (empty for open vocabulary)."""
 
@@ -305,27 +314,22 @@ class ModelService:
             ranked = self.model.score_answers(question, list(candidates), clips=torch.from_numpy(clip[None]))
         return AnswerResult(ranked[0].answer, ranked)
 
-    def chat_messages(self, history: Sequence[dict], message: str) -> list[dict]:
-        """Plain {"role", "content"} messages: the history's user/assistant turns with text, at
-        most the last ``max_chat_turns`` exchanges and ``max_history_tokens`` tokens (the oldest
-        turns dropped first, whole exchanges at a time), then the new user message."""
-        return self._kept_history(history) + [{"role": "user", "content": message}]
-
-    def dropped_turns(self, history: Sequence[dict]) -> int:
-        """How many of the history's text turns :meth:`chat_messages` leaves out of the prompt."""
-        return len(self._history_turns(history)) - len(self._kept_history(history))
-
-    @staticmethod
-    def _history_turns(history: Sequence[dict]) -> list[dict]:
+    def chat_prompt(self, history: Sequence[dict], message: str | None) -> ChatPrompt:
+        """The checked message after the history's user/assistant turns with text, of which at most
+        the last ``max_chat_turns`` exchanges and ``max_history_tokens`` tokens are kept (the oldest
+        turns dropped first, whole exchanges at a time)."""
+        message = self._text(message, "message")
         turns = [
             {"role": turn["role"], "content": chat_text(turn.get("content"))}
             for turn in history or ()
             if isinstance(turn, dict) and turn.get("role") in ("user", "assistant")
         ]
-        return [turn for turn in turns if turn["content"].strip()]
+        turns = [turn for turn in turns if turn["content"].strip()]
+        kept = self._kept_history(turns)
+        return ChatPrompt(kept + [{"role": "user", "content": message}], dropped_turns=len(turns) - len(kept))
 
-    def _kept_history(self, history: Sequence[dict]) -> list[dict]:
-        turns = recent_turns(self._history_turns(history), self.limits.max_chat_turns)
+    def _kept_history(self, turns: list[dict]) -> list[dict]:
+        turns = recent_turns(turns, self.limits.max_chat_turns)
         budget = self.limits.max_history_tokens
         # A turn of more than 16 characters per allowed token cannot fit: it is not even tokenized.
         longest = 16 * budget
@@ -345,18 +349,20 @@ class ModelService:
     def chat_stream(
         self,
         video: str | os.PathLike | None,
-        history: Sequence[dict],
-        message: str | None,
+        history: Sequence[dict] = (),
+        message: str | None = None,
         num_frames: int | None = None,
         max_new_tokens: int | None = None,
+        *,
+        prompt: ChatPrompt | None = None,
     ) -> Iterator[str]:
-        """The assistant's reply to ``message`` about the clip, in text pieces as they are generated.
+        """The assistant's reply to ``message`` about the clip, in text pieces as they are generated
+        (``prompt``: a :meth:`chat_prompt` already made, instead of ``history`` and ``message``).
 
         The model runs in a worker thread that holds the model lock for the whole reply; closing
         this generator early (a client that goes away) stops it after the current token."""
-        message = self._text(message, "message")
+        messages = (prompt or self.chat_prompt(history, message)).messages
         max_new_tokens = self._tokens(max_new_tokens, 256)
-        messages = self.chat_messages(history, message)
         clip, _ = self.load(video, num_frames)
         pieces: queue.Queue = queue.Queue()
         stop = threading.Event()

@@ -211,11 +211,11 @@ def build_app(service: ModelService, examples: Sequence[str | os.PathLike] | Non
     @shows_errors
     def chat(video: str | None, message: str, history: list, frames: float, max_new_tokens: float):
         history = list(history or [])
-        pieces = service.chat_stream(video, history, message, frames, max_new_tokens)
-        dropped = service.dropped_turns(history)
-        if dropped:
-            gr.Info(f"The {dropped} oldest turns of this chat are left out of the model's prompt "
+        prompt = service.chat_prompt(history, message)  # an empty or overlong message fails here
+        if prompt.dropped_turns:
+            gr.Info(f"The {prompt.dropped_turns} oldest turns of this chat are left out of the model's prompt "
                     f"(it keeps {limits.max_chat_turns} exchanges, {limits.max_history_tokens} tokens).")
+        pieces = service.chat_stream(video, num_frames=frames, max_new_tokens=max_new_tokens, prompt=prompt)
         try:
             reply = next(pieces, None) or ""  # fails here (no video, empty message ...) before the chat changes
             history = history + [{"role": "user", "content": message}, {"role": "assistant", "content": reply}]

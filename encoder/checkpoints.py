@@ -197,17 +197,22 @@ def save_directory_atomically(directory: str | os.PathLike, write: Callable[[Pat
         if file.is_file():
             fsync_file(file)
     _fsync_dir(temporary)
-    if final.exists():
-        stale = final.with_name(f".{final.name}.old-{os.getpid()}")
-        if stale.exists():
-            shutil.rmtree(stale)
-        os.replace(final, stale)
-        os.replace(temporary, final)
-        shutil.rmtree(stale)
-    else:
-        os.replace(temporary, final)
+    _swap_in(temporary, final, final.with_name(f".{final.name}.old-{os.getpid()}"))
     _fsync_dir(final.parent)
     return final
+
+
+def _swap_in(temporary: Path, final: Path, stale: Path) -> None:
+    """Put the finished folder ``temporary`` in place of ``final`` by renames: an existing ``final``
+    is moved to ``stale`` first and removed last, so a kill leaves one complete copy."""
+    if not final.exists():
+        os.replace(temporary, final)
+        return
+    if stale.exists():
+        shutil.rmtree(stale)
+    os.replace(final, stale)
+    os.replace(temporary, final)
+    shutil.rmtree(stale)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -357,15 +362,7 @@ def save_training_checkpoint(
         state["world_size"] = world_size
         _write_json(temporary / STATE_JSON, state)
         _fsync_dir(temporary)
-        if final.exists():  # re-saving a step (a resumed run): move the old copy aside first
-            stale = root / f"{TEMP_PREFIX}old-{final.name}"
-            if stale.exists():
-                shutil.rmtree(stale)
-            os.replace(final, stale)
-            os.replace(temporary, final)
-            shutil.rmtree(stale)
-        else:
-            os.replace(temporary, final)
+        _swap_in(temporary, final, root / f"{TEMP_PREFIX}old-{final.name}")  # re-saving a step of a resumed run
         _fsync_dir(root)
         if keep_last is not None and keep_last > 0:
             for old in list_checkpoints(run_dir)[:-keep_last]:

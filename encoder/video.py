@@ -171,9 +171,9 @@ def load_clip(
         FileNotFoundError: ``source`` is a path that does not exist.
         VideoDecodeError: the file exists but no clip can be decoded from it.
     """
-    num_frames = _check_num_frames(num_frames)
+    num_frames = check_num_frames(num_frames)
     if size is not None:
-        size = _check_size(size)
+        size = check_size(size)
 
     if isinstance(source, (str, os.PathLike)):
         path = Path(source)
@@ -231,7 +231,7 @@ def sample_times(start: float, end: float, num_frames: int) -> np.ndarray:
     Returns:
         float64 array ``[num_frames]``, ``start + (i + 0.5) * (end - start) / num_frames``.
     """
-    num_frames = _check_num_frames(num_frames)
+    num_frames = check_num_frames(num_frames)
     start, end = float(start), float(end)
     if not (math.isfinite(start) and math.isfinite(end)) or end < start:
         raise ValueError(f"need finite start <= end, got start={start}, end={end}")
@@ -251,7 +251,7 @@ def resize_shorter_side(frame: np.ndarray, size: int) -> np.ndarray:
     Returns:
         ``[h, w, 3]`` with ``min(h, w) == size``; uint8 in, uint8 out; float in, float32 out.
     """
-    size = _check_size(size)
+    size = check_size(size)
     _check_frame_shape(frame, "frame")
     height, width = frame.shape[:2]
     scale = size / min(height, width)
@@ -272,7 +272,7 @@ def center_crop(frames: np.ndarray, size: int) -> np.ndarray:
     Returns:
         ``[T, size, size, C]`` (a view of ``frames``).
     """
-    size = _check_size(size)
+    size = check_size(size)
     if frames.ndim != 4:
         raise ValueError(f"center_crop expects frames [T, H, W, C], got shape {frames.shape}")
     height, width = frames.shape[1:3]
@@ -288,15 +288,6 @@ def center_crop(frames: np.ndarray, size: int) -> np.ndarray:
 
 def check_num_frames(num_frames: int) -> int:
     """``num_frames`` as an int in ``[1, MAX_NUM_FRAMES]``; anything else is a ValueError."""
-    return _check_num_frames(num_frames)
-
-
-def check_size(size: int) -> int:
-    """A frame ``size`` as an int in ``[1, MAX_SIZE]``; anything else is a ValueError."""
-    return _check_size(size)
-
-
-def _check_num_frames(num_frames: int) -> int:
     if isinstance(num_frames, bool) or not isinstance(num_frames, (int, np.integer)):
         raise ValueError(f"num_frames must be an int, got {num_frames!r}")
     if not 1 <= num_frames <= MAX_NUM_FRAMES:
@@ -304,7 +295,8 @@ def _check_num_frames(num_frames: int) -> int:
     return int(num_frames)
 
 
-def _check_size(size: int) -> int:
+def check_size(size: int) -> int:
+    """A frame ``size`` as an int in ``[1, MAX_SIZE]``; anything else is a ValueError."""
     if isinstance(size, bool) or not isinstance(size, (int, np.integer)):
         raise ValueError(f"size must be an int or None, got {size!r}")
     if not 1 <= size <= MAX_SIZE:
@@ -473,14 +465,6 @@ class _DecodeStats:
     deadline: float = math.inf  # time.monotonic() after which decoding stops with an error
 
 
-@dataclass(frozen=True)
-class _Budget:
-    """Limits of one clip's decoding (see the module docstring)."""
-
-    max_side: int | None
-    time_limit_s: float | None
-
-
 class _KeyframeIndex:
     """Keyframe lookup in the container's seek index.
 
@@ -539,7 +523,7 @@ def _decode_frames_with_stats(
     """:func:`decode_frames` plus a record of how the frames were obtained. With ``size``, each
     kept frame is resized (shorter side) and centre-cropped to ``[size, size, 3]`` right after its
     conversion, exactly as :func:`load_clip` would afterwards."""
-    num_frames = _check_num_frames(num_frames)
+    num_frames = check_num_frames(num_frames)
     start, end = _check_window(start, end)
     if max_side is not None and (isinstance(max_side, bool) or not isinstance(max_side, (int, np.integer))
                                  or max_side < 1):

@@ -249,8 +249,9 @@ def test_frame_size_switch_mid_stream_is_refused_by_the_decoder(app, tmp_path, m
     """The header check sees 64x64; the decoder checks every frame against max_side_px."""
     import dataclasses
 
-    from apps.service import AppInputError
     from video_factory import write_resolution_switch
+
+    from apps.service import AppInputError
 
     _, service, _ = app
     path = write_resolution_switch(tmp_path / "switch.ts", large=640, frames_each=10).rename(tmp_path / "switch.mp4")
@@ -311,7 +312,7 @@ def test_chat_history_is_trimmed_to_the_last_turns(app):
     history = []
     for turn in range(service.limits.max_chat_turns + 3):
         history += [{"role": "user", "content": [{"type": "text", "text": f"q{turn}"}]}, {"role": "assistant", "content": f"a{turn}"}]
-    messages = service.chat_messages(history, "now?")
+    messages = service.chat_prompt(history, "now?").messages
     assert len(messages) == 2 * service.limits.max_chat_turns + 1
     assert messages[0] == {"role": "user", "content": "q3"} and messages[-1] == {"role": "user", "content": "now?"}
 
@@ -327,11 +328,12 @@ def test_chat_history_is_bounded_in_tokens_oldest_dropped_first(app):
         history += [{"role": "user", "content": f"q{turn}"}, {"role": "assistant", "content": "word " * 20_000}]
     history += [{"role": "user", "content": "short?"}, {"role": "assistant", "content": "yes."}]
     began = time.monotonic()
-    messages = service.chat_messages(history, "now?")
+    prompt = service.chat_prompt(history, "now?")
     assert time.monotonic() - began < 1.0
+    messages = prompt.messages
     assert messages == [{"role": "user", "content": "short?"}, {"role": "assistant", "content": "yes."},
                         {"role": "user", "content": "now?"}]
-    assert service.dropped_turns(history) == len(history) - 2
+    assert prompt.dropped_turns == len(history) - 2
     total = sum(service._token_count(m["content"]) for m in messages[:-1])
     assert total <= service.limits.max_history_tokens
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shutil
 import time
 import types
 import typing
@@ -34,7 +33,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from encoder.checkpoints import latest_checkpoint, load_training_checkpoint, save_training_checkpoint, trainable_state, unwrap
+from encoder.checkpoints import (
+    latest_checkpoint,
+    load_training_checkpoint,
+    save_directory_atomically,
+    save_training_checkpoint,
+    trainable_state,
+    unwrap,
+    write_file_atomically,
+)
 from encoder.run_log import MetricsLog, plot_metrics
 from encoder.threads import torch_threads
 
@@ -173,9 +180,7 @@ def save_config(config: Any, path: str | os.PathLike) -> Path:
     """Write the config as JSON (atomically)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(json.dumps(config_to_dict(config), indent=2) + "\n", encoding="utf-8")
-    os.replace(temporary, path)
+    write_file_atomically(path, (json.dumps(config_to_dict(config), indent=2) + "\n").encode("utf-8"))
     return path
 
 
@@ -222,21 +227,11 @@ class Task(Protocol):
 
 
 def _export_atomically(task: Task, model: nn.Module, out_dir: Path) -> Path:
-    temporary = out_dir.with_name(out_dir.name + ".tmp")
-    if temporary.exists():
-        shutil.rmtree(temporary)
-    temporary.mkdir(parents=True)
-    task.export(model, temporary)
-    if out_dir.exists():
-        stale = out_dir.with_name(out_dir.name + ".old")
-        if stale.exists():
-            shutil.rmtree(stale)
-        os.replace(out_dir, stale)
-        os.replace(temporary, out_dir)
-        shutil.rmtree(stale)
-    else:
-        os.replace(temporary, out_dir)
-    return out_dir
+    def export(folder: Path) -> None:
+        folder.mkdir(parents=True)
+        task.export(model, folder)
+
+    return save_directory_atomically(out_dir, export)
 
 
 def make_accelerator(settings: TrainingSettings):

@@ -198,6 +198,7 @@ class CacheMeta:
     storage_dtype: str
     crops: int = 0
     crop_seed: int = 0
+    kind: str = "tokens"  # "tokens" (encoder tokens [T*N, D] per clip) or another per-clip vector, e.g. embeddings
 
 
 class CacheBusyError(ValueError):
@@ -293,15 +294,45 @@ def extract_features(
     from encoder.video import check_num_frames, check_size
 
     num_frames, size = check_num_frames(num_frames), check_size(size)  # before any file is written
+    if crops < 0:
+        raise ValueError(f"crops must be >= 0, got {crops}")
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    source, config_sha1 = encoder_identity(model)
+    meta = CacheMeta(source, config_sha1, num_frames, size, precision, storage_dtype, crops, crop_seed)
+    return write_clip_vectors(
+        lambda clips: encode_clips(model, clips, precision=precision), meta, videos, cache_dir,
+        batch_size=batch_size, shard_size=shard_size, num_workers=num_workers, progress=progress,
+        on_batch=on_batch, description="features",
+    )
+
+
+def write_clip_vectors(
+    encode_batch: Callable[[np.ndarray], torch.Tensor],
+    meta: CacheMeta,
+    videos: Sequence[str],
+    cache_dir: str | os.PathLike,
+    batch_size: int = 8,
+    shard_size: int = 256,
+    num_workers: int = 2,
+    progress: bool = True,
+    on_batch: Callable[[int], None] | None = None,
+    description: str = "features",
+) -> dict[str, int]:
+    """The cache writer behind :func:`extract_features`, for any per-clip tensor.
+
+    encode_batch: clips [B, T, S, S, 3] float RGB in [0, 1] -> [B, ...] (encoder tokens, video
+        embeddings); stored in ``meta.storage_dtype``. ``meta`` says what the vectors depend on: a
+        resumed run must match it. Decoding uses ``meta.num_frames`` x ``meta.size`` (and its crops).
+    Resuming, shards, the single-writer lock and error rows as in the module docstring.
+    """
     if batch_size < 1 or shard_size < 1:
         raise ValueError("batch_size and shard_size must be positive")
     if num_workers < 0:
         raise ValueError(f"num_workers must be >= 0, got {num_workers}")
-    if crops < 0:
-        raise ValueError(f"crops must be >= 0, got {crops}")
     storage = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-    if storage_dtype not in storage:
-        raise ValueError(f"storage_dtype must be one of {sorted(storage)}, got {storage_dtype!r}")
+    if meta.storage_dtype not in storage:
+        raise ValueError(f"storage_dtype must be one of {sorted(storage)}, got {meta.storage_dtype!r}")
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
     lock = FileLock(str(cache_dir / LOCK_FILE))
@@ -312,8 +343,8 @@ def extract_features(
                              "use another cache directory") from None
     try:
         _drop_unreadable_shards(cache_dir)
-        return _extract_locked(model, videos, cache_dir, num_frames, size, batch_size, precision, storage_dtype,
-                               shard_size, num_workers, progress, on_batch, crops, crop_seed, storage[storage_dtype])
+        return _extract_locked(encode_batch, meta, videos, cache_dir, batch_size, shard_size, num_workers, progress,
+                               on_batch, storage[meta.storage_dtype], description)
     finally:
         lock.release()
 
@@ -347,25 +378,20 @@ def _drop_unreadable_shards(cache_dir: Path) -> list[str]:
     return bad
 
 
-def _extract_locked(model, videos, cache_dir, num_frames, size, batch_size, precision, storage_dtype, shard_size,
-                    num_workers, progress, on_batch, crops, crop_seed, storage_type) -> dict[str, int]:
-    """The body of :func:`extract_features`, run while holding the cache's lock."""
+def _extract_locked(encode_batch, meta, videos, cache_dir, batch_size, shard_size, num_workers, progress, on_batch,
+                    storage_type, description) -> dict[str, int]:
+    """The body of :func:`write_clip_vectors`, run while holding the cache's lock."""
     from tqdm.auto import tqdm
 
-    source, config_sha1 = encoder_identity(model)
-    meta = CacheMeta(source, config_sha1, num_frames, size, precision, storage_dtype, crops, crop_seed)
+    source, num_frames, size, crops, crop_seed = meta.encoder, meta.num_frames, meta.size, meta.crops, meta.crop_seed
     meta_path = cache_dir / META_FILE
+
+    def settings(m: CacheMeta) -> tuple:
+        return m.encoder_config_sha1, m.num_frames, m.size, m.storage_dtype, m.crops, m.crop_seed, m.kind
+
     if meta_path.is_file():
         existing = CacheMeta(**json.loads(meta_path.read_text()))
-        if (existing.encoder_config_sha1, existing.num_frames, existing.size, existing.storage_dtype,
-                existing.crops, existing.crop_seed) != (
-            meta.encoder_config_sha1,
-            meta.num_frames,
-            meta.size,
-            meta.storage_dtype,
-            meta.crops,
-            meta.crop_seed,
-        ):
+        if settings(existing) != settings(meta):
             raise ValueError(
                 f"{cache_dir} was written with different settings ({asdict(existing)}); "
                 f"use another cache directory for {asdict(meta)}"
@@ -374,6 +400,8 @@ def _extract_locked(model, videos, cache_dir, num_frames, size, batch_size, prec
         values = asdict(meta)
         if not crops:  # meta.json of a plain cache keeps its original keys
             del values["crops"], values["crop_seed"]
+        if meta.kind == "tokens":
+            del values["kind"]
         write_file_atomically(meta_path, json.dumps(values, indent=2).encode())
 
     index_path, errors_path = cache_dir / INDEX_FILE, cache_dir / ERRORS_FILE
@@ -413,7 +441,7 @@ def _extract_locked(model, videos, cache_dir, num_frames, size, batch_size, prec
         pending_tokens.clear()
 
     dataset = _ClipDataset(todo, num_frames, size, crops, crop_seed)
-    bar = tqdm(total=len(todo), unit="clip", desc="features", disable=not progress)
+    bar = tqdm(total=len(todo), unit="clip", desc=description, disable=not progress)
     try:  # an abort (Ctrl-C, an encoder error) still writes the clips encoded so far
         for items in decoded_batches(dataset, batch_size, num_workers):
             good = [(path, clip) for path, clip, error in items if error is None]
@@ -425,7 +453,7 @@ def _extract_locked(model, videos, cache_dir, num_frames, size, batch_size, prec
                 views = 1 + crops
                 clips = np.concatenate([clip[None] if not crops else clip for _, clip in good])  # [len(good) * views, T, ...]
                 tokens = torch.cat([
-                    encode_clips(model, clips[start : start + batch_size], precision=precision).to("cpu", storage_type)
+                    encode_batch(clips[start : start + batch_size]).to("cpu", storage_type)
                     for start in range(0, len(clips), batch_size)
                 ])
                 for number, (path, _) in enumerate(good):

@@ -18,6 +18,7 @@ SUBCOMMAND_MODULES: tuple[str, ...] = (
     "apps.cli",
     "vlm.training.cli",
     "encoder.pretrain.cli",
+    "vlm.retrieval.cli",
 )
 
 
@@ -224,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (FileNotFoundError, ValueError) as error:
+    except (FileNotFoundError, ValueError, ImportError) as error:  # ImportError: an optional extra not installed
         print(f"prism-vlm {args.command}: error: {error}", file=sys.stderr)
         return 2
 

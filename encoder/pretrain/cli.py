@@ -48,6 +48,7 @@ _MODEL_SIZE = {
     "text_layers": "text_layers",
     "max_text_length": "max_text_length",
 }
+_LIT_TEXT = {"auxiliary_layers": "num_auxiliary_layers", "text_layers": "text_layers", "max_text_length": "max_text_length"}
 _DECODER = {"decoder_width": "width", "decoder_layers": "num_layers", "decoder_heads": "num_heads"}
 
 
@@ -139,7 +140,9 @@ def _run(args: argparse.Namespace) -> int:
         config = _build_config(
             LitConfig, args,
             {"encoder": "encoder", "init_from": "init_from", "drop_ratio": "drop_ratio", "mask": "mask_kind",
-             "cache_encoder_tokens": "cache_encoder_tokens"},
+             "cache_encoder_tokens": "cache_encoder_tokens", "tokenizer": "tokenizer", "vocab_size": "vocab_size",
+             "temperature": "initial_temperature"},
+            {"model": (None, _LIT_TEXT, ModelSize)},
         )
         out = run_lit(config)
     print(f"wrote {out}")
@@ -196,8 +199,15 @@ def add_subcommand(subparsers) -> None:
 
     lit = stages.add_parser("lit", help="tune the text tower and MAP head against the frozen stage-2 encoder")
     _add_common(lit)
-    lit.add_argument("--encoder", help="stage-2 encoder directory (required unless in --config)")
-    lit.add_argument("--init-from", help="stage-1 model directory (required unless in --config)")
+    lit.add_argument("--encoder", help="the frozen encoder: stage-2 directory, Hub id or .npz (required unless in --config)")
+    lit.add_argument("--init-from", help="stage-1 model directory (the paper); without it the text tower, auxiliary "
+                     "layers and MAP head start from scratch (sizes below) and a tokenizer is trained on the captions")
+    lit.add_argument("--tokenizer", help="without --init-from: VideoPrism tokenizer directory or SentencePiece .model")
+    lit.add_argument("--vocab-size", type=int, help="without --init-from and --tokenizer: pieces of the trained tokenizer")
+    lit.add_argument("--text-layers", type=int, help="without --init-from: text tower depth (default 12)")
+    lit.add_argument("--auxiliary-layers", type=int, help="without --init-from: auxiliary layers (default 2)")
+    lit.add_argument("--max-text-length", type=int, help="without --init-from: text tokens (default 64)")
+    lit.add_argument("--temperature", type=float, help="without --init-from: initial temperature (learned; default 0.07)")
     lit.add_argument("--drop-ratio", type=float)
     lit.add_argument("--mask", choices=["tube", "block"])
     lit.add_argument("--cache-encoder-tokens", action="store_true", default=None)

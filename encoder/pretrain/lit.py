@@ -14,17 +14,25 @@ after the first epoch and later epochs skip the encoder.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import dataclasses
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from transformers import VideoPrismClipModel
+from transformers import AutoTokenizer, VideoPrismClipModel, VideoPrismVisionConfig
 
 from encoder.factorized import encode_visible_tokens
 from encoder.loading import load_encoder
 from encoder.masking import MASK_KINDS
-from encoder.pretrain.losses import contrastive_loss
-from encoder.pretrain.stage1 import ContrastiveModel, ContrastiveTask, load_logit_scale, load_tokenizer
+from encoder.pretrain.losses import LogitScale, contrastive_loss
+from encoder.pretrain.stage1 import (
+    ContrastiveModel,
+    ContrastiveTask,
+    ModelSize,
+    load_logit_scale,
+    load_tokenizer,
+    new_clip_model,
+)
 from encoder.pretrain.training import TrainingSettings, process_rows, run_training
 from encoder.text_tokenizer import tokenize_texts
 
@@ -35,21 +43,28 @@ class LitConfig(TrainingSettings):
 
     encoder: the stage-2 encoder (``run_stage2``'s output, or anything ``encoder.load_encoder`` takes).
     init_from: the stage-1 video-text model whose text tower, auxiliary layers, MAP head, temperature
-        and tokenizer are tuned.
+        and tokenizer are tuned (the paper). None: locked-image tuning from scratch (LiT proper):
+        a new text tower, auxiliary layers and MAP head of ``model``'s text and auxiliary settings
+        (its vision width, heads and FFN width are the encoder's), and a tokenizer from ``tokenizer``
+        or trained on the captions (``vocab_size`` pieces at most).
     drop_ratio / mask_kind: optional token dropping (off by default: the encoder is frozen).
     cache_encoder_tokens: keep the frozen encoder's tokens per clip in memory (needs drop_ratio 0).
     """
 
     encoder: str
-    init_from: str
+    init_from: str | None = None
+    model: ModelSize = field(default_factory=ModelSize)
+    tokenizer: str | None = None
+    vocab_size: int = 8000
+    initial_temperature: float = 0.07
     drop_ratio: float = 0.0
     mask_kind: str = "tube"
     cache_encoder_tokens: bool = False
 
     def check(self) -> None:
         super().check()
-        if not self.encoder or not self.init_from:
-            raise ValueError("LiT needs encoder (the stage-2 model) and init_from (the stage-1 model)")
+        if not self.encoder:
+            raise ValueError("LiT needs encoder (the frozen video encoder, e.g. the stage-2 model)")
         if self.mask_kind not in MASK_KINDS:
             raise ValueError(f"mask_kind must be one of {MASK_KINDS}, got {self.mask_kind!r}")
         if not 0.0 <= self.drop_ratio < 1.0:
@@ -98,8 +113,15 @@ class LitTask(ContrastiveTask):
 
 def build_lit(config: LitConfig) -> LitTask:
     config.check()
-    clip = VideoPrismClipModel.from_pretrained(config.init_from, use_safetensors=True)
     encoder = load_encoder(config.encoder)
+    if config.init_from:
+        clip = VideoPrismClipModel.from_pretrained(config.init_from, use_safetensors=True)
+        max_length = clip.config.text_config.max_position_embeddings
+        tokenizer = load_tokenizer(config.tokenizer or config.init_from, Path(config.output_dir) / "tokenizer", max_length)
+        logit_scale = load_logit_scale(config.init_from)
+    else:
+        clip, tokenizer = _new_towers(config, encoder)
+        logit_scale = LogitScale(config.initial_temperature)
     target = clip.video_model.vision_model
     mismatched = [
         name for name, tensor in encoder.state_dict().items()
@@ -111,10 +133,33 @@ def build_lit(config: LitConfig) -> LitTask:
             f"(first differences: {mismatched[:3]})"
         )
     target.load_state_dict(encoder.state_dict())
-    max_length = clip.config.text_config.max_position_embeddings
-    tokenizer = load_tokenizer(config.init_from, Path(config.output_dir) / "tokenizer", max_length)
-    model = ContrastiveModel(clip, load_logit_scale(config.init_from), freeze_encoder=True)
+    model = ContrastiveModel(clip, logit_scale, freeze_encoder=True)
     return LitTask(config, model, tokenizer)
+
+
+def _new_towers(config: LitConfig, encoder) -> tuple[VideoPrismClipModel, object]:
+    """A new video-text model around ``encoder``'s architecture (text tower, auxiliary layers and MAP
+    head freshly initialised from ``config.seed``) and its tokenizer."""
+    out = Path(config.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    max_length = config.model.max_text_length
+    if config.tokenizer:
+        tokenizer = load_tokenizer(config.tokenizer, out / "tokenizer", max_length)
+    elif (out / "tokenizer" / "tokenizer.json").is_file():
+        tokenizer = AutoTokenizer.from_pretrained(str(out / "tokenizer"))  # trained by an earlier (resumed) run
+    else:
+        from encoder.pretrain.tokenizer import train_caption_tokenizer
+
+        tokenizer = train_caption_tokenizer(config.train_manifests, out / "tokenizer", config.vocab_size, max_length)
+    vision = encoder.config
+    size = dataclasses.replace(
+        config.model, hidden_size=vision.hidden_size, num_attention_heads=vision.num_attention_heads,
+        intermediate_size=vision.intermediate_size,
+    )
+    vision_config = VideoPrismVisionConfig(**{
+        **vision.to_dict(), "num_auxiliary_layers": config.model.num_auxiliary_layers, "apply_l2norm": True,
+    })
+    return new_clip_model(size, len(tokenizer), config.seed, vision_config), tokenizer
 
 
 def run_lit(config: LitConfig) -> Path:

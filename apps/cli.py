@@ -65,8 +65,23 @@ def _cmd_app(args: argparse.Namespace) -> int:
     device = args.device or default_device()
     model = load_model(args.model, device=device)
     service = ModelService(model, limits, model_dir=args.model or default_model_dir(), batching=batching)
-    launch_app(service, host=args.host, port=args.port, share=args.share, auth=credentials)
+    search = _search_service(args, limits, device)
+    launch_app(service, host=args.host, port=args.port, share=args.share, auth=credentials, search=search)
     return 0
+
+
+def _search_service(args: argparse.Namespace, limits, device: str):
+    """The video-text side: --video-text-model (default: $PRISM_VLM_VIDEO_TEXT_MODEL or the demo's,
+    when installed), indexing --search-dir at start. None when no video-text model is available."""
+    from apps.search import SearchService
+    from vlm.retrieval.video_text_model import default_video_text_model, load_video_text_model
+
+    source = args.video_text_model or default_video_text_model()
+    explicit = args.video_text_model is not None or args.search_dir is not None
+    if not explicit and not Path(source).exists():
+        return None  # no demo video-text model installed: the page works without zero-shot labels and search
+    model = load_video_text_model(source, tokenizer=args.video_text_tokenizer, device=device)
+    return SearchService.start(model, args.search_dir, limits, index_dir=args.search_index)
 
 
 def add_subcommand(subparsers) -> None:
@@ -98,4 +113,12 @@ def add_subcommand(subparsers) -> None:
                      help="longest a batch waits for requests still being decoded (default 500 ms; a lone request "
                           "never waits)")
     app.add_argument("--queue-size", type=POSITIVE, default=64, help="requests allowed to wait (default 64)")
+    app.add_argument("--search-dir", default=None,
+                     help="folder of clips for the Search tab, indexed at start (a restart embeds only new clips)")
+    app.add_argument("--search-index", default=None,
+                     help="where the --search-dir index is kept (default: ~/.cache/prism-vlm/search-index/HASH)")
+    app.add_argument("--video-text-model", default=None,
+                     help="video-text model for search and zero-shot labels: LvT .npz, transformers directory or "
+                          "Hub id (default: $PRISM_VLM_VIDEO_TEXT_MODEL, else the demo's)")
+    app.add_argument("--video-text-tokenizer", default=None, help="its SentencePiece .model (needed for an .npz)")
     app.set_defaults(func=_cmd_app)

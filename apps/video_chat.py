@@ -4,7 +4,9 @@ it, ask open- or closed-vocabulary questions; a thin layer over :class:`apps.ser
 Named API endpoints (gradio_client): ``/caption`` (video, frames, max_new_tokens -> caption),
 ``/ask`` (video, question, candidates, frames, max_new_tokens -> answer, candidate probabilities;
 empty candidates = open vocabulary) and ``/chat`` (video, message, history, frames, max_new_tokens
--> streamed chat history). Every other event is private.
+-> streamed chat history); with a video-text model, ``/labels`` (video, labels -> zero-shot label
+probabilities) and, with ``--search-dir``, ``/search`` (text, results -> matching clips, with scores).
+Every other event is private.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import gradio as gr
 import numpy as np
 
 from apps.limits import VIDEO_SUFFIXES, VideoRejectedError
+from apps.search import MAX_RESULTS, SearchService
 from apps.service import AppInputError, FrameStrip, ModelService, parse_candidates
 from vlm.model import UnreadableVideoError
 from vlm.prompts import ChatMessagesError, EmptyQuestionError
@@ -48,6 +51,7 @@ OPEN, CLOSED = "open vocabulary", "closed vocabulary"
 TOP_CANDIDATES_SHOWN = 10
 DEFAULT_MAX_NEW_TOKENS = 32  # the paper's greedy decoding length, as in `prism-vlm caption`
 MODEL_QUEUE = "model"  # one concurrency group for all model work
+SEARCH_QUEUE = "video-text"  # the video-text model's requests (search, zero-shot labels)
 
 DESCRIPTION = """\
 # prism-vlm: talk about a video
@@ -190,10 +194,12 @@ def _chart_data(probabilities: list[dict] | None):
 # ---------------------------------------------------------------------------------------- the page
 
 
-def build_app(service: ModelService, examples: Sequence[str | os.PathLike] | None = None) -> gr.Blocks:
+def build_app(service: ModelService, examples: Sequence[str | os.PathLike] | None = None,
+              search: SearchService | None = None) -> gr.Blocks:
     """The gr.Blocks page over ``service`` (queue and launch settings are applied by :func:`launch_app`).
 
-    examples: clips offered as examples (default: :func:`default_examples`)."""
+    examples: clips offered as examples (default: :func:`default_examples`).
+    search: the video-text side (zero-shot labels; the Search tab when it has an index), or None."""
     examples = [Path(p) for p in (default_examples() if examples is None else examples)]
     limits = service.limits
 
@@ -227,9 +233,23 @@ def build_app(service: ModelService, examples: Sequence[str | os.PathLike] | Non
         finally:
             pieces.close()
 
+    @shows_errors
+    def labels(video: str | None, label_text: str) -> dict[str, float]:
+        if search is None:
+            raise AppInputError("This app was started without a video-text model (--video-text-model).")
+        return search.classify(video, label_text)
+
+    @shows_errors
+    def find_clips(query: str, results: float):
+        if search is None:
+            raise AppInputError("This app was started without a video-text model (--video-text-model).")
+        hits = search.search(query, results)
+        gallery = [(hit.video, f"{hit.name}  ·  {hit.score:.3f}") for hit in hits]
+        return gallery, [{"rank": rank + 1, "clip": hit.name, "score": round(hit.score, 4)} for rank, hit in enumerate(hits)]
+
     def show_video(video: str | None, frames: float):
         """Preview, frame strip and clip facts for a new clip (a bad clip: a message, no strip)."""
-        cleared = ("", "", [], None, [])  # caption, answer, probabilities, chart, chat
+        cleared = ("", "", [], None, [], None)  # caption, answer, probabilities, chart, chat, zero-shot labels
         if not video:
             return (gr.update(value=None, visible=True), gr.update(value=None, visible=False), None, "", *cleared)
         is_gif = Path(video).suffix.lower() == ".gif"
@@ -278,65 +298,90 @@ def build_app(service: ModelService, examples: Sequence[str | os.PathLike] | Non
     ttl = int(limits.upload_ttl_s)
     with gr.Blocks(title="prism-vlm", analytics_enabled=False, delete_cache=(max(60, ttl // 4), ttl)) as demo:
         gr.Markdown(DESCRIPTION)
-        with gr.Row(equal_height=False):
-            with gr.Column(scale=2, min_width=320):
-                video = gr.File(
-                    label="Video", file_types=list(VIDEO_SUFFIXES), type="filepath", height=120, elem_id="video-upload",
-                )
-                gr.Markdown(
-                    f"{', '.join(s.lstrip('.') for s in VIDEO_SUFFIXES)}; up to {limits.max_upload_mb:g} MB "
-                    f"and {limits.max_duration_s:g} s",
-                    elem_id="upload-limits",
-                )
-                preview = gr.Video(label="Preview", interactive=False, height=300, elem_id="video-preview")
-                gif_preview = gr.Image(label="Preview", interactive=False, type="filepath", visible=False, height=300)
-                clip_facts = gr.Markdown(elem_id="clip-facts")
-                if examples:
-                    gr.Examples(
-                        examples=[[str(p)] for p in examples], inputs=[video], label="Examples",
-                        example_labels=[p.stem.replace("_", " ") for p in examples],
+        with gr.Tab("Assistant", elem_id="assistant-tab"):
+            with gr.Row(equal_height=False):
+                with gr.Column(scale=2, min_width=320):
+                    video = gr.File(
+                        label="Video", file_types=list(VIDEO_SUFFIXES), type="filepath", height=120, elem_id="video-upload",
                     )
-            with gr.Column(scale=3, min_width=420):
-                strip = gr.Image(
-                    label="Frames the model sees", type="numpy", format="png", interactive=False,
-                    elem_id="frame-strip", buttons=["fullscreen"],
-                )
-                with gr.Group():
-                    describe_button = gr.Button("Describe", variant="primary", elem_id="describe-button")
-                    caption_box = gr.Textbox(label="Description", lines=2, interactive=False, elem_id="caption")
-                with gr.Accordion("Settings", open=True):
-                    with gr.Row():
-                        frames = gr.Slider(1, limits.max_frames, value=service.default_frames, step=1, label="Frames sampled")
-                        max_new_tokens = gr.Slider(
-                            1, limits.max_new_tokens, value=min(DEFAULT_MAX_NEW_TOKENS, limits.max_new_tokens), step=1, label="Max new tokens"
+                    gr.Markdown(
+                        f"{', '.join(s.lstrip('.') for s in VIDEO_SUFFIXES)}; up to {limits.max_upload_mb:g} MB "
+                        f"and {limits.max_duration_s:g} s",
+                        elem_id="upload-limits",
+                    )
+                    preview = gr.Video(label="Preview", interactive=False, height=300, elem_id="video-preview")
+                    gif_preview = gr.Image(label="Preview", interactive=False, type="filepath", visible=False, height=300)
+                    clip_facts = gr.Markdown(elem_id="clip-facts")
+                    if examples:
+                        gr.Examples(
+                            examples=[[str(p)] for p in examples], inputs=[video], label="Examples",
+                            example_labels=[p.stem.replace("_", " ") for p in examples],
                         )
-        with gr.Row(equal_height=False):
-            with gr.Column(scale=1, min_width=380):
-                gr.Markdown("### Chat about the clip")
-                chatbot = gr.Chatbot(label="Chat", height=320, elem_id="chat")
-                with gr.Row():
-                    message = gr.Textbox(label="Message", placeholder="Ask anything about the clip ...", show_label=False, scale=4, elem_id="chat-message")
-                    send_button = gr.Button("Send", scale=1, variant="primary")
-                clear_button = gr.Button("Clear chat", size="sm")
-            with gr.Column(scale=1, min_width=380):
-                gr.Markdown("### Question answering")
-                question = gr.Textbox(label="Question", placeholder="what is the person doing?", elem_id="qa-question")
-                vocabulary = gr.Radio([OPEN, CLOSED], value=CLOSED, label="Answers")
-                with gr.Row():
-                    preset = gr.Dropdown([NO_PRESET, *CANDIDATE_PRESETS], value=NO_PRESET, label="Candidate preset", scale=1)
-                    candidates = gr.Textbox(
-                        label="Candidate answers (comma-separated or one per line)", value="", lines=2, scale=3,
-                        elem_id="qa-candidates",
+                with gr.Column(scale=3, min_width=420):
+                    strip = gr.Image(
+                        label="Frames the model sees", type="numpy", format="png", interactive=False,
+                        elem_id="frame-strip", buttons=["fullscreen"],
                     )
-                stash = gr.State("")
-                ask_button = gr.Button("Ask", variant="primary", elem_id="ask-button")
-                answer = gr.Textbox(label="Answer", interactive=False, elem_id="qa-answer")
-                chart = gr.BarPlot(
-                    x="answer", y="probability", y_lim=[0, 1], sort="-y", height=280,
-                    label=f"Top {TOP_CANDIDATES_SHOWN} candidates", elem_id="qa-chart",
-                )
-                with gr.Accordion("All candidate probabilities (JSON)", open=False):
-                    probabilities = gr.JSON(label="Candidate probabilities", elem_id="qa-probabilities")
+                    with gr.Group():
+                        describe_button = gr.Button("Describe", variant="primary", elem_id="describe-button")
+                        caption_box = gr.Textbox(label="Description", lines=2, interactive=False, elem_id="caption")
+                    with gr.Accordion("Settings", open=True):
+                        with gr.Row():
+                            frames = gr.Slider(1, limits.max_frames, value=service.default_frames, step=1, label="Frames sampled")
+                            max_new_tokens = gr.Slider(
+                                1, limits.max_new_tokens, value=min(DEFAULT_MAX_NEW_TOKENS, limits.max_new_tokens), step=1, label="Max new tokens"
+                            )
+            with gr.Row(equal_height=False):
+                with gr.Column(scale=1, min_width=380):
+                    gr.Markdown("### Chat about the clip")
+                    chatbot = gr.Chatbot(label="Chat", height=320, elem_id="chat")
+                    with gr.Row():
+                        message = gr.Textbox(label="Message", placeholder="Ask anything about the clip ...", show_label=False, scale=4, elem_id="chat-message")
+                        send_button = gr.Button("Send", scale=1, variant="primary")
+                    clear_button = gr.Button("Clear chat", size="sm")
+                with gr.Column(scale=1, min_width=380):
+                    gr.Markdown("### Question answering")
+                    question = gr.Textbox(label="Question", placeholder="what is the person doing?", elem_id="qa-question")
+                    vocabulary = gr.Radio([OPEN, CLOSED], value=CLOSED, label="Answers")
+                    with gr.Row():
+                        preset = gr.Dropdown([NO_PRESET, *CANDIDATE_PRESETS], value=NO_PRESET, label="Candidate preset", scale=1)
+                        candidates = gr.Textbox(
+                            label="Candidate answers (comma-separated or one per line)", value="", lines=2, scale=3,
+                            elem_id="qa-candidates",
+                        )
+                    stash = gr.State("")
+                    ask_button = gr.Button("Ask", variant="primary", elem_id="ask-button")
+                    answer = gr.Textbox(label="Answer", interactive=False, elem_id="qa-answer")
+                    chart = gr.BarPlot(
+                        x="answer", y="probability", y_lim=[0, 1], sort="-y", height=280,
+                        label=f"Top {TOP_CANDIDATES_SHOWN} candidates", elem_id="qa-chart",
+                    )
+                    with gr.Accordion("All candidate probabilities (JSON)", open=False):
+                        probabilities = gr.JSON(label="Candidate probabilities", elem_id="qa-probabilities")
+            with gr.Accordion("Zero-shot labels (video-text model)", open=True, visible=search is not None):
+                with gr.Row():
+                    label_box = gr.Textbox(
+                        label="Labels (comma-separated or one per line)", value=", ".join(ANSWER_VOCABULARY["colour"]),
+                        scale=4, elem_id="zero-shot-labels",
+                    )
+                    labels_button = gr.Button("Label the clip", scale=1, elem_id="zero-shot-button")
+                label_output = gr.Label(label="Label probabilities", num_top_classes=5, elem_id="zero-shot-output")
+        with gr.Tab("Search", elem_id="search-tab"):
+            if search is not None and search.can_search:
+                gr.Markdown(f"Search the {len(search.index)} clips of the folder this app was started with by text "
+                            "(the video-text model's cosine similarity; best first).", elem_id="search-info")
+            else:
+                gr.Markdown("No clips to search: start the app with `--search-dir FOLDER` (and a video-text model).",
+                            elem_id="search-info")
+            with gr.Row():
+                search_query = gr.Textbox(label="Find clips showing ...", placeholder="a red star moving left", scale=4,
+                                          elem_id="search-query")
+                search_count = gr.Slider(1, MAX_RESULTS, value=8, step=1, label="Results", scale=1)
+                search_button = gr.Button("Search", variant="primary", scale=1, elem_id="search-button")
+            search_gallery = gr.Gallery(label="Matching clips", columns=4, height="auto", elem_id="search-results",
+                                        interactive=False)
+            with gr.Accordion("Scores (JSON)", open=False):
+                search_scores = gr.JSON(label="Results", elem_id="search-scores")
         with gr.Accordion("Loaded model", open=True):
             gr.Markdown(model_markdown(service), elem_id="model-info")
 
@@ -344,7 +389,7 @@ def build_app(service: ModelService, examples: Sequence[str | os.PathLike] | Non
 
         private = {"api_visibility": "private"}
         model_event = {"concurrency_id": MODEL_QUEUE, "concurrency_limit": limits.concurrency}
-        clip_outputs = [preview, gif_preview, strip, clip_facts, caption_box, answer, probabilities, chart, chatbot]
+        clip_outputs = [preview, gif_preview, strip, clip_facts, caption_box, answer, probabilities, chart, chatbot, label_output]
         video.change(show_video, [video, frames], clip_outputs, **model_event, **private)
         frames.release(update_strip, [video, frames], [strip, clip_facts], **model_event, **private)
 
@@ -363,6 +408,11 @@ def build_app(service: ModelService, examples: Sequence[str | os.PathLike] | Non
             api_name="chat", **model_event,
         )
         clear_button.click(lambda: ([], ""), None, [chatbot, message], queue=False, **private)
+
+        search_event = {"concurrency_id": SEARCH_QUEUE, "concurrency_limit": limits.concurrency}
+        labels_button.click(labels, [video, label_box], label_output, api_name="labels", **search_event)
+        gr.on([search_button.click, search_query.submit], find_clips, [search_query, search_count],
+              [search_gallery, search_scores], api_name="search", **search_event)
     return demo
 
 
@@ -375,19 +425,24 @@ def launch_app(
     prevent_thread_lock: bool = False,
     quiet: bool = False,
     auth: Sequence[tuple[str, str]] | None = None,
+    search: SearchService | None = None,
 ) -> gr.Blocks:
     """Build the page, bound its queue (``service.limits``: concurrency and size) and serve it.
 
     Only uploads and the example clips are served from disk (``allowed_paths`` = the examples);
     :class:`apps.request_guard.RequestGuard` refuses remote URLs as files, oversized bodies and
     uploads of more than one file. auth: (user, password) pairs required to use the page and API
-    (None: open to whoever reaches the address)."""
+    (None: open to whoever reaches the address). search: the video-text side (zero-shot labels, and
+    the Search tab over its folder, which is then served too)."""
     from starlette.middleware import Middleware
 
     from apps.request_guard import RequestGuard
 
     examples = [Path(p).resolve() for p in (default_examples() if examples is None else examples)]
-    demo = build_app(service, examples)
+    demo = build_app(service, examples, search)
+    served = [str(p) for p in examples]
+    if search is not None and search.search_dir is not None:
+        served.append(str(search.search_dir))
     demo.queue(default_concurrency_limit=service.limits.concurrency, max_size=service.limits.queue_size)
     demo.launch(
         server_name=host,
@@ -396,7 +451,7 @@ def launch_app(
         prevent_thread_lock=prevent_thread_lock,
         quiet=quiet,
         max_file_size=service.limits.max_upload_bytes,
-        allowed_paths=[str(p) for p in examples],
+        allowed_paths=served,
         auth=list(auth) if auth else None,
         app_kwargs={"middleware": [Middleware(RequestGuard, max_upload_bytes=service.limits.max_upload_bytes, max_files=1)]},
         footer_links=["api"],

@@ -566,6 +566,27 @@ def test_lit_tunes_text_and_head_on_the_frozen_stage2_encoder(stage1_run, stage2
     assert checkpoint and not any(".vision_model." in name for name in checkpoint)
 
 
+def test_lit_from_scratch_learns_a_new_text_tower_on_the_locked_encoder(stage2_run, corpus, tmp_path):
+    from vlm.cli import main
+    from vlm.retrieval.video_text_model import load_video_text_model
+
+    code = main([
+        "pretrain", "lit", "--out", str(tmp_path / "lit"), "--encoder", str(stage2_run / "model"),
+        "--train", str(corpus / "videos.jsonl"), "--text-layers", "1", "--auxiliary-layers", "1", "--max-text-length", "12",
+        "--vocab-size", "60", "--steps", "40", "--batch-size", "8", "--warmup-steps", "3", "--lr", "3e-2",
+        "--cache-clips", "--cache-encoder-tokens", "--log-every", "1", "--save-every", "40", "--no-progress",
+    ])
+    assert code == 0
+    early, late = _early_late(_metrics(tmp_path / "lit"), "loss")
+    assert late < early - 0.1
+    lit = load_file(str(tmp_path / "lit" / "model" / "model.safetensors"))
+    stage2 = load_file(str(stage2_run / "model" / "model.safetensors"))
+    assert all(torch.equal(lit[f"video_model.vision_model.{k}"], v) for k, v in stage2.items())  # locked encoder
+    model = load_video_text_model(tmp_path / "lit" / "model")
+    assert model.text_length == 12 and model.clip.config.text_config.num_hidden_layers == 1
+    assert model.temperature != 0.07  # the learned temperature, saved beside the model, is used
+
+
 def test_cli_train_tokenizer_and_stage1(corpus, tmp_path, capsys):
     from vlm.cli import main
 

@@ -1,0 +1,121 @@
+"""The app's video-text side: search a folder of clips by text, and zero-shot labels for a clip.
+
+``SearchService`` holds one VideoPrism video-text model (``vlm.retrieval``) and, when the app was
+started with ``--search-dir``, the index of that folder (built, or brought up to date, at start:
+``vlm.retrieval.index.build_index`` resumes, so a restart only embeds new clips). Requests are
+checked against the app's limits (text length, label count, the clip gate of ``apps.limits``)
+before any model work, and the model runs under a lock of its own.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from apps.limits import AppLimits, VideoRejectedError, check_video
+from apps.service import AppInputError, parse_candidates
+from encoder.video import VideoDecodeError, load_clip
+from vlm.retrieval.index import VideoIndex, build_index
+from vlm.retrieval.video_text_model import VideoTextModel
+from vlm.retrieval.zero_shot import classify_embeddings, label_embeddings
+
+MAX_RESULTS = 24
+
+
+@dataclass(frozen=True)
+class SearchHit:
+    video: str  # path of the clip on the server (inside the search folder)
+    score: float  # cosine similarity
+
+    @property
+    def name(self) -> str:
+        return Path(self.video).name
+
+
+def default_index_dir(search_dir: str | os.PathLike, model: VideoTextModel) -> Path:
+    """Where the app keeps the index of ``search_dir`` for ``model``: the user's cache folder
+    (``$XDG_CACHE_HOME`` or ~/.cache) / prism-vlm / search-index / a hash of both."""
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    key = hashlib.sha1(f"{Path(search_dir).resolve()}|{model.source}|{model.identity()}".encode()).hexdigest()[:16]
+    return cache / "prism-vlm" / "search-index" / key
+
+
+class SearchService:
+    """Text-to-clip search over ``index`` (None: no search folder) and zero-shot labels with ``model``."""
+
+    def __init__(self, model: VideoTextModel, index: VideoIndex | None, limits: AppLimits | None = None,
+                 search_dir: str | os.PathLike | None = None):
+        self.model = model
+        self.index = index
+        self.limits = limits or AppLimits()
+        self.search_dir = None if search_dir is None else Path(search_dir).resolve()
+        self._lock = threading.Lock()
+
+    @classmethod
+    def start(cls, model: VideoTextModel, search_dir: str | os.PathLike | None, limits: AppLimits | None = None,
+              index_dir: str | os.PathLike | None = None, progress: bool = True) -> SearchService:
+        """Index ``search_dir`` (resuming an earlier index in ``index_dir``, default
+        :func:`default_index_dir`) and serve it; without ``search_dir``, zero-shot labels only."""
+        if search_dir is None:
+            return cls(model, None, limits)
+        from encoder.features import list_videos
+
+        search_dir = Path(search_dir)
+        if not search_dir.is_dir():
+            raise FileNotFoundError(f"--search-dir {search_dir} is not a folder")
+        index_dir = Path(index_dir) if index_dir is not None else default_index_dir(search_dir, model)
+        build_index(model, list_videos(search_dir), index_dir, progress=progress)
+        return cls(model, VideoIndex.load(index_dir), limits, search_dir)
+
+    @property
+    def can_search(self) -> bool:
+        return self.index is not None and len(self.index) > 0
+
+    def _text(self, text: str | None, what: str) -> str:
+        text = " ".join((text or "").split())
+        if not text:
+            raise AppInputError(f"The {what} is empty: type one first.")
+        if len(text) > self.limits.max_message_chars:
+            raise AppInputError(f"The {what} has {len(text)} characters; the limit is {self.limits.max_message_chars}.")
+        return text
+
+    def search(self, query: str | None, top_k: int | float = 8) -> list[SearchHit]:
+        """The ``top_k`` clips of the search folder closest to ``query``, best first."""
+        if not self.can_search:
+            raise AppInputError("No clips to search: start the app with --search-dir FOLDER (a folder of videos).")
+        query = self._text(query, "search text")
+        if float(top_k) != int(top_k) or not 1 <= int(top_k) <= MAX_RESULTS:
+            raise AppInputError(f"Results must be a whole number from 1 to {MAX_RESULTS}, got {top_k}.")
+        with self._lock:
+            scores, rows = self.index.search(self.model.embed_texts([query]), int(top_k))
+        return [SearchHit(self.index.videos[int(row)], float(score)) for score, row in zip(scores[0], rows[0])]
+
+    def classify(self, video: str | os.PathLike | None, labels: str | Sequence[str] | None) -> dict[str, float]:
+        """Zero-shot label probabilities of the clip, {label: probability}, highest first."""
+        parsed = parse_candidates(labels, self.limits.max_candidates) if isinstance(labels, str) or labels is None else list(labels)
+        if not parsed:
+            raise AppInputError("No labels given: type them (comma-separated or one per line).")
+        if len(parsed) > self.limits.max_candidates:
+            raise AppInputError(f"{len(parsed)} labels; this app ranks at most {self.limits.max_candidates}.")
+        parsed = [self._text(label, "label") for label in parsed]
+        if len(set(parsed)) != len(parsed):
+            raise AppInputError("A label appears more than once.")
+        try:
+            check_video(video, self.limits)
+        except VideoRejectedError as error:
+            raise AppInputError(str(error)) from error
+        try:
+            clip = load_clip(Path(video), num_frames=self.model.num_frames, size=self.model.frame_size,
+                             max_side=self.limits.max_side_px, time_limit_s=self.limits.max_decode_s)
+        except (VideoDecodeError, FileNotFoundError, ValueError) as error:
+            reason = error.reason if isinstance(error, VideoDecodeError) else str(error)
+            raise AppInputError(f"Could not decode '{Path(video).name}': {reason}.") from error
+        with self._lock:
+            probabilities = classify_embeddings(self.model, self.model.embed_clips(clip[None]),
+                                                label_embeddings(self.model, parsed))[0]
+        order = probabilities.argsort(descending=True)
+        return {parsed[int(i)]: float(probabilities[i]) for i in order}

@@ -21,7 +21,7 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.fixture_files import REAL_CLIP
+from tests.fixture_files import REAL_CLIP, REFERENCE_DIR, TEST_SPM_MODEL
 from tests.tiny_glue import FRAMES, SIZE, build_tiny_glue, save_tiny_glue
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -33,6 +33,7 @@ CHROMIUM_ARGS = [
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
 ]
 SHARED_CLIP = REAL_CLIP
+LVT_NPZ = REFERENCE_DIR / "lvt_tiny_params.npz"
 UI_MAX_NEW_TOKENS = 32  # the page's default "Max new tokens"
 
 
@@ -48,15 +49,32 @@ def glue_dir(tmp_path_factory, smollm2_tokenizer) -> Path:
 
 
 @pytest.fixture(scope="module")
-def served_app(glue_dir, tmp_path_factory):
-    """URL of ``prism-vlm app --model glue_dir`` running in a subprocess."""
+def search_folder(tmp_path_factory) -> Path:
+    """The shipped shapes example clips, as the folder the Search tab searches."""
+    folder = tmp_path_factory.mktemp("search")
+    for clip in sorted((REPO / "apps" / "examples").glob("*.mp4")):
+        shutil.copy(clip, folder / clip.name)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def search_index(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("search-index")
+
+
+@pytest.fixture(scope="module")
+def served_app(glue_dir, search_folder, search_index, tmp_path_factory):
+    """URL of ``prism-vlm app --model glue_dir --search-dir search_folder`` running in a subprocess
+    (the video-text model: the official-format tiny LvT fixture)."""
     root = tmp_path_factory.mktemp("app")
     port = free_port()
     env = dict(os.environ, GRADIO_ANALYTICS_ENABLED="False", GRADIO_TEMP_DIR=str(root / "uploads"), PYTHONUNBUFFERED="1")
     log_path = root / "server.log"
     with open(log_path, "w") as log:
         server = subprocess.Popen(
-            [sys.executable, "-m", "vlm.cli", "app", "--model", str(glue_dir), "--port", str(port)],
+            [sys.executable, "-m", "vlm.cli", "app", "--model", str(glue_dir), "--port", str(port),
+             "--search-dir", str(search_folder), "--search-index", str(search_index),
+             "--video-text-model", str(LVT_NPZ), "--video-text-tokenizer", str(TEST_SPM_MODEL)],
             cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
         )
     url = f"http://127.0.0.1:{port}/"
@@ -153,4 +171,30 @@ def test_a_bad_upload_shows_a_message_in_the_page_then_an_example_works(served_a
     page.wait_for_function("document.querySelector('#clip-facts').innerText.includes('green_star_rotating.mp4')", timeout=60_000)
     assert "2.0 s, 64 x 64 px" in page.locator("#clip-facts").inner_text()
     page.wait_for_function("(document.querySelector('#frame-strip img') || {}).naturalWidth > 0", timeout=60_000)
+    page.close()
+
+
+def test_search_tab_finds_clips_of_the_folder_and_plays_them(served_app, browser, search_folder, search_index):
+    from vlm.retrieval.index import VideoIndex
+    from vlm.retrieval.video_text_model import load_video_text_model
+
+    clips = sorted(search_folder.glob("*.mp4"))
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.goto(served_app, wait_until="load")
+    page.get_by_role("tab", name="Search").click()
+    assert f"Search the {len(clips)} clips" in page.locator("#search-info").inner_text(timeout=30_000)
+    page.locator("#search-query textarea").fill("a green star rotating")
+    page.locator("#search-button").click()
+    page.wait_for_function("document.querySelectorAll('#search-results video, #search-results img').length > 0",
+                           timeout=60_000)
+    shown = page.locator("#search-results").inner_text()
+    # the library's ranking with the same model and the index the app built
+    index = VideoIndex.load(search_index)
+    model = load_video_text_model(LVT_NPZ, tokenizer=TEST_SPM_MODEL)
+    _, rows = index.search(model.embed_texts(["a green star rotating"]), len(clips))
+    best = Path(index.videos[int(rows[0][0])]).name
+    assert best in shown and all(clip.name in shown for clip in clips)
+    page.locator("#search-results video, #search-results img").first.click()  # opens the clip in the preview
+    page.wait_for_function("document.querySelectorAll('#search-results video').length > 0", timeout=30_000)
+    assert page.locator("#search-results video").first.get_attribute("src")
     page.close()

@@ -196,3 +196,37 @@ def test_videochatgpt_and_llava_video_conversations_load_as_training_data(tmp_pa
         convert_annotations("llava-video", tmp_path / "out1", tmp_path / "out3")
     with pytest.raises(AnnotationFormatError, match="VideoChatGPT-100K annotations not found"):
         convert_annotations("videochatgpt", tmp_path / "out2", tmp_path / "out3")
+
+
+def test_msrvtt_1k_and_kinetics400_feed_the_retrieval_evaluations(tmp_path):
+    from vlm.retrieval.evaluation import read_captioned_clips, read_labelled_clips
+
+    msrvtt = tmp_path / "msrvtt"
+    (msrvtt / "videos" / "all").mkdir(parents=True)
+    (msrvtt / "videos" / "all" / "video9770.mp4").write_bytes(b"x")
+    (msrvtt / "MSRVTT_JSFUSION_test.csv").write_text(
+        ",key,vid_key,video_id,sentence\n0,ret0,msr9770,video9770,a person is connecting something to system\n"
+        "1,ret1,msr7606,video7606,a little girl does gymnastics\n")
+    written = convert_annotations("msrvtt-1k", msrvtt, tmp_path / "out")
+    assert written == {str(tmp_path / "out" / "test_1k_retrieval.jsonl"): 2}
+    items = read_captioned_clips(tmp_path / "out" / "test_1k_retrieval.jsonl")
+    assert [i.captions for i in items] == [["a person is connecting something to system"], ["a little girl does gymnastics"]]
+    assert Path(items[0].clip.source).resolve() == (msrvtt / "videos" / "all" / "video9770.mp4").resolve()
+
+    kinetics = tmp_path / "k400"
+    (kinetics / "test" / "abseiling").mkdir(parents=True)
+    (kinetics / "test" / "abseiling" / "abc_000010_000020.mp4").write_bytes(b"x")
+    (kinetics / "test.csv").write_text("label,youtube_id,time_start,time_end,split\nabseiling,abc,10,20,test\n"
+                                       "air drumming,def,0,10,test\n")
+    (kinetics / "validate.csv").write_text("label,youtube_id,time_start,time_end,split\nzumba,ghi,5,15,validate\n")
+    written = convert_annotations("kinetics400", kinetics, tmp_path / "k")
+    assert written[str(tmp_path / "k" / "test_labelled.jsonl")] == 2 and written[str(tmp_path / "k" / "val_labelled.jsonl")] == 1
+    assert (tmp_path / "k" / "labels.txt").read_text().splitlines() == ["abseiling", "air drumming", "zumba"]
+    items = read_labelled_clips(tmp_path / "k" / "test_labelled.jsonl")
+    assert [i.label for i in items] == ["abseiling", "air drumming"]
+    assert Path(items[0].clip.source).resolve() == (kinetics / "test" / "abseiling" / "abc_000010_000020.mp4").resolve()
+    assert Path(items[1].clip.source).name == "def_000000_000010.mp4"
+
+    (kinetics / "test.csv").write_text("youtube_id,time_start\nabc,1\n")
+    with pytest.raises(AnnotationFormatError, match="no column 'label'"):
+        convert_annotations("kinetics400", kinetics, tmp_path / "k")

@@ -9,6 +9,10 @@
 * conversation formats (instruction tuning): ``OUT/train_conversations.jsonl`` with ``{"video", "id",
   "conversations": [{"from": "human"|"gpt", "value"}, ...]}`` (LLaVA's layout, ``"<video>\n"`` opening
   the first human turn), the input of ``prism-vlm train``;
+* retrieval and classification formats: ``msrvtt-1k`` writes ``OUT/test_1k_retrieval.jsonl`` with
+  ``{"video", "id", "caption"}`` (``prism-vlm eval-retrieval``); ``kinetics400`` writes
+  ``OUT/{split}_labelled.jsonl`` with ``{"video", "id", "label"}`` and ``OUT/labels.txt``
+  (``prism-vlm eval-zeroshot --labels OUT/labels.txt``);
 * caption formats: ``OUT/{split}_videos.jsonl`` with ``{"video", "id"}`` (plus ``"start"``,
   ``"end"`` for clips cut from longer videos), the input of ``prism-vlm caption --videos``; and
   ``OUT/{split}_refs.jsonl`` with ``{"video": id, "captions": [...]}``, the references of
@@ -28,6 +32,8 @@ Expected layouts (SRC/...):
 | ``vatex`` | ``vatex_training_v1.0.json``, ``vatex_validation_v1.0.json``, ``vatex_public_test_english_v1.1.json`` | ``videos/{videoID}.mp4`` (the 10 s clips) |
 | ``videochatgpt`` | ``VideoInstruct100K.json`` (or ``VideoInstruct_Dataset.json``): a list of ``{"video_id", "q", "a"}`` (VideoChatGPT-100K); one conversation per question | ``videos/{video_id}.{mp4,mkv,webm}`` (ActivityNet) |
 | ``llava-video`` | ``*.json`` files in SRC and its subset folders (LLaVA-Video-178K: ``0_30_s_academic_v0_1/0_30_s_academic_v0_1_cap_processed.json``, ``..._oe_qa_processed.json``, ...): lists of ``{"id", "video", "conversations", "data_source"}`` | ``video`` relative to the JSON file's folder (the subset's extracted tarballs) |
+| ``msrvtt-1k`` | ``MSRVTT_JSFUSION_test.csv`` (the 1k-A retrieval test split: key, vid_key, video_id, sentence) | ``videos/all/video{N}.mp4`` (or ``TestVideo/``, ``TrainValVideo/``) |
+| ``kinetics400`` | ``{train,validate,test}.csv`` (label, youtube_id, time_start, time_end, split) | ``{split}/[{label}/]{youtube_id}_{start:06d}_{end:06d}.mp4`` (or under ``videos/``; mkv, webm too) |
 | ``youcook2`` | ``youcookii_annotations_trainval.json`` | ``raw_videos/{training,validation}/{recipe}/{youtube_id}.{mp4,mkv,webm}``; one clip per annotated segment |
 
 Question types: MSRVTT-QA and MSVD-QA get the question's wh-word (what/who/how/when/where, the
@@ -324,6 +330,69 @@ def convert_llava_video(src: Path, out: Path) -> dict[str, int]:
     return {str(out / "train_conversations.jsonl"): _write_jsonl(out / "train_conversations.jsonl", rows)}
 
 
+def _read_csv(path: Path, required: tuple[str, ...]) -> list[dict]:
+    try:
+        with open(path, encoding="utf-8", newline="") as handle:
+            rows = list(csv.DictReader(handle))
+    except (UnicodeDecodeError, csv.Error) as error:
+        raise AnnotationFormatError(f"{path}: not a readable CSV file ({error})") from None
+    header = set(rows[0]) if rows else set()
+    missing = [column for column in required if column not in header]
+    if missing:
+        raise AnnotationFormatError(f"{path}: no column {missing[0]!r} (expected {', '.join(required)})")
+    return rows
+
+
+def convert_msrvtt_retrieval(src: Path, out: Path) -> dict[str, int]:
+    """MSR-VTT 1k-A retrieval test (JSFusion split, ``MSRVTT_JSFUSION_test.csv``: key, vid_key,
+    video_id, sentence): one caption per clip -> ``test_1k_retrieval.jsonl`` ``{"video", "id",
+    "caption"}``, the input of ``prism-vlm eval-retrieval``."""
+    path = src / "MSRVTT_JSFUSION_test.csv"
+    if not path.is_file():
+        raise AnnotationFormatError(f"MSRVTT_JSFUSION_test.csv not found in {src}")
+    rows = []
+    for row in _read_csv(path, ("video_id", "sentence")):
+        video_id = row["video_id"].strip()
+        location = next((folder / f"{video_id}.mp4" for folder in (src / "videos" / "all", src / "TestVideo",
+                                                                    src / "TrainValVideo")
+                         if (folder / f"{video_id}.mp4").exists()), src / "videos" / "all" / f"{video_id}.mp4")
+        rows.append({"video": _relative(location, out), "id": video_id, "caption": row["sentence"].strip()})
+    return {str(out / "test_1k_retrieval.jsonl"): _write_jsonl(out / "test_1k_retrieval.jsonl", rows)}
+
+
+def convert_kinetics400(src: Path, out: Path) -> dict[str, int]:
+    """Kinetics-400 label CSVs (``{train,validate,test}.csv``: label, youtube_id, time_start,
+    time_end, split) -> ``{split}_labelled.jsonl`` ``{"video", "id", "label"}`` (the input of
+    ``prism-vlm eval-zeroshot``) and ``labels.txt`` (the 400 class names, sorted)."""
+    splits = {"train": "train", "validate": "val", "val": "val", "test": "test"}
+    written: dict[str, int] = {}
+    labels: set[str] = set()
+    for name, split in splits.items():
+        path = src / f"{name}.csv"
+        if not path.is_file() or (name == "val" and (src / "validate.csv").is_file()):
+            continue
+        rows = []
+        for row in _read_csv(path, ("label", "youtube_id", "time_start", "time_end")):
+            try:
+                start, end = int(float(row["time_start"])), int(float(row["time_end"]))
+            except ValueError:
+                raise AnnotationFormatError(f"{path}: time_start / time_end must be seconds, got {row['time_start']!r}") from None
+            clip = f"{row['youtube_id'].strip()}_{start:06d}_{end:06d}"
+            label = row["label"].strip()
+            candidates = [src / folder / sub for folder in (name, split, f"videos/{name}", f"videos/{split}")
+                          for sub in (".", label)]
+            folder = next((c for c in candidates if any((c / f"{clip}{e}").exists() for e in (".mp4", ".mkv", ".webm"))),
+                          candidates[0])
+            rows.append({"video": _relative(_downloaded_video(folder, clip), out), "id": clip, "label": label})
+            labels.add(label)
+        written[str(out / f"{split}_labelled.jsonl")] = _write_jsonl(out / f"{split}_labelled.jsonl", rows)
+    if not written:
+        raise AnnotationFormatError(f"no Kinetics-400 label file (train.csv, validate.csv, test.csv) in {src}")
+    (out / "labels.txt").write_text("".join(label + "\n" for label in sorted(labels)), encoding="utf-8")
+    written[str(out / "labels.txt")] = len(labels)
+    return written
+
+
 FORMATS: dict[str, Callable[[Path, Path], dict[str, int]]] = {
     "msrvtt-qa": convert_msrvtt_qa,
     "msvd-qa": convert_msvd_qa,
@@ -333,6 +402,8 @@ FORMATS: dict[str, Callable[[Path, Path], dict[str, int]]] = {
     "youcook2": convert_youcook2,
     "videochatgpt": convert_videochatgpt,
     "llava-video": convert_llava_video,
+    "msrvtt-1k": convert_msrvtt_retrieval,
+    "kinetics400": convert_kinetics400,
 }
 
 

@@ -83,7 +83,7 @@ class SearchService:
             raise AppInputError(f"The {what} has {len(text)} characters; the limit is {self.limits.max_message_chars}.")
         return text
 
-    def search(self, query: str | None, top_k: int | float = 8) -> list[SearchHit]:
+    def search(self, query: str | None, top_k: float = 8) -> list[SearchHit]:
         """The ``top_k`` clips of the search folder closest to ``query``, best first."""
         if not self.can_search:
             raise AppInputError("No clips to search: start the app with --search-dir FOLDER (a folder of videos).")

@@ -28,7 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import train_demo  # noqa: E402
+import train_demo
 
 REPO = Path(__file__).resolve().parents[1]
 MOTION_LABELS = {"left": "moving left", "right": "moving right", "up": "moving up", "down": "moving down",
@@ -96,7 +96,12 @@ def labelled_manifests(corpus: Path, split: str, out: Path) -> dict[str, tuple[P
 
 
 def evaluate(args, model_dir: Path, corpus: Path) -> dict:
-    from vlm.retrieval.evaluation import evaluate_retrieval, evaluate_zero_shot, read_captioned_clips, read_labelled_clips
+    from vlm.retrieval.evaluation import (
+        evaluate_retrieval,
+        evaluate_zero_shot,
+        read_captioned_clips,
+        read_labelled_clips,
+    )
     from vlm.retrieval.video_text_model import load_video_text_model
 
     model = load_video_text_model(model_dir)

@@ -161,7 +161,7 @@ def test_search_backends_agree_and_bound_k(tmp_path):
     queries = embeddings[:20] + 0.05 * torch.randn(20, 32, generator=generator)
     scores, rows = search_embeddings(embeddings, queries, top_k=5)
     assert rows[:, 0].tolist() == list(range(20)) and (scores[:, :-1] >= scores[:, 1:]).all()
-    approx_scores, approx_rows = search_embeddings(embeddings, queries, top_k=5, backend="faiss", cache_dir=tmp_path)
+    _, approx_rows = search_embeddings(embeddings, queries, top_k=5, backend="faiss", cache_dir=tmp_path)
     assert approx_rows[:, 0].tolist() == list(range(20))
     assert len(list(tmp_path.glob("faiss_hnsw_500.index"))) == 1  # the graph is saved for the next search
     assert search_embeddings(embeddings[:3], queries, top_k=10)[1].shape == (20, 3)

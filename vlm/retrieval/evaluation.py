@@ -213,8 +213,9 @@ def evaluate_zero_shot(
 
 
 def retrieval_markdown(results: dict) -> str:
-    lines = [f"Retrieval over {results['clips']} clips and {results['captions']} captions "
-             f"(chance R@1 {results['chance_R@1']:.2f}%)", "",
+    title = (f"Retrieval over {results['clips']} clips and {results['captions']} captions "
+             f"(chance R@1 {results['chance_R@1']:.2f}%)")
+    lines = [title, "",
              "| direction | R@1 | R@5 | R@10 | median rank | mean rank |", "|---|---:|---:|---:|---:|---:|"]
     for direction in ("text_to_video", "video_to_text"):
         m = results[direction]

@@ -137,6 +137,7 @@ class ModelService:
         more_coming = lambda: self._arriving > 0  # noqa: E731
         self._captioner = MicroBatcher(self._caption_batch, self.batching, name="captions", more_coming=more_coming)
         self._answerer = MicroBatcher(self._answer_batch, self.batching, name="answers", more_coming=more_coming)
+        self._chatter = MicroBatcher(self._chat_batch, self.batching, name="chats", more_coming=more_coming)
         self._cache_lock = threading.Lock()
         self._clips: OrderedDict[tuple, tuple[np.ndarray, VideoInfo]] = OrderedDict()
 
@@ -286,10 +287,47 @@ class ModelService:
             clips = torch.from_numpy(np.stack([clip for _, clip in requests]))
             return self.model.answer([question for question, _ in requests], clips=clips, max_new_tokens=key[1])
 
+    def _chat_batch(self, key: tuple[int, int], requests: Sequence[_ChatRequest]) -> list[BaseException | None]:
+        """Chat replies generated together (key: T, max_new_tokens); each request's pieces go to its
+        own queue as they are generated, and its end marker as soon as its reply is complete. A
+        request whose client left (``stopped``) is no longer fed; when all have left, generation stops.
+        Returns, per request, None, or the exception that broke the batch after some text was streamed
+        (before that, the exception propagates and the batcher retries the requests one by one)."""
+        streamed = False
+        ended = [False] * len(requests)
+        try:
+            with self._model_lock, torch.inference_mode():
+                clips = torch.from_numpy(np.stack([request.clip for request in requests]))
+                stream = self.model.chat_stream_batch([r.messages for r in requests], clips=clips, max_new_tokens=key[1])
+                try:
+                    for pieces in stream:
+                        for row, (request, piece) in enumerate(zip(requests, pieces)):
+                            if ended[row]:
+                                continue
+                            if piece is None or request.stopped.is_set():
+                                ended[row] = True
+                                request.pieces.put(("end", None))
+                            elif piece:
+                                request.pieces.put(("text", piece))
+                                streamed = True
+                        if all(ended):
+                            break
+                finally:
+                    stream.close()
+        except Exception as error:
+            if not streamed:
+                raise
+            return [error] * len(requests)
+        for row, request in enumerate(requests):
+            if not ended[row]:
+                request.pieces.put(("end", None))
+        return [None] * len(requests)
+
     def close(self) -> None:
         """Stop the batching threads (requests already queued are served first)."""
         self._captioner.close()
         self._answerer.close()
+        self._chatter.close()
 
     def ask(
         self,
@@ -359,39 +397,42 @@ class ModelService:
         """The assistant's reply to ``message`` about the clip, in text pieces as they are generated
         (``prompt``: a :meth:`chat_prompt` already made, instead of ``history`` and ``message``).
 
-        The model runs in a worker thread that holds the model lock for the whole reply; closing
-        this generator early (a client that goes away) stops it after the current token."""
+        Replies of chats being processed at the same time are generated together (one batch, up
+        to ``batching.max_batch``, greedy and left-padded: the same text as alone), each streamed to
+        its own client. Closing this generator early (a client that goes away) stops feeding it; a
+        batch whose clients have all gone stops after the current token."""
         messages = (prompt or self.chat_prompt(history, message)).messages
         max_new_tokens = self._tokens(max_new_tokens, 256)
-        clip, _ = self.load(video, num_frames)
-        pieces: queue.Queue = queue.Queue()
-        stop = threading.Event()
-
-        def generate() -> None:
-            try:
-                with self._model_lock, torch.inference_mode():
-                    stream = self.model.chat_stream(
-                        messages, clips=torch.from_numpy(clip[None]), max_new_tokens=max_new_tokens
-                    )
-                    for piece in stream:
-                        if stop.is_set():
-                            stream.close()
-                            break
-                        pieces.put(("text", piece))
-            except Exception as error:  # handed to the consumer, which raises it
-                pieces.put(("error", error))
-            finally:
-                pieces.put(("done", None))
-
-        worker = threading.Thread(target=generate, name="prism-vlm-chat", daemon=True)
-        worker.start()
+        with self._arrival():
+            clip, _ = self.load(video, num_frames)
+            request = _ChatRequest(messages, clip)
+            future = self._chatter.submit((len(clip), max_new_tokens), request)
+        future.add_done_callback(lambda done: request.pieces.put(("done", done)))
         try:
             while True:
-                kind, value = pieces.get()
-                if kind == "done":
+                kind, value = request.pieces.get()
+                if kind == "text":
+                    yield value
+                elif kind == "end":
                     return
-                if kind == "error":
-                    raise value
-                yield value
+                else:  # "done": the batch is over without an end marker for this request
+                    if value.cancelled():
+                        return
+                    outcome = value.exception() or value.result()  # an exception, or None
+                    if outcome is not None:
+                        raise outcome
+                    return
         finally:
-            stop.set()
+            request.stopped.set()
+            future.cancel()  # a request still waiting for its batch leaves the queue
+
+
+@dataclass
+class _ChatRequest:
+    """One chat reply in a batch: its messages and clip [T, S, S, 3], the queue its pieces go to
+    (("text", piece), ("end", None); ("done", future) when the batch is over), and whether its client left."""
+
+    messages: list[dict]
+    clip: np.ndarray
+    pieces: queue.Queue = field(default_factory=queue.Queue)
+    stopped: threading.Event = field(default_factory=threading.Event)

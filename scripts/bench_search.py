@@ -1,8 +1,10 @@
 """Search and indexing throughput of ``vlm.retrieval``: exact search vs FAISS, side by side.
 
 Search: N random L2-normalised embeddings (N = 10k and 100k, width 768 as VideoPrism-B's video-text
-model), queries near random rows; for each backend the one-off build time, queries/s one query at a
-time (the app's case) and in batches of 256, and recall@10 against the exact result.
+model), each query drawn near a random row; for each backend the one-off build time, queries/s one
+query at a time (the app's case) and all at once, how often the row a query was drawn near comes
+first (recall@1), and recall@10 against the exact result. Random high-dimensional points are nearly
+equidistant, HNSW's hardest case: recall@10 here is a lower bound for real, clustered embeddings.
 Indexing: ``build_index`` over a folder of clips with a video-text model (default: the shipped demo
 one, on the shapes corpus' test clips when ``--clips`` is given), clips/s end to end (decode + embed).
 
@@ -35,23 +37,25 @@ def bench_search(size: int, dim: int, queries: int, top_k: int = 10, seed: int =
     query = torch.nn.functional.normalize(embeddings[picks] + 0.5 * torch.randn(queries, dim, generator=generator) / dim**0.5, dim=-1)
     _, exact_rows = search_embeddings(embeddings, query, top_k)
     rows = []
-    for backend in ("exact", "faiss"):
-        with tempfile.TemporaryDirectory() as folder:
+    with tempfile.TemporaryDirectory() as folder:
+        for backend, ef_search in (("exact", None), ("faiss", 128), ("faiss", 512)):
+            options = {"cache_dir": folder, "ef_search": ef_search} if backend == "faiss" else {}
             started = time.perf_counter()
-            search_embeddings(embeddings, query[:1], top_k, backend, cache_dir=folder)  # builds (and saves) the graph
+            search_embeddings(embeddings, query[:1], top_k, backend, **options)  # builds (and saves) the graph once
             build_s = time.perf_counter() - started
             single = min(200, queries)
             started = time.perf_counter()
-            found = [search_embeddings(embeddings, query[i : i + 1], top_k, backend, cache_dir=folder)[1] for i in range(single)]
+            for i in range(single):
+                search_embeddings(embeddings, query[i : i + 1], top_k, backend, **options)
             single_qps = single / (time.perf_counter() - started)
             started = time.perf_counter()
-            _, batch_rows = search_embeddings(embeddings, query, top_k, backend, cache_dir=folder)
+            _, batch_rows = search_embeddings(embeddings, query, top_k, backend, **options)
             batch_qps = queries / (time.perf_counter() - started)
-        recall = np.mean([len(set(a.tolist()) & set(b.tolist())) / top_k for a, b in zip(batch_rows, exact_rows)])
-        assert torch.equal(torch.cat(found), batch_rows[:single]) or backend == "faiss"
-        rows.append({"size": size, "dim": dim, "backend": backend, "build_s": round(build_s, 3),
-                     "queries_per_s_single": round(single_qps, 1), "queries_per_s_batch": round(batch_qps, 1),
-                     f"recall@{top_k}_vs_exact": round(float(recall), 4)})
+            recall = np.mean([len(set(a.tolist()) & set(b.tolist())) / top_k for a, b in zip(batch_rows, exact_rows)])
+            planted = float((batch_rows[:, 0] == picks).float().mean())  # the row each query was drawn near, found first
+            rows.append({"size": size, "dim": dim, "backend": backend, "ef_search": ef_search, "build_s": round(build_s, 3),
+                         "queries_per_s_single": round(single_qps, 1), "queries_per_s_batch": round(batch_qps, 1),
+                         "recall@1_planted": round(planted, 4), f"recall@{top_k}_vs_exact": round(float(recall), 4)})
     return rows
 
 

@@ -542,3 +542,41 @@ def test_a_bad_request_among_batched_ones_fails_alone(app, clips, tmp_path):
     assert [futures[i].result() for i in (0, 2, 3)] == [expected] * 3
     with pytest.raises(AppInputError):
         futures[1].result()
+
+
+def test_concurrent_chat_replies_are_batched_streamed_and_equal_unbatched(app, clips):
+    """Chat replies of requests that arrive together are generated as one batch, each streamed to its
+    own client piece by piece, and each equals the reply it gets alone; a client that leaves early
+    does not hold the others up."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    _, service, _ = app
+    chats = [
+        (clips["a"], [], "What happens in the video?"),
+        (clips["b"], [], "What colour is it?"),
+        (clips["c"], [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}], "And now?"),
+        (clips["a"], [], "Describe it."),
+    ]
+
+    def reply(chat) -> list[str]:
+        video, history, message = chat
+        return list(service.chat_stream(video, history, message, FRAMES, 8))
+
+    alone = [reply(chat) for chat in chats]
+    before = len(service._chatter.batch_sizes)
+    with ThreadPoolExecutor(len(chats)) as pool:
+        together = list(pool.map(reply, chats))
+    assert ["".join(p) for p in together] == ["".join(p) for p in alone]
+    assert max(len(p) for p in together) > 1  # streamed in pieces, not as one block
+    assert max(service._chatter.batch_sizes[before:]) > 1
+
+    def leave_after_first_piece(chat) -> str:
+        stream = service.chat_stream(*chat[:1], chat[1], chat[2], FRAMES, 8)
+        first = next(stream)
+        stream.close()
+        return first
+
+    with ThreadPoolExecutor(2) as pool:
+        left = pool.submit(leave_after_first_piece, chats[0])
+        stayed = pool.submit(reply, chats[1])
+        assert left.result(timeout=60) == alone[0][0] and stayed.result(timeout=60) == alone[1]

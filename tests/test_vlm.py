@@ -312,6 +312,25 @@ def test_chat_stream_yields_pieces_of_the_greedy_reply(model, clips):
     assert isinstance(model.chat(follow_up, clips=clips[:1], max_new_tokens=4), str)
 
 
+def test_batched_chats_equal_each_chat_alone(model, clips):
+    conversations = [
+        [{"role": "user", "content": "Describe the video."}],
+        [{"role": "user", "content": "What colour is the object in this clip, please?"}],
+        [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello! Ask me about the clip."},
+         {"role": "user", "content": "How is it moving?"}],
+    ]
+    steps = list(model.chat_stream_batch(conversations, clips=clips, max_new_tokens=10))
+    batched = ["".join(step[row] for step in steps if step[row] is not None) for row in range(3)]
+    for row in range(3):  # a row ends with None and stays ended
+        ends = [step[row] is None for step in steps]
+        assert ends[-1] and ends == sorted(ends)
+    alone = [model.chat(messages, clips=clips[row : row + 1], max_new_tokens=10) for row, messages in enumerate(conversations)]
+    assert batched == alone
+    assert all(len(step) == 3 for step in steps) and len(set(batched)) > 1
+    with pytest.raises(ValueError, match="2 chats for 3 videos"):
+        list(model.chat_stream_batch(conversations[:2], clips=clips))
+
+
 # ----------------------------------------------------------------------------- scoring
 
 

@@ -190,27 +190,31 @@ def greedy_generate(
     return generated
 
 
-def stream_text(
-    tokenizer: PreTrainedTokenizerBase, steps: Iterator[tuple[torch.Tensor, torch.Tensor]], stop_ids: set[int]
-) -> Iterator[str]:
-    """Text pieces of row 0 of ``greedy_token_steps`` as they are generated (EOS not shown).
+class IncrementalText:
+    """The text of a growing list of token ids, handed out piece by piece.
 
-    Decodes the whole prefix each step and yields the new suffix, holding back an incomplete
-    multi-byte character (shown as U+FFFD) until its last byte arrives.
-    """
-    ids: list[int] = []
-    shown = ""
-    for tokens, active in steps:
-        token = int(tokens[0])
-        if not bool(active[0]) or token in stop_ids:
-            break
-        ids.append(token)
-        text = tokenizer.decode(ids, skip_special_tokens=True)
+    :meth:`add` decodes the whole prefix and returns the new suffix, holding back an incomplete
+    multi-byte character (shown as U+FFFD) until its last byte arrives; :meth:`flush` returns what
+    is still held back at the end."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase):
+        self.tokenizer = tokenizer
+        self.ids: list[int] = []
+        self.shown = ""
+
+    def add(self, token: int) -> str:
+        self.ids.append(int(token))
+        text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
         if text.endswith("\ufffd"):
-            continue
-        if text.startswith(shown) and len(text) > len(shown):
-            yield text[len(shown) :]
-            shown = text
-    text = tokenizer.decode(ids, skip_special_tokens=True)
-    if text.startswith(shown) and len(text) > len(shown):
-        yield text[len(shown) :]
+            return ""
+        return self._advance(text)
+
+    def flush(self) -> str:
+        return self._advance(self.tokenizer.decode(self.ids, skip_special_tokens=True)) if self.ids else ""
+
+    def _advance(self, text: str) -> str:
+        if text.startswith(self.shown) and len(text) > len(self.shown):
+            piece, self.shown = text[len(self.shown) :], text
+            return piece
+        return ""
+

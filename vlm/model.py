@@ -30,13 +30,20 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from vlm.generation import DecodingConfig, greedy_generate, greedy_token_steps, pad_token_id, stop_token_ids, stream_text
 from vlm.chat_template import IGNORE_INDEX, ChatIds, chat_inference_ids, chat_training_ids
+from vlm.generation import (
+    DecodingConfig,
+    IncrementalText,
+    greedy_generate,
+    greedy_token_steps,
+    pad_token_id,
+    stop_token_ids,
+)
 from vlm.llm import check_llm_accepts_embeddings, llm_hidden_size, load_llm
 from vlm.prompts import (
     PromptConfig,
-    answer_continuation,
     Shot,
+    answer_continuation,
     clean_open_answer,
     clean_question,
     leading_special_ids,
@@ -665,18 +672,66 @@ class VideoLanguageModel(nn.Module):
         the video tokens go at the start of the first user turn (rendered by the chat template through
         :func:`vlm.chat_template.chat_inference_ids`, exactly as conversations are rendered in training).
         """
-        rendered = chat_inference_ids(self.tokenizer, messages)
+        features = self._one_video_features(clips, video_tokens, "chat")
+        for pieces in self.chat_stream_batch([messages], video_features=features, max_new_tokens=max_new_tokens):
+            if pieces[0] is None:
+                return
+            if pieces[0]:
+                yield pieces[0]
+
+    def chat_stream_batch(
+        self,
+        conversations: Sequence[Sequence[dict]],
+        clips: torch.Tensor | np.ndarray | None = None,
+        video_tokens: torch.Tensor | None = None,
+        max_new_tokens: int = 256,
+        *,
+        video_features: torch.Tensor | None = None,
+    ) -> Iterator[list[str | None]]:
+        """Replies to B chats, one per video, generated together (one forward per step, left padding).
+
+        conversations: B message lists as :meth:`chat_stream` takes; clips [B, T, H, W, 3] or
+        video_tokens [B, M, D] (or their ``video_features`` [B, L, H]).
+        Yields, per generated step, B items: row b's new text piece (``""`` when a step adds no
+        visible text) while its reply goes on, then ``None`` once it has ended (so a caller can close
+        that row's stream while the others go on). The pieces of row b joined are what
+        :meth:`chat_stream` streams for chat b alone. Closing the generator stops the generation
+        after the current step.
+        """
+        rendered = [chat_inference_ids(self.tokenizer, messages) for messages in conversations]
         with torch.inference_mode():
-            features = self.get_video_features(clips, video_tokens)
-            if features.shape[0] != 1:
-                raise ValueError(f"chat takes one video, got a batch of {features.shape[0]}")
-            inputs = self.merge_video_and_text(features, [rendered.prefix_ids], [rendered.suffix_ids])
+            features = self.get_video_features(clips, video_tokens) if video_features is None else video_features
+            if features.shape[0] != len(rendered):
+                raise ValueError(f"{len(rendered)} chats for {features.shape[0]} videos")
+            inputs = self.merge_video_and_text(features, [r.prefix_ids for r in rendered], [r.suffix_ids for r in rendered])
         stop_ids = stop_token_ids(self.llm, self.tokenizer)
         steps = greedy_token_steps(
             self.llm, inputs.inputs_embeds, inputs.attention_mask, inputs.position_ids,
             max_new_tokens=max_new_tokens, stop_ids=stop_ids, pad_id=pad_token_id(self.tokenizer),
         )
-        yield from stream_text(self.tokenizer, steps, stop_ids)
+        texts = [IncrementalText(self.tokenizer) for _ in rendered]
+        ended = [False] * len(texts)
+        for tokens, active in steps:
+            pieces: list[str | None] = []
+            for row, (token, is_active) in enumerate(zip(tokens.tolist(), active.tolist())):
+                if ended[row]:
+                    pieces.append(None)
+                elif is_active and token not in stop_ids:
+                    pieces.append(texts[row].add(token))
+                else:  # its stop token: what is held back, then the end
+                    pieces.append(texts[row].flush())
+                    ended[row] = True
+            yield pieces
+        if not all(ended):  # max_new_tokens reached
+            yield [None if done else text.flush() for done, text in zip(ended, texts)]
+        yield [None] * len(texts)
+
+    def _one_video_features(self, clips, video_tokens, task: str) -> torch.Tensor:
+        with torch.inference_mode():
+            features = self.get_video_features(clips, video_tokens)
+        if features.shape[0] != 1:
+            raise ValueError(f"{task} takes one video, got a batch of {features.shape[0]}")
+        return features
 
     def chat(self, messages: Sequence[dict], **kwargs) -> str:
         """The whole streamed reply of :meth:`chat_stream`."""

@@ -36,6 +36,10 @@ HNSW_NEIGHBOURS = 32  # FAISS HNSW graph degree (M)
 HNSW_SEARCH_DEPTH = 128  # efSearch: candidates kept while searching (higher: better recall, slower)
 
 
+MAX_GRAPHS_IN_MEMORY = 4  # FAISS graphs kept loaded between searches (the app searches one index many times)
+_GRAPHS: dict[str, object] = {}
+
+
 class VideoIndexError(ValueError):
     """Not an index directory, or an index built with other settings."""
 
@@ -154,12 +158,14 @@ def search_embeddings(
     backend: str = "exact",
     cache_dir: str | os.PathLike | None = None,
     chunk_size: int = 256,
+    ef_search: int = HNSW_SEARCH_DEPTH,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Inner-product search of ``queries`` [Q, D] over ``embeddings`` [N, D].
 
     backend: "exact" (matrix product and top-k, ``chunk_size`` queries at a time, so memory stays
     at chunk_size x N scores) or "faiss" (an HNSW graph; approximate; saved in ``cache_dir`` when
-    given). Returns (scores [Q, K] float32, indices [Q, K] int64), K = min(top_k, N).
+    given; ``ef_search`` candidates kept per search: more is slower and finds more true neighbours).
+    Returns (scores [Q, K] float32, indices [Q, K] int64), K = min(top_k, N).
     """
     if backend not in SEARCH_BACKENDS:
         raise ValueError(f"backend must be one of {SEARCH_BACKENDS}, got {backend!r}")
@@ -173,6 +179,7 @@ def search_embeddings(
     k = min(top_k, len(embeddings))
     if backend == "faiss":
         graph = _faiss_graph(embeddings, cache_dir)
+        graph.hnsw.efSearch = max(ef_search, k)
         scores, indices = graph.search(np.ascontiguousarray(queries.numpy()), k)
         return torch.from_numpy(scores), torch.from_numpy(indices).long()
     scores, indices = [], []
@@ -190,6 +197,9 @@ def _faiss_graph(embeddings: torch.Tensor, cache_dir: str | os.PathLike | None):
     except ImportError:
         raise ImportError("backend 'faiss' needs faiss-cpu: pip install 'prism-vlm[faiss]'") from None
     path = Path(cache_dir) / f"faiss_hnsw_{len(embeddings)}.index" if cache_dir is not None else None
+    key = str(path.resolve()) if path is not None else None
+    if key is not None and key in _GRAPHS:
+        return _GRAPHS[key]
     if path is not None and path.is_file():
         graph = faiss.read_index(str(path))
     else:
@@ -202,5 +212,8 @@ def _faiss_graph(embeddings: torch.Tensor, cache_dir: str | os.PathLike | None):
                 os.replace(temporary, path)
             except (OSError, RuntimeError):  # a read-only index: search without saving the graph
                 temporary.unlink(missing_ok=True)
-    graph.hnsw.efSearch = HNSW_SEARCH_DEPTH
+    if key is not None:
+        _GRAPHS[key] = graph
+        while len(_GRAPHS) > MAX_GRAPHS_IN_MEMORY:
+            _GRAPHS.pop(next(iter(_GRAPHS)))
     return graph

@@ -30,8 +30,10 @@ def read_auth(pairs: list[str] | None, auth_file: str | None) -> list[tuple[str,
 
 
 def _cmd_app(args: argparse.Namespace) -> int:
+    from encoder.extras import require
     from encoder.loading import default_device
 
+    require("gradio", "app", "prism-vlm app")  # before any model loads
     credentials = read_auth(args.auth, args.auth_file)  # before anything starts
     if not credentials and (args.share or args.host not in LOOPBACK_HOSTS):
         exposed = "a public --share link" if args.share else f"--host {args.host}"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -73,7 +74,11 @@ def plot_metrics(
     title: str | None = None,
 ) -> Path:
     """Plot each of ``keys`` found in the log against ``step`` into a PNG (matplotlib, Agg canvas,
-    no global backend change); written to a temporary file then renamed. Returns the PNG path."""
+    no global backend change); written to a temporary file then renamed. Returns the PNG path.
+    Raises encoder.extras.MissingExtraError without matplotlib (the ``train`` extra)."""
+    from encoder.extras import require
+
+    require("matplotlib", "train", "loss plots")
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -103,3 +108,14 @@ def plot_metrics(
     figure.savefig(temporary, format="png")
     os.replace(temporary, png_path)
     return png_path
+
+
+def plot_metrics_if_installed(metrics_jsonl: str | os.PathLike, png: str | os.PathLike, **kwargs) -> Path | None:
+    """:func:`plot_metrics`, or nothing (one warning per process) when matplotlib is not installed:
+    training never fails for want of its plot (the JSONL log is the record)."""
+    from encoder.extras import is_installed
+
+    if not is_installed("matplotlib"):
+        warnings.warn("matplotlib is not installed, so no loss plot is drawn (pip install 'prism-vlm[train]')", stacklevel=2)
+        return None
+    return plot_metrics(metrics_jsonl, png, **kwargs)

@@ -42,6 +42,7 @@ import numpy as np
 import torch
 from filelock import FileLock, Timeout
 
+from encoder.extras import require
 from encoder.jsonl import JsonlAppender, read_jsonl_tolerant
 
 MANIFEST_KEYS = ("video", "id", "start", "end")
@@ -113,7 +114,7 @@ def list_clips(
     if not isinstance(source, (str, os.PathLike)):
         clips = [Clip(str(path), str(path)) for path in source]
     elif str(source).startswith("hf:"):
-        import datasets
+        datasets = require("datasets", "eval", "Hugging Face dataset sources (hf:NAME, saved datasets)")
 
         name = str(source)[3:]
         loaded = datasets.load_dataset(name, split=split or "test")
@@ -142,7 +143,7 @@ def clips_from_feature_cache(cache) -> list[Clip]:
 
 
 def _load_saved_dataset(path: Path, split: str | None):
-    import datasets
+    datasets = require("datasets", "eval", "Hugging Face dataset sources (hf:NAME, saved datasets)")
 
     loaded = datasets.load_from_disk(str(path))
     if isinstance(loaded, datasets.DatasetDict):
@@ -157,7 +158,7 @@ def _load_saved_dataset(path: Path, split: str | None):
 
 
 def _dataset_clips(dataset, name: str, video_column: str, id_column: str | None) -> list[Clip]:
-    import datasets
+    datasets = require("datasets", "eval", "Hugging Face dataset sources (hf:NAME, saved datasets)")
 
     if video_column not in dataset.column_names:
         raise ClipListError(f"{name} has no video column {video_column!r} (columns: {dataset.column_names}); pass --video-column")

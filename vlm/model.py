@@ -31,6 +31,7 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from vlm.chat_template import IGNORE_INDEX, ChatIds, chat_inference_ids, chat_training_ids
+from encoder.extras import require
 from vlm.generation import (
     DecodingConfig,
     IncrementalText,
@@ -275,6 +276,7 @@ class VideoLanguageModel(nn.Module):
         a transformers model). ``lora``: ``peft.LoraConfig`` arguments, e.g.
         ``{"r": 8, "lora_alpha": 16, "lora_dropout": 0.0, "target_modules": ["q_proj", "v_proj"]}``.
         Only the adapter's weights require grad; the rest of the LLM stays frozen."""
+        require("peft", "train", "LoRA adapters")
         from peft import LoraConfig, inject_adapter_in_model
 
         if self.config.lora is not None:
@@ -286,6 +288,7 @@ class VideoLanguageModel(nn.Module):
 
     def lora_state_dict(self) -> dict[str, torch.Tensor]:
         """The LoRA adapter's tensors (``peft.get_peft_model_state_dict``), on CPU."""
+        require("peft", "train", "LoRA adapters")
         from peft import get_peft_model_state_dict
 
         state = get_peft_model_state_dict(self.llm)
@@ -293,6 +296,7 @@ class VideoLanguageModel(nn.Module):
 
     def load_lora_state_dict(self, state: dict[str, torch.Tensor], source: str = "adapter") -> None:
         """Load LoRA adapter tensors saved by :meth:`lora_state_dict`; every tensor must match."""
+        require("peft", "train", "LoRA adapters")
         from peft import set_peft_model_state_dict
 
         expected = self.lora_state_dict()

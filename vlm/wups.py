@@ -85,6 +85,9 @@ def load_wordnet(directory: str | os.PathLike | None = None):
 
     Raises WordNetNotFoundError, with install instructions, when there is none.
     """
+    from encoder.extras import require
+
+    require("nltk", "eval", "WUPS")
     from nltk.corpus.reader.wordnet import WordNetCorpusReader
 
     class _DatabaseDirWordNetReader(WordNetCorpusReader):

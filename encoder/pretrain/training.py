@@ -42,7 +42,7 @@ from encoder.checkpoints import (
     unwrap,
     write_file_atomically,
 )
-from encoder.run_log import MetricsLog, plot_metrics
+from encoder.run_log import MetricsLog, plot_metrics_if_installed
 from encoder.threads import torch_threads
 
 CONFIG_FILE = "config.json"
@@ -304,7 +304,7 @@ def _train(settings: TrainingSettings, task: Task, title: str, plot_keys: tuple[
                     data_state=task.data_state(step), extra={"stage": title}, keep_last=settings.keep_checkpoints,
                 )
                 if accelerator.is_main_process:
-                    plot_metrics(out / METRICS_FILE, out / PLOT_FILE, keys=plot_keys, title=title)
+                    plot_metrics_if_installed(out / METRICS_FILE, out / PLOT_FILE, keys=plot_keys, title=title)
     finally:
         bar.close()
         if metrics is not None:
@@ -313,7 +313,7 @@ def _train(settings: TrainingSettings, task: Task, title: str, plot_keys: tuple[
     final = out / MODEL_DIR
     if accelerator.is_main_process:
         _export_atomically(task, unwrap(model), final)
-        plot_metrics(out / METRICS_FILE, out / PLOT_FILE, keys=plot_keys, title=title)
+        plot_metrics_if_installed(out / METRICS_FILE, out / PLOT_FILE, keys=plot_keys, title=title)
     accelerator.wait_for_everyone()
     return final
 

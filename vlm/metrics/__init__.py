@@ -30,6 +30,8 @@ def metric_path(name: str) -> Path:
 
 def load_metric(name: str):
     """``evaluate.load`` of a caption metric by its file path (no network access)."""
-    import evaluate
+    from encoder.extras import require
+
+    evaluate = require("evaluate", "eval", "caption metrics")
 
     return evaluate.load(str(metric_path(name)))

@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from encoder.extras import require
 from vlm.batch_caption import Clip, DatasetVideo, decode_clip, is_saved_dataset
 from vlm.conversations import ConversationError, read_conversation
 from vlm.training.config import DataSource
@@ -151,7 +152,7 @@ def _read_manifest(path: Path) -> tuple[list[dict], list[str]]:
 
 
 def _read_dataset(source: DataSource):
-    import datasets
+    datasets = require("datasets", "train", "Hugging Face dataset sources (hf:NAME, saved datasets)")
 
     if source.path.startswith("hf:"):
         try:
@@ -289,7 +290,7 @@ def load_examples(source: DataSource, cache_index: CacheIndex | None = None) -> 
 def _dataset_video_values(dataset, column: str) -> tuple[list[str | None], bool]:
     """(the video path of every row of a dataset -- None where a row holds bytes or frames only --,
     whether the column holds plain file paths)."""
-    import datasets
+    datasets = require("datasets", "train", "Hugging Face dataset sources (hf:NAME, saved datasets)")
 
     feature = dataset.features[column]
     if isinstance(feature, datasets.Value) and feature.dtype == "string":

@@ -258,7 +258,7 @@ def _train(config: TrainConfig, resume: bool, llm, tokenizer, encoder, on_step) 
         trainable_state,
     )
     from encoder.features import FeatureCache
-    from encoder.run_log import MetricsLog, plot_metrics
+    from encoder.run_log import MetricsLog, plot_metrics_if_installed
     from encoder.schedules import warmup_linear_decay
 
     cuda = torch.cuda.is_available()
@@ -366,7 +366,7 @@ def _train(config: TrainConfig, resume: bool, llm, tokenizer, encoder, on_step) 
                 captions = unwrapped.caption(**_video_kwargs(batch))
             for video, reference, caption in zip(batch["video"], batch["target"], captions):
                 samples_log.log(step, video=video, reference=reference, caption=caption)
-        plot_metrics(run_dir / "metrics.jsonl", run_dir / "loss.png")
+        plot_metrics_if_installed(run_dir / "metrics.jsonl", run_dir / "loss.png")
 
     for step in range(start_step + 1, config.max_steps + 1):
         step_loss = torch.zeros((), device=accelerator.device)
@@ -400,7 +400,7 @@ def _train(config: TrainConfig, resume: bool, llm, tokenizer, encoder, on_step) 
                 skipped_videos = len({(r.get("source"), r.get("video")) for r in _read_rows(errors_path)})
                 metrics.log(step, loss=window_loss / window_steps, lr=lr, samples_per_s=window_steps * config.batch_size / elapsed,
                             skipped_videos=skipped_videos)
-                plot_metrics(run_dir / "metrics.jsonl", run_dir / "loss.png")
+                plot_metrics_if_installed(run_dir / "metrics.jsonl", run_dir / "loss.png")
             window_loss, window_steps, window_start = 0.0, 0, time.perf_counter()
         if step % config.checkpoint_every == 0 or step == config.max_steps:
             save_training_checkpoint(
@@ -420,7 +420,7 @@ def _train(config: TrainConfig, resume: bool, llm, tokenizer, encoder, on_step) 
             metrics.close()
             samples_log.close()
         save_directory_atomically(output, unwrapped.save_pretrained)  # a kill mid-save keeps the old model
-        plot_metrics(run_dir / "metrics.jsonl", run_dir / "loss.png")
+        plot_metrics_if_installed(run_dir / "metrics.jsonl", run_dir / "loss.png")
         _note(run_dir, f"saved the final model to {output}")
     accelerator.wait_for_everyone()
     return output

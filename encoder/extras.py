@@ -1,0 +1,51 @@
+"""Optional dependencies: the package's extras and a one-line message when one is missing.
+
+The base install (``pip install prism-vlm``) is the library and the command line: loading
+VideoPrism and the glue, decoding, features, captioning, QA, chat, retrieval and pretraining.
+Everything else comes with an extra:
+
+| extra | packages | for |
+| --- | --- | --- |
+| ``app`` | gradio | ``prism-vlm app`` |
+| ``train`` | peft, datasets, matplotlib | LoRA, Hugging Face dataset sources, loss plots |
+| ``eval`` | evaluate, datasets, nltk | caption metrics, dataset sources, WUPS |
+| ``faiss`` | faiss-cpu | ``prism-vlm search --backend faiss`` |
+| ``all`` | all of the above | |
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+EXTRAS: dict[str, tuple[str, ...]] = {
+    "app": ("gradio",),
+    "train": ("peft", "datasets", "matplotlib"),
+    "eval": ("evaluate", "datasets", "nltk"),
+    "faiss": ("faiss-cpu",),
+}
+
+
+class MissingExtraError(ImportError):
+    """An optional dependency is not installed; the message names the extra that installs it."""
+
+
+def require(module: str, extra: str, feature: str) -> ModuleType:
+    """Import ``module`` or raise MissingExtraError: "FEATURE needs MODULE: pip install 'prism-vlm[EXTRA]'"."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as error:
+        package = module.split(".")[0]
+        raise MissingExtraError(
+            f"{feature} needs {package}, which is not installed: pip install 'prism-vlm[{extra}]'"
+        ) from error
+
+
+def is_installed(module: str) -> bool:
+    """Whether ``module`` can be imported (without importing it)."""
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a parent package missing, or the module blocked in sys.modules
+        return False

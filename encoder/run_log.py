@@ -27,6 +27,34 @@ def read_metrics(path: str | os.PathLike) -> list[dict]:
     return rows
 
 
+REPORT_TO = ("none", "tensorboard", "trackio", "wandb")  # accelerate's trackers we offer
+TRACKERS_DIR = "trackers"  # under a run directory: where local trackers (TensorBoard, Trackio) write
+
+
+def check_report_to(report_to: str) -> str | None:
+    """'none' -> None; a tracker name -> itself, once its package imports (ValueError otherwise)."""
+    if report_to not in REPORT_TO:
+        raise ValueError(f"report_to must be one of {REPORT_TO}, got {report_to!r}")
+    if report_to == "none":
+        return None
+    import importlib.util
+
+    if importlib.util.find_spec(report_to) is None:
+        raise ValueError(f"report_to {report_to!r} needs the {report_to} package: pip install {report_to}")
+    return report_to
+
+
+def start_trackers(accelerator, report_to: str | None, run_dir: str | os.PathLike, config: dict) -> None:
+    """``accelerator.init_trackers`` for a run (project: the run directory's name) with its config
+    flattened to numbers and strings (what every tracker accepts as hyper-parameters)."""
+    if report_to is None:
+        return
+    flat = {}
+    for key, value in config.items():
+        flat[key] = value if isinstance(value, (int, float, str, bool)) else json.dumps(value, default=str)
+    accelerator.init_trackers(Path(run_dir).resolve().name, config=flat)
+
+
 class MetricsLog:
     """Appends one JSON object per record to ``path``, flushed at once.
 
@@ -35,8 +63,9 @@ class MetricsLog:
     records are appended to whatever the file holds.
     """
 
-    def __init__(self, path: str | os.PathLike, resume_step: int | None = None):
+    def __init__(self, path: str | os.PathLike, resume_step: int | None = None, accelerator=None):
         self.path = Path(path)
+        self.accelerator = accelerator  # its trackers (report_to) also get every record's numbers
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if resume_step is not None and self.path.exists():
             kept = [row for row in read_metrics(self.path) if int(row.get("step", 0)) <= resume_step]
@@ -54,6 +83,10 @@ class MetricsLog:
         record = {"step": int(step), **values}
         self._handle.write(json.dumps(record) + "\n")
         self._handle.flush()
+        if self.accelerator is not None and self.accelerator.trackers:
+            numbers = {k: v for k, v in values.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+            if numbers:
+                self.accelerator.log(numbers, step=int(step))
         return record
 
     def close(self) -> None:

@@ -575,8 +575,13 @@ def test_lit_from_scratch_learns_a_new_text_tower_on_the_locked_encoder(stage2_r
         "--train", str(corpus / "videos.jsonl"), "--text-layers", "1", "--auxiliary-layers", "1", "--max-text-length", "12",
         "--vocab-size", "60", "--steps", "40", "--batch-size", "8", "--warmup-steps", "3", "--lr", "3e-2",
         "--cache-clips", "--cache-encoder-tokens", "--log-every", "1", "--save-every", "40", "--no-progress",
+        "--report-to", "tensorboard",
     ])
     assert code == 0
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(next((tmp_path / "lit" / "trackers").rglob("events.out.tfevents.*")).parent)).Reload()
+    assert len(events.Scalars("loss")) == len([r for r in _metrics(tmp_path / "lit") if "loss" in r]) == 40
     early, late = _early_late(_metrics(tmp_path / "lit"), "loss")
     assert late < early - 0.1
     lit = load_file(str(tmp_path / "lit" / "model" / "model.safetensors"))

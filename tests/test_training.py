@@ -257,7 +257,8 @@ def reference_run(parts, tmp_path_factory):
     """An uninterrupted run on the fly (crops, a corrupt and a missing video), in this process."""
     out = tmp_path_factory.mktemp("reference") / "run"
     steps = []
-    model_dir = train_glue(_config(parts, out), on_step=lambda step, values: steps.append((step, values["loss"])))
+    model_dir = train_glue(_config(parts, out, report_to="tensorboard"),
+                           on_step=lambda step, values: steps.append((step, values["loss"])))
     return {"out": out, "model_dir": model_dir, "steps": steps}
 
 
@@ -278,7 +279,14 @@ def test_uninterrupted_run_writes_everything(reference_run, parts):
     assert (out / "loss.png").read_bytes()[:4] == b"\x89PNG"
     samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
     assert [s["step"] for s in samples] == [3, 3, 6, 6] and all(isinstance(s["caption"], str) for s in samples)
-    assert TrainConfig.from_json(out / "train_config.json") == _config(parts, out)
+    assert TrainConfig.from_json(out / "train_config.json") == _config(parts, out, report_to="tensorboard")
+    # report_to: the same losses in TensorBoard's event files (metrics.jsonl stays the record)
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(next((out / "trackers").rglob("events.out.tfevents.*")).parent)).Reload()
+    logged = {event.step: event.value for event in events.Scalars("loss")}
+    assert logged == pytest.approx({m["step"]: m["loss"] for m in metrics if "loss" in m})
+    assert [event.step for event in events.Scalars("val_loss")] == [3, 6]
     # the saved glue loads and its resampler moved away from the seeded initialisation
     loaded = VideoLanguageModel.from_pretrained(model_dir, load_video_encoder=False)
     torch.manual_seed(0)

@@ -333,3 +333,28 @@ def test_write_file_atomically_replaces_whole(tmp_path):
     write_file_atomically(path, b'{"a": 1}')
     write_file_atomically(path, b'{"a": 2}')
     assert path.read_bytes() == b'{"a": 2}' and sorted(p.name for p in tmp_path.iterdir()) == ["meta.json"]
+
+
+def test_report_to_is_checked_before_any_work_and_plot_on_demand(tmp_path, monkeypatch, capsys):
+    import sys
+
+    from encoder.run_log import check_report_to
+    from vlm.cli import main
+
+    assert check_report_to("none") is None and check_report_to("tensorboard") == "tensorboard"
+    with pytest.raises(ValueError, match="one of"):
+        check_report_to("mlflow")
+    monkeypatch.setitem(sys.modules, "wandb", None)
+    monkeypatch.setattr("importlib.util.find_spec", lambda name, *a: None if name == "wandb" else object())
+    with pytest.raises(ValueError, match="pip install wandb"):
+        check_report_to("wandb")
+    monkeypatch.undo()
+
+    run = tmp_path / "run"
+    with MetricsLog(run / "metrics.jsonl") as log:
+        for step in range(1, 4):
+            log.log(step, loss=1.0 / step)
+    assert main(["plot", str(run)]) == 0
+    assert (run / "loss.png").read_bytes()[:4] == b"\x89PNG" and "wrote" in capsys.readouterr().out
+    assert main(["plot", str(tmp_path / "nothing")]) == 2
+    assert "no metrics.jsonl" in capsys.readouterr().err

@@ -144,6 +144,20 @@ def _cmd_ask(args: argparse.Namespace) -> int:
 
 
 
+def _cmd_plot(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from encoder.run_log import plot_metrics
+
+    run = Path(args.run)
+    metrics = run / "metrics.jsonl" if run.is_dir() else run
+    if not metrics.is_file():
+        raise FileNotFoundError(f"no metrics.jsonl in {run}")
+    out = plot_metrics(metrics, args.out or metrics.with_name("loss.png"), keys=args.keys, title=args.title)
+    print(f"wrote {out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="prism-vlm", description="VideoPrism video-language assistant")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -207,6 +221,13 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("--shots", default=None, help="few-shot examples: JSON list or JSONL of {question, answer}")
     _add_vlm_options(ask)
     ask.set_defaults(func=_cmd_ask)
+
+    plot = sub.add_parser("plot", help="plot a training run's metrics.jsonl (glue training or pretraining) to a PNG")
+    plot.add_argument("run", help="run directory (or its metrics.jsonl)")
+    plot.add_argument("--keys", nargs="+", default=["loss", "val_loss"], help="metrics to plot (default loss val_loss)")
+    plot.add_argument("--out", default=None, help="PNG to write (default: RUN/loss.png)")
+    plot.add_argument("--title", default=None)
+    plot.set_defaults(func=_cmd_plot)
 
     for module_name in SUBCOMMAND_MODULES:
         importlib.import_module(module_name).add_subcommand(sub)

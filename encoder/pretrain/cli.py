@@ -34,6 +34,7 @@ _COMMON = {
     "mixed_precision": "mixed_precision",
     "cpu": "cpu",
     "threads": "cpu_threads",
+    "report_to": "report_to",
 }
 _MODEL_SIZE = {
     "hidden_size": "hidden_size",
@@ -73,6 +74,8 @@ def _add_common(command: argparse.ArgumentParser) -> None:
     command.add_argument("--mixed-precision", choices=["no", "bf16", "fp16"])
     command.add_argument("--cpu", action="store_true", default=None, help="train on the CPU even with CUDA")
     command.add_argument("--threads", type=int, help="torch CPU threads (1 is fastest for small models on a shared CPU)")
+    command.add_argument("--report-to", choices=["none", "tensorboard", "trackio", "wandb"],
+                         help="also send metrics to this tracker (local ones write to OUT/trackers; default none)")
     command.add_argument("--no-progress", action="store_true", help="no progress bar")
     command.add_argument("--restart", action="store_true", help="ignore existing checkpoints in --out")
 

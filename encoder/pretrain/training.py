@@ -42,7 +42,7 @@ from encoder.checkpoints import (
     unwrap,
     write_file_atomically,
 )
-from encoder.run_log import MetricsLog, plot_metrics_if_installed
+from encoder.run_log import MetricsLog, check_report_to, plot_metrics_if_installed, start_trackers
 from encoder.threads import torch_threads
 
 CONFIG_FILE = "config.json"
@@ -84,6 +84,9 @@ class TrainingSettings:
         jobs, 1 is much faster for small models than oversubscribed threads.
     progress: show a tqdm progress bar.
     resume: continue from the newest checkpoint in ``output_dir`` when there is one.
+    report_to: also send the logged metrics to 'tensorboard', 'trackio' or 'wandb' (accelerate's
+        trackers; local ones write under ``output_dir/trackers``); 'none' (default): only
+        ``metrics.jsonl``, which stays the record either way.
     """
 
     output_dir: str
@@ -107,6 +110,7 @@ class TrainingSettings:
     cpu_threads: int | None = None
     progress: bool = True
     resume: bool = True
+    report_to: str = "none"
 
     def check(self) -> None:
         if not self.output_dir:
@@ -121,6 +125,10 @@ class TrainingSettings:
             raise ValueError("max_steps, batch_size, save_every and log_every must be >= 1")
         if self.cpu_threads is not None and self.cpu_threads < 1:
             raise ValueError(f"cpu_threads must be >= 1 or None, got {self.cpu_threads}")
+        from encoder.run_log import REPORT_TO
+
+        if self.report_to not in REPORT_TO:
+            raise ValueError(f"report_to must be one of {REPORT_TO}, got {self.report_to!r}")
         if not 0 <= self.warmup_steps <= self.max_steps:
             raise ValueError(f"warmup_steps must be in [0, max_steps], got {self.warmup_steps}")
         if self.mixed_precision not in ("no", "bf16", "fp16"):
@@ -237,7 +245,11 @@ def _export_atomically(task: Task, model: nn.Module, out_dir: Path) -> Path:
 def make_accelerator(settings: TrainingSettings):
     from accelerate import Accelerator
 
-    return Accelerator(mixed_precision=settings.mixed_precision, cpu=settings.cpu)
+    from encoder.run_log import TRACKERS_DIR, check_report_to
+
+    tracker = check_report_to(settings.report_to)
+    return Accelerator(mixed_precision=settings.mixed_precision, cpu=settings.cpu, log_with=tracker,
+                       project_dir=str(Path(settings.output_dir) / TRACKERS_DIR) if tracker else None)
 
 
 def run_training(settings: TrainingSettings, task: Task, title: str, plot_keys: tuple[str, ...] = ("loss",)) -> Path:
@@ -269,7 +281,8 @@ def _train(settings: TrainingSettings, task: Task, title: str, plot_keys: tuple[
         save_config(settings, out / CONFIG_FILE)
     model, optimizer = accelerator.prepare(model, optimizer)
 
-    metrics = MetricsLog(out / METRICS_FILE, resume_step=start) if accelerator.is_main_process else None
+    start_trackers(accelerator, check_report_to(settings.report_to), out, config_to_dict(settings))
+    metrics = MetricsLog(out / METRICS_FILE, resume_step=start, accelerator=accelerator) if accelerator.is_main_process else None
     bar = tqdm(
         total=settings.max_steps, initial=min(start, settings.max_steps), desc=title, unit="step",
         disable=not (settings.progress and accelerator.is_main_process),
@@ -303,12 +316,11 @@ def _train(settings: TrainingSettings, task: Task, title: str, plot_keys: tuple[
                     out, step, model_state=trainable_state(model), optimizer=optimizer, scheduler=scheduler,
                     data_state=task.data_state(step), extra={"stage": title}, keep_last=settings.keep_checkpoints,
                 )
-                if accelerator.is_main_process:
-                    plot_metrics_if_installed(out / METRICS_FILE, out / PLOT_FILE, keys=plot_keys, title=title)
     finally:
         bar.close()
         if metrics is not None:
             metrics.close()
+        accelerator.end_training()  # flushes and closes the trackers (nothing without report_to)
     accelerator.wait_for_everyone()
     final = out / MODEL_DIR
     if accelerator.is_main_process:

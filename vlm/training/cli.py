@@ -42,7 +42,7 @@ _FIELDS = {
     "final_lr_ratio": "final_lr_ratio", "max_grad_norm": "max_grad_norm", "mixed_precision": "mixed_precision",
     "workers": "num_workers", "threads": "cpu_threads", "seed": "seed", "log_every": "log_every", "checkpoint_every": "checkpoint_every",
     "keep_checkpoints": "keep_checkpoints", "val_every": "val_every", "max_val_examples": "max_val_examples",
-    "val_samples": "val_samples",
+    "val_samples": "val_samples", "report_to": "report_to",
 }
 
 
@@ -156,6 +156,9 @@ def add_subcommand(subparsers) -> None:
     train.add_argument("--final-lr-ratio", type=float, default=None)
     train.add_argument("--max-grad-norm", type=float, default=None, help="gradient clipping (default: none)")
     train.add_argument("--mixed-precision", choices=["auto", "no", "bf16"], default=None)
+    train.add_argument("--report-to", choices=["none", "tensorboard", "trackio", "wandb"], default=None,
+                       help="also send metrics to this tracker (accelerate's; local ones write to RUN/trackers); "
+                       "default none: metrics.jsonl only")
     train.add_argument("--gradient-checkpointing", action="store_true", help="checkpoint the LLM's layers")
     train.add_argument("--lora-r", type=int, default=None, help="add a LoRA adapter of this rank to the LLM (off by default)")
     train.add_argument("--lora-alpha", type=int, default=None)

@@ -149,6 +149,7 @@ class TrainConfig:
     max_val_examples: int = 256
     val_samples: int = 4
     progress: bool = True
+    report_to: str = "none"  # also send metrics to 'tensorboard', 'trackio' or 'wandb' (metrics.jsonl stays the record)
 
     def __post_init__(self) -> None:
         self.output_dir = os.fspath(self.output_dir)
@@ -171,6 +172,10 @@ class TrainConfig:
             raise TrainConfigError(f"final_lr_ratio must be in [0, 1], got {self.final_lr_ratio}")
         if self.learning_rate <= 0:
             raise TrainConfigError(f"learning_rate must be > 0, got {self.learning_rate}")
+        from encoder.run_log import REPORT_TO
+
+        if self.report_to not in REPORT_TO:
+            raise TrainConfigError(f"report_to must be one of {REPORT_TO}, got {self.report_to!r}")
         if self.mixed_precision not in MIXED_PRECISIONS:
             raise TrainConfigError(f"mixed_precision must be one of {MIXED_PRECISIONS}, got {self.mixed_precision!r}")
         if self.max_grad_norm is not None and self.max_grad_norm <= 0:

@@ -258,16 +258,18 @@ def _train(config: TrainConfig, resume: bool, llm, tokenizer, encoder, on_step) 
         trainable_state,
     )
     from encoder.features import FeatureCache
-    from encoder.run_log import MetricsLog, plot_metrics_if_installed
+    from encoder.run_log import TRACKERS_DIR, MetricsLog, check_report_to, plot_metrics_if_installed, start_trackers
     from encoder.schedules import warmup_linear_decay
 
     cuda = torch.cuda.is_available()
     precision = config.mixed_precision
     if precision == "auto":
         precision = "bf16" if cuda else "no"
-    accelerator = Accelerator(cpu=not cuda, mixed_precision=precision)
-    main = accelerator.is_main_process
     run_dir = Path(config.output_dir)
+    tracker = check_report_to(config.report_to)  # a missing tracker package fails before any work
+    accelerator = Accelerator(cpu=not cuda, mixed_precision=precision, log_with=tracker,
+                              project_dir=str(run_dir / TRACKERS_DIR) if tracker else None)
+    main = accelerator.is_main_process
     _check_run_dir(run_dir, config, resume)
     micro, accumulation = _batch_layout(config, accelerator.num_processes)
 
@@ -348,7 +350,9 @@ def _train(config: TrainConfig, resume: bool, llm, tokenizer, encoder, on_step) 
             multiprocessing_context=decoding_worker_context(min(config.num_workers, 1)),
         )
 
-    metrics = MetricsLog(run_dir / "metrics.jsonl", resume_step=start_step) if main else None
+    if main:
+        start_trackers(accelerator, tracker, run_dir, config.to_dict())
+    metrics = MetricsLog(run_dir / "metrics.jsonl", resume_step=start_step, accelerator=accelerator) if main else None
     samples_log = MetricsLog(run_dir / "samples.jsonl", resume_step=start_step) if main else None
     batches = iter(loader)
     bar = tqdm(total=config.max_steps, initial=start_step, unit="step", desc="train glue", disable=not (main and config.progress))
@@ -366,7 +370,6 @@ def _train(config: TrainConfig, resume: bool, llm, tokenizer, encoder, on_step) 
                 captions = unwrapped.caption(**_video_kwargs(batch))
             for video, reference, caption in zip(batch["video"], batch["target"], captions):
                 samples_log.log(step, video=video, reference=reference, caption=caption)
-        plot_metrics_if_installed(run_dir / "metrics.jsonl", run_dir / "loss.png")
 
     for step in range(start_step + 1, config.max_steps + 1):
         step_loss = torch.zeros((), device=accelerator.device)
@@ -400,7 +403,6 @@ def _train(config: TrainConfig, resume: bool, llm, tokenizer, encoder, on_step) 
                 skipped_videos = len({(r.get("source"), r.get("video")) for r in _read_rows(errors_path)})
                 metrics.log(step, loss=window_loss / window_steps, lr=lr, samples_per_s=window_steps * config.batch_size / elapsed,
                             skipped_videos=skipped_videos)
-                plot_metrics_if_installed(run_dir / "metrics.jsonl", run_dir / "loss.png")
             window_loss, window_steps, window_start = 0.0, 0, time.perf_counter()
         if step % config.checkpoint_every == 0 or step == config.max_steps:
             save_training_checkpoint(
@@ -420,8 +422,9 @@ def _train(config: TrainConfig, resume: bool, llm, tokenizer, encoder, on_step) 
             metrics.close()
             samples_log.close()
         save_directory_atomically(output, unwrapped.save_pretrained)  # a kill mid-save keeps the old model
-        plot_metrics_if_installed(run_dir / "metrics.jsonl", run_dir / "loss.png")
+        plot_metrics_if_installed(run_dir / "metrics.jsonl", run_dir / "loss.png")  # once, at the end
         _note(run_dir, f"saved the final model to {output}")
+    accelerator.end_training()  # flushes and closes the trackers (nothing without report_to)
     accelerator.wait_for_everyone()
     return output
 

@@ -26,6 +26,7 @@ from apps.batching import BatchingConfig, MicroBatcher
 from apps.limits import AppLimits, VideoInfo, VideoRejectedError, check_video
 from encoder.video import VideoDecodeError, load_clip, sample_times
 from vlm.chat_template import recent_turns
+from vlm.generation import GenerationSettings
 from vlm.model import VideoLanguageModel
 from vlm.scoring import ScoredAnswer
 
@@ -179,6 +180,12 @@ class ModelService:
             raise AppInputError(f"Frames must be a whole number from 1 to {self.limits.max_frames}, got {num_frames}.")
         return int(num_frames)
 
+    def _generation(self, max_new_tokens: int | float | None, generation: GenerationSettings | None,
+                    default: int) -> GenerationSettings:
+        """The request's generation settings (greedy when None) with its checked max_new_tokens; the
+        batch key part (requests batch only with identical settings)."""
+        return (generation or GenerationSettings()).replace(max_new_tokens=self._tokens(max_new_tokens, default))
+
     def _tokens(self, max_new_tokens: int | float | None, default: int) -> int:
         if max_new_tokens is None:
             return min(default, self.limits.max_new_tokens)
@@ -256,12 +263,13 @@ class ModelService:
 
     # ------------------------------------------------------------------ tasks
 
-    def caption(self, video: str | os.PathLike | None, num_frames: int | None = None, max_new_tokens: int | None = None) -> str:
-        """A greedy caption of the clip."""
-        max_new_tokens = self._tokens(max_new_tokens, 32)
+    def caption(self, video: str | os.PathLike | None, num_frames: int | None = None, max_new_tokens: int | None = None,
+                generation: GenerationSettings | None = None) -> str:
+        """A caption of the clip (greedy unless ``generation`` says otherwise)."""
+        settings = self._generation(max_new_tokens, generation, 32)
         with self._arrival():
             clip, _ = self.load(video, num_frames)
-            future = self._captioner.submit((len(clip), max_new_tokens), clip)
+            future = self._captioner.submit((len(clip), settings), clip)
         return future.result()
 
     @contextlib.contextmanager
@@ -277,18 +285,20 @@ class ModelService:
                 self._arriving -= 1
 
     def _caption_batch(self, key: tuple[int, int], clips: Sequence[np.ndarray]) -> list[str]:
-        """Captions of same-length clips [T, S, S, 3] in one model call (key: T, max_new_tokens)."""
+        """Captions of same-length clips [T, S, S, 3] in one model call (key: T, generation settings)."""
         with self._model_lock:
-            return self.model.caption(clips=torch.from_numpy(np.stack(clips)), max_new_tokens=key[1])
+            return self.model.caption(clips=torch.from_numpy(np.stack(clips)), max_new_tokens=key[1].max_new_tokens,
+                                      generation=key[1])
 
     def _answer_batch(self, key: tuple[int, int], requests: Sequence[tuple[str, np.ndarray]]) -> list[str]:
-        """Open answers to (question, clip) pairs in one model call (key: T, max_new_tokens)."""
+        """Open answers to (question, clip) pairs in one model call (key: T, generation settings)."""
         with self._model_lock:
             clips = torch.from_numpy(np.stack([clip for _, clip in requests]))
-            return self.model.answer([question for question, _ in requests], clips=clips, max_new_tokens=key[1])
+            return self.model.answer([question for question, _ in requests], clips=clips, max_new_tokens=key[1].max_new_tokens,
+                                     generation=key[1])
 
     def _chat_batch(self, key: tuple[int, int], requests: Sequence[_ChatRequest]) -> list[BaseException | None]:
-        """Chat replies generated together (key: T, max_new_tokens); each request's pieces go to its
+        """Chat replies generated together (key: T, generation settings); each request's pieces go to its
         own queue as they are generated, and its end marker as soon as its reply is complete. A
         request whose client left (``stopped``) is no longer fed; when all have left, generation stops.
         Returns, per request, None, or the exception that broke the batch after some text was streamed
@@ -298,7 +308,8 @@ class ModelService:
         try:
             with self._model_lock, torch.inference_mode():
                 clips = torch.from_numpy(np.stack([request.clip for request in requests]))
-                stream = self.model.chat_stream_batch([r.messages for r in requests], clips=clips, max_new_tokens=key[1])
+                stream = self.model.chat_stream_batch([r.messages for r in requests], clips=clips,
+                                                      max_new_tokens=key[1].max_new_tokens, generation=key[1])
                 try:
                     for pieces in stream:
                         for row, (request, piece) in enumerate(zip(requests, pieces)):
@@ -336,16 +347,18 @@ class ModelService:
         candidates: Sequence[str] | None = None,
         num_frames: int | None = None,
         max_new_tokens: int | None = None,
+        generation: GenerationSettings | None = None,
     ) -> AnswerResult:
-        """Open-vocabulary answer (candidates None) or candidates ranked by log-likelihood."""
+        """Open-vocabulary answer (candidates None; greedy unless ``generation`` says otherwise) or
+        candidates ranked by log-likelihood."""
         question = self._text(question, "question")
-        max_new_tokens = self._tokens(max_new_tokens, 32)
+        settings = self._generation(max_new_tokens, generation, 32)
         if candidates is not None:
             candidates = self._candidates(candidates)
         if candidates is None:
             with self._arrival():
                 clip, _ = self.load(video, num_frames)
-                future = self._answerer.submit((len(clip), max_new_tokens), (question, clip))
+                future = self._answerer.submit((len(clip), settings), (question, clip))
             return AnswerResult(future.result())
         clip, _ = self.load(video, num_frames)
         with self._model_lock:  # one video/prompt prefix shared by the request's candidates
@@ -391,6 +404,7 @@ class ModelService:
         message: str | None = None,
         num_frames: int | None = None,
         max_new_tokens: int | None = None,
+        generation: GenerationSettings | None = None,
         *,
         prompt: ChatPrompt | None = None,
     ) -> Iterator[str]:
@@ -398,15 +412,15 @@ class ModelService:
         (``prompt``: a :meth:`chat_prompt` already made, instead of ``history`` and ``message``).
 
         Replies of chats being processed at the same time are generated together (one batch, up
-        to ``batching.max_batch``, greedy and left-padded: the same text as alone), each streamed to
+        to ``batching.max_batch``, left-padded; greedy by default, then the same text as alone), each streamed to
         its own client. Closing this generator early (a client that goes away) stops feeding it; a
         batch whose clients have all gone stops after the current token."""
         messages = (prompt or self.chat_prompt(history, message)).messages
-        max_new_tokens = self._tokens(max_new_tokens, 256)
+        settings = self._generation(max_new_tokens, generation, 256)
         with self._arrival():
             clip, _ = self.load(video, num_frames)
             request = _ChatRequest(messages, clip)
-            future = self._chatter.submit((len(clip), max_new_tokens), request)
+            future = self._chatter.submit((len(clip), settings), request)
         future.add_done_callback(lambda done: request.pieces.put(("done", done)))
         try:
             while True:

@@ -25,6 +25,7 @@ import numpy as np
 from apps.limits import VIDEO_SUFFIXES, VideoRejectedError
 from apps.search import MAX_RESULTS, SearchService
 from apps.service import AppInputError, FrameStrip, ModelService, parse_candidates
+from vlm.generation import GenerationSettings
 from vlm.model import UnreadableVideoError
 from vlm.prompts import ChatMessagesError, EmptyQuestionError
 from vlm.scoring import CandidateError
@@ -194,6 +195,20 @@ def _chart_data(probabilities: list[dict] | None):
 # ---------------------------------------------------------------------------------------- the page
 
 
+def page_generation(temperature: float | None, top_p: float | None, repetition_penalty: float | None) -> GenerationSettings:
+    """The page's generation settings: temperature 0 is greedy decoding (the default), above 0
+    sampling with that temperature and top-p; a repetition penalty applies to both."""
+    try:
+        temperature = float(temperature or 0.0)
+        return GenerationSettings(
+            do_sample=temperature > 0, temperature=temperature if temperature > 0 else 1.0,
+            top_p=float(top_p if top_p is not None else 1.0),
+            repetition_penalty=float(repetition_penalty if repetition_penalty is not None else 1.0),
+        )
+    except (TypeError, ValueError) as error:
+        raise AppInputError(f"Generation settings: {error}.") from None
+
+
 def build_app(service: ModelService, examples: Sequence[str | os.PathLike] | None = None,
               search: SearchService | None = None) -> gr.Blocks:
     """The gr.Blocks page over ``service`` (queue and launch settings are applied by :func:`launch_app`).
@@ -206,22 +221,27 @@ def build_app(service: ModelService, examples: Sequence[str | os.PathLike] | Non
     # --------------------------------------------------------------- handlers (API names: parameters)
 
     @shows_errors
-    def caption(video: str | None, frames: float, max_new_tokens: float) -> str:
-        return service.caption(video, frames, max_new_tokens)
+    def caption(video: str | None, frames: float, max_new_tokens: float, temperature: float = 0.0, top_p: float = 1.0,
+                repetition_penalty: float = 1.0) -> str:
+        return service.caption(video, frames, max_new_tokens, page_generation(temperature, top_p, repetition_penalty))
 
     @shows_errors
-    def ask(video: str | None, question: str, candidates: str, frames: float, max_new_tokens: float):
-        result = service.ask(video, question, parse_candidates(candidates, limits.max_candidates), frames, max_new_tokens)
+    def ask(video: str | None, question: str, candidates: str, frames: float, max_new_tokens: float,
+            temperature: float = 0.0, top_p: float = 1.0, repetition_penalty: float = 1.0):
+        result = service.ask(video, question, parse_candidates(candidates, limits.max_candidates), frames, max_new_tokens,
+                             page_generation(temperature, top_p, repetition_penalty))
         return result.answer, result.probabilities()
 
     @shows_errors
-    def chat(video: str | None, message: str, history: list, frames: float, max_new_tokens: float):
+    def chat(video: str | None, message: str, history: list, frames: float, max_new_tokens: float,
+             temperature: float = 0.0, top_p: float = 1.0, repetition_penalty: float = 1.0):
         history = list(history or [])
         prompt = service.chat_prompt(history, message)  # an empty or overlong message fails here
         if prompt.dropped_turns:
             gr.Info(f"The {prompt.dropped_turns} oldest turns of this chat are left out of the model's prompt "
                     f"(it keeps {limits.max_chat_turns} exchanges, {limits.max_history_tokens} tokens).")
-        pieces = service.chat_stream(video, num_frames=frames, max_new_tokens=max_new_tokens, prompt=prompt)
+        pieces = service.chat_stream(video, num_frames=frames, max_new_tokens=max_new_tokens,
+                                     generation=page_generation(temperature, top_p, repetition_penalty), prompt=prompt)
         try:
             reply = next(pieces, None) or ""  # fails here (no video, empty message ...) before the chat changes
             history = history + [{"role": "user", "content": message}, {"role": "assistant", "content": reply}]
@@ -331,6 +351,11 @@ def build_app(service: ModelService, examples: Sequence[str | os.PathLike] | Non
                             max_new_tokens = gr.Slider(
                                 1, limits.max_new_tokens, value=min(DEFAULT_MAX_NEW_TOKENS, limits.max_new_tokens), step=1, label="Max new tokens"
                             )
+                        with gr.Row():
+                            temperature = gr.Slider(0, 2, value=0, step=0.05, label="Temperature (0: greedy)",
+                                                    elem_id="temperature")
+                            top_p = gr.Slider(0.05, 1, value=1, step=0.05, label="Top-p (sampling)")
+                            repetition_penalty = gr.Slider(1, 2, value=1, step=0.05, label="Repetition penalty")
             with gr.Row(equal_height=False):
                 with gr.Column(scale=1, min_width=380):
                     gr.Markdown("### Chat about the clip")
@@ -393,18 +418,22 @@ def build_app(service: ModelService, examples: Sequence[str | os.PathLike] | Non
         video.change(show_video, [video, frames], clip_outputs, **model_event, **private)
         frames.release(update_strip, [video, frames], [strip, clip_facts], **model_event, **private)
 
-        describe_button.click(caption, [video, frames, max_new_tokens], caption_box, api_name="caption", **model_event)
+        generation = [temperature, top_p, repetition_penalty]
+        describe_button.click(caption, [video, frames, max_new_tokens, *generation], caption_box, api_name="caption",
+                              **model_event)
 
         gr.on(
             [ask_button.click, question.submit], require_candidates, [vocabulary, candidates], None, queue=False, **private
         ).success(
-            ask, [video, question, candidates, frames, max_new_tokens], [answer, probabilities], api_name="ask", **model_event
+            ask, [video, question, candidates, frames, max_new_tokens, *generation], [answer, probabilities], api_name="ask",
+            **model_event
         ).success(_chart_data, probabilities, chart, queue=False, **private)
         vocabulary.change(switch_vocabulary, [vocabulary, candidates, stash], [candidates, preset, stash], queue=False, **private)
         preset.change(use_preset, [preset, candidates], candidates, queue=False, **private)
 
         gr.on(
-            [send_button.click, message.submit], chat, [video, message, chatbot, frames, max_new_tokens], [chatbot, message],
+            [send_button.click, message.submit], chat, [video, message, chatbot, frames, max_new_tokens, *generation],
+            [chatbot, message],
             api_name="chat", **model_event,
         )
         clear_button.click(lambda: ([], ""), None, [chatbot, message], queue=False, **private)

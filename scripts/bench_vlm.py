@@ -43,7 +43,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, VideoPrismVisionConfig, VideoPrismVisionModel
 
 from encoder.loading import resolve_dtype
-from vlm.generation import DecodingConfig, greedy_generate
+from vlm.generation import greedy_generate
 from vlm.llm import SMOLLM2_SOURCE, load_language_model, load_tokenizer
 from vlm.model import VideoLanguageModel
 from vlm.scoring import candidate_log_likelihoods, candidate_token_ids, naive_candidate_log_likelihoods
@@ -157,8 +157,7 @@ def main() -> None:
     subset = args.naive_subset
 
     def step():
-        return greedy_generate(llm, tokenizer, prefix, prompt.attention_mask, prompt.position_ids,
-                               DecodingConfig(max_new_tokens=1))
+        return greedy_generate(llm, tokenizer, prefix, prompt.attention_mask, max_new_tokens=1)
 
     greedy_step_s, _ = timed(step, args.repeats)
     score_one_s, fast_one = timed(lambda: candidate_log_likelihoods(llm, prefix, one_token_ids), args.repeats)

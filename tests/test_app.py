@@ -580,3 +580,21 @@ def test_concurrent_chat_replies_are_batched_streamed_and_equal_unbatched(app, c
         left = pool.submit(leave_after_first_piece, chats[0])
         stayed = pool.submit(reply, chats[1])
         assert left.result(timeout=60) == alone[0][0] and stayed.result(timeout=60) == alone[1]
+
+
+def test_generation_settings_reach_the_model_through_the_api(app, client, clips):
+    """Temperature 0 (the default) is greedy; a temperature above 0 samples; the settings are the
+    library's GenerationSettings (a batch only holds requests with the same settings)."""
+    from vlm.generation import GenerationSettings
+
+    _, service, _ = app
+    greedy = client.predict(upload(clips["a"]), FRAMES, 6, api_name="/caption")
+    assert client.predict(upload(clips["a"]), FRAMES, 6, 0, 1, 1, api_name="/caption") == greedy
+    clip = library_clip(service, clips["a"])
+    assert greedy == service.model.caption(clips=clip, max_new_tokens=6)[0]
+    hot = GenerationSettings(do_sample=True, temperature=2.0, top_p=1.0, max_new_tokens=6)
+    sampled = {service.caption(clips["a"], FRAMES, 6, hot.replace(seed=seed)) for seed in range(4)}
+    assert len(sampled) > 1  # sampling at temperature 2 varies with the seed
+    assert service.caption(clips["a"], FRAMES, 6, hot.replace(seed=1)) == service.caption(clips["a"], FRAMES, 6, hot.replace(seed=1))
+    with pytest.raises(Exception, match="maximum|Generation settings"):
+        client.predict(upload(clips["a"]), FRAMES, 6, 5.0, 1, 1, api_name="/caption")

@@ -13,7 +13,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, VideoPrismVisionConfig, 
 
 from tests.fixture_files import REAL_CLIP
 from vlm import cli
-from vlm.generation import greedy_generate, greedy_token_steps, pad_token_id, stop_token_ids
+from vlm.generation import GenerationSettings, generate_ids, greedy_generate, stop_token_ids
 from vlm.llm import (
     SMOLLM2_SOURCE,
     UnsupportedLLMError,
@@ -177,7 +177,7 @@ def test_cached_greedy_loop_matches_uncached_greedy(model, clips):
     with torch.no_grad():
         features = model.get_video_features(clips=clips[:1])
     inputs = model._prompt_inputs(features, ["A video of"])
-    cached = greedy_generate(model.llm, model.tokenizer, inputs.inputs_embeds, inputs.attention_mask, inputs.position_ids)
+    cached = greedy_generate(model.llm, model.tokenizer, inputs.inputs_embeds, inputs.attention_mask)
     assert cached[0][:16] == naive_greedy(model, inputs.inputs_embeds, 16)
     assert len(cached[0]) == 32  # the random LM never says EOS: all 32 tokens (the default) are generated
 
@@ -204,41 +204,51 @@ def _answer_token_ids(model, clips, questions, max_new_tokens=10):
     with torch.no_grad():
         features = model.get_video_features(clips=clips)
     inputs = model._prompt_inputs(features, [model.qa_prompt(q) for q in questions])
-    from vlm.generation import DecodingConfig
-
-    return greedy_generate(
-        model.llm, model.tokenizer, inputs.inputs_embeds, inputs.attention_mask, inputs.position_ids,
-        DecodingConfig(max_new_tokens=max_new_tokens),
-    )
+    return greedy_generate(model.llm, model.tokenizer, inputs.inputs_embeds, inputs.attention_mask, max_new_tokens)
 
 
 def test_rows_stop_independently_at_stop_tokens(model, clips):
+    from transformers import StoppingCriteria
+
     with torch.no_grad():
         features = model.get_video_features(clips=clips[:2])
     inputs = model._prompt_inputs(features, ["A video of", "A video of"])
-    free = greedy_generate(model.llm, model.tokenizer, inputs.inputs_embeds, inputs.attention_mask, inputs.position_ids)
-    # Declare a token of row 0 (first produced at step k, never by row 1) an end-of-sequence token:
-    # row 0 stops right after it, row 1 is unaffected.
+    free = greedy_generate(model.llm, model.tokenizer, inputs.inputs_embeds, inputs.attention_mask)
+    # Make a token of row 0 (first produced at step k, never by row 1) stop a row: row 0 stops right
+    # after it, row 1 is unaffected.
     k = next(i for i in range(2, 32) if free[0][i] not in free[0][:i] and free[0][i] not in free[1])
     stop = free[0][k]
-    steps = list(
-        greedy_token_steps(
-            model.llm, inputs.inputs_embeds, inputs.attention_mask, inputs.position_ids,
-            max_new_tokens=32, stop_ids={stop}, pad_id=pad_token_id(model.tokenizer),
-        )
-    )
-    active_rows = [active.tolist() for _, active in steps]
-    assert [a[0] for a in active_rows] == [True] * (k + 1) + [False] * (31 - k)
-    assert all(a[1] for a in active_rows) and len(steps) == 32
-    assert [int(t[1]) for t, _ in steps] == free[1]
-    # A newline-style predicate stops a row in the same way.
-    newline_steps = list(
-        greedy_token_steps(
-            model.llm, inputs.inputs_embeds[:1], inputs.attention_mask[:1], inputs.position_ids[:1],
-            max_new_tokens=32, stop_ids=set(), pad_id=0, is_stop_token=lambda token: token == stop,
-        )
-    )
-    assert len(newline_steps) == k + 1  # stops right after the predicate's token; all rows done
+
+    class StopAt(StoppingCriteria):
+        def __call__(self, input_ids, scores, **kwargs):
+            return input_ids[:, -1] == stop
+
+    stopped = generate_ids(model.llm, model.tokenizer, inputs.inputs_embeds, inputs.attention_mask, stopping=[StopAt()])
+    assert stopped == [free[0][: k + 1], free[1]]
+    # the newline rule works the same way: a token holding a newline ends its row, and is kept
+    newline_row = next((row for row in free if any("\n" in model.tokenizer.decode([t]) for t in row)), None)
+    if newline_row is not None:
+        cut = next(i for i, t in enumerate(newline_row) if "\n" in model.tokenizer.decode([t]))
+        row = free.index(newline_row)
+        lines = generate_ids(model.llm, model.tokenizer, inputs.inputs_embeds, inputs.attention_mask, stop_at_newline=True)
+        assert lines[row] == newline_row[: cut + 1]
+
+
+def test_generation_settings_sample_repeatably_and_search_beams(model, clips):
+    with torch.no_grad():
+        features = model.get_video_features(clips=clips[:2])
+    inputs = model._prompt_inputs(features, ["A video of", "A clip of a"])
+    arguments = (model.llm, model.tokenizer, inputs.inputs_embeds, inputs.attention_mask)
+    sampled = GenerationSettings(max_new_tokens=8, do_sample=True, temperature=1.5, seed=3)
+    first = generate_ids(*arguments, sampled)
+    assert generate_ids(*arguments, sampled) == first  # seeded: repeatable
+    assert generate_ids(*arguments, sampled.replace(seed=4)) != first
+    assert generate_ids(*arguments, GenerationSettings(max_new_tokens=8)) == [r[:8] for r in greedy_generate(*arguments)]
+    beams = generate_ids(*arguments, GenerationSettings(max_new_tokens=8, num_beams=3))
+    assert len(beams) == 2 and all(len(row) <= 8 for row in beams)
+    for bad in (dict(temperature=0), dict(top_p=1.5), dict(num_beams=0), dict(max_new_tokens=0), dict(top_k=-1)):
+        with pytest.raises(ValueError):
+            GenerationSettings(**bad)
 
 
 def test_clean_open_answer_takes_first_line_without_period():
@@ -301,12 +311,7 @@ def test_chat_stream_yields_pieces_of_the_greedy_reply(model, clips):
         features, [model.tokenizer(before, add_special_tokens=False).input_ids],
         [model.tokenizer(after, add_special_tokens=False).input_ids],
     )
-    from vlm.generation import DecodingConfig
-
-    ids = greedy_generate(
-        model.llm, model.tokenizer, inputs.inputs_embeds, inputs.attention_mask, inputs.position_ids,
-        DecodingConfig(max_new_tokens=8),
-    )[0]
+    ids = greedy_generate(model.llm, model.tokenizer, inputs.inputs_embeds, inputs.attention_mask, 8)[0]
     assert "".join(pieces) == model.tokenizer.decode(ids, skip_special_tokens=True)
     follow_up = messages + [{"role": "assistant", "content": "".join(pieces)}, {"role": "user", "content": "Why?"}]
     assert isinstance(model.chat(follow_up, clips=clips[:1], max_new_tokens=4), str)
@@ -538,11 +543,13 @@ def test_kv_cache_goes_in_under_the_name_the_llm_takes(model, clips):
     check_llm_accepts_embeddings(old_style)
     with torch.no_grad():
         features = model.get_video_features(clips=clips[:2])
-    inputs = model._prompt_inputs(features, ["A video of", "A clip of a"])
-    arguments = (model.tokenizer, inputs.inputs_embeds, inputs.attention_mask, inputs.position_ids)
-    assert greedy_generate(old_style, *arguments) == greedy_generate(model.llm, *arguments)
-    assert len(old_style.caches_seen) == 32 and all(cache is old_style.caches_seen[0] for cache in old_style.caches_seen)
-    assert old_style.caches_seen[0].get_seq_length() == inputs.inputs_embeds.shape[1] + 31
+    inputs = model._prompt_inputs(features[:1], ["A video of"])
+    from vlm.scoring import candidate_log_likelihoods, candidate_token_ids
+
+    candidates = candidate_token_ids(model.tokenizer, ["red", "a blue car", "green"])
+    old_scores = candidate_log_likelihoods(old_style, inputs.inputs_embeds, candidates)
+    assert torch.allclose(torch.as_tensor(old_scores), torch.as_tensor(candidate_log_likelihoods(model.llm, inputs.inputs_embeds, candidates)))
+    assert old_style.caches_seen and all(cache is not None for cache in old_style.caches_seen)
 
     class NoCacheLM(PastKeyValuesLM):
         def forward(self, input_ids=None, inputs_embeds=None, attention_mask=None, position_ids=None):

@@ -336,6 +336,7 @@ def caption_clips(
     errors_path: str | os.PathLike | None = None,
     batch_size: int = 8,
     max_new_tokens: int = 32,
+    generation=None,
     num_frames: int | None = None,
     features=None,
     num_workers: int = 2,
@@ -347,7 +348,8 @@ def caption_clips(
 
     model: a ``vlm.model.VideoLanguageModel``; features: an ``encoder.features.FeatureCache`` to
     caption from cached tokens instead of decoding; state: accelerate's ``PartialState`` when
-    launched on several processes (default: one process); on_batch: called with the number of
+    launched on several processes (default: one process); generation: ``vlm.generation.GenerationSettings``
+    (greedy when None; max_new_tokens comes from ``max_new_tokens``); on_batch: called with the number of
     clips this process has finished after each batch. A second run on the same output while this one
     runs gets OutputBusyError (a lock file ``OUT.lock-RANK`` beside the output).
     Returns this process's counts {"captioned", "errors", "skipped"} ("merged" on the main
@@ -373,13 +375,13 @@ def caption_clips(
     except Timeout:
         raise OutputBusyError(f"{output} is being written by another run; wait for it to finish or choose another --out") from None
     try:
-        return _caption_locked(model, clips, output, errors_path, frames, batch_size, max_new_tokens, features,
+        return _caption_locked(model, clips, output, errors_path, frames, batch_size, max_new_tokens, generation, features,
                                num_workers, progress, state, on_batch)
     finally:
         lock.release()
 
 
-def _caption_locked(model, clips, output, errors_path, frames, batch_size, max_new_tokens, features, num_workers,
+def _caption_locked(model, clips, output, errors_path, frames, batch_size, max_new_tokens, generation, features, num_workers,
                     progress, state, on_batch) -> dict[str, int]:
     """The body of :func:`caption_clips`, run while holding this process's lock on the output."""
     from tqdm.auto import tqdm
@@ -409,9 +411,9 @@ def _caption_locked(model, clips, output, errors_path, frames, batch_size, max_n
         for good, good_inputs, bad in batches:
             if good:
                 if features is not None:
-                    captions = model.caption(video_tokens=good_inputs, max_new_tokens=max_new_tokens)
+                    captions = model.caption(video_tokens=good_inputs, max_new_tokens=max_new_tokens, generation=generation)
                 else:
-                    captions = model.caption(clips=good_inputs, max_new_tokens=max_new_tokens)
+                    captions = model.caption(clips=good_inputs, max_new_tokens=max_new_tokens, generation=generation)
                 writer.write([{"video": clip.id, "caption": caption} for clip, caption in zip(good, captions)])
             error_writer.write(bad)
             counts["captioned"] += len(good)

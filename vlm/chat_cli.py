@@ -19,11 +19,12 @@ class ChatSession:
     """The turns of one chat about one video's encoder tokens, the history in the prompt bounded to the
     last ``max_exchanges`` exchanges as in the app (the video stays at the start of the first kept user turn)."""
 
-    def __init__(self, model, video_tokens, max_new_tokens: int, max_exchanges: int = 8):
+    def __init__(self, model, video_tokens, max_new_tokens: int, max_exchanges: int = 8, generation=None):
         if max_exchanges < 1:
             raise ValueError(f"max_exchanges must be >= 1, got {max_exchanges}")
         self.model, self.video_tokens = model, video_tokens
         self.max_new_tokens, self.max_exchanges = max_new_tokens, max_exchanges
+        self.generation = generation  # vlm.generation.GenerationSettings (None: greedy)
         self.turns: list[dict] = []  # every turn, for --json
         self.history: list[dict] = []  # what the model sees
 
@@ -39,7 +40,8 @@ class ChatSession:
             raise ValueError("the message is empty")
         messages = recent_turns(self.history, self.max_exchanges) + [{"role": "user", "content": text}]
         pieces = []
-        for piece in self.model.chat_stream(messages, video_tokens=self.video_tokens, max_new_tokens=self.max_new_tokens):
+        for piece in self.model.chat_stream(messages, video_tokens=self.video_tokens, max_new_tokens=self.max_new_tokens,
+                                            generation=self.generation):
             if not pieces:
                 piece = piece.lstrip()  # the reply as recorded: no leading space
                 if not piece:
@@ -66,7 +68,9 @@ def open_session(args: argparse.Namespace) -> ChatSession:
     clips = model.load_videos([args.video], args.frames)
     with torch.inference_mode():
         tokens = encode_clips(model.encoder, clips)
-    return ChatSession(model, tokens, args.max_new_tokens, args.max_exchanges)
+    from vlm.cli import generation_settings
+
+    return ChatSession(model, tokens, args.max_new_tokens, args.max_exchanges, generation_settings(args))
 
 
 def _one_shot(session: ChatSession, messages: list[str], as_json: bool, video: str) -> int:
@@ -138,4 +142,7 @@ def add_subcommand(subparsers) -> None:
     chat.add_argument("--max-new-tokens", type=NEW_TOKENS, default=128, help="at most this many tokens per reply (default 128)")
     chat.add_argument("--max-exchanges", type=POSITIVE, default=8, help="exchanges kept in the prompt (default 8, as the app)")
     chat.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    from vlm.cli import add_generation_options
+
+    add_generation_options(chat)
     chat.set_defaults(func=_cmd_chat)

@@ -7,7 +7,7 @@ import importlib
 import json
 import sys
 
-from encoder.cli_arguments import FRAME_SIZE, FRAMES, NEW_TOKENS, NON_NEGATIVE, POSITIVE
+from encoder.cli_arguments import FRAME_SIZE, FRAMES, NEW_TOKENS, NON_NEGATIVE, POSITIVE, int_range, positive_float
 
 # Modules that add their own subcommands: each defines ``add_subcommand(subparsers)`` and imports
 # nothing heavy at module level (torch, transformers ... are imported inside the command function).
@@ -71,6 +71,7 @@ def _cmd_caption(args: argparse.Namespace) -> int:
     model = load_model(args.model, device=args.device or default_device())
     captions = model.caption_videos(
         args.videos, num_frames=args.frames, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
+        generation=generation_settings(args),
         progress=len(args.videos) > args.batch_size,
     )
     if args.json:
@@ -109,7 +110,7 @@ def _cmd_caption_to_file(args: argparse.Namespace) -> int:
     errors_path = args.errors or errors_path_for(args.out)
     counts = caption_clips(
         model, clips, args.out, errors_path=errors_path, batch_size=args.batch_size,
-        max_new_tokens=args.max_new_tokens, num_frames=args.frames, features=features,
+        max_new_tokens=args.max_new_tokens, generation=generation_settings(args), num_frames=args.frames, features=features,
         num_workers=args.workers, progress=not args.no_progress, state=state,
     )
     if state.is_main_process:
@@ -130,7 +131,7 @@ def _cmd_ask(args: argparse.Namespace) -> int:
     model = load_model(args.model, device=args.device or default_device())
     result = model.ask_video(
         args.video, args.question, candidates=candidates, shots=shots,
-        num_frames=args.frames, max_new_tokens=args.max_new_tokens,
+        num_frames=args.frames, max_new_tokens=args.max_new_tokens, generation=generation_settings(args),
     )
     if candidates is None:
         print(json.dumps({"video": args.video, "question": args.question, "answer": result}) if args.json else result)
@@ -234,10 +235,34 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def add_generation_options(command: argparse.ArgumentParser) -> None:
+    """--do-sample, --temperature, --top-p, --top-k, --repetition-penalty, --num-beams, --seed
+    (transformers' generate() options; greedy by default)."""
+    group = command.add_argument_group("generation (greedy by default)")
+    group.add_argument("--do-sample", action="store_true", help="sample instead of taking the most likely token")
+    group.add_argument("--temperature", type=positive_float, default=1.0, help="sampling temperature (default 1.0)")
+    group.add_argument("--top-p", type=positive_float, default=1.0, help="nucleus sampling mass, (0, 1] (default 1.0)")
+    group.add_argument("--top-k", type=NON_NEGATIVE, default=50, help="sample among the k most likely (default 50; 0: all)")
+    group.add_argument("--repetition-penalty", type=positive_float, default=1.0, help="> 1 discourages repeats (default 1.0)")
+    group.add_argument("--num-beams", type=int_range(1, 64), default=1, help="beam search with this many beams (default 1)")
+    group.add_argument("--seed", type=int, default=None, help="makes sampling repeatable")
+
+
+def generation_settings(args: argparse.Namespace):
+    """The GenerationSettings of add_generation_options' flags (max_new_tokens from --max-new-tokens)."""
+    from vlm.generation import GenerationSettings
+
+    return GenerationSettings(
+        max_new_tokens=args.max_new_tokens, do_sample=args.do_sample, temperature=args.temperature, top_p=args.top_p,
+        top_k=args.top_k, repetition_penalty=args.repetition_penalty, num_beams=args.num_beams, seed=args.seed,
+    )
+
+
 def _add_vlm_options(command: argparse.ArgumentParser) -> None:
     command.add_argument("--model", default=None, help="saved glue model directory (default: the installed demo model)")
     command.add_argument("--frames", type=FRAMES, default=None, help="frames sampled per video (default: the model's)")
     command.add_argument("--max-new-tokens", type=NEW_TOKENS, default=32)
+    add_generation_options(command)
     command.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     command.add_argument("--json", action="store_true", help="machine-readable output")
 

@@ -1,35 +1,80 @@
-"""Greedy decoding from input embeddings with a KV cache, batched with left padding.
+"""Text generation from input embeddings, batched with left padding, through transformers' ``generate()``.
 
-The inputs are ``inputs_embeds [B, S, H]`` (video tokens merged into the text, left-padded),
-``attention_mask [B, S]`` (0 at pads) and ``position_ids [B, S]`` (counting from the first real
-token of each row), as built by ``VideoLanguageModel.merge_video_and_text``. Each step feeds one
-token per row and extends the mask and positions, so a padded row sees exactly what it would see
-unbatched.
+The inputs are ``inputs_embeds [B, S, H]`` (video tokens merged into the text, left-padded) and
+``attention_mask [B, S]`` (0 at pads), as built by ``VideoLanguageModel.merge_video_and_text``;
+``generate`` derives each row's positions from the mask, so a padded row sees exactly what it would
+see unbatched. :class:`GenerationSettings` holds the usual options (greedy by default, sampling,
+beam search, repetition penalty); :class:`TokenStreamer` streams a batch step by step;
+:func:`llm_step` (one cached forward) serves candidate scoring, which reuses a shared prefix.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
-from collections.abc import Callable, Iterator
+import queue
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
-from transformers import DynamicCache, PreTrainedTokenizerBase
+from transformers import DynamicCache, GenerationConfig, PreTrainedTokenizerBase, StoppingCriteria, StoppingCriteriaList
+from transformers.generation.streamers import BaseStreamer
 
 from vlm.llm import kv_cache_argument
 
 
-@dataclass
-class DecodingConfig:
-    """max_new_tokens: at most this many generated tokens (32 in the paper).
-    stop_at_newline: also stop a row when it generates a token containing a newline (QA answers)."""
+@dataclass(frozen=True)
+class GenerationSettings:
+    """How text is generated (transformers' ``GenerationConfig`` options); greedy by default.
+
+    max_new_tokens: at most this many new tokens (32 in the paper).
+    do_sample: sample (with temperature, top_p, top_k) instead of taking the most likely token.
+    temperature, top_p, top_k: sampling settings (ignored when not sampling; top_k 0: no top-k).
+    repetition_penalty: > 1 discourages tokens already in the prompt or the output (1: off).
+    num_beams: beam search with this many beams (1: none; not with streaming).
+    seed: makes sampling repeatable (None: the global RNG as it stands).
+    """
 
     max_new_tokens: int = 32
-    stop_at_newline: bool = False
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 50
+    repetition_penalty: float = 1.0
+    num_beams: int = 1
+    seed: int | None = None
 
     def __post_init__(self) -> None:
-        if self.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if not 1 <= self.max_new_tokens <= 8192:
+            raise ValueError(f"max_new_tokens must be in [1, 8192], got {self.max_new_tokens}")
+        if not 0 < self.temperature <= 100:
+            raise ValueError(f"temperature must be in (0, 100], got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k < 0:
+            raise ValueError(f"top_k must be >= 0, got {self.top_k}")
+        if not 0 < self.repetition_penalty <= 10:
+            raise ValueError(f"repetition_penalty must be in (0, 10], got {self.repetition_penalty}")
+        if not 1 <= self.num_beams <= 64:
+            raise ValueError(f"num_beams must be in [1, 64], got {self.num_beams}")
+
+    @property
+    def is_greedy(self) -> bool:
+        return not self.do_sample and self.num_beams == 1
+
+    def replace(self, **changes) -> GenerationSettings:
+        return dataclasses.replace(self, **changes)
+
+    def generation_config(self, stop_ids: set[int], pad_id: int) -> GenerationConfig:
+        """transformers' GenerationConfig for these settings, stopping at ``stop_ids``."""
+        values = {"max_new_tokens": self.max_new_tokens, "do_sample": self.do_sample, "num_beams": self.num_beams,
+                  "repetition_penalty": self.repetition_penalty, "eos_token_id": sorted(stop_ids), "pad_token_id": pad_id}
+        if self.do_sample:
+            values.update(temperature=self.temperature, top_p=self.top_p, top_k=self.top_k)
+        else:  # neutral values, so transformers does not warn about unused sampling settings
+            values.update(temperature=1.0, top_p=1.0, top_k=50)
+        return GenerationConfig(**values)
 
 
 def stop_token_ids(llm: torch.nn.Module, tokenizer: PreTrainedTokenizerBase) -> set[int]:
@@ -87,65 +132,6 @@ def llm_step(
     return logits[:, -1:] if last_logits_only else logits
 
 
-@torch.inference_mode()
-def greedy_token_steps(
-    llm: torch.nn.Module,
-    inputs_embeds: torch.Tensor,
-    attention_mask: torch.Tensor,
-    position_ids: torch.Tensor,
-    *,
-    max_new_tokens: int,
-    stop_ids: set[int],
-    pad_id: int,
-    is_stop_token: Callable[[int], bool] | None = None,
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Greedy decoding, one step at a time.
-
-    inputs_embeds [B, S, H], attention_mask [B, S], position_ids [B, S].
-    Yields (tokens [B], active [B] bool) per step: ``tokens[b]`` is row b's new token when
-    ``active[b]``; a row becomes inactive after its stop token (EOS, or a token for which
-    ``is_stop_token`` is true). The stop token itself is yielded with ``active`` true.
-    """
-    batch = inputs_embeds.shape[0]
-    device = inputs_embeds.device
-    cache = DynamicCache(config=llm.config)
-    logits = llm_step(
-        llm,
-        inputs_embeds=inputs_embeds,
-        attention_mask=attention_mask,
-        position_ids=position_ids,
-        kv_cache=cache,
-        last_logits_only=True,
-    )
-    finished = torch.zeros(batch, dtype=torch.bool, device=device)
-    positions = position_ids[:, -1:]  # [B, 1]
-    stop_tensor = torch.tensor(sorted(stop_ids), dtype=torch.long, device=device)
-    for step in range(max_new_tokens):
-        tokens = logits[:, -1].argmax(dim=-1)  # [B]
-        tokens = torch.where(finished, torch.full_like(tokens, pad_id), tokens)
-        active = ~finished
-        yield tokens, active
-        stops = torch.isin(tokens, stop_tensor)
-        if is_stop_token is not None:
-            rows = active.nonzero().flatten().tolist()
-            token_list = tokens.tolist()
-            for row in rows:
-                if is_stop_token(token_list[row]):
-                    stops[row] = True
-        finished = finished | (stops & active)
-        if bool(finished.all()) or step == max_new_tokens - 1:
-            return
-        attention_mask = torch.cat([attention_mask, torch.ones_like(attention_mask[:, :1])], dim=1)
-        positions = positions + 1
-        logits = llm_step(
-            llm,
-            input_ids=tokens[:, None],
-            attention_mask=attention_mask,
-            position_ids=positions,
-            kv_cache=cache,
-        )
-
-
 def newline_stopper(tokenizer: PreTrainedTokenizerBase) -> Callable[[int], bool]:
     """token id -> whether its text contains a newline (memoised per call site)."""
     memo: dict[int, bool] = {}
@@ -158,36 +144,121 @@ def newline_stopper(tokenizer: PreTrainedTokenizerBase) -> Callable[[int], bool]
     return is_newline
 
 
+class NewlineStop(StoppingCriteria):
+    """Stops a row (only that row) once it has generated a token whose text holds a newline:
+    a caption or an open answer is one line."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase):
+        self.is_newline = newline_stopper(tokenizer)
+
+    def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
+        last = input_ids[:, -1].tolist()
+        return torch.tensor([self.is_newline(token) for token in last], dtype=torch.bool, device=input_ids.device)
+
+
+class StopWhenSet(StoppingCriteria):
+    """Stops every row once ``event`` is set (a streaming client that went away)."""
+
+    def __init__(self, event: threading.Event):
+        self.event = event
+
+    def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
+        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
+
+
+class TokenStreamer(BaseStreamer):
+    """A transformers streamer for batches: iterating it gives the new tokens of each step as a list
+    of B ids, in order, while ``generate`` runs in another thread (``TextIteratorStreamer`` takes one
+    row only). The prompt ``generate`` puts first is skipped; an exception of the generating thread
+    is raised by the iteration (:meth:`fail`)."""
+
+    def __init__(self):
+        self._queue: queue.Queue = queue.Queue()
+        self._prompt_seen = False
+
+    def put(self, value: torch.Tensor) -> None:
+        if not self._prompt_seen:
+            self._prompt_seen = True
+            return
+        self._queue.put(("tokens", value.reshape(-1).tolist()))
+
+    def end(self) -> None:
+        self._queue.put(("end", None))
+
+    def fail(self, error: BaseException) -> None:
+        self._queue.put(("error", error))
+
+    def __iter__(self) -> Iterator[list[int]]:
+        while True:
+            kind, value = self._queue.get()
+            if kind == "tokens":
+                yield value
+            elif kind == "error":
+                raise value
+            else:
+                return
+
+
+def generate_ids(
+    llm: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    inputs_embeds: torch.Tensor,
+    attention_mask: torch.Tensor,
+    settings: GenerationSettings | None = None,
+    *,
+    stop_at_newline: bool = False,
+    streamer: BaseStreamer | None = None,
+    stopping: Sequence[StoppingCriteria] = (),
+) -> list[list[int]]:
+    """Generated token ids per row through the LLM's ``generate()`` (without the EOS token; a
+    newline-stop token is kept).
+
+    inputs_embeds [B, S, H] and attention_mask [B, S] (left-padded, as
+    ``VideoLanguageModel.merge_video_and_text`` builds them; ``generate`` derives the same positions
+    from the mask). settings: greedy, 32 new tokens by default. stop_at_newline: a row also stops at
+    a token holding a newline. streamer: any transformers streamer (``TextIteratorStreamer`` for one
+    row, :class:`TokenStreamer` for several; not with beam search). A seeded sampling run is
+    repeatable (the global RNG is forked, not consumed).
+    """
+    settings = settings or GenerationSettings()
+    stop_ids = stop_token_ids(llm, tokenizer)
+    criteria = StoppingCriteriaList(list(stopping))
+    if stop_at_newline:
+        criteria.append(NewlineStop(tokenizer))
+    config = settings.generation_config(stop_ids, pad_token_id(tokenizer))
+    devices = [inputs_embeds.device] if inputs_embeds.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices, enabled=settings.seed is not None):
+        if settings.seed is not None:
+            torch.manual_seed(settings.seed)
+        output = llm.generate(
+            inputs_embeds=inputs_embeds, attention_mask=attention_mask, generation_config=config,
+            stopping_criteria=criteria, streamer=streamer,
+        )
+    newline = newline_stopper(tokenizer) if stop_at_newline else None
+    rows = []
+    for row in output.tolist():
+        kept = []
+        for token in row:
+            if token in stop_ids:
+                break
+            kept.append(token)
+            if newline is not None and newline(token):
+                break
+        rows.append(kept)
+    return rows
+
+
 def greedy_generate(
     llm: torch.nn.Module,
     tokenizer: PreTrainedTokenizerBase,
     inputs_embeds: torch.Tensor,
     attention_mask: torch.Tensor,
-    position_ids: torch.Tensor,
-    config: DecodingConfig | None = None,
+    max_new_tokens: int = 32,
+    stop_at_newline: bool = False,
 ) -> list[list[int]]:
-    """Generated token ids per row (without the EOS token; a newline-stop token is kept).
-
-    inputs_embeds [B, S, H], attention_mask [B, S], position_ids [B, S]; config defaults to
-    ``DecodingConfig()`` (32 new tokens, stop at EOS only)."""
-    config = config or DecodingConfig()
-    stop_ids = stop_token_ids(llm, tokenizer)
-    generated: list[list[int]] = [[] for _ in range(inputs_embeds.shape[0])]
-    steps = greedy_token_steps(
-        llm,
-        inputs_embeds,
-        attention_mask,
-        position_ids,
-        max_new_tokens=config.max_new_tokens,
-        stop_ids=stop_ids,
-        pad_id=pad_token_id(tokenizer),
-        is_stop_token=newline_stopper(tokenizer) if config.stop_at_newline else None,
-    )
-    for tokens, active in steps:
-        for row, (token, is_active) in enumerate(zip(tokens.tolist(), active.tolist())):
-            if is_active and token not in stop_ids:
-                generated[row].append(token)
-    return generated
+    """:func:`generate_ids` with greedy decoding (the paper's)."""
+    return generate_ids(llm, tokenizer, inputs_embeds, attention_mask, GenerationSettings(max_new_tokens=max_new_tokens),
+                        stop_at_newline=stop_at_newline)
 
 
 class IncrementalText:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -33,11 +34,11 @@ from transformers import PreTrainedTokenizerBase
 from vlm.chat_template import IGNORE_INDEX, ChatIds, chat_inference_ids, chat_training_ids
 from encoder.extras import require
 from vlm.generation import (
-    DecodingConfig,
+    GenerationSettings,
     IncrementalText,
-    greedy_generate,
-    greedy_token_steps,
-    pad_token_id,
+    StopWhenSet,
+    TokenStreamer,
+    generate_ids,
     stop_token_ids,
 )
 from vlm.llm import check_llm_accepts_embeddings, llm_hidden_size, load_llm
@@ -147,6 +148,11 @@ class MergedInputs:
     inputs_embeds: torch.Tensor
     attention_mask: torch.Tensor
     position_ids: torch.Tensor
+
+
+def _settings(generation: GenerationSettings | None, max_new_tokens: int) -> GenerationSettings:
+    """The generation settings of a call: ``generation`` (greedy when None) with its max_new_tokens."""
+    return (generation or GenerationSettings()).replace(max_new_tokens=max_new_tokens)
 
 
 def default_model_dir() -> Path:
@@ -600,17 +606,18 @@ class VideoLanguageModel(nn.Module):
         video_tokens: torch.Tensor | None = None,
         max_new_tokens: int = 32,
         prompt: str | None = None,
+        generation: GenerationSettings | None = None,
     ) -> list[str]:
-        """Greedy captions of a batch of videos (one forward batch): B strings. A caption is one line:
-        a row stops at EOS or at a token holding a newline (the caption ends with its sentence)."""
+        """Captions of a batch of videos (one batch through ``generate()``): B strings, greedy unless
+        ``generation`` says otherwise (its max_new_tokens is replaced by ``max_new_tokens``). A caption
+        is one line: a row stops at EOS or at a token holding a newline (it ends with its sentence)."""
+        settings = _settings(generation, max_new_tokens)
         with torch.inference_mode():
             features = self.get_video_features(clips, video_tokens)
             prompt = self.config.prompts.caption_prompt if prompt is None else prompt
             inputs = self._prompt_inputs(features, [prompt] * features.shape[0])
-            generated = greedy_generate(
-                self.llm, self.tokenizer, inputs.inputs_embeds, inputs.attention_mask, inputs.position_ids,
-                DecodingConfig(max_new_tokens=max_new_tokens, stop_at_newline=True),
-            )
+            generated = generate_ids(self.llm, self.tokenizer, inputs.inputs_embeds, inputs.attention_mask, settings,
+                                     stop_at_newline=True)
         return [self.tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in generated]
 
     def answer(
@@ -620,8 +627,11 @@ class VideoLanguageModel(nn.Module):
         video_tokens: torch.Tensor | None = None,
         shots: Sequence[Shot] = (),
         max_new_tokens: int = 32,
+        generation: GenerationSettings | None = None,
     ) -> list[str]:
-        """Open-vocabulary answers, one question per video (B of each), stopping at EOS or newline."""
+        """Open-vocabulary answers, one question per video (B of each), stopping at EOS or newline;
+        greedy unless ``generation`` says otherwise."""
+        settings = _settings(generation, max_new_tokens)
         if isinstance(questions, str):
             raise TypeError("questions must be a list with one question per video")
         prompts = [self.qa_prompt(question, shots) for question in questions]
@@ -630,10 +640,8 @@ class VideoLanguageModel(nn.Module):
             if len(prompts) != features.shape[0]:
                 raise ValueError(f"{len(prompts)} questions for {features.shape[0]} videos")
             inputs = self._prompt_inputs(features, prompts)
-            generated = greedy_generate(
-                self.llm, self.tokenizer, inputs.inputs_embeds, inputs.attention_mask, inputs.position_ids,
-                DecodingConfig(max_new_tokens=max_new_tokens, stop_at_newline=True),
-            )
+            generated = generate_ids(self.llm, self.tokenizer, inputs.inputs_embeds, inputs.attention_mask, settings,
+                                     stop_at_newline=True)
         return [clean_open_answer(self.tokenizer.decode(ids, skip_special_tokens=True)) for ids in generated]
 
     def score_answers(
@@ -669,15 +677,18 @@ class VideoLanguageModel(nn.Module):
         clips: torch.Tensor | np.ndarray | None = None,
         video_tokens: torch.Tensor | None = None,
         max_new_tokens: int = 256,
+        generation: GenerationSettings | None = None,
     ) -> Iterator[str]:
-        """Stream the assistant's reply to a multi-turn chat about ONE video, text piece by piece.
+        """Stream the assistant's reply to a multi-turn chat about ONE video, text piece by piece
+        (greedy unless ``generation`` says otherwise).
 
         messages: [{"role": "system"|"user"|"assistant", "content": str}, ...] ending with a user turn;
         the video tokens go at the start of the first user turn (rendered by the chat template through
         :func:`vlm.chat_template.chat_inference_ids`, exactly as conversations are rendered in training).
         """
         features = self._one_video_features(clips, video_tokens, "chat")
-        for pieces in self.chat_stream_batch([messages], video_features=features, max_new_tokens=max_new_tokens):
+        for pieces in self.chat_stream_batch([messages], video_features=features, max_new_tokens=max_new_tokens,
+                                             generation=generation):
             if pieces[0] is None:
                 return
             if pieces[0]:
@@ -689,6 +700,7 @@ class VideoLanguageModel(nn.Module):
         clips: torch.Tensor | np.ndarray | None = None,
         video_tokens: torch.Tensor | None = None,
         max_new_tokens: int = 256,
+        generation: GenerationSettings | None = None,
         *,
         video_features: torch.Tensor | None = None,
     ) -> Iterator[list[str | None]]:
@@ -709,26 +721,44 @@ class VideoLanguageModel(nn.Module):
                 raise ValueError(f"{len(rendered)} chats for {features.shape[0]} videos")
             inputs = self.merge_video_and_text(features, [r.prefix_ids for r in rendered], [r.suffix_ids for r in rendered])
         stop_ids = stop_token_ids(self.llm, self.tokenizer)
-        steps = greedy_token_steps(
-            self.llm, inputs.inputs_embeds, inputs.attention_mask, inputs.position_ids,
-            max_new_tokens=max_new_tokens, stop_ids=stop_ids, pad_id=pad_token_id(self.tokenizer),
-        )
+        settings = _settings(generation, max_new_tokens)
         texts = [IncrementalText(self.tokenizer) for _ in rendered]
+        if settings.num_beams > 1:  # beam search cannot stream: the whole replies at once
+            rows = generate_ids(self.llm, self.tokenizer, inputs.inputs_embeds, inputs.attention_mask, settings)
+            yield ["".join(text.add(token) for token in row) + text.flush() for text, row in zip(texts, rows)]
+            yield [None] * len(texts)
+            return
+        streamer, stop = TokenStreamer(), threading.Event()
+
+        def run() -> None:
+            try:
+                with torch.inference_mode():
+                    generate_ids(self.llm, self.tokenizer, inputs.inputs_embeds, inputs.attention_mask, settings,
+                                 streamer=streamer, stopping=[StopWhenSet(stop)])
+            except Exception as error:  # raised by the iteration below, in the caller's thread
+                streamer.fail(error)
+
+        worker = threading.Thread(target=run, name="prism-vlm-generate", daemon=True)
+        worker.start()
         ended = [False] * len(texts)
-        for tokens, active in steps:
-            pieces: list[str | None] = []
-            for row, (token, is_active) in enumerate(zip(tokens.tolist(), active.tolist())):
-                if ended[row]:
-                    pieces.append(None)
-                elif is_active and token not in stop_ids:
-                    pieces.append(texts[row].add(token))
-                else:  # its stop token: what is held back, then the end
-                    pieces.append(texts[row].flush())
-                    ended[row] = True
-            yield pieces
-        if not all(ended):  # max_new_tokens reached
-            yield [None if done else text.flush() for done, text in zip(ended, texts)]
-        yield [None] * len(texts)
+        try:
+            for tokens in streamer:
+                pieces: list[str | None] = []
+                for row, token in enumerate(tokens):
+                    if ended[row]:
+                        pieces.append(None)
+                    elif token not in stop_ids:
+                        pieces.append(texts[row].add(token))
+                    else:  # its stop token: what is held back, then the end
+                        pieces.append(texts[row].flush())
+                        ended[row] = True
+                yield pieces
+            if not all(ended):  # max_new_tokens reached
+                yield [None if done else text.flush() for done, text in zip(ended, texts)]
+            yield [None] * len(texts)
+        finally:
+            stop.set()  # a caller that stops early stops the generation after the current step
+            worker.join()
 
     def _one_video_features(self, clips, video_tokens, task: str) -> torch.Tensor:
         with torch.inference_mode():
@@ -763,9 +793,10 @@ class VideoLanguageModel(nn.Module):
         max_new_tokens: int = 32,
         batch_size: int = 8,
         progress: bool = False,
+        generation: GenerationSettings | None = None,
     ) -> list[str]:
         """Captions of video files, decoded and captioned ``batch_size`` at a time
-        (``progress``: a tqdm bar over batches)."""
+        (``progress``: a tqdm bar over batches; ``generation``: as :meth:`caption`)."""
         from tqdm.auto import tqdm
 
         if batch_size < 1:
@@ -774,7 +805,7 @@ class VideoLanguageModel(nn.Module):
         starts = range(0, len(videos), batch_size)
         for start in tqdm(starts, desc="captioning", unit="batch", disable=not progress):
             clips = self.load_videos(videos[start : start + batch_size], num_frames)
-            captions.extend(self.caption(clips=clips, max_new_tokens=max_new_tokens))
+            captions.extend(self.caption(clips=clips, max_new_tokens=max_new_tokens, generation=generation))
         return captions
 
     def ask_video(
@@ -785,15 +816,17 @@ class VideoLanguageModel(nn.Module):
         shots: Sequence[Shot] = (),
         num_frames: int | None = None,
         max_new_tokens: int = 32,
+        generation: GenerationSettings | None = None,
     ) -> str | list[ScoredAnswer]:
-        """Answer a question about a video file: open-vocabulary (a string) without candidates,
-        closed-vocabulary (ranked candidates) with them."""
+        """Answer a question about a video file: open-vocabulary (a string, generated with
+        ``generation``'s settings, greedy by default) without candidates, closed-vocabulary (ranked
+        candidates) with them."""
         if candidates is not None:
             candidates = check_candidates(candidates)
         question = clean_question(self.tokenizer, question, self.config.prompts.max_question_tokens)
         clips = self.load_videos([video], num_frames)
         if candidates is None:
-            return self.answer([question], clips=clips, shots=shots, max_new_tokens=max_new_tokens)[0]
+            return self.answer([question], clips=clips, shots=shots, max_new_tokens=max_new_tokens, generation=generation)[0]
         return self.score_answers(question, candidates, clips=clips, shots=shots)
 
 

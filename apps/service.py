@@ -284,20 +284,20 @@ class ModelService:
             with self._arriving_lock:
                 self._arriving -= 1
 
-    def _caption_batch(self, key: tuple[int, int], clips: Sequence[np.ndarray]) -> list[str]:
+    def _caption_batch(self, key: tuple[int, GenerationSettings], clips: Sequence[np.ndarray]) -> list[str]:
         """Captions of same-length clips [T, S, S, 3] in one model call (key: T, generation settings)."""
         with self._model_lock:
             return self.model.caption(clips=torch.from_numpy(np.stack(clips)), max_new_tokens=key[1].max_new_tokens,
                                       generation=key[1])
 
-    def _answer_batch(self, key: tuple[int, int], requests: Sequence[tuple[str, np.ndarray]]) -> list[str]:
+    def _answer_batch(self, key: tuple[int, GenerationSettings], requests: Sequence[tuple[str, np.ndarray]]) -> list[str]:
         """Open answers to (question, clip) pairs in one model call (key: T, generation settings)."""
         with self._model_lock:
             clips = torch.from_numpy(np.stack([clip for _, clip in requests]))
             return self.model.answer([question for question, _ in requests], clips=clips, max_new_tokens=key[1].max_new_tokens,
                                      generation=key[1])
 
-    def _chat_batch(self, key: tuple[int, int], requests: Sequence[_ChatRequest]) -> list[BaseException | None]:
+    def _chat_batch(self, key: tuple[int, GenerationSettings], requests: Sequence[_ChatRequest]) -> list[BaseException | None]:
         """Chat replies generated together (key: T, generation settings); each request's pieces go to its
         own queue as they are generated, and its end marker as soon as its reply is complete. A
         request whose client left (``stopped``) is no longer fed; when all have left, generation stops.

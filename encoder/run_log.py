@@ -55,6 +55,13 @@ def start_trackers(accelerator, report_to: str | None, run_dir: str | os.PathLik
     accelerator.init_trackers(Path(run_dir).resolve().name, config=flat)
 
 
+def finish_trackers(accelerator) -> None:
+    """Flush and close the run's trackers (nothing without report_to). Not ``accelerator.end_training``,
+    which also tears down the process group that a multi-process run still needs."""
+    for tracker in accelerator.trackers:
+        tracker.finish()
+
+
 class MetricsLog:
     """Appends one JSON object per record to ``path``, flushed at once.
 

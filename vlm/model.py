@@ -261,10 +261,10 @@ class VideoLanguageModel(nn.Module):
         )
         return cls(config, llm, tokenizer, encoder=encoder)
 
-    def save_pretrained(self, directory: str | os.PathLike, model_card: bool = True) -> Path:
+    def save_pretrained(self, directory: str | os.PathLike) -> Path:
         """Write only what the glue owns: prism_vlm_config.json and resampler.safetensors (and
         llm_adapter.safetensors when the LLM carries a LoRA adapter), plus config.json for
-        transformers' Auto classes and, with ``model_card``, a README.md card (``vlm.hub``)."""
+        transformers' Auto classes and a README.md model card (``vlm.hub``)."""
         from safetensors.torch import save_file
 
         directory = Path(directory)
@@ -276,12 +276,9 @@ class VideoLanguageModel(nn.Module):
             save_file(self.lora_state_dict(), str(directory / ADAPTER_FILE), metadata={"format": "pt"})
         elif (directory / ADAPTER_FILE).exists():
             (directory / ADAPTER_FILE).unlink()  # a stale adapter from an earlier save would be loaded otherwise
-        from vlm.hub import PrismVlmConfig, write_hub_files
+        from vlm.hub import write_hub_files
 
-        if model_card:
-            write_hub_files(self, directory)
-        else:
-            PrismVlmConfig.from_glue_config(self.config).save_pretrained(directory)
+        write_hub_files(self, directory)
         return directory
 
     def add_lora(self, lora: dict) -> None:

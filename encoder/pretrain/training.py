@@ -42,7 +42,7 @@ from encoder.checkpoints import (
     unwrap,
     write_file_atomically,
 )
-from encoder.run_log import MetricsLog, check_report_to, plot_metrics_if_installed, start_trackers
+from encoder.run_log import MetricsLog, check_report_to, finish_trackers, plot_metrics_if_installed, start_trackers
 from encoder.threads import torch_threads
 
 CONFIG_FILE = "config.json"
@@ -320,7 +320,7 @@ def _train(settings: TrainingSettings, task: Task, title: str, plot_keys: tuple[
         bar.close()
         if metrics is not None:
             metrics.close()
-        accelerator.end_training()  # flushes and closes the trackers (nothing without report_to)
+        finish_trackers(accelerator)
     accelerator.wait_for_everyone()
     final = out / MODEL_DIR
     if accelerator.is_main_process:

@@ -34,8 +34,6 @@ SETTINGS_FILE = "retrieval.json"
 SEARCH_BACKENDS = ("exact", "faiss")
 HNSW_NEIGHBOURS = 32  # FAISS HNSW graph degree (M)
 HNSW_SEARCH_DEPTH = 128  # efSearch: candidates kept while searching (higher: better recall, slower)
-
-
 MAX_GRAPHS_IN_MEMORY = 4  # FAISS graphs kept loaded between searches (the app searches one index many times)
 _GRAPHS: dict[str, object] = {}
 

@@ -258,7 +258,7 @@ def _train(config: TrainConfig, resume: bool, llm, tokenizer, encoder, on_step) 
         trainable_state,
     )
     from encoder.features import FeatureCache
-    from encoder.run_log import TRACKERS_DIR, MetricsLog, check_report_to, plot_metrics_if_installed, start_trackers
+    from encoder.run_log import TRACKERS_DIR, MetricsLog, check_report_to, finish_trackers, plot_metrics_if_installed, start_trackers
     from encoder.schedules import warmup_linear_decay
 
     cuda = torch.cuda.is_available()
@@ -424,7 +424,7 @@ def _train(config: TrainConfig, resume: bool, llm, tokenizer, encoder, on_step) 
         save_directory_atomically(output, unwrapped.save_pretrained)  # a kill mid-save keeps the old model
         plot_metrics_if_installed(run_dir / "metrics.jsonl", run_dir / "loss.png")  # once, at the end
         _note(run_dir, f"saved the final model to {output}")
-    accelerator.end_training()  # flushes and closes the trackers (nothing without report_to)
+    finish_trackers(accelerator)
     accelerator.wait_for_everyone()
     return output
 

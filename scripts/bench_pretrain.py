@@ -28,12 +28,18 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from encoder.factorized import encode_visible_tokens  # noqa: E402
 from encoder.masking import make_mask, visible_indices  # noqa: E402
-from encoder.pretrain.heads import DecoderConfig, GlobalDistillationHead, TokenDistillationHead, pool_video_tokens, shuffle_permutations  # noqa: E402
+from encoder.pretrain.heads import (  # noqa: E402
+    DecoderConfig,
+    GlobalDistillationHead,
+    TokenDistillationHead,
+    pool_video_tokens,
+    shuffle_permutations,
+)
 from encoder.pretrain.losses import LogitScale, contrastive_loss, cosine_distance  # noqa: E402
 from encoder.pretrain.stage1 import ContrastiveModel, ModelSize, new_clip_model  # noqa: E402
 from encoder.pretrain.stage2 import DistillationModel  # noqa: E402
-from encoder.factorized import encode_visible_tokens  # noqa: E402
 
 SIZES = {
     "tiny": ModelSize.tiny(),  # 64 wide, 2+1 layers, 8 x 64 px, patch 16 (16 positions per frame)

@@ -11,7 +11,6 @@ Use the val split to decide what to change; the test split is for the final repo
 from __future__ import annotations
 
 import argparse
-import json
 from collections import defaultdict
 from pathlib import Path
 

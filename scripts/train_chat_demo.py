@@ -70,7 +70,6 @@ def chat_scores(model, clips, cache: Path, corpus: Path, limit: int) -> dict:
 
     from encoder.features import FeatureCache
     from vlm.shapes.chat_eval import chat_accuracy
-
     from vlm.training.data import CacheIndex
 
     features = FeatureCache(cache)

@@ -20,8 +20,8 @@ from transformers import (
 from encoder.factorized import encode_tokens
 from encoder.flops import videoprism_forward_flops
 from encoder.loading import ATTN_IMPLEMENTATIONS, load_encoder
-
 from tests.fixture_files import REFERENCE_DIR as REFERENCE
+
 SOFTCAP = 5.0
 FRAMES, SIZE = 4, 32
 

@@ -10,10 +10,10 @@ from encoder.convert import CheckpointFormatError, convert_checkpoint, infer_con
 from encoder.factorized import encode_tokens
 from encoder.loading import load_encoder
 from encoder.text_tokenizer import canonicalize_text, tokenize_texts
-from vlm.cli import main as cli_main
-
 from tests.fixture_files import REFERENCE_DIR as REFERENCE
 from tests.fixture_files import TEST_SPM_MODEL
+from vlm.cli import main as cli_main
+
 TOKEN_ATOL = 1e-4
 MIN_COSINE = 0.99999
 

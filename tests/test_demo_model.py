@@ -9,7 +9,14 @@ import shutil
 
 import pytest
 
-from vlm.model import CONFIG_FILE, DEFAULT_MODEL_ENV, VideoLanguageModel, default_model_dir, load_model, resolve_relative_source
+from vlm.model import (
+    CONFIG_FILE,
+    DEFAULT_MODEL_ENV,
+    VideoLanguageModel,
+    default_model_dir,
+    load_model,
+    resolve_relative_source,
+)
 from vlm.shapes import PALETTE, ShapesConfig, encode_mp4, render_clip, sample_clip_attributes
 from vlm.shapes.chat_eval import named_answers
 
@@ -112,8 +119,9 @@ def test_relative_encoder_source_is_resolved_against_the_model_directory(monkeyp
 
 
 def test_demo_model_ships_as_package_data():
-    import tomllib
     from pathlib import Path
+
+    import tomllib
 
     pyproject = tomllib.loads((Path(__file__).resolve().parent.parent / "pyproject.toml").read_text())
     patterns = pyproject["tool"]["setuptools"]["package-data"]["vlm"]

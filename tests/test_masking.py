@@ -17,7 +17,6 @@ from encoder.masking import (
     visible_indices,
 )
 
-
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models: one thread (tests/conftest.py)
 
 

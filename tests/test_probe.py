@@ -9,7 +9,15 @@ from torch import nn
 from transformers import VideoPrismVisionConfig, VideoPrismVisionModel
 
 from encoder.features import FeatureCache, extract_features
-from encoder.probe import MAPProbe, ProbeConfig, SingleQueryAttention, cached_tokens, probe_accuracy, probe_predictions, train_map_probe
+from encoder.probe import (
+    MAPProbe,
+    ProbeConfig,
+    SingleQueryAttention,
+    cached_tokens,
+    probe_accuracy,
+    probe_predictions,
+    train_map_probe,
+)
 from vlm.shapes import ShapesConfig, make_shapes_corpus, probe_labels, read_attributes
 
 NUM_CLASSES, TOKENS, WIDTH = 4, 16, 32

@@ -10,18 +10,6 @@ import numpy as np
 import pytest
 from av.sidedata.sidedata import Type as SideDataType
 from PIL import Image
-
-from encoder.video import (
-    MAX_NUM_FRAMES,
-    MAX_SIZE,
-    VideoDecodeError,
-    _decode_frames_with_stats,
-    center_crop,
-    decode_frames,
-    load_clip,
-    resize_shorter_side,
-    sample_times,
-)
 from video_factory import (
     BRIGHT,
     DARK,
@@ -39,6 +27,17 @@ from video_factory import (
     write_video,
 )
 
+from encoder.video import (
+    MAX_NUM_FRAMES,
+    MAX_SIZE,
+    VideoDecodeError,
+    _decode_frames_with_stats,
+    center_crop,
+    decode_frames,
+    load_clip,
+    resize_shorter_side,
+    sample_times,
+)
 from tests.fixture_files import REAL_CLIP as REAL_VIDEO
 
 

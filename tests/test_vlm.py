@@ -13,6 +13,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, VideoPrismVisionConfig, 
 
 from tests.fixture_files import REAL_CLIP
 from vlm import cli
+from vlm.chat_template import chat_inference_ids
 from vlm.generation import GenerationSettings, generate_ids, greedy_generate, stop_token_ids
 from vlm.llm import (
     SMOLLM2_SOURCE,
@@ -29,7 +30,6 @@ from vlm.model import (
     UnreadableVideoError,
     VideoLanguageModel,
 )
-from vlm.chat_template import chat_inference_ids
 from vlm.prompts import (
     EmptyQuestionError,
     PromptConfig,

@@ -31,8 +31,8 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from vlm.chat_template import IGNORE_INDEX, ChatIds, chat_inference_ids, chat_training_ids
 from encoder.extras import require
+from vlm.chat_template import IGNORE_INDEX, ChatIds, chat_inference_ids, chat_training_ids
 from vlm.generation import (
     GenerationSettings,
     IncrementalText,

@@ -12,7 +12,14 @@ from vlm.shapes.corpus import (
     sample_clip_attributes,
 )
 from vlm.shapes.labels import PROBE_ATTRIBUTES, probe_labels
-from vlm.shapes.language import ALL_ANSWERS, ANSWER_VOCABULARY, QUESTION_TYPES, captions, hard_negative_captions, questions
+from vlm.shapes.language import (
+    ALL_ANSWERS,
+    ANSWER_VOCABULARY,
+    QUESTION_TYPES,
+    captions,
+    hard_negative_captions,
+    questions,
+)
 from vlm.shapes.render import (
     MOTIONS,
     PALETTE,

@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from encoder.cli_arguments import FRAME_SIZE, FRAMES, NON_NEGATIVE, POSITIVE
+
 DESCRIPTION = """\
 Train the resampler with the LM loss (paper defaults: AdamW 0.9/0.999, wd 1e-4, lr 5e-4, linear
 warm-up and decay). Settings: --config FILE.json, overridden by flags.
@@ -29,8 +31,6 @@ and their end-of-turn tokens only. Over --max-target-tokens assistant tokens, wh
 from the start and the rest dropped (counted in data_report.json). Rows with no assistant turn,
 roles out of order, a <video> marker after the first turn or empty text are skipped and reported.
 """
-
-from encoder.cli_arguments import FRAME_SIZE, FRAMES, NON_NEGATIVE, POSITIVE
 
 # flag -> TrainConfig field (value given as parsed)
 _FIELDS = {

@@ -258,7 +258,14 @@ def _train(config: TrainConfig, resume: bool, llm, tokenizer, encoder, on_step) 
         trainable_state,
     )
     from encoder.features import FeatureCache
-    from encoder.run_log import TRACKERS_DIR, MetricsLog, check_report_to, finish_trackers, plot_metrics_if_installed, start_trackers
+    from encoder.run_log import (
+        TRACKERS_DIR,
+        MetricsLog,
+        check_report_to,
+        finish_trackers,
+        plot_metrics_if_installed,
+        start_trackers,
+    )
     from encoder.schedules import warmup_linear_decay
 
     cuda = torch.cuda.is_available()

@@ -40,7 +40,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--warmup", type=int, default=30)
     parser.add_argument("--max-target-tokens", type=int, default=64)
-    parser.add_argument("--weights", default="qa=3,caption=1,chat=3", help="mixture weights of the three sources")
+    parser.add_argument("--weights", default="qa=3,caption=1,chat=3",
+                        help="mixture weights of the sources: qa, caption, chat, and count (single-turn 'How many "
+                        "shapes are there?' chats written beside the corpus' conversations, count_conversations.jsonl)")
     parser.add_argument("--eval-split", choices=("val", "test"), default="val")
     parser.add_argument("--chat-clips", type=int, default=0, help="clips per chat probe (0: all of the split)")
     parser.add_argument("--threads", type=int, default=2)
@@ -52,8 +54,10 @@ def train(args, corpus: Path, cache: Path, llm, tokenizer) -> Path:
     from vlm.training import DataSource, TrainConfig, train_glue
 
     weights = dict(item.split("=") for item in args.weights.split(","))
-    files = {"qa": "qa.jsonl", "caption": "captions.jsonl", "chat": "conversations.jsonl"}
-    sources = [DataSource(str(corpus / "train" / files[task]), task=task, weight=float(weight))
+    files = {"qa": "qa.jsonl", "caption": "captions.jsonl", "chat": "conversations.jsonl", "count": COUNT_FILE}
+    if "count" in weights:
+        write_count_conversations(corpus, "train")
+    sources = [DataSource(str(corpus / "train" / files[task]), task="chat" if task == "count" else task, weight=float(weight))
                for task, weight in weights.items()]
     config = TrainConfig(
         output_dir=str(args.work / "glue"), train_data=sources, val_data=[DataSource(str(corpus / "val" / "conversations.jsonl"))],
@@ -63,6 +67,40 @@ def train(args, corpus: Path, cache: Path, llm, tokenizer) -> Path:
         val_samples=2, train_crops=False, progress=False,
     )
     return train_glue(config, resume=True, llm=llm, tokenizer=tokenizer)
+
+
+COUNT_FILE = "count_conversations.jsonl"
+
+
+def write_count_conversations(corpus: Path, split: str) -> Path:
+    """One single-turn chat per clip of ``split``: a count question (cycling over the corpus' three
+    phrasings) and the corpus' own count reply ("There is one shape." / "There are two shapes: a red
+    star and a blue circle."), in LLaVA's layout, beside the split's conversations.jsonl (so video
+    paths resolve to the same feature-cache keys)."""
+    from vlm.shapes import read_attributes
+    from vlm.shapes.conversations import COUNT_QUESTIONS
+
+    out = corpus / split / COUNT_FILE
+    videos = {json.loads(line)["id"]: json.loads(line)["video"]
+              for line in (corpus / split / "conversations.jsonl").read_text(encoding="utf-8").splitlines() if line.strip()}
+
+    def article(words: str) -> str:
+        return ("an " if words[0] in "aeiou" else "a ") + words
+
+    rows = []
+    for number, clip in enumerate(read_attributes(corpus, split)):
+        if clip.id not in videos:
+            continue
+        if len(clip.objects) == 1:
+            reply = "There is one shape."
+        else:
+            first, second = (f"{o.colour} {o.shape}" for o in clip.objects)
+            reply = f"There are two shapes: {article(first)} and {article(second)}."
+        question = COUNT_QUESTIONS[number % len(COUNT_QUESTIONS)]
+        rows.append({"video": videos[clip.id], "id": clip.id, "conversations": [
+            {"from": "human", "value": f"<video>\n{question}"}, {"from": "gpt", "value": reply}]})
+    out.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    return out
 
 
 def chat_scores(model, clips, cache: Path, corpus: Path, limit: int) -> dict:

@@ -2,8 +2,9 @@
 
 Starts ``python -m vlm.cli app`` (the default model, or ``--model DIR``) on a free local port, opens
 it in Debian's chromium (headless, through Playwright), picks a shipped example clip, clicks
-Describe, asks a closed-vocabulary question with candidates typed in, sends one chat message, waits
-for every answer and saves a full-page screenshot. Prints what the page showed as JSON.
+Describe, asks a closed-vocabulary question with candidates typed in, sends one chat message, labels
+the clip zero-shot (when a video-text model is loaded), waits for every answer and saves a full-page
+screenshot. Prints what the page showed as JSON.
 
     python scripts/app_screenshot.py [--model DIR] [--example cyan_star_moving_down] \
         [--question "what colour is the star?"] [--candidates red,green,blue,yellow,purple,white,orange,cyan] \
@@ -92,12 +93,18 @@ def main(argv=None) -> int:
                     "Array.from(document.querySelectorAll('#chat [data-testid=bot]')).some(e => e.innerText.trim().length > 0)",
                     timeout=wait_ms)
                 wait_until_unchanged(lambda: page.locator("#chat").inner_text(), args.timeout)  # the reply streams
+                labels = page.locator("#zero-shot-button")
+                if labels.count() and labels.is_visible():  # a video-text model is loaded: label the clip too
+                    labels.click()
+                    page.wait_for_function("document.querySelector('#zero-shot-output').innerText.includes('%')",
+                                           timeout=wait_ms)
                 shown = {
                     "example": args.example,
                     "caption": page.locator("#caption textarea").input_value(),
                     "question": args.question,
                     "answer": page.locator("#qa-answer textarea").input_value(),
                     "chat": page.locator("#chat").inner_text(),
+                    "zero_shot_labels": page.locator("#zero-shot-output").inner_text() if labels.count() else None,
                 }
                 Path(args.out).parent.mkdir(parents=True, exist_ok=True)
                 page.screenshot(path=args.out, full_page=True)

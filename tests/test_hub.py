@@ -138,7 +138,17 @@ def test_push_to_hub_uploads_the_saved_files(glue_dir, monkeypatch):
     assert "prism-vlm glue" in calls["card"]
 
 
-def test_bad_sources_are_clear_errors(tmp_path):
+def test_bad_sources_are_clear_errors(tmp_path, monkeypatch):
+    import huggingface_hub
+
+    from vlm.model import load_model
+
+    def offline(*args, **kwargs):
+        raise huggingface_hub.errors.LocalEntryNotFoundError("not in the cache")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", offline)
+    with pytest.raises(FileNotFoundError, match="could not be fetched or found in the Hub cache"):
+        load_model("nobody/no-such-glue")
     with pytest.raises(FileNotFoundError, match="not a Hub id"):
         PrismVlmForConditionalGeneration.from_pretrained(str(tmp_path / "nothing" / "here"))
     (tmp_path / "empty").mkdir()

@@ -70,7 +70,13 @@ def resolve_model_dir(source: str | os.PathLike, revision: str | None = None, to
         raise FileNotFoundError(f"no glue directory at {source} (and it is not a Hub id 'user/name')")
     from huggingface_hub import snapshot_download
 
-    return Path(snapshot_download(repo_id=str(source), revision=revision, token=token))
+    try:
+        return Path(snapshot_download(repo_id=str(source), revision=revision, token=token))
+    except Exception as error:  # huggingface_hub raises several types (offline, not found, auth)
+        raise FileNotFoundError(
+            f"no glue directory {source}, and the Hub id could not be fetched or found in the Hub cache "
+            f"({type(error).__name__})"
+        ) from error
 
 
 class PrismVlmForConditionalGeneration(PreTrainedModel):
@@ -240,7 +246,7 @@ print(model.caption(clips=clips)[0])
 print(model.chat([{{"role": "user", "content": "What happens in the video?"}}], clips=clips))
 ```
 
-Or `prism-vlm chat clip.mp4 --model THIS_REPO_OR_DIRECTORY` (https://github.com: prism-vlm).
+Or `prism-vlm chat clip.mp4 --model THIS_REPO_OR_DIRECTORY` (the prism-vlm command line).
 {scores}"""
 
 

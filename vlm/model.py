@@ -839,7 +839,12 @@ def load_model(
     device: str | torch.device | None = None,
     **kwargs,
 ) -> VideoLanguageModel:
-    """A saved glue model, or the default one (see :func:`default_model_dir`) when ``directory`` is None."""
+    """A saved glue model (a directory, or a Hub id such as "user/glue", fetched or taken from the Hub
+    cache), or the default one (see :func:`default_model_dir`) when ``directory`` is None."""
+    if directory is not None and not Path(directory).exists():
+        from vlm.hub import resolve_model_dir
+
+        directory = resolve_model_dir(directory)
     if directory is None:
         directory = default_model_dir()
         if not (directory / CONFIG_FILE).is_file():

@@ -34,6 +34,8 @@ def _cmd_app(args: argparse.Namespace) -> int:
     from encoder.loading import default_device
 
     require("gradio", "app", "prism-vlm app")  # before any model loads
+    if args.search_dir is not None and not Path(args.search_dir).is_dir():
+        raise FileNotFoundError(f"--search-dir {args.search_dir} is not a folder")
     credentials = read_auth(args.auth, args.auth_file)  # before anything starts
     if not credentials and (args.share or args.host not in LOOPBACK_HOSTS):
         exposed = "a public --share link" if args.share else f"--host {args.host}"
@@ -76,10 +78,14 @@ def _search_service(args: argparse.Namespace, limits, device: str):
     """The video-text side: --video-text-model (default: $PRISM_VLM_VIDEO_TEXT_MODEL or the demo's,
     when installed), indexing --search-dir at start. None when no video-text model is available."""
     from apps.search import SearchService
-    from vlm.retrieval.video_text_model import default_video_text_model, load_video_text_model
+    from vlm.retrieval.video_text_model import (
+        MODEL_ENVIRONMENT_VARIABLE,
+        default_video_text_model,
+        load_video_text_model,
+    )
 
     source = args.video_text_model or default_video_text_model()
-    explicit = args.video_text_model is not None or args.search_dir is not None
+    explicit = bool(args.video_text_model or args.search_dir or os.environ.get(MODEL_ENVIRONMENT_VARIABLE))
     if not explicit and not Path(source).exists():
         return None  # no demo video-text model installed: the page works without zero-shot labels and search
     model = load_video_text_model(source, tokenizer=args.video_text_tokenizer, device=device)

@@ -125,9 +125,15 @@ def test_search_service_without_folder_or_model(tmp_path, monkeypatch):
     service = SearchService(load_video_text_model(LVT_NPZ, tokenizer=TEST_SPM_MODEL), None)
     with pytest.raises(AppInputError, match="--search-dir"):
         service.search("a red square")
-    monkeypatch.setenv("PRISM_VLM_VIDEO_TEXT_MODEL", str(tmp_path / "not-installed"))
+    import vlm.retrieval.video_text_model as video_text_model
+
+    monkeypatch.delenv("PRISM_VLM_VIDEO_TEXT_MODEL", raising=False)
+    monkeypatch.setattr(video_text_model, "DEMO_VIDEO_TEXT_MODEL", tmp_path / "not-installed")
     flags = argparse.Namespace(video_text_model=None, video_text_tokenizer=None, search_dir=None, search_index=None)
     assert _search_service(flags, AppLimits(), "cpu") is None  # no model installed, none asked for: no video-text side
+    monkeypatch.setenv("PRISM_VLM_VIDEO_TEXT_MODEL", str(tmp_path / "asked-for"))
+    with pytest.raises(FileNotFoundError):  # asked for through the environment: a missing model is an error
+        _search_service(flags, AppLimits(), "cpu")
     with pytest.raises(FileNotFoundError, match="not a folder"):
         SearchService.start(service.model, tmp_path / "missing", AppLimits())
 

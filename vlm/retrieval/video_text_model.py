@@ -161,6 +161,8 @@ def load_video_text_model(
     else:
         if path.exists() and not (path / "config.json").is_file():
             raise FileNotFoundError(f"{source_str} is not a transformers model directory (no config.json)")
+        if not path.exists() and (path.is_absolute() or source_str.startswith((".", "~")) or source_str.count("/") != 1):
+            raise FileNotFoundError(f"no video-text model at {source_str} (not a directory, an .npz or a Hub id 'user/name')")
         config = AutoConfig.from_pretrained(source_str)
         if config.model_type != "videoprism":
             raise VideoTextModelError(

@@ -16,9 +16,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from apps.limits import AppLimits, VideoRejectedError, check_video
-from apps.service import AppInputError, parse_candidates
-from encoder.video import VideoDecodeError, load_clip
+from apps.limits import AppLimits
+from apps.service import AppInputError, checked_text, checked_video, decode_within_limits, parse_candidates
 from vlm.retrieval.index import VideoIndex, build_index
 from vlm.retrieval.video_text_model import VideoTextModel
 from vlm.retrieval.zero_shot import classify_embeddings, label_embeddings
@@ -75,19 +74,11 @@ class SearchService:
     def can_search(self) -> bool:
         return self.index is not None and len(self.index) > 0
 
-    def _text(self, text: str | None, what: str) -> str:
-        text = " ".join((text or "").split())
-        if not text:
-            raise AppInputError(f"The {what} is empty: type one first.")
-        if len(text) > self.limits.max_message_chars:
-            raise AppInputError(f"The {what} has {len(text)} characters; the limit is {self.limits.max_message_chars}.")
-        return text
-
     def search(self, query: str | None, top_k: float = 8) -> list[SearchHit]:
         """The ``top_k`` clips of the search folder closest to ``query``, best first."""
         if not self.can_search:
             raise AppInputError("No clips to search: start the app with --search-dir FOLDER (a folder of videos).")
-        query = self._text(query, "search text")
+        query = checked_text(query, "search text", self.limits)
         if float(top_k) != int(top_k) or not 1 <= int(top_k) <= MAX_RESULTS:
             raise AppInputError(f"Results must be a whole number from 1 to {MAX_RESULTS}, got {top_k}.")
         with self._lock:
@@ -101,19 +92,11 @@ class SearchService:
             raise AppInputError("No labels given: type them (comma-separated or one per line).")
         if len(parsed) > self.limits.max_candidates:
             raise AppInputError(f"{len(parsed)} labels; this app ranks at most {self.limits.max_candidates}.")
-        parsed = [self._text(label, "label") for label in parsed]
+        parsed = [checked_text(label, "label", self.limits) for label in parsed]
         if len(set(parsed)) != len(parsed):
             raise AppInputError("A label appears more than once.")
-        try:
-            check_video(video, self.limits)
-        except VideoRejectedError as error:
-            raise AppInputError(str(error)) from error
-        try:
-            clip = load_clip(Path(video), num_frames=self.model.num_frames, size=self.model.frame_size,
-                             max_side=self.limits.max_side_px, time_limit_s=self.limits.max_decode_s)
-        except (VideoDecodeError, FileNotFoundError, ValueError) as error:
-            reason = error.reason if isinstance(error, VideoDecodeError) else str(error)
-            raise AppInputError(f"Could not decode '{Path(video).name}': {reason}.") from error
+        checked_video(video, self.limits)
+        clip = decode_within_limits(Path(video), self.limits, self.model.num_frames, self.model.frame_size)
         with self._lock:
             probabilities = classify_embeddings(self.model, self.model.embed_clips(clip[None]),
                                                 label_embeddings(self.model, parsed))[0]

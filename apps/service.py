@@ -89,6 +89,36 @@ def parse_candidates(text: str | None, max_candidates: int) -> list[str] | None:
     return candidates
 
 
+def checked_text(text: str | None, what: str, limits: AppLimits) -> str:
+    """A typed text (question, message, search text, label) with its whitespace collapsed; AppInputError
+    when it is empty or longer than ``limits.max_message_chars``."""
+    text = " ".join((text or "").split())
+    if not text:
+        raise AppInputError(f"The {what} is empty: type one first.")
+    if len(text) > limits.max_message_chars:
+        raise AppInputError(f"The {what} has {len(text)} characters; the limit is {limits.max_message_chars}.")
+    return text
+
+
+def checked_video(video: str | os.PathLike | None, limits: AppLimits) -> VideoInfo:
+    """The clip gate of ``apps.limits.check_video``, its refusal as an AppInputError."""
+    try:
+        return check_video(video, limits)
+    except VideoRejectedError as error:
+        raise AppInputError(str(error)) from error
+
+
+def decode_within_limits(path: Path, limits: AppLimits, num_frames: int, size: int) -> np.ndarray:
+    """A checked clip decoded with the app's bounds (frame side, decode time): [T, size, size, 3] float32
+    in [0, 1]; a clip that cannot be decoded is an AppInputError naming the file."""
+    try:
+        return load_clip(path, num_frames=num_frames, size=size, max_side=limits.max_side_px,
+                         time_limit_s=limits.max_decode_s)
+    except (VideoDecodeError, FileNotFoundError, ValueError) as error:
+        reason = error.reason if isinstance(error, VideoDecodeError) else str(error)
+        raise AppInputError(f"Could not decode '{path.name}': {reason}.") from error
+
+
 def _shown_path(source: str | os.PathLike | None) -> str | None:
     """A source as the model card shows it: an existing path inside the working directory relative
     to it, anything else (Hub ids, symbolic names, paths elsewhere) as given."""
@@ -196,11 +226,7 @@ class ModelService:
         return int(max_new_tokens)
 
     def _text(self, text: str | None, what: str) -> str:
-        text = " ".join((text or "").split())
-        if not text:
-            raise AppInputError(f"The {what} is empty: type one first.")
-        if len(text) > self.limits.max_message_chars:
-            raise AppInputError(f"The {what} has {len(text)} characters; the limit is {self.limits.max_message_chars}.")
+        text = checked_text(text, what, self.limits)
         tokens = self._token_count(text)
         if tokens > self.limits.max_prompt_tokens:
             raise AppInputError(f"The {what} has {tokens} tokens; the limit is {self.limits.max_prompt_tokens}.")
@@ -232,10 +258,7 @@ class ModelService:
         """Check and decode a clip: float32 [T, S, S, 3] in [0, 1] and its VideoInfo (cached for the
         last few clips, so the frame strip, captions and chat turns decode a clip once)."""
         num_frames = self._frames(num_frames)
-        try:
-            info = check_video(video, self.limits)
-        except VideoRejectedError as error:
-            raise AppInputError(str(error)) from error
+        info = checked_video(video, self.limits)
         path = Path(video)
         stat = path.stat()
         key = (str(path.resolve()), stat.st_mtime_ns, stat.st_size, num_frames)
@@ -243,12 +266,7 @@ class ModelService:
             if key in self._clips:
                 self._clips.move_to_end(key)
                 return self._clips[key]
-        try:
-            clip = load_clip(path, num_frames=num_frames, size=self.frame_size, max_side=self.limits.max_side_px,
-                             time_limit_s=self.limits.max_decode_s)
-        except (VideoDecodeError, FileNotFoundError, ValueError) as error:
-            reason = error.reason if isinstance(error, VideoDecodeError) else str(error)
-            raise AppInputError(f"Could not decode '{path.name}': {reason}.") from error
+        clip = decode_within_limits(path, self.limits, num_frames, self.frame_size)
         with self._cache_lock:
             self._clips[key] = (clip, info)
             while len(self._clips) > CLIP_CACHE_SIZE:

@@ -1,5 +1,6 @@
-"""JSON-lines files written a batch at a time by jobs that may be killed: the one tolerant reader,
-the one appender, and the repair of a torn last line.
+"""JSON-lines files: the strict reader of hand-written manifests (:func:`iter_jsonl_strict`) and, for
+files written a batch at a time by jobs that may be killed, the one tolerant reader, the one
+appender, and the repair of a torn last line.
 
 A writer killed mid-line leaves a last line without its newline, possibly cut inside a multi-byte
 UTF-8 character. Readers skip such a line (and any line that is not valid UTF-8 JSON holding an
@@ -33,6 +34,27 @@ def iter_jsonl_tolerant(path: str | os.PathLike) -> Iterator[dict]:
                 continue
             if isinstance(row, dict):
                 yield row
+
+
+def iter_jsonl_strict(path: str | os.PathLike, error: type[Exception] = ValueError) -> Iterator[tuple[int, dict]]:
+    """(line number, object) for every non-blank line of a manifest someone wrote by hand; a line that
+    is not UTF-8, not valid JSON or not a JSON object raises ``error`` naming ``PATH:LINE``."""
+    path = Path(path)
+    with open(path, "rb") as handle:
+        for number, raw in enumerate(handle, 1):
+            try:
+                line = raw.decode("utf-8").strip()
+            except UnicodeDecodeError:
+                raise error(f"{path}:{number}: not UTF-8 text") from None
+            if not line:
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as decode_error:
+                raise error(f"{path}:{number}: not valid JSON ({decode_error.msg})") from None
+            if not isinstance(row, dict):
+                raise error(f"{path}:{number}: expected a JSON object")
+            yield number, row
 
 
 def read_jsonl_tolerant(path: str | os.PathLike) -> list[dict]:

@@ -130,11 +130,18 @@ def load_encoder(
             raise ValueError(
                 f"{source_str} holds a '{config.model_type}' model, not a VideoPrism vision or video-text model"
             )
+    model = frozen(model, torch_dtype, device)
+    model.prism_source = source_str
+    return model
+
+
+def frozen(model: torch.nn.Module, dtype: str | torch.dtype | None = None,
+           device: str | torch.device | None = None) -> torch.nn.Module:
+    """``model`` cast to ``dtype`` (None: unchanged), moved to ``device``, in eval mode, without gradients."""
+    torch_dtype = resolve_dtype(dtype)
     if torch_dtype is not None:
         model = model.to(torch_dtype)
     if device is not None:
         model = model.to(device)
     model.requires_grad_(False)
-    model.eval()
-    model.prism_source = source_str
-    return model
+    return model.eval()

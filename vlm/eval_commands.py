@@ -9,7 +9,8 @@ import json
 from encoder.cli_arguments import NEW_TOKENS, NON_NEGATIVE, POSITIVE
 
 
-def _write_outputs(args: argparse.Namespace, results: dict, markdown: str) -> None:
+def write_outputs(args: argparse.Namespace, results: dict, markdown: str) -> None:
+    """--out JSON, --markdown table, and the table (or with --json the JSON) on stdout."""
     from vlm.evaluation import write_json
 
     if args.out:
@@ -27,7 +28,7 @@ def _cmd_eval_caption(args: argparse.Namespace) -> int:
         read_caption_predictions(args.pred), read_caption_references(args.refs), allow_missing=args.allow_missing
     )
     results = {"predictions": args.pred, "references": args.refs, **results}
-    _write_outputs(args, results, caption_markdown(results))
+    write_outputs(args, results, caption_markdown(results))
     return 0
 
 
@@ -69,7 +70,7 @@ def _cmd_eval_qa(args: argparse.Namespace) -> int:
     if args.predictions:
         with open(args.predictions, "w", encoding="utf-8") as handle:
             handle.writelines(json.dumps(record, ensure_ascii=False) + "\n" for record in records)
-    _write_outputs(args, results, qa_markdown(results))
+    write_outputs(args, results, qa_markdown(results))
     return 0
 
 
@@ -83,7 +84,7 @@ def _cmd_convert_annotations(args: argparse.Namespace) -> int:
 
 
 
-def _add_output_options(command: argparse.ArgumentParser) -> None:
+def add_output_options(command: argparse.ArgumentParser) -> None:
     command.add_argument("--out", default=None, help="write the results JSON here")
     command.add_argument("--markdown", default=None, help="write the markdown table here")
     command.add_argument("--json", action="store_true", help="print the results JSON instead of the table")
@@ -99,7 +100,7 @@ def add_subcommand(subparsers) -> None:
     caption.add_argument("--pred", required=True, help='JSONL of {"video": id, "caption": text}')
     caption.add_argument("--refs", required=True, help='JSONL of {"video": id, "captions": [text, ...]}')
     caption.add_argument("--allow-missing", action="store_true", help="score clips without a prediction as empty captions")
-    _add_output_options(caption)
+    add_output_options(caption)
     caption.set_defaults(func=_cmd_eval_caption)
 
     qa = subparsers.add_parser("eval-qa", help="zero-shot video QA accuracy (and WUPS) with the paper's protocol")
@@ -128,7 +129,7 @@ def add_subcommand(subparsers) -> None:
     qa.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     qa.add_argument("--predictions", default=None, help="write one JSON line per question (prediction, correct, WUPS)")
     qa.add_argument("--no-progress", action="store_true")
-    _add_output_options(qa)
+    add_output_options(qa)
     qa.set_defaults(func=_cmd_eval_qa)
 
     convert = subparsers.add_parser(

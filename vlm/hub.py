@@ -193,12 +193,8 @@ class PrismVlmProcessor:
             data["pixel_values_videos"] = torch.from_numpy(np.stack(clips))
         if text is not None:
             texts = [text] if isinstance(text, str) else list(text)
-            side = self.tokenizer.padding_side
-            self.tokenizer.padding_side = "left"
-            try:
-                encoded = self.tokenizer(texts, add_special_tokens=False, padding=True, return_tensors=return_tensors)
-            finally:
-                self.tokenizer.padding_side = side
+            encoded = self.tokenizer(texts, add_special_tokens=False, padding=True, padding_side="left",
+                                     return_tensors=return_tensors)
             data.update(input_ids=encoded["input_ids"], attention_mask=encoded["attention_mask"])
         return BatchFeature(data=data, tensor_type=None)
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from transformers import AutoTokenizer, VideoPrismClipModel, VideoPrismVisionConfig
+from transformers import VideoPrismClipModel
 
 from encoder.factorized import encode_visible_tokens
 from encoder.loading import load_encoder
@@ -29,6 +29,8 @@ from encoder.pretrain.stage1 import (
     ContrastiveModel,
     ContrastiveTask,
     ModelSize,
+    caption_tokenizer,
+    encoder_vision_config,
     load_logit_scale,
     load_tokenizer,
     new_clip_model,
@@ -142,23 +144,14 @@ def _new_towers(config: LitConfig, encoder) -> tuple[VideoPrismClipModel, object
     head freshly initialised from ``config.seed``) and its tokenizer."""
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    max_length = config.model.max_text_length
-    if config.tokenizer:
-        tokenizer = load_tokenizer(config.tokenizer, out / "tokenizer", max_length)
-    elif (out / "tokenizer" / "tokenizer.json").is_file():
-        tokenizer = AutoTokenizer.from_pretrained(str(out / "tokenizer"))  # trained by an earlier (resumed) run
-    else:
-        from encoder.pretrain.tokenizer import train_caption_tokenizer
-
-        tokenizer = train_caption_tokenizer(config.train_manifests, out / "tokenizer", config.vocab_size, max_length)
+    tokenizer = caption_tokenizer(config.tokenizer, out, config.train_manifests, config.vocab_size,
+                                  config.model.max_text_length)
     vision = encoder.config
     size = dataclasses.replace(
         config.model, hidden_size=vision.hidden_size, num_attention_heads=vision.num_attention_heads,
         intermediate_size=vision.intermediate_size,
     )
-    vision_config = VideoPrismVisionConfig(**{
-        **vision.to_dict(), "num_auxiliary_layers": config.model.num_auxiliary_layers, "apply_l2norm": True,
-    })
+    vision_config = encoder_vision_config(encoder, config.model.num_auxiliary_layers)
     return new_clip_model(size, len(tokenizer), config.seed, vision_config), tokenizer
 
 

@@ -241,6 +241,27 @@ def load_tokenizer(source: str | os.PathLike, out_dir: Path, max_length: int):
     return AutoTokenizer.from_pretrained(str(source))
 
 
+def caption_tokenizer(tokenizer: str | None, out_dir: Path, manifests: list[str], vocab_size: int, max_length: int):
+    """The tokenizer of a from-scratch text tower: ``tokenizer`` (a directory or SentencePiece file) when
+    given, else the one an earlier (resumed) run trained into ``out_dir/tokenizer``, else one trained on
+    the manifests' captions (``vocab_size`` pieces at most)."""
+    if tokenizer:
+        return load_tokenizer(tokenizer, out_dir / "tokenizer", max_length)
+    if (out_dir / "tokenizer" / "tokenizer.json").is_file():
+        return AutoTokenizer.from_pretrained(str(out_dir / "tokenizer"))
+    from encoder.pretrain.tokenizer import train_caption_tokenizer
+
+    return train_caption_tokenizer(manifests, out_dir / "tokenizer", vocab_size, max_length)
+
+
+def encoder_vision_config(encoder, num_auxiliary_layers: int) -> VideoPrismVisionConfig:
+    """A video-text model's vision config around ``encoder``'s architecture: its config with
+    ``num_auxiliary_layers`` auxiliary layers and L2-normalised embeddings."""
+    return VideoPrismVisionConfig(**{
+        **encoder.config.to_dict(), "num_auxiliary_layers": num_auxiliary_layers, "apply_l2norm": True,
+    })
+
+
 def save_logit_scale(logit_scale: LogitScale, out_dir: Path) -> None:
     save_file({"log_scale": logit_scale.log_scale.detach().cpu().reshape(1)}, str(Path(out_dir) / TEMPERATURE_FILE))
 
@@ -393,23 +414,14 @@ def build_stage1(config: Stage1Config) -> ContrastiveTask:
         tokenizer = load_tokenizer(source, out / "tokenizer", max_length)
         logit_scale = load_logit_scale(config.init_from, config.initial_temperature)
     else:
-        if config.tokenizer:
-            tokenizer = load_tokenizer(config.tokenizer, out / "tokenizer", max_length)
-        elif (out / "tokenizer" / "tokenizer.json").is_file():
-            tokenizer = AutoTokenizer.from_pretrained(str(out / "tokenizer"))  # trained by an earlier (resumed) run
-        else:
-            from encoder.pretrain.tokenizer import train_caption_tokenizer
-
-            tokenizer = train_caption_tokenizer(config.train_manifests, out / "tokenizer", config.vocab_size, max_length)
+        tokenizer = caption_tokenizer(config.tokenizer, out, config.train_manifests, config.vocab_size, max_length)
         vision_config = None
         encoder = None
         if config.init_encoder_from:
             from encoder.loading import load_encoder
 
             encoder = load_encoder(config.init_encoder_from)
-            vision_config = VideoPrismVisionConfig(**{
-                **encoder.config.to_dict(), "num_auxiliary_layers": config.model.num_auxiliary_layers, "apply_l2norm": True,
-            })
+            vision_config = encoder_vision_config(encoder, config.model.num_auxiliary_layers)
         clip = new_clip_model(config.model, len(tokenizer), config.seed, vision_config)
         if encoder is not None:
             clip.video_model.vision_model.load_state_dict(encoder.state_dict())

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from encoder.cli_arguments import FRAME_SIZE, FRAMES, NON_NEGATIVE, POSITIVE, int_range
+from vlm.eval_commands import add_output_options, write_outputs
 
 TOP_K = int_range(1, 10_000)
 
@@ -106,10 +107,11 @@ def _print_ranked(args: argparse.Namespace, results: list[dict], key: str) -> No
 
 
 def _cmd_classify(args: argparse.Namespace) -> int:
-    import numpy as np
+    import torch
 
     from encoder.features import list_videos
-    from vlm.batch_caption import Clip, iter_decoded_batches
+    from vlm.batch_caption import Clip
+    from vlm.retrieval.evaluation import embed_clip_list
     from vlm.retrieval.zero_shot import classify_embeddings, label_embeddings, resolve_templates
 
     labels = _labels(args.labels)
@@ -119,42 +121,29 @@ def _cmd_classify(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"no such video or folder: {source}")
     videos = list_videos(source) if source.is_dir() else [str(source)]
     model = _load_model(args)
-    label_vectors = label_embeddings(model, labels, templates)
+    embeddings, errors = embed_clip_list(model, [Clip(video, video) for video in videos], args.batch_size, args.workers,
+                                         progress=len(videos) > args.batch_size)
+    classified = [video for video in videos if video in embeddings]
+    probabilities = (classify_embeddings(model, torch.stack([embeddings[v] for v in classified]),
+                                         label_embeddings(model, labels, templates)) if classified else [])
     top = min(args.top, len(labels))
-    results, failed = [], 0
-    clips = [Clip(video, video) for video in videos]
-    for items in iter_decoded_batches(clips, model.num_frames, model.frame_size, args.batch_size, args.workers):
-        good = [(clip, frames) for clip, frames, error in items if error is None]
-        for clip, _, error in items:
-            if error is not None:
-                failed += 1
-                results.append({"video": clip.source, "error": error})
-                print(f"{clip.source}: {error}", file=sys.stderr)
-        if not good:
-            continue
-        probabilities = classify_embeddings(model, model.embed_clips(np.stack([f for _, f in good])), label_vectors)
-        for (clip, _), row in zip(good, probabilities):
-            order = row.argsort(descending=True)[:top]
-            ranked = [{"label": labels[int(i)], "probability": float(row[i])} for i in order]
-            results.append({"video": clip.source, "labels": ranked})
-            if not args.json:
-                if len(videos) > 1:
-                    print(f"# {clip.source}")
-                for item in ranked:
-                    print(f"{item['label']}\t{item['probability']:.4f}")
+    ranked = {video: [{"label": labels[int(i)], "probability": float(row[i])} for i in row.argsort(descending=True)[:top]]
+              for video, row in zip(classified, probabilities)}
+    results = [{"video": video, "labels": ranked[video]} if video in ranked else {"video": video, "error": errors[video]}
+               for video in videos]
+    for video, error in errors.items():
+        print(f"{video}: {error}", file=sys.stderr)
     if args.json:
         print(json.dumps(results if len(videos) > 1 else results[0], indent=2, ensure_ascii=False))
-    return 1 if failed == len(videos) else 0
-
-
-def _write_outputs(args: argparse.Namespace, results: dict, markdown: str) -> None:
-    from vlm.evaluation import write_json
-
-    if args.out:
-        write_json(args.out, results)
-    if args.markdown:
-        Path(args.markdown).write_text(markdown, encoding="utf-8")
-    print(json.dumps(results, indent=2) if args.json else markdown, end="" if not args.json else "\n")
+    else:
+        for result in results:
+            if "labels" not in result:
+                continue
+            if len(videos) > 1:
+                print(f"# {result['video']}")
+            for item in result["labels"]:
+                print(f"{item['label']}\t{item['probability']:.4f}")
+    return 1 if len(errors) == len(videos) else 0
 
 
 def _cmd_eval_retrieval(args: argparse.Namespace) -> int:
@@ -164,7 +153,7 @@ def _cmd_eval_retrieval(args: argparse.Namespace) -> int:
     model = _load_model(args)
     results = evaluate_retrieval(model, items, batch_size=args.batch_size, num_workers=args.workers,
                                  progress=not args.no_progress)
-    _write_outputs(args, {"data": args.data, "model": model.source, **results}, retrieval_markdown(results))
+    write_outputs(args, {"data": args.data, "model": model.source, **results}, retrieval_markdown(results))
     return 0
 
 
@@ -181,7 +170,7 @@ def _cmd_eval_zeroshot(args: argparse.Namespace) -> int:
     if args.predictions:
         with open(args.predictions, "w", encoding="utf-8") as handle:
             handle.writelines(json.dumps(record, ensure_ascii=False) + "\n" for record in records)
-    _write_outputs(args, {"data": args.data, "model": model.source, **results}, zero_shot_markdown(results))
+    write_outputs(args, {"data": args.data, "model": model.source, **results}, zero_shot_markdown(results))
     return 0
 
 
@@ -201,9 +190,7 @@ def _add_decode_options(command: argparse.ArgumentParser) -> None:
 
 
 def _add_output_options(command: argparse.ArgumentParser) -> None:
-    command.add_argument("--out", default=None, help="write the results JSON here")
-    command.add_argument("--markdown", default=None, help="write the markdown table here")
-    command.add_argument("--json", action="store_true", help="print the results JSON instead of the table")
+    add_output_options(command)
     command.add_argument("--no-progress", action="store_true")
 
 

@@ -14,14 +14,15 @@ results' ``errors``; nothing else about them changes the scores of the others.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
+from encoder.jsonl import iter_jsonl_strict
 from vlm.batch_caption import Clip, iter_decoded_batches
 from vlm.retrieval.metrics import retrieval_metrics, top_k_accuracy
 from vlm.retrieval.video_text_model import VideoTextModel
@@ -52,21 +53,10 @@ def _rows(path: str | os.PathLike):
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no such manifest: {path}")
-    with open(path, "rb") as handle:
-        for number, raw in enumerate(handle, 1):
-            try:
-                line = raw.decode("utf-8").strip()
-            except UnicodeDecodeError:
-                raise ManifestError(f"{path}:{number}: not UTF-8 text") from None
-            if not line:
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise ManifestError(f"{path}:{number}: not valid JSON ({error.msg})") from None
-            if not isinstance(row, dict) or not isinstance(row.get("video"), str) or not row["video"].strip():
-                raise ManifestError(f"{path}:{number}: expected a JSON object with a non-empty string 'video'")
-            yield number, row, _clip(path, number, row)
+    for number, row in iter_jsonl_strict(path, ManifestError):
+        if not isinstance(row.get("video"), str) or not row["video"].strip():
+            raise ManifestError(f"{path}:{number}: expected a JSON object with a non-empty string 'video'")
+        yield number, row, _clip(path, number, row)
 
 
 def _clip(path: Path, number: int, row: dict) -> Clip:
@@ -131,8 +121,6 @@ def embed_clip_list(
             good = [(clip, frames) for clip, frames, error in items if error is None]
             errors.update({clip.id: error for clip, _, error in items if error is not None})
             if good:
-                import numpy as np
-
                 vectors = model.embed_clips(np.stack([frames for _, frames in good]))
                 embeddings.update({clip.id: vector for (clip, _), vector in zip(good, vectors)})
             bar.update(len(items))

@@ -31,11 +31,10 @@ import torch
 from transformers import AutoConfig, AutoTokenizer, VideoPrismClipModel
 
 from encoder.features import clips_to_model_input
-from encoder.loading import resolve_dtype
+from encoder.loading import frozen
 from encoder.text_tokenizer import tokenize_texts
 
 OFFICIAL_TEMPERATURE = 0.01  # the official video-text demo's compute_similarity_matrix
-TEMPERATURE_FILE = "contrastive_temperature.safetensors"  # written beside stage-1 / LiT models
 
 
 DEMO_VIDEO_TEXT_MODEL = Path(__file__).resolve().parents[1] / "demo_model" / "video_text"
@@ -115,13 +114,10 @@ class VideoTextModel:
 
 
 def _learned_temperature(directory: Path) -> float | None:
-    path = directory / TEMPERATURE_FILE
-    if not path.is_file():
-        return None
-    from safetensors.torch import load_file
+    """The temperature stage-1 / LiT training saved beside the model, or None."""
+    from encoder.pretrain.stage1 import TEMPERATURE_FILE, load_logit_scale
 
-    log_scale = float(load_file(str(path))["log_scale"].reshape(()))
-    return float(np.exp(-log_scale))
+    return load_logit_scale(directory).temperature if (directory / TEMPERATURE_FILE).is_file() else None
 
 
 def load_video_text_model(
@@ -174,13 +170,7 @@ def load_video_text_model(
             learned = _learned_temperature(path)
     tokenizer_source = os.fspath(tokenizer) if tokenizer is not None else source_str
     text_tokenizer = _load_tokenizer(tokenizer_source, clip)
-    torch_dtype = resolve_dtype(dtype)
-    if torch_dtype is not None:
-        clip = clip.to(torch_dtype)
-    if device is not None:
-        clip = clip.to(device)
-    clip.requires_grad_(False)
-    clip.eval()
+    clip = frozen(clip, dtype, device)
     vision, text = clip.config.vision_config, clip.config.text_config
     model = VideoTextModel(
         clip=clip,

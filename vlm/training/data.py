@@ -27,7 +27,6 @@ a cache without crops training uses the centre crop (no crop augmentation).
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -37,6 +36,7 @@ import numpy as np
 import torch
 
 from encoder.extras import require
+from encoder.jsonl import iter_jsonl_strict
 from vlm.batch_caption import Clip, DatasetVideo, decode_clip, is_saved_dataset
 from vlm.conversations import ConversationError, read_conversation
 from vlm.training.config import DataSource
@@ -134,19 +134,9 @@ class CacheIndex:
 
 def _read_manifest(path: Path) -> tuple[list[dict], list[str]]:
     rows = []
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise TrainingDataError(f"{path}:{number}: not valid JSON ({error.msg})") from None
-            if not isinstance(row, dict):
-                raise TrainingDataError(f"{path}:{number}: expected a JSON object")
-            row["__line__"] = number
-            rows.append(row)
+    for number, row in iter_jsonl_strict(path, TrainingDataError):
+        row["__line__"] = number
+        rows.append(row)
     columns = sorted({key for row in rows for key in row if key != "__line__"})
     return rows, columns
 

@@ -349,6 +349,24 @@ def write_clip_vectors(
         lock.release()
 
 
+def check_cache_meta(cache_dir: str | os.PathLike, meta: CacheMeta) -> bool:
+    """Whether ``cache_dir`` already holds a cache; ValueError when it was written with other settings
+    than ``meta`` (another encoder config, frames, size, storage dtype, crops or kind of vector)."""
+    def settings(m: CacheMeta) -> tuple:
+        return m.encoder_config_sha1, m.num_frames, m.size, m.storage_dtype, m.crops, m.crop_seed, m.kind
+
+    meta_path = Path(cache_dir) / META_FILE
+    if not meta_path.is_file():
+        return False
+    existing = CacheMeta(**json.loads(meta_path.read_text()))
+    if settings(existing) != settings(meta):
+        raise ValueError(
+            f"{cache_dir} was written with different settings ({asdict(existing)}); "
+            f"use another directory for {asdict(meta)}"
+        )
+    return True
+
+
 def _drop_unreadable_shards(cache_dir: Path) -> list[str]:
     """Resume check: index lines whose shard is missing, unreadable or too short (a power loss
     before the shard reached the disk) are removed from the index, so their clips are encoded
@@ -385,18 +403,7 @@ def _extract_locked(encode_batch, meta, videos, cache_dir, batch_size, shard_siz
 
     source, num_frames, size, crops, crop_seed = meta.encoder, meta.num_frames, meta.size, meta.crops, meta.crop_seed
     meta_path = cache_dir / META_FILE
-
-    def settings(m: CacheMeta) -> tuple:
-        return m.encoder_config_sha1, m.num_frames, m.size, m.storage_dtype, m.crops, m.crop_seed, m.kind
-
-    if meta_path.is_file():
-        existing = CacheMeta(**json.loads(meta_path.read_text()))
-        if settings(existing) != settings(meta):
-            raise ValueError(
-                f"{cache_dir} was written with different settings ({asdict(existing)}); "
-                f"use another cache directory for {asdict(meta)}"
-            )
-    else:
+    if not check_cache_meta(cache_dir, meta):
         values = asdict(meta)
         if not crops:  # meta.json of a plain cache keeps its original keys
             del values["crops"], values["crop_seed"]

@@ -146,7 +146,7 @@ def test_index_resume_loses_and_duplicates_nothing(lvt_model, clips, tmp_path):
     again = VideoIndex.load(tmp_path / "fresh")
     order = [again.videos.index(v) for v in index.videos]
     assert torch.allclose(index.embeddings, again.embeddings[order], atol=1e-6)
-    with pytest.raises(ValueError, match="other embeddings"):  # another frame count: refused, nothing overwritten
+    with pytest.raises(ValueError, match="written with different settings"):  # other frames: refused, nothing written
         build_index(load_video_text_model(LVT_NPZ, tokenizer=TEST_SPM_MODEL, num_frames=2), videos, tmp_path / "index",
                     num_workers=0, progress=False)
     assert VideoIndex.load(tmp_path / "index").settings.num_frames == 4

@@ -26,7 +26,7 @@ import torch
 from safetensors import safe_open
 
 from encoder.checkpoints import write_file_atomically
-from encoder.features import META_FILE, CacheMeta, FeatureCache, write_clip_vectors
+from encoder.features import CacheMeta, FeatureCache, check_cache_meta, write_clip_vectors
 from vlm.retrieval.video_text_model import VideoTextModel, load_video_text_model
 
 INDEX_KIND = "video_embeddings"
@@ -81,12 +81,7 @@ def build_index(
         size=model.frame_size, precision="fp32", storage_dtype="fp32", kind=INDEX_KIND,
     )
     out.mkdir(parents=True, exist_ok=True)
-    if (out / META_FILE).is_file():
-        existing = CacheMeta(**json.loads((out / META_FILE).read_text(encoding="utf-8")))
-        if (existing.kind, existing.encoder_config_sha1, existing.num_frames, existing.size) != (
-                meta.kind, meta.encoder_config_sha1, meta.num_frames, meta.size):
-            raise ValueError(f"{out} holds other embeddings ({existing.kind} of {existing.encoder}, {existing.num_frames} "
-                             f"frames of {existing.size} px); use another directory")
+    check_cache_meta(out, meta)  # an index of another model or frame setting: refused before anything is written
     # written first, so a partial index (a killed run) can already be searched
     write_file_atomically(out / SETTINGS_FILE, (json.dumps(asdict(settings), indent=2) + "\n").encode())
     return write_clip_vectors(

@@ -127,10 +127,14 @@ def _cmd_classify(args: argparse.Namespace) -> int:
     probabilities = (classify_embeddings(model, torch.stack([embeddings[v] for v in classified]),
                                          label_embeddings(model, labels, templates)) if classified else [])
     top = min(args.top, len(labels))
-    ranked = {video: [{"label": labels[int(i)], "probability": float(row[i])} for i in row.argsort(descending=True)[:top]]
-              for video, row in zip(classified, probabilities)}
-    results = [{"video": video, "labels": ranked[video]} if video in ranked else {"video": video, "error": errors[video]}
-               for video in videos]
+    ranked = {
+        video: [{"label": labels[int(i)], "probability": float(row[i])} for i in row.argsort(descending=True)[:top]]
+        for video, row in zip(classified, probabilities)
+    }
+    results = [
+        {"video": video, "labels": ranked[video]} if video in ranked else {"video": video, "error": errors[video]}
+        for video in videos
+    ]
     for video, error in errors.items():
         print(f"{video}: {error}", file=sys.stderr)
     if args.json:
@@ -177,7 +181,8 @@ def _cmd_eval_zeroshot(args: argparse.Namespace) -> int:
 def _add_model_options(command: argparse.ArgumentParser, frames: bool = True) -> None:
     command.add_argument("--model", default=None, help="video-text model: official LvT .npz, transformers directory or "
                          "Hub id, or a stage-1 / LiT output (default: $PRISM_VLM_VIDEO_TEXT_MODEL, else the demo's)")
-    command.add_argument("--tokenizer", default=None, help="SentencePiece .model or tokenizer directory (needed for an .npz)")
+    command.add_argument("--tokenizer", default=None,
+                         help="SentencePiece .model or tokenizer directory (needed for an .npz)")
     command.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     if frames:
         command.add_argument("--frames", type=FRAMES, default=None, help="frames per clip (default: the model's)")

@@ -174,7 +174,11 @@ def test_wups_protocols(wordnet):
     all_senses = max(a.wup_similarity(b) for a in wordnet.synsets("bank", "n") for b in wordnet.synsets("river", "n"))
     assert malinowski.score("bank", "river", 0.0) == pytest.approx(all_senses)
     assert malinowski.score("bank", "river", 0.0) >= nextqa.score("bank", "river", 0.0)
-    assert malinowski.score("zyxxy car", "bus", 0.0) == 0.0  # no word skipped
+    assert malinowski.score("zyxxy car", "bus", 0.0) == 0.0  # "zyxxy car" is one item, in no synset
+    assert malinowski.words("chair, table,window") == ["chair", "table", "window"]
+    assert malinowski.score("table,chair", "chair, table", 0.9) == 1.0  # a set measure: order is free
+    assert malinowski.score("book,book", "book", 0.0) == 1.0  # and {book, book} == {book}
+    assert malinowski.score("book,zyxxy", "book", 0.0) == 0.0  # every item counts
     with pytest.raises(ValueError, match="protocol"):
         WupsScorer("vqa", wordnet=wordnet)
 
@@ -202,6 +206,34 @@ def test_nextqa_wups_against_the_official_script_on_public_predictions(wordnet):
     assert sum(len(s) for s in groups.values()) == 5343
     assert ours == pytest.approx({"C": 14.15, "T": 14.19, "D": 46.42, "all": 20.93}, abs=0.01)
     assert all(0 <= official[k] - ours[k] <= 0.75 for k in official)
+
+
+@pytest.mark.slow
+def test_malinowski_wups_equals_the_daquar_script_on_public_predictions(wordnet):
+    """The same public predictions (NExT-OE's HGA val; tests/fixtures/README.md) scored by Malinowski's
+    own calculate_wups.py (datasets.d2.mpi-inf.mpg.de/mateusz14visual-turing/calculate_wups.py, its
+    get_metric_score run per question type under Python 3 with `print` statements dropped, on the same
+    NLTK WordNet reader): the percentages below are that script's, to four decimals."""
+    import csv
+
+    from tests.fixture_files import FIXTURES_DIR
+
+    official = {
+        0.0: {"all": 15.9452, "CH": 4.9503, "CW": 4.0966, "DB": 65.8911, "DC": 92.4089, "DL": 40.1771,
+              "DO": 39.1415, "TC": 14.5103, "TN": 2.6167, "TP": 3.1966},
+        0.9: {"all": 11.5527, "CH": 3.8564, "CW": 3.1918, "DB": 58.8671, "DC": 61.6471, "DL": 25.8329,
+              "DO": 26.9956, "TC": 8.723, "TN": 1.8706, "TP": 1.9863},
+    }
+    scorer = WupsScorer("malinowski", wordnet=wordnet)
+    with open(FIXTURES_DIR / "nextoe_hga_val_predictions.csv", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    for threshold, expected in official.items():
+        scores: dict[str, list[float]] = {}
+        for row in rows:
+            scores.setdefault(row["type"], []).append(scorer.score(row["prediction"], row["answer"], threshold))
+        ours = {kind: 100 * sum(values) / len(values) for kind, values in scores.items()}
+        ours["all"] = 100 * sum(sum(values) for values in scores.values()) / len(rows)
+        assert ours == pytest.approx(expected, abs=1e-4)
 
 
 def test_missing_wordnet_gives_a_clear_error(tmp_path, capsys, monkeypatch):

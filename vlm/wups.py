@@ -19,9 +19,11 @@ Two scoring protocols, each at a threshold (0.0 and 0.9 are the ones reported):
   threshold; each direction multiplies, over its words, the best similarity to any word of the
   other answer, skipping words with no similar word at all (0 if every word is skipped); the score
   is the smaller direction. Counting (DC) and yes/no (DB) questions score by exact match.
-* ``"malinowski"`` (the original DAQUAR / MSVD-QA / MSRVTT-QA WUPS): the similarity of two words is
-  the best WUP similarity over all their NOUN synsets, times 0.1 when below the threshold; each
-  direction multiplies over all words (none skipped).
+* ``"malinowski"`` (the original DAQUAR / MSVD-QA / MSRVTT-QA WUPS, Malinowski's
+  ``calculate_wups.py``): an answer is a set of comma-separated items; the similarity of two items is
+  1 if equal, else the best WUP similarity over all their NOUN synsets, times 0.1 when below the
+  threshold; each direction multiplies over all items (none skipped). Checked against that script on
+  NExT-OE's public HGA predictions (tests/test_eval_qa.py).
 
 Differences from NExT-QA's script, which needs online NLTK data: lemmas come from WordNet's
 ``morphy`` (noun first, verb first for words ending in -ing/-ed) instead of a POS tagger (pywsd),
@@ -173,12 +175,16 @@ class WupsScorer:
         return word
 
     def words(self, answer: str) -> list[str]:
-        """The words WUPS compares: lower-cased; for "nextqa" also lemmatised, stop words removed."""
-        words = _WORD.findall(answer.lower())
-        if self.protocol == "nextqa":
-            words = [self._lemma(word) for word in words]
-            words = [word for word in words if word not in self.stopwords]
-        return words
+        """The items WUPS compares.
+
+        "nextqa": the answer's words, lower-cased, lemmatised, stop words removed. "malinowski": the
+        answer's comma-separated items, stripped and otherwise untouched, as the DAQUAR script's
+        ``items2list`` (so "chair, table" is two items and "red car" one, which scores only when equal).
+        """
+        if self.protocol == "malinowski":
+            return [item.strip() for item in answer.split(",")]
+        words = [self._lemma(word) for word in _WORD.findall(answer.lower())]
+        return [word for word in words if word not in self.stopwords]
 
     def _uncached_similarity(self, first: str, second: str, threshold: float) -> float:
         if first == second:
@@ -218,8 +224,6 @@ class WupsScorer:
         predicted, expected = self.words(prediction), self.words(truth)
         if self.protocol == "nextqa" and question_type in EXACT_MATCH_TYPES:
             return float(predicted == expected)
-        if self.protocol == "malinowski" and not predicted and not expected:
-            return 1.0
         return min(self._directional(predicted, expected, threshold), self._directional(expected, predicted, threshold))
 
     def best_score(

@@ -498,3 +498,31 @@ def test_features_command_stores_training_crops(parts, tmp_path, capsys):
     for video in cache.videos:  # the same seeded crops as the Python API's cache (crop_seed 3)
         for crop in (0, 1):
             torch.testing.assert_close(cache.get(video, crop), reference.get(video, crop), atol=1e-6, rtol=1e-6)
+
+
+def test_train_flags_are_generated_from_train_config(tmp_path, capsys):
+    """Every TrainConfig field but the data sources, prompts and LoRA has a flag; flags lay over --config."""
+    import dataclasses
+
+    from vlm import cli
+    from vlm.training.cli import config_from_args
+    from vlm.training.config import TrainConfig
+
+    parser = cli.build_parser()
+    with pytest.raises(SystemExit):
+        parser.parse_args(["train", "--help"])
+    usage = capsys.readouterr().out
+    for spec in dataclasses.fields(TrainConfig):
+        if spec.name not in ("train_data", "val_data", "prompts", "lora"):
+            assert "--" + spec.name.replace("_", "-") + " " in usage, spec.name
+    for old_spelling in ("--lr", "--frames", "--workers", "--threads", "--no-train-crops", "--no-progress"):
+        assert old_spelling + " " in usage or old_spelling + "\n" in usage or old_spelling + "," in usage, old_spelling
+
+    config_file = tmp_path / "base.json"
+    TrainConfig(output_dir=str(tmp_path / "run"), batch_size=4, max_steps=9, warmup_steps=2, train_crops=True).save(config_file)
+    args = parser.parse_args(["train", "--config", str(config_file), "--max-steps", "7", "--lr", "1e-3", "--no-train-crops"])
+    config = config_from_args(args)
+    assert (config.batch_size, config.max_steps, config.learning_rate, config.train_crops) == (4, 7, 1e-3, False)
+    assert config.output_dir == str(tmp_path / "run")  # from the file: a flag not given does not override it
+    with pytest.raises(ValueError, match="num_frames must be in"):
+        config_from_args(parser.parse_args(["train", "--output-dir", str(tmp_path / "x"), "--frames", "0"]))

@@ -53,15 +53,15 @@ class LitConfig(TrainingSettings):
     cache_encoder_tokens: keep the frozen encoder's tokens per clip in memory (needs drop_ratio 0).
     """
 
-    encoder: str
-    init_from: str | None = None
+    encoder: str = field(metadata={"help": 'the frozen encoder: stage-2 directory, Hub id or .npz (required unless in --config)'})
+    init_from: str | None = field(default=None, metadata={"help": 'stage-1 model directory (the paper); without it the text tower, auxiliary layers and MAP head start from scratch and a tokenizer is trained on the captions'})
     model: ModelSize = field(default_factory=ModelSize)
-    tokenizer: str | None = None
-    vocab_size: int = 8000
+    tokenizer: str | None = field(default=None, metadata={"help": 'without --init-from: VideoPrism tokenizer directory or SentencePiece .model'})
+    vocab_size: int = field(default=8000, metadata={"help": 'without --init-from and --tokenizer: pieces of the trained tokenizer'})
     initial_temperature: float = 0.07
     drop_ratio: float = 0.0
-    mask_kind: str = "tube"
-    cache_encoder_tokens: bool = False
+    mask_kind: str = field(default="tube", metadata={"choices": ('tube', 'block')})
+    cache_encoder_tokens: bool = field(default=False, metadata={"help": "keep the frozen encoder's tokens per clip in memory"})
 
     def check(self) -> None:
         super().check()

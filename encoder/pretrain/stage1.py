@@ -162,14 +162,14 @@ class Stage1Config(TrainingSettings):
     """
 
     model: ModelSize = field(default_factory=ModelSize)
-    init_from: str | None = None
-    init_encoder_from: str | None = None
-    tokenizer: str | None = None
-    vocab_size: int = 8000
-    drop_ratio: float = 0.5
-    mask_kind: str = "tube"
-    initial_temperature: float = 0.07
-    hard_negatives: int = 0
+    init_from: str | None = field(default=None, metadata={"help": 'continue from a VideoPrismClipModel directory'})
+    init_encoder_from: str | None = field(default=None, metadata={"help": 'initialise the video encoder (directory, Hub id or official .npz)'})
+    tokenizer: str | None = field(default=None, metadata={"help": 'VideoPrism tokenizer directory or SentencePiece .model (default: train one)'})
+    vocab_size: int = field(default=8000, metadata={"help": 'pieces of the tokenizer trained when --tokenizer is not given'})
+    drop_ratio: float = field(default=0.5, metadata={"help": 'fraction of video tokens dropped'})
+    mask_kind: str = field(default="tube", metadata={"choices": ('tube', 'block'), "help": 'how tokens are dropped'})
+    initial_temperature: float = field(default=0.07, metadata={"help": 'initial softmax temperature (learned)'})
+    hard_negatives: int = field(default=0, metadata={"help": "per video and step, this many of its manifest row's negative_captions join its video->text candidates (NegCLIP-style; 0 in the paper)"})
 
     def check(self) -> None:
         super().check()

@@ -73,17 +73,17 @@ class Stage2Config(TrainingSettings):
         not augmented: the teacher sees the same intact clip every epoch).
     """
 
-    teacher: str
-    mask_kind: str = "block"
+    teacher: str = field(metadata={"help": 'stage-1 model directory (required unless in --config)'})
+    mask_kind: str = field(default="block", metadata={"choices": ('block', 'tube'), "help": 'BEVT block or tube masking'})
     mask_ratio: float = 0.65
-    shuffle_tokens: bool = True
-    global_distillation: bool = True
+    shuffle_tokens: bool = field(default=True, metadata={"help": 'shuffle the visible tokens (--no-shuffle-tokens: the ablation)'})
+    global_distillation: bool = field(default=True, metadata={"help": 'distil the global embedding too (--no-global-distillation: the ablation)'})
     token_loss_weight: float = 1.0
     global_loss_weight: float = 1.0
     decoder: DecoderConfig = field(default_factory=DecoderConfig)
-    min_learning_rate: float = 1e-5
+    min_learning_rate: float = field(default=1e-5, metadata={"help": 'final learning rate of the cosine decay'})
     weight_decay: float = 0.05
-    cache_teacher_outputs: bool = False
+    cache_teacher_outputs: bool = field(default=False, metadata={"help": 'keep teacher outputs per clip in memory'})
 
     def check(self) -> None:
         super().check()

@@ -89,28 +89,28 @@ class TrainingSettings:
         ``metrics.jsonl``, which stays the record either way.
     """
 
-    output_dir: str
-    train_manifests: list[str] = field(default_factory=list)
+    output_dir: str = field(metadata={"help": 'run directory (checkpoints, metrics, model/)'})
+    train_manifests: list[str] = field(default_factory=list, metadata={"help": 'JSONL manifests, one dataset each (batches alternate)', "metavar": 'MANIFEST'})
     batch_size: int = 8
-    max_steps: int = 1000
-    learning_rate: float = 1e-2
+    max_steps: int = field(default=1000, metadata={"help": 'optimizer steps in total'})
+    learning_rate: float = field(default=1e-2, metadata={"help": 'peak learning rate (Adafactor: relative step size)'})
     warmup_steps: int = 100
     weight_decay: float = 1e-4
-    optimizer: str = "adafactor"
-    max_grad_norm: float | None = None
+    optimizer: str = field(default="adafactor", metadata={"choices": ('adafactor', 'adamw')})
+    max_grad_norm: float | None = field(default=None, metadata={"help": 'clip gradients to this norm (default: none)'})
     seed: int = 0
-    num_frames: int | None = None
-    image_size: int | None = None
-    cache_clips: bool = False
+    num_frames: int | None = field(default=None, metadata={"help": "frames per clip (default: the model's)"})
+    image_size: int | None = field(default=None, metadata={"help": "clip side in pixels (default: the model's)"})
+    cache_clips: bool = field(default=False, metadata={"help": 'decode every clip once, keep it in memory'})
     save_every: int = 500
     keep_checkpoints: int = 2
     log_every: int = 10
-    mixed_precision: str = "no"
-    cpu: bool = False
-    cpu_threads: int | None = None
-    progress: bool = True
-    resume: bool = True
-    report_to: str = "none"
+    mixed_precision: str = field(default="no", metadata={"choices": ('no', 'bf16', 'fp16')})
+    cpu: bool = field(default=False, metadata={"help": 'train on the CPU even with CUDA'})
+    cpu_threads: int | None = field(default=None, metadata={"help": 'torch CPU threads (1 is fastest for small models on a shared CPU)'})
+    progress: bool = field(default=True, metadata={"help": 'a progress bar (--no-progress: none)'})
+    resume: bool = field(default=True, metadata={"help": 'continue from the newest checkpoint in the run directory (--no-resume: start over)'})
+    report_to: str = field(default="none", metadata={"choices": ('none', 'tensorboard', 'trackio', 'wandb'), "help": 'also send metrics to this tracker (local ones write to OUT/trackers)'})
 
     def check(self) -> None:
         if not self.output_dir:
@@ -125,6 +125,10 @@ class TrainingSettings:
             raise ValueError("max_steps, batch_size, save_every and log_every must be >= 1")
         if self.cpu_threads is not None and self.cpu_threads < 1:
             raise ValueError(f"cpu_threads must be >= 1 or None, got {self.cpu_threads}")
+        for name in ("num_frames", "image_size"):
+            value = getattr(self, name)
+            if value is not None and not 1 <= int(value) <= 4096:
+                raise ValueError(f"{name} must be in [1, 4096] or None, got {value}")
         from encoder.run_log import REPORT_TO
 
         if self.report_to not in REPORT_TO:

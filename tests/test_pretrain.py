@@ -614,7 +614,7 @@ def test_cli_train_tokenizer_and_stage1(corpus, tmp_path, capsys):
 
 
 def test_stage1_config_round_trips_through_json(tmp_path):
-    from encoder.pretrain.training import load_config, save_config
+    from encoder.configs import load_config, save_config
 
     config = Stage1Config(output_dir="x", train_manifests=["a.jsonl"], model=TINY, drop_ratio=0.3)
     save_config(config, tmp_path / "c.json")

@@ -23,7 +23,7 @@ import json
 import os
 import threading
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +31,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
+from encoder.configs import config_from_dict, config_to_dict
 from encoder.extras import require
 from vlm.chat_template import IGNORE_INDEX, ChatIds, chat_inference_ids, chat_training_ids
 from vlm.generation import (
@@ -109,32 +110,17 @@ class GlueConfig:
     format_version: int = FORMAT_VERSION
 
     def to_dict(self) -> dict:
-        values = {
-            "format_version": self.format_version,
-            "encoder_source": self.encoder_source,
-            "llm_source": self.llm_source,
-            "num_frames": self.num_frames,
-            "frame_size": self.frame_size,
-            "resampler": self.resampler.to_dict(),
-            "prompts": self.prompts.to_dict(),
-        }
-        if self.lora is not None:
-            values["lora"] = dict(self.lora)
+        values = config_to_dict(self)
+        if self.lora is None:
+            del values["lora"]
         return values
 
     @classmethod
     def from_dict(cls, values: dict) -> "GlueConfig":
-        values = dict(values)
         version = values.get("format_version", FORMAT_VERSION)
         if version != FORMAT_VERSION:
             raise ValueError(f"glue config format_version {version} is not supported (expected {FORMAT_VERSION})")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown glue config keys: {unknown}")
-        values["resampler"] = ResamplerConfig.from_dict(values["resampler"])
-        values["prompts"] = PromptConfig.from_dict(values.get("prompts", {}))
-        return cls(**values)
+        return config_from_dict(cls, values)
 
 
 @dataclass

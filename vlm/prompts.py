@@ -16,10 +16,12 @@ import json
 import os
 import warnings
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 from transformers import PreTrainedTokenizerBase
+
+from encoder.configs import config_from_dict, config_to_dict
 
 VIDEO_MARKER = "<|prism_video|>"
 ANSWER_PREFIX = " "
@@ -64,15 +66,11 @@ class PromptConfig:
             raise ValueError(f"max_question_tokens must be >= 1, got {self.max_question_tokens}")
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return config_to_dict(self)
 
     @classmethod
     def from_dict(cls, values: dict) -> "PromptConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown PromptConfig keys: {unknown}")
-        return cls(**values)
+        return config_from_dict(cls, values)
 
 
 @dataclass(frozen=True)

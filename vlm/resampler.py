@@ -18,12 +18,14 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from encoder.configs import config_from_dict, config_to_dict
 
 
 @dataclass
@@ -67,15 +69,11 @@ class ResamplerConfig:
         return self.attention_width or self.llm_width
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return config_to_dict(self)
 
     @classmethod
     def from_dict(cls, values: dict) -> "ResamplerConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown ResamplerConfig keys: {unknown}")
-        return cls(**values)
+        return config_from_dict(cls, values)
 
 
 class ResamplerCrossAttention(nn.Module):

@@ -53,7 +53,7 @@ def _stage_flags(stage: str) -> tuple[ConfigFlags, str, ConfigFlags, type]:
 
 def _build_config(cls, args: argparse.Namespace):
     """The stage's config: --config FILE.json (if any), then the --size preset, then the flags given."""
-    from encoder.pretrain.training import config_from_dict, config_to_dict
+    from encoder.configs import config_from_dict, config_to_dict
 
     flags, nested_name, nested_flags, nested_class = _stage_flags(args.stage)
     values: dict = {}

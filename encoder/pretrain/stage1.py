@@ -41,6 +41,7 @@ from transformers import (
     VideoPrismVisionConfig,
 )
 
+from encoder.configs import config_to_dict
 from encoder.convert import official_text_position_table
 from encoder.factorized import encode_visible_tokens
 from encoder.masking import MASK_KINDS, make_mask, visible_indices
@@ -49,7 +50,6 @@ from encoder.pretrain.heads import pool_video_tokens
 from encoder.pretrain.losses import LogitScale, contrastive_loss
 from encoder.pretrain.training import (
     TrainingSettings,
-    config_to_dict,
     process_rows,
     run_training,
     step_seed,

@@ -34,6 +34,7 @@ from torch import nn
 from transformers import VideoPrismClipModel, VideoPrismVisionModel
 from transformers.models.videoprism.modeling_videoprism import VideoPrismVideoModel
 
+from encoder.configs import config_to_dict
 from encoder.factorized import encode_visible_tokens
 from encoder.masking import MASK_KINDS, make_mask, visible_indices
 from encoder.pretrain.data import AlternatingBatches, ClipDataset
@@ -47,7 +48,6 @@ from encoder.pretrain.heads import (
 from encoder.pretrain.losses import cosine_distance
 from encoder.pretrain.training import (
     TrainingSettings,
-    config_to_dict,
     process_rows,
     run_training,
     step_seed,

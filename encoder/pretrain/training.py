@@ -19,12 +19,9 @@ Run directory (``config.output_dir``)::
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import time
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -40,8 +37,8 @@ from encoder.checkpoints import (
     save_training_checkpoint,
     trainable_state,
     unwrap,
-    write_file_atomically,
 )
+from encoder.configs import config_to_dict, save_config
 from encoder.run_log import MetricsLog, check_report_to, finish_trackers, plot_metrics_if_installed, start_trackers
 from encoder.threads import torch_threads
 
@@ -142,62 +139,6 @@ class TrainingSettings:
 # ---------------------------------------------------------------------------------------------
 # Config <-> JSON
 # ---------------------------------------------------------------------------------------------
-
-
-def config_to_dict(config: Any) -> dict:
-    """A dataclass config as plain JSON values (nested dataclasses become dicts, paths strings)."""
-    def plain(value):
-        if dataclasses.is_dataclass(value):
-            return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
-        if isinstance(value, (list, tuple)):
-            return [plain(v) for v in value]
-        if isinstance(value, os.PathLike):
-            return os.fspath(value)
-        return value
-
-    return plain(config)
-
-
-def _dataclass_type(annotation) -> type | None:
-    if dataclasses.is_dataclass(annotation):
-        return annotation
-    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
-        for arg in typing.get_args(annotation):
-            if dataclasses.is_dataclass(arg):
-                return arg
-    return None
-
-
-def config_from_dict(cls: type, values: dict) -> Any:
-    """Inverse of ``config_to_dict`` (unknown keys are an error naming them)."""
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - names)
-    if unknown:
-        raise ValueError(f"unknown {cls.__name__} fields: {unknown}")
-    missing = sorted(
-        f.name for f in dataclasses.fields(cls)
-        if f.name not in values and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-    )
-    if missing:
-        raise ValueError(f"{cls.__name__} needs {', '.join(missing)}")
-    kwargs = {}
-    for name, value in values.items():
-        nested = _dataclass_type(hints.get(name))
-        kwargs[name] = config_from_dict(nested, value) if nested is not None and isinstance(value, dict) else value
-    return cls(**kwargs)
-
-
-def save_config(config: Any, path: str | os.PathLike) -> Path:
-    """Write the config as JSON (atomically)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_file_atomically(path, (json.dumps(config_to_dict(config), indent=2) + "\n").encode("utf-8"))
-    return path
-
-
-def load_config(cls: type, path: str | os.PathLike) -> Any:
-    return config_from_dict(cls, json.loads(Path(path).read_text(encoding="utf-8")))
 
 
 def _check_same_run(config: Any, saved_path: Path) -> None:

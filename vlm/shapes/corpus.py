@@ -31,12 +31,13 @@ import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import ExitStack
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
 
+from encoder.configs import config_from_dict, config_to_dict
 from vlm.shapes.conversations import conversation, llava_conversation
 from vlm.shapes.language import ANSWER_VOCABULARY, captions, questions
 from vlm.shapes.render import (
@@ -142,15 +143,11 @@ class ShapesConfig:
             )
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return config_to_dict(self)
 
     @classmethod
     def from_dict(cls, values: dict) -> "ShapesConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = set(values) - known
-        if unknown:
-            raise ValueError(f"unknown ShapesConfig fields: {sorted(unknown)}")
-        return cls(**values)
+        return config_from_dict(cls, values)
 
     # -- geometry shared by every motion (so the middle frame does not reveal the motion) --------
 

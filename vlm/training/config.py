@@ -8,11 +8,12 @@ warm-up then linear decay to 0, no EMA, no gradient clipping; only the resampler
 
 from __future__ import annotations
 
-import json
 import os
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from encoder.configs import config_from_dict, config_to_dict, load_config, save_config
 
 MIXED_PRECISIONS = ("auto", "no", "bf16")
 TASKS = ("auto", "caption", "qa", "chat")
@@ -66,8 +67,7 @@ class DataSource:
         if isinstance(value, DataSource):
             return value
         if isinstance(value, dict):
-            _check_keys(cls, value, "data source")
-            return cls(**value)
+            return config_from_dict(cls, value, TrainConfigError)
         text = os.fspath(value)
         head, _, tail = text.rpartition(":")
         if head and tail and _is_number(tail) and head != "hf":
@@ -81,13 +81,6 @@ def _is_number(text: str) -> bool:
     except ValueError:
         return False
     return True
-
-
-def _check_keys(cls, values: dict, what: str) -> None:
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise TrainConfigError(f"unknown {what} keys: {unknown} (known: {sorted(known)})")
 
 
 @dataclass
@@ -194,36 +187,20 @@ class TrainConfig:
     # ------------------------------------------------------------------ JSON
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return config_to_dict(self)
 
     @classmethod
     def from_dict(cls, values: dict) -> "TrainConfig":
-        _check_keys(cls, values, "train config")
-        return cls(**values)
+        return config_from_dict(cls, values, TrainConfigError)
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the config as JSON (atomically)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_name(path.name + ".tmp")
-        temporary.write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
-        os.replace(temporary, path)
-        return path
+        return save_config(self, path)
 
     @classmethod
     def from_json(cls, path: str | os.PathLike, **overrides: Any) -> "TrainConfig":
         """Read a config file; ``overrides`` (e.g. from CLI flags) replace its values."""
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"train config not found: {path}")
-        try:
-            values = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as error:
-            raise TrainConfigError(f"{path}: not valid JSON ({error})") from None
-        if not isinstance(values, dict):
-            raise TrainConfigError(f"{path}: expected a JSON object")
-        values.update(overrides)
-        return cls.from_dict(values)
+        return load_config(cls, path, TrainConfigError, **overrides)
 
     # Settings a resumed run must share with the run it continues (others, e.g. logging, may change).
     RESUME_KEYS = ("train_data", "features", "encoder", "llm", "init_from", "num_latents", "resampler_depth",

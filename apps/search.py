@@ -61,7 +61,7 @@ class SearchService:
         :func:`default_index_dir`) and serve it; without ``search_dir``, zero-shot labels only."""
         if search_dir is None:
             return cls(model, None, limits)
-        from encoder.features import list_videos
+        from encoder.clips import list_videos
 
         search_dir = Path(search_dir)
         if not search_dir.is_dir():

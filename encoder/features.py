@@ -1,7 +1,8 @@
 """Frozen, batched feature extraction and the on-disk feature cache.
 
-``encode_clips`` turns pixels into encoder tokens. ``extract_features`` runs it over a folder or
-manifest of videos and writes a cache directory:
+``encode_clips`` turns pixels into encoder tokens. ``extract_features`` runs it over a list of
+videos (``encoder.clips.list_videos`` of a folder or manifest), decoded by
+``encoder.clips.iter_decoded_batches``, and writes a cache directory:
 
     CACHE_DIR/
       meta.json                 encoder identity, frames, size, storage dtype
@@ -38,11 +39,9 @@ from safetensors.torch import save_file
 from transformers import VideoPrismVisionModel
 
 from encoder.checkpoints import fsync_dir, fsync_file, write_file_atomically
-from encoder.crops import cache_crop_offsets, crop_clip, crop_source_size
-from encoder.decode_workers import decoded_batches
+from encoder.clips import Clip, iter_decoded_batches
 from encoder.factorized import encode_tokens
 from encoder.jsonl import JsonlAppender, read_jsonl_tolerant
-from encoder.video import IMAGE_SUFFIXES, VIDEO_SUFFIXES, decode_frames, load_clip
 
 INDEX_FILE = "index.jsonl"
 ERRORS_FILE = "errors.jsonl"
@@ -97,88 +96,6 @@ def encode_clips(
     else:
         tokens = encode_tokens(model, pixels, frame_paddings)
     return tokens.float()
-
-
-# ---------------------------------------------------------------------------------------------
-# Inputs
-# ---------------------------------------------------------------------------------------------
-
-
-def list_videos(source: str | os.PathLike) -> list[str]:
-    """Video paths from a directory (recursive, by extension), a JSONL manifest (key "video"; paths
-    relative to the manifest's folder) or a text file with one path per line.
-
-    Raises FileNotFoundError for a missing source and ValueError naming the file and line for a
-    row that is not UTF-8, not a JSON object with a non-empty string "video", or for a source that
-    lists no video at all."""
-    source = Path(source)
-    if not source.exists():
-        raise FileNotFoundError(f"no such folder or manifest: {source}")
-    if source.is_dir():
-        videos = sorted(str(p) for p in source.rglob("*") if p.suffix.lower() in VIDEO_SUFFIXES and p.is_file())
-        if not videos:
-            raise ValueError(f"{source}: no video files ({', '.join(sorted(VIDEO_SUFFIXES))}) in this folder")
-        return videos
-    videos = []
-    with open(source, "rb") as handle:
-        for line_number, raw in enumerate(handle, 1):
-            try:
-                line = raw.decode("utf-8").strip()
-            except UnicodeDecodeError:
-                raise ValueError(f"{source}:{line_number}: not UTF-8 text") from None
-            if not line:
-                continue
-            if source.suffix == ".jsonl" or line.startswith("{"):
-                try:
-                    path = json.loads(line)["video"]
-                except (json.JSONDecodeError, KeyError, TypeError):
-                    raise ValueError(f"{source}:{line_number}: expected a JSON object with a 'video' key") from None
-                if not isinstance(path, str) or not path.strip():
-                    raise ValueError(f"{source}:{line_number}: 'video' must be a non-empty path string, got {path!r}")
-            else:
-                path = line
-            path = Path(path)
-            videos.append(str(path if path.is_absolute() else source.parent / path))
-    if not videos:
-        raise ValueError(f"{source}: lists no videos")
-    return list(dict.fromkeys(videos))
-
-
-class _ClipDataset(torch.utils.data.Dataset):
-    """Decodes one clip per item: (path, [T, H, W, 3] float32 array or None, error message or None).
-    With ``crops`` > 0 the array is [1 + crops, T, size, size, 3]: the centre crop, then the random crops."""
-
-    def __init__(self, videos: Sequence[str], num_frames: int, size: int, crops: int = 0, crop_seed: int = 0):
-        self.videos, self.num_frames, self.size = list(videos), num_frames, size
-        self.crops, self.crop_seed = crops, crop_seed
-
-    def __len__(self) -> int:
-        return len(self.videos)
-
-    def __getitem__(self, index: int):
-        path = self.videos[index]
-        try:
-            if not self.crops:
-                return path, load_clip(path, num_frames=self.num_frames, size=self.size), None
-            return path, self._crops(path), None
-        except Exception as error:  # arguments are checked before any clip: what fails here is the clip
-            return self.failed_item(index, f"{type(error).__name__}: {error}")
-
-    def failed_item(self, index: int, message: str):
-        return self.videos[index], None, message
-
-    def _crops(self, path: str) -> np.ndarray:
-        if Path(path).suffix.lower() in IMAGE_SUFFIXES:
-            frames = load_clip(path, num_frames=self.num_frames, size=None)
-        else:
-            frames = decode_frames(path, self.num_frames)  # decoded once, resized twice
-        source = crop_source_size(self.size)
-        views = [load_clip(frames, num_frames=self.num_frames, size=self.size)]
-        wide = load_clip(frames, num_frames=self.num_frames, size=source)
-        for crop in range(1, self.crops + 1):
-            top, left = cache_crop_offsets(path, crop, self.crop_seed, source, self.size)
-            views.append(crop_clip(wide, top, left, self.size))
-        return np.stack(views)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -447,12 +364,12 @@ def _extract_locked(encode_batch, meta, videos, cache_dir, batch_size, shard_siz
         pending_crops.clear()
         pending_tokens.clear()
 
-    dataset = _ClipDataset(todo, num_frames, size, crops, crop_seed)
+    to_decode = [Clip(video, video) for video in todo]  # id and source: the video path, the cache key
     bar = tqdm(total=len(todo), unit="clip", desc=description, disable=not progress)
     try:  # an abort (Ctrl-C, an encoder error) still writes the clips encoded so far
-        for items in decoded_batches(dataset, batch_size, num_workers):
-            good = [(path, clip) for path, clip, error in items if error is None]
-            bad = [{"video": path, "error": error} for path, _, error in items if error is not None]
+        for items in iter_decoded_batches(to_decode, num_frames, size, batch_size, num_workers, crops, crop_seed):
+            good = [(clip.id, frames) for clip, frames, error in items if error is None]  # frames [T, S, S, 3] or [1 + crops, ...]
+            bad = [{"video": clip.id, "error": error} for clip, _, error in items if error is not None]
             if bad:
                 _append_jsonl(errors_path, bad)
                 counts["errors"] += len(bad)

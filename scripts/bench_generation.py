@@ -83,9 +83,9 @@ def main(argv=None) -> int:
         features = model.get_video_features(clips)
         caption_prompt = model.config.prompts.caption_prompt
         workloads = {
-            "caption, batch 1": (model._prompt_inputs(features[:1], [caption_prompt]), 32, True),
-            "caption, batch 3": (model._prompt_inputs(features, [caption_prompt] * 3), 32, True),
-            "open answer, batch 3": (model._prompt_inputs(features, [model.qa_prompt(q) for q in QUESTIONS]), 32, True),
+            "caption, batch 1": (model.prompt_inputs(features[:1], [caption_prompt]), 32, True),
+            "caption, batch 3": (model.prompt_inputs(features, [caption_prompt] * 3), 32, True),
+            "open answer, batch 3": (model.prompt_inputs(features, [model.qa_prompt(q) for q in QUESTIONS]), 32, True),
         }
         chat = chat_inference_ids(tokenizer, [{"role": "user", "content": "Describe the video."}])
         workloads["chat reply, batch 1"] = (model.merge_video_and_text(features[:1], [chat.prefix_ids], [chat.suffix_ids]), 64, False)

@@ -20,8 +20,8 @@ sys.path.insert(0, str(REPO))
 
 
 def main(argv=None) -> int:
+    from encoder.clips import ClipDecodeDataset, list_clips
     from encoder.decode_workers import decode_isolated
-    from vlm.batch_caption import ClipDecodeDataset, list_clips
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clip", default=str(REPO / "apps" / "examples" / "water_bottle_drumming.mp4"))

@@ -67,7 +67,8 @@ def prepare(work: Path, args) -> dict:
     import torch
     from transformers import VideoPrismVisionConfig, VideoPrismVisionModel
 
-    from encoder.features import extract_features, list_videos
+    from encoder.clips import list_videos
+    from encoder.features import extract_features
 
     preset = dict(PRESETS[args.preset])
     clip_size = preset.pop("clip_size")

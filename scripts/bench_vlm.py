@@ -146,7 +146,7 @@ def main() -> None:
 
     with torch.inference_mode():
         features = model.get_video_features(video_tokens=tokens[:1])
-        prompt = model._prompt_inputs(features, [model.qa_prompt(QUESTION)])
+        prompt = model.prompt_inputs(features, [model.qa_prompt(QUESTION)])
     prefix = prompt.inputs_embeds  # [1, P, 576]
 
     words = one_token_words(tokenizer, max(args.one_token_k, 200))

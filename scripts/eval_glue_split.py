@@ -37,7 +37,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def score_split(model, corpus: Path, split: str, features, profile) -> tuple[dict, list]:
     """(closed/open-vocabulary QA and caption scores of ``model`` on the split, its QA examples), from
     ``features`` (a FeatureCache of the model's encoder), as train_demo scores test."""
-    from vlm.evaluation import read_qa
+    from vlm.eval_data import read_qa
     from vlm.shapes import ALL_ANSWERS
 
     videos = train_demo.split_videos(corpus, split)

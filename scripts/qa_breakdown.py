@@ -48,8 +48,10 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     from encoder.features import FeatureCache
-    from vlm.evaluation import read_qa, score_candidates, write_json
+    from vlm.eval_commands import write_json
+    from vlm.eval_data import read_qa
     from vlm.model import VideoLanguageModel
+    from vlm.qa_inference import score_candidates
     from vlm.shapes import ALL_ANSWERS, ANSWER_VOCABULARY, read_attributes
 
     model = VideoLanguageModel.from_pretrained(args.model, load_video_encoder=False)

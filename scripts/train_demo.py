@@ -41,7 +41,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from vlm.evaluation import write_json  # noqa: E402  (atomic JSON write)
+from vlm.eval_commands import write_json  # noqa: E402  (atomic JSON write)
 
 STAGES = ("corpus", "stage1", "stage2", "features", "glue", "export", "evaluate", "probes", "ablations", "report")
 ABLATIONS = {  # stage-2 variants of the paper's Table 21 / Figure 6, name -> Stage2Config overrides
@@ -311,7 +311,7 @@ def run_stage2_training(work: Path, profile: DemoProfile, seed: int, manifest: P
 
 def split_videos(corpus: Path, split: str) -> list[str]:
     """The video paths of a split exactly as its manifests resolve them (the feature-cache keys)."""
-    from encoder.features import list_videos
+    from encoder.clips import list_videos
 
     return list_videos(corpus / split / "captions.jsonl")
 
@@ -527,7 +527,10 @@ def evaluate_model(model, test, candidates, tokens, profile: DemoProfile, refs: 
     """
     import numpy as np
 
-    from vlm.evaluation import closed_predictions, evaluate_captions, predict_open, qa_report, score_candidates
+    from vlm.answers import closed_predictions
+    from vlm.metrics.captions import evaluate_captions
+    from vlm.qa_evaluation import qa_report
+    from vlm.qa_inference import predict_open, score_candidates
     from vlm.shapes import ANSWER_VOCABULARY
 
     common = dict(batch_size=profile.eval_batch, features=tokens, num_workers=0, progress=False)
@@ -592,7 +595,7 @@ def caption_refs(corpus: Path, splits) -> dict[str, list[str]]:
 def run_evaluation(work: Path, profile: DemoProfile, corpus: Path, model_dir: Path, cache_dir: Path, llm, tokenizer) -> dict:
     from encoder.features import FeatureCache
     from encoder.loading import load_encoder
-    from vlm.evaluation import read_qa
+    from vlm.eval_data import read_qa
     from vlm.model import VideoLanguageModel
     from vlm.shapes import ALL_ANSWERS, ANSWER_VOCABULARY
 
@@ -630,7 +633,9 @@ def run_evaluation(work: Path, profile: DemoProfile, corpus: Path, model_dir: Pa
         write_json(path, results)
     if "compositional" not in results:
         log("evaluating test_compositional (held-out colour-shape pairs)")
-        from vlm.evaluation import closed_predictions, qa_report, score_candidates
+        from vlm.answers import closed_predictions
+        from vlm.qa_evaluation import qa_report
+        from vlm.qa_inference import score_candidates
 
         held = read_qa(corpus / "test_compositional" / "qa.jsonl")
         videos = list(dict.fromkeys(e.video for e in held))[: profile.compositional_clips or None]

@@ -15,18 +15,11 @@ import numpy as np
 import pytest
 import torch
 
+from encoder.clips import Clip, ClipListError, clips_from_feature_cache, decode_clip, list_clips
 from encoder.jsonl import cut_torn_tail, read_jsonl_tolerant
 from tests.tiny_glue import FRAMES, SIZE, build_tiny_glue, save_tiny_glue, write_clip
 from vlm import cli
-from vlm.batch_caption import (
-    Clip,
-    ClipListError,
-    caption_clips,
-    clips_from_feature_cache,
-    decode_clip,
-    errors_path_for,
-    list_clips,
-)
+from vlm.batch_caption import caption_clips, errors_path_for
 
 REPO = Path(__file__).resolve().parents[1]
 

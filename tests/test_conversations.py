@@ -145,7 +145,8 @@ def test_truncation_keeps_whole_turns(smollm2_tokenizer):
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory, smollm2_tokenizer):
-    from encoder.features import extract_features, list_videos
+    from encoder.clips import list_videos
+    from encoder.features import extract_features
 
     root = tmp_path_factory.mktemp("conversations")
     model = build_tiny_glue(smollm2_tokenizer)

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from encoder.clips import list_clips
 from vlm import cli
-from vlm.batch_caption import list_clips
 from vlm.converters import AnnotationFormatError, convert_annotations
-from vlm.evaluation import read_caption_references, read_qa
+from vlm.eval_data import read_caption_references, read_qa
 
 
 def write_json(path: Path, value) -> Path:

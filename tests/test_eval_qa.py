@@ -11,26 +11,14 @@ import numpy as np
 import pytest
 import torch
 
+from encoder.clips import Clip, decode_clip
 from tests.tiny_glue import FRAMES, SIZE, build_tiny_glue, save_tiny_glue, write_clip
 from vlm import cli
-from vlm.batch_caption import Clip, decode_clip
-from vlm.evaluation import (
-    EvaluationFileError,
-    QAExample,
-    closed_predictions,
-    closed_vocabulary,
-    evaluate_qa,
-    normalize_answer,
-    one_token_log_likelihoods,
-    qa_markdown,
-    qa_report,
-    question_type_of,
-    read_qa,
-    score_candidates,
-    select_shots,
-    tune_k,
-)
+from vlm.answers import closed_predictions, closed_vocabulary, normalize_answer, select_shots
+from vlm.eval_data import EvaluationFileError, QAExample, question_type_of, read_qa
 from vlm.prompts import Shot
+from vlm.qa_evaluation import evaluate_qa, qa_markdown, qa_report, tune_k
+from vlm.qa_inference import score_candidates
 from vlm.wups import WordNetNotFoundError, WupsScorer, load_wordnet
 
 
@@ -272,7 +260,7 @@ def test_batched_one_token_scores_equal_score_answers(model):
     candidates = ["man", "dog", "red", "talk"]
     ids = [model.tokenizer(" " + c, add_special_tokens=False)["input_ids"] for c in candidates]
     assert all(len(i) == 1 for i in ids)
-    batched = one_token_log_likelihoods(model, questions, tokens, [i[0] for i in ids], shots)
+    batched = model.one_token_log_likelihoods(questions, tokens, [i[0] for i in ids], shots)
     assert batched.shape == (3, 4)
     for row, question in enumerate(questions):
         ranked = model.score_answers(question, candidates, video_tokens=tokens[row : row + 1], shots=shots)

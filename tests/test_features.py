@@ -12,7 +12,8 @@ import pytest
 import torch
 from transformers import VideoPrismVisionConfig, VideoPrismVisionModel
 
-from encoder.features import FeatureCache, encode_clips, extract_features, list_videos
+from encoder.clips import list_videos
+from encoder.features import FeatureCache, encode_clips, extract_features
 from encoder.loading import load_encoder
 from encoder.video import load_clip
 
@@ -117,7 +118,8 @@ def test_resume_after_sigkill(tmp_path, tiny_encoder_dir, video_dir):
         f"""
         import os, signal, sys
         sys.path.insert(0, {str(REPO)!r})
-        from encoder.features import extract_features, list_videos
+        from encoder.clips import list_videos
+        from encoder.features import extract_features
         from encoder.loading import load_encoder
         kill_after = int(sys.argv[1])
         def on_batch(done):

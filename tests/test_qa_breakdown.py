@@ -2,7 +2,7 @@
 
 import pytest
 
-from vlm.evaluation import QAExample
+from vlm.eval_data import QAExample
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from encoder.features import list_videos
+from encoder.clips import list_videos
 from encoder.video import load_clip
 from vlm.shapes import (
     ANSWER_VOCABULARY,
@@ -154,7 +154,7 @@ def test_layout_and_manifests_resolve_from_anywhere(corpus, clips, monkeypatch, 
 
 
 def test_qa_files_read_with_the_evaluation_reader(corpus, clips):
-    from vlm.evaluation import read_qa
+    from vlm.eval_data import read_qa
 
     for split in SPLITS:
         examples = read_qa(corpus / split / "qa.jsonl")

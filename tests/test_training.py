@@ -39,7 +39,8 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models: one thr
 @pytest.fixture(scope="module")
 def parts(tmp_path_factory, smollm2_tokenizer):
     """Saved tiny encoder and LLM directories, clips, caption and QA manifests, a feature cache."""
-    from encoder.features import extract_features, list_videos
+    from encoder.clips import list_videos
+    from encoder.features import extract_features
 
     root = tmp_path_factory.mktemp("train")
     model = build_tiny_glue(smollm2_tokenizer)

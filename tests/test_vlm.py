@@ -176,7 +176,7 @@ def test_merge_puts_left_pads_then_prefix_then_video_then_text(model):
 def test_cached_greedy_loop_matches_uncached_greedy(model, clips):
     with torch.no_grad():
         features = model.get_video_features(clips=clips[:1])
-    inputs = model._prompt_inputs(features, ["A video of"])
+    inputs = model.prompt_inputs(features, ["A video of"])
     cached = greedy_generate(model.llm, model.tokenizer, inputs.inputs_embeds, inputs.attention_mask)
     assert cached[0][:16] == naive_greedy(model, inputs.inputs_embeds, 16)
     assert len(cached[0]) == 32  # the random LM never says EOS: all 32 tokens (the default) are generated
@@ -203,7 +203,7 @@ def test_batched_answers_with_left_padding_equal_unbatched(model, clips):
 def _answer_token_ids(model, clips, questions, max_new_tokens=10):
     with torch.no_grad():
         features = model.get_video_features(clips=clips)
-    inputs = model._prompt_inputs(features, [model.qa_prompt(q) for q in questions])
+    inputs = model.prompt_inputs(features, [model.qa_prompt(q) for q in questions])
     return greedy_generate(model.llm, model.tokenizer, inputs.inputs_embeds, inputs.attention_mask, max_new_tokens)
 
 
@@ -212,7 +212,7 @@ def test_rows_stop_independently_at_stop_tokens(model, clips):
 
     with torch.no_grad():
         features = model.get_video_features(clips=clips[:2])
-    inputs = model._prompt_inputs(features, ["A video of", "A video of"])
+    inputs = model.prompt_inputs(features, ["A video of", "A video of"])
     free = greedy_generate(model.llm, model.tokenizer, inputs.inputs_embeds, inputs.attention_mask)
     # Make a token of row 0 (first produced at step k, never by row 1) stop a row: row 0 stops right
     # after it, row 1 is unaffected.
@@ -237,7 +237,7 @@ def test_rows_stop_independently_at_stop_tokens(model, clips):
 def test_generation_settings_sample_repeatably_and_search_beams(model, clips):
     with torch.no_grad():
         features = model.get_video_features(clips=clips[:2])
-    inputs = model._prompt_inputs(features, ["A video of", "A clip of a"])
+    inputs = model.prompt_inputs(features, ["A video of", "A clip of a"])
     arguments = (model.llm, model.tokenizer, inputs.inputs_embeds, inputs.attention_mask)
     sampled = GenerationSettings(max_new_tokens=8, do_sample=True, temperature=1.5, seed=3)
     first = generate_ids(*arguments, sampled)
@@ -349,7 +349,7 @@ def test_candidates_tokenised_as_continuation_of_prompt(tokenizer):
 def _prefix(model, clips, question="what is in the video?"):
     with torch.no_grad():
         features = model.get_video_features(clips=clips[:1])
-    return model._prompt_inputs(features, [model.qa_prompt(question)]).inputs_embeds
+    return model.prompt_inputs(features, [model.qa_prompt(question)]).inputs_embeds
 
 
 @pytest.mark.parametrize(
@@ -544,7 +544,7 @@ def test_kv_cache_goes_in_under_the_name_the_llm_takes(model, clips):
     check_llm_accepts_embeddings(old_style)
     with torch.no_grad():
         features = model.get_video_features(clips=clips[:2])
-    inputs = model._prompt_inputs(features[:1], ["A video of"])
+    inputs = model.prompt_inputs(features[:1], ["A video of"])
     from vlm.scoring import candidate_log_likelihoods, candidate_token_ids
 
     candidates = candidate_token_ids(model.tokenizer, ["red", "a blue car", "green"])

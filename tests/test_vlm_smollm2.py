@@ -72,7 +72,7 @@ def test_fast_scoring_equals_naive_scoring(model, clips, candidates):
     ids = candidate_token_ids(model.tokenizer, candidates)
     with torch.no_grad():
         features = model.get_video_features(clips=clips[:1])
-    prefix = model._prompt_inputs(features, [model.qa_prompt("what is the man hitting?", SHOTS)]).inputs_embeds
+    prefix = model.prompt_inputs(features, [model.qa_prompt("what is the man hitting?", SHOTS)]).inputs_embeds
     fast = candidate_log_likelihoods(model.llm, prefix, ids, batch_size=2)
     naive = naive_candidate_log_likelihoods(model.llm, prefix, ids)
     torch.testing.assert_close(fast, naive, atol=1e-4, rtol=0)

@@ -32,7 +32,8 @@ def _cmd_convert(args: argparse.Namespace) -> int:
 
 
 def _cmd_features(args: argparse.Namespace) -> int:
-    from encoder.features import extract_features, list_videos
+    from encoder.clips import list_videos
+    from encoder.features import extract_features
     from encoder.loading import default_device, load_encoder
 
     videos = list_videos(args.videos)  # a bad manifest is reported before the encoder loads
@@ -86,9 +87,10 @@ def _cmd_caption_to_file(args: argparse.Namespace) -> int:
     """Resumable, sharded captioning of a folder / manifest / dataset / feature cache into --out."""
     from accelerate import PartialState
 
+    from encoder.clips import clips_from_feature_cache, list_clips
     from encoder.features import FeatureCache
     from encoder.loading import default_device
-    from vlm.batch_caption import caption_clips, clips_from_feature_cache, errors_path_for, list_clips
+    from vlm.batch_caption import caption_clips, errors_path_for
     from vlm.model import load_model
 
     if args.out is None:

@@ -105,7 +105,7 @@ def _write_qa_split(out: Path, split: str, rows: list[dict]) -> dict[str, int]:
 
 def _convert_xu_qa(src: Path, out: Path, video_of: Callable[[int], Path]) -> dict[str, int]:
     """MSRVTT-QA / MSVD-QA: lists of {"answer", "id", "question", "video_id"} per split."""
-    from vlm.evaluation import question_type_of
+    from vlm.eval_data import question_type_of
 
     written: dict[str, int] = {}
     for split in QA_SPLITS:

@@ -1,18 +1,29 @@
 """``prism-vlm eval-caption``, ``eval-qa`` and ``convert-annotations``: thin layers over
-:mod:`vlm.evaluation` and :mod:`vlm.converters` (nothing heavy is imported at module level)."""
+:mod:`vlm.eval_data`, :mod:`vlm.metrics.captions`, :mod:`vlm.qa_evaluation` and
+:mod:`vlm.converters` (nothing heavy is imported at module level), and the results writers
+(:func:`write_json`, :func:`write_outputs`)."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+from pathlib import Path
 
 from encoder.cli_arguments import NEW_TOKENS, NON_NEGATIVE, POSITIVE
 
 
+def write_json(path: str | os.PathLike, value) -> None:
+    """Write JSON (indented) via a temporary file renamed into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(json.dumps(value, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    os.replace(temporary, path)
+
+
 def write_outputs(args: argparse.Namespace, results: dict, markdown: str) -> None:
     """--out JSON, --markdown table, and the table (or with --json the JSON) on stdout."""
-    from vlm.evaluation import write_json
-
     if args.out:
         write_json(args.out, results)
     if args.markdown:
@@ -22,7 +33,8 @@ def write_outputs(args: argparse.Namespace, results: dict, markdown: str) -> Non
 
 
 def _cmd_eval_caption(args: argparse.Namespace) -> int:
-    from vlm.evaluation import caption_markdown, evaluate_captions, read_caption_predictions, read_caption_references
+    from vlm.eval_data import read_caption_predictions, read_caption_references
+    from vlm.metrics.captions import caption_markdown, evaluate_captions
 
     results = evaluate_captions(
         read_caption_predictions(args.pred), read_caption_references(args.refs), allow_missing=args.allow_missing
@@ -34,7 +46,8 @@ def _cmd_eval_caption(args: argparse.Namespace) -> int:
 
 def _cmd_eval_qa(args: argparse.Namespace) -> int:
     from encoder.loading import default_device
-    from vlm.evaluation import evaluate_qa, qa_markdown, read_qa
+    from vlm.eval_data import read_qa
+    from vlm.qa_evaluation import evaluate_qa, qa_markdown
 
     wups_scorer = None
     if args.wups:  # before any model work: a missing WordNet fails here, with install instructions

@@ -39,6 +39,7 @@ from vlm.generation import (
     IncrementalText,
     StopWhenSet,
     TokenStreamer,
+    accepts_logits_to_keep,
     generate_ids,
     stop_token_ids,
 )
@@ -447,8 +448,12 @@ class VideoLanguageModel(nn.Module):
             position_ids[row, start:] = torch.arange(lengths[row], device=device)
         return MergedInputs(inputs_embeds, attention_mask, position_ids)
 
-    def _prompt_inputs(self, video_features: torch.Tensor, prompts: Sequence[str]) -> MergedInputs:
-        """[special] [video] [prompt text] per row."""
+    def prompt_inputs(self, video_features: torch.Tensor, prompts: Sequence[str]) -> MergedInputs:
+        """The inference input of every task: row b = [leading special tokens] [video_features[b]]
+        [prompts[b] as text], left-padded (:meth:`merge_video_and_text`).
+
+        video_features: [B, L, H] (:meth:`get_video_features`); prompts: B strings.
+        """
         leading = leading_special_ids(self.tokenizer)
         return self.merge_video_and_text(
             video_features, [leading] * len(prompts), [text_ids(self.tokenizer, prompt) for prompt in prompts]
@@ -542,8 +547,6 @@ class VideoLanguageModel(nn.Module):
         """
         import torch.nn.functional as F
 
-        from vlm.generation import accepts_logits_to_keep
-
         features = self.get_video_features(clips, video_tokens)
         inputs, labels = self.training_inputs(features, prompts, targets, max_target_tokens, conversations)
         # logits only at the positions where some row has a label (prompts and user turns need none)
@@ -605,7 +608,7 @@ class VideoLanguageModel(nn.Module):
         with torch.inference_mode():
             features = self.get_video_features(clips, video_tokens)
             prompt = self.config.prompts.caption_prompt if prompt is None else prompt
-            inputs = self._prompt_inputs(features, [prompt] * features.shape[0])
+            inputs = self.prompt_inputs(features, [prompt] * features.shape[0])
             generated = generate_ids(self.llm, self.tokenizer, inputs.inputs_embeds, inputs.attention_mask, settings,
                                      stop_at_newline=True)
         return [self.tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in generated]
@@ -629,7 +632,7 @@ class VideoLanguageModel(nn.Module):
             features = self.get_video_features(clips, video_tokens)
             if len(prompts) != features.shape[0]:
                 raise ValueError(f"{len(prompts)} questions for {features.shape[0]} videos")
-            inputs = self._prompt_inputs(features, prompts)
+            inputs = self.prompt_inputs(features, prompts)
             generated = generate_ids(self.llm, self.tokenizer, inputs.inputs_embeds, inputs.attention_mask, settings,
                                      stop_at_newline=True)
         return [clean_open_answer(self.tokenizer.decode(ids, skip_special_tokens=True)) for ids in generated]
@@ -652,9 +655,32 @@ class VideoLanguageModel(nn.Module):
             features = self.get_video_features(clips, video_tokens)
             if features.shape[0] != 1:
                 raise ValueError(f"score_answers takes one video, got a batch of {features.shape[0]}")
-            inputs = self._prompt_inputs(features, [prompt])
+            inputs = self.prompt_inputs(features, [prompt])
             scores = candidate_log_likelihoods(self.llm, inputs.inputs_embeds, candidate_ids, batch_size=batch_size)
         return rank_candidates(candidates, scores, candidate_ids)
+
+    def one_token_log_likelihoods(
+        self, questions: Sequence[str], video_tokens: torch.Tensor, candidate_ids: Sequence[int], shots: Sequence[Shot] = ()
+    ) -> torch.Tensor:
+        """Log-probabilities of one-token candidates for a batch of questions, one forward pass.
+
+        video_tokens: [B, M, D] encoder tokens (one video per question); candidate_ids: C token ids.
+        The prompt is exactly :meth:`score_answers`'s (:meth:`prompt_inputs` of :meth:`qa_prompt`),
+        so the scores equal its log-likelihoods. Returns float32 [B, C] on the CPU.
+        """
+        prompts = [self.qa_prompt(question, shots) for question in questions]
+        with torch.inference_mode():
+            inputs = self.prompt_inputs(self.get_video_features(video_tokens=video_tokens), prompts)
+            kwargs = {"logits_to_keep": 1} if accepts_logits_to_keep(self.llm) else {}
+            logits = self.llm(
+                inputs_embeds=inputs.inputs_embeds,
+                attention_mask=inputs.attention_mask,
+                position_ids=inputs.position_ids,
+                use_cache=False,
+                **kwargs,
+            ).logits[:, -1]
+            log_probs = torch.log_softmax(logits.float(), dim=-1)
+            return log_probs[:, torch.as_tensor(list(candidate_ids), device=log_probs.device)].cpu()
 
     def qa_prompt(self, question: str, shots: Sequence[Shot] = ()) -> str:
         """The QA prompt text (after the video tokens) for a question, with few-shot examples."""

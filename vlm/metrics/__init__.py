@@ -9,6 +9,8 @@ Each metric is one module file in this folder, a subclass of ``evaluate.Metric``
 | ``bleu4`` | ``bleu4.py`` | BLEU-1..4 as the COCO toolkit's ``Bleu`` (corpus level, closest reference length) |
 | ``rouge_l`` | ``rouge_l.py`` | ROUGE-L as the COCO toolkit's ``Rouge`` (beta 1.2, best reference) |
 
+:mod:`vlm.metrics.captions` scores prediction files with all three (``prism-vlm eval-caption``).
+
 All three tokenise captions with :func:`vlm.metrics.ptb_tokenizer.ptb_tokenize` (the toolkit's
 PTB tokenisation without Java) unless ``tokenize=False``.
 """

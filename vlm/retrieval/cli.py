@@ -36,7 +36,7 @@ def _labels(spec: str) -> list[str]:
 
 
 def _cmd_index(args: argparse.Namespace) -> int:
-    from encoder.features import list_videos
+    from encoder.clips import list_videos
     from vlm.retrieval.index import build_index
 
     videos = list_videos(args.source)  # a bad folder or manifest is reported before the model loads
@@ -109,8 +109,7 @@ def _print_ranked(args: argparse.Namespace, results: list[dict], key: str) -> No
 def _cmd_classify(args: argparse.Namespace) -> int:
     import torch
 
-    from encoder.features import list_videos
-    from vlm.batch_caption import Clip
+    from encoder.clips import Clip, list_videos
     from vlm.retrieval.evaluation import embed_clip_list
     from vlm.retrieval.zero_shot import classify_embeddings, label_embeddings, resolve_templates
 

@@ -67,7 +67,7 @@ def build_index(
 ) -> dict[str, int]:
     """Embed every video not yet in the index at ``out_dir`` and add it.
 
-    videos: paths (``encoder.features.list_videos`` of a folder or manifest).
+    videos: paths (``encoder.clips.list_videos`` of a folder or manifest).
     Returns counts {"encoded", "skipped", "errors"}. An index built by another model or with other
     frame settings raises ValueError (use another directory).
     """

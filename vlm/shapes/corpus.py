@@ -2,8 +2,7 @@
 hold-out, H.264 encoding, and the files ``prism-vlm make-shapes`` writes.
 
 Layout of a corpus folder ``OUT`` (every video path in a JSONL file is relative to THAT file's
-folder, the rule ``encoder.features.list_videos``, ``vlm.batch_caption`` and ``vlm.evaluation``
-follow, so the folder can be moved as a whole)::
+folder, the rule ``encoder.clips`` and ``vlm.eval_data`` follow, so the folder can be moved as a whole)::
 
     OUT/corpus.json                  generator version, seed, config, held-out pairs, split counts, answers
     OUT/attributes.jsonl             one clip per line: ClipAttributes.to_dict() (objects, motion, seeds, split)

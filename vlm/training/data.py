@@ -35,9 +35,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from encoder.clips import Clip, DatasetVideo, decode_clip, is_saved_dataset
 from encoder.extras import require
 from encoder.jsonl import iter_jsonl_strict
-from vlm.batch_caption import Clip, DatasetVideo, decode_clip, is_saved_dataset
 from vlm.conversations import ConversationError, read_conversation
 from vlm.training.config import DataSource
 
@@ -53,7 +53,7 @@ class TrainingDataError(ValueError):
 class Example:
     """One training example.
 
-    video: a file path or a :class:`vlm.batch_caption.DatasetVideo`; cache_key: the key of its tokens
+    video: a file path or a :class:`encoder.clips.DatasetVideo`; cache_key: the key of its tokens
     in the feature cache (None when not training from a cache); start/end: window in seconds;
     task: "caption" (``captions``: one or more), "qa" (``question``, ``answer``) or "chat"
     (``messages``: ((role, content), ...), a valid conversation ending with an assistant turn).

@@ -44,8 +44,6 @@ from encoder.decode_workers import decoded_batches
 from encoder.extras import require
 from encoder.video import IMAGE_SUFFIXES, VIDEO_SUFFIXES, decode_frames, load_clip
 
-MANIFEST_KEYS = ("video", "id", "start", "end")
-
 
 class ClipListError(ValueError):
     """A folder, manifest or dataset of clips that cannot be read (names the file and the reason)."""

@@ -37,3 +37,20 @@ def load_metric(name: str):
     evaluate = require("evaluate", "eval", "caption metrics")
 
     return evaluate.load(str(metric_path(name)))
+
+
+def caption_metric_info(description: str, citation: str, inputs_description: str):
+    """The ``evaluate.MetricInfo`` the three caption metrics share: a string prediction and a list of
+    reference strings per clip, after the COCO caption toolkit."""
+    import datasets
+    import evaluate
+
+    return evaluate.MetricInfo(
+        description=description,
+        citation=citation,
+        inputs_description=inputs_description,
+        features=datasets.Features(
+            {"predictions": datasets.Value("string"), "references": datasets.Sequence(datasets.Value("string"))}
+        ),
+        reference_urls=["https://github.com/tylin/coco-caption"],
+    )

@@ -13,10 +13,10 @@ import math
 from collections import Counter
 from collections.abc import Sequence
 
-import datasets
 import evaluate
 
-from vlm.metrics.ptb_tokenizer import ptb_tokenize
+from vlm.metrics import caption_metric_info
+from vlm.metrics.ptb_tokenizer import ptb_tokenize_captions
 
 _DESCRIPTION = "Corpus BLEU-1..4 with closest-reference brevity penalty, identical to the COCO caption toolkit's Bleu."
 _CITATION = """@inproceedings{papineni2002bleu,
@@ -80,18 +80,9 @@ class Bleu4(evaluate.Metric):
     """``evaluate`` wrapper of :func:`coco_bleu` with n = 4."""
 
     def _info(self) -> evaluate.MetricInfo:
-        return evaluate.MetricInfo(
-            description=_DESCRIPTION,
-            citation=_CITATION,
-            inputs_description=_INPUTS,
-            features=datasets.Features(
-                {"predictions": datasets.Value("string"), "references": datasets.Sequence(datasets.Value("string"))}
-            ),
-            reference_urls=["https://github.com/tylin/coco-caption"],
-        )
+        return caption_metric_info(_DESCRIPTION, _CITATION, _INPUTS)
 
     def _compute(self, predictions, references, tokenize: bool = True):
         if tokenize:
-            predictions = [ptb_tokenize(caption) for caption in predictions]
-            references = [[ptb_tokenize(ref) for ref in refs] for refs in references]
+            predictions, references = ptb_tokenize_captions(predictions, references)
         return {f"bleu_{order + 1}": score for order, score in enumerate(coco_bleu(predictions, references, n=4))}

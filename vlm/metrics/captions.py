@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from vlm.eval_data import EvaluationFileError
 from vlm.metrics import load_metric
-from vlm.metrics.ptb_tokenizer import ptb_tokenize
+from vlm.metrics.ptb_tokenizer import ptb_tokenize_captions
 
 
 def evaluate_captions(
@@ -29,8 +29,9 @@ def evaluate_captions(
             f"{len(missing)} of {len(ids)} clips have no prediction (e.g. {missing[:5]}); "
             "caption them, or pass --allow-missing to score them as empty captions"
         )
-    tokenized_predictions = [ptb_tokenize(predictions.get(video, "")) for video in ids]
-    tokenized_references = [[ptb_tokenize(caption) for caption in references[video]] for video in ids]
+    tokenized_predictions, tokenized_references = ptb_tokenize_captions(
+        [predictions.get(video, "") for video in ids], [references[video] for video in ids]
+    )
     results: dict = {
         "num_clips": len(ids),
         "missing_predictions": len(missing),

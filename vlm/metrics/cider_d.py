@@ -21,10 +21,10 @@ import math
 from collections import Counter
 from collections.abc import Sequence
 
-import datasets
 import evaluate
 
-from vlm.metrics.ptb_tokenizer import ptb_tokenize
+from vlm.metrics import caption_metric_info
+from vlm.metrics.ptb_tokenizer import ptb_tokenize_captions
 
 _DESCRIPTION = "CIDEr-D consensus-based caption score, identical to the COCO caption toolkit's Cider."
 _CITATION = """@inproceedings{vedantam2015cider,
@@ -104,19 +104,10 @@ class CiderD(evaluate.Metric):
     """``evaluate`` wrapper of :func:`cider_d`."""
 
     def _info(self) -> evaluate.MetricInfo:
-        return evaluate.MetricInfo(
-            description=_DESCRIPTION,
-            citation=_CITATION,
-            inputs_description=_INPUTS,
-            features=datasets.Features(
-                {"predictions": datasets.Value("string"), "references": datasets.Sequence(datasets.Value("string"))}
-            ),
-            reference_urls=["https://github.com/tylin/coco-caption"],
-        )
+        return caption_metric_info(_DESCRIPTION, _CITATION, _INPUTS)
 
     def _compute(self, predictions, references, tokenize: bool = True, n: int = 4, sigma: float = 6.0):
         if tokenize:
-            predictions = [ptb_tokenize(caption) for caption in predictions]
-            references = [[ptb_tokenize(ref) for ref in refs] for refs in references]
+            predictions, references = ptb_tokenize_captions(predictions, references)
         score, per_clip = cider_d(predictions, references, n=n, sigma=sigma)
         return {"cider_d": score, "cider_d_per_clip": per_clip}

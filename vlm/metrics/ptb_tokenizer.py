@@ -130,3 +130,8 @@ def _split_chunk(chunk: str) -> list[str]:
         contraction = _CONTRACTION.match(chunk)
         middle = [contraction.group(1), contraction.group(2)] if contraction and chunk not in _KEEP_WHOLE else [chunk]
     return leading + middle + trailing[::-1]
+
+
+def ptb_tokenize_captions(predictions, references) -> tuple[list[str], list[list[str]]]:
+    """:func:`ptb_tokenize` over a metric's inputs: predictions [N] and their references [N][R_i]."""
+    return [ptb_tokenize(caption) for caption in predictions], [[ptb_tokenize(ref) for ref in refs] for refs in references]

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import datasets
 import evaluate
 
-from vlm.metrics.ptb_tokenizer import ptb_tokenize
+from vlm.metrics import caption_metric_info
+from vlm.metrics.ptb_tokenizer import ptb_tokenize_captions
 
 _DESCRIPTION = "ROUGE-L F-measure (beta 1.2, best reference), identical to the COCO caption toolkit's Rouge."
 _CITATION = """@inproceedings{lin2004rouge,
@@ -69,19 +69,10 @@ class RougeL(evaluate.Metric):
     """``evaluate`` wrapper of :func:`coco_rouge_l`."""
 
     def _info(self) -> evaluate.MetricInfo:
-        return evaluate.MetricInfo(
-            description=_DESCRIPTION,
-            citation=_CITATION,
-            inputs_description=_INPUTS,
-            features=datasets.Features(
-                {"predictions": datasets.Value("string"), "references": datasets.Sequence(datasets.Value("string"))}
-            ),
-            reference_urls=["https://github.com/tylin/coco-caption"],
-        )
+        return caption_metric_info(_DESCRIPTION, _CITATION, _INPUTS)
 
     def _compute(self, predictions, references, tokenize: bool = True):
         if tokenize:
-            predictions = [ptb_tokenize(caption) for caption in predictions]
-            references = [[ptb_tokenize(ref) for ref in refs] for refs in references]
+            predictions, references = ptb_tokenize_captions(predictions, references)
         score, per_clip = coco_rouge_l(predictions, references)
         return {"rouge_l": score, "rouge_l_per_clip": per_clip}

@@ -119,7 +119,7 @@ def test_labels_are_the_target_tokens_and_eos_only(parts):
     # each row's loss does not depend on what it is batched with (left padding, position ids)
     alone = model.example_losses(prompts[:1], targets[:1], video_tokens=tokens[:1])
     assert float(alone[0].detach()) == pytest.approx(float(losses[0].detach()), abs=1e-5)
-    assert float(model.lm_loss(prompts, targets, video_tokens=tokens).detach()) == pytest.approx(float(losses.mean().detach()), abs=1e-6)
+    assert float(model(prompts, targets, video_tokens=tokens).detach()) == pytest.approx(float(losses.mean().detach()), abs=1e-6)
     # captions train after the caption prompt, answers after the QA prompt
     from vlm.training.loop import _prompts
 
@@ -175,8 +175,8 @@ def test_loss_from_the_cache_equals_on_the_fly_encoding(parts):
     videos = [str(root / "clips" / f"c{i}.mp4") for i in (0, 2, 5)]
     prompts, targets = ["A video of"] * 3, ["a clip", "colour blocks on a screen", "something"]
     clips = torch.from_numpy(np.stack([load_clip(v, num_frames=FRAMES, size=SIZE) for v in videos]))
-    on_the_fly = model.lm_loss(prompts, targets, clips=clips)
-    cached = model.lm_loss(prompts, targets, video_tokens=torch.stack([cache.get(v) for v in videos]))
+    on_the_fly = model(prompts, targets, clips=clips)
+    cached = model(prompts, targets, video_tokens=torch.stack([cache.get(v) for v in videos]))
     assert abs(float(on_the_fly.detach()) - float(cached.detach())) <= 1e-5
     # a cache with training crops: crop 0 is the plain centre crop, crop k the seeded random crop k
     assert crops.num_crops == 2 and sorted(crops.videos) == sorted(cache.videos)
@@ -189,8 +189,8 @@ def test_loss_from_the_cache_equals_on_the_fly_encoding(parts):
         for crop in (1, 2):
             top, left = cache_crop_offsets(video, crop, 3, source, SIZE)
             view = torch.from_numpy(np.ascontiguousarray(crop_clip(wide, top, left, SIZE)))[None]
-            on_the_fly = model.lm_loss(prompts[:1], targets[:1], clips=view)
-            cached = model.lm_loss(prompts[:1], targets[:1], video_tokens=crops.get(video, crop)[None])
+            on_the_fly = model(prompts[:1], targets[:1], clips=view)
+            cached = model(prompts[:1], targets[:1], video_tokens=crops.get(video, crop)[None])
             assert abs(float(on_the_fly.detach()) - float(cached.detach())) <= 1e-5
         # two crops of a clip hold the same tokens exactly when they were drawn at the same offset (the
         # offsets are seeded by the video's path, here a pytest folder: 1 run in 64 draws them equal)

@@ -11,7 +11,7 @@ Saved layout (``save_pretrained``)::
     DIR/resampler.safetensors     resampler weights
     DIR/llm_adapter.safetensors   only when the LLM was fine-tuned with LoRA (config key "lora")
 
-Training: :meth:`VideoLanguageModel.forward` (= :meth:`lm_loss`) is the autoregressive LM loss on the
+Training: :meth:`VideoLanguageModel.forward` (the mean of :meth:`example_losses`) is the autoregressive LM loss on the
 target text after a prompt, or on the assistant turns of a conversation rendered with the LLM's chat
 template (``vlm.chat_template``, the same rendering :meth:`chat_stream` uses), the only loss the glue
 trains with (see ``vlm.training``).
@@ -566,30 +566,11 @@ class VideoLanguageModel(nn.Module):
         counts = (labels != IGNORE_INDEX).sum(dim=1)
         return token_losses.sum(dim=1) / counts
 
-    def lm_loss(
-        self,
-        prompts: Sequence[str],
-        targets: Sequence[str],
-        clips: torch.Tensor | np.ndarray | None = None,
-        video_tokens: torch.Tensor | None = None,
-        max_target_tokens: int | None = None,
-        conversations: Sequence[Sequence[dict] | None] | None = None,
-    ) -> torch.Tensor:
-        """The training loss: the mean over examples of :meth:`example_losses` (each example weighs
-        the same, so a batch split into micro-batches or processes gives the same loss). Scalar."""
-        return self.example_losses(prompts, targets, clips, video_tokens, max_target_tokens, conversations).mean()
-
-    def forward(
-        self,
-        prompts: Sequence[str],
-        targets: Sequence[str],
-        clips: torch.Tensor | np.ndarray | None = None,
-        video_tokens: torch.Tensor | None = None,
-        max_target_tokens: int | None = None,
-        conversations: Sequence[Sequence[dict] | None] | None = None,
-    ) -> torch.Tensor:
-        """:meth:`lm_loss` (so that DDP / accelerate can wrap the model)."""
-        return self.lm_loss(prompts, targets, clips, video_tokens, max_target_tokens, conversations)
+    def forward(self, *args, **kwargs) -> torch.Tensor:
+        """The training loss, a scalar: the mean over examples of :meth:`example_losses` (same
+        arguments), so each example weighs the same and a batch split into micro-batches or processes
+        gives the same loss. ``forward`` so that DDP / accelerate can wrap the model."""
+        return self.example_losses(*args, **kwargs).mean()
 
     # ------------------------------------------------------------------ tasks on tensors
 

@@ -27,24 +27,10 @@ from transformers import VideoPrismVisionConfig, VideoPrismVisionModel
 from vlm.llm import SMOLLM2_SOURCE, load_language_model, load_tokenizer
 from vlm.model import VideoLanguageModel
 from vlm.prompts import Shot
-from vlm.scoring import candidate_token_ids
+from vlm.scoring import candidate_token_ids, one_token_words
 
 SUBJECTS = ["man", "woman", "dog", "child", "cat", "person", "girl", "boy"]
 VERBS = ["holding", "eating", "watching", "throwing", "cutting", "riding", "playing with", "carrying"]
-
-
-def one_token_words(tokenizer, count: int) -> list[str]:
-    """``count`` distinct lower-case words that are one token after the QA prompt."""
-    words = []
-    for token_id in range(len(tokenizer)):
-        text = tokenizer.decode([token_id])
-        word = text.strip()
-        if text.startswith(" ") and word.isalpha() and word.islower() and len(word) >= 3 and word not in words:
-            if len(candidate_token_ids(tokenizer, [word])[0]) == 1:
-                words.append(word)
-                if len(words) == count:
-                    return words
-    raise RuntimeError(f"found only {len(words)} one-token words")
 
 
 def main() -> None:

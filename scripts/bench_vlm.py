@@ -46,7 +46,7 @@ from encoder.loading import resolve_dtype
 from vlm.generation import greedy_generate
 from vlm.llm import SMOLLM2_SOURCE, load_language_model, load_tokenizer
 from vlm.model import VideoLanguageModel
-from vlm.scoring import candidate_log_likelihoods, candidate_token_ids, naive_candidate_log_likelihoods
+from vlm.scoring import candidate_log_likelihoods, candidate_token_ids, naive_candidate_log_likelihoods, one_token_words
 
 QUESTION = "what is the man hitting?"
 
@@ -69,20 +69,6 @@ def timed(function, repeats: int, warm_up=None) -> tuple[float, object]:
         synchronize()
         times.append(time.perf_counter() - start)
     return statistics.median(times), result
-
-
-def one_token_words(tokenizer, count: int) -> list[str]:
-    """``count`` distinct lower-case words that are one token after the QA prompt (" word")."""
-    words = []
-    for token_id in range(len(tokenizer)):
-        text = tokenizer.decode([token_id])
-        word = text.strip()
-        if text.startswith(" ") and word.isalpha() and word.islower() and len(word) >= 3 and word not in words:
-            if len(candidate_token_ids(tokenizer, [word])[0]) == 1:
-                words.append(word)
-                if len(words) == count:
-                    return words
-    raise RuntimeError(f"found only {len(words)} one-token words")
 
 
 def multi_token_phrases(tokenizer, words: list[str], count: int, seed: int = 0) -> list[str]:

@@ -6,7 +6,6 @@ import sys
 import textwrap
 from pathlib import Path
 
-import av
 import numpy as np
 import pytest
 import torch
@@ -16,25 +15,10 @@ from encoder.clips import list_videos
 from encoder.features import FeatureCache, encode_clips, extract_features
 from encoder.loading import load_encoder
 from encoder.video import load_clip
+from tests.tiny_glue import write_clip
 
 REPO = Path(__file__).resolve().parents[1]
 FRAMES, SIZE = 4, 36
-
-
-def write_clip(path: Path, seed: int, frames: int = 8, size: int = 40) -> Path:
-    """A small H.264 clip of random colour blocks."""
-    rng = np.random.default_rng(seed)
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=8)
-        stream.width = stream.height = size
-        stream.pix_fmt = "yuv420p"
-        for _ in range(frames):
-            image = np.kron(rng.integers(0, 255, (4, 4, 3), dtype=np.uint8), np.ones((size // 4, size // 4, 1), np.uint8))
-            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +43,7 @@ def video_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("videos")
     (root / "nested").mkdir()
     for i in range(5):
-        write_clip((root / "nested" if i % 2 else root) / f"clip{i}.mp4", seed=i)
+        write_clip((root / "nested" if i % 2 else root) / f"clip{i}.mp4", seed=i, frames=8)
     (root / "corrupt.mp4").write_bytes(b"\x00\x01 this is not a video" * 50)
     (root / "notes.txt").write_text("not a video, not listed")
     return root

@@ -238,3 +238,17 @@ def top_k_one_token_answers(
                 break
     return vocabulary
 
+
+def one_token_words(tokenizer, count: int) -> list[str]:
+    """``count`` distinct lower-case words of the vocabulary (3+ letters) that are one token as
+    candidates (" word" after the QA prompt), for closed-vocabulary benchmarks; RuntimeError if fewer."""
+    words = []
+    for token_id in range(len(tokenizer)):
+        text = tokenizer.decode([token_id])
+        word = text.strip()
+        if text.startswith(" ") and word.isalpha() and word.islower() and len(word) >= 3 and word not in words:
+            if len(candidate_token_ids(tokenizer, [word])[0]) == 1:
+                words.append(word)
+                if len(words) == count:
+                    return words
+    raise RuntimeError(f"found only {len(words)} one-token words")

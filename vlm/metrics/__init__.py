@@ -17,6 +17,8 @@ PTB tokenisation without Java) unless ``tokenize=False``.
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 
 METRICS_DIR = Path(__file__).resolve().parent
@@ -54,3 +56,12 @@ def caption_metric_info(description: str, citation: str, inputs_description: str
         ),
         reference_urls=["https://github.com/tylin/coco-caption"],
     )
+
+
+def ngram_counts(tokens: Sequence[str], n: int) -> Counter:
+    """Counts of every 1..n-gram of ``tokens`` (tuples of tokens), as the COCO toolkit's ``precook``."""
+    counts: Counter = Counter()
+    for order in range(1, n + 1):
+        for start in range(len(tokens) - order + 1):
+            counts[tuple(tokens[start : start + order])] += 1
+    return counts

@@ -10,12 +10,11 @@ counts) are kept so scores match it exactly. ``evaluate.load(".../vlm/metrics/bl
 from __future__ import annotations
 
 import math
-from collections import Counter
 from collections.abc import Sequence
 
 import evaluate
 
-from vlm.metrics import caption_metric_info
+from vlm.metrics import caption_metric_info, ngram_counts
 from vlm.metrics.ptb_tokenizer import ptb_tokenize_captions
 
 _DESCRIPTION = "Corpus BLEU-1..4 with closest-reference brevity penalty, identical to the COCO caption toolkit's Bleu."
@@ -28,14 +27,6 @@ tokenize: apply the COCO toolkit's PTB tokenisation first (default True).
 Returns {"bleu_1", "bleu_2", "bleu_3", "bleu_4"} (corpus level, in [0, 1])."""
 
 _TINY, _SMALL = 1e-15, 1e-9
-
-
-def _ngram_counts(tokens: Sequence[str], n: int) -> Counter:
-    counts: Counter = Counter()
-    for order in range(1, n + 1):
-        for start in range(len(tokens) - order + 1):
-            counts[tuple(tokens[start : start + order])] += 1
-    return counts
 
 
 def coco_bleu(predictions: Sequence[str], references: Sequence[Sequence[str]], n: int = 4) -> list[float]:
@@ -54,7 +45,7 @@ def coco_bleu(predictions: Sequence[str], references: Sequence[Sequence[str]], n
         for ref in refs:
             tokens = ref.split()
             reference_lengths.append(len(tokens))
-            for ngram, count in _ngram_counts(tokens, n).items():
+            for ngram, count in ngram_counts(tokens, n).items():
                 max_reference_counts[ngram] = max(max_reference_counts.get(ngram, 0), count)
         tokens = caption.split()
         length = len(tokens)
@@ -62,7 +53,7 @@ def coco_bleu(predictions: Sequence[str], references: Sequence[Sequence[str]], n
         total_reference_length += min((abs(ref_length - length), ref_length) for ref_length in reference_lengths)[1]
         for order in range(1, n + 1):
             guesses[order - 1] += max(0, length - order + 1)
-        for ngram, count in _ngram_counts(tokens, n).items():
+        for ngram, count in ngram_counts(tokens, n).items():
             matches[len(ngram) - 1] += min(max_reference_counts.get(ngram, 0), count)
 
     scores = []

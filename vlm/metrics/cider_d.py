@@ -23,7 +23,7 @@ from collections.abc import Sequence
 
 import evaluate
 
-from vlm.metrics import caption_metric_info
+from vlm.metrics import caption_metric_info, ngram_counts
 from vlm.metrics.ptb_tokenizer import ptb_tokenize_captions
 
 _DESCRIPTION = "CIDEr-D consensus-based caption score, identical to the COCO caption toolkit's Cider."
@@ -35,14 +35,6 @@ _INPUTS = """predictions: one caption per clip. references: a list of reference 
 tokenize: apply the COCO toolkit's PTB tokenisation first (default True; False for pre-tokenised
 text split on whitespace). n: largest n-gram order (4). sigma: length-penalty width (6.0).
 Returns {"cider_d": corpus score, "cider_d_per_clip": per-clip scores}."""
-
-
-def _ngram_counts(tokens: Sequence[str], n: int) -> Counter:
-    counts: Counter = Counter()
-    for order in range(1, n + 1):
-        for start in range(len(tokens) - order + 1):
-            counts[tuple(tokens[start : start + order])] += 1
-    return counts
 
 
 def cider_d(
@@ -60,8 +52,8 @@ def cider_d(
     for index, refs in enumerate(references):
         if isinstance(refs, str) or len(refs) == 0:
             raise ValueError(f"clip {index} needs a non-empty list of reference captions")
-    candidate_counts = [_ngram_counts(caption.split(), n) for caption in predictions]
-    reference_counts = [[_ngram_counts(ref.split(), n) for ref in refs] for refs in references]
+    candidate_counts = [ngram_counts(caption.split(), n) for caption in predictions]
+    reference_counts = [[ngram_counts(ref.split(), n) for ref in refs] for refs in references]
 
     document_frequency: Counter = Counter()
     for refs in reference_counts:

@@ -8,13 +8,17 @@ glue of ``tests/tiny_glue.py`` (a 2-layer Llama with that tokenizer)."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from tests.tiny_glue import FRAMES, SIZE, build_tiny_glue, save_tiny_parts, write_clip
+from tests.tiny_glue import (
+    FRAMES,
+    SIZE,
+    tiny_parts_with_clips,
+    write_jsonl,
+)
 from vlm.chat_template import IGNORE_INDEX, chat_inference_ids, chat_training_ids
 from vlm.conversations import ConversationError, read_conversation
 from vlm.prompts import ChatMessagesError
@@ -42,10 +46,6 @@ PLAIN = [
     {"role": "assistant", "content": "It is moving down."},
 ]
 
-
-def _write_jsonl(path: Path, rows) -> Path:
-    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    return path
 
 
 # ---------------------------------------------------------------------------------------------
@@ -149,11 +149,7 @@ def data(tmp_path_factory, smollm2_tokenizer):
     from encoder.features import extract_features
 
     root = tmp_path_factory.mktemp("conversations")
-    model = build_tiny_glue(smollm2_tokenizer)
-    save_tiny_parts(model, smollm2_tokenizer, root)
-    (root / "clips").mkdir()
-    for i in range(4):
-        write_clip(root / "clips" / f"c{i}.mp4", seed=i)
+    model = tiny_parts_with_clips(root, smollm2_tokenizer, 4)
     rows = [{"video": f"clips/c{i}.mp4", "conversations": [
         {"from": "human", "value": f"<video>\nWhat is clip {i}?"}, {"from": "gpt", "value": f"It is clip number {i}."},
         {"from": "human", "value": "Anything else?"}, {"from": "gpt", "value": "Blocks of colour."}]} for i in range(4)]
@@ -163,8 +159,8 @@ def data(tmp_path_factory, smollm2_tokenizer):
         {"video": "clips/c2.mp4", "conversations": [LLAVA[0], LLAVA[1], {"from": "human", "value": "<video> again?"}, LLAVA[3]]},
         {"video": "clips/c3.mp4", "conversations": [LLAVA[0], {"from": "gpt", "value": ""}]},
     ]
-    _write_jsonl(root / "llava.jsonl", rows + bad)
-    _write_jsonl(root / "captions.jsonl", [{"video": f"clips/c{i}.mp4", "caption": f"clip {i}"} for i in range(4)])
+    write_jsonl(root / "llava.jsonl", rows + bad)
+    write_jsonl(root / "captions.jsonl", [{"video": f"clips/c{i}.mp4", "caption": f"clip {i}"} for i in range(4)])
     extract_features(model.encoder, list_videos(root / "captions.jsonl"), root / "cache", num_frames=FRAMES, size=SIZE,
                      num_workers=0, progress=False)
     return {"root": root, "model": model}

@@ -23,7 +23,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.tiny_glue import FRAMES, SIZE, build_tiny_glue, save_tiny_parts, write_clip
+from tests.tiny_glue import (
+    FRAMES,
+    SIZE,
+    tiny_parts_with_clips,
+    write_jsonl,
+)
 from vlm.training import DataSource, TrainConfig, TrainingDataError, train_glue
 from vlm.training.config import TrainConfigError
 from vlm.training.data import ExampleStream, GlueExamples, ProcessShardSampler, VideoSettings, load_examples
@@ -43,18 +48,15 @@ def parts(tmp_path_factory, smollm2_tokenizer):
     from encoder.features import extract_features
 
     root = tmp_path_factory.mktemp("train")
-    model = build_tiny_glue(smollm2_tokenizer)
-    save_tiny_parts(model, smollm2_tokenizer, root)
-    (root / "clips").mkdir()
+    model = tiny_parts_with_clips(root, smollm2_tokenizer, 6)
     captions = []
     for i in range(6):
-        write_clip(root / "clips" / f"c{i}.mp4", seed=i)
         captions.append({"video": f"clips/c{i}.mp4", "caption": [f"a clip number {i}", f"blocks of colour {i}"]})
     (root / "clips" / "bad.mp4").write_bytes(b"this is not a video")
     captions.insert(3, {"video": "clips/bad.mp4", "caption": "a broken file"})
     captions.append({"video": "clips/missing.mp4", "caption": "a file that is not there"})
-    _write_jsonl(root / "captions.jsonl", captions)
-    _write_jsonl(root / "qa.jsonl", [{"video": f"clips/c{i}.mp4", "question": "what is shown?", "answer": f"blocks {i}"}
+    write_jsonl(root / "captions.jsonl", captions)
+    write_jsonl(root / "qa.jsonl", [{"video": f"clips/c{i}.mp4", "question": "what is shown?", "answer": f"blocks {i}"}
                                      for i in range(6)])
     videos = list_videos(root / "captions.jsonl")
     extract_features(model.encoder, videos, root / "cache", num_frames=FRAMES, size=SIZE, num_workers=0, progress=False)
@@ -62,9 +64,6 @@ def parts(tmp_path_factory, smollm2_tokenizer):
                      progress=False, crops=2, crop_seed=3)
     return {"root": root, "model": model, "tokenizer": smollm2_tokenizer}
 
-
-def _write_jsonl(path: Path, rows) -> None:
-    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
 
 
 def _config(parts, out: Path, **overrides) -> TrainConfig:
@@ -445,7 +444,7 @@ def test_bad_input_fails_before_training_with_a_clear_message(parts, tmp_path):
     (tmp_path / "empty.jsonl").write_text("")
     with pytest.raises(TrainingDataError, match=r"empty\.jsonl has no usable example: it is empty"):
         train_glue(_config(parts, tmp_path / "a", train_data=[str(tmp_path / "empty.jsonl")], **bad_model))
-    _write_jsonl(tmp_path / "gone.jsonl", [{"video": "nowhere.mp4", "caption": "x"}])
+    write_jsonl(tmp_path / "gone.jsonl", [{"video": "nowhere.mp4", "caption": "x"}])
     with pytest.raises(TrainingDataError, match=r"all skipped \({'missing': 1}\)"):
         train_glue(_config(parts, tmp_path / "b", train_data=[str(tmp_path / "gone.jsonl")], **bad_model))
     with pytest.raises(TrainingDataError, match="no caption column 'text'"):
@@ -453,7 +452,7 @@ def test_bad_input_fails_before_training_with_a_clear_message(parts, tmp_path):
                            **bad_model))
     with pytest.raises(FileNotFoundError, match="training data not found"):
         train_glue(_config(parts, tmp_path / "d", train_data=[str(tmp_path / "nope.jsonl")], **bad_model))
-    _write_jsonl(tmp_path / "qa_only.jsonl", [{"video": "clips/c0.mp4", "question": "q?"}])
+    write_jsonl(tmp_path / "qa_only.jsonl", [{"video": "clips/c0.mp4", "question": "q?"}])
     with pytest.raises(TrainingDataError, match="no 'answer' column"):
         train_glue(_config(parts, tmp_path / "e", train_data=[str(tmp_path / "qa_only.jsonl")], **bad_model))
     assert not (tmp_path / "a").exists() and not (tmp_path / "c").exists()  # nothing started
@@ -489,7 +488,7 @@ def test_features_command_stores_training_crops(parts, tmp_path, capsys):
     from vlm import cli
 
     root = parts["root"]
-    _write_jsonl(tmp_path / "two.jsonl", [{"video": str(root / "clips" / f"c{i}.mp4")} for i in (0, 1)])
+    write_jsonl(tmp_path / "two.jsonl", [{"video": str(root / "clips" / f"c{i}.mp4")} for i in (0, 1)])
     code = cli.main(["features", "--model", str(root / "encoder"), "--videos", str(tmp_path / "two.jsonl"), "--out",
                      str(tmp_path / "cache"), "--frames", str(FRAMES), "--size", str(SIZE), "--crops", "1", "--crop-seed", "3",
                      "--workers", "0", "--no-progress"])

@@ -70,3 +70,21 @@ def write_clip(path: Path, seed: int, frames: int = 6, size: int = 40) -> Path:
         for packet in stream.encode():
             container.mux(packet)
     return path
+
+
+def tiny_parts_with_clips(root: Path, tokenizer, count: int):
+    """A tiny glue (returned) saved as encoder/ and llm/ under ``root``, and ``count`` clips clips/c{i}.mp4."""
+    model = build_tiny_glue(tokenizer)
+    save_tiny_parts(model, tokenizer, root)
+    (root / "clips").mkdir()
+    for i in range(count):
+        write_clip(root / "clips" / f"c{i}.mp4", seed=i)
+    return model
+
+
+def write_jsonl(path: Path, rows) -> Path:
+    """``rows`` as a JSONL file."""
+    import json
+
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path

@@ -29,7 +29,6 @@ item instead of raising; :func:`iter_decoded_batches` runs it in worker processe
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -42,6 +41,7 @@ import torch
 from encoder.crops import cache_crop_offsets, crop_clip, crop_source_size
 from encoder.decode_workers import decoded_batches
 from encoder.extras import require
+from encoder.jsonl import iter_jsonl_strict
 from encoder.video import IMAGE_SUFFIXES, VIDEO_SUFFIXES, decode_frames, load_clip
 
 
@@ -133,26 +133,7 @@ def list_videos(source: str | os.PathLike) -> list[str]:
         if not videos:
             raise ValueError(f"{source}: no video files ({', '.join(sorted(VIDEO_SUFFIXES))}) in this folder")
         return videos
-    videos = []
-    with open(source, "rb") as handle:
-        for line_number, raw in enumerate(handle, 1):
-            try:
-                line = raw.decode("utf-8").strip()
-            except UnicodeDecodeError:
-                raise ValueError(f"{source}:{line_number}: not UTF-8 text") from None
-            if not line:
-                continue
-            if source.suffix == ".jsonl" or line.startswith("{"):
-                try:
-                    path = json.loads(line)["video"]
-                except (json.JSONDecodeError, KeyError, TypeError):
-                    raise ValueError(f"{source}:{line_number}: expected a JSON object with a 'video' key") from None
-                if not isinstance(path, str) or not path.strip():
-                    raise ValueError(f"{source}:{line_number}: 'video' must be a non-empty path string, got {path!r}")
-            else:
-                path = line
-            path = Path(path)
-            videos.append(str(path if path.is_absolute() else source.parent / path))
+    videos = [clip.source for clip in _manifest_clips(source, ValueError)]
     if not videos:
         raise ValueError(f"{source}: lists no videos")
     return list(dict.fromkeys(videos))
@@ -217,31 +198,22 @@ def _dataset_clips(dataset, name: str, video_column: str, id_column: str | None)
     ]
 
 
-def _manifest_clips(path: Path) -> list[Clip]:
+def _manifest_clips(path: Path, error: type[Exception] = ClipListError) -> list[Clip]:
+    """The clips of a JSONL manifest (``{"video", ["id", "start", "end"]}`` rows) or of a text file of
+    paths, one per line; video paths relative to the manifest's folder. A bad row raises ``error``
+    naming ``PATH:LINE``."""
     clips = []
-    with open(path, encoding="utf-8") as handle:
-        for line_number, line in enumerate(handle, 1):
-            line = line.strip()
-            if not line:
-                continue
-            if path.suffix == ".jsonl" or line.startswith("{"):
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as error:
-                    raise ClipListError(f"{path}:{line_number}: not valid JSON ({error.msg})") from None
-                if not isinstance(row, dict) or not isinstance(row.get("video"), str):
-                    raise ClipListError(f"{path}:{line_number}: expected a JSON object with a string 'video' key")
-                video = row["video"]
-                clip_id = str(row.get("id", video))
-                start, end = row.get("start"), row.get("end")
-                for key, value in (("start", start), ("end", end)):
-                    if value is not None and not isinstance(value, (int, float)):
-                        raise ClipListError(f"{path}:{line_number}: '{key}' must be a number of seconds, got {value!r}")
-            else:
-                video, clip_id, start, end = line, line, None, None
-            video_path = Path(video)
-            resolved = video_path if video_path.is_absolute() else path.parent / video_path
-            clips.append(Clip(clip_id, str(resolved), start, end))
+    for number, row in iter_jsonl_strict(path, error, plain_lines_as="video"):
+        video = row.get("video")
+        if not isinstance(video, str) or not video.strip():
+            raise error(f"{path}:{number}: 'video' must be a non-empty path string, got {video!r}")
+        start, end = row.get("start"), row.get("end")
+        for key, value in (("start", start), ("end", end)):
+            if value is not None and not isinstance(value, (int, float)):
+                raise error(f"{path}:{number}: '{key}' must be a number of seconds, got {value!r}")
+        video_path = Path(video)
+        resolved = video_path if video_path.is_absolute() else path.parent / video_path
+        clips.append(Clip(str(row.get("id", video)), str(resolved), start, end))
     return clips
 
 

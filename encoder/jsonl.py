@@ -36,9 +36,14 @@ def iter_jsonl_tolerant(path: str | os.PathLike) -> Iterator[dict]:
                 yield row
 
 
-def iter_jsonl_strict(path: str | os.PathLike, error: type[Exception] = ValueError) -> Iterator[tuple[int, dict]]:
+def iter_jsonl_strict(
+    path: str | os.PathLike, error: type[Exception] = ValueError, plain_lines_as: str | None = None
+) -> Iterator[tuple[int, dict]]:
     """(line number, object) for every non-blank line of a manifest someone wrote by hand; a line that
-    is not UTF-8, not valid JSON or not a JSON object raises ``error`` naming ``PATH:LINE``."""
+    is not UTF-8, not valid JSON or not a JSON object raises ``error`` naming ``PATH:LINE``.
+
+    plain_lines_as: in a file not named ``.jsonl``, a line not starting with ``{`` is read as
+    ``{plain_lines_as: line}`` (a list of video paths, one per line); None: every line is JSON."""
     path = Path(path)
     with open(path, "rb") as handle:
         for number, raw in enumerate(handle, 1):
@@ -47,6 +52,9 @@ def iter_jsonl_strict(path: str | os.PathLike, error: type[Exception] = ValueErr
             except UnicodeDecodeError:
                 raise error(f"{path}:{number}: not UTF-8 text") from None
             if not line:
+                continue
+            if plain_lines_as is not None and path.suffix != ".jsonl" and not line.startswith("{"):
+                yield number, {plain_lines_as: line}
                 continue
             try:
                 row = json.loads(line)

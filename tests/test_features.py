@@ -91,7 +91,7 @@ def test_manifest_input_and_missing_files(tmp_path, tiny_encoder_dir, video_dir)
         list_videos(tmp_path / "nope")
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"path": "x.mp4"}\n')
-    with pytest.raises(ValueError, match="'video' key"):
+    with pytest.raises(ValueError, match="bad.jsonl:1: 'video' must be a non-empty path string, got None"):
         list_videos(bad)
 
 

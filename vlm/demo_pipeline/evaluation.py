@@ -71,6 +71,8 @@ def evaluate_model(model, test, candidates, tokens, profile: DemoProfile, refs: 
                    open_subset: list, dedupe_by_question: bool = False) -> dict:
     """Closed-vocabulary (per-type candidates and all answers pooled), open-vocabulary QA and captions.
 
+    ``tokens``: a FeatureCache or TokenTable (video -> [M, D] encoder tokens); ``refs``: clip id -> reference
+    captions; ``open_subset``: the questions of ``test`` answered open-vocabulary.
     ``dedupe_by_question``: the model ignores the video (blind), so each distinct question is run once.
     """
     import numpy as np
@@ -206,7 +208,7 @@ def spread(items: list, count: int) -> list:
     return [items[int(i * step)] for i in range(count)]
 
 
-TYPES = ("colour", "shape", "motion", "count")
+TYPES = ("colour", "shape", "motion", "count")  # the question types, in the order of every table
 TARGETS = {"colour": 0.90, "shape": 0.90, "motion": 0.80}
 
 

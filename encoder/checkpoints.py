@@ -169,6 +169,14 @@ def fsync_dir(path: str | os.PathLike) -> None:
     _fsync_dir(Path(path))
 
 
+def write_json(path: str | os.PathLike, value: Any) -> None:
+    """Write ``value`` as indented JSON (UTF-8), atomically (:func:`write_file_atomically`), making
+    the parent folders."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_file_atomically(path, (json.dumps(value, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
+
+
 def write_file_atomically(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` beside ``path``, sync it, rename it into place and sync the folder: after a
     kill or a power loss ``path`` holds either its old content or all of ``data``."""

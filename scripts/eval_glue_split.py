@@ -16,9 +16,12 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout's vlm and encoder
 
-import train_demo  # noqa: E402
+from encoder.checkpoints import write_json  # noqa: E402
+from vlm.demo_pipeline.evaluation import caption_refs, evaluate_model, spread  # noqa: E402
+from vlm.demo_pipeline.profiles import PROFILES  # noqa: E402
+from vlm.demo_pipeline.stages import split_videos  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -27,7 +30,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--features", required=True, type=Path, help="its encoder's feature cache of the split")
     parser.add_argument("--corpus", required=True, type=Path, help="the make-shapes corpus")
     parser.add_argument("--split", default="val")
-    parser.add_argument("--profile", choices=sorted(train_demo.PROFILES), default="full",
+    parser.add_argument("--profile", choices=sorted(PROFILES), default="full",
                         help="its evaluation sizes: open questions, captioned clips, caption length, batch")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--json-out", type=Path, default=None)
@@ -36,15 +39,15 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def score_split(model, corpus: Path, split: str, features, profile) -> tuple[dict, list]:
     """(closed/open-vocabulary QA and caption scores of ``model`` on the split, its QA examples), from
-    ``features`` (a FeatureCache of the model's encoder), as train_demo scores test."""
+    ``features`` (a FeatureCache of the model's encoder), as the demo pipeline (``vlm.demo_pipeline.evaluation``) scores test."""
     from vlm.eval_data import read_qa
     from vlm.shapes import ALL_ANSWERS
 
-    videos = train_demo.split_videos(corpus, split)
+    videos = split_videos(corpus, split)
     examples = read_qa(corpus / split / "qa.jsonl")
-    result = train_demo.evaluate_model(
-        model, examples, list(ALL_ANSWERS), features, profile, train_demo.caption_refs(corpus, [split]),
-        videos[: profile.caption_clips or None], train_demo._spread(examples, profile.open_questions),
+    result = evaluate_model(
+        model, examples, list(ALL_ANSWERS), features, profile, caption_refs(corpus, [split]),
+        videos[: profile.caption_clips or None], spread(examples, profile.open_questions),
     )
     return result, examples
 
@@ -55,7 +58,7 @@ def main(argv=None) -> int:
     from encoder.threads import torch_threads
     from vlm.model import VideoLanguageModel
 
-    profile = train_demo.PROFILES[args.profile]
+    profile = PROFILES[args.profile]
     refs_path = args.corpus / args.split / "refs.jsonl"
     if not refs_path.is_file():
         raise SystemExit(f"{refs_path} is missing: not a make-shapes corpus split")
@@ -64,7 +67,7 @@ def main(argv=None) -> int:
         result, examples = score_split(model, args.corpus, args.split, FeatureCache(args.features), profile)
     result = {"model": str(args.model), "split": args.split, "questions": len(examples), **result}
     if args.json_out:
-        train_demo.write_json(args.json_out, result)
+        write_json(args.json_out, result)
     print(json.dumps({
         "closed_per_type": {kind: round(entry["accuracy"], 1) for kind, entry in result["closed_per_type"]["per_type"].items()},
         "closed_all": round(result["closed_per_type"]["accuracy"], 1), "open_all": round(result["open"]["accuracy"], 1),

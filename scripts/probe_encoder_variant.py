@@ -1,6 +1,6 @@
 """Try an encoder recipe of the demo pipeline and score it by frozen MAP probes on the VAL split.
 
-Trains stage 1 (and, with ``--stage2``, stage 2) exactly as ``scripts/train_demo.py`` does for the
+Trains stage 1 (and, with ``--stage2``, stage 2) exactly as ``scripts/stages.py`` does for the
 profile (``--profile``, default ``full``) with ``--set FIELD=VALUE`` overrides, or takes an encoder
 that exists (``--encoder DIR``); extracts the train and val tokens (centre crop, the profile's
 frames and size) and trains one MAP probe per attribute (colour and shape on one-object clips,
@@ -24,20 +24,27 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import logging
 import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout's vlm and encoder
 
-import train_demo  # noqa: E402  (the pipeline's own stage functions)
+from encoder.checkpoints import write_json  # noqa: E402
+from vlm.demo_pipeline import stages  # noqa: E402  (the pipeline's own stage functions)
+from vlm.demo_pipeline.pipeline import show_progress  # noqa: E402
+from vlm.demo_pipeline.profiles import PROFILES, profile_with_overrides  # noqa: E402
+from vlm.demo_pipeline.workdir import read_json  # noqa: E402
+
+logger = logging.getLogger(__name__)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--corpus", required=True, type=Path, help="a make-shapes corpus (train and val splits)")
     parser.add_argument("--work", required=True, type=Path, help="output folder (stages found there are reused)")
-    parser.add_argument("--profile", choices=sorted(train_demo.PROFILES), default="full")
+    parser.add_argument("--profile", choices=sorted(PROFILES), default="full")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="profile override (JSON value)")
     parser.add_argument("--encoder", type=Path, default=None, help="probe this stage-1 encoder instead of training one")
     parser.add_argument("--stage2", action="store_true", help="also train stage 2 from the stage-1 encoder and probe it")
@@ -67,7 +74,7 @@ def caption_vs_negatives(model_dir: Path, corpus: Path, split: str, num_clips: i
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     model = ContrastiveModel(clip_model, load_logit_scale(model_dir)).eval()
     max_length = clip_model.config.text_config.max_position_embeddings
-    heldout = train_demo.corpus_heldout_pairs(corpus)
+    heldout = stages.corpus_heldout_pairs(corpus)
     attributes = {clip.id: clip for clip in read_attributes(corpus, split)}
     rows = [json.loads(line) for line in (corpus / split / "captions.jsonl").read_text(encoding="utf-8").splitlines()]
     rows = rows[:num_clips]
@@ -80,7 +87,7 @@ def caption_vs_negatives(model_dir: Path, corpus: Path, split: str, num_clips: i
         ])).permute(0, 1, 4, 2, 3)
         texts = []
         for number, row in enumerate(chunk, start):
-            caption, negatives = train_demo.caption_and_negatives(row, number, attributes[row["id"]], heldout, seed)
+            caption, negatives = stages.caption_and_negatives(row, number, attributes[row["id"]], heldout, seed)
             texts += [caption, *negatives]
         input_ids, attention_mask = tokenize_texts(tokenizer, texts, max_length=max_length)
         with torch.no_grad():
@@ -122,38 +129,42 @@ def main(argv=None) -> int:
 
     from encoder.threads import torch_threads
 
-    profile = train_demo.build_profile(argparse.Namespace(profile=args.profile, set=args.set))
+    show_progress(__name__)
+    try:
+        profile = profile_with_overrides(args.profile, args.set)
+    except ValueError as error:
+        raise SystemExit(str(error)) from None
     work, corpus = args.work.resolve(), args.corpus.resolve()
     work.mkdir(parents=True, exist_ok=True)
-    train_demo.write_json(work / "profile.json", dataclasses.asdict(profile))
+    write_json(work / "profile.json", dataclasses.asdict(profile))
     result: dict = {"profile_overrides": args.set, "encoder": str(args.encoder) if args.encoder else None,
                     "threads": args.threads or torch.get_num_threads(), "seconds": {}}
     with torch_threads(args.threads):
         if args.encoder is None or args.stage2:  # something to pretrain
-            pretrain_corpus = train_demo.make_pretraining_corpus(work, profile, corpus)
-            stage1_manifest, stage2_manifest = train_demo.pretraining_manifests(
+            pretrain_corpus = stages.make_pretraining_corpus(work, profile, corpus)
+            stage1_manifest, stage2_manifest = stages.pretraining_manifests(
                 work, [corpus, pretrain_corpus] if pretrain_corpus else [corpus], args.seed)
         start = time.perf_counter()
         encoders = {"stage1": args.encoder.resolve() if args.encoder else
-                    train_demo.run_stage1_training(work, profile, args.seed, stage1_manifest)}
+                    stages.run_stage1_training(work, profile, args.seed, stage1_manifest)}
         result["seconds"]["stage1"] = round(time.perf_counter() - start, 1)
         if args.stage2:
             start = time.perf_counter()
-            encoders["stage2"] = train_demo.run_stage2_training(work, profile, args.seed, stage2_manifest,
+            encoders["stage2"] = stages.run_stage2_training(work, profile, args.seed, stage2_manifest,
                                                                 encoders["stage1"], None)
             result["seconds"]["stage2"] = round(time.perf_counter() - start, 1)
         start = time.perf_counter()
-        caches = train_demo.extract_all_features(work, profile, corpus, encoders, splits=("train", "val"))
+        caches = stages.extract_all_features(work, profile, corpus, encoders, splits=("train", "val"))
         result["seconds"]["features"] = round(time.perf_counter() - start, 1)
         for name, cache_dir in caches.items():
             start = time.perf_counter()
             result[name] = probe_on_val(corpus, cache_dir, args.probe_epochs, args.seed)
             result["seconds"][f"probes_{name}"] = round(time.perf_counter() - start, 1)
-            train_demo.write_json(work / "result.json", result)
+            write_json(work / "result.json", result)
             summary = {k: round(v, 3) for k, v in result[name].items() if not k.endswith("_per_class")}
-            train_demo.log(f"{name}: val probe accuracy {json.dumps(summary)}")
+            logger.info(f"{name}: val probe accuracy {json.dumps(summary)}")
         stage1_dir = Path(encoders["stage1"])
-        if args.negatives_clips and "text_config" in train_demo.read_json(stage1_dir / "config.json", {}):
+        if args.negatives_clips and "text_config" in read_json(stage1_dir / "config.json", {}):
             start = time.perf_counter()
             result["stage1"]["caption_vs_negatives"] = {
                 split: caption_vs_negatives(stage1_dir, corpus, split, args.negatives_clips, profile.num_frames,
@@ -161,8 +172,8 @@ def main(argv=None) -> int:
                 for split in ("train", "val")
             }
             result["seconds"]["caption_vs_negatives"] = round(time.perf_counter() - start, 1)
-            train_demo.write_json(work / "result.json", result)
-            train_demo.log(f"stage1: caption preferred to its hard negatives {json.dumps(result['stage1']['caption_vs_negatives'])}")
+            write_json(work / "result.json", result)
+            logger.info(f"stage1: caption preferred to its hard negatives {json.dumps(result['stage1']['caption_vs_negatives'])}")
     return 0
 
 

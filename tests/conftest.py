@@ -18,7 +18,7 @@ SCRIPTS_DIR = Path(__file__).resolve().parents[1] / "scripts"
 
 @pytest.fixture(scope="session")
 def load_script():
-    """``load_script("train_demo")``: the module of ``scripts/train_demo.py`` (scripts/ is not a
+    """``load_script("eval_glue_split")``: the module of ``scripts/eval_glue_split.py`` (scripts/ is not a
     package), loaded once per test session."""
     loaded = {}
 

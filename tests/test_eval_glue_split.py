@@ -1,10 +1,11 @@
-"""scripts/eval_glue_split.py: a glue model scored on one split of a shapes corpus, as train_demo scores test."""
+"""scripts/eval_glue_split.py: a glue model scored on one split of a shapes corpus, as the demo pipeline scores test."""
 
 import json
 
 import pytest
 
 from tests.tiny_glue import FRAMES, SIZE, build_tiny_glue, save_tiny_glue
+from vlm.demo_pipeline.profiles import PROFILES
 from vlm.shapes import ShapesConfig, make_shapes_corpus, read_attributes
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -30,7 +31,7 @@ def test_scores_every_question_of_the_split_from_the_cache(load_script, smollm2_
     questions = [line for line in (corpus / "val" / "qa.jsonl").read_text().splitlines() if line.strip()]
     assert saved["split"] == "val" and saved["questions"] == len(questions) > 0
     assert saved["closed_per_type"]["num_questions"] == saved["questions"]
-    assert saved["captions"]["num_clips"] == min(len(val_clips), script.train_demo.PROFILES["smoke"].caption_clips)
+    assert saved["captions"]["num_clips"] == min(len(val_clips), PROFILES["smoke"].caption_clips)
     assert printed["closed_all"] == round(saved["closed_per_type"]["accuracy"], 1)
     assert 0 <= printed["closed_all"] <= 100 and set(printed["closed_per_type"]) <= {"colour", "shape", "motion", "count"}
     with pytest.raises(SystemExit, match="refs.jsonl is missing"):

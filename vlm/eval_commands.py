@@ -7,19 +7,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-from pathlib import Path
 
+from encoder.checkpoints import write_json
 from encoder.cli_arguments import NEW_TOKENS, NON_NEGATIVE, POSITIVE
-
-
-def write_json(path: str | os.PathLike, value) -> None:
-    """Write JSON (indented) via a temporary file renamed into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(json.dumps(value, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(temporary, path)
 
 
 def write_outputs(args: argparse.Namespace, results: dict, markdown: str) -> None:

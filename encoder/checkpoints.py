@@ -31,7 +31,6 @@ import os
 import random
 import re
 import shutil
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +38,8 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
+
+from encoder.atomic_files import fsync_dir, swap_in_folder
 
 CHECKPOINTS_DIR = "checkpoints"
 STEP_DIR_PATTERN = re.compile(r"^step-(\d{8,})$")
@@ -156,84 +157,6 @@ def _write_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
     save_file({k: t.detach().to("cpu").contiguous() for k, t in tensors.items()}, str(path), metadata={"format": "pt"})
     with open(path, "rb") as handle:
         os.fsync(handle.fileno())
-
-
-def fsync_file(path: str | os.PathLike) -> None:
-    """Flush a written file's data to disk."""
-    with open(path, "rb") as handle:
-        os.fsync(handle.fileno())
-
-
-def fsync_dir(path: str | os.PathLike) -> None:
-    """Flush a directory's entries (names created, renamed or removed in it) to disk."""
-    _fsync_dir(Path(path))
-
-
-def write_json(path: str | os.PathLike, value: Any) -> None:
-    """Write ``value`` as indented JSON (UTF-8), atomically (:func:`write_file_atomically`), making
-    the parent folders."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_file_atomically(path, (json.dumps(value, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
-
-
-def write_file_atomically(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` beside ``path``, sync it, rename it into place and sync the folder: after a
-    kill or a power loss ``path`` holds either its old content or all of ``data``."""
-    path = Path(path)
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(temporary, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
-    _fsync_dir(path.parent)
-
-
-def save_directory_atomically(directory: str | os.PathLike, write: Callable[[Path], Any]) -> Path:
-    """Have ``write(folder)`` fill a new folder beside ``directory``, sync every file, then put it in
-    place of ``directory`` by renames: a kill at any moment leaves the previous ``directory`` (or,
-    between the two renames, its copy ``.NAME.old-PID`` beside it) or the complete new one, never a
-    half-written one."""
-    final = Path(directory)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    temporary = final.with_name(f".{final.name}.tmp-{os.getpid()}")
-    if temporary.exists():
-        shutil.rmtree(temporary)
-    write(temporary)
-    for file in temporary.rglob("*"):
-        if file.is_file():
-            fsync_file(file)
-    _fsync_dir(temporary)
-    _swap_in(temporary, final, final.with_name(f".{final.name}.old-{os.getpid()}"))
-    _fsync_dir(final.parent)
-    return final
-
-
-def _swap_in(temporary: Path, final: Path, stale: Path) -> None:
-    """Put the finished folder ``temporary`` in place of ``final`` by renames: an existing ``final``
-    is moved to ``stale`` first and removed last, so a kill leaves one complete copy."""
-    if not final.exists():
-        os.replace(temporary, final)
-        return
-    if stale.exists():
-        shutil.rmtree(stale)
-    os.replace(final, stale)
-    os.replace(temporary, final)
-    shutil.rmtree(stale)
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        descriptor = os.open(path, os.O_RDONLY)
-    except OSError:  # e.g. directories cannot be opened on some platforms
-        return
-    try:
-        os.fsync(descriptor)
-    except OSError:
-        pass
-    finally:
-        os.close(descriptor)
 
 
 def _save_flat(directory: Path, json_name: str, tensors_name: str, state: Any) -> None:
@@ -369,9 +292,9 @@ def save_training_checkpoint(
         world_size = torch.distributed.get_world_size() if _distributed() else 1
         state["world_size"] = world_size
         _write_json(temporary / STATE_JSON, state)
-        _fsync_dir(temporary)
-        _swap_in(temporary, final, root / f"{TEMP_PREFIX}old-{final.name}")  # re-saving a step of a resumed run
-        _fsync_dir(root)
+        fsync_dir(temporary)
+        swap_in_folder(temporary, final, root / f"{TEMP_PREFIX}old-{final.name}")  # re-saving a step of a resumed run
+        fsync_dir(root)
         if keep_last is not None and keep_last > 0:
             for old in list_checkpoints(run_dir)[:-keep_last]:
                 if old != final:

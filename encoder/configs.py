@@ -68,7 +68,7 @@ def config_from_dict(cls: type, values: dict, error: type[Exception] = ValueErro
 
 def save_config(config: Any, path: str | os.PathLike) -> Path:
     """Write the config as JSON (atomically: a reader never sees half a file)."""
-    from encoder.checkpoints import write_file_atomically
+    from encoder.atomic_files import write_file_atomically
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

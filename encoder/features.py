@@ -38,7 +38,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from transformers import VideoPrismVisionModel
 
-from encoder.checkpoints import fsync_dir, fsync_file, write_file_atomically
+from encoder.atomic_files import fsync_dir, fsync_file, write_file_atomically
 from encoder.clips import Clip, iter_decoded_batches
 from encoder.factorized import encode_tokens
 from encoder.jsonl import JsonlAppender, read_jsonl_tolerant

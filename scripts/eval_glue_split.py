@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout's vlm and encoder
 
-from encoder.checkpoints import write_json  # noqa: E402
+from encoder.atomic_files import write_json  # noqa: E402
 from vlm.demo_pipeline.evaluation import caption_refs, evaluate_model, spread  # noqa: E402
 from vlm.demo_pipeline.profiles import PROFILES  # noqa: E402
 from vlm.demo_pipeline.stages import split_videos  # noqa: E402

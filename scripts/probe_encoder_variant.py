@@ -31,7 +31,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout's vlm and encoder
 
-from encoder.checkpoints import write_json  # noqa: E402
+from encoder.atomic_files import write_json  # noqa: E402
 from vlm.demo_pipeline import stages  # noqa: E402  (the pipeline's own stage functions)
 from vlm.demo_pipeline.pipeline import show_progress  # noqa: E402
 from vlm.demo_pipeline.profiles import PROFILES, profile_with_overrides  # noqa: E402

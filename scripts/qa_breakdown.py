@@ -47,7 +47,7 @@ def main(argv=None) -> int:
     parser.add_argument("--json-out", type=Path, default=None)
     args = parser.parse_args(argv)
 
-    from encoder.checkpoints import write_json
+    from encoder.atomic_files import write_json
     from encoder.features import FeatureCache
     from vlm.eval_data import read_qa
     from vlm.model import VideoLanguageModel

@@ -33,7 +33,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout's vlm and encoder
 
-from encoder.checkpoints import write_json  # noqa: E402
+from encoder.atomic_files import write_json  # noqa: E402
 from vlm.demo_pipeline.pipeline import show_progress  # noqa: E402
 from vlm.demo_pipeline.profiles import PROFILES, profile_with_overrides  # noqa: E402
 from vlm.demo_pipeline.stages import model_size  # noqa: E402

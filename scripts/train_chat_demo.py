@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # eval_glue_split (and
 
 import eval_glue_split  # noqa: E402
 
-from encoder.checkpoints import write_json  # noqa: E402
+from encoder.atomic_files import write_json  # noqa: E402
 from vlm.demo_pipeline.evaluation import TARGETS, run_evaluation, spread  # noqa: E402
 from vlm.demo_pipeline.pipeline import Timings, show_progress  # noqa: E402
 from vlm.demo_pipeline.profiles import PROFILES  # noqa: E402

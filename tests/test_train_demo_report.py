@@ -3,7 +3,7 @@
 import dataclasses
 import json
 
-from encoder.checkpoints import write_json
+from encoder.atomic_files import write_json
 from vlm.demo_pipeline import stages
 from vlm.demo_pipeline.profiles import PROFILES, saved_profile
 from vlm.demo_pipeline.report import recipe_choices, run_disclosures

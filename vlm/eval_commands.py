@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from encoder.checkpoints import write_json
+from encoder.atomic_files import write_json
 from encoder.cli_arguments import NEW_TOKENS, NON_NEGATIVE, POSITIVE
 
 

@@ -30,10 +30,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from encoder.atomic_files import save_directory_atomically
 from encoder.checkpoints import (
     latest_checkpoint,
     load_training_checkpoint,
-    save_directory_atomically,
     save_training_checkpoint,
     trainable_state,
     unwrap,

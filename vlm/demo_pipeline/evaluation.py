@@ -8,7 +8,7 @@ import json
 import logging
 from pathlib import Path
 
-from encoder.checkpoints import write_json
+from encoder.atomic_files import write_json
 from vlm.demo_pipeline.profiles import DemoProfile
 from vlm.demo_pipeline.stages import split_videos
 from vlm.demo_pipeline.workdir import read_json

@@ -13,7 +13,7 @@ from importlib import resources
 from pathlib import Path
 from string import Template
 
-from encoder.checkpoints import write_json
+from encoder.atomic_files import write_json
 from vlm.demo_pipeline.evaluation import TYPES, targets_check
 from vlm.demo_pipeline.profiles import ABLATIONS, PROFILES, DemoProfile
 from vlm.demo_pipeline.workdir import read_json

@@ -10,7 +10,7 @@ import os
 import shutil
 from pathlib import Path
 
-from encoder.checkpoints import write_json
+from encoder.atomic_files import write_json
 from vlm.demo_pipeline.profiles import ABLATIONS, DemoProfile
 from vlm.demo_pipeline.workdir import RunError, read_json
 

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from safetensors import safe_open
 
-from encoder.checkpoints import write_file_atomically
+from encoder.atomic_files import write_file_atomically
 from encoder.features import CacheMeta, FeatureCache, check_cache_meta, write_clip_vectors
 from vlm.retrieval.video_text_model import VideoTextModel, load_video_text_model
 

@@ -250,10 +250,10 @@ def _train(config: TrainConfig, resume: bool, llm, tokenizer, encoder, on_step) 
     from accelerate import Accelerator
     from tqdm.auto import tqdm
 
+    from encoder.atomic_files import save_directory_atomically
     from encoder.checkpoints import (
         latest_checkpoint,
         load_training_checkpoint,
-        save_directory_atomically,
         save_training_checkpoint,
         trainable_state,
     )

@@ -268,9 +268,49 @@ def test_server_serves_only_uploads_and_examples(app, clips, glue_dir):
         assert get(private.resolve()).status_code == 403, private
 
 
-def test_queue_is_bounded_and_model_events_share_one_concurrency_limit(app):
+def test_queue_refuses_requests_beyond_its_size_and_serves_the_rest(app, clips, monkeypatch, tmp_path):
+    """With the model busy, at most `concurrency` requests run and `queue_size` wait; later ones are
+    refused at once with "queue full", and every accepted one is answered once the model frees up."""
+    import threading
+    import time
+
+    from gradio_client import Client
+
+    url, service, _ = app
+    release, running = threading.Event(), []
+
+    def busy_caption(video, *args, **kwargs):
+        running.append(video)
+        release.wait(120)
+        return "served"
+
+    monkeypatch.setattr(service, "caption", busy_caption)
+    client = Client(url, analytics_enabled=False, verbose=False, download_files=str(tmp_path))
+    total = LIMITS["concurrency"] + LIMITS["queue_size"] + 6
+    jobs = []
+    for _ in range(total):
+        jobs.append(client.submit(upload(clips["a"]), FRAMES, 4, api_name="/caption"))
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and (len(running) < LIMITS["concurrency"] or sum(job.done() for job in jobs) < 6):
+        time.sleep(0.2)
+    refused_while_busy = [job for job in jobs if job.done()]
+    assert len(running) == LIMITS["concurrency"]  # the model events share one concurrency limit
+    release.set()
+    outcomes = []
+    for job in jobs:
+        try:
+            outcomes.append(job.result(timeout=120))
+        except Exception as error:  # noqa: BLE001 -- the client raises a plain Exception for a refused job
+            outcomes.append(error)
+    refused = [outcome for outcome in outcomes if isinstance(outcome, Exception)]
+    assert len(refused) >= total - LIMITS["concurrency"] - LIMITS["queue_size"] - 1, outcomes
+    assert len(refused) == len(refused_while_busy)  # refused at once, not after waiting
+    assert all("queue" in str(error).lower() and "full" in str(error).lower() for error in refused), refused
+    assert outcomes.count("served") == total - len(refused) >= LIMITS["queue_size"]
+
+
+def test_model_events_share_one_concurrency_limit(app):
     _, service, demo = app
-    assert demo._queue.max_size == LIMITS["queue_size"]
     named = {fn.api_name: fn for fn in demo.fns.values() if fn.api_name in ("caption", "ask", "chat")}
     assert set(named) == {"caption", "ask", "chat"}
     assert {fn.concurrency_id for fn in named.values()} == {"model"}

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from encoder.configs import config_from_dict, config_to_dict, save_config
-from encoder.threads import torch_threads
+from encoder.training.threads import torch_threads
 
 
 @dataclass

@@ -55,7 +55,7 @@ def score_split(model, corpus: Path, split: str, features, profile) -> tuple[dic
 def main(argv=None) -> int:
     args = parse_args(argv)
     from encoder.features import FeatureCache
-    from encoder.threads import torch_threads
+    from encoder.training.threads import torch_threads
     from vlm.model import VideoLanguageModel
 
     profile = PROFILES[args.profile]

@@ -127,7 +127,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     import torch
 
-    from encoder.threads import torch_threads
+    from encoder.training.threads import torch_threads
 
     show_progress(__name__)
     try:

@@ -117,7 +117,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     from transformers import VideoPrismVisionModel
 
-    from encoder.threads import torch_threads
+    from encoder.training.threads import torch_threads
 
     show_progress(__name__)
     try:

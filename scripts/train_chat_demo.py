@@ -172,7 +172,7 @@ def report_markdown(results: dict, split: str, timings: dict, command: str) -> s
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from encoder.threads import torch_threads
+    from encoder.training.threads import torch_threads
     from vlm.llm import load_llm
     from vlm.model import VideoLanguageModel
     from vlm.shapes import read_attributes

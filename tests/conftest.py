@@ -38,7 +38,7 @@ def load_script():
 def one_torch_thread():
     """For modules of tiny models (``pytestmark = pytest.mark.usefixtures("one_torch_thread")``): one
     torch thread is as fast, and far faster when the CPU is shared; the count is restored after."""
-    from encoder.threads import torch_threads
+    from encoder.training.threads import torch_threads
 
     with torch_threads(1):
         yield

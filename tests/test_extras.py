@@ -18,7 +18,7 @@ OPTIONAL = ("gradio", "peft", "datasets", "evaluate", "nltk", "matplotlib", "fai
 def test_the_library_and_cli_import_no_optional_package():
     code = (
         "import sys\n"
-        "import vlm.cli, vlm.model, vlm.retrieval.index, vlm.retrieval.evaluation, vlm.training, encoder.pretrain.training\n"
+        "import vlm.cli, vlm.model, vlm.retrieval.index, vlm.retrieval.evaluation, vlm.training, encoder.pretrain.loop\n"
         "vlm.cli.build_parser()\n"
         f"print(sorted(m for m in {OPTIONAL!r} if m in sys.modules))\n"
     )
@@ -54,7 +54,7 @@ def test_a_missing_extra_is_one_line_naming_it(blocked, argv, extra, monkeypatch
 
 
 def test_require_and_plots_without_matplotlib(monkeypatch, tmp_path):
-    from encoder.run_log import plot_metrics_if_installed
+    from encoder.training.run_log import plot_metrics_if_installed
 
     monkeypatch.setitem(sys.modules, "peft", None)
     with pytest.raises(MissingExtraError, match=r"LoRA needs peft, which is not installed: pip install 'prism-vlm\[train\]'"):

@@ -29,11 +29,11 @@ from encoder.pretrain.heads import (
     token_positions,
 )
 from encoder.pretrain.lit import LitConfig, run_lit
+from encoder.pretrain.loop import make_accelerator, make_optimizer
 from encoder.pretrain.losses import LogitScale, contrastive_loss, cosine_distance
 from encoder.pretrain.stage1 import ModelSize, Stage1Config, build_stage1, load_logit_scale, new_clip_model, run_stage1
 from encoder.pretrain.stage2 import Stage2Config, build_stage2, run_stage2
 from encoder.pretrain.tokenizer import train_caption_tokenizer
-from encoder.pretrain.training import make_accelerator, make_optimizer
 from encoder.text_tokenizer import tokenize_texts
 from tests.video_factory import write_video
 

@@ -78,7 +78,7 @@ def test_probe_is_deterministic_and_leaves_the_global_rng_alone():
 
 
 def test_torch_threads_sets_and_restores_the_count():
-    from encoder.threads import torch_threads
+    from encoder.training.threads import torch_threads
 
     before = torch.get_num_threads()
     with torch_threads(2):

@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from encoder.checkpoints import (
+from encoder.training.checkpoints import (
     CheckpointError,
     checkpoint_dir,
     latest_checkpoint,
@@ -21,8 +21,8 @@ from encoder.checkpoints import (
     trainable_state,
     unwrap,
 )
-from encoder.run_log import MetricsLog, plot_metrics, read_metrics
-from encoder.schedules import warmup_cosine_decay, warmup_linear_decay
+from encoder.training.run_log import MetricsLog, plot_metrics, read_metrics
+from encoder.training.schedules import warmup_cosine_decay, warmup_linear_decay
 
 
 def _model(seed: int = 0) -> nn.Module:
@@ -246,7 +246,7 @@ def test_plot_metrics_writes_png(tmp_path):
 _TWO_PROCESS_SCRIPT = r'''
 import json, sys, torch
 from torch import nn
-from encoder.checkpoints import latest_checkpoint, load_training_checkpoint, save_training_checkpoint, trainable_state
+from encoder.training.checkpoints import latest_checkpoint, load_training_checkpoint, save_training_checkpoint, trainable_state
 
 torch.distributed.init_process_group("gloo")
 rank = torch.distributed.get_rank()
@@ -338,7 +338,7 @@ def test_write_file_atomically_replaces_whole(tmp_path):
 def test_report_to_is_checked_before_any_work_and_plot_on_demand(tmp_path, monkeypatch, capsys):
     import sys
 
-    from encoder.run_log import check_report_to
+    from encoder.training.run_log import check_report_to
     from vlm.cli import main
 
     assert check_report_to("none") is None and check_report_to("tensorboard") == "tensorboard"

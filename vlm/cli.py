@@ -150,7 +150,7 @@ def _cmd_ask(args: argparse.Namespace) -> int:
 def _cmd_plot(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from encoder.run_log import plot_metrics
+    from encoder.training.run_log import plot_metrics
 
     run = Path(args.run)
     metrics = run / "metrics.jsonl" if run.is_dir() else run

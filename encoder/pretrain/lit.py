@@ -24,6 +24,7 @@ from transformers import VideoPrismClipModel
 from encoder.factorized import encode_visible_tokens
 from encoder.loading import load_encoder
 from encoder.masking import MASK_KINDS
+from encoder.pretrain.loop import TrainingSettings, process_rows, run_training
 from encoder.pretrain.losses import LogitScale, contrastive_loss
 from encoder.pretrain.stage1 import (
     ContrastiveModel,
@@ -35,7 +36,6 @@ from encoder.pretrain.stage1 import (
     load_tokenizer,
     new_clip_model,
 )
-from encoder.pretrain.training import TrainingSettings, process_rows, run_training
 from encoder.text_tokenizer import tokenize_texts
 
 

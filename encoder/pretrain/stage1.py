@@ -47,15 +47,15 @@ from encoder.factorized import encode_visible_tokens
 from encoder.masking import MASK_KINDS, make_mask, visible_indices
 from encoder.pretrain.data import AlternatingBatches, ClipDataset, ManifestError
 from encoder.pretrain.heads import pool_video_tokens
-from encoder.pretrain.losses import LogitScale, contrastive_loss
-from encoder.pretrain.training import (
+from encoder.pretrain.loop import (
     TrainingSettings,
     process_rows,
     run_training,
     step_seed,
 )
-from encoder.schedules import warmup_linear_decay
+from encoder.pretrain.losses import LogitScale, contrastive_loss
 from encoder.text_tokenizer import tokenize_texts
+from encoder.training.schedules import warmup_linear_decay
 
 TEMPERATURE_FILE = "contrastive_temperature.safetensors"
 PRETRAINING_FILE = "pretraining.json"

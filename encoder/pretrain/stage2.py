@@ -45,15 +45,15 @@ from encoder.pretrain.heads import (
     pool_video_tokens,
     shuffle_permutations,
 )
-from encoder.pretrain.losses import cosine_distance
-from encoder.pretrain.training import (
+from encoder.pretrain.loop import (
     TrainingSettings,
     process_rows,
     run_training,
     step_seed,
     torch_generator,
 )
-from encoder.schedules import warmup_cosine_decay
+from encoder.pretrain.losses import cosine_distance
+from encoder.training.schedules import warmup_cosine_decay
 
 PRETRAINING_FILE = "pretraining.json"
 

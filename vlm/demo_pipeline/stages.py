@@ -239,8 +239,8 @@ def train_glue_stage(work: Path, profile: DemoProfile, seed: int, corpus: Path, 
 def glue_from_latest_checkpoint(work: Path, profile: DemoProfile, cache: Path, llm, tokenizer) -> Path:
     """``--glue-stop-early``: save the glue of the newest training checkpoint as WORK/glue/model
     (recorded in WORK/glue/stopped_early.json) instead of training to ``glue_steps``."""
-    from encoder.checkpoints import latest_checkpoint, load_training_checkpoint
     from encoder.features import FeatureCache
+    from encoder.training.checkpoints import latest_checkpoint, load_training_checkpoint
     from vlm.model import VideoLanguageModel
     from vlm.prompts import PromptConfig
     from vlm.training.config import TrainConfig

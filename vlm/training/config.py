@@ -171,7 +171,7 @@ class TrainConfig:
             raise TrainConfigError(f"final_lr_ratio must be in [0, 1], got {self.final_lr_ratio}")
         if self.learning_rate <= 0:
             raise TrainConfigError(f"learning_rate must be > 0, got {self.learning_rate}")
-        from encoder.run_log import REPORT_TO
+        from encoder.training.run_log import REPORT_TO
 
         if self.report_to not in REPORT_TO:
             raise TrainConfigError(f"report_to must be one of {REPORT_TO}, got {self.report_to!r}")

@@ -16,7 +16,7 @@ Run directory::
     metrics.jsonl           {"step", "loss", "lr", "samples_per_s", "skipped_videos", ...}; {"step", "val_loss"}
     loss.png                loss and val_loss against step
     samples.jsonl           validation captions {"step", "video", "reference", "caption"}
-    checkpoints/step-XXXXXXXX/   see encoder.checkpoints (resumable with resume=True)
+    checkpoints/step-XXXXXXXX/   see encoder.training.checkpoints (resumable with resume=True)
     model/                  the final glue (VideoLanguageModel.save_pretrained)
 """
 
@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 
 from encoder.decode_workers import decoding_worker_context
-from encoder.threads import torch_threads
+from encoder.training.threads import torch_threads
 from vlm.training.config import CONFIG_FILE, TrainConfig, TrainConfigError
 from vlm.training.data import (
     CacheIndex,
@@ -202,7 +202,7 @@ def _build_model(config: TrainConfig, cache, llm, tokenizer, encoder):
 
 
 def _check_run_dir(run_dir: Path, config: TrainConfig, resume: bool) -> None:
-    from encoder.checkpoints import latest_checkpoint
+    from encoder.training.checkpoints import latest_checkpoint
 
     saved_path = run_dir / CONFIG_FILE
     if resume and saved_path.is_file():
@@ -251,14 +251,14 @@ def _train(config: TrainConfig, resume: bool, llm, tokenizer, encoder, on_step) 
     from tqdm.auto import tqdm
 
     from encoder.atomic_files import save_directory_atomically
-    from encoder.checkpoints import (
+    from encoder.features import FeatureCache
+    from encoder.training.checkpoints import (
         latest_checkpoint,
         load_training_checkpoint,
         save_training_checkpoint,
         trainable_state,
     )
-    from encoder.features import FeatureCache
-    from encoder.run_log import (
+    from encoder.training.run_log import (
         TRACKERS_DIR,
         MetricsLog,
         check_report_to,
@@ -266,7 +266,7 @@ def _train(config: TrainConfig, resume: bool, llm, tokenizer, encoder, on_step) 
         plot_metrics_if_installed,
         start_trackers,
     )
-    from encoder.schedules import warmup_linear_decay
+    from encoder.training.schedules import warmup_linear_decay
 
     cuda = torch.cuda.is_available()
     precision = config.mixed_precision
@@ -437,6 +437,6 @@ def _train(config: TrainConfig, resume: bool, llm, tokenizer, encoder, on_step) 
 
 
 def _read_rows(path: Path) -> list[dict]:
-    from encoder.run_log import read_metrics
+    from encoder.training.run_log import read_metrics
 
     return read_metrics(path)

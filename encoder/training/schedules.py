@@ -10,7 +10,7 @@ already taken ``s`` (the lr used by update ``s + 1``):
 - after ``total_steps`` the final value is kept.
 
 The lambdas are plain closures, so ``LambdaLR.state_dict()`` stores no function state and
-checkpoints (see ``encoder.checkpoints``) hold only numbers.
+checkpoints (see ``encoder.training.checkpoints``) hold only numbers.
 """
 
 from __future__ import annotations

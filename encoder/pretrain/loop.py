@@ -5,8 +5,8 @@ A stage is a *task*: an object with a ``model`` (one ``nn.Module`` holding every
 itself (data order, masks and shuffles are pure functions of the seed and the step, so resuming
 reproduces them), a ``scheduler(optimizer)`` factory and an ``export(model, out_dir)`` method
 writing the final transformers-format model. ``run_training`` does the rest with the shared
-machinery: accelerate for devices / mixed precision / processes, ``encoder.checkpoints`` for atomic
-checkpoints with optimizer, scheduler, RNG and data position (exact resume), ``encoder.run_log``
+machinery: accelerate for devices / mixed precision / processes, ``encoder.training.checkpoints`` for atomic
+checkpoints with optimizer, scheduler, RNG and data position (exact resume), ``encoder.training.run_log``
 for the metrics JSONL and loss plot, and a tqdm progress bar.
 
 Run directory (``config.output_dir``)::
@@ -31,16 +31,22 @@ import torch
 from torch import nn
 
 from encoder.atomic_files import save_directory_atomically
-from encoder.checkpoints import (
+from encoder.configs import config_to_dict, save_config
+from encoder.training.checkpoints import (
     latest_checkpoint,
     load_training_checkpoint,
     save_training_checkpoint,
     trainable_state,
     unwrap,
 )
-from encoder.configs import config_to_dict, save_config
-from encoder.run_log import MetricsLog, check_report_to, finish_trackers, plot_metrics_if_installed, start_trackers
-from encoder.threads import torch_threads
+from encoder.training.run_log import (
+    MetricsLog,
+    check_report_to,
+    finish_trackers,
+    plot_metrics_if_installed,
+    start_trackers,
+)
+from encoder.training.threads import torch_threads
 
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
@@ -126,7 +132,7 @@ class TrainingSettings:
             value = getattr(self, name)
             if value is not None and not 1 <= int(value) <= 4096:
                 raise ValueError(f"{name} must be in [1, 4096] or None, got {value}")
-        from encoder.run_log import REPORT_TO
+        from encoder.training.run_log import REPORT_TO
 
         if self.report_to not in REPORT_TO:
             raise ValueError(f"report_to must be one of {REPORT_TO}, got {self.report_to!r}")
@@ -190,7 +196,7 @@ def _export_atomically(task: Task, model: nn.Module, out_dir: Path) -> Path:
 def make_accelerator(settings: TrainingSettings):
     from accelerate import Accelerator
 
-    from encoder.run_log import TRACKERS_DIR, check_report_to
+    from encoder.training.run_log import TRACKERS_DIR, check_report_to
 
     tracker = check_report_to(settings.report_to)
     return Accelerator(mixed_precision=settings.mixed_precision, cpu=settings.cpu, log_with=tracker,

@@ -32,6 +32,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout's vlm and encoder
 
 from encoder.atomic_files import write_json  # noqa: E402
+from encoder.jsonl import iter_jsonl_strict  # noqa: E402
 from vlm.demo_pipeline import stages  # noqa: E402  (the pipeline's own stage functions)
 from vlm.demo_pipeline.pipeline import show_progress  # noqa: E402
 from vlm.demo_pipeline.profiles import PROFILES, profile_with_overrides  # noqa: E402
@@ -76,7 +77,7 @@ def caption_vs_negatives(model_dir: Path, corpus: Path, split: str, num_clips: i
     max_length = clip_model.config.text_config.max_position_embeddings
     heldout = stages.corpus_heldout_pairs(corpus)
     attributes = {clip.id: clip for clip in read_attributes(corpus, split)}
-    rows = [json.loads(line) for line in (corpus / split / "captions.jsonl").read_text(encoding="utf-8").splitlines()]
+    rows = [row for _, row in iter_jsonl_strict(corpus / split / "captions.jsonl")]
     rows = rows[:num_clips]
     patches = (size // clip_model.config.vision_config.tubelet_size[1]) ** 2
     wins = []

@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # eval_glue_split (and
 import eval_glue_split  # noqa: E402
 
 from encoder.atomic_files import write_json  # noqa: E402
+from encoder.jsonl import iter_jsonl_strict  # noqa: E402
 from vlm.demo_pipeline.evaluation import TARGETS, run_evaluation, spread  # noqa: E402
 from vlm.demo_pipeline.pipeline import Timings, show_progress  # noqa: E402
 from vlm.demo_pipeline.profiles import PROFILES  # noqa: E402
@@ -88,8 +89,7 @@ def write_count_conversations(corpus: Path, split: str) -> Path:
     from vlm.shapes.conversations import COUNT_QUESTIONS
 
     out = corpus / split / COUNT_FILE
-    videos = {json.loads(line)["id"]: json.loads(line)["video"]
-              for line in (corpus / split / "conversations.jsonl").read_text(encoding="utf-8").splitlines() if line.strip()}
+    videos = {row["id"]: row["video"] for _, row in iter_jsonl_strict(corpus / split / "conversations.jsonl")}
 
     def article(words: str) -> str:
         return ("an " if words[0] in "aeiou" else "a ") + words

@@ -19,7 +19,6 @@ function of (seed, s), so resuming at step s reproduces the exact same data orde
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from encoder.jsonl import iter_jsonl_strict
 from encoder.video import load_clip
 
 
@@ -55,33 +55,26 @@ def read_manifest(manifest: str | os.PathLike, require_captions: bool = True) ->
         raise FileNotFoundError(f"manifest not found: {manifest}")
     root = manifest.parent
     examples = []
-    with manifest.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            where = f"{manifest}:{number}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise ManifestError(f"{where}: not valid JSON ({error.msg})") from None
-            if not isinstance(row, dict) or ("video" in row) == ("image" in row):
-                raise ManifestError(f"{where}: a row must be an object with exactly one of 'video' or 'image'")
-            is_image = "image" in row
-            path = row["image" if is_image else "video"]
-            if not isinstance(path, str) or not path:
-                raise ManifestError(f"{where}: the {'image' if is_image else 'video'} path must be a non-empty string")
-            caption = row.get("caption")
-            if caption is not None and not isinstance(caption, str):
-                raise ManifestError(f"{where}: 'caption' must be a string")
-            if require_captions and not (caption and caption.strip()):
-                raise ManifestError(f"{where}: no caption (contrastive training needs one per example)")
-            negatives = row.get("negative_captions", [])
-            if not isinstance(negatives, list) or not all(isinstance(n, str) and n.strip() for n in negatives):
-                raise ManifestError(f"{where}: 'negative_captions' must be a list of non-empty strings")
-            start, end = row.get("start"), row.get("end")
-            if is_image and (start is not None or end is not None):
-                raise ManifestError(f"{where}: an image has no 'start'/'end'")
-            examples.append(Example(root / path, is_image, caption, start, end, tuple(negatives)))
+    for number, row in iter_jsonl_strict(manifest, ManifestError):
+        where = f"{manifest}:{number}"
+        if ("video" in row) == ("image" in row):
+            raise ManifestError(f"{where}: a row must be an object with exactly one of 'video' or 'image'")
+        is_image = "image" in row
+        path = row["image" if is_image else "video"]
+        if not isinstance(path, str) or not path:
+            raise ManifestError(f"{where}: the {'image' if is_image else 'video'} path must be a non-empty string")
+        caption = row.get("caption")
+        if caption is not None and not isinstance(caption, str):
+            raise ManifestError(f"{where}: 'caption' must be a string")
+        if require_captions and not (caption and caption.strip()):
+            raise ManifestError(f"{where}: no caption (contrastive training needs one per example)")
+        negatives = row.get("negative_captions", [])
+        if not isinstance(negatives, list) or not all(isinstance(n, str) and n.strip() for n in negatives):
+            raise ManifestError(f"{where}: 'negative_captions' must be a list of non-empty strings")
+        start, end = row.get("start"), row.get("end")
+        if is_image and (start is not None or end is not None):
+            raise ManifestError(f"{where}: an image has no 'start'/'end'")
+        examples.append(Example(root / path, is_image, caption, start, end, tuple(negatives)))
     if not examples:
         raise ManifestError(f"{manifest}: no examples")
     kinds = {example.is_image for example in examples}

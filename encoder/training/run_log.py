@@ -9,22 +9,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from encoder.jsonl import read_jsonl_tolerant
+
 
 def read_metrics(path: str | os.PathLike) -> list[dict]:
     """Rows of a metrics JSONL file (a torn last line from a killed writer is ignored)."""
-    path = Path(path)
-    if not path.is_file():
-        return []
-    rows = []
-    with open(path, encoding="utf-8") as handle:
-        for line in handle:
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(row, dict):
-                rows.append(row)
-    return rows
+    return read_jsonl_tolerant(path)
 
 
 REPORT_TO = ("none", "tensorboard", "trackio", "wandb")  # accelerate's trackers we offer

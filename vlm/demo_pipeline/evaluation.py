@@ -4,11 +4,11 @@ single-frame baselines, closed / open QA and captions, and the run's targets."""
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 from pathlib import Path
 
 from encoder.atomic_files import write_json
+from encoder.jsonl import iter_jsonl_strict
 from vlm.demo_pipeline.profiles import DemoProfile
 from vlm.demo_pipeline.stages import split_videos
 from vlm.demo_pipeline.workdir import read_json
@@ -137,8 +137,7 @@ def evaluate_model(model, test, candidates, tokens, profile: DemoProfile, refs: 
 
 def caption_refs(corpus: Path, splits) -> dict[str, list[str]]:
     """clip id -> its reference captions, from ``corpus/SPLIT/refs.jsonl`` of each split."""
-    rows = (json.loads(line) for split in splits
-            for line in (corpus / split / "refs.jsonl").read_text(encoding="utf-8").splitlines() if line.strip())
+    rows = (row for split in splits for _, row in iter_jsonl_strict(corpus / split / "refs.jsonl"))
     return {row["video"]: row["captions"] for row in rows}
 
 

@@ -5,7 +5,6 @@ the values and tables that fill it."""
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 from dataclasses import asdict
@@ -14,6 +13,8 @@ from pathlib import Path
 from string import Template
 
 from encoder.atomic_files import write_json
+from encoder.jsonl import read_jsonl_tolerant
+from encoder.training.run_log import read_metrics
 from vlm.demo_pipeline.evaluation import TYPES, targets_check
 from vlm.demo_pipeline.profiles import ABLATIONS, PROFILES, DemoProfile
 from vlm.demo_pipeline.workdir import read_json
@@ -300,7 +301,7 @@ def write_report(work: Path, profile: DemoProfile, seed: int, command: str, mode
     """The run's summary (WORK/summary.json and summary.md) and the demo model's README (MODEL_OUT/README.md);
     with ``docs_dir``, also REPRODUCTION.md and its two plots there. Returns the summary."""
     timings = read_json(work / "timings.json", {})
-    glue_metrics = [json.loads(line) for line in (work / "glue" / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    glue_metrics = read_metrics(work / "glue" / "metrics.jsonl")
     throughput = [m["samples_per_s"] for m in glue_metrics if "samples_per_s" in m]
     size = sum(p.stat().st_size for p in model_out.rglob("*") if p.is_file())
     summary = {
@@ -309,8 +310,7 @@ def write_report(work: Path, profile: DemoProfile, seed: int, command: str, mode
         "glue_samples_per_s": round(sum(throughput) / len(throughput), 3) if throughput else None,
         "probes": probes, "evaluation": evaluation, "targets": targets_check(evaluation, probes),
         "glue_stopped_early": read_json(work / "glue" / "stopped_early.json"),
-        "profile_changes": [json.loads(line) for line in (work / "profile_changes.jsonl").read_text().splitlines()]
-        if (work / "profile_changes.jsonl").is_file() else [],
+        "profile_changes": read_jsonl_tolerant(work / "profile_changes.jsonl"),
         # WORK/notes.md: what a person wrote about the run (analysis, experiments before it), appended to REPRODUCTION.md
         "notes": (work / "notes.md").read_text(encoding="utf-8") if (work / "notes.md").is_file() else None,
         # WORK/<stage>/REUSED.txt: a stage output copied from another run instead of trained by this one (disclosed)

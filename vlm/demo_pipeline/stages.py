@@ -11,6 +11,7 @@ import shutil
 from pathlib import Path
 
 from encoder.atomic_files import write_json
+from encoder.jsonl import iter_jsonl_strict
 from vlm.demo_pipeline.profiles import ABLATIONS, DemoProfile
 from vlm.demo_pipeline.workdir import RunError, read_json
 
@@ -83,8 +84,7 @@ def pretraining_manifests(work: Path, corpora: Path | list[Path], seed: int = 0)
     for corpus in [corpora] if isinstance(corpora, Path) else corpora:
         attributes = {clip.id: clip for clip in read_attributes(corpus, "train")}
         heldout = corpus_heldout_pairs(corpus)
-        for line in (corpus / "train" / "captions.jsonl").read_text(encoding="utf-8").splitlines():
-            row = json.loads(line)
+        for _, row in iter_jsonl_strict(corpus / "train" / "captions.jsonl"):
             video = os.path.relpath((corpus / "train" / row["video"]).resolve(), manifests)
             caption, negatives = caption_and_negatives(row, len(rows1), attributes[row["id"]], heldout, seed)
             rows1.append({"video": video, "caption": caption, "negative_captions": negatives})

@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from encoder.configs import config_from_dict, config_to_dict
+from encoder.jsonl import iter_jsonl_strict
 from vlm.shapes.conversations import conversation, llava_conversation
 from vlm.shapes.language import ANSWER_VOCABULARY, captions, questions
 from vlm.shapes.render import (
@@ -498,14 +499,11 @@ def read_attributes(corpus_dir: str | os.PathLike, split: str | None = None) -> 
     if not path.is_file():
         raise FileNotFoundError(f"no attributes.jsonl in {corpus_dir}: not a make-shapes corpus")
     clips = []
-    with open(path, encoding="utf-8") as handle:
-        for line_number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                clip = ClipAttributes.from_dict(json.loads(line))
-            except (json.JSONDecodeError, TypeError, ValueError, KeyError) as error:
-                raise ValueError(f"{path}:{line_number}: not a clip record ({error})") from None
-            if split is None or clip.split == split:
-                clips.append(clip)
+    for line_number, row in iter_jsonl_strict(path):
+        try:
+            clip = ClipAttributes.from_dict(row)
+        except (TypeError, ValueError, KeyError) as error:
+            raise ValueError(f"{path}:{line_number}: not a clip record ({error})") from None
+        if split is None or clip.split == split:
+            clips.append(clip)
     return clips

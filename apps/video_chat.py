@@ -26,7 +26,7 @@ from apps.limits import VIDEO_SUFFIXES, VideoRejectedError
 from apps.search import MAX_RESULTS, SearchService
 from apps.service import AppInputError, FrameStrip, ModelService, parse_candidates
 from vlm.generation import GenerationSettings
-from vlm.model import UnreadableVideoError
+from vlm.processing import UnreadableVideoError
 from vlm.prompts import ChatMessagesError, EmptyQuestionError
 from vlm.scoring import CandidateError
 from vlm.shapes.language import ANSWER_VOCABULARY

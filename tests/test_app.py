@@ -544,7 +544,7 @@ def test_upload_folder_removed_on_sigterm_and_stale_ones_at_the_next_start(tmp_p
 
 def test_page_messages_never_show_server_paths():
     from apps.video_chat import readable_error
-    from vlm.model import UnreadableVideoError
+    from vlm.processing import UnreadableVideoError
 
     message = readable_error(UnreadableVideoError("cannot decode video '/tmp/gradio/4f2a/clip.mp4': no video stream"))
     assert "/tmp" not in message and "'clip.mp4'" in message

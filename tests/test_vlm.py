@@ -27,9 +27,9 @@ from vlm.model import (
     CONFIG_FILE,
     MissingVideoInputError,
     ResamplerWidthMismatchError,
-    UnreadableVideoError,
     VideoLanguageModel,
 )
+from vlm.processing import UnreadableVideoError
 from vlm.prompts import (
     EmptyQuestionError,
     PromptConfig,

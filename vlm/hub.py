@@ -31,6 +31,7 @@ from pathlib import Path
 from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedModel
 
 from vlm.model import CONFIG_FILE, GlueConfig, VideoLanguageModel
+from vlm.processing import PrismVlmProcessor
 
 HF_CONFIG_FILE = "config.json"
 CARD_FILE = "README.md"
@@ -135,8 +136,8 @@ class PrismVlmForConditionalGeneration(PreTrainedModel):
 
     @property
     def processor(self) -> PrismVlmProcessor:
-        """A :class:`PrismVlmProcessor` with this glue's tokenizer, frames and frame size."""
-        return PrismVlmProcessor.from_model(self)
+        """The wrapped glue's :class:`vlm.processing.PrismVlmProcessor`."""
+        return self.vlm.processor
 
     def forward(self, *args, **kwargs):
         """The wrapped model's training loss (see :meth:`VideoLanguageModel.forward`)."""
@@ -155,48 +156,6 @@ _DELEGATED = frozenset({
     "caption", "answer", "score_answers", "chat", "chat_stream", "chat_stream_batch", "caption_videos", "ask_video",
     "load_videos", "get_video_features", "merge_video_and_text", "qa_prompt", "tokenizer", "encoder", "llm", "resampler",
 })
-
-
-class PrismVlmProcessor:
-    """Prepares a glue's inputs: samples and preprocesses videos and tokenises prompts.
-
-    ``processor(videos=[paths or frame arrays], text=[prompts])`` -> ``BatchFeature`` with
-    ``pixel_values_videos`` [B, T, S, S, 3] float RGB in [0, 1] (the glue's T frames at its frame size,
-    segment centres; what ``caption(clips=...)``, ``answer(..., clips=...)`` and ``chat(..., clips=...)``
-    take) and ``input_ids`` / ``attention_mask`` [B, L] (left-padded, no special tokens: the text that
-    follows the video tokens). Videos are decoded by ``encoder.video.load_clip`` rather than
-    transformers' video processors: its decoding is bounded for any file (seeking, frame budget, time
-    limit, frame-size checks), which a server that takes uploads needs.
-    """
-
-    def __init__(self, tokenizer, num_frames: int, frame_size: int):
-        self.tokenizer, self.num_frames, self.frame_size = tokenizer, int(num_frames), int(frame_size)
-
-    @classmethod
-    def from_model(cls, model: VideoLanguageModel | PrismVlmForConditionalGeneration) -> PrismVlmProcessor:
-        vlm = model.vlm if isinstance(model, PrismVlmForConditionalGeneration) else model
-        return cls(vlm.tokenizer, vlm.config.num_frames, vlm.config.frame_size)
-
-    def __call__(self, videos=None, text=None, num_frames: int | None = None, return_tensors: str = "pt"):
-        import numpy as np
-        import torch
-        from transformers import BatchFeature
-
-        from encoder.video import load_clip
-
-        if videos is None and text is None:
-            raise ValueError("give videos, text or both")
-        data = {}
-        if videos is not None:
-            videos = [videos] if isinstance(videos, (str, os.PathLike)) else list(videos)
-            clips = [load_clip(video, num_frames=num_frames or self.num_frames, size=self.frame_size) for video in videos]
-            data["pixel_values_videos"] = torch.from_numpy(np.stack(clips))
-        if text is not None:
-            texts = [text] if isinstance(text, str) else list(text)
-            encoded = self.tokenizer(texts, add_special_tokens=False, padding=True, padding_side="left",
-                                     return_tensors=return_tensors)
-            data.update(input_ids=encoded["input_ids"], attention_mask=encoded["attention_mask"])
-        return BatchFeature(data=data, tensor_type=None)
 
 
 def write_hub_files(vlm: VideoLanguageModel, directory: str | os.PathLike) -> None:

@@ -74,10 +74,6 @@ class ResamplerWidthMismatchError(ValueError):
     """The resampler's widths do not match the encoder (keys/values) or the LLM (output)."""
 
 
-class UnreadableVideoError(ValueError):
-    """A video file the decoder rejects."""
-
-
 class MissingVideoInputError(ValueError):
     """Neither (or both) of clips / video_tokens given, or pixels given to a model without an encoder."""
 
@@ -770,18 +766,17 @@ class VideoLanguageModel(nn.Module):
 
     # ------------------------------------------------------------------ tasks on video files
 
-    def load_videos(self, videos: Sequence[str | os.PathLike], num_frames: int | None = None) -> torch.Tensor:
-        """Decode video files into clips [B, T, S, S, 3] (T = num_frames or the config's, S = frame_size)."""
-        from encoder.video import VideoDecodeError, load_clip
+    @property
+    def processor(self):
+        """The :class:`vlm.processing.PrismVlmProcessor` of this glue (its tokenizer, frames and frame size)."""
+        from vlm.processing import PrismVlmProcessor
 
-        num_frames = self.config.num_frames if num_frames is None else num_frames
-        clips = []
-        for video in videos:
-            try:
-                clips.append(load_clip(video, num_frames=num_frames, size=self.config.frame_size))
-            except VideoDecodeError as error:
-                raise UnreadableVideoError(str(error)) from error
-        return torch.from_numpy(np.stack(clips))
+        return PrismVlmProcessor.from_model(self)
+
+    def load_videos(self, videos: Sequence[str | os.PathLike], num_frames: int | None = None) -> torch.Tensor:
+        """Video files as clips [B, T, S, S, 3] (T = num_frames or the config's, S = frame_size), decoded by
+        :attr:`processor`; UnreadableVideoError for a file the decoder rejects."""
+        return self.processor(videos=list(videos), num_frames=num_frames)["pixel_values_videos"]
 
     def caption_videos(
         self,

@@ -22,10 +22,9 @@ import time
 from pathlib import Path
 
 import torch
-from transformers import VideoPrismVisionConfig, VideoPrismVisionModel
+from bench_vlm import random_glue  # scripts/ is on sys.path when a script runs
 
 from vlm.llm import SMOLLM2_SOURCE, load_language_model, load_tokenizer
-from vlm.model import VideoLanguageModel
 from vlm.prompts import Shot
 from vlm.scoring import candidate_token_ids, one_token_words
 
@@ -47,13 +46,7 @@ def main() -> None:
     torch.manual_seed(0)
     tokenizer = load_tokenizer(SMOLLM2_SOURCE)
     llm = load_language_model(SMOLLM2_SOURCE, device=args.device)
-    encoder = VideoPrismVisionModel(
-        VideoPrismVisionConfig(hidden_size=32, num_attention_heads=2, intermediate_size=64, num_spatial_layers=1,
-                               num_temporal_layers=1, image_size=36, num_frames=2)
-    ).eval()
-    model = VideoLanguageModel.build(llm, tokenizer, encoder, num_latents=args.num_latents, num_heads=8).to(args.device)
-    with torch.no_grad():
-        model.resampler.latents.normal_(0, float(llm.get_input_embeddings().weight.std()))
+    model = random_glue(llm, tokenizer, args.num_latents, args.device)
     tokens = torch.randn(args.questions, args.frames * 256, 32, device=args.device)
     questions = [f"what is the {SUBJECTS[i % 8]} {VERBS[(i // 8) % 8]}{' in the video' * (i % 3)}?" for i in range(args.questions)]
     shots = [Shot("who is talking to his family?", "man"), Shot("what is a woman doing?", "talk")]

@@ -71,6 +71,19 @@ def timed(function, repeats: int, warm_up=None) -> tuple[float, object]:
     return statistics.median(times), result
 
 
+def random_glue(llm, tokenizer, num_latents: int, device: str) -> VideoLanguageModel:
+    """A glue of random weights on ``llm``: a tiny random VideoPrism (width 32, the benchmarks feed its
+    tokens directly) and ``num_latents`` resampler latents at the scale of the LLM's embeddings."""
+    encoder = VideoPrismVisionModel(
+        VideoPrismVisionConfig(hidden_size=32, num_attention_heads=2, intermediate_size=64, num_spatial_layers=1,
+                               num_temporal_layers=1, image_size=36, num_frames=2)
+    ).eval()
+    model = VideoLanguageModel.build(llm, tokenizer, encoder, num_latents=num_latents, num_heads=8).to(device)
+    with torch.no_grad():
+        model.resampler.latents.normal_(0, float(llm.get_input_embeddings().weight.std()))
+    return model
+
+
 def multi_token_phrases(tokenizer, words: list[str], count: int, seed: int = 0) -> list[str]:
     """``count`` distinct phrases of 2-5 tokens (as candidates), evenly spread over lengths 2..5."""
     rng = random.Random(seed)
@@ -121,13 +134,7 @@ def main() -> None:
     else:
         llm = load_language_model(args.llm, dtype=args.dtype, device=args.device)
     load_seconds = time.perf_counter() - load_start
-    encoder = VideoPrismVisionModel(
-        VideoPrismVisionConfig(hidden_size=32, num_attention_heads=2, intermediate_size=64, num_spatial_layers=1,
-                               num_temporal_layers=1, image_size=36, num_frames=2)
-    ).eval()
-    model = VideoLanguageModel.build(llm, tokenizer, encoder, num_latents=args.num_latents, num_heads=8).to(args.device)
-    with torch.no_grad():
-        model.resampler.latents.normal_(0, float(llm.get_input_embeddings().weight.std()))
+    model = random_glue(llm, tokenizer, args.num_latents, args.device)
     tokens = torch.randn(args.caption_batch, args.frames * 256, 32, device=args.device)
 
     with torch.inference_mode():

@@ -54,7 +54,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--negatives-clips", type=int, default=320,
                         help="clips per split for the caption-vs-hard-negatives score (0: skip it)")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    try:
+        args.demo_profile = profile_with_overrides(args.profile, args.set)  # --set with an unknown field: a usage error
+    except ValueError as error:
+        parser.error(str(error))
+    return args
 
 
 def caption_vs_negatives(model_dir: Path, corpus: Path, split: str, num_clips: int, num_frames: int, size: int,
@@ -131,10 +136,7 @@ def main(argv=None) -> int:
     from encoder.training.threads import torch_threads
 
     show_progress(__name__)
-    try:
-        profile = profile_with_overrides(args.profile, args.set)
-    except ValueError as error:
-        raise SystemExit(str(error)) from None
+    profile = args.demo_profile
     work, corpus = args.work.resolve(), args.corpus.resolve()
     work.mkdir(parents=True, exist_ok=True)
     write_json(work / "profile.json", dataclasses.asdict(profile))

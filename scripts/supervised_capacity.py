@@ -58,7 +58,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    try:
+        args.demo_profile = profile_with_overrides(args.profile, args.set)  # --set with an unknown field: a usage error
+    except ValueError as error:
+        parser.error(str(error))
+    return args
 
 
 def one_object_clips(corpus: Path, split: str):
@@ -120,10 +125,7 @@ def main(argv=None) -> int:
     from encoder.training.threads import torch_threads
 
     show_progress(__name__)
-    try:
-        profile = profile_with_overrides(args.profile, args.set)
-    except ValueError as error:
-        raise SystemExit(str(error)) from None
+    profile = args.demo_profile
     work = args.work.resolve()
     work.mkdir(parents=True, exist_ok=True)
     with torch_threads(args.threads):

@@ -35,7 +35,7 @@ from encoder.atomic_files import write_json  # noqa: E402
 from encoder.jsonl import iter_jsonl_strict  # noqa: E402
 from vlm.demo_pipeline import stages  # noqa: E402  (the pipeline's own stage functions)
 from vlm.demo_pipeline.pipeline import show_progress  # noqa: E402
-from vlm.demo_pipeline.profiles import PROFILES, profile_with_overrides  # noqa: E402
+from vlm.demo_pipeline.profiles import add_profile_arguments, parsed_profile  # noqa: E402
 from vlm.demo_pipeline.workdir import read_json  # noqa: E402
 
 logger = logging.getLogger(__name__)
@@ -45,8 +45,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--corpus", required=True, type=Path, help="a make-shapes corpus (train and val splits)")
     parser.add_argument("--work", required=True, type=Path, help="output folder (stages found there are reused)")
-    parser.add_argument("--profile", choices=sorted(PROFILES), default="full")
-    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="profile override (JSON value)")
+    add_profile_arguments(parser)
     parser.add_argument("--encoder", type=Path, default=None, help="probe this stage-1 encoder instead of training one")
     parser.add_argument("--stage2", action="store_true", help="also train stage 2 from the stage-1 encoder and probe it")
     parser.add_argument("--probe-epochs", type=int, default=10)
@@ -55,10 +54,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--negatives-clips", type=int, default=320,
                         help="clips per split for the caption-vs-hard-negatives score (0: skip it)")
     args = parser.parse_args(argv)
-    try:
-        args.demo_profile = profile_with_overrides(args.profile, args.set)  # --set with an unknown field: a usage error
-    except ValueError as error:
-        parser.error(str(error))
+    args.demo_profile = parsed_profile(parser, args)
     return args
 
 

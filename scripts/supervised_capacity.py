@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout's v
 
 from encoder.atomic_files import write_json  # noqa: E402
 from vlm.demo_pipeline.pipeline import show_progress  # noqa: E402
-from vlm.demo_pipeline.profiles import PROFILES, profile_with_overrides  # noqa: E402
+from vlm.demo_pipeline.profiles import add_profile_arguments, parsed_profile  # noqa: E402
 from vlm.demo_pipeline.stages import model_size  # noqa: E402
 from vlm.shapes import ANSWER_VOCABULARY  # noqa: E402
 
@@ -48,10 +48,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--corpus", required=True, type=Path, help="a make-shapes corpus (its val split is scored)")
     parser.add_argument("--pretrain-corpus", type=Path, default=None, help="more all-train clips to train on")
     parser.add_argument("--work", required=True, type=Path)
-    parser.add_argument("--profile", choices=sorted(PROFILES), default="full")
+    add_profile_arguments(parser)
     parser.add_argument("--tower", choices=("videoprism", "cnn"), default="videoprism",
                         help="the profile's VideoPrism vision tower, or the small CNN reference")
-    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="profile override (JSON value)")
     parser.add_argument("--train-clips", type=int, default=4000, help="one-object training clips (decoded into memory)")
     parser.add_argument("--steps", type=int, default=600)
     parser.add_argument("--batch", type=int, default=64)
@@ -59,10 +58,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args(argv)
-    try:
-        args.demo_profile = profile_with_overrides(args.profile, args.set)  # --set with an unknown field: a usage error
-    except ValueError as error:
-        parser.error(str(error))
+    args.demo_profile = parsed_profile(parser, args)
     return args
 
 

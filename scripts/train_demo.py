@@ -36,13 +36,13 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))  # run from a checkout without installing it
 
 from vlm.demo_pipeline.pipeline import rewrite_report, run_pipeline, show_progress  # noqa: E402
-from vlm.demo_pipeline.profiles import PROFILES, STAGES, DemoProfile, profile_with_overrides, record_profile  # noqa: E402
+from vlm.demo_pipeline.profiles import STAGES, add_profile_arguments, parsed_profile, record_profile  # noqa: E402
 from vlm.demo_pipeline.workdir import RunError  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--profile", choices=sorted(PROFILES), default="full")
+    add_profile_arguments(parser)
     parser.add_argument("--work", default=None, help="working directory (default: runs/demo-PROFILE)")
     parser.add_argument("--model-out", default=None,
                         help="demo model directory (default: WORK/demo_model; pass vlm/demo_model to replace the "
@@ -56,23 +56,15 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="rewrite the report (summary, demo README, --docs) from WORK's saved results; trains nothing")
     parser.add_argument("--change-profile", action="store_true",
                         help="continue a run whose profile differs (logged in WORK/profile_changes.jsonl)")
-    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
-                        help="override a profile field, e.g. --set glue_steps=500 (JSON values)")
-    return parser.parse_args(argv)
-
-
-def build_profile(args: argparse.Namespace) -> DemoProfile:
-    """``--profile`` with every ``--set`` applied (an unknown field exits with the known ones)."""
-    try:
-        return profile_with_overrides(args.profile, args.set)
-    except ValueError as error:
-        raise SystemExit(str(error)) from None
+    args = parser.parse_args(argv)
+    args.demo_profile = parsed_profile(parser, args)  # an unknown --set field: a usage error
+    return args
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
     show_progress()
-    profile = build_profile(args)
+    profile = args.demo_profile
     work = Path(args.work or REPO / "runs" / f"demo-{profile.name}").resolve()
     model_out = Path(args.model_out or work / "demo_model").resolve()  # the shipped model changes only when asked
     docs_dir = REPO / "docs" if args.docs else None

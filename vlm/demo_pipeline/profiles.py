@@ -143,3 +143,19 @@ def record_profile(work: Path, profile: DemoProfile, allow_change: bool) -> None
         with open(work / "profile_changes.jsonl", "a", encoding="utf-8") as handle:
             handle.write(json.dumps({"time": time.strftime("%Y-%m-%d %H:%M:%S"), "changed": changed}) + "\n")
     write_json(work / "profile.json", asdict(profile))
+
+
+def add_profile_arguments(parser) -> None:
+    """``--profile NAME`` and ``--set FIELD=VALUE`` (repeatable) on an argparse parser; read them back
+    with :func:`parsed_profile`."""
+    parser.add_argument("--profile", choices=sorted(PROFILES), default="full")
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                        help="override a profile field, e.g. --set glue_steps=500 (JSON values)")
+
+
+def parsed_profile(parser, args) -> DemoProfile:
+    """The profile of :func:`add_profile_arguments`' flags; an unknown field is the parser's usage error."""
+    try:
+        return profile_with_overrides(args.profile, args.set)
+    except ValueError as error:
+        parser.error(str(error))

@@ -358,3 +358,28 @@ def test_report_to_is_checked_before_any_work_and_plot_on_demand(tmp_path, monke
     assert (run / "loss.png").read_bytes()[:4] == b"\x89PNG" and "wrote" in capsys.readouterr().out
     assert main(["plot", str(tmp_path / "nothing")]) == 2
     assert "no metrics.jsonl" in capsys.readouterr().err
+
+
+def test_run_steps_refuses_a_non_finite_loss_before_updating():
+    """The shared step loop: steps start+1..max_steps, after_step sees each with the lr it used, and a
+    NaN loss raises before the optimizer touches the weights."""
+    from accelerate import Accelerator
+
+    from encoder.training.steps import run_steps
+
+    weight = torch.nn.Parameter(torch.ones(3))
+    optimizer = torch.optim.SGD([weight], lr=0.1)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0 / (step + 1))
+    seen = []
+
+    def compute_loss(step):
+        loss = (weight * weight).sum() if step < 4 else weight.sum() * float("nan")
+        loss.backward()
+        return float(loss.detach()), {"double": 2 * step}
+
+    with pytest.raises(FloatingPointError, match="toy: the loss is nan at step 4; the last good checkpoint is kept in CKPT"):
+        run_steps(start=1, max_steps=6, compute_loss=compute_loss, optimizer=optimizer, scheduler=scheduler, parameters=[weight],
+                  accelerator=Accelerator(cpu=True), max_grad_norm=1.0, title="toy", progress=False, checkpoint_dir="CKPT",
+                  after_step=lambda step, loss, lr, values: seen.append((step, round(lr, 4), values["double"])))
+    assert seen == [(2, 0.1, 4), (3, 0.05, 6)]
+    assert torch.isfinite(weight).all()  # the NaN step made no update

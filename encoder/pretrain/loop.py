@@ -46,6 +46,7 @@ from encoder.training.run_log import (
     plot_metrics_if_installed,
     start_trackers,
 )
+from encoder.training.steps import run_steps
 from encoder.training.threads import torch_threads
 
 CONFIG_FILE = "config.json"
@@ -211,8 +212,6 @@ def run_training(settings: TrainingSettings, task: Task, title: str, plot_keys: 
 
 
 def _train(settings: TrainingSettings, task: Task, title: str, plot_keys: tuple[str, ...]) -> Path:
-    from tqdm.auto import tqdm
-
     out = Path(settings.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     accelerator = make_accelerator(settings)
@@ -234,41 +233,32 @@ def _train(settings: TrainingSettings, task: Task, title: str, plot_keys: tuple[
 
     start_trackers(accelerator, check_report_to(settings.report_to), out, config_to_dict(settings))
     metrics = MetricsLog(out / METRICS_FILE, resume_step=start, accelerator=accelerator) if accelerator.is_main_process else None
-    bar = tqdm(
-        total=settings.max_steps, initial=min(start, settings.max_steps), desc=title, unit="step",
-        disable=not (settings.progress and accelerator.is_main_process),
-    )
     trainable = [p for p in unwrap(model).parameters() if p.requires_grad]
+    began = [0.0]
+
+    def compute_loss(step: int) -> tuple[float, dict]:
+        began[0] = time.perf_counter()
+        loss, values = task.loss(model, step - 1, accelerator)  # the task's steps count from 0
+        accelerator.backward(loss)
+        return float(loss.detach()), values
+
+    def after_step(step: int, loss: float, learning_rate: float, values: dict) -> None:
+        seconds = time.perf_counter() - began[0]
+        if metrics is not None and (step % settings.log_every == 0 or step == settings.max_steps or step == 1):
+            metrics.log(step, loss=loss, lr=float(learning_rate), step_seconds=round(seconds, 4), **values)
+        if step % settings.save_every == 0 or step == settings.max_steps:
+            save_training_checkpoint(
+                out, step, model_state=trainable_state(model), optimizer=optimizer, scheduler=scheduler,
+                data_state=task.data_state(step), extra={"stage": title}, keep_last=settings.keep_checkpoints,
+            )
+
     try:
         model.train()
-        step = start
-        while step < settings.max_steps:
-            began = time.perf_counter()
-            loss, values = task.loss(model, step, accelerator)
-            if not torch.isfinite(loss.detach()):
-                raise FloatingPointError(
-                    f"{title}: loss is {loss.item()} at step {step + 1}; the last good checkpoint is kept in {out / 'checkpoints'}"
-                )
-            accelerator.backward(loss)
-            if settings.max_grad_norm is not None:
-                accelerator.clip_grad_norm_(trainable, settings.max_grad_norm)
-            learning_rate = optimizer.param_groups[0]["lr"]
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            seconds = time.perf_counter() - began
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss.item():.4f}")
-            if metrics is not None and (step % settings.log_every == 0 or step == settings.max_steps or step == 1):
-                metrics.log(step, loss=float(loss.item()), lr=float(learning_rate), step_seconds=round(seconds, 4), **values)
-            if step % settings.save_every == 0 or step == settings.max_steps:
-                save_training_checkpoint(
-                    out, step, model_state=trainable_state(model), optimizer=optimizer, scheduler=scheduler,
-                    data_state=task.data_state(step), extra={"stage": title}, keep_last=settings.keep_checkpoints,
-                )
+        run_steps(start=start, max_steps=settings.max_steps, compute_loss=compute_loss, optimizer=optimizer,
+                  scheduler=scheduler, parameters=trainable, accelerator=accelerator, max_grad_norm=settings.max_grad_norm,
+                  after_step=after_step, title=title, progress=settings.progress and accelerator.is_main_process,
+                  checkpoint_dir=out / "checkpoints")
     finally:
-        bar.close()
         if metrics is not None:
             metrics.close()
         finish_trackers(accelerator)

@@ -1,5 +1,5 @@
 """The machinery both trainings share, glue training (``vlm.training``) and encoder pretraining
-(``encoder.pretrain``): atomic pickle-free checkpoints with exact resume (``checkpoints``), the metrics
+(``encoder.pretrain``): the optimisation step loop (``steps``), atomic pickle-free checkpoints with exact resume (``checkpoints``), the metrics
 log, trackers and loss plot (``run_log``), learning-rate schedules (``schedules``) and torch CPU
 thread control (``threads``). Config files go through ``encoder.configs``, atomic writes through
 ``encoder.atomic_files``."""

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -32,6 +31,7 @@ from pathlib import Path
 import torch
 
 from encoder.decode_workers import decoding_worker_context
+from encoder.training.steps import run_steps
 from encoder.training.threads import torch_threads
 from vlm.training.config import CONFIG_FILE, TrainConfig, TrainConfigError
 from vlm.training.data import (
@@ -248,7 +248,6 @@ def train_glue(
 
 def _train(config: TrainConfig, resume: bool, llm, tokenizer, encoder, on_step) -> Path:
     from accelerate import Accelerator
-    from tqdm.auto import tqdm
 
     from encoder.atomic_files import save_directory_atomically
     from encoder.features import FeatureCache
@@ -362,8 +361,7 @@ def _train(config: TrainConfig, resume: bool, llm, tokenizer, encoder, on_step) 
     metrics = MetricsLog(run_dir / "metrics.jsonl", resume_step=start_step, accelerator=accelerator) if main else None
     samples_log = MetricsLog(run_dir / "samples.jsonl", resume_step=start_step) if main else None
     batches = iter(loader)
-    bar = tqdm(total=config.max_steps, initial=start_step, unit="step", desc="train glue", disable=not (main and config.progress))
-    window_loss, window_steps, window_start = 0.0, 0, time.perf_counter()
+    window = {"loss": 0.0, "steps": 0, "start": time.perf_counter()}
 
     def validate(step: int) -> None:
         if val_loader is None or not main:
@@ -378,7 +376,8 @@ def _train(config: TrainConfig, resume: bool, llm, tokenizer, encoder, on_step) 
             for video, reference, caption in zip(batch["video"], batch["target"], captions):
                 samples_log.log(step, video=video, reference=reference, caption=caption)
 
-    for step in range(start_step + 1, config.max_steps + 1):
+    def compute_loss(step: int) -> tuple[float, dict]:
+        """One global batch: ``accumulation`` micro-batches per process, gradients synced on the last."""
         step_loss = torch.zeros((), device=accelerator.device)
         for micro_step in range(accumulation):
             batch = next(batches)
@@ -391,26 +390,17 @@ def _train(config: TrainConfig, resume: bool, llm, tokenizer, encoder, on_step) 
                 loss = model(**_text_kwargs(unwrapped, batch, config.max_target_tokens), **_video_kwargs(batch))
                 accelerator.backward(loss / accumulation)
             step_loss += loss.detach() / accumulation
-        if config.max_grad_norm is not None:
-            accelerator.clip_grad_norm_(parameters, config.max_grad_norm)
-        lr = scheduler.get_last_lr()[0]
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
+        return float(accelerator.reduce(step_loss, reduction="mean")), {}
 
-        step_loss = float(accelerator.reduce(step_loss, reduction="mean"))
-        if not math.isfinite(step_loss):
-            raise FloatingPointError(f"the training loss is {step_loss} at step {step}")
-        window_loss, window_steps = window_loss + step_loss, window_steps + 1
-        bar.update(1)
-        bar.set_postfix(loss=f"{step_loss:.4f}", lr=f"{lr:.2e}")
+    def after_step(step: int, step_loss: float, lr: float, values: dict) -> None:
+        window["loss"], window["steps"] = window["loss"] + step_loss, window["steps"] + 1
         if step % config.log_every == 0 or step == config.max_steps:
-            elapsed = time.perf_counter() - window_start
+            elapsed = time.perf_counter() - window["start"]
             if main:
                 skipped_videos = len({(r.get("source"), r.get("video")) for r in _read_rows(errors_path)})
-                metrics.log(step, loss=window_loss / window_steps, lr=lr, samples_per_s=window_steps * config.batch_size / elapsed,
-                            skipped_videos=skipped_videos)
-            window_loss, window_steps, window_start = 0.0, 0, time.perf_counter()
+                metrics.log(step, loss=window["loss"] / window["steps"], lr=lr,
+                            samples_per_s=window["steps"] * config.batch_size / elapsed, skipped_videos=skipped_videos)
+            window.update(loss=0.0, steps=0, start=time.perf_counter())
         if step % config.checkpoint_every == 0 or step == config.max_steps:
             save_training_checkpoint(
                 run_dir, step, model_state=trainable_state(unwrapped), optimizer=optimizer, scheduler=scheduler,
@@ -421,7 +411,11 @@ def _train(config: TrainConfig, resume: bool, llm, tokenizer, encoder, on_step) 
             accelerator.wait_for_everyone()
         if on_step is not None:
             on_step(step, {"loss": step_loss, "lr": lr})
-    bar.close()
+
+    run_steps(start=start_step, max_steps=config.max_steps, compute_loss=compute_loss, optimizer=optimizer,
+              scheduler=scheduler, parameters=parameters, accelerator=accelerator, max_grad_norm=config.max_grad_norm,
+              after_step=after_step, title="train glue", progress=main and config.progress,
+              checkpoint_dir=run_dir / "checkpoints")
 
     output = run_dir / MODEL_DIR
     if main:

@@ -632,3 +632,31 @@ def test_unreadable_clip_is_reported_by_name(tmp_path):
         dataset.pixels([0])
     with pytest.raises(FileNotFoundError, match="missing.mp4"):
         dataset.pixels([1])
+
+
+def test_pretrain_flags_are_generated_from_the_stage_configs(tmp_path):
+    """Every field of a stage's config (and of its nested architecture / decoder config) is a flag; the
+    short spellings stay; flags lay over --config; --size presets the architecture."""
+    from encoder.configs import save_config
+    from encoder.pretrain.cli import config_from_args
+    from encoder.pretrain.stage1 import ModelSize, Stage1Config
+    from encoder.pretrain.stage2 import Stage2Config
+    from vlm import cli
+
+    parser = cli.build_parser()
+    args = parser.parse_args(["pretrain", "stage2", "--out", str(tmp_path / "s2"), "--train", "a.jsonl", "b.jsonl",
+                              "--teacher", "t", "--no-shuffle-tokens", "--decoder-layers", "2", "--decoder-width", "64",
+                              "--steps", "5", "--warmup-steps", "1", "--mask", "tube", "--cache-teacher"])
+    config = config_from_args(Stage2Config, args)
+    assert (config.train_manifests, config.max_steps, config.shuffle_tokens, config.global_distillation) == (["a.jsonl", "b.jsonl"], 5, False, True)
+    assert (config.decoder.num_layers, config.decoder.width, config.mask_kind, config.cache_teacher_outputs) == (2, 64, "tube", True)
+
+    base = Stage1Config(output_dir=str(tmp_path / "s1"), train_manifests=["m.jsonl"], max_steps=9, warmup_steps=2,
+                        model=ModelSize.tiny(), vocab_size=77)
+    save_config(base, tmp_path / "config.json")
+    args = parser.parse_args(["pretrain", "stage1", "--config", str(tmp_path / "config.json"), "--steps", "7", "--heads", "4"])
+    config = config_from_args(Stage1Config, args)
+    assert (config.max_steps, config.vocab_size, config.train_manifests) == (7, 77, ["m.jsonl"])  # from the file unless given
+    assert config.model == dataclasses.replace(ModelSize.tiny(), num_attention_heads=4)
+    args = parser.parse_args(["pretrain", "stage1", "--config", str(tmp_path / "config.json"), "--size", "base"])
+    assert config_from_args(Stage1Config, args).model == ModelSize.base()

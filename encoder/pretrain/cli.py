@@ -51,7 +51,7 @@ def _stage_flags(stage: str) -> tuple[ConfigFlags, str, ConfigFlags, type]:
     return flags, "model", ConfigFlags(ModelSize, prefix="model_", aliases=_MODEL_ALIASES), ModelSize
 
 
-def _build_config(cls, args: argparse.Namespace):
+def config_from_args(cls, args: argparse.Namespace):
     """The stage's config: --config FILE.json (if any), then the --size preset, then the flags given."""
     from encoder.configs import config_from_dict, config_to_dict
 
@@ -65,6 +65,8 @@ def _build_config(cls, args: argparse.Namespace):
     values[nested_name] = {**(nested or config_to_dict(nested_class())), **nested_flags.given(args)}
     if args.restart:
         values["resume"] = False
+    if not values.get("output_dir"):
+        raise ValueError("give --out DIR (the run directory), or a --config file with output_dir")
     return config_from_dict(cls, values)
 
 
@@ -72,15 +74,15 @@ def _run(args: argparse.Namespace) -> int:
     if args.stage == "stage1":
         from encoder.pretrain.stage1 import Stage1Config, run_stage1
 
-        out = run_stage1(_build_config(Stage1Config, args))
+        out = run_stage1(config_from_args(Stage1Config, args))
     elif args.stage == "stage2":
         from encoder.pretrain.stage2 import Stage2Config, run_stage2
 
-        out = run_stage2(_build_config(Stage2Config, args))
+        out = run_stage2(config_from_args(Stage2Config, args))
     else:
         from encoder.pretrain.lit import LitConfig, run_lit
 
-        out = run_lit(_build_config(LitConfig, args))
+        out = run_lit(config_from_args(LitConfig, args))
     print(f"wrote {out}")
     return 0
 

@@ -1,8 +1,10 @@
 """``prism-vlm pretrain stage1|stage2|lit`` and ``prism-vlm train-tokenizer``.
 
-Each command builds the stage's config dataclass (from ``--config FILE.json`` when given, e.g. a
-run's saved ``config.json``, then the flags given on the command line) and calls its ``run_*``
-function. Nothing heavy is imported at module level.
+Each stage's flags are generated from its config dataclass (``encoder.cli_arguments.ConfigFlags``,
+transformers' ``HfArgumentParser``): one per field, the nested architecture as ``--model-*`` and stage
+2's decoder as ``--decoder-*``, plus the short spellings below. A command builds the config (from
+``--config FILE.json`` when given, e.g. a run's saved ``config.json``, then the flags given) and calls
+the stage's ``run_*`` function.
 """
 
 from __future__ import annotations

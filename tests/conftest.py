@@ -7,31 +7,15 @@ random language models of the fast tests.
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
-
-SCRIPTS_DIR = Path(__file__).resolve().parents[1] / "scripts"
 
 
 @pytest.fixture(scope="session")
 def load_script():
-    """``load_script("eval_glue_split")``: the module of ``scripts/eval_glue_split.py`` (scripts/ is not a
-    package), loaded once per test session."""
-    loaded = {}
+    """``load_script("eval_glue_split")``: the module of ``scripts/eval_glue_split.py`` (tests.scripts)."""
+    from tests.scripts import import_script
 
-    def load(name: str):
-        if name not in loaded:
-            spec = importlib.util.spec_from_file_location(f"{name}_for_tests", SCRIPTS_DIR / f"{name}.py")
-            module = importlib.util.module_from_spec(spec)
-            sys.modules[spec.name] = module  # dataclasses look their module up there
-            spec.loader.exec_module(module)
-            loaded[name] = module
-        return loaded[name]
-
-    return load
+    return import_script
 
 
 @pytest.fixture(scope="module")

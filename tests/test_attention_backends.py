@@ -21,25 +21,11 @@ from encoder.factorized import encode_tokens
 from encoder.flops import videoprism_forward_flops
 from encoder.loading import ATTN_IMPLEMENTATIONS, load_encoder
 from tests.fixture_files import REFERENCE_DIR as REFERENCE
+from tests.scripts import import_script
 
-SOFTCAP = 5.0
-FRAMES, SIZE = 4, 32
-
-
-def tiny_config(softcap: float = SOFTCAP) -> VideoPrismVisionConfig:
-    # initializer_range 0.3 (not 0.02) makes attention logits reach about 4, so a cap of 5 bends them.
-    return VideoPrismVisionConfig(
-        image_size=SIZE,
-        num_frames=FRAMES,
-        tubelet_size=[1, 8, 8],
-        hidden_size=32,
-        num_attention_heads=2,
-        intermediate_size=64,
-        num_spatial_layers=2,
-        num_temporal_layers=1,
-        initializer_range=0.3,
-        attn_logit_softcapping=softcap,
-    )
+tiny_config = import_script("bench_encoder_gpu").tiny_config  # the GPU benchmark's CPU smoke model
+SOFTCAP = tiny_config().attn_logit_softcapping
+FRAMES, SIZE = tiny_config().num_frames, tiny_config().image_size
 
 
 @pytest.fixture(scope="module")

@@ -240,60 +240,51 @@ def reproduction_markdown(summary: dict) -> str:
 
 # ------------------------------------------------------------------------------------------ plots and files
 
-def plot_qa(evaluation: dict, out: Path) -> None:
-    """Bar chart (PNG at ``out``) of closed per-type accuracy: the assistant, its baselines, chance."""
+def _grouped_bars(out: Path, groups: tuple[str, ...], bars: list[tuple[str, list[float], list[float] | None]],
+                  ylabel: str, title: str, legend_loc: str, chance: list[float] | None = None) -> None:
+    """A grouped bar chart (PNG at ``out``): per group on the x axis one bar per (label, values[G],
+    errors[G] or None), percentages on a 0-105 axis; ``chance`` [G]: a black mark per group."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
 
-    from vlm.shapes import ANSWER_VOCABULARY
-
     figure, axis = plt.subplots(figsize=(7, 3.6))
-    width = 0.26
-    x = np.arange(len(TYPES))
-    for offset, (variant, label) in enumerate(VARIANT_LABELS.items()):
-        values = [evaluation[variant]["closed_per_type"]["per_type"][t]["accuracy"] for t in TYPES]
-        axis.bar(x + (offset - 1) * width, values, width, label=label)
-    chance = [100 / len(ANSWER_VOCABULARY[t]) for t in TYPES]
-    axis.scatter(x, chance, marker="_", s=900, color="black", label="chance", zorder=3)
-    axis.set_xticks(x, TYPES)
-    axis.set_ylabel("closed-vocabulary accuracy (%)")
+    width = 0.8 / max(1, len(bars))
+    x = np.arange(len(groups))
+    for i, (label, values, errors) in enumerate(bars):
+        extra = {"yerr": errors, "capsize": 2} if errors is not None else {}
+        axis.bar(x + (i - (len(bars) - 1) / 2) * width, values, width, label=label, **extra)
+    if chance is not None:
+        axis.scatter(x, chance, marker="_", s=900, color="black", label="chance", zorder=3)
+    axis.set_xticks(x, groups)
+    axis.set_ylabel(ylabel)
     axis.set_ylim(0, 105)
-    axis.set_title("Moving-shapes test split: the assistant vs. baselines")
-    axis.legend(fontsize=7, loc="upper right")
+    axis.set_title(title)
+    axis.legend(fontsize=7, loc=legend_loc)
     figure.tight_layout()
     figure.savefig(out, dpi=110)
     plt.close(figure)
+
+
+def plot_qa(evaluation: dict, out: Path) -> None:
+    """Bar chart (PNG at ``out``) of closed per-type accuracy: the assistant, its baselines, chance."""
+    from vlm.shapes import ANSWER_VOCABULARY
+
+    bars = [(label, [evaluation[variant]["closed_per_type"]["per_type"][t]["accuracy"] for t in TYPES], None)
+            for variant, label in VARIANT_LABELS.items()]
+    _grouped_bars(out, TYPES, bars, "closed-vocabulary accuracy (%)", "Moving-shapes test split: the assistant vs. baselines",
+                  "upper right", chance=[100 / len(ANSWER_VOCABULARY[t]) for t in TYPES])
 
 
 def plot_probes(probes: dict, out: Path) -> None:
     """Bar chart (PNG at ``out``) of the probe accuracies per encoder, with their std over probe seeds."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
     attributes = ("colour", "shape", "motion")
-    figure, axis = plt.subplots(figsize=(7, 3.6))
-    names = list(probes)
-    width = 0.8 / max(1, len(names))
-    x = np.arange(len(attributes))
-    for i, name in enumerate(names):
-        means = [100 * probes[name][a]["mean"] for a in attributes]
-        stds = [100 * probes[name][a]["std"] for a in attributes]
-        axis.bar(x + (i - (len(names) - 1) / 2) * width, means, width, yerr=stds, capsize=2,
-                 label=ENCODER_LABELS.get(name, name))
-    axis.set_xticks(x, attributes)
-    axis.set_ylabel("frozen MAP-probe accuracy (%)")
-    axis.set_ylim(0, 105)
-    axis.set_title("Frozen-encoder probes on the test split (mean ± std over probe seeds)")
-    axis.legend(fontsize=7, loc="lower left")
-    figure.tight_layout()
-    figure.savefig(out, dpi=110)
-    plt.close(figure)
+    bars = [(ENCODER_LABELS.get(name, name), [100 * probes[name][a]["mean"] for a in attributes],
+             [100 * probes[name][a]["std"] for a in attributes]) for name in probes]
+    _grouped_bars(out, attributes, bars, "frozen MAP-probe accuracy (%)",
+                  "Frozen-encoder probes on the test split (mean ± std over probe seeds)", "lower left")
 
 
 def write_report(work: Path, profile: DemoProfile, seed: int, command: str, model_out: Path, probes: dict,

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import av
 import numpy as np
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, VideoPrismVisionConfig, VideoPrismVisionModel
@@ -56,19 +55,13 @@ def save_tiny_glue(model, tokenizer, root: Path) -> Path:
 
 
 def write_clip(path: Path, seed: int, frames: int = 6, size: int = 40) -> Path:
-    """A small H.264 clip of random colour blocks."""
+    """A small H.264 clip of random colour blocks (8 fps), written as the shapes corpus writes its clips."""
+    from vlm.shapes.corpus import encode_mp4
+
     rng = np.random.default_rng(seed)
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=8)
-        stream.width = stream.height = size
-        stream.pix_fmt = "yuv420p"
-        stream.options = {"preset": "ultrafast"}
-        for _ in range(frames):
-            image = np.kron(rng.integers(0, 255, (4, 4, 3), dtype=np.uint8), np.ones((size // 4, size // 4, 1), np.uint8))
-            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
+    images = [np.kron(rng.integers(0, 255, (4, 4, 3), dtype=np.uint8), np.ones((size // 4, size // 4, 1), np.uint8))
+              for _ in range(frames)]
+    encode_mp4(np.stack(images), path, fps=8, preset="ultrafast")
     return path
 
 

@@ -199,13 +199,13 @@ def test_conversation_loss_from_the_cache_equals_on_the_fly_and_ignores_user_tur
     clips = torch.from_numpy(np.stack([load_clip(v, num_frames=FRAMES, size=SIZE) for v in videos]))
     cache = FeatureCache(root / "cache")
     tokens = torch.stack([cache.get(v) for v in videos])
-    on_the_fly = model.example_losses(*args, clips=clips, conversations=conversations)
-    cached = model.example_losses(*args, video_tokens=tokens, conversations=conversations)
+    texts = model.processor.training_texts(*args, conversations=conversations)
+    on_the_fly = model.example_losses(texts, clips=clips)
+    cached = model.example_losses(texts, video_tokens=tokens)
     torch.testing.assert_close(on_the_fly, cached, atol=1e-5, rtol=0)
     # the loss is the mean over the assistant tokens, computed from a full forward by hand
     features = model.get_video_features(video_tokens=tokens)
-    texts = model.training_texts(*args, conversations=conversations)
-    inputs, _ = model.training_inputs(features, *args, conversations=conversations)
+    inputs, _ = model.training_inputs(features, texts)
     with torch.no_grad():
         log_probs = torch.log_softmax(model.llm(inputs_embeds=inputs.inputs_embeds, attention_mask=inputs.attention_mask,
                                                 position_ids=inputs.position_ids).logits.float(), dim=-1)
@@ -217,7 +217,7 @@ def test_conversation_loss_from_the_cache_equals_on_the_fly_and_ignores_user_tur
     # a different user question changes nothing the loss sees but the context; a different reply changes the loss
     other_reply = [dict(m) for m in PLAIN]
     other_reply[3]["content"] = "It is staying still."
-    changed = model.example_losses(*args, video_tokens=tokens, conversations=[other_reply, None])
+    changed = model.example_losses(model.processor.training_texts(*args, conversations=[other_reply, None]), video_tokens=tokens)
     assert abs(float(changed[0].detach()) - float(cached[0].detach())) > 1e-4
     assert float(changed[1].detach()) == pytest.approx(float(cached[1].detach()), abs=1e-6)
 

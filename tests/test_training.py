@@ -99,13 +99,14 @@ def test_labels_are_the_target_tokens_and_eos_only(parts):
     torch.manual_seed(0)
     tokens = torch.randn(2, FRAMES * 4, 32)
     features = model.get_video_features(video_tokens=tokens)
-    inputs, labels = model.training_inputs(features, prompts, targets)
+    texts = model.processor.training_texts(prompts, targets)
+    inputs, labels = model.training_inputs(features, texts)
     expected = [tokenizer(" " + t, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id] for t in targets]
     for row, ids in enumerate(expected):
         assert labels[row][labels[row] != -100].tolist() == ids  # prompt, video, pads: ignored
         assert labels[row, -1] == -100  # nothing follows the last position
     # the losses from the kept logits equal a full-sequence computation
-    losses = model.example_losses(prompts, targets, video_tokens=tokens)
+    losses = model.example_losses(texts, video_tokens=tokens)
     with torch.no_grad():
         logits = model.llm(inputs_embeds=inputs.inputs_embeds, attention_mask=inputs.attention_mask,
                            position_ids=inputs.position_ids).logits.float()
@@ -116,9 +117,9 @@ def test_labels_are_the_target_tokens_and_eos_only(parts):
         manual = -torch.stack([log_probs[row, p, t] for p, t in zip(positions, ids)]).mean()
         assert float(losses[row].detach()) == pytest.approx(float(manual), abs=1e-5)
     # each row's loss does not depend on what it is batched with (left padding, position ids)
-    alone = model.example_losses(prompts[:1], targets[:1], video_tokens=tokens[:1])
+    alone = model.example_losses(texts[:1], video_tokens=tokens[:1])
     assert float(alone[0].detach()) == pytest.approx(float(losses[0].detach()), abs=1e-5)
-    assert float(model(prompts, targets, video_tokens=tokens).detach()) == pytest.approx(float(losses.mean().detach()), abs=1e-6)
+    assert float(model(texts, video_tokens=tokens).detach()) == pytest.approx(float(losses.mean().detach()), abs=1e-6)
     # captions train after the caption prompt, answers after the QA prompt
     from vlm.training.loop import _prompts
 
@@ -127,7 +128,7 @@ def test_labels_are_the_target_tokens_and_eos_only(parts):
     assert _prompts(model, batch)[1] == "question: what is shown? answer:"
     # only the resampler gets gradients
     model.zero_grad(set_to_none=True)
-    model(prompts, targets, video_tokens=tokens).backward()
+    model(texts, video_tokens=tokens).backward()
     trained = {name.split(".")[0] for name, p in model.named_parameters() if p.grad is not None}
     assert trained == {"resampler"}
     model.zero_grad(set_to_none=True)
@@ -138,11 +139,11 @@ def test_gradient_checkpointing_gives_the_same_gradients(parts):
 
     model = parts["model"]
     tokens = torch.randn(2, FRAMES * 4, 32)
-    args = (["A video of"] * 2, ["a red ball", "two cats"])
+    texts = model.processor.training_texts(["A video of"] * 2, ["a red ball", "two cats"])
 
     def gradients():
         model.zero_grad(set_to_none=True)
-        model(*args, video_tokens=tokens).backward()
+        model(texts, video_tokens=tokens).backward()
         return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
     plain = gradients()
@@ -174,8 +175,9 @@ def test_loss_from_the_cache_equals_on_the_fly_encoding(parts):
     videos = [str(root / "clips" / f"c{i}.mp4") for i in (0, 2, 5)]
     prompts, targets = ["A video of"] * 3, ["a clip", "colour blocks on a screen", "something"]
     clips = torch.from_numpy(np.stack([load_clip(v, num_frames=FRAMES, size=SIZE) for v in videos]))
-    on_the_fly = model(prompts, targets, clips=clips)
-    cached = model(prompts, targets, video_tokens=torch.stack([cache.get(v) for v in videos]))
+    texts = model.processor.training_texts(prompts, targets)
+    on_the_fly = model(texts, clips=clips)
+    cached = model(texts, video_tokens=torch.stack([cache.get(v) for v in videos]))
     assert abs(float(on_the_fly.detach()) - float(cached.detach())) <= 1e-5
     # a cache with training crops: crop 0 is the plain centre crop, crop k the seeded random crop k
     assert crops.num_crops == 2 and sorted(crops.videos) == sorted(cache.videos)
@@ -188,8 +190,8 @@ def test_loss_from_the_cache_equals_on_the_fly_encoding(parts):
         for crop in (1, 2):
             top, left = cache_crop_offsets(video, crop, 3, source, SIZE)
             view = torch.from_numpy(np.ascontiguousarray(crop_clip(wide, top, left, SIZE)))[None]
-            on_the_fly = model(prompts[:1], targets[:1], clips=view)
-            cached = model(prompts[:1], targets[:1], video_tokens=crops.get(video, crop)[None])
+            on_the_fly = model(texts[:1], clips=view)
+            cached = model(texts[:1], video_tokens=crops.get(video, crop)[None])
             assert abs(float(on_the_fly.detach()) - float(cached.detach())) <= 1e-5
         # two crops of a clip hold the same tokens exactly when they were drawn at the same offset (the
         # offsets are seeded by the video's path, here a pytest folder: 1 run in 64 draws them equal)

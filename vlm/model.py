@@ -11,9 +11,10 @@ Saved layout (``save_pretrained``)::
     DIR/resampler.safetensors     resampler weights
     DIR/llm_adapter.safetensors   only when the LLM was fine-tuned with LoRA (config key "lora")
 
-Training: :meth:`VideoLanguageModel.forward` (the mean of :meth:`example_losses`) is the autoregressive LM loss on the
-target text after a prompt, or on the assistant turns of a conversation rendered with the LLM's chat
-template (``vlm.chat_template``, the same rendering :meth:`chat_stream` uses), the only loss the glue
+Training: :meth:`VideoLanguageModel.forward` (the mean of :meth:`example_losses`) is the autoregressive LM loss on
+tokenised examples -- the target text after a prompt, or the assistant turns of a conversation rendered
+with the LLM's chat template (``vlm.chat_template``, the same rendering :meth:`chat_stream` uses) --
+which :meth:`vlm.processing.PrismVlmProcessor.training_texts` makes from strings; the only loss the glue
 trains with (see ``vlm.training``).
 """
 
@@ -33,7 +34,7 @@ from transformers import PreTrainedTokenizerBase
 
 from encoder.configs import config_from_dict, config_to_dict
 from encoder.extras import require
-from vlm.chat_template import IGNORE_INDEX, ChatIds, chat_inference_ids, chat_training_ids
+from vlm.chat_template import IGNORE_INDEX, ChatIds, chat_inference_ids
 from vlm.generation import (
     GenerationSettings,
     IncrementalText,
@@ -47,7 +48,6 @@ from vlm.llm import check_llm_accepts_embeddings, llm_hidden_size, load_llm
 from vlm.prompts import (
     PromptConfig,
     Shot,
-    answer_continuation,
     clean_open_answer,
     clean_question,
     leading_special_ids,
@@ -457,64 +457,18 @@ class VideoLanguageModel(nn.Module):
 
     # ------------------------------------------------------------------ training loss
 
-    def training_texts(
-        self,
-        prompts: Sequence[str],
-        targets: Sequence[str],
-        max_target_tokens: int | None = None,
-        conversations: Sequence[Sequence[dict] | None] | None = None,
-    ) -> list[ChatIds]:
-        """Token ids and labels of each training example around its video (see :class:`ChatIds`).
-
-        Row b is the conversation ``conversations[b]`` when one is given (prompt and target unused):
-        rendered by :func:`vlm.chat_template.chat_training_ids`, labels on the assistant turns and
-        their end-of-turn tokens, whole turns kept up to ``max_target_tokens`` labelled tokens.
-        Otherwise: [leading special ids] [video] [prompt b] [target b] [EOS], the target text being
-        ``answer_continuation(target)`` (a space, then the stripped text -- what captioning and QA
-        continue the prompt with) cut to ``max_target_tokens`` tokens, labelled with EOS.
-        """
-        if len(prompts) != len(targets) or (conversations is not None and len(conversations) != len(prompts)):
-            raise ValueError(f"need one prompt, target and conversation per example: {len(prompts)} prompts, "
-                             f"{len(targets)} targets, {None if conversations is None else len(conversations)} conversations")
-        eos = self.tokenizer.eos_token_id
-        if eos is None:
-            raise ValueError(f"the tokenizer {type(self.tokenizer).__name__} has no EOS token to end targets with")
-        leading = tuple(leading_special_ids(self.tokenizer))
-        end_of_turn = stop_token_ids(self.llm, self.tokenizer)
-        texts = []
-        for row, (prompt, target) in enumerate(zip(prompts, targets)):
-            if conversations is not None and conversations[row] is not None:
-                texts.append(chat_training_ids(self.tokenizer, conversations[row], end_of_turn, max_target_tokens))
-                continue
-            ids = text_ids(self.tokenizer, answer_continuation(target))
-            if max_target_tokens is not None:
-                ids = ids[:max_target_tokens]
-            ids = [*ids, eos]
-            prompt_ids = text_ids(self.tokenizer, prompt)
-            texts.append(ChatIds(leading, (*prompt_ids, *ids), (IGNORE_INDEX,) * len(prompt_ids) + tuple(ids)))
-        return texts
-
-    def training_inputs(
-        self,
-        video_features: torch.Tensor,
-        prompts: Sequence[str],
-        targets: Sequence[str],
-        max_target_tokens: int | None = None,
-        conversations: Sequence[Sequence[dict] | None] | None = None,
-    ) -> tuple[MergedInputs, torch.Tensor]:
+    def training_inputs(self, video_features: torch.Tensor, texts: Sequence[ChatIds]) -> tuple[MergedInputs, torch.Tensor]:
         """LLM inputs and labels for the LM loss.
 
-        Row b = [pads] [prefix b] [video_features[b]] [suffix b], left-padded; prefix, suffix and labels
-        from :meth:`training_texts` (captions and QA: [leading special ids] [video] [prompt] [target]
-        [EOS]; conversations: the chat template's rendering with the video at the start of the first
-        user turn). Returns (merged inputs [B, S, ...], labels [B, S]): at position p the id of the
-        token at p + 1 where that token is labelled (a target, EOS or assistant token), else
-        IGNORE_INDEX (-100) -- the labels of the next-token logits.
+        video_features [B, L, H]; texts: B tokenised examples (:meth:`vlm.processing.PrismVlmProcessor.training_texts`:
+        captions and QA: [leading special ids] [video] [prompt] [target] [EOS]; conversations: the chat
+        template's rendering with the video at the start of the first user turn). Row b = [pads]
+        [prefix b] [video_features[b]] [suffix b], left-padded. Returns (merged inputs [B, S, ...],
+        labels [B, S]): at position p the id of the token at p + 1 where that token is labelled (a
+        target, EOS or assistant token), else IGNORE_INDEX (-100) -- the labels of the next-token logits.
         """
-        if len(prompts) != video_features.shape[0]:
-            raise ValueError(f"need one prompt and one target per video: {video_features.shape[0]} videos, "
-                             f"{len(prompts)} prompts, {len(targets)} targets")
-        texts = self.training_texts(prompts, targets, max_target_tokens, conversations)
+        if len(texts) != video_features.shape[0]:
+            raise ValueError(f"need one training example per video: {video_features.shape[0]} videos, {len(texts)} examples")
         if any(all(label == IGNORE_INDEX for label in text.labels) for text in texts):
             raise ValueError("a training example has no labelled token")
         inputs = self.merge_video_and_text(video_features, [t.prefix_ids for t in texts], [t.suffix_ids for t in texts])
@@ -528,23 +482,20 @@ class VideoLanguageModel(nn.Module):
 
     def example_losses(
         self,
-        prompts: Sequence[str],
-        targets: Sequence[str],
+        texts: Sequence[ChatIds],
         clips: torch.Tensor | np.ndarray | None = None,
         video_tokens: torch.Tensor | None = None,
-        max_target_tokens: int | None = None,
-        conversations: Sequence[Sequence[dict] | None] | None = None,
     ) -> torch.Tensor:
         """Mean next-token cross-entropy over each example's labelled tokens: [B] float32.
 
-        clips [B, T, H, W, 3] or video_tokens [B, M, D] as in :meth:`get_video_features`; examples as
-        in :meth:`training_texts` (``conversations[b]`` replaces prompt and target of row b).
+        texts: B tokenised examples (``model.processor.training_texts(prompts, targets, ...)``);
+        clips [B, T, H, W, 3] or video_tokens [B, M, D] as in :meth:`get_video_features`.
         Logits are computed only at the positions some row has a label for, not over the whole sequence.
         """
         import torch.nn.functional as F
 
         features = self.get_video_features(clips, video_tokens)
-        inputs, labels = self.training_inputs(features, prompts, targets, max_target_tokens, conversations)
+        inputs, labels = self.training_inputs(features, texts)
         # logits only at the positions where some row has a label (prompts and user turns need none)
         columns = (labels != IGNORE_INDEX).any(dim=0).nonzero().squeeze(1)  # [C]
         labels = labels[:, columns]  # [B, C]

@@ -1,4 +1,5 @@
-"""Preparing a glue's inputs: video files sampled and preprocessed into clips, prompts tokenised.
+"""Preparing a glue's inputs: video files sampled and preprocessed into clips, prompts tokenised,
+training examples (captions, QA pairs, conversations) tokenised with their labels.
 
 The one place video files become pixels for the glue (:meth:`vlm.model.VideoLanguageModel.load_videos`
 and the file-level tasks go through it; the app and the batch captioner decode through
@@ -8,6 +9,7 @@ and the file-level tasks go through it; the app and the batch captioner decode t
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 
 
 class UnreadableVideoError(ValueError):
@@ -26,14 +28,17 @@ class PrismVlmProcessor:
     limit, frame-size checks), which a server that takes uploads needs.
     """
 
-    def __init__(self, tokenizer, num_frames: int, frame_size: int):
+    def __init__(self, tokenizer, num_frames: int, frame_size: int, end_of_turn_ids: Sequence[int] = ()):
         self.tokenizer, self.num_frames, self.frame_size = tokenizer, int(num_frames), int(frame_size)
+        self.end_of_turn_ids = tuple(end_of_turn_ids)  # the LLM's stop tokens: a chat turn's labelled end
 
     @classmethod
     def from_model(cls, model) -> PrismVlmProcessor:
         """The processor of a ``VideoLanguageModel`` (or of the ``PrismVlmForConditionalGeneration`` wrapping one)."""
+        from vlm.generation import stop_token_ids
+
         vlm = getattr(model, "vlm", model)
-        return cls(vlm.tokenizer, vlm.config.num_frames, vlm.config.frame_size)
+        return cls(vlm.tokenizer, vlm.config.num_frames, vlm.config.frame_size, stop_token_ids(vlm.llm, vlm.tokenizer))
 
     def __call__(self, videos=None, text=None, num_frames: int | None = None, return_tensors: str = "pt"):
         import numpy as np
@@ -60,3 +65,42 @@ class PrismVlmProcessor:
                                      return_tensors=return_tensors)
             data.update(input_ids=encoded["input_ids"], attention_mask=encoded["attention_mask"])
         return BatchFeature(data=data, tensor_type=None)
+
+    def training_texts(
+        self,
+        prompts: Sequence[str],
+        targets: Sequence[str],
+        max_target_tokens: int | None = None,
+        conversations: Sequence[Sequence[dict] | None] | None = None,
+    ) -> list:
+        """Token ids and labels of each training example around its video: B :class:`vlm.chat_template.ChatIds`.
+
+        Row b is the conversation ``conversations[b]`` when one is given (prompt and target unused):
+        rendered by :func:`vlm.chat_template.chat_training_ids`, labels on the assistant turns and
+        their end-of-turn tokens, whole turns kept up to ``max_target_tokens`` labelled tokens.
+        Otherwise: [leading special ids] [video] [prompt b] [target b] [EOS], the target text being
+        ``answer_continuation(target)`` (a space, then the stripped text -- what captioning and QA
+        continue the prompt with) cut to ``max_target_tokens`` tokens, labelled with EOS.
+        """
+        from vlm.chat_template import IGNORE_INDEX, ChatIds, chat_training_ids
+        from vlm.prompts import answer_continuation, leading_special_ids, text_ids
+
+        if len(prompts) != len(targets) or (conversations is not None and len(conversations) != len(prompts)):
+            raise ValueError(f"need one prompt, target and conversation per example: {len(prompts)} prompts, "
+                             f"{len(targets)} targets, {None if conversations is None else len(conversations)} conversations")
+        eos = self.tokenizer.eos_token_id
+        if eos is None:
+            raise ValueError(f"the tokenizer {type(self.tokenizer).__name__} has no EOS token to end targets with")
+        leading = tuple(leading_special_ids(self.tokenizer))
+        texts = []
+        for row, (prompt, target) in enumerate(zip(prompts, targets)):
+            if conversations is not None and conversations[row] is not None:
+                texts.append(chat_training_ids(self.tokenizer, conversations[row], self.end_of_turn_ids, max_target_tokens))
+                continue
+            ids = text_ids(self.tokenizer, answer_continuation(target))
+            if max_target_tokens is not None:
+                ids = ids[:max_target_tokens]
+            ids = [*ids, eos]
+            prompt_ids = text_ids(self.tokenizer, prompt)
+            texts.append(ChatIds(leading, (*prompt_ids, *ids), (IGNORE_INDEX,) * len(prompt_ids) + tuple(ids)))
+        return texts

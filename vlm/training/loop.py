@@ -106,13 +106,13 @@ def _prompts(model, batch: dict) -> list[str]:
             for task, question in zip(batch["task"], batch["question"])]
 
 
-def _text_kwargs(model, batch: dict, max_target_tokens: int) -> dict:
-    """Keyword arguments of the model's loss for a batch's text: prompts, targets, conversations."""
+def _training_texts(model, processor, batch: dict, max_target_tokens: int) -> list:
+    """A batch's examples tokenised with their labels (the processor's ``training_texts``): prompts,
+    targets and conversations."""
     conversations = batch.get("messages")
     if conversations is not None and all(c is None for c in conversations):
         conversations = None
-    return {"prompts": _prompts(model, batch), "targets": batch["target"], "max_target_tokens": max_target_tokens,
-            "conversations": conversations}
+    return processor.training_texts(_prompts(model, batch), batch["target"], max_target_tokens, conversations)
 
 
 MAX_TRUNCATION_CHECK = 20000  # conversations per source whose length is checked up front
@@ -217,9 +217,10 @@ def _check_run_dir(run_dir: Path, config: TrainConfig, resume: bool) -> None:
 def evaluate_loss(model, loader, max_target_tokens: int, autocast) -> float:
     """Mean per-example validation loss over a loader of validation batches."""
     total, count = 0.0, 0
+    processor = model.processor
     for batch in loader:
         with autocast():
-            losses = model.example_losses(**_text_kwargs(model, batch, max_target_tokens), **_video_kwargs(batch))
+            losses = model.example_losses(_training_texts(model, processor, batch, max_target_tokens), **_video_kwargs(batch))
         total += float(losses.float().sum())
         count += len(batch["target"])
     return total / max(count, 1)
@@ -361,6 +362,7 @@ def _train(config: TrainConfig, resume: bool, llm, tokenizer, encoder, on_step) 
     metrics = MetricsLog(run_dir / "metrics.jsonl", resume_step=start_step, accelerator=accelerator) if main else None
     samples_log = MetricsLog(run_dir / "samples.jsonl", resume_step=start_step) if main else None
     batches = iter(loader)
+    processor = unwrapped.processor  # tokenises each batch's examples
     window = {"loss": 0.0, "steps": 0, "start": time.perf_counter()}
 
     def validate(step: int) -> None:
@@ -387,7 +389,7 @@ def _train(config: TrainConfig, resume: bool, llm, tokenizer, encoder, on_step) 
                 _append_lines(errors_path, [s.to_dict() for s in new_skips])
             sync = micro_step == accumulation - 1
             with (contextlib.nullcontext() if sync else accelerator.no_sync(model)), _checkpointed_layers(unwrapped.llm, config.gradient_checkpointing):
-                loss = model(**_text_kwargs(unwrapped, batch, config.max_target_tokens), **_video_kwargs(batch))
+                loss = model(_training_texts(unwrapped, processor, batch, config.max_target_tokens), **_video_kwargs(batch))
                 accelerator.backward(loss / accumulation)
             step_loss += loss.detach() / accumulation
         return float(accelerator.reduce(step_loss, reduction="mean")), {}

@@ -3,6 +3,7 @@ missing extra is a one-line message naming it."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -64,3 +65,16 @@ def test_require_and_plots_without_matplotlib(monkeypatch, tmp_path):
     with pytest.warns(UserWarning, match="matplotlib is not installed"):
         assert plot_metrics_if_installed(tmp_path / "metrics.jsonl", tmp_path / "loss.png") is None
     assert not (tmp_path / "loss.png").exists()
+
+
+def test_plain_pytest_collects_every_test_from_any_folder(tmp_path):
+    """`pytest` (the console script, not `python -m pytest`) run outside the checkout collects the suite:
+    the tests import their helpers as ``tests.*`` (pyproject's pythonpath puts the checkout on sys.path)."""
+    pytest_script = Path(sys.executable).with_name("pytest")
+    command = [str(pytest_script)] if pytest_script.is_file() else [sys.executable, "-c", "import sys, pytest; sys.exit(pytest.main())"]
+    out = subprocess.run([*command, "--collect-only", "-q", "-p", "no:cacheprovider", str(REPO / "tests")],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    summary = out.stdout.strip().splitlines()[-1]
+    assert re.fullmatch(r"\d+ tests collected in [\d.]+s", summary), summary  # no "N errors" part
+    assert out.stderr == ""

@@ -76,16 +76,20 @@ def save_config(config: Any, path: str | os.PathLike) -> Path:
     return path
 
 
-def load_config(cls: type, path: str | os.PathLike, error: type[Exception] = ValueError, **overrides: Any) -> Any:
-    """Read a config file written by :func:`save_config`; ``overrides`` replace its values."""
+def read_config_values(path: str | os.PathLike, error: type[Exception] = ValueError) -> dict:
+    """The JSON object of a config file; FileNotFoundError, or ``error`` naming the file, otherwise."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{cls.__name__} file not found: {path}")
+        raise FileNotFoundError(f"config file not found: {path}")
     try:
         values = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as problem:
         raise error(f"{path}: not valid JSON ({problem})") from None
     if not isinstance(values, dict):
         raise error(f"{path}: expected a JSON object")
-    values.update(overrides)
-    return config_from_dict(cls, values, error)
+    return values
+
+
+def load_config(cls: type, path: str | os.PathLike, error: type[Exception] = ValueError, **overrides: Any) -> Any:
+    """Read a config file written by :func:`save_config`; ``overrides`` replace its values."""
+    return config_from_dict(cls, {**read_config_values(path, error), **overrides}, error)

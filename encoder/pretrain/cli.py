@@ -10,8 +10,6 @@ the stage's ``run_*`` function.
 from __future__ import annotations
 
 import argparse
-import json
-from pathlib import Path
 
 from encoder.cli_arguments import ConfigFlags
 
@@ -55,12 +53,10 @@ def _stage_flags(stage: str) -> tuple[ConfigFlags, str, ConfigFlags, type]:
 
 def config_from_args(cls, args: argparse.Namespace):
     """The stage's config: --config FILE.json (if any), then the --size preset, then the flags given."""
-    from encoder.configs import config_from_dict, config_to_dict
+    from encoder.configs import config_from_dict, config_to_dict, read_config_values
 
     flags, nested_name, nested_flags, nested_class = _stage_flags(args.stage)
-    values: dict = {}
-    if args.config:
-        values = json.loads(Path(args.config).read_text(encoding="utf-8"))
+    values = read_config_values(args.config) if args.config else {}
     values.update(flags.given(args))
     preset = getattr(args, "size", None)
     nested = config_to_dict(getattr(nested_class, preset)()) if preset else values.get(nested_name)

@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 
 from encoder.decode_workers import decoding_worker_context
+from encoder.jsonl import read_jsonl_tolerant
 from encoder.training.steps import run_steps
 from encoder.training.threads import torch_threads
 from vlm.training.config import CONFIG_FILE, TrainConfig, TrainConfigError
@@ -301,7 +302,7 @@ def _train(config: TrainConfig, resume: bool, llm, tokenizer, encoder, on_step) 
         report = {"train": [s.report() for s in train_sources], "validation": [s.report() for s in val_sources],
                   "skipped_videos": len(skipped), "crops": crop_mode}
         (run_dir / "data_report.json").write_text(json.dumps(report, indent=2) + "\n")
-        known = {(r.get("source"), r.get("video")) for r in _read_rows(run_dir / "data_errors.jsonl")}
+        known = {(r.get("source"), r.get("video")) for r in read_jsonl_tolerant(run_dir / "data_errors.jsonl")}
         _append_lines(run_dir / "data_errors.jsonl", [s.to_dict() for s in skipped if (s.source, s.video) not in known])
         _note(run_dir, f"training examples {[len(s.examples) for s in train_sources]} from {[s.source.path for s in train_sources]}; "
                        f"validation {[len(s.examples) for s in val_sources]}; skipped videos {len(skipped)} (see data_errors.jsonl)")
@@ -309,7 +310,7 @@ def _train(config: TrainConfig, resume: bool, llm, tokenizer, encoder, on_step) 
     accelerator.wait_for_everyone()
     errors_path = run_dir / "data_errors.jsonl"
     # videos already reported (up front, or found unreadable by an earlier part of a resumed run)
-    seen_skips = {(r.get("source"), r.get("video")) for r in _read_rows(errors_path)}
+    seen_skips = {(r.get("source"), r.get("video")) for r in read_jsonl_tolerant(errors_path)}
 
     # ---- model, optimizer, schedule
     model = _build_model(config, cache, llm, tokenizer, encoder)
@@ -399,7 +400,7 @@ def _train(config: TrainConfig, resume: bool, llm, tokenizer, encoder, on_step) 
         if step % config.log_every == 0 or step == config.max_steps:
             elapsed = time.perf_counter() - window["start"]
             if main:
-                skipped_videos = len({(r.get("source"), r.get("video")) for r in _read_rows(errors_path)})
+                skipped_videos = len({(r.get("source"), r.get("video")) for r in read_jsonl_tolerant(errors_path)})
                 metrics.log(step, loss=window["loss"] / window["steps"], lr=lr,
                             samples_per_s=window["steps"] * config.batch_size / elapsed, skipped_videos=skipped_videos)
             window.update(loss=0.0, steps=0, start=time.perf_counter())
@@ -430,9 +431,3 @@ def _train(config: TrainConfig, resume: bool, llm, tokenizer, encoder, on_step) 
     finish_trackers(accelerator)
     accelerator.wait_for_everyone()
     return output
-
-
-def _read_rows(path: Path) -> list[dict]:
-    from encoder.training.run_log import read_metrics
-
-    return read_metrics(path)

@@ -1,11 +1,17 @@
-"""The app's one shared model, behind a lock: caption, question answering, chat and the frames the
-model sees, each a few lines over :class:`vlm.model.VideoLanguageModel`. Captions and open answers
-of requests that arrive together are computed as one batch (:mod:`apps.batching`).
+"""The app's one shared model: caption, question answering, chat and the frames the model sees,
+each a few lines over :class:`vlm.model.VideoLanguageModel`.
 
-Every request checks its clip with :func:`apps.limits.check_video` and decodes it outside the
-lock (decoding overlaps); model work holds the lock, so concurrent requests never share the KV
-cache of a generation in progress. Bad input raises :class:`AppInputError` with a message for the
-page; the Gradio layer (``apps.video_chat``) shows it instead of a traceback.
+Greedy captions, open answers and chat replies (the app's default settings) are generated with
+continuous batching (:mod:`vlm.continuous_batching`): a request joins the running batch at the next
+step and leaves it when its text is done, so it never waits for a whole batch, and a chat reply
+streams while other requests come and go. Requests with sampling or a repetition penalty are
+collected into batches of the same settings (:mod:`apps.batching`). All model work (those batches,
+ranking candidate answers) runs one piece at a time -- in the continuous batcher's worker between
+steps, or under a lock for an LLM whose KV cache rows cannot join and leave.
+
+Every request checks its clip with :func:`apps.limits.check_video` and decodes it before any model
+work (decoding overlaps). Bad input raises :class:`AppInputError` with a message for the page; the
+Gradio layer (``apps.video_chat``) shows it instead of a traceback.
 """
 
 from __future__ import annotations
@@ -26,7 +32,8 @@ from apps.batching import BatchingConfig, MicroBatcher
 from apps.limits import AppLimits, VideoInfo, VideoRejectedError, check_video
 from encoder.video import VideoDecodeError, load_clip, sample_times
 from vlm.chat_template import recent_turns
-from vlm.generation import GenerationSettings
+from vlm.continuous_batching import ContinuousBatcher, ContinuousBatchingConfig, supports_continuous_batching
+from vlm.generation import GenerationSettings, IncrementalText
 from vlm.model import VideoLanguageModel
 from vlm.scoring import ScoredAnswer
 
@@ -160,12 +167,19 @@ class ModelService:
         self.limits = limits or AppLimits()
         self.model_dir = None if model_dir is None else Path(model_dir)
         self._model_lock = threading.Lock()
-        # Captions and open answers of requests that arrive together run as one batch (answers equal
-        # the unbatched ones: greedy decoding with left padding, tested in the library).
         self.batching = batching or BatchingConfig()
+        # Greedy requests: continuous batching (each answer equals its unbatched one, tested); the
+        # batcher's worker also runs all other model work, one piece at a time.
         self._arriving = 0  # batchable requests between arrival and submission (checking, decoding)
         self._arriving_lock = threading.Lock()
         more_coming = lambda: self._arriving > 0  # noqa: E731
+        self._generator = (
+            ContinuousBatcher(model.llm, model.tokenizer,
+                              ContinuousBatchingConfig(self.batching.max_batch, self.batching.window_s),
+                              more_coming=more_coming)
+            if supports_continuous_batching(model.llm) else None
+        )
+        # Other settings: requests that arrive together with the same settings run as one batch.
         self._captioner = MicroBatcher(self._caption_batch, self.batching, name="captions", more_coming=more_coming)
         self._answerer = MicroBatcher(self._answer_batch, self.batching, name="answers", more_coming=more_coming)
         self._chatter = MicroBatcher(self._chat_batch, self.batching, name="chats", more_coming=more_coming)
@@ -285,10 +299,42 @@ class ModelService:
                 generation: GenerationSettings | None = None) -> str:
         """A caption of the clip (greedy unless ``generation`` says otherwise)."""
         settings = self._generation(max_new_tokens, generation, 32)
+        if self._continuous(settings):
+            model = self.model
+            with self._arrival():
+                clip, _ = self.load(video, num_frames)
+                stream = self._submit(lambda: model.caption_inputs(model.get_video_features(clip[None])).row(0), settings)
+            return model.caption_text(self._generated(stream))
         with self._arrival():
             clip, _ = self.load(video, num_frames)
             future = self._captioner.submit((len(clip), settings), clip)
         return future.result()
+
+    def _continuous(self, settings: GenerationSettings) -> bool:
+        """Whether a request with these settings is generated with continuous batching (greedy, no
+        repetition penalty, an LLM whose cache rows can join and leave)."""
+        return self._generator is not None and settings.is_greedy and settings.repetition_penalty == 1.0
+
+    def _submit(self, prompt, settings: GenerationSettings, stop_at_newline: bool = True, streaming: bool = False):
+        """Queue ``prompt()`` ([S, H] input embeddings, built in the worker) for continuous batching."""
+        return self._generator.submit(prompt, settings.max_new_tokens, stop_at_newline=stop_at_newline,
+                                      streaming=streaming)
+
+    @staticmethod
+    def _generated(stream) -> list[int]:
+        """A submitted request's token ids (a caller that gives up while waiting frees its slot)."""
+        try:
+            return stream.result()
+        finally:
+            stream.cancel()
+
+    def _exclusive(self, work):
+        """``work()`` with the model to itself: in the continuous batcher's worker between steps, or
+        under the model lock."""
+        if self._generator is not None:
+            return self._generator.call(work).result()
+        with self._model_lock:
+            return work()
 
     @contextlib.contextmanager
     def _arrival(self):
@@ -304,16 +350,14 @@ class ModelService:
 
     def _caption_batch(self, key: tuple[int, GenerationSettings], clips: Sequence[np.ndarray]) -> list[str]:
         """Captions of same-length clips [T, S, S, 3] in one model call (key: T, generation settings)."""
-        with self._model_lock:
-            return self.model.caption(clips=torch.from_numpy(np.stack(clips)), max_new_tokens=key[1].max_new_tokens,
-                                      generation=key[1])
+        return self._exclusive(lambda: self.model.caption(
+            clips=torch.from_numpy(np.stack(clips)), max_new_tokens=key[1].max_new_tokens, generation=key[1]))
 
     def _answer_batch(self, key: tuple[int, GenerationSettings], requests: Sequence[tuple[str, np.ndarray]]) -> list[str]:
         """Open answers to (question, clip) pairs in one model call (key: T, generation settings)."""
-        with self._model_lock:
-            clips = torch.from_numpy(np.stack([clip for _, clip in requests]))
-            return self.model.answer([question for question, _ in requests], clips=clips, max_new_tokens=key[1].max_new_tokens,
-                                     generation=key[1])
+        clips = torch.from_numpy(np.stack([clip for _, clip in requests]))
+        return self._exclusive(lambda: self.model.answer(
+            [question for question, _ in requests], clips=clips, max_new_tokens=key[1].max_new_tokens, generation=key[1]))
 
     def _chat_batch(self, key: tuple[int, GenerationSettings], requests: Sequence[_ChatRequest]) -> list[BaseException | None]:
         """Chat replies generated together (key: T, generation settings); each request's pieces go to its
@@ -321,10 +365,13 @@ class ModelService:
         request whose client left (``stopped``) is no longer fed; when all have left, generation stops.
         Returns, per request, None, or the exception that broke the batch after some text was streamed
         (before that, the exception propagates and the batcher retries the requests one by one)."""
+        return self._exclusive(lambda: self._stream_chat_batch(key, requests))
+
+    def _stream_chat_batch(self, key: tuple[int, GenerationSettings], requests: Sequence[_ChatRequest]) -> list[BaseException | None]:
         streamed = False
         ended = [False] * len(requests)
         try:
-            with self._model_lock, torch.inference_mode():
+            with torch.inference_mode():
                 clips = torch.from_numpy(np.stack([request.clip for request in requests]))
                 stream = self.model.chat_stream_batch([r.messages for r in requests], clips=clips,
                                                       max_new_tokens=key[1].max_new_tokens, generation=key[1])
@@ -357,6 +404,8 @@ class ModelService:
         self._captioner.close()
         self._answerer.close()
         self._chatter.close()
+        if self._generator is not None:
+            self._generator.close()
 
     def ask(
         self,
@@ -373,14 +422,21 @@ class ModelService:
         settings = self._generation(max_new_tokens, generation, 32)
         if candidates is not None:
             candidates = self._candidates(candidates)
+        if candidates is None and self._continuous(settings):
+            model = self.model
+            with self._arrival():
+                clip, _ = self.load(video, num_frames)
+                stream = self._submit(lambda: model.answer_inputs(model.get_video_features(clip[None]), [question]).row(0),
+                                      settings)
+            return AnswerResult(model.answer_text(self._generated(stream)))
         if candidates is None:
             with self._arrival():
                 clip, _ = self.load(video, num_frames)
                 future = self._answerer.submit((len(clip), settings), (question, clip))
             return AnswerResult(future.result())
         clip, _ = self.load(video, num_frames)
-        with self._model_lock:  # one video/prompt prefix shared by the request's candidates
-            ranked = self.model.score_answers(question, list(candidates), clips=torch.from_numpy(clip[None]))
+        # one video/prompt prefix shared by the request's candidates
+        ranked = self._exclusive(lambda: self.model.score_answers(question, list(candidates), clips=torch.from_numpy(clip[None])))
         return AnswerResult(ranked[0].answer, ranked)
 
     def chat_prompt(self, history: Sequence[dict], message: str | None) -> ChatPrompt:
@@ -435,6 +491,9 @@ class ModelService:
         batch whose clients have all gone stops after the current token."""
         messages = (prompt or self.chat_prompt(history, message)).messages
         settings = self._generation(max_new_tokens, generation, 256)
+        if self._continuous(settings):
+            yield from self._continuous_chat(video, messages, num_frames, settings)
+            return
         with self._arrival():
             clip, _ = self.load(video, num_frames)
             request = _ChatRequest(messages, clip)
@@ -457,6 +516,26 @@ class ModelService:
         finally:
             request.stopped.set()
             future.cancel()  # a request still waiting for its batch leaves the queue
+
+    def _continuous_chat(self, video, messages: list[dict], num_frames: int | None,
+                         settings: GenerationSettings) -> Iterator[str]:
+        """A greedy chat reply with continuous batching, streamed in text pieces."""
+        model = self.model
+        with self._arrival():
+            clip, _ = self.load(video, num_frames)
+            stream = self._submit(lambda: model.chat_inputs(model.get_video_features(clip[None]), [messages]).row(0),
+                                  settings, stop_at_newline=False, streaming=True)
+        text = IncrementalText(model.tokenizer)
+        try:
+            for token in stream:
+                piece = text.add(token)
+                if piece:
+                    yield piece
+            rest = text.flush()
+            if rest:
+                yield rest
+        finally:
+            stream.cancel()  # a client that goes away leaves the batch at the next step
 
 
 @dataclass

@@ -14,6 +14,7 @@ import math
 import os
 import socket
 import threading
+import time
 from pathlib import Path
 
 import av
@@ -552,20 +553,63 @@ def test_page_messages_never_show_server_paths():
 
 
 def test_concurrent_captions_and_open_answers_are_batched_and_equal_unbatched(app, clips):
-    """Requests that arrive together run as one batch; each answer equals the one it gets alone."""
+    """Greedy requests that arrive together are generated together (continuous batching); each answer
+    equals the one it gets alone. With a repetition penalty they are collected into one batch."""
     from concurrent.futures import ThreadPoolExecutor
+
+    from vlm.generation import GenerationSettings
 
     _, service, _ = app
     videos = [clips["a"], clips["b"], clips["c"], clips["a"]]
     alone_captions = [service.caption(v, FRAMES, 6) for v in videos]
     alone_answers = [service.ask(v, "what is it?", None, FRAMES, 5).answer for v in videos]
-    caption_batches, answer_batches = len(service._captioner.batch_sizes), len(service._answerer.batch_sizes)
+    steps = len(service._generator.step_sizes)
     with ThreadPoolExecutor(len(videos)) as pool:
         captions = list(pool.map(lambda v: service.caption(v, FRAMES, 6), videos))
         answers = list(pool.map(lambda v: service.ask(v, "what is it?", None, FRAMES, 5).answer, videos))
     assert captions == alone_captions and answers == alone_answers
-    assert max(service._captioner.batch_sizes[caption_batches:]) > 1
-    assert max(service._answerer.batch_sizes[answer_batches:]) > 1
+    assert max(service._generator.step_sizes[steps:]) > 1
+
+    penalised = GenerationSettings(repetition_penalty=1.3)
+    alone_penalised = [service.caption(v, FRAMES, 6, penalised) for v in videos]
+    batches = len(service._captioner.batch_sizes)
+    with ThreadPoolExecutor(len(videos)) as pool:
+        assert list(pool.map(lambda v: service.caption(v, FRAMES, 6, penalised), videos)) == alone_penalised
+    assert max(service._captioner.batch_sizes[batches:]) > 1
+
+
+def test_a_caption_does_not_wait_for_a_long_chat_reply(app, clips):
+    """A caption asked while a long chat reply streams joins the running batch and is answered before
+    the reply ends (no head-of-line blocking); both equal their answers alone."""
+    from apps.limits import AppLimits
+    from apps.service import ModelService
+
+    service = ModelService(app[1].model, AppLimits(**{**LIMITS, "max_new_tokens": 256}))
+    try:
+        caption_alone = service.caption(clips["b"], FRAMES, 4)
+        reply_alone = "".join(service.chat_stream(clips["a"], [], "Tell me everything.", FRAMES, 256))
+        assert len(service.model.tokenizer(reply_alone)["input_ids"]) > 100  # a long reply (the tiny LLM rarely stops)
+        events, pieces = [], []
+
+        def chat():
+            for piece in service.chat_stream(clips["a"], [], "Tell me everything.", FRAMES, 256):
+                if not pieces:
+                    events.append("chat started")
+                pieces.append(piece)
+            events.append("chat ended")
+
+        chatting = threading.Thread(target=chat)
+        chatting.start()
+        while not pieces and chatting.is_alive():
+            time.sleep(0.001)
+        caption = service.caption(clips["b"], FRAMES, 4)
+        events.append("caption")
+        chatting.join(timeout=120)
+    finally:
+        service.close()
+    assert events == ["chat started", "caption", "chat ended"]
+    assert 2 in service._generator.step_sizes  # the caption's rows ran beside the reply's
+    assert caption == caption_alone and "".join(pieces) == reply_alone
 
 
 def test_a_bad_request_among_batched_ones_fails_alone(app, clips, tmp_path):
@@ -603,12 +647,12 @@ def test_concurrent_chat_replies_are_batched_streamed_and_equal_unbatched(app, c
         return list(service.chat_stream(video, history, message, FRAMES, 8))
 
     alone = [reply(chat) for chat in chats]
-    before = len(service._chatter.batch_sizes)
+    before = len(service._generator.step_sizes)
     with ThreadPoolExecutor(len(chats)) as pool:
         together = list(pool.map(reply, chats))
     assert ["".join(p) for p in together] == ["".join(p) for p in alone]
     assert max(len(p) for p in together) > 1  # streamed in pieces, not as one block
-    assert max(service._chatter.batch_sizes[before:]) > 1
+    assert max(service._generator.step_sizes[before:]) > 1
 
     def leave_after_first_piece(chat) -> str:
         stream = service.chat_stream(*chat[:1], chat[1], chat[2], FRAMES, 8)

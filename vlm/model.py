@@ -132,6 +132,10 @@ class MergedInputs:
     attention_mask: torch.Tensor
     position_ids: torch.Tensor
 
+    def row(self, index: int) -> torch.Tensor:
+        """Row ``index`` without its padding: [S_b, H]."""
+        return self.inputs_embeds[index][self.attention_mask[index].bool()]
+
 
 def _settings(generation: GenerationSettings | None, max_new_tokens: int) -> GenerationSettings:
     """The generation settings of a call: ``generation`` (greedy when None) with its max_new_tokens."""
@@ -534,12 +538,20 @@ class VideoLanguageModel(nn.Module):
         is one line: a row stops at EOS or at a token holding a newline (it ends with its sentence)."""
         settings = _settings(generation, max_new_tokens)
         with torch.inference_mode():
-            features = self.get_video_features(clips, video_tokens)
-            prompt = self.config.prompts.caption_prompt if prompt is None else prompt
-            inputs = self.prompt_inputs(features, [prompt] * features.shape[0])
+            inputs = self.caption_inputs(self.get_video_features(clips, video_tokens), prompt)
             generated = generate_ids(self.llm, self.tokenizer, inputs.inputs_embeds, inputs.attention_mask, settings,
                                      stop_at_newline=True)
-        return [self.tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in generated]
+        return [self.caption_text(ids) for ids in generated]
+
+    def caption_inputs(self, video_features: torch.Tensor, prompt: str | None = None) -> MergedInputs:
+        """The captioning input of B videos: video_features [B, L, H] then the caption prompt (the
+        config's when None); generation stops at a newline."""
+        prompt = self.config.prompts.caption_prompt if prompt is None else prompt
+        return self.prompt_inputs(video_features, [prompt] * video_features.shape[0])
+
+    def caption_text(self, ids: Sequence[int]) -> str:
+        """A caption from its generated token ids."""
+        return self.tokenizer.decode(list(ids), skip_special_tokens=True).strip()
 
     def answer(
         self,
@@ -555,15 +567,24 @@ class VideoLanguageModel(nn.Module):
         settings = _settings(generation, max_new_tokens)
         if isinstance(questions, str):
             raise TypeError("questions must be a list with one question per video")
-        prompts = [self.qa_prompt(question, shots) for question in questions]
         with torch.inference_mode():
-            features = self.get_video_features(clips, video_tokens)
-            if len(prompts) != features.shape[0]:
-                raise ValueError(f"{len(prompts)} questions for {features.shape[0]} videos")
-            inputs = self.prompt_inputs(features, prompts)
+            inputs = self.answer_inputs(self.get_video_features(clips, video_tokens), questions, shots)
             generated = generate_ids(self.llm, self.tokenizer, inputs.inputs_embeds, inputs.attention_mask, settings,
                                      stop_at_newline=True)
-        return [clean_open_answer(self.tokenizer.decode(ids, skip_special_tokens=True)) for ids in generated]
+        return [self.answer_text(ids) for ids in generated]
+
+    def answer_inputs(self, video_features: torch.Tensor, questions: Sequence[str], shots: Sequence[Shot] = ()) -> MergedInputs:
+        """The open-answer input of B videos: video_features [B, L, H] then the QA prompt of each
+        question (one per video); generation stops at a newline."""
+        if isinstance(questions, str):
+            raise TypeError("questions must be a list with one question per video")
+        if len(questions) != video_features.shape[0]:
+            raise ValueError(f"{len(questions)} questions for {video_features.shape[0]} videos")
+        return self.prompt_inputs(video_features, [self.qa_prompt(question, shots) for question in questions])
+
+    def answer_text(self, ids: Sequence[int]) -> str:
+        """An open answer from its generated token ids (cleaned as the evaluation expects)."""
+        return clean_open_answer(self.tokenizer.decode(list(ids), skip_special_tokens=True))
 
     def score_answers(
         self,
@@ -658,15 +679,12 @@ class VideoLanguageModel(nn.Module):
         :meth:`chat_stream` streams for chat b alone. Closing the generator stops the generation
         after the current step.
         """
-        rendered = [chat_inference_ids(self.tokenizer, messages) for messages in conversations]
         with torch.inference_mode():
             features = self.get_video_features(clips, video_tokens) if video_features is None else video_features
-            if features.shape[0] != len(rendered):
-                raise ValueError(f"{len(rendered)} chats for {features.shape[0]} videos")
-            inputs = self.merge_video_and_text(features, [r.prefix_ids for r in rendered], [r.suffix_ids for r in rendered])
+            inputs = self.chat_inputs(features, conversations)
         stop_ids = stop_token_ids(self.llm, self.tokenizer)
         settings = _settings(generation, max_new_tokens)
-        texts = [IncrementalText(self.tokenizer) for _ in rendered]
+        texts = [IncrementalText(self.tokenizer) for _ in conversations]
         if settings.num_beams > 1:  # beam search cannot stream: the whole replies at once
             rows = generate_ids(self.llm, self.tokenizer, inputs.inputs_embeds, inputs.attention_mask, settings)
             yield ["".join(text.add(token) for token in row) + text.flush() for text, row in zip(texts, rows)]
@@ -703,6 +721,15 @@ class VideoLanguageModel(nn.Module):
         finally:
             stop.set()  # a caller that stops early stops the generation after the current step
             worker.join()
+
+    def chat_inputs(self, video_features: torch.Tensor, conversations: Sequence[Sequence[dict]]) -> MergedInputs:
+        """The chat input of B videos: each conversation rendered by the chat template with the video
+        tokens (video_features [B, L, H]) at the start of its first user turn, ending with the
+        assistant's header."""
+        rendered = [chat_inference_ids(self.tokenizer, messages) for messages in conversations]
+        if video_features.shape[0] != len(rendered):
+            raise ValueError(f"{len(rendered)} chats for {video_features.shape[0]} videos")
+        return self.merge_video_and_text(video_features, [r.prefix_ids for r in rendered], [r.suffix_ids for r in rendered])
 
     def _one_video_features(self, clips, video_tokens, task: str) -> torch.Tensor:
         with torch.inference_mode():

@@ -116,10 +116,11 @@ def add_subcommand(subparsers) -> None:
     app.add_argument("--max-new-tokens", type=NEW_TOKENS, default=256, help="most tokens a request may generate (default 256)")
     app.add_argument("--concurrency", type=POSITIVE, default=16, help="requests processed at once (default 16)")
     app.add_argument("--max-batch", type=POSITIVE, default=8,
-                     help="most captions / open answers computed in one batch (default 8; 1: no batching)")
+                     help="most requests generated together: captions, open answers and chat replies join a running batch "
+                          "(default 8; 1: one at a time)")
     app.add_argument("--batch-window-ms", type=positive_float, default=500.0,
-                     help="longest a batch waits for requests still being decoded (default 500 ms; a lone request "
-                          "never waits)")
+                     help="longest a starting batch waits for requests still being decoded (default 500 ms; a lone "
+                          "request never waits)")
     app.add_argument("--queue-size", type=POSITIVE, default=64, help="requests allowed to wait (default 64)")
     app.add_argument("--search-dir", default=None,
                      help="folder of clips for the Search tab, indexed at start (a restart embeds only new clips)")

@@ -45,9 +45,9 @@ class AppLimits:
         dropped first; the page says so).
     max_candidates: most candidate answers one closed-vocabulary question may rank.
     max_candidate_tokens: longest accepted candidate answer, in LLM tokens.
-    concurrency: requests processed at once (decoding overlaps; model work is serialised by a lock,
-        and captions and open answers of requests processed together run as one batch, so this is
-        also the largest batch the app can form).
+    concurrency: requests processed at once (decoding overlaps; model work runs one piece at a time,
+        and requests being processed together are generated as one batch, so this also bounds the
+        batches the app can form).
     queue_size: requests allowed to wait; beyond that new ones are refused with "queue full".
     upload_ttl_s: uploads older than this are deleted (checked every quarter of it).
     """

@@ -568,7 +568,7 @@ def test_concurrent_captions_and_open_answers_are_batched_and_equal_unbatched(ap
         captions = list(pool.map(lambda v: service.caption(v, FRAMES, 6), videos))
         answers = list(pool.map(lambda v: service.ask(v, "what is it?", None, FRAMES, 5).answer, videos))
     assert captions == alone_captions and answers == alone_answers
-    assert max(service._generator.step_sizes[steps:]) > 1
+    assert max(list(service._generator.step_sizes)[steps:]) > 1
 
     penalised = GenerationSettings(repetition_penalty=1.3)
     alone_penalised = [service.caption(v, FRAMES, 6, penalised) for v in videos]
@@ -652,7 +652,7 @@ def test_concurrent_chat_replies_are_batched_streamed_and_equal_unbatched(app, c
         together = list(pool.map(reply, chats))
     assert ["".join(p) for p in together] == ["".join(p) for p in alone]
     assert max(len(p) for p in together) > 1  # streamed in pieces, not as one block
-    assert max(service._generator.step_sizes[before:]) > 1
+    assert max(list(service._generator.step_sizes)[before:]) > 1
 
     def leave_after_first_piece(chat) -> str:
         stream = service.chat_stream(*chat[:1], chat[1], chat[2], FRAMES, 8)

@@ -4,7 +4,6 @@ request's tokens equal what generate() gives it alone."""
 from __future__ import annotations
 
 import threading
-import time
 
 import pytest
 import torch

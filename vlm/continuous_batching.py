@@ -163,7 +163,6 @@ class _Row:
     the token chosen last (handed out, fed at the next step), ``generated`` how many were chosen."""
 
     request: _Request
-    embeds: torch.Tensor
     length: int = 0
     pending: int = -1
     generated: int = 0
@@ -197,7 +196,8 @@ class ContinuousBatcher:
         self._rows: list[_Row] = []
         self._cache: DynamicCache | None = None
         self._mask: torch.Tensor | None = None  # [B, L] long, 1 at real positions
-        self.step_sizes: list[int] = []  # running rows at each decode step (for tests and benchmarks)
+        # running rows at each decode step, the latest 100,000 (for tests and benchmarks)
+        self.step_sizes: deque[int] = deque(maxlen=100_000)
         self._worker = threading.Thread(target=self._serve, name=f"prism-vlm-{name}", daemon=True)
         self._worker.start()
 
@@ -304,7 +304,7 @@ class ContinuousBatcher:
 
     def _admit(self, requests: list[_Request]) -> None:
         """Prepare and prefill the admitted requests together; their rows join the running batch."""
-        rows = []
+        rows, prompts = [], []
         for request in requests:
             try:
                 embeds = request.prepare()
@@ -313,20 +313,19 @@ class ContinuousBatcher:
             except Exception as error:  # noqa: BLE001 -- this request fails alone
                 request.stream._fail(error)
                 continue
-            rows.append(_Row(request, embeds))
+            rows.append(_Row(request, length=embeds.shape[0]))
+            prompts.append(embeds)
         if not rows:
             return
-        lengths = [row.embeds.shape[0] for row in rows]
-        total = max(lengths)
-        first = rows[0].embeds
+        total = max(row.length for row in rows)
+        first = prompts[0]
         inputs = torch.zeros(len(rows), total, first.shape[1], dtype=first.dtype, device=first.device)
         mask = torch.zeros(len(rows), total, dtype=torch.long, device=first.device)
         positions = torch.zeros(len(rows), total, dtype=torch.long, device=first.device)
-        for index, (row, length) in enumerate(zip(rows, lengths)):
-            inputs[index, total - length:] = row.embeds
-            mask[index, total - length:] = 1
-            positions[index, total - length:] = torch.arange(length, device=first.device)
-            row.length = length
+        for index, (row, prompt) in enumerate(zip(rows, prompts)):
+            inputs[index, total - row.length:] = prompt
+            mask[index, total - row.length:] = 1
+            positions[index, total - row.length:] = torch.arange(row.length, device=first.device)
         cache = DynamicCache()
         logits = llm_step(self.llm, attention_mask=mask, position_ids=positions, kv_cache=cache, inputs_embeds=inputs,
                           last_logits_only=True)

@@ -50,6 +50,7 @@ def _cmd_app(args: argparse.Namespace) -> int:
 
 
     from apps.batching import BatchingConfig
+    from apps.compute_thread import run_in_passing_thread
     from apps.limits import AppLimits
     from apps.service import ModelService
     from apps.video_chat import launch_app
@@ -67,16 +68,21 @@ def _cmd_app(args: argparse.Namespace) -> int:
         queue_size=args.queue_size,
     )
     device = args.device or default_device()
-    model = load_model(args.model, device=device)
-    service = ModelService(model, limits, model_dir=args.model or default_model_dir(), batching=batching)
-    search = _search_service(args, limits, device)
+
+    def start_models():  # in a thread that ends here, so that one thread runs torch while serving
+        service = ModelService(load_model(args.model, device=device), limits, model_dir=args.model or default_model_dir(),
+                               batching=batching)
+        return service, _search_service(args, limits, device, service.run_model_work)
+
+    service, search = run_in_passing_thread(start_models)
     launch_app(service, host=args.host, port=args.port, share=args.share, auth=credentials, search=search)
     return 0
 
 
-def _search_service(args: argparse.Namespace, limits, device: str):
+def _search_service(args: argparse.Namespace, limits, device: str, run_model_work=None):
     """The video-text side: --video-text-model (default: $PRISM_VLM_VIDEO_TEXT_MODEL or the demo's,
-    when installed), indexing --search-dir at start. None when no video-text model is available."""
+    when installed), indexing --search-dir at start; its model work runs through ``run_model_work`` (None: under a lock of its own).
+    None when no video-text model is available."""
     from apps.search import SearchService
     from vlm.retrieval.video_text_model import (
         MODEL_ENVIRONMENT_VARIABLE,
@@ -89,7 +95,8 @@ def _search_service(args: argparse.Namespace, limits, device: str):
     if not explicit and not Path(source).exists():
         return None  # no demo video-text model installed: the page works without zero-shot labels and search
     model = load_video_text_model(source, tokenizer=args.video_text_tokenizer, device=device)
-    return SearchService.start(model, args.search_dir, limits, index_dir=args.search_index)
+    return SearchService.start(model, args.search_dir, limits, index_dir=args.search_index,
+                               run_model_work=run_model_work)
 
 
 def add_subcommand(subparsers) -> None:

@@ -4,7 +4,9 @@
 started with ``--search-dir``, the index of that folder (built, or brought up to date, at start:
 ``vlm.retrieval.index.build_index`` resumes, so a restart only embeds new clips). Requests are
 checked against the app's limits (text length, label count, the clip gate of ``apps.limits``)
-before any model work, and the model runs under a lock of its own.
+before any model work; the model runs one piece of work at a time, in the thread given as
+``run_model_work`` (the app passes :meth:`apps.service.ModelService.run_model_work`, so that one
+thread runs torch: :mod:`apps.compute_thread`), else under a lock of its own.
 """
 
 from __future__ import annotations
@@ -12,9 +14,10 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from apps.limits import AppLimits
 from apps.service import AppInputError, checked_text, checked_video, decode_within_limits, parse_candidates
@@ -44,23 +47,30 @@ def default_index_dir(search_dir: str | os.PathLike, model: VideoTextModel) -> P
 
 
 class SearchService:
-    """Text-to-clip search over ``index`` (None: no search folder) and zero-shot labels with ``model``."""
+    """Text-to-clip search over ``index`` (None: no search folder) and zero-shot labels with ``model``.
+
+    run_model_work: runs ``work()`` with the model to itself and returns its result (default: under
+    a lock of this service's own)."""
 
     def __init__(self, model: VideoTextModel, index: VideoIndex | None, limits: AppLimits | None = None,
-                 search_dir: str | os.PathLike | None = None):
+                 search_dir: str | os.PathLike | None = None,
+                 run_model_work: Callable[[Callable[[], Any]], Any] | None = None):
         self.model = model
         self.index = index
         self.limits = limits or AppLimits()
         self.search_dir = None if search_dir is None else Path(search_dir).resolve()
         self._lock = threading.Lock()
+        self._run_model_work = run_model_work or self._locked
 
     @classmethod
     def start(cls, model: VideoTextModel, search_dir: str | os.PathLike | None, limits: AppLimits | None = None,
-              index_dir: str | os.PathLike | None = None, progress: bool = True) -> SearchService:
+              index_dir: str | os.PathLike | None = None, progress: bool = True,
+              run_model_work: Callable[[Callable[[], Any]], Any] | None = None) -> SearchService:
         """Index ``search_dir`` (resuming an earlier index in ``index_dir``, default
-        :func:`default_index_dir`) and serve it; without ``search_dir``, zero-shot labels only."""
+        :func:`default_index_dir`; in the calling thread) and serve it; without ``search_dir``,
+        zero-shot labels only."""
         if search_dir is None:
-            return cls(model, None, limits)
+            return cls(model, None, limits, run_model_work=run_model_work)
         from encoder.clips import list_videos
 
         search_dir = Path(search_dir)
@@ -68,7 +78,11 @@ class SearchService:
             raise FileNotFoundError(f"--search-dir {search_dir} is not a folder")
         index_dir = Path(index_dir) if index_dir is not None else default_index_dir(search_dir, model)
         build_index(model, list_videos(search_dir), index_dir, progress=progress)
-        return cls(model, VideoIndex.load(index_dir), limits, search_dir)
+        return cls(model, VideoIndex.load(index_dir), limits, search_dir, run_model_work)
+
+    def _locked(self, work: Callable[[], Any]) -> Any:
+        with self._lock:
+            return work()
 
     @property
     def can_search(self) -> bool:
@@ -81,8 +95,7 @@ class SearchService:
         query = checked_text(query, "search text", self.limits)
         if float(top_k) != int(top_k) or not 1 <= int(top_k) <= MAX_RESULTS:
             raise AppInputError(f"Results must be a whole number from 1 to {MAX_RESULTS}, got {top_k}.")
-        with self._lock:
-            scores, rows = self.index.search(self.model.embed_texts([query]), int(top_k))
+        scores, rows = self._run_model_work(lambda: self.index.search(self.model.embed_texts([query]), int(top_k)))
         return [SearchHit(self.index.videos[int(row)], float(score)) for score, row in zip(scores[0], rows[0])]
 
     def classify(self, video: str | os.PathLike | None, labels: str | Sequence[str] | None) -> dict[str, float]:
@@ -97,8 +110,7 @@ class SearchService:
             raise AppInputError("A label appears more than once.")
         checked_video(video, self.limits)
         clip = decode_within_limits(Path(video), self.limits, self.model.num_frames, self.model.frame_size)
-        with self._lock:
-            probabilities = classify_embeddings(self.model, self.model.embed_clips(clip[None]),
-                                                label_embeddings(self.model, parsed))[0]
+        probabilities = self._run_model_work(lambda: classify_embeddings(
+            self.model, self.model.embed_clips(clip[None]), label_embeddings(self.model, parsed))[0])
         order = probabilities.argsort(descending=True)
         return {parsed[int(i)]: float(probabilities[i]) for i in order}

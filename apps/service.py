@@ -6,8 +6,10 @@ continuous batching (:mod:`vlm.continuous_batching`): a request joins the runnin
 step and leaves it when its text is done, so it never waits for a whole batch, and a chat reply
 streams while other requests come and go. Requests with sampling or a repetition penalty are
 collected into batches of the same settings (:mod:`apps.batching`). All model work (those batches,
-ranking candidate answers) runs one piece at a time -- in the continuous batcher's worker between
-steps, or under a lock for an LLM whose KV cache rows cannot join and leave.
+ranking candidate answers, and the search side's, :meth:`ModelService.run_model_work`) runs one
+piece at a time in the continuous batcher's worker, between steps -- on CPU torch is up to twice as
+fast in the only thread that runs it (:mod:`apps.compute_thread`) -- or under a lock for an LLM
+whose KV cache rows cannot join and leave.
 
 Every request checks its clip with :func:`apps.limits.check_video` and decodes it before any model
 work (decoding overlaps). Bad input raises :class:`AppInputError` with a message for the page; the
@@ -21,9 +23,10 @@ import os
 import queue
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -38,6 +41,7 @@ from vlm.model import VideoLanguageModel
 from vlm.scoring import ScoredAnswer
 
 CLIP_CACHE_SIZE = 4
+T = TypeVar("T")
 
 
 class AppInputError(ValueError):
@@ -328,9 +332,11 @@ class ModelService:
         finally:
             stream.cancel()
 
-    def _exclusive(self, work):
+    def run_model_work(self, work: Callable[[], T]) -> T:
         """``work()`` with the model to itself: in the continuous batcher's worker between steps, or
-        under the model lock."""
+        under the model lock (an LLM whose cache rows cannot join and leave). The app's other model
+        work (search, zero-shot labels) runs here too, so that one thread runs torch
+        (:mod:`apps.compute_thread`)."""
         if self._generator is not None:
             return self._generator.call(work).result()
         with self._model_lock:
@@ -350,13 +356,13 @@ class ModelService:
 
     def _caption_batch(self, key: tuple[int, GenerationSettings], clips: Sequence[np.ndarray]) -> list[str]:
         """Captions of same-length clips [T, S, S, 3] in one model call (key: T, generation settings)."""
-        return self._exclusive(lambda: self.model.caption(
+        return self.run_model_work(lambda: self.model.caption(
             clips=torch.from_numpy(np.stack(clips)), max_new_tokens=key[1].max_new_tokens, generation=key[1]))
 
     def _answer_batch(self, key: tuple[int, GenerationSettings], requests: Sequence[tuple[str, np.ndarray]]) -> list[str]:
         """Open answers to (question, clip) pairs in one model call (key: T, generation settings)."""
         clips = torch.from_numpy(np.stack([clip for _, clip in requests]))
-        return self._exclusive(lambda: self.model.answer(
+        return self.run_model_work(lambda: self.model.answer(
             [question for question, _ in requests], clips=clips, max_new_tokens=key[1].max_new_tokens, generation=key[1]))
 
     def _chat_batch(self, key: tuple[int, GenerationSettings], requests: Sequence[_ChatRequest]) -> list[BaseException | None]:
@@ -365,7 +371,7 @@ class ModelService:
         request whose client left (``stopped``) is no longer fed; when all have left, generation stops.
         Returns, per request, None, or the exception that broke the batch after some text was streamed
         (before that, the exception propagates and the batcher retries the requests one by one)."""
-        return self._exclusive(lambda: self._stream_chat_batch(key, requests))
+        return self.run_model_work(lambda: self._stream_chat_batch(key, requests))
 
     def _stream_chat_batch(self, key: tuple[int, GenerationSettings], requests: Sequence[_ChatRequest]) -> list[BaseException | None]:
         streamed = False
@@ -436,7 +442,7 @@ class ModelService:
             return AnswerResult(future.result())
         clip, _ = self.load(video, num_frames)
         # one video/prompt prefix shared by the request's candidates
-        ranked = self._exclusive(lambda: self.model.score_answers(question, list(candidates), clips=torch.from_numpy(clip[None])))
+        ranked = self.run_model_work(lambda: self.model.score_answers(question, list(candidates), clips=torch.from_numpy(clip[None])))
         return AnswerResult(ranked[0].answer, ranked)
 
     def chat_prompt(self, history: Sequence[dict], message: str | None) -> ChatPrompt:

@@ -310,6 +310,14 @@ def test_queue_refuses_requests_beyond_its_size_and_serves_the_rest(app, clips, 
     assert outcomes.count("served") == total - len(refused) >= LIMITS["queue_size"]
 
 
+def test_all_model_work_runs_in_the_continuous_batchers_worker(app):
+    _, service, _ = app
+    assert service.run_model_work(lambda: threading.current_thread().name) == "prism-vlm-generation"
+    with pytest.raises(ZeroDivisionError):  # an error in the work is the caller's, and the worker lives on
+        service.run_model_work(lambda: 1 / 0)
+    assert service.run_model_work(lambda: 7) == 7
+
+
 def test_model_events_share_one_concurrency_limit(app):
     _, service, demo = app
     named = {fn.api_name: fn for fn in demo.fns.values() if fn.api_name in ("caption", "ask", "chat")}

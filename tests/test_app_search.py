@@ -9,6 +9,7 @@ these tests check the plumbing, not the quality of the answers.
 from __future__ import annotations
 
 import shutil
+import threading
 
 import httpx
 import numpy as np
@@ -52,9 +53,10 @@ def served(search_dir, tmp_path_factory, smollm2_tokenizer):
         patch.setenv("GRADIO_ANALYTICS_ENABLED", "False")
         patch.setenv("GRADIO_TEMP_DIR", str(tmp_path_factory.mktemp("uploads")))
         video_text = load_video_text_model(LVT_NPZ, tokenizer=TEST_SPM_MODEL)
-        search = SearchService.start(video_text, search_dir, limits, index_dir=tmp_path_factory.mktemp("index"),
-                                     progress=False)
         service = ModelService(load_model(glue_dir), limits, model_dir=glue_dir)
+        # as the app does: the search side's model work runs in the glue's worker
+        search = SearchService.start(video_text, search_dir, limits, index_dir=tmp_path_factory.mktemp("index"),
+                                     progress=False, run_model_work=service.run_model_work)
         demo = launch_app(service, port=free_port(), examples=[], prevent_thread_lock=True, quiet=True, search=search)
         try:
             yield demo.local_url, search
@@ -136,6 +138,32 @@ def test_search_service_without_folder_or_model(tmp_path, monkeypatch):
         _search_service(flags, AppLimits(), "cpu")
     with pytest.raises(FileNotFoundError, match="not a folder"):
         SearchService.start(service.model, tmp_path / "missing", AppLimits())
+
+
+def test_search_model_work_runs_in_the_thread_it_is_given(search_dir, tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from apps.search import SearchService
+    from vlm.retrieval.video_text_model import load_video_text_model
+
+    model = load_video_text_model(LVT_NPZ, tokenizer=TEST_SPM_MODEL)
+    locked = SearchService.start(model, search_dir, index_dir=tmp_path / "index", progress=False)
+    threads = []
+    with ThreadPoolExecutor(1, thread_name_prefix="model-worker") as worker:
+
+        def run_model_work(work):
+            def recorded():
+                threads.append(threading.current_thread().name)
+                return work()
+
+            return worker.submit(recorded).result()
+
+        routed = SearchService.start(model, search_dir, index_dir=tmp_path / "index", progress=False,
+                                     run_model_work=run_model_work)
+        assert routed.search("a red square", 3) == locked.search("a red square", 3)
+        labels = "a red square, a blue circle"
+        assert routed.classify(str(search_dir / "clip0.mp4"), labels) == locked.classify(str(search_dir / "clip0.mp4"), labels)
+    assert len(threads) == 2 and all(name.startswith("model-worker") for name in threads)
 
 
 def test_index_is_kept_and_updated_across_restarts(search_dir, tmp_path):

@@ -81,8 +81,8 @@ def _cmd_app(args: argparse.Namespace) -> int:
 
 def _search_service(args: argparse.Namespace, limits, device: str, run_model_work=None):
     """The video-text side: --video-text-model (default: $PRISM_VLM_VIDEO_TEXT_MODEL or the demo's,
-    when installed), indexing --search-dir at start; its model work runs through ``run_model_work`` (None: under a lock of its own).
-    None when no video-text model is available."""
+    when installed), indexing --search-dir at start; its model work runs through ``run_model_work``
+    (None: under a lock of its own). None when no video-text model is available."""
     from apps.search import SearchService
     from vlm.retrieval.video_text_model import (
         MODEL_ENVIRONMENT_VARIABLE,

@@ -29,6 +29,10 @@ Greedy decoding only: sampling and beam search go through ``generate()``
 When a round fails (out of memory, say), each request of that round that has handed out no token
 to a streaming caller is run again alone through ``generate()``, so one request's failure is its own;
 a streamed request that already showed text gets the error.
+
+On CPU, give the worker the process's torch work to itself: once another live thread has run torch
+(loaded the model, say), OpenMP's waits in the worker slow each step down, up to twice on 2 cores.
+Load the model in a thread that has ended by the time requests come (as ``prism-vlm app`` does).
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from encoder.cli_arguments import FRAMES, NEW_TOKENS, POSITIVE, positive_float
+from encoder.common.cli_arguments import FRAMES, NEW_TOKENS, POSITIVE, positive_float
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
@@ -30,8 +30,8 @@ def read_auth(pairs: list[str] | None, auth_file: str | None) -> list[tuple[str,
 
 
 def _cmd_app(args: argparse.Namespace) -> int:
-    from encoder.extras import require
-    from encoder.loading import default_device
+    from encoder.common.extras import require
+    from encoder.videoprism.loading import default_device
 
     require("gradio", "app", "prism-vlm app")  # before any model loads
     if args.search_dir is not None and not Path(args.search_dir).is_dir():

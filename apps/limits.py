@@ -16,7 +16,7 @@ from pathlib import Path
 
 import av
 
-from encoder.video import VIDEO_SUFFIXES, VideoDecodeError, open_video, packet_time_span, video_stream
+from encoder.video.decode import VIDEO_SUFFIXES, VideoDecodeError, open_video, packet_time_span, video_stream
 
 __all__ = ["VIDEO_SUFFIXES", "AppLimits", "VideoInfo", "VideoRejectedError", "check_video", "probe_video"]
 

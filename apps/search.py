@@ -71,7 +71,7 @@ class SearchService:
         zero-shot labels only."""
         if search_dir is None:
             return cls(model, None, limits, run_model_work=run_model_work)
-        from encoder.clips import list_videos
+        from encoder.video.clips import list_videos
 
         search_dir = Path(search_dir)
         if not search_dir.is_dir():

@@ -2,7 +2,7 @@
 each a few lines over :class:`vlm.model.VideoLanguageModel`.
 
 Greedy captions, open answers and chat replies (the app's default settings) are generated with
-continuous batching (:mod:`vlm.continuous_batching`): a request joins the running batch at the next
+continuous batching (:mod:`vlm.serving.continuous_batching`): a request joins the running batch at the next
 step and leaves it when its text is done, so it never waits for a whole batch, and a chat reply
 streams while other requests come and go. Requests with sampling or a repetition penalty are
 collected into batches of the same settings (:mod:`apps.batching`). All model work (those batches,
@@ -33,12 +33,12 @@ import torch
 
 from apps.batching import BatchingConfig, MicroBatcher
 from apps.limits import AppLimits, VideoInfo, VideoRejectedError, check_video
-from encoder.video import VideoDecodeError, load_clip, sample_times
+from encoder.video.decode import VideoDecodeError, load_clip, sample_times
 from vlm.chat_template import recent_turns
-from vlm.continuous_batching import ContinuousBatcher, ContinuousBatchingConfig, supports_continuous_batching
-from vlm.generation import GenerationSettings, IncrementalText
+from vlm.inference.generation import GenerationSettings, IncrementalText
+from vlm.inference.scoring import ScoredAnswer
 from vlm.model import VideoLanguageModel
-from vlm.scoring import ScoredAnswer
+from vlm.serving.continuous_batching import ContinuousBatcher, ContinuousBatchingConfig, supports_continuous_batching
 
 CLIP_CACHE_SIZE = 4
 T = TypeVar("T")

@@ -25,10 +25,10 @@ import numpy as np
 from apps.limits import VIDEO_SUFFIXES, VideoRejectedError
 from apps.search import MAX_RESULTS, SearchService
 from apps.service import AppInputError, FrameStrip, ModelService, parse_candidates
-from vlm.generation import GenerationSettings
+from vlm.inference.generation import GenerationSettings
+from vlm.inference.scoring import CandidateError
 from vlm.processing import UnreadableVideoError
 from vlm.prompts import ChatMessagesError, EmptyQuestionError
-from vlm.scoring import CandidateError
 from vlm.shapes.language import ANSWER_VOCABULARY
 
 logger = logging.getLogger(__name__)

@@ -1,18 +1,18 @@
 """The VideoPrism side of prism-vlm: video decoding, encoder loading and conversion, features.
 
 The public names below are imported on first use (PEP 562), so importing a light submodule such
-as ``encoder.pretrain.cli`` (for the ``prism-vlm`` command line) does not load torch.
+as ``vlm.cli.pretrain`` (for the ``prism-vlm`` command line) does not load torch.
 """
 
 import importlib
 
 _EXPORTS = {
-    "FeatureCache": "encoder.features",
-    "encode_clips": "encoder.features",
-    "extract_features": "encoder.features",
-    "load_encoder": "encoder.loading",
-    "VideoDecodeError": "encoder.video",
-    "load_clip": "encoder.video",
+    "FeatureCache": "encoder.videoprism.features",
+    "encode_clips": "encoder.videoprism.features",
+    "extract_features": "encoder.videoprism.features",
+    "load_encoder": "encoder.videoprism.loading",
+    "VideoDecodeError": "encoder.video.decode",
+    "load_clip": "encoder.video.decode",
 }
 
 __all__ = ["FeatureCache", "VideoDecodeError", "encode_clips", "extract_features", "load_clip", "load_encoder"]
@@ -24,7 +24,7 @@ def __getattr__(name: str):
         globals()[name] = value
         return value
     try:
-        return importlib.import_module(f"{__name__}.{name}")  # e.g. ``encoder.video`` after ``import encoder``
+        return importlib.import_module(f"{__name__}.{name}")  # e.g. ``encoder.video.decode`` after ``import encoder``
     except ModuleNotFoundError as error:
         if error.name != f"{__name__}.{name}":
             raise

@@ -1,6 +1,6 @@
 """Screenshot of ``prism-vlm app`` in a real browser, for the README (docs/app_screenshot.png).
 
-Starts ``python -m vlm.cli app`` (the default model, or ``--model DIR``) on a free local port, opens
+Starts ``python -m vlm.cli.main app`` (the default model, or ``--model DIR``) on a free local port, opens
 it in Debian's chromium (headless, through Playwright), picks a shipped example clip, clicks
 Describe, asks a closed-vocabulary question with candidates typed in, sends one chat message, labels
 the clip zero-shot (when a video-text model is loaded), waits for every answer and saves a full-page

@@ -5,7 +5,7 @@ The benchmark makes its own test file (cached in ``--workdir``): ``--minutes`` o
 ``--height``p H.264 (libx264, preset ultrafast) at ``--fps`` with a keyframe every
 ``--gop-seconds`` seconds and simple moving content. It then times
 
-* ``seek``:     ``encoder.video.decode_frames(path, N)`` (seek to the keyframe before
+* ``seek``:     ``encoder.video.decode.decode_frames(path, N)`` (seek to the keyframe before
                 each sampled time, decode forward to it, convert only that frame), and
 * ``baseline``: decode every frame of the file in order and convert only the N frames
                 displayed at the same sampled times to RGB,
@@ -39,7 +39,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from encoder.video import decode_frames, sample_times  # noqa: E402
+from encoder.video.decode import decode_frames, sample_times  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -1,5 +1,5 @@
 """Benchmark (a) of the foundation issue: encoder clips/s of prism-vlm's extraction path
-(``encoder.features.encode_clips``) against a plain transformers ``VideoPrismVisionModel`` forward
+(``encoder.videoprism.features.encode_clips``) against a plain transformers ``VideoPrismVisionModel`` forward
 with the same weights (VideoPrism-B config, random init), side by side in one run.
 
 Each configuration (frames x batch x precision) times both paths alternately, ``--repeats`` times
@@ -20,7 +20,7 @@ import time
 import torch
 from transformers import VideoPrismVisionConfig, VideoPrismVisionModel
 
-from encoder.features import cpu_supports_bf16, encode_clips
+from encoder.videoprism.features import cpu_supports_bf16, encode_clips
 
 
 def plain_forward(model, clips_bthwc: torch.Tensor, precision: str) -> torch.Tensor:

@@ -16,7 +16,7 @@ Each (path, batch) runs one first call (timed on its own: it includes compilatio
 untimed calls, then ``--repeats`` timed calls (``torch.cuda.synchronize`` after each); clips/s is
 batch / median time. Peak memory is ``torch.cuda.max_memory_allocated`` over the timed calls
 (weights + activations). Agreement is against the eager path's tokens for the same input (max abs
-diff, min and mean per-token cosine). FLOPs per clip come from ``encoder.flops`` (matmuls only:
+diff, min and mean per-token cosine). FLOPs per clip come from ``encoder.videoprism.flops`` (matmuls only:
 patch embedding, q/k/v/o, Q K^T and P V, MLPs), about 0.97 TFLOP for 16x288x288; achieved
 TFLOP/s = FLOPs per clip x clips/s, as a fraction of the GPU's dense bf16 peak (``--peak-tflops``,
 default from the device name: H100 SXM / H200 989, H100 PCIe 756, H100 NVL 835, A100 312).
@@ -46,8 +46,8 @@ import torch.nn.functional as F
 import transformers
 from transformers import VideoPrismVisionConfig, VideoPrismVisionModel
 
-from encoder.flops import videoprism_forward_flops
-from encoder.loading import load_encoder, resolve_dtype
+from encoder.videoprism.flops import videoprism_forward_flops
+from encoder.videoprism.loading import load_encoder, resolve_dtype
 
 PATHS = ("eager", "flex_attention", "flash_attention_2", "compile", "compile_flex")
 DEFAULT_PATHS = ("eager", "flex_attention", "flash_attention_2", "compile")

@@ -24,9 +24,9 @@ from pathlib import Path
 import torch
 from bench_vlm import random_glue  # scripts/ is on sys.path when a script runs
 
+from vlm.inference.scoring import candidate_token_ids, one_token_words
 from vlm.llm import SMOLLM2_SOURCE, load_language_model, load_tokenizer
 from vlm.prompts import Shot
-from vlm.scoring import candidate_token_ids, one_token_words
 
 SUBJECTS = ["man", "woman", "dog", "child", "cat", "person", "girl", "boy"]
 VERBS = ["holding", "eating", "watching", "throwing", "cutting", "riding", "playing with", "carrying"]

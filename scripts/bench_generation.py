@@ -1,7 +1,7 @@
 """transformers' generate() against the hand-written greedy loop it replaced, side by side, on the
 shipped demo model: the same outputs, and the time of each.
 
-The previous loop (``vlm/generation.py`` before session 10: one cached forward per step, rows
+The previous loop (``vlm/inference/generation.py`` before session 10: one cached forward per step, rows
 stopping at EOS or at a newline token) is kept here, verbatim in its logic, as the baseline.
 Workloads: captions of the three example clips, batch 1 and batch 3 (32 new tokens, stop at a
 newline); open answers to three questions (batch 3); a chat reply (up to 64 tokens). Each is timed
@@ -26,7 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from vlm.chat_template import chat_inference_ids  # noqa: E402
-from vlm.generation import generate_ids, llm_step, newline_stopper, pad_token_id, stop_token_ids  # noqa: E402
+from vlm.inference.generation import generate_ids, llm_step, newline_stopper, pad_token_id, stop_token_ids  # noqa: E402
 
 CLIPS = ["cyan_star_moving_down.mp4", "green_star_rotating.mp4", "water_bottle_drumming.mp4"]
 QUESTIONS = ["what colour is the star?", "how is the object moving?", "what?"]
@@ -73,7 +73,7 @@ def main(argv=None) -> int:
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    from vlm.generation import GenerationSettings
+    from vlm.inference.generation import GenerationSettings
     from vlm.model import load_model
 
     model = load_model(None)

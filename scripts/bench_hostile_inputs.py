@@ -1,4 +1,4 @@
-"""Decoding cost of hostile files, this checkout against a baseline revision of encoder/video.py,
+"""Decoding cost of hostile files, this checkout against a baseline revision of encoder/video/decode.py,
 side by side in one run (each measurement in a fresh process, so peak memory is its own).
 
     python scripts/bench_hostile_inputs.py [--baseline REV] [--work DIR]
@@ -12,7 +12,7 @@ For each file and decoder (for the size switch also the current one with ``max_s
 app decodes with ``--max-side``): frames decoded, wall seconds and peak resident memory over the
 process's footprint before the call (MB), for 16 and 32 sampled frames at the app's output size.
 ``--baseline REV`` (default: the commit before the bounded decoder, 6b1b874) reads that revision's
-encoder/video.py with ``git show``; without git the baseline column is skipped.
+encoder/video/decode.py with ``git show``; without git the baseline column is skipped.
 Prints a Markdown table for BENCHMARKS.md.
 """
 
@@ -89,13 +89,18 @@ def make_files(work: Path) -> dict[str, Path]:
 
 def load_decoder(which: str, baseline: str, work: Path):
     if which.startswith("current"):
-        import encoder.video as module
+        import encoder.video.decode as module
 
         return module
     source = work / f"video_{baseline}.py"
     if not source.is_file():
-        source.write_text(subprocess.run(["git", "show", f"{baseline}:encoder/video.py"], cwd=REPO, check=True,
-                                         capture_output=True, text=True).stdout)
+        for path in ("encoder/video/decode.py", "encoder/video.py"):  # the decoder's path now, and before the layout change
+            shown = subprocess.run(["git", "show", f"{baseline}:{path}"], cwd=REPO, capture_output=True, text=True)
+            if shown.returncode == 0:
+                source.write_text(shown.stdout)
+                break
+        else:
+            raise SystemExit(f"no decoder module in commit {baseline}")
     spec = importlib.util.spec_from_file_location(f"video_{baseline}", source)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # its dataclasses look their module up
@@ -139,7 +144,7 @@ def child(args) -> None:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--baseline", default="6b1b874", help="git revision of the baseline encoder/video.py")
+    parser.add_argument("--baseline", default="6b1b874", help="git revision of the baseline encoder/video/decode.py")
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "prism-vlm-bench-hostile")
     parser.add_argument("--child", choices=("current", "current-limit", "baseline"), help=argparse.SUPPRESS)
     parser.add_argument("--file", help=argparse.SUPPRESS)

@@ -1,5 +1,5 @@
 """What decoding a clip in a process of its own costs (the crash isolation of
-``encoder.decode_workers.decode_isolated``) against decoding it in this process.
+``encoder.video.workers.decode_isolated``) against decoding it in this process.
 
     python scripts/bench_isolated_decode.py [--clip PATH] [--repeats 5]
 
@@ -20,8 +20,8 @@ sys.path.insert(0, str(REPO))
 
 
 def main(argv=None) -> int:
-    from encoder.clips import ClipDecodeDataset, list_clips
-    from encoder.decode_workers import decode_isolated
+    from encoder.video.clips import ClipDecodeDataset, list_clips
+    from encoder.video.workers import decode_isolated
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clip", default=str(REPO / "apps" / "examples" / "water_bottle_drumming.mp4"))

@@ -1,6 +1,6 @@
 """Training-step time of VideoPrism pretraining: stage 1 with 50% tube token drop vs no drop, and stage 2.
 
-One step = the full training step of ``encoder.pretrain`` (masked encoder forward, heads, loss,
+One step = the full training step of ``encoder.videoprism.pretrain`` (masked encoder forward, heads, loss,
 backward, Adafactor update) on synthetic in-memory batches, so decoding is not measured. Stage 2's
 step includes the frozen teacher's forward on the intact clip (no teacher cache).
 
@@ -28,18 +28,18 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from encoder.factorized import encode_visible_tokens  # noqa: E402
-from encoder.masking import make_mask, visible_indices  # noqa: E402
-from encoder.pretrain.heads import (  # noqa: E402
+from encoder.videoprism.factorized import encode_visible_tokens  # noqa: E402
+from encoder.videoprism.masking import make_mask, visible_indices  # noqa: E402
+from encoder.videoprism.pretrain.heads import (  # noqa: E402
     DecoderConfig,
     GlobalDistillationHead,
     TokenDistillationHead,
     pool_video_tokens,
     shuffle_permutations,
 )
-from encoder.pretrain.losses import LogitScale, contrastive_loss, cosine_distance  # noqa: E402
-from encoder.pretrain.stage1 import ContrastiveModel, ModelSize, new_clip_model  # noqa: E402
-from encoder.pretrain.stage2 import DistillationModel  # noqa: E402
+from encoder.videoprism.pretrain.losses import LogitScale, contrastive_loss, cosine_distance  # noqa: E402
+from encoder.videoprism.pretrain.stage1 import ContrastiveModel, ModelSize, new_clip_model  # noqa: E402
+from encoder.videoprism.pretrain.stage2 import DistillationModel  # noqa: E402
 
 SIZES = {
     "tiny": ModelSize.tiny(),  # 64 wide, 2+1 layers, 8 x 64 px, patch 16 (16 positions per frame)

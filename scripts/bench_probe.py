@@ -1,11 +1,11 @@
 #!/usr/bin/env python
-"""Benchmark: wall time of one frozen MAP probe (``encoder.probe.probe_accuracy``, default
+"""Benchmark: wall time of one frozen MAP probe (``encoder.videoprism.probe.probe_accuracy``, default
 ``ProbeConfig``: 30 epochs) on random tokens of tiny-encoder shapes, e.g. 16 frames x 4 patches
 (36 px, patch 18) x 32 channels, and 16 x 16 (72 px) x 64 channels.
 
 Two attention implementations are timed alternately in the same run:
 
-* ``folded`` (ours, ``encoder.probe.SingleQueryAttention``): key/value projections folded onto the
+* ``folded`` (ours, ``encoder.videoprism.probe.SingleQueryAttention``): key/value projections folded onto the
   single query, O(B M D H);
 * ``torch`` (baseline): ``torch.nn.MultiheadAttention`` with the query expanded over the batch,
   O(B M D^2). Same function (tests/test_probe.py checks the equality), so the accuracies match up to
@@ -31,8 +31,8 @@ if str(REPO_ROOT) not in sys.path:
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-import encoder.probe as probe_module  # noqa: E402
-from encoder.probe import ProbeConfig, probe_accuracy  # noqa: E402
+import encoder.videoprism.probe as probe_module  # noqa: E402
+from encoder.videoprism.probe import ProbeConfig, probe_accuracy  # noqa: E402
 
 FOLDED = probe_module.SingleQueryAttention
 

@@ -60,7 +60,7 @@ def bench_search(size: int, dim: int, queries: int, top_k: int = 10, seed: int =
 
 
 def bench_index(clips: str, model_source: str | None, batch_size: int, workers: int) -> dict:
-    from encoder.clips import list_videos
+    from encoder.video.clips import list_videos
     from vlm.retrieval.index import build_index
     from vlm.retrieval.video_text_model import default_video_text_model, load_video_text_model
 

@@ -58,7 +58,7 @@ def time_generation(num: int, seed: int, workdir: Path) -> dict:
 
 def _frames(corpus: Path, clips, which: str) -> np.ndarray:
     """Decoded frames as float [B, C, S, S]: the middle frame (C=3) or first+last (C=6)."""
-    from encoder.video import load_clip
+    from encoder.video.decode import load_clip
 
     batches = []
     for clip in clips:

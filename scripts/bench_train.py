@@ -58,8 +58,8 @@ def prepare(work: Path, args) -> dict:
     import torch
     from transformers import VideoPrismVisionConfig, VideoPrismVisionModel
 
-    from encoder.clips import list_videos
-    from encoder.features import extract_features
+    from encoder.video.clips import list_videos
+    from encoder.videoprism.features import extract_features
 
     preset = dict(PRESETS[args.preset])
     clip_size = preset.pop("clip_size")
@@ -118,8 +118,8 @@ def interleaved(work: Path, args) -> dict:
 
     import torch
 
-    from encoder.features import FeatureCache
-    from encoder.loading import load_encoder
+    from encoder.videoprism.features import FeatureCache
+    from encoder.videoprism.loading import load_encoder
     from vlm.llm import load_llm
     from vlm.model import VideoLanguageModel
     from vlm.training.config import DataSource

@@ -42,11 +42,16 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, VideoPrismVisionConfig, VideoPrismVisionModel
 
-from encoder.loading import resolve_dtype
-from vlm.generation import greedy_generate
+from encoder.videoprism.loading import resolve_dtype
+from vlm.inference.generation import greedy_generate
+from vlm.inference.scoring import (
+    candidate_log_likelihoods,
+    candidate_token_ids,
+    naive_candidate_log_likelihoods,
+    one_token_words,
+)
 from vlm.llm import SMOLLM2_SOURCE, load_language_model, load_tokenizer
 from vlm.model import VideoLanguageModel
-from vlm.scoring import candidate_log_likelihoods, candidate_token_ids, naive_candidate_log_likelihoods, one_token_words
 
 QUESTION = "what is the man hitting?"
 

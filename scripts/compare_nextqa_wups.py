@@ -1,8 +1,8 @@
-"""How close ``vlm.wups`` ("nextqa" protocol) comes to NExT-QA's official open-ended evaluation.
+"""How close ``vlm.evaluation.wups`` ("nextqa" protocol) comes to NExT-QA's official open-ended evaluation.
 
 NExT-OE (github.com/doc-doc/NExT-OE, MIT) publishes a prediction file of its HGA model on the val
 split with the WUPS its ``eval_oe.py`` computes (README "Results on Val": WUPS_C 14.76, WUPS_T 14.90,
-WUPS_D 46.60, WUPS 21.48). This script scores the same predictions with ``vlm.wups`` and prints both.
+WUPS_D 46.60, WUPS 21.48). This script scores the same predictions with ``vlm.evaluation.wups`` and prints both.
 
     python scripts/compare_nextqa_wups.py --nextoe NEXT_OE_CHECKOUT [--stopwords NEXT_OE/stopwords.txt]
 
@@ -28,7 +28,7 @@ def main(argv=None) -> int:
     parser.add_argument("--nextoe", required=True, type=Path)
     parser.add_argument("--stopwords", default=None)
     args = parser.parse_args(argv)
-    from vlm.wups import WupsScorer
+    from vlm.evaluation.wups import WupsScorer
 
     predictions = json.loads((args.nextoe / "results" / "HGA-same-att-qns23ans7-val.json").read_text())
     with open(args.nextoe / "dataset" / "nextqa" / "val.csv", encoding="utf-8") as handle:
@@ -44,7 +44,7 @@ def main(argv=None) -> int:
     print("| | " + " | ".join(PUBLISHED) + " |")
     print("|---|" + "---:|" * len(PUBLISHED))
     print("| official eval_oe.py (published) | " + " | ".join(f"{PUBLISHED[k]:.2f}" for k in PUBLISHED) + " |")
-    print("| vlm.wups nextqa | " + " | ".join(f"{ours[k]:.2f}" for k in PUBLISHED) + " |")
+    print("| vlm.evaluation.wups nextqa | " + " | ".join(f"{ours[k]:.2f}" for k in PUBLISHED) + " |")
     print(f"({len(rows)} questions)")
     return 0
 

@@ -1,4 +1,4 @@
-"""Agreement of ``vlm.metrics.ptb_tokenizer.ptb_tokenize`` with the COCO toolkit's Java tokenizer.
+"""Agreement of ``vlm.evaluation.metrics.ptb_tokenizer.ptb_tokenize`` with the COCO toolkit's Java tokenizer.
 
 Runs Stanford CoreNLP 3.4.1's PTBTokenizer (the jar shipped in pycocoevalcap; needs ``java``)
 exactly as ``pycocoevalcap.tokenizer.ptbtokenizer.PTBTokenizer`` does, on every non-empty line of
@@ -17,7 +17,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from vlm.metrics.ptb_tokenizer import PUNCTUATIONS, ptb_tokenize
+from vlm.evaluation.metrics.ptb_tokenizer import PUNCTUATIONS, ptb_tokenize
 
 
 def java_tokenize(lines: list[str]) -> list[str]:

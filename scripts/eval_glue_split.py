@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout's vlm and encoder
 
-from encoder.atomic_files import write_json  # noqa: E402
+from encoder.common.atomic_files import write_json  # noqa: E402
 from vlm.demo_pipeline.evaluation import caption_refs, evaluate_model, spread  # noqa: E402
 from vlm.demo_pipeline.profiles import PROFILES  # noqa: E402
 from vlm.demo_pipeline.stages import split_videos  # noqa: E402
@@ -40,7 +40,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def score_split(model, corpus: Path, split: str, features, profile) -> tuple[dict, list]:
     """(closed/open-vocabulary QA and caption scores of ``model`` on the split, its QA examples), from
     ``features`` (a FeatureCache of the model's encoder), as the demo pipeline (``vlm.demo_pipeline.evaluation``) scores test."""
-    from vlm.eval_data import read_qa
+    from vlm.evaluation.data import read_qa
     from vlm.shapes import ALL_ANSWERS
 
     videos = split_videos(corpus, split)
@@ -54,8 +54,8 @@ def score_split(model, corpus: Path, split: str, features, profile) -> tuple[dic
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from encoder.features import FeatureCache
     from encoder.training.threads import torch_threads
+    from encoder.videoprism.features import FeatureCache
     from vlm.model import VideoLanguageModel
 
     profile = PROFILES[args.profile]

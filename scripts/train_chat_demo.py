@@ -24,8 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # eval_glue_split (and
 
 import eval_glue_split  # noqa: E402
 
-from encoder.atomic_files import write_json  # noqa: E402
-from encoder.jsonl import iter_jsonl_strict  # noqa: E402
+from encoder.common.atomic_files import write_json  # noqa: E402
+from encoder.common.jsonl import iter_jsonl_strict  # noqa: E402
 from vlm.demo_pipeline.evaluation import TARGETS, run_evaluation, spread  # noqa: E402
 from vlm.demo_pipeline.pipeline import Timings, show_progress  # noqa: E402
 from vlm.demo_pipeline.profiles import PROFILES  # noqa: E402
@@ -113,7 +113,7 @@ def write_count_conversations(corpus: Path, split: str) -> Path:
 def chat_scores(model, clips, cache: Path, corpus: Path, limit: int) -> dict:
     import torch
 
-    from encoder.features import FeatureCache
+    from encoder.videoprism.features import FeatureCache
     from vlm.shapes.chat_eval import chat_accuracy
     from vlm.training.data import CacheIndex
 
@@ -204,7 +204,7 @@ def main(argv=None) -> int:
             results["qa"] = timings.run("evaluate_test", run_evaluation, args.work, profile, corpus,
                                         model_dir, caches["stage2"], llm, tokenizer)
         elif "qa" not in results:
-            from encoder.features import FeatureCache
+            from encoder.videoprism.features import FeatureCache
 
             scores, _ = timings.run(f"evaluate_{split}", eval_glue_split.score_split, model, corpus, split,
                                     FeatureCache(caches["stage2"]), profile)

@@ -52,8 +52,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def train(args, manifest: Path, profile) -> Path:
-    from encoder.pretrain.lit import LitConfig, run_lit
-    from encoder.pretrain.stage1 import ModelSize
+    from encoder.videoprism.pretrain.lit import LitConfig, run_lit
+    from encoder.videoprism.pretrain.stage1 import ModelSize
 
     out = args.work / "lit"
     if (out / "model" / "config.json").is_file():

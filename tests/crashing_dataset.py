@@ -1,4 +1,4 @@
-"""A decode dataset for tests of encoder.decode_workers: items ``(index, "ok", None)``; the process
+"""A decode dataset for tests of encoder.video.workers: items ``(index, "ok", None)``; the process
 decoding an index in ``crash`` is killed with SIGKILL, as the OOM killer or a codec segfault would."""
 
 from __future__ import annotations

@@ -330,7 +330,7 @@ def test_model_events_share_one_concurrency_limit(app):
 
 
 def test_frame_strip_is_what_the_model_sees(app, clips):
-    from encoder.video import load_clip
+    from encoder.video.decode import load_clip
 
     _, service, _ = app
     strip = service.frame_strip(clips["a"], 4)
@@ -414,7 +414,7 @@ def test_model_card_names_encoder_llm_and_glue(app, glue_dir):
 
 
 def test_cli_app_options_and_a_clear_error_without_a_model(tmp_path, monkeypatch, capsys):
-    from vlm import cli
+    from vlm.cli import main as cli
 
     args = cli.build_parser().parse_args(["app", "--model", "g", "--host", "0.0.0.0", "--port", "7999", "--share", "--queue-size", "5"])
     assert (args.model, args.host, args.port, args.share, args.queue_size) == ("g", "0.0.0.0", 7999, True, 5)
@@ -565,7 +565,7 @@ def test_concurrent_captions_and_open_answers_are_batched_and_equal_unbatched(ap
     equals the one it gets alone. With a repetition penalty they are collected into one batch."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from vlm.generation import GenerationSettings
+    from vlm.inference.generation import GenerationSettings
 
     _, service, _ = app
     videos = [clips["a"], clips["b"], clips["c"], clips["a"]]
@@ -677,7 +677,7 @@ def test_concurrent_chat_replies_are_batched_streamed_and_equal_unbatched(app, c
 def test_generation_settings_reach_the_model_through_the_api(app, client, clips):
     """Temperature 0 (the default) is greedy; a temperature above 0 samples; the settings are the
     library's GenerationSettings (a batch only holds requests with the same settings)."""
-    from vlm.generation import GenerationSettings
+    from vlm.inference.generation import GenerationSettings
 
     _, service, _ = app
     greedy = client.predict(upload(clips["a"]), FRAMES, 6, api_name="/caption")

@@ -72,7 +72,7 @@ def served_app(glue_dir, search_folder, search_index, tmp_path_factory):
     log_path = root / "server.log"
     with open(log_path, "w") as log:
         server = subprocess.Popen(
-            [sys.executable, "-m", "vlm.cli", "app", "--model", str(glue_dir), "--port", str(port),
+            [sys.executable, "-m", "vlm.cli.main", "app", "--model", str(glue_dir), "--port", str(port),
              "--search-dir", str(search_folder), "--search-index", str(search_index),
              "--video-text-model", str(LVT_NPZ), "--video-text-tokenizer", str(TEST_SPM_MODEL)],
             cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,

@@ -89,7 +89,7 @@ def test_search_endpoint_ranks_the_folder_as_the_library_does(served, client, se
 def test_labels_endpoint_equals_library_zero_shot(served, client, search_dir):
     from gradio_client import handle_file
 
-    from encoder.video import load_clip
+    from encoder.video.decode import load_clip
     from vlm.retrieval.zero_shot import classify_embeddings, label_embeddings
 
     _, search = served

@@ -1,6 +1,6 @@
 """Attention kernels of the encoder: ``load_encoder(..., attn_implementation=...)``, eager vs flex
 attention parity with the attention logit softcap in force, and the FLOP count of
-``scripts/bench_encoder_gpu.py`` (``encoder.flops``) against PyTorch's FLOP counter."""
+``scripts/bench_encoder_gpu.py`` (``encoder.videoprism.flops``) against PyTorch's FLOP counter."""
 
 from __future__ import annotations
 
@@ -17,9 +17,9 @@ from transformers import (
     VideoPrismVisionModel,
 )
 
-from encoder.factorized import encode_tokens
-from encoder.flops import videoprism_forward_flops
-from encoder.loading import ATTN_IMPLEMENTATIONS, load_encoder
+from encoder.videoprism.factorized import encode_tokens
+from encoder.videoprism.flops import videoprism_forward_flops
+from encoder.videoprism.loading import ATTN_IMPLEMENTATIONS, load_encoder
 from tests.fixture_files import REFERENCE_DIR as REFERENCE
 from tests.scripts import import_script
 
@@ -122,7 +122,7 @@ def test_frame_paddings_need_eager_attention(tiny_dirs, clips):
     ids=["tiny", "videoprism-b-16x288", "videoprism-b-8x144"],
 )
 def test_flop_count_matches_torch_flop_counter(config, frames, size):
-    """encoder.flops counts what FlopCounterMode counts (on the meta device: no compute)."""
+    """encoder.videoprism.flops counts what FlopCounterMode counts (on the meta device: no compute)."""
     with torch.device("meta"):
         model = VideoPrismVisionModel(config).eval()
     video = torch.empty(1, frames, 3, size, size, device="meta")

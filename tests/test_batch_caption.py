@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 import torch
 
-from encoder.clips import Clip, ClipListError, clips_from_feature_cache, decode_clip, list_clips
-from encoder.jsonl import cut_torn_tail, read_jsonl_tolerant
+from encoder.common.jsonl import cut_torn_tail, read_jsonl_tolerant
+from encoder.video.clips import Clip, ClipListError, clips_from_feature_cache, decode_clip, list_clips
 from tests.tiny_glue import FRAMES, SIZE, build_tiny_glue, save_tiny_glue, write_clip
-from vlm import cli
-from vlm.batch_caption import caption_clips, errors_path_for
+from vlm.cli import main as cli
+from vlm.inference.batch_caption import caption_clips, errors_path_for
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -185,7 +185,7 @@ def test_leftover_parts_of_a_killed_multiprocess_run_are_merged_without_duplicat
 
 
 def test_captions_from_a_feature_cache_equal_captions_from_pixels(model, video_dir, tmp_path):
-    from encoder.features import FeatureCache, extract_features
+    from encoder.videoprism.features import FeatureCache, extract_features
 
     clips = list_clips(video_dir)
     extract_features(
@@ -266,7 +266,7 @@ def test_accelerate_launch_two_processes_merges_to_the_single_process_output(glu
     launch = [
         sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
         "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
-        "-m", "vlm.cli", *common, "--out", str(tmp_path / "sharded.jsonl"),
+        "-m", "vlm.cli.main", *common, "--out", str(tmp_path / "sharded.jsonl"),
     ]
     result = subprocess.run(launch, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -280,7 +280,7 @@ def test_accelerate_launch_two_processes_merges_to_the_single_process_output(glu
 def test_a_second_run_on_the_same_output_is_refused(model, video_dir, tmp_path):
     from filelock import FileLock
 
-    from vlm.batch_caption import OutputBusyError
+    from vlm.inference.batch_caption import OutputBusyError
 
     out = tmp_path / "preds.jsonl"
     with FileLock(f"{out}.lock-0"):  # another run holds the output

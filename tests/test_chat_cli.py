@@ -9,7 +9,7 @@ import json
 import pytest
 
 from tests.tiny_glue import FRAMES, build_tiny_glue, save_tiny_glue, write_clip
-from vlm.cli import main
+from vlm.cli.main import main
 from vlm.shapes.chat_eval import chat_accuracy, named_answers
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

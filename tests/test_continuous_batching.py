@@ -1,4 +1,4 @@
-"""Continuous batching (vlm.continuous_batching): requests join and leave a running batch, and each
+"""Continuous batching (vlm.serving.continuous_batching): requests join and leave a running batch, and each
 request's tokens equal what generate() gives it alone."""
 
 from __future__ import annotations
@@ -10,12 +10,12 @@ import torch
 from transformers import MistralConfig, MistralForCausalLM
 
 from tests.tiny_glue import FRAMES, SIZE, build_tiny_glue
-from vlm.continuous_batching import (
+from vlm.inference.generation import GenerationSettings, generate_ids
+from vlm.serving.continuous_batching import (
     ContinuousBatcher,
     ContinuousBatchingConfig,
     supports_continuous_batching,
 )
-from vlm.generation import GenerationSettings, generate_ids
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

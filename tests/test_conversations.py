@@ -20,7 +20,7 @@ from tests.tiny_glue import (
     write_jsonl,
 )
 from vlm.chat_template import IGNORE_INDEX, chat_inference_ids, chat_training_ids
-from vlm.conversations import ConversationError, read_conversation
+from vlm.convert.conversations import ConversationError, read_conversation
 from vlm.prompts import ChatMessagesError
 from vlm.training import DataSource, TrainConfig, train_glue
 from vlm.training.data import GlueExamples, VideoSettings, collate_visits, load_examples
@@ -145,8 +145,8 @@ def test_truncation_keeps_whole_turns(smollm2_tokenizer):
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory, smollm2_tokenizer):
-    from encoder.clips import list_videos
-    from encoder.features import extract_features
+    from encoder.video.clips import list_videos
+    from encoder.videoprism.features import extract_features
 
     root = tmp_path_factory.mktemp("conversations")
     model = tiny_parts_with_clips(root, smollm2_tokenizer, 4)
@@ -189,8 +189,8 @@ def test_jsonl_and_saved_dataset_sources_with_bad_rows_reported(data, tmp_path):
 
 
 def test_conversation_loss_from_the_cache_equals_on_the_fly_and_ignores_user_turns(data):
-    from encoder.features import FeatureCache
-    from encoder.video import load_clip
+    from encoder.video.decode import load_clip
+    from encoder.videoprism.features import FeatureCache
 
     model, root = data["model"], data["root"]
     videos = [str(root / "clips" / f"c{i}.mp4") for i in (0, 3)]

@@ -6,13 +6,13 @@ import pytest
 import torch
 from transformers import AutoTokenizer, VideoPrismClipModel, VideoPrismVisionModel
 
-from encoder.convert import CheckpointFormatError, convert_checkpoint, infer_config, read_flax_checkpoint
-from encoder.factorized import encode_tokens
-from encoder.loading import load_encoder
-from encoder.text_tokenizer import canonicalize_text, tokenize_texts
+from encoder.videoprism.convert import CheckpointFormatError, convert_checkpoint, infer_config, read_flax_checkpoint
+from encoder.videoprism.factorized import encode_tokens
+from encoder.videoprism.loading import load_encoder
+from encoder.videoprism.text_tokenizer import canonicalize_text, tokenize_texts
 from tests.fixture_files import REFERENCE_DIR as REFERENCE
 from tests.fixture_files import TEST_SPM_MODEL
-from vlm.cli import main as cli_main
+from vlm.cli.main import main as cli_main
 
 TOKEN_ATOL = 1e-4
 MIN_COSINE = 0.99999

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from encoder.clips import list_clips
-from vlm import cli
-from vlm.converters import AnnotationFormatError, convert_annotations
-from vlm.eval_data import read_caption_references, read_qa
+from encoder.video.clips import list_clips
+from vlm.cli import main as cli
+from vlm.convert.annotations import AnnotationFormatError, convert_annotations
+from vlm.evaluation.data import read_caption_references, read_qa
 
 
 def write_json(path: Path, value) -> Path:

@@ -1,4 +1,4 @@
-"""encoder.decode_workers: a decoding process that dies costs only its clip; workers die with the job."""
+"""encoder.video.workers: a decoding process that dies costs only its clip; workers die with the job."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from encoder.decode_workers import decode_isolated, decoded_batches
+from encoder.video.workers import decode_isolated, decoded_batches
 from tests.crashing_dataset import CrashingDataset
 
 pytestmark = [pytest.mark.slow]
@@ -41,7 +41,7 @@ def test_decode_isolated_returns_the_item_or_a_failure():
 def test_workers_exit_when_the_job_is_killed(tmp_path):
     """After `kill -9` of a job, its forkserver and decoding workers used to stay alive for good."""
     script = textwrap.dedent("""
-        from encoder.decode_workers import decoded_batches
+        from encoder.video.workers import decoded_batches
         from tests.crashing_dataset import CrashingDataset
         if __name__ == "__main__":
             for batch in decoded_batches(CrashingDataset(8, seconds_per_item=120), 2, 2):

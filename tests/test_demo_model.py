@@ -84,7 +84,7 @@ def test_demo_model_answers_colour_questions(demo_model, tmp_path):
 
 def test_prism_vlm_ask_without_model_uses_the_demo_model(monkeypatch, tmp_path, capsys, smollm2_llm, smollm2_tokenizer):
     import vlm.model
-    from vlm.cli import main
+    from vlm.cli.main import main
 
     requested = []
 
@@ -160,7 +160,7 @@ def test_demo_model_chat_answers_from_the_clip(demo_model, tmp_path):
 
 def test_prism_vlm_chat_without_model_answers_from_the_clip(monkeypatch, tmp_path, capsys, smollm2_llm, smollm2_tokenizer):
     import vlm.model
-    from vlm.cli import main
+    from vlm.cli.main import main
 
     monkeypatch.delenv(DEFAULT_MODEL_ENV, raising=False)
     monkeypatch.setattr(vlm.model, "load_llm", lambda source, dtype=None, device=None: (smollm2_llm, smollm2_tokenizer))

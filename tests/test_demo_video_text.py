@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from vlm.cli import main as cli_main
+from vlm.cli.main import main as cli_main
 from vlm.retrieval.video_text_model import DEMO_VIDEO_TEXT_MODEL, MODEL_ENVIRONMENT_VARIABLE, default_video_text_model
 from vlm.shapes import PALETTE, ShapesConfig, encode_mp4, render_clip, sample_clip_attributes
 

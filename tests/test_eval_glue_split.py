@@ -12,8 +12,8 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_scores_every_question_of_the_split_from_the_cache(load_script, smollm2_tokenizer, tmp_path, capsys):
-    from encoder.clips import list_videos
-    from encoder.features import extract_features
+    from encoder.video.clips import list_videos
+    from encoder.videoprism.features import extract_features
 
     corpus = make_shapes_corpus(tmp_path / "corpus", 48, seed=5, config=ShapesConfig(num_frames=8), progress=False)
     model = build_tiny_glue(smollm2_tokenizer)

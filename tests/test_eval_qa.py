@@ -11,15 +11,15 @@ import numpy as np
 import pytest
 import torch
 
-from encoder.clips import Clip, decode_clip
+from encoder.video.clips import Clip, decode_clip
 from tests.tiny_glue import FRAMES, SIZE, build_tiny_glue, save_tiny_glue, write_clip
-from vlm import cli
-from vlm.answers import closed_predictions, closed_vocabulary, normalize_answer, select_shots
-from vlm.eval_data import EvaluationFileError, QAExample, question_type_of, read_qa
+from vlm.cli import main as cli
+from vlm.evaluation.answers import closed_predictions, closed_vocabulary, normalize_answer, select_shots
+from vlm.evaluation.data import EvaluationFileError, QAExample, question_type_of, read_qa
+from vlm.evaluation.qa import evaluate_qa, qa_markdown, qa_report, tune_k
+from vlm.evaluation.qa_inference import score_candidates
+from vlm.evaluation.wups import WordNetNotFoundError, WupsScorer, load_wordnet
 from vlm.prompts import Shot
-from vlm.qa_evaluation import evaluate_qa, qa_markdown, qa_report, tune_k
-from vlm.qa_inference import score_candidates
-from vlm.wups import WordNetNotFoundError, WupsScorer, load_wordnet
 
 
 @pytest.fixture(scope="module")
@@ -230,12 +230,12 @@ def test_missing_wordnet_gives_a_clear_error(tmp_path, capsys, monkeypatch):
 
     import nltk
 
-    import vlm.wups
+    import vlm.evaluation.wups
 
     def no_nltk_data(resource, *args, **kwargs):
         raise LookupError(resource)
 
-    monkeypatch.setattr(vlm.wups, "find_wordnet_dir", lambda: None)  # as on a machine without the packages
+    monkeypatch.setattr(vlm.evaluation.wups, "find_wordnet_dir", lambda: None)  # as on a machine without the packages
     monkeypatch.setattr(nltk.data, "find", no_nltk_data)
     load_wordnet.cache_clear()
     try:
@@ -335,7 +335,7 @@ def test_open_and_closed_evaluation_agree_with_the_model_question_by_question(mo
 
 
 def test_closed_evaluation_from_a_feature_cache_equals_decoding(model, qa_files, tmp_path):
-    from encoder.features import FeatureCache, extract_features
+    from encoder.videoprism.features import FeatureCache, extract_features
 
     test, train = read_qa(qa_files / "test.jsonl"), read_qa(qa_files / "train.jsonl")
     videos = sorted({e.video for e in test})

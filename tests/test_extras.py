@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from encoder.extras import EXTRAS, MissingExtraError, require
+from encoder.common.extras import EXTRAS, MissingExtraError, require
 
 REPO = Path(__file__).resolve().parents[1]
 OPTIONAL = ("gradio", "peft", "datasets", "evaluate", "nltk", "matplotlib", "faiss")
@@ -19,8 +19,8 @@ OPTIONAL = ("gradio", "peft", "datasets", "evaluate", "nltk", "matplotlib", "fai
 def test_the_library_and_cli_import_no_optional_package():
     code = (
         "import sys\n"
-        "import vlm.cli, vlm.model, vlm.retrieval.index, vlm.retrieval.evaluation, vlm.training, encoder.pretrain.loop\n"
-        "vlm.cli.build_parser()\n"
+        "import vlm.cli.main, vlm.model, vlm.retrieval.index, vlm.retrieval.evaluation, vlm.training, encoder.videoprism.pretrain.loop\n"
+        "vlm.cli.main.build_parser()\n"
         f"print(sorted(m for m in {OPTIONAL!r} if m in sys.modules))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300, check=True)
@@ -42,7 +42,7 @@ def test_pyproject_extras_match_the_table():
     ("evaluate", ["eval-caption", "--pred", "P", "--refs", "R"], "eval"),
 ])
 def test_a_missing_extra_is_one_line_naming_it(blocked, argv, extra, monkeypatch, capsys, tmp_path):
-    from vlm.cli import main
+    from vlm.cli.main import main
 
     monkeypatch.setitem(sys.modules, blocked, None)  # import raises ImportError, as when not installed
     if argv[0] == "eval-caption":

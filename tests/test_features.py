@@ -11,10 +11,10 @@ import pytest
 import torch
 from transformers import VideoPrismVisionConfig, VideoPrismVisionModel
 
-from encoder.clips import list_videos
-from encoder.features import FeatureCache, encode_clips, extract_features
-from encoder.loading import load_encoder
-from encoder.video import load_clip
+from encoder.video.clips import list_videos
+from encoder.video.decode import load_clip
+from encoder.videoprism.features import FeatureCache, encode_clips, extract_features
+from encoder.videoprism.loading import load_encoder
 from tests.tiny_glue import write_clip
 
 REPO = Path(__file__).resolve().parents[1]
@@ -102,9 +102,9 @@ def test_resume_after_sigkill(tmp_path, tiny_encoder_dir, video_dir):
         f"""
         import os, signal, sys
         sys.path.insert(0, {str(REPO)!r})
-        from encoder.clips import list_videos
-        from encoder.features import extract_features
-        from encoder.loading import load_encoder
+        from encoder.video.clips import list_videos
+        from encoder.videoprism.features import extract_features
+        from encoder.videoprism.loading import load_encoder
         kill_after = int(sys.argv[1])
         def on_batch(done):
             if kill_after and done >= kill_after:
@@ -134,7 +134,7 @@ def test_resume_after_sigkill(tmp_path, tiny_encoder_dir, video_dir):
 
 
 def test_features_cli(tmp_path, tiny_encoder_dir, video_dir):
-    cmd = [sys.executable, "-m", "vlm.cli", "features", "--model", str(tiny_encoder_dir), "--videos", str(video_dir),
+    cmd = [sys.executable, "-m", "vlm.cli.main", "features", "--model", str(tiny_encoder_dir), "--videos", str(video_dir),
            "--out", str(tmp_path / "cache"), "--frames", str(FRAMES), "--size", str(SIZE), "--workers", "0", "--no-progress"]
     done = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
     assert done.returncode == 0, done.stderr
@@ -148,7 +148,7 @@ def test_features_cli(tmp_path, tiny_encoder_dir, video_dir):
                                          ("--workers", "-1")])
 def test_features_cli_refuses_absurd_flags_before_writing(tmp_path, tiny_encoder_dir, video_dir, capsys, flag, value):
     """`features --frames 0` used to write a meta.json that then errored every clip."""
-    from vlm import cli
+    from vlm.cli import main as cli
 
     out = tmp_path / "cache"
     with pytest.raises(SystemExit) as raised:
@@ -181,7 +181,7 @@ def test_encode_clips_checks_shapes(tiny_encoder_dir):
     (b"\n\n", "rows.jsonl: lists no videos"),
 ])
 def test_bad_manifests_name_file_and_line_before_the_encoder_loads(tmp_path, capsys, content, message):
-    from vlm import cli
+    from vlm.cli import main as cli
 
     manifest = tmp_path / "rows.jsonl"
     manifest.write_bytes(content)
@@ -202,7 +202,7 @@ def test_an_empty_folder_is_an_error(tmp_path):
 def test_a_second_writer_is_refused(tmp_path, tiny_encoder_dir, video_dir):
     from filelock import FileLock
 
-    from encoder.features import LOCK_FILE, CacheBusyError
+    from encoder.videoprism.features import LOCK_FILE, CacheBusyError
 
     model = load_encoder(tiny_encoder_dir)
     (tmp_path / "cache").mkdir()
@@ -237,7 +237,7 @@ def test_resume_re_encodes_the_clips_of_a_shard_lost_to_a_power_cut(tmp_path, ti
 
 def test_an_aborted_run_keeps_the_clips_encoded_so_far(tmp_path, tiny_encoder_dir, video_dir, monkeypatch):
     """With shards of 256, the clips of an interrupted run used to stay in memory and be lost."""
-    import encoder.features as features
+    import encoder.videoprism.features as features
 
     model = load_encoder(tiny_encoder_dir)
     real, calls = features.encode_clips, []

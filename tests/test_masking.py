@@ -7,8 +7,8 @@ import pytest
 import torch
 from transformers import VideoPrismVisionConfig, VideoPrismVisionModel
 
-from encoder.factorized import encode_tokens, encode_visible_tokens
-from encoder.masking import (
+from encoder.videoprism.factorized import encode_tokens, encode_visible_tokens
+from encoder.videoprism.masking import (
     block_mask,
     make_mask,
     masked_indices,

@@ -12,12 +12,12 @@ from pycocoevalcap.bleu.bleu import Bleu
 from pycocoevalcap.cider.cider import Cider
 from pycocoevalcap.rouge.rouge import Rouge
 
-from vlm import cli
-from vlm.metrics import CAPTION_METRICS, load_metric, metric_path
-from vlm.metrics.bleu4 import coco_bleu
-from vlm.metrics.cider_d import cider_d
-from vlm.metrics.ptb_tokenizer import ptb_tokenize
-from vlm.metrics.rouge_l import coco_rouge_l, lcs_length
+from vlm.cli import main as cli
+from vlm.evaluation.metrics import CAPTION_METRICS, load_metric, metric_path
+from vlm.evaluation.metrics.bleu4 import coco_bleu
+from vlm.evaluation.metrics.cider_d import cider_d
+from vlm.evaluation.metrics.ptb_tokenizer import ptb_tokenize
+from vlm.evaluation.metrics.rouge_l import coco_rouge_l, lcs_length
 
 # (text, the COCO toolkit's tokens after punctuation removal), recorded by running
 # stanford-corenlp-3.4.1.jar's PTBTokenizer -preserveLines -lowerCase as pycocoevalcap does.

@@ -16,11 +16,11 @@ from safetensors.torch import load_file
 from transformers import AutoTokenizer, VideoPrismClipModel, VideoPrismVisionConfig, VideoPrismVisionModel
 from transformers.models.videoprism.modeling_videoprism import VideoPrismVideoModel
 
-from encoder.factorized import encode_visible_tokens
-from encoder.loading import load_encoder
-from encoder.masking import masked_indices, visible_indices
-from encoder.pretrain.data import AlternatingBatches, ClipDataset, ManifestError, read_manifest
-from encoder.pretrain.heads import (
+from encoder.videoprism.factorized import encode_visible_tokens
+from encoder.videoprism.loading import load_encoder
+from encoder.videoprism.masking import masked_indices, visible_indices
+from encoder.videoprism.pretrain.data import AlternatingBatches, ClipDataset, ManifestError, read_manifest
+from encoder.videoprism.pretrain.heads import (
     DecoderConfig,
     GlobalDistillationHead,
     TokenDistillationHead,
@@ -28,13 +28,20 @@ from encoder.pretrain.heads import (
     shuffle_permutations,
     token_positions,
 )
-from encoder.pretrain.lit import LitConfig, run_lit
-from encoder.pretrain.loop import make_accelerator, make_optimizer
-from encoder.pretrain.losses import LogitScale, contrastive_loss, cosine_distance
-from encoder.pretrain.stage1 import ModelSize, Stage1Config, build_stage1, load_logit_scale, new_clip_model, run_stage1
-from encoder.pretrain.stage2 import Stage2Config, build_stage2, run_stage2
-from encoder.pretrain.tokenizer import train_caption_tokenizer
-from encoder.text_tokenizer import tokenize_texts
+from encoder.videoprism.pretrain.lit import LitConfig, run_lit
+from encoder.videoprism.pretrain.loop import make_accelerator, make_optimizer
+from encoder.videoprism.pretrain.losses import LogitScale, contrastive_loss, cosine_distance
+from encoder.videoprism.pretrain.stage1 import (
+    ModelSize,
+    Stage1Config,
+    build_stage1,
+    load_logit_scale,
+    new_clip_model,
+    run_stage1,
+)
+from encoder.videoprism.pretrain.stage2 import Stage2Config, build_stage2, run_stage2
+from encoder.videoprism.pretrain.tokenizer import train_caption_tokenizer
+from encoder.videoprism.text_tokenizer import tokenize_texts
 from tests.video_factory import write_video
 
 COLOURS = {"red": (220, 40, 40), "green": (40, 200, 60), "blue": (50, 60, 220), "yellow": (230, 220, 40)}
@@ -136,7 +143,7 @@ def test_manifests_clips_and_images(corpus):
 
 
 def test_cached_clips_are_decoded_once_per_process(corpus, monkeypatch):
-    import encoder.pretrain.data as data
+    import encoder.videoprism.pretrain.data as data
 
     data.clear_clip_cache()
     calls = []
@@ -567,7 +574,7 @@ def test_lit_tunes_text_and_head_on_the_frozen_stage2_encoder(stage1_run, stage2
 
 
 def test_lit_from_scratch_learns_a_new_text_tower_on_the_locked_encoder(stage2_run, corpus, tmp_path):
-    from vlm.cli import main
+    from vlm.cli.main import main
     from vlm.retrieval.video_text_model import load_video_text_model
 
     code = main([
@@ -593,7 +600,7 @@ def test_lit_from_scratch_learns_a_new_text_tower_on_the_locked_encoder(stage2_r
 
 
 def test_cli_train_tokenizer_and_stage1(corpus, tmp_path, capsys):
-    from vlm.cli import main
+    from vlm.cli.main import main
 
     assert main(["train-tokenizer", "--captions", str(corpus / "videos.jsonl"), "--out", str(tmp_path / "tok"),
                  "--vocab-size", "50", "--max-length", "12"]) == 0
@@ -614,7 +621,7 @@ def test_cli_train_tokenizer_and_stage1(corpus, tmp_path, capsys):
 
 
 def test_stage1_config_round_trips_through_json(tmp_path):
-    from encoder.configs import load_config, save_config
+    from encoder.common.configs import load_config, save_config
 
     config = Stage1Config(output_dir="x", train_manifests=["a.jsonl"], model=TINY, drop_ratio=0.3)
     save_config(config, tmp_path / "c.json")
@@ -623,7 +630,7 @@ def test_stage1_config_round_trips_through_json(tmp_path):
 
 
 def test_unreadable_clip_is_reported_by_name(tmp_path):
-    from encoder.video import VideoDecodeError
+    from encoder.video.decode import VideoDecodeError
 
     (tmp_path / "broken.mp4").write_bytes(b"not a video at all")
     (tmp_path / "m.jsonl").write_text('{"video": "broken.mp4", "caption": "x"}\n{"video": "missing.mp4", "caption": "y"}\n')
@@ -637,11 +644,11 @@ def test_unreadable_clip_is_reported_by_name(tmp_path):
 def test_pretrain_flags_are_generated_from_the_stage_configs(tmp_path):
     """Every field of a stage's config (and of its nested architecture / decoder config) is a flag; the
     short spellings stay; flags lay over --config; --size presets the architecture."""
-    from encoder.configs import save_config
-    from encoder.pretrain.cli import config_from_args
-    from encoder.pretrain.stage1 import ModelSize, Stage1Config
-    from encoder.pretrain.stage2 import Stage2Config
-    from vlm import cli
+    from encoder.common.configs import save_config
+    from encoder.videoprism.pretrain.stage1 import ModelSize, Stage1Config
+    from encoder.videoprism.pretrain.stage2 import Stage2Config
+    from vlm.cli import main as cli
+    from vlm.cli.pretrain import config_from_args
 
     parser = cli.build_parser()
     args = parser.parse_args(["pretrain", "stage2", "--out", str(tmp_path / "s2"), "--train", "a.jsonl", "b.jsonl",

@@ -8,8 +8,8 @@ import torch
 from torch import nn
 from transformers import VideoPrismVisionConfig, VideoPrismVisionModel
 
-from encoder.features import FeatureCache, extract_features
-from encoder.probe import (
+from encoder.videoprism.features import FeatureCache, extract_features
+from encoder.videoprism.probe import (
     MAPProbe,
     ProbeConfig,
     SingleQueryAttention,

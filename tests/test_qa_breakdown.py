@@ -2,7 +2,7 @@
 
 import pytest
 
-from vlm.eval_data import QAExample
+from vlm.evaluation.data import QAExample
 
 
 @pytest.fixture(scope="module")

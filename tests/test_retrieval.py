@@ -10,7 +10,7 @@ import torch
 
 from tests.fixture_files import REFERENCE_DIR, TEST_SPM_MODEL
 from tests.video_factory import write_video
-from vlm.cli import main as cli_main
+from vlm.cli.main import main as cli_main
 from vlm.retrieval.evaluation import evaluate_retrieval, read_captioned_clips, read_labelled_clips
 from vlm.retrieval.index import VideoIndex, build_index, search_embeddings
 from vlm.retrieval.metrics import recall_summary, retrieval_metrics, top_k_accuracy
@@ -105,7 +105,7 @@ def test_metrics_equal_a_hand_computed_case():
 def test_eval_retrieval_equals_recall_computed_by_hand(lvt_model, clips, tmp_path):
     results = evaluate_retrieval(lvt_model, read_captioned_clips(clips / "captions.jsonl"), num_workers=0, progress=False)
     # by hand: embed every clip and caption, rank each caption's own clip
-    from encoder.video import load_clip
+    from encoder.video.decode import load_clip
 
     rows = [json.loads(line) for line in (clips / "captions.jsonl").read_text().splitlines()]
     videos = torch.cat([lvt_model.embed_clips(load_clip(clips / r["video"], num_frames=4, size=72)[None]) for r in rows])

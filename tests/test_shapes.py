@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from encoder.clips import list_videos
-from encoder.video import load_clip
+from encoder.video.clips import list_videos
+from encoder.video.decode import load_clip
 from vlm.shapes import (
     ANSWER_VOCABULARY,
     MOTIONS,
@@ -154,7 +154,7 @@ def test_layout_and_manifests_resolve_from_anywhere(corpus, clips, monkeypatch, 
 
 
 def test_qa_files_read_with_the_evaluation_reader(corpus, clips):
-    from vlm.eval_data import read_qa
+    from vlm.evaluation.data import read_qa
 
     for split in SPLITS:
         examples = read_qa(corpus / split / "qa.jsonl")
@@ -403,7 +403,7 @@ def test_config_validation_names_the_problem():
 
 
 def test_cli_make_shapes(tmp_path, capsys):
-    from vlm.cli import main
+    from vlm.cli.main import main
 
     out = tmp_path / "cli"
     assert main(["make-shapes", str(out), "--num", "6", "--seed", "3", "--frames", "8", "--size", "48", "--no-progress"]) == 0
@@ -484,7 +484,7 @@ def test_first_index_continues_the_stream_with_the_same_heldout_pairs(corpus, cl
 
 
 def test_conversations_are_natural_multi_turn_and_agree_with_attributes(corpus, clips):
-    from vlm.conversations import read_conversation
+    from vlm.convert.conversations import read_conversation
     from vlm.shapes.chat_eval import named_answers
 
     by_id = {clip.id: clip for clip in clips}

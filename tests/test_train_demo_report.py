@@ -3,7 +3,7 @@
 import dataclasses
 import json
 
-from encoder.atomic_files import write_json
+from encoder.common.atomic_files import write_json
 from vlm.demo_pipeline import stages
 from vlm.demo_pipeline.profiles import PROFILES, saved_profile
 from vlm.demo_pipeline.report import recipe_choices, run_disclosures
@@ -20,7 +20,7 @@ def test_reused_stages_and_recipe_choices_are_printed():
 
 
 def test_stage1_token_dropping_reaches_the_config_and_the_report(monkeypatch, tmp_path):
-    import encoder.pretrain.stage1 as stage1
+    import encoder.videoprism.pretrain.stage1 as stage1
 
     seen = []
     monkeypatch.setattr(stage1, "run_stage1", lambda config: seen.append(config) or tmp_path)

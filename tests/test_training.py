@@ -44,8 +44,8 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models: one thr
 @pytest.fixture(scope="module")
 def parts(tmp_path_factory, smollm2_tokenizer):
     """Saved tiny encoder and LLM directories, clips, caption and QA manifests, a feature cache."""
-    from encoder.clips import list_videos
-    from encoder.features import extract_features
+    from encoder.video.clips import list_videos
+    from encoder.videoprism.features import extract_features
 
     root = tmp_path_factory.mktemp("train")
     model = tiny_parts_with_clips(root, smollm2_tokenizer, 6)
@@ -166,9 +166,9 @@ def test_gradient_checkpointing_gives_the_same_gradients(parts):
 
 
 def test_loss_from_the_cache_equals_on_the_fly_encoding(parts):
-    from encoder.crops import cache_crop_offsets, crop_clip, crop_source_size
-    from encoder.features import FeatureCache
-    from encoder.video import load_clip
+    from encoder.video.crops import cache_crop_offsets, crop_clip, crop_source_size
+    from encoder.video.decode import load_clip
+    from encoder.videoprism.features import FeatureCache
 
     model, root = parts["model"], parts["root"]
     cache, crops = FeatureCache(root / "cache"), FeatureCache(root / "cache_crops")
@@ -340,7 +340,7 @@ def test_sigkill_then_resume_ends_with_the_same_weights(reference_run, parts, tm
         killed.stdout.close()
         killed.stderr.close()
     assert not (out / "model").exists()
-    resumed = subprocess.run([sys.executable, "-m", "vlm.cli", "train", "--output-dir", str(out), "--resume", "--no-progress"],
+    resumed = subprocess.run([sys.executable, "-m", "vlm.cli.main", "train", "--output-dir", str(out), "--resume", "--no-progress"],
                              cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert json.loads(resumed.stdout.strip().splitlines()[-1])["model"] == str(out / "model")
@@ -373,7 +373,7 @@ def test_two_processes_match_one_process_with_the_same_global_batch(reference_ru
     launch = [
         sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
         "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
-        "-m", "vlm.cli", "train", "--config", str(config_path), "--micro-batch-size", "2",
+        "-m", "vlm.cli.main", "train", "--config", str(config_path), "--micro-batch-size", "2",
     ]
     result = subprocess.run(launch, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=400)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -411,9 +411,9 @@ def test_training_from_a_cache_with_crops_and_lora(parts, tmp_path):
 
 
 def test_resampler_output_norm_trains_saves_and_bounds_the_soft_prompt(parts, tmp_path):
-    from vlm import cli
+    from vlm.cli import main as cli
+    from vlm.cli.train import config_from_args
     from vlm.model import VideoLanguageModel
-    from vlm.training.cli import config_from_args
 
     args = cli.build_parser().parse_args(["train", "--output-dir", str(tmp_path / "x"), "--resampler-output-norm"])
     assert config_from_args(args).resampler_output_norm is True
@@ -463,8 +463,8 @@ def test_bad_input_fails_before_training_with_a_clear_message(parts, tmp_path):
 
 
 def test_config_file_and_flags(parts, tmp_path, capsys):
-    from vlm import cli
-    from vlm.training.cli import config_from_args
+    from vlm.cli import main as cli
+    from vlm.cli.train import config_from_args
 
     config = _config(parts, tmp_path / "run")
     path = config.save(tmp_path / "config.json")
@@ -486,8 +486,8 @@ def test_config_file_and_flags(parts, tmp_path, capsys):
 
 
 def test_features_command_stores_training_crops(parts, tmp_path, capsys):
-    from encoder.features import FeatureCache
-    from vlm import cli
+    from encoder.videoprism.features import FeatureCache
+    from vlm.cli import main as cli
 
     root = parts["root"]
     write_jsonl(tmp_path / "two.jsonl", [{"video": str(root / "clips" / f"c{i}.mp4")} for i in (0, 1)])
@@ -506,8 +506,8 @@ def test_train_flags_are_generated_from_train_config(tmp_path, capsys):
     """Every TrainConfig field but the data sources, prompts and LoRA has a flag; flags lay over --config."""
     import dataclasses
 
-    from vlm import cli
-    from vlm.training.cli import config_from_args
+    from vlm.cli import main as cli
+    from vlm.cli.train import config_from_args
     from vlm.training.config import TrainConfig
 
     parser = cli.build_parser()

@@ -303,7 +303,7 @@ def test_two_processes_main_writes_each_restores_its_own_rng(tmp_path):
 def test_a_directory_saved_atomically_survives_a_failure_mid_save(tmp_path):
     """The final glue is saved beside its folder and renamed into place: a save killed halfway leaves
     the previous model loadable, never a mix."""
-    from encoder.atomic_files import save_directory_atomically
+    from encoder.common.atomic_files import save_directory_atomically
 
     model = tmp_path / "model"
 
@@ -327,7 +327,7 @@ def test_a_directory_saved_atomically_survives_a_failure_mid_save(tmp_path):
 
 
 def test_write_file_atomically_replaces_whole(tmp_path):
-    from encoder.atomic_files import write_file_atomically
+    from encoder.common.atomic_files import write_file_atomically
 
     path = tmp_path / "meta.json"
     write_file_atomically(path, b'{"a": 1}')
@@ -339,7 +339,7 @@ def test_report_to_is_checked_before_any_work_and_plot_on_demand(tmp_path, monke
     import sys
 
     from encoder.training.run_log import check_report_to
-    from vlm.cli import main
+    from vlm.cli.main import main
 
     assert check_report_to("none") is None and check_report_to("tensorboard") == "tensorboard"
     with pytest.raises(ValueError, match="one of"):

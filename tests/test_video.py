@@ -1,4 +1,4 @@
-"""Tests for encoder.video: sampling, seeking, formats, orientation, damaged files, inputs."""
+"""Tests for encoder.video.decode: sampling, seeking, formats, orientation, damaged files, inputs."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ from video_factory import (
     write_video,
 )
 
-from encoder.video import (
+from encoder.video.decode import (
     MAX_NUM_FRAMES,
     MAX_SIZE,
     VideoDecodeError,
@@ -610,7 +610,7 @@ def test_seeking_stops_only_when_it_skips_nothing(tmp_path):
 def test_decoding_over_its_frame_budget_is_a_clear_error(tmp_path, monkeypatch):
     """A header that announces far fewer frames than the file holds (here: a stream rate claimed to
     be 1 fps) bounds the work: past twice the announced frames decoding stops with an error."""
-    import encoder.video as video
+    import encoder.video.decode as video
 
     path = write_code_video(tmp_path / "many.mp4", 400, fps=100)
     real = video._stream_info
@@ -655,7 +655,7 @@ def test_frame_size_change_mid_stream_is_checked_on_every_frame(tmp_path):
 def test_kept_frames_are_resized_right_after_conversion(tmp_path, monkeypatch):
     """Without a limit the clip decodes, and what load_clip holds are frames already at the output
     size: never the sixteen native frames (eight of them 1600x1600, 7.7 MB each) it used to keep."""
-    import encoder.video as video
+    import encoder.video.decode as video
 
     path = write_resolution_switch(tmp_path / "switch.ts")
     held = []

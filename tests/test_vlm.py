@@ -12,9 +12,17 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM, VideoPrismVisionConfig, VideoPrismVisionModel
 
 from tests.fixture_files import REAL_CLIP
-from vlm import cli
 from vlm.chat_template import chat_inference_ids
-from vlm.generation import GenerationSettings, generate_ids, greedy_generate, stop_token_ids
+from vlm.cli import main as cli
+from vlm.inference.generation import GenerationSettings, generate_ids, greedy_generate, stop_token_ids
+from vlm.inference.scoring import (
+    CandidateError,
+    candidate_log_likelihoods,
+    candidate_token_ids,
+    naive_candidate_log_likelihoods,
+    read_candidates,
+    top_k_one_token_answers,
+)
 from vlm.llm import (
     SMOLLM2_SOURCE,
     UnsupportedLLMError,
@@ -38,14 +46,6 @@ from vlm.prompts import (
     clean_open_answer,
     load_shots,
     qa_prompt,
-)
-from vlm.scoring import (
-    CandidateError,
-    candidate_log_likelihoods,
-    candidate_token_ids,
-    naive_candidate_log_likelihoods,
-    read_candidates,
-    top_k_one_token_answers,
 )
 
 VIDEO = REAL_CLIP
@@ -132,7 +132,7 @@ def naive_greedy(vlm: VideoLanguageModel, inputs_embeds: torch.Tensor, max_new_t
 
 
 def test_video_features_from_pixels_equal_features_from_cached_tokens(model, clips):
-    from encoder.features import encode_clips
+    from encoder.videoprism.features import encode_clips
 
     with torch.no_grad():
         from_pixels = model.get_video_features(clips=clips)
@@ -545,7 +545,7 @@ def test_kv_cache_goes_in_under_the_name_the_llm_takes(model, clips):
     with torch.no_grad():
         features = model.get_video_features(clips=clips[:2])
     inputs = model.prompt_inputs(features[:1], ["A video of"])
-    from vlm.scoring import candidate_log_likelihoods, candidate_token_ids
+    from vlm.inference.scoring import candidate_log_likelihoods, candidate_token_ids
 
     candidates = candidate_token_ids(model.tokenizer, ["red", "a blue car", "green"])
     old_scores = candidate_log_likelihoods(old_style, inputs.inputs_embeds, candidates)

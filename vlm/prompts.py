@@ -21,7 +21,7 @@ from pathlib import Path
 
 from transformers import PreTrainedTokenizerBase
 
-from encoder.configs import config_from_dict, config_to_dict
+from encoder.common.configs import config_from_dict, config_to_dict
 
 VIDEO_MARKER = "<|prism_video|>"
 ANSWER_PREFIX = " "

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from encoder.configs import config_from_dict, config_to_dict
+from encoder.common.configs import config_from_dict, config_to_dict
 
 
 @dataclass

@@ -1,5 +1,5 @@
 """The machinery both trainings share, glue training (``vlm.training``) and encoder pretraining
-(``encoder.pretrain``): the optimisation step loop (``steps``), atomic pickle-free checkpoints with exact resume (``checkpoints``), the metrics
+(``encoder.videoprism.pretrain``): the optimisation step loop (``steps``), atomic pickle-free checkpoints with exact resume (``checkpoints``), the metrics
 log, trackers and loss plot (``run_log``), learning-rate schedules (``schedules``) and torch CPU
-thread control (``threads``). Config files go through ``encoder.configs``, atomic writes through
-``encoder.atomic_files``."""
+thread control (``threads``). Config files go through ``encoder.common.configs``, atomic writes through
+``encoder.common.atomic_files``."""

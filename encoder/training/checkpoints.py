@@ -39,7 +39,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from encoder.atomic_files import fsync_dir, swap_in_folder
+from encoder.common.atomic_files import fsync_dir, swap_in_folder
 
 CHECKPOINTS_DIR = "checkpoints"
 STEP_DIR_PATTERN = re.compile(r"^step-(\d{8,})$")

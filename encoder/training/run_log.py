@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from encoder.jsonl import read_jsonl_tolerant
+from encoder.common.jsonl import read_jsonl_tolerant
 
 
 def read_metrics(path: str | os.PathLike) -> list[dict]:
@@ -105,8 +105,8 @@ def plot_metrics(
 ) -> Path:
     """Plot each of ``keys`` found in the log against ``step`` into a PNG (matplotlib, Agg canvas,
     no global backend change); written to a temporary file then renamed. Returns the PNG path.
-    Raises encoder.extras.MissingExtraError without matplotlib (the ``train`` extra)."""
-    from encoder.extras import require
+    Raises encoder.common.extras.MissingExtraError without matplotlib (the ``train`` extra)."""
+    from encoder.common.extras import require
 
     require("matplotlib", "train", "loss plots")
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -143,7 +143,7 @@ def plot_metrics(
 def plot_metrics_if_installed(metrics_jsonl: str | os.PathLike, png: str | os.PathLike, **kwargs) -> Path | None:
     """:func:`plot_metrics`, or nothing (one warning per process) when matplotlib is not installed:
     training never fails for want of its plot (the JSONL log is the record)."""
-    from encoder.extras import is_installed
+    from encoder.common.extras import is_installed
 
     if not is_installed("matplotlib"):
         warnings.warn("matplotlib is not installed, so no loss plot is drawn (pip install 'prism-vlm[train]')", stacklevel=2)

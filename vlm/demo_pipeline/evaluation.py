@@ -7,8 +7,8 @@ import contextlib
 import logging
 from pathlib import Path
 
-from encoder.atomic_files import write_json
-from encoder.jsonl import iter_jsonl_strict
+from encoder.common.atomic_files import write_json
+from encoder.common.jsonl import iter_jsonl_strict
 from vlm.demo_pipeline.profiles import DemoProfile
 from vlm.demo_pipeline.stages import split_videos
 from vlm.demo_pipeline.workdir import read_json
@@ -34,8 +34,8 @@ def single_frame_tokens(encoder, videos: list[str], num_frames: int, corpus_fram
     ``num_frames`` times: the single-frame baseline's input."""
     import numpy as np
 
-    from encoder.features import encode_clips
-    from encoder.video import load_clip
+    from encoder.video.decode import load_clip
+    from encoder.videoprism.features import encode_clips
 
     table = {}
     for start in range(0, len(videos), batch):
@@ -77,10 +77,10 @@ def evaluate_model(model, test, candidates, tokens, profile: DemoProfile, refs: 
     """
     import numpy as np
 
-    from vlm.answers import closed_predictions
-    from vlm.metrics.captions import evaluate_captions
-    from vlm.qa_evaluation import qa_report
-    from vlm.qa_inference import predict_open, score_candidates
+    from vlm.evaluation.answers import closed_predictions
+    from vlm.evaluation.metrics.captions import evaluate_captions
+    from vlm.evaluation.qa import qa_report
+    from vlm.evaluation.qa_inference import predict_open, score_candidates
     from vlm.shapes import ANSWER_VOCABULARY
 
     common = dict(batch_size=profile.eval_batch, features=tokens, num_workers=0, progress=False)
@@ -146,9 +146,9 @@ def run_evaluation(work: Path, profile: DemoProfile, corpus: Path, model_dir: Pa
     """The demo model in ``model_dir`` (``cache_dir``: its encoder's features) on the corpus' test split,
     against the blind and the single-frame baselines, and closed QA on test_compositional: WORK/evaluation.json
     (each part kept once written, so a resumed run goes on from the next)."""
-    from encoder.features import FeatureCache
-    from encoder.loading import load_encoder
-    from vlm.eval_data import read_qa
+    from encoder.videoprism.features import FeatureCache
+    from encoder.videoprism.loading import load_encoder
+    from vlm.evaluation.data import read_qa
     from vlm.model import VideoLanguageModel
     from vlm.shapes import ALL_ANSWERS, ANSWER_VOCABULARY
 
@@ -186,9 +186,9 @@ def run_evaluation(work: Path, profile: DemoProfile, corpus: Path, model_dir: Pa
         write_json(path, results)
     if "compositional" not in results:
         logger.info("evaluating test_compositional (held-out colour-shape pairs)")
-        from vlm.answers import closed_predictions
-        from vlm.qa_evaluation import qa_report
-        from vlm.qa_inference import score_candidates
+        from vlm.evaluation.answers import closed_predictions
+        from vlm.evaluation.qa import qa_report
+        from vlm.evaluation.qa_inference import score_candidates
 
         held = read_qa(corpus / "test_compositional" / "qa.jsonl")
         videos = list(dict.fromkeys(e.video for e in held))[: profile.compositional_clips or None]

@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from encoder.atomic_files import write_json
+from encoder.common.atomic_files import write_json
 from vlm.demo_pipeline.evaluation import run_evaluation
 from vlm.demo_pipeline.profiles import DemoProfile
 from vlm.demo_pipeline.report import write_report

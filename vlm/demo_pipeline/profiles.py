@@ -131,7 +131,7 @@ def record_profile(work: Path, profile: DemoProfile, allow_change: bool) -> None
     """Save ``profile`` as WORK/profile.json. A run in WORK started with another profile raises RunError,
     unless ``allow_change`` (``--change-profile``): then the changes (field -> [before, after]) are
     appended to WORK/profile_changes.jsonl, which the report discloses."""
-    from encoder.atomic_files import write_json
+    from encoder.common.atomic_files import write_json
 
     current = json.loads(json.dumps(asdict(profile)))
     saved = saved_profile(work / "profile.json", profile)

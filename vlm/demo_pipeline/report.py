@@ -12,8 +12,8 @@ from importlib import resources
 from pathlib import Path
 from string import Template
 
-from encoder.atomic_files import write_json
-from encoder.jsonl import read_jsonl_tolerant
+from encoder.common.atomic_files import write_json
+from encoder.common.jsonl import read_jsonl_tolerant
 from encoder.training.run_log import read_metrics
 from vlm.demo_pipeline.evaluation import TYPES, targets_check
 from vlm.demo_pipeline.profiles import ABLATIONS, PROFILES, DemoProfile

@@ -10,8 +10,8 @@ import os
 import shutil
 from pathlib import Path
 
-from encoder.atomic_files import write_json
-from encoder.jsonl import iter_jsonl_strict
+from encoder.common.atomic_files import write_json
+from encoder.common.jsonl import iter_jsonl_strict
 from vlm.demo_pipeline.profiles import ABLATIONS, DemoProfile
 from vlm.demo_pipeline.workdir import RunError, read_json
 
@@ -95,8 +95,8 @@ def pretraining_manifests(work: Path, corpora: Path | list[Path], seed: int = 0)
 
 
 def model_size(profile: DemoProfile):
-    """The profile's encoder (and stage-1 text tower) as an ``encoder.pretrain.stage1.ModelSize``."""
-    from encoder.pretrain.stage1 import ModelSize
+    """The profile's encoder (and stage-1 text tower) as an ``encoder.videoprism.pretrain.stage1.ModelSize``."""
+    from encoder.videoprism.pretrain.stage1 import ModelSize
 
     return ModelSize(
         hidden_size=profile.hidden_size, num_attention_heads=profile.heads, intermediate_size=profile.mlp_size,
@@ -108,7 +108,7 @@ def model_size(profile: DemoProfile):
 
 def run_stage1_training(work: Path, profile: DemoProfile, seed: int, manifest: Path) -> Path:
     """Stage 1 (video-text contrastive) from scratch on ``manifest``: WORK/stage1/model."""
-    from encoder.pretrain.stage1 import Stage1Config, run_stage1
+    from encoder.videoprism.pretrain.stage1 import Stage1Config, run_stage1
 
     out = work / "stage1"
     if (out / "model" / "config.json").is_file():
@@ -127,8 +127,8 @@ def run_stage2_training(work: Path, profile: DemoProfile, seed: int, manifest: P
                         variant: str | None) -> Path:
     """Stage 2 (masked video modelling, distilled from the stage-1 ``teacher``) on ``manifest``:
     WORK/stage2/model, or WORK/stage2_VARIANT/model with the overrides of ``ABLATIONS[variant]``."""
-    from encoder.pretrain.heads import DecoderConfig
-    from encoder.pretrain.stage2 import Stage2Config, run_stage2
+    from encoder.videoprism.pretrain.heads import DecoderConfig
+    from encoder.videoprism.pretrain.stage2 import Stage2Config, run_stage2
 
     out = work / ("stage2" if variant is None else f"stage2_{variant}")
     if (out / "model" / "config.json").is_file():
@@ -148,7 +148,7 @@ def run_stage2_training(work: Path, profile: DemoProfile, seed: int, manifest: P
 
 def split_videos(corpus: Path, split: str) -> list[str]:
     """The video paths of a split exactly as its manifests resolve them (the feature-cache keys)."""
-    from encoder.clips import list_videos
+    from encoder.video.clips import list_videos
 
     return list_videos(corpus / split / "captions.jsonl")
 
@@ -157,8 +157,8 @@ def extract_all_features(work: Path, profile: DemoProfile, corpus: Path, encoder
                          splits: tuple[str, ...] | None = None) -> dict[str, Path]:
     """One feature cache per encoder (centre crop, ``num_frames`` x ``frame_size``) over ``splits``
     (None: every split; the probe-only encoders need just train and test)."""
-    from encoder.features import extract_features
-    from encoder.loading import load_encoder
+    from encoder.videoprism.features import extract_features
+    from encoder.videoprism.loading import load_encoder
     from vlm.shapes import SPLITS
 
     videos = [video for split in (splits or SPLITS) for video in split_videos(corpus, split)]
@@ -184,8 +184,8 @@ def run_probes(work: Path, profile: DemoProfile, corpus: Path, caches: dict[str,
     """Frozen MAP-probe test accuracy per encoder, attribute and probe seed (trained on train)."""
     import numpy as np
 
-    from encoder.features import FeatureCache
-    from encoder.probe import ProbeConfig, cached_tokens, probe_accuracy
+    from encoder.videoprism.features import FeatureCache
+    from encoder.videoprism.probe import ProbeConfig, cached_tokens, probe_accuracy
     from vlm.shapes import probe_labels, read_attributes
 
     path = work / "probes.json"
@@ -239,8 +239,8 @@ def train_glue_stage(work: Path, profile: DemoProfile, seed: int, corpus: Path, 
 def glue_from_latest_checkpoint(work: Path, profile: DemoProfile, cache: Path, llm, tokenizer) -> Path:
     """``--glue-stop-early``: save the glue of the newest training checkpoint as WORK/glue/model
     (recorded in WORK/glue/stopped_early.json) instead of training to ``glue_steps``."""
-    from encoder.features import FeatureCache
     from encoder.training.checkpoints import latest_checkpoint, load_training_checkpoint
+    from encoder.videoprism.features import FeatureCache
     from vlm.model import VideoLanguageModel
     from vlm.prompts import PromptConfig
     from vlm.training.config import TrainConfig

@@ -1,4 +1,4 @@
-"""A run's WORK folder: reading its JSON files (written with ``encoder.atomic_files.write_json``)
+"""A run's WORK folder: reading its JSON files (written with ``encoder.common.atomic_files.write_json``)
 and the error raised when the run in it cannot go on as asked."""
 
 from __future__ import annotations

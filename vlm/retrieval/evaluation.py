@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from encoder.clips import Clip, iter_decoded_batches
-from encoder.jsonl import iter_jsonl_strict
+from encoder.common.jsonl import iter_jsonl_strict
+from encoder.video.clips import Clip, iter_decoded_batches
 from vlm.retrieval.metrics import retrieval_metrics, top_k_accuracy
 from vlm.retrieval.video_text_model import VideoTextModel
 from vlm.retrieval.zero_shot import DEFAULT_TEMPLATES, check_labels, classify_embeddings, label_embeddings

@@ -1,7 +1,7 @@
 """A video index: the embedding of every clip of a folder or manifest, on disk, and search over it.
 
 ``build_index`` writes an index directory with the feature cache's writer
-(``encoder.features.write_clip_vectors``): sharded safetensors of video embeddings [rows, D],
+(``encoder.videoprism.features.write_clip_vectors``): sharded safetensors of video embeddings [rows, D],
 ``index.jsonl`` (video -> shard, row), ``errors.jsonl`` for clips that cannot be decoded, a
 single-writer lock, and resuming that skips every clip already indexed or reported (a killed run
 loses nothing it had written; a shard that did not reach the disk is redone). ``retrieval.json``
@@ -25,8 +25,8 @@ import numpy as np
 import torch
 from safetensors import safe_open
 
-from encoder.atomic_files import write_file_atomically
-from encoder.features import CacheMeta, FeatureCache, check_cache_meta, write_clip_vectors
+from encoder.common.atomic_files import write_file_atomically
+from encoder.videoprism.features import CacheMeta, FeatureCache, check_cache_meta, write_clip_vectors
 from vlm.retrieval.video_text_model import VideoTextModel, load_video_text_model
 
 INDEX_KIND = "video_embeddings"
@@ -67,7 +67,7 @@ def build_index(
 ) -> dict[str, int]:
     """Embed every video not yet in the index at ``out_dir`` and add it.
 
-    videos: paths (``encoder.clips.list_videos`` of a folder or manifest).
+    videos: paths (``encoder.video.clips.list_videos`` of a folder or manifest).
     Returns counts {"encoded", "skipped", "errors"}. An index built by another model or with other
     frame settings raises ValueError (use another directory).
     """

@@ -3,7 +3,7 @@
 ``load_video_text_model`` takes any VideoPrism video-text (LvT) source:
 
 * an official Flax checkpoint ``.npz`` (e.g. ``flax_lvt_base_f16r288_repeated.npz``), converted in
-  memory by ``encoder.convert``; it holds no tokenizer, so ``tokenizer`` must name the official
+  memory by ``encoder.videoprism.convert``; it holds no tokenizer, so ``tokenizer`` must name the official
   SentencePiece model (or a saved VideoPrism tokenizer directory);
 * a transformers directory or Hub id holding a ``VideoPrismClipModel`` and its tokenizer (what
   ``prism-vlm convert ... --tokenizer`` writes);
@@ -12,7 +12,7 @@
 
 Embeddings are the model's own, L2-normalised: a video is its frames through the encoder, the
 auxiliary layers and the MAP head; a text is canonicalised and tokenised as the official code does
-(``encoder.text_tokenizer.tokenize_texts``) and taken at the text tower's class token. Scores are
+(``encoder.videoprism.text_tokenizer.tokenize_texts``) and taken at the text tower's class token. Scores are
 cosine similarities; probabilities are ``softmax(similarity / temperature)``, the official demo's
 ``compute_similarity_matrix`` with its temperature 0.01 when the model carries no learned one.
 """
@@ -30,9 +30,9 @@ import numpy as np
 import torch
 from transformers import AutoConfig, AutoTokenizer, VideoPrismClipModel
 
-from encoder.features import clips_to_model_input
-from encoder.loading import frozen
-from encoder.text_tokenizer import tokenize_texts
+from encoder.videoprism.features import clips_to_model_input
+from encoder.videoprism.loading import frozen
+from encoder.videoprism.text_tokenizer import tokenize_texts
 
 OFFICIAL_TEMPERATURE = 0.01  # the official video-text demo's compute_similarity_matrix
 
@@ -115,7 +115,7 @@ class VideoTextModel:
 
 def _learned_temperature(directory: Path) -> float | None:
     """The temperature stage-1 / LiT training saved beside the model, or None."""
-    from encoder.pretrain.stage1 import TEMPERATURE_FILE, load_logit_scale
+    from encoder.videoprism.pretrain.stage1 import TEMPERATURE_FILE, load_logit_scale
 
     return load_logit_scale(directory).temperature if (directory / TEMPERATURE_FILE).is_file() else None
 
@@ -139,7 +139,7 @@ def load_video_text_model(
     Raises FileNotFoundError for a missing file and VideoTextModelError for a source that is not a
     video-text model (a video encoder alone has no text tower).
     """
-    from encoder.convert import convert_checkpoint
+    from encoder.videoprism.convert import convert_checkpoint
 
     source_str = os.fspath(source)
     path = Path(source_str)
@@ -186,7 +186,7 @@ def load_video_text_model(
         raise ValueError(f"temperature must be > 0, got {model.temperature}")
     if not 1 <= model.text_length <= text.max_position_embeddings:
         raise ValueError(f"text_length must be in 1..{text.max_position_embeddings} (the text position table)")
-    from encoder.video import check_num_frames, check_size
+    from encoder.video.decode import check_num_frames, check_size
 
     check_num_frames(model.num_frames)
     check_size(model.frame_size)
@@ -215,7 +215,7 @@ def _load_tokenizer(source: str, clip: VideoPrismClipModel):
     if path.is_file():
         import tempfile
 
-        from encoder.text_tokenizer import save_videoprism_tokenizer
+        from encoder.videoprism.text_tokenizer import save_videoprism_tokenizer
 
         with tempfile.TemporaryDirectory() as folder:
             save_videoprism_tokenizer(path, folder, max_length=clip.config.text_config.max_position_embeddings)

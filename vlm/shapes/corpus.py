@@ -2,7 +2,7 @@
 hold-out, H.264 encoding, and the files ``prism-vlm make-shapes`` writes.
 
 Layout of a corpus folder ``OUT`` (every video path in a JSONL file is relative to THAT file's
-folder, the rule ``encoder.clips`` and ``vlm.eval_data`` follow, so the folder can be moved as a whole)::
+folder, the rule ``encoder.video.clips`` and ``vlm.evaluation.data`` follow, so the folder can be moved as a whole)::
 
     OUT/corpus.json                  generator version, seed, config, held-out pairs, split counts, answers
     OUT/attributes.jsonl             one clip per line: ClipAttributes.to_dict() (objects, motion, seeds, split)
@@ -36,8 +36,8 @@ from pathlib import Path
 
 import numpy as np
 
-from encoder.configs import config_from_dict, config_to_dict
-from encoder.jsonl import iter_jsonl_strict
+from encoder.common.configs import config_from_dict, config_to_dict
+from encoder.common.jsonl import iter_jsonl_strict
 from vlm.shapes.conversations import conversation, llava_conversation
 from vlm.shapes.language import ANSWER_VOCABULARY, captions, questions
 from vlm.shapes.render import (

@@ -1,4 +1,4 @@
-"""Integer class labels of moving-shapes clips, for frozen-feature probes (``encoder.probe``).
+"""Integer class labels of moving-shapes clips, for frozen-feature probes (``encoder.videoprism.probe``).
 
 Colour and shape are properties of ONE object, so they label one-object clips only; motion and count
 label every clip. Class indices follow :data:`vlm.shapes.language.ANSWER_VOCABULARY`, the same for

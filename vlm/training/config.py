@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from encoder.configs import config_from_dict, config_to_dict, load_config, save_config
+from encoder.common.configs import config_from_dict, config_to_dict, load_config, save_config
 
 MIXED_PRECISIONS = ("auto", "no", "bf16")
 TASKS = ("auto", "caption", "qa", "chat")

@@ -7,7 +7,7 @@ a missing file, an empty data set or a column that does not exist raises
 when training from a feature cache, not in the cache / listed there as unreadable) are skipped and
 reported (:class:`SkippedVideo`). Videos that exist but cannot be decoded are found when first
 visited: the visit takes a seeded replacement example of the same source and the video is
-reported then. Conversation rows that cannot be trained on (see ``vlm.conversations``: no assistant
+reported then. Conversation rows that cannot be trained on (see ``vlm.convert.conversations``: no assistant
 turn, roles out of order, a video marker in a later turn, empty text) are skipped and reported the
 same way, by reason.
 
@@ -35,10 +35,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from encoder.clips import Clip, DatasetVideo, decode_clip, is_saved_dataset
-from encoder.extras import require
-from encoder.jsonl import iter_jsonl_strict
-from vlm.conversations import ConversationError, read_conversation
+from encoder.common.extras import require
+from encoder.common.jsonl import iter_jsonl_strict
+from encoder.video.clips import Clip, DatasetVideo, decode_clip, is_saved_dataset
+from vlm.convert.conversations import ConversationError, read_conversation
 from vlm.training.config import DataSource
 
 MAX_REPLACEMENTS = 20
@@ -53,7 +53,7 @@ class TrainingDataError(ValueError):
 class Example:
     """One training example.
 
-    video: a file path or a :class:`encoder.clips.DatasetVideo`; cache_key: the key of its tokens
+    video: a file path or a :class:`encoder.video.clips.DatasetVideo`; cache_key: the key of its tokens
     in the feature cache (None when not training from a cache); start/end: window in seconds;
     task: "caption" (``captions``: one or more), "qa" (``question``, ``answer``) or "chat"
     (``messages``: ((role, content), ...), a valid conversation ending with an assistant turn).
@@ -397,7 +397,7 @@ class GlueExamples(torch.utils.data.Dataset):
         return sum(len(examples) for examples in self.sources)
 
     def _video(self, example: Example, rng: np.random.Generator) -> dict:
-        from encoder.crops import crop_source_size, random_crop
+        from encoder.video.crops import crop_source_size, random_crop
 
         settings = self.settings
         if self.cache is not None:
@@ -412,7 +412,7 @@ class GlueExamples(torch.utils.data.Dataset):
         return {"clip": decode_clip(clip, settings.num_frames, settings.frame_size)}
 
     def __getitem__(self, item: tuple[int, int, int]) -> dict:
-        from encoder.video import VideoDecodeError
+        from encoder.video.decode import VideoDecodeError
 
         position, source, index = item
         examples = self.sources[source]

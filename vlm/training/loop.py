@@ -30,10 +30,10 @@ from pathlib import Path
 
 import torch
 
-from encoder.decode_workers import decoding_worker_context
-from encoder.jsonl import read_jsonl_tolerant
+from encoder.common.jsonl import read_jsonl_tolerant
 from encoder.training.steps import run_steps
 from encoder.training.threads import torch_threads
+from encoder.video.workers import decoding_worker_context
 from vlm.training.config import CONFIG_FILE, TrainConfig, TrainConfigError
 from vlm.training.data import (
     CacheIndex,
@@ -123,7 +123,7 @@ def conversation_truncation(model, sources, max_target_tokens: int) -> list[dict
     """Per conversation source: how many of its conversations (the first MAX_TRUNCATION_CHECK) have
     more than ``max_target_tokens`` assistant tokens, and so lose their later turns in training."""
     from vlm.chat_template import chat_training_ids
-    from vlm.generation import stop_token_ids
+    from vlm.inference.generation import stop_token_ids
 
     end_of_turn = stop_token_ids(model.llm, model.tokenizer)
     reports = []
@@ -152,7 +152,7 @@ def _video_kwargs(batch: dict) -> dict:
 def _build_model(config: TrainConfig, cache, llm, tokenizer, encoder):
     """The glue to train: the LLM (and the encoder when encoding on the fly) loaded, the resampler new
     (seeded) or from ``init_from``."""
-    from encoder.loading import load_encoder
+    from encoder.videoprism.loading import load_encoder
     from vlm.llm import load_llm
     from vlm.model import VideoLanguageModel
     from vlm.prompts import PromptConfig
@@ -168,7 +168,7 @@ def _build_model(config: TrainConfig, cache, llm, tokenizer, encoder):
             raise TrainConfigError("training without a feature cache encodes videos on the fly: set encoder (or features)")
         encoder = load_encoder(config.encoder)
     if encoder is not None and cache is not None:
-        from encoder.features import encoder_identity
+        from encoder.videoprism.features import encoder_identity
 
         if encoder_identity(encoder)[1] != cache.meta.encoder_config_sha1:
             raise TrainConfigError(f"the encoder {encoder_source!r} is not the one the feature cache {config.features} was written with")
@@ -251,8 +251,7 @@ def train_glue(
 def _train(config: TrainConfig, resume: bool, llm, tokenizer, encoder, on_step) -> Path:
     from accelerate import Accelerator
 
-    from encoder.atomic_files import save_directory_atomically
-    from encoder.features import FeatureCache
+    from encoder.common.atomic_files import save_directory_atomically
     from encoder.training.checkpoints import (
         latest_checkpoint,
         load_training_checkpoint,
@@ -268,6 +267,7 @@ def _train(config: TrainConfig, resume: bool, llm, tokenizer, encoder, on_step) 
         start_trackers,
     )
     from encoder.training.schedules import warmup_linear_decay
+    from encoder.videoprism.features import FeatureCache
 
     cuda = torch.cuda.is_available()
     precision = config.mixed_precision

@@ -1,0 +1,3 @@
+"""Reading video: decoding files, images and frame arrays into fixed-size clips with bounded work
+(``decode``), clip records and the listing of folders, manifests and datasets (``clips``), training
+crops (``crops``) and decoding in worker processes so that one bad file costs only itself (``workers``)."""

@@ -1,0 +1,461 @@
+"""Continuous batching: greedy generation for many requests at once, each request joining the
+running batch at the next step and leaving it as soon as it is done (iteration-level scheduling,
+as in Orca, vLLM and TGI), in one worker thread that owns the model.
+
+A request is a prompt given as input embeddings ``[S, H]`` (video tokens merged into the text,
+no padding; built by a ``prepare`` callable that runs in the worker), with its own token budget
+and stop rule. Each round of the worker:
+
+1. runs, in arrival order (when nothing is running, after waiting up to ``window_s`` for requests
+   that are still on their way, so that a burst starts together), the jobs waiting at the front of the queue: a :meth:`ContinuousBatcher.call`
+   (any other model work, e.g. ranking candidate answers) runs alone; generation requests are
+   admitted while fewer than ``max_batch`` rows are running;
+2. prefills the admitted requests together (left-padded) and appends their KV-cache rows to the
+   running cache (shorter rows left-padded, masked out);
+3. runs one decode step for every running row.
+
+A row leaves when it generates a stop token (EOS, end of turn; not handed out), a token holding a
+newline when its request stops at newlines (handed out), its ``max_new_tokens``-th token, or when
+its caller cancels; its slot is free at the next round, and cache columns that only padded rows
+that left are dropped. So a request never waits for a whole batch to finish, and a long chat reply
+does not hold up a short caption that arrives after it.
+
+Each row sees exactly its own prompt (padding is masked out, positions count from its first real
+token), so its tokens are those ``generate()`` gives it alone, up to the floating-point
+differences of batched matrix products -- the guarantee batched ``generate()`` gives too.
+Greedy decoding only: sampling and beam search go through ``generate()``
+(:func:`vlm.inference.generation.generate_ids`).
+
+When a round fails (out of memory, say), each request of that round that has handed out no token
+to a streaming caller is run again alone through ``generate()``, so one request's failure is its own;
+a streamed request that already showed text gets the error.
+
+On CPU, give the worker the process's torch work to itself: once another live thread has run torch
+(loaded the model, say), OpenMP's waits in the worker slow each step down, up to twice on 2 cores.
+Load the model in a thread that has ended by the time requests come (as ``prism-vlm app`` does).
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from transformers import DynamicCache, PreTrainedTokenizerBase
+from transformers.cache_utils import DynamicLayer
+
+from vlm.inference.generation import GenerationSettings, generate_ids, llm_step, newline_stopper, stop_token_ids
+
+_POLL_S = 0.01  # how often a starting batch rechecks more_coming()
+
+
+@dataclass(frozen=True)
+class ContinuousBatchingConfig:
+    """max_batch: most requests generated together (1: one request at a time, in arrival order);
+    window_s: when nothing is running, how long the first request may wait for others that
+    ``more_coming()`` says are on their way, so that a burst starts as one batch (seconds)."""
+
+    max_batch: int = 8
+    window_s: float = 0.5
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.max_batch <= 1024:
+            raise ValueError(f"max_batch must be in [1, 1024], got {self.max_batch}")
+        if not 0 <= self.window_s <= 10:
+            raise ValueError(f"window_s must be in [0, 10] seconds, got {self.window_s}")
+
+
+def supports_continuous_batching(llm: torch.nn.Module) -> bool:
+    """Whether ``llm`` keeps a plain KV cache (every layer a full-attention ``DynamicLayer``), which
+    rows can join and leave; sliding-window or recurrent layers cannot (use ``generate()``)."""
+    try:
+        cache = DynamicCache(config=llm.config)
+    except Exception:  # noqa: BLE001 -- an LLM whose config transformers cannot read: not supported
+        return False
+    return all(type(layer) is DynamicLayer for layer in cache.layers)
+
+
+class GenerationStream:
+    """One request's generated token ids, as they come (iterate), or all of them (:meth:`result`).
+
+    Iterating yields each token id once it is generated and ends with the request; the request's
+    error (a failed ``prepare``, a failed round) is raised by the iteration and by :meth:`result`.
+    :meth:`cancel` tells the worker the caller left: a waiting request is dropped, a running one
+    leaves the batch at the next step. The stop token is never handed out.
+    """
+
+    def __init__(self) -> None:
+        self._queue: queue.Queue = queue.Queue()
+        self._tokens: list[int] = []
+        self._done = threading.Event()
+        self._cancelled = threading.Event()
+        self._error: BaseException | None = None
+
+    def __iter__(self) -> Iterator[int]:
+        while True:
+            kind, value = self._queue.get()
+            if kind == "token":
+                yield value
+            elif kind == "error":
+                raise value
+            else:
+                return
+
+    def result(self, timeout: float | None = None) -> list[int]:
+        """Every generated token id (waits for the end of the request)."""
+        if not self._done.wait(timeout):
+            raise TimeoutError("the request is still being generated")
+        if self._error is not None:
+            raise self._error
+        return list(self._tokens)
+
+    def cancel(self) -> None:
+        self._cancelled.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled.is_set()
+
+    @property
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    # worker side
+    def _put(self, token: int) -> None:
+        self._tokens.append(token)
+        self._queue.put(("token", token))
+
+    def _restart(self) -> None:
+        self._tokens.clear()
+
+    def _finish(self) -> None:
+        if not self._done.is_set():
+            self._queue.put(("end", None))
+            self._done.set()
+
+    def _fail(self, error: BaseException) -> None:
+        if not self._done.is_set():
+            self._error = error
+            self._queue.put(("error", error))
+            self._done.set()
+
+
+@dataclass
+class _Request:
+    prepare: Callable[[], torch.Tensor]
+    max_new_tokens: int
+    stop_at_newline: bool
+    streaming: bool
+    stream: GenerationStream = field(default_factory=GenerationStream)
+
+
+@dataclass
+class _Call:
+    function: Callable[[], Any]
+    future: Future = field(default_factory=Future)
+
+
+@dataclass
+class _Row:
+    """A running request: ``length`` real positions in the cache (prompt + tokens fed), ``pending``
+    the token chosen last (handed out, fed at the next step), ``generated`` how many were chosen."""
+
+    request: _Request
+    length: int = 0
+    pending: int = -1
+    generated: int = 0
+    finished: bool = False
+
+
+class ContinuousBatcher:
+    """Runs greedy generation requests with continuous batching, and other model work
+    (:meth:`call`) between steps, in one worker thread. See the module docstring.
+
+    llm: a causal LM taking ``inputs_embeds`` / ``input_ids``, ``attention_mask``, ``position_ids``
+    and a ``DynamicCache`` (:func:`supports_continuous_batching`); tokenizer: its tokenizer (stop
+    tokens, newlines).
+    """
+
+    def __init__(self, llm: torch.nn.Module, tokenizer: PreTrainedTokenizerBase,
+                 config: ContinuousBatchingConfig | None = None, name: str = "generation",
+                 more_coming: Callable[[], bool] = lambda: False):
+        if not supports_continuous_batching(llm):
+            raise ValueError(f"{type(llm).__name__} keeps a KV cache that rows cannot join and leave "
+                             "(sliding-window or recurrent layers); generate with vlm.inference.generation.generate_ids")
+        self.llm = llm
+        self.tokenizer = tokenizer
+        self.config = config or ContinuousBatchingConfig()
+        self._more_coming = more_coming
+        self._stop_ids = stop_token_ids(llm, tokenizer)
+        self._is_newline = newline_stopper(tokenizer)
+        self._jobs: deque[_Request | _Call] = deque()
+        self._condition = threading.Condition()
+        self._closed = False
+        self._rows: list[_Row] = []
+        self._cache: DynamicCache | None = None
+        self._mask: torch.Tensor | None = None  # [B, L] long, 1 at real positions
+        # running rows at each decode step, the latest 100,000 (for tests and benchmarks)
+        self.step_sizes: deque[int] = deque(maxlen=100_000)
+        self._worker = threading.Thread(target=self._serve, name=f"prism-vlm-{name}", daemon=True)
+        self._worker.start()
+
+    # ------------------------------------------------------------------ caller side
+
+    def submit(self, prepare: Callable[[], torch.Tensor], max_new_tokens: int, *, stop_at_newline: bool = False,
+               streaming: bool = False) -> GenerationStream:
+        """Queue one request; ``prepare()`` (run in the worker) returns its prompt embeddings [S, H].
+        stop_at_newline: the request ends with the first token holding a newline (kept).
+        streaming: its caller shows tokens as they come (after a failed round it is not run again)."""
+        if not 1 <= max_new_tokens <= 8192:
+            raise ValueError(f"max_new_tokens must be in [1, 8192], got {max_new_tokens}")
+        request = _Request(prepare, int(max_new_tokens), stop_at_newline, streaming)
+        self._enqueue(request)
+        return request.stream
+
+    def call(self, function: Callable[[], Any]) -> Future:
+        """Run ``function()`` in the worker, between steps, with the model to itself (in arrival order
+        with the generation requests); its Future resolves to the result or raises its exception."""
+        job = _Call(function)
+        self._enqueue(job)
+        return job.future
+
+    def close(self) -> None:
+        """Stop the worker once the queued and running requests are served."""
+        with self._condition:
+            self._closed = True
+            self._condition.notify()
+        self._worker.join(timeout=30)
+
+    def __enter__(self) -> ContinuousBatcher:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _enqueue(self, job: _Request | _Call) -> None:
+        with self._condition:
+            if self._closed:
+                raise RuntimeError("the batcher is closed")
+            self._jobs.append(job)
+            self._condition.notify()
+
+    # ------------------------------------------------------------------ worker
+
+    def _serve(self) -> None:
+        while True:
+            jobs = self._next_jobs()
+            if jobs is None:
+                return
+            admitted: list[_Request] = []
+            for job in jobs:
+                if isinstance(job, _Call):
+                    self._run_call(job)
+                elif job.stream.cancelled:
+                    job.stream._finish()
+                else:
+                    admitted.append(job)
+            self._drop_cancelled()
+            if not admitted and not self._rows:
+                continue
+            try:
+                with torch.inference_mode():
+                    if admitted:
+                        self._admit(admitted)
+                    if self._rows:
+                        self._step()
+            except Exception as error:  # noqa: BLE001 -- the round's requests are retried alone
+                self._recover(admitted, error)
+
+    def _next_jobs(self) -> list[_Request | _Call] | None:
+        """The jobs to take this round: calls and requests from the front of the queue while a slot is
+        free (waits while there is nothing to do; None once closed and drained)."""
+        with self._condition:
+            while not self._jobs and not self._rows and not self._closed:
+                self._condition.wait()
+            if self._closed and not self._jobs and not self._rows:
+                return None
+            if not self._rows:  # a batch starts: give a burst that is still arriving the window to join
+                deadline = time.monotonic() + self.config.window_s
+                while (len(self._jobs) < self.config.max_batch and not self._closed and self._more_coming()
+                       and time.monotonic() < deadline):
+                    self._condition.wait(min(_POLL_S, max(0.0, deadline - time.monotonic())))
+            taken: list[_Request | _Call] = []
+            free = self.config.max_batch - len(self._rows)
+            while self._jobs:
+                job = self._jobs[0]
+                if isinstance(job, _Call) and any(isinstance(other, _Request) for other in taken):
+                    break  # it runs next round, after the requests before it have started
+                if isinstance(job, _Request) and not job.stream.cancelled:
+                    if free == 0:
+                        break
+                    free -= 1
+                taken.append(self._jobs.popleft())
+            return taken
+
+    def _run_call(self, job: _Call) -> None:
+        if not job.future.set_running_or_notify_cancel():
+            return
+        try:
+            job.future.set_result(job.function())
+        except BaseException as error:  # noqa: BLE001 -- handed to the caller
+            job.future.set_exception(error)
+
+    def _admit(self, requests: list[_Request]) -> None:
+        """Prepare and prefill the admitted requests together; their rows join the running batch."""
+        rows, prompts = [], []
+        for request in requests:
+            try:
+                embeds = request.prepare()
+                if embeds.ndim != 2 or embeds.shape[0] == 0:
+                    raise ValueError(f"a prompt must be [S, H] input embeddings with S >= 1, got {tuple(embeds.shape)}")
+            except Exception as error:  # noqa: BLE001 -- this request fails alone
+                request.stream._fail(error)
+                continue
+            rows.append(_Row(request, length=embeds.shape[0]))
+            prompts.append(embeds)
+        if not rows:
+            return
+        total = max(row.length for row in rows)
+        first = prompts[0]
+        inputs = torch.zeros(len(rows), total, first.shape[1], dtype=first.dtype, device=first.device)
+        mask = torch.zeros(len(rows), total, dtype=torch.long, device=first.device)
+        positions = torch.zeros(len(rows), total, dtype=torch.long, device=first.device)
+        for index, (row, prompt) in enumerate(zip(rows, prompts)):
+            inputs[index, total - row.length:] = prompt
+            mask[index, total - row.length:] = 1
+            positions[index, total - row.length:] = torch.arange(row.length, device=first.device)
+        cache = DynamicCache()
+        logits = llm_step(self.llm, attention_mask=mask, position_ids=positions, kv_cache=cache, inputs_embeds=inputs,
+                          last_logits_only=True)
+        for row, token in zip(rows, logits[:, -1].argmax(dim=-1).tolist()):
+            self._take(row, token)
+        self._merge(rows, cache, mask)
+
+    def _step(self) -> None:
+        """One decode step for every running row."""
+        device = self._mask.device
+        self.step_sizes.append(len(self._rows))
+        input_ids = torch.tensor([[row.pending] for row in self._rows], device=device)
+        positions = torch.tensor([[row.length] for row in self._rows], device=device)
+        mask = torch.cat([self._mask, torch.ones(len(self._rows), 1, dtype=self._mask.dtype, device=device)], dim=1)
+        logits = llm_step(self.llm, attention_mask=mask, position_ids=positions, kv_cache=self._cache,
+                          input_ids=input_ids, last_logits_only=True)
+        self._mask = mask
+        for row, token in zip(self._rows, logits[:, -1].argmax(dim=-1).tolist()):
+            row.length += 1
+            self._take(row, token)
+        self._remove_finished()
+
+    def _take(self, row: _Row, token: int) -> None:
+        """Row's next token: a stop token ends it (not handed out); else it is handed out and ends the
+        row if it holds a newline (when asked) or uses up the budget."""
+        row.generated += 1
+        if token in self._stop_ids:
+            self._end(row)
+            return
+        row.request.stream._put(token)
+        row.pending = token
+        if (row.request.stop_at_newline and self._is_newline(token)) or row.generated >= row.request.max_new_tokens:
+            self._end(row)
+
+    def _end(self, row: _Row) -> None:
+        row.finished = True
+        row.request.stream._finish()
+
+    def _drop_cancelled(self) -> None:
+        for row in self._rows:
+            if row.request.stream.cancelled and not row.finished:
+                self._end(row)
+        self._remove_finished()
+
+    # ------------------------------------------------------------------ the running KV cache
+
+    def _merge(self, rows: list[_Row], cache: DynamicCache, mask: torch.Tensor) -> None:
+        """Append the new rows' cache rows and mask [b, L'] to the running ones (left-padding the shorter)."""
+        if self._rows:
+            old = _layers(self._cache)
+            new = _layers(cache)
+            total = max(self._mask.shape[1], mask.shape[1])
+            layers = [
+                (torch.cat([_pad_left(k0, total, 2), _pad_left(k1, total, 2)]),
+                 torch.cat([_pad_left(v0, total, 2), _pad_left(v1, total, 2)]))
+                for (k0, v0), (k1, v1) in zip(old, new)
+            ]
+            self._cache = DynamicCache(layers)
+            self._mask = torch.cat([_pad_left(self._mask, total, 1), _pad_left(mask, total, 1)])
+        else:
+            self._cache, self._mask = cache, mask
+        self._rows.extend(rows)
+        self._remove_finished()
+
+    def _remove_finished(self) -> None:
+        """Drop finished rows from the batch and cache columns that only pad the rows left."""
+        keep = [index for index, row in enumerate(self._rows) if not row.finished]
+        if len(keep) == len(self._rows):
+            return
+        self._rows = [self._rows[index] for index in keep]
+        if not keep:
+            self._cache, self._mask = None, None
+            return
+        index = torch.tensor(keep, device=self._mask.device)
+        mask = self._mask.index_select(0, index)
+        start = int((mask.shape[1] - mask.sum(dim=1)).min())  # padding every remaining row has on its left
+        self._cache = DynamicCache([
+            (keys.index_select(0, index)[:, :, start:], values.index_select(0, index)[:, :, start:])
+            for keys, values in _layers(self._cache)
+        ])
+        self._mask = mask[:, start:]
+
+    # ------------------------------------------------------------------ failures
+
+    def _recover(self, admitted: list[_Request], error: BaseException) -> None:
+        """After a failed round: each request of it that showed no token to a streaming caller runs
+        alone through generate(); the others get the error."""
+        requests = [row.request for row in self._rows]
+        requests += [request for request in admitted if request not in requests and not request.stream.done]
+        self._rows, self._cache, self._mask = [], None, None
+        for request in requests:
+            if request.stream.done or request.stream.cancelled:
+                continue  # finished within the failed round (its tokens are complete), or its caller left
+            if request.streaming and request.stream._tokens:
+                request.stream._fail(error)
+            else:
+                self._run_alone(request)
+
+    def _run_alone(self, request: _Request) -> None:
+        stream = request.stream
+        stream._restart()  # a non-streaming caller reads only result()
+        try:
+            with torch.inference_mode():
+                embeds = request.prepare()
+                rows = generate_ids(
+                    self.llm, self.tokenizer, embeds[None], torch.ones(1, embeds.shape[0], dtype=torch.long,
+                                                                       device=embeds.device),
+                    GenerationSettings(max_new_tokens=request.max_new_tokens), stop_at_newline=request.stop_at_newline,
+                )
+        except Exception as failure:  # noqa: BLE001 -- fails alone
+            stream._fail(failure)
+            return
+        for token in rows[0]:
+            stream._put(token)
+        stream._finish()
+
+
+def _layers(cache: DynamicCache) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    return [(layer.keys, layer.values) for layer in cache.layers]
+
+
+def _pad_left(tensor: torch.Tensor, length: int, dim: int) -> torch.Tensor:
+    """Zeros on the left of ``dim`` up to ``length``."""
+    missing = length - tensor.shape[dim]
+    if missing == 0:
+        return tensor
+    shape = list(tensor.shape)
+    shape[dim] = missing
+    return torch.cat([tensor.new_zeros(shape), tensor], dim=dim)

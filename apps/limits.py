@@ -16,13 +16,14 @@ from pathlib import Path
 
 import av
 
+from encoder.common.errors import PrismVlmError
 from encoder.video.decode import VIDEO_SUFFIXES, VideoDecodeError, open_video, packet_time_span, video_stream
 
 __all__ = ["VIDEO_SUFFIXES", "AppLimits", "VideoInfo", "VideoRejectedError", "check_video", "probe_video"]
 
 
 
-class VideoRejectedError(ValueError):
+class VideoRejectedError(PrismVlmError, ValueError):
     """A clip the app will not process (wrong type, too large, too long, unreadable); the message
     is meant for the person who uploaded it."""
 

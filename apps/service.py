@@ -33,6 +33,7 @@ import torch
 
 from apps.batching import BatchingConfig, MicroBatcher
 from apps.limits import AppLimits, VideoInfo, VideoRejectedError, check_video
+from encoder.common.errors import PrismVlmError
 from encoder.video.decode import VideoDecodeError, load_clip, sample_times
 from vlm.chat_template import recent_turns
 from vlm.inference.generation import GenerationSettings, IncrementalText
@@ -44,7 +45,7 @@ CLIP_CACHE_SIZE = 4
 T = TypeVar("T")
 
 
-class AppInputError(ValueError):
+class AppInputError(PrismVlmError, ValueError):
     """Input the app cannot use (no video, bad file, empty question, no candidates ...); the
     message is meant for the person using the page."""
 

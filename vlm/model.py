@@ -33,6 +33,7 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from encoder.common.configs import config_from_dict, config_to_dict
+from encoder.common.errors import PrismVlmError
 from encoder.common.extras import require
 from vlm.chat_template import IGNORE_INDEX, ChatIds, chat_inference_ids
 from vlm.inference.generation import (
@@ -70,15 +71,15 @@ FORMAT_VERSION = 1
 DEFAULT_MODEL_ENV = "PRISM_VLM_MODEL"
 
 
-class ResamplerWidthMismatchError(ValueError):
+class ResamplerWidthMismatchError(PrismVlmError, ValueError):
     """The resampler's widths do not match the encoder (keys/values) or the LLM (output)."""
 
 
-class MissingVideoInputError(ValueError):
+class MissingVideoInputError(PrismVlmError, ValueError):
     """Neither (or both) of clips / video_tokens given, or pixels given to a model without an encoder."""
 
 
-class NoDefaultModelError(FileNotFoundError):
+class NoDefaultModelError(PrismVlmError, FileNotFoundError):
     """No --model given and no default glue model is installed."""
 
 

@@ -11,8 +11,10 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
+from encoder.common.errors import PrismVlmError
 
-class UnreadableVideoError(ValueError):
+
+class UnreadableVideoError(PrismVlmError, ValueError):
     """A video file the decoder rejects."""
 
 

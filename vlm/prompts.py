@@ -22,20 +22,21 @@ from pathlib import Path
 from transformers import PreTrainedTokenizerBase
 
 from encoder.common.configs import config_from_dict, config_to_dict
+from encoder.common.errors import PrismVlmError
 
 VIDEO_MARKER = "<|prism_video|>"
 ANSWER_PREFIX = " "
 
 
-class EmptyQuestionError(ValueError):
+class EmptyQuestionError(PrismVlmError, ValueError):
     """The question is empty (or only whitespace)."""
 
 
-class ShotsFileError(ValueError):
+class ShotsFileError(PrismVlmError, ValueError):
     """A few-shot examples file that cannot be read."""
 
 
-class ChatMessagesError(ValueError):
+class ChatMessagesError(PrismVlmError, ValueError):
     """Chat messages that are not a list of {"role", "content"} dicts with a user turn."""
 
 

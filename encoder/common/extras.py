@@ -18,6 +18,8 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
+from encoder.common.errors import PrismVlmError
+
 EXTRAS: dict[str, tuple[str, ...]] = {
     "app": ("gradio",),
     "train": ("peft", "datasets", "matplotlib"),
@@ -26,7 +28,7 @@ EXTRAS: dict[str, tuple[str, ...]] = {
 }
 
 
-class MissingExtraError(ImportError):
+class MissingExtraError(PrismVlmError, ImportError):
     """An optional dependency is not installed; the message names the extra that installs it."""
 
 

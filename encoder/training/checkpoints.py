@@ -40,6 +40,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from encoder.common.atomic_files import fsync_dir, swap_in_folder
+from encoder.common.errors import PrismVlmError
 
 CHECKPOINTS_DIR = "checkpoints"
 STEP_DIR_PATTERN = re.compile(r"^step-(\d{8,})$")
@@ -52,7 +53,7 @@ SCHEDULER_TENSORS = "scheduler.safetensors"
 STATE_JSON = "state.json"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(PrismVlmError, ValueError):
     """A checkpoint directory that is incomplete or does not match the model / optimizer given."""
 
 

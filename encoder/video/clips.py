@@ -38,6 +38,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from encoder.common.errors import PrismVlmError
 from encoder.common.extras import require
 from encoder.common.jsonl import iter_jsonl_strict
 from encoder.video.crops import cache_crop_offsets, crop_clip, crop_source_size
@@ -45,7 +46,7 @@ from encoder.video.decode import IMAGE_SUFFIXES, VIDEO_SUFFIXES, decode_frames, 
 from encoder.video.workers import decoded_batches
 
 
-class ClipListError(ValueError):
+class ClipListError(PrismVlmError, ValueError):
     """A folder, manifest or dataset of clips that cannot be read (names the file and the reason)."""
 
 

@@ -63,6 +63,8 @@ import numpy as np
 from av.sidedata.sidedata import Type as _SideDataType
 from PIL import Image, ImageOps
 
+from encoder.common.errors import PrismVlmError
+
 __all__ = [
     "DEFAULT_TIME_LIMIT_S",
     "IMAGE_SUFFIXES",
@@ -113,7 +115,7 @@ _FORMAT_OPTIONS = {"protocol_whitelist": "file,crypto,data"}
 Source = Union[str, os.PathLike, np.ndarray, Image.Image, Sequence]
 
 
-class VideoDecodeError(RuntimeError):
+class VideoDecodeError(PrismVlmError, RuntimeError):
     """Raised when a file exists but no clip can be decoded from it.
 
     Attributes:

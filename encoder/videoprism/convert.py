@@ -40,11 +40,13 @@ from transformers import (
     VideoPrismVisionModel,
 )
 
+from encoder.common.errors import PrismVlmError
+
 PATCH_CHANNELS = 3
 LAYER_STACK = "x_layers"
 
 
-class CheckpointFormatError(ValueError):
+class CheckpointFormatError(PrismVlmError, ValueError):
     """The file is not an official VideoPrism Flax checkpoint, or its arrays are inconsistent."""
 
 

@@ -39,6 +39,7 @@ from safetensors.torch import save_file
 from transformers import VideoPrismVisionModel
 
 from encoder.common.atomic_files import fsync_dir, fsync_file, write_file_atomically
+from encoder.common.errors import PrismVlmError
 from encoder.common.jsonl import JsonlAppender, read_jsonl_tolerant
 from encoder.video.clips import Clip, iter_decoded_batches
 from encoder.videoprism.factorized import encode_tokens
@@ -118,7 +119,7 @@ class CacheMeta:
     kind: str = "tokens"  # "tokens" (encoder tokens [T*N, D] per clip) or another per-clip vector, e.g. embeddings
 
 
-class CacheBusyError(ValueError):
+class CacheBusyError(PrismVlmError, ValueError):
     """Another process holds the cache directory's lock (it is writing there)."""
 
 

@@ -49,10 +49,12 @@ import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+from encoder.common.errors import PrismVlmError
+
 QA_SPLITS = ("train", "val", "test")
 
 
-class AnnotationFormatError(ValueError):
+class AnnotationFormatError(PrismVlmError, ValueError):
     """Annotation files that are missing or not in the expected format (names the file)."""
 
 

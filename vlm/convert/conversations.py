@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import re
 
+from encoder.common.errors import PrismVlmError
+
 ROLE_NAMES = {
     "human": "user", "user": "user",
     "gpt": "assistant", "assistant": "assistant", "model": "assistant", "bot": "assistant",
@@ -36,7 +38,7 @@ VIDEO_MARKERS = ("<video>", "<image>")
 _MARKER_PATTERN = re.compile(r"\s*(?:<video>|<image>)\s*")
 
 
-class ConversationError(ValueError):
+class ConversationError(PrismVlmError, ValueError):
     """A conversation row that cannot be trained on; the message starts with a short reason key."""
 
 

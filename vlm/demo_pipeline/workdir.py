@@ -6,8 +6,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from encoder.common.errors import PrismVlmError
 
-class RunError(RuntimeError):
+
+class RunError(PrismVlmError, RuntimeError):
     """The run in WORK cannot go on as asked (another profile, no checkpoint, nothing to report);
     the message says what to do. ``scripts/train_demo.py`` exits with it."""
 

@@ -21,12 +21,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from encoder.common.errors import PrismVlmError
 from encoder.common.jsonl import iter_jsonl_strict
 
 QUESTION_WORDS = ("what", "who", "whom", "whose", "which", "when", "where", "why", "how")
 
 
-class EvaluationFileError(ValueError):
+class EvaluationFileError(PrismVlmError, ValueError):
     """A predictions, references or QA file that cannot be used (names the file, line and reason)."""
 
 

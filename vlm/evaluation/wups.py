@@ -40,6 +40,8 @@ import warnings
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from encoder.common.errors import PrismVlmError
+
 LEXNAMES_FILE = Path(__file__).resolve().parents[1] / "data" / "wordnet_lexnames"
 WORDNET_ENV = "PRISM_WORDNET_DIR"
 WORDNET_DIRS = ("/usr/share/wordnet", "/usr/local/WordNet-3.0/dict")
@@ -59,7 +61,7 @@ DEFAULT_STOPWORDS = frozenset(
 _WORD = re.compile(r"[^\W_]+(?:'[^\W_]+)?")
 
 
-class WordNetNotFoundError(FileNotFoundError):
+class WordNetNotFoundError(PrismVlmError, FileNotFoundError):
     """No WordNet 3.0 database could be found (see the module docstring for installing one)."""
 
 

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from filelock import FileLock, Timeout
 
+from encoder.common.errors import PrismVlmError
 from encoder.common.jsonl import JsonlAppender, read_jsonl_tolerant
 from encoder.video.clips import Clip, iter_decoded_batches
 
@@ -200,7 +201,7 @@ def _caption_locked(model, clips, output, errors_path, frames, batch_size, max_n
     return counts
 
 
-class OutputBusyError(ValueError):
+class OutputBusyError(PrismVlmError, ValueError):
     """Another run holds the lock on this output file."""
 
 

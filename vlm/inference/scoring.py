@@ -26,11 +26,12 @@ from pathlib import Path
 import torch
 from transformers import DynamicCache, PreTrainedTokenizerBase
 
+from encoder.common.errors import PrismVlmError
 from vlm.inference.generation import accepts_logits_to_keep, llm_step
 from vlm.prompts import answer_continuation, text_ids
 
 
-class CandidateError(ValueError):
+class CandidateError(PrismVlmError, ValueError):
     """Candidate answers that cannot be scored (none, empty, duplicated, or no tokens)."""
 
 

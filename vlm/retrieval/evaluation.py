@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from encoder.common.errors import PrismVlmError
 from encoder.common.jsonl import iter_jsonl_strict
 from encoder.video.clips import Clip, iter_decoded_batches
 from vlm.retrieval.metrics import retrieval_metrics, top_k_accuracy
@@ -29,7 +30,7 @@ from vlm.retrieval.video_text_model import VideoTextModel
 from vlm.retrieval.zero_shot import DEFAULT_TEMPLATES, check_labels, classify_embeddings, label_embeddings
 
 
-class ManifestError(ValueError):
+class ManifestError(PrismVlmError, ValueError):
     """A row of an evaluation manifest that cannot be used (names the file and line)."""
 
 

@@ -26,6 +26,7 @@ import torch
 from safetensors import safe_open
 
 from encoder.common.atomic_files import write_file_atomically
+from encoder.common.errors import PrismVlmError
 from encoder.videoprism.features import CacheMeta, FeatureCache, check_cache_meta, write_clip_vectors
 from vlm.retrieval.video_text_model import VideoTextModel, load_video_text_model
 
@@ -38,7 +39,7 @@ MAX_GRAPHS_IN_MEMORY = 4  # FAISS graphs kept loaded between searches (the app s
 _GRAPHS: dict[str, object] = {}
 
 
-class VideoIndexError(ValueError):
+class VideoIndexError(PrismVlmError, ValueError):
     """Not an index directory, or an index built with other settings."""
 
 

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from transformers import AutoConfig, AutoTokenizer, VideoPrismClipModel
 
+from encoder.common.errors import PrismVlmError
 from encoder.videoprism.features import clips_to_model_input
 from encoder.videoprism.loading import frozen
 from encoder.videoprism.text_tokenizer import tokenize_texts
@@ -46,7 +47,7 @@ def default_video_text_model() -> str:
     return os.environ.get(MODEL_ENVIRONMENT_VARIABLE) or str(DEMO_VIDEO_TEXT_MODEL)
 
 
-class VideoTextModelError(ValueError):
+class VideoTextModelError(PrismVlmError, ValueError):
     """The source is not a VideoPrism video-text model, or it lacks what embedding needs."""
 
 

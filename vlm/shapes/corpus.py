@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from encoder.common.configs import config_from_dict, config_to_dict
+from encoder.common.errors import PrismVlmError
 from encoder.common.jsonl import iter_jsonl_strict
 from vlm.shapes.conversations import conversation, llava_conversation
 from vlm.shapes.language import ANSWER_VOCABULARY, captions, questions
@@ -63,7 +64,7 @@ _ATTRIBUTE_STREAM, _LANGUAGE_STREAM, _CONVERSATION_STREAM = 0, 1, 2
 X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow")
 
 
-class CorpusFolderError(ValueError):
+class CorpusFolderError(PrismVlmError, ValueError):
     """The output folder holds something else than this corpus (nothing in it is touched)."""
 
 

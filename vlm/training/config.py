@@ -14,13 +14,14 @@ from pathlib import Path
 from typing import Any
 
 from encoder.common.configs import config_from_dict, config_to_dict, load_config, save_config
+from encoder.common.errors import PrismVlmError
 
 MIXED_PRECISIONS = ("auto", "no", "bf16")
 TASKS = ("auto", "caption", "qa", "chat")
 CONFIG_FILE = "train_config.json"
 
 
-class TrainConfigError(ValueError):
+class TrainConfigError(PrismVlmError, ValueError):
     """A training configuration that cannot work (names the setting and the reason)."""
 
 

@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from encoder.common.errors import PrismVlmError
 from encoder.common.extras import require
 from encoder.common.jsonl import iter_jsonl_strict
 from encoder.video.clips import Clip, DatasetVideo, decode_clip, is_saved_dataset
@@ -45,7 +46,7 @@ MAX_REPLACEMENTS = 20
 _BLOCK = 4096  # positions whose sources are drawn together (vectorised)
 
 
-class TrainingDataError(ValueError):
+class TrainingDataError(PrismVlmError, ValueError):
     """Training or validation data that cannot be used (names the file and the reason)."""
 
 

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import torch
 
+from encoder.common.errors import PrismVlmError
 from encoder.common.jsonl import read_jsonl_tolerant
 from encoder.training.steps import run_steps
 from encoder.training.threads import torch_threads
@@ -49,7 +50,7 @@ from vlm.training.data import (
 MODEL_DIR = "model"
 
 
-class RunDirectoryError(ValueError):
+class RunDirectoryError(PrismVlmError, ValueError):
     """The run directory holds another run (resume it, or choose another directory)."""
 
 

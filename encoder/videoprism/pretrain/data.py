@@ -27,11 +27,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from encoder.common.errors import PrismVlmError
 from encoder.common.jsonl import iter_jsonl_strict
 from encoder.video.decode import load_clip
 
 
-class ManifestError(ValueError):
+class ManifestError(PrismVlmError, ValueError):
     """A manifest line is malformed (the message names the file and line)."""
 
 

@@ -8,13 +8,14 @@ import sys
 from pathlib import Path
 
 from encoder.common.cli_arguments import FRAMES, NEW_TOKENS, POSITIVE, positive_float
+from encoder.common.errors import UsageError
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
 def read_auth(pairs: list[str] | None, auth_file: str | None) -> list[tuple[str, str]]:
     """(user, password) pairs from ``--auth USER:PASS`` flags and an ``--auth-file`` of such lines
-    (blank lines and # comments skipped). Raises ValueError on a malformed entry."""
+    (blank lines and # comments skipped). Raises UsageError (a ValueError) on a malformed entry."""
     entries = [("--auth", entry) for entry in pairs or ()]
     if auth_file is not None:
         lines = Path(auth_file).read_text(encoding="utf-8").splitlines()
@@ -24,9 +25,17 @@ def read_auth(pairs: list[str] | None, auth_file: str | None) -> list[tuple[str,
     for where, entry in entries:
         user, colon, password = entry.partition(":")
         if not colon or not user or not password:
-            raise ValueError(f"{where}: expected USER:PASSWORD")
+            raise UsageError(f"{where}: expected USER:PASSWORD")
         credentials.append((user, password))
     return credentials
+
+
+def _batch_window_ms(text: str) -> float:
+    """An argparse ``type``: a positive number of milliseconds, at most 10 000 (BatchingConfig's 10 s)."""
+    value = positive_float(text)
+    if value > 10_000:
+        raise argparse.ArgumentTypeError(f"must be at most 10000 ms, got {text}")
+    return value
 
 
 def _cmd_app(args: argparse.Namespace) -> int:
@@ -125,9 +134,9 @@ def add_subcommand(subparsers) -> None:
     app.add_argument("--max-batch", type=POSITIVE, default=8,
                      help="most requests generated together: captions, open answers and chat replies join a running batch "
                           "(default 8; 1: one at a time)")
-    app.add_argument("--batch-window-ms", type=positive_float, default=500.0,
-                     help="longest a starting batch waits for requests still being decoded (default 500 ms; a lone "
-                          "request never waits)")
+    app.add_argument("--batch-window-ms", type=_batch_window_ms, default=500.0,
+                     help="longest a starting batch waits for requests still being decoded (default 500 ms, at most "
+                          "10000; a lone request never waits)")
     app.add_argument("--queue-size", type=POSITIVE, default=64, help="requests allowed to wait (default 64)")
     app.add_argument("--search-dir", default=None,
                      help="folder of clips for the Search tab, indexed at start (a restart embeds only new clips)")

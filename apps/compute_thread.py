@@ -3,10 +3,9 @@
 torch's intra-op parallelism on CPU is OpenMP (libgomp). Every OS thread that runs a parallel
 region keeps a team of pool threads for as long as it lives, and once the teams together hold more
 threads than there are cores, libgomp cuts the time its threads spin while they wait to almost
-nothing: every parallel region then pays for putting threads to sleep and waking them. On the
-2-core development machine one decode step of 8 rows of SmolLM2-135M took 0.10-0.12 s in the only
-thread that had run torch and 0.19-0.23 s in a second thread after the first had (BENCHMARKS.md,
-issue 24).
+nothing: every parallel region then pays for putting threads to sleep and waking them, and a decode
+step in a second thread is markedly slower than in the only thread that has run torch (BENCHMARKS.md,
+"One thread runs torch", has the measurement).
 
 So the app runs all its model work in one thread, the continuous batcher's worker
 (:meth:`apps.service.ModelService.run_model_work`; search and zero-shot labels too), and loads its

@@ -11,13 +11,17 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import asdict, dataclass
-from fractions import Fraction
 from pathlib import Path
 
-import av
-
 from encoder.common.errors import PrismVlmError
-from encoder.video.decode import VIDEO_SUFFIXES, VideoDecodeError, open_video, packet_time_span, video_stream
+from encoder.video.decode import (
+    VIDEO_SUFFIXES,
+    VideoDecodeError,
+    open_video,
+    packet_time_span,
+    stream_duration,
+    video_stream,
+)
 
 __all__ = ["VIDEO_SUFFIXES", "AppLimits", "VideoInfo", "VideoRejectedError", "check_video", "probe_video"]
 
@@ -97,7 +101,9 @@ def _display_name(path: Path) -> str:
 
 def probe_video(path: str | os.PathLike) -> VideoInfo:
     """Duration and frame size from the container header (demuxing packet times only when the
-    header has no duration). Raises VideoRejectedError when the file is no readable video."""
+    header has no duration). The duration is the one the decoder samples a clip from
+    (:func:`encoder.video.decode.stream_duration`). Raises VideoRejectedError when the file is no
+    readable video."""
     path = Path(path)
     name = _display_name(path)
     try:
@@ -110,13 +116,8 @@ def probe_video(path: str | os.PathLike) -> VideoInfo:
         except VideoDecodeError as error:
             raise VideoRejectedError(f"'{name}' has no video stream.") from error
         width, height = int(stream.codec_context.width or 0), int(stream.codec_context.height or 0)
-        time_base = stream.time_base or Fraction(1, av.time_base)
-        duration = None
-        if stream.duration:
-            duration = float(stream.duration * time_base)
-        elif container.duration:
-            duration = container.duration / av.time_base
-        if duration is None or not math.isfinite(duration) or duration <= 0:
+        duration = stream_duration(container, stream)  # the length the decoder samples from
+        if duration is None:
             span = packet_time_span(container, stream)
             duration = 0.0 if span is None else span[1]
     if width <= 0 or height <= 0:

@@ -1,5 +1,5 @@
 """The app's one shared model: caption, question answering, chat and the frames the model sees,
-each a few lines over :class:`vlm.model.VideoLanguageModel`.
+each a few lines over :class:`vlm.inference.assistant.VideoAssistant`.
 
 Greedy captions, open answers and chat replies (the app's default settings) are generated with
 continuous batching (:mod:`vlm.serving.continuous_batching`): a request joins the running batch at the next
@@ -7,8 +7,8 @@ step and leaves it when its text is done, so it never waits for a whole batch, a
 streams while other requests come and go. Requests with sampling or a repetition penalty are
 collected into batches of the same settings (:mod:`apps.batching`). All model work (those batches,
 ranking candidate answers, and the search side's, :meth:`ModelService.run_model_work`) runs one
-piece at a time in the continuous batcher's worker, between steps -- on CPU torch is up to twice as
-fast in the only thread that runs it (:mod:`apps.compute_thread`) -- or under a lock for an LLM
+piece at a time in the continuous batcher's worker, between steps -- on CPU torch is faster in the only thread
+that runs it (:mod:`apps.compute_thread`) -- or under a lock for an LLM
 whose KV cache rows cannot join and leave.
 
 Every request checks its clip with :func:`apps.limits.check_video` and decodes it before any model
@@ -36,9 +36,10 @@ from apps.limits import AppLimits, VideoInfo, VideoRejectedError, check_video
 from encoder.common.errors import PrismVlmError
 from encoder.video.decode import VideoDecodeError, load_clip, sample_times
 from vlm.chat_template import recent_turns
+from vlm.inference.assistant import VideoAssistant
 from vlm.inference.generation import GenerationSettings, IncrementalText
 from vlm.inference.scoring import ScoredAnswer
-from vlm.model import VideoLanguageModel
+from vlm.model import PrismVlmForConditionalGeneration
 from vlm.serving.continuous_batching import ContinuousBatcher, ContinuousBatchingConfig, supports_continuous_batching
 
 CLIP_CACHE_SIZE = 4
@@ -158,17 +159,18 @@ def chat_text(content: object) -> str:
 
 
 class ModelService:
-    """One VideoLanguageModel shared by all requests.
+    """One glue model shared by all requests (its tasks through ``assistant``).
 
-    model: the loaded glue model; limits: what a request may ask for; model_dir: where the glue
+    model: the loaded glue model (:class:`vlm.model.PrismVlmForConditionalGeneration`); limits: what a request may ask for; model_dir: where the glue
     was loaded from (shown on the page).
     """
 
-    def __init__(self, model: VideoLanguageModel, limits: AppLimits | None = None, model_dir: str | os.PathLike | None = None,
+    def __init__(self, model: PrismVlmForConditionalGeneration, limits: AppLimits | None = None, model_dir: str | os.PathLike | None = None,
                  batching: BatchingConfig | None = None):
         if model.encoder is None:
             raise ValueError("the app needs a model with its video encoder (load it with load_video_encoder=True)")
         self.model = model
+        self.assistant = VideoAssistant(model)
         self.limits = limits or AppLimits()
         self.model_dir = None if model_dir is None else Path(model_dir)
         self._model_lock = threading.Lock()
@@ -305,11 +307,11 @@ class ModelService:
         """A caption of the clip (greedy unless ``generation`` says otherwise)."""
         settings = self._generation(max_new_tokens, generation, 32)
         if self._continuous(settings):
-            model = self.model
+            model, assistant = self.model, self.assistant
             with self._arrival():
                 clip, _ = self.load(video, num_frames)
-                stream = self._submit(lambda: model.caption_inputs(model.get_video_features(clip[None])).row(0), settings)
-            return model.caption_text(self._generated(stream))
+                stream = self._submit(lambda: assistant.caption_inputs(model.get_video_features(clip[None])).row(0), settings)
+            return assistant.caption_text(self._generated(stream))
         with self._arrival():
             clip, _ = self.load(video, num_frames)
             future = self._captioner.submit((len(clip), settings), clip)
@@ -357,13 +359,13 @@ class ModelService:
 
     def _caption_batch(self, key: tuple[int, GenerationSettings], clips: Sequence[np.ndarray]) -> list[str]:
         """Captions of same-length clips [T, S, S, 3] in one model call (key: T, generation settings)."""
-        return self.run_model_work(lambda: self.model.caption(
+        return self.run_model_work(lambda: self.assistant.caption(
             clips=torch.from_numpy(np.stack(clips)), max_new_tokens=key[1].max_new_tokens, generation=key[1]))
 
     def _answer_batch(self, key: tuple[int, GenerationSettings], requests: Sequence[tuple[str, np.ndarray]]) -> list[str]:
         """Open answers to (question, clip) pairs in one model call (key: T, generation settings)."""
         clips = torch.from_numpy(np.stack([clip for _, clip in requests]))
-        return self.run_model_work(lambda: self.model.answer(
+        return self.run_model_work(lambda: self.assistant.answer(
             [question for question, _ in requests], clips=clips, max_new_tokens=key[1].max_new_tokens, generation=key[1]))
 
     def _chat_batch(self, key: tuple[int, GenerationSettings], requests: Sequence[_ChatRequest]) -> list[BaseException | None]:
@@ -380,7 +382,7 @@ class ModelService:
         try:
             with torch.inference_mode():
                 clips = torch.from_numpy(np.stack([request.clip for request in requests]))
-                stream = self.model.chat_stream_batch([r.messages for r in requests], clips=clips,
+                stream = self.assistant.chat_stream_batch([r.messages for r in requests], clips=clips,
                                                       max_new_tokens=key[1].max_new_tokens, generation=key[1])
                 try:
                     for pieces in stream:
@@ -430,12 +432,12 @@ class ModelService:
         if candidates is not None:
             candidates = self._candidates(candidates)
         if candidates is None and self._continuous(settings):
-            model = self.model
+            model, assistant = self.model, self.assistant
             with self._arrival():
                 clip, _ = self.load(video, num_frames)
-                stream = self._submit(lambda: model.answer_inputs(model.get_video_features(clip[None]), [question]).row(0),
+                stream = self._submit(lambda: assistant.answer_inputs(model.get_video_features(clip[None]), [question]).row(0),
                                       settings)
-            return AnswerResult(model.answer_text(self._generated(stream)))
+            return AnswerResult(assistant.answer_text(self._generated(stream)))
         if candidates is None:
             with self._arrival():
                 clip, _ = self.load(video, num_frames)
@@ -443,7 +445,7 @@ class ModelService:
             return AnswerResult(future.result())
         clip, _ = self.load(video, num_frames)
         # one video/prompt prefix shared by the request's candidates
-        ranked = self.run_model_work(lambda: self.model.score_answers(question, list(candidates), clips=torch.from_numpy(clip[None])))
+        ranked = self.run_model_work(lambda: self.assistant.score_answers(question, list(candidates), clips=torch.from_numpy(clip[None])))
         return AnswerResult(ranked[0].answer, ranked)
 
     def chat_prompt(self, history: Sequence[dict], message: str | None) -> ChatPrompt:
@@ -527,10 +529,10 @@ class ModelService:
     def _continuous_chat(self, video, messages: list[dict], num_frames: int | None,
                          settings: GenerationSettings) -> Iterator[str]:
         """A greedy chat reply with continuous batching, streamed in text pieces."""
-        model = self.model
+        model, assistant = self.model, self.assistant
         with self._arrival():
             clip, _ = self.load(video, num_frames)
-            stream = self._submit(lambda: model.chat_inputs(model.get_video_features(clip[None]), [messages]).row(0),
+            stream = self._submit(lambda: assistant.chat_inputs(model.get_video_features(clip[None]), [messages]).row(0),
                                   settings, stop_at_newline=False, streaming=True)
         text = IncrementalText(model.tokenizer)
         try:

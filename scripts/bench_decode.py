@@ -39,7 +39,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from encoder.video.decode import decode_frames, sample_times  # noqa: E402
+from encoder.common.atomic_files import atomic_output_path  # noqa: E402
+from encoder.video.decode import decode_frames, sample_times, stream_duration, stream_start  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -70,14 +71,13 @@ def make_test_video(path: Path, minutes: float, height: int, fps: int, gop_secon
     width = int(round(height * 16 / 9 / 2)) * 2
     height = height // 2 * 2
     num_frames = int(round(minutes * 60 * fps))
-    tmp_path = path.with_name(path.name + ".part")
     path.parent.mkdir(parents=True, exist_ok=True)
 
     gradient = np.tile(np.linspace(16, 200, width, dtype=np.float32), (height, 1)).astype(np.uint8)
     chroma = np.full((height // 2, width), 128, dtype=np.uint8)
     square = max(height // 6, 8)
 
-    with av.open(str(tmp_path), "w", format="mp4") as container:
+    with atomic_output_path(path) as tmp_path, av.open(str(tmp_path), "w", format="mp4") as container:
         stream = container.add_stream("libx264", rate=fps)
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         stream.codec_context.gop_size = max(int(round(gop_seconds * fps)), 1)
@@ -94,7 +94,6 @@ def make_test_video(path: Path, minutes: float, height: int, fps: int, gop_secon
             frame.time_base = Fraction(1, fps)
             container.mux(stream.encode(frame))
         container.mux(stream.encode(None))
-    os.replace(tmp_path, path)
     return path
 
 
@@ -107,8 +106,7 @@ def decode_all_baseline(path: Path, num_frames: int) -> list[np.ndarray]:
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
-        start = float(stream.start_time * stream.time_base) if stream.start_time is not None else 0.0
-        duration = float(stream.duration * stream.time_base)
+        start, duration = stream_start(container, stream), stream_duration(container, stream)
         targets = sample_times(start, start + duration, num_frames)
         picked = []  # frame displayed at each target, in target order
         shown = None

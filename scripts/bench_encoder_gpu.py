@@ -1,4 +1,4 @@
-"""Issue 4, GPU: VideoPrism-B 16x288x288 clips/s by attention kernel, with the fraction of peak FLOP/s.
+"""GPU: VideoPrism-B 16x288x288 clips/s by attention kernel, with the fraction of peak FLOP/s.
 
 Paths (``--paths``), all through ``encoder.load_encoder(dir, dtype, device, attn_implementation)`` on
 the same random-init weights (transformers ``VideoPrismVisionConfig()`` = VideoPrism-B):

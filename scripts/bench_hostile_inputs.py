@@ -3,7 +3,7 @@ side by side in one run (each measurement in a fresh process, so peak memory is 
 
     python scripts/bench_hostile_inputs.py [--baseline REV] [--work DIR]
 
-Files (made with PyAV, as issue 22 describes them):
+Files (made with PyAV):
 - one_keyframe.mp4: 64x64, 100 fps, 200 s, a single keyframe (20,000 frames);
 - keyframes.mp4: the same clip with a keyframe every second (the normal case);
 - size_switch.ts: 20 frames of 64x64 then 20 of 4000x4000 (the header says 64x64).

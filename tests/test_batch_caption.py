@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from encoder.common.jsonl import cut_torn_tail, read_jsonl_tolerant
+from encoder.common.jsonl import read_jsonl_tolerant
 from encoder.video.clips import Clip, ClipListError, clips_from_feature_cache, decode_clip, list_clips
 from tests.tiny_glue import FRAMES, SIZE, build_tiny_glue, save_tiny_glue, write_clip
 from vlm.cli import main as cli
@@ -112,21 +112,6 @@ def test_folder_captions_flushed_as_they_go_errors_recorded_and_resumed(model, v
     resumed = caption_clips(model, clips, out, batch_size=4, max_new_tokens=6, num_workers=2, progress=False)
     assert resumed["captioned"] == 2 and resumed["skipped"] == 5
     assert lines(out) == rows  # torn line cut off, the two clips captioned again, identically
-
-
-def test_cut_torn_tail_moves_the_torn_bytes_aside(tmp_path):
-    path = tmp_path / "f.jsonl"
-    torn = tmp_path / "f.jsonl.torn"
-    path.write_text('{"a": 1}\n{"b": 2}\n{"c"')
-    assert cut_torn_tail(path) == 4
-    assert path.read_text() == '{"a": 1}\n{"b": 2}\n'
-    assert torn.read_text() == '{"c"\n'  # nothing is deleted
-    assert cut_torn_tail(path) == 0
-    assert path.read_text() == '{"a": 1}\n{"b": 2}\n'
-    path.write_text("no newline at all")
-    cut_torn_tail(path)
-    assert path.read_text() == ""
-    assert torn.read_text() == '{"c"\nno newline at all\n'
 
 
 def test_resume_after_a_tail_torn_inside_a_multibyte_character(model, video_dir, tmp_path):

@@ -300,41 +300,6 @@ def test_two_processes_main_writes_each_restores_its_own_rng(tmp_path):
     assert json.loads((checkpoint / "state.json").read_text())["world_size"] == 2
 
 
-def test_a_directory_saved_atomically_survives_a_failure_mid_save(tmp_path):
-    """The final glue is saved beside its folder and renamed into place: a save killed halfway leaves
-    the previous model loadable, never a mix."""
-    from encoder.common.atomic_files import save_directory_atomically
-
-    model = tmp_path / "model"
-
-    def write(version, fail=False):
-        def fill(folder):
-            folder.mkdir()
-            (folder / "config.json").write_text(version)
-            if fail:
-                raise KeyboardInterrupt  # killed between the two files
-            (folder / "weights").write_text(version * 3)
-        return fill
-
-    save_directory_atomically(model, write("v1"))
-    assert (model / "weights").read_text() == "v1v1v1"
-    with pytest.raises(KeyboardInterrupt):
-        save_directory_atomically(model, write("v2", fail=True))
-    assert (model / "config.json").read_text() == "v1" and (model / "weights").read_text() == "v1v1v1"
-    save_directory_atomically(model, write("v3"))
-    assert (model / "weights").read_text() == "v3v3v3"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # no leftovers once a save succeeds
-
-
-def test_write_file_atomically_replaces_whole(tmp_path):
-    from encoder.common.atomic_files import write_file_atomically
-
-    path = tmp_path / "meta.json"
-    write_file_atomically(path, b'{"a": 1}')
-    write_file_atomically(path, b'{"a": 2}')
-    assert path.read_bytes() == b'{"a": 2}' and sorted(p.name for p in tmp_path.iterdir()) == ["meta.json"]
-
-
 def test_report_to_is_checked_before_any_work_and_plot_on_demand(tmp_path, monkeypatch, capsys):
     import sys
 

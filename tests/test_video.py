@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from fractions import Fraction
 from pathlib import Path
 
 import av
@@ -668,3 +669,74 @@ def test_kept_frames_are_resized_right_after_conversion(tmp_path, monkeypatch):
     native = decode_frames(path, 16)
     assert {f.shape for f in native} == {(64, 64, 3), (1600, 1600, 3)}
     np.testing.assert_array_equal(clip, real(native, 32))  # same pixels as resizing afterwards
+
+
+# ------------------------------------------------------------- stream duration: one rule, app and decoder
+
+
+def _write_late_video(path: Path, first_s: float, num_frames: int = 30, fps: int = 10, audio_s: float = 0.0) -> Path:
+    """Code-frame video whose first frame is shown at ``first_s`` seconds; with ``audio_s``, an
+    audio stream from 0 to ``audio_s`` seconds comes first in the file (so the container starts
+    before the video stream)."""
+    with av.open(str(path), "w") as container:
+        audio = container.add_stream("aac", rate=16000, layout="mono") if audio_s else None
+        video = container.add_stream("libx264", rate=fps)
+        video.width, video.height, video.pix_fmt = 64, 48, "yuv420p"
+        video.codec_context.time_base = Fraction(1, fps)
+        video.options = {"preset": "ultrafast"}
+        for offset in range(0, int(audio_s * 16000), 1024):
+            frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
+            frame.sample_rate, frame.pts, frame.time_base = 16000, offset, Fraction(1, 16000)
+            container.mux(audio.encode(frame))
+        if audio is not None:
+            container.mux(audio.encode(None))
+        for i in range(num_frames):
+            frame = av.VideoFrame.from_ndarray(code_frame(i), format="rgb24").reformat(format="yuv420p")
+            frame.pts, frame.time_base = round(first_s * fps) + i, Fraction(1, fps)
+            container.mux(video.encode(frame))
+        container.mux(video.encode(None))
+    return path
+
+
+def _decoder_span(path: Path) -> tuple[float, float]:
+    import encoder.video.decode as video
+
+    with av.open(str(path)) as container:
+        info = video._stream_info(container, video.video_stream(container, path), path)
+    return info.start, info.duration
+
+
+@pytest.mark.parametrize("suffix", [".mkv", ".mp4"])
+def test_app_duration_check_measures_the_length_the_decoder_reads(tmp_path, suffix):
+    """A video stream starting at 5 s (Matroska's segment duration counts from 0, not from the first
+    frame: 8 s here): the app's --max-duration check and the decoder both take it as 3 s long, and
+    every sampled time falls inside the stream (no frame repeated past its end)."""
+    from apps.limits import AppLimits, VideoRejectedError, check_video
+
+    path = _write_late_video(tmp_path / f"late{suffix}", first_s=5.0)
+    start, duration = _decoder_span(path)
+    assert start == pytest.approx(5.0) and duration == pytest.approx(3.0)
+    assert check_video(path, AppLimits(max_duration_s=3.05)).duration_s == duration
+    with pytest.raises(VideoRejectedError, match="3.0 s long"):
+        check_video(path, AppLimits(max_duration_s=2.9))
+    frames, stats = _decode_frames_with_stats(path, 8)
+    assert stats.times[-1] < 8.0
+    assert codes(frames) == [int(math.floor((t - 5.0) * 10 + 1e-9)) for t in stats.times]
+
+
+def test_stream_starting_after_the_container_has_one_duration_everywhere(tmp_path):
+    """Audio from 0 to 6 s, video from 2 s, in Matroska (no per-stream duration in the header): the
+    rule (the container's end minus the stream's start) gives the app and the decoder one length."""
+    from apps.limits import probe_video
+    from encoder.video.decode import stream_duration, stream_start, video_stream
+
+    path = _write_late_video(tmp_path / "audio_first.mkv", first_s=2.0, audio_s=6.0)
+    with av.open(str(path)) as container:
+        stream = video_stream(container, path)
+        assert stream.duration is None and container.start_time == 0
+        end = container.duration / av.time_base
+        assert stream_start(container, stream) == pytest.approx(2.0)
+        assert stream_duration(container, stream) == pytest.approx(end - 2.0)
+    start, duration = _decoder_span(path)
+    assert start == pytest.approx(2.0)
+    assert probe_video(path).duration_s == duration == pytest.approx(end - 2.0)

@@ -1,7 +1,7 @@
 """Preparing a glue's inputs: video files sampled and preprocessed into clips, prompts tokenised,
 training examples (captions, QA pairs, conversations) tokenised with their labels.
 
-The one place video files become pixels for the glue (:meth:`vlm.model.VideoLanguageModel.load_videos`
+The one place video files become pixels for the glue (:meth:`vlm.inference.assistant.VideoAssistant.load_videos`
 and the file-level tasks go through it; the app and the batch captioner decode through
 ``encoder.video.clips`` / ``encoder.video.decode`` with their own limits).
 """
@@ -36,11 +36,11 @@ class PrismVlmProcessor:
 
     @classmethod
     def from_model(cls, model) -> PrismVlmProcessor:
-        """The processor of a ``VideoLanguageModel`` (or of the ``PrismVlmForConditionalGeneration`` wrapping one)."""
+        """The processor of a glue model (``vlm.model.PrismVlmForConditionalGeneration``)."""
         from vlm.inference.generation import stop_token_ids
 
-        vlm = getattr(model, "vlm", model)
-        return cls(vlm.tokenizer, vlm.config.num_frames, vlm.config.frame_size, stop_token_ids(vlm.llm, vlm.tokenizer))
+        return cls(model.tokenizer, model.config.num_frames, model.config.frame_size,
+                   stop_token_ids(model.llm, model.tokenizer))
 
     def __call__(self, videos=None, text=None, num_frames: int | None = None, return_tensors: str = "pt"):
         import numpy as np

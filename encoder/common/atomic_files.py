@@ -6,7 +6,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +16,6 @@ def fsync_file(path: str | os.PathLike) -> None:
     """Flush a written file's data to disk."""
     with open(path, "rb") as handle:
         os.fsync(handle.fileno())
-
-
 
 
 def write_json(path: str | os.PathLike, value: Any) -> None:
@@ -30,13 +29,33 @@ def write_json(path: str | os.PathLike, value: Any) -> None:
 def write_file_atomically(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` beside ``path``, sync it, rename it into place and sync the folder: after a
     kill or a power loss ``path`` holds either its old content or all of ``data``."""
+    with atomic_output_path(path) as temporary, open(temporary, "wb") as handle:
+        handle.write(data)
+
+
+def write_text_atomically(path: str | os.PathLike, text: str, encoding: str = "utf-8") -> None:
+    """Write ``text`` to ``path`` atomically (:func:`write_file_atomically`), making the parent folders."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_file_atomically(path, text.encode(encoding))
+
+
+@contextmanager
+def atomic_output_path(path: str | os.PathLike) -> Iterator[Path]:
+    """A temporary name beside ``path`` (``.NAME.tmp-PID``) for a writer that wants a file name
+    (safetensors, PyAV, FAISS, ...). When the block ends, the file written there is synced, renamed
+    to ``path`` and the folder synced: after a kill or a power loss ``path`` holds its old content or
+    all of the new one. When the block raises, the temporary file is removed and ``path`` left alone."""
     path = Path(path)
     temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(temporary, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
+    try:
+        yield temporary
+        fsync_file(temporary)
+        os.replace(temporary, path)
+    except BaseException:
+        with suppress(OSError):  # the writer's error is the one to report
+            temporary.unlink(missing_ok=True)
+        raise
     fsync_dir(path.parent)
 
 

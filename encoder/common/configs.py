@@ -16,6 +16,8 @@ import typing
 from pathlib import Path
 from typing import Any
 
+from encoder.common.errors import ConfigError
+
 
 def config_to_dict(config: Any) -> dict:
     """A dataclass config as plain JSON values (nested dataclasses become dicts, paths strings)."""
@@ -44,7 +46,7 @@ def _dataclass_type(annotation) -> type | None:
     return None
 
 
-def config_from_dict(cls: type, values: dict, error: type[Exception] = ValueError) -> Any:
+def config_from_dict(cls: type, values: dict, error: type[Exception] = ConfigError) -> Any:
     """Inverse of :func:`config_to_dict`: unknown or missing keys raise ``error`` naming them."""
     if not isinstance(values, dict):
         raise error(f"a {cls.__name__} must be a JSON object, got {type(values).__name__}")
@@ -76,7 +78,7 @@ def save_config(config: Any, path: str | os.PathLike) -> Path:
     return path
 
 
-def read_config_values(path: str | os.PathLike, error: type[Exception] = ValueError) -> dict:
+def read_config_values(path: str | os.PathLike, error: type[Exception] = ConfigError) -> dict:
     """The JSON object of a config file; FileNotFoundError, or ``error`` naming the file, otherwise."""
     path = Path(path)
     if not path.is_file():
@@ -90,6 +92,6 @@ def read_config_values(path: str | os.PathLike, error: type[Exception] = ValueEr
     return values
 
 
-def load_config(cls: type, path: str | os.PathLike, error: type[Exception] = ValueError, **overrides: Any) -> Any:
+def load_config(cls: type, path: str | os.PathLike, error: type[Exception] = ConfigError, **overrides: Any) -> Any:
     """Read a config file written by :func:`save_config`; ``overrides`` replace its values."""
     return config_from_dict(cls, {**read_config_values(path, error), **overrides}, error)

@@ -1,6 +1,7 @@
-"""JSON-lines files: the strict reader of hand-written manifests (:func:`iter_jsonl_strict`) and, for
+"""JSON-lines files: the strict reader of hand-written manifests (:func:`iter_jsonl_strict`); for
 files written a batch at a time by jobs that may be killed, the one tolerant reader, the one
-appender, and the repair of a torn last line.
+appender (:class:`JsonlAppender`, :func:`append_jsonl`), and the repair of a torn last line; and the
+writer of a whole file at once, atomically (:func:`write_jsonl_atomically`).
 
 A writer killed mid-line leaves a last line without its newline, possibly cut inside a multi-byte
 UTF-8 character. Readers skip such a line (and any line that is not valid UTF-8 JSON holding an
@@ -12,10 +13,26 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
+from encoder.common.atomic_files import write_text_atomically
+
 TORN_SUFFIX = ".torn"
+
+
+def jsonl_text(rows: Iterable[dict], ensure_ascii: bool = False) -> str:
+    """``rows`` as JSON lines (one ``json.dumps`` per row, each ending in a newline)."""
+    return "".join(json.dumps(row, ensure_ascii=ensure_ascii) + "\n" for row in rows)
+
+
+def write_jsonl_atomically(path: str | os.PathLike, rows: Iterable[dict], ensure_ascii: bool = False) -> int:
+    """Write ``rows`` as the whole of ``path`` (JSON lines, UTF-8), atomically: after a kill ``path``
+    holds its old content or all of the new one (:func:`~encoder.common.atomic_files.write_file_atomically`).
+    Makes the parent folders. Returns the number of rows."""
+    rows = list(rows)
+    write_text_atomically(path, jsonl_text(rows, ensure_ascii))
+    return len(rows)
 
 
 def iter_jsonl_tolerant(path: str | os.PathLike) -> Iterator[dict]:
@@ -108,21 +125,27 @@ def cut_torn_tail(path: str | os.PathLike) -> int:
 
 class JsonlAppender:
     """Appends JSON lines to a file (its torn tail moved aside first), flushed and synced to disk
-    after every :meth:`write`, so a killed job loses at most the write in flight."""
+    after every :meth:`write`, so a killed job loses at most the write in flight.
 
-    def __init__(self, path: str | os.PathLike, ensure_ascii: bool = False):
+    sync=False: flushed to the operating system after every write but not synced to disk (a killed
+    process loses nothing written; a power loss may lose the last writes), for frequent small writes
+    such as per-step metrics."""
+
+    def __init__(self, path: str | os.PathLike, ensure_ascii: bool = False, sync: bool = True):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         cut_torn_tail(self.path)
         self._ensure_ascii = ensure_ascii
+        self._sync = sync
         self._handle = open(self.path, "a", encoding="utf-8")
 
     def write(self, rows: Sequence[dict]) -> None:
         if not rows:
             return
-        self._handle.write("".join(json.dumps(row, ensure_ascii=self._ensure_ascii) + "\n" for row in rows))
+        self._handle.write(jsonl_text(rows, self._ensure_ascii))
         self._handle.flush()
-        os.fsync(self._handle.fileno())
+        if self._sync:
+            os.fsync(self._handle.fileno())
 
     def close(self) -> None:
         self._handle.close()
@@ -132,3 +155,17 @@ class JsonlAppender:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def append_jsonl(
+    path: str | os.PathLike, rows: Iterable[dict], ensure_ascii: bool = False, sync: bool = True
+) -> None:
+    """Append ``rows`` to ``path`` as JSON lines, once (a :class:`JsonlAppender` opened for one
+    write: the torn tail moved aside first, the lines flushed and, unless ``sync=False``, synced to
+    disk). Makes the parent folders; nothing is written (the file is not created) when ``rows`` is
+    empty."""
+    rows = list(rows)
+    if not rows:
+        return
+    with JsonlAppender(path, ensure_ascii=ensure_ascii, sync=sync) as appender:
+        appender.write(rows)

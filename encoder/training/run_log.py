@@ -22,15 +22,18 @@ TRACKERS_DIR = "trackers"  # under a run directory: where local trackers (Tensor
 
 
 def check_report_to(report_to: str) -> str | None:
-    """'none' -> None; a tracker name -> itself, once its package imports (ValueError otherwise)."""
+    """'none' -> None; a tracker name -> itself, once its package imports (TrainConfigError, a
+    ValueError, otherwise)."""
+    from encoder.training.run import TrainConfigError
+
     if report_to not in REPORT_TO:
-        raise ValueError(f"report_to must be one of {REPORT_TO}, got {report_to!r}")
+        raise TrainConfigError(f"report_to must be one of {REPORT_TO}, got {report_to!r}")
     if report_to == "none":
         return None
     import importlib.util
 
     if importlib.util.find_spec(report_to) is None:
-        raise ValueError(f"report_to {report_to!r} needs the {report_to} package: pip install {report_to}")
+        raise TrainConfigError(f"report_to {report_to!r} needs the {report_to} package: pip install {report_to}")
     return report_to
 
 

@@ -132,11 +132,11 @@ def list_videos(source: str | os.PathLike) -> list[str]:
     if source.is_dir():
         videos = [str(p) for p in _folder_videos(source)]
         if not videos:
-            raise ValueError(f"{source}: no video files ({', '.join(sorted(VIDEO_SUFFIXES))}) in this folder")
+            raise ClipListError(f"{source}: no video files ({', '.join(sorted(VIDEO_SUFFIXES))}) in this folder")
         return videos
-    videos = [clip.source for clip in _manifest_clips(source, ValueError)]
+    videos = [clip.source for clip in _manifest_clips(source)]
     if not videos:
-        raise ValueError(f"{source}: lists no videos")
+        raise ClipListError(f"{source}: lists no videos")
     return list(dict.fromkeys(videos))
 
 
@@ -246,7 +246,7 @@ def decode_clip(clip: Clip, num_frames: int, size: int) -> np.ndarray:
         if isinstance(value, dict):
             value = value.get("path")
         if value is None:
-            raise ValueError(f"{source} holds no video")
+            raise ClipListError(f"{source} holds no video")
         if not isinstance(value, str):
             value = np.asarray(value)  # frames [T, H, W, 3]
         return load_clip(value, num_frames=num_frames, size=size, start=clip.start, end=clip.end)

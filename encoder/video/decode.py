@@ -82,6 +82,8 @@ __all__ = [
     "packet_time_span",
     "resize_shorter_side",
     "sample_times",
+    "stream_duration",
+    "stream_start",
     "video_stream",
 ]
 
@@ -608,27 +610,15 @@ def _video_stream(container: av.container.InputContainer, path: Path) -> av.vide
 def _stream_info(
     container: av.container.InputContainer, stream: av.video.stream.VideoStream, path: Path
 ) -> _StreamInfo:
-    time_base = stream.time_base or Fraction(1, av.time_base)
-    if stream.start_time is not None:
-        start = float(stream.start_time * time_base)
-    elif container.start_time is not None:
-        start = container.start_time / av.time_base
-    else:
-        start = 0.0
-
-    duration = None
-    if stream.duration:
-        duration = float(stream.duration * time_base)
-    elif container.duration:
-        container_start = container.start_time / av.time_base if container.start_time is not None else start
-        duration = container.duration / av.time_base - (start - container_start)
+    start = stream_start(container, stream)
+    duration = stream_duration(container, stream)
 
     rate = stream.average_rate or stream.guessed_rate or stream.base_rate
     fps = float(rate) if rate and 0 < float(rate) < 1000 else None
     if fps is None and duration and stream.frames:
         fps = stream.frames / duration
 
-    if duration is None or not math.isfinite(duration) or duration <= 0:
+    if duration is None:
         with _open(path) as scan:
             span = packet_time_span(scan, _video_stream(scan, path))
         if span is None:
@@ -639,6 +629,42 @@ def _stream_info(
     can_seek = not formats & {"gif", "image2", "image2pipe"}
     indexed = bool(formats & {"mov", "mp4", "avi", "matroska", "webm"})
     return _StreamInfo(start=start, duration=duration, fps=fps, can_seek=can_seek, indexed=indexed)
+
+
+def stream_start(container: av.container.InputContainer, stream: av.stream.Stream) -> float:
+    """Presentation time, in seconds, where ``stream`` starts (where a clip's window is counted from):
+    the stream's own start time, else the container's, else 0."""
+    if stream.start_time is not None:
+        return float(stream.start_time * (stream.time_base or Fraction(1, av.time_base)))
+    if container.start_time is not None:
+        return container.start_time / av.time_base
+    return 0.0
+
+
+def stream_duration(container: av.container.InputContainer, stream: av.stream.Stream) -> float | None:
+    """Length of ``stream`` in seconds as the header tells it, counted from :func:`stream_start`: the
+    length the decoder samples a clip from and the app checks against its duration limit.
+
+    The rule: the stream's own duration when the header gives one (mp4/mov, MPEG-TS, ...); else
+    (Matroska/WebM, ...) the container's end minus the stream's start. The container ends at its
+    start time plus its duration, except in Matroska/WebM, whose segment duration is counted from
+    timestamp 0 rather than from the first frame, so there it ends at its duration. (A stream that
+    ends before other streams of the container is then taken to last to the container's end.)
+
+    None when this gives no finite, positive length: measure the packets then (:func:`packet_time_span`).
+    """
+    duration = None
+    if stream.duration:
+        duration = float(stream.duration * (stream.time_base or Fraction(1, av.time_base)))
+    elif container.duration:
+        start = stream_start(container, stream)
+        end = container.duration / av.time_base
+        if not {"matroska", "webm"} & set(container.format.name.split(",")):
+            end += container.start_time / av.time_base if container.start_time is not None else start
+        duration = end - start
+    if duration is None or not math.isfinite(duration) or duration <= 0:
+        return None
+    return duration
 
 
 def packet_time_span(

@@ -386,7 +386,9 @@ def save_converted(
     model.save_pretrained(out_dir, safe_serialization=True)
     if sentencepiece_model is not None:
         if not isinstance(model, VideoPrismClipModel):
-            raise ValueError("a tokenizer only makes sense for a video-text checkpoint (it has a text tower)")
+            raise CheckpointFormatError(
+                "a tokenizer only makes sense for a video-text checkpoint (it has a text tower)"
+            )
         from encoder.videoprism.text_tokenizer import save_videoprism_tokenizer
 
         save_videoprism_tokenizer(sentencepiece_model, out_dir, max_length=model.config.text_config.max_position_embeddings)

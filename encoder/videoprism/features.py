@@ -27,7 +27,7 @@ import hashlib
 import json
 import os
 import warnings
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -38,9 +38,9 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from transformers import VideoPrismVisionModel
 
-from encoder.common.atomic_files import fsync_dir, fsync_file, write_file_atomically
-from encoder.common.errors import PrismVlmError
-from encoder.common.jsonl import JsonlAppender, read_jsonl_tolerant
+from encoder.common.atomic_files import atomic_output_path, write_file_atomically
+from encoder.common.errors import PrismVlmError, UsageError
+from encoder.common.jsonl import append_jsonl, read_jsonl_tolerant, write_jsonl_atomically
 from encoder.video.clips import Clip, iter_decoded_batches
 from encoder.videoprism.factorized import encode_tokens
 
@@ -128,11 +128,6 @@ def encoder_identity(model: VideoPrismVisionModel) -> tuple[str, str]:
     source = getattr(model, "prism_source", None) or model.config.name_or_path or "unknown"
     config_json = json.dumps(model.config.to_diff_dict(), sort_keys=True, default=str)
     return str(source), hashlib.sha1(config_json.encode()).hexdigest()
-
-
-def _append_jsonl(path: Path, rows: Iterable[dict]) -> None:
-    with JsonlAppender(path, ensure_ascii=True) as appender:
-        appender.write(list(rows))
 
 
 class FeatureCache:
@@ -278,7 +273,7 @@ def check_cache_meta(cache_dir: str | os.PathLike, meta: CacheMeta) -> bool:
         return False
     existing = CacheMeta(**json.loads(meta_path.read_text()))
     if settings(existing) != settings(meta):
-        raise ValueError(
+        raise UsageError(
             f"{cache_dir} was written with different settings ({asdict(existing)}); "
             f"use another directory for {asdict(meta)}"
         )
@@ -310,7 +305,7 @@ def _drop_unreadable_shards(cache_dir: Path) -> list[str]:
             if (cache_dir / name).exists():
                 os.replace(cache_dir / name, cache_dir / (name + ".corrupt"))
         kept = [row for row in rows if row["shard"] not in set(bad)]
-        write_file_atomically(index_path, "".join(json.dumps(row) + "\n" for row in kept).encode())
+        write_jsonl_atomically(index_path, kept, ensure_ascii=True)
     return bad
 
 
@@ -347,18 +342,18 @@ def _extract_locked(encode_batch, meta, videos, cache_dir, batch_size, shard_siz
         if not pending_paths:
             return
         name = f"shard-{next_shard:05d}.safetensors"
-        temporary = cache_dir / (name + ".tmp")
-        save_file({"tokens": torch.cat(pending_tokens).contiguous()}, str(temporary))
-        fsync_file(temporary)
-        os.replace(temporary, cache_dir / name)
-        fsync_dir(cache_dir)  # the shard's name is on disk before the index lines that point at it
-        _append_jsonl(
+        # synced and renamed into place, folder synced: the shard is on disk before the index lines
+        # that point at it
+        with atomic_output_path(cache_dir / name) as temporary:
+            save_file({"tokens": torch.cat(pending_tokens).contiguous()}, str(temporary))
+        append_jsonl(
             index_path,
             (
                 {"video": path, "shard": name, "row": row, "frames": num_frames, "encoder": source}
                 | ({"crop": crop} if crops else {})
                 for row, (path, crop) in enumerate(zip(pending_paths, pending_crops))
             ),
+            ensure_ascii=True,
         )
         next_shard += 1
         pending_paths.clear()
@@ -372,7 +367,7 @@ def _extract_locked(encode_batch, meta, videos, cache_dir, batch_size, shard_siz
             good = [(clip.id, frames) for clip, frames, error in items if error is None]  # frames [T, S, S, 3] or [1 + crops, ...]
             bad = [{"video": clip.id, "error": error} for clip, _, error in items if error is not None]
             if bad:
-                _append_jsonl(errors_path, bad)
+                append_jsonl(errors_path, bad, ensure_ascii=True)
                 counts["errors"] += len(bad)
             if good:
                 views = 1 + crops

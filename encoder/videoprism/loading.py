@@ -22,7 +22,7 @@ import torch
 from transformers import AutoConfig, VideoPrismVisionConfig, VideoPrismVisionModel
 from transformers.utils import logging as transformers_logging
 
-from encoder.videoprism.convert import convert_checkpoint
+from encoder.videoprism.convert import CheckpointFormatError, convert_checkpoint
 
 _DTYPES = {
     "fp32": torch.float32,
@@ -127,7 +127,7 @@ def load_encoder(
         elif config.model_type == "videoprism_vision_model":
             model = VideoPrismVisionModel.from_pretrained(source_str, **kwargs)
         else:
-            raise ValueError(
+            raise CheckpointFormatError(
                 f"{source_str} holds a '{config.model_type}' model, not a VideoPrism vision or video-text model"
             )
     model = frozen(model, torch_dtype, device)

@@ -11,18 +11,20 @@ import json
 import sys
 
 from encoder.common.cli_arguments import FRAMES, NEW_TOKENS, POSITIVE
+from encoder.common.errors import UsageError
 
 HELP = "/reset starts a new conversation about the same video, /quit (or Ctrl-D) leaves"
 
 
 class ChatSession:
     """The turns of one chat about one video's encoder tokens, the history in the prompt bounded to the
-    last ``max_exchanges`` exchanges as in the app (the video stays at the start of the first kept user turn)."""
+    last ``max_exchanges`` exchanges as in the app (the video stays at the start of the first kept user turn).
+    assistant: a :class:`vlm.inference.assistant.VideoAssistant`; video_tokens: [1, M, D]."""
 
-    def __init__(self, model, video_tokens, max_new_tokens: int, max_exchanges: int = 8, generation=None):
+    def __init__(self, assistant, video_tokens, max_new_tokens: int, max_exchanges: int = 8, generation=None):
         if max_exchanges < 1:
             raise ValueError(f"max_exchanges must be >= 1, got {max_exchanges}")
-        self.model, self.video_tokens = model, video_tokens
+        self.assistant, self.video_tokens = assistant, video_tokens
         self.max_new_tokens, self.max_exchanges = max_new_tokens, max_exchanges
         self.generation = generation  # vlm.inference.generation.GenerationSettings (None: greedy)
         self.turns: list[dict] = []  # every turn, for --json
@@ -34,14 +36,15 @@ class ChatSession:
     def send(self, message: str):
         """Stream the reply to ``message`` piece by piece; the exchange joins the history at the end."""
         from vlm.chat_template import recent_turns
+        from vlm.prompts import ChatMessagesError
 
         text = " ".join(message.split())
         if not text:
-            raise ValueError("the message is empty")
+            raise ChatMessagesError("the message is empty")
         messages = recent_turns(self.history, self.max_exchanges) + [{"role": "user", "content": text}]
         pieces = []
-        for piece in self.model.chat_stream(messages, video_tokens=self.video_tokens, max_new_tokens=self.max_new_tokens,
-                                            generation=self.generation):
+        for piece in self.assistant.chat_stream(messages, video_tokens=self.video_tokens,
+                                                max_new_tokens=self.max_new_tokens, generation=self.generation):
             if not pieces:
                 piece = piece.lstrip()  # the reply as recorded: no leading space
                 if not piece:
@@ -59,18 +62,19 @@ def open_session(args: argparse.Namespace) -> ChatSession:
 
     from encoder.videoprism.features import encode_clips
     from encoder.videoprism.loading import default_device
-    from vlm.model import MissingVideoInputError, load_model
+    from vlm.inference.assistant import load_assistant
+    from vlm.model import MissingVideoInputError
 
     device = args.device or default_device()
-    model = load_model(args.model, device=device)
-    if model.encoder is None:
+    assistant = load_assistant(args.model, device=device)
+    if assistant.model.encoder is None:
         raise MissingVideoInputError("the model has no video encoder to read the video with")
-    clips = model.load_videos([args.video], args.frames)
+    clips = assistant.load_videos([args.video], args.frames)
     with torch.inference_mode():
-        tokens = encode_clips(model.encoder, clips)
+        tokens = encode_clips(assistant.model.encoder, clips)
     from vlm.cli.main import generation_settings
 
-    return ChatSession(model, tokens, args.max_new_tokens, args.max_exchanges, generation_settings(args))
+    return ChatSession(assistant, tokens, args.max_new_tokens, args.max_exchanges, generation_settings(args))
 
 
 def _one_shot(session: ChatSession, messages: list[str], as_json: bool, video: str) -> int:
@@ -119,9 +123,9 @@ def _interactive(session: ChatSession) -> int:
 
 def _cmd_chat(args: argparse.Namespace) -> int:
     if args.json and not args.message:
-        raise ValueError("--json needs --message (the interactive chat prints as it goes)")
+        raise UsageError("--json needs --message (the interactive chat prints as it goes)")
     if any(not m.strip() for m in args.message or []):
-        raise ValueError("--message must not be empty")
+        raise UsageError("--message must not be empty")
     session = open_session(args)
     if args.message:
         return _one_shot(session, args.message, args.json, args.video)

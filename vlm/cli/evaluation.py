@@ -10,6 +10,7 @@ import json
 
 from encoder.common.atomic_files import write_json
 from encoder.common.cli_arguments import NEW_TOKENS, NON_NEGATIVE, POSITIVE
+from encoder.common.errors import UsageError
 
 
 def write_outputs(args: argparse.Namespace, results: dict, markdown: str) -> None:
@@ -55,16 +56,16 @@ def _cmd_eval_qa(args: argparse.Namespace) -> int:
 
         candidates = read_candidates(path=args.candidates_file)
     if args.mode == "open" and (args.k is not None or args.tune_k_on or candidates is not None):
-        raise ValueError("--k, --tune-k-on and --candidates-file apply to --mode closed")
+        raise UsageError("--k, --tune-k-on and --candidates-file apply to --mode closed")
 
     from encoder.videoprism.features import FeatureCache
-    from vlm.model import load_model
+    from vlm.inference.assistant import load_assistant
 
     features = FeatureCache(args.features) if args.features else None
     device = args.device or default_device()
-    model = load_model(args.model, device=device, load_video_encoder=features is None)
+    assistant = load_assistant(args.model, device=device, load_video_encoder=features is None)
     results, records = evaluate_qa(
-        model, test, args.mode, train=train, val=val, num_shots=args.num_shots, seed=args.seed, k=args.k,
+        assistant, test, args.mode, train=train, val=val, num_shots=args.num_shots, seed=args.seed, k=args.k,
         tune=bool(args.tune_k_on), candidates=candidates, extra_vocabulary=extra, wups_scorer=wups_scorer,
         batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, features=features,
         num_workers=args.workers, progress=not args.no_progress,
@@ -110,10 +111,11 @@ def add_subcommand(subparsers) -> None:
     qa.add_argument("--data", required=True, help='test JSONL of {"video", "question", "answer", ["type"]}')
     qa.add_argument("--mode", required=True, choices=["open", "closed"], help="greedy answers, or ranked candidates")
     k_choice = qa.add_mutually_exclusive_group()
-    k_choice.add_argument("--k", type=int, default=None, help="closed vocabulary size (default 250)")
+    k_choice.add_argument("--k", type=POSITIVE, default=None, help="closed vocabulary size (default 250)")
     k_choice.add_argument("--tune-k-on", default=None, metavar="VAL", help="choose K over 100/250/500/1000/2000 on this val JSONL")
     qa.add_argument("--shots", default=None, metavar="TRAIN", help="training JSONL: two-shot prompts and the vocabulary")
-    qa.add_argument("--num-shots", type=int, default=2, help="text-only examples drawn from --shots (default 2)")
+    qa.add_argument("--num-shots", type=NON_NEGATIVE, default=2,
+                    help="text-only examples drawn from --shots (default 2)")
     qa.add_argument("--seed", type=int, default=0, help="seed for drawing the shot questions (default 0)")
     qa.add_argument("--extra-vocab", nargs="*", default=[], metavar="QA", help="more QA files whose answers join the vocabulary")
     qa.add_argument("--candidates-file", default=None, help="closed vocabulary given explicitly, one answer per line")

@@ -16,6 +16,13 @@ from encoder.common.cli_arguments import (
     int_range,
     positive_float,
 )
+from encoder.common.errors import PrismVlmError, UsageError
+
+# Shown as one line: every error the package raises for what the user gave (PrismVlmError), and the
+# operating system's answer about a path the user named. A plain ValueError, RuntimeError ... is a bug.
+USER_ERRORS: tuple[type[BaseException], ...] = (
+    PrismVlmError, FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError,
+)
 
 # Modules that add their own subcommands: each defines ``add_subcommand(subparsers)`` and imports
 # nothing heavy at module level (torch, transformers ... are imported inside the command function).
@@ -46,7 +53,7 @@ def _cmd_features(args: argparse.Namespace) -> int:
 
     videos = list_videos(args.videos)  # a bad manifest is reported before the encoder loads
     device = args.device or default_device()
-    model = load_encoder(args.model, device=device)
+    model = load_encoder(args.encoder, device=device)
     counts = extract_features(
         model,
         videos,
@@ -74,11 +81,11 @@ def _cmd_caption(args: argparse.Namespace) -> int:
     if args.out is not None or args.video_source is not None or args.features is not None:
         return _cmd_caption_to_file(args)
     if not args.videos:
-        raise ValueError("give video files, or --videos DIR|MANIFEST|DATASET (or --features CACHE) with --out FILE")
-    from vlm.model import load_model
+        raise UsageError("give video files, or --videos DIR|MANIFEST|DATASET (or --features CACHE) with --out FILE")
+    from vlm.inference.assistant import load_assistant
 
-    model = load_model(args.model, device=args.device or default_device())
-    captions = model.caption_videos(
+    assistant = load_assistant(args.model, device=args.device or default_device())
+    captions = assistant.caption_videos(
         args.videos, num_frames=args.frames, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
         generation=generation_settings(args),
         progress=len(args.videos) > args.batch_size,
@@ -98,13 +105,13 @@ def _cmd_caption_to_file(args: argparse.Namespace) -> int:
     from encoder.video.clips import clips_from_feature_cache, list_clips
     from encoder.videoprism.features import FeatureCache
     from encoder.videoprism.loading import default_device
+    from vlm.inference.assistant import load_assistant
     from vlm.inference.batch_caption import caption_clips, errors_path_for
-    from vlm.model import load_model
 
     if args.out is None:
-        raise ValueError("--videos and --features write JSONL: give --out FILE")
+        raise UsageError("--videos and --features write JSONL: give --out FILE")
     if args.videos and args.video_source is not None:
-        raise ValueError("give video files or --videos, not both")
+        raise UsageError("give video files or --videos, not both")
     features = FeatureCache(args.features) if args.features is not None else None
     if args.video_source is not None:
         clips = list_clips(args.video_source, video_column=args.video_column, id_column=args.id_column, split=args.split)
@@ -113,13 +120,13 @@ def _cmd_caption_to_file(args: argparse.Namespace) -> int:
     elif features is not None:
         clips = clips_from_feature_cache(features)
     else:
-        raise ValueError("nothing to caption: give --videos or --features")
+        raise UsageError("nothing to caption: give --videos or --features")
     # Under `accelerate launch` (or torchrun) each process takes a shard; without CUDA they use gloo.
     state = PartialState(cpu=(args.device or "").startswith("cpu") or default_device() == "cpu")
-    model = load_model(args.model, device=args.device or state.device, load_video_encoder=features is None)
+    assistant = load_assistant(args.model, device=args.device or state.device, load_video_encoder=features is None)
     errors_path = args.errors or errors_path_for(args.out)
     counts = caption_clips(
-        model, clips, args.out, errors_path=errors_path, batch_size=args.batch_size,
+        assistant, clips, args.out, errors_path=errors_path, batch_size=args.batch_size,
         max_new_tokens=args.max_new_tokens, generation=generation_settings(args), num_frames=args.frames, features=features,
         num_workers=args.workers, progress=not args.no_progress, state=state,
     )
@@ -132,14 +139,14 @@ def _cmd_caption_to_file(args: argparse.Namespace) -> int:
 
 def _cmd_ask(args: argparse.Namespace) -> int:
     from encoder.videoprism.loading import default_device
+    from vlm.inference.assistant import load_assistant
     from vlm.inference.scoring import read_candidates
-    from vlm.model import load_model
     from vlm.prompts import load_shots
 
     candidates = read_candidates(args.candidates, args.candidates_file)
     shots = load_shots(args.shots) if args.shots else ()
-    model = load_model(args.model, device=args.device or default_device())
-    result = model.ask_video(
+    assistant = load_assistant(args.model, device=args.device or default_device())
+    result = assistant.ask_video(
         args.video, args.question, candidates=candidates, shots=shots,
         num_frames=args.frames, max_new_tokens=args.max_new_tokens, generation=generation_settings(args),
     )
@@ -185,7 +192,9 @@ def build_parser() -> argparse.ArgumentParser:
     convert.set_defaults(func=_cmd_convert)
 
     features = sub.add_parser("features", help="encode videos with a frozen VideoPrism and cache the tokens")
-    features.add_argument("--model", required=True, help="Hub id, transformers directory or official .npz")
+    features.add_argument("--encoder", "--model", dest="encoder", required=True, metavar="SRC",
+                          help="VideoPrism encoder: Hub id, transformers directory or official .npz "
+                          "(--model: the old spelling, deprecated)")
     features.add_argument("--videos", required=True, help="folder of videos, JSONL manifest or text list")
     features.add_argument("--out", required=True, help="cache directory (resumed if it exists)")
     features.add_argument("--frames", type=FRAMES, default=16)
@@ -278,11 +287,17 @@ def _add_vlm_options(command: argparse.ArgumentParser) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command. A user error (:data:`USER_ERRORS`: a bad flag, file, manifest or model
+    directory) is one line on stderr and exit code 2, Ctrl-C exit code 130; anything else is a bug
+    and propagates with its traceback. Bad flags exit 2 with argparse's usage line."""
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (FileNotFoundError, ValueError, ImportError) as error:  # ImportError: an optional extra not installed
-        print(f"prism-vlm {args.command}: error: {error}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print(f"prism-vlm {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except USER_ERRORS as error:
+        print(f"prism-vlm {args.command}: error: {str(error) or type(error).__name__}", file=sys.stderr)
         return 2
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 
 from encoder.common.cli_arguments import ConfigFlags
+from encoder.common.errors import UsageError
 
 # Short spellings kept beside the generated --field-name flags.
 _COMMON_ALIASES = {"output_dir": "--out", "train_manifests": "--train", "max_steps": "--steps", "learning_rate": "--lr",
@@ -64,7 +65,7 @@ def config_from_args(cls, args: argparse.Namespace):
     if args.restart:
         values["resume"] = False
     if not values.get("output_dir"):
-        raise ValueError("give --out DIR (the run directory), or a --config file with output_dir")
+        raise UsageError("give --out DIR (the run directory), or a --config file with output_dir")
     return config_from_dict(cls, values)
 
 

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from encoder.common.cli_arguments import FRAME_SIZE, FRAMES, NON_NEGATIVE, POSITIVE, int_range
+from encoder.common.errors import UsageError
 from vlm.cli.evaluation import add_output_options, write_outputs
 
 TOP_K = int_range(1, 10_000)
@@ -19,8 +20,8 @@ def _load_model(args: argparse.Namespace):
     from vlm.retrieval.video_text_model import default_video_text_model, load_video_text_model
 
     return load_video_text_model(
-        args.model or default_video_text_model(), tokenizer=args.tokenizer, device=args.device or default_device(),
-        num_frames=args.frames, frame_size=args.size,
+        args.video_text_model or default_video_text_model(), tokenizer=args.tokenizer,
+        device=args.device or default_device(), num_frames=args.frames, frame_size=args.size,
     )
 
 
@@ -51,16 +52,17 @@ def _cmd_index(args: argparse.Namespace) -> int:
 
 def _cmd_search(args: argparse.Namespace) -> int:
     from encoder.videoprism.loading import default_device
-    from vlm.retrieval.index import VideoIndex, load_index_model
+    from vlm.retrieval.index import VideoIndex, VideoIndexError, load_index_model
 
     if args.video is not None:
         return _search_texts(args)
     if args.index is None or not args.queries:
-        raise ValueError("give INDEX and one or more text queries (or --video CLIP --texts FILE for video to text)")
+        raise UsageError("give INDEX and one or more text queries (or --video CLIP --texts FILE for video to text)")
     index = VideoIndex.load(args.index)
     if not len(index):
-        raise ValueError(f"the index {args.index} holds no clips")
-    model = load_index_model(index, device=args.device or default_device(), model=args.model, tokenizer=args.tokenizer)
+        raise VideoIndexError(f"the index {args.index} holds no clips")
+    model = load_index_model(index, device=args.device or default_device(), model=args.video_text_model,
+                             tokenizer=args.tokenizer)
     scores, rows = index.search(model.embed_texts(args.queries), args.top, args.backend)
     results = [
         {"query": query, "results": [{"rank": rank + 1, "video": index.videos[int(row)], "score": float(score)}
@@ -77,13 +79,13 @@ def _search_texts(args: argparse.Namespace) -> int:
     from vlm.retrieval.zero_shot import read_lines
 
     if args.texts is None:
-        raise ValueError("--video needs --texts FILE (the captions to rank, one per line)")
+        raise UsageError("--video needs --texts FILE (the captions to rank, one per line)")
     if args.index is not None:
         from encoder.videoprism.loading import default_device
         from vlm.retrieval.index import VideoIndex, load_index_model
 
-        model = load_index_model(VideoIndex.load(args.index), device=args.device or default_device(), model=args.model,
-                                 tokenizer=args.tokenizer)
+        model = load_index_model(VideoIndex.load(args.index), device=args.device or default_device(),
+                                 model=args.video_text_model, tokenizer=args.tokenizer)
     else:
         model = _load_model(args)
     texts = read_lines(args.texts, "texts", 1_000_000)
@@ -178,8 +180,10 @@ def _cmd_eval_zeroshot(args: argparse.Namespace) -> int:
 
 
 def _add_model_options(command: argparse.ArgumentParser, frames: bool = True) -> None:
-    command.add_argument("--model", default=None, help="video-text model: official LvT .npz, transformers directory or "
-                         "Hub id, or a stage-1 / LiT output (default: $PRISM_VLM_VIDEO_TEXT_MODEL, else the demo's)")
+    command.add_argument("--video-text-model", "--model", dest="video_text_model", default=None, metavar="SRC",
+                         help="video-text model: official LvT .npz, transformers directory or Hub id, or a stage-1 / "
+                         "LiT output (default: $PRISM_VLM_VIDEO_TEXT_MODEL, else the demo's; --model: the old "
+                         "spelling, deprecated)")
     command.add_argument("--tokenizer", default=None,
                          help="SentencePiece .model or tokenizer directory (needed for an .npz)")
     command.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")

@@ -11,6 +11,7 @@ import argparse
 import json
 
 from encoder.common.cli_arguments import ConfigFlags
+from encoder.common.errors import UsageError
 
 DESCRIPTION = """\
 Train the resampler with the LM loss (paper defaults: AdamW 0.9/0.999, wd 1e-4, lr 5e-4, linear
@@ -63,7 +64,7 @@ def _columns(pairs) -> dict[str, str]:
     for pair in pairs or ():
         key, sep, value = pair.partition("=")
         if not sep or not key or not value:
-            raise ValueError(f"--column takes KEY=COLUMN (e.g. caption=sentences), got {pair!r}")
+            raise UsageError(f"--column takes KEY=COLUMN (e.g. caption=sentences), got {pair!r}")
         columns[key] = value
     return columns
 
@@ -92,7 +93,7 @@ def config_from_args(args: argparse.Namespace):
                      for key, value in overrides.items()}
         return TrainConfig.from_json(base, **overrides)
     if "output_dir" not in overrides:
-        raise ValueError("give --output-dir (or --config FILE.json)")
+        raise UsageError("give --output-dir (or --config FILE.json)")
     return TrainConfig(**overrides)
 
 

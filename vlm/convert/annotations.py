@@ -46,10 +46,12 @@ from __future__ import annotations
 import csv
 import json
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from pathlib import Path
 
+from encoder.common.atomic_files import write_text_atomically
 from encoder.common.errors import PrismVlmError
+from encoder.common.jsonl import write_jsonl_atomically
 
 QA_SPLITS = ("train", "val", "test")
 
@@ -67,16 +69,6 @@ def _load_json(path: Path):
 
 def _relative(video: Path, out: Path) -> str:
     return Path(os.path.relpath(video.resolve(), out.resolve())).as_posix()
-
-
-def _write_jsonl(path: Path, rows: Iterable[dict]) -> int:
-    rows = list(rows)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(path.name + ".tmp")
-    with open(temporary, "w", encoding="utf-8") as handle:
-        handle.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
-    os.replace(temporary, path)
-    return len(rows)
 
 
 def _require(path: Path, what: str) -> dict | list:
@@ -100,8 +92,10 @@ def _field(row: dict, key: str, path: Path, index: int):
 def _write_qa_split(out: Path, split: str, rows: list[dict]) -> dict[str, int]:
     videos = list(dict.fromkeys(row["video"] for row in rows))
     return {
-        str(out / f"{split}.jsonl"): _write_jsonl(out / f"{split}.jsonl", rows),
-        str(out / f"{split}_videos.jsonl"): _write_jsonl(out / f"{split}_videos.jsonl", ({"video": v} for v in videos)),
+        str(out / f"{split}.jsonl"): write_jsonl_atomically(out / f"{split}.jsonl", rows),
+        str(out / f"{split}_videos.jsonl"): write_jsonl_atomically(
+            out / f"{split}_videos.jsonl", ({"video": v} for v in videos)
+        ),
     }
 
 
@@ -195,8 +189,8 @@ def convert_nextqa(src: Path, out: Path) -> dict[str, int]:
 def _write_caption_split(out: Path, split: str, clips: list[dict], captions: dict[str, list[str]]) -> dict[str, int]:
     clips = [clip for clip in clips if captions.get(clip["id"])]
     return {
-        str(out / f"{split}_videos.jsonl"): _write_jsonl(out / f"{split}_videos.jsonl", clips),
-        str(out / f"{split}_refs.jsonl"): _write_jsonl(
+        str(out / f"{split}_videos.jsonl"): write_jsonl_atomically(out / f"{split}_videos.jsonl", clips),
+        str(out / f"{split}_refs.jsonl"): write_jsonl_atomically(
             out / f"{split}_refs.jsonl", ({"video": clip["id"], "captions": captions[clip["id"]]} for clip in clips)
         ),
     }
@@ -308,7 +302,7 @@ def convert_videochatgpt(src: Path, out: Path) -> dict[str, int]:
         video = _downloaded_video(src / "videos", video_id)
         turns = [{"from": "human", "value": "<video>\n" + str(question).strip()}, {"from": "gpt", "value": str(answer).strip()}]
         rows.append(_conversation_row(video, out, f"{video_id}_{index}", turns, {}))
-    return {str(out / "train_conversations.jsonl"): _write_jsonl(out / "train_conversations.jsonl", rows)}
+    return {str(out / "train_conversations.jsonl"): write_jsonl_atomically(out / "train_conversations.jsonl", rows)}
 
 
 def convert_llava_video(src: Path, out: Path) -> dict[str, int]:
@@ -329,7 +323,7 @@ def convert_llava_video(src: Path, out: Path) -> dict[str, int]:
     if not rows:
         raise AnnotationFormatError(f"no JSON list of conversations (objects with 'video' and 'conversations') in {src} "
                                     "or its subset folders")
-    return {str(out / "train_conversations.jsonl"): _write_jsonl(out / "train_conversations.jsonl", rows)}
+    return {str(out / "train_conversations.jsonl"): write_jsonl_atomically(out / "train_conversations.jsonl", rows)}
 
 
 def _read_csv(path: Path, required: tuple[str, ...]) -> list[dict]:
@@ -359,7 +353,7 @@ def convert_msrvtt_retrieval(src: Path, out: Path) -> dict[str, int]:
                                                                     src / "TrainValVideo")
                          if (folder / f"{video_id}.mp4").exists()), src / "videos" / "all" / f"{video_id}.mp4")
         rows.append({"video": _relative(location, out), "id": video_id, "caption": row["sentence"].strip()})
-    return {str(out / "test_1k_retrieval.jsonl"): _write_jsonl(out / "test_1k_retrieval.jsonl", rows)}
+    return {str(out / "test_1k_retrieval.jsonl"): write_jsonl_atomically(out / "test_1k_retrieval.jsonl", rows)}
 
 
 def convert_kinetics400(src: Path, out: Path) -> dict[str, int]:
@@ -387,10 +381,10 @@ def convert_kinetics400(src: Path, out: Path) -> dict[str, int]:
                           candidates[0])
             rows.append({"video": _relative(_downloaded_video(folder, clip), out), "id": clip, "label": label})
             labels.add(label)
-        written[str(out / f"{split}_labelled.jsonl")] = _write_jsonl(out / f"{split}_labelled.jsonl", rows)
+        written[str(out / f"{split}_labelled.jsonl")] = write_jsonl_atomically(out / f"{split}_labelled.jsonl", rows)
     if not written:
         raise AnnotationFormatError(f"no Kinetics-400 label file (train.csv, validate.csv, test.csv) in {src}")
-    (out / "labels.txt").write_text("".join(label + "\n" for label in sorted(labels)), encoding="utf-8")
+    write_text_atomically(out / "labels.txt", "".join(label + "\n" for label in sorted(labels)))
     written[str(out / "labels.txt")] = len(labels)
     return written
 

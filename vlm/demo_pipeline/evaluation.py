@@ -67,7 +67,7 @@ def no_video_tokens(model):
         handle.remove()
 
 
-def evaluate_model(model, test, candidates, tokens, profile: DemoProfile, refs: dict, caption_videos: list[str],
+def evaluate_model(assistant, test, candidates, tokens, profile: DemoProfile, refs: dict, caption_videos: list[str],
                    open_subset: list, dedupe_by_question: bool = False) -> dict:
     """Closed-vocabulary (per-type candidates and all answers pooled), open-vocabulary QA and captions.
 
@@ -89,11 +89,11 @@ def evaluate_model(model, test, candidates, tokens, profile: DemoProfile, refs: 
         for example in test:
             unique.setdefault(example.question, example)
         firsts = list(unique.values())
-        unique_scores = score_candidates(model, firsts, candidates, (), **common)
+        unique_scores = score_candidates(assistant, firsts, candidates, (), **common)
         row = {example.question: i for i, example in enumerate(firsts)}
         scores = unique_scores[[row[e.question] for e in test]]
     else:
-        scores = score_candidates(model, test, candidates, (), **common)
+        scores = score_candidates(assistant, test, candidates, (), **common)
     result: dict = {}
     pooled, _ = qa_report(test, closed_predictions(scores, candidates, len(candidates)))
     result["closed_all_answers"] = pooled
@@ -107,10 +107,10 @@ def evaluate_model(model, test, candidates, tokens, profile: DemoProfile, refs: 
 
     if dedupe_by_question:
         firsts = list({e.question: e for e in open_subset}.values())
-        answers = dict(zip([e.question for e in firsts], predict_open(model, firsts, (), max_new_tokens=4, **common)))
+        answers = dict(zip([e.question for e in firsts], predict_open(assistant, firsts, (), max_new_tokens=4, **common)))
         open_predictions = [answers[e.question] for e in open_subset]
     else:
-        open_predictions = predict_open(model, open_subset, (), max_new_tokens=4, **common)
+        open_predictions = predict_open(assistant, open_subset, (), max_new_tokens=4, **common)
     result["open"], _ = qa_report(open_subset, open_predictions)
 
     import torch
@@ -119,13 +119,13 @@ def evaluate_model(model, test, candidates, tokens, profile: DemoProfile, refs: 
     names = {video: Path(video).stem for video in caption_videos}
     if dedupe_by_question:
         first = caption_videos[0]
-        text = model.caption(video_tokens=tokens.get(first)[None].float(), max_new_tokens=profile.max_caption_tokens)[0]
+        text = assistant.caption(video_tokens=tokens.get(first)[None].float(), max_new_tokens=profile.max_caption_tokens)[0]
         captions = {names[v]: text for v in caption_videos}
     else:
         for start in range(0, len(caption_videos), profile.eval_batch):
             chunk = caption_videos[start : start + profile.eval_batch]
             batch = torch.stack([tokens.get(v).float() for v in chunk])
-            for video, text in zip(chunk, model.caption(video_tokens=batch, max_new_tokens=profile.max_caption_tokens)):
+            for video, text in zip(chunk, assistant.caption(video_tokens=batch, max_new_tokens=profile.max_caption_tokens)):
                 captions[names[video]] = text
     scores_caption = evaluate_captions(captions, {names[v]: refs[names[v]] for v in caption_videos})
     result["captions"] = {"cider_d": scores_caption["cider_d"], "bleu_4": scores_caption["bleu_4"],
@@ -149,12 +149,14 @@ def run_evaluation(work: Path, profile: DemoProfile, corpus: Path, model_dir: Pa
     from encoder.videoprism.features import FeatureCache
     from encoder.videoprism.loading import load_encoder
     from vlm.evaluation.data import read_qa
-    from vlm.model import VideoLanguageModel
+    from vlm.inference.assistant import VideoAssistant
+    from vlm.model import PrismVlmForConditionalGeneration
     from vlm.shapes import ALL_ANSWERS, ANSWER_VOCABULARY
 
     path = work / "evaluation.json"
     results = read_json(path, {})
-    model = VideoLanguageModel.from_pretrained(model_dir, llm=llm, tokenizer=tokenizer, load_video_encoder=False)
+    assistant = VideoAssistant(PrismVlmForConditionalGeneration.from_pretrained(
+        model_dir, llm=llm, tokenizer=tokenizer, load_video_encoder=False))
     cache = FeatureCache(cache_dir)
     test_videos = spread(split_videos(corpus, "test"), profile.eval_clips)
     chosen = set(test_videos)
@@ -170,19 +172,19 @@ def run_evaluation(work: Path, profile: DemoProfile, corpus: Path, model_dir: Pa
     }
     if "assistant" not in results:
         logger.info("evaluating the assistant")
-        results["assistant"] = evaluate_model(model, test, candidates, cache, profile, refs, caption_videos, open_subset)
+        results["assistant"] = evaluate_model(assistant, test, candidates, cache, profile, refs, caption_videos, open_subset)
         write_json(path, results)
     if "blind" not in results:
         logger.info("evaluating the blind baseline (no video tokens)")
-        with no_video_tokens(model):
-            results["blind"] = evaluate_model(model, test, candidates, cache, profile, refs, caption_videos,
+        with no_video_tokens(assistant.model):
+            results["blind"] = evaluate_model(assistant, test, candidates, cache, profile, refs, caption_videos,
                                               open_subset, dedupe_by_question=True)
         write_json(path, results)
     if "single_frame" not in results:
         logger.info("evaluating the single-frame baseline (middle frame repeated)")
         encoder = load_encoder(model_dir / "encoder")
         table = single_frame_tokens(encoder, test_videos, profile.num_frames, profile.corpus_frames, profile.frame_size)
-        results["single_frame"] = evaluate_model(model, test, candidates, table, profile, refs, caption_videos, open_subset)
+        results["single_frame"] = evaluate_model(assistant, test, candidates, table, profile, refs, caption_videos, open_subset)
         write_json(path, results)
     if "compositional" not in results:
         logger.info("evaluating test_compositional (held-out colour-shape pairs)")
@@ -194,7 +196,7 @@ def run_evaluation(work: Path, profile: DemoProfile, corpus: Path, model_dir: Pa
         videos = list(dict.fromkeys(e.video for e in held))[: profile.compositional_clips or None]
         keep = set(videos)
         held = [e for e in held if e.video in keep]
-        scores = score_candidates(model, held, candidates, (), batch_size=profile.eval_batch, features=cache,
+        scores = score_candidates(assistant, held, candidates, (), batch_size=profile.eval_batch, features=cache,
                                   num_workers=0, progress=False)
         column = {c: i for i, c in enumerate(candidates)}
         predictions = [max(ANSWER_VOCABULARY[e.question_type], key=lambda w: row[column[w]]) for e, row in zip(held, scores)]

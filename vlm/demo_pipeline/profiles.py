@@ -90,9 +90,7 @@ PROFILES = {
         probe_epochs=10, probe_seeds=(0, 1), glue_steps=80, glue_lr=3e-3, glue_warmup=5,
         eval_clips=40, open_questions=60, caption_clips=20, compositional_clips=20,
     ),
-    # about 1.7 h on an IDLE 2-core CPU (most of it the glue, the evaluation and the ablations). 3000 stage-1 steps
-    # lifted the val motion probe (65.2 vs 59.6) but, end to end, lost colour and shape answers and the captions on
-    # val (docs/REPRODUCTION.md), so the shipped model keeps 2000.
+    # the shipped demo model's profile (its run time and the stage-1 step count tried against it: docs/REPRODUCTION.md)
     "full": DemoProfile(
         name="full", num_clips=3000, pretrain_clips=15000, stage1_steps=2000, stage1_batch=64, stage1_hard_negatives=3,
         stage2_steps=1000, probe_epochs=10, glue_steps=1200, glue_warmup=50, ablations=tuple(ABLATIONS),
@@ -132,6 +130,7 @@ def record_profile(work: Path, profile: DemoProfile, allow_change: bool) -> None
     unless ``allow_change`` (``--change-profile``): then the changes (field -> [before, after]) are
     appended to WORK/profile_changes.jsonl, which the report discloses."""
     from encoder.common.atomic_files import write_json
+    from encoder.common.jsonl import append_jsonl
 
     current = json.loads(json.dumps(asdict(profile)))
     saved = saved_profile(work / "profile.json", profile)
@@ -140,8 +139,8 @@ def record_profile(work: Path, profile: DemoProfile, allow_change: bool) -> None
             raise RunError(f"{work} was started with another profile ({work / 'profile.json'}); use another --work, "
                            "or --change-profile to continue it with the new settings (stages already done are kept)")
         changed = {k: [saved.get(k), v] for k, v in current.items() if saved.get(k) != v}
-        with open(work / "profile_changes.jsonl", "a", encoding="utf-8") as handle:
-            handle.write(json.dumps({"time": time.strftime("%Y-%m-%d %H:%M:%S"), "changed": changed}) + "\n")
+        change = {"time": time.strftime("%Y-%m-%d %H:%M:%S"), "changed": changed}
+        append_jsonl(work / "profile_changes.jsonl", [change], ensure_ascii=True)
     write_json(work / "profile.json", asdict(profile))
 
 

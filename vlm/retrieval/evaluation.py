@@ -27,11 +27,18 @@ from encoder.common.jsonl import iter_jsonl_strict
 from encoder.video.clips import Clip, iter_decoded_batches
 from vlm.retrieval.metrics import retrieval_metrics, top_k_accuracy
 from vlm.retrieval.video_text_model import VideoTextModel
-from vlm.retrieval.zero_shot import DEFAULT_TEMPLATES, check_labels, classify_embeddings, label_embeddings
+from vlm.retrieval.zero_shot import (
+    DEFAULT_TEMPLATES,
+    TextListError,
+    check_labels,
+    classify_embeddings,
+    label_embeddings,
+)
 
 
-class ManifestError(PrismVlmError, ValueError):
-    """A row of an evaluation manifest that cannot be used (names the file and line)."""
+class RetrievalManifestError(PrismVlmError, ValueError):
+    """A retrieval or zero-shot evaluation manifest that cannot be used: a bad row (names the file and
+    line), no rows, or no clip that decodes."""
 
 
 @dataclass
@@ -54,9 +61,9 @@ def _rows(path: str | os.PathLike):
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no such manifest: {path}")
-    for number, row in iter_jsonl_strict(path, ManifestError):
+    for number, row in iter_jsonl_strict(path, RetrievalManifestError):
         if not isinstance(row.get("video"), str) or not row["video"].strip():
-            raise ManifestError(f"{path}:{number}: expected a JSON object with a non-empty string 'video'")
+            raise RetrievalManifestError(f"{path}:{number}: expected a JSON object with a non-empty string 'video'")
         yield number, row, _clip(path, number, row)
 
 
@@ -64,7 +71,7 @@ def _clip(path: Path, number: int, row: dict) -> Clip:
     for key in ("start", "end"):
         value = row.get(key)
         if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
-            raise ManifestError(f"{path}:{number}: '{key}' must be a number of seconds, got {value!r}")
+            raise RetrievalManifestError(f"{path}:{number}: '{key}' must be a number of seconds, got {value!r}")
     video = Path(row["video"])
     source = video if video.is_absolute() else path.parent / video
     return Clip(str(row.get("id", f"{row['video']}#{number}")), str(source), row.get("start"), row.get("end"))
@@ -73,7 +80,7 @@ def _clip(path: Path, number: int, row: dict) -> Clip:
 def _texts(value, path, number: int, key: str) -> list[str]:
     texts = [value] if isinstance(value, str) else value
     if not isinstance(texts, list) or not texts or not all(isinstance(t, str) and t.strip() for t in texts):
-        raise ManifestError(f"{path}:{number}: '{key}' must be a non-empty text or list of non-empty texts")
+        raise RetrievalManifestError(f"{path}:{number}: '{key}' must be a non-empty text or list of non-empty texts")
     return [t.strip() for t in texts]
 
 
@@ -84,7 +91,7 @@ def read_captioned_clips(path: str | os.PathLike) -> list[CaptionedClip]:
         key = "caption" if "caption" in row else "captions"
         items.append(CaptionedClip(clip, _texts(row.get(key), path, number, key)))
     if not items:
-        raise ManifestError(f"{path}: no rows")
+        raise RetrievalManifestError(f"{path}: no rows")
     return items
 
 
@@ -98,14 +105,18 @@ def read_labelled_clips(path: str | os.PathLike) -> list[LabelledClip]:
             if isinstance(answer, str) and answer.strip() in candidates:
                 answer = candidates.index(answer.strip())
             if isinstance(answer, bool) or not isinstance(answer, int) or not 0 <= answer < len(candidates):
-                raise ManifestError(f"{path}:{number}: 'answer' must be a candidate's index or text, got {answer!r}")
+                raise RetrievalManifestError(
+                    f"{path}:{number}: 'answer' must be a candidate's index or text, got {answer!r}"
+                )
             items.append(LabelledClip(clip, candidates=candidates, answer=answer))
         elif isinstance(row.get("label"), str) and row["label"].strip():
             items.append(LabelledClip(clip, label=row["label"].strip()))
         else:
-            raise ManifestError(f"{path}:{number}: expected a non-empty string 'label', or 'candidates' and 'answer'")
+            raise RetrievalManifestError(
+                f"{path}:{number}: expected a non-empty string 'label', or 'candidates' and 'answer'"
+            )
     if not items:
-        raise ManifestError(f"{path}: no rows")
+        raise RetrievalManifestError(f"{path}: no rows")
     return items
 
 
@@ -135,7 +146,7 @@ def evaluate_retrieval(
     videos, errors = embed_clip_list(model, [item.clip for item in items], batch_size, num_workers, progress)
     kept = [item for item in items if item.clip.id in videos]
     if not kept:
-        raise ValueError("no clip could be decoded; see the errors")
+        raise RetrievalManifestError("no clip could be decoded; see the errors")
     texts = [caption for item in kept for caption in item.captions]
     owner = [number for number, item in enumerate(kept) for _ in item.captions]
     video_matrix = torch.stack([videos[item.clip.id] for item in kept])  # [V, D]
@@ -169,7 +180,7 @@ def evaluate_zero_shot(
         label_set = check_labels(labels) if labels else sorted({item.label for item in classified})
         unknown = sorted({item.label for item in classified} - set(label_set))
         if unknown:
-            raise ValueError(f"labels used by the data but not in the label set: {unknown[:5]}")
+            raise TextListError(f"labels used by the data but not in the label set: {unknown[:5]}")
         kept = [item for item in classified if item.clip.id in videos]
         if kept:
             label_vectors = label_embeddings(model, label_set, templates)

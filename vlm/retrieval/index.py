@@ -25,8 +25,9 @@ import numpy as np
 import torch
 from safetensors import safe_open
 
-from encoder.common.atomic_files import write_file_atomically
+from encoder.common.atomic_files import atomic_output_path, write_file_atomically
 from encoder.common.errors import PrismVlmError
+from encoder.common.extras import MissingExtraError
 from encoder.videoprism.features import CacheMeta, FeatureCache, check_cache_meta, write_clip_vectors
 from vlm.retrieval.video_text_model import VideoTextModel, load_video_text_model
 
@@ -189,7 +190,7 @@ def _faiss_graph(embeddings: torch.Tensor, cache_dir: str | os.PathLike | None):
     try:
         import faiss
     except ImportError:
-        raise ImportError("backend 'faiss' needs faiss-cpu: pip install 'prism-vlm[faiss]'") from None
+        raise MissingExtraError("backend 'faiss' needs faiss-cpu: pip install 'prism-vlm[faiss]'") from None
     path = Path(cache_dir) / f"faiss_hnsw_{len(embeddings)}.index" if cache_dir is not None else None
     key = str(path.resolve()) if path is not None else None
     if key is not None and key in _GRAPHS:
@@ -200,12 +201,11 @@ def _faiss_graph(embeddings: torch.Tensor, cache_dir: str | os.PathLike | None):
         graph = faiss.IndexHNSWFlat(embeddings.shape[1], HNSW_NEIGHBOURS, faiss.METRIC_INNER_PRODUCT)
         graph.add(np.ascontiguousarray(embeddings.float().numpy()))
         if path is not None:
-            temporary = path.with_suffix(".tmp")
             try:
-                faiss.write_index(graph, str(temporary))
-                os.replace(temporary, path)
+                with atomic_output_path(path) as temporary:
+                    faiss.write_index(graph, str(temporary))
             except (OSError, RuntimeError):  # a read-only index: search without saving the graph
-                temporary.unlink(missing_ok=True)
+                pass
     if key is not None:
         _GRAPHS[key] = graph
         while len(_GRAPHS) > MAX_GRAPHS_IN_MEMORY:

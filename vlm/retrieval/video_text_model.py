@@ -184,16 +184,16 @@ def load_video_text_model(
         temperature=float(temperature if temperature is not None else (learned or OFFICIAL_TEMPERATURE)),
     )
     if model.temperature <= 0:
-        raise ValueError(f"temperature must be > 0, got {model.temperature}")
+        raise VideoTextModelError(f"temperature must be > 0, got {model.temperature}")
     if not 1 <= model.text_length <= text.max_position_embeddings:
-        raise ValueError(f"text_length must be in 1..{text.max_position_embeddings} (the text position table)")
+        raise VideoTextModelError(f"text_length must be in 1..{text.max_position_embeddings} (the text position table)")
     from encoder.video.decode import check_num_frames, check_size
 
     check_num_frames(model.num_frames)
     check_size(model.frame_size)
     patch = vision.tubelet_size[1]
     if model.frame_size % patch:
-        raise ValueError(f"frame_size {model.frame_size} is not a multiple of the model's patch size {patch}")
+        raise VideoTextModelError(f"frame_size {model.frame_size} is not a multiple of the model's patch size {patch}")
     return model
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from encoder.common.errors import PrismVlmError
 from vlm.retrieval.video_text_model import VideoTextModel
 
 # The official VideoPrism video-text demo's template.
@@ -33,20 +34,25 @@ MAX_LABELS = 10_000
 MAX_TEMPLATES = 1_000
 
 
+class TextListError(PrismVlmError, ValueError):
+    """Labels, templates or texts to rank (a file or a list) that cannot be used: none, too many, empty,
+    duplicated, not UTF-8, or a template without exactly one ``{}``."""
+
+
 def read_lines(path: str | os.PathLike, what: str, limit: int) -> list[str]:
-    """Non-empty stripped lines of a UTF-8 text file (labels, templates); ValueError when none or too many."""
+    """Non-empty stripped lines of a UTF-8 text file (labels, templates); TextListError when none or too many."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{what} file not found: {path}")
     try:
         lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
     except UnicodeDecodeError:
-        raise ValueError(f"{path}: not UTF-8 text") from None
+        raise TextListError(f"{path}: not UTF-8 text") from None
     lines = [line for line in lines if line and not line.startswith("#")]
     if not lines:
-        raise ValueError(f"{path}: no {what} (one per line)")
+        raise TextListError(f"{path}: no {what} (one per line)")
     if len(lines) > limit:
-        raise ValueError(f"{path}: {len(lines)} {what}, more than {limit}")
+        raise TextListError(f"{path}: {len(lines)} {what}, more than {limit}")
     return lines
 
 
@@ -62,25 +68,25 @@ def resolve_templates(spec: str | os.PathLike | Sequence[str] | None) -> tuple[s
     else:
         templates = list(spec)
     if not templates:
-        raise ValueError("no templates")
+        raise TextListError("no templates")
     for template in templates:
         if template.count("{}") != 1:
-            raise ValueError(f"a template must hold exactly one '{{}}' for the label, got {template!r}")
+            raise TextListError(f"a template must hold exactly one '{{}}' for the label, got {template!r}")
     return tuple(templates)
 
 
 def check_labels(labels: Sequence[str]) -> list[str]:
-    """Labels as given, stripped; ValueError for none, empty, duplicated or too many."""
+    """Labels as given, stripped; TextListError for none, empty, duplicated or too many."""
     labels = [str(label).strip() for label in labels]
     if not labels:
-        raise ValueError("no labels")
+        raise TextListError("no labels")
     if len(labels) > MAX_LABELS:
-        raise ValueError(f"{len(labels)} labels, more than {MAX_LABELS}")
+        raise TextListError(f"{len(labels)} labels, more than {MAX_LABELS}")
     if any(not label for label in labels):
-        raise ValueError("a label is empty")
+        raise TextListError("a label is empty")
     duplicated = sorted({label for label in labels if labels.count(label) > 1})
     if duplicated:
-        raise ValueError(f"labels appear more than once: {duplicated[:5]}")
+        raise TextListError(f"labels appear more than once: {duplicated[:5]}")
     return labels
 
 

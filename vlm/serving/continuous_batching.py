@@ -31,7 +31,7 @@ to a streaming caller is run again alone through ``generate()``, so one request'
 a streamed request that already showed text gets the error.
 
 On CPU, give the worker the process's torch work to itself: once another live thread has run torch
-(loaded the model, say), OpenMP's waits in the worker slow each step down, up to twice on 2 cores.
+(loaded the model, say), OpenMP's waits in the worker slow each step down (BENCHMARKS.md has the figures).
 Load the model in a thread that has ended by the time requests come (as ``prism-vlm app`` does).
 """
 
@@ -51,6 +51,7 @@ from transformers import DynamicCache, PreTrainedTokenizerBase
 from transformers.cache_utils import DynamicLayer
 
 from vlm.inference.generation import GenerationSettings, generate_ids, llm_step, newline_stopper, stop_token_ids
+from vlm.model import left_pad
 
 _POLL_S = 0.01  # how often a starting batch rechecks more_coming()
 
@@ -321,15 +322,8 @@ class ContinuousBatcher:
             prompts.append(embeds)
         if not rows:
             return
-        total = max(row.length for row in rows)
-        first = prompts[0]
-        inputs = torch.zeros(len(rows), total, first.shape[1], dtype=first.dtype, device=first.device)
-        mask = torch.zeros(len(rows), total, dtype=torch.long, device=first.device)
-        positions = torch.zeros(len(rows), total, dtype=torch.long, device=first.device)
-        for index, (row, prompt) in enumerate(zip(rows, prompts)):
-            inputs[index, total - row.length:] = prompt
-            mask[index, total - row.length:] = 1
-            positions[index, total - row.length:] = torch.arange(row.length, device=first.device)
+        batch = left_pad(prompts)
+        inputs, mask, positions = batch.inputs_embeds, batch.attention_mask, batch.position_ids
         cache = DynamicCache()
         logits = llm_step(self.llm, attention_mask=mask, position_ids=positions, kv_cache=cache, inputs_embeds=inputs,
                           last_logits_only=True)

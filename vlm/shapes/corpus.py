@@ -36,9 +36,10 @@ from pathlib import Path
 
 import numpy as np
 
+from encoder.common.atomic_files import atomic_output_path, write_text_atomically
 from encoder.common.configs import config_from_dict, config_to_dict
-from encoder.common.errors import PrismVlmError
-from encoder.common.jsonl import iter_jsonl_strict
+from encoder.common.errors import PrismVlmError, UsageError
+from encoder.common.jsonl import iter_jsonl_strict, write_jsonl_atomically
 from vlm.shapes.conversations import conversation, llava_conversation
 from vlm.shapes.language import ANSWER_VOCABULARY, captions, questions
 from vlm.shapes.render import (
@@ -285,7 +286,7 @@ def _sample_positions(rng: np.random.Generator, radii: list[float], config: Shap
         points = rng.uniform(lower, upper, size=(2, 2))
         if math.dist(points[0], points[1]) >= min_distance:
             return [tuple(p) for p in points]
-    raise ValueError(
+    raise UsageError(
         f"cannot place two objects {min_distance:.1f}px apart in a {config.frame_size}px frame; "
         "lower two_object_fraction, small_radius or growth, or raise frame_size"
     )
@@ -314,8 +315,7 @@ def encode_mp4(frames: np.ndarray, path: str | os.PathLike, fps: int, crf: int =
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
         raise ValueError(f"frames must be uint8 [T, H, W, 3], got {frames.dtype} {frames.shape}")
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    with av.open(str(partial), mode="w", format="mp4") as container:
+    with atomic_output_path(path) as partial, av.open(str(partial), mode="w", format="mp4") as container:
         stream = container.add_stream("libx264", rate=Fraction(fps))
         stream.width, stream.height = frames.shape[2], frames.shape[1]
         stream.pix_fmt = "yuv420p"
@@ -327,7 +327,6 @@ def encode_mp4(frames: np.ndarray, path: str | os.PathLike, fps: int, crf: int =
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)
-    os.replace(partial, path)
 
 
 def _render_and_encode(job: tuple[dict, str, int, str]) -> str:
@@ -454,17 +453,7 @@ def _prepare_folder(out: Path, description: dict) -> None:
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise CorpusFolderError(f"{out} exists and is not an empty folder or a corpus of this generator")
     out.mkdir(parents=True, exist_ok=True)
-    _write_text(corpus_file, json.dumps(description, indent=2) + "\n")
-
-
-def _write_text(path: Path, text: str) -> None:
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(text, encoding="utf-8")
-    os.replace(partial, path)
-
-
-def _jsonl(rows: list[dict]) -> str:
-    return "".join(json.dumps(row) + "\n" for row in rows)
+    write_text_atomically(corpus_file, json.dumps(description, indent=2) + "\n")
 
 
 def _write_manifests(out: Path, records: list[tuple[ClipAttributes, list[str], list[dict], list[dict]]]) -> None:
@@ -484,14 +473,14 @@ def _write_manifests(out: Path, records: list[tuple[ClipAttributes, list[str], l
             row = {"question_id": f"{name}_q{number}", "id": name, "video": video, **qa, "split": split}
             qa_rows.append(row)
             by_split[split]["qa"].append({**row, "video": in_split})
-    _write_text(out / "attributes.jsonl", _jsonl(attributes_rows))
-    _write_text(out / "captions.jsonl", _jsonl(caption_rows))
-    _write_text(out / "qa.jsonl", _jsonl(qa_rows))
-    _write_text(out / "conversations.jsonl", _jsonl(conversation_rows))
+    write_jsonl_atomically(out / "attributes.jsonl", attributes_rows, ensure_ascii=True)
+    write_jsonl_atomically(out / "captions.jsonl", caption_rows, ensure_ascii=True)
+    write_jsonl_atomically(out / "qa.jsonl", qa_rows, ensure_ascii=True)
+    write_jsonl_atomically(out / "conversations.jsonl", conversation_rows, ensure_ascii=True)
     for split, files in by_split.items():
         (out / split).mkdir(exist_ok=True)
         for kind, rows in files.items():
-            _write_text(out / split / f"{kind}.jsonl", _jsonl(rows))
+            write_jsonl_atomically(out / split / f"{kind}.jsonl", rows, ensure_ascii=True)
 
 
 def read_attributes(corpus_dir: str | os.PathLike, split: str | None = None) -> list[ClipAttributes]:

@@ -1,5 +1,9 @@
 """Configuration of a glue training run, saved as ``train_config.json`` in the run directory.
 
+The settings every training has (``max_steps``, ``checkpoint_every``, ``mixed_precision`` ...) are
+checked by ``encoder.training.run.check_run_settings``, the same function the pretraining stages
+use, and every bad setting is a ``TrainConfigError`` (``encoder.training.run``).
+
 ``TrainConfig.from_json(path)`` reads one back (``prism-vlm train --config FILE.json``); unknown keys
 are an error, so a typo never passes silently. Defaults are the paper's (appendix G): AdamW
 (Adam with decoupled weight decay) beta 0.9 / 0.999, weight decay 1e-4, peak lr 5e-4, linear
@@ -14,15 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from encoder.common.configs import config_from_dict, config_to_dict, load_config, save_config
-from encoder.common.errors import PrismVlmError
+from encoder.training.run import CONFIG_FILE, MIXED_PRECISIONS, TrainConfigError, check_run_settings
 
-MIXED_PRECISIONS = ("auto", "no", "bf16")
 TASKS = ("auto", "caption", "qa", "chat")
-CONFIG_FILE = "train_config.json"
-
-
-class TrainConfigError(PrismVlmError, ValueError):
-    """A training configuration that cannot work (names the setting and the reason)."""
+__all__ = ["CONFIG_FILE", "MIXED_PRECISIONS", "DataSource", "TrainConfig", "TrainConfigError"]
 
 
 @dataclass
@@ -128,7 +127,8 @@ class TrainConfig:
     final_lr_ratio: float = 0.0
     max_grad_norm: float | None = field(default=None, metadata={"help": "gradient clipping (default: none)"})
     # compute
-    mixed_precision: str = field(default="auto", metadata={"choices": MIXED_PRECISIONS})
+    mixed_precision: str = field(default="auto", metadata={
+        "choices": MIXED_PRECISIONS, "help": "autocast precision (accelerate's names); auto: bf16 on a CUDA GPU, no on the CPU"})
     gradient_checkpointing: bool = field(default=False, metadata={"help": "checkpoint the LLM's layers"})
     lora: dict[str, Any] | None = None
     train_crops: bool = field(default=True, metadata={"help": "random crops in training (--no-train-crops: centre crops only)"})
@@ -136,9 +136,9 @@ class TrainConfig:
     cpu_threads: int | None = field(default=None, metadata={"help": "torch CPU threads during the run (default: torch's; restored afterwards)"})
     seed: int = 0
     # watching and saving
-    log_every: int = 10
-    checkpoint_every: int = 500
-    keep_checkpoints: int = 2
+    log_every: int = field(default=10, metadata={"help": "metrics interval in steps"})
+    checkpoint_every: int = field(default=500, metadata={"help": "checkpoint interval in steps (one is also written at max_steps)"})
+    keep_checkpoints: int = field(default=2, metadata={"help": "newest checkpoints kept"})
     val_every: int = 500
     max_val_examples: int = 256
     val_samples: int = 4
@@ -155,35 +155,18 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None:
                 setattr(self, name, os.fspath(value))
-        positive = ("max_steps", "batch_size", "num_latents", "resampler_depth", "resampler_heads", "max_target_tokens",
-                    "log_every", "checkpoint_every", "val_every")
-        for name in positive:
+        check_run_settings(self)  # the settings both trainings have
+        for name in ("num_latents", "resampler_depth", "resampler_heads", "max_target_tokens", "val_every"):
             if int(getattr(self, name)) < 1:
                 raise TrainConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("num_frames", "frame_size"):
-            value = getattr(self, name)
-            if value is not None and not 1 <= int(value) <= 4096:
-                raise TrainConfigError(f"{name} must be in [1, 4096] or None, got {value}")
+        if self.frame_size is not None and not 1 <= int(self.frame_size) <= 4096:
+            raise TrainConfigError(f"frame_size must be in [1, 4096] or None, got {self.frame_size}")
         if self.micro_batch_size is not None and not 1 <= self.micro_batch_size <= self.batch_size:
             raise TrainConfigError(f"micro_batch_size must be in [1, batch_size={self.batch_size}], got {self.micro_batch_size}")
-        if not 0 <= self.warmup_steps <= self.max_steps:
-            raise TrainConfigError(f"warmup_steps must be in [0, max_steps={self.max_steps}], got {self.warmup_steps}")
         if not 0.0 <= self.final_lr_ratio <= 1.0:
             raise TrainConfigError(f"final_lr_ratio must be in [0, 1], got {self.final_lr_ratio}")
-        if self.learning_rate <= 0:
-            raise TrainConfigError(f"learning_rate must be > 0, got {self.learning_rate}")
-        from encoder.training.run_log import REPORT_TO
-
-        if self.report_to not in REPORT_TO:
-            raise TrainConfigError(f"report_to must be one of {REPORT_TO}, got {self.report_to!r}")
-        if self.mixed_precision not in MIXED_PRECISIONS:
-            raise TrainConfigError(f"mixed_precision must be one of {MIXED_PRECISIONS}, got {self.mixed_precision!r}")
-        if self.max_grad_norm is not None and self.max_grad_norm <= 0:
-            raise TrainConfigError(f"max_grad_norm must be > 0 or None, got {self.max_grad_norm}")
-        if self.cpu_threads is not None and self.cpu_threads < 1:
-            raise TrainConfigError(f"cpu_threads must be >= 1 or None, got {self.cpu_threads}")
-        if self.num_workers < 0 or self.keep_checkpoints < 1 or self.max_val_examples < 0 or self.val_samples < 0:
-            raise TrainConfigError("num_workers, max_val_examples and val_samples must be >= 0, keep_checkpoints >= 1")
+        if self.num_workers < 0 or self.max_val_examples < 0 or self.val_samples < 0:
+            raise TrainConfigError("num_workers, max_val_examples and val_samples must be >= 0")
 
     # ------------------------------------------------------------------ JSON
 
@@ -203,13 +186,15 @@ class TrainConfig:
         """Read a config file; ``overrides`` (e.g. from CLI flags) replace its values."""
         return load_config(cls, path, TrainConfigError, **overrides)
 
-    # Settings a resumed run must share with the run it continues (others, e.g. logging, may change).
-    RESUME_KEYS = ("train_data", "features", "encoder", "llm", "init_from", "num_latents", "resampler_depth",
-                   "resampler_heads", "resampler_output_norm", "num_frames", "frame_size", "prompts",
-                   "max_target_tokens", "batch_size", "learning_rate", "adam_beta1", "adam_beta2", "adam_eps",
-                   "weight_decay", "warmup_steps", "final_lr_ratio", "lora", "train_crops", "seed", "max_steps")
+    # The settings a resumed run may change (how it is watched, saved and spread over devices and
+    # micro-batches, not what it computes); every other one must equal the saved config's, but
+    # max_steps, which may grow (the resume rule of encoder.training.run).
+    RESUME_MAY_CHANGE = ("output_dir", "val_data", "micro_batch_size", "mixed_precision", "gradient_checkpointing",
+                         "num_workers", "cpu_threads", "log_every", "checkpoint_every", "keep_checkpoints", "val_every",
+                         "max_val_examples", "val_samples", "progress", "report_to")
 
     def resume_differences(self, saved: "TrainConfig") -> list[str]:
         """Names of the settings that differ from ``saved`` and make resuming it impossible."""
-        mine, theirs = self.to_dict(), saved.to_dict()
-        return [key for key in self.RESUME_KEYS if mine[key] != theirs[key]]
+        from encoder.training.run import resume_differences
+
+        return resume_differences(saved.to_dict(), self, self.RESUME_MAY_CHANGE)

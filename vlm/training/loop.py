@@ -17,7 +17,7 @@ Run directory::
     loss.png                loss and val_loss against step
     samples.jsonl           validation captions {"step", "video", "reference", "caption"}
     checkpoints/step-XXXXXXXX/   see encoder.training.checkpoints (resumable with resume=True)
-    model/                  the final glue (VideoLanguageModel.save_pretrained)
+    model/                  the final glue (PrismVlmForConditionalGeneration.save_pretrained)
 """
 
 from __future__ import annotations
@@ -35,6 +35,8 @@ from encoder.common.jsonl import read_jsonl_tolerant
 from encoder.training.steps import run_steps
 from encoder.training.threads import torch_threads
 from encoder.video.workers import decoding_worker_context
+from vlm.inference.assistant import VideoAssistant
+from vlm.processing import PrismVlmProcessor
 from vlm.training.config import CONFIG_FILE, TrainConfig, TrainConfigError
 from vlm.training.data import (
     CacheIndex,
@@ -104,7 +106,7 @@ def enable_activation_checkpointing(llm: torch.nn.Module) -> None:
 def _prompts(model, batch: dict) -> list[str]:
     """The prompt of each caption and QA example ("" for conversations, which the chat template renders)."""
     caption_prompt = model.config.prompts.caption_prompt
-    return [caption_prompt if task == "caption" else model.qa_prompt(question) if task == "qa" else ""
+    return [caption_prompt if task == "caption" else VideoAssistant(model).qa_prompt(question) if task == "qa" else ""
             for task, question in zip(batch["task"], batch["question"])]
 
 
@@ -219,7 +221,7 @@ def _check_run_dir(run_dir: Path, config: TrainConfig, resume: bool) -> None:
 def evaluate_loss(model, loader, max_target_tokens: int, autocast) -> float:
     """Mean per-example validation loss over a loader of validation batches."""
     total, count = 0.0, 0
-    processor = model.processor
+    processor = PrismVlmProcessor.from_model(model)
     for batch in loader:
         with autocast():
             losses = model.example_losses(_training_texts(model, processor, batch, max_target_tokens), **_video_kwargs(batch))
@@ -364,7 +366,7 @@ def _train(config: TrainConfig, resume: bool, llm, tokenizer, encoder, on_step) 
     metrics = MetricsLog(run_dir / "metrics.jsonl", resume_step=start_step, accelerator=accelerator) if main else None
     samples_log = MetricsLog(run_dir / "samples.jsonl", resume_step=start_step) if main else None
     batches = iter(loader)
-    processor = unwrapped.processor  # tokenises each batch's examples
+    processor = PrismVlmProcessor.from_model(unwrapped)  # tokenises each batch's examples
     window = {"loss": 0.0, "steps": 0, "start": time.perf_counter()}
 
     def validate(step: int) -> None:
@@ -376,7 +378,7 @@ def _train(config: TrainConfig, resume: bool, llm, tokenizer, encoder, on_step) 
         if config.val_samples:
             batch = collate_visits([val_loader.dataset[item] for item in validation_items(val_sources, config.val_samples)])
             with accelerator.autocast():
-                captions = unwrapped.caption(**_video_kwargs(batch))
+                captions = VideoAssistant(unwrapped).caption(**_video_kwargs(batch))
             for video, reference, caption in zip(batch["video"], batch["target"], captions):
                 samples_log.log(step, video=video, reference=reference, caption=caption)
 

@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from encoder.common.cli_arguments import FRAMES, NEW_TOKENS, POSITIVE, positive_float
+from encoder.common.cli_arguments import FRAMES, NEW_TOKENS, POSITIVE, int_range, positive_float
 from encoder.common.errors import UsageError
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
@@ -131,7 +131,7 @@ def add_subcommand(subparsers) -> None:
     app.add_argument("--max-frames", type=FRAMES, default=32, help="most frames a request may sample (default 32)")
     app.add_argument("--max-new-tokens", type=NEW_TOKENS, default=256, help="most tokens a request may generate (default 256)")
     app.add_argument("--concurrency", type=POSITIVE, default=16, help="requests processed at once (default 16)")
-    app.add_argument("--max-batch", type=POSITIVE, default=8,
+    app.add_argument("--max-batch", type=int_range(1, 1024), default=8,
                      help="most requests generated together: captions, open answers and chat replies join a running batch "
                           "(default 8; 1: one at a time)")
     app.add_argument("--batch-window-ms", type=_batch_window_ms, default=500.0,

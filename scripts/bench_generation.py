@@ -26,6 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from vlm.chat_template import chat_inference_ids  # noqa: E402
+from vlm.inference.assistant import VideoAssistant  # noqa: E402
 from vlm.inference.generation import generate_ids, llm_step, newline_stopper, pad_token_id, stop_token_ids  # noqa: E402
 
 CLIPS = ["cyan_star_moving_down.mp4", "green_star_rotating.mp4", "water_bottle_drumming.mp4"]
@@ -78,17 +79,17 @@ def main(argv=None) -> int:
 
     model = load_model(None)
     llm, tokenizer = model.llm, model.tokenizer
-    clips = model.load_videos([REPO / "apps" / "examples" / name for name in CLIPS])
+    clips = VideoAssistant(model).load_videos([REPO / "apps" / "examples" / name for name in CLIPS])
     with torch.inference_mode():
         features = model.get_video_features(clips)
         caption_prompt = model.config.prompts.caption_prompt
         workloads = {
-            "caption, batch 1": (model.prompt_inputs(features[:1], [caption_prompt]), 32, True),
-            "caption, batch 3": (model.prompt_inputs(features, [caption_prompt] * 3), 32, True),
-            "open answer, batch 3": (model.prompt_inputs(features, [model.qa_prompt(q) for q in QUESTIONS]), 32, True),
+            "caption, batch 1": (VideoAssistant(model).prompt_inputs(features[:1], [caption_prompt]), 32, True),
+            "caption, batch 3": (VideoAssistant(model).prompt_inputs(features, [caption_prompt] * 3), 32, True),
+            "open answer, batch 3": (VideoAssistant(model).prompt_inputs(features, [VideoAssistant(model).qa_prompt(q) for q in QUESTIONS]), 32, True),
         }
         chat = chat_inference_ids(tokenizer, [{"role": "user", "content": "Describe the video."}])
-        workloads["chat reply, batch 1"] = (model.merge_video_and_text(features[:1], [chat.prefix_ids], [chat.suffix_ids]), 64, False)
+        workloads["chat reply, batch 1"] = (model.get_prompt_embeddings(features[:1], [chat.prefix_ids], [chat.suffix_ids]), 64, False)
 
     rows = []
     for name, (inputs, max_new_tokens, newline) in workloads.items():

@@ -121,7 +121,7 @@ def interleaved(work: Path, args) -> dict:
     from encoder.videoprism.features import FeatureCache
     from encoder.videoprism.loading import load_encoder
     from vlm.llm import load_llm
-    from vlm.model import VideoLanguageModel
+    from vlm.model import PrismVlmForConditionalGeneration
     from vlm.training.config import DataSource
     from vlm.training.data import CacheIndex, GlueExamples, VideoSettings, collate_visits, load_examples
 
@@ -131,7 +131,7 @@ def interleaved(work: Path, args) -> dict:
     cache = FeatureCache(work / "cache")
     llm, tokenizer = load_llm(args.llm, device=device)
     encoder = load_encoder(str(work / "encoder"), device=device)
-    model = VideoLanguageModel.build(llm, tokenizer, encoder, num_latents=args.num_latents).to(device)
+    model = PrismVlmForConditionalGeneration.build(llm, tokenizer, encoder, num_latents=args.num_latents).to(device)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=5e-4, weight_decay=1e-4)
     settings = VideoSettings(cache.meta.num_frames, cache.meta.size)
     sources = {

@@ -43,6 +43,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, VideoPrismVisionConfig, VideoPrismVisionModel
 
 from encoder.videoprism.loading import resolve_dtype
+from vlm.inference.assistant import VideoAssistant
 from vlm.inference.generation import greedy_generate
 from vlm.inference.scoring import (
     candidate_log_likelihoods,
@@ -51,7 +52,7 @@ from vlm.inference.scoring import (
     one_token_words,
 )
 from vlm.llm import SMOLLM2_SOURCE, load_language_model, load_tokenizer
-from vlm.model import VideoLanguageModel
+from vlm.model import PrismVlmForConditionalGeneration
 
 QUESTION = "what is the man hitting?"
 
@@ -76,14 +77,14 @@ def timed(function, repeats: int, warm_up=None) -> tuple[float, object]:
     return statistics.median(times), result
 
 
-def random_glue(llm, tokenizer, num_latents: int, device: str) -> VideoLanguageModel:
+def random_glue(llm, tokenizer, num_latents: int, device: str) -> PrismVlmForConditionalGeneration:
     """A glue of random weights on ``llm``: a tiny random VideoPrism (width 32, the benchmarks feed its
     tokens directly) and ``num_latents`` resampler latents at the scale of the LLM's embeddings."""
     encoder = VideoPrismVisionModel(
         VideoPrismVisionConfig(hidden_size=32, num_attention_heads=2, intermediate_size=64, num_spatial_layers=1,
                                num_temporal_layers=1, image_size=36, num_frames=2)
     ).eval()
-    model = VideoLanguageModel.build(llm, tokenizer, encoder, num_latents=num_latents, num_heads=8).to(device)
+    model = PrismVlmForConditionalGeneration.build(llm, tokenizer, encoder, num_latents=num_latents, num_heads=8).to(device)
     with torch.no_grad():
         model.resampler.latents.normal_(0, float(llm.get_input_embeddings().weight.std()))
     return model
@@ -144,7 +145,7 @@ def main() -> None:
 
     with torch.inference_mode():
         features = model.get_video_features(video_tokens=tokens[:1])
-        prompt = model.prompt_inputs(features, [model.qa_prompt(QUESTION)])
+        prompt = VideoAssistant(model).prompt_inputs(features, [VideoAssistant(model).qa_prompt(QUESTION)])
     prefix = prompt.inputs_embeds  # [1, P, 576]
 
     words = one_token_words(tokenizer, max(args.one_token_k, 200))
@@ -176,13 +177,13 @@ def main() -> None:
     batch = args.caption_batch
 
     def caption_one_by_one():
-        return [model.caption(video_tokens=tokens[i : i + 1], max_new_tokens=args.max_new_tokens)[0] for i in range(batch)]
+        return [VideoAssistant(model).caption(video_tokens=tokens[i : i + 1], max_new_tokens=args.max_new_tokens)[0] for i in range(batch)]
 
     def caption_batched():
-        return model.caption(video_tokens=tokens, max_new_tokens=args.max_new_tokens)
+        return VideoAssistant(model).caption(video_tokens=tokens, max_new_tokens=args.max_new_tokens)
 
     def caption_warm_up():
-        return model.caption(video_tokens=tokens[:1], max_new_tokens=args.max_new_tokens)
+        return VideoAssistant(model).caption(video_tokens=tokens[:1], max_new_tokens=args.max_new_tokens)
 
     caption_1_s, captions_1 = timed(caption_one_by_one, 1, warm_up=caption_warm_up)
     caption_b_s, captions_b = timed(caption_batched, 1, warm_up=caption_warm_up)

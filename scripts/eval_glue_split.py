@@ -37,7 +37,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def score_split(model, corpus: Path, split: str, features, profile) -> tuple[dict, list]:
+def score_split(assistant, corpus: Path, split: str, features, profile) -> tuple[dict, list]:
     """(closed/open-vocabulary QA and caption scores of ``model`` on the split, its QA examples), from
     ``features`` (a FeatureCache of the model's encoder), as the demo pipeline (``vlm.demo_pipeline.evaluation``) scores test."""
     from vlm.evaluation.data import read_qa
@@ -46,7 +46,7 @@ def score_split(model, corpus: Path, split: str, features, profile) -> tuple[dic
     videos = split_videos(corpus, split)
     examples = read_qa(corpus / split / "qa.jsonl")
     result = evaluate_model(
-        model, examples, list(ALL_ANSWERS), features, profile, caption_refs(corpus, [split]),
+        assistant, examples, list(ALL_ANSWERS), features, profile, caption_refs(corpus, [split]),
         videos[: profile.caption_clips or None], spread(examples, profile.open_questions),
     )
     return result, examples
@@ -56,15 +56,16 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     from encoder.training.threads import torch_threads
     from encoder.videoprism.features import FeatureCache
-    from vlm.model import VideoLanguageModel
+    from vlm.inference.assistant import VideoAssistant
+    from vlm.model import PrismVlmForConditionalGeneration
 
     profile = PROFILES[args.profile]
     refs_path = args.corpus / args.split / "refs.jsonl"
     if not refs_path.is_file():
         raise SystemExit(f"{refs_path} is missing: not a make-shapes corpus split")
     with torch_threads(args.threads):
-        model = VideoLanguageModel.from_pretrained(args.model, load_video_encoder=False)
-        result, examples = score_split(model, args.corpus, args.split, FeatureCache(args.features), profile)
+        model = PrismVlmForConditionalGeneration.from_pretrained(args.model, load_video_encoder=False)
+        result, examples = score_split(VideoAssistant(model), args.corpus, args.split, FeatureCache(args.features), profile)
     result = {"model": str(args.model), "split": args.split, "questions": len(examples), **result}
     if args.json_out:
         write_json(args.json_out, result)

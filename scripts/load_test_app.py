@@ -59,7 +59,7 @@ def build_stand_in_glue(root: Path, frames: int, frame_size: int, num_latents: i
     from transformers import VideoPrismVisionConfig, VideoPrismVisionModel
 
     from vlm.llm import SMOLLM2_SOURCE, load_llm
-    from vlm.model import VideoLanguageModel
+    from vlm.model import PrismVlmForConditionalGeneration
 
     torch.manual_seed(0)
     encoder = VideoPrismVisionModel(
@@ -70,7 +70,7 @@ def build_stand_in_glue(root: Path, frames: int, frame_size: int, num_latents: i
     ).eval()
     encoder.save_pretrained(root / "encoder")
     llm, tokenizer = load_llm(SMOLLM2_SOURCE)
-    model = VideoLanguageModel.build(
+    model = PrismVlmForConditionalGeneration.build(
         llm, tokenizer, encoder, num_latents=num_latents, num_heads=4, num_frames=frames, frame_size=frame_size,
         encoder_source=str(root / "encoder"), llm_source=SMOLLM2_SOURCE,
     )

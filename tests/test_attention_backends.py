@@ -71,6 +71,7 @@ def test_flex_attention_matches_eager_with_softcap(tiny_dirs, clips):
     assert max_diff <= 1e-4
 
 
+@pytest.mark.quick
 def test_default_is_unchanged_eager(tiny_dirs, clips):
     default = load_encoder(tiny_dirs / "capped")
     assert default.config._attn_implementation == "eager"
@@ -85,6 +86,7 @@ def test_unknown_attn_implementation_raises(tiny_dirs, name):
 
 
 @pytest.mark.skipif(importlib.util.find_spec("flash_attn") is not None, reason="flash_attn is installed here")
+@pytest.mark.quick
 def test_flash_attention_2_without_flash_attn_is_an_error(tiny_dirs):
     assert "flash_attention_2" in ATTN_IMPLEMENTATIONS
     with pytest.raises((ImportError, ValueError)):
@@ -109,6 +111,7 @@ def test_every_source_kind_takes_the_attn_implementation(tmp_path):
             assert all(layer.attention.config._attn_implementation == name for layer in model.spatial_layers)
 
 
+@pytest.mark.quick
 def test_frame_paddings_need_eager_attention(tiny_dirs, clips):
     flex = load_encoder(tiny_dirs / "capped", attn_implementation="flex_attention")
     paddings = torch.tensor([[0, 0, 0, 1], [0, 0, 1, 1]])
@@ -121,6 +124,7 @@ def test_frame_paddings_need_eager_attention(tiny_dirs, clips):
     [(tiny_config(), FRAMES, SIZE), (VideoPrismVisionConfig(), 16, 288), (VideoPrismVisionConfig(), 8, 144)],
     ids=["tiny", "videoprism-b-16x288", "videoprism-b-8x144"],
 )
+@pytest.mark.quick
 def test_flop_count_matches_torch_flop_counter(config, frames, size):
     """encoder.videoprism.flops counts what FlopCounterMode counts (on the meta device: no compute)."""
     with torch.device("meta"):

@@ -17,8 +17,9 @@ import torch
 
 from encoder.common.jsonl import read_jsonl_tolerant
 from encoder.video.clips import Clip, ClipListError, clips_from_feature_cache, decode_clip, list_clips
-from tests.tiny_glue import FRAMES, SIZE, build_tiny_glue, save_tiny_glue, write_clip
+from tests.tiny_glue import FRAMES, SIZE, build_tiny_glue, write_clip
 from vlm.cli import main as cli
+from vlm.inference.assistant import VideoAssistant
 from vlm.inference.batch_caption import caption_clips, errors_path_for
 
 REPO = Path(__file__).resolve().parents[1]
@@ -27,11 +28,6 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def model(smollm2_tokenizer):
     return build_tiny_glue(smollm2_tokenizer)
-
-
-@pytest.fixture(scope="module")
-def glue_dir(tmp_path_factory, model, smollm2_tokenizer):
-    return save_tiny_glue(model, smollm2_tokenizer, tmp_path_factory.mktemp("glue"))
 
 
 @pytest.fixture(scope="module")
@@ -47,9 +43,9 @@ def video_dir(tmp_path_factory):
 
 
 def expected_captions(model, clips):
-    """The captions model.caption gives each clip on its own."""
+    """The captions VideoAssistant(model).caption gives each clip on its own."""
     return {
-        clip.id: model.caption(clips=torch.from_numpy(decode_clip(clip, FRAMES, SIZE))[None], max_new_tokens=6)[0]
+        clip.id: VideoAssistant(model).caption(clips=torch.from_numpy(decode_clip(clip, FRAMES, SIZE))[None], max_new_tokens=6)[0]
         for clip in clips
     }
 
@@ -60,6 +56,7 @@ def lines(path: Path) -> list[dict]:
     return [json.loads(line) for line in text.splitlines()]
 
 
+@pytest.mark.quick
 def test_list_clips_from_folder_manifest_and_text(video_dir, tmp_path):
     clips = list_clips(video_dir)
     assert [c.id for c in clips] == ["broken", "clip0", "clip1", "clip2", "clip3", "clip4", "sub/clip5"]
@@ -92,7 +89,7 @@ def test_folder_captions_flushed_as_they_go_errors_recorded_and_resumed(model, v
     def on_batch(finished):  # what is on disk after each batch
         seen_after_batch.append((finished, len(read_jsonl_tolerant(out)) + len(read_jsonl_tolerant(errors_path_for(out)))))
 
-    counts = caption_clips(model, clips, out, batch_size=2, max_new_tokens=6, num_workers=0, progress=False, on_batch=on_batch)
+    counts = caption_clips(VideoAssistant(model), clips, out, batch_size=2, max_new_tokens=6, num_workers=0, progress=False, on_batch=on_batch)
     assert counts == {"captioned": 6, "errors": 1, "skipped": 0, "merged": 0}
     assert seen_after_batch == [(2, 2), (4, 4), (6, 6), (7, 7)]  # every batch is on disk before the next starts
     rows = lines(out)
@@ -102,14 +99,14 @@ def test_folder_captions_flushed_as_they_go_errors_recorded_and_resumed(model, v
     assert [e["video"] for e in errors] == ["broken"] and "broken.mp4" in errors[0]["error"]
 
     # Resume: nothing left to do.
-    again = caption_clips(model, clips, out, batch_size=2, max_new_tokens=6, num_workers=0, progress=False)
+    again = caption_clips(VideoAssistant(model), clips, out, batch_size=2, max_new_tokens=6, num_workers=0, progress=False)
     assert again["captioned"] == 0 and again["errors"] == 0 and again["skipped"] == 7
     assert lines(out) == rows
 
     # A run killed mid-line: the last two captions lost, a torn line left behind.
     text = out.read_text().splitlines(keepends=True)
     out.write_text("".join(text[:-2]) + '{"video": "clip4", "capt')
-    resumed = caption_clips(model, clips, out, batch_size=4, max_new_tokens=6, num_workers=2, progress=False)
+    resumed = caption_clips(VideoAssistant(model), clips, out, batch_size=4, max_new_tokens=6, num_workers=2, progress=False)
     assert resumed["captioned"] == 2 and resumed["skipped"] == 5
     assert lines(out) == rows  # torn line cut off, the two clips captioned again, identically
 
@@ -120,18 +117,19 @@ def test_resume_after_a_tail_torn_inside_a_multibyte_character(model, video_dir,
     clip captioned again."""
     clips = list_clips(video_dir)[1:3]
     out = tmp_path / "preds.jsonl"
-    caption_clips(model, clips, out, batch_size=2, max_new_tokens=6, num_workers=0, progress=False)
+    caption_clips(VideoAssistant(model), clips, out, batch_size=2, max_new_tokens=6, num_workers=0, progress=False)
     rows = lines(out)
     first = json.dumps(rows[0], ensure_ascii=False) + "\n"
     out.write_bytes(first.encode() + '{"video": "clip2", "caption": "café'.encode()[:-1])  # cut inside "é"
     assert read_jsonl_tolerant(out) == rows[:1]
-    resumed = caption_clips(model, clips, out, batch_size=2, max_new_tokens=6, num_workers=0, progress=False)
+    resumed = caption_clips(VideoAssistant(model), clips, out, batch_size=2, max_new_tokens=6, num_workers=0, progress=False)
     assert resumed["captioned"] == 1 and resumed["skipped"] == 1
     assert lines(out) == rows
     assert (tmp_path / "preds.jsonl.torn").read_bytes().startswith(b'{"video": "clip2"')
 
 
 @pytest.mark.parametrize("frames", ["0", "-3", "10000", "abc"])
+@pytest.mark.quick
 def test_absurd_frames_are_refused_before_any_work(video_dir, tmp_path, capsys, frames):
     """--frames used to be recorded against every clip in the errors file (and 0 silently meant the
     default), so a rerun with a good value skipped them all."""
@@ -147,7 +145,7 @@ def test_library_refuses_a_bad_frame_count_before_writing(model, video_dir, tmp_
     out = tmp_path / "preds.jsonl"
     for frames in (0, -3, 10000):
         with pytest.raises(ValueError, match="num_frames"):
-            caption_clips(model, list_clips(video_dir), out, num_frames=frames, num_workers=0, progress=False)
+            caption_clips(VideoAssistant(model), list_clips(video_dir), out, num_frames=frames, num_workers=0, progress=False)
     assert not out.exists() and not errors_path_for(out).exists()
 
 
@@ -161,7 +159,7 @@ def test_leftover_parts_of_a_killed_multiprocess_run_are_merged_without_duplicat
         "".join(json.dumps({"video": c.id, "caption": reference[c.id]}) + "\n" for c in (clips[1], clips[3]))
     )
     out.write_text(json.dumps({"video": clips[3].id, "caption": reference[clips[3].id]}) + "\n")
-    counts = caption_clips(model, clips, out, batch_size=3, max_new_tokens=6, num_workers=0, progress=False)
+    counts = caption_clips(VideoAssistant(model), clips, out, batch_size=3, max_new_tokens=6, num_workers=0, progress=False)
     assert counts["skipped"] == 2 and counts["captioned"] == 4 and counts["merged"] == 1
     rows = lines(out)
     assert sorted(r["video"] for r in rows) == sorted(c.id for c in clips)  # none lost, none twice
@@ -179,13 +177,13 @@ def test_captions_from_a_feature_cache_equal_captions_from_pixels(model, video_d
     )
     cache = FeatureCache(tmp_path / "cache")
     out = tmp_path / "cached.jsonl"
-    counts = caption_clips(model, clips, out, features=cache, batch_size=3, max_new_tokens=6, progress=False)
+    counts = caption_clips(VideoAssistant(model), clips, out, features=cache, batch_size=3, max_new_tokens=6, progress=False)
     assert counts["captioned"] == 6 and counts["errors"] == 1
     assert {r["video"]: r["caption"] for r in lines(out)} == expected_captions(model, clips[1:])
     assert "unreadable when the feature cache was built" in lines(tmp_path / "cached.errors.jsonl")[0]["error"]
 
     missing = caption_clips(
-        model, [Clip("elsewhere", str(tmp_path / "other.mp4"))], tmp_path / "m.jsonl", features=cache, progress=False
+        VideoAssistant(model), [Clip("elsewhere", str(tmp_path / "other.mp4"))], tmp_path / "m.jsonl", features=cache, progress=False
     )
     assert missing["errors"] == 1 and "not in the feature cache" in lines(tmp_path / "m.errors.jsonl")[0]["error"]
     assert sorted(c.id for c in clips_from_feature_cache(cache)) == sorted(["broken", *[f"clip{i}" for i in range(6)]])
@@ -210,7 +208,7 @@ def test_hugging_face_dataset_input(model, video_dir, tmp_path):
     for clip, byte_clip in zip(clips, byte_clips):
         np.testing.assert_array_equal(decode_clip(clip, FRAMES, SIZE), decode_clip(byte_clip, FRAMES, SIZE))
     out = tmp_path / "hf.jsonl"
-    caption_clips(model, byte_clips, out, batch_size=2, max_new_tokens=6, num_workers=0, progress=False)
+    caption_clips(VideoAssistant(model), byte_clips, out, batch_size=2, max_new_tokens=6, num_workers=0, progress=False)
     assert [r["caption"] for r in lines(out)] == [expected_captions(model, clips)[c.id] for c in clips]
     with pytest.raises(ClipListError, match="no video column 'video'"):
         list_clips(tmp_path / "bytes")
@@ -262,6 +260,7 @@ def test_accelerate_launch_two_processes_merges_to_the_single_process_output(glu
     assert summary["captioned"] + summary["errors"] in (3, 4) and summary["merged"] == 6
 
 
+@pytest.mark.quick
 def test_a_second_run_on_the_same_output_is_refused(model, video_dir, tmp_path):
     from filelock import FileLock
 
@@ -270,7 +269,7 @@ def test_a_second_run_on_the_same_output_is_refused(model, video_dir, tmp_path):
     out = tmp_path / "preds.jsonl"
     with FileLock(f"{out}.lock-0"):  # another run holds the output
         with pytest.raises(OutputBusyError, match="being written by another run"):
-            caption_clips(model, list_clips(video_dir), out, num_workers=0, progress=False)
+            caption_clips(VideoAssistant(model), list_clips(video_dir), out, num_workers=0, progress=False)
     assert not out.exists()
-    counts = caption_clips(model, list_clips(video_dir)[1:3], out, max_new_tokens=4, num_workers=0, progress=False)
+    counts = caption_clips(VideoAssistant(model), list_clips(video_dir)[1:3], out, max_new_tokens=4, num_workers=0, progress=False)
     assert counts["captioned"] == 2

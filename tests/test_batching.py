@@ -9,6 +9,8 @@ import pytest
 
 from apps.batching import BatchingConfig, MicroBatcher
 
+pytestmark = pytest.mark.quick
+
 
 def doubling(calls):
     def run(key, inputs):

@@ -10,6 +10,7 @@ import pytest
 
 from tests.tiny_glue import FRAMES, build_tiny_glue, save_tiny_glue, write_clip
 from vlm.cli.main import main
+from vlm.inference.assistant import VideoAssistant
 from vlm.shapes.chat_eval import chat_accuracy, named_answers
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -17,17 +18,17 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory, smollm2_tokenizer):
-    from vlm.model import VideoLanguageModel
+    from vlm.model import PrismVlmForConditionalGeneration
 
     root = tmp_path_factory.mktemp("chat")
     glue = save_tiny_glue(build_tiny_glue(smollm2_tokenizer), smollm2_tokenizer, root)
     clip = write_clip(root / "clip.mp4", seed=3)
-    model = VideoLanguageModel.from_pretrained(glue)
-    return {"glue": glue, "clip": str(clip), "model": model, "clips": model.load_videos([clip], FRAMES)}
+    model = PrismVlmForConditionalGeneration.from_pretrained(glue)
+    return {"glue": glue, "clip": str(clip), "model": model, "clips": VideoAssistant(model).load_videos([clip], FRAMES)}
 
 
 def _reply(setup, messages) -> str:
-    return setup["model"].chat(messages, clips=setup["clips"], max_new_tokens=6).strip()
+    return VideoAssistant(setup["model"]).chat(messages, clips=setup["clips"], max_new_tokens=6).strip()
 
 
 def test_one_shot_turns_equal_the_library_chat(setup, capsys):

@@ -23,6 +23,8 @@ from encoder.common.jsonl import (
     write_jsonl_atomically,
 )
 
+pytestmark = pytest.mark.quick
+
 # ------------------------------------------------------------------------------------------ JSON lines
 
 

@@ -8,6 +8,8 @@ import pytest
 
 from apps.compute_thread import run_in_passing_thread
 
+pytestmark = pytest.mark.quick
+
 
 def test_runs_in_another_thread_that_has_ended_and_returns_the_result():
     seen = {}

@@ -10,6 +10,7 @@ import torch
 from transformers import MistralConfig, MistralForCausalLM
 
 from tests.tiny_glue import FRAMES, SIZE, build_tiny_glue
+from vlm.inference.assistant import VideoAssistant
 from vlm.inference.generation import GenerationSettings, generate_ids
 from vlm.serving.continuous_batching import (
     ContinuousBatcher,
@@ -33,7 +34,7 @@ def prompts(model) -> list[torch.Tensor]:
     torch.manual_seed(0)
     clips = torch.rand(len(QUESTIONS), FRAMES, SIZE, SIZE, 3)
     with torch.inference_mode():
-        inputs = model.answer_inputs(model.get_video_features(clips), QUESTIONS)
+        inputs = VideoAssistant(model).answer_inputs(model.get_video_features(clips), QUESTIONS)
     rows = [inputs.row(i) for i in range(len(QUESTIONS))]
     assert len({row.shape[0] for row in rows}) == len(rows)  # really padded differently when batched
     return rows
@@ -72,6 +73,7 @@ def test_one_at_a_time_with_max_batch_one(model, prompts):
         assert set(batcher.step_sizes) == {1}
 
 
+@pytest.mark.quick
 def test_stop_at_newline_and_streamed_tokens(model, prompts):
     newline = model.tokenizer.convert_tokens_to_ids("Ċ")  # SmolLM2's "\n"
     with ContinuousBatcher(model.llm, model.tokenizer) as batcher:
@@ -82,6 +84,7 @@ def test_stop_at_newline_and_streamed_tokens(model, prompts):
     assert all(newline not in ids[:-1] for ids in streamed)
 
 
+@pytest.mark.quick
 def test_a_cancelled_request_leaves_and_the_others_go_on(model, prompts):
     expected = alone(model, prompts[1], 20)
     with ContinuousBatcher(model.llm, model.tokenizer) as batcher:
@@ -97,6 +100,7 @@ def test_a_cancelled_request_leaves_and_the_others_go_on(model, prompts):
         assert got == alone(model, prompts[2], 5)[: len(got)]
 
 
+@pytest.mark.quick
 def test_a_request_whose_prompt_fails_fails_alone(model, prompts):
     def broken():
         raise ValueError("no such clip")
@@ -149,6 +153,7 @@ def test_a_failed_round_reruns_its_requests_alone(model, prompts, monkeypatch):
         assert shown._tokens[0] == first
 
 
+@pytest.mark.quick
 def test_calls_run_between_steps_in_arrival_order(model, prompts):
     order = []
     with ContinuousBatcher(model.llm, model.tokenizer, ContinuousBatchingConfig(max_batch=1)) as batcher:

@@ -21,6 +21,7 @@ from tests.tiny_glue import (
 )
 from vlm.chat_template import IGNORE_INDEX, chat_inference_ids, chat_training_ids
 from vlm.convert.conversations import ConversationError, read_conversation
+from vlm.inference.assistant import VideoAssistant
 from vlm.prompts import ChatMessagesError
 from vlm.training import DataSource, TrainConfig, train_glue
 from vlm.training.data import GlueExamples, VideoSettings, collate_visits, load_examples
@@ -82,6 +83,7 @@ def test_bad_rows_name_their_reason(turns, reason):
 # ---------------------------------------------------------------------------------------------
 
 
+@pytest.mark.quick
 def test_labels_cover_exactly_the_assistant_turns_token_by_token(smollm2_tokenizer):
     tokenizer = smollm2_tokenizer
     end = tokenizer.convert_tokens_to_ids("<|im_end|>")
@@ -122,6 +124,7 @@ def test_inference_renders_the_history_as_training_does(smollm2_tokenizer):
         chat_training_ids(tokenizer, [{"role": "robot", "content": "x"}], end)
 
 
+@pytest.mark.quick
 def test_truncation_keeps_whole_turns(smollm2_tokenizer):
     tokenizer = smollm2_tokenizer
     end = {tokenizer.convert_tokens_to_ids("<|im_end|>")}
@@ -199,7 +202,7 @@ def test_conversation_loss_from_the_cache_equals_on_the_fly_and_ignores_user_tur
     clips = torch.from_numpy(np.stack([load_clip(v, num_frames=FRAMES, size=SIZE) for v in videos]))
     cache = FeatureCache(root / "cache")
     tokens = torch.stack([cache.get(v) for v in videos])
-    texts = model.processor.training_texts(*args, conversations=conversations)
+    texts = VideoAssistant(model).processor.training_texts(*args, conversations=conversations)
     on_the_fly = model.example_losses(texts, clips=clips)
     cached = model.example_losses(texts, video_tokens=tokens)
     torch.testing.assert_close(on_the_fly, cached, atol=1e-5, rtol=0)
@@ -217,7 +220,7 @@ def test_conversation_loss_from_the_cache_equals_on_the_fly_and_ignores_user_tur
     # a different user question changes nothing the loss sees but the context; a different reply changes the loss
     other_reply = [dict(m) for m in PLAIN]
     other_reply[3]["content"] = "It is staying still."
-    changed = model.example_losses(model.processor.training_texts(*args, conversations=[other_reply, None]), video_tokens=tokens)
+    changed = model.example_losses(VideoAssistant(model).processor.training_texts(*args, conversations=[other_reply, None]), video_tokens=tokens)
     assert abs(float(changed[0].detach()) - float(cached[0].detach())) > 1e-4
     assert float(changed[1].detach()) == pytest.approx(float(cached[1].detach()), abs=1e-6)
 

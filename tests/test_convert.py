@@ -14,6 +14,8 @@ from tests.fixture_files import REFERENCE_DIR as REFERENCE
 from tests.fixture_files import TEST_SPM_MODEL
 from vlm.cli.main import main as cli_main
 
+pytestmark = pytest.mark.quick
+
 TOKEN_ATOL = 1e-4
 MIN_COSINE = 0.99999
 

@@ -13,6 +13,8 @@ from vlm.cli import main as cli
 from vlm.convert.annotations import AnnotationFormatError, convert_annotations
 from vlm.evaluation.data import read_caption_references, read_qa
 
+pytestmark = pytest.mark.quick
+
 
 def write_json(path: Path, value) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)

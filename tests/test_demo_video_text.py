@@ -55,6 +55,7 @@ def test_search_by_caption_finds_the_clip(fresh_clips, tmp_path, capsys, monkeyp
     assert right >= 7, f"top-1 right for {right} of 8 queries: {list(zip(queries, found))}"
 
 
+@pytest.mark.quick
 def test_zero_shot_colour_labels(fresh_clips, capsys, monkeypatch):
     monkeypatch.delenv(MODEL_ENVIRONMENT_VARIABLE, raising=False)
     folder, clips = fresh_clips

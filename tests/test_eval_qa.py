@@ -19,12 +19,8 @@ from vlm.evaluation.data import EvaluationFileError, QAExample, question_type_of
 from vlm.evaluation.qa import evaluate_qa, qa_markdown, qa_report, tune_k
 from vlm.evaluation.qa_inference import score_candidates
 from vlm.evaluation.wups import WordNetNotFoundError, WupsScorer, load_wordnet
+from vlm.inference.assistant import VideoAssistant
 from vlm.prompts import Shot
-
-
-@pytest.fixture(scope="module")
-def tokenizer(smollm2_tokenizer):
-    return smollm2_tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -145,6 +141,7 @@ def test_wordnet_from_debian_files_gives_the_standard_wup_similarities(wordnet):
     assert dog.lexname() == "noun.animal"  # read through the lexnames file we ship
 
 
+@pytest.mark.quick
 def test_wups_protocols(wordnet):
     nextqa = WupsScorer("nextqa", wordnet=wordnet)
     assert nextqa.score("dog", "cat", 0.0) == pytest.approx(0.857142857)
@@ -224,6 +221,7 @@ def test_malinowski_wups_equals_the_daquar_script_on_public_predictions(wordnet)
         assert ours == pytest.approx(expected, abs=1e-4)
 
 
+@pytest.mark.quick
 def test_missing_wordnet_gives_a_clear_error(tmp_path, capsys, monkeypatch):
     with pytest.raises(WordNetNotFoundError, match="not a WordNet database directory"):
         load_wordnet(tmp_path)
@@ -260,10 +258,10 @@ def test_batched_one_token_scores_equal_score_answers(model):
     candidates = ["man", "dog", "red", "talk"]
     ids = [model.tokenizer(" " + c, add_special_tokens=False)["input_ids"] for c in candidates]
     assert all(len(i) == 1 for i in ids)
-    batched = model.one_token_log_likelihoods(questions, tokens, [i[0] for i in ids], shots)
+    batched = VideoAssistant(model).one_token_log_likelihoods(questions, tokens, [i[0] for i in ids], shots)
     assert batched.shape == (3, 4)
     for row, question in enumerate(questions):
-        ranked = model.score_answers(question, candidates, video_tokens=tokens[row : row + 1], shots=shots)
+        ranked = VideoAssistant(model).score_answers(question, candidates, video_tokens=tokens[row : row + 1], shots=shots)
         single = torch.tensor([next(r.log_likelihood for r in ranked if r.answer == c) for c in candidates])
         torch.testing.assert_close(batched[row], single.float(), atol=1e-4, rtol=0)
 
@@ -303,33 +301,33 @@ def test_open_and_closed_evaluation_agree_with_the_model_question_by_question(mo
     shots = select_shots(train)
     assert [s.answer for s in shots] == ["water bottle", "man"]
 
-    results, records = evaluate_qa(model, test, "open", train=train, batch_size=3, max_new_tokens=4, num_workers=0, progress=False)
+    results, records = evaluate_qa(VideoAssistant(model), test, "open", train=train, batch_size=3, max_new_tokens=4, num_workers=0, progress=False)
     for example, record in zip(test[:5], records[:5]):
-        expected = model.answer([example.question], clips=_clip_frames(example.video), shots=shots, max_new_tokens=4)[0]
+        expected = VideoAssistant(model).answer([example.question], clips=_clip_frames(example.video), shots=shots, max_new_tokens=4)[0]
         assert record["prediction"] == expected
     assert records[5]["prediction"] is None and results["unanswered"] == 1
     assert results["accuracy"] == pytest.approx(100 * sum(r["correct"] for r in records) / 6)
 
     results, records = evaluate_qa(
-        model, test, "closed", train=train, val=val, tune=True, batch_size=4, num_workers=0, progress=False
+        VideoAssistant(model), test, "closed", train=train, val=val, tune=True, batch_size=4, num_workers=0, progress=False
     )
     closed = results["closed_vocabulary"]
     vocabulary = closed_vocabulary([[e.answer for e in train], [e.answer for e in val]], model.tokenizer)
     assert closed["num_candidates"] == len(vocabulary) == 7  # "water bottle" is not one token
     assert set(closed["val_accuracy_by_k"]) == {"7"}  # every K of the grid is capped at 7
     assert closed["k"] == 7 and closed["test_answer_coverage"] == pytest.approx(100 * 5 / 6)
-    scores = score_candidates(model, test, vocabulary, shots, batch_size=4, num_workers=0, progress=False)
+    scores = score_candidates(VideoAssistant(model), test, vocabulary, shots, batch_size=4, num_workers=0, progress=False)
     assert np.isnan(scores[5]).all()  # the unreadable video
     for row, (example, record) in enumerate(zip(test[:5], records[:5])):
-        ranked = model.score_answers(example.question, vocabulary, clips=_clip_frames(example.video), shots=shots)
+        ranked = VideoAssistant(model).score_answers(example.question, vocabulary, clips=_clip_frames(example.video), shots=shots)
         assert record["prediction"] == ranked[0].answer
         expected = [next(r.log_likelihood for r in ranked if r.answer == c) for c in vocabulary]
         np.testing.assert_allclose(scores[row], expected, atol=1e-4, rtol=0)
     assert records[4]["correct"] is False  # "water bottle" is no candidate: always wrong
     multi_token = ["water bottle", "man"]  # scored question by question through score_answers
-    scores = score_candidates(model, test[:2], multi_token, shots, num_workers=0, progress=False)
+    scores = score_candidates(VideoAssistant(model), test[:2], multi_token, shots, num_workers=0, progress=False)
     for row, example in enumerate(test[:2]):
-        ranked = model.score_answers(example.question, multi_token, clips=_clip_frames(example.video), shots=shots)
+        ranked = VideoAssistant(model).score_answers(example.question, multi_token, clips=_clip_frames(example.video), shots=shots)
         np.testing.assert_allclose(scores[row], [next(r.log_likelihood for r in ranked if r.answer == c) for c in multi_token], atol=1e-4)
     assert sum(t["count"] for t in results["per_type"].values()) == 6
 
@@ -340,8 +338,8 @@ def test_closed_evaluation_from_a_feature_cache_equals_decoding(model, qa_files,
     test, train = read_qa(qa_files / "test.jsonl"), read_qa(qa_files / "train.jsonl")
     videos = sorted({e.video for e in test})
     extract_features(model.encoder, videos, tmp_path / "cache", num_frames=FRAMES, size=SIZE, num_workers=0, progress=False)
-    cached = evaluate_qa(model, test, "closed", train=train, k=5, features=FeatureCache(tmp_path / "cache"), progress=False)
-    decoded = evaluate_qa(model, test, "closed", train=train, k=5, num_workers=0, progress=False)
+    cached = evaluate_qa(VideoAssistant(model), test, "closed", train=train, k=5, features=FeatureCache(tmp_path / "cache"), progress=False)
+    decoded = evaluate_qa(VideoAssistant(model), test, "closed", train=train, k=5, num_workers=0, progress=False)
     assert [r["prediction"] for r in cached[1]] == [r["prediction"] for r in decoded[1]]
     assert cached[0]["closed_vocabulary"]["k"] == 5
 
@@ -375,7 +373,7 @@ def test_cli_eval_qa(model, tokenizer, qa_files, tmp_path, capsys):
     assert len(lines) == 6 and results["accuracy"] == pytest.approx(100 * sum(r["correct"] for r in lines) / 6)
     assert results["wups_0.0"] == pytest.approx(100 * sum(r["wups_0.0"] for r in lines) / 6)
     direct, _ = evaluate_qa(
-        model, read_qa(qa_files / "test.jsonl"), "closed", train=read_qa(qa_files / "train.jsonl"),
+        VideoAssistant(model), read_qa(qa_files / "test.jsonl"), "closed", train=read_qa(qa_files / "train.jsonl"),
         val=read_qa(qa_files / "val.jsonl"), tune=True, num_workers=0, progress=False,
     )
     assert results["accuracy"] == direct["accuracy"]

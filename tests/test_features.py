@@ -127,14 +127,15 @@ def test_resume_after_sigkill(tmp_path, tiny_encoder_dir, video_dir):
     index = [json.loads(line) for line in (tmp_path / "cache" / "index.jsonl").read_text().splitlines()]
     assert sorted(row["video"] for row in index) == sorted(FeatureCache(tmp_path / "clean").videos)
     assert len(index) == 5  # no clip twice
-    assert not list((tmp_path / "cache").glob("*.tmp"))
+    assert not list((tmp_path / "cache").glob(".*.tmp-*"))  # no temporary file of an atomic write left
     resumed_cache, clean_cache = FeatureCache(tmp_path / "cache"), FeatureCache(tmp_path / "clean")
     for video in clean_cache.videos:
         torch.testing.assert_close(resumed_cache.get(video), clean_cache.get(video), atol=0, rtol=0)
 
 
 def test_features_cli(tmp_path, tiny_encoder_dir, video_dir):
-    cmd = [sys.executable, "-m", "vlm.cli.main", "features", "--model", str(tiny_encoder_dir), "--videos", str(video_dir),
+    cmd = [sys.executable, "-m", "vlm.cli.main", "features", "--encoder", str(tiny_encoder_dir),
+           "--videos", str(video_dir),
            "--out", str(tmp_path / "cache"), "--frames", str(FRAMES), "--size", str(SIZE), "--workers", "0", "--no-progress"]
     done = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
     assert done.returncode == 0, done.stderr
@@ -152,7 +153,8 @@ def test_features_cli_refuses_absurd_flags_before_writing(tmp_path, tiny_encoder
 
     out = tmp_path / "cache"
     with pytest.raises(SystemExit) as raised:
-        cli.main(["features", "--model", str(tiny_encoder_dir), "--videos", str(video_dir), "--out", str(out), flag, value])
+        cli.main(["features", "--encoder", str(tiny_encoder_dir), "--videos", str(video_dir), "--out", str(out),
+                  flag, value])
     assert raised.value.code == 2 and flag in capsys.readouterr().err
     assert not out.exists()
 
@@ -189,7 +191,8 @@ def test_bad_manifests_name_file_and_line_before_the_encoder_loads(tmp_path, cap
         list_videos(manifest)
     assert message in str(error.value)
     # The CLI says the same, without loading the (here missing) encoder first.
-    assert cli.main(["features", "--model", str(tmp_path / "no-model"), "--videos", str(manifest), "--out", str(tmp_path / "c")]) == 2
+    assert cli.main(["features", "--encoder", str(tmp_path / "no-model"), "--videos", str(manifest),
+                     "--out", str(tmp_path / "c")]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "c").exists()
 

@@ -1,4 +1,4 @@
-"""vlm.hub: the glue as a transformers PreTrainedModel -- save_pretrained / from_pretrained /
+"""vlm.model and vlm.hub: the glue as a transformers PreTrainedModel -- save_pretrained / from_pretrained /
 AutoModel round trips, the shipped demo model through AutoModel, loading by Hub id offline from the
 Hub cache, the model card, and push_to_hub against a local stand-in for the Hub API."""
 
@@ -15,16 +15,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import vlm.hub  # noqa: F401  (registers prism_vlm with the Auto classes)
-from tests.tiny_glue import FRAMES, build_tiny_glue, save_tiny_glue, write_clip
-from vlm.hub import PrismVlmConfig, PrismVlmForConditionalGeneration
+from tests.tiny_glue import FRAMES, write_clip
+from vlm.inference.assistant import VideoAssistant
+from vlm.model import PrismVlmConfig, PrismVlmForConditionalGeneration  # importing registers the Auto classes
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def glue_dir(tmp_path_factory, smollm2_tokenizer) -> Path:
-    return save_tiny_glue(build_tiny_glue(smollm2_tokenizer), smollm2_tokenizer, tmp_path_factory.mktemp("glue"))
 
 
 @pytest.fixture(scope="module")
@@ -41,14 +36,15 @@ def test_auto_classes_round_trip_a_saved_glue(glue_dir, clip, tmp_path):
     model = AutoModel.from_pretrained(glue_dir)
     assert isinstance(model, PrismVlmForConditionalGeneration)
     reference = load_model(glue_dir)
-    clips = reference.load_videos([clip], FRAMES)
-    assert model.caption(clips=clips, max_new_tokens=6) == reference.caption(clips=clips, max_new_tokens=6)
+    expected = VideoAssistant(reference).caption(clips=(clips := VideoAssistant(reference).load_videos([clip], FRAMES)),
+                                                 max_new_tokens=6)
+    assert VideoAssistant(model).caption(clips=clips, max_new_tokens=6) == expected
     out = model.save_pretrained(tmp_path / "again")
-    assert sorted(p.name for p in out.iterdir()) == ["README.md", "config.json", "prism_vlm_config.json", "resampler.safetensors"]
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "config.json", "resampler.safetensors"]  # one config
     saved, original = load_file(str(out / "resampler.safetensors")), load_file(str(glue_dir / "resampler.safetensors"))
     assert saved.keys() == original.keys() and all(torch.equal(saved[k], original[k]) for k in saved)
     again = AutoModel.from_pretrained(out)
-    assert again.caption(clips=clips, max_new_tokens=6) == reference.caption(clips=clips, max_new_tokens=6)
+    assert VideoAssistant(again).caption(clips=clips, max_new_tokens=6) == expected
     card = (out / "README.md").read_text()
     assert "AutoModel.from_pretrained" in card and str(reference.config.llm_source) in card
 
@@ -63,25 +59,28 @@ def test_card_shows_the_metrics_file(glue_dir, tmp_path):
     assert '"closed_colour_accuracy": 0.848' in (out / "README.md").read_text()
 
 
-def test_a_directory_in_the_old_format_loads(glue_dir, tmp_path, clip):
-    """Saved before config.json existed: prism_vlm_config.json + resampler.safetensors only."""
+@pytest.mark.parametrize("layout", ["legacy config only", "legacy config and nested config.json"])
+def test_directories_in_the_older_formats_load(glue_dir, tmp_path, clip, layout):
+    """Saved before config.json held everything: prism_vlm_config.json (the glue's fields) alone, or with a
+    config.json that nested them under "glue"; both load, and saving again writes the one config.json."""
+    values = json.loads((glue_dir / "config.json").read_text())
+    glue = {k: v for k, v in values.items() if k not in ("model_type", "transformers_version")}
     old = tmp_path / "old"
     old.mkdir()
-    for name in ("prism_vlm_config.json", "resampler.safetensors"):
-        shutil.copy(glue_dir / name, old / name)
+    shutil.copy(glue_dir / "resampler.safetensors", old / "resampler.safetensors")
+    (old / "prism_vlm_config.json").write_text(json.dumps(glue))
+    if layout != "legacy config only":
+        (old / "config.json").write_text(json.dumps({"glue": glue, "model_type": "prism_vlm"}))
     model = PrismVlmForConditionalGeneration.from_pretrained(old)
-    clips = model.load_videos([clip], FRAMES)
-    assert model.caption(clips=clips, max_new_tokens=4) == _caption_through_auto_model(glue_dir, clips)
-    vlm.hub.upgrade_directory(old)  # adds config.json: now the Auto classes take it too
+    assert model.config.resampler == PrismVlmForConditionalGeneration.from_pretrained(glue_dir).config.resampler
+    clips = VideoAssistant(model).load_videos([clip], FRAMES)
     from transformers import AutoModel
 
+    expected = VideoAssistant(AutoModel.from_pretrained(glue_dir)).caption(clips=clips, max_new_tokens=4)
+    assert VideoAssistant(model).caption(clips=clips, max_new_tokens=4) == expected
+    model.save_pretrained(old)
+    assert sorted(p.name for p in old.iterdir()) == ["README.md", "config.json", "resampler.safetensors"]
     assert isinstance(AutoModel.from_pretrained(old), PrismVlmForConditionalGeneration)
-
-
-def _caption_through_auto_model(directory, clips):
-    from transformers import AutoModel
-
-    return AutoModel.from_pretrained(directory).caption(clips=clips, max_new_tokens=4)
 
 
 @pytest.mark.real_llm
@@ -89,8 +88,9 @@ def test_the_shipped_demo_model_loads_through_auto_model():
     from transformers import AutoModel
 
     model = AutoModel.from_pretrained(REPO / "vlm" / "demo_model")
-    clips = model.load_videos([REPO / "apps" / "examples" / "cyan_star_moving_down.mp4"])
-    reply = model.chat([{"role": "user", "content": "What colour is the object?"}], clips=clips)
+    assistant = VideoAssistant(model)
+    clips = assistant.load_videos([REPO / "apps" / "examples" / "cyan_star_moving_down.mp4"])
+    reply = assistant.chat([{"role": "user", "content": "What colour is the object?"}], clips=clips)
     assert "cyan" in reply.lower()
 
 
@@ -103,8 +103,8 @@ def test_a_hub_id_loads_offline_from_the_hub_cache(glue_dir, tmp_path):
     (repo / "refs").mkdir()
     (repo / "refs" / "main").write_text("0" * 40)
     code = (
-        "import vlm.hub\nfrom transformers import AutoModel\n"
-        "m = AutoModel.from_pretrained('someone/tiny-glue')\nprint(type(m).__name__, m.vlm.config.num_frames)\n"
+        "import vlm.model\nfrom transformers import AutoModel\n"
+        "m = AutoModel.from_pretrained('someone/tiny-glue')\nprint(type(m).__name__, m.config.num_frames)\n"
     )
     env = dict(os.environ, HF_HUB_CACHE=str(cache), HF_HUB_OFFLINE="1")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
@@ -112,6 +112,7 @@ def test_a_hub_id_loads_offline_from_the_hub_cache(glue_dir, tmp_path):
     assert out.stdout.split() == ["PrismVlmForConditionalGeneration", str(FRAMES)]
 
 
+@pytest.mark.quick
 def test_push_to_hub_uploads_the_saved_files(glue_dir, monkeypatch):
     """Against a local stand-in for huggingface_hub.HfApi (no network here): the repo is created and
     the files save_pretrained writes are uploaded, with this model's card."""
@@ -134,7 +135,7 @@ def test_push_to_hub_uploads_the_saved_files(glue_dir, monkeypatch):
     monkeypatch.setattr(huggingface_hub.HfApi, "upload_folder", upload_folder)
     url = PrismVlmForConditionalGeneration.from_pretrained(glue_dir).push_to_hub("someone/tiny-glue")
     assert url.endswith("someone/tiny-glue/commit/1") and calls["create_repo"] == ("someone/tiny-glue", True)
-    assert calls["uploaded"] == ["README.md", "config.json", "prism_vlm_config.json", "resampler.safetensors"]
+    assert calls["uploaded"] == ["README.md", "config.json", "resampler.safetensors"]
     assert "prism-vlm glue" in calls["card"]
 
 
@@ -159,11 +160,12 @@ def test_bad_sources_are_clear_errors(tmp_path, monkeypatch):
 def test_processor_prepares_videos_and_text_for_the_model(glue_dir, clip):
     from transformers import AutoModel
 
-    model = AutoModel.from_pretrained(glue_dir)
-    inputs = model.processor(videos=[clip, clip], text=["a", "a longer prompt here"])
-    assert tuple(inputs["pixel_values_videos"].shape) == (2, FRAMES, model.vlm.config.frame_size, model.vlm.config.frame_size, 3)
+    assistant = VideoAssistant(AutoModel.from_pretrained(glue_dir))
+    inputs = assistant.processor(videos=[clip, clip], text=["a", "a longer prompt here"])
+    size = assistant.config.frame_size
+    assert tuple(inputs["pixel_values_videos"].shape) == (2, FRAMES, size, size, 3)
     assert inputs["attention_mask"][0, 0] == 0 and inputs["attention_mask"][1].all()  # left-padded
-    assert model.caption(clips=inputs["pixel_values_videos"], max_new_tokens=4) == model.caption(
-        clips=model.load_videos([clip, clip], FRAMES), max_new_tokens=4)
+    assert assistant.caption(clips=inputs["pixel_values_videos"], max_new_tokens=4) == assistant.caption(
+        clips=assistant.load_videos([clip, clip], FRAMES), max_new_tokens=4)
     with pytest.raises(ValueError, match="give videos"):
-        model.processor()
+        assistant.processor()

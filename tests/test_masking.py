@@ -17,7 +17,8 @@ from encoder.videoprism.masking import (
     visible_indices,
 )
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models: one thread (tests/conftest.py)
+# tiny models: one thread (tests/conftest.py)
+pytestmark = [pytest.mark.usefixtures("one_torch_thread"), pytest.mark.quick]
 
 
 @pytest.mark.parametrize("kind", ["tube", "block"])

@@ -19,6 +19,8 @@ from vlm.evaluation.metrics.cider_d import cider_d
 from vlm.evaluation.metrics.ptb_tokenizer import ptb_tokenize
 from vlm.evaluation.metrics.rouge_l import coco_rouge_l, lcs_length
 
+pytestmark = pytest.mark.quick
+
 # (text, the COCO toolkit's tokens after punctuation removal), recorded by running
 # stanford-corenlp-3.4.1.jar's PTBTokenizer -preserveLines -lowerCase as pycocoevalcap does.
 JAVA_TOKENIZER_GOLDEN = [

@@ -88,7 +88,7 @@ def corpus(tmp_path_factory) -> Path:
 def _stage1_config(corpus: Path, out: Path, **overrides) -> Stage1Config:
     values = dict(
         output_dir=str(out), train_manifests=[str(corpus / "videos.jsonl"), str(corpus / "images.jsonl")], model=TINY,
-        batch_size=8, max_steps=40, warmup_steps=3, learning_rate=3e-2, vocab_size=60, save_every=20, log_every=1,
+        batch_size=8, max_steps=40, warmup_steps=3, learning_rate=3e-2, vocab_size=60, checkpoint_every=20, log_every=1,
         cache_clips=True, progress=False,
     )
     values.update(overrides)
@@ -116,7 +116,8 @@ def stage2_run(corpus, stage1_run, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("stage2")
     config = Stage2Config(
         output_dir=str(out), teacher=str(stage1_run / "model"), train_manifests=[str(corpus / "videos.jsonl")],
-        batch_size=8, max_steps=30, warmup_steps=3, learning_rate=3e-2, save_every=30, log_every=1, cache_clips=True,
+        batch_size=8, max_steps=30, warmup_steps=3, learning_rate=3e-2, checkpoint_every=30, log_every=1,
+        cache_clips=True,
         cache_teacher_outputs=True, progress=False, decoder=DecoderConfig(width=16, num_layers=2),
     )
     run_stage2(config)
@@ -206,6 +207,7 @@ def test_alternating_batches_are_deterministic_and_cover_each_epoch():
         AlternatingBatches([10, 2], batch_size=3)
 
 
+@pytest.mark.quick
 def test_caption_tokenizer(corpus, tmp_path):
     tokenizer = train_caption_tokenizer([corpus / "videos.jsonl"], tmp_path / "tok", vocab_size=60, max_length=12)
     assert tokenizer.pad_token_id == 0 and tokenizer.bos_token_id is None and len(tokenizer) <= 60
@@ -269,6 +271,7 @@ def _tiny_vision_config() -> VideoPrismVisionConfig:
     return TINY.vision_config()
 
 
+@pytest.mark.quick
 def test_pool_video_tokens_is_the_video_towers_pooler():
     torch.manual_seed(0)
     video_model = VideoPrismVideoModel(_tiny_vision_config()).eval()
@@ -281,6 +284,7 @@ def test_pool_video_tokens_is_the_video_towers_pooler():
     assert torch.allclose(pooled.norm(dim=-1), torch.ones(2), atol=1e-5)
 
 
+@pytest.mark.quick
 def test_shuffle_permutations():
     generator = torch.Generator().manual_seed(0)
     shuffled = shuffle_permutations(4, 64, True, generator)
@@ -291,6 +295,7 @@ def test_shuffle_permutations():
     assert torch.equal(shuffle_permutations(4, 64, False, generator), identity)
 
 
+@pytest.mark.quick
 def test_token_head_places_visible_tokens_and_mask_tokens():
     torch.manual_seed(0)
     config = _tiny_vision_config()
@@ -342,9 +347,13 @@ def test_stage1_loss_decreases(stage1_run):
     early, late = _early_late(rows, "loss")
     assert early == pytest.approx(np.log(8), abs=0.15)  # chance level at the start
     assert late < early - 0.2
-    assert (stage1_run / "loss.png").is_file() and (stage1_run / "config.json").is_file()
+    # the names every training run has (encoder.training.run; glue training writes them too)
+    assert {"train_config.json", "train_log.txt", "metrics.jsonl", "loss.png", "checkpoints", "model"} <= {
+        p.name for p in stage1_run.iterdir()}
+    assert not (stage1_run / "config.json").exists()
 
 
+@pytest.mark.quick
 def test_stage1_batches_drop_half_the_tokens_and_crop_for_images(corpus, tmp_path):
     task = build_stage1(_stage1_config(corpus, tmp_path / "run"))
     video_batch, image_batch = task.batch(0), task.batch(1)
@@ -426,22 +435,36 @@ def test_stage1_output_loads_in_transformers_and_load_encoder(stage1_run, corpus
 
 
 def test_stage1_resume_is_exact(corpus, tmp_path):
+    from encoder.training.run import TrainConfigError
+
     straight = tmp_path / "straight"
-    run_stage1(_stage1_config(corpus, straight, max_steps=6, save_every=3, warmup_steps=2))
+    run_stage1(_stage1_config(corpus, straight, max_steps=6, checkpoint_every=3, warmup_steps=2))
     resumed = tmp_path / "resumed"
-    run_stage1(_stage1_config(corpus, resumed, max_steps=6, save_every=3, warmup_steps=2))
+    run_stage1(_stage1_config(corpus, resumed, max_steps=6, checkpoint_every=3, warmup_steps=2))
     # simulate a run killed after its step-3 checkpoint: drop what came later, then run again
     shutil.rmtree(resumed / "checkpoints" / "step-00000006")
     shutil.rmtree(resumed / "model")
-    run_stage1(_stage1_config(corpus, resumed, max_steps=6, save_every=3, warmup_steps=2))
+    run_stage1(_stage1_config(corpus, resumed, max_steps=6, checkpoint_every=3, warmup_steps=2))
     a = load_file(str(straight / "model" / "model.safetensors"))
     b = load_file(str(resumed / "model" / "model.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert [r["step"] for r in _metrics(resumed)] == [1, 2, 3, 4, 5, 6]
     assert [r["loss"] for r in _metrics(resumed)] == [r["loss"] for r in _metrics(straight)]
-    with pytest.raises(ValueError, match="different config"):
-        shutil.rmtree(resumed / "checkpoints" / "step-00000006")
-        run_stage1(_stage1_config(corpus, resumed, max_steps=6, save_every=3, warmup_steps=2, drop_ratio=0.25))
+    assert "resumed from step-00000003 (step 3)" in (resumed / "train_log.txt").read_text()
+    # the glue's resume rule: a finished run is left as it is, max_steps may grow, other settings must match
+    written = (resumed / "model" / "model.safetensors").stat().st_mtime_ns
+    run_stage1(_stage1_config(corpus, resumed, max_steps=6, checkpoint_every=3, warmup_steps=2))
+    assert (resumed / "model" / "model.safetensors").stat().st_mtime_ns == written
+    with pytest.raises(TrainConfigError, match=r"differ from its train_config.json: \['drop_ratio'\]"):
+        run_stage1(_stage1_config(corpus, resumed, max_steps=6, checkpoint_every=3, warmup_steps=2, drop_ratio=0.25))
+    with pytest.raises(TrainConfigError, match="already holds a training run"):
+        run_stage1(_stage1_config(corpus, resumed, max_steps=6, checkpoint_every=3, warmup_steps=2, resume=False))
+    run_stage1(_stage1_config(corpus, resumed, max_steps=8, checkpoint_every=3, warmup_steps=2))
+    assert [r["step"] for r in _metrics(resumed)] == [1, 2, 3, 4, 5, 6, 7, 8]
+    assert json.loads((resumed / "train_config.json").read_text())["max_steps"] == 8
+    assert sorted(p.name for p in (resumed / "checkpoints").iterdir()) == ["step-00000006", "step-00000008"]
+    with pytest.raises(TrainConfigError, match="max_steps may grow on resume but not shrink"):
+        run_stage1(_stage1_config(corpus, resumed, max_steps=7, checkpoint_every=3, warmup_steps=2))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -554,7 +577,8 @@ def test_lit_tunes_text_and_head_on_the_frozen_stage2_encoder(stage1_run, stage2
     config = LitConfig(
         output_dir=str(tmp_path / "lit"), encoder=str(stage2_run / "model"), init_from=str(stage1_run / "model"),
         train_manifests=[str(corpus / "videos.jsonl"), str(corpus / "images.jsonl")], batch_size=8, max_steps=24,
-        warmup_steps=2, learning_rate=3e-2, save_every=24, log_every=1, cache_clips=True, cache_encoder_tokens=True,
+        warmup_steps=2, learning_rate=3e-2, checkpoint_every=24, log_every=1, cache_clips=True,
+        cache_encoder_tokens=True,
         progress=False,
     )
     out = run_lit(config)
@@ -612,7 +636,7 @@ def test_cli_train_tokenizer_and_stage1(corpus, tmp_path, capsys):
         "--steps", "2", "--batch-size", "4", "--warmup-steps", "1", "--drop-ratio", "0.25", "--no-progress",
     ])
     assert code == 0 and "wrote" in capsys.readouterr().out
-    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    saved = json.loads((tmp_path / "run" / "train_config.json").read_text())
     assert saved["drop_ratio"] == 0.25 and saved["model"]["hidden_size"] == 32 and saved["model"]["text_layers"] == 2
     assert saved["hard_negatives"] == 1 and "hard_negative_top1" in _metrics(tmp_path / "run")[-1]
     assert VideoPrismClipModel.from_pretrained(tmp_path / "run" / "model").config.vision_config.hidden_size == 32
@@ -620,6 +644,7 @@ def test_cli_train_tokenizer_and_stage1(corpus, tmp_path, capsys):
     assert "needs teacher" in capsys.readouterr().err
 
 
+@pytest.mark.quick
 def test_stage1_config_round_trips_through_json(tmp_path):
     from encoder.common.configs import load_config, save_config
 
@@ -667,3 +692,41 @@ def test_pretrain_flags_are_generated_from_the_stage_configs(tmp_path):
     assert config.model == dataclasses.replace(ModelSize.tiny(), num_attention_heads=4)
     args = parser.parse_args(["pretrain", "stage1", "--config", str(tmp_path / "config.json"), "--size", "base"])
     assert config_from_args(Stage1Config, args).model == ModelSize.base()
+
+
+def test_train_and_pretrain_share_their_flags(tmp_path, capsys):
+    """A setting both trainings have has one flag in `prism-vlm train` and `prism-vlm pretrain`; the old
+    spellings stay as aliases; a bad precision is refused alike; resuming from the run's own config."""
+    from encoder.common.configs import save_config
+    from vlm.cli import main as cli
+    from vlm.cli.pretrain import config_from_args as pretrain_config
+    from vlm.cli.train import config_from_args as train_config
+
+    parser = cli.build_parser()
+    shared = ["--checkpoint-every", "7", "--keep-checkpoints", "3", "--log-every", "2", "--mixed-precision", "bf16",
+              "--threads", "1", "--no-progress", "--report-to", "none", "--max-steps", "9", "--warmup-steps", "1"]
+    glue_args = parser.parse_args(["train", "--output-dir", str(tmp_path / "g"), *shared, "--no-resume"])
+    glue = train_config(glue_args)
+    stage = pretrain_config(Stage1Config, parser.parse_args(
+        ["pretrain", "stage1", "--out", str(tmp_path / "s"), "--train", "a.jsonl", *shared, "--no-resume"]))
+    names = ("checkpoint_every", "keep_checkpoints", "log_every", "mixed_precision", "cpu_threads", "progress",
+             "report_to", "max_steps", "warmup_steps")
+    expected = [7, 3, 2, "bf16", 1, False, "none", 9, 1]
+    assert [getattr(glue, n) for n in names] == [getattr(stage, n) for n in names] == expected
+    assert glue_args.resume is False and stage.resume is False
+    assert parser.parse_args(["train", "--output-dir", "x"]).resume is True  # resuming is the default of both
+    assert parser.parse_args(["train", "--output-dir", "x", "--restart"]).resume is False
+    old = ["pretrain", "stage1", "--out", str(tmp_path / "s"), "--train", "a.jsonl", "--save-every", "5", "--restart"]
+    old_spelling = pretrain_config(Stage1Config, parser.parse_args(old))
+    assert (old_spelling.checkpoint_every, old_spelling.resume) == (5, False)
+    for command in (["train", "--output-dir", "x"], ["pretrain", "stage1", "--out", "x", "--train", "a.jsonl"]):
+        with pytest.raises(SystemExit):
+            parser.parse_args([*command, "--mixed-precision", "fp32"])
+        assert "invalid choice: 'fp32'" in capsys.readouterr().err
+    # without --config, a run directory's own train_config.json (or a legacy config.json) is the base
+    save_config(Stage1Config(output_dir=str(tmp_path / "s"), train_manifests=["m.jsonl"], max_steps=9, warmup_steps=2,
+                             model=ModelSize.tiny(), vocab_size=77), tmp_path / "s" / "train_config.json")
+    resumed = pretrain_config(Stage1Config, parser.parse_args(["pretrain", "stage1", "--out", str(tmp_path / "s"),
+                                                               "--steps", "12"]))
+    assert (resumed.train_manifests, resumed.vocab_size, resumed.max_steps) == (["m.jsonl"], 77, 12)
+    assert resumed.model == ModelSize.tiny()

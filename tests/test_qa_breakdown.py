@@ -4,6 +4,8 @@ import pytest
 
 from vlm.evaluation.data import QAExample
 
+pytestmark = pytest.mark.quick
+
 
 @pytest.fixture(scope="module")
 def breakdown(load_script):

@@ -9,6 +9,8 @@ import torch
 
 from vlm.resampler import PerceiverResampler, ResamplerConfig
 
+pytestmark = pytest.mark.quick
+
 VIDEO_WIDTH, LLM_WIDTH = 24, 40
 
 

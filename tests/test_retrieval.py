@@ -53,6 +53,7 @@ def clips(tmp_path_factory):
     return root
 
 
+@pytest.mark.quick
 def test_official_lvt_checkpoint_embeddings_match_the_jax_reference(lvt_model, lvt_io):
     videos = lvt_model.embed_clips(lvt_io["video_uint8"].astype(np.float32) / np.float32(255))
     texts = lvt_model.embed_texts([str(c) for c in lvt_io["captions"]])
@@ -71,6 +72,7 @@ def test_converted_directory_gives_the_same_embeddings(lvt_model, lvt_io, tmp_pa
     assert torch.allclose(converted.embed_clips(video), lvt_model.embed_clips(video), atol=1e-6)
 
 
+@pytest.mark.quick
 def test_sources_that_cannot_embed_text_are_refused(tmp_path):
     with pytest.raises(VideoTextModelError, match="holds no tokenizer"):
         load_video_text_model(LVT_NPZ)
@@ -154,6 +156,7 @@ def test_index_resume_loses_and_duplicates_nothing(lvt_model, clips, tmp_path):
     assert build_index(lvt_model, videos_with_bad, tmp_path / "index", num_workers=0, progress=False)["encoded"] == 0
 
 
+@pytest.mark.quick
 def test_search_backends_agree_and_bound_k(tmp_path):
     pytest.importorskip("faiss")
     generator = torch.Generator().manual_seed(0)
@@ -171,6 +174,7 @@ def test_search_backends_agree_and_bound_k(tmp_path):
         search_embeddings(embeddings, queries, backend="annoy")
 
 
+@pytest.mark.quick
 def test_zero_shot_templates_are_ensembled(lvt_model):
     labels = ["playing drums", "cooking"]
     templates = ("a video of {}.", "a photo of a person {}.")
@@ -207,7 +211,7 @@ def _cli(argv, capsys):
 
 
 def test_cli_index_search_classify_and_evaluate(clips, tmp_path, capsys):
-    model = ["--model", str(LVT_NPZ), "--tokenizer", str(TEST_SPM_MODEL), "--device", "cpu"]
+    model = ["--video-text-model", str(LVT_NPZ), "--tokenizer", str(TEST_SPM_MODEL), "--device", "cpu"]
     folder = tmp_path / "folder"
     shutil.copytree(clips, folder, ignore=shutil.ignore_patterns("broken.mp4"))
     code, out, _ = _cli(["index", str(folder), "--out", str(tmp_path / "index"), "--workers", "0", "--no-progress", *model], capsys)
@@ -234,10 +238,11 @@ def test_cli_index_search_classify_and_evaluate(clips, tmp_path, capsys):
 def test_cli_errors_are_messages(tmp_path, capsys):
     code, _, err = _cli(["search", str(tmp_path), "query"], capsys)
     assert code == 2 and "not a video index" in err
-    code, _, err = _cli(["classify", str(tmp_path / "none.mp4"), "--labels", "a,b", "--model", str(LVT_NPZ),
+    code, _, err = _cli(["classify", str(tmp_path / "none.mp4"), "--labels", "a,b", "--video-text-model", str(LVT_NPZ),
                          "--tokenizer", str(TEST_SPM_MODEL)], capsys)
     assert code == 2 and "no such video" in err
-    code, _, err = _cli(["classify", str(tmp_path), "--labels", "labels.txt", "--model", str(LVT_NPZ)], capsys)
+    code, _, err = _cli(["classify", str(tmp_path), "--labels", "labels.txt", "--video-text-model", str(LVT_NPZ)],
+                        capsys)
     assert code == 2 and "labels file not found" in err
     with pytest.raises(SystemExit):
         cli_main(["search", str(tmp_path), "q", "--top", "0"])

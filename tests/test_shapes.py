@@ -97,6 +97,7 @@ def test_the_same_frames_always_encode_to_the_same_bytes(clips, tmp_path):
     assert b"bframes=0" in next(iter(encoded))
 
 
+@pytest.mark.quick
 def test_render_clip_depends_only_on_attributes(clips):
     clip = clips[0]
     first = render_clip(clip)
@@ -136,6 +137,7 @@ def test_foreign_or_different_folder_is_refused_untouched(tmp_path):
 # --------------------------------------------------------------------------------------------- files and decoding
 
 
+@pytest.mark.quick
 def test_layout_and_manifests_resolve_from_anywhere(corpus, clips, monkeypatch, tmp_path):
     description = json.loads((corpus / "corpus.json").read_text())
     assert description["seed"] == SEED and description["num_clips"] == NUM_CLIPS
@@ -153,6 +155,7 @@ def test_layout_and_manifests_resolve_from_anywhere(corpus, clips, monkeypatch, 
         assert clip.video == f"videos/{clip.split}/{clip.id}.mp4"
 
 
+@pytest.mark.quick
 def test_qa_files_read_with_the_evaluation_reader(corpus, clips):
     from vlm.evaluation.data import read_qa
 
@@ -203,6 +206,7 @@ def _referred_object(clip: ClipAttributes, qa: dict):
     return named[0]
 
 
+@pytest.mark.quick
 def test_answers_agree_with_attributes(corpus, clips):
     by_id = {clip.id: clip for clip in clips}
     rows = _jsonl(corpus / "qa.jsonl")
@@ -294,6 +298,7 @@ def test_two_object_clips_are_unambiguous_and_never_touch(clips):
 # --------------------------------------------------------------------------------------------- tokens
 
 
+@pytest.mark.quick
 def test_every_answer_is_one_smollm2_token(corpus, smollm2_tokenizer):
     from vlm.prompts import answer_continuation, text_ids
 
@@ -402,6 +407,7 @@ def test_config_validation_names_the_problem():
 # --------------------------------------------------------------------------------------------- CLI
 
 
+@pytest.mark.quick
 def test_cli_make_shapes(tmp_path, capsys):
     from vlm.cli.main import main
 

@@ -3,10 +3,14 @@
 import dataclasses
 import json
 
+import pytest
+
 from encoder.common.atomic_files import write_json
 from vlm.demo_pipeline import stages
 from vlm.demo_pipeline.profiles import PROFILES, saved_profile
 from vlm.demo_pipeline.report import recipe_choices, run_disclosures
+
+pytestmark = pytest.mark.quick
 
 
 def test_reused_stages_and_recipe_choices_are_printed():

@@ -29,6 +29,7 @@ from tests.tiny_glue import (
     tiny_parts_with_clips,
     write_jsonl,
 )
+from vlm.inference.assistant import VideoAssistant
 from vlm.training import DataSource, TrainConfig, TrainingDataError, train_glue
 from vlm.training.config import TrainConfigError
 from vlm.training.data import ExampleStream, GlueExamples, ProcessShardSampler, VideoSettings, load_examples
@@ -93,13 +94,14 @@ def _max_difference(a: dict, b: dict) -> float:
 # ---------------------------------------------------------------------------------------------
 
 
+@pytest.mark.quick
 def test_labels_are_the_target_tokens_and_eos_only(parts):
     model, tokenizer = parts["model"], parts["tokenizer"]
     prompts, targets = ["A video of", "question: what colour is the long bottle? answer:"], ["a cat on a mat", "red"]
     torch.manual_seed(0)
     tokens = torch.randn(2, FRAMES * 4, 32)
     features = model.get_video_features(video_tokens=tokens)
-    texts = model.processor.training_texts(prompts, targets)
+    texts = VideoAssistant(model).processor.training_texts(prompts, targets)
     inputs, labels = model.training_inputs(features, texts)
     expected = [tokenizer(" " + t, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id] for t in targets]
     for row, ids in enumerate(expected):
@@ -124,7 +126,7 @@ def test_labels_are_the_target_tokens_and_eos_only(parts):
     from vlm.training.loop import _prompts
 
     batch = {"task": ["caption", "qa"], "question": ["", "what is shown?"]}
-    assert _prompts(model, batch) == [model.config.prompts.caption_prompt, model.qa_prompt("what is shown?")]
+    assert _prompts(model, batch) == [model.config.prompts.caption_prompt, VideoAssistant(model).qa_prompt("what is shown?")]
     assert _prompts(model, batch)[1] == "question: what is shown? answer:"
     # only the resampler gets gradients
     model.zero_grad(set_to_none=True)
@@ -139,7 +141,7 @@ def test_gradient_checkpointing_gives_the_same_gradients(parts):
 
     model = parts["model"]
     tokens = torch.randn(2, FRAMES * 4, 32)
-    texts = model.processor.training_texts(["A video of"] * 2, ["a red ball", "two cats"])
+    texts = VideoAssistant(model).processor.training_texts(["A video of"] * 2, ["a red ball", "two cats"])
 
     def gradients():
         model.zero_grad(set_to_none=True)
@@ -165,6 +167,7 @@ def test_gradient_checkpointing_gives_the_same_gradients(parts):
     model.zero_grad(set_to_none=True)
 
 
+@pytest.mark.quick
 def test_loss_from_the_cache_equals_on_the_fly_encoding(parts):
     from encoder.video.crops import cache_crop_offsets, crop_clip, crop_source_size
     from encoder.video.decode import load_clip
@@ -175,7 +178,7 @@ def test_loss_from_the_cache_equals_on_the_fly_encoding(parts):
     videos = [str(root / "clips" / f"c{i}.mp4") for i in (0, 2, 5)]
     prompts, targets = ["A video of"] * 3, ["a clip", "colour blocks on a screen", "something"]
     clips = torch.from_numpy(np.stack([load_clip(v, num_frames=FRAMES, size=SIZE) for v in videos]))
-    texts = model.processor.training_texts(prompts, targets)
+    texts = VideoAssistant(model).processor.training_texts(prompts, targets)
     on_the_fly = model(texts, clips=clips)
     cached = model(texts, video_tokens=torch.stack([cache.get(v) for v in videos]))
     assert abs(float(on_the_fly.detach()) - float(cached.detach())) <= 1e-5
@@ -265,7 +268,7 @@ def reference_run(parts, tmp_path_factory):
 
 
 def test_uninterrupted_run_writes_everything(reference_run, parts):
-    from vlm.model import VideoLanguageModel
+    from vlm.model import PrismVlmForConditionalGeneration
 
     out, model_dir = reference_run["out"], reference_run["model_dir"]
     assert model_dir == out / "model" and [s for s, _ in reference_run["steps"]] == [1, 2, 3, 4, 5, 6]
@@ -290,13 +293,20 @@ def test_uninterrupted_run_writes_everything(reference_run, parts):
     assert logged == pytest.approx({m["step"]: m["loss"] for m in metrics if "loss" in m})
     assert [event.step for event in events.Scalars("val_loss")] == [3, 6]
     # the saved glue loads and its resampler moved away from the seeded initialisation
-    loaded = VideoLanguageModel.from_pretrained(model_dir, load_video_encoder=False)
+    loaded = PrismVlmForConditionalGeneration.from_pretrained(model_dir, load_video_encoder=False)
     torch.manual_seed(0)
-    initial = VideoLanguageModel.build(loaded.llm, loaded.tokenizer, video_width=32, num_latents=4, num_heads=2)
+    initial = PrismVlmForConditionalGeneration.build(loaded.llm, loaded.tokenizer, video_width=32, num_latents=4, num_heads=2)
     assert _max_difference(_resampler(model_dir), initial.resampler.state_dict()) > 1e-3
     assert loaded.config.encoder_source == str(parts["root"] / "encoder")
-    with pytest.raises(ValueError, match="already holds a training run"):
-        train_glue(_config(parts, out))
+    # the names every training run has (encoder.training.run; the pretraining stages write them too)
+    assert {"train_config.json", "train_log.txt", "metrics.jsonl", "loss.png", "checkpoints", "trackers", "model"} <= {
+        p.name for p in out.iterdir()}
+    # resuming is the default: a finished run is returned as it is; a new run is refused there
+    written = (model_dir / "resampler.safetensors").stat().st_mtime_ns
+    assert train_glue(_config(parts, out)) == model_dir
+    assert (model_dir / "resampler.safetensors").stat().st_mtime_ns == written
+    with pytest.raises(TrainConfigError, match="already holds a training run"):
+        train_glue(_config(parts, out), resume=False)
 
 
 def test_decoding_workers_give_the_same_run(reference_run, parts, tmp_path):
@@ -340,7 +350,8 @@ def test_sigkill_then_resume_ends_with_the_same_weights(reference_run, parts, tm
         killed.stdout.close()
         killed.stderr.close()
     assert not (out / "model").exists()
-    resumed = subprocess.run([sys.executable, "-m", "vlm.cli.main", "train", "--output-dir", str(out), "--resume", "--no-progress"],
+    # resuming is the default, from the run's own train_config.json
+    resumed = subprocess.run([sys.executable, "-m", "vlm.cli.main", "train", "--output-dir", str(out), "--no-progress"],
                              cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert json.loads(resumed.stdout.strip().splitlines()[-1])["model"] == str(out / "model")
@@ -388,7 +399,7 @@ def test_two_processes_match_one_process_with_the_same_global_batch(reference_ru
 
 
 def test_training_from_a_cache_with_crops_and_lora(parts, tmp_path):
-    from vlm.model import ADAPTER_FILE, VideoLanguageModel
+    from vlm.model import ADAPTER_FILE, PrismVlmForConditionalGeneration
 
     lora = {"r": 2, "lora_alpha": 4, "lora_dropout": 0.0, "target_modules": ["q_proj", "v_proj"]}
     config = _config(parts, tmp_path / "run", features=str(parts["root"] / "cache_crops"), max_steps=3, val_every=3,
@@ -398,22 +409,31 @@ def test_training_from_a_cache_with_crops_and_lora(parts, tmp_path):
     assert "2 random crops" in report["crops"]
     assert report["train"][0]["skipped_by_reason"] == {"unreadable": 2}  # the cache lists both as unreadable
     assert (model_dir / ADAPTER_FILE).is_file()
-    loaded = VideoLanguageModel.from_pretrained(model_dir, load_video_encoder=False)
+    loaded = PrismVlmForConditionalGeneration.from_pretrained(model_dir, load_video_encoder=False)
     adapter = load_file(str(model_dir / ADAPTER_FILE))
     assert any(name.endswith("lora_B.weight") and float(t.abs().max()) > 0 for name, t in adapter.items())  # it trained
     for name, tensor in loaded.lora_state_dict().items():
         torch.testing.assert_close(tensor, adapter[name], atol=0, rtol=0)
     assert not any(p.requires_grad for p in loaded.llm.parameters())
-    # resuming a run with different settings is refused
-    with pytest.raises(ValueError, match="learning_rate"):
+    # resuming a run with different settings is refused; max_steps may grow (the run is extended)
+    with pytest.raises(TrainConfigError, match=r"differ from its train_config.json: \['learning_rate'\]"):
         train_glue(_config(parts, tmp_path / "run", features=str(parts["root"] / "cache_crops"), max_steps=3,
                            lora=lora, learning_rate=1.0), resume=True)
+    with pytest.raises(TrainConfigError, match="max_steps may grow on resume but not shrink"):
+        train_glue(_config(parts, tmp_path / "run", features=str(parts["root"] / "cache_crops"), max_steps=2,
+                           warmup_steps=1, lora=lora))
+    train_glue(_config(parts, tmp_path / "run", features=str(parts["root"] / "cache_crops"), max_steps=4, val_every=3,
+                       checkpoint_every=3, lora=lora))
+    metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics if "loss" in m] == [1, 2, 3, 4]
+    assert "resumed from step-00000003" in (tmp_path / "run" / "train_log.txt").read_text()
+    assert TrainConfig.from_json(tmp_path / "run" / "train_config.json").max_steps == 4
 
 
 def test_resampler_output_norm_trains_saves_and_bounds_the_soft_prompt(parts, tmp_path):
     from vlm.cli import main as cli
     from vlm.cli.train import config_from_args
-    from vlm.model import VideoLanguageModel
+    from vlm.model import PrismVlmForConditionalGeneration
 
     args = cli.build_parser().parse_args(["train", "--output-dir", str(tmp_path / "x"), "--resampler-output-norm"])
     assert config_from_args(args).resampler_output_norm is True
@@ -422,7 +442,7 @@ def test_resampler_output_norm_trains_saves_and_bounds_the_soft_prompt(parts, tm
     config = _config(parts, tmp_path / "run", features=str(parts["root"] / "cache"), max_steps=3, val_every=3,
                      checkpoint_every=3, resampler_output_norm=True)
     model_dir = train_glue(config)
-    loaded = VideoLanguageModel.from_pretrained(model_dir, load_video_encoder=False)
+    loaded = PrismVlmForConditionalGeneration.from_pretrained(model_dir, load_video_encoder=False)
     assert loaded.config.resampler.output_norm is True
     assert {"output_norm.weight", "output_norm.bias"} <= set(_resampler(model_dir))
     tokens = torch.randn(3, FRAMES * 4, 32) * 50  # however large the video tokens ...
@@ -439,6 +459,7 @@ def test_resampler_output_norm_trains_saves_and_bounds_the_soft_prompt(parts, tm
 # ---------------------------------------------------------------------------------------------
 
 
+@pytest.mark.quick
 def test_bad_input_fails_before_training_with_a_clear_message(parts, tmp_path):
     root = parts["root"]
     # llm/encoder sources that do not exist: reaching model loading would raise something else
@@ -462,6 +483,7 @@ def test_bad_input_fails_before_training_with_a_clear_message(parts, tmp_path):
         train_glue(_config(parts, tmp_path / "f", batch_size=4, micro_batch_size=3))
 
 
+@pytest.mark.quick
 def test_config_file_and_flags(parts, tmp_path, capsys):
     from vlm.cli import main as cli
     from vlm.cli.train import config_from_args
@@ -491,7 +513,7 @@ def test_features_command_stores_training_crops(parts, tmp_path, capsys):
 
     root = parts["root"]
     write_jsonl(tmp_path / "two.jsonl", [{"video": str(root / "clips" / f"c{i}.mp4")} for i in (0, 1)])
-    code = cli.main(["features", "--model", str(root / "encoder"), "--videos", str(tmp_path / "two.jsonl"), "--out",
+    code = cli.main(["features", "--encoder", str(root / "encoder"), "--videos", str(tmp_path / "two.jsonl"), "--out",
                      str(tmp_path / "cache"), "--frames", str(FRAMES), "--size", str(SIZE), "--crops", "1", "--crop-seed", "3",
                      "--workers", "0", "--no-progress"])
     assert code == 0 and json.loads(capsys.readouterr().out)["encoded"] == 2
@@ -502,6 +524,7 @@ def test_features_command_stores_training_crops(parts, tmp_path, capsys):
             torch.testing.assert_close(cache.get(video, crop), reference.get(video, crop), atol=1e-6, rtol=1e-6)
 
 
+@pytest.mark.quick
 def test_train_flags_are_generated_from_train_config(tmp_path, capsys):
     """Every TrainConfig field but the data sources, prompts and LoRA has a flag; flags lay over --config."""
     import dataclasses

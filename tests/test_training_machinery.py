@@ -1,10 +1,13 @@
-"""Shared training machinery: atomic pickle-free checkpoints, LR schedules, the metrics log."""
+"""Shared training machinery: atomic pickle-free checkpoints, LR schedules, the metrics log, the run
+harness (file names, the resume rule, the settings both trainings check the same way)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -70,6 +73,7 @@ def _assert_same_state(a, b) -> None:
     ],
     ids=["AdamW", "Adafactor"],
 )
+@pytest.mark.quick
 def test_optimizer_and_scheduler_round_trip_exactly(tmp_path, make_optimizer):
     model = _model()
     params = [p for p in model.parameters() if p.requires_grad]
@@ -102,6 +106,7 @@ def test_optimizer_and_scheduler_round_trip_exactly(tmp_path, make_optimizer):
         assert torch.equal(a, b)
 
 
+@pytest.mark.quick
 def test_only_trainable_tensors_are_stored(tmp_path):
     from safetensors.torch import load_file
 
@@ -112,6 +117,7 @@ def test_only_trainable_tensors_are_stored(tmp_path):
     assert sorted(load_file(str(path / "model.safetensors"))) == ["2.bias", "2.weight"]
 
 
+@pytest.mark.quick
 def test_rng_states_are_restored(tmp_path):
     random.seed(1), np.random.seed(1), torch.manual_seed(1)
     path = save_training_checkpoint(tmp_path, 1, model_state={}, optimizer=None, scheduler=None, data_state={})
@@ -123,6 +129,7 @@ def test_rng_states_are_restored(tmp_path):
     assert torch.equal(expected[3], again[3])
 
 
+@pytest.mark.quick
 def test_leftover_temp_dir_is_ignored_and_old_checkpoints_pruned(tmp_path):
     model = _model()
     for step in (2, 4, 6):
@@ -153,6 +160,7 @@ def test_resaving_a_step_replaces_it(tmp_path):
     assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["step-00000003"]
 
 
+@pytest.mark.quick
 def test_mismatched_model_is_refused(tmp_path):
     model = _model()
     path = save_training_checkpoint(tmp_path, 1, model_state=trainable_state(model), optimizer=None, scheduler=None, data_state={})
@@ -166,9 +174,9 @@ def test_mismatched_model_is_refused(tmp_path):
 
 
 def test_unwrap_accelerate_wrappers():
-    from accelerate import Accelerator
+    from encoder.training.run import make_accelerator
 
-    accelerator = Accelerator(cpu=True)
+    accelerator = make_accelerator(cpu=True)
     model = _model()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
     scheduler = warmup_linear_decay(optimizer, 1, 4)
@@ -213,6 +221,7 @@ def test_warmup_cosine_decay_shape():
         warmup_linear_decay(optimizer, 11, 10)
 
 
+@pytest.mark.quick
 def test_metrics_log_resume_drops_later_rows(tmp_path):
     path = tmp_path / "metrics.jsonl"
     with MetricsLog(path) as log:
@@ -303,7 +312,7 @@ def test_two_processes_main_writes_each_restores_its_own_rng(tmp_path):
 def test_report_to_is_checked_before_any_work_and_plot_on_demand(tmp_path, monkeypatch, capsys):
     import sys
 
-    from encoder.training.run_log import check_report_to
+    from encoder.training.run import check_report_to
     from vlm.cli.main import main
 
     assert check_report_to("none") is None and check_report_to("tensorboard") == "tensorboard"
@@ -325,11 +334,11 @@ def test_report_to_is_checked_before_any_work_and_plot_on_demand(tmp_path, monke
     assert "no metrics.jsonl" in capsys.readouterr().err
 
 
+@pytest.mark.quick
 def test_run_steps_refuses_a_non_finite_loss_before_updating():
     """The shared step loop: steps start+1..max_steps, after_step sees each with the lr it used, and a
     NaN loss raises before the optimizer touches the weights."""
-    from accelerate import Accelerator
-
+    from encoder.training.run import make_accelerator
     from encoder.training.steps import run_steps
 
     weight = torch.nn.Parameter(torch.ones(3))
@@ -343,8 +352,166 @@ def test_run_steps_refuses_a_non_finite_loss_before_updating():
         return float(loss.detach()), {"double": 2 * step}
 
     with pytest.raises(FloatingPointError, match="toy: the loss is nan at step 4; the last good checkpoint is kept in CKPT"):
-        run_steps(start=1, max_steps=6, compute_loss=compute_loss, optimizer=optimizer, scheduler=scheduler, parameters=[weight],
-                  accelerator=Accelerator(cpu=True), max_grad_norm=1.0, title="toy", progress=False, checkpoint_dir="CKPT",
+        run_steps(start=1, max_steps=6, compute_loss=compute_loss, optimizer=optimizer, scheduler=scheduler,
+                  parameters=[weight], accelerator=make_accelerator(cpu=True), max_grad_norm=1.0, title="toy",
+                  progress=False, checkpoint_dir="CKPT",
                   after_step=lambda step, loss, lr, values: seen.append((step, round(lr, 4), values["double"])))
     assert seen == [(2, 0.1, 4), (3, 0.05, 6)]
     assert torch.isfinite(weight).all()  # the NaN step made no update
+
+
+# ---------------------------------------------------------------------------------------------
+# The run harness (encoder.training.run): one set of names, one resume rule, one vocabulary
+# ---------------------------------------------------------------------------------------------
+
+
+def _glue_config(out, **overrides):
+    from vlm.training.config import TrainConfig
+
+    values = {"output_dir": str(out), "train_data": ["a.jsonl"], "max_steps": 6, "warmup_steps": 2,
+              "checkpoint_every": 2}
+    return TrainConfig(**{**values, **overrides})
+
+
+def _stage1_config(out, **overrides):
+    from encoder.videoprism.pretrain.stage1 import ModelSize, Stage1Config
+
+    values = {"output_dir": str(out), "train_manifests": ["a.jsonl"], "model": ModelSize.tiny(), "max_steps": 6,
+              "warmup_steps": 2, "checkpoint_every": 2}
+    if "save_every" in overrides:
+        del values["checkpoint_every"]
+    return Stage1Config(**{**values, **overrides})
+
+
+def _fake_run(config, step: int, model: bool = False) -> None:
+    """A run directory as a training leaves it: its config and a checkpoint of ``step``."""
+    from encoder.common.configs import save_config
+    from encoder.training.run import CONFIG_FILE
+
+    save_config(config, f"{config.output_dir}/{CONFIG_FILE}")
+    save_training_checkpoint(config.output_dir, step, model_state=trainable_state(_model()), optimizer=None,
+                             scheduler=None, data_state={})
+    if model:
+        (Path(config.output_dir) / "model").mkdir()
+        (Path(config.output_dir) / "model" / "weights").write_text("final")
+
+
+def test_both_trainings_name_the_run_files_alike():
+    from encoder.training import run
+
+    assert (run.CONFIG_FILE, run.LOG_FILE, run.METRICS_FILE, run.PLOT_FILE, run.MODEL_DIR) == (
+        "train_config.json", "train_log.txt", "metrics.jsonl", "loss.png", "model")
+    from encoder.training.checkpoints import CHECKPOINTS_DIR
+    from encoder.training.run_log import TRACKERS_DIR
+    from encoder.videoprism.pretrain.stage1 import Stage1Config
+    from vlm.training.config import CONFIG_FILE, TrainConfig
+
+    assert CONFIG_FILE == run.CONFIG_FILE and (CHECKPOINTS_DIR, TRACKERS_DIR) == ("checkpoints", "trackers")
+    glue, stage = {f.name for f in dataclasses.fields(TrainConfig)}, {f.name for f in dataclasses.fields(Stage1Config)}
+    shared = {"output_dir", "max_steps", "batch_size", "learning_rate", "warmup_steps", "weight_decay", "max_grad_norm",
+              "seed", "num_frames", "checkpoint_every", "keep_checkpoints", "log_every", "mixed_precision",
+              "cpu_threads", "progress", "report_to"}
+    assert shared <= glue and shared <= stage and "save_every" not in stage  # one name per setting
+    assert _stage1_config("x", save_every=7).checkpoint_every == 7  # the earlier name still builds a config
+
+
+@pytest.mark.parametrize("make", [_glue_config, _stage1_config], ids=["glue", "pretrain"])
+def test_mixed_precision_is_one_vocabulary(make, tmp_path):
+    from encoder.training.run import MIXED_PRECISIONS, TrainConfigError, resolve_mixed_precision
+
+    assert MIXED_PRECISIONS == ("auto", "no", "bf16", "fp16")  # accelerate's names, and auto
+    for value in MIXED_PRECISIONS:
+        assert make(tmp_path, mixed_precision=value).mixed_precision == value
+    for value in ("fp32", "float16", "bfloat16", ""):
+        with pytest.raises(TrainConfigError, match=r"mixed_precision must be one of \('auto', 'no', 'bf16', 'fp16'\)"):
+            make(tmp_path, mixed_precision=value)
+    assert resolve_mixed_precision("auto", cuda=False) == "no" and resolve_mixed_precision("bf16", cuda=False) == "bf16"
+    with pytest.raises(TrainConfigError, match="fp16' needs a CUDA GPU"):
+        resolve_mixed_precision("fp16", cuda=False)
+
+
+@pytest.mark.parametrize("make", [_glue_config, _stage1_config], ids=["glue", "pretrain"])
+def test_bad_settings_are_one_error_type(make, tmp_path):
+    from encoder.common.errors import PrismVlmError
+    from encoder.training.run import TrainConfigError
+    from vlm.training import RunDirectoryError
+    from vlm.training.config import TrainConfigError as GlueTrainConfigError
+
+    assert GlueTrainConfigError is TrainConfigError and RunDirectoryError is TrainConfigError  # the old names
+    assert issubclass(TrainConfigError, PrismVlmError) and issubclass(TrainConfigError, ValueError)
+    for bad, message in [({"checkpoint_every": 0}, "checkpoint_every must be >= 1"),
+                         ({"keep_checkpoints": 0}, "keep_checkpoints must be >= 1"),
+                         ({"warmup_steps": 7}, r"warmup_steps must be in \[0, max_steps=6\]"),
+                         ({"num_frames": 0}, "num_frames must be in"),
+                         ({"report_to": "mlflow"}, "report_to must be one of")]:
+        with pytest.raises(TrainConfigError, match=message):
+            make(tmp_path, **bad)
+
+
+@pytest.mark.parametrize("make", [_glue_config, _stage1_config], ids=["glue", "pretrain"])
+def test_the_resume_rule(make, tmp_path):
+    """max_steps may grow; settings that only change how a run is watched may change; any other
+    change, a shrinking max_steps and a new run in a used directory are refused with TrainConfigError."""
+    from encoder.training.run import TrainConfigError, check_resume
+
+    may_change = type(make(tmp_path)).RESUME_MAY_CHANGE
+    assert check_resume(make(tmp_path / "new"), resume=True, may_change=may_change) is None  # nothing to resume
+    _fake_run(make(tmp_path), 4)
+    newest = checkpoint_dir(tmp_path, 4)
+    assert check_resume(make(tmp_path), resume=True, may_change=may_change) == newest
+    grown = make(tmp_path, max_steps=10, log_every=3, checkpoint_every=5, keep_checkpoints=4, mixed_precision="bf16")
+    assert check_resume(grown, resume=True, may_change=may_change) == newest
+    with pytest.raises(TrainConfigError, match=r"\['learning_rate', 'seed'\]"):
+        check_resume(make(tmp_path, learning_rate=0.5, seed=3), resume=True, may_change=may_change)
+    with pytest.raises(TrainConfigError, match=r"\['max_steps'\]; max_steps may grow on resume but not shrink"):
+        check_resume(make(tmp_path, max_steps=5), resume=True, may_change=may_change)
+    with pytest.raises(TrainConfigError, match="already holds a training run"):
+        check_resume(make(tmp_path), resume=False, may_change=may_change)
+
+
+def test_a_finished_run_is_not_run_again_and_legacy_configs_are_read(tmp_path):
+    from encoder.common.configs import config_to_dict
+    from encoder.training.run import TrainConfigError, TrainingRun, check_resume
+
+    config = _stage1_config(tmp_path / "run")
+    _fake_run(config, 6, model=True)
+    run = TrainingRun(config, resume=True, may_change=type(config).RESUME_MAY_CHANGE, cpu=True)
+    assert run.finished and run.model_dir == tmp_path / "run" / "model"
+    assert not TrainingRun(_stage1_config(tmp_path / "run", max_steps=8), cpu=True).finished  # extended
+    # a pretraining run saved before the names were shared: config.json with save_every
+    legacy = _stage1_config(tmp_path / "old")
+    _fake_run(legacy, 2)
+    values = config_to_dict(legacy)
+    values["save_every"] = values.pop("checkpoint_every")
+    (tmp_path / "old" / "train_config.json").unlink()
+    (tmp_path / "old" / "config.json").write_text(json.dumps(values))
+    assert check_resume(legacy, resume=True, may_change=type(legacy).RESUME_MAY_CHANGE) is not None
+    with pytest.raises(TrainConfigError, match=r"config.json: \['drop_ratio'\]"):
+        check_resume(_stage1_config(tmp_path / "old", drop_ratio=0.1), resume=True,
+                     may_change=type(legacy).RESUME_MAY_CHANGE)
+
+
+def test_an_extended_run_follows_the_longer_schedule(tmp_path):
+    """Resumed with the same max_steps, the learning rate is the one the checkpoint stored; with a larger
+    one, the step after the checkpoint already uses the longer schedule (not the old one's last value)."""
+    from encoder.common.configs import save_config
+    from encoder.training.run import CONFIG_FILE, TrainingRun
+
+    def parts(total):
+        model = _model()
+        optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
+        return model, optimizer, warmup_linear_decay(optimizer, 1, total)
+
+    model, optimizer, scheduler = parts(4)
+    for _ in range(4):  # to the end of the 4-step schedule: linear decay to 0
+        optimizer.step()
+        scheduler.step()
+    assert optimizer.param_groups[0]["lr"] == 0.0
+    save_config(_glue_config(tmp_path, max_steps=4, warmup_steps=1), tmp_path / CONFIG_FILE)
+    save_training_checkpoint(tmp_path, 4, model_state=trainable_state(model), optimizer=optimizer, scheduler=scheduler,
+                             data_state={})
+    for total, lr in ((4, 0.0), (8, 1 - 3 / 7)):  # step 4 of a warm-up-1 linear decay over 8 steps: 1 - (4 - 1) / 7
+        model, optimizer, scheduler = parts(total)
+        run = TrainingRun(_glue_config(tmp_path, max_steps=total, warmup_steps=1), cpu=True)
+        assert run.restore(model=model, optimizer=optimizer, scheduler=scheduler) == (4, {})
+        assert optimizer.param_groups[0]["lr"] == pytest.approx(lr, abs=1e-12)

@@ -100,6 +100,7 @@ def test_real_video_matches_decode_everything_reference(real_video, real_video_r
     np.testing.assert_allclose(clip, np.stack(frames).astype(np.float32) / 255, atol=1e-6)
 
 
+@pytest.mark.quick
 def test_real_video_window(real_video, real_video_reference):
     frames, stats = _decode_frames_with_stats(real_video, 4, start=2.0, end=4.0)
     np.testing.assert_allclose(stats.times, [2.25, 2.75, 3.25, 3.75])
@@ -127,6 +128,7 @@ def test_one_frame_per_segment_when_counts_match(tmp_path):
     assert codes(frames) == list(range(16))
 
 
+@pytest.mark.quick
 def test_short_clip_repeats_frames_in_order(tmp_path):
     path = write_code_video(tmp_path / "three.mp4", 3, fps=10)
     frames, stats = _decode_frames_with_stats(path, 16)
@@ -145,6 +147,7 @@ def test_single_frame_video(tmp_path):
     assert codes(decode_frames(path, 5)) == [0] * 5
 
 
+@pytest.mark.quick
 def test_variable_frame_rate_uses_timestamps(tmp_path):
     # Irregular gaps: 40 ms, long pauses of 700 ms, bursts of 10 ms.
     gaps = [40, 700, 10, 10, 10, 300, 40, 40, 900, 20, 20, 500, 40, 40, 40, 1200, 40, 40, 40, 40]
@@ -444,6 +447,7 @@ def test_bad_arguments_raise_value_error(kwargs):
 # ----------------------------------------------------------------------------- resize helpers
 
 
+@pytest.mark.quick
 def test_resize_shorter_side_and_center_crop():
     frame = np.zeros((61, 97, 3), np.uint8)
     assert resize_shorter_side(frame, 288).shape == (288, 458, 3)
@@ -469,6 +473,7 @@ def _assert_decode_error(path: Path, **kwargs):
     return info.value
 
 
+@pytest.mark.quick
 def test_missing_file_raises_file_not_found(tmp_path):
     with pytest.raises(FileNotFoundError):
         load_clip(tmp_path / "nope.mp4")
@@ -523,6 +528,7 @@ def test_audio_only_file(tmp_path, name, codec):
     assert "no video stream" in error.reason
 
 
+@pytest.mark.quick
 def test_truncated_mp4_with_index_at_end(tmp_path):
     path = write_code_video(tmp_path / "full.mp4", 100, fps=10)  # moov atom written last
     cut = tmp_path / "cut.mp4"

@@ -14,6 +14,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, VideoPrismVisionConfig, 
 from tests.fixture_files import REAL_CLIP
 from vlm.chat_template import chat_inference_ids
 from vlm.cli import main as cli
+from vlm.inference.assistant import VideoAssistant
 from vlm.inference.generation import GenerationSettings, generate_ids, greedy_generate, stop_token_ids
 from vlm.inference.scoring import (
     CandidateError,
@@ -34,8 +35,8 @@ from vlm.llm import (
 from vlm.model import (
     CONFIG_FILE,
     MissingVideoInputError,
+    PrismVlmForConditionalGeneration,
     ResamplerWidthMismatchError,
-    VideoLanguageModel,
 )
 from vlm.processing import UnreadableVideoError
 from vlm.prompts import (
@@ -80,13 +81,8 @@ def tiny_encoder(seed: int = 0) -> VideoPrismVisionModel:
 
 
 @pytest.fixture(scope="module")
-def tokenizer(smollm2_tokenizer):
-    return smollm2_tokenizer
-
-
-@pytest.fixture(scope="module")
-def model(tokenizer) -> VideoLanguageModel:
-    vlm = VideoLanguageModel.build(tiny_llm(tokenizer), tokenizer, tiny_encoder(), num_latents=NUM_LATENTS, num_heads=2)
+def model(tokenizer) -> PrismVlmForConditionalGeneration:
+    vlm = PrismVlmForConditionalGeneration.build(tiny_llm(tokenizer), tokenizer, tiny_encoder(), num_latents=NUM_LATENTS, num_heads=2)
     with torch.no_grad():  # latents at the scale of real activations, so the video matters to the LLM
         vlm.resampler.latents.normal_(0, 1.0)
     return vlm.eval()
@@ -112,7 +108,7 @@ def saved_parts(tmp_path_factory, model, tokenizer):
     return {"encoder": root / "encoder", "llm": root / "llm", "glue": glue}
 
 
-def naive_greedy(vlm: VideoLanguageModel, inputs_embeds: torch.Tensor, max_new_tokens: int) -> list[int]:
+def naive_greedy(vlm: PrismVlmForConditionalGeneration, inputs_embeds: torch.Tensor, max_new_tokens: int) -> list[int]:
     """Greedy decoding of ONE unpadded row with a full forward (no cache) per step."""
     embedding = vlm.llm.get_input_embeddings()
     stop_ids = stop_token_ids(vlm.llm, vlm.tokenizer)
@@ -145,6 +141,7 @@ def test_video_features_from_pixels_equal_features_from_cached_tokens(model, cli
         model.get_video_features(clips=clips, video_tokens=torch.zeros(3, 8, 32))
 
 
+@pytest.mark.quick
 def test_video_features_train_only_the_resampler(model, clips):
     features = model.get_video_features(clips=clips)
     features.sum().backward()
@@ -154,9 +151,10 @@ def test_video_features_train_only_the_resampler(model, clips):
     model.resampler.zero_grad(set_to_none=True)
 
 
+@pytest.mark.quick
 def test_merge_puts_left_pads_then_prefix_then_video_then_text(model):
     features = torch.randn(2, NUM_LATENTS, 32)
-    merged = model.merge_video_and_text(features, [[1], []], [[10, 11, 12], [20]])
+    merged = model.get_prompt_embeddings(features, [[1], []], [[10, 11, 12], [20]])
     embedding = model.llm.get_input_embeddings().weight.detach()
     lengths = [1 + NUM_LATENTS + 3, NUM_LATENTS + 1]
     assert merged.inputs_embeds.shape == (2, max(lengths), 32)
@@ -176,34 +174,35 @@ def test_merge_puts_left_pads_then_prefix_then_video_then_text(model):
 def test_cached_greedy_loop_matches_uncached_greedy(model, clips):
     with torch.no_grad():
         features = model.get_video_features(clips=clips[:1])
-    inputs = model.prompt_inputs(features, ["A video of"])
+    inputs = VideoAssistant(model).prompt_inputs(features, ["A video of"])
     cached = greedy_generate(model.llm, model.tokenizer, inputs.inputs_embeds, inputs.attention_mask)
     assert cached[0][:16] == naive_greedy(model, inputs.inputs_embeds, 16)
     assert len(cached[0]) == 32  # the random LM never says EOS: all 32 tokens (the default) are generated
 
 
+@pytest.mark.quick
 def test_batched_captions_equal_unbatched(model, clips):
-    batched = model.caption(clips=clips, max_new_tokens=12)
-    single = [model.caption(clips=clips[i : i + 1], max_new_tokens=12)[0] for i in range(3)]
+    batched = VideoAssistant(model).caption(clips=clips, max_new_tokens=12)
+    single = [VideoAssistant(model).caption(clips=clips[i : i + 1], max_new_tokens=12)[0] for i in range(3)]
     assert batched == single
     assert len(set(batched)) == 3  # the video changes the caption
 
 
 def test_batched_answers_with_left_padding_equal_unbatched(model, clips):
     questions = ["what?", "what is the man in the red shirt holding in his hands?", "who is talking?"]
-    lengths = {len(model.tokenizer(model.qa_prompt(q)).input_ids) for q in questions}
+    lengths = {len(model.tokenizer(VideoAssistant(model).qa_prompt(q)).input_ids) for q in questions}
     assert len(lengths) == 3  # rows really are padded differently
     batched_ids = _answer_token_ids(model, clips, questions)
     single_ids = [_answer_token_ids(model, clips[i : i + 1], [q])[0] for i, q in enumerate(questions)]
     assert batched_ids == single_ids
     assert all(len(ids) <= 10 for ids in batched_ids) and any(len(ids) == 10 for ids in batched_ids)
-    assert model.answer(questions, clips=clips) == [model.answer([q], clips=clips[i : i + 1])[0] for i, q in enumerate(questions)]
+    assert VideoAssistant(model).answer(questions, clips=clips) == [VideoAssistant(model).answer([q], clips=clips[i : i + 1])[0] for i, q in enumerate(questions)]
 
 
 def _answer_token_ids(model, clips, questions, max_new_tokens=10):
     with torch.no_grad():
         features = model.get_video_features(clips=clips)
-    inputs = model.prompt_inputs(features, [model.qa_prompt(q) for q in questions])
+    inputs = VideoAssistant(model).prompt_inputs(features, [VideoAssistant(model).qa_prompt(q) for q in questions])
     return greedy_generate(model.llm, model.tokenizer, inputs.inputs_embeds, inputs.attention_mask, max_new_tokens)
 
 
@@ -212,7 +211,7 @@ def test_rows_stop_independently_at_stop_tokens(model, clips):
 
     with torch.no_grad():
         features = model.get_video_features(clips=clips[:2])
-    inputs = model.prompt_inputs(features, ["A video of", "A video of"])
+    inputs = VideoAssistant(model).prompt_inputs(features, ["A video of", "A video of"])
     free = greedy_generate(model.llm, model.tokenizer, inputs.inputs_embeds, inputs.attention_mask)
     # Make a token of row 0 (first produced at step k, never by row 1) stop a row: row 0 stops right
     # after it, row 1 is unaffected.
@@ -237,7 +236,7 @@ def test_rows_stop_independently_at_stop_tokens(model, clips):
 def test_generation_settings_sample_repeatably_and_search_beams(model, clips):
     with torch.no_grad():
         features = model.get_video_features(clips=clips[:2])
-    inputs = model.prompt_inputs(features, ["A video of", "A clip of a"])
+    inputs = VideoAssistant(model).prompt_inputs(features, ["A video of", "A clip of a"])
     arguments = (model.llm, model.tokenizer, inputs.inputs_embeds, inputs.attention_mask)
     sampled = GenerationSettings(max_new_tokens=8, do_sample=True, temperature=1.5, seed=3)
     first = generate_ids(*arguments, sampled)
@@ -298,23 +297,24 @@ def test_chat_video_goes_at_start_of_first_user_turn(tokenizer):
         chat_inference_ids(tokenizer, [{"role": "system", "content": "hi"}])
 
 
+@pytest.mark.quick
 def test_chat_stream_yields_pieces_of_the_greedy_reply(model, clips):
     messages = [{"role": "user", "content": "Describe the video."}]
-    pieces = list(model.chat_stream(messages, clips=clips[:1], max_new_tokens=8))
+    pieces = list(VideoAssistant(model).chat_stream(messages, clips=clips[:1], max_new_tokens=8))
     assert len(pieces) > 1
     whole = model.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     before, after = whole.split("<|im_start|>user\n", 1)
     before += "<|im_start|>user\n"
     with torch.no_grad():
         features = model.get_video_features(clips=clips[:1])
-    inputs = model.merge_video_and_text(
+    inputs = model.get_prompt_embeddings(
         features, [model.tokenizer(before, add_special_tokens=False).input_ids],
         [model.tokenizer(after, add_special_tokens=False).input_ids],
     )
     ids = greedy_generate(model.llm, model.tokenizer, inputs.inputs_embeds, inputs.attention_mask, 8)[0]
     assert "".join(pieces) == model.tokenizer.decode(ids, skip_special_tokens=True)
     follow_up = messages + [{"role": "assistant", "content": "".join(pieces)}, {"role": "user", "content": "Why?"}]
-    assert isinstance(model.chat(follow_up, clips=clips[:1], max_new_tokens=4), str)
+    assert isinstance(VideoAssistant(model).chat(follow_up, clips=clips[:1], max_new_tokens=4), str)
 
 
 def test_batched_chats_equal_each_chat_alone(model, clips):
@@ -324,16 +324,16 @@ def test_batched_chats_equal_each_chat_alone(model, clips):
         [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello! Ask me about the clip."},
          {"role": "user", "content": "How is it moving?"}],
     ]
-    steps = list(model.chat_stream_batch(conversations, clips=clips, max_new_tokens=10))
+    steps = list(VideoAssistant(model).chat_stream_batch(conversations, clips=clips, max_new_tokens=10))
     batched = ["".join(step[row] for step in steps if step[row] is not None) for row in range(3)]
     for row in range(3):  # a row ends with None and stays ended
         ends = [step[row] is None for step in steps]
         assert ends[-1] and ends == sorted(ends)
-    alone = [model.chat(messages, clips=clips[row : row + 1], max_new_tokens=10) for row, messages in enumerate(conversations)]
+    alone = [VideoAssistant(model).chat(messages, clips=clips[row : row + 1], max_new_tokens=10) for row, messages in enumerate(conversations)]
     assert batched == alone
     assert all(len(step) == 3 for step in steps) and len(set(batched)) > 1
     with pytest.raises(ValueError, match="2 chats for 3 videos"):
-        list(model.chat_stream_batch(conversations[:2], clips=clips))
+        list(VideoAssistant(model).chat_stream_batch(conversations[:2], clips=clips))
 
 
 # ----------------------------------------------------------------------------- scoring
@@ -349,7 +349,7 @@ def test_candidates_tokenised_as_continuation_of_prompt(tokenizer):
 def _prefix(model, clips, question="what is in the video?"):
     with torch.no_grad():
         features = model.get_video_features(clips=clips[:1])
-    return model.prompt_inputs(features, [model.qa_prompt(question)]).inputs_embeds
+    return VideoAssistant(model).prompt_inputs(features, [VideoAssistant(model).qa_prompt(question)]).inputs_embeds
 
 
 @pytest.mark.parametrize(
@@ -407,9 +407,10 @@ def test_scoring_forward_counts(model, clips, tokenizer):
         handle.remove()
 
 
+@pytest.mark.quick
 def test_score_answers_ranks_with_softmax_probabilities(model, clips):
     candidates = ["red", "water bottle", "a man", "drum"]
-    ranked = model.score_answers("what is he hitting?", candidates, clips=clips[:1])
+    ranked = VideoAssistant(model).score_answers("what is he hitting?", candidates, clips=clips[:1])
     assert sorted(r.answer for r in ranked) == sorted(candidates)
     lls = [r.log_likelihood for r in ranked]
     assert lls == sorted(lls, reverse=True)
@@ -429,19 +430,20 @@ def test_top_k_one_token_answers(tokenizer):
 # ----------------------------------------------------------------------------- save / load
 
 
+@pytest.mark.quick
 def test_save_load_round_trip_gives_identical_outputs(model, clips, saved_parts):
     glue = saved_parts["glue"]
-    # the glue's own files, config.json for transformers' Auto classes and a model card (vlm.hub)
-    assert sorted(p.name for p in glue.iterdir()) == sorted([CONFIG_FILE, "resampler.safetensors", "config.json", "README.md"])
+    # the glue's own files: its one config, the resampler's weights and a model card (vlm.hub)
+    assert sorted(p.name for p in glue.iterdir()) == sorted([CONFIG_FILE, "resampler.safetensors", "README.md"])
     config = json.loads((glue / CONFIG_FILE).read_text())
     assert config["encoder_source"] == str(saved_parts["encoder"])
     assert config["llm_source"] == str(saved_parts["llm"])
     assert config["prompts"]["qa_template"] == "question: {question} answer:"
     assert config["resampler"]["num_latents"] == NUM_LATENTS
-    restored = VideoLanguageModel.from_pretrained(glue)
-    assert restored.caption(clips=clips, max_new_tokens=6) == model.caption(clips=clips, max_new_tokens=6)
+    restored = PrismVlmForConditionalGeneration.from_pretrained(glue)
+    assert VideoAssistant(restored).caption(clips=clips, max_new_tokens=6) == VideoAssistant(model).caption(clips=clips, max_new_tokens=6)
     candidates = ["red", "water bottle"]
-    assert restored.score_answers("what?", candidates, clips=clips[:1]) == model.score_answers(
+    assert VideoAssistant(restored).score_answers("what?", candidates, clips=clips[:1]) == VideoAssistant(model).score_answers(
         "what?", candidates, clips=clips[:1]
     )
 
@@ -450,7 +452,7 @@ def test_from_pretrained_source_overrides(model, clips, saved_parts, tmp_path, t
     other_llm = tiny_llm(tokenizer, seed=5)
     other_llm.save_pretrained(tmp_path / "other")
     tokenizer.save_pretrained(tmp_path / "other")
-    restored = VideoLanguageModel.from_pretrained(
+    restored = PrismVlmForConditionalGeneration.from_pretrained(
         saved_parts["glue"], llm_source=str(tmp_path / "other"), load_video_encoder=False
     )
     assert restored.encoder is None and restored.config.llm_source == str(tmp_path / "other")
@@ -459,26 +461,27 @@ def test_from_pretrained_source_overrides(model, clips, saved_parts, tmp_path, t
         torch.testing.assert_close(
             restored.get_video_features(video_tokens=tokens), model.get_video_features(video_tokens=tokens)
         )
-    assert restored.caption(video_tokens=tokens, max_new_tokens=6) != model.caption(video_tokens=tokens, max_new_tokens=6)
+    assert VideoAssistant(restored).caption(video_tokens=tokens, max_new_tokens=6) != VideoAssistant(model).caption(video_tokens=tokens, max_new_tokens=6)
     with pytest.raises(MissingVideoInputError, match="no video encoder"):
-        restored.caption(clips=clips[:1])
+        VideoAssistant(restored).caption(clips=clips[:1])
 
 
 def test_checkpoint_for_another_llm_width_is_rejected(saved_parts, tokenizer):
     wider = tiny_llm(tokenizer, hidden_size=48)
     with pytest.raises(ResamplerWidthMismatchError, match="width 32.*hidden size 48"):
-        VideoLanguageModel.from_pretrained(saved_parts["glue"], llm=wider, tokenizer=tokenizer, load_video_encoder=False)
+        PrismVlmForConditionalGeneration.from_pretrained(saved_parts["glue"], llm=wider, tokenizer=tokenizer, load_video_encoder=False)
 
 
+@pytest.mark.quick
 def test_resampler_width_must_match_llm_and_encoder(model, tokenizer):
     with pytest.raises(ResamplerWidthMismatchError, match="hidden size 48"):
-        VideoLanguageModel(model.config, tiny_llm(tokenizer, hidden_size=48), tokenizer)
+        PrismVlmForConditionalGeneration(model.config, tiny_llm(tokenizer, hidden_size=48), tokenizer)
     other_encoder = VideoPrismVisionModel(
         VideoPrismVisionConfig(hidden_size=16, num_attention_heads=2, intermediate_size=32, num_spatial_layers=1,
                                num_temporal_layers=1, image_size=36, num_frames=2)
     )
     with pytest.raises(ResamplerWidthMismatchError, match="encoder"):
-        VideoLanguageModel(model.config, model.llm, tokenizer, encoder=other_encoder)
+        PrismVlmForConditionalGeneration(model.config, model.llm, tokenizer, encoder=other_encoder)
 
 
 # ----------------------------------------------------------------------------- LLM sources
@@ -513,7 +516,7 @@ def test_llm_without_input_embeddings_is_rejected(model, tokenizer):
     with pytest.raises(UnsupportedLLMError, match="inputs_embeds"):
         check_llm_accepts_embeddings(IdsOnlyLM())
     with pytest.raises(UnsupportedLLMError, match="embedding table"):
-        VideoLanguageModel(model.config, NoTableLM(), tokenizer)
+        PrismVlmForConditionalGeneration(model.config, NoTableLM(), tokenizer)
     assert issubclass(UnsupportedLLMError, ValueError)
 
 
@@ -536,6 +539,7 @@ class PastKeyValuesLM(torch.nn.Module):
                           **{kv_cache_argument(self.inner): past_key_values})
 
 
+@pytest.mark.quick
 def test_kv_cache_goes_in_under_the_name_the_llm_takes(model, clips):
     """transformers 5.24 renamed forward's ``past_key_values`` to ``cache``: both are fed the cache."""
     assert kv_cache_argument(model.llm) in ("cache", "past_key_values")
@@ -544,7 +548,7 @@ def test_kv_cache_goes_in_under_the_name_the_llm_takes(model, clips):
     check_llm_accepts_embeddings(old_style)
     with torch.no_grad():
         features = model.get_video_features(clips=clips[:2])
-    inputs = model.prompt_inputs(features[:1], ["A video of"])
+    inputs = VideoAssistant(model).prompt_inputs(features[:1], ["A video of"])
     from vlm.inference.scoring import candidate_log_likelihoods, candidate_token_ids
 
     candidates = candidate_token_ids(model.tokenizer, ["red", "a blue car", "green"])
@@ -566,16 +570,16 @@ def test_kv_cache_goes_in_under_the_name_the_llm_takes(model, clips):
 def test_empty_and_overlong_questions(model, clips):
     for question in ("", "   \n"):
         with pytest.raises(EmptyQuestionError):
-            model.answer([question], clips=clips[:1])
+            VideoAssistant(model).answer([question], clips=clips[:1])
         with pytest.raises(EmptyQuestionError):
-            model.score_answers(question, ["red"], clips=clips[:1])
+            VideoAssistant(model).score_answers(question, ["red"], clips=clips[:1])
     long_question = "why " * 200 + "?"
     with pytest.warns(UserWarning, match="truncated to the first 64"):
-        prompt = model.qa_prompt(long_question)
-    assert len(model.tokenizer(prompt).input_ids) <= 64 + len(model.tokenizer(model.qa_prompt("x")).input_ids)
+        prompt = VideoAssistant(model).qa_prompt(long_question)
+    assert len(model.tokenizer(prompt).input_ids) <= 64 + len(model.tokenizer(VideoAssistant(model).qa_prompt("x")).input_ids)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        assert isinstance(model.answer([long_question], clips=clips[:1], max_new_tokens=2)[0], str)
+        assert isinstance(VideoAssistant(model).answer([long_question], clips=clips[:1], max_new_tokens=2)[0], str)
 
 
 @pytest.mark.parametrize(
@@ -584,7 +588,7 @@ def test_empty_and_overlong_questions(model, clips):
 )
 def test_bad_candidates(model, clips, candidates, message):
     with pytest.raises(CandidateError, match=message):
-        model.score_answers("what?", candidates, clips=clips[:1])
+        VideoAssistant(model).score_answers("what?", candidates, clips=clips[:1])
     assert issubclass(CandidateError, ValueError)
 
 
@@ -601,20 +605,20 @@ def test_video_the_decoder_rejects(model, tmp_path):
     broken = tmp_path / "broken.mp4"
     broken.write_bytes(b"this is not a video" * 100)
     with pytest.raises(UnreadableVideoError, match="broken.mp4"):
-        model.caption_videos([broken])
+        VideoAssistant(model).caption_videos([broken])
     with pytest.raises(FileNotFoundError):
-        model.caption_videos([tmp_path / "missing.mp4"])
+        VideoAssistant(model).caption_videos([tmp_path / "missing.mp4"])
 
 
 # ----------------------------------------------------------------------------- files and CLI
 
 
 def test_caption_and_ask_video_files(model):
-    captions = model.caption_videos([VIDEO, VIDEO], max_new_tokens=4, batch_size=1)
+    captions = VideoAssistant(model).caption_videos([VIDEO, VIDEO], max_new_tokens=4, batch_size=1)
     assert len(captions) == 2 and captions[0] == captions[1] and captions[0]
-    ranked = model.ask_video(VIDEO, "what is he hitting?", candidates=["bottle", "drum", "table"])
+    ranked = VideoAssistant(model).ask_video(VIDEO, "what is he hitting?", candidates=["bottle", "drum", "table"])
     assert [r.answer for r in ranked] != [] and math.isclose(sum(r.probability for r in ranked), 1.0)
-    assert isinstance(model.ask_video(VIDEO, "what is he hitting?", max_new_tokens=4), str)
+    assert isinstance(VideoAssistant(model).ask_video(VIDEO, "what is he hitting?", max_new_tokens=4), str)
 
 
 def test_cli_caption_and_ask(saved_parts, capsys, tmp_path):
@@ -638,6 +642,7 @@ def test_cli_caption_and_ask(saved_parts, capsys, tmp_path):
     assert capsys.readouterr().out.endswith("\n")
 
 
+@pytest.mark.quick
 def test_cli_errors(saved_parts, capsys, monkeypatch, tmp_path):
     monkeypatch.setenv("PRISM_VLM_MODEL", str(tmp_path / "nothing-here"))
     assert cli.main(["caption", str(VIDEO)]) == 2

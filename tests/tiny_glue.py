@@ -13,8 +13,8 @@ FRAMES, SIZE, NUM_LATENTS = 2, 36, 8
 
 
 def build_tiny_glue(tokenizer, seed: int = 0):
-    """A VideoLanguageModel with tiny random parts (resampler latents at activation scale)."""
-    from vlm.model import VideoLanguageModel
+    """A PrismVlmForConditionalGeneration with tiny random parts (resampler latents at activation scale)."""
+    from vlm.model import PrismVlmForConditionalGeneration
 
     torch.manual_seed(seed)
     encoder = VideoPrismVisionModel(
@@ -30,7 +30,7 @@ def build_tiny_glue(tokenizer, seed: int = 0):
             bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
         )
     ).eval()
-    model = VideoLanguageModel.build(
+    model = PrismVlmForConditionalGeneration.build(
         llm, tokenizer, encoder, num_latents=NUM_LATENTS, num_heads=2, num_frames=FRAMES, frame_size=SIZE
     )
     with torch.no_grad():

@@ -36,7 +36,7 @@ from encoder.common.configs import config_from_dict, config_to_dict
 from encoder.common.errors import PrismVlmError
 from encoder.common.extras import require
 from vlm.chat_template import IGNORE_INDEX, ChatIds
-from vlm.hub import write_model_card
+from vlm.hub import ModelNotFoundError, write_model_card
 from vlm.llm import check_llm_accepts_embeddings, llm_hidden_size, load_llm
 from vlm.prompts import PromptConfig
 from vlm.resampler import PerceiverResampler, ResamplerConfig
@@ -119,7 +119,7 @@ def read_config(directory: str | os.PathLike) -> PrismVlmConfig:
             if name == LEGACY_CONFIG_FILE or values.get("model_type") == MODEL_TYPE:
                 values.pop("model_type", None)
                 return PrismVlmConfig(**values)
-    raise PrismVlmError(f"{directory} is not a prism-vlm glue model (no {CONFIG_FILE} of model_type {MODEL_TYPE})")
+    raise ModelNotFoundError(f"{directory} is not a prism-vlm glue model (no {CONFIG_FILE} of model_type {MODEL_TYPE})")
 
 
 @dataclass

@@ -19,8 +19,8 @@ The resume rule (``resume=True`` is the default of both trainings):
   schedule, RNG and data position), or start at step 0 when there is none. Every setting must equal
   the one in the run's saved config except those of the config class's ``RESUME_MAY_CHANGE`` (how
   the run is watched, saved and spread over devices, not what it computes) and ``max_steps``, which
-  may grow (extending a run, finished or not: the schedule is recomputed for the new length from the
-  checkpoint on) but not shrink. A run whose checkpoint has reached ``max_steps`` and whose model is
+  may grow (extending a run, finished or not: the learning-rate schedule follows the new length from
+  the first step after the checkpoint, see :func:`follow_schedule`) but not shrink. A run whose checkpoint has reached ``max_steps`` and whose model is
   written is finished: running it again does nothing.
 - ``resume=False``: a new run; a directory that already holds checkpoints or a final model is refused.
 
@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import re
 import time
 from collections.abc import Callable, Collection
 from pathlib import Path
@@ -49,7 +48,6 @@ PLOT_FILE = "loss.png"
 MODEL_DIR = "model"
 MIXED_PRECISIONS = ("auto", "no", "bf16", "fp16")  # accelerate's names; auto: bf16 on a CUDA GPU that has it, else no
 MAX_FRAMES = 4096
-_STEP_DIR = re.compile(r"^step-(\d+)$")
 
 
 class TrainConfigError(PrismVlmError, ValueError):
@@ -95,6 +93,21 @@ def check_run_settings(config: Any) -> None:
         raise TrainConfigError(f"report_to must be one of {REPORT_TO}, got {config.report_to!r}")
 
 
+def check_report_to(report_to: str) -> str | None:
+    """'none' -> None; a tracker name -> itself, once its package imports (TrainConfigError otherwise)."""
+    from encoder.training.run_log import REPORT_TO
+
+    if report_to not in REPORT_TO:
+        raise TrainConfigError(f"report_to must be one of {REPORT_TO}, got {report_to!r}")
+    if report_to == "none":
+        return None
+    import importlib.util
+
+    if importlib.util.find_spec(report_to) is None:
+        raise TrainConfigError(f"report_to {report_to!r} needs the {report_to} package: pip install {report_to}")
+    return report_to
+
+
 def resolve_mixed_precision(value: str, cuda: bool) -> str:
     """The accelerate name for ``value`` on this machine: 'auto' is 'bf16' on a CUDA GPU that supports
     it and 'no' elsewhere; 'fp16' without CUDA is a TrainConfigError (on a CPU use 'bf16' or 'no')."""
@@ -117,7 +130,7 @@ def make_accelerator(mixed_precision: str = "no", *, cpu: bool = False, report_t
     import torch
     from accelerate import Accelerator
 
-    from encoder.training.run_log import TRACKERS_DIR, check_report_to
+    from encoder.training.run_log import TRACKERS_DIR
 
     tracker = check_report_to(report_to)
     precision = resolve_mixed_precision(mixed_precision, cuda=not cpu and torch.cuda.is_available())
@@ -171,10 +184,27 @@ def resume_differences(saved: dict, config: Any, may_change: Collection[str]) ->
 
 def checkpoint_step(checkpoint: str | os.PathLike) -> int:
     """The step of a checkpoint directory ``step-XXXXXXXX``."""
-    match = _STEP_DIR.match(Path(checkpoint).name)
+    from encoder.training.checkpoints import STEP_DIR_PATTERN
+
+    match = STEP_DIR_PATTERN.match(Path(checkpoint).name)
     if match is None:
         raise ValueError(f"{checkpoint} is not a checkpoint directory (step-N)")
     return int(match.group(1))
+
+
+def follow_schedule(optimizer, scheduler) -> None:
+    """Set each parameter group's learning rate to the schedule's value at the scheduler's (restored)
+    step. Without a change of ``max_steps`` that is the learning rate the checkpoint stored; with a
+    longer run it is the longer schedule's, from the first step after the checkpoint. Schedules
+    without ``lr_lambdas`` (not a ``LambdaLR``) are left alone."""
+    from encoder.training.checkpoints import unwrap
+
+    optimizer, scheduler = unwrap(optimizer), unwrap(scheduler)
+    rules = getattr(scheduler, "lr_lambdas", None)
+    if rules is None:
+        return
+    for group, base, rule in zip(optimizer.param_groups, scheduler.base_lrs, rules):
+        group["lr"] = base * rule(scheduler.last_epoch)
 
 
 def check_resume(config: Any, *, resume: bool, may_change: Collection[str]) -> Path | None:
@@ -271,6 +301,8 @@ class TrainingRun:
 
         step, data_state, _ = load_training_checkpoint(self.resume_from, model=model, optimizer=optimizer,
                                                        scheduler=scheduler)
+        if optimizer is not None and scheduler is not None:
+            follow_schedule(optimizer, scheduler)  # max_steps may have grown
         self.note(f"resumed from {self.resume_from.name} (step {step})")
         return step, data_state
 
@@ -290,7 +322,7 @@ class TrainingRun:
     def start_logging(self, start: int):
         """Start the ``report_to`` tracker and open ``metrics.jsonl`` (process 0; rows after ``start``,
         left by a killed run, are dropped). Returns the MetricsLog, None on other processes."""
-        from encoder.training.run_log import MetricsLog, check_report_to, start_trackers
+        from encoder.training.run_log import MetricsLog, start_trackers
 
         start_trackers(self.accelerator, check_report_to(self.config.report_to), self.run_dir,
                        config_to_dict(self.config))
@@ -325,7 +357,8 @@ class TrainingRun:
                 write_model(folder)
 
             save_directory_atomically(self.model_dir, write)  # a kill mid-save keeps the old model
-            plot_metrics_if_installed(self.run_dir / METRICS_FILE, self.run_dir / PLOT_FILE, keys=plot_keys, title=title)
+            plot_metrics_if_installed(self.run_dir / METRICS_FILE, self.run_dir / PLOT_FILE, keys=plot_keys,
+                                      title=title)
             self.note(f"saved the final model to {self.model_dir}")
         self.accelerator.wait_for_everyone()
         return self.model_dir

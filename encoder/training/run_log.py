@@ -17,24 +17,8 @@ def read_metrics(path: str | os.PathLike) -> list[dict]:
     return read_jsonl_tolerant(path)
 
 
-REPORT_TO = ("none", "tensorboard", "trackio", "wandb")  # accelerate's trackers we offer
+REPORT_TO = ("none", "tensorboard", "trackio", "wandb")  # accelerate's trackers we offer (encoder.training.run checks)
 TRACKERS_DIR = "trackers"  # under a run directory: where local trackers (TensorBoard, Trackio) write
-
-
-def check_report_to(report_to: str) -> str | None:
-    """'none' -> None; a tracker name -> itself, once its package imports (TrainConfigError, a
-    ValueError, otherwise)."""
-    from encoder.training.run import TrainConfigError
-
-    if report_to not in REPORT_TO:
-        raise TrainConfigError(f"report_to must be one of {REPORT_TO}, got {report_to!r}")
-    if report_to == "none":
-        return None
-    import importlib.util
-
-    if importlib.util.find_spec(report_to) is None:
-        raise TrainConfigError(f"report_to {report_to!r} needs the {report_to} package: pip install {report_to}")
-    return report_to
 
 
 def start_trackers(accelerator, report_to: str | None, run_dir: str | os.PathLike, config: dict) -> None:

@@ -72,8 +72,9 @@ def _cmd_eval_qa(args: argparse.Namespace) -> int:
     )
     results = {"data": args.data, "model": str(args.model), **results}
     if args.predictions:
-        with open(args.predictions, "w", encoding="utf-8") as handle:
-            handle.writelines(json.dumps(record, ensure_ascii=False) + "\n" for record in records)
+        from encoder.common.jsonl import write_jsonl_atomically
+
+        write_jsonl_atomically(args.predictions, records)
     write_outputs(args, results, qa_markdown(results))
     return 0
 

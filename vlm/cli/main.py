@@ -254,15 +254,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _positive_at_most(high: float):
+    """An argparse ``type``: a number in (0, high] (the ranges GenerationSettings accepts)."""
+
+    def parse(text: str) -> float:
+        value = positive_float(text)
+        if value > high:
+            raise argparse.ArgumentTypeError(f"must be in (0, {high:g}], got {text}")
+        return value
+
+    parse.__name__ = "number"
+    return parse
+
+
 def add_generation_options(command: argparse.ArgumentParser) -> None:
     """--do-sample, --temperature, --top-p, --top-k, --repetition-penalty, --num-beams, --seed
     (transformers' generate() options; greedy by default)."""
     group = command.add_argument_group("generation (greedy by default)")
     group.add_argument("--do-sample", action="store_true", help="sample instead of taking the most likely token")
-    group.add_argument("--temperature", type=positive_float, default=1.0, help="sampling temperature (default 1.0)")
-    group.add_argument("--top-p", type=positive_float, default=1.0, help="nucleus sampling mass, (0, 1] (default 1.0)")
+    group.add_argument("--temperature", type=_positive_at_most(100), default=1.0,
+                       help="sampling temperature, (0, 100] (default 1.0)")
+    group.add_argument("--top-p", type=_positive_at_most(1), default=1.0,
+                       help="nucleus sampling mass, (0, 1] (default 1.0)")
     group.add_argument("--top-k", type=NON_NEGATIVE, default=50, help="sample among the k most likely (default 50; 0: all)")
-    group.add_argument("--repetition-penalty", type=positive_float, default=1.0, help="> 1 discourages repeats (default 1.0)")
+    group.add_argument("--repetition-penalty", type=_positive_at_most(10), default=1.0,
+                       help="> 1 discourages repeats, at most 10 (default 1.0)")
     group.add_argument("--num-beams", type=int_range(1, 64), default=1, help="beam search with this many beams (default 1)")
     group.add_argument("--seed", type=int, default=None, help="makes sampling repeatable")
 

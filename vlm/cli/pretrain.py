@@ -3,8 +3,10 @@
 Each stage's flags are generated from its config dataclass (``encoder.common.cli_arguments.ConfigFlags``,
 transformers' ``HfArgumentParser``): one per field, the nested architecture as ``--model-*`` and stage
 2's decoder as ``--decoder-*``, plus the short spellings below. A command builds the config (from
-``--config FILE.json`` when given, e.g. a run's saved ``config.json``, then the flags given) and calls
-the stage's ``run_*`` function.
+``--config FILE.json`` when given, e.g. a run's saved ``train_config.json``, then the flags given) and
+calls the stage's ``run_*`` function. The settings ``prism-vlm train`` has too have the same flags
+(``--checkpoint-every``, ``--resume`` / ``--no-resume``, ``--mixed-precision`` ...), and the same
+resume rule (``encoder.training.run``).
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ from encoder.common.errors import UsageError
 
 # Short spellings kept beside the generated --field-name flags.
 _COMMON_ALIASES = {"output_dir": "--out", "train_manifests": "--train", "max_steps": "--steps", "learning_rate": "--lr",
-                   "num_frames": "--frames", "cpu_threads": "--threads"}
+                   "num_frames": "--frames", "cpu_threads": "--threads", "checkpoint_every": "--save-every"}
+_RENAMED = {"save_every": "checkpoint_every"}  # config keys of runs saved before the names were shared
 _MODEL_ALIASES = {"hidden_size": "--hidden-size", "num_attention_heads": "--heads", "intermediate_size": "--mlp-size",
                   "num_spatial_layers": "--spatial-layers", "num_temporal_layers": "--temporal-layers",
                   "num_auxiliary_layers": "--auxiliary-layers", "num_frames": "--model-frames", "text_layers": "--text-layers",
@@ -53,12 +56,21 @@ def _stage_flags(stage: str) -> tuple[ConfigFlags, str, ConfigFlags, type]:
 
 
 def config_from_args(cls, args: argparse.Namespace):
-    """The stage's config: --config FILE.json (if any), then the --size preset, then the flags given."""
+    """The stage's config: --config FILE.json (without it, when resuming, the run directory's saved
+    config), then the --size preset, then the flags given."""
     from encoder.common.configs import config_from_dict, config_to_dict, read_config_values
+    from encoder.training.run import saved_config_path
 
     flags, nested_name, nested_flags, nested_class = _stage_flags(args.stage)
-    values = read_config_values(args.config) if args.config else {}
-    values.update(flags.given(args))
+    given = flags.given(args)
+    base = args.config
+    if base is None and given.get("output_dir") and given.get("resume", True) and not args.restart:
+        base = saved_config_path(given["output_dir"])  # continue a run from its own settings
+    values = read_config_values(base) if base else {}
+    for old, new in _RENAMED.items():
+        if old in values:
+            values.setdefault(new, values.pop(old))
+    values.update(given)
     preset = getattr(args, "size", None)
     nested = config_to_dict(getattr(nested_class, preset)()) if preset else values.get(nested_name)
     values[nested_name] = {**(nested or config_to_dict(nested_class())), **nested_flags.given(args)}
@@ -101,8 +113,9 @@ def add_subcommand(subparsers) -> None:
     for stage, text in _STAGE_HELP.items():
         flags, _, nested_flags, _ = _stage_flags(stage)
         command = stages.add_parser(stage, help=text, description=text, parents=[flags.parser, nested_flags.parser])
-        command.add_argument("--config", help="start from this JSON config (e.g. a run's config.json); flags override it")
-        command.add_argument("--restart", action="store_true", help="ignore existing checkpoints in --out (as --no-resume)")
+        command.add_argument("--config",
+                             help="start from this JSON config (e.g. a run's train_config.json); flags override it")
+        command.add_argument("--restart", action="store_true", help="the same as --no-resume (a new run)")
         if stage == "stage1":
             command.add_argument("--size", choices=["base", "tiny"],
                                  help="architecture preset (default: base); the --model-* flags override it")

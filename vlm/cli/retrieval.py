@@ -173,8 +173,9 @@ def _cmd_eval_zeroshot(args: argparse.Namespace) -> int:
     results, records = evaluate_zero_shot(model, items, labels, templates, batch_size=args.batch_size,
                                           num_workers=args.workers, progress=not args.no_progress)
     if args.predictions:
-        with open(args.predictions, "w", encoding="utf-8") as handle:
-            handle.writelines(json.dumps(record, ensure_ascii=False) + "\n" for record in records)
+        from encoder.common.jsonl import write_jsonl_atomically
+
+        write_jsonl_atomically(args.predictions, records)
     write_outputs(args, {"data": args.data, "model": model.source, **results}, zero_shot_markdown(results))
     return 0
 

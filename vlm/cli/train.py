@@ -1,8 +1,11 @@
 """``prism-vlm train``: train the glue (a few lines over :func:`vlm.training.loop.train_glue`).
 
 Settings come from ``--config FILE.json`` (a saved ``train_config.json`` works), then the flags given
-override them; with ``--resume`` and no ``--config`` the run directory's own ``train_config.json``
-is the base. Runs unchanged under ``accelerate launch``.
+override them; without ``--config`` the run directory's own ``train_config.json`` is the base when
+there is one (resuming is the default; ``--no-resume`` starts a new run). The settings ``prism-vlm
+pretrain`` has too have the same flags there (``--checkpoint-every``, ``--resume`` / ``--no-resume``,
+``--mixed-precision`` ...), and the same resume rule (``encoder.training.run``). Runs unchanged under
+``accelerate launch``.
 """
 
 from __future__ import annotations
@@ -70,10 +73,10 @@ def _columns(pairs) -> dict[str, str]:
 
 
 def config_from_args(args: argparse.Namespace):
-    """The TrainConfig of a command line: --config (or the run's saved config on --resume), then flags."""
-    from pathlib import Path
-
-    from vlm.training.config import CONFIG_FILE, TrainConfig
+    """The TrainConfig of a command line: --config (without it, when resuming, the run directory's saved
+    config), then flags."""
+    from encoder.training.run import saved_config_path
+    from vlm.training.config import TrainConfig
 
     overrides = config_flags().given(args)
     columns = _columns(args.column)
@@ -86,8 +89,8 @@ def config_from_args(args: argparse.Namespace):
                              "target_modules": args.lora_targets.split(",")}
     base = args.config
     output_dir = overrides.get("output_dir")
-    if base is None and args.resume and output_dir is not None and (Path(output_dir) / CONFIG_FILE).is_file():
-        base = Path(output_dir) / CONFIG_FILE
+    if base is None and args.resume and output_dir is not None:
+        base = saved_config_path(output_dir)  # continue a run from its own settings
     if base is not None:
         overrides = {key: ([s.__dict__ for s in value] if key in ("train_data", "val_data") else value)
                      for key, value in overrides.items()}
@@ -116,7 +119,10 @@ def add_subcommand(subparsers) -> None:
         description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter, parents=[config_flags().parser],
     )
     train.add_argument("--config", default=None, help="TrainConfig JSON (e.g. a run's train_config.json)")
-    train.add_argument("--resume", action="store_true", help="continue the newest checkpoint of --output-dir")
+    train.add_argument("--resume", dest="resume", action="store_true", default=True,
+                       help="continue the newest checkpoint of --output-dir when there is one (the default)")
+    train.add_argument("--no-resume", "--restart", dest="resume", action="store_false",
+                       help="a new run: refused when --output-dir already holds one")
     train.add_argument("--train", nargs="+", default=None, metavar="SRC[:WEIGHT]",
                        help="JSONL manifests, saved HF dataset dirs or hf:NAME, with optional mixture weights")
     train.add_argument("--val", nargs="+", default=None, metavar="SRC", help="validation sources")

@@ -113,7 +113,7 @@ def score_candidates(
 ) -> np.ndarray:
     """Log-likelihood of every candidate for every example: float32 [N, C] (NaN rows: unreadable
     videos). One-token candidates are scored for a batch of questions in one forward; otherwise
-    each question goes through ``model.score_answers`` (prefix KV-cache reuse)."""
+    each question goes through ``VideoAssistant.score_answers`` (prefix KV-cache reuse)."""
     candidates = check_candidates(candidates)
     ids = candidate_token_ids(assistant.tokenizer, candidates)
     one_token = all(len(tokens) == 1 for tokens in ids)

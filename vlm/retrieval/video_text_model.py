@@ -89,7 +89,8 @@ class VideoTextModel:
     def embed_clips(self, clips: torch.Tensor | np.ndarray) -> torch.Tensor:
         """clips [B, T, H, W, 3] float RGB in [0, 1] -> L2-normalised video embeddings [B, D] float32 (CPU)."""
         pixels = clips_to_model_input(clips).to(self.device, next(self.clip.parameters()).dtype)
-        pooled = self.clip.get_video_features(pixel_values_videos=pixels).pooler_output
+        # position tables interpolated to the clip's frames and size (the same tables at the native ones)
+        pooled = self.clip.get_video_features(pixel_values_videos=pixels, interpolate_pos_encoding=True).pooler_output
         pooled = pooled.reshape(len(pixels), -1).float()
         return torch.nn.functional.normalize(pooled, dim=-1).cpu()
 

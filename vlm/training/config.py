@@ -128,7 +128,8 @@ class TrainConfig:
     max_grad_norm: float | None = field(default=None, metadata={"help": "gradient clipping (default: none)"})
     # compute
     mixed_precision: str = field(default="auto", metadata={
-        "choices": MIXED_PRECISIONS, "help": "autocast precision (accelerate's names); auto: bf16 on a CUDA GPU, no on the CPU"})
+        "choices": MIXED_PRECISIONS,
+        "help": "autocast precision (accelerate's names); auto: bf16 on a CUDA GPU, no on the CPU"})
     gradient_checkpointing: bool = field(default=False, metadata={"help": "checkpoint the LLM's layers"})
     lora: dict[str, Any] | None = None
     train_crops: bool = field(default=True, metadata={"help": "random crops in training (--no-train-crops: centre crops only)"})
@@ -137,7 +138,8 @@ class TrainConfig:
     seed: int = 0
     # watching and saving
     log_every: int = field(default=10, metadata={"help": "metrics interval in steps"})
-    checkpoint_every: int = field(default=500, metadata={"help": "checkpoint interval in steps (one is also written at max_steps)"})
+    checkpoint_every: int = field(default=500, metadata={
+        "help": "checkpoint interval in steps (one is also written at max_steps)"})
     keep_checkpoints: int = field(default=2, metadata={"help": "newest checkpoints kept"})
     val_every: int = 500
     max_val_examples: int = 256

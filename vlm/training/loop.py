@@ -4,9 +4,11 @@ Only the resampler trains (and a LoRA adapter on the LLM when ``lora`` is set); 
 LLM are frozen. One optimizer step sees ``batch_size`` examples of the stream (see
 ``vlm.training.data``), split over processes and micro-batches; the loss of a step is the mean over
 its examples of each example's mean target-token cross-entropy, so neither the split nor padding
-changes it. Runs unchanged under ``accelerate launch`` (DDP; only process 0 writes files).
+changes it. Runs unchanged under ``accelerate launch`` (DDP; only process 0 writes files). The
+accelerator, the run directory and the resume rule come from ``encoder.training.run`` (the harness
+the pretraining stages share).
 
-Run directory::
+Run directory (the names the pretraining stages use too, plus the glue's data and sample files)::
 
     train_config.json       the TrainConfig
     data_report.json        per source: rows, examples, skipped (by reason); crop mode; conversations
@@ -16,7 +18,7 @@ Run directory::
     metrics.jsonl           {"step", "loss", "lr", "samples_per_s", "skipped_videos", ...}; {"step", "val_loss"}
     loss.png                loss and val_loss against step
     samples.jsonl           validation captions {"step", "video", "reference", "caption"}
-    checkpoints/step-XXXXXXXX/   see encoder.training.checkpoints (resumable with resume=True)
+    checkpoints/step-XXXXXXXX/   see encoder.training.checkpoints (resumed by default)
     model/                  the final glue (PrismVlmForConditionalGeneration.save_pretrained)
 """
 
@@ -30,14 +32,14 @@ from pathlib import Path
 
 import torch
 
-from encoder.common.errors import PrismVlmError
 from encoder.common.jsonl import read_jsonl_tolerant
+from encoder.training.run import TrainingRun
 from encoder.training.steps import run_steps
 from encoder.training.threads import torch_threads
 from encoder.video.workers import decoding_worker_context
 from vlm.inference.assistant import VideoAssistant
 from vlm.processing import PrismVlmProcessor
-from vlm.training.config import CONFIG_FILE, TrainConfig, TrainConfigError
+from vlm.training.config import TrainConfig, TrainConfigError
 from vlm.training.data import (
     CacheIndex,
     ExampleStream,
@@ -49,22 +51,13 @@ from vlm.training.data import (
     validation_items,
 )
 
-MODEL_DIR = "model"
-
-
-class RunDirectoryError(PrismVlmError, ValueError):
-    """The run directory holds another run (resume it, or choose another directory)."""
+RunDirectoryError = TrainConfigError  # the earlier name of a run directory that cannot be used
 
 
 def _append_lines(path: Path, rows: list[dict]) -> None:
     if rows:
         with open(path, "a", encoding="utf-8") as handle:
             handle.write("".join(json.dumps(row) + "\n" for row in rows))
-
-
-def _note(run_dir: Path, text: str) -> None:
-    with open(run_dir / "train_log.txt", "a", encoding="utf-8") as handle:
-        handle.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {text}\n")
 
 
 def _batch_layout(config: TrainConfig, num_processes: int) -> tuple[int, int]:
@@ -157,7 +150,7 @@ def _build_model(config: TrainConfig, cache, llm, tokenizer, encoder):
     (seeded) or from ``init_from``."""
     from encoder.videoprism.loading import load_encoder
     from vlm.llm import load_llm
-    from vlm.model import VideoLanguageModel
+    from vlm.model import PrismVlmForConditionalGeneration
     from vlm.prompts import PromptConfig
 
     if llm is None:
@@ -187,12 +180,12 @@ def _build_model(config: TrainConfig, cache, llm, tokenizer, encoder):
         video_width = int(cache.get(first).shape[-1])
     torch.manual_seed(config.seed)  # the resampler's initialisation
     if config.init_from is not None:
-        model = VideoLanguageModel.from_pretrained(config.init_from, llm=llm, tokenizer=tokenizer, encoder=encoder,
+        model = PrismVlmForConditionalGeneration.from_pretrained(config.init_from, llm=llm, tokenizer=tokenizer, encoder=encoder,
                                                    load_video_encoder=False)
         model.config.encoder_source = encoder_source or model.config.encoder_source
         model.config.llm_source = config.llm or model.config.llm_source
     else:
-        model = VideoLanguageModel.build(
+        model = PrismVlmForConditionalGeneration.build(
             llm, tokenizer, encoder, video_width=video_width, num_latents=config.num_latents, depth=config.resampler_depth,
             num_heads=config.resampler_heads, output_norm=config.resampler_output_norm,
             prompts=PromptConfig.from_dict(config.prompts), num_frames=num_frames,
@@ -203,18 +196,6 @@ def _build_model(config: TrainConfig, cache, llm, tokenizer, encoder):
     if config.gradient_checkpointing:
         enable_activation_checkpointing(model.llm)
     return model
-
-
-def _check_run_dir(run_dir: Path, config: TrainConfig, resume: bool) -> None:
-    from encoder.training.checkpoints import latest_checkpoint
-
-    saved_path = run_dir / CONFIG_FILE
-    if resume and saved_path.is_file():
-        differences = config.resume_differences(TrainConfig.from_json(saved_path))
-        if differences:
-            raise RunDirectoryError(f"cannot resume {run_dir}: these settings differ from its {CONFIG_FILE}: {differences}")
-    elif not resume and (latest_checkpoint(run_dir) is not None or (run_dir / MODEL_DIR).exists()):
-        raise RunDirectoryError(f"{run_dir} already holds a training run; pass resume=True (--resume) or another output_dir")
 
 
 @torch.no_grad()
@@ -233,7 +214,7 @@ def evaluate_loss(model, loader, max_target_tokens: int, autocast) -> float:
 def train_glue(
     config: TrainConfig,
     *,
-    resume: bool = False,
+    resume: bool = True,
     llm: torch.nn.Module | None = None,
     tokenizer=None,
     encoder: torch.nn.Module | None = None,
@@ -241,8 +222,11 @@ def train_glue(
 ) -> Path:
     """Train the glue as ``config`` says and return the directory of the saved final model.
 
-    resume: continue the newest checkpoint in ``config.output_dir`` (model, optimizer, scheduler, RNG
-        and data position), or start afresh when there is none.
+    resume: True (the default): continue the newest checkpoint in ``config.output_dir`` (model,
+        optimizer, scheduler, RNG and data position), or start afresh when there is none; the
+        settings must match the run's ``train_config.json`` but those of
+        ``TrainConfig.RESUME_MAY_CHANGE``, and ``max_steps`` may grow. A finished run is returned as
+        it is. False: a new run (a directory holding one is refused). See ``encoder.training.run``.
     llm, tokenizer, encoder: already loaded frozen parts (default: loaded from the config's sources).
     on_step: called on every process after each optimizer step with (step, {"loss", "lr"}).
     Data problems raise before any model is loaded (see ``vlm.training.data``).
@@ -252,36 +236,17 @@ def train_glue(
 
 
 def _train(config: TrainConfig, resume: bool, llm, tokenizer, encoder, on_step) -> Path:
-    from accelerate import Accelerator
-
-    from encoder.common.atomic_files import save_directory_atomically
-    from encoder.training.checkpoints import (
-        latest_checkpoint,
-        load_training_checkpoint,
-        save_training_checkpoint,
-        trainable_state,
-    )
-    from encoder.training.run_log import (
-        TRACKERS_DIR,
-        MetricsLog,
-        check_report_to,
-        finish_trackers,
-        plot_metrics_if_installed,
-        start_trackers,
-    )
+    from encoder.training.checkpoints import CheckpointError, trainable_state
+    from encoder.training.run_log import MetricsLog
     from encoder.training.schedules import warmup_linear_decay
     from encoder.videoprism.features import FeatureCache
 
-    cuda = torch.cuda.is_available()
-    precision = config.mixed_precision
-    if precision == "auto":
-        precision = "bf16" if cuda else "no"
-    run_dir = Path(config.output_dir)
-    tracker = check_report_to(config.report_to)  # a missing tracker package fails before any work
-    accelerator = Accelerator(cpu=not cuda, mixed_precision=precision, log_with=tracker,
-                              project_dir=str(run_dir / TRACKERS_DIR) if tracker else None)
-    main = accelerator.is_main_process
-    _check_run_dir(run_dir, config, resume)
+    # the resume rule, the tracker package and the precision are checked before any work
+    run = TrainingRun(config, resume=resume, may_change=TrainConfig.RESUME_MAY_CHANGE,
+                      cpu=not torch.cuda.is_available())
+    if run.finished:
+        return run.model_dir
+    accelerator, main, run_dir = run.accelerator, run.main, run.run_dir
     micro, accumulation = _batch_layout(config, accelerator.num_processes)
 
     # ---- data first: bad input fails before any model is loaded
@@ -298,18 +263,17 @@ def _train(config: TrainConfig, resume: bool, llm, tokenizer, encoder, on_step) 
         crop_mode = ("on the fly: centre crop at 346/288 of frame_size, then a random frame_size crop per visit"
                      if config.train_crops else "on the fly: centre crop only")
 
-    accelerator.wait_for_everyone()
+    run.begin()  # the run directory and its train_config.json
     if main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        config.save(run_dir / CONFIG_FILE)
         report = {"train": [s.report() for s in train_sources], "validation": [s.report() for s in val_sources],
                   "skipped_videos": len(skipped), "crops": crop_mode}
         (run_dir / "data_report.json").write_text(json.dumps(report, indent=2) + "\n")
         known = {(r.get("source"), r.get("video")) for r in read_jsonl_tolerant(run_dir / "data_errors.jsonl")}
         _append_lines(run_dir / "data_errors.jsonl", [s.to_dict() for s in skipped if (s.source, s.video) not in known])
-        _note(run_dir, f"training examples {[len(s.examples) for s in train_sources]} from {[s.source.path for s in train_sources]}; "
-                       f"validation {[len(s.examples) for s in val_sources]}; skipped videos {len(skipped)} (see data_errors.jsonl)")
-        _note(run_dir, f"frames: {crop_mode}")
+        run.note(f"training examples {[len(s.examples) for s in train_sources]} "
+                 f"from {[s.source.path for s in train_sources]}; validation {[len(s.examples) for s in val_sources]}; "
+                 f"skipped videos {len(skipped)} (see data_errors.jsonl)")
+        run.note(f"frames: {crop_mode}")
     accelerator.wait_for_everyone()
     errors_path = run_dir / "data_errors.jsonl"
     # videos already reported (up front, or found unreadable by an earlier part of a resumed run)
@@ -326,22 +290,19 @@ def _train(config: TrainConfig, resume: bool, llm, tokenizer, encoder, on_step) 
         (run_dir / "data_report.json").write_text(json.dumps(report, indent=2) + "\n")
         for item in report["conversation_truncation"]["train"]:
             if item["truncated"]:
-                _note(run_dir, f"{item['path']}: {item['truncated']} of {item['checked']} conversations have more than "
-                               f"{config.max_target_tokens} assistant tokens; their later turns are dropped (data_report.json)")
+                run.note(f"{item['path']}: {item['truncated']} of {item['checked']} conversations have more "
+                         f"than {config.max_target_tokens} assistant tokens; their later turns are dropped "
+                         "(data_report.json)")
     parameters = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(parameters, lr=config.learning_rate, betas=(config.adam_beta1, config.adam_beta2),
                                   eps=config.adam_eps, weight_decay=config.weight_decay)
     scheduler = warmup_linear_decay(optimizer, config.warmup_steps, config.max_steps, config.final_lr_ratio)
-    start_step = 0
-    checkpoint = latest_checkpoint(run_dir) if resume else None
-    if checkpoint is not None:
-        start_step, data_state, _ = load_training_checkpoint(checkpoint, model=model, optimizer=optimizer, scheduler=scheduler)
-        if data_state.get("position") != start_step * config.batch_size:
-            raise RunDirectoryError(f"{checkpoint}: data position {data_state.get('position')} does not match step {start_step}")
-        if main:
-            _note(run_dir, f"resumed from {checkpoint.name} (step {start_step})")
+    start_step, data_state = run.restore(model=model, optimizer=optimizer, scheduler=scheduler)
+    if start_step and data_state.get("position") != start_step * config.batch_size:
+        raise CheckpointError(f"{run.resume_from}: data position {data_state.get('position')} "
+                              f"does not match step {start_step}")
     unwrapped = model
-    model = accelerator.prepare(model)
+    model, optimizer = accelerator.prepare(model, optimizer)  # the optimizer too: fp16's gradient scaling
 
     # ---- data loading
     settings = VideoSettings(unwrapped.config.num_frames, unwrapped.config.frame_size, config.train_crops)
@@ -361,9 +322,7 @@ def _train(config: TrainConfig, resume: bool, llm, tokenizer, encoder, on_step) 
             multiprocessing_context=decoding_worker_context(min(config.num_workers, 1)),
         )
 
-    if main:
-        start_trackers(accelerator, tracker, run_dir, config.to_dict())
-    metrics = MetricsLog(run_dir / "metrics.jsonl", resume_step=start_step, accelerator=accelerator) if main else None
+    metrics = run.start_logging(start_step)
     samples_log = MetricsLog(run_dir / "samples.jsonl", resume_step=start_step) if main else None
     batches = iter(loader)
     processor = PrismVlmProcessor.from_model(unwrapped)  # tokenises each batch's examples
@@ -407,30 +366,22 @@ def _train(config: TrainConfig, resume: bool, llm, tokenizer, encoder, on_step) 
                 metrics.log(step, loss=window["loss"] / window["steps"], lr=lr,
                             samples_per_s=window["steps"] * config.batch_size / elapsed, skipped_videos=skipped_videos)
             window.update(loss=0.0, steps=0, start=time.perf_counter())
-        if step % config.checkpoint_every == 0 or step == config.max_steps:
-            save_training_checkpoint(
-                run_dir, step, model_state=trainable_state(unwrapped), optimizer=optimizer, scheduler=scheduler,
-                data_state={"position": step * config.batch_size}, extra={"loss": step_loss}, keep_last=config.keep_checkpoints,
-            )
+        if run.checkpoint_due(step):
+            run.save_checkpoint(step, model_state=trainable_state(unwrapped), optimizer=optimizer, scheduler=scheduler,
+                                data_state={"position": step * config.batch_size}, extra={"loss": step_loss})
         if step % config.val_every == 0 or step == config.max_steps:
             validate(step)
             accelerator.wait_for_everyone()
         if on_step is not None:
             on_step(step, {"loss": step_loss, "lr": lr})
 
-    run_steps(start=start_step, max_steps=config.max_steps, compute_loss=compute_loss, optimizer=optimizer,
-              scheduler=scheduler, parameters=parameters, accelerator=accelerator, max_grad_norm=config.max_grad_norm,
-              after_step=after_step, title="train glue", progress=main and config.progress,
-              checkpoint_dir=run_dir / "checkpoints")
-
-    output = run_dir / MODEL_DIR
-    if main:
-        if metrics is not None:
-            metrics.close()
+    try:
+        run_steps(start=start_step, max_steps=config.max_steps, compute_loss=compute_loss, optimizer=optimizer,
+                  scheduler=scheduler, parameters=parameters, accelerator=accelerator,
+                  max_grad_norm=config.max_grad_norm, after_step=after_step, title="train glue",
+                  progress=main and config.progress, checkpoint_dir=run_dir / "checkpoints")
+    finally:
+        run.close()
+        if samples_log is not None:
             samples_log.close()
-        save_directory_atomically(output, unwrapped.save_pretrained)  # a kill mid-save keeps the old model
-        plot_metrics_if_installed(run_dir / "metrics.jsonl", run_dir / "loss.png")  # once, at the end
-        _note(run_dir, f"saved the final model to {output}")
-    finish_trackers(accelerator)
-    accelerator.wait_for_everyone()
-    return output
+    return run.finish(unwrapped.save_pretrained)  # model/ atomically, loss.png once at the end

@@ -24,7 +24,7 @@ from transformers import VideoPrismClipModel
 from encoder.videoprism.factorized import encode_visible_tokens
 from encoder.videoprism.loading import load_encoder
 from encoder.videoprism.masking import MASK_KINDS
-from encoder.videoprism.pretrain.loop import TrainingSettings, process_rows, run_training
+from encoder.videoprism.pretrain.loop import TrainConfigError, TrainingSettings, process_rows, run_training
 from encoder.videoprism.pretrain.losses import LogitScale, contrastive_loss
 from encoder.videoprism.pretrain.stage1 import (
     ContrastiveModel,
@@ -63,16 +63,19 @@ class LitConfig(TrainingSettings):
     mask_kind: str = field(default="tube", metadata={"choices": ('tube', 'block')})
     cache_encoder_tokens: bool = field(default=False, metadata={"help": "keep the frozen encoder's tokens per clip in memory"})
 
+    # caching the frozen encoder's tokens changes nothing computed (clips are not augmented)
+    RESUME_MAY_CHANGE = (*TrainingSettings.RESUME_MAY_CHANGE, "cache_encoder_tokens")
+
     def check(self) -> None:
         super().check()
         if not self.encoder:
-            raise ValueError("LiT needs encoder (the frozen video encoder, e.g. the stage-2 model)")
+            raise TrainConfigError("LiT needs encoder (the frozen video encoder, e.g. the stage-2 model)")
         if self.mask_kind not in MASK_KINDS:
-            raise ValueError(f"mask_kind must be one of {MASK_KINDS}, got {self.mask_kind!r}")
+            raise TrainConfigError(f"mask_kind must be one of {MASK_KINDS}, got {self.mask_kind!r}")
         if not 0.0 <= self.drop_ratio < 1.0:
-            raise ValueError(f"drop_ratio must be in [0, 1), got {self.drop_ratio}")
+            raise TrainConfigError(f"drop_ratio must be in [0, 1), got {self.drop_ratio}")
         if self.cache_encoder_tokens and self.drop_ratio:
-            raise ValueError("cache_encoder_tokens needs drop_ratio 0 (dropped tokens change every step)")
+            raise TrainConfigError("cache_encoder_tokens needs drop_ratio 0 (dropped tokens change every step)")
 
 
 class LitTask(ContrastiveTask):
@@ -157,5 +160,5 @@ def _new_towers(config: LitConfig, encoder) -> tuple[VideoPrismClipModel, object
 
 def run_lit(config: LitConfig) -> Path:
     """Run the LiT step (resuming if ``output_dir`` has checkpoints); returns ``output_dir/model``."""
-    task = build_lit(config)
-    return run_training(config, task, "LiT (text tower + MAP head on the frozen encoder)", plot_keys=("loss",))
+    return run_training(config, lambda: build_lit(config), "LiT (text tower + MAP head on the frozen encoder)",
+                        plot_keys=("loss",))

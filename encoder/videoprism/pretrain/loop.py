@@ -5,13 +5,16 @@ A stage is a *task*: an object with a ``model`` (one ``nn.Module`` holding every
 itself (data order, masks and shuffles are pure functions of the seed and the step, so resuming
 reproduces them), a ``scheduler(optimizer)`` factory and an ``export(model, out_dir)`` method
 writing the final transformers-format model. ``run_training`` does the rest with the shared
-machinery: accelerate for devices / mixed precision / processes, ``encoder.training.checkpoints`` for atomic
-checkpoints with optimizer, scheduler, RNG and data position (exact resume), ``encoder.training.run_log``
-for the metrics JSONL and loss plot, and a tqdm progress bar.
+machinery: the run harness ``encoder.training.run`` (the accelerator for devices / mixed precision /
+processes, the run directory, the resume rule -- the same as glue training's), ``encoder.training.checkpoints``
+for atomic checkpoints with optimizer, scheduler, RNG and data position (exact resume),
+``encoder.training.run_log`` for the metrics JSONL and loss plot, and a tqdm progress bar.
 
-Run directory (``config.output_dir``)::
+Run directory (``config.output_dir``; the names glue training uses too)::
 
-    config.json          the stage config (a resumed run must match it)
+    train_config.json    the stage config (a resumed run must match it; runs written before the names
+                         were shared have config.json, which resuming reads)
+    train_log.txt        resumes and the final model, with times
     checkpoints/step-N/  the newest ``keep_checkpoints`` training checkpoints
     metrics.jsonl        one line per logged step; loss.png its plot
     model/               the exported model, written when training ends (atomically)
@@ -19,45 +22,24 @@ Run directory (``config.output_dir``)::
 
 from __future__ import annotations
 
-import json
 import os
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import InitVar, dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 import numpy as np
 import torch
 from torch import nn
 
-from encoder.common.atomic_files import save_directory_atomically
-from encoder.common.configs import config_to_dict, save_config
-from encoder.training.checkpoints import (
-    latest_checkpoint,
-    load_training_checkpoint,
-    save_training_checkpoint,
-    trainable_state,
-    unwrap,
-)
-from encoder.training.run_log import (
-    MetricsLog,
-    check_report_to,
-    finish_trackers,
-    plot_metrics_if_installed,
-    start_trackers,
-)
+from encoder.training.checkpoints import trainable_state, unwrap
+from encoder.training.run import MIXED_PRECISIONS, TrainConfigError, TrainingRun, check_run_settings
+from encoder.training.run import make_accelerator as _make_accelerator
 from encoder.training.steps import run_steps
 from encoder.training.threads import torch_threads
 
-CONFIG_FILE = "config.json"
-METRICS_FILE = "metrics.jsonl"
-PLOT_FILE = "loss.png"
-MODEL_DIR = "model"
 OPTIMIZERS = ("adafactor", "adamw")
-# Fields that may change between a run and its resumption (they do not change what is computed).
-RESUMABLE_FIELDS = {
-    "save_every", "keep_checkpoints", "log_every", "progress", "resume", "cache_clips", "cpu", "max_steps", "cpu_threads",
-}
 
 
 @dataclass(kw_only=True)
@@ -68,7 +50,7 @@ class TrainingSettings:
     train_manifests: JSONL manifests, one dataset each (``encoder.videoprism.pretrain.data``); batches
         alternate between them.
     batch_size: examples per step (split over processes under ``accelerate launch``).
-    max_steps: optimizer steps in total.
+    max_steps: optimizer steps in total (may grow when a run is resumed).
     learning_rate: peak learning rate. With Adafactor (torch's, relative step sizes) an update
         moves each tensor by about ``lr * RMS(tensor)``, so the value is relative, not the paper's
         absolute one (5e-4 there for weights of RMS ~0.05 corresponds to about 1e-2 here).
@@ -79,18 +61,26 @@ class TrainingSettings:
     seed: seeds model initialisation, data order, masks and shuffles.
     num_frames, image_size: clip shape fed to the model (None: the model's own).
     cache_clips: decode each clip once and keep it in memory (uint8).
-    save_every: checkpoint interval in steps (a checkpoint is also written at the end).
+    checkpoint_every: checkpoint interval in steps (a checkpoint is also written at the end);
+        ``save_every`` is its earlier name, still accepted by the constructor.
     keep_checkpoints: newest checkpoints kept.
     log_every: metrics interval in steps.
-    mixed_precision: 'no', 'bf16' or 'fp16' (accelerate autocast).
+    mixed_precision: 'auto', 'no', 'bf16' or 'fp16' (accelerate's autocast; auto: bf16 on a CUDA GPU,
+        no on the CPU; fp16 needs CUDA) -- the vocabulary of glue training, checked by
+        ``encoder.training.run``.
     cpu: train on the CPU even when CUDA is available.
     cpu_threads: torch CPU threads for the run (None: torch's default). On a CPU shared with other
         jobs, 1 is much faster for small models than oversubscribed threads.
     progress: show a tqdm progress bar.
-    resume: continue from the newest checkpoint in ``output_dir`` when there is one.
+    resume: True (the default): continue from the newest checkpoint in ``output_dir`` when there is
+        one; False: a new run (a directory that holds one is refused). The resume rule is glue
+        training's (``encoder.training.run``): every setting but those of ``RESUME_MAY_CHANGE`` must
+        match the saved config, and ``max_steps`` may grow.
     report_to: also send the logged metrics to 'tensorboard', 'trackio' or 'wandb' (accelerate's
         trackers; local ones write under ``output_dir/trackers``); 'none' (default): only
         ``metrics.jsonl``, which stays the record either way.
+
+    Every setting is checked when the config is built (TrainConfigError naming it).
     """
 
     output_dir: str = field(metadata={"help": 'run directory (checkpoints, metrics, model/)'})
@@ -100,63 +90,48 @@ class TrainingSettings:
     learning_rate: float = field(default=1e-2, metadata={"help": 'peak learning rate (Adafactor: relative step size)'})
     warmup_steps: int = 100
     weight_decay: float = 1e-4
-    optimizer: str = field(default="adafactor", metadata={"choices": ('adafactor', 'adamw')})
+    optimizer: str = field(default="adafactor", metadata={"choices": OPTIMIZERS})
     max_grad_norm: float | None = field(default=None, metadata={"help": 'clip gradients to this norm (default: none)'})
     seed: int = 0
     num_frames: int | None = field(default=None, metadata={"help": "frames per clip (default: the model's)"})
     image_size: int | None = field(default=None, metadata={"help": "clip side in pixels (default: the model's)"})
     cache_clips: bool = field(default=False, metadata={"help": 'decode every clip once, keep it in memory'})
-    save_every: int = 500
-    keep_checkpoints: int = 2
-    log_every: int = 10
-    mixed_precision: str = field(default="no", metadata={"choices": ('no', 'bf16', 'fp16')})
+    checkpoint_every: int = field(default=500, metadata={
+        "help": "checkpoint interval in steps (one is also written at max_steps)"})
+    keep_checkpoints: int = field(default=2, metadata={"help": "newest checkpoints kept"})
+    log_every: int = field(default=10, metadata={"help": "metrics interval in steps"})
+    mixed_precision: str = field(default="no", metadata={
+        "choices": MIXED_PRECISIONS,
+        "help": "autocast precision (accelerate's names); auto: bf16 on a CUDA GPU, no on the CPU"})
     cpu: bool = field(default=False, metadata={"help": 'train on the CPU even with CUDA'})
     cpu_threads: int | None = field(default=None, metadata={"help": 'torch CPU threads (1 is fastest for small models on a shared CPU)'})
     progress: bool = field(default=True, metadata={"help": 'a progress bar (--no-progress: none)'})
-    resume: bool = field(default=True, metadata={"help": 'continue from the newest checkpoint in the run directory (--no-resume: start over)'})
+    resume: bool = field(default=True, metadata={"help": 'continue from the newest checkpoint in the run directory '
+                                                         '(the default; --no-resume: a new run, refused where one is)'})
     report_to: str = field(default="none", metadata={"choices": ('none', 'tensorboard', 'trackio', 'wandb'), "help": 'also send metrics to this tracker (local ones write to OUT/trackers)'})
+    save_every: InitVar[int | None] = None  # the earlier name of checkpoint_every
+
+    # The settings a resumed run may change (how it is watched, saved and run, not what it computes;
+    # save_every: the earlier name of checkpoint_every, in configs saved as config.json).
+    RESUME_MAY_CHANGE = ("output_dir", "checkpoint_every", "save_every", "keep_checkpoints", "log_every", "progress",
+                         "resume", "cache_clips", "cpu", "cpu_threads", "mixed_precision", "report_to")
+
+    def __post_init__(self, save_every: int | None = None) -> None:
+        if save_every is not None:
+            self.checkpoint_every = save_every
+        self.check()
 
     def check(self) -> None:
-        if not self.output_dir:
-            raise ValueError("output_dir is required")
-        if not self.train_manifests:
-            raise ValueError("give at least one training manifest (train_manifests)")
+        """TrainConfigError naming the first setting that cannot work (stages add their own checks)."""
         if isinstance(self.train_manifests, (str, os.PathLike)):
-            raise ValueError("train_manifests must be a list of paths")
+            raise TrainConfigError("train_manifests must be a list of paths")
+        if not self.train_manifests:
+            raise TrainConfigError("give at least one training manifest (train_manifests)")
+        check_run_settings(self)  # the settings glue training has too
         if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
-        if self.max_steps < 1 or self.batch_size < 1 or self.save_every < 1 or self.log_every < 1:
-            raise ValueError("max_steps, batch_size, save_every and log_every must be >= 1")
-        if self.cpu_threads is not None and self.cpu_threads < 1:
-            raise ValueError(f"cpu_threads must be >= 1 or None, got {self.cpu_threads}")
-        for name in ("num_frames", "image_size"):
-            value = getattr(self, name)
-            if value is not None and not 1 <= int(value) <= 4096:
-                raise ValueError(f"{name} must be in [1, 4096] or None, got {value}")
-        from encoder.training.run_log import REPORT_TO
-
-        if self.report_to not in REPORT_TO:
-            raise ValueError(f"report_to must be one of {REPORT_TO}, got {self.report_to!r}")
-        if not 0 <= self.warmup_steps <= self.max_steps:
-            raise ValueError(f"warmup_steps must be in [0, max_steps], got {self.warmup_steps}")
-        if self.mixed_precision not in ("no", "bf16", "fp16"):
-            raise ValueError(f"mixed_precision must be 'no', 'bf16' or 'fp16', got {self.mixed_precision!r}")
-
-
-# ---------------------------------------------------------------------------------------------
-# Config <-> JSON
-# ---------------------------------------------------------------------------------------------
-
-
-def _check_same_run(config: Any, saved_path: Path) -> None:
-    saved = json.loads(saved_path.read_text(encoding="utf-8"))
-    current = config_to_dict(config)
-    changed = sorted(k for k in set(saved) | set(current) if k not in RESUMABLE_FIELDS and saved.get(k) != current.get(k))
-    if changed:
-        raise ValueError(
-            f"{saved_path.parent} holds checkpoints of a run with a different config (fields {changed}); "
-            "use another output_dir, or resume=False to start over"
-        )
+            raise TrainConfigError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        if self.image_size is not None and not 1 <= int(self.image_size) <= 4096:
+            raise TrainConfigError(f"image_size must be in [1, 4096] or None, got {self.image_size}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -186,53 +161,43 @@ class Task(Protocol):
     def data_state(self, step: int) -> dict: ...
 
 
-def _export_atomically(task: Task, model: nn.Module, out_dir: Path) -> Path:
-    def export(folder: Path) -> None:
-        folder.mkdir(parents=True)
-        task.export(model, folder)
-
-    return save_directory_atomically(out_dir, export)
-
-
 def make_accelerator(settings: TrainingSettings):
-    from accelerate import Accelerator
-
-    from encoder.training.run_log import TRACKERS_DIR, check_report_to
-
-    tracker = check_report_to(settings.report_to)
-    return Accelerator(mixed_precision=settings.mixed_precision, cpu=settings.cpu, log_with=tracker,
-                       project_dir=str(Path(settings.output_dir) / TRACKERS_DIR) if tracker else None)
+    """The accelerator of ``settings`` (the run harness's ``make_accelerator``)."""
+    return _make_accelerator(settings.mixed_precision, cpu=settings.cpu, report_to=settings.report_to,
+                             run_dir=settings.output_dir)
 
 
-def run_training(settings: TrainingSettings, task: Task, title: str, plot_keys: tuple[str, ...] = ("loss",)) -> Path:
-    """Train ``task.model`` for ``settings.max_steps`` steps (resuming from the newest checkpoint),
-    then export it to ``output_dir/model``. Returns that directory."""
+def run_training(settings: TrainingSettings, task: Task | Callable[[], Task], title: str,
+                 plot_keys: tuple[str, ...] = ("loss",)) -> Path:
+    """Train ``task.model`` for ``settings.max_steps`` steps (resuming from the newest checkpoint by
+    the resume rule of ``encoder.training.run``), then export it to ``output_dir/model``. Returns that
+    directory.
+
+    task: the Task, or a function building it, called once the run directory has been checked and
+    only when there is training to do (a finished run is returned as it is)."""
     with torch_threads(settings.cpu_threads):
         return _train(settings, task, title, plot_keys)
 
 
-def _train(settings: TrainingSettings, task: Task, title: str, plot_keys: tuple[str, ...]) -> Path:
-    out = Path(settings.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    accelerator = make_accelerator(settings)
+def _train(settings: TrainingSettings, task, title: str, plot_keys: tuple[str, ...]) -> Path:
+    settings.check()
+    run = TrainingRun(settings, resume=settings.resume, may_change=type(settings).RESUME_MAY_CHANGE, cpu=settings.cpu)
+    if run.finished:
+        return run.model_dir
+    if callable(task) and not hasattr(task, "loss"):
+        task = task()
+    accelerator = run.accelerator
     model = task.model
     if hasattr(task, "to"):
         task.to(accelerator.device)
     optimizer = make_optimizer(model, settings)
     scheduler = task.scheduler(optimizer)
 
-    start = 0
-    checkpoint = latest_checkpoint(out) if settings.resume else None
-    if checkpoint is not None:
-        if (out / CONFIG_FILE).is_file():
-            _check_same_run(settings, out / CONFIG_FILE)
-        start, _, _ = load_training_checkpoint(checkpoint, model=model, optimizer=optimizer, scheduler=scheduler)
-    if accelerator.is_main_process:
-        save_config(settings, out / CONFIG_FILE)
+    start, _ = run.restore(model=model, optimizer=optimizer, scheduler=scheduler)
+    run.begin()  # the run directory and its train_config.json
     model, optimizer = accelerator.prepare(model, optimizer)
 
-    start_trackers(accelerator, check_report_to(settings.report_to), out, config_to_dict(settings))
-    metrics = MetricsLog(out / METRICS_FILE, resume_step=start, accelerator=accelerator) if accelerator.is_main_process else None
+    metrics = run.start_logging(start)
     trainable = [p for p in unwrap(model).parameters() if p.requires_grad]
     began = [0.0]
 
@@ -246,29 +211,20 @@ def _train(settings: TrainingSettings, task: Task, title: str, plot_keys: tuple[
         seconds = time.perf_counter() - began[0]
         if metrics is not None and (step % settings.log_every == 0 or step == settings.max_steps or step == 1):
             metrics.log(step, loss=loss, lr=float(learning_rate), step_seconds=round(seconds, 4), **values)
-        if step % settings.save_every == 0 or step == settings.max_steps:
-            save_training_checkpoint(
-                out, step, model_state=trainable_state(model), optimizer=optimizer, scheduler=scheduler,
-                data_state=task.data_state(step), extra={"stage": title}, keep_last=settings.keep_checkpoints,
-            )
+        if run.checkpoint_due(step):
+            run.save_checkpoint(step, model_state=trainable_state(model), optimizer=optimizer, scheduler=scheduler,
+                                data_state=task.data_state(step), extra={"stage": title})
 
     try:
         model.train()
         run_steps(start=start, max_steps=settings.max_steps, compute_loss=compute_loss, optimizer=optimizer,
                   scheduler=scheduler, parameters=trainable, accelerator=accelerator, max_grad_norm=settings.max_grad_norm,
                   after_step=after_step, title=title, progress=settings.progress and accelerator.is_main_process,
-                  checkpoint_dir=out / "checkpoints")
+                  checkpoint_dir=run.run_dir / "checkpoints")
     finally:
-        if metrics is not None:
-            metrics.close()
-        finish_trackers(accelerator)
-    accelerator.wait_for_everyone()
-    final = out / MODEL_DIR
-    if accelerator.is_main_process:
-        _export_atomically(task, unwrap(model), final)
-        plot_metrics_if_installed(out / METRICS_FILE, out / PLOT_FILE, keys=plot_keys, title=title)
-    accelerator.wait_for_everyone()
-    return final
+        run.close()
+    unwrapped = unwrap(model)
+    return run.finish(lambda folder: task.export(unwrapped, folder), plot_keys=plot_keys, title=title)
 
 
 def process_rows(rows, accelerator) -> list[int]:

@@ -49,6 +49,7 @@ from encoder.videoprism.masking import MASK_KINDS, make_mask, visible_indices
 from encoder.videoprism.pretrain.data import AlternatingBatches, ClipDataset, ManifestError
 from encoder.videoprism.pretrain.heads import pool_video_tokens
 from encoder.videoprism.pretrain.loop import (
+    TrainConfigError,
     TrainingSettings,
     process_rows,
     run_training,
@@ -103,12 +104,12 @@ class ModelSize:
 
     def check(self) -> None:
         if self.image_size % self.patch_size:
-            raise ValueError(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
+            raise TrainConfigError(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
         for name, value in (("hidden_size", self.hidden_size), ("intermediate_size", self.intermediate_size)):
             if value % self.num_attention_heads:
-                raise ValueError(f"{name} {value} is not divisible by {self.num_attention_heads} heads")
+                raise TrainConfigError(f"{name} {value} is not divisible by {self.num_attention_heads} heads")
         if self.hidden_size % (self.text_heads or self.num_attention_heads):
-            raise ValueError("hidden_size is not divisible by the text heads")
+            raise TrainConfigError("hidden_size is not divisible by the text heads")
 
     def vision_config(self) -> VideoPrismVisionConfig:
         self.check()
@@ -175,13 +176,13 @@ class Stage1Config(TrainingSettings):
         super().check()
         self.model.check()
         if self.hard_negatives < 0:
-            raise ValueError(f"hard_negatives must be >= 0, got {self.hard_negatives}")
+            raise TrainConfigError(f"hard_negatives must be >= 0, got {self.hard_negatives}")
         if self.mask_kind not in MASK_KINDS:
-            raise ValueError(f"mask_kind must be one of {MASK_KINDS}, got {self.mask_kind!r}")
+            raise TrainConfigError(f"mask_kind must be one of {MASK_KINDS}, got {self.mask_kind!r}")
         if not 0.0 <= self.drop_ratio < 1.0:
-            raise ValueError(f"drop_ratio must be in [0, 1), got {self.drop_ratio}")
+            raise TrainConfigError(f"drop_ratio must be in [0, 1), got {self.drop_ratio}")
         if self.init_from and self.init_encoder_from:
-            raise ValueError("give init_from or init_encoder_from, not both")
+            raise TrainConfigError("give init_from or init_encoder_from, not both")
 
 
 class ContrastiveModel(nn.Module):
@@ -440,5 +441,4 @@ def build_stage1(config: Stage1Config) -> ContrastiveTask:
 
 def run_stage1(config: Stage1Config) -> Path:
     """Train stage 1 (resuming if ``output_dir`` has checkpoints); returns ``output_dir/model``."""
-    task = build_stage1(config)
-    return run_training(config, task, "stage 1 (video-text contrastive)", plot_keys=("loss",))
+    return run_training(config, lambda: build_stage1(config), "stage 1 (video-text contrastive)", plot_keys=("loss",))

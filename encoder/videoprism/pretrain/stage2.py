@@ -47,6 +47,7 @@ from encoder.videoprism.pretrain.heads import (
     shuffle_permutations,
 )
 from encoder.videoprism.pretrain.loop import (
+    TrainConfigError,
     TrainingSettings,
     process_rows,
     run_training,
@@ -85,18 +86,21 @@ class Stage2Config(TrainingSettings):
     weight_decay: float = 0.05
     cache_teacher_outputs: bool = field(default=False, metadata={"help": 'keep teacher outputs per clip in memory'})
 
+    # caching the teacher's outputs changes nothing computed (clips are not augmented)
+    RESUME_MAY_CHANGE = (*TrainingSettings.RESUME_MAY_CHANGE, "cache_teacher_outputs")
+
     def check(self) -> None:
         super().check()
         if not self.teacher:
-            raise ValueError("teacher (the stage-1 model directory) is required")
+            raise TrainConfigError("teacher (the stage-1 model directory) is required")
         if self.mask_kind not in MASK_KINDS:
-            raise ValueError(f"mask_kind must be one of {MASK_KINDS}, got {self.mask_kind!r}")
+            raise TrainConfigError(f"mask_kind must be one of {MASK_KINDS}, got {self.mask_kind!r}")
         if not 0.0 <= self.mask_ratio < 1.0:
-            raise ValueError(f"mask_ratio must be in [0, 1), got {self.mask_ratio}")
+            raise TrainConfigError(f"mask_ratio must be in [0, 1), got {self.mask_ratio}")
         if not 0.0 <= self.min_learning_rate <= self.learning_rate:
-            raise ValueError(f"min_learning_rate must be in [0, learning_rate], got {self.min_learning_rate}")
+            raise TrainConfigError(f"min_learning_rate must be in [0, learning_rate], got {self.min_learning_rate}")
         if self.token_loss_weight < 0 or self.global_loss_weight < 0:
-            raise ValueError("loss weights must be >= 0")
+            raise TrainConfigError("loss weights must be >= 0")
 
 
 class DistillationModel(nn.Module):
@@ -264,6 +268,5 @@ def build_stage2(config: Stage2Config) -> DistillationTask:
 
 def run_stage2(config: Stage2Config) -> Path:
     """Train stage 2 (resuming if ``output_dir`` has checkpoints); returns ``output_dir/model``."""
-    task = build_stage2(config)
     keys = ("loss", "token_loss", "global_loss", "masked_token_loss")
-    return run_training(config, task, "stage 2 (masked video modelling)", plot_keys=keys)
+    return run_training(config, lambda: build_stage2(config), "stage 2 (masked video modelling)", plot_keys=keys)

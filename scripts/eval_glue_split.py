@@ -2,7 +2,7 @@
 (closed vocabulary per type and pooled, open vocabulary, captions), from a feature cache of the
 model's own encoder. For comparing recipes on the val split; the test split is for the final report.
 
-    prism-vlm features --model MODEL/encoder --videos WORK/corpus/val/captions.jsonl --out CACHE --frames 8 --size 64
+    prism-vlm features --encoder MODEL/encoder --videos WORK/corpus/val/captions.jsonl --out CACHE --frames 8 --size 64
     python scripts/eval_glue_split.py --model MODEL --features CACHE --corpus WORK/corpus --split val \\
         --json-out val_scores.json
 

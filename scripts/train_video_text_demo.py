@@ -64,7 +64,7 @@ def train(args, manifest: Path, profile) -> Path:
         output_dir=str(out), train_manifests=[str(manifest)], encoder=str(args.encoder), model=size,
         vocab_size=profile.vocab_size, batch_size=args.batch, max_steps=args.steps, learning_rate=args.lr,
         warmup_steps=max(1, args.steps // 10), seed=args.seed, cache_clips=False, cache_encoder_tokens=True,
-        save_every=max(50, args.steps // 5), log_every=max(1, min(25, args.steps // 10)), progress=False,
+        checkpoint_every=max(50, args.steps // 5), log_every=max(1, min(25, args.steps // 10)), progress=False,
         cpu_threads=args.threads,
     )
     return run_lit(config)

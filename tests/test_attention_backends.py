@@ -59,6 +59,7 @@ def test_softcap_changes_the_output(tiny_dirs, clips):
     assert float((capped - uncapped).abs().max()) > 1e-2
 
 
+@pytest.mark.slow
 def test_flex_attention_matches_eager_with_softcap(tiny_dirs, clips):
     eager = load_encoder(tiny_dirs / "capped", attn_implementation="eager")
     flex = load_encoder(tiny_dirs / "capped", attn_implementation="flex_attention")

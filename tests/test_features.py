@@ -95,6 +95,7 @@ def test_manifest_input_and_missing_files(tmp_path, tiny_encoder_dir, video_dir)
         list_videos(bad)
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill(tmp_path, tiny_encoder_dir, video_dir):
     """A run killed with SIGKILL mid-way, then resumed, ends with every clip cached exactly once and
     the same tokens as an uninterrupted run."""
@@ -133,6 +134,7 @@ def test_resume_after_sigkill(tmp_path, tiny_encoder_dir, video_dir):
         torch.testing.assert_close(resumed_cache.get(video), clean_cache.get(video), atol=0, rtol=0)
 
 
+@pytest.mark.slow
 def test_features_cli(tmp_path, tiny_encoder_dir, video_dir):
     cmd = [sys.executable, "-m", "vlm.cli.main", "features", "--encoder", str(tiny_encoder_dir),
            "--videos", str(video_dir),

@@ -9,6 +9,7 @@ from vlm.shapes import ANSWER_VOCABULARY, ShapesConfig, make_shapes_corpus
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
+@pytest.mark.slow
 def test_trains_probes_on_val_and_reproduces_with_the_trained_encoder(load_script, tmp_path):
     corpus = make_shapes_corpus(tmp_path / "corpus", 60, seed=3, config=ShapesConfig(num_frames=8),
                                 progress=False)

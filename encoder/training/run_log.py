@@ -9,7 +9,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from encoder.common.jsonl import read_jsonl_tolerant
+from encoder.common.atomic_files import atomic_output_path
+from encoder.common.jsonl import JsonlAppender, read_jsonl_tolerant, write_jsonl_atomically
 
 
 def read_metrics(path: str | os.PathLike) -> list[dict]:
@@ -53,20 +54,13 @@ class MetricsLog:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if resume_step is not None and self.path.exists():
             kept = [row for row in read_metrics(self.path) if int(row.get("step", 0)) <= resume_step]
-            temporary = self.path.with_name(self.path.name + ".tmp")
-            with open(temporary, "w", encoding="utf-8") as handle:
-                for row in kept:
-                    handle.write(json.dumps(row) + "\n")
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(temporary, self.path)
-        self._handle = open(self.path, "a", encoding="utf-8")
+            write_jsonl_atomically(self.path, kept, ensure_ascii=True)
+        self._appender = JsonlAppender(self.path, ensure_ascii=True, sync=False)  # flushed every record
 
     def log(self, step: int, **values: Any) -> dict:
         """Append ``{"step": step, **values}`` and flush; returns the record."""
         record = {"step": int(step), **values}
-        self._handle.write(json.dumps(record) + "\n")
-        self._handle.flush()
+        self._appender.write([record])
         if self.accelerator is not None and self.accelerator.trackers:
             numbers = {k: v for k, v in values.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
             if numbers:
@@ -74,8 +68,7 @@ class MetricsLog:
         return record
 
     def close(self) -> None:
-        if not self._handle.closed:
-            self._handle.close()
+        self._appender.close()
 
     def __enter__(self) -> "MetricsLog":
         return self
@@ -121,9 +114,8 @@ def plot_metrics(
     figure.tight_layout()
     png_path = Path(png_path)
     png_path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = png_path.with_name(png_path.name + ".tmp")
-    figure.savefig(temporary, format="png")
-    os.replace(temporary, png_path)
+    with atomic_output_path(png_path) as temporary:
+        figure.savefig(temporary, format="png")
     return png_path
 
 

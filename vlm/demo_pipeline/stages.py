@@ -117,7 +117,7 @@ def run_stage1_training(work: Path, profile: DemoProfile, seed: int, manifest: P
         output_dir=str(out), train_manifests=[str(manifest)], model=model_size(profile), vocab_size=profile.vocab_size,
         batch_size=profile.stage1_batch, max_steps=profile.stage1_steps, learning_rate=profile.stage1_lr,
         warmup_steps=max(1, profile.stage1_steps // 10), seed=seed, cache_clips=True,
-        save_every=max(50, profile.stage1_steps // 4), log_every=max(1, min(10, profile.stage1_steps // 5)), progress=False,
+        checkpoint_every=max(50, profile.stage1_steps // 4), log_every=max(1, min(10, profile.stage1_steps // 5)), progress=False,
         hard_negatives=profile.stage1_hard_negatives, drop_ratio=profile.stage1_drop_ratio,
     )
     return run_stage1(config)
@@ -138,7 +138,7 @@ def run_stage2_training(work: Path, profile: DemoProfile, seed: int, manifest: P
         decoder=DecoderConfig(width=profile.decoder_width, num_layers=profile.decoder_layers),
         batch_size=profile.stage2_batch, max_steps=profile.stage2_steps, learning_rate=profile.stage2_lr,
         min_learning_rate=profile.stage2_lr / 100, warmup_steps=max(1, profile.stage2_steps // 10), seed=seed,
-        cache_clips=True, cache_teacher_outputs=True, save_every=max(50, profile.stage2_steps // 4),
+        cache_clips=True, cache_teacher_outputs=True, checkpoint_every=max(50, profile.stage2_steps // 4),
         log_every=max(1, min(10, profile.stage2_steps // 5)), progress=False,
     )
     if variant is not None:

@@ -26,6 +26,7 @@ from vlm.chat_template import chat_inference_ids
 from vlm.inference.generation import (
     GenerationSettings,
     IncrementalText,
+    MergedInputs,
     StopWhenSet,
     TokenStreamer,
     accepts_logits_to_keep,
@@ -39,7 +40,7 @@ from vlm.inference.scoring import (
     check_candidates,
     rank_candidates,
 )
-from vlm.model import MergedInputs, PrismVlmForConditionalGeneration, load_model
+from vlm.model import PrismVlmForConditionalGeneration, load_model
 from vlm.prompts import Shot, clean_open_answer, clean_question, leading_special_ids, qa_prompt, text_ids
 
 

@@ -24,6 +24,36 @@ from transformers.generation.streamers import BaseStreamer
 from vlm.llm import kv_cache_argument
 
 
+@dataclass
+class MergedInputs:
+    """LLM inputs of a batch, left-padded: inputs_embeds [B, S, H]; attention_mask [B, S] (0 at pads);
+    position_ids [B, S] (0 at the first real token of each row)."""
+
+    inputs_embeds: torch.Tensor
+    attention_mask: torch.Tensor
+    position_ids: torch.Tensor
+
+    def row(self, index: int) -> torch.Tensor:
+        """Row ``index`` without its padding: [S_b, H]."""
+        return self.inputs_embeds[index][self.attention_mask[index].bool()]
+
+
+def left_pad(rows: Sequence[torch.Tensor], total: int | None = None) -> MergedInputs:
+    """Rows of embeddings [S_b, H] as one left-padded batch of length ``total`` (default: the longest);
+    pad embeddings are zeros and masked out. The one padding rule of the package."""
+    lengths = [row.shape[0] for row in rows]
+    total = max(lengths) if total is None else total
+    first = rows[0]
+    inputs_embeds = first.new_zeros(len(rows), total, first.shape[-1])
+    attention_mask = torch.zeros(len(rows), total, dtype=torch.long, device=first.device)
+    position_ids = torch.zeros(len(rows), total, dtype=torch.long, device=first.device)
+    for index, (row, length) in enumerate(zip(rows, lengths)):
+        inputs_embeds[index, total - length:] = row
+        attention_mask[index, total - length:] = 1
+        position_ids[index, total - length:] = torch.arange(length, device=first.device)
+    return MergedInputs(inputs_embeds, attention_mask, position_ids)
+
+
 @dataclass(frozen=True)
 class GenerationSettings:
     """How text is generated (transformers' ``GenerationConfig`` options); greedy by default.

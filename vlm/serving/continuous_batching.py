@@ -50,8 +50,14 @@ import torch
 from transformers import DynamicCache, PreTrainedTokenizerBase
 from transformers.cache_utils import DynamicLayer
 
-from vlm.inference.generation import GenerationSettings, generate_ids, llm_step, newline_stopper, stop_token_ids
-from vlm.model import left_pad
+from vlm.inference.generation import (
+    GenerationSettings,
+    generate_ids,
+    left_pad,
+    llm_step,
+    newline_stopper,
+    stop_token_ids,
+)
 
 _POLL_S = 0.01  # how often a starting batch rechecks more_coming()
 

@@ -25,14 +25,14 @@ Run directory (the names the pretraining stages use too, plus the glue's data an
 from __future__ import annotations
 
 import contextlib
-import json
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
-from encoder.common.jsonl import read_jsonl_tolerant
+from encoder.common.atomic_files import write_json
+from encoder.common.jsonl import append_jsonl, read_jsonl_tolerant
 from encoder.training.run import TrainingRun
 from encoder.training.steps import run_steps
 from encoder.training.threads import torch_threads
@@ -52,12 +52,6 @@ from vlm.training.data import (
 )
 
 RunDirectoryError = TrainConfigError  # the earlier name of a run directory that cannot be used
-
-
-def _append_lines(path: Path, rows: list[dict]) -> None:
-    if rows:
-        with open(path, "a", encoding="utf-8") as handle:
-            handle.write("".join(json.dumps(row) + "\n" for row in rows))
 
 
 def _batch_layout(config: TrainConfig, num_processes: int) -> tuple[int, int]:
@@ -267,9 +261,10 @@ def _train(config: TrainConfig, resume: bool, llm, tokenizer, encoder, on_step) 
     if main:
         report = {"train": [s.report() for s in train_sources], "validation": [s.report() for s in val_sources],
                   "skipped_videos": len(skipped), "crops": crop_mode}
-        (run_dir / "data_report.json").write_text(json.dumps(report, indent=2) + "\n")
+        write_json(run_dir / "data_report.json", report)
         known = {(r.get("source"), r.get("video")) for r in read_jsonl_tolerant(run_dir / "data_errors.jsonl")}
-        _append_lines(run_dir / "data_errors.jsonl", [s.to_dict() for s in skipped if (s.source, s.video) not in known])
+        append_jsonl(run_dir / "data_errors.jsonl", [s.to_dict() for s in skipped if (s.source, s.video) not in known],
+                     ensure_ascii=True)
         run.note(f"training examples {[len(s.examples) for s in train_sources]} "
                  f"from {[s.source.path for s in train_sources]}; validation {[len(s.examples) for s in val_sources]}; "
                  f"skipped videos {len(skipped)} (see data_errors.jsonl)")
@@ -287,7 +282,7 @@ def _train(config: TrainConfig, resume: bool, llm, tokenizer, encoder, on_step) 
             "train": conversation_truncation(model, train_sources, config.max_target_tokens),
             "validation": conversation_truncation(model, val_sources, config.max_target_tokens),
         }
-        (run_dir / "data_report.json").write_text(json.dumps(report, indent=2) + "\n")
+        write_json(run_dir / "data_report.json", report)
         for item in report["conversation_truncation"]["train"]:
             if item["truncated"]:
                 run.note(f"{item['path']}: {item['truncated']} of {item['checked']} conversations have more "
@@ -349,7 +344,7 @@ def _train(config: TrainConfig, resume: bool, llm, tokenizer, encoder, on_step) 
             new_skips = [s for s in batch["skipped"] if (s.source, s.video) not in seen_skips]
             if new_skips:
                 seen_skips.update((s.source, s.video) for s in new_skips)
-                _append_lines(errors_path, [s.to_dict() for s in new_skips])
+                append_jsonl(errors_path, [s.to_dict() for s in new_skips], ensure_ascii=True)
             sync = micro_step == accumulation - 1
             with (contextlib.nullcontext() if sync else accelerator.no_sync(model)), _checkpointed_layers(unwrapped.llm, config.gradient_checkpointing):
                 loss = model(_training_texts(unwrapped, processor, batch, config.max_target_tokens), **_video_kwargs(batch))

@@ -95,6 +95,7 @@ def library_clip(service, path: Path, frames: int = FRAMES) -> torch.Tensor:
 # ------------------------------------------------------------------------------------ endpoints
 
 
+@pytest.mark.quick
 def test_caption_endpoint_equals_the_library_with_the_settings_passed(app, client, clips):
     _, service, _ = app
     for frames, tokens in ((FRAMES, 6), (4, 3)):
@@ -362,6 +363,7 @@ def test_chat_history_is_trimmed_to_the_last_turns(app):
     assert messages[0] == {"role": "user", "content": "q3"} and messages[-1] == {"role": "user", "content": "now?"}
 
 
+@pytest.mark.quick
 def test_chat_history_is_bounded_in_tokens_oldest_dropped_first(app, monkeypatch):
     """202 messages of 100 KB each used to reach the tokenizer and the LLM whole; now the prompt
     keeps what fits in max_history_tokens, whole exchanges, newest first, and no 100 KB turn is tokenized."""
@@ -383,6 +385,7 @@ def test_chat_history_is_bounded_in_tokens_oldest_dropped_first(app, monkeypatch
     assert total <= service.limits.max_history_tokens
 
 
+@pytest.mark.quick
 def test_oversized_question_and_candidates_are_refused_before_model_work(app, clips, monkeypatch):
     """Refused on token counts before the clip is decoded (model work needs the clip), and the service still answers."""
     from apps.service import AppInputError

@@ -64,7 +64,7 @@ def default_peak_tflops(device_name: str) -> float | None:
 
 
 def tiny_config(softcap: float = 5.0) -> VideoPrismVisionConfig:
-    """A few-layer VideoPrism for the CPU smoke run and tests/test_attention_backends.py: 4 frames of
+    """A few-layer VideoPrism for the CPU smoke run and tests/encoder/videoprism/test_attention_backends.py: 4 frames of
     32 px; initializer_range 0.3 (not 0.02) makes attention logits reach about 4, so a softcap of 5
     bends them."""
     return VideoPrismVisionConfig(

@@ -8,7 +8,7 @@ Two attention implementations are timed alternately in the same run:
 * ``folded`` (ours, ``encoder.videoprism.probe.SingleQueryAttention``): key/value projections folded onto the
   single query, O(B M D H);
 * ``torch`` (baseline): ``torch.nn.MultiheadAttention`` with the query expanded over the batch,
-  O(B M D^2). Same function (tests/test_probe.py checks the equality), so the accuracies match up to
+  O(B M D^2). Same function (tests/encoder/videoprism/test_probe.py checks the equality), so the accuracies match up to
   float rounding.
 
 Example::

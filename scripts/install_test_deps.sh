@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # What the tests need beyond pip, from Debian/Ubuntu packages (skipped when already there):
-#   wordnet-base, wordnet-sense-index  WordNet 3.0 for WUPS (tests/test_eval_qa.py)
+#   wordnet-base, wordnet-sense-index  WordNet 3.0 for WUPS (tests/vlm/evaluation/test_qa.py)
 #   chromium                           the app's browser tests (Playwright drives it headless)
 #   g++                                torch compiles flex attention on the CPU with it
 # Needs apt-get (as root or through sudo). A failed install is reported and the script goes on:

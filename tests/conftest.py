@@ -35,8 +35,8 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(scope="session")
 def load_script():
-    """``load_script("eval_glue_split")``: the module of ``scripts/eval_glue_split.py`` (tests.scripts)."""
-    from tests.scripts import import_script
+    """``load_script("eval_glue_split")``: the module of ``scripts/eval_glue_split.py`` (tests.helpers.scripts)."""
+    from tests.helpers.scripts import import_script
 
     return import_script
 
@@ -79,8 +79,8 @@ def tokenizer(smollm2_tokenizer):
 
 @pytest.fixture(scope="module")
 def glue_dir(tmp_path_factory, smollm2_tokenizer):
-    """A tiny random glue (tests.tiny_glue, seed 0) saved with its encoder and LLM as transformers
+    """A tiny random glue (tests.helpers.tiny_glue, seed 0) saved with its encoder and LLM as transformers
     directories: the glue directory (``--model``), one per test module."""
-    from tests.tiny_glue import build_tiny_glue, save_tiny_glue
+    from tests.helpers.tiny_glue import build_tiny_glue, save_tiny_glue
 
     return save_tiny_glue(build_tiny_glue(smollm2_tokenizer), smollm2_tokenizer, tmp_path_factory.mktemp("glue"))

@@ -19,7 +19,7 @@ import pytest
 
 pytestmark = pytest.mark.quick
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("encoder", "vlm", "apps")
 # A module of a layer may import its own layer and the layers before it, never one after it.
 LAYERS = ("encoder", "vlm", "apps")

@@ -4,7 +4,7 @@ Counted (2 FLOPs per multiply-add): the patch embedding, the q/k/v/o projections
 scores (Q K^T) and values (P V), and both MLP matmuls of every spatial and temporal layer. Not
 counted: LayerNorm, softmax, the logit softcap, GELU, biases, position embeddings (elementwise,
 under 1% of the total). This is what ``torch.utils.flop_counter.FlopCounterMode`` counts for a
-forward with eager attention (``tests/test_attention_backends.py`` checks the two agree).
+forward with eager attention (``tests/encoder/videoprism/test_attention_backends.py`` checks the two agree).
 """
 
 from __future__ import annotations

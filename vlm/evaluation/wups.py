@@ -23,7 +23,7 @@ Two scoring protocols, each at a threshold (0.0 and 0.9 are the ones reported):
   ``calculate_wups.py``): an answer is a set of comma-separated items; the similarity of two items is
   1 if equal, else the best WUP similarity over all their NOUN synsets, times 0.1 when below the
   threshold; each direction multiplies over all items (none skipped). Checked against that script on
-  NExT-OE's public HGA predictions (tests/test_eval_qa.py).
+  NExT-OE's public HGA predictions (tests/vlm/evaluation/test_qa.py).
 
 Differences from NExT-QA's script, which needs online NLTK data: lemmas come from WordNet's
 ``morphy`` (noun first, verb first for words ending in -ing/-ed) instead of a POS tagger (pywsd),

@@ -1,0 +1,1 @@
+"""Helpers the tests share: tiny random models, generated videos, fixture paths, script loading."""

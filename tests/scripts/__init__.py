@@ -1,0 +1,1 @@
+"""Tests of the scripts in scripts/ that are more than benchmarks."""

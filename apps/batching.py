@@ -43,8 +43,13 @@ class MicroBatcher:
     """Collects requests into batches and runs ``run(key, inputs) -> outputs`` (one output per input,
     in order) in a worker thread. See the module docstring."""
 
-    def __init__(self, run: Callable[[Hashable, Sequence[Any]], Sequence[Any]], config: BatchingConfig | None = None,
-                 name: str = "batcher", more_coming: Callable[[], bool] = lambda: True):
+    def __init__(
+        self,
+        run: Callable[[Hashable, Sequence[Any]], Sequence[Any]],
+        config: BatchingConfig | None = None,
+        name: str = "batcher",
+        more_coming: Callable[[], bool] = lambda: True,
+    ):
         self._run = run
         self._more_coming = more_coming
         self.config = config or BatchingConfig()

@@ -19,8 +19,11 @@ def read_auth(pairs: list[str] | None, auth_file: str | None) -> list[tuple[str,
     entries = [("--auth", entry) for entry in pairs or ()]
     if auth_file is not None:
         lines = Path(auth_file).read_text(encoding="utf-8").splitlines()
-        entries += [(f"{auth_file}:{number}", line.strip()) for number, line in enumerate(lines, 1)
-                    if line.strip() and not line.lstrip().startswith("#")]
+        entries += [
+            (f"{auth_file}:{number}", line.strip())
+            for number, line in enumerate(lines, 1)
+            if line.strip() and not line.lstrip().startswith("#")
+        ]
     credentials = []
     for where, entry in entries:
         user, colon, password = entry.partition(":")
@@ -48,15 +51,17 @@ def _cmd_app(args: argparse.Namespace) -> int:
     credentials = read_auth(args.auth, args.auth_file)  # before anything starts
     if not credentials and (args.share or args.host not in LOOPBACK_HOSTS):
         exposed = "a public --share link" if args.share else f"--host {args.host}"
-        print(f"prism-vlm app: warning: {exposed} without --auth: anyone who reaches the address can use the "
-              "model and upload files", file=sys.stderr)
+        print(
+            f"prism-vlm app: warning: {exposed} without --auth: anyone who reaches the address can use the "
+            "model and upload files",
+            file=sys.stderr,
+        )
     # No telemetry or version checks; uploads go to a folder of this server's own.
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     if not os.environ.get("GRADIO_TEMP_DIR"):
         from apps.uploads import private_upload_dir
 
         os.environ["GRADIO_TEMP_DIR"] = str(private_upload_dir())
-
 
     from apps.batching import BatchingConfig
     from apps.compute_thread import run_in_passing_thread
@@ -79,8 +84,12 @@ def _cmd_app(args: argparse.Namespace) -> int:
     device = args.device or default_device()
 
     def start_models():  # in a thread that ends here, so that one thread runs torch while serving
-        service = ModelService(load_model(args.model, device=device), limits, model_dir=args.model or default_model_dir(),
-                               batching=batching)
+        service = ModelService(
+            load_model(args.model, device=device),
+            limits,
+            model_dir=args.model or default_model_dir(),
+            batching=batching,
+        )
         return service, _search_service(args, limits, device, service.run_model_work)
 
     service, search = run_in_passing_thread(start_models)
@@ -104,8 +113,9 @@ def _search_service(args: argparse.Namespace, limits, device: str, run_model_wor
     if not explicit and not Path(source).exists():
         return None  # no demo video-text model installed: the page works without zero-shot labels and search
     model = load_video_text_model(source, tokenizer=args.video_text_tokenizer, device=device)
-    return SearchService.start(model, args.search_dir, limits, index_dir=args.search_index,
-                               run_model_work=run_model_work)
+    return SearchService.start(
+        model, args.search_dir, limits, index_dir=args.search_index, run_model_work=run_model_work
+    )
 
 
 def add_subcommand(subparsers) -> None:
@@ -117,33 +127,68 @@ def add_subcommand(subparsers) -> None:
     app.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0 for all)")
     app.add_argument("--port", type=int, default=7860, help="port (default 7860)")
     app.add_argument("--share", action="store_true", help="also open a public gradio.live link (needs the internet)")
-    app.add_argument("--auth", action="append", metavar="USER:PASS",
-                     help="require this login for the page and the API (repeatable); without it the app is open to "
-                          "whoever reaches its address")
+    app.add_argument(
+        "--auth",
+        action="append",
+        metavar="USER:PASS",
+        help="require this login for the page and the API (repeatable); without it the app is open to "
+        "whoever reaches its address",
+    )
     app.add_argument("--auth-file", default=None, help="file of USER:PASS lines, one login per line")
     app.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
-    app.add_argument("--max-upload-mb", type=positive_float, default=200.0, help="largest accepted upload in MB (default 200)")
-    app.add_argument("--max-duration", type=positive_float, default=600.0, help="longest accepted clip in seconds (default 600)")
-    app.add_argument("--max-side", type=POSITIVE, default=4096,
-                     help="largest accepted frame width or height in pixels, checked on every decoded frame (default 4096)")
-    app.add_argument("--max-decode-seconds", type=positive_float, default=60.0,
-                     help="wall-time budget for decoding one clip (default 60)")
+    app.add_argument(
+        "--max-upload-mb", type=positive_float, default=200.0, help="largest accepted upload in MB (default 200)"
+    )
+    app.add_argument(
+        "--max-duration", type=positive_float, default=600.0, help="longest accepted clip in seconds (default 600)"
+    )
+    app.add_argument(
+        "--max-side",
+        type=POSITIVE,
+        default=4096,
+        help="largest accepted frame width or height in pixels, checked on every decoded frame (default 4096)",
+    )
+    app.add_argument(
+        "--max-decode-seconds",
+        type=positive_float,
+        default=60.0,
+        help="wall-time budget for decoding one clip (default 60)",
+    )
     app.add_argument("--max-frames", type=FRAMES, default=32, help="most frames a request may sample (default 32)")
-    app.add_argument("--max-new-tokens", type=NEW_TOKENS, default=256, help="most tokens a request may generate (default 256)")
+    app.add_argument(
+        "--max-new-tokens", type=NEW_TOKENS, default=256, help="most tokens a request may generate (default 256)"
+    )
     app.add_argument("--concurrency", type=POSITIVE, default=16, help="requests processed at once (default 16)")
-    app.add_argument("--max-batch", type=int_range(1, 1024), default=8,
-                     help="most requests generated together: captions, open answers and chat replies join a running batch "
-                          "(default 8; 1: one at a time)")
-    app.add_argument("--batch-window-ms", type=_batch_window_ms, default=500.0,
-                     help="longest a starting batch waits for requests still being decoded (default 500 ms, at most "
-                          "10000; a lone request never waits)")
+    app.add_argument(
+        "--max-batch",
+        type=int_range(1, 1024),
+        default=8,
+        help="most requests generated together: captions, open answers and chat replies join a running batch "
+        "(default 8; 1: one at a time)",
+    )
+    app.add_argument(
+        "--batch-window-ms",
+        type=_batch_window_ms,
+        default=500.0,
+        help="longest a starting batch waits for requests still being decoded (default 500 ms, at most "
+        "10000; a lone request never waits)",
+    )
     app.add_argument("--queue-size", type=POSITIVE, default=64, help="requests allowed to wait (default 64)")
-    app.add_argument("--search-dir", default=None,
-                     help="folder of clips for the Search tab, indexed at start (a restart embeds only new clips)")
-    app.add_argument("--search-index", default=None,
-                     help="where the --search-dir index is kept (default: ~/.cache/prism-vlm/search-index/HASH)")
-    app.add_argument("--video-text-model", default=None,
-                     help="video-text model for search and zero-shot labels: LvT .npz, transformers directory or "
-                          "Hub id (default: $PRISM_VLM_VIDEO_TEXT_MODEL, else the demo's)")
+    app.add_argument(
+        "--search-dir",
+        default=None,
+        help="folder of clips for the Search tab, indexed at start (a restart embeds only new clips)",
+    )
+    app.add_argument(
+        "--search-index",
+        default=None,
+        help="where the --search-dir index is kept (default: ~/.cache/prism-vlm/search-index/HASH)",
+    )
+    app.add_argument(
+        "--video-text-model",
+        default=None,
+        help="video-text model for search and zero-shot labels: LvT .npz, transformers directory or "
+        "Hub id (default: $PRISM_VLM_VIDEO_TEXT_MODEL, else the demo's)",
+    )
     app.add_argument("--video-text-tokenizer", default=None, help="its SentencePiece .model (needed for an .npz)")
     app.set_defaults(func=_cmd_app)

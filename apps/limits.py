@@ -26,7 +26,6 @@ from encoder.video.decode import (
 __all__ = ["VIDEO_SUFFIXES", "AppLimits", "VideoInfo", "VideoRejectedError", "check_video", "probe_video"]
 
 
-
 class VideoRejectedError(PrismVlmError, ValueError):
     """A clip the app will not process (wrong type, too large, too long, unreadable); the message
     is meant for the person who uploaded it."""
@@ -133,9 +132,7 @@ def check_video(path: str | os.PathLike | None, limits: AppLimits) -> VideoInfo:
     path = Path(path)
     name = _display_name(path)
     if path.suffix.lower() not in VIDEO_SUFFIXES:
-        raise VideoRejectedError(
-            f"'{name}' is not a supported video type; upload one of {', '.join(VIDEO_SUFFIXES)}."
-        )
+        raise VideoRejectedError(f"'{name}' is not a supported video type; upload one of {', '.join(VIDEO_SUFFIXES)}.")
     if not path.is_file():
         raise VideoRejectedError(f"'{name}' is no longer on the server; upload it again.")
     size = path.stat().st_size

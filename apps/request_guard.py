@@ -131,7 +131,7 @@ class RequestGuard:
                 if delimiter is not None:
                     window = state["tail"] + chunk
                     state["parts"] += window.count(delimiter)
-                    state["tail"] = window[-(len(delimiter) - 1):] if len(delimiter) > 1 else b""
+                    state["tail"] = window[-(len(delimiter) - 1) :] if len(delimiter) > 1 else b""
                     # n files -> n opening delimiters plus the closing one
                     if state["parts"] - 1 > self.max_files:
                         raise _Refused(400, f"At most {self.max_files} file(s) per upload.")
@@ -155,6 +155,11 @@ def _replay(body: bytes, receive, pending: dict | None = None):
 
 async def _respond(send, status: int, message: str) -> None:
     body = json.dumps({"error": message}).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+        }
+    )
     await send({"type": "http.response.body", "body": body})

@@ -52,9 +52,14 @@ class SearchService:
     run_model_work: runs ``work()`` with the model to itself and returns its result (default: under
     a lock of this service's own)."""
 
-    def __init__(self, model: VideoTextModel, index: VideoIndex | None, limits: AppLimits | None = None,
-                 search_dir: str | os.PathLike | None = None,
-                 run_model_work: Callable[[Callable[[], Any]], Any] | None = None):
+    def __init__(
+        self,
+        model: VideoTextModel,
+        index: VideoIndex | None,
+        limits: AppLimits | None = None,
+        search_dir: str | os.PathLike | None = None,
+        run_model_work: Callable[[Callable[[], Any]], Any] | None = None,
+    ):
         self.model = model
         self.index = index
         self.limits = limits or AppLimits()
@@ -63,9 +68,15 @@ class SearchService:
         self._run_model_work = run_model_work or self._locked
 
     @classmethod
-    def start(cls, model: VideoTextModel, search_dir: str | os.PathLike | None, limits: AppLimits | None = None,
-              index_dir: str | os.PathLike | None = None, progress: bool = True,
-              run_model_work: Callable[[Callable[[], Any]], Any] | None = None) -> SearchService:
+    def start(
+        cls,
+        model: VideoTextModel,
+        search_dir: str | os.PathLike | None,
+        limits: AppLimits | None = None,
+        index_dir: str | os.PathLike | None = None,
+        progress: bool = True,
+        run_model_work: Callable[[Callable[[], Any]], Any] | None = None,
+    ) -> SearchService:
         """Index ``search_dir`` (resuming an earlier index in ``index_dir``, default
         :func:`default_index_dir`; in the calling thread) and serve it; without ``search_dir``,
         zero-shot labels only."""
@@ -100,7 +111,11 @@ class SearchService:
 
     def classify(self, video: str | os.PathLike | None, labels: str | Sequence[str] | None) -> dict[str, float]:
         """Zero-shot label probabilities of the clip, {label: probability}, highest first."""
-        parsed = parse_candidates(labels, self.limits.max_candidates) if isinstance(labels, str) or labels is None else list(labels)
+        parsed = (
+            parse_candidates(labels, self.limits.max_candidates)
+            if isinstance(labels, str) or labels is None
+            else list(labels)
+        )
         if not parsed:
             raise AppInputError("No labels given: type them (comma-separated or one per line).")
         if len(parsed) > self.limits.max_candidates:
@@ -110,7 +125,10 @@ class SearchService:
             raise AppInputError("A label appears more than once.")
         checked_video(video, self.limits)
         clip = decode_within_limits(Path(video), self.limits, self.model.num_frames, self.model.frame_size)
-        probabilities = self._run_model_work(lambda: classify_embeddings(
-            self.model, self.model.embed_clips(clip[None]), label_embeddings(self.model, parsed))[0])
+        probabilities = self._run_model_work(
+            lambda: classify_embeddings(
+                self.model, self.model.embed_clips(clip[None]), label_embeddings(self.model, parsed)
+            )[0]
+        )
         order = probabilities.argsort(descending=True)
         return {parsed[int(i)]: float(probabilities[i]) for i in order}

@@ -80,8 +80,7 @@ class AnswerResult:
     def probabilities(self) -> list[dict]:
         """[{"answer", "probability", "log_likelihood"}, ...] best first (JSON-ready)."""
         return [
-            {"answer": s.answer, "probability": s.probability, "log_likelihood": s.log_likelihood}
-            for s in self.ranked
+            {"answer": s.answer, "probability": s.probability, "log_likelihood": s.log_likelihood} for s in self.ranked
         ]
 
 
@@ -125,8 +124,9 @@ def decode_within_limits(path: Path, limits: AppLimits, num_frames: int, size: i
     """A checked clip decoded with the app's bounds (frame side, decode time): [T, size, size, 3] float32
     in [0, 1]; a clip that cannot be decoded is an AppInputError naming the file."""
     try:
-        return load_clip(path, num_frames=num_frames, size=size, max_side=limits.max_side_px,
-                         time_limit_s=limits.max_decode_s)
+        return load_clip(
+            path, num_frames=num_frames, size=size, max_side=limits.max_side_px, time_limit_s=limits.max_decode_s
+        )
     except (VideoDecodeError, FileNotFoundError, ValueError) as error:
         reason = error.reason if isinstance(error, VideoDecodeError) else str(error)
         raise AppInputError(f"Could not decode '{path.name}': {reason}.") from error
@@ -165,8 +165,13 @@ class ModelService:
     was loaded from (shown on the page).
     """
 
-    def __init__(self, model: PrismVlmForConditionalGeneration, limits: AppLimits | None = None, model_dir: str | os.PathLike | None = None,
-                 batching: BatchingConfig | None = None):
+    def __init__(
+        self,
+        model: PrismVlmForConditionalGeneration,
+        limits: AppLimits | None = None,
+        model_dir: str | os.PathLike | None = None,
+        batching: BatchingConfig | None = None,
+    ):
         if model.encoder is None:
             raise ValueError("the app needs a model with its video encoder (load it with load_video_encoder=True)")
         self.model = model
@@ -181,10 +186,14 @@ class ModelService:
         self._arriving_lock = threading.Lock()
         more_coming = lambda: self._arriving > 0  # noqa: E731
         self._generator = (
-            ContinuousBatcher(model.llm, model.tokenizer,
-                              ContinuousBatchingConfig(self.batching.max_batch, self.batching.window_s),
-                              more_coming=more_coming)
-            if supports_continuous_batching(model.llm) else None
+            ContinuousBatcher(
+                model.llm,
+                model.tokenizer,
+                ContinuousBatchingConfig(self.batching.max_batch, self.batching.window_s),
+                more_coming=more_coming,
+            )
+            if supports_continuous_batching(model.llm)
+            else None
         )
         # Other settings: requests that arrive together with the same settings run as one batch.
         self._captioner = MicroBatcher(self._caption_batch, self.batching, name="captions", more_coming=more_coming)
@@ -231,8 +240,9 @@ class ModelService:
             raise AppInputError(f"Frames must be a whole number from 1 to {self.limits.max_frames}, got {num_frames}.")
         return int(num_frames)
 
-    def _generation(self, max_new_tokens: int | float | None, generation: GenerationSettings | None,
-                    default: int) -> GenerationSettings:
+    def _generation(
+        self, max_new_tokens: int | float | None, generation: GenerationSettings | None, default: int
+    ) -> GenerationSettings:
         """The request's generation settings (greedy when None) with its checked max_new_tokens; the
         batch key part (requests batch only with identical settings)."""
         return (generation or GenerationSettings()).replace(max_new_tokens=self._tokens(max_new_tokens, default))
@@ -262,12 +272,17 @@ class ModelService:
         if not candidates:
             raise AppInputError("No candidate answers given for a closed-vocabulary question.")
         if len(candidates) > self.limits.max_candidates:
-            raise AppInputError(f"{len(candidates)} candidate answers; this app ranks at most {self.limits.max_candidates}.")
+            raise AppInputError(
+                f"{len(candidates)} candidate answers; this app ranks at most {self.limits.max_candidates}."
+            )
         for candidate in candidates:
             if not isinstance(candidate, str) or not candidate.strip():
                 raise AppInputError("A candidate answer is empty.")
             shown = candidate if len(candidate) <= 40 else candidate[:37] + "..."
-            if len(candidate) > self.limits.max_message_chars or self._token_count(candidate) > self.limits.max_candidate_tokens:
+            if (
+                len(candidate) > self.limits.max_message_chars
+                or self._token_count(candidate) > self.limits.max_candidate_tokens
+            ):
                 raise AppInputError(
                     f"The candidate answer '{shown}' is too long; the limit is {self.limits.max_candidate_tokens} tokens."
                 )
@@ -302,15 +317,22 @@ class ModelService:
 
     # ------------------------------------------------------------------ tasks
 
-    def caption(self, video: str | os.PathLike | None, num_frames: int | None = None, max_new_tokens: int | None = None,
-                generation: GenerationSettings | None = None) -> str:
+    def caption(
+        self,
+        video: str | os.PathLike | None,
+        num_frames: int | None = None,
+        max_new_tokens: int | None = None,
+        generation: GenerationSettings | None = None,
+    ) -> str:
         """A caption of the clip (greedy unless ``generation`` says otherwise)."""
         settings = self._generation(max_new_tokens, generation, 32)
         if self._continuous(settings):
             model, assistant = self.model, self.assistant
             with self._arrival():
                 clip, _ = self.load(video, num_frames)
-                stream = self._submit(lambda: assistant.caption_inputs(model.get_video_features(clip[None])).row(0), settings)
+                stream = self._submit(
+                    lambda: assistant.caption_inputs(model.get_video_features(clip[None])).row(0), settings
+                )
             return assistant.caption_text(self._generated(stream))
         with self._arrival():
             clip, _ = self.load(video, num_frames)
@@ -324,8 +346,9 @@ class ModelService:
 
     def _submit(self, prompt, settings: GenerationSettings, stop_at_newline: bool = True, streaming: bool = False):
         """Queue ``prompt()`` ([S, H] input embeddings, built in the worker) for continuous batching."""
-        return self._generator.submit(prompt, settings.max_new_tokens, stop_at_newline=stop_at_newline,
-                                      streaming=streaming)
+        return self._generator.submit(
+            prompt, settings.max_new_tokens, stop_at_newline=stop_at_newline, streaming=streaming
+        )
 
     @staticmethod
     def _generated(stream) -> list[int]:
@@ -359,16 +382,29 @@ class ModelService:
 
     def _caption_batch(self, key: tuple[int, GenerationSettings], clips: Sequence[np.ndarray]) -> list[str]:
         """Captions of same-length clips [T, S, S, 3] in one model call (key: T, generation settings)."""
-        return self.run_model_work(lambda: self.assistant.caption(
-            clips=torch.from_numpy(np.stack(clips)), max_new_tokens=key[1].max_new_tokens, generation=key[1]))
+        return self.run_model_work(
+            lambda: self.assistant.caption(
+                clips=torch.from_numpy(np.stack(clips)), max_new_tokens=key[1].max_new_tokens, generation=key[1]
+            )
+        )
 
-    def _answer_batch(self, key: tuple[int, GenerationSettings], requests: Sequence[tuple[str, np.ndarray]]) -> list[str]:
+    def _answer_batch(
+        self, key: tuple[int, GenerationSettings], requests: Sequence[tuple[str, np.ndarray]]
+    ) -> list[str]:
         """Open answers to (question, clip) pairs in one model call (key: T, generation settings)."""
         clips = torch.from_numpy(np.stack([clip for _, clip in requests]))
-        return self.run_model_work(lambda: self.assistant.answer(
-            [question for question, _ in requests], clips=clips, max_new_tokens=key[1].max_new_tokens, generation=key[1]))
+        return self.run_model_work(
+            lambda: self.assistant.answer(
+                [question for question, _ in requests],
+                clips=clips,
+                max_new_tokens=key[1].max_new_tokens,
+                generation=key[1],
+            )
+        )
 
-    def _chat_batch(self, key: tuple[int, GenerationSettings], requests: Sequence[_ChatRequest]) -> list[BaseException | None]:
+    def _chat_batch(
+        self, key: tuple[int, GenerationSettings], requests: Sequence[_ChatRequest]
+    ) -> list[BaseException | None]:
         """Chat replies generated together (key: T, generation settings); each request's pieces go to its
         own queue as they are generated, and its end marker as soon as its reply is complete. A
         request whose client left (``stopped``) is no longer fed; when all have left, generation stops.
@@ -376,14 +412,17 @@ class ModelService:
         (before that, the exception propagates and the batcher retries the requests one by one)."""
         return self.run_model_work(lambda: self._stream_chat_batch(key, requests))
 
-    def _stream_chat_batch(self, key: tuple[int, GenerationSettings], requests: Sequence[_ChatRequest]) -> list[BaseException | None]:
+    def _stream_chat_batch(
+        self, key: tuple[int, GenerationSettings], requests: Sequence[_ChatRequest]
+    ) -> list[BaseException | None]:
         streamed = False
         ended = [False] * len(requests)
         try:
             with torch.inference_mode():
                 clips = torch.from_numpy(np.stack([request.clip for request in requests]))
-                stream = self.assistant.chat_stream_batch([r.messages for r in requests], clips=clips,
-                                                      max_new_tokens=key[1].max_new_tokens, generation=key[1])
+                stream = self.assistant.chat_stream_batch(
+                    [r.messages for r in requests], clips=clips, max_new_tokens=key[1].max_new_tokens, generation=key[1]
+                )
                 try:
                     for pieces in stream:
                         for row, (request, piece) in enumerate(zip(requests, pieces)):
@@ -435,8 +474,9 @@ class ModelService:
             model, assistant = self.model, self.assistant
             with self._arrival():
                 clip, _ = self.load(video, num_frames)
-                stream = self._submit(lambda: assistant.answer_inputs(model.get_video_features(clip[None]), [question]).row(0),
-                                      settings)
+                stream = self._submit(
+                    lambda: assistant.answer_inputs(model.get_video_features(clip[None]), [question]).row(0), settings
+                )
             return AnswerResult(assistant.answer_text(self._generated(stream)))
         if candidates is None:
             with self._arrival():
@@ -445,7 +485,9 @@ class ModelService:
             return AnswerResult(future.result())
         clip, _ = self.load(video, num_frames)
         # one video/prompt prefix shared by the request's candidates
-        ranked = self.run_model_work(lambda: self.assistant.score_answers(question, list(candidates), clips=torch.from_numpy(clip[None])))
+        ranked = self.run_model_work(
+            lambda: self.assistant.score_answers(question, list(candidates), clips=torch.from_numpy(clip[None]))
+        )
         return AnswerResult(ranked[0].answer, ranked)
 
     def chat_prompt(self, history: Sequence[dict], message: str | None) -> ChatPrompt:
@@ -526,14 +568,19 @@ class ModelService:
             request.stopped.set()
             future.cancel()  # a request still waiting for its batch leaves the queue
 
-    def _continuous_chat(self, video, messages: list[dict], num_frames: int | None,
-                         settings: GenerationSettings) -> Iterator[str]:
+    def _continuous_chat(
+        self, video, messages: list[dict], num_frames: int | None, settings: GenerationSettings
+    ) -> Iterator[str]:
         """A greedy chat reply with continuous batching, streamed in text pieces."""
         model, assistant = self.model, self.assistant
         with self._arrival():
             clip, _ = self.load(video, num_frames)
-            stream = self._submit(lambda: assistant.chat_inputs(model.get_video_features(clip[None]), [messages]).row(0),
-                                  settings, stop_at_newline=False, streaming=True)
+            stream = self._submit(
+                lambda: assistant.chat_inputs(model.get_video_features(clip[None]), [messages]).row(0),
+                settings,
+                stop_at_newline=False,
+                streaming=True,
+            )
         text = IncrementalText(model.tokenizer)
         try:
             for token in stream:

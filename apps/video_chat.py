@@ -25,6 +25,7 @@ import numpy as np
 from apps.limits import VIDEO_SUFFIXES, VideoRejectedError
 from apps.search import MAX_RESULTS, SearchService
 from apps.service import AppInputError, FrameStrip, ModelService, parse_candidates
+from encoder.common.errors import PrismVlmError
 from vlm.inference.generation import GenerationSettings
 from vlm.inference.scoring import CandidateError
 from vlm.processing import UnreadableVideoError
@@ -44,7 +45,18 @@ CANDIDATE_PRESETS: dict[str, list[str]] = {
     # general-purpose sets for models trained on real video
     "yes / no": ["yes", "no"],
     "numbers": ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten"],
-    "actions": ["playing", "drumming", "dancing", "singing", "talking", "cooking", "walking", "running", "jumping", "swimming"],
+    "actions": [
+        "playing",
+        "drumming",
+        "dancing",
+        "singing",
+        "talking",
+        "cooking",
+        "walking",
+        "running",
+        "jumping",
+        "swimming",
+    ],
     "objects": ["bottle", "ball", "drum", "person", "dog", "cat", "car", "table", "chair", "cup", "phone"],
 }
 NO_PRESET = "(type your own)"
@@ -64,7 +76,9 @@ frozen LLM. Upload a clip or pick an example: the strip shows the frames the mod
 def default_examples() -> list[Path]:
     """Example clips: those shipped in ``apps/examples`` (the official VideoPrism demo clip and three
     clips of the moving-shapes corpus)."""
-    return sorted(p for p in EXAMPLES_DIR.glob("*") if p.suffix.lower() in VIDEO_SUFFIXES) if EXAMPLES_DIR.is_dir() else []
+    return (
+        sorted(p for p in EXAMPLES_DIR.glob("*") if p.suffix.lower() in VIDEO_SUFFIXES) if EXAMPLES_DIR.is_dir() else []
+    )
 
 
 # ---------------------------------------------------------------------------------------- errors
@@ -80,7 +94,8 @@ def without_server_paths(text: str) -> str:
 
 
 def readable_error(error: BaseException) -> str:
-    """A message for the page (never a traceback, never a server path)."""
+    """A message for the page (never a traceback, never a server path): a user error
+    (:class:`encoder.common.errors.PrismVlmError`) in one line, anything else as a bug, logged."""
     if isinstance(error, (AppInputError, VideoRejectedError)):
         message = str(error)
     elif isinstance(error, EmptyQuestionError):
@@ -91,16 +106,19 @@ def readable_error(error: BaseException) -> str:
         message = f"Chat: {error}."
     elif isinstance(error, UnreadableVideoError):
         message = f"Could not decode the video: {error}."
+    elif isinstance(error, PrismVlmError):
+        message = str(error)
     else:
-        message = f"Something went wrong ({type(error).__name__}); the request was not completed. The server log has details."
+        message = (
+            f"Something went wrong ({type(error).__name__}); the request was not completed. The server log has details."
+        )
     return without_server_paths(message)
 
 
 def _to_gradio_error(error: BaseException) -> gr.Error:
     if isinstance(error, gr.Error):
         return error
-    expected = isinstance(error, (AppInputError, VideoRejectedError, EmptyQuestionError, CandidateError, ChatMessagesError, UnreadableVideoError))
-    if not expected:
+    if not isinstance(error, PrismVlmError):  # a bug: its traceback goes to the server log
         logger.exception("request failed", exc_info=error)
     return gr.Error(readable_error(error), print_exception=False)
 
@@ -179,7 +197,13 @@ def strip_image(strip: FrameStrip, columns: int = 8, min_cell: int = 128, label_
         row, column = divmod(index, columns)
         left, top = column * cell, row * (cell + label_height)
         canvas.paste(Image.fromarray(frame).resize((cell, cell), Image.NEAREST), (left, top))
-        draw.text((left + cell // 2, top + cell + label_height // 2), f"{index + 1}: {time:.2f} s", fill=(60, 60, 60), font=font, anchor="mm")
+        draw.text(
+            (left + cell // 2, top + cell + label_height // 2),
+            f"{index + 1}: {time:.2f} s",
+            fill=(60, 60, 60),
+            font=font,
+            anchor="mm",
+        )
     return np.asarray(canvas)
 
 
@@ -195,13 +219,16 @@ def _chart_data(probabilities: list[dict] | None):
 # ---------------------------------------------------------------------------------------- the page
 
 
-def page_generation(temperature: float | None, top_p: float | None, repetition_penalty: float | None) -> GenerationSettings:
+def page_generation(
+    temperature: float | None, top_p: float | None, repetition_penalty: float | None
+) -> GenerationSettings:
     """The page's generation settings: temperature 0 is greedy decoding (the default), above 0
     sampling with that temperature and top-p; a repetition penalty applies to both."""
     try:
         temperature = float(temperature or 0.0)
         return GenerationSettings(
-            do_sample=temperature > 0, temperature=temperature if temperature > 0 else 1.0,
+            do_sample=temperature > 0,
+            temperature=temperature if temperature > 0 else 1.0,
             top_p=float(top_p if top_p is not None else 1.0),
             repetition_penalty=float(repetition_penalty if repetition_penalty is not None else 1.0),
         )
@@ -209,8 +236,9 @@ def page_generation(temperature: float | None, top_p: float | None, repetition_p
         raise AppInputError(f"Generation settings: {error}.") from None
 
 
-def build_app(service: ModelService, examples: Sequence[str | os.PathLike] | None = None,
-              search: SearchService | None = None) -> gr.Blocks:
+def build_app(
+    service: ModelService, examples: Sequence[str | os.PathLike] | None = None, search: SearchService | None = None
+) -> gr.Blocks:
     """The gr.Blocks page over ``service`` (queue and launch settings are applied by :func:`launch_app`).
 
     examples: clips offered as examples (default: :func:`default_examples`).
@@ -221,27 +249,62 @@ def build_app(service: ModelService, examples: Sequence[str | os.PathLike] | Non
     # --------------------------------------------------------------- handlers (API names: parameters)
 
     @shows_errors
-    def caption(video: str | None, frames: float, max_new_tokens: float, temperature: float = 0.0, top_p: float = 1.0,
-                repetition_penalty: float = 1.0) -> str:
+    def caption(
+        video: str | None,
+        frames: float,
+        max_new_tokens: float,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        repetition_penalty: float = 1.0,
+    ) -> str:
         return service.caption(video, frames, max_new_tokens, page_generation(temperature, top_p, repetition_penalty))
 
     @shows_errors
-    def ask(video: str | None, question: str, candidates: str, frames: float, max_new_tokens: float,
-            temperature: float = 0.0, top_p: float = 1.0, repetition_penalty: float = 1.0):
-        result = service.ask(video, question, parse_candidates(candidates, limits.max_candidates), frames, max_new_tokens,
-                             page_generation(temperature, top_p, repetition_penalty))
+    def ask(
+        video: str | None,
+        question: str,
+        candidates: str,
+        frames: float,
+        max_new_tokens: float,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        repetition_penalty: float = 1.0,
+    ):
+        result = service.ask(
+            video,
+            question,
+            parse_candidates(candidates, limits.max_candidates),
+            frames,
+            max_new_tokens,
+            page_generation(temperature, top_p, repetition_penalty),
+        )
         return result.answer, result.probabilities()
 
     @shows_errors
-    def chat(video: str | None, message: str, history: list, frames: float, max_new_tokens: float,
-             temperature: float = 0.0, top_p: float = 1.0, repetition_penalty: float = 1.0):
+    def chat(
+        video: str | None,
+        message: str,
+        history: list,
+        frames: float,
+        max_new_tokens: float,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        repetition_penalty: float = 1.0,
+    ):
         history = list(history or [])
         prompt = service.chat_prompt(history, message)  # an empty or overlong message fails here
         if prompt.dropped_turns:
-            gr.Info(f"The {prompt.dropped_turns} oldest turns of this chat are left out of the model's prompt "
-                    f"(it keeps {limits.max_chat_turns} exchanges, {limits.max_history_tokens} tokens).")
-        pieces = service.chat_stream(video, num_frames=frames, max_new_tokens=max_new_tokens,
-                                     generation=page_generation(temperature, top_p, repetition_penalty), prompt=prompt)
+            gr.Info(
+                f"The {prompt.dropped_turns} oldest turns of this chat are left out of the model's prompt "
+                f"(it keeps {limits.max_chat_turns} exchanges, {limits.max_history_tokens} tokens)."
+            )
+        pieces = service.chat_stream(
+            video,
+            num_frames=frames,
+            max_new_tokens=max_new_tokens,
+            generation=page_generation(temperature, top_p, repetition_penalty),
+            prompt=prompt,
+        )
         try:
             reply = next(pieces, None) or ""  # fails here (no video, empty message ...) before the chat changes
             history = history + [{"role": "user", "content": message}, {"role": "assistant", "content": reply}]
@@ -265,7 +328,9 @@ def build_app(service: ModelService, examples: Sequence[str | os.PathLike] | Non
             raise AppInputError("This app was started without a video-text model (--video-text-model).")
         hits = search.search(query, results)
         gallery = [(hit.video, f"{hit.name}  ·  {hit.score:.3f}") for hit in hits]
-        return gallery, [{"rank": rank + 1, "clip": hit.name, "score": round(hit.score, 4)} for rank, hit in enumerate(hits)]
+        return gallery, [
+            {"rank": rank + 1, "clip": hit.name, "score": round(hit.score, 4)} for rank, hit in enumerate(hits)
+        ]
 
     def show_video(video: str | None, frames: float):
         """Preview, frame strip and clip facts for a new clip (a bad clip: a message, no strip)."""
@@ -279,10 +344,16 @@ def build_app(service: ModelService, examples: Sequence[str | os.PathLike] | Non
             strip = service.frame_strip(video, frames)
         except Exception as error:
             message = readable_error(error)
-            if not isinstance(error, (AppInputError, VideoRejectedError)):
+            if not isinstance(error, PrismVlmError):
                 logger.exception("frame strip failed", exc_info=error)
             gr.Warning(message)
-            return (gr.update(value=None, visible=True), gr.update(value=None, visible=False), None, f"**Cannot use this clip.** {message}", *cleared)
+            return (
+                gr.update(value=None, visible=True),
+                gr.update(value=None, visible=False),
+                None,
+                f"**Cannot use this clip.** {message}",
+                *cleared,
+            )
         return (video_update, gif_update, strip_image(strip), _clip_markdown(video, strip), *cleared)
 
     def update_strip(video: str | None, frames: float):
@@ -322,7 +393,11 @@ def build_app(service: ModelService, examples: Sequence[str | os.PathLike] | Non
             with gr.Row(equal_height=False):
                 with gr.Column(scale=2, min_width=320):
                     video = gr.File(
-                        label="Video", file_types=list(VIDEO_SUFFIXES), type="filepath", height=120, elem_id="video-upload",
+                        label="Video",
+                        file_types=list(VIDEO_SUFFIXES),
+                        type="filepath",
+                        height=120,
+                        elem_id="video-upload",
                     )
                     gr.Markdown(
                         f"{', '.join(s.lstrip('.') for s in VIDEO_SUFFIXES)}; up to {limits.max_upload_mb:g} MB "
@@ -330,30 +405,45 @@ def build_app(service: ModelService, examples: Sequence[str | os.PathLike] | Non
                         elem_id="upload-limits",
                     )
                     preview = gr.Video(label="Preview", interactive=False, height=300, elem_id="video-preview")
-                    gif_preview = gr.Image(label="Preview", interactive=False, type="filepath", visible=False, height=300)
+                    gif_preview = gr.Image(
+                        label="Preview", interactive=False, type="filepath", visible=False, height=300
+                    )
                     clip_facts = gr.Markdown(elem_id="clip-facts")
                     if examples:
                         gr.Examples(
-                            examples=[[str(p)] for p in examples], inputs=[video], label="Examples",
+                            examples=[[str(p)] for p in examples],
+                            inputs=[video],
+                            label="Examples",
                             example_labels=[p.stem.replace("_", " ") for p in examples],
                         )
                 with gr.Column(scale=3, min_width=420):
                     strip = gr.Image(
-                        label="Frames the model sees", type="numpy", format="png", interactive=False,
-                        elem_id="frame-strip", buttons=["fullscreen"],
+                        label="Frames the model sees",
+                        type="numpy",
+                        format="png",
+                        interactive=False,
+                        elem_id="frame-strip",
+                        buttons=["fullscreen"],
                     )
                     with gr.Group():
                         describe_button = gr.Button("Describe", variant="primary", elem_id="describe-button")
                         caption_box = gr.Textbox(label="Description", lines=2, interactive=False, elem_id="caption")
                     with gr.Accordion("Settings", open=True):
                         with gr.Row():
-                            frames = gr.Slider(1, limits.max_frames, value=service.default_frames, step=1, label="Frames sampled")
+                            frames = gr.Slider(
+                                1, limits.max_frames, value=service.default_frames, step=1, label="Frames sampled"
+                            )
                             max_new_tokens = gr.Slider(
-                                1, limits.max_new_tokens, value=min(DEFAULT_MAX_NEW_TOKENS, limits.max_new_tokens), step=1, label="Max new tokens"
+                                1,
+                                limits.max_new_tokens,
+                                value=min(DEFAULT_MAX_NEW_TOKENS, limits.max_new_tokens),
+                                step=1,
+                                label="Max new tokens",
                             )
                         with gr.Row():
-                            temperature = gr.Slider(0, 2, value=0, step=0.05, label="Temperature (0: greedy)",
-                                                    elem_id="temperature")
+                            temperature = gr.Slider(
+                                0, 2, value=0, step=0.05, label="Temperature (0: greedy)", elem_id="temperature"
+                            )
                             top_p = gr.Slider(0.05, 1, value=1, step=0.05, label="Top-p (sampling)")
                             repetition_penalty = gr.Slider(1, 2, value=1, step=0.05, label="Repetition penalty")
             with gr.Row(equal_height=False):
@@ -361,50 +451,80 @@ def build_app(service: ModelService, examples: Sequence[str | os.PathLike] | Non
                     gr.Markdown("### Chat about the clip")
                     chatbot = gr.Chatbot(label="Chat", height=320, elem_id="chat")
                     with gr.Row():
-                        message = gr.Textbox(label="Message", placeholder="Ask anything about the clip ...", show_label=False, scale=4, elem_id="chat-message")
+                        message = gr.Textbox(
+                            label="Message",
+                            placeholder="Ask anything about the clip ...",
+                            show_label=False,
+                            scale=4,
+                            elem_id="chat-message",
+                        )
                         send_button = gr.Button("Send", scale=1, variant="primary")
                     clear_button = gr.Button("Clear chat", size="sm")
                 with gr.Column(scale=1, min_width=380):
                     gr.Markdown("### Question answering")
-                    question = gr.Textbox(label="Question", placeholder="what is the person doing?", elem_id="qa-question")
+                    question = gr.Textbox(
+                        label="Question", placeholder="what is the person doing?", elem_id="qa-question"
+                    )
                     vocabulary = gr.Radio([OPEN, CLOSED], value=CLOSED, label="Answers")
                     with gr.Row():
-                        preset = gr.Dropdown([NO_PRESET, *CANDIDATE_PRESETS], value=NO_PRESET, label="Candidate preset", scale=1)
+                        preset = gr.Dropdown(
+                            [NO_PRESET, *CANDIDATE_PRESETS], value=NO_PRESET, label="Candidate preset", scale=1
+                        )
                         candidates = gr.Textbox(
-                            label="Candidate answers (comma-separated or one per line)", value="", lines=2, scale=3,
+                            label="Candidate answers (comma-separated or one per line)",
+                            value="",
+                            lines=2,
+                            scale=3,
                             elem_id="qa-candidates",
                         )
                     stash = gr.State("")
                     ask_button = gr.Button("Ask", variant="primary", elem_id="ask-button")
                     answer = gr.Textbox(label="Answer", interactive=False, elem_id="qa-answer")
                     chart = gr.BarPlot(
-                        x="answer", y="probability", y_lim=[0, 1], sort="-y", height=280,
-                        label=f"Top {TOP_CANDIDATES_SHOWN} candidates", elem_id="qa-chart",
+                        x="answer",
+                        y="probability",
+                        y_lim=[0, 1],
+                        sort="-y",
+                        height=280,
+                        label=f"Top {TOP_CANDIDATES_SHOWN} candidates",
+                        elem_id="qa-chart",
                     )
                     with gr.Accordion("All candidate probabilities (JSON)", open=False):
                         probabilities = gr.JSON(label="Candidate probabilities", elem_id="qa-probabilities")
             with gr.Accordion("Zero-shot labels (video-text model)", open=True, visible=search is not None):
                 with gr.Row():
                     label_box = gr.Textbox(
-                        label="Labels (comma-separated or one per line)", value=", ".join(ANSWER_VOCABULARY["colour"]),
-                        scale=4, elem_id="zero-shot-labels",
+                        label="Labels (comma-separated or one per line)",
+                        value=", ".join(ANSWER_VOCABULARY["colour"]),
+                        scale=4,
+                        elem_id="zero-shot-labels",
                     )
                     labels_button = gr.Button("Label the clip", scale=1, elem_id="zero-shot-button")
                 label_output = gr.Label(label="Label probabilities", num_top_classes=5, elem_id="zero-shot-output")
         with gr.Tab("Search", elem_id="search-tab"):
             if search is not None and search.can_search:
-                gr.Markdown(f"Search the {len(search.index)} clips of the folder this app was started with by text "
-                            "(the video-text model's cosine similarity; best first).", elem_id="search-info")
+                gr.Markdown(
+                    f"Search the {len(search.index)} clips of the folder this app was started with by text "
+                    "(the video-text model's cosine similarity; best first).",
+                    elem_id="search-info",
+                )
             else:
-                gr.Markdown("No clips to search: start the app with `--search-dir FOLDER` (and a video-text model).",
-                            elem_id="search-info")
+                gr.Markdown(
+                    "No clips to search: start the app with `--search-dir FOLDER` (and a video-text model).",
+                    elem_id="search-info",
+                )
             with gr.Row():
-                search_query = gr.Textbox(label="Find clips showing ...", placeholder="a red star moving left", scale=4,
-                                          elem_id="search-query")
+                search_query = gr.Textbox(
+                    label="Find clips showing ...",
+                    placeholder="a red star moving left",
+                    scale=4,
+                    elem_id="search-query",
+                )
                 search_count = gr.Slider(1, MAX_RESULTS, value=8, step=1, label="Results", scale=1)
                 search_button = gr.Button("Search", variant="primary", scale=1, elem_id="search-button")
-            search_gallery = gr.Gallery(label="Matching clips", columns=4, height="auto", elem_id="search-results",
-                                        interactive=False)
+            search_gallery = gr.Gallery(
+                label="Matching clips", columns=4, height="auto", elem_id="search-results", interactive=False
+            )
             with gr.Accordion("Scores (JSON)", open=False):
                 search_scores = gr.JSON(label="Results", elem_id="search-scores")
         with gr.Accordion("Loaded model", open=True):
@@ -414,34 +534,65 @@ def build_app(service: ModelService, examples: Sequence[str | os.PathLike] | Non
 
         private = {"api_visibility": "private"}
         model_event = {"concurrency_id": MODEL_QUEUE, "concurrency_limit": limits.concurrency}
-        clip_outputs = [preview, gif_preview, strip, clip_facts, caption_box, answer, probabilities, chart, chatbot, label_output]
+        clip_outputs = [
+            preview,
+            gif_preview,
+            strip,
+            clip_facts,
+            caption_box,
+            answer,
+            probabilities,
+            chart,
+            chatbot,
+            label_output,
+        ]
         video.change(show_video, [video, frames], clip_outputs, **model_event, **private)
         frames.release(update_strip, [video, frames], [strip, clip_facts], **model_event, **private)
 
         generation = [temperature, top_p, repetition_penalty]
-        describe_button.click(caption, [video, frames, max_new_tokens, *generation], caption_box, api_name="caption",
-                              **model_event)
+        describe_button.click(
+            caption, [video, frames, max_new_tokens, *generation], caption_box, api_name="caption", **model_event
+        )
 
         gr.on(
-            [ask_button.click, question.submit], require_candidates, [vocabulary, candidates], None, queue=False, **private
+            [ask_button.click, question.submit],
+            require_candidates,
+            [vocabulary, candidates],
+            None,
+            queue=False,
+            **private,
         ).success(
-            ask, [video, question, candidates, frames, max_new_tokens, *generation], [answer, probabilities], api_name="ask",
-            **model_event
+            ask,
+            [video, question, candidates, frames, max_new_tokens, *generation],
+            [answer, probabilities],
+            api_name="ask",
+            **model_event,
         ).success(_chart_data, probabilities, chart, queue=False, **private)
-        vocabulary.change(switch_vocabulary, [vocabulary, candidates, stash], [candidates, preset, stash], queue=False, **private)
+        vocabulary.change(
+            switch_vocabulary, [vocabulary, candidates, stash], [candidates, preset, stash], queue=False, **private
+        )
         preset.change(use_preset, [preset, candidates], candidates, queue=False, **private)
 
         gr.on(
-            [send_button.click, message.submit], chat, [video, message, chatbot, frames, max_new_tokens, *generation],
+            [send_button.click, message.submit],
+            chat,
+            [video, message, chatbot, frames, max_new_tokens, *generation],
             [chatbot, message],
-            api_name="chat", **model_event,
+            api_name="chat",
+            **model_event,
         )
         clear_button.click(lambda: ([], ""), None, [chatbot, message], queue=False, **private)
 
         search_event = {"concurrency_id": SEARCH_QUEUE, "concurrency_limit": limits.concurrency}
         labels_button.click(labels, [video, label_box], label_output, api_name="labels", **search_event)
-        gr.on([search_button.click, search_query.submit], find_clips, [search_query, search_count],
-              [search_gallery, search_scores], api_name="search", **search_event)
+        gr.on(
+            [search_button.click, search_query.submit],
+            find_clips,
+            [search_query, search_count],
+            [search_gallery, search_scores],
+            api_name="search",
+            **search_event,
+        )
     return demo
 
 
@@ -482,7 +633,9 @@ def launch_app(
         max_file_size=service.limits.max_upload_bytes,
         allowed_paths=served,
         auth=list(auth) if auth else None,
-        app_kwargs={"middleware": [Middleware(RequestGuard, max_upload_bytes=service.limits.max_upload_bytes, max_files=1)]},
+        app_kwargs={
+            "middleware": [Middleware(RequestGuard, max_upload_bytes=service.limits.max_upload_bytes, max_files=1)]
+        },
         footer_links=["api"],
         ssr_mode=False,
         mcp_server=False,

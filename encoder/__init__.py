@@ -1,4 +1,6 @@
-"""The VideoPrism side of prism-vlm: video decoding, encoder loading and conversion, features.
+"""The lowest layer of prism-vlm: video decoding (``video``), the VideoPrism encoder with its features and
+two-stage pretraining (``videoprism``), the machinery every layer shares (``common``) and the one
+training harness (``training``).
 
 The public names below are imported on first use (PEP 562), so importing a light submodule such
 as ``vlm.cli.pretrain`` (for the ``prism-vlm`` command line) does not load torch.

@@ -77,27 +77,35 @@ def main(argv=None) -> int:
                 page.goto(url, wait_until="load")
                 page.locator("#video-upload").wait_for(timeout=60_000)
                 page.get_by_text(args.example.replace("_", " ")).first.click()
-                page.wait_for_function("(document.querySelector('#frame-strip img') || {}).naturalWidth > 0", timeout=wait_ms)
+                page.wait_for_function(
+                    "(document.querySelector('#frame-strip img') || {}).naturalWidth > 0", timeout=wait_ms
+                )
 
                 page.locator("#describe-button").click()
-                page.wait_for_function("document.querySelector('#caption textarea').value.trim().length > 0", timeout=wait_ms)
+                page.wait_for_function(
+                    "document.querySelector('#caption textarea').value.trim().length > 0", timeout=wait_ms
+                )
 
                 page.locator("#qa-question textarea").fill(args.question)
                 page.locator("#qa-candidates textarea").fill(args.candidates)
                 page.locator("#ask-button").click()
-                page.wait_for_function("document.querySelector('#qa-answer textarea').value.trim().length > 0", timeout=wait_ms)
+                page.wait_for_function(
+                    "document.querySelector('#qa-answer textarea').value.trim().length > 0", timeout=wait_ms
+                )
 
                 page.locator("#chat-message textarea").fill(args.chat)
                 page.locator("#chat-message textarea").press("Enter")
                 page.wait_for_function(
                     "Array.from(document.querySelectorAll('#chat [data-testid=bot]')).some(e => e.innerText.trim().length > 0)",
-                    timeout=wait_ms)
+                    timeout=wait_ms,
+                )
                 wait_until_unchanged(lambda: page.locator("#chat").inner_text(), args.timeout)  # the reply streams
                 labels = page.locator("#zero-shot-button")
                 if labels.count() and labels.is_visible():  # a video-text model is loaded: label the clip too
                     labels.click()
-                    page.wait_for_function("document.querySelector('#zero-shot-output').innerText.includes('%')",
-                                           timeout=wait_ms)
+                    page.wait_for_function(
+                        "document.querySelector('#zero-shot-output').innerText.includes('%')", timeout=wait_ms
+                    )
                 shown = {
                     "example": args.example,
                     "caption": page.locator("#caption textarea").input_value(),

@@ -35,7 +35,9 @@ def main() -> None:
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 4])
     parser.add_argument("--precision", nargs="+", default=["fp32", "bf16"])
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--bf16-batch", type=int, nargs="+", default=None, help="batch sizes for bf16 (default: --batch)")
+    parser.add_argument(
+        "--bf16-batch", type=int, nargs="+", default=None, help="batch sizes for bf16 (default: --batch)"
+    )
     parser.add_argument("--size", type=int, default=288)
     parser.add_argument("--json-out", default=None)
     args = parser.parse_args()

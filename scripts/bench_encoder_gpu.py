@@ -218,14 +218,14 @@ def main(argv: list[str] | None = None) -> int:
         for path in args.paths:
             if path == "flash_attention_2" and importlib.util.find_spec("flash_attn") is None:
                 rows.extend({"path": path, "batch": b, "note": "not installed (flash_attn)"} for b in args.batch)
-                print("\n".join(markdown_table(rows[-len(args.batch):]).splitlines()[2:]), flush=True)
+                print("\n".join(markdown_table(rows[-len(args.batch) :]).splitlines()[2:]), flush=True)
                 continue
             try:
                 forward = build(path, model_dir, dtype, device, args.compile_mode)
             except Exception as error:  # noqa: BLE001 - one path failing must not lose the others
                 failed = True
                 rows.extend({"path": path, "batch": b, "note": f"load failed: {error!r}"[:300]} for b in args.batch)
-                print("\n".join(markdown_table(rows[-len(args.batch):]).splitlines()[2:]), flush=True)
+                print("\n".join(markdown_table(rows[-len(args.batch) :]).splitlines()[2:]), flush=True)
                 continue
             for batch in args.batch:
                 row = {"path": path, "batch": batch, "attn_implementation": attn_implementation_of(path)}

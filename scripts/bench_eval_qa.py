@@ -49,7 +49,10 @@ def main() -> None:
     llm = load_language_model(SMOLLM2_SOURCE, device=args.device)
     model = random_glue(llm, tokenizer, args.num_latents, args.device)
     tokens = torch.randn(args.questions, args.frames * 256, 32, device=args.device)
-    questions = [f"what is the {SUBJECTS[i % 8]} {VERBS[(i // 8) % 8]}{' in the video' * (i % 3)}?" for i in range(args.questions)]
+    questions = [
+        f"what is the {SUBJECTS[i % 8]} {VERBS[(i // 8) % 8]}{' in the video' * (i % 3)}?"
+        for i in range(args.questions)
+    ]
     shots = [Shot("who is talking to his family?", "man"), Shot("what is a woman doing?", "talk")]
     candidates = one_token_words(tokenizer, args.k)
     ids = [t[0] for t in candidate_token_ids(tokenizer, candidates)]
@@ -58,18 +61,24 @@ def main() -> None:
         rows = []
         for start in range(0, args.questions, args.batch_size):
             end = start + args.batch_size
-            rows.append(VideoAssistant(model).one_token_log_likelihoods(questions[start:end], tokens[start:end], ids, shots))
+            rows.append(
+                VideoAssistant(model).one_token_log_likelihoods(questions[start:end], tokens[start:end], ids, shots)
+            )
         return torch.cat(rows)
 
     def per_question():
         rows = []
         for i, question in enumerate(questions):
-            ranked = VideoAssistant(model).score_answers(question, candidates, video_tokens=tokens[i : i + 1], shots=shots)
+            ranked = VideoAssistant(model).score_answers(
+                question, candidates, video_tokens=tokens[i : i + 1], shots=shots
+            )
             by_answer = {r.answer: r.log_likelihood for r in ranked}
             rows.append(torch.tensor([by_answer[c] for c in candidates]))
         return torch.stack(rows)
 
-    VideoAssistant(model).one_token_log_likelihoods(questions[: args.batch_size], tokens[: args.batch_size], ids, shots)  # warm-up
+    VideoAssistant(model).one_token_log_likelihoods(
+        questions[: args.batch_size], tokens[: args.batch_size], ids, shots
+    )  # warm-up
     VideoAssistant(model).score_answers(questions[0], candidates, video_tokens=tokens[:1], shots=shots)
     start = time.perf_counter()
     fast = batched()

@@ -41,8 +41,9 @@ def previous_greedy(llm, tokenizer, inputs, max_new_tokens: int, stop_at_newline
     embeds, mask, positions = inputs.inputs_embeds, inputs.attention_mask, inputs.position_ids
     batch = embeds.shape[0]
     cache = DynamicCache(config=llm.config)
-    logits = llm_step(llm, inputs_embeds=embeds, attention_mask=mask, position_ids=positions, kv_cache=cache,
-                      last_logits_only=True)
+    logits = llm_step(
+        llm, inputs_embeds=embeds, attention_mask=mask, position_ids=positions, kv_cache=cache, last_logits_only=True
+    )
     finished = torch.zeros(batch, dtype=torch.bool)
     position = positions[:, -1:]
     generated: list[list[int]] = [[] for _ in range(batch)]
@@ -86,20 +87,35 @@ def main(argv=None) -> int:
         workloads = {
             "caption, batch 1": (VideoAssistant(model).prompt_inputs(features[:1], [caption_prompt]), 32, True),
             "caption, batch 3": (VideoAssistant(model).prompt_inputs(features, [caption_prompt] * 3), 32, True),
-            "open answer, batch 3": (VideoAssistant(model).prompt_inputs(features, [VideoAssistant(model).qa_prompt(q) for q in QUESTIONS]), 32, True),
+            "open answer, batch 3": (
+                VideoAssistant(model).prompt_inputs(features, [VideoAssistant(model).qa_prompt(q) for q in QUESTIONS]),
+                32,
+                True,
+            ),
         }
         chat = chat_inference_ids(tokenizer, [{"role": "user", "content": "Describe the video."}])
-        workloads["chat reply, batch 1"] = (model.get_prompt_embeddings(features[:1], [chat.prefix_ids], [chat.suffix_ids]), 64, False)
+        workloads["chat reply, batch 1"] = (
+            model.get_prompt_embeddings(features[:1], [chat.prefix_ids], [chat.suffix_ids]),
+            64,
+            False,
+        )
 
     rows = []
     for name, (inputs, max_new_tokens, newline) in workloads.items():
+
         def old():
             return previous_greedy(llm, tokenizer, inputs, max_new_tokens, newline)
 
         def new():
             with torch.inference_mode():
-                return generate_ids(llm, tokenizer, inputs.inputs_embeds, inputs.attention_mask,
-                                    GenerationSettings(max_new_tokens=max_new_tokens), stop_at_newline=newline)
+                return generate_ids(
+                    llm,
+                    tokenizer,
+                    inputs.inputs_embeds,
+                    inputs.attention_mask,
+                    GenerationSettings(max_new_tokens=max_new_tokens),
+                    stop_at_newline=newline,
+                )
 
         old_ids, new_ids = old(), new()  # warm-up, and the outputs compared
         times = {"previous loop": [], "generate()": []}
@@ -108,8 +124,13 @@ def main(argv=None) -> int:
                 started = time.perf_counter()
                 run()
                 times[label].append(time.perf_counter() - started)
-        row = {"workload": name, "same_tokens": old_ids == new_ids, "tokens": sum(len(r) for r in new_ids),
-               "previous_s": statistics.median(times["previous loop"]), "generate_s": statistics.median(times["generate()"])}
+        row = {
+            "workload": name,
+            "same_tokens": old_ids == new_ids,
+            "tokens": sum(len(r) for r in new_ids),
+            "previous_s": statistics.median(times["previous loop"]),
+            "generate_s": statistics.median(times["generate()"]),
+        }
         row["generate_vs_previous"] = row["generate_s"] / row["previous_s"]
         rows.append(row)
         print(json.dumps(row), flush=True)

@@ -77,8 +77,13 @@ def make_files(work: Path) -> dict[str, Path]:
         parts = []
         for index, side in enumerate((64, 4000)):
             part = work / f"part{index}.ts"
-            write_video(part, (ramp(i, side) for i in range(20)), fps=10, times_ms=[100 * (20 * index + i) for i in range(20)],
-                        container_format="mpegts")
+            write_video(
+                part,
+                (ramp(i, side) for i in range(20)),
+                fps=10,
+                times_ms=[100 * (20 * index + i) for i in range(20)],
+                container_format="mpegts",
+            )
             parts.append(part)
         switch.write_bytes(b"".join(p.read_bytes() for p in parts))
         for part in parts:
@@ -94,7 +99,10 @@ def load_decoder(which: str, baseline: str, work: Path):
         return module
     source = work / f"video_{baseline}.py"
     if not source.is_file():
-        for path in ("encoder/video/decode.py", "encoder/video.py"):  # the decoder's path now, and before the layout change
+        for path in (
+            "encoder/video/decode.py",
+            "encoder/video.py",
+        ):  # the decoder's path now, and before the layout change
             shown = subprocess.run(["git", "show", f"{baseline}:{path}"], cwd=REPO, capture_output=True, text=True)
             if shown.returncode == 0:
                 source.write_text(shown.stdout)
@@ -154,20 +162,43 @@ def main(argv=None) -> int:
         child(args)
         return 0
     files = make_files(args.work)
-    rows = ["| file | frames sampled | decoder | outcome | seconds | peak memory over start (MB) |", "|---|---:|---|---|---:|---:|"]
+    rows = [
+        "| file | frames sampled | decoder | outcome | seconds | peak memory over start (MB) |",
+        "|---|---:|---|---|---:|---:|",
+    ]
     for name, path in files.items():
         for frames in (16, 32):
             for which in ("baseline", "current") + (("current-limit",) if name == "size_switch.ts" else ()):
-                done = subprocess.run([sys.executable, __file__, "--child", which, "--file", str(path), "--frames", str(frames),
-                                       "--baseline", args.baseline, "--work", str(args.work)],
-                                      capture_output=True, text=True, cwd=REPO)
+                done = subprocess.run(
+                    [
+                        sys.executable,
+                        __file__,
+                        "--child",
+                        which,
+                        "--file",
+                        str(path),
+                        "--frames",
+                        str(frames),
+                        "--baseline",
+                        args.baseline,
+                        "--work",
+                        str(args.work),
+                    ],
+                    capture_output=True,
+                    text=True,
+                    cwd=REPO,
+                )
                 if done.returncode != 0:
                     rows.append(f"| {name} | {frames} | {which} | failed: {done.stderr.strip().splitlines()[-1]} | | |")
                     continue
                 result = json.loads(done.stdout.strip().splitlines()[-1])
-                label = {"current": "current", "current-limit": "current, max_side 256 (the app passes --max-side)"}.get(
-                    which, f"baseline {args.baseline}")
-                rows.append(f"| {name} | {frames} | {label} | {result['outcome']} | {result['seconds']} | {result['peak_mb']} |")
+                label = {
+                    "current": "current",
+                    "current-limit": "current, max_side 256 (the app passes --max-side)",
+                }.get(which, f"baseline {args.baseline}")
+                rows.append(
+                    f"| {name} | {frames} | {label} | {result['outcome']} | {result['seconds']} | {result['peak_mb']} |"
+                )
     print("\n".join(rows))
     return 0
 

@@ -44,8 +44,17 @@ from encoder.videoprism.pretrain.stage2 import DistillationModel  # noqa: E402
 SIZES = {
     "tiny": ModelSize.tiny(),  # 64 wide, 2+1 layers, 8 x 64 px, patch 16 (16 positions per frame)
     "small": ModelSize(
-        hidden_size=128, num_attention_heads=4, intermediate_size=512, num_spatial_layers=4, num_temporal_layers=2,
-        num_auxiliary_layers=1, num_frames=8, image_size=128, patch_size=16, text_layers=2, max_text_length=16,
+        hidden_size=128,
+        num_attention_heads=4,
+        intermediate_size=512,
+        num_spatial_layers=4,
+        num_temporal_layers=2,
+        num_auxiliary_layers=1,
+        num_frames=8,
+        image_size=128,
+        patch_size=16,
+        text_layers=2,
+        max_text_length=16,
     ),  # 64 positions per frame
     "base": ModelSize.base(),  # VideoPrism-B: 768 wide, 12+4 layers, 8 x 288 px, patch 18 (256 positions per frame)
 }
@@ -62,7 +71,9 @@ class Stage1Step:
         self.model = ContrastiveModel(new_clip_model(size, VOCAB, seed=0), LogitScale()).to(device).train()
         self.optimizer = torch.optim.Adafactor([p for p in self.model.parameters() if p.requires_grad], lr=1e-3)
         generator = torch.Generator().manual_seed(0)
-        self.pixels = torch.rand(batch, size.num_frames, 3, size.image_size, size.image_size, generator=generator).to(device)
+        self.pixels = torch.rand(batch, size.num_frames, 3, size.image_size, size.image_size, generator=generator).to(
+            device
+        )
         self.ids = torch.randint(3, VOCAB, (batch, size.max_text_length), generator=generator).to(device)
         self.mask = torch.ones_like(self.ids)
         self.grid = (size.image_size // size.patch_size,) * 2
@@ -84,12 +95,20 @@ class Stage2Step:
         config = self.teacher.config
         student = new_clip_model(size, VOCAB, seed=1).video_model.vision_model
         decoder = DecoderConfig()
-        self.model = DistillationModel(
-            student, TokenDistillationHead(config, decoder, config.hidden_size), GlobalDistillationHead(config, decoder, config)
-        ).to(device).train()
+        self.model = (
+            DistillationModel(
+                student,
+                TokenDistillationHead(config, decoder, config.hidden_size),
+                GlobalDistillationHead(config, decoder, config),
+            )
+            .to(device)
+            .train()
+        )
         self.optimizer = torch.optim.Adafactor(self.model.parameters(), lr=1e-3)
         generator = torch.Generator().manual_seed(0)
-        self.pixels = torch.rand(batch, size.num_frames, 3, size.image_size, size.image_size, generator=generator).to(device)
+        self.pixels = torch.rand(batch, size.num_frames, 3, size.image_size, size.image_size, generator=generator).to(
+            device
+        )
         self.grid = (size.image_size // size.patch_size,) * 2
         self.length = size.num_frames * self.grid[0] * self.grid[1]
         self.batch, self.device, self.dtype = batch, device, autocast_dtype
@@ -97,7 +116,9 @@ class Stage2Step:
     def __call__(self, step: int) -> None:
         mask = make_mask("block", self.batch, self.grid, 0.65, rng=step)
         visible = visible_indices(mask).to(self.device)
-        permutation = shuffle_permutations(self.batch, self.length, True, torch.Generator().manual_seed(step)).to(self.device)
+        permutation = shuffle_permutations(self.batch, self.length, True, torch.Generator().manual_seed(step)).to(
+            self.device
+        )
         everything = torch.arange(self.grid[0] * self.grid[1], device=self.device).expand(self.batch, -1)
         with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None):
             with torch.no_grad():
@@ -139,7 +160,17 @@ def bench_size(name: str, args, device, autocast_dtype) -> dict:
     cpu_medians = {v: statistics.median(t) for v, t in cpu_times.items()}
     return {
         "config": name,
-        "model": {k: getattr(size, k) for k in ("hidden_size", "num_spatial_layers", "num_temporal_layers", "num_frames", "image_size", "patch_size")},
+        "model": {
+            k: getattr(size, k)
+            for k in (
+                "hidden_size",
+                "num_spatial_layers",
+                "num_temporal_layers",
+                "num_frames",
+                "image_size",
+                "patch_size",
+            )
+        },
         "batch_size": args.batch_size,
         "median_step_seconds": medians,
         "median_step_cpu_seconds": cpu_medians,
@@ -166,8 +197,12 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device(args.device)
     autocast_dtype = torch.bfloat16 if args.precision == "bf16" else None
     machine = {
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine(),
-        "torch": torch.__version__, "threads": torch.get_num_threads(), "precision": args.precision,
+        "device": torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else platform.processor() or platform.machine(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "precision": args.precision,
     }
     results = []
     for name in args.config:
@@ -177,8 +212,10 @@ def main(argv: list[str] | None = None) -> int:
         for variant, seconds in result["median_step_seconds"].items():
             cpu = result["median_step_cpu_seconds"][variant]
             print(f"  {variant:38s} {seconds * 1000:9.1f} ms/step wall  {cpu * 1000:9.1f} ms/step process CPU")
-        print(f"  token drop speed-up (no drop / 50% drop): {result['drop_speedup']:.2f}x wall, "
-              f"{result['drop_speedup_cpu_time']:.2f}x process CPU")
+        print(
+            f"  token drop speed-up (no drop / 50% drop): {result['drop_speedup']:.2f}x wall, "
+            f"{result['drop_speedup_cpu_time']:.2f}x process CPU"
+        )
     if args.json_out:
         Path(args.json_out).write_text(json.dumps({"machine": machine, "results": results}, indent=2) + "\n")
     return 0

@@ -71,8 +71,15 @@ def main() -> None:
         for name, attention in (("folded", FOLDED), ("torch", TorchMultiheadAttention)):
             probe_module.SingleQueryAttention = attention
             started = time.perf_counter()
-            accuracy = probe_accuracy(train, train_labels, test, test_labels, ProbeConfig(epochs=args.epochs), seed=0,
-                                      num_threads=args.threads)
+            accuracy = probe_accuracy(
+                train,
+                train_labels,
+                test,
+                test_labels,
+                ProbeConfig(epochs=args.epochs),
+                seed=0,
+                num_threads=args.threads,
+            )
             row[f"{name}_seconds"] = round(time.perf_counter() - started, 1)
             row[f"{name}_accuracy_random_labels"] = round(accuracy, 3)
         probe_module.SingleQueryAttention = FOLDED

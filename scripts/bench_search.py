@@ -34,7 +34,9 @@ def bench_search(size: int, dim: int, queries: int, top_k: int = 10, seed: int =
     generator = torch.Generator().manual_seed(seed)
     embeddings = torch.nn.functional.normalize(torch.randn(size, dim, generator=generator), dim=-1)
     picks = torch.randint(0, size, (queries,), generator=generator)
-    query = torch.nn.functional.normalize(embeddings[picks] + 0.5 * torch.randn(queries, dim, generator=generator) / dim**0.5, dim=-1)
+    query = torch.nn.functional.normalize(
+        embeddings[picks] + 0.5 * torch.randn(queries, dim, generator=generator) / dim**0.5, dim=-1
+    )
     _, exact_rows = search_embeddings(embeddings, query, top_k)
     rows = []
     with tempfile.TemporaryDirectory() as folder:
@@ -52,10 +54,22 @@ def bench_search(size: int, dim: int, queries: int, top_k: int = 10, seed: int =
             _, batch_rows = search_embeddings(embeddings, query, top_k, backend, **options)
             batch_qps = queries / (time.perf_counter() - started)
             recall = np.mean([len(set(a.tolist()) & set(b.tolist())) / top_k for a, b in zip(batch_rows, exact_rows)])
-            planted = float((batch_rows[:, 0] == picks).float().mean())  # the row each query was drawn near, found first
-            rows.append({"size": size, "dim": dim, "backend": backend, "ef_search": ef_search, "build_s": round(build_s, 3),
-                         "queries_per_s_single": round(single_qps, 1), "queries_per_s_batch": round(batch_qps, 1),
-                         "recall@1_planted": round(planted, 4), f"recall@{top_k}_vs_exact": round(float(recall), 4)})
+            planted = float(
+                (batch_rows[:, 0] == picks).float().mean()
+            )  # the row each query was drawn near, found first
+            rows.append(
+                {
+                    "size": size,
+                    "dim": dim,
+                    "backend": backend,
+                    "ef_search": ef_search,
+                    "build_s": round(build_s, 3),
+                    "queries_per_s_single": round(single_qps, 1),
+                    "queries_per_s_batch": round(batch_qps, 1),
+                    "recall@1_planted": round(planted, 4),
+                    f"recall@{top_k}_vs_exact": round(float(recall), 4),
+                }
+            )
     return rows
 
 
@@ -70,9 +84,17 @@ def bench_index(clips: str, model_source: str | None, batch_size: int, workers: 
         started = time.perf_counter()
         counts = build_index(model, videos, folder, batch_size=batch_size, num_workers=workers, progress=False)
         seconds = time.perf_counter() - started
-    return {"clips": len(videos), "encoded": counts["encoded"], "seconds": round(seconds, 2),
-            "clips_per_s": round(counts["encoded"] / seconds, 1), "model": model.source,
-            "frames": model.num_frames, "frame_size": model.frame_size, "batch_size": batch_size, "workers": workers}
+    return {
+        "clips": len(videos),
+        "encoded": counts["encoded"],
+        "seconds": round(seconds, 2),
+        "clips_per_s": round(counts["encoded"] / seconds, 1),
+        "model": model.source,
+        "frames": model.num_frames,
+        "frame_size": model.frame_size,
+        "batch_size": batch_size,
+        "workers": workers,
+    }
 
 
 def main(argv=None) -> int:
@@ -88,8 +110,13 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     import faiss
 
-    results = {"machine": f"{platform.machine()} {platform.processor() or ''}".strip(), "torch": torch.__version__,
-               "faiss": faiss.__version__, "torch_threads": torch.get_num_threads(), "search": []}
+    results = {
+        "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
+        "torch": torch.__version__,
+        "faiss": faiss.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "search": [],
+    }
     for size in args.sizes:
         for row in bench_search(size, args.dim, args.queries):
             results["search"].append(row)

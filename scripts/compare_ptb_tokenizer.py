@@ -28,7 +28,15 @@ def java_tokenize(lines: list[str]) -> list[str]:
     with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False, encoding="utf-8") as handle:
         handle.write("\n".join(lines))
     try:
-        command = ["java", "-cp", str(jar), "edu.stanford.nlp.process.PTBTokenizer", "-preserveLines", "-lowerCase", handle.name]
+        command = [
+            "java",
+            "-cp",
+            str(jar),
+            "edu.stanford.nlp.process.PTBTokenizer",
+            "-preserveLines",
+            "-lowerCase",
+            handle.name,
+        ]
         output = subprocess.run(command, capture_output=True, text=True, check=True).stdout.split("\n")
     finally:
         Path(handle.name).unlink()

@@ -30,8 +30,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--features", required=True, type=Path, help="its encoder's feature cache of the split")
     parser.add_argument("--corpus", required=True, type=Path, help="the make-shapes corpus")
     parser.add_argument("--split", default="val")
-    parser.add_argument("--profile", choices=sorted(PROFILES), default="full",
-                        help="its evaluation sizes: open questions, captioned clips, caption length, batch")
+    parser.add_argument(
+        "--profile",
+        choices=sorted(PROFILES),
+        default="full",
+        help="its evaluation sizes: open questions, captioned clips, caption length, batch",
+    )
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--json-out", type=Path, default=None)
     return parser.parse_args(argv)
@@ -46,8 +50,14 @@ def score_split(assistant, corpus: Path, split: str, features, profile) -> tuple
     videos = split_videos(corpus, split)
     examples = read_qa(corpus / split / "qa.jsonl")
     result = evaluate_model(
-        assistant, examples, list(ALL_ANSWERS), features, profile, caption_refs(corpus, [split]),
-        videos[: profile.caption_clips or None], spread(examples, profile.open_questions),
+        assistant,
+        examples,
+        list(ALL_ANSWERS),
+        features,
+        profile,
+        caption_refs(corpus, [split]),
+        videos[: profile.caption_clips or None],
+        spread(examples, profile.open_questions),
     )
     return result, examples
 
@@ -65,15 +75,24 @@ def main(argv=None) -> int:
         raise SystemExit(f"{refs_path} is missing: not a make-shapes corpus split")
     with torch_threads(args.threads):
         model = PrismVlmForConditionalGeneration.from_pretrained(args.model, load_video_encoder=False)
-        result, examples = score_split(VideoAssistant(model), args.corpus, args.split, FeatureCache(args.features), profile)
+        result, examples = score_split(
+            VideoAssistant(model), args.corpus, args.split, FeatureCache(args.features), profile
+        )
     result = {"model": str(args.model), "split": args.split, "questions": len(examples), **result}
     if args.json_out:
         write_json(args.json_out, result)
-    print(json.dumps({
-        "closed_per_type": {kind: round(entry["accuracy"], 1) for kind, entry in result["closed_per_type"]["per_type"].items()},
-        "closed_all": round(result["closed_per_type"]["accuracy"], 1), "open_all": round(result["open"]["accuracy"], 1),
-        "cider_d": round(100 * result["captions"]["cider_d"], 1),
-    }))
+    print(
+        json.dumps(
+            {
+                "closed_per_type": {
+                    kind: round(entry["accuracy"], 1) for kind, entry in result["closed_per_type"]["per_type"].items()
+                },
+                "closed_all": round(result["closed_per_type"]["accuracy"], 1),
+                "open_all": round(result["open"]["accuracy"], 1),
+                "cider_d": round(100 * result["captions"]["cider_d"], 1),
+            }
+        )
+    )
     return 0
 
 

@@ -64,23 +64,48 @@ def build_stand_in_glue(root: Path, frames: int, frame_size: int, num_latents: i
     torch.manual_seed(0)
     encoder = VideoPrismVisionModel(
         VideoPrismVisionConfig(
-            hidden_size=64, num_attention_heads=4, intermediate_size=128, num_spatial_layers=2,
-            num_temporal_layers=1, image_size=frame_size, num_frames=frames,
+            hidden_size=64,
+            num_attention_heads=4,
+            intermediate_size=128,
+            num_spatial_layers=2,
+            num_temporal_layers=1,
+            image_size=frame_size,
+            num_frames=frames,
         )
     ).eval()
     encoder.save_pretrained(root / "encoder")
     llm, tokenizer = load_llm(SMOLLM2_SOURCE)
     model = PrismVlmForConditionalGeneration.build(
-        llm, tokenizer, encoder, num_latents=num_latents, num_heads=4, num_frames=frames, frame_size=frame_size,
-        encoder_source=str(root / "encoder"), llm_source=SMOLLM2_SOURCE,
+        llm,
+        tokenizer,
+        encoder,
+        num_latents=num_latents,
+        num_heads=4,
+        num_frames=frames,
+        frame_size=frame_size,
+        encoder_source=str(root / "encoder"),
+        llm_source=SMOLLM2_SOURCE,
     )
     return model.save_pretrained(root / "glue")
 
 
-def start_server(model_dir: Path | None, port: int, log_path: Path, concurrency: int, queue_size: int,
-                 max_batch: int = 8) -> subprocess.Popen:
-    command = [sys.executable, "-m", "vlm.cli.main", "app", "--port", str(port), "--concurrency", str(concurrency),
-               "--queue-size", str(queue_size), "--max-batch", str(max_batch)]
+def start_server(
+    model_dir: Path | None, port: int, log_path: Path, concurrency: int, queue_size: int, max_batch: int = 8
+) -> subprocess.Popen:
+    command = [
+        sys.executable,
+        "-m",
+        "vlm.cli.main",
+        "app",
+        "--port",
+        str(port),
+        "--concurrency",
+        str(concurrency),
+        "--queue-size",
+        str(queue_size),
+        "--max-batch",
+        str(max_batch),
+    ]
     if model_dir is not None:
         command += ["--model", str(model_dir)]
     env = dict(os.environ, GRADIO_ANALYTICS_ENABLED="False", PYTHONUNBUFFERED="1")
@@ -138,7 +163,9 @@ def measure(model_dir, args, max_batch: int, work: Path) -> dict:
     server = start_server(model_dir, port, log_path, args.concurrency, args.queue_size, max_batch)
     try:
         startup_s = wait_until_up(server, url, log_path)
-        clients = [Client(url, analytics_enabled=False, verbose=False, download_files=False) for _ in range(args.requests)]
+        clients = [
+            Client(url, analytics_enabled=False, verbose=False, download_files=False) for _ in range(args.requests)
+        ]
         call = dict(max_new_tokens=args.max_new_tokens, api_name="/caption")
         reference = clients[0].predict(handle_file(args.clip), **call)  # warm-up
         rss_idle_kb = proc_status_kb(server.pid, "VmRSS")
@@ -186,8 +213,11 @@ def measure(model_dir, args, max_batch: int, work: Path) -> dict:
         "startup_s": round(startup_s, 2),
         "caption": reference,
         "serial": {**summarise(serial, serial_wall, args.requests), "different_captions": int(wrong_serial)},
-        "concurrent": {**summarise([t for t, _ in answered], concurrent_wall, args.requests),
-                       "different_captions": int(wrong), "failures": failures[:5]},
+        "concurrent": {
+            **summarise([t for t, _ in answered], concurrent_wall, args.requests),
+            "different_captions": int(wrong),
+            "failures": failures[:5],
+        },
         "server_rss_after_warmup_mb": round(rss_idle_kb / 1024, 1),
         "server_peak_rss_mb": round(rss_peak_kb / 1024, 1),
         "load_average": os.getloadavg(),
@@ -201,18 +231,28 @@ def measure(model_dir, args, max_batch: int, work: Path) -> dict:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default=None, help="glue directory (default: the installed default, else a stand-in)")
+    parser.add_argument(
+        "--model", default=None, help="glue directory (default: the installed default, else a stand-in)"
+    )
     parser.add_argument("--requests", type=int, default=20)
-    parser.add_argument("--clip", default=str(SHARED_CLIP), help="video sent with every request (default: the official demo clip in apps/examples)")
+    parser.add_argument(
+        "--clip",
+        default=str(SHARED_CLIP),
+        help="video sent with every request (default: the official demo clip in apps/examples)",
+    )
     parser.add_argument("--frames", type=int, default=8, help="frames of the stand-in glue (default 8)")
     parser.add_argument("--frame-size", type=int, default=72, help="frame size of the stand-in glue (default 72)")
     parser.add_argument("--latents", type=int, default=64, help="resampler latents of the stand-in glue (default 64)")
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--concurrency", type=int, default=16, help="the app's --concurrency (default 16)")
     parser.add_argument("--queue-size", type=int, default=64, help="the app's --queue-size (default 64)")
-    parser.add_argument("--stand-in", action="store_true", help="use the stand-in glue even when a default model is installed")
+    parser.add_argument(
+        "--stand-in", action="store_true", help="use the stand-in glue even when a default model is installed"
+    )
     parser.add_argument("--batching", choices=("both", "on", "off"), default="both")
-    parser.add_argument("--max-batch", type=int, default=8, help="the app's --max-batch when batching is on (default 8)")
+    parser.add_argument(
+        "--max-batch", type=int, default=8, help="the app's --max-batch when batching is on (default 8)"
+    )
     parser.add_argument("--json-out", default=None)
     args = parser.parse_args()
 
@@ -224,8 +264,10 @@ def main() -> int:
         model_label = f"default ({default_model_dir().relative_to(REPO) if default_model_dir().is_relative_to(REPO) else default_model_dir()})"
     elif model_dir is None:
         model_dir = build_stand_in_glue(work, args.frames, args.frame_size, args.latents)
-        model_label = (f"stand-in: random VideoPrism (width 64, 2+1 layers, {args.frames} frames of {args.frame_size} px), "
-                       f"SmolLM2-135M-Instruct, {args.latents} latents")
+        model_label = (
+            f"stand-in: random VideoPrism (width 64, 2+1 layers, {args.frames} frames of {args.frame_size} px), "
+            f"SmolLM2-135M-Instruct, {args.latents} latents"
+        )
     settings = {"off": [1], "on": [args.max_batch], "both": [1, args.max_batch]}[args.batching]
     runs = {f"max_batch_{size}": measure(model_dir, args, size, work) for size in settings}
     report = {

@@ -47,19 +47,33 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--work", required=True, type=Path, help="output folder (stages found there are reused)")
     add_profile_arguments(parser)
     parser.add_argument("--encoder", type=Path, default=None, help="probe this stage-1 encoder instead of training one")
-    parser.add_argument("--stage2", action="store_true", help="also train stage 2 from the stage-1 encoder and probe it")
+    parser.add_argument(
+        "--stage2", action="store_true", help="also train stage 2 from the stage-1 encoder and probe it"
+    )
     parser.add_argument("--probe-epochs", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0, help="pretraining and probe seed")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
-    parser.add_argument("--negatives-clips", type=int, default=320,
-                        help="clips per split for the caption-vs-hard-negatives score (0: skip it)")
+    parser.add_argument(
+        "--negatives-clips",
+        type=int,
+        default=320,
+        help="clips per split for the caption-vs-hard-negatives score (0: skip it)",
+    )
     args = parser.parse_args(argv)
     args.demo_profile = parsed_profile(parser, args)
     return args
 
 
-def caption_vs_negatives(model_dir: Path, corpus: Path, split: str, num_clips: int, num_frames: int, size: int,
-                         seed: int, batch_size: int = 64) -> dict:
+def caption_vs_negatives(
+    model_dir: Path,
+    corpus: Path,
+    split: str,
+    num_clips: int,
+    num_frames: int,
+    size: int,
+    seed: int,
+    batch_size: int = 64,
+) -> dict:
     """Share of ``split``'s first ``num_clips`` clips whose caption (phrasing ``i % n`` of clip i) the
     stage-1 video-text model scores above each of its hard negatives:
     {"shape": a, "opposite_motion": b, "other_motion": c, "clips": n}."""
@@ -84,9 +98,9 @@ def caption_vs_negatives(model_dir: Path, corpus: Path, split: str, num_clips: i
     wins = []
     for start in range(0, len(rows), batch_size):
         chunk = rows[start : start + batch_size]
-        pixels = torch.from_numpy(np.stack([
-            load_clip(corpus / split / row["video"], num_frames=num_frames, size=size) for row in chunk
-        ])).permute(0, 1, 4, 2, 3)
+        pixels = torch.from_numpy(
+            np.stack([load_clip(corpus / split / row["video"], num_frames=num_frames, size=size) for row in chunk])
+        ).permute(0, 1, 4, 2, 3)
         texts = []
         for number, row in enumerate(chunk, start):
             caption, negatives = stages.caption_and_negatives(row, number, attributes[row["id"]], heldout, seed)
@@ -109,18 +123,25 @@ def probe_on_val(corpus: Path, cache_dir: Path, epochs: int, seed: int) -> dict:
     clips = {split: read_attributes(corpus, split) for split in ("train", "val")}
     cache = FeatureCache(cache_dir)
     by_path = {str(Path(video).resolve()): video for video in cache.videos}
-    tokens = {split: cached_tokens(cache, [by_path[str((corpus / clip.video).resolve())] for clip in clips[split]])
-              for split in clips}
+    tokens = {
+        split: cached_tokens(cache, [by_path[str((corpus / clip.video).resolve())] for clip in clips[split]])
+        for split in clips
+    }
     result = {}
     for attribute in ("colour", "shape", "motion"):
         (train_rows, train_labels, classes), (val_rows, val_labels, _) = (
-            probe_labels(clips["train"], attribute), probe_labels(clips["val"], attribute))
-        probe = train_map_probe(tokens["train"][train_rows], train_labels, len(classes),
-                                ProbeConfig(epochs=epochs), seed=seed)
+            probe_labels(clips["train"], attribute),
+            probe_labels(clips["val"], attribute),
+        )
+        probe = train_map_probe(
+            tokens["train"][train_rows], train_labels, len(classes), ProbeConfig(epochs=epochs), seed=seed
+        )
         predicted = probe_predictions(probe, tokens["val"][val_rows]).numpy()
         result[attribute] = float((predicted == val_labels).mean())
         result[f"{attribute}_per_class"] = {
-            name: float((predicted[val_labels == i] == i).mean()) for i, name in enumerate(classes) if (val_labels == i).any()
+            name: float((predicted[val_labels == i] == i).mean())
+            for i, name in enumerate(classes)
+            if (val_labels == i).any()
         }
     return result
 
@@ -136,21 +157,30 @@ def main(argv=None) -> int:
     work, corpus = args.work.resolve(), args.corpus.resolve()
     work.mkdir(parents=True, exist_ok=True)
     write_json(work / "profile.json", dataclasses.asdict(profile))
-    result: dict = {"profile_overrides": args.set, "encoder": str(args.encoder) if args.encoder else None,
-                    "threads": args.threads or torch.get_num_threads(), "seconds": {}}
+    result: dict = {
+        "profile_overrides": args.set,
+        "encoder": str(args.encoder) if args.encoder else None,
+        "threads": args.threads or torch.get_num_threads(),
+        "seconds": {},
+    }
     with torch_threads(args.threads):
         if args.encoder is None or args.stage2:  # something to pretrain
             pretrain_corpus = stages.make_pretraining_corpus(work, profile, corpus)
             stage1_manifest, stage2_manifest = stages.pretraining_manifests(
-                work, [corpus, pretrain_corpus] if pretrain_corpus else [corpus], args.seed)
+                work, [corpus, pretrain_corpus] if pretrain_corpus else [corpus], args.seed
+            )
         start = time.perf_counter()
-        encoders = {"stage1": args.encoder.resolve() if args.encoder else
-                    stages.run_stage1_training(work, profile, args.seed, stage1_manifest)}
+        encoders = {
+            "stage1": args.encoder.resolve()
+            if args.encoder
+            else stages.run_stage1_training(work, profile, args.seed, stage1_manifest)
+        }
         result["seconds"]["stage1"] = round(time.perf_counter() - start, 1)
         if args.stage2:
             start = time.perf_counter()
-            encoders["stage2"] = stages.run_stage2_training(work, profile, args.seed, stage2_manifest,
-                                                                encoders["stage1"], None)
+            encoders["stage2"] = stages.run_stage2_training(
+                work, profile, args.seed, stage2_manifest, encoders["stage1"], None
+            )
             result["seconds"]["stage2"] = round(time.perf_counter() - start, 1)
         start = time.perf_counter()
         caches = stages.extract_all_features(work, profile, corpus, encoders, splits=("train", "val"))
@@ -166,13 +196,16 @@ def main(argv=None) -> int:
         if args.negatives_clips and "text_config" in read_json(stage1_dir / "config.json", {}):
             start = time.perf_counter()
             result["stage1"]["caption_vs_negatives"] = {
-                split: caption_vs_negatives(stage1_dir, corpus, split, args.negatives_clips, profile.num_frames,
-                                            profile.frame_size, args.seed)
+                split: caption_vs_negatives(
+                    stage1_dir, corpus, split, args.negatives_clips, profile.num_frames, profile.frame_size, args.seed
+                )
                 for split in ("train", "val")
             }
             result["seconds"]["caption_vs_negatives"] = round(time.perf_counter() - start, 1)
             write_json(work / "result.json", result)
-            logger.info(f"stage1: caption preferred to its hard negatives {json.dumps(result['stage1']['caption_vs_negatives'])}")
+            logger.info(
+                f"stage1: caption preferred to its hard negatives {json.dumps(result['stage1']['caption_vs_negatives'])}"
+            )
     return 0
 
 

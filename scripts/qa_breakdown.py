@@ -33,8 +33,10 @@ def breakdown(examples, predictions, counts: dict[str, int]) -> dict[str, dict]:
             groups[f"colour, {objects} object(s), {'names the shape' if named else 'generic question'}"].append(correct)
         if kind in ("motion", "shape"):
             groups[f"{kind} = {example.answer}"].append(correct)
-    return {name: {"accuracy": 100.0 * sum(values) / len(values), "count": len(values)}
-            for name, values in sorted(groups.items())}
+    return {
+        name: {"accuracy": 100.0 * sum(values) / len(values), "count": len(values)}
+        for name, values in sorted(groups.items())
+    }
 
 
 def main(argv=None) -> int:
@@ -57,14 +59,24 @@ def main(argv=None) -> int:
 
     model = PrismVlmForConditionalGeneration.from_pretrained(args.model, load_video_encoder=False)
     examples = read_qa(args.corpus / args.split / "qa.jsonl")
-    counts = {str((args.corpus / clip.video).resolve()): clip.count for clip in read_attributes(args.corpus, args.split)}
+    counts = {
+        str((args.corpus / clip.video).resolve()): clip.count for clip in read_attributes(args.corpus, args.split)
+    }
     counts = {example.video: counts[str(Path(example.video).resolve())] for example in examples}
     candidates = list(ALL_ANSWERS)
-    scores = score_candidates(VideoAssistant(model), examples, candidates, (), batch_size=args.batch_size,
-                              features=FeatureCache(args.features), num_workers=0)
+    scores = score_candidates(
+        VideoAssistant(model),
+        examples,
+        candidates,
+        (),
+        batch_size=args.batch_size,
+        features=FeatureCache(args.features),
+        num_workers=0,
+    )
     column = {candidate: i for i, candidate in enumerate(candidates)}
-    predictions = [max(ANSWER_VOCABULARY[e.question_type], key=lambda word: row[column[word]])
-                   for e, row in zip(examples, scores)]
+    predictions = [
+        max(ANSWER_VOCABULARY[e.question_type], key=lambda word: row[column[word]]) for e, row in zip(examples, scores)
+    ]
     result = breakdown(examples, predictions, counts)
     print(f"| {args.split} split | accuracy (%) | questions |\n|---|---:|---:|")
     for name, entry in result.items():

@@ -49,8 +49,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--pretrain-corpus", type=Path, default=None, help="more all-train clips to train on")
     parser.add_argument("--work", required=True, type=Path)
     add_profile_arguments(parser)
-    parser.add_argument("--tower", choices=("videoprism", "cnn"), default="videoprism",
-                        help="the profile's VideoPrism vision tower, or the small CNN reference")
+    parser.add_argument(
+        "--tower",
+        choices=("videoprism", "cnn"),
+        default="videoprism",
+        help="the profile's VideoPrism vision tower, or the small CNN reference",
+    )
     parser.add_argument("--train-clips", type=int, default=4000, help="one-object training clips (decoded into memory)")
     parser.add_argument("--steps", type=int, default=600)
     parser.add_argument("--batch", type=int, default=64)
@@ -67,7 +71,9 @@ def one_object_clips(corpus: Path, split: str):
     from vlm.shapes import probe_labels, read_attributes
 
     clips = [clip for clip in read_attributes(corpus, split) if clip.count == 1]
-    labels = {attribute: probe_labels(clips, attribute)[1] for attribute in ATTRIBUTES}  # every one-object clip has all three
+    labels = {
+        attribute: probe_labels(clips, attribute)[1] for attribute in ATTRIBUTES
+    }  # every one-object clip has all three
     return [(corpus / clip.video, {a: int(labels[a][i]) for a in ATTRIBUTES}) for i, clip in enumerate(clips)]
 
 
@@ -77,7 +83,9 @@ def decode(rows, num_frames: int, size: int):
 
     from encoder.video.decode import load_clip
 
-    clips = np.stack([(load_clip(path, num_frames=num_frames, size=size) * 255).round().astype(np.uint8) for path, _ in rows])
+    clips = np.stack(
+        [(load_clip(path, num_frames=num_frames, size=size) * 255).round().astype(np.uint8) for path, _ in rows]
+    )
     labels = np.array([[row[a] for a in ATTRIBUTES] for _, row in rows], dtype=np.int64)
     return torch.from_numpy(clips).permute(0, 1, 4, 2, 3).contiguous(), torch.from_numpy(labels)
 
@@ -164,12 +172,22 @@ def main(argv=None) -> int:
 
         encoder.eval()
         with torch.no_grad():
-            predicted = [torch.cat(parts) for parts in zip(*(
-                [o.argmax(-1) for o in logits(val_x[i : i + 128])] for i in range(0, len(val_x), 128)))]
+            predicted = [
+                torch.cat(parts)
+                for parts in zip(
+                    *([o.argmax(-1) for o in logits(val_x[i : i + 128])] for i in range(0, len(val_x), 128))
+                )
+            ]
         result = {
-            "tower": args.tower, "parameters": sum(p.numel() for p in encoder.parameters()),
-            "profile_overrides": args.set, "train_clips": len(train_x), "val_clips": len(val_x), "steps": args.steps,
-            "batch": args.batch, "lr": args.lr, "seconds": {"decode": round(decoding, 1), "train": round(training, 1)},
+            "tower": args.tower,
+            "parameters": sum(p.numel() for p in encoder.parameters()),
+            "profile_overrides": args.set,
+            "train_clips": len(train_x),
+            "val_clips": len(val_x),
+            "steps": args.steps,
+            "batch": args.batch,
+            "lr": args.lr,
+            "seconds": {"decode": round(decoding, 1), "train": round(training, 1)},
             "val_accuracy": {a: float((predicted[i] == val_y[:, i]).float().mean()) for i, a in enumerate(ATTRIBUTES)},
         }
     write_json(work / "result.json", result)

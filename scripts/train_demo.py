@@ -44,18 +44,29 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_profile_arguments(parser)
     parser.add_argument("--work", default=None, help="working directory (default: runs/demo-PROFILE)")
-    parser.add_argument("--model-out", default=None,
-                        help="demo model directory (default: WORK/demo_model; pass vlm/demo_model to replace the "
-                        "shipped one)")
+    parser.add_argument(
+        "--model-out",
+        default=None,
+        help="demo model directory (default: WORK/demo_model; pass vlm/demo_model to replace the shipped one)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--docs", action="store_true", help="write docs/REPRODUCTION.md and its PNGs")
     parser.add_argument("--stop-after", choices=STAGES, default=None, help="stop after this stage")
-    parser.add_argument("--glue-stop-early", action="store_true",
-                        help="use the newest glue checkpoint as the trained glue (when time runs out; recorded)")
-    parser.add_argument("--report-only", action="store_true",
-                        help="rewrite the report (summary, demo README, --docs) from WORK's saved results; trains nothing")
-    parser.add_argument("--change-profile", action="store_true",
-                        help="continue a run whose profile differs (logged in WORK/profile_changes.jsonl)")
+    parser.add_argument(
+        "--glue-stop-early",
+        action="store_true",
+        help="use the newest glue checkpoint as the trained glue (when time runs out; recorded)",
+    )
+    parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="rewrite the report (summary, demo README, --docs) from WORK's saved results; trains nothing",
+    )
+    parser.add_argument(
+        "--change-profile",
+        action="store_true",
+        help="continue a run whose profile differs (logged in WORK/profile_changes.jsonl)",
+    )
     args = parser.parse_args(argv)
     args.demo_profile = parsed_profile(parser, args)  # an unknown --set field: a usage error
     return args
@@ -75,8 +86,16 @@ def main(argv=None) -> int:
         if args.report_only:
             rewrite_report(work, profile, args.seed, command, model_out, docs_dir)
         else:
-            run_pipeline(work, profile, args.seed, command, model_out, docs_dir, stop_after=args.stop_after,
-                         glue_stop_early=args.glue_stop_early)
+            run_pipeline(
+                work,
+                profile,
+                args.seed,
+                command,
+                model_out,
+                docs_dir,
+                stop_after=args.stop_after,
+                glue_stop_early=args.glue_stop_early,
+            )
     except RunError as error:
         raise SystemExit(str(error)) from None
     return 0

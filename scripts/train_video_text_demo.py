@@ -32,8 +32,16 @@ from vlm.demo_pipeline.profiles import PROFILES  # noqa: E402
 from vlm.demo_pipeline.stages import make_corpus, make_pretraining_corpus, pretraining_manifests  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-MOTION_LABELS = {"left": "moving left", "right": "moving right", "up": "moving up", "down": "moving down",
-                 "growing": "growing", "shrinking": "shrinking", "rotating": "rotating", "still": "staying still"}
+MOTION_LABELS = {
+    "left": "moving left",
+    "right": "moving right",
+    "up": "moving up",
+    "down": "moving down",
+    "growing": "growing",
+    "shrinking": "shrinking",
+    "rotating": "rotating",
+    "still": "staying still",
+}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -58,13 +66,27 @@ def train(args, manifest: Path, profile) -> Path:
     out = args.work / "lit"
     if (out / "model" / "config.json").is_file():
         return out / "model"
-    size = ModelSize(num_auxiliary_layers=profile.auxiliary_layers, text_layers=args.text_layers,
-                     max_text_length=profile.max_text_length)
+    size = ModelSize(
+        num_auxiliary_layers=profile.auxiliary_layers,
+        text_layers=args.text_layers,
+        max_text_length=profile.max_text_length,
+    )
     config = LitConfig(
-        output_dir=str(out), train_manifests=[str(manifest)], encoder=str(args.encoder), model=size,
-        vocab_size=profile.vocab_size, batch_size=args.batch, max_steps=args.steps, learning_rate=args.lr,
-        warmup_steps=max(1, args.steps // 10), seed=args.seed, cache_clips=False, cache_encoder_tokens=True,
-        checkpoint_every=max(50, args.steps // 5), log_every=max(1, min(25, args.steps // 10)), progress=False,
+        output_dir=str(out),
+        train_manifests=[str(manifest)],
+        encoder=str(args.encoder),
+        model=size,
+        vocab_size=profile.vocab_size,
+        batch_size=args.batch,
+        max_steps=args.steps,
+        learning_rate=args.lr,
+        warmup_steps=max(1, args.steps // 10),
+        seed=args.seed,
+        cache_clips=False,
+        cache_encoder_tokens=True,
+        checkpoint_every=max(50, args.steps // 5),
+        log_every=max(1, min(25, args.steps // 10)),
+        progress=False,
         cpu_threads=args.threads,
     )
     return run_lit(config)
@@ -108,7 +130,9 @@ def evaluate(args, model_dir: Path, corpus: Path) -> dict:
     model = load_video_text_model(model_dir)
     split = args.eval_split
     results = {"split": split, "model": str(model_dir)}
-    results["retrieval"] = evaluate_retrieval(model, read_captioned_clips(corpus / split / "captions.jsonl"), progress=False)
+    results["retrieval"] = evaluate_retrieval(
+        model, read_captioned_clips(corpus / split / "captions.jsonl"), progress=False
+    )
     for attribute, (manifest, labels, templates) in labelled_manifests(corpus, split, args.work / "eval").items():
         scores, _ = evaluate_zero_shot(model, read_labelled_clips(manifest), labels, templates, progress=False)
         results[attribute] = scores["classification"]
@@ -118,12 +142,16 @@ def evaluate(args, model_dir: Path, corpus: Path) -> dict:
 def markdown(results: dict) -> str:
     r = results["retrieval"]
     lines = [
-        f"Split: **{results['split']}** ({r['clips']} clips, {r['captions']} captions; chance R@1 {r['chance_R@1']:.2f}%).", "",
-        "| retrieval | R@1 | R@5 | R@10 | median rank |", "|---|---:|---:|---:|---:|",
+        f"Split: **{results['split']}** ({r['clips']} clips, {r['captions']} captions; chance R@1 {r['chance_R@1']:.2f}%).",
+        "",
+        "| retrieval | R@1 | R@5 | R@10 | median rank |",
+        "|---|---:|---:|---:|---:|",
     ]
     for direction in ("text_to_video", "video_to_text"):
         m = r[direction]
-        lines.append(f"| {direction.replace('_', ' ')} | {m['R@1']:.1f} | {m['R@5']:.1f} | {m['R@10']:.1f} | {m['median_rank']:g} |")
+        lines.append(
+            f"| {direction.replace('_', ' ')} | {m['R@1']:.1f} | {m['R@5']:.1f} | {m['R@10']:.1f} | {m['median_rank']:g} |"
+        )
     lines += ["", "| zero-shot | clips | top-1 | chance |", "|---|---:|---:|---:|"]
     for attribute in ("colour", "shape", "motion"):
         c = results[attribute]
@@ -145,8 +173,10 @@ def main(argv=None) -> int:
     model_dir = train(args, manifest, profile)
     trained = time.time()
     results = evaluate(args, model_dir, corpus)
-    results["minutes"] = {"corpus_and_training": round((trained - started) / 60, 1),
-                          "evaluation": round((time.time() - trained) / 60, 1)}
+    results["minutes"] = {
+        "corpus_and_training": round((trained - started) / 60, 1),
+        "evaluation": round((time.time() - trained) / 60, 1),
+    }
     (args.work / f"eval-{args.eval_split}.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     (args.work / f"eval-{args.eval_split}.md").write_text(markdown(results), encoding="utf-8")
     print(markdown(results))

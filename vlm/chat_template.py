@@ -50,8 +50,10 @@ def check_messages(messages: Sequence[dict], *, ends_with: str) -> None:
     if isinstance(messages, (str, bytes)) or not isinstance(messages, Sequence) or not messages:
         raise ChatMessagesError("chat messages must be a non-empty list of {'role', 'content'} dicts")
     for number, message in enumerate(messages):
-        if not isinstance(message, dict) or not isinstance(message.get("role"), str) or not isinstance(
-            message.get("content"), str
+        if (
+            not isinstance(message, dict)
+            or not isinstance(message.get("role"), str)
+            or not isinstance(message.get("content"), str)
         ):
             raise ChatMessagesError(f"chat message {number} must be a dict with string 'role' and 'content'")
         if message["role"] not in ROLES:
@@ -69,7 +71,7 @@ def recent_turns(turns: Sequence[dict], max_exchanges: int) -> list[dict]:
     on (all of them when there are fewer user turns)."""
     user_positions = [i for i, turn in enumerate(turns) if turn["role"] == "user"]
     if len(user_positions) > max_exchanges:
-        return list(turns[user_positions[-max_exchanges]:])
+        return list(turns[user_positions[-max_exchanges] :])
     return list(turns)
 
 
@@ -106,8 +108,10 @@ def _pieces(
         start_text = _render(tokenizer, marked[:index], True)
         end_text = _render(tokenizer, marked[: index + 1], False)
         if not (full.startswith(start_text) and full.startswith(end_text) and len(end_text) > len(start_text)):
-            raise ChatMessagesError("the chat template does not render a conversation turn by turn (a prefix of the "
-                                    "conversation renders differently from the start of the whole one)")
+            raise ChatMessagesError(
+                "the chat template does not render a conversation turn by turn (a prefix of the "
+                "conversation renders differently from the start of the whole one)"
+            )
         spans.append((len(start_text), len(end_text)))
     video_at = full.index(VIDEO_MARKER)
     after_start = video_at + len(VIDEO_MARKER)

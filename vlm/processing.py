@@ -39,8 +39,12 @@ class PrismVlmProcessor:
         """The processor of a glue model (``vlm.model.PrismVlmForConditionalGeneration``)."""
         from vlm.inference.generation import stop_token_ids
 
-        return cls(model.tokenizer, model.config.num_frames, model.config.frame_size,
-                   stop_token_ids(model.llm, model.tokenizer))
+        return cls(
+            model.tokenizer,
+            model.config.num_frames,
+            model.config.frame_size,
+            stop_token_ids(model.llm, model.tokenizer),
+        )
 
     def __call__(self, videos=None, text=None, num_frames: int | None = None, return_tensors: str = "pt"):
         import numpy as np
@@ -63,8 +67,9 @@ class PrismVlmProcessor:
             data["pixel_values_videos"] = torch.from_numpy(np.stack(clips))
         if text is not None:
             texts = [text] if isinstance(text, str) else list(text)
-            encoded = self.tokenizer(texts, add_special_tokens=False, padding=True, padding_side="left",
-                                     return_tensors=return_tensors)
+            encoded = self.tokenizer(
+                texts, add_special_tokens=False, padding=True, padding_side="left", return_tensors=return_tensors
+            )
             data.update(input_ids=encoded["input_ids"], attention_mask=encoded["attention_mask"])
         return BatchFeature(data=data, tensor_type=None)
 
@@ -88,8 +93,10 @@ class PrismVlmProcessor:
         from vlm.prompts import answer_continuation, leading_special_ids, text_ids
 
         if len(prompts) != len(targets) or (conversations is not None and len(conversations) != len(prompts)):
-            raise ValueError(f"need one prompt, target and conversation per example: {len(prompts)} prompts, "
-                             f"{len(targets)} targets, {None if conversations is None else len(conversations)} conversations")
+            raise ValueError(
+                f"need one prompt, target and conversation per example: {len(prompts)} prompts, "
+                f"{len(targets)} targets, {None if conversations is None else len(conversations)} conversations"
+            )
         eos = self.tokenizer.eos_token_id
         if eos is None:
             raise ValueError(f"the tokenizer {type(self.tokenizer).__name__} has no EOS token to end targets with")
@@ -97,7 +104,9 @@ class PrismVlmProcessor:
         texts = []
         for row, (prompt, target) in enumerate(zip(prompts, targets)):
             if conversations is not None and conversations[row] is not None:
-                texts.append(chat_training_ids(self.tokenizer, conversations[row], self.end_of_turn_ids, max_target_tokens))
+                texts.append(
+                    chat_training_ids(self.tokenizer, conversations[row], self.end_of_turn_ids, max_target_tokens)
+                )
                 continue
             ids = text_ids(self.tokenizer, answer_continuation(target))
             if max_target_tokens is not None:

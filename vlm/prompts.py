@@ -150,7 +150,11 @@ def load_shots(path: str | os.PathLike) -> list[Shot]:
         raise ShotsFileError(f"{path}: not JSON or JSONL ({error})") from None
     shots = []
     for number, row in enumerate(rows, 1):
-        if not isinstance(row, dict) or not str(row.get("question", "")).strip() or not str(row.get("answer", "")).strip():
+        if (
+            not isinstance(row, dict)
+            or not str(row.get("question", "")).strip()
+            or not str(row.get("answer", "")).strip()
+        ):
             raise ShotsFileError(f"{path}: example {number} needs non-empty 'question' and 'answer' fields")
         shots.append(Shot(str(row["question"]), str(row["answer"])))
     return shots

@@ -60,9 +60,7 @@ class ResamplerConfig:
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"ResamplerConfig.{name} must be >= 1, got {getattr(self, name)}")
         if self.inner_width % self.num_heads:
-            raise ValueError(
-                f"attention width {self.inner_width} is not divisible by num_heads={self.num_heads}"
-            )
+            raise ValueError(f"attention width {self.inner_width} is not divisible by num_heads={self.num_heads}")
 
     @property
     def inner_width(self) -> int:
@@ -179,7 +177,9 @@ class PerceiverResampler(nn.Module):
         return directory
 
     @classmethod
-    def from_pretrained(cls, directory: str | os.PathLike, config: ResamplerConfig | None = None) -> "PerceiverResampler":
+    def from_pretrained(
+        cls, directory: str | os.PathLike, config: ResamplerConfig | None = None
+    ) -> "PerceiverResampler":
         """Load from ``directory`` (safetensors only). ``config`` overrides resampler_config.json."""
         from safetensors.torch import load_file
 
@@ -194,9 +194,7 @@ class PerceiverResampler(nn.Module):
         expected = {name: tuple(t.shape) for name, t in resampler.state_dict().items()}
         found = {name: tuple(t.shape) for name, t in state.items()}
         if expected != found:
-            mismatched = sorted(
-                name for name in set(expected) | set(found) if expected.get(name) != found.get(name)
-            )
+            mismatched = sorted(name for name in set(expected) | set(found) if expected.get(name) != found.get(name))
             raise ValueError(
                 f"{weights} does not match its resampler config: tensors {mismatched[:5]} have shapes "
                 f"{[found.get(n) for n in mismatched[:5]]}, the config expects {[expected.get(n) for n in mismatched[:5]]}"

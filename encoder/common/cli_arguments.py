@@ -56,8 +56,14 @@ class ConfigFlags:
     over a config file. Use :attr:`parser` as a parent: ``add_parser(..., parents=[flags.parser])``.
     """
 
-    def __init__(self, config_class: type, *, exclude: tuple[str, ...] = (), aliases: dict[str, str | list[str]] | None = None,
-                 prefix: str = ""):
+    def __init__(
+        self,
+        config_class: type,
+        *,
+        exclude: tuple[str, ...] = (),
+        aliases: dict[str, str | list[str]] | None = None,
+        prefix: str = "",
+    ):
         import dataclasses
         import typing
 
@@ -87,7 +93,9 @@ class ConfigFlags:
             dest = prefix + spec.name
             self.fields[dest] = spec.name
             if spec.default_factory is not dataclasses.MISSING:  # a list: HfArgumentParser takes nargs="+"
-                specs.append((dest, annotation, dataclasses.field(default_factory=spec.default_factory, metadata=metadata)))
+                specs.append(
+                    (dest, annotation, dataclasses.field(default_factory=spec.default_factory, metadata=metadata))
+                )
             else:
                 specs.append((dest, annotation, dataclasses.field(default=default, metadata=metadata)))
         flags_class = dataclasses.make_dataclass(f"{config_class.__name__}Flags", specs)

@@ -56,15 +56,20 @@ def config_from_dict(cls: type, values: dict, error: type[Exception] = ConfigErr
     if unknown:
         raise error(f"unknown {cls.__name__} fields: {unknown} (known: {sorted(spec.name for spec in specs)})")
     missing = sorted(
-        spec.name for spec in specs
-        if spec.name not in values and spec.default is dataclasses.MISSING and spec.default_factory is dataclasses.MISSING
+        spec.name
+        for spec in specs
+        if spec.name not in values
+        and spec.default is dataclasses.MISSING
+        and spec.default_factory is dataclasses.MISSING
     )
     if missing:
         raise error(f"{cls.__name__} needs {', '.join(missing)}")
     kwargs = {}
     for name, value in values.items():
         nested = _dataclass_type(hints.get(name))
-        kwargs[name] = config_from_dict(nested, value, error) if nested is not None and isinstance(value, dict) else value
+        kwargs[name] = (
+            config_from_dict(nested, value, error) if nested is not None and isinstance(value, dict) else value
+        )
     return cls(**kwargs)
 
 

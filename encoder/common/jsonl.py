@@ -157,9 +157,7 @@ class JsonlAppender:
         self.close()
 
 
-def append_jsonl(
-    path: str | os.PathLike, rows: Iterable[dict], ensure_ascii: bool = False, sync: bool = True
-) -> None:
+def append_jsonl(path: str | os.PathLike, rows: Iterable[dict], ensure_ascii: bool = False, sync: bool = True) -> None:
     """Append ``rows`` to ``path`` as JSON lines, once (a :class:`JsonlAppender` opened for one
     write: the torn tail moved aside first, the lines flushed and, unless ``sync=False``, synced to
     disk). Makes the parent folders; nothing is written (the file is not created) when ``rows`` is

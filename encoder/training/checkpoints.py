@@ -87,7 +87,9 @@ def unwrap(thing: Any) -> Any:
             thing, torch.optim.lr_scheduler.LRScheduler
         ):  # accelerate's AcceleratedOptimizer
             thing = thing.optimizer
-        elif isinstance(getattr(thing, "scheduler", None), torch.optim.lr_scheduler.LRScheduler):  # AcceleratedScheduler
+        elif isinstance(
+            getattr(thing, "scheduler", None), torch.optim.lr_scheduler.LRScheduler
+        ):  # AcceleratedScheduler
             thing = thing.scheduler
         else:
             return thing
@@ -193,7 +195,12 @@ def rng_state() -> tuple[dict, dict[str, torch.Tensor]]:
     python_state = flatten_state(random.getstate(), {})
     info = {
         "python": python_state,
-        "numpy": {"kind": kind, "position": int(position), "has_gauss": int(has_gauss), "cached_gaussian": float(cached_gaussian)},
+        "numpy": {
+            "kind": kind,
+            "position": int(position),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached_gaussian),
+        },
     }
     return info, tensors
 
@@ -203,7 +210,13 @@ def set_rng_state(info: dict, tensors: dict[str, torch.Tensor]) -> None:
     random.setstate(unflatten_state(info["python"], {}))
     numpy = info["numpy"]
     np.random.set_state(
-        (numpy["kind"], tensors["numpy_keys"].numpy().astype(np.uint32), numpy["position"], numpy["has_gauss"], numpy["cached_gaussian"])
+        (
+            numpy["kind"],
+            tensors["numpy_keys"].numpy().astype(np.uint32),
+            numpy["position"],
+            numpy["has_gauss"],
+            numpy["cached_gaussian"],
+        )
     )
     torch.set_rng_state(tensors["torch_cpu"])
     cuda = [tensors[f"cuda_{i}"] for i in range(len(tensors)) if f"cuda_{i}" in tensors]
@@ -287,7 +300,11 @@ def save_training_checkpoint(
             _save_flat(temporary, OPTIMIZER_JSON, OPTIMIZER_TENSORS, unwrap(optimizer).state_dict())
         if scheduler is not None:
             _save_flat(temporary, SCHEDULER_JSON, SCHEDULER_TENSORS, unwrap(scheduler).state_dict())
-        state = {"step": int(step), "data_state": flatten_state(data_state, {}), "extra": flatten_state(extra or {}, {})}
+        state = {
+            "step": int(step),
+            "data_state": flatten_state(data_state, {}),
+            "extra": flatten_state(extra or {}, {}),
+        }
     _barrier()  # every process's RNG file is in place
     if rank == 0:
         world_size = torch.distributed.get_world_size() if _distributed() else 1

@@ -121,8 +121,9 @@ def resolve_mixed_precision(value: str, cuda: bool) -> str:
     return value
 
 
-def make_accelerator(mixed_precision: str = "no", *, cpu: bool = False, report_to: str = "none",
-                     run_dir: str | os.PathLike | None = None):
+def make_accelerator(
+    mixed_precision: str = "no", *, cpu: bool = False, report_to: str = "none", run_dir: str | os.PathLike | None = None
+):
     """The ``accelerate.Accelerator`` of a training: devices and processes, ``mixed_precision`` (one of
     :data:`MIXED_PRECISIONS`) and the ``report_to`` tracker writing under ``run_dir/trackers``.
     ``cpu``: stay on the CPU even when CUDA is available. A missing tracker package, an unknown
@@ -219,13 +220,16 @@ def check_resume(config: Any, *, resume: bool, may_change: Collection[str]) -> P
     has_model = (run_dir / MODEL_DIR).exists()
     if not resume:
         if checkpoint is not None or has_model:
-            raise TrainConfigError(f"{run_dir} already holds a training run; resume it (the default, --resume) "
-                                   "or choose another output directory")
+            raise TrainConfigError(
+                f"{run_dir} already holds a training run; resume it (the default, --resume) "
+                "or choose another output directory"
+            )
         return None
     if checkpoint is None:
         if has_model:
-            raise TrainConfigError(f"{run_dir} holds a final model but no checkpoint to resume from; "
-                                   "choose another output directory")
+            raise TrainConfigError(
+                f"{run_dir} holds a final model but no checkpoint to resume from; choose another output directory"
+            )
         return None
     saved_path = saved_config_path(run_dir)
     if saved_path is not None:
@@ -264,8 +268,9 @@ class TrainingRun:
         self.run_dir = Path(config.output_dir)
         self.model_dir = self.run_dir / MODEL_DIR
         self.resume_from = check_resume(config, resume=resume, may_change=may_change)
-        self.accelerator = make_accelerator(config.mixed_precision, cpu=cpu, report_to=config.report_to,
-                                            run_dir=self.run_dir)
+        self.accelerator = make_accelerator(
+            config.mixed_precision, cpu=cpu, report_to=config.report_to, run_dir=self.run_dir
+        )
         self.main = self.accelerator.is_main_process
         self.metrics = None
         self._trackers_started = False
@@ -273,8 +278,11 @@ class TrainingRun:
     @property
     def finished(self) -> bool:
         """The newest checkpoint has reached ``max_steps`` and the final model is written."""
-        return (self.resume_from is not None and checkpoint_step(self.resume_from) >= self.config.max_steps
-                and self.model_dir.is_dir())
+        return (
+            self.resume_from is not None
+            and checkpoint_step(self.resume_from) >= self.config.max_steps
+            and self.model_dir.is_dir()
+        )
 
     def note(self, text: str) -> None:
         """Append a timed line to ``train_log.txt`` (process 0 only)."""
@@ -299,8 +307,9 @@ class TrainingRun:
             return 0, {}
         from encoder.training.checkpoints import load_training_checkpoint
 
-        step, data_state, _ = load_training_checkpoint(self.resume_from, model=model, optimizer=optimizer,
-                                                       scheduler=scheduler)
+        step, data_state, _ = load_training_checkpoint(
+            self.resume_from, model=model, optimizer=optimizer, scheduler=scheduler
+        )
         if optimizer is not None and scheduler is not None:
             follow_schedule(optimizer, scheduler)  # max_steps may have grown
         self.note(f"resumed from {self.resume_from.name} (step {step})")
@@ -310,22 +319,31 @@ class TrainingRun:
         """A checkpoint is written every ``checkpoint_every`` steps and at ``max_steps``."""
         return step % self.config.checkpoint_every == 0 or step == self.config.max_steps
 
-    def save_checkpoint(self, step: int, *, model_state: dict, optimizer, scheduler, data_state: dict,
-                        extra: dict | None = None) -> Path:
+    def save_checkpoint(
+        self, step: int, *, model_state: dict, optimizer, scheduler, data_state: dict, extra: dict | None = None
+    ) -> Path:
         """Write the checkpoint of ``step`` (every process calls it), keeping the newest ``keep_checkpoints``."""
         from encoder.training.checkpoints import save_training_checkpoint
 
-        return save_training_checkpoint(self.run_dir, step, model_state=model_state, optimizer=optimizer,
-                                        scheduler=scheduler, data_state=data_state, extra=extra,
-                                        keep_last=self.config.keep_checkpoints)
+        return save_training_checkpoint(
+            self.run_dir,
+            step,
+            model_state=model_state,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            data_state=data_state,
+            extra=extra,
+            keep_last=self.config.keep_checkpoints,
+        )
 
     def start_logging(self, start: int):
         """Start the ``report_to`` tracker and open ``metrics.jsonl`` (process 0; rows after ``start``,
         left by a killed run, are dropped). Returns the MetricsLog, None on other processes."""
         from encoder.training.run_log import MetricsLog, start_trackers
 
-        start_trackers(self.accelerator, check_report_to(self.config.report_to), self.run_dir,
-                       config_to_dict(self.config))
+        start_trackers(
+            self.accelerator, check_report_to(self.config.report_to), self.run_dir, config_to_dict(self.config)
+        )
         self._trackers_started = True
         if self.main:
             self.metrics = MetricsLog(self.run_dir / METRICS_FILE, resume_step=start, accelerator=self.accelerator)
@@ -341,8 +359,13 @@ class TrainingRun:
             self._trackers_started = False
             finish_trackers(self.accelerator)
 
-    def finish(self, write_model: Callable[[Path], Any], *, plot_keys: tuple[str, ...] = ("loss", "val_loss"),
-               title: str | None = None) -> Path:
+    def finish(
+        self,
+        write_model: Callable[[Path], Any],
+        *,
+        plot_keys: tuple[str, ...] = ("loss", "val_loss"),
+        title: str | None = None,
+    ) -> Path:
         """End the run: close the logs, have ``write_model(folder)`` write the final model into a new
         folder that then replaces ``model/`` atomically, and plot ``loss.png`` (process 0). Returns
         ``model/``."""
@@ -352,13 +375,15 @@ class TrainingRun:
         self.close()
         self.accelerator.wait_for_everyone()
         if self.main:
+
             def write(folder: Path) -> None:
                 folder.mkdir(parents=True, exist_ok=True)
                 write_model(folder)
 
             save_directory_atomically(self.model_dir, write)  # a kill mid-save keeps the old model
-            plot_metrics_if_installed(self.run_dir / METRICS_FILE, self.run_dir / PLOT_FILE, keys=plot_keys,
-                                      title=title)
+            plot_metrics_if_installed(
+                self.run_dir / METRICS_FILE, self.run_dir / PLOT_FILE, keys=plot_keys, title=title
+            )
             self.note(f"saved the final model to {self.model_dir}")
         self.accelerator.wait_for_everyone()
         return self.model_dir

@@ -125,6 +125,8 @@ def plot_metrics_if_installed(metrics_jsonl: str | os.PathLike, png: str | os.Pa
     from encoder.common.extras import is_installed
 
     if not is_installed("matplotlib"):
-        warnings.warn("matplotlib is not installed, so no loss plot is drawn (pip install 'prism-vlm[train]')", stacklevel=2)
+        warnings.warn(
+            "matplotlib is not installed, so no loss plot is drawn (pip install 'prism-vlm[train]')", stacklevel=2
+        )
         return None
     return plot_metrics(metrics_jsonl, png, **kwargs)

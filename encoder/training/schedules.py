@@ -41,13 +41,17 @@ def _warmup_then(warmup_steps: int, total_steps: int, decay: Callable[[float], f
     return multiplier
 
 
-def linear_warmup_decay_multiplier(warmup_steps: int, total_steps: int, final_ratio: float = 0.0) -> Callable[[int], float]:
+def linear_warmup_decay_multiplier(
+    warmup_steps: int, total_steps: int, final_ratio: float = 0.0
+) -> Callable[[int], float]:
     """The multiplier function of :func:`warmup_linear_decay` (step -> factor)."""
     _check(warmup_steps, total_steps)
     return _warmup_then(warmup_steps, total_steps, lambda p: 1.0 - (1.0 - final_ratio) * p)
 
 
-def cosine_warmup_decay_multiplier(warmup_steps: int, total_steps: int, final_ratio: float = 0.0) -> Callable[[int], float]:
+def cosine_warmup_decay_multiplier(
+    warmup_steps: int, total_steps: int, final_ratio: float = 0.0
+) -> Callable[[int], float]:
     """The multiplier function of :func:`warmup_cosine_decay` with ``final_ratio = min_lr / base_lr``."""
     _check(warmup_steps, total_steps)
     return _warmup_then(
@@ -64,7 +68,9 @@ def warmup_linear_decay(
     return LambdaLR(optimizer, linear_warmup_decay_multiplier(warmup_steps, total_steps, final_ratio))
 
 
-def warmup_cosine_decay(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int, min_lr: float) -> LambdaLR:
+def warmup_cosine_decay(
+    optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int, min_lr: float
+) -> LambdaLR:
     """Linear warm-up to the base lr, then cosine decay to the absolute ``min_lr`` at ``total_steps``
     (per parameter group: its multiplier floor is ``min_lr / group base lr``)."""
     lambdas = []

@@ -76,7 +76,6 @@ class Clip:
     end: float | None = None
 
 
-
 # ---------------------------------------------------------------------------------------------
 # Listing
 # ---------------------------------------------------------------------------------------------
@@ -84,7 +83,9 @@ class Clip:
 
 def is_saved_dataset(path: Path) -> bool:
     """True for a folder written by ``datasets``' ``save_to_disk``."""
-    return path.is_dir() and any((path / name).is_file() for name in ("state.json", "dataset_dict.json", "dataset_info.json"))
+    return path.is_dir() and any(
+        (path / name).is_file() for name in ("state.json", "dataset_dict.json", "dataset_info.json")
+    )
 
 
 def list_clips(
@@ -172,7 +173,9 @@ def _dataset_clips(dataset, name: str, video_column: str, id_column: str | None)
     datasets = require("datasets", "eval", "Hugging Face dataset sources (hf:NAME, saved datasets)")
 
     if video_column not in dataset.column_names:
-        raise ClipListError(f"{name} has no video column {video_column!r} (columns: {dataset.column_names}); pass --video-column")
+        raise ClipListError(
+            f"{name} has no video column {video_column!r} (columns: {dataset.column_names}); pass --video-column"
+        )
     if isinstance(dataset.features[video_column], datasets.Video):
         dataset = dataset.cast_column(video_column, datasets.Video(decode=False))  # {"path", "bytes"}, decoded by us
     if id_column is None:

@@ -185,8 +185,9 @@ def load_clip(
             _reject_window(start, end, "an image file")
             frames = _repeat([_read_image(path)], num_frames)
         else:
-            frames, _ = _decode_frames_with_stats(path, num_frames, start, end, size=size, max_side=max_side,
-                                                  time_limit_s=time_limit_s)
+            frames, _ = _decode_frames_with_stats(
+                path, num_frames, start, end, size=size, max_side=max_side, time_limit_s=time_limit_s
+            )
     else:
         _reject_window(start, end, "in-memory frames")
         frames = _repeat(_frames_from_memory(source), num_frames)
@@ -346,9 +347,7 @@ def _frames_from_memory(source: object) -> list[np.ndarray]:
         if source.ndim == 3:
             source = source[None]
         if source.ndim != 4 or source.shape[-1] != 3:
-            raise ValueError(
-                f"frame array must have shape [T, H, W, 3] or [H, W, 3] (RGB), got {source.shape}"
-            )
+            raise ValueError(f"frame array must have shape [T, H, W, 3] or [H, W, 3] (RGB), got {source.shape}")
         if 0 in source.shape:
             raise ValueError(f"frame array is empty: shape {source.shape}")
         return list(_check_pixel_values(source, "frame array"))
@@ -529,8 +528,9 @@ def _decode_frames_with_stats(
     conversion, exactly as :func:`load_clip` would afterwards."""
     num_frames = check_num_frames(num_frames)
     start, end = _check_window(start, end)
-    if max_side is not None and (isinstance(max_side, bool) or not isinstance(max_side, (int, np.integer))
-                                 or max_side < 1):
+    if max_side is not None and (
+        isinstance(max_side, bool) or not isinstance(max_side, (int, np.integer)) or max_side < 1
+    ):
         raise ValueError(f"max_side must be a positive int or None, got {max_side!r}")
     if time_limit_s is not None and not (isinstance(time_limit_s, (int, float)) and time_limit_s > 0):
         raise ValueError(f"time_limit_s must be a positive number of seconds or None, got {time_limit_s!r}")
@@ -549,8 +549,11 @@ def _decode_frames_with_stats(
         window = _resolve_window(info, start, end, path)
         times = sample_times(*window, num_frames)
         announced = int(info.duration * info.fps) if info.fps else 0
-        stats = _DecodeStats(times=times, frame_budget=max(MIN_FRAME_BUDGET, 2 * announced),
-                             deadline=began + time_limit_s if time_limit_s is not None else math.inf)
+        stats = _DecodeStats(
+            times=times,
+            frame_budget=max(MIN_FRAME_BUDGET, 2 * announced),
+            deadline=began + time_limit_s if time_limit_s is not None else math.inf,
+        )
         convert = _Converter(path, size, max_side)
         window_frames = (window[1] - window[0]) * info.fps if info.fps else math.inf
         stats.sequential = not info.can_seek or window_frames <= _SEQUENTIAL_FRAMES_PER_SAMPLE * num_frames
@@ -800,11 +803,15 @@ class _FrameCursor:
             stats = self._stats
             stats.frames_decoded += 1
             if stats.frames_decoded > stats.frame_budget:
-                raise VideoDecodeError(self._path, f"decoding needed more than {stats.frame_budget} frames "
-                                       "(the header announces far fewer; damaged or hostile file)")
+                raise VideoDecodeError(
+                    self._path,
+                    f"decoding needed more than {stats.frame_budget} frames "
+                    "(the header announces far fewer; damaged or hostile file)",
+                )
             if _time.monotonic() > stats.deadline:
-                raise VideoDecodeError(self._path, f"decoding took longer than its time limit "
-                                       f"({stats.frames_decoded} frames decoded)")
+                raise VideoDecodeError(
+                    self._path, f"decoding took longer than its time limit ({stats.frames_decoded} frames decoded)"
+                )
             time = frame.time
             if time is None:  # no timestamp: assume the nominal frame step
                 time = self._info.start if self._last_time is None else self._last_time + self._step
@@ -909,8 +916,9 @@ class _Converter:
 
     def __call__(self, frame: av.VideoFrame) -> np.ndarray:
         if self.max_side is not None and max(frame.width, frame.height) > self.max_side:
-            raise VideoDecodeError(self.path, f"a frame is {frame.width}x{frame.height}, over the limit of "
-                                   f"{self.max_side} px a side")
+            raise VideoDecodeError(
+                self.path, f"a frame is {frame.width}x{frame.height}, over the limit of {self.max_side} px a side"
+            )
         array = _upright_rgb(frame, self.path)
         if self.size is None:
             return array

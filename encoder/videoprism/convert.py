@@ -85,9 +85,7 @@ def read_flax_checkpoint(path: str | os.PathLike) -> dict[str, np.ndarray]:
 
 def is_video_text_checkpoint(params: dict[str, np.ndarray]) -> bool:
     """True for a video-text (LVT) checkpoint: it has a text encoder and a vision encoder subtree."""
-    return any(k.startswith("text_encoder/") for k in params) and any(
-        k.startswith("vision_encoder/") for k in params
-    )
+    return any(k.startswith("text_encoder/") for k in params) and any(k.startswith("vision_encoder/") for k in params)
 
 
 def _subtree(params: dict[str, np.ndarray], prefix: str) -> dict[str, np.ndarray]:
@@ -196,7 +194,10 @@ def infer_config(
     auxiliary = _stack_shape(_subtree(params, "auxiliary_encoder/transformers_stack"), "auxiliary_encoder")
     pooler_width = pool_heads * pool_head_dim
     vision_config = _vision_config(
-        vision, options, intermediate_size=max(pooler_width, auxiliary.mlp_width), num_auxiliary_layers=auxiliary.num_layers
+        vision,
+        options,
+        intermediate_size=max(pooler_width, auxiliary.mlp_width),
+        num_auxiliary_layers=auxiliary.num_layers,
     )
     if pool_heads != vision_config.num_attention_heads or pooler_width != vision_config.intermediate_size:
         raise CheckpointFormatError(
@@ -305,7 +306,9 @@ def _vision_state_dict(vision: dict[str, np.ndarray], config: VideoPrismVisionCo
     }
     size = config.intermediate_size
     state.update(_layer_stack_weights(_subtree(vision, "spatial_encoder/transformers_stack"), "spatial_layers.", size))
-    state.update(_layer_stack_weights(_subtree(vision, "temporal_encoder/transformers_stack"), "temporal_layers.", size))
+    state.update(
+        _layer_stack_weights(_subtree(vision, "temporal_encoder/transformers_stack"), "temporal_layers.", size)
+    )
     return state
 
 
@@ -343,7 +346,9 @@ def convert_state_dict(
     state["text_model.layernorm.weight"] = _t(text["unimodal_ln/scale"])
     state["text_model.layernorm.bias"] = _t(text["unimodal_ln/bias"])
     state.update(
-        _layer_stack_weights(_subtree(text, "unimodal_transformer"), "text_model.layers.", text_config.intermediate_size)
+        _layer_stack_weights(
+            _subtree(text, "unimodal_transformer"), "text_model.layers.", text_config.intermediate_size
+        )
     )
     return state
 
@@ -391,5 +396,7 @@ def save_converted(
             )
         from encoder.videoprism.text_tokenizer import save_videoprism_tokenizer
 
-        save_videoprism_tokenizer(sentencepiece_model, out_dir, max_length=model.config.text_config.max_position_embeddings)
+        save_videoprism_tokenizer(
+            sentencepiece_model, out_dir, max_length=model.config.text_config.max_position_embeddings
+        )
     return out_dir

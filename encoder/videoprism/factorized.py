@@ -68,7 +68,9 @@ def encode_tokens(
     spatial = _run_layers(model.spatial_layers, spatial, patch_paddings)
     spatial = model.layernorm1(spatial)
 
-    temporal = model.temporal_embeddings(spatial, pixel_values_videos.shape, interpolate_pos_encoding=True)  # [B*N, T, D]
+    temporal = model.temporal_embeddings(
+        spatial, pixel_values_videos.shape, interpolate_pos_encoding=True
+    )  # [B*N, T, D]
     temporal_paddings = frame_paddings[:, None, :].expand(-1, num_patches, -1).reshape(batch * num_patches, frames)
     temporal = _run_layers(model.temporal_layers, temporal, temporal_paddings)
     temporal = model.layernorm2(temporal)

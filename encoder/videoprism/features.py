@@ -214,9 +214,16 @@ def extract_features(
     source, config_sha1 = encoder_identity(model)
     meta = CacheMeta(source, config_sha1, num_frames, size, precision, storage_dtype, crops, crop_seed)
     return write_clip_vectors(
-        lambda clips: encode_clips(model, clips, precision=precision), meta, videos, cache_dir,
-        batch_size=batch_size, shard_size=shard_size, num_workers=num_workers, progress=progress,
-        on_batch=on_batch, description="features",
+        lambda clips: encode_clips(model, clips, precision=precision),
+        meta,
+        videos,
+        cache_dir,
+        batch_size=batch_size,
+        shard_size=shard_size,
+        num_workers=num_workers,
+        progress=progress,
+        on_batch=on_batch,
+        description="features",
     )
 
 
@@ -252,12 +259,24 @@ def write_clip_vectors(
     try:
         lock.acquire(timeout=0)
     except Timeout:
-        raise CacheBusyError(f"{cache_dir} is being written by another process; wait for it to finish or "
-                             "use another cache directory") from None
+        raise CacheBusyError(
+            f"{cache_dir} is being written by another process; wait for it to finish or use another cache directory"
+        ) from None
     try:
         _drop_unreadable_shards(cache_dir)
-        return _extract_locked(encode_batch, meta, videos, cache_dir, batch_size, shard_size, num_workers, progress,
-                               on_batch, storage[meta.storage_dtype], description)
+        return _extract_locked(
+            encode_batch,
+            meta,
+            videos,
+            cache_dir,
+            batch_size,
+            shard_size,
+            num_workers,
+            progress,
+            on_batch,
+            storage[meta.storage_dtype],
+            description,
+        )
     finally:
         lock.release()
 
@@ -265,6 +284,7 @@ def write_clip_vectors(
 def check_cache_meta(cache_dir: str | os.PathLike, meta: CacheMeta) -> bool:
     """Whether ``cache_dir`` already holds a cache; ValueError when it was written with other settings
     than ``meta`` (another encoder config, frames, size, storage dtype, crops or kind of vector)."""
+
     def settings(m: CacheMeta) -> tuple:
         return m.encoder_config_sha1, m.num_frames, m.size, m.storage_dtype, m.crops, m.crop_seed, m.kind
 
@@ -309,8 +329,19 @@ def _drop_unreadable_shards(cache_dir: Path) -> list[str]:
     return bad
 
 
-def _extract_locked(encode_batch, meta, videos, cache_dir, batch_size, shard_size, num_workers, progress, on_batch,
-                    storage_type, description) -> dict[str, int]:
+def _extract_locked(
+    encode_batch,
+    meta,
+    videos,
+    cache_dir,
+    batch_size,
+    shard_size,
+    num_workers,
+    progress,
+    on_batch,
+    storage_type,
+    description,
+) -> dict[str, int]:
     """The body of :func:`write_clip_vectors`, run while holding the cache's lock."""
     from tqdm.auto import tqdm
 
@@ -364,18 +395,24 @@ def _extract_locked(encode_batch, meta, videos, cache_dir, batch_size, shard_siz
     bar = tqdm(total=len(todo), unit="clip", desc=description, disable=not progress)
     try:  # an abort (Ctrl-C, an encoder error) still writes the clips encoded so far
         for items in iter_decoded_batches(to_decode, num_frames, size, batch_size, num_workers, crops, crop_seed):
-            good = [(clip.id, frames) for clip, frames, error in items if error is None]  # frames [T, S, S, 3] or [1 + crops, ...]
+            good = [
+                (clip.id, frames) for clip, frames, error in items if error is None
+            ]  # frames [T, S, S, 3] or [1 + crops, ...]
             bad = [{"video": clip.id, "error": error} for clip, _, error in items if error is not None]
             if bad:
                 append_jsonl(errors_path, bad, ensure_ascii=True)
                 counts["errors"] += len(bad)
             if good:
                 views = 1 + crops
-                clips = np.concatenate([clip[None] if not crops else clip for _, clip in good])  # [len(good) * views, T, ...]
-                tokens = torch.cat([
-                    encode_batch(clips[start : start + batch_size]).to("cpu", storage_type)
-                    for start in range(0, len(clips), batch_size)
-                ])
+                clips = np.concatenate(
+                    [clip[None] if not crops else clip for _, clip in good]
+                )  # [len(good) * views, T, ...]
+                tokens = torch.cat(
+                    [
+                        encode_batch(clips[start : start + batch_size]).to("cpu", storage_type)
+                        for start in range(0, len(clips), batch_size)
+                    ]
+                )
                 for number, (path, _) in enumerate(good):
                     for crop in range(views):  # all rows of a clip go into the same shard
                         pending_paths.append(path)

@@ -38,7 +38,7 @@ ATTN_IMPLEMENTATIONS = ("eager", "flex_attention", "flash_attention_2")
 
 
 def default_device() -> str:
-    """"cuda" when a GPU is visible, else "cpu" (every command's default for --device)."""
+    """ "cuda" when a GPU is visible, else "cpu" (every command's default for --device)."""
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
@@ -135,8 +135,9 @@ def load_encoder(
     return model
 
 
-def frozen(model: torch.nn.Module, dtype: str | torch.dtype | None = None,
-           device: str | torch.device | None = None) -> torch.nn.Module:
+def frozen(
+    model: torch.nn.Module, dtype: str | torch.dtype | None = None, device: str | torch.device | None = None
+) -> torch.nn.Module:
     """``model`` cast to ``dtype`` (None: unchanged), moved to ``device``, in eval mode, without gradients."""
     torch_dtype = resolve_dtype(dtype)
     if torch_dtype is not None:

@@ -44,7 +44,11 @@ class ProbeConfig:
 
     def __post_init__(self) -> None:
         for name in ("num_heads", "epochs", "batch_size", "eval_batch_size"):
-            if isinstance(getattr(self, name), bool) or not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+            if (
+                isinstance(getattr(self, name), bool)
+                or not isinstance(getattr(self, name), int)
+                or getattr(self, name) < 1
+            ):
                 raise ValueError(f"{name} must be a positive int, got {getattr(self, name)!r}")
         if not self.mlp_ratio > 0 or not self.learning_rate > 0 or self.weight_decay < 0:
             raise ValueError("need mlp_ratio > 0, learning_rate > 0 and weight_decay >= 0")
@@ -105,8 +109,11 @@ class SingleQueryAttention(nn.Module):
         """Copy the weights of a batch-first ``nn.MultiheadAttention`` and its query ``[D]``."""
         q_weight, k_weight, v_weight = attention.in_proj_weight.chunk(3)
         q_bias, k_bias, v_bias = attention.in_proj_bias.chunk(3)
-        for projection, weight, bias in ((self.q_proj, q_weight, q_bias), (self.k_proj, k_weight, k_bias),
-                                         (self.v_proj, v_weight, v_bias)):
+        for projection, weight, bias in (
+            (self.q_proj, q_weight, q_bias),
+            (self.k_proj, k_weight, k_bias),
+            (self.v_proj, v_weight, v_bias),
+        ):
             projection.weight.copy_(weight)
             projection.bias.copy_(bias)
         self.out_proj.weight.copy_(attention.out_proj.weight)
@@ -130,7 +137,9 @@ class MAPProbe(nn.Module):
         self.register_buffer("token_std", torch.ones(width))
         self.attention = SingleQueryAttention(width, config.num_heads, config.dropout)
         self.norm = nn.LayerNorm(width)
-        self.mlp = nn.Sequential(nn.Linear(width, hidden), nn.GELU(), nn.Dropout(config.dropout), nn.Linear(hidden, width))
+        self.mlp = nn.Sequential(
+            nn.Linear(width, hidden), nn.GELU(), nn.Dropout(config.dropout), nn.Linear(hidden, width)
+        )
         self.head_norm = nn.LayerNorm(width)
         self.classifier = nn.Linear(width, num_classes)
 
@@ -223,7 +232,10 @@ def probe_predictions(probe: MAPProbe, tokens: torch.Tensor | np.ndarray, batch_
     device = next(probe.parameters()).device
     probe.eval()
     return torch.cat(
-        [probe(tokens[start : start + batch_size].to(device)).argmax(-1).cpu() for start in range(0, tokens.shape[0], batch_size)]
+        [
+            probe(tokens[start : start + batch_size].to(device)).argmax(-1).cpu()
+            for start in range(0, tokens.shape[0], batch_size)
+        ]
     )
 
 
@@ -250,8 +262,16 @@ def probe_accuracy(
     train_labels_t = torch.as_tensor(np.asarray(train_labels))
     if num_classes is None:
         num_classes = int(max(int(train_labels_t.max()), int(test_labels.max()))) + 1
-    probe = train_map_probe(train_tokens, train_labels, num_classes, config, seed=seed, device=device,
-                            progress=progress, num_threads=num_threads)
+    probe = train_map_probe(
+        train_tokens,
+        train_labels,
+        num_classes,
+        config,
+        seed=seed,
+        device=device,
+        progress=progress,
+        num_threads=num_threads,
+    )
     if probe.token_mean.shape[0] != test_tokens.shape[-1]:
         raise ValueError(f"test tokens have width {test_tokens.shape[-1]}, train tokens {probe.token_mean.shape[0]}")
     with torch_threads(num_threads):

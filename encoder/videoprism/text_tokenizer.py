@@ -25,9 +25,7 @@ def canonicalize_text(text: str) -> str:
     return text + "."
 
 
-def save_videoprism_tokenizer(
-    sentencepiece_model: str | os.PathLike, out_dir: str | os.PathLike, max_length: int = 64
-):
+def save_videoprism_tokenizer(sentencepiece_model: str | os.PathLike, out_dir: str | os.PathLike, max_length: int = 64):
     """Turn an official SentencePiece file into a ``VideoPrismTokenizer`` saved in ``out_dir``.
 
     The vocabulary keeps the SentencePiece ids exactly (no extra sentinel ids are appended), the
@@ -50,9 +48,7 @@ def save_videoprism_tokenizer(
         special["bos_token"] = processor.id_to_piece(processor.bos_id())
     with tempfile.TemporaryDirectory() as staging:
         shutil.copyfile(sentencepiece_model, Path(staging) / "spiece.model")
-        tokenizer = VideoPrismTokenizer.from_pretrained(
-            staging, extra_ids=0, model_max_length=max_length, **special
-        )
+        tokenizer = VideoPrismTokenizer.from_pretrained(staging, extra_ids=0, model_max_length=max_length, **special)
     if len(tokenizer) != processor.get_piece_size():
         raise ValueError(
             f"tokenizer conversion changed the vocabulary size ({processor.get_piece_size()} -> {len(tokenizer)})"

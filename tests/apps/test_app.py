@@ -30,6 +30,8 @@ from tests.helpers.video_factory import write_video
 from vlm.inference.assistant import VideoAssistant
 
 REPO = Path(__file__).resolve().parents[2]
+
+
 @pytest.fixture(scope="module")
 def clips(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("clips")
@@ -91,7 +93,9 @@ def library_clip(service, path: Path, frames: int = FRAMES) -> torch.Tensor:
 def test_caption_endpoint_equals_the_library_with_the_settings_passed(app, client, clips):
     _, service, _ = app
     for frames, tokens in ((FRAMES, 6), (4, 3)):
-        expected = VideoAssistant(service.model).caption(clips=library_clip(service, clips["a"], frames), max_new_tokens=tokens)[0]
+        expected = VideoAssistant(service.model).caption(
+            clips=library_clip(service, clips["a"], frames), max_new_tokens=tokens
+        )[0]
         got = client.predict(upload(clips["a"]), frames, tokens, api_name="/caption")
         assert got == expected
 
@@ -106,7 +110,9 @@ def test_caption_reads_every_offered_container(app, client, clips):
 def test_open_vocabulary_answer(app, client, clips):
     _, service, _ = app
     question = "what is moving?"
-    expected = VideoAssistant(service.model).answer([question], clips=library_clip(service, clips["a"]), max_new_tokens=5)[0]
+    expected = VideoAssistant(service.model).answer(
+        [question], clips=library_clip(service, clips["a"]), max_new_tokens=5
+    )[0]
     answer, probabilities = client.predict(upload(clips["a"]), question, "", FRAMES, 5, api_name="/ask")
     assert answer == expected
     assert probabilities == []
@@ -124,13 +130,17 @@ def test_closed_vocabulary_answer_with_probabilities(app, client, clips):
     assert sorted(row["answer"] for row in probabilities) == sorted(candidates)  # parsed, duplicates dropped
     assert math.isclose(sum(row["probability"] for row in probabilities), 1.0, abs_tol=1e-6)
     assert answer == probabilities[0]["answer"]
-    expected = VideoAssistant(service.model).score_answers(question, candidates, clips=library_clip(service, clips["a"]))
+    expected = VideoAssistant(service.model).score_answers(
+        question, candidates, clips=library_clip(service, clips["a"])
+    )
     assert [s.answer for s in expected] == [row["answer"] for row in probabilities]
     for scored, row in zip(expected, probabilities):
         assert row["probability"] == pytest.approx(scored.probability, abs=1e-5)
         assert row["log_likelihood"] == pytest.approx(scored.log_likelihood, abs=1e-4)
     # one per line works too
-    _, by_line = client.predict(upload(clips["a"]), question, "red\nblue\ngreen\na yellow square", FRAMES, 5, api_name="/ask")
+    _, by_line = client.predict(
+        upload(clips["a"]), question, "red\nblue\ngreen\na yellow square", FRAMES, 5, api_name="/ask"
+    )
     assert by_line == probabilities
 
 
@@ -141,7 +151,9 @@ def test_chat_streams_tokens_and_keeps_the_conversation(app, client, clips):
     history, cleared_box = job.result()
     assert cleared_box == ""
     replies = [chat_reply(output[0]) for output in job.outputs()]
-    expected = VideoAssistant(service.model).chat([{"role": "user", "content": "what happens in the video?"}], clips=clip, max_new_tokens=8)
+    expected = VideoAssistant(service.model).chat(
+        [{"role": "user", "content": "what happens in the video?"}], clips=clip, max_new_tokens=8
+    )
     assert replies[-1] == expected.strip()  # the Chatbot component strips message text
     assert len(set(replies)) >= 3, "the reply should arrive in several pieces"
     assert all(later.startswith(earlier) for earlier, later in zip(replies, replies[1:]))
@@ -155,7 +167,8 @@ def test_chat_streams_tokens_and_keeps_the_conversation(app, client, clips):
             {"role": "assistant", "content": expected.strip()},
             {"role": "user", "content": "and then?"},
         ],
-        clips=clip, max_new_tokens=6,
+        clips=clip,
+        max_new_tokens=6,
     )
     assert chat_reply(history2) == expected2.strip()
 
@@ -169,7 +182,10 @@ def chat_reply(history: list[dict]) -> str:
 def test_concurrent_requests_all_answered_and_equal_to_serial_results(app, client, clips):
     _, service, _ = app
     names = ["a", "b", "c", "a", "b", "c"]
-    expected = {n: VideoAssistant(service.model).caption(clips=library_clip(service, clips[n]), max_new_tokens=6)[0] for n in set(names)}
+    expected = {
+        n: VideoAssistant(service.model).caption(clips=library_clip(service, clips[n]), max_new_tokens=6)[0]
+        for n in set(names)
+    }
     results: dict[int, str] = {}
 
     def run(index: int, name: str) -> None:
@@ -253,7 +269,13 @@ def test_server_serves_only_uploads_and_examples(app, clips, glue_dir):
     url = app[0]
     get = lambda path: httpx.get(f"{url}gradio_api/file={path}", timeout=10)  # noqa: E731
     assert get(clips["example"].resolve()).status_code == 200
-    for private in (REPO / "README.md", REPO / "apps" / "service.py", glue_dir / "prism_vlm_config.json", Path("/etc/hostname"), clips["a"].resolve()):
+    for private in (
+        REPO / "README.md",
+        REPO / "apps" / "service.py",
+        glue_dir / "prism_vlm_config.json",
+        Path("/etc/hostname"),
+        clips["a"].resolve(),
+    ):
         assert get(private.resolve()).status_code == 403, private
 
 
@@ -348,7 +370,10 @@ def test_chat_history_is_trimmed_to_the_last_turns(app):
     _, service, _ = app
     history = []
     for turn in range(service.limits.max_chat_turns + 3):
-        history += [{"role": "user", "content": [{"type": "text", "text": f"q{turn}"}]}, {"role": "assistant", "content": f"a{turn}"}]
+        history += [
+            {"role": "user", "content": [{"type": "text", "text": f"q{turn}"}]},
+            {"role": "assistant", "content": f"a{turn}"},
+        ]
     messages = service.chat_prompt(history, "now?").messages
     assert len(messages) == 2 * service.limits.max_chat_turns + 1
     assert messages[0] == {"role": "user", "content": "q3"} and messages[-1] == {"role": "user", "content": "now?"}
@@ -369,8 +394,11 @@ def test_chat_history_is_bounded_in_tokens_oldest_dropped_first(app, monkeypatch
     # the message and the turns walked back from the newest: the first 100 KB turn stops the walk untokenized
     assert sorted(tokenized) == ["now?", "short?", "yes."]
     messages = prompt.messages
-    assert messages == [{"role": "user", "content": "short?"}, {"role": "assistant", "content": "yes."},
-                        {"role": "user", "content": "now?"}]
+    assert messages == [
+        {"role": "user", "content": "short?"},
+        {"role": "assistant", "content": "yes."},
+        {"role": "user", "content": "now?"},
+    ]
     assert prompt.dropped_turns == len(history) - 2
     total = sum(service._token_count(m["content"]) for m in messages[:-1])
     assert total <= service.limits.max_history_tokens
@@ -407,7 +435,9 @@ def test_model_card_names_encoder_llm_and_glue(app, glue_dir):
 def test_cli_app_options_and_a_clear_error_without_a_model(tmp_path, monkeypatch, capsys):
     from vlm.cli import main as cli
 
-    args = cli.build_parser().parse_args(["app", "--model", "g", "--host", "0.0.0.0", "--port", "7999", "--share", "--queue-size", "5"])
+    args = cli.build_parser().parse_args(
+        ["app", "--model", "g", "--host", "0.0.0.0", "--port", "7999", "--share", "--queue-size", "5"]
+    )
     assert (args.model, args.host, args.port, args.share, args.queue_size) == ("g", "0.0.0.0", 7999, True, 5)
     defaults = cli.build_parser().parse_args(["app"])
     assert (defaults.model, defaults.host, defaults.port, defaults.share) == (None, "127.0.0.1", 7860, False)
@@ -446,8 +476,13 @@ def test_remote_urls_are_refused_as_files_without_a_network_call(app, client, cl
     url = app[0]
     fetched = httpx.get(f"{url}gradio_api/file=https://prism-vlm-test.invalid/clip.mp4", timeout=10)
     assert fetched.status_code == 403
-    body = {"data": [{"path": "https://prism-vlm-test.invalid/clip.mp4", "meta": {"_type": "gradio.FileData"}}, FRAMES, 4],
-            "fn_index": 0, "session_hash": "guardtest", "event_data": None, "trigger_id": None}
+    body = {
+        "data": [{"path": "https://prism-vlm-test.invalid/clip.mp4", "meta": {"_type": "gradio.FileData"}}, FRAMES, 4],
+        "fn_index": 0,
+        "session_hash": "guardtest",
+        "event_data": None,
+        "trigger_id": None,
+    }
     joined = httpx.post(f"{url}gradio_api/queue/join", json=body, timeout=10)
     assert joined.status_code == 400 and "uploaded files only" in joined.json()["error"]
     assert "prism-vlm-test.invalid" not in name_lookups
@@ -464,17 +499,27 @@ def test_one_file_per_upload_and_the_size_refused_before_it_lands(app, clips):
     # Announced as huge, 16 bytes sent: refused from the headers, before the body arrives.
     address = httpx.URL(url)
     with socket.create_connection((address.host, address.port), timeout=10) as connection:
-        connection.sendall(f"POST /gradio_api/upload HTTP/1.1\r\nHost: {address.host}\r\n"
-                           "Content-Type: multipart/form-data; boundary=b\r\n"
-                           f"Content-Length: {huge}\r\n\r\n".encode() + b"x" * 16)
+        connection.sendall(
+            f"POST /gradio_api/upload HTTP/1.1\r\nHost: {address.host}\r\n"
+            "Content-Type: multipart/form-data; boundary=b\r\n"
+            f"Content-Length: {huge}\r\n\r\n".encode()
+            + b"x" * 16
+        )
         assert connection.recv(64).startswith(b"HTTP/1.1 413")
 
     def streamed():  # no content-length: counted as it arrives
         for _ in range(8):
             yield b"--b\r\n" + b"x" * (huge // 8)
 
-    assert httpx.post(f"{url}gradio_api/upload", content=streamed(), timeout=30,
-                      headers={"content-type": "multipart/form-data; boundary=b"}).status_code == 413
+    assert (
+        httpx.post(
+            f"{url}gradio_api/upload",
+            content=streamed(),
+            timeout=30,
+            headers={"content-type": "multipart/form-data; boundary=b"},
+        ).status_code
+        == 413
+    )
 
 
 def test_auth_protects_the_page_and_the_api(glue_dir, clips):
@@ -486,8 +531,14 @@ def test_auth_protects_the_page_and_the_api(glue_dir, clips):
     from vlm.model import load_model
 
     service = ModelService(load_model(glue_dir), AppLimits(**LIMITS), model_dir=glue_dir)
-    demo = launch_app(service, port=free_port(), examples=[clips["example"]], prevent_thread_lock=True, quiet=True,
-                      auth=[("ada", "s3cret")])
+    demo = launch_app(
+        service,
+        port=free_port(),
+        examples=[clips["example"]],
+        prevent_thread_lock=True,
+        quiet=True,
+        auth=[("ada", "s3cret")],
+    )
     try:
         url = demo.local_url
         assert httpx.get(f"{url}config", timeout=10).status_code == 401
@@ -518,16 +569,22 @@ def test_upload_folder_removed_on_sigterm_and_stale_ones_at_the_next_start(tmp_p
 
     from apps.uploads import OWNER_FILE, remove_stale_upload_dirs
 
-    script = ("import sys, time; from apps.uploads import private_upload_dir; "
-              "print(private_upload_dir(sys.argv[1]), flush=True); time.sleep(60)")
-    server = subprocess.Popen([sys.executable, "-c", script, str(tmp_path)], stdout=subprocess.PIPE, text=True, cwd=REPO)
+    script = (
+        "import sys, time; from apps.uploads import private_upload_dir; "
+        "print(private_upload_dir(sys.argv[1]), flush=True); time.sleep(60)"
+    )
+    server = subprocess.Popen(
+        [sys.executable, "-c", script, str(tmp_path)], stdout=subprocess.PIPE, text=True, cwd=REPO
+    )
     folder = Path(server.stdout.readline().strip())
     (folder / "upload.mp4").write_bytes(b"x")
     server.send_signal(signal.SIGTERM)
     server.wait(timeout=30)
     assert not folder.exists()
 
-    killed = subprocess.Popen([sys.executable, "-c", script, str(tmp_path)], stdout=subprocess.PIPE, text=True, cwd=REPO)
+    killed = subprocess.Popen(
+        [sys.executable, "-c", script, str(tmp_path)], stdout=subprocess.PIPE, text=True, cwd=REPO
+    )
     stale = Path(killed.stdout.readline().strip())
     killed.kill()
     killed.wait(timeout=30)
@@ -549,6 +606,27 @@ def test_page_messages_never_show_server_paths():
     message = readable_error(UnreadableVideoError("cannot decode video '/tmp/gradio/4f2a/clip.mp4': no video stream"))
     assert "/tmp" not in message and "'clip.mp4'" in message
     assert "/home" not in readable_error(RuntimeError("/home/ada/models/glue/resampler.safetensors is gone"))
+
+
+@pytest.mark.quick
+def test_user_errors_show_in_one_line_and_bugs_keep_their_traceback_in_the_log(caplog):
+    """The page shows a PrismVlmError's own message and logs nothing; any other exception is a bug: the
+    page gets a generic line and the server log its traceback."""
+    import logging
+
+    from apps.video_chat import _to_gradio_error
+    from encoder.common.errors import PrismVlmError
+
+    with caplog.at_level(logging.ERROR):
+        shown = _to_gradio_error(PrismVlmError("the glue directory has no resampler weights"))
+    assert shown.message == "the glue directory has no resampler weights" and not caplog.records
+    with caplog.at_level(logging.ERROR):
+        try:
+            raise ValueError("an index out of range inside the model")
+        except ValueError as error:
+            shown = _to_gradio_error(error)
+    assert "an index out of range" not in shown.message and "ValueError" in shown.message
+    assert len(caplog.records) == 1 and caplog.records[0].exc_info[0] is ValueError
 
 
 def test_concurrent_captions_and_open_answers_are_batched_and_equal_unbatched(app, clips):
@@ -621,7 +699,9 @@ def test_a_bad_request_among_batched_ones_fails_alone(app, clips, tmp_path):
     bad.write_bytes(b"not a video at all" * 10)
     expected = service.caption(clips["a"], FRAMES, 6)
     with ThreadPoolExecutor(4) as pool:
-        futures = [pool.submit(service.caption, video, FRAMES, 6) for video in (clips["a"], bad, clips["a"], clips["a"])]
+        futures = [
+            pool.submit(service.caption, video, FRAMES, 6) for video in (clips["a"], bad, clips["a"], clips["a"])
+        ]
     assert [futures[i].result() for i in (0, 2, 3)] == [expected] * 3
     with pytest.raises(AppInputError):
         futures[1].result()
@@ -680,6 +760,8 @@ def test_generation_settings_reach_the_model_through_the_api(app, client, clips)
     hot = GenerationSettings(do_sample=True, temperature=2.0, top_p=1.0, max_new_tokens=6)
     sampled = {service.caption(clips["a"], FRAMES, 6, hot.replace(seed=seed)) for seed in range(4)}
     assert len(sampled) > 1  # sampling at temperature 2 varies with the seed
-    assert service.caption(clips["a"], FRAMES, 6, hot.replace(seed=1)) == service.caption(clips["a"], FRAMES, 6, hot.replace(seed=1))
+    assert service.caption(clips["a"], FRAMES, 6, hot.replace(seed=1)) == service.caption(
+        clips["a"], FRAMES, 6, hot.replace(seed=1)
+    )
     with pytest.raises(AppError, match="maximum|Generation settings"):
         client.predict(upload(clips["a"]), FRAMES, 6, 5.0, 1, 1, api_name="/caption")

@@ -30,8 +30,14 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[2]
 CHROMIUM = os.environ.get("PRISM_VLM_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
 ]
 SHARED_CLIP = REAL_CLIP
 LVT_NPZ = REFERENCE_DIR / "lvt_tiny_params.npz"
@@ -58,14 +64,34 @@ def served_app(glue_dir, search_folder, search_index, tmp_path_factory):
     (the video-text model: the official-format tiny LvT fixture)."""
     root = tmp_path_factory.mktemp("app")
     port = free_port()
-    env = dict(os.environ, GRADIO_ANALYTICS_ENABLED="False", GRADIO_TEMP_DIR=str(root / "uploads"), PYTHONUNBUFFERED="1")
+    env = dict(
+        os.environ, GRADIO_ANALYTICS_ENABLED="False", GRADIO_TEMP_DIR=str(root / "uploads"), PYTHONUNBUFFERED="1"
+    )
     log_path = root / "server.log"
     with open(log_path, "w") as log:
         server = subprocess.Popen(
-            [sys.executable, "-m", "vlm.cli.main", "app", "--model", str(glue_dir), "--port", str(port),
-             "--search-dir", str(search_folder), "--search-index", str(search_index),
-             "--video-text-model", str(LVT_NPZ), "--video-text-tokenizer", str(TEST_SPM_MODEL)],
-            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
+            [
+                sys.executable,
+                "-m",
+                "vlm.cli.main",
+                "app",
+                "--model",
+                str(glue_dir),
+                "--port",
+                str(port),
+                "--search-dir",
+                str(search_folder),
+                "--search-index",
+                str(search_index),
+                "--video-text-model",
+                str(LVT_NPZ),
+                "--video-text-tokenizer",
+                str(TEST_SPM_MODEL),
+            ],
+            cwd=REPO,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
     url = f"http://127.0.0.1:{port}/"
     try:
@@ -112,7 +138,15 @@ def test_upload_the_shared_clip_describe_it_and_take_a_screenshot(served_app, br
         pytest.fail(f"the demo clip is missing: {SHARED_CLIP}")
     page = browser.new_page(viewport={"width": 1400, "height": 1100})
     outside = []
-    page.on("request", lambda request: outside.append(request.url) if urlparse(request.url).hostname not in ("127.0.0.1", "localhost") and not request.url.startswith(("data:", "blob:")) else None)
+    page.on(
+        "request",
+        lambda request: (
+            outside.append(request.url)
+            if urlparse(request.url).hostname not in ("127.0.0.1", "localhost")
+            and not request.url.startswith(("data:", "blob:"))
+            else None
+        ),
+    )
     page.goto(served_app, wait_until="load")
     page.locator("#video-upload").wait_for(timeout=30_000)
 
@@ -148,7 +182,9 @@ def test_a_bad_upload_shows_a_message_in_the_page_then_an_example_works(served_a
     page.goto(served_app, wait_until="load")
     page.locator("#video-upload").wait_for(timeout=30_000)
     page.locator("#video-upload input[type=file]").set_input_files(str(garbage))
-    page.wait_for_function("document.querySelector('#clip-facts').innerText.includes('Cannot use this clip')", timeout=60_000)
+    page.wait_for_function(
+        "document.querySelector('#clip-facts').innerText.includes('Cannot use this clip')", timeout=60_000
+    )
     assert "broken.mp4" in page.locator("#clip-facts").inner_text()
     assert page.locator("#frame-strip img").count() == 0
     assert page.locator(".toast-body.error").count() == 0
@@ -158,7 +194,9 @@ def test_a_bad_upload_shows_a_message_in_the_page_then_an_example_works(served_a
     assert "'broken.mp4' is not a video this app can read" in error_toast.inner_text()
 
     page.get_by_text("green star rotating").first.click()  # a shipped shapes example
-    page.wait_for_function("document.querySelector('#clip-facts').innerText.includes('green_star_rotating.mp4')", timeout=60_000)
+    page.wait_for_function(
+        "document.querySelector('#clip-facts').innerText.includes('green_star_rotating.mp4')", timeout=60_000
+    )
     assert "2.0 s, 64 x 64 px" in page.locator("#clip-facts").inner_text()
     page.wait_for_function("(document.querySelector('#frame-strip img') || {}).naturalWidth > 0", timeout=60_000)
     page.close()
@@ -175,8 +213,9 @@ def test_search_tab_finds_clips_of_the_folder_and_plays_them(served_app, browser
     assert f"Search the {len(clips)} clips" in page.locator("#search-info").inner_text(timeout=30_000)
     page.locator("#search-query textarea").fill("a green star rotating")
     page.locator("#search-button").click()
-    page.wait_for_function("document.querySelectorAll('#search-results video, #search-results img').length > 0",
-                           timeout=60_000)
+    page.wait_for_function(
+        "document.querySelectorAll('#search-results video, #search-results img').length > 0", timeout=60_000
+    )
     shown = page.locator("#search-results").inner_text()
     # the library's ranking with the same model and the index the app built
     index = VideoIndex.load(search_index)

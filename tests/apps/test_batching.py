@@ -18,6 +18,7 @@ def doubling(calls):
         if any(item == "poison" for item in inputs):
             raise ValueError("poisoned batch")
         return [item * 2 for item in inputs]
+
     return run
 
 

@@ -55,8 +55,14 @@ def served(search_dir, tmp_path_factory, smollm2_tokenizer):
         video_text = load_video_text_model(LVT_NPZ, tokenizer=TEST_SPM_MODEL)
         service = ModelService(load_model(glue_dir), limits, model_dir=glue_dir)
         # as the app does: the search side's model work runs in the glue's worker
-        search = SearchService.start(video_text, search_dir, limits, index_dir=tmp_path_factory.mktemp("index"),
-                                     progress=False, run_model_work=service.run_model_work)
+        search = SearchService.start(
+            video_text,
+            search_dir,
+            limits,
+            index_dir=tmp_path_factory.mktemp("index"),
+            progress=False,
+            run_model_work=service.run_model_work,
+        )
         demo = launch_app(service, port=free_port(), examples=[], prevent_thread_lock=True, quiet=True, search=search)
         try:
             yield demo.local_url, search
@@ -78,7 +84,9 @@ def test_search_endpoint_ranks_the_folder_as_the_library_does(served, client, se
     expected_scores, expected_rows = index.search(search.model.embed_texts(["a red square"]), 3)
     expected = [index.videos[int(r)] for r in expected_rows[0]]
     assert [item["clip"] for item in scores] == [p.split("/")[-1] for p in expected]
-    assert [item["score"] for item in scores] == pytest.approx([round(float(s), 4) for s in expected_scores[0]], abs=1e-4)
+    assert [item["score"] for item in scores] == pytest.approx(
+        [round(float(s), 4) for s in expected_scores[0]], abs=1e-4
+    )
     assert len(gallery) == 3 and all(item["caption"].split()[0].endswith(".mp4") for item in gallery)
     # the clips of the search folder are served (playable in the page), other files are not
     url = served[0].rstrip("/") + "/gradio_api/file=" + str(search_dir / "clip0.mp4")
@@ -96,7 +104,9 @@ def test_labels_endpoint_equals_library_zero_shot(served, client, search_dir):
     result = client.predict(handle_file(str(search_dir / "clip0.mp4")), "red, green, blue", api_name="/labels")
     model = search.model
     clip = load_clip(search_dir / "clip0.mp4", num_frames=model.num_frames, size=model.frame_size)
-    expected = classify_embeddings(model, model.embed_clips(clip[None]), label_embeddings(model, ["red", "green", "blue"]))[0]
+    expected = classify_embeddings(
+        model, model.embed_clips(clip[None]), label_embeddings(model, ["red", "green", "blue"])
+    )[0]
     got = {item["label"]: item["confidence"] for item in result["confidences"]}
     assert got == pytest.approx(dict(zip(["red", "green", "blue"], expected.tolist())), abs=1e-5)
     assert sum(got.values()) == pytest.approx(1.0, abs=1e-5)
@@ -160,11 +170,14 @@ def test_search_model_work_runs_in_the_thread_it_is_given(search_dir, tmp_path):
 
             return worker.submit(recorded).result()
 
-        routed = SearchService.start(model, search_dir, index_dir=tmp_path / "index", progress=False,
-                                     run_model_work=run_model_work)
+        routed = SearchService.start(
+            model, search_dir, index_dir=tmp_path / "index", progress=False, run_model_work=run_model_work
+        )
         assert routed.search("a red square", 3) == locked.search("a red square", 3)
         labels = "a red square, a blue circle"
-        assert routed.classify(str(search_dir / "clip0.mp4"), labels) == locked.classify(str(search_dir / "clip0.mp4"), labels)
+        assert routed.classify(str(search_dir / "clip0.mp4"), labels) == locked.classify(
+            str(search_dir / "clip0.mp4"), labels
+        )
     assert len(threads) == 2 and all(name.startswith("model-worker") for name in threads)
 
 

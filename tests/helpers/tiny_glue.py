@@ -19,15 +19,28 @@ def build_tiny_glue(tokenizer, seed: int = 0):
     torch.manual_seed(seed)
     encoder = VideoPrismVisionModel(
         VideoPrismVisionConfig(
-            hidden_size=32, num_attention_heads=2, intermediate_size=64, num_spatial_layers=1,
-            num_temporal_layers=1, image_size=SIZE, num_frames=FRAMES,
+            hidden_size=32,
+            num_attention_heads=2,
+            intermediate_size=64,
+            num_spatial_layers=1,
+            num_temporal_layers=1,
+            image_size=SIZE,
+            num_frames=FRAMES,
         )
     ).eval()
     llm = LlamaForCausalLM(
         LlamaConfig(
-            hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-            vocab_size=len(tokenizer), max_position_embeddings=512, initializer_range=0.1,
-            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            vocab_size=len(tokenizer),
+            max_position_embeddings=512,
+            initializer_range=0.1,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
         )
     ).eval()
     model = PrismVlmForConditionalGeneration.build(
@@ -59,8 +72,10 @@ def write_clip(path: Path, seed: int, frames: int = 6, size: int = 40) -> Path:
     from vlm.shapes.corpus import encode_mp4
 
     rng = np.random.default_rng(seed)
-    images = [np.kron(rng.integers(0, 255, (4, 4, 3), dtype=np.uint8), np.ones((size // 4, size // 4, 1), np.uint8))
-              for _ in range(frames)]
+    images = [
+        np.kron(rng.integers(0, 255, (4, 4, 3), dtype=np.uint8), np.ones((size // 4, size // 4, 1), np.uint8))
+        for _ in range(frames)
+    ]
     encode_mp4(np.stack(images), path, fps=8, preset="ultrafast")
     return path
 

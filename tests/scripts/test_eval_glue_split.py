@@ -19,12 +19,30 @@ def test_scores_every_question_of_the_split_from_the_cache(load_script, smollm2_
     model = build_tiny_glue(smollm2_tokenizer)
     glue = save_tiny_glue(model, smollm2_tokenizer, tmp_path)
     videos = list_videos(corpus / "val" / "captions.jsonl")
-    extract_features(model.encoder, videos, tmp_path / "cache", num_frames=FRAMES, size=SIZE, num_workers=0,
-                     progress=False)
+    extract_features(
+        model.encoder, videos, tmp_path / "cache", num_frames=FRAMES, size=SIZE, num_workers=0, progress=False
+    )
     script = load_script("eval_glue_split")
     out = tmp_path / "scores.json"
-    assert script.main(["--model", str(glue), "--features", str(tmp_path / "cache"), "--corpus", str(corpus),
-                        "--split", "val", "--profile", "smoke", "--json-out", str(out)]) == 0
+    assert (
+        script.main(
+            [
+                "--model",
+                str(glue),
+                "--features",
+                str(tmp_path / "cache"),
+                "--corpus",
+                str(corpus),
+                "--split",
+                "val",
+                "--profile",
+                "smoke",
+                "--json-out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     saved = json.loads(out.read_text())
     val_clips = read_attributes(corpus, "val")
@@ -33,7 +51,13 @@ def test_scores_every_question_of_the_split_from_the_cache(load_script, smollm2_
     assert saved["closed_per_type"]["num_questions"] == saved["questions"]
     assert saved["captions"]["num_clips"] == min(len(val_clips), PROFILES["smoke"].caption_clips)
     assert printed["closed_all"] == round(saved["closed_per_type"]["accuracy"], 1)
-    assert 0 <= printed["closed_all"] <= 100 and set(printed["closed_per_type"]) <= {"colour", "shape", "motion", "count"}
+    assert 0 <= printed["closed_all"] <= 100 and set(printed["closed_per_type"]) <= {
+        "colour",
+        "shape",
+        "motion",
+        "count",
+    }
     with pytest.raises(SystemExit, match="refs.jsonl is missing"):
-        script.main(["--model", str(glue), "--features", str(tmp_path / "cache"), "--corpus", str(corpus),
-                     "--split", "nosuch"])
+        script.main(
+            ["--model", str(glue), "--features", str(tmp_path / "cache"), "--corpus", str(corpus), "--split", "nosuch"]
+        )

@@ -13,7 +13,9 @@ def breakdown(load_script):
 
 
 def example(video, question, answer, kind):
-    return QAExample(video=video, question=question, answer=answer, question_type=kind, question_id=f"{video}-{question}")
+    return QAExample(
+        video=video, question=question, answer=answer, question_type=kind, question_id=f"{video}-{question}"
+    )
 
 
 def test_groups_by_type_object_count_named_shape_and_answer(breakdown):

@@ -19,8 +19,22 @@ def test_trains_on_one_object_train_clips_and_scores_val(load_script, tmp_path):
     assert all("/val/" in str(path) for path, _ in rows)
     assert rows[0][1]["shape"] == script.ANSWER_VOCABULARY["shape"].index(val[0].objects[0].shape)
 
-    common = ["--corpus", str(corpus), "--profile", "smoke", "--steps", "3", "--batch", "4", "--threads", "1",
-              "--set", "hidden_size=32", "--set", "mlp_size=64"]
+    common = [
+        "--corpus",
+        str(corpus),
+        "--profile",
+        "smoke",
+        "--steps",
+        "3",
+        "--batch",
+        "4",
+        "--threads",
+        "1",
+        "--set",
+        "hidden_size=32",
+        "--set",
+        "mlp_size=64",
+    ]
     results = []
     for name in ("a", "b"):
         assert script.main([*common, "--work", str(tmp_path / name)]) == 0

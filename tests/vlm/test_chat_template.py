@@ -48,7 +48,6 @@ PLAIN = [
 ]
 
 
-
 # ---------------------------------------------------------------------------------------------
 # Reading rows
 # ---------------------------------------------------------------------------------------------
@@ -57,22 +56,32 @@ PLAIN = [
 def test_both_layouts_read_to_the_same_messages():
     assert read_conversation(LLAVA) == PLAIN == read_conversation(MESSAGES)
     with_system = [{"from": "system", "value": "Be brief."}, *LLAVA, {"from": "human", "value": "Why?"}]
-    assert read_conversation(with_system) == [{"role": "system", "content": "Be brief."}, *PLAIN]  # unanswered turn dropped
-    assert read_conversation([{"from": "human", "value": "Describe it. <image>"}, {"from": "gpt", "value": "A dog."}])[0] == \
-        {"role": "user", "content": "Describe it."}
+    assert read_conversation(with_system) == [
+        {"role": "system", "content": "Be brief."},
+        *PLAIN,
+    ]  # unanswered turn dropped
+    assert read_conversation([{"from": "human", "value": "Describe it. <image>"}, {"from": "gpt", "value": "A dog."}])[
+        0
+    ] == {"role": "user", "content": "Describe it."}
 
 
-@pytest.mark.parametrize("turns, reason", [
-    ([{"from": "human", "value": "<video>\nHi"}], "no assistant turn"),
-    ([{"from": "gpt", "value": "Hello"}, {"from": "human", "value": "<video>\nHi"}], "roles out of order"),
-    ([LLAVA[0], LLAVA[1], LLAVA[1]], "roles out of order"),
-    ([LLAVA[0], LLAVA[1], {"from": "human", "value": "<video>\nAnd now?"}, LLAVA[3]], "video marker in a later turn"),
-    ([LLAVA[0], {"from": "gpt", "value": "  "}], "empty text"),
-    ([{"from": "human", "value": "<video>"}, LLAVA[1]], "empty text"),
-    ([{"from": "narrator", "value": "x"}, LLAVA[1]], "unknown role"),
-    ([], "no turns"),
-    ("not a list", "no turns"),
-])
+@pytest.mark.parametrize(
+    "turns, reason",
+    [
+        ([{"from": "human", "value": "<video>\nHi"}], "no assistant turn"),
+        ([{"from": "gpt", "value": "Hello"}, {"from": "human", "value": "<video>\nHi"}], "roles out of order"),
+        ([LLAVA[0], LLAVA[1], LLAVA[1]], "roles out of order"),
+        (
+            [LLAVA[0], LLAVA[1], {"from": "human", "value": "<video>\nAnd now?"}, LLAVA[3]],
+            "video marker in a later turn",
+        ),
+        ([LLAVA[0], {"from": "gpt", "value": "  "}], "empty text"),
+        ([{"from": "human", "value": "<video>"}, LLAVA[1]], "empty text"),
+        ([{"from": "narrator", "value": "x"}, LLAVA[1]], "unknown role"),
+        ([], "no turns"),
+        ("not a list", "no turns"),
+    ],
+)
 def test_bad_rows_name_their_reason(turns, reason):
     with pytest.raises(ConversationError, match=f"^{reason}"):
         read_conversation(turns)
@@ -90,10 +99,15 @@ def test_labels_cover_exactly_the_assistant_turns_token_by_token(smollm2_tokeniz
     ids = chat_training_ids(tokenizer, PLAIN, {end})
     # prefix + suffix is the template's own rendering (the video goes between them), up to the last <|im_end|>
     rendered = tokenizer.apply_chat_template(PLAIN, tokenize=False)
-    assert tokenizer.decode(ids.prefix_ids + ids.suffix_ids) == rendered[: rendered.rindex("<|im_end|>") + len("<|im_end|>")]
+    assert (
+        tokenizer.decode(ids.prefix_ids + ids.suffix_ids)
+        == rendered[: rendered.rindex("<|im_end|>") + len("<|im_end|>")]
+    )
     assert tokenizer.decode(ids.prefix_ids).endswith("<|im_start|>user\n")
     # walk the suffix: a position is labelled iff it lies inside an assistant reply (its text or its <|im_end|>)
-    replies = [tokenizer(m["content"], add_special_tokens=False).input_ids + [end] for m in PLAIN if m["role"] == "assistant"]
+    replies = [
+        tokenizer(m["content"], add_special_tokens=False).input_ids + [end] for m in PLAIN if m["role"] == "assistant"
+    ]
     expected = [IGNORE_INDEX] * len(ids.suffix_ids)
     cursor = 0
     for reply in replies:
@@ -153,19 +167,38 @@ def data(tmp_path_factory, smollm2_tokenizer):
 
     root = tmp_path_factory.mktemp("conversations")
     model = tiny_parts_with_clips(root, smollm2_tokenizer, 4)
-    rows = [{"video": f"clips/c{i}.mp4", "conversations": [
-        {"from": "human", "value": f"<video>\nWhat is clip {i}?"}, {"from": "gpt", "value": f"It is clip number {i}."},
-        {"from": "human", "value": "Anything else?"}, {"from": "gpt", "value": "Blocks of colour."}]} for i in range(4)]
+    rows = [
+        {
+            "video": f"clips/c{i}.mp4",
+            "conversations": [
+                {"from": "human", "value": f"<video>\nWhat is clip {i}?"},
+                {"from": "gpt", "value": f"It is clip number {i}."},
+                {"from": "human", "value": "Anything else?"},
+                {"from": "gpt", "value": "Blocks of colour."},
+            ],
+        }
+        for i in range(4)
+    ]
     bad = [
         {"video": "clips/c0.mp4", "conversations": [{"from": "human", "value": "<video>\nHi"}]},
         {"video": "clips/c1.mp4", "conversations": [LLAVA[1], LLAVA[0]]},
-        {"video": "clips/c2.mp4", "conversations": [LLAVA[0], LLAVA[1], {"from": "human", "value": "<video> again?"}, LLAVA[3]]},
+        {
+            "video": "clips/c2.mp4",
+            "conversations": [LLAVA[0], LLAVA[1], {"from": "human", "value": "<video> again?"}, LLAVA[3]],
+        },
         {"video": "clips/c3.mp4", "conversations": [LLAVA[0], {"from": "gpt", "value": ""}]},
     ]
     write_jsonl(root / "llava.jsonl", rows + bad)
     write_jsonl(root / "captions.jsonl", [{"video": f"clips/c{i}.mp4", "caption": f"clip {i}"} for i in range(4)])
-    extract_features(model.encoder, list_videos(root / "captions.jsonl"), root / "cache", num_frames=FRAMES, size=SIZE,
-                     num_workers=0, progress=False)
+    extract_features(
+        model.encoder,
+        list_videos(root / "captions.jsonl"),
+        root / "cache",
+        num_frames=FRAMES,
+        size=SIZE,
+        num_workers=0,
+        progress=False,
+    )
     return {"root": root, "model": model}
 
 
@@ -176,12 +209,25 @@ def test_jsonl_and_saved_dataset_sources_with_bad_rows_reported(data, tmp_path):
     loaded = load_examples(DataSource(str(root / "llava.jsonl")))
     assert loaded.task == "chat" and loaded.rows == 8 and len(loaded.examples) == 4
     reasons = loaded.report()["skipped_by_reason"]
-    assert reasons == {"no assistant turn": 1, "roles out of order": 1, "video marker in a later turn": 1, "empty text": 1}
+    assert reasons == {
+        "no assistant turn": 1,
+        "roles out of order": 1,
+        "video marker in a later turn": 1,
+        "empty text": 1,
+    }
     assert loaded.examples[0].messages[0] == ("user", "What is clip 0?")
-    dataset = datasets.Dataset.from_list([
-        {"clip": str(root / "clips" / f"c{i}.mp4"),
-         "messages": [{"role": "user", "content": f"What is clip {i}?"}, {"role": "assistant", "content": f"It is clip number {i}."}]}
-        for i in range(3)])
+    dataset = datasets.Dataset.from_list(
+        [
+            {
+                "clip": str(root / "clips" / f"c{i}.mp4"),
+                "messages": [
+                    {"role": "user", "content": f"What is clip {i}?"},
+                    {"role": "assistant", "content": f"It is clip number {i}."},
+                ],
+            }
+            for i in range(3)
+        ]
+    )
     dataset.save_to_disk(str(tmp_path / "hf"))
     hf = load_examples(DataSource(str(tmp_path / "hf"), columns={"video": "clip"}))
     assert hf.task == "chat" and len(hf.examples) == 3
@@ -210,8 +256,14 @@ def test_conversation_loss_from_the_cache_equals_on_the_fly_and_ignores_user_tur
     features = model.get_video_features(video_tokens=tokens)
     inputs, _ = model.training_inputs(features, texts)
     with torch.no_grad():
-        log_probs = torch.log_softmax(model.llm(inputs_embeds=inputs.inputs_embeds, attention_mask=inputs.attention_mask,
-                                                position_ids=inputs.position_ids).logits.float(), dim=-1)
+        log_probs = torch.log_softmax(
+            model.llm(
+                inputs_embeds=inputs.inputs_embeds,
+                attention_mask=inputs.attention_mask,
+                position_ids=inputs.position_ids,
+            ).logits.float(),
+            dim=-1,
+        )
     length = log_probs.shape[1]
     for row, text in enumerate(texts):
         start = length - len(text.suffix_ids)  # suffix position i is sequence position start + i
@@ -220,7 +272,9 @@ def test_conversation_loss_from_the_cache_equals_on_the_fly_and_ignores_user_tur
     # a different user question changes nothing the loss sees but the context; a different reply changes the loss
     other_reply = [dict(m) for m in PLAIN]
     other_reply[3]["content"] = "It is staying still."
-    changed = model.example_losses(VideoAssistant(model).processor.training_texts(*args, conversations=[other_reply, None]), video_tokens=tokens)
+    changed = model.example_losses(
+        VideoAssistant(model).processor.training_texts(*args, conversations=[other_reply, None]), video_tokens=tokens
+    )
     assert abs(float(changed[0].detach()) - float(cached[0].detach())) > 1e-4
     assert float(changed[1].detach()) == pytest.approx(float(cached[1].detach()), abs=1e-6)
 
@@ -228,11 +282,27 @@ def test_conversation_loss_from_the_cache_equals_on_the_fly_and_ignores_user_tur
 def test_training_run_mixes_conversations_and_reports_them(data, tmp_path):
     root = data["root"]
     config = TrainConfig(
-        output_dir=str(tmp_path / "run"), train_data=[str(root / "captions.jsonl"), f"{root / 'llava.jsonl'}:2"],
-        val_data=[str(root / "llava.jsonl")], features=str(root / "cache"), encoder=str(root / "encoder"),
-        llm=str(root / "llm"), num_latents=4, resampler_heads=2, max_steps=3, batch_size=4, micro_batch_size=2,
-        warmup_steps=1, learning_rate=1e-2, log_every=1, checkpoint_every=3, val_every=3, max_val_examples=4,
-        val_samples=1, num_workers=0, progress=False, max_target_tokens=8,
+        output_dir=str(tmp_path / "run"),
+        train_data=[str(root / "captions.jsonl"), f"{root / 'llava.jsonl'}:2"],
+        val_data=[str(root / "llava.jsonl")],
+        features=str(root / "cache"),
+        encoder=str(root / "encoder"),
+        llm=str(root / "llm"),
+        num_latents=4,
+        resampler_heads=2,
+        max_steps=3,
+        batch_size=4,
+        micro_batch_size=2,
+        warmup_steps=1,
+        learning_rate=1e-2,
+        log_every=1,
+        checkpoint_every=3,
+        val_every=3,
+        max_val_examples=4,
+        val_samples=1,
+        num_workers=0,
+        progress=False,
+        max_target_tokens=8,
     )
     model_dir = train_glue(config)
     assert (model_dir / "resampler.safetensors").is_file()

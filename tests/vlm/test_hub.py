@@ -36,8 +36,9 @@ def test_auto_classes_round_trip_a_saved_glue(glue_dir, clip, tmp_path):
     model = AutoModel.from_pretrained(glue_dir)
     assert isinstance(model, PrismVlmForConditionalGeneration)
     reference = load_model(glue_dir)
-    expected = VideoAssistant(reference).caption(clips=(clips := VideoAssistant(reference).load_videos([clip], FRAMES)),
-                                                 max_new_tokens=6)
+    expected = VideoAssistant(reference).caption(
+        clips=(clips := VideoAssistant(reference).load_videos([clip], FRAMES)), max_new_tokens=6
+    )
     assert VideoAssistant(model).caption(clips=clips, max_new_tokens=6) == expected
     out = model.save_pretrained(tmp_path / "again")
     assert sorted(p.name for p in out.iterdir()) == ["README.md", "config.json", "resampler.safetensors"]  # one config
@@ -166,6 +167,7 @@ def test_processor_prepares_videos_and_text_for_the_model(glue_dir, clip):
     assert tuple(inputs["pixel_values_videos"].shape) == (2, FRAMES, size, size, 3)
     assert inputs["attention_mask"][0, 0] == 0 and inputs["attention_mask"][1].all()  # left-padded
     assert assistant.caption(clips=inputs["pixel_values_videos"], max_new_tokens=4) == assistant.caption(
-        clips=assistant.load_videos([clip, clip], FRAMES), max_new_tokens=4)
+        clips=assistant.load_videos([clip, clip], FRAMES), max_new_tokens=4
+    )
     with pytest.raises(ValueError, match="give videos"):
         assistant.processor()

@@ -74,15 +74,22 @@ def tiny_llm(tokenizer, hidden_size: int = 32, seed: int = 0) -> LlamaForCausalL
 def tiny_encoder(seed: int = 0) -> VideoPrismVisionModel:
     torch.manual_seed(seed)
     config = VideoPrismVisionConfig(
-        hidden_size=32, num_attention_heads=2, intermediate_size=64, num_spatial_layers=1,
-        num_temporal_layers=1, image_size=36, num_frames=2,
+        hidden_size=32,
+        num_attention_heads=2,
+        intermediate_size=64,
+        num_spatial_layers=1,
+        num_temporal_layers=1,
+        image_size=36,
+        num_frames=2,
     )
     return VideoPrismVisionModel(config).eval()
 
 
 @pytest.fixture(scope="module")
 def model(tokenizer) -> PrismVlmForConditionalGeneration:
-    vlm = PrismVlmForConditionalGeneration.build(tiny_llm(tokenizer), tokenizer, tiny_encoder(), num_latents=NUM_LATENTS, num_heads=2)
+    vlm = PrismVlmForConditionalGeneration.build(
+        tiny_llm(tokenizer), tokenizer, tiny_encoder(), num_latents=NUM_LATENTS, num_heads=2
+    )
     with torch.no_grad():  # latents at the scale of real activations, so the video matters to the LLM
         vlm.resampler.latents.normal_(0, 1.0)
     return vlm.eval()
@@ -196,7 +203,9 @@ def test_batched_answers_with_left_padding_equal_unbatched(model, clips):
     single_ids = [_answer_token_ids(model, clips[i : i + 1], [q])[0] for i, q in enumerate(questions)]
     assert batched_ids == single_ids
     assert all(len(ids) <= 10 for ids in batched_ids) and any(len(ids) == 10 for ids in batched_ids)
-    assert VideoAssistant(model).answer(questions, clips=clips) == [VideoAssistant(model).answer([q], clips=clips[i : i + 1])[0] for i, q in enumerate(questions)]
+    assert VideoAssistant(model).answer(questions, clips=clips) == [
+        VideoAssistant(model).answer([q], clips=clips[i : i + 1])[0] for i, q in enumerate(questions)
+    ]
 
 
 def _answer_token_ids(model, clips, questions, max_new_tokens=10):
@@ -229,7 +238,9 @@ def test_rows_stop_independently_at_stop_tokens(model, clips):
     if newline_row is not None:
         cut = next(i for i, t in enumerate(newline_row) if "\n" in model.tokenizer.decode([t]))
         row = free.index(newline_row)
-        lines = generate_ids(model.llm, model.tokenizer, inputs.inputs_embeds, inputs.attention_mask, stop_at_newline=True)
+        lines = generate_ids(
+            model.llm, model.tokenizer, inputs.inputs_embeds, inputs.attention_mask, stop_at_newline=True
+        )
         assert lines[row] == newline_row[: cut + 1]
 
 
@@ -242,7 +253,9 @@ def test_generation_settings_sample_repeatably_and_search_beams(model, clips):
     first = generate_ids(*arguments, sampled)
     assert generate_ids(*arguments, sampled) == first  # seeded: repeatable
     assert generate_ids(*arguments, sampled.replace(seed=4)) != first
-    assert generate_ids(*arguments, GenerationSettings(max_new_tokens=8)) == [r[:8] for r in greedy_generate(*arguments)]
+    assert generate_ids(*arguments, GenerationSettings(max_new_tokens=8)) == [
+        r[:8] for r in greedy_generate(*arguments)
+    ]
     beams = generate_ids(*arguments, GenerationSettings(max_new_tokens=8, num_beams=3))
     assert len(beams) == 2 and all(len(row) <= 8 for row in beams)
     for bad in (dict(temperature=0), dict(top_p=1.5), dict(num_beams=0), dict(max_new_tokens=0), dict(top_k=-1)):
@@ -308,7 +321,8 @@ def test_chat_stream_yields_pieces_of_the_greedy_reply(model, clips):
     with torch.no_grad():
         features = model.get_video_features(clips=clips[:1])
     inputs = model.get_prompt_embeddings(
-        features, [model.tokenizer(before, add_special_tokens=False).input_ids],
+        features,
+        [model.tokenizer(before, add_special_tokens=False).input_ids],
         [model.tokenizer(after, add_special_tokens=False).input_ids],
     )
     ids = greedy_generate(model.llm, model.tokenizer, inputs.inputs_embeds, inputs.attention_mask, 8)[0]
@@ -321,15 +335,21 @@ def test_batched_chats_equal_each_chat_alone(model, clips):
     conversations = [
         [{"role": "user", "content": "Describe the video."}],
         [{"role": "user", "content": "What colour is the object in this clip, please?"}],
-        [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello! Ask me about the clip."},
-         {"role": "user", "content": "How is it moving?"}],
+        [
+            {"role": "user", "content": "Hi"},
+            {"role": "assistant", "content": "Hello! Ask me about the clip."},
+            {"role": "user", "content": "How is it moving?"},
+        ],
     ]
     steps = list(VideoAssistant(model).chat_stream_batch(conversations, clips=clips, max_new_tokens=10))
     batched = ["".join(step[row] for step in steps if step[row] is not None) for row in range(3)]
     for row in range(3):  # a row ends with None and stays ended
         ends = [step[row] is None for step in steps]
         assert ends[-1] and ends == sorted(ends)
-    alone = [VideoAssistant(model).chat(messages, clips=clips[row : row + 1], max_new_tokens=10) for row, messages in enumerate(conversations)]
+    alone = [
+        VideoAssistant(model).chat(messages, clips=clips[row : row + 1], max_new_tokens=10)
+        for row, messages in enumerate(conversations)
+    ]
     assert batched == alone
     assert all(len(step) == 3 for step in steps) and len(set(batched)) > 1
     with pytest.raises(ValueError, match="2 chats for 3 videos"):
@@ -376,9 +396,14 @@ def test_scoring_memory_is_bounded_by_fed_tokens_whatever_the_lengths(model, cli
     ids = candidate_token_ids(tokenizer, candidates)
     prefix = _prefix(model, clips)
     shapes = []
-    handle = model.llm.register_forward_hook(lambda module, args, kwargs, output: shapes.append(
-        tuple((kwargs.get("input_ids") if kwargs.get("input_ids") is not None else kwargs["inputs_embeds"]).shape[:2])),
-        with_kwargs=True)
+    handle = model.llm.register_forward_hook(
+        lambda module, args, kwargs, output: shapes.append(
+            tuple(
+                (kwargs.get("input_ids") if kwargs.get("input_ids") is not None else kwargs["inputs_embeds"]).shape[:2]
+            )
+        ),
+        with_kwargs=True,
+    )
     try:
         bounded = candidate_log_likelihoods(model.llm, prefix, ids, max_tokens_per_forward=8)
     finally:
@@ -441,11 +466,13 @@ def test_save_load_round_trip_gives_identical_outputs(model, clips, saved_parts)
     assert config["prompts"]["qa_template"] == "question: {question} answer:"
     assert config["resampler"]["num_latents"] == NUM_LATENTS
     restored = PrismVlmForConditionalGeneration.from_pretrained(glue)
-    assert VideoAssistant(restored).caption(clips=clips, max_new_tokens=6) == VideoAssistant(model).caption(clips=clips, max_new_tokens=6)
-    candidates = ["red", "water bottle"]
-    assert VideoAssistant(restored).score_answers("what?", candidates, clips=clips[:1]) == VideoAssistant(model).score_answers(
-        "what?", candidates, clips=clips[:1]
+    assert VideoAssistant(restored).caption(clips=clips, max_new_tokens=6) == VideoAssistant(model).caption(
+        clips=clips, max_new_tokens=6
     )
+    candidates = ["red", "water bottle"]
+    assert VideoAssistant(restored).score_answers("what?", candidates, clips=clips[:1]) == VideoAssistant(
+        model
+    ).score_answers("what?", candidates, clips=clips[:1])
 
 
 def test_from_pretrained_source_overrides(model, clips, saved_parts, tmp_path, tokenizer):
@@ -461,7 +488,9 @@ def test_from_pretrained_source_overrides(model, clips, saved_parts, tmp_path, t
         torch.testing.assert_close(
             restored.get_video_features(video_tokens=tokens), model.get_video_features(video_tokens=tokens)
         )
-    assert VideoAssistant(restored).caption(video_tokens=tokens, max_new_tokens=6) != VideoAssistant(model).caption(video_tokens=tokens, max_new_tokens=6)
+    assert VideoAssistant(restored).caption(video_tokens=tokens, max_new_tokens=6) != VideoAssistant(model).caption(
+        video_tokens=tokens, max_new_tokens=6
+    )
     with pytest.raises(MissingVideoInputError, match="no video encoder"):
         VideoAssistant(restored).caption(clips=clips[:1])
 
@@ -469,7 +498,9 @@ def test_from_pretrained_source_overrides(model, clips, saved_parts, tmp_path, t
 def test_checkpoint_for_another_llm_width_is_rejected(saved_parts, tokenizer):
     wider = tiny_llm(tokenizer, hidden_size=48)
     with pytest.raises(ResamplerWidthMismatchError, match="width 32.*hidden size 48"):
-        PrismVlmForConditionalGeneration.from_pretrained(saved_parts["glue"], llm=wider, tokenizer=tokenizer, load_video_encoder=False)
+        PrismVlmForConditionalGeneration.from_pretrained(
+            saved_parts["glue"], llm=wider, tokenizer=tokenizer, load_video_encoder=False
+        )
 
 
 @pytest.mark.quick
@@ -477,8 +508,15 @@ def test_resampler_width_must_match_llm_and_encoder(model, tokenizer):
     with pytest.raises(ResamplerWidthMismatchError, match="hidden size 48"):
         PrismVlmForConditionalGeneration(model.config, tiny_llm(tokenizer, hidden_size=48), tokenizer)
     other_encoder = VideoPrismVisionModel(
-        VideoPrismVisionConfig(hidden_size=16, num_attention_heads=2, intermediate_size=32, num_spatial_layers=1,
-                               num_temporal_layers=1, image_size=36, num_frames=2)
+        VideoPrismVisionConfig(
+            hidden_size=16,
+            num_attention_heads=2,
+            intermediate_size=32,
+            num_spatial_layers=1,
+            num_temporal_layers=1,
+            image_size=36,
+            num_frames=2,
+        )
     )
     with pytest.raises(ResamplerWidthMismatchError, match="encoder"):
         PrismVlmForConditionalGeneration(model.config, model.llm, tokenizer, encoder=other_encoder)
@@ -532,12 +570,26 @@ class PastKeyValuesLM(torch.nn.Module):
     def get_input_embeddings(self):
         return self.inner.get_input_embeddings()
 
-    def forward(self, input_ids=None, inputs_embeds=None, attention_mask=None, position_ids=None,
-                past_key_values=None, use_cache=None, logits_to_keep=0):
+    def forward(
+        self,
+        input_ids=None,
+        inputs_embeds=None,
+        attention_mask=None,
+        position_ids=None,
+        past_key_values=None,
+        use_cache=None,
+        logits_to_keep=0,
+    ):
         self.caches_seen.append(past_key_values)
-        return self.inner(input_ids=input_ids, inputs_embeds=inputs_embeds, attention_mask=attention_mask,
-                          position_ids=position_ids, use_cache=use_cache, logits_to_keep=logits_to_keep,
-                          **{kv_cache_argument(self.inner): past_key_values})
+        return self.inner(
+            input_ids=input_ids,
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            use_cache=use_cache,
+            logits_to_keep=logits_to_keep,
+            **{kv_cache_argument(self.inner): past_key_values},
+        )
 
 
 @pytest.mark.quick
@@ -554,7 +606,10 @@ def test_kv_cache_goes_in_under_the_name_the_llm_takes(model, clips):
 
     candidates = candidate_token_ids(model.tokenizer, ["red", "a blue car", "green"])
     old_scores = candidate_log_likelihoods(old_style, inputs.inputs_embeds, candidates)
-    assert torch.allclose(torch.as_tensor(old_scores), torch.as_tensor(candidate_log_likelihoods(model.llm, inputs.inputs_embeds, candidates)))
+    assert torch.allclose(
+        torch.as_tensor(old_scores),
+        torch.as_tensor(candidate_log_likelihoods(model.llm, inputs.inputs_embeds, candidates)),
+    )
     assert old_style.caches_seen and all(cache is not None for cache in old_style.caches_seen)
 
     class NoCacheLM(PastKeyValuesLM):
@@ -577,7 +632,9 @@ def test_empty_and_overlong_questions(model, clips):
     long_question = "why " * 200 + "?"
     with pytest.warns(UserWarning, match="truncated to the first 64"):
         prompt = VideoAssistant(model).qa_prompt(long_question)
-    assert len(model.tokenizer(prompt).input_ids) <= 64 + len(model.tokenizer(VideoAssistant(model).qa_prompt("x")).input_ids)
+    assert len(model.tokenizer(prompt).input_ids) <= 64 + len(
+        model.tokenizer(VideoAssistant(model).qa_prompt("x")).input_ids
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         assert isinstance(VideoAssistant(model).answer([long_question], clips=clips[:1], max_new_tokens=2)[0], str)

@@ -27,8 +27,15 @@ SHOTS = [Shot("who is talking to his family?", "man"), Shot("what is the woman c
 def model(smollm2_llm, smollm2_tokenizer) -> PrismVlmForConditionalGeneration:
     torch.manual_seed(0)
     encoder = VideoPrismVisionModel(
-        VideoPrismVisionConfig(hidden_size=32, num_attention_heads=2, intermediate_size=64, num_spatial_layers=1,
-                               num_temporal_layers=1, image_size=36, num_frames=2)
+        VideoPrismVisionConfig(
+            hidden_size=32,
+            num_attention_heads=2,
+            intermediate_size=64,
+            num_spatial_layers=1,
+            num_temporal_layers=1,
+            image_size=36,
+            num_frames=2,
+        )
     ).eval()
     vlm = PrismVlmForConditionalGeneration.build(smollm2_llm, smollm2_tokenizer, encoder, num_latents=8, num_heads=4)
     with torch.no_grad():  # soft prompt at the scale of SmolLM2's token embeddings
@@ -60,7 +67,10 @@ def test_captions_batched_equal_unbatched(model, clips):
 def test_open_answers_batched_with_padding_equal_unbatched(model, clips):
     questions = ["what is the man hitting?", "what is he doing with the water bottle on the table?"]
     batched = VideoAssistant(model).answer(questions, clips=clips, shots=SHOTS, max_new_tokens=6)
-    single = [VideoAssistant(model).answer([q], clips=clips[i : i + 1], shots=SHOTS, max_new_tokens=6)[0] for i, q in enumerate(questions)]
+    single = [
+        VideoAssistant(model).answer([q], clips=clips[i : i + 1], shots=SHOTS, max_new_tokens=6)[0]
+        for i, q in enumerate(questions)
+    ]
     assert batched == single
     assert all("\n" not in answer for answer in batched)
 
@@ -73,14 +83,20 @@ def test_fast_scoring_equals_naive_scoring(model, clips, candidates):
     ids = candidate_token_ids(model.tokenizer, candidates)
     with torch.no_grad():
         features = model.get_video_features(clips=clips[:1])
-    prefix = VideoAssistant(model).prompt_inputs(features, [VideoAssistant(model).qa_prompt("what is the man hitting?", SHOTS)]).inputs_embeds
+    prefix = (
+        VideoAssistant(model)
+        .prompt_inputs(features, [VideoAssistant(model).qa_prompt("what is the man hitting?", SHOTS)])
+        .inputs_embeds
+    )
     fast = candidate_log_likelihoods(model.llm, prefix, ids, batch_size=2)
     naive = naive_candidate_log_likelihoods(model.llm, prefix, ids)
     torch.testing.assert_close(fast, naive, atol=1e-4, rtol=0)
 
 
 def test_closed_vocabulary_ranking(model, clips):
-    ranked = VideoAssistant(model).score_answers("what is the man hitting?", ["bottle", "water bottle", "drum"], clips=clips[:1], shots=SHOTS)
+    ranked = VideoAssistant(model).score_answers(
+        "what is the man hitting?", ["bottle", "water bottle", "drum"], clips=clips[:1], shots=SHOTS
+    )
     assert [r.log_likelihood for r in ranked] == sorted((r.log_likelihood for r in ranked), reverse=True)
     assert math.isclose(sum(r.probability for r in ranked), 1.0, rel_tol=1e-9)
     assert {r.answer: r.num_tokens for r in ranked}["water bottle"] == 2
@@ -103,8 +119,10 @@ def test_save_load_round_trip_with_smollm2(model, clips, tmp_path, smollm2_llm, 
     )
     saved_fields = lambda config: {k: v for k, v in config.to_dict().items() if k != "transformers_version"}  # noqa: E731
     assert saved_fields(restored.config) == saved_fields(model.config)
-    assert VideoAssistant(restored).caption(clips=clips[:1], max_new_tokens=4) == VideoAssistant(model).caption(clips=clips[:1], max_new_tokens=4)
-    candidates = ["bottle", "water bottle"]
-    assert VideoAssistant(restored).score_answers("what?", candidates, clips=clips[:1]) == VideoAssistant(model).score_answers(
-        "what?", candidates, clips=clips[:1]
+    assert VideoAssistant(restored).caption(clips=clips[:1], max_new_tokens=4) == VideoAssistant(model).caption(
+        clips=clips[:1], max_new_tokens=4
     )
+    candidates = ["bottle", "water bottle"]
+    assert VideoAssistant(restored).score_answers("what?", candidates, clips=clips[:1]) == VideoAssistant(
+        model
+    ).score_answers("what?", candidates, clips=clips[:1])

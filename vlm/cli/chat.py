@@ -43,8 +43,9 @@ class ChatSession:
             raise ChatMessagesError("the message is empty")
         messages = recent_turns(self.history, self.max_exchanges) + [{"role": "user", "content": text}]
         pieces = []
-        for piece in self.assistant.chat_stream(messages, video_tokens=self.video_tokens,
-                                                max_new_tokens=self.max_new_tokens, generation=self.generation):
+        for piece in self.assistant.chat_stream(
+            messages, video_tokens=self.video_tokens, max_new_tokens=self.max_new_tokens, generation=self.generation
+        ):
             if not pieces:
                 piece = piece.lstrip()  # the reply as recorded: no leading space
                 if not piece:
@@ -134,17 +135,30 @@ def _cmd_chat(args: argparse.Namespace) -> int:
 
 def add_subcommand(subparsers) -> None:
     chat = subparsers.add_parser(
-        "chat", help="chat about a video in the terminal (or one-shot with --message)",
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+        "chat",
+        help="chat about a video in the terminal (or one-shot with --message)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     chat.add_argument("video", help="video file")
-    chat.add_argument("--message", action="append", default=None, metavar="TEXT",
-                      help="send TEXT and print the reply, no prompt; repeat for several turns")
+    chat.add_argument(
+        "--message",
+        action="append",
+        default=None,
+        metavar="TEXT",
+        help="send TEXT and print the reply, no prompt; repeat for several turns",
+    )
     chat.add_argument("--json", action="store_true", help="with --message: print the turns as JSON")
     chat.add_argument("--model", default=None, help="saved glue model directory (default: the installed demo model)")
-    chat.add_argument("--frames", type=FRAMES, default=None, help="frames sampled from the video (default: the model's)")
-    chat.add_argument("--max-new-tokens", type=NEW_TOKENS, default=128, help="at most this many tokens per reply (default 128)")
-    chat.add_argument("--max-exchanges", type=POSITIVE, default=8, help="exchanges kept in the prompt (default 8, as the app)")
+    chat.add_argument(
+        "--frames", type=FRAMES, default=None, help="frames sampled from the video (default: the model's)"
+    )
+    chat.add_argument(
+        "--max-new-tokens", type=NEW_TOKENS, default=128, help="at most this many tokens per reply (default 128)"
+    )
+    chat.add_argument(
+        "--max-exchanges", type=POSITIVE, default=8, help="exchanges kept in the prompt (default 8, as the app)"
+    )
     chat.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     from vlm.cli.main import add_generation_options
 

@@ -65,10 +65,23 @@ def _cmd_eval_qa(args: argparse.Namespace) -> int:
     device = args.device or default_device()
     assistant = load_assistant(args.model, device=device, load_video_encoder=features is None)
     results, records = evaluate_qa(
-        assistant, test, args.mode, train=train, val=val, num_shots=args.num_shots, seed=args.seed, k=args.k,
-        tune=bool(args.tune_k_on), candidates=candidates, extra_vocabulary=extra, wups_scorer=wups_scorer,
-        batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, features=features,
-        num_workers=args.workers, progress=not args.no_progress,
+        assistant,
+        test,
+        args.mode,
+        train=train,
+        val=val,
+        num_shots=args.num_shots,
+        seed=args.seed,
+        k=args.k,
+        tune=bool(args.tune_k_on),
+        candidates=candidates,
+        extra_vocabulary=extra,
+        wups_scorer=wups_scorer,
+        batch_size=args.batch_size,
+        max_new_tokens=args.max_new_tokens,
+        features=features,
+        num_workers=args.workers,
+        progress=not args.no_progress,
     )
     results = {"data": args.data, "model": str(args.model), **results}
     if args.predictions:
@@ -88,7 +101,6 @@ def _cmd_convert_annotations(args: argparse.Namespace) -> int:
     return 0
 
 
-
 def add_output_options(command: argparse.ArgumentParser) -> None:
     command.add_argument("--out", default=None, help="write the results JSON here")
     command.add_argument("--markdown", default=None, help="write the markdown table here")
@@ -104,7 +116,9 @@ def add_subcommand(subparsers) -> None:
     )
     caption.add_argument("--pred", required=True, help='JSONL of {"video": id, "caption": text}')
     caption.add_argument("--refs", required=True, help='JSONL of {"video": id, "captions": [text, ...]}')
-    caption.add_argument("--allow-missing", action="store_true", help="score clips without a prediction as empty captions")
+    caption.add_argument(
+        "--allow-missing", action="store_true", help="score clips without a prediction as empty captions"
+    )
     add_output_options(caption)
     caption.set_defaults(func=_cmd_eval_caption)
 
@@ -113,15 +127,26 @@ def add_subcommand(subparsers) -> None:
     qa.add_argument("--mode", required=True, choices=["open", "closed"], help="greedy answers, or ranked candidates")
     k_choice = qa.add_mutually_exclusive_group()
     k_choice.add_argument("--k", type=POSITIVE, default=None, help="closed vocabulary size (default 250)")
-    k_choice.add_argument("--tune-k-on", default=None, metavar="VAL", help="choose K over 100/250/500/1000/2000 on this val JSONL")
-    qa.add_argument("--shots", default=None, metavar="TRAIN", help="training JSONL: two-shot prompts and the vocabulary")
-    qa.add_argument("--num-shots", type=NON_NEGATIVE, default=2,
-                    help="text-only examples drawn from --shots (default 2)")
+    k_choice.add_argument(
+        "--tune-k-on", default=None, metavar="VAL", help="choose K over 100/250/500/1000/2000 on this val JSONL"
+    )
+    qa.add_argument(
+        "--shots", default=None, metavar="TRAIN", help="training JSONL: two-shot prompts and the vocabulary"
+    )
+    qa.add_argument(
+        "--num-shots", type=NON_NEGATIVE, default=2, help="text-only examples drawn from --shots (default 2)"
+    )
     qa.add_argument("--seed", type=int, default=0, help="seed for drawing the shot questions (default 0)")
-    qa.add_argument("--extra-vocab", nargs="*", default=[], metavar="QA", help="more QA files whose answers join the vocabulary")
+    qa.add_argument(
+        "--extra-vocab", nargs="*", default=[], metavar="QA", help="more QA files whose answers join the vocabulary"
+    )
     qa.add_argument("--candidates-file", default=None, help="closed vocabulary given explicitly, one answer per line")
     qa.add_argument(
-        "--wups", nargs="?", const="nextqa", default=None, choices=["nextqa", "malinowski"],
+        "--wups",
+        nargs="?",
+        const="nextqa",
+        default=None,
+        choices=["nextqa", "malinowski"],
         help="also report WUPS@0.0 and @0.9 (protocol: nextqa, the default, or malinowski); needs WordNet",
     )
     qa.add_argument("--stopwords", default=None, help="stop-word file for NExT-QA WUPS (e.g. NExT-QA's stopwords.txt)")
@@ -145,4 +170,3 @@ def add_subcommand(subparsers) -> None:
     convert.add_argument("src", help="dataset folder in its documented layout (see docs/evaluation.md)")
     convert.add_argument("out", help="output folder for the JSONL manifests")
     convert.set_defaults(func=_cmd_convert_annotations)
-

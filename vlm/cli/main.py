@@ -21,7 +21,11 @@ from encoder.common.errors import PrismVlmError, UsageError
 # Shown as one line: every error the package raises for what the user gave (PrismVlmError), and the
 # operating system's answer about a path the user named. A plain ValueError, RuntimeError ... is a bug.
 USER_ERRORS: tuple[type[BaseException], ...] = (
-    PrismVlmError, FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError,
+    PrismVlmError,
+    FileNotFoundError,
+    IsADirectoryError,
+    NotADirectoryError,
+    PermissionError,
 )
 
 # Modules that add their own subcommands: each defines ``add_subcommand(subparsers)`` and imports
@@ -86,7 +90,10 @@ def _cmd_caption(args: argparse.Namespace) -> int:
 
     assistant = load_assistant(args.model, device=args.device or default_device())
     captions = assistant.caption_videos(
-        args.videos, num_frames=args.frames, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
+        args.videos,
+        num_frames=args.frames,
+        max_new_tokens=args.max_new_tokens,
+        batch_size=args.batch_size,
         generation=generation_settings(args),
         progress=len(args.videos) > args.batch_size,
     )
@@ -114,7 +121,9 @@ def _cmd_caption_to_file(args: argparse.Namespace) -> int:
         raise UsageError("give video files or --videos, not both")
     features = FeatureCache(args.features) if args.features is not None else None
     if args.video_source is not None:
-        clips = list_clips(args.video_source, video_column=args.video_column, id_column=args.id_column, split=args.split)
+        clips = list_clips(
+            args.video_source, video_column=args.video_column, id_column=args.id_column, split=args.split
+        )
     elif args.videos:
         clips = list_clips(args.videos)
     elif features is not None:
@@ -126,9 +135,18 @@ def _cmd_caption_to_file(args: argparse.Namespace) -> int:
     assistant = load_assistant(args.model, device=args.device or state.device, load_video_encoder=features is None)
     errors_path = args.errors or errors_path_for(args.out)
     counts = caption_clips(
-        assistant, clips, args.out, errors_path=errors_path, batch_size=args.batch_size,
-        max_new_tokens=args.max_new_tokens, generation=generation_settings(args), num_frames=args.frames, features=features,
-        num_workers=args.workers, progress=not args.no_progress, state=state,
+        assistant,
+        clips,
+        args.out,
+        errors_path=errors_path,
+        batch_size=args.batch_size,
+        max_new_tokens=args.max_new_tokens,
+        generation=generation_settings(args),
+        num_frames=args.frames,
+        features=features,
+        num_workers=args.workers,
+        progress=not args.no_progress,
+        state=state,
     )
     if state.is_main_process:
         print(json.dumps({"output": str(args.out), **counts}))
@@ -147,19 +165,28 @@ def _cmd_ask(args: argparse.Namespace) -> int:
     shots = load_shots(args.shots) if args.shots else ()
     assistant = load_assistant(args.model, device=args.device or default_device())
     result = assistant.ask_video(
-        args.video, args.question, candidates=candidates, shots=shots,
-        num_frames=args.frames, max_new_tokens=args.max_new_tokens, generation=generation_settings(args),
+        args.video,
+        args.question,
+        candidates=candidates,
+        shots=shots,
+        num_frames=args.frames,
+        max_new_tokens=args.max_new_tokens,
+        generation=generation_settings(args),
     )
     if candidates is None:
         print(json.dumps({"video": args.video, "question": args.question, "answer": result}) if args.json else result)
     elif args.json:
         ranked = [scored.to_dict() for scored in result]
-        print(json.dumps({"video": args.video, "question": args.question, "answer": result[0].answer, "candidates": ranked}, indent=2))
+        print(
+            json.dumps(
+                {"video": args.video, "question": args.question, "answer": result[0].answer, "candidates": ranked},
+                indent=2,
+            )
+        )
     else:
         for scored in result:
             print(f"{scored.answer}\t{scored.probability:.4f}\t{scored.log_likelihood:.4f}")
     return 0
-
 
 
 def _cmd_plot(args: argparse.Namespace) -> int:
@@ -192,9 +219,15 @@ def build_parser() -> argparse.ArgumentParser:
     convert.set_defaults(func=_cmd_convert)
 
     features = sub.add_parser("features", help="encode videos with a frozen VideoPrism and cache the tokens")
-    features.add_argument("--encoder", "--model", dest="encoder", required=True, metavar="SRC",
-                          help="VideoPrism encoder: Hub id, transformers directory or official .npz "
-                          "(--model: the old spelling, deprecated)")
+    features.add_argument(
+        "--encoder",
+        "--model",
+        dest="encoder",
+        required=True,
+        metavar="SRC",
+        help="VideoPrism encoder: Hub id, transformers directory or official .npz "
+        "(--model: the old spelling, deprecated)",
+    )
     features.add_argument("--videos", required=True, help="folder of videos, JSONL manifest or text list")
     features.add_argument("--out", required=True, help="cache directory (resumed if it exists)")
     features.add_argument("--frames", type=FRAMES, default=16)
@@ -205,8 +238,12 @@ def build_parser() -> argparse.ArgumentParser:
     features.add_argument("--shard-size", type=POSITIVE, default=256, help="clips per safetensors shard")
     features.add_argument("--workers", type=NON_NEGATIVE, default=2, help="decoding worker processes")
     features.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
-    features.add_argument("--crops", type=NON_NEGATIVE, default=0,
-                          help="also store K seeded random training crops per clip (346/288 centre crop, then random crop)")
+    features.add_argument(
+        "--crops",
+        type=NON_NEGATIVE,
+        default=0,
+        help="also store K seeded random training crops per clip (346/288 centre crop, then random crop)",
+    )
     features.add_argument("--crop-seed", type=int, default=0, help="seed of the stored random crops")
     features.add_argument("--no-progress", action="store_true")
     features.set_defaults(func=_cmd_features)
@@ -217,7 +254,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     caption.add_argument("videos", nargs="*", help="video files (captions printed unless --out is given)")
     caption.add_argument(
-        "--videos", dest="video_source", default=None,
+        "--videos",
+        dest="video_source",
+        default=None,
         help="folder, JSONL manifest, text list, saved Hugging Face dataset directory or hf:NAME",
     )
     caption.add_argument("--out", default=None, help="JSONL output, one line per clip, resumed if it exists")
@@ -272,14 +311,24 @@ def add_generation_options(command: argparse.ArgumentParser) -> None:
     (transformers' generate() options; greedy by default)."""
     group = command.add_argument_group("generation (greedy by default)")
     group.add_argument("--do-sample", action="store_true", help="sample instead of taking the most likely token")
-    group.add_argument("--temperature", type=_positive_at_most(100), default=1.0,
-                       help="sampling temperature, (0, 100] (default 1.0)")
-    group.add_argument("--top-p", type=_positive_at_most(1), default=1.0,
-                       help="nucleus sampling mass, (0, 1] (default 1.0)")
-    group.add_argument("--top-k", type=NON_NEGATIVE, default=50, help="sample among the k most likely (default 50; 0: all)")
-    group.add_argument("--repetition-penalty", type=_positive_at_most(10), default=1.0,
-                       help="> 1 discourages repeats, at most 10 (default 1.0)")
-    group.add_argument("--num-beams", type=int_range(1, 64), default=1, help="beam search with this many beams (default 1)")
+    group.add_argument(
+        "--temperature", type=_positive_at_most(100), default=1.0, help="sampling temperature, (0, 100] (default 1.0)"
+    )
+    group.add_argument(
+        "--top-p", type=_positive_at_most(1), default=1.0, help="nucleus sampling mass, (0, 1] (default 1.0)"
+    )
+    group.add_argument(
+        "--top-k", type=NON_NEGATIVE, default=50, help="sample among the k most likely (default 50; 0: all)"
+    )
+    group.add_argument(
+        "--repetition-penalty",
+        type=_positive_at_most(10),
+        default=1.0,
+        help="> 1 discourages repeats, at most 10 (default 1.0)",
+    )
+    group.add_argument(
+        "--num-beams", type=int_range(1, 64), default=1, help="beam search with this many beams (default 1)"
+    )
     group.add_argument("--seed", type=int, default=None, help="makes sampling repeatable")
 
 
@@ -288,8 +337,14 @@ def generation_settings(args: argparse.Namespace):
     from vlm.inference.generation import GenerationSettings
 
     return GenerationSettings(
-        max_new_tokens=args.max_new_tokens, do_sample=args.do_sample, temperature=args.temperature, top_p=args.top_p,
-        top_k=args.top_k, repetition_penalty=args.repetition_penalty, num_beams=args.num_beams, seed=args.seed,
+        max_new_tokens=args.max_new_tokens,
+        do_sample=args.do_sample,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        top_k=args.top_k,
+        repetition_penalty=args.repetition_penalty,
+        num_beams=args.num_beams,
+        seed=args.seed,
     )
 
 

@@ -17,24 +17,44 @@ from encoder.common.cli_arguments import ConfigFlags
 from encoder.common.errors import UsageError
 
 # Short spellings kept beside the generated --field-name flags.
-_COMMON_ALIASES = {"output_dir": "--out", "train_manifests": "--train", "max_steps": "--steps", "learning_rate": "--lr",
-                   "num_frames": "--frames", "cpu_threads": "--threads", "checkpoint_every": "--save-every"}
+_COMMON_ALIASES = {
+    "output_dir": "--out",
+    "train_manifests": "--train",
+    "max_steps": "--steps",
+    "learning_rate": "--lr",
+    "num_frames": "--frames",
+    "cpu_threads": "--threads",
+    "checkpoint_every": "--save-every",
+}
 _RENAMED = {"save_every": "checkpoint_every"}  # config keys of runs saved before the names were shared
-_MODEL_ALIASES = {"hidden_size": "--hidden-size", "num_attention_heads": "--heads", "intermediate_size": "--mlp-size",
-                  "num_spatial_layers": "--spatial-layers", "num_temporal_layers": "--temporal-layers",
-                  "num_auxiliary_layers": "--auxiliary-layers", "num_frames": "--model-frames", "text_layers": "--text-layers",
-                  "max_text_length": "--max-text-length", "patch_size": "--patch-size"}
+_MODEL_ALIASES = {
+    "hidden_size": "--hidden-size",
+    "num_attention_heads": "--heads",
+    "intermediate_size": "--mlp-size",
+    "num_spatial_layers": "--spatial-layers",
+    "num_temporal_layers": "--temporal-layers",
+    "num_auxiliary_layers": "--auxiliary-layers",
+    "num_frames": "--model-frames",
+    "text_layers": "--text-layers",
+    "max_text_length": "--max-text-length",
+    "patch_size": "--patch-size",
+}
 _STAGE_ALIASES = {
     "stage1": {"mask_kind": "--mask", "initial_temperature": "--temperature"},
-    "stage2": {"mask_kind": "--mask", "token_loss_weight": "--token-weight", "global_loss_weight": "--global-weight",
-               "min_learning_rate": "--min-lr", "cache_teacher_outputs": "--cache-teacher"},
+    "stage2": {
+        "mask_kind": "--mask",
+        "token_loss_weight": "--token-weight",
+        "global_loss_weight": "--global-weight",
+        "min_learning_rate": "--min-lr",
+        "cache_teacher_outputs": "--cache-teacher",
+    },
     "lit": {"mask_kind": "--mask", "initial_temperature": "--temperature"},
 }
 _STAGE_HELP = {
     "stage1": "video-text contrastive training (VideoPrismClipModel)",
     "stage2": "masked video modelling with token shuffling and global-local distillation",
     "lit": "tune the text tower and MAP head against the frozen stage-2 encoder (from a stage-1 model with "
-           "--init-from, the paper; without it the text tower, auxiliary layers and MAP head start from scratch)",
+    "--init-from, the paper; without it the text tower, auxiliary layers and MAP head start from scratch)",
 }
 
 
@@ -47,10 +67,15 @@ def _stage_flags(stage: str) -> tuple[ConfigFlags, str, ConfigFlags, type]:
     from encoder.videoprism.pretrain.stage2 import Stage2Config
 
     config_class = {"stage1": Stage1Config, "stage2": Stage2Config, "lit": LitConfig}[stage]
-    flags = ConfigFlags(config_class, exclude=("decoder" if stage == "stage2" else "model",),
-                        aliases={**_COMMON_ALIASES, **_STAGE_ALIASES[stage]})
+    flags = ConfigFlags(
+        config_class,
+        exclude=("decoder" if stage == "stage2" else "model",),
+        aliases={**_COMMON_ALIASES, **_STAGE_ALIASES[stage]},
+    )
     if stage == "stage2":
-        nested = ConfigFlags(DecoderConfig, prefix="decoder_", aliases={"num_layers": "--decoder-layers", "num_heads": "--decoder-heads"})
+        nested = ConfigFlags(
+            DecoderConfig, prefix="decoder_", aliases={"num_layers": "--decoder-layers", "num_heads": "--decoder-heads"}
+        )
         return flags, "decoder", nested, DecoderConfig
     return flags, "model", ConfigFlags(ModelSize, prefix="model_", aliases=_MODEL_ALIASES), ModelSize
 
@@ -113,15 +138,21 @@ def add_subcommand(subparsers) -> None:
     for stage, text in _STAGE_HELP.items():
         flags, _, nested_flags, _ = _stage_flags(stage)
         command = stages.add_parser(stage, help=text, description=text, parents=[flags.parser, nested_flags.parser])
-        command.add_argument("--config",
-                             help="start from this JSON config (e.g. a run's train_config.json); flags override it")
+        command.add_argument(
+            "--config", help="start from this JSON config (e.g. a run's train_config.json); flags override it"
+        )
         command.add_argument("--restart", action="store_true", help="the same as --no-resume (a new run)")
         if stage == "stage1":
-            command.add_argument("--size", choices=["base", "tiny"],
-                                 help="architecture preset (default: base); the --model-* flags override it")
+            command.add_argument(
+                "--size",
+                choices=["base", "tiny"],
+                help="architecture preset (default: base); the --model-* flags override it",
+            )
         command.set_defaults(func=_run)
 
-    tokenizer = subparsers.add_parser("train-tokenizer", help="train a SentencePiece VideoPrism tokenizer on manifest captions")
+    tokenizer = subparsers.add_parser(
+        "train-tokenizer", help="train a SentencePiece VideoPrism tokenizer on manifest captions"
+    )
     tokenizer.add_argument("--captions", nargs="+", required=True, metavar="MANIFEST")
     tokenizer.add_argument("--out", required=True)
     tokenizer.add_argument("--vocab-size", type=int, default=8000)

@@ -20,8 +20,11 @@ def _load_model(args: argparse.Namespace):
     from vlm.retrieval.video_text_model import default_video_text_model, load_video_text_model
 
     return load_video_text_model(
-        args.video_text_model or default_video_text_model(), tokenizer=args.tokenizer,
-        device=args.device or default_device(), num_frames=args.frames, frame_size=args.size,
+        args.video_text_model or default_video_text_model(),
+        tokenizer=args.tokenizer,
+        device=args.device or default_device(),
+        num_frames=args.frames,
+        frame_size=args.size,
     )
 
 
@@ -42,8 +45,15 @@ def _cmd_index(args: argparse.Namespace) -> int:
 
     videos = list_videos(args.source)  # a bad folder or manifest is reported before the model loads
     model = _load_model(args)
-    counts = build_index(model, videos, args.out, batch_size=args.batch_size, shard_size=args.shard_size,
-                         num_workers=args.workers, progress=not args.no_progress)
+    counts = build_index(
+        model,
+        videos,
+        args.out,
+        batch_size=args.batch_size,
+        shard_size=args.shard_size,
+        num_workers=args.workers,
+        progress=not args.no_progress,
+    )
     print(json.dumps({"index": str(args.out), **counts}))
     if counts["errors"]:
         print(f"{counts['errors']} unreadable videos are listed in {args.out}/errors.jsonl", file=sys.stderr)
@@ -61,12 +71,18 @@ def _cmd_search(args: argparse.Namespace) -> int:
     index = VideoIndex.load(args.index)
     if not len(index):
         raise VideoIndexError(f"the index {args.index} holds no clips")
-    model = load_index_model(index, device=args.device or default_device(), model=args.video_text_model,
-                             tokenizer=args.tokenizer)
+    model = load_index_model(
+        index, device=args.device or default_device(), model=args.video_text_model, tokenizer=args.tokenizer
+    )
     scores, rows = index.search(model.embed_texts(args.queries), args.top, args.backend)
     results = [
-        {"query": query, "results": [{"rank": rank + 1, "video": index.videos[int(row)], "score": float(score)}
-                                     for rank, (score, row) in enumerate(zip(query_scores, query_rows))]}
+        {
+            "query": query,
+            "results": [
+                {"rank": rank + 1, "video": index.videos[int(row)], "score": float(score)}
+                for rank, (score, row) in enumerate(zip(query_scores, query_rows))
+            ],
+        }
         for query, query_scores, query_rows in zip(args.queries, scores, rows)
     ]
     _print_ranked(args, results, "video")
@@ -84,16 +100,30 @@ def _search_texts(args: argparse.Namespace) -> int:
         from encoder.videoprism.loading import default_device
         from vlm.retrieval.index import VideoIndex, load_index_model
 
-        model = load_index_model(VideoIndex.load(args.index), device=args.device or default_device(),
-                                 model=args.video_text_model, tokenizer=args.tokenizer)
+        model = load_index_model(
+            VideoIndex.load(args.index),
+            device=args.device or default_device(),
+            model=args.video_text_model,
+            tokenizer=args.tokenizer,
+        )
     else:
         model = _load_model(args)
     texts = read_lines(args.texts, "texts", 1_000_000)
     video = model.embed_clips(load_clip(args.video, num_frames=model.num_frames, size=model.frame_size)[None])[0]
     scores = model.embed_texts(texts) @ video
     order = scores.argsort(descending=True)[: args.top]
-    _print_ranked(args, [{"video": args.video, "results": [
-        {"rank": rank + 1, "text": texts[int(i)], "score": float(scores[i])} for rank, i in enumerate(order)]}], "text")
+    _print_ranked(
+        args,
+        [
+            {
+                "video": args.video,
+                "results": [
+                    {"rank": rank + 1, "text": texts[int(i)], "score": float(scores[i])} for rank, i in enumerate(order)
+                ],
+            }
+        ],
+        "text",
+    )
     return 0
 
 
@@ -122,11 +152,21 @@ def _cmd_classify(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"no such video or folder: {source}")
     videos = list_videos(source) if source.is_dir() else [str(source)]
     model = _load_model(args)
-    embeddings, errors = embed_clip_list(model, [Clip(video, video) for video in videos], args.batch_size, args.workers,
-                                         progress=len(videos) > args.batch_size)
+    embeddings, errors = embed_clip_list(
+        model,
+        [Clip(video, video) for video in videos],
+        args.batch_size,
+        args.workers,
+        progress=len(videos) > args.batch_size,
+    )
     classified = [video for video in videos if video in embeddings]
-    probabilities = (classify_embeddings(model, torch.stack([embeddings[v] for v in classified]),
-                                         label_embeddings(model, labels, templates)) if classified else [])
+    probabilities = (
+        classify_embeddings(
+            model, torch.stack([embeddings[v] for v in classified]), label_embeddings(model, labels, templates)
+        )
+        if classified
+        else []
+    )
     top = min(args.top, len(labels))
     ranked = {
         video: [{"label": labels[int(i)], "probability": float(row[i])} for i in row.argsort(descending=True)[:top]]
@@ -156,8 +196,9 @@ def _cmd_eval_retrieval(args: argparse.Namespace) -> int:
 
     items = read_captioned_clips(args.data)
     model = _load_model(args)
-    results = evaluate_retrieval(model, items, batch_size=args.batch_size, num_workers=args.workers,
-                                 progress=not args.no_progress)
+    results = evaluate_retrieval(
+        model, items, batch_size=args.batch_size, num_workers=args.workers, progress=not args.no_progress
+    )
     write_outputs(args, {"data": args.data, "model": model.source, **results}, retrieval_markdown(results))
     return 0
 
@@ -170,8 +211,15 @@ def _cmd_eval_zeroshot(args: argparse.Namespace) -> int:
     labels = _labels(args.labels) if args.labels else None
     templates = resolve_templates(args.templates)
     model = _load_model(args)
-    results, records = evaluate_zero_shot(model, items, labels, templates, batch_size=args.batch_size,
-                                          num_workers=args.workers, progress=not args.no_progress)
+    results, records = evaluate_zero_shot(
+        model,
+        items,
+        labels,
+        templates,
+        batch_size=args.batch_size,
+        num_workers=args.workers,
+        progress=not args.no_progress,
+    )
     if args.predictions:
         from encoder.common.jsonl import write_jsonl_atomically
 
@@ -181,16 +229,25 @@ def _cmd_eval_zeroshot(args: argparse.Namespace) -> int:
 
 
 def _add_model_options(command: argparse.ArgumentParser, frames: bool = True) -> None:
-    command.add_argument("--video-text-model", "--model", dest="video_text_model", default=None, metavar="SRC",
-                         help="video-text model: official LvT .npz, transformers directory or Hub id, or a stage-1 / "
-                         "LiT output (default: $PRISM_VLM_VIDEO_TEXT_MODEL, else the demo's; --model: the old "
-                         "spelling, deprecated)")
-    command.add_argument("--tokenizer", default=None,
-                         help="SentencePiece .model or tokenizer directory (needed for an .npz)")
+    command.add_argument(
+        "--video-text-model",
+        "--model",
+        dest="video_text_model",
+        default=None,
+        metavar="SRC",
+        help="video-text model: official LvT .npz, transformers directory or Hub id, or a stage-1 / "
+        "LiT output (default: $PRISM_VLM_VIDEO_TEXT_MODEL, else the demo's; --model: the old "
+        "spelling, deprecated)",
+    )
+    command.add_argument(
+        "--tokenizer", default=None, help="SentencePiece .model or tokenizer directory (needed for an .npz)"
+    )
     command.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     if frames:
         command.add_argument("--frames", type=FRAMES, default=None, help="frames per clip (default: the model's)")
-        command.add_argument("--size", type=FRAME_SIZE, default=None, help="frame side in pixels (default: the model's)")
+        command.add_argument(
+            "--size", type=FRAME_SIZE, default=None, help="frame side in pixels (default: the model's)"
+        )
 
 
 def _add_decode_options(command: argparse.ArgumentParser) -> None:
@@ -218,8 +275,12 @@ def add_subcommand(subparsers) -> None:
     search.add_argument("index", nargs="?", default=None, help="index directory (prism-vlm index)")
     search.add_argument("queries", nargs="*", help="text queries")
     search.add_argument("--top", type=TOP_K, default=5, help="results per query (default 5)")
-    search.add_argument("--backend", choices=["exact", "faiss"], default="exact",
-                        help="exact (default) or an approximate FAISS HNSW graph (pip install 'prism-vlm[faiss]')")
+    search.add_argument(
+        "--backend",
+        choices=["exact", "faiss"],
+        default="exact",
+        help="exact (default) or an approximate FAISS HNSW graph (pip install 'prism-vlm[faiss]')",
+    )
     search.add_argument("--video", default=None, help="video to text: rank the lines of --texts for this clip")
     search.add_argument("--texts", default=None, help="captions to rank for --video, one per line")
     search.add_argument("--json", action="store_true", help="machine-readable output")
@@ -229,9 +290,12 @@ def add_subcommand(subparsers) -> None:
     classify = subparsers.add_parser("classify", help="zero-shot classification of a clip (or a folder) over labels")
     classify.add_argument("video", help="video file or folder")
     classify.add_argument("--labels", required=True, help="labels file (one per line) or comma-separated labels")
-    classify.add_argument("--templates", default=None,
-                          help="prompt templates: a file (one per line, '{}' for the label), 'default' "
-                          "('a video of {}.') or 'clip-kinetics' (CLIP's 28, as in the paper)")
+    classify.add_argument(
+        "--templates",
+        default=None,
+        help="prompt templates: a file (one per line, '{}' for the label), 'default' "
+        "('a video of {}.') or 'clip-kinetics' (CLIP's 28, as in the paper)",
+    )
     classify.add_argument("--top", type=TOP_K, default=5, help="labels shown per clip (default 5)")
     classify.add_argument("--json", action="store_true", help="machine-readable output")
     _add_model_options(classify)
@@ -245,10 +309,17 @@ def add_subcommand(subparsers) -> None:
     _add_output_options(retrieval)
     retrieval.set_defaults(func=_cmd_eval_retrieval)
 
-    zeroshot = subparsers.add_parser("eval-zeroshot", help="zero-shot classification (top-1/5) and multi-choice accuracy")
-    zeroshot.add_argument("--data", required=True,
-                          help='JSONL of {"video", "label"} or {"video", "candidates": [texts], "answer": index or text}')
-    zeroshot.add_argument("--labels", default=None, help="label set: file or comma-separated (default: the data's labels)")
+    zeroshot = subparsers.add_parser(
+        "eval-zeroshot", help="zero-shot classification (top-1/5) and multi-choice accuracy"
+    )
+    zeroshot.add_argument(
+        "--data",
+        required=True,
+        help='JSONL of {"video", "label"} or {"video", "candidates": [texts], "answer": index or text}',
+    )
+    zeroshot.add_argument(
+        "--labels", default=None, help="label set: file or comma-separated (default: the data's labels)"
+    )
     zeroshot.add_argument("--templates", default=None, help="prompt templates: file, 'default' or 'clip-kinetics'")
     zeroshot.add_argument("--predictions", default=None, help="write one JSON line per clip")
     _add_model_options(zeroshot)

@@ -38,8 +38,14 @@ roles out of order, a <video> marker after the first turn or empty text are skip
 
 # TrainConfig fields with a flag of their own; the data sources and LoRA have the flags below
 _NOT_FLAGS = ("train_data", "val_data", "prompts", "lora")
-_ALIASES = {"learning_rate": "--lr", "adam_beta1": "--beta1", "adam_beta2": "--beta2", "num_frames": "--frames",
-            "num_workers": "--workers", "cpu_threads": "--threads"}
+_ALIASES = {
+    "learning_rate": "--lr",
+    "adam_beta1": "--beta1",
+    "adam_beta2": "--beta2",
+    "num_frames": "--frames",
+    "num_workers": "--workers",
+    "cpu_threads": "--threads",
+}
 
 
 def config_flags():
@@ -85,15 +91,21 @@ def config_from_args(args: argparse.Namespace):
     if args.val:
         overrides["val_data"] = _sources(args.val, args.task, columns)
     if args.lora_r is not None:
-        overrides["lora"] = {"r": args.lora_r, "lora_alpha": args.lora_alpha or 2 * args.lora_r, "lora_dropout": 0.0,
-                             "target_modules": args.lora_targets.split(",")}
+        overrides["lora"] = {
+            "r": args.lora_r,
+            "lora_alpha": args.lora_alpha or 2 * args.lora_r,
+            "lora_dropout": 0.0,
+            "target_modules": args.lora_targets.split(","),
+        }
     base = args.config
     output_dir = overrides.get("output_dir")
     if base is None and args.resume and output_dir is not None:
         base = saved_config_path(output_dir)  # continue a run from its own settings
     if base is not None:
-        overrides = {key: ([s.__dict__ for s in value] if key in ("train_data", "val_data") else value)
-                     for key, value in overrides.items()}
+        overrides = {
+            key: ([s.__dict__ for s in value] if key in ("train_data", "val_data") else value)
+            for key, value in overrides.items()
+        }
         return TrainConfig.from_json(base, **overrides)
     if "output_dir" not in overrides:
         raise UsageError("give --output-dir (or --config FILE.json)")
@@ -114,23 +126,52 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def add_subcommand(subparsers) -> None:
     train = subparsers.add_parser(
-        "train", help="train the glue (Perceiver Resampler) on captions, QA pairs and conversations, "
-                      "from videos or a feature cache",
-        description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter, parents=[config_flags().parser],
+        "train",
+        help="train the glue (Perceiver Resampler) on captions, QA pairs and conversations, "
+        "from videos or a feature cache",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        parents=[config_flags().parser],
     )
     train.add_argument("--config", default=None, help="TrainConfig JSON (e.g. a run's train_config.json)")
-    train.add_argument("--resume", dest="resume", action="store_true", default=True,
-                       help="continue the newest checkpoint of --output-dir when there is one (the default)")
-    train.add_argument("--no-resume", "--restart", dest="resume", action="store_false",
-                       help="a new run: refused when --output-dir already holds one")
-    train.add_argument("--train", nargs="+", default=None, metavar="SRC[:WEIGHT]",
-                       help="JSONL manifests, saved HF dataset dirs or hf:NAME, with optional mixture weights")
+    train.add_argument(
+        "--resume",
+        dest="resume",
+        action="store_true",
+        default=True,
+        help="continue the newest checkpoint of --output-dir when there is one (the default)",
+    )
+    train.add_argument(
+        "--no-resume",
+        "--restart",
+        dest="resume",
+        action="store_false",
+        help="a new run: refused when --output-dir already holds one",
+    )
+    train.add_argument(
+        "--train",
+        nargs="+",
+        default=None,
+        metavar="SRC[:WEIGHT]",
+        help="JSONL manifests, saved HF dataset dirs or hf:NAME, with optional mixture weights",
+    )
     train.add_argument("--val", nargs="+", default=None, metavar="SRC", help="validation sources")
-    train.add_argument("--task", choices=["auto", "caption", "qa", "chat"], default=None,
-                       help="task of the sources given (default auto: from the columns)")
-    train.add_argument("--column", action="append", default=None, metavar="KEY=COLUMN",
-                       help="column mapping for the sources given, e.g. --column caption=sentences (repeatable)")
-    train.add_argument("--lora-r", type=int, default=None, help="add a LoRA adapter of this rank to the LLM (off by default)")
+    train.add_argument(
+        "--task",
+        choices=["auto", "caption", "qa", "chat"],
+        default=None,
+        help="task of the sources given (default auto: from the columns)",
+    )
+    train.add_argument(
+        "--column",
+        action="append",
+        default=None,
+        metavar="KEY=COLUMN",
+        help="column mapping for the sources given, e.g. --column caption=sentences (repeatable)",
+    )
+    train.add_argument(
+        "--lora-r", type=int, default=None, help="add a LoRA adapter of this rank to the LLM (off by default)"
+    )
     train.add_argument("--lora-alpha", type=int, default=None)
     train.add_argument("--lora-targets", default="q_proj,v_proj")
     train.set_defaults(func=_cmd_train)

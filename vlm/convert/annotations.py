@@ -79,8 +79,10 @@ def _require(path: Path, what: str) -> dict | list:
 
 def _downloaded_video(folder: Path, name: str) -> Path:
     """FOLDER/NAME.{mp4,mkv,webm}, whichever was downloaded (YouTube-sourced sets mix them); .mp4 when none is."""
-    return next((folder / f"{name}{ext}" for ext in (".mp4", ".mkv", ".webm") if (folder / f"{name}{ext}").exists()),
-                folder / f"{name}.mp4")
+    return next(
+        (folder / f"{name}{ext}" for ext in (".mp4", ".mkv", ".webm") if (folder / f"{name}{ext}").exists()),
+        folder / f"{name}.mp4",
+    )
 
 
 def _field(row: dict, key: str, path: Path, index: int):
@@ -167,7 +169,9 @@ def convert_nextqa(src: Path, out: Path) -> dict[str, int]:
             for line_number, entry in enumerate(reader, 2):
                 video_id = entry["video"]
                 if video_id not in mapping:
-                    raise AnnotationFormatError(f"{path}:{line_number}: video {video_id} is not in map_vid_vidorID.json")
+                    raise AnnotationFormatError(
+                        f"{path}:{line_number}: video {video_id} is not in map_vid_vidorID.json"
+                    )
                 question_type = "TN" if entry["type"] == "TP" else entry["type"]
                 row = {
                     "video": _relative(src / "NExTVideo" / f"{mapping[video_id]}.mp4", out),
@@ -290,8 +294,10 @@ def _conversation_row(video: Path, out: Path, identifier: str, turns: list, extr
 
 def convert_videochatgpt(src: Path, out: Path) -> dict[str, int]:
     """VideoChatGPT-100K (VideoInstruct100K.json) -> one single-exchange conversation per question."""
-    path = next((src / name for name in ("VideoInstruct100K.json", "VideoInstruct_Dataset.json") if (src / name).is_file()),
-                src / "VideoInstruct100K.json")
+    path = next(
+        (src / name for name in ("VideoInstruct100K.json", "VideoInstruct_Dataset.json") if (src / name).is_file()),
+        src / "VideoInstruct100K.json",
+    )
     entries = _require(path, "VideoChatGPT-100K annotations")
     if not isinstance(entries, list):
         raise AnnotationFormatError(f"{path}: expected a JSON list of {{'video_id', 'q', 'a'}} objects")
@@ -300,7 +306,10 @@ def convert_videochatgpt(src: Path, out: Path) -> dict[str, int]:
         video_id = str(_field(entry, "video_id", path, index))
         question, answer = _field(entry, "q", path, index), _field(entry, "a", path, index)
         video = _downloaded_video(src / "videos", video_id)
-        turns = [{"from": "human", "value": "<video>\n" + str(question).strip()}, {"from": "gpt", "value": str(answer).strip()}]
+        turns = [
+            {"from": "human", "value": "<video>\n" + str(question).strip()},
+            {"from": "gpt", "value": str(answer).strip()},
+        ]
         rows.append(_conversation_row(video, out, f"{video_id}_{index}", turns, {}))
     return {str(out / "train_conversations.jsonl"): write_jsonl_atomically(out / "train_conversations.jsonl", rows)}
 
@@ -311,7 +320,12 @@ def convert_llava_video(src: Path, out: Path) -> dict[str, int]:
     rows = []
     for path in files:
         entries = _load_json(path)
-        if not isinstance(entries, list) or not entries or not isinstance(entries[0], dict) or "conversations" not in entries[0]:
+        if (
+            not isinstance(entries, list)
+            or not entries
+            or not isinstance(entries[0], dict)
+            or "conversations" not in entries[0]
+        ):
             continue  # not a conversation file (e.g. a metadata JSON beside them)
         for index, entry in enumerate(entries):
             video = _field(entry, "video", path, index)
@@ -319,10 +333,15 @@ def convert_llava_video(src: Path, out: Path) -> dict[str, int]:
             extra = {"source_file": path.relative_to(src).as_posix()}
             if isinstance(entry.get("data_source"), str):
                 extra["data_source"] = entry["data_source"]
-            rows.append(_conversation_row(path.parent / str(video), out, str(entry.get("id", f"{path.stem}_{index}")), turns, extra))
+            rows.append(
+                _conversation_row(
+                    path.parent / str(video), out, str(entry.get("id", f"{path.stem}_{index}")), turns, extra
+                )
+            )
     if not rows:
-        raise AnnotationFormatError(f"no JSON list of conversations (objects with 'video' and 'conversations') in {src} "
-                                    "or its subset folders")
+        raise AnnotationFormatError(
+            f"no JSON list of conversations (objects with 'video' and 'conversations') in {src} or its subset folders"
+        )
     return {str(out / "train_conversations.jsonl"): write_jsonl_atomically(out / "train_conversations.jsonl", rows)}
 
 
@@ -349,9 +368,14 @@ def convert_msrvtt_retrieval(src: Path, out: Path) -> dict[str, int]:
     rows = []
     for row in _read_csv(path, ("video_id", "sentence")):
         video_id = row["video_id"].strip()
-        location = next((folder / f"{video_id}.mp4" for folder in (src / "videos" / "all", src / "TestVideo",
-                                                                    src / "TrainValVideo")
-                         if (folder / f"{video_id}.mp4").exists()), src / "videos" / "all" / f"{video_id}.mp4")
+        location = next(
+            (
+                folder / f"{video_id}.mp4"
+                for folder in (src / "videos" / "all", src / "TestVideo", src / "TrainValVideo")
+                if (folder / f"{video_id}.mp4").exists()
+            ),
+            src / "videos" / "all" / f"{video_id}.mp4",
+        )
         rows.append({"video": _relative(location, out), "id": video_id, "caption": row["sentence"].strip()})
     return {str(out / "test_1k_retrieval.jsonl"): write_jsonl_atomically(out / "test_1k_retrieval.jsonl", rows)}
 
@@ -372,13 +396,20 @@ def convert_kinetics400(src: Path, out: Path) -> dict[str, int]:
             try:
                 start, end = int(float(row["time_start"])), int(float(row["time_end"]))
             except ValueError:
-                raise AnnotationFormatError(f"{path}: time_start / time_end must be seconds, got {row['time_start']!r}") from None
+                raise AnnotationFormatError(
+                    f"{path}: time_start / time_end must be seconds, got {row['time_start']!r}"
+                ) from None
             clip = f"{row['youtube_id'].strip()}_{start:06d}_{end:06d}"
             label = row["label"].strip()
-            candidates = [src / folder / sub for folder in (name, split, f"videos/{name}", f"videos/{split}")
-                          for sub in (".", label)]
-            folder = next((c for c in candidates if any((c / f"{clip}{e}").exists() for e in (".mp4", ".mkv", ".webm"))),
-                          candidates[0])
+            candidates = [
+                src / folder / sub
+                for folder in (name, split, f"videos/{name}", f"videos/{split}")
+                for sub in (".", label)
+            ]
+            folder = next(
+                (c for c in candidates if any((c / f"{clip}{e}").exists() for e in (".mp4", ".mkv", ".webm"))),
+                candidates[0],
+            )
             rows.append({"video": _relative(_downloaded_video(folder, clip), out), "id": clip, "label": label})
             labels.add(label)
         written[str(out / f"{split}_labelled.jsonl")] = write_jsonl_atomically(out / f"{split}_labelled.jsonl", rows)

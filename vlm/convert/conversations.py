@@ -30,8 +30,12 @@ import re
 from encoder.common.errors import PrismVlmError
 
 ROLE_NAMES = {
-    "human": "user", "user": "user",
-    "gpt": "assistant", "assistant": "assistant", "model": "assistant", "bot": "assistant",
+    "human": "user",
+    "user": "user",
+    "gpt": "assistant",
+    "assistant": "assistant",
+    "model": "assistant",
+    "bot": "assistant",
     "system": "system",
 }
 VIDEO_MARKERS = ("<video>", "<image>")
@@ -91,7 +95,9 @@ def read_conversation(turns) -> list[dict]:
         raise ConversationError("no assistant turn: nothing to learn from")
     for number, message in enumerate(messages):
         if message["marker"] and number != start:
-            raise ConversationError(f"video marker in a later turn: turn {number} (the video goes in the first user turn)")
+            raise ConversationError(
+                f"video marker in a later turn: turn {number} (the video goes in the first user turn)"
+            )
         text = _MARKER_PATTERN.sub(" ", message["content"]).strip() if number == start else message["content"].strip()
         if not text:
             raise ConversationError(f"empty text: turn {number} has no text")

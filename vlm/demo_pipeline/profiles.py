@@ -47,8 +47,12 @@ class DemoProfile:
     stage1_steps: int = 400
     stage1_batch: int = 32
     stage1_lr: float = 1e-2
-    stage1_hard_negatives: int = 0  # per clip and step, captions differing in shape or motion (Stage1Config.hard_negatives)
-    stage1_drop_ratio: float = 0.5  # video tokens dropped per step, tube masking (the paper's 0.5; Stage1Config.drop_ratio)
+    stage1_hard_negatives: int = (
+        0  # per clip and step, captions differing in shape or motion (Stage1Config.hard_negatives)
+    )
+    stage1_drop_ratio: float = (
+        0.5  # video tokens dropped per step, tube masking (the paper's 0.5; Stage1Config.drop_ratio)
+    )
     # stage 2
     stage2_steps: int = 200
     stage2_batch: int = 32
@@ -81,20 +85,56 @@ class DemoProfile:
 
 PROFILES = {
     "smoke": DemoProfile(
-        name="smoke", num_clips=80, stage1_steps=6, stage1_batch=8, stage2_steps=4, stage2_batch=8,
-        probe_epochs=2, probe_seeds=(0,), glue_steps=3, glue_batch=4, glue_warmup=1, ablations=("no_shuffle",),
-        open_questions=8, caption_clips=4, compositional_clips=4, max_caption_tokens=6,
+        name="smoke",
+        num_clips=80,
+        stage1_steps=6,
+        stage1_batch=8,
+        stage2_steps=4,
+        stage2_batch=8,
+        probe_epochs=2,
+        probe_seeds=(0,),
+        glue_steps=3,
+        glue_batch=4,
+        glue_warmup=1,
+        ablations=("no_shuffle",),
+        open_questions=8,
+        caption_clips=4,
+        compositional_clips=4,
+        max_caption_tokens=6,
     ),
     "quick": DemoProfile(
-        name="quick", num_clips=1200, hidden_size=64, mlp_size=256, stage1_steps=300, stage2_steps=120,
-        probe_epochs=10, probe_seeds=(0, 1), glue_steps=80, glue_lr=3e-3, glue_warmup=5,
-        eval_clips=40, open_questions=60, caption_clips=20, compositional_clips=20,
+        name="quick",
+        num_clips=1200,
+        hidden_size=64,
+        mlp_size=256,
+        stage1_steps=300,
+        stage2_steps=120,
+        probe_epochs=10,
+        probe_seeds=(0, 1),
+        glue_steps=80,
+        glue_lr=3e-3,
+        glue_warmup=5,
+        eval_clips=40,
+        open_questions=60,
+        caption_clips=20,
+        compositional_clips=20,
     ),
     # the shipped demo model's profile (its run time and the stage-1 step count tried against it: docs/REPRODUCTION.md)
     "full": DemoProfile(
-        name="full", num_clips=3000, pretrain_clips=15000, stage1_steps=2000, stage1_batch=64, stage1_hard_negatives=3,
-        stage2_steps=1000, probe_epochs=10, glue_steps=1200, glue_warmup=50, ablations=tuple(ABLATIONS),
-        open_questions=300, caption_clips=100, compositional_clips=100,
+        name="full",
+        num_clips=3000,
+        pretrain_clips=15000,
+        stage1_steps=2000,
+        stage1_batch=64,
+        stage1_hard_negatives=3,
+        stage2_steps=1000,
+        probe_epochs=10,
+        glue_steps=1200,
+        glue_warmup=50,
+        ablations=tuple(ABLATIONS),
+        open_questions=300,
+        caption_clips=100,
+        compositional_clips=100,
     ),
 }
 
@@ -106,8 +146,9 @@ def saved_profile(path: Path, profile: DemoProfile) -> dict | None:
     saved = read_json(path)
     if saved is not None:
         defaults = {f.name: f.default for f in dataclasses.fields(DemoProfile)}
-        saved.update({k: v for k, v in json.loads(json.dumps(asdict(profile))).items()
-                      if k not in saved and v == defaults[k]})
+        saved.update(
+            {k: v for k, v in json.loads(json.dumps(asdict(profile))).items() if k not in saved and v == defaults[k]}
+        )
     return saved
 
 
@@ -136,8 +177,10 @@ def record_profile(work: Path, profile: DemoProfile, allow_change: bool) -> None
     saved = saved_profile(work / "profile.json", profile)
     if saved is not None and saved != current:
         if not allow_change:
-            raise RunError(f"{work} was started with another profile ({work / 'profile.json'}); use another --work, "
-                           "or --change-profile to continue it with the new settings (stages already done are kept)")
+            raise RunError(
+                f"{work} was started with another profile ({work / 'profile.json'}); use another --work, "
+                "or --change-profile to continue it with the new settings (stages already done are kept)"
+            )
         changed = {k: [saved.get(k), v] for k, v in current.items() if saved.get(k) != v}
         change = {"time": time.strftime("%Y-%m-%d %H:%M:%S"), "changed": changed}
         append_jsonl(work / "profile_changes.jsonl", [change], ensure_ascii=True)
@@ -148,8 +191,13 @@ def add_profile_arguments(parser) -> None:
     """``--profile NAME`` and ``--set FIELD=VALUE`` (repeatable) on an argparse parser; read them back
     with :func:`parsed_profile`."""
     parser.add_argument("--profile", choices=sorted(PROFILES), default="full")
-    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
-                        help="override a profile field, e.g. --set glue_steps=500 (JSON values)")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="override a profile field, e.g. --set glue_steps=500 (JSON values)",
+    )
 
 
 def parsed_profile(parser, args) -> DemoProfile:

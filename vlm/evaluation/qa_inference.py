@@ -49,14 +49,22 @@ def _video_token_batches(
     if assistant.model.encoder is None:
         raise UsageError("this model has no video encoder; give a feature cache (--features) instead")
     clips = [Clip(str(index), key.video, key.start, key.end) for index, key in enumerate(keys)]
-    for items in iter_decoded_batches(clips, assistant.config.num_frames, assistant.config.frame_size, batch_size, num_workers):
+    for items in iter_decoded_batches(
+        clips, assistant.config.num_frames, assistant.config.frame_size, batch_size, num_workers
+    ):
         good = [frames for _, frames, _ in items if frames is not None]
         tokens = iter(encode_clips(assistant.model.encoder, np.stack(good)) if good else [])
         yield [(keys[int(clip.id)], next(tokens) if frames is not None else None) for clip, frames, _ in items]
 
 
 def _question_batches(
-    assistant, examples: Sequence[QAExample], batch_size: int, features, num_workers: int, progress: bool, description: str
+    assistant,
+    examples: Sequence[QAExample],
+    batch_size: int,
+    features,
+    num_workers: int,
+    progress: bool,
+    description: str,
 ) -> Iterator[tuple[list[int], torch.Tensor | None]]:
     """(question indices, their videos' tokens [b, M, D]) in batches of up to ``batch_size``
     questions; questions of unreadable videos come with None."""
@@ -90,7 +98,9 @@ def predict_open(
 ) -> list[str | None]:
     """Greedy open-vocabulary answers, one per example (None: its video is unreadable)."""
     predictions: list[str | None] = [None] * len(examples)
-    for indices, tokens in _question_batches(assistant, examples, batch_size, features, num_workers, progress, "answering"):
+    for indices, tokens in _question_batches(
+        assistant, examples, batch_size, features, num_workers, progress, "answering"
+    ):
         if tokens is None:
             continue
         answers = assistant.answer(
@@ -119,7 +129,9 @@ def score_candidates(
     one_token = all(len(tokens) == 1 for tokens in ids)
     scores = np.full((len(examples), len(candidates)), np.nan, dtype=np.float32)
     position = {candidate: column for column, candidate in enumerate(candidates)}
-    for indices, tokens in _question_batches(assistant, examples, batch_size, features, num_workers, progress, "scoring"):
+    for indices, tokens in _question_batches(
+        assistant, examples, batch_size, features, num_workers, progress, "scoring"
+    ):
         if tokens is None:
             continue
         if one_token:
@@ -127,7 +139,9 @@ def score_candidates(
             scores[indices] = assistant.one_token_log_likelihoods(questions, tokens, [t[0] for t in ids], shots).numpy()
             continue
         for row, i in enumerate(indices):
-            ranked = assistant.score_answers(examples[i].question, candidates, video_tokens=tokens[row : row + 1], shots=shots)
+            ranked = assistant.score_answers(
+                examples[i].question, candidates, video_tokens=tokens[row : row + 1], shots=shots
+            )
             for scored in ranked:
                 scores[i, position[scored.answer]] = scored.log_likelihood
     return scores

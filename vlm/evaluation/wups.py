@@ -45,7 +45,16 @@ from encoder.common.errors import PrismVlmError
 LEXNAMES_FILE = Path(__file__).resolve().parents[1] / "data" / "wordnet_lexnames"
 WORDNET_ENV = "PRISM_WORDNET_DIR"
 WORDNET_DIRS = ("/usr/share/wordnet", "/usr/local/WordNet-3.0/dict")
-REQUIRED_FILES = ("data.noun", "index.noun", "data.verb", "index.verb", "data.adj", "index.adj", "data.adv", "index.adv")
+REQUIRED_FILES = (
+    "data.noun",
+    "index.noun",
+    "data.verb",
+    "index.verb",
+    "data.adj",
+    "index.adj",
+    "data.adv",
+    "index.adv",
+)
 PROTOCOLS = ("nextqa", "malinowski")
 EXACT_MATCH_TYPES = frozenset({"DC", "DB"})  # NExT-QA: counting and yes/no questions
 
@@ -200,9 +209,7 @@ class WupsScorer:
             from nltk.corpus.reader.wordnet import NOUN
 
             first_synsets, second_synsets = self.wordnet.synsets(first, NOUN), self.wordnet.synsets(second, NOUN)
-            similarity = max(
-                (a.wup_similarity(b) or 0.0 for a in first_synsets for b in second_synsets), default=0.0
-            )
+            similarity = max((a.wup_similarity(b) or 0.0 for a in first_synsets for b in second_synsets), default=0.0)
         return similarity * 0.1 if similarity < threshold else similarity
 
     def word_similarity(self, first: str, second: str, threshold: float) -> float:
@@ -233,4 +240,3 @@ class WupsScorer:
     ) -> float:
         """The best :meth:`score` over alternative ground truths (NExT-QA's extra reference answers)."""
         return max(self.score(prediction, truth, threshold, question_type) for truth in truths)
-

@@ -77,7 +77,8 @@ class VideoAssistant:
         video_features: [B, L, H] (the model's ``get_video_features``); prompts: B strings."""
         leading = leading_special_ids(self.tokenizer)
         return self.model.get_prompt_embeddings(
-            video_features, [leading] * len(prompts), [text_ids(self.tokenizer, prompt) for prompt in prompts])
+            video_features, [leading] * len(prompts), [text_ids(self.tokenizer, prompt) for prompt in prompts]
+        )
 
     def caption_inputs(self, video_features: torch.Tensor, prompt: str | None = None) -> MergedInputs:
         """The captioning input of B videos (video_features [B, L, H]): the caption prompt (the config's when
@@ -90,8 +91,9 @@ class VideoAssistant:
         prompts = self.config.prompts
         return qa_prompt(prompts, clean_question(self.tokenizer, question, prompts.max_question_tokens), shots)
 
-    def answer_inputs(self, video_features: torch.Tensor, questions: Sequence[str],
-                      shots: Sequence[Shot] = ()) -> MergedInputs:
+    def answer_inputs(
+        self, video_features: torch.Tensor, questions: Sequence[str], shots: Sequence[Shot] = ()
+    ) -> MergedInputs:
         """The open-answer input of B videos (video_features [B, L, H]), one question per video."""
         if isinstance(questions, str):
             raise TypeError("questions must be a list with one question per video")
@@ -106,7 +108,8 @@ class VideoAssistant:
         if video_features.shape[0] != len(rendered):
             raise ValueError(f"{len(rendered)} chats for {video_features.shape[0]} videos")
         return self.model.get_prompt_embeddings(
-            video_features, [r.prefix_ids for r in rendered], [r.suffix_ids for r in rendered])
+            video_features, [r.prefix_ids for r in rendered], [r.suffix_ids for r in rendered]
+        )
 
     def caption_text(self, ids: Sequence[int]) -> str:
         """A caption from its generated token ids."""
@@ -127,21 +130,33 @@ class VideoAssistant:
 
     def _generate(self, inputs: MergedInputs, settings: GenerationSettings, **kwargs) -> list[list[int]]:
         with torch.inference_mode():
-            return generate_ids(self.model.llm, self.tokenizer, inputs.inputs_embeds, inputs.attention_mask,
-                                settings, **kwargs)
+            return generate_ids(
+                self.model.llm, self.tokenizer, inputs.inputs_embeds, inputs.attention_mask, settings, **kwargs
+            )
 
-    def caption(self, clips: torch.Tensor | np.ndarray | None = None, video_tokens: torch.Tensor | None = None,
-                max_new_tokens: int = 32, prompt: str | None = None,
-                generation: GenerationSettings | None = None) -> list[str]:
+    def caption(
+        self,
+        clips: torch.Tensor | np.ndarray | None = None,
+        video_tokens: torch.Tensor | None = None,
+        max_new_tokens: int = 32,
+        prompt: str | None = None,
+        generation: GenerationSettings | None = None,
+    ) -> list[str]:
         """Captions of a batch of videos (clips [B, T, H, W, 3] or video_tokens [B, M, D]): B strings, greedy
         unless ``generation`` says otherwise. A caption is one line: a row stops at EOS or a newline."""
         inputs = self.caption_inputs(self._features(clips, video_tokens), prompt)
         generated = self._generate(inputs, _settings(generation, max_new_tokens), stop_at_newline=True)
         return [self.caption_text(ids) for ids in generated]
 
-    def answer(self, questions: Sequence[str], clips: torch.Tensor | np.ndarray | None = None,
-               video_tokens: torch.Tensor | None = None, shots: Sequence[Shot] = (), max_new_tokens: int = 32,
-               generation: GenerationSettings | None = None) -> list[str]:
+    def answer(
+        self,
+        questions: Sequence[str],
+        clips: torch.Tensor | np.ndarray | None = None,
+        video_tokens: torch.Tensor | None = None,
+        shots: Sequence[Shot] = (),
+        max_new_tokens: int = 32,
+        generation: GenerationSettings | None = None,
+    ) -> list[str]:
         """Open-vocabulary answers, one question per video (B of each), stopping at EOS or newline."""
         if isinstance(questions, str):
             raise TypeError("questions must be a list with one question per video")
@@ -149,22 +164,35 @@ class VideoAssistant:
         generated = self._generate(inputs, _settings(generation, max_new_tokens), stop_at_newline=True)
         return [self.answer_text(ids) for ids in generated]
 
-    def score_answers(self, question: str, candidates: Sequence[str], clips: torch.Tensor | np.ndarray | None = None,
-                      video_tokens: torch.Tensor | None = None, shots: Sequence[Shot] = (),
-                      batch_size: int = 64) -> list[ScoredAnswer]:
+    def score_answers(
+        self,
+        question: str,
+        candidates: Sequence[str],
+        clips: torch.Tensor | np.ndarray | None = None,
+        video_tokens: torch.Tensor | None = None,
+        shots: Sequence[Shot] = (),
+        batch_size: int = 64,
+    ) -> list[ScoredAnswer]:
         """Closed-vocabulary QA for ONE video ([1, ...] clips or tokens): every candidate ranked by
         log-likelihood, best first, with softmax probabilities over the candidates."""
         candidates = check_candidates(candidates)
         candidate_ids = candidate_token_ids(self.tokenizer, candidates)
-        inputs = self.prompt_inputs(self._features(clips, video_tokens, "score_answers"),
-                                    [self.qa_prompt(question, shots)])
+        inputs = self.prompt_inputs(
+            self._features(clips, video_tokens, "score_answers"), [self.qa_prompt(question, shots)]
+        )
         with torch.inference_mode():
-            scores = candidate_log_likelihoods(self.model.llm, inputs.inputs_embeds, candidate_ids,
-                                               batch_size=batch_size)
+            scores = candidate_log_likelihoods(
+                self.model.llm, inputs.inputs_embeds, candidate_ids, batch_size=batch_size
+            )
         return rank_candidates(candidates, scores, candidate_ids)
 
-    def one_token_log_likelihoods(self, questions: Sequence[str], video_tokens: torch.Tensor,
-                                  candidate_ids: Sequence[int], shots: Sequence[Shot] = ()) -> torch.Tensor:
+    def one_token_log_likelihoods(
+        self,
+        questions: Sequence[str],
+        video_tokens: torch.Tensor,
+        candidate_ids: Sequence[int],
+        shots: Sequence[Shot] = (),
+    ) -> torch.Tensor:
         """Log-probabilities of one-token candidates for a batch of questions, one forward pass.
 
         video_tokens: [B, M, D] (one video per question); candidate_ids: C token ids. The prompt is exactly
@@ -173,30 +201,47 @@ class VideoAssistant:
         llm = self.model.llm
         with torch.inference_mode():
             kwargs = {"logits_to_keep": 1} if accepts_logits_to_keep(llm) else {}
-            logits = llm(inputs_embeds=inputs.inputs_embeds, attention_mask=inputs.attention_mask,
-                         position_ids=inputs.position_ids, use_cache=False, **kwargs).logits[:, -1]
+            logits = llm(
+                inputs_embeds=inputs.inputs_embeds,
+                attention_mask=inputs.attention_mask,
+                position_ids=inputs.position_ids,
+                use_cache=False,
+                **kwargs,
+            ).logits[:, -1]
             log_probs = torch.log_softmax(logits.float(), dim=-1)
             return log_probs[:, torch.as_tensor(list(candidate_ids), device=log_probs.device)].cpu()
 
-    def chat_stream(self, messages: Sequence[dict], clips: torch.Tensor | np.ndarray | None = None,
-                    video_tokens: torch.Tensor | None = None, max_new_tokens: int = 256,
-                    generation: GenerationSettings | None = None) -> Iterator[str]:
+    def chat_stream(
+        self,
+        messages: Sequence[dict],
+        clips: torch.Tensor | np.ndarray | None = None,
+        video_tokens: torch.Tensor | None = None,
+        max_new_tokens: int = 256,
+        generation: GenerationSettings | None = None,
+    ) -> Iterator[str]:
         """Stream the assistant's reply to a multi-turn chat about ONE video, text piece by piece.
 
         messages: [{"role": "system"|"user"|"assistant", "content": str}, ...] ending with a user turn; the
         video goes at the start of the first user turn, rendered exactly as conversations are in training."""
         features = self._features(clips, video_tokens, "chat")
-        for pieces in self.chat_stream_batch([messages], video_features=features, max_new_tokens=max_new_tokens,
-                                             generation=generation):
+        for pieces in self.chat_stream_batch(
+            [messages], video_features=features, max_new_tokens=max_new_tokens, generation=generation
+        ):
             if pieces[0] is None:
                 return
             if pieces[0]:
                 yield pieces[0]
 
-    def chat_stream_batch(self, conversations: Sequence[Sequence[dict]], clips: torch.Tensor | np.ndarray | None = None,
-                          video_tokens: torch.Tensor | None = None, max_new_tokens: int = 256,
-                          generation: GenerationSettings | None = None, *,
-                          video_features: torch.Tensor | None = None) -> Iterator[list[str | None]]:
+    def chat_stream_batch(
+        self,
+        conversations: Sequence[Sequence[dict]],
+        clips: torch.Tensor | np.ndarray | None = None,
+        video_tokens: torch.Tensor | None = None,
+        max_new_tokens: int = 256,
+        generation: GenerationSettings | None = None,
+        *,
+        video_features: torch.Tensor | None = None,
+    ) -> Iterator[list[str | None]]:
         """Replies to B chats, one per video, generated together (one forward per step, left padding).
 
         clips [B, T, H, W, 3], video_tokens [B, M, D] or their ``video_features`` [B, L, H]. Yields per step B
@@ -253,9 +298,15 @@ class VideoAssistant:
         :attr:`processor`; UnreadableVideoError for a file the decoder rejects."""
         return self.processor(videos=list(videos), num_frames=num_frames)["pixel_values_videos"]
 
-    def caption_videos(self, videos: Sequence[str | os.PathLike], num_frames: int | None = None,
-                       max_new_tokens: int = 32, batch_size: int = 8, progress: bool = False,
-                       generation: GenerationSettings | None = None) -> list[str]:
+    def caption_videos(
+        self,
+        videos: Sequence[str | os.PathLike],
+        num_frames: int | None = None,
+        max_new_tokens: int = 32,
+        batch_size: int = 8,
+        progress: bool = False,
+        generation: GenerationSettings | None = None,
+    ) -> list[str]:
         """Captions of video files, decoded and captioned ``batch_size`` at a time (``progress``: a tqdm bar)."""
         from tqdm.auto import tqdm
 
@@ -267,9 +318,16 @@ class VideoAssistant:
             captions.extend(self.caption(clips=clips, max_new_tokens=max_new_tokens, generation=generation))
         return captions
 
-    def ask_video(self, video: str | os.PathLike, question: str, candidates: Sequence[str] | None = None,
-                  shots: Sequence[Shot] = (), num_frames: int | None = None, max_new_tokens: int = 32,
-                  generation: GenerationSettings | None = None) -> str | list[ScoredAnswer]:
+    def ask_video(
+        self,
+        video: str | os.PathLike,
+        question: str,
+        candidates: Sequence[str] | None = None,
+        shots: Sequence[Shot] = (),
+        num_frames: int | None = None,
+        max_new_tokens: int = 32,
+        generation: GenerationSettings | None = None,
+    ) -> str | list[ScoredAnswer]:
         """Answer a question about a video file: open-vocabulary (a string) without candidates,
         closed-vocabulary (ranked candidates) with them."""
         if candidates is not None:
@@ -277,12 +335,14 @@ class VideoAssistant:
         question = clean_question(self.tokenizer, question, self.config.prompts.max_question_tokens)
         clips = self.load_videos([video], num_frames)
         if candidates is None:
-            return self.answer([question], clips=clips, shots=shots, max_new_tokens=max_new_tokens,
-                               generation=generation)[0]
+            return self.answer(
+                [question], clips=clips, shots=shots, max_new_tokens=max_new_tokens, generation=generation
+            )[0]
         return self.score_answers(question, candidates, clips=clips, shots=shots)
 
 
-def load_assistant(directory: str | os.PathLike | None = None, device: str | torch.device | None = None,
-                   **kwargs) -> VideoAssistant:
+def load_assistant(
+    directory: str | os.PathLike | None = None, device: str | torch.device | None = None, **kwargs
+) -> VideoAssistant:
     """:func:`vlm.model.load_model` (a directory, a Hub id, or the default model when None) as an assistant."""
     return VideoAssistant(load_model(directory, device=device, **kwargs))

@@ -134,20 +134,50 @@ def caption_clips(
     output = Path(output)
     errors_path = Path(errors_path) if errors_path is not None else errors_path_for(output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(f"{output}.lock-{state.process_index}")  # a second run on the same output would caption the same clips
+    lock = FileLock(
+        f"{output}.lock-{state.process_index}"
+    )  # a second run on the same output would caption the same clips
     try:
         lock.acquire(timeout=0)
     except Timeout:
-        raise OutputBusyError(f"{output} is being written by another run; wait for it to finish or choose another --out") from None
+        raise OutputBusyError(
+            f"{output} is being written by another run; wait for it to finish or choose another --out"
+        ) from None
     try:
-        return _caption_locked(assistant, clips, output, errors_path, frames, batch_size, max_new_tokens, generation, features,
-                               num_workers, progress, state, on_batch)
+        return _caption_locked(
+            assistant,
+            clips,
+            output,
+            errors_path,
+            frames,
+            batch_size,
+            max_new_tokens,
+            generation,
+            features,
+            num_workers,
+            progress,
+            state,
+            on_batch,
+        )
     finally:
         lock.release()
 
 
-def _caption_locked(assistant, clips, output, errors_path, frames, batch_size, max_new_tokens, generation, features, num_workers,
-                    progress, state, on_batch) -> dict[str, int]:
+def _caption_locked(
+    assistant,
+    clips,
+    output,
+    errors_path,
+    frames,
+    batch_size,
+    max_new_tokens,
+    generation,
+    features,
+    num_workers,
+    progress,
+    state,
+    on_batch,
+) -> dict[str, int]:
     """The body of :func:`caption_clips`, run while holding this process's lock on the output."""
     from tqdm.auto import tqdm
 
@@ -167,7 +197,9 @@ def _caption_locked(assistant, clips, output, errors_path, frames, batch_size, m
         captions_file, errors_file = output, errors_path
     writer, error_writer = JsonlAppender(captions_file), JsonlAppender(errors_file)
     description = "captioning" if world == 1 else f"captioning [{rank + 1}/{world}]"
-    bar = tqdm(total=len(mine), unit="clip", desc=description, disable=not progress, position=rank if world > 1 else None)
+    bar = tqdm(
+        total=len(mine), unit="clip", desc=description, disable=not progress, position=rank if world > 1 else None
+    )
     try:
         if features is not None:
             batches = _cached_token_batches(mine, features, batch_size)
@@ -176,9 +208,13 @@ def _caption_locked(assistant, clips, output, errors_path, frames, batch_size, m
         for good, good_inputs, bad in batches:
             if good:
                 if features is not None:
-                    captions = assistant.caption(video_tokens=good_inputs, max_new_tokens=max_new_tokens, generation=generation)
+                    captions = assistant.caption(
+                        video_tokens=good_inputs, max_new_tokens=max_new_tokens, generation=generation
+                    )
                 else:
-                    captions = assistant.caption(clips=good_inputs, max_new_tokens=max_new_tokens, generation=generation)
+                    captions = assistant.caption(
+                        clips=good_inputs, max_new_tokens=max_new_tokens, generation=generation
+                    )
                 writer.write([{"video": clip.id, "caption": caption} for clip, caption in zip(good, captions)])
             error_writer.write(bad)
             counts["captioned"] += len(good)

@@ -48,9 +48,9 @@ def left_pad(rows: Sequence[torch.Tensor], total: int | None = None) -> MergedIn
     attention_mask = torch.zeros(len(rows), total, dtype=torch.long, device=first.device)
     position_ids = torch.zeros(len(rows), total, dtype=torch.long, device=first.device)
     for index, (row, length) in enumerate(zip(rows, lengths)):
-        inputs_embeds[index, total - length:] = row
-        attention_mask[index, total - length:] = 1
-        position_ids[index, total - length:] = torch.arange(length, device=first.device)
+        inputs_embeds[index, total - length :] = row
+        attention_mask[index, total - length :] = 1
+        position_ids[index, total - length :] = torch.arange(length, device=first.device)
     return MergedInputs(inputs_embeds, attention_mask, position_ids)
 
 
@@ -98,8 +98,14 @@ class GenerationSettings:
 
     def generation_config(self, stop_ids: set[int], pad_id: int) -> GenerationConfig:
         """transformers' GenerationConfig for these settings, stopping at ``stop_ids``."""
-        values = {"max_new_tokens": self.max_new_tokens, "do_sample": self.do_sample, "num_beams": self.num_beams,
-                  "repetition_penalty": self.repetition_penalty, "eos_token_id": sorted(stop_ids), "pad_token_id": pad_id}
+        values = {
+            "max_new_tokens": self.max_new_tokens,
+            "do_sample": self.do_sample,
+            "num_beams": self.num_beams,
+            "repetition_penalty": self.repetition_penalty,
+            "eos_token_id": sorted(stop_ids),
+            "pad_token_id": pad_id,
+        }
         if self.do_sample:
             values.update(temperature=self.temperature, top_p=self.top_p, top_k=self.top_k)
         else:  # neutral values, so transformers does not warn about unused sampling settings
@@ -261,8 +267,11 @@ def generate_ids(
         if settings.seed is not None:
             torch.manual_seed(settings.seed)
         output = llm.generate(
-            inputs_embeds=inputs_embeds, attention_mask=attention_mask, generation_config=config,
-            stopping_criteria=criteria, streamer=streamer,
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            generation_config=config,
+            stopping_criteria=criteria,
+            streamer=streamer,
         )
     newline = newline_stopper(tokenizer) if stop_at_newline else None
     rows = []
@@ -287,8 +296,14 @@ def greedy_generate(
     stop_at_newline: bool = False,
 ) -> list[list[int]]:
     """:func:`generate_ids` with greedy decoding (the paper's)."""
-    return generate_ids(llm, tokenizer, inputs_embeds, attention_mask, GenerationSettings(max_new_tokens=max_new_tokens),
-                        stop_at_newline=stop_at_newline)
+    return generate_ids(
+        llm,
+        tokenizer,
+        inputs_embeds,
+        attention_mask,
+        GenerationSettings(max_new_tokens=max_new_tokens),
+        stop_at_newline=stop_at_newline,
+    )
 
 
 class IncrementalText:
@@ -318,4 +333,3 @@ class IncrementalText:
             piece, self.shown = text[len(self.shown) :], text
             return piece
         return ""
-

@@ -83,6 +83,7 @@ def read_candidates(comma_separated: str | None = None, path: str | os.PathLike 
         return check_candidates([line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()])
     return None
 
+
 def candidate_token_ids(tokenizer: PreTrainedTokenizerBase, candidates: Sequence[str]) -> list[list[int]]:
     """Token ids of each candidate as it follows the prompt (see :func:`answer_continuation`)."""
     ids = [text_ids(tokenizer, answer_continuation(candidate)) for candidate in candidates]
@@ -137,7 +138,9 @@ def candidate_log_likelihoods(
     first_log_probs = torch.log_softmax(last_logits[0, -1].float(), dim=-1)  # [V]
     first_tokens = torch.tensor([ids[0] for ids in candidate_ids], device=device)
     totals = first_log_probs[first_tokens].clone()  # [K]
-    multi = sorted((index for index, ids in enumerate(candidate_ids) if len(ids) > 1), key=lambda i: len(candidate_ids[i]))
+    multi = sorted(
+        (index for index, ids in enumerate(candidate_ids) if len(ids) > 1), key=lambda i: len(candidate_ids[i])
+    )
     for rows in _length_groups(multi, [len(candidate_ids[i]) - 1 for i in multi], batch_size, max_tokens_per_forward):
         width = len(candidate_ids[rows[-1]])  # the longest of the group (sorted by length)
         ids = torch.zeros(len(rows), width, dtype=torch.long, device=device)  # right-padded
@@ -159,7 +162,9 @@ def candidate_log_likelihoods(
         ).float()  # [n, C - 1, V]
         targets = ids[:, 1:]
         # log_softmax gathered at the targets without a second [n, C - 1, V] tensor
-        token_log_probs = (logits.gather(-1, targets[..., None]).squeeze(-1) - torch.logsumexp(logits, dim=-1)) * mask[:, 1:]
+        token_log_probs = (logits.gather(-1, targets[..., None]).squeeze(-1) - torch.logsumexp(logits, dim=-1)) * mask[
+            :, 1:
+        ]
         totals[torch.tensor(rows, device=device)] += token_log_probs.sum(dim=1)
     return totals
 
@@ -222,9 +227,7 @@ def rank_candidates(
     ]
 
 
-def top_k_one_token_answers(
-    answers: Iterable[str], tokenizer: PreTrainedTokenizerBase, k: int = 250
-) -> list[str]:
+def top_k_one_token_answers(answers: Iterable[str], tokenizer: PreTrainedTokenizerBase, k: int = 250) -> list[str]:
     """The paper's closed vocabulary: the ``k`` most frequent answers (stripped, lower-cased) that are
     one token as they follow the prompt; ties keep first-appearance order."""
     if k < 1:

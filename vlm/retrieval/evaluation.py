@@ -140,7 +140,11 @@ def embed_clip_list(
 
 
 def evaluate_retrieval(
-    model: VideoTextModel, items: Sequence[CaptionedClip], batch_size: int = 8, num_workers: int = 2, progress: bool = True
+    model: VideoTextModel,
+    items: Sequence[CaptionedClip],
+    batch_size: int = 8,
+    num_workers: int = 2,
+    progress: bool = True,
 ) -> dict:
     """R@1/5/10, median and mean rank, text->video and video->text, over the decodable clips."""
     videos, errors = embed_clip_list(model, [item.clip for item in items], batch_size, num_workers, progress)
@@ -156,7 +160,9 @@ def evaluate_retrieval(
         "captions": len(texts),
         **retrieval_metrics(similarity, owner),
         "chance_R@1": 100.0 / len(kept),
-        "errors": [{"video": item.clip.source, "error": errors[item.clip.id]} for item in items if item.clip.id in errors],
+        "errors": [
+            {"video": item.clip.source, "error": errors[item.clip.id]} for item in items if item.clip.id in errors
+        ],
     }
 
 
@@ -187,13 +193,22 @@ def evaluate_zero_shot(
             probabilities = classify_embeddings(model, torch.stack([videos[i.clip.id] for i in kept]), label_vectors)
             targets = [label_set.index(item.label) for item in kept]
             results["classification"] = {
-                "items": len(kept), "labels": len(label_set), **top_k_accuracy(probabilities, targets),
+                "items": len(kept),
+                "labels": len(label_set),
+                **top_k_accuracy(probabilities, targets),
                 "chance_top1": 100.0 / len(label_set),
             }
             for item, row in zip(kept, probabilities):
                 predicted = label_set[int(row.argmax())]
-                records.append({"video": item.clip.source, "label": item.label, "prediction": predicted,
-                                "probability": float(row.max()), "correct": predicted == item.label})
+                records.append(
+                    {
+                        "video": item.clip.source,
+                        "label": item.label,
+                        "prediction": predicted,
+                        "probability": float(row.max()),
+                        "correct": predicted == item.label,
+                    }
+                )
     if choices:
         kept = [item for item in choices if item.clip.id in videos]
         correct = 0
@@ -201,26 +216,39 @@ def evaluate_zero_shot(
             scores = model.embed_texts(item.candidates) @ videos[item.clip.id]
             predicted = int(scores.argmax())
             correct += predicted == item.answer
-            records.append({"video": item.clip.source, "candidates": item.candidates, "answer": item.answer,
-                            "prediction": predicted, "correct": predicted == item.answer})
+            records.append(
+                {
+                    "video": item.clip.source,
+                    "candidates": item.candidates,
+                    "answer": item.answer,
+                    "prediction": predicted,
+                    "correct": predicted == item.answer,
+                }
+            )
         if kept:
             results["multi_choice"] = {
-                "items": len(kept), "accuracy": 100.0 * correct / len(kept),
+                "items": len(kept),
+                "accuracy": 100.0 * correct / len(kept),
                 "chance": 100.0 * sum(1 / len(item.candidates) for item in kept) / len(kept),
             }
-    results["errors"] = [{"video": item.clip.source, "error": errors[item.clip.id]} for item in items if item.clip.id in errors]
+    results["errors"] = [
+        {"video": item.clip.source, "error": errors[item.clip.id]} for item in items if item.clip.id in errors
+    ]
     return results, records
 
 
 def retrieval_markdown(results: dict) -> str:
-    title = (f"Retrieval over {results['clips']} clips and {results['captions']} captions "
-             f"(chance R@1 {results['chance_R@1']:.2f}%)")
-    lines = [title, "",
-             "| direction | R@1 | R@5 | R@10 | median rank | mean rank |", "|---|---:|---:|---:|---:|---:|"]
+    title = (
+        f"Retrieval over {results['clips']} clips and {results['captions']} captions "
+        f"(chance R@1 {results['chance_R@1']:.2f}%)"
+    )
+    lines = [title, "", "| direction | R@1 | R@5 | R@10 | median rank | mean rank |", "|---|---:|---:|---:|---:|---:|"]
     for direction in ("text_to_video", "video_to_text"):
         m = results[direction]
-        lines.append(f"| {direction.replace('_', ' ')} | {m['R@1']:.1f} | {m['R@5']:.1f} | {m['R@10']:.1f} | "
-                     f"{m['median_rank']:g} | {m['mean_rank']:.1f} |")
+        lines.append(
+            f"| {direction.replace('_', ' ')} | {m['R@1']:.1f} | {m['R@5']:.1f} | {m['R@10']:.1f} | "
+            f"{m['median_rank']:g} | {m['mean_rank']:.1f} |"
+        )
     if results["errors"]:
         lines += ["", f"{len(results['errors'])} clips could not be decoded and were left out."]
     return "\n".join(lines) + "\n"
@@ -230,8 +258,10 @@ def zero_shot_markdown(results: dict) -> str:
     lines = []
     if "classification" in results:
         c = results["classification"]
-        lines.append(f"Classification: {c['items']} clips, {c['labels']} labels: top-1 {c['top1']:.1f}%, "
-                     f"top-5 {c['top5']:.1f}% (chance top-1 {c['chance_top1']:.1f}%)")
+        lines.append(
+            f"Classification: {c['items']} clips, {c['labels']} labels: top-1 {c['top1']:.1f}%, "
+            f"top-5 {c['top5']:.1f}% (chance top-1 {c['chance_top1']:.1f}%)"
+        )
     if "multi_choice" in results:
         m = results["multi_choice"]
         lines.append(f"Multi-choice: {m['items']} items: accuracy {m['accuracy']:.1f}% (chance {m['chance']:.1f}%)")

@@ -75,28 +75,52 @@ def build_index(
     """
     out = Path(out_dir)
     settings = IndexSettings(
-        model=model.source, tokenizer=model.tokenizer_source, num_frames=model.num_frames, frame_size=model.frame_size,
-        text_length=model.text_length, temperature=model.temperature, embedding_dim=model.embedding_dim,
+        model=model.source,
+        tokenizer=model.tokenizer_source,
+        num_frames=model.num_frames,
+        frame_size=model.frame_size,
+        text_length=model.text_length,
+        temperature=model.temperature,
+        embedding_dim=model.embedding_dim,
     )
     meta = CacheMeta(
-        encoder=model.source, encoder_config_sha1=model.identity(), num_frames=model.num_frames,
-        size=model.frame_size, precision="fp32", storage_dtype="fp32", kind=INDEX_KIND,
+        encoder=model.source,
+        encoder_config_sha1=model.identity(),
+        num_frames=model.num_frames,
+        size=model.frame_size,
+        precision="fp32",
+        storage_dtype="fp32",
+        kind=INDEX_KIND,
     )
     out.mkdir(parents=True, exist_ok=True)
     check_cache_meta(out, meta)  # an index of another model or frame setting: refused before anything is written
     # written first, so a partial index (a killed run) can already be searched
     write_file_atomically(out / SETTINGS_FILE, (json.dumps(asdict(settings), indent=2) + "\n").encode())
     return write_clip_vectors(
-        model.embed_clips, meta, videos, out, batch_size=batch_size, shard_size=shard_size, num_workers=num_workers,
-        progress=progress, on_batch=on_batch, description="index",
+        model.embed_clips,
+        meta,
+        videos,
+        out,
+        batch_size=batch_size,
+        shard_size=shard_size,
+        num_workers=num_workers,
+        progress=progress,
+        on_batch=on_batch,
+        description="index",
     )
 
 
 class VideoIndex:
     """An index directory in memory: ``videos`` (N paths) and ``embeddings`` [N, D] float32, L2-normalised."""
 
-    def __init__(self, directory: str | os.PathLike, videos: list[str], embeddings: torch.Tensor,
-                 settings: IndexSettings, errors: dict[str, str]):
+    def __init__(
+        self,
+        directory: str | os.PathLike,
+        videos: list[str],
+        embeddings: torch.Tensor,
+        settings: IndexSettings,
+        errors: dict[str, str],
+    ):
         self.directory = Path(directory)
         self.videos = videos
         self.embeddings = embeddings
@@ -110,7 +134,9 @@ class VideoIndex:
     def load(cls, directory: str | os.PathLike) -> VideoIndex:
         directory = Path(directory)
         if not (directory / SETTINGS_FILE).is_file():
-            raise FileNotFoundError(f"{directory} is not a video index (no {SETTINGS_FILE}); build one with prism-vlm index")
+            raise FileNotFoundError(
+                f"{directory} is not a video index (no {SETTINGS_FILE}); build one with prism-vlm index"
+            )
         cache = FeatureCache(directory)
         if cache.meta.kind != INDEX_KIND:
             raise VideoIndexError(f"{directory} is a feature cache, not a video index")
@@ -128,20 +154,27 @@ class VideoIndex:
             embeddings[list(positions)] = vectors[list(shard_rows)]
         return cls(directory, videos, embeddings, settings, dict(cache.errors))
 
-    def search(self, queries: torch.Tensor, top_k: int = 10, backend: str = "exact") -> tuple[torch.Tensor, torch.Tensor]:
+    def search(
+        self, queries: torch.Tensor, top_k: int = 10, backend: str = "exact"
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """queries [Q, D] (normalised) -> (scores [Q, K], row indices [Q, K]), best first; K = min(top_k, N)."""
         if not len(self):
             raise VideoIndexError(f"the index {self.directory} holds no clips")
         return search_embeddings(self.embeddings, queries, top_k, backend, cache_dir=self.directory)
 
 
-def load_index_model(index: VideoIndex, device: str | None = None, model: str | None = None,
-                     tokenizer: str | None = None) -> VideoTextModel:
+def load_index_model(
+    index: VideoIndex, device: str | None = None, model: str | None = None, tokenizer: str | None = None
+) -> VideoTextModel:
     """The video-text model that built ``index`` (or ``model``/``tokenizer`` instead), with its settings."""
     settings = index.settings
     return load_video_text_model(
-        model or settings.model, tokenizer=tokenizer or settings.tokenizer, device=device,
-        num_frames=settings.num_frames, frame_size=settings.frame_size, text_length=settings.text_length,
+        model or settings.model,
+        tokenizer=tokenizer or settings.tokenizer,
+        device=device,
+        num_frames=settings.num_frames,
+        frame_size=settings.frame_size,
+        text_length=settings.text_length,
         temperature=settings.temperature,
     )
 

@@ -105,8 +105,12 @@ class VideoTextModel:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         rows = []
         for start in range(0, len(texts), batch_size):
-            ids, mask = tokenize_texts(self.tokenizer, list(texts[start : start + batch_size]), max_length=self.text_length)
-            pooled = self.clip.get_text_features(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).pooler_output
+            ids, mask = tokenize_texts(
+                self.tokenizer, list(texts[start : start + batch_size]), max_length=self.text_length
+            )
+            pooled = self.clip.get_text_features(
+                input_ids=ids.to(self.device), attention_mask=mask.to(self.device)
+            ).pooler_output
             rows.append(torch.nn.functional.normalize(pooled.reshape(len(ids), -1).float(), dim=-1).cpu())
         return torch.cat(rows)
 
@@ -159,8 +163,12 @@ def load_video_text_model(
     else:
         if path.exists() and not (path / "config.json").is_file():
             raise FileNotFoundError(f"{source_str} is not a transformers model directory (no config.json)")
-        if not path.exists() and (path.is_absolute() or source_str.startswith((".", "~")) or source_str.count("/") != 1):
-            raise FileNotFoundError(f"no video-text model at {source_str} (not a directory, an .npz or a Hub id 'user/name')")
+        if not path.exists() and (
+            path.is_absolute() or source_str.startswith((".", "~")) or source_str.count("/") != 1
+        ):
+            raise FileNotFoundError(
+                f"no video-text model at {source_str} (not a directory, an .npz or a Hub id 'user/name')"
+            )
         config = AutoConfig.from_pretrained(source_str)
         if config.model_type != "videoprism":
             raise VideoTextModelError(

@@ -25,8 +25,15 @@ DEFAULT_TEMPLATES = ("a video of {}.",)
 CLIP_KINETICS_TEMPLATES = tuple(
     f"{start} of {middle}{{}}."
     for start in ("a photo", "a video", "a example", "a demonstration")
-    for middle in ("", "a person ", "a person using ", "a person doing ", "a person during ", "a person performing ",
-                   "a person practicing ")
+    for middle in (
+        "",
+        "a person ",
+        "a person using ",
+        "a person doing ",
+        "a person during ",
+        "a person performing ",
+        "a person practicing ",
+    )
 )
 
 BUILTIN_TEMPLATES = {"default": DEFAULT_TEMPLATES, "clip-kinetics": CLIP_KINETICS_TEMPLATES}
@@ -90,7 +97,9 @@ def check_labels(labels: Sequence[str]) -> list[str]:
     return labels
 
 
-def label_embeddings(model: VideoTextModel, labels: Sequence[str], templates: Sequence[str] = DEFAULT_TEMPLATES) -> torch.Tensor:
+def label_embeddings(
+    model: VideoTextModel, labels: Sequence[str], templates: Sequence[str] = DEFAULT_TEMPLATES
+) -> torch.Tensor:
     """labels (L) x templates (P) -> ensembled, L2-normalised label embeddings [L, D]."""
     labels = check_labels(labels)
     texts = [template.format(label) for label in labels for template in templates]
@@ -98,6 +107,8 @@ def label_embeddings(model: VideoTextModel, labels: Sequence[str], templates: Se
     return torch.nn.functional.normalize(embeddings.mean(dim=1), dim=-1)
 
 
-def classify_embeddings(model: VideoTextModel, video_embeddings: torch.Tensor, label_vectors: torch.Tensor) -> torch.Tensor:
+def classify_embeddings(
+    model: VideoTextModel, video_embeddings: torch.Tensor, label_vectors: torch.Tensor
+) -> torch.Tensor:
     """video embeddings [B, D] and label embeddings [L, D] -> label probabilities [B, L]."""
     return model.probabilities(video_embeddings @ label_vectors.T)

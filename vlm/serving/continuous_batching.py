@@ -189,12 +189,19 @@ class ContinuousBatcher:
     tokens, newlines).
     """
 
-    def __init__(self, llm: torch.nn.Module, tokenizer: PreTrainedTokenizerBase,
-                 config: ContinuousBatchingConfig | None = None, name: str = "generation",
-                 more_coming: Callable[[], bool] = lambda: False):
+    def __init__(
+        self,
+        llm: torch.nn.Module,
+        tokenizer: PreTrainedTokenizerBase,
+        config: ContinuousBatchingConfig | None = None,
+        name: str = "generation",
+        more_coming: Callable[[], bool] = lambda: False,
+    ):
         if not supports_continuous_batching(llm):
-            raise ValueError(f"{type(llm).__name__} keeps a KV cache that rows cannot join and leave "
-                             "(sliding-window or recurrent layers); generate with vlm.inference.generation.generate_ids")
+            raise ValueError(
+                f"{type(llm).__name__} keeps a KV cache that rows cannot join and leave "
+                "(sliding-window or recurrent layers); generate with vlm.inference.generation.generate_ids"
+            )
         self.llm = llm
         self.tokenizer = tokenizer
         self.config = config or ContinuousBatchingConfig()
@@ -214,8 +221,14 @@ class ContinuousBatcher:
 
     # ------------------------------------------------------------------ caller side
 
-    def submit(self, prepare: Callable[[], torch.Tensor], max_new_tokens: int, *, stop_at_newline: bool = False,
-               streaming: bool = False) -> GenerationStream:
+    def submit(
+        self,
+        prepare: Callable[[], torch.Tensor],
+        max_new_tokens: int,
+        *,
+        stop_at_newline: bool = False,
+        streaming: bool = False,
+    ) -> GenerationStream:
         """Queue one request; ``prepare()`` (run in the worker) returns its prompt embeddings [S, H].
         stop_at_newline: the request ends with the first token holding a newline (kept).
         streaming: its caller shows tokens as they come (after a failed round it is not run again)."""
@@ -289,8 +302,12 @@ class ContinuousBatcher:
                 return None
             if not self._rows:  # a batch starts: give a burst that is still arriving the window to join
                 deadline = time.monotonic() + self.config.window_s
-                while (len(self._jobs) < self.config.max_batch and not self._closed and self._more_coming()
-                       and time.monotonic() < deadline):
+                while (
+                    len(self._jobs) < self.config.max_batch
+                    and not self._closed
+                    and self._more_coming()
+                    and time.monotonic() < deadline
+                ):
                     self._condition.wait(min(_POLL_S, max(0.0, deadline - time.monotonic())))
             taken: list[_Request | _Call] = []
             free = self.config.max_batch - len(self._rows)
@@ -331,8 +348,14 @@ class ContinuousBatcher:
         batch = left_pad(prompts)
         inputs, mask, positions = batch.inputs_embeds, batch.attention_mask, batch.position_ids
         cache = DynamicCache()
-        logits = llm_step(self.llm, attention_mask=mask, position_ids=positions, kv_cache=cache, inputs_embeds=inputs,
-                          last_logits_only=True)
+        logits = llm_step(
+            self.llm,
+            attention_mask=mask,
+            position_ids=positions,
+            kv_cache=cache,
+            inputs_embeds=inputs,
+            last_logits_only=True,
+        )
         for row, token in zip(rows, logits[:, -1].argmax(dim=-1).tolist()):
             self._take(row, token)
         self._merge(rows, cache, mask)
@@ -344,8 +367,14 @@ class ContinuousBatcher:
         input_ids = torch.tensor([[row.pending] for row in self._rows], device=device)
         positions = torch.tensor([[row.length] for row in self._rows], device=device)
         mask = torch.cat([self._mask, torch.ones(len(self._rows), 1, dtype=self._mask.dtype, device=device)], dim=1)
-        logits = llm_step(self.llm, attention_mask=mask, position_ids=positions, kv_cache=self._cache,
-                          input_ids=input_ids, last_logits_only=True)
+        logits = llm_step(
+            self.llm,
+            attention_mask=mask,
+            position_ids=positions,
+            kv_cache=self._cache,
+            input_ids=input_ids,
+            last_logits_only=True,
+        )
         self._mask = mask
         for row, token in zip(self._rows, logits[:, -1].argmax(dim=-1).tolist()):
             row.length += 1
@@ -383,8 +412,10 @@ class ContinuousBatcher:
             new = _layers(cache)
             total = max(self._mask.shape[1], mask.shape[1])
             layers = [
-                (torch.cat([_pad_left(k0, total, 2), _pad_left(k1, total, 2)]),
-                 torch.cat([_pad_left(v0, total, 2), _pad_left(v1, total, 2)]))
+                (
+                    torch.cat([_pad_left(k0, total, 2), _pad_left(k1, total, 2)]),
+                    torch.cat([_pad_left(v0, total, 2), _pad_left(v1, total, 2)]),
+                )
                 for (k0, v0), (k1, v1) in zip(old, new)
             ]
             self._cache = DynamicCache(layers)
@@ -406,10 +437,12 @@ class ContinuousBatcher:
         index = torch.tensor(keep, device=self._mask.device)
         mask = self._mask.index_select(0, index)
         start = int((mask.shape[1] - mask.sum(dim=1)).min())  # padding every remaining row has on its left
-        self._cache = DynamicCache([
-            (keys.index_select(0, index)[:, :, start:], values.index_select(0, index)[:, :, start:])
-            for keys, values in _layers(self._cache)
-        ])
+        self._cache = DynamicCache(
+            [
+                (keys.index_select(0, index)[:, :, start:], values.index_select(0, index)[:, :, start:])
+                for keys, values in _layers(self._cache)
+            ]
+        )
         self._mask = mask[:, start:]
 
     # ------------------------------------------------------------------ failures
@@ -435,9 +468,12 @@ class ContinuousBatcher:
             with torch.inference_mode():
                 embeds = request.prepare()
                 rows = generate_ids(
-                    self.llm, self.tokenizer, embeds[None], torch.ones(1, embeds.shape[0], dtype=torch.long,
-                                                                       device=embeds.device),
-                    GenerationSettings(max_new_tokens=request.max_new_tokens), stop_at_newline=request.stop_at_newline,
+                    self.llm,
+                    self.tokenizer,
+                    embeds[None],
+                    torch.ones(1, embeds.shape[0], dtype=torch.long, device=embeds.device),
+                    GenerationSettings(max_new_tokens=request.max_new_tokens),
+                    stop_at_newline=request.stop_at_newline,
                 )
         except Exception as failure:  # noqa: BLE001 -- fails alone
             stream._fail(failure)

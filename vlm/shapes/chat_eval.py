@@ -62,7 +62,9 @@ def chat_accuracy(
             "accuracy": sum(right) / len(right) if right else float("nan"),
             "clips": len(chosen),
             "distinct_replies": len(set(replies)),
-            "examples": [{"clip": clip.id, "reply": text, "answer": true_answer(clip, kind)}
-                         for clip, text in list(zip(chosen, replies))[:5]],
+            "examples": [
+                {"clip": clip.id, "reply": text, "answer": true_answer(clip, kind)}
+                for clip, text in list(zip(chosen, replies))[:5]
+            ],
         }
     return result

@@ -22,16 +22,34 @@ import numpy as np
 from vlm.shapes.render import PALETTE, ClipAttributes, ObjectAttributes
 
 MOTION_REPLIES: dict[str, str] = {
-    "left": "moving left", "right": "moving right", "up": "moving up", "down": "moving down",
-    "growing": "growing", "shrinking": "shrinking", "rotating": "rotating {rotation}", "still": "staying still",
+    "left": "moving left",
+    "right": "moving right",
+    "up": "moving up",
+    "down": "moving down",
+    "growing": "growing",
+    "shrinking": "shrinking",
+    "rotating": "rotating {rotation}",
+    "still": "staying still",
 }
-DESCRIBE_QUESTIONS = ("Describe the video.", "What happens in the video?", "What do you see?",
-                      "Describe what you see in this clip.", "Give a short description of the video.")
+DESCRIBE_QUESTIONS = (
+    "Describe the video.",
+    "What happens in the video?",
+    "What do you see?",
+    "Describe what you see in this clip.",
+    "Give a short description of the video.",
+)
 COUNT_QUESTIONS = ("How many shapes are there?", "How many objects are in the video?", "How many objects are there?")
 OUT_OF_WORLD_QUESTIONS = (
-    "What is the person doing?", "What sound can you hear?", "Where was this video filmed?", "What time of day is it?",
-    "Who is in the video?", "What is the weather like?", "What does the text say?", "What is the man holding?",
-    "Which animal is in the video?", "What language are they speaking?",
+    "What is the person doing?",
+    "What sound can you hear?",
+    "Where was this video filmed?",
+    "What time of day is it?",
+    "Who is in the video?",
+    "What is the weather like?",
+    "What does the text say?",
+    "What is the man holding?",
+    "Which animal is in the video?",
+    "What language are they speaking?",
 )
 MIN_EXCHANGES, MAX_EXCHANGES = 3, 5
 
@@ -71,8 +89,15 @@ class _Exchanges:
     def colour(self, _previous):
         obj, word = self._object(), _colour_word(self.rng)
         if self.single:
-            question = _pick((f"What {word} is the object?", f"What {word} is the {obj.shape}?",
-                              f"What {word} is the shape?", f"Which {word} is it?"), self.rng)
+            question = _pick(
+                (
+                    f"What {word} is the object?",
+                    f"What {word} is the {obj.shape}?",
+                    f"What {word} is the shape?",
+                    f"Which {word} is it?",
+                ),
+                self.rng,
+            )
             subject = f"the {obj.shape}" if obj.shape in question else "the object" if "object" in question else "it"
         else:
             question = _pick((f"What {word} is the {obj.shape}?", f"Which {word} is the {obj.shape}?"), self.rng)
@@ -82,22 +107,46 @@ class _Exchanges:
     def shape(self, _previous):
         obj = self._object()
         if self.single:
-            question = _pick(("What shape is it?", f"What shape is the {obj.colour} object?", "Which shape is shown?",
-                              "What shape do you see?"), self.rng)
-            reply = f"It is {_a(obj.shape)}." if "it?" in question else _sentence(f"the {obj.colour} object is {_a(obj.shape)}")
+            question = _pick(
+                (
+                    "What shape is it?",
+                    f"What shape is the {obj.colour} object?",
+                    "Which shape is shown?",
+                    "What shape do you see?",
+                ),
+                self.rng,
+            )
+            reply = (
+                f"It is {_a(obj.shape)}."
+                if "it?" in question
+                else _sentence(f"the {obj.colour} object is {_a(obj.shape)}")
+            )
         else:
-            question = _pick((f"What shape is the {obj.colour} one?", f"What shape is the {obj.colour} object?"), self.rng)
+            question = _pick(
+                (f"What shape is the {obj.colour} one?", f"What shape is the {obj.colour} object?"), self.rng
+            )
             reply = _sentence(f"the {obj.colour} one is {_a(obj.shape)}")
         return question, reply, obj
 
     def motion(self, _previous):
         obj = self.objects[0]
         if self.single:
-            question = _pick((f"How is the {obj.shape} moving?", "How is the object moving?", "What is the object doing?",
-                              "What does the shape do?"), self.rng)
-            subject = f"the {obj.shape}" if obj.shape in question else "the object" if "object" in question else "the shape"
+            question = _pick(
+                (
+                    f"How is the {obj.shape} moving?",
+                    "How is the object moving?",
+                    "What is the object doing?",
+                    "What does the shape do?",
+                ),
+                self.rng,
+            )
+            subject = (
+                f"the {obj.shape}" if obj.shape in question else "the object" if "object" in question else "the shape"
+            )
             return question, _sentence(f"{subject} is {_motion(obj)}"), obj
-        question = _pick(("How are the shapes moving?", "What are the objects doing?", "How are the objects moving?"), self.rng)
+        question = _pick(
+            ("How are the shapes moving?", "What are the objects doing?", "How are the objects moving?"), self.rng
+        )
         return question, _sentence(f"both shapes are {_motion(obj)}"), None
 
     def count(self, _previous):
@@ -118,8 +167,11 @@ class _Exchanges:
         return f"Is {noun} {asked}?", f"{answer}, {noun} is {obj.colour}.", obj
 
     def out_of_world(self, _previous):
-        return (_pick(OUT_OF_WORLD_QUESTIONS, self.rng),
-                f"I cannot tell that from the video. It only shows {_pick(self.captions, self.rng)}.", None)
+        return (
+            _pick(OUT_OF_WORLD_QUESTIONS, self.rng),
+            f"I cannot tell that from the video. It only shows {_pick(self.captions, self.rng)}.",
+            None,
+        )
 
     def follow_up(self, previous: ObjectAttributes):
         """A question about the object of the previous exchange, referred to as "it"."""
@@ -128,16 +180,29 @@ class _Exchanges:
             kinds.append("other")
         kind = _pick(kinds, self.rng)
         if kind == "colour":
-            return _pick(("And what colour is it?", "What color is it?", "Which colour does it have?"), self.rng), \
-                f"It is {previous.colour}.", previous
+            return (
+                _pick(("And what colour is it?", "What color is it?", "Which colour does it have?"), self.rng),
+                f"It is {previous.colour}.",
+                previous,
+            )
         if kind == "motion":
-            return _pick(("And how is it moving?", "What is it doing?", "How does it move?"), self.rng), \
-                f"It is {_motion(previous)}.", previous
+            return (
+                _pick(("And how is it moving?", "What is it doing?", "How does it move?"), self.rng),
+                f"It is {_motion(previous)}.",
+                previous,
+            )
         if kind == "shape":
-            return _pick(("And what shape is it?", "Which shape is it?"), self.rng), f"It is {_a(previous.shape)}.", previous
+            return (
+                _pick(("And what shape is it?", "Which shape is it?"), self.rng),
+                f"It is {_a(previous.shape)}.",
+                previous,
+            )
         other = next(o for o in self.objects if o is not previous)
-        return _pick(("What about the other one?", "And the other shape?"), self.rng), \
-            f"The other one is {_a(other.colour + ' ' + other.shape)}.", other
+        return (
+            _pick(("What about the other one?", "And the other shape?"), self.rng),
+            f"The other one is {_a(other.colour + ' ' + other.shape)}.",
+            other,
+        )
 
 
 def conversation(clip: ClipAttributes, clip_captions: list[str], rng: np.random.Generator) -> list[dict]:

@@ -101,15 +101,20 @@ class ShapesConfig:
         self.shapes, self.colours, self.motions = tuple(self.shapes), tuple(self.colours), tuple(self.motions)
         self.travel, self.growth = tuple(self.travel), tuple(self.growth)
         self.rotation_speed = tuple(self.rotation_speed)
-        for name, values, known in (("shapes", self.shapes, SHAPES), ("colours", self.colours, tuple(PALETTE)),
-                                    ("motions", self.motions, MOTIONS)):
+        for name, values, known in (
+            ("shapes", self.shapes, SHAPES),
+            ("colours", self.colours, tuple(PALETTE)),
+            ("motions", self.motions, MOTIONS),
+        ):
             unknown = [v for v in values if v not in known]
             if unknown or len(set(values)) != len(values) or not values:
                 raise ValueError(f"{name} must be distinct names from {known}, got {values}")
         if len(self.shapes) < 2 or len(self.colours) < 2:
             raise ValueError("need at least 2 shapes and 2 colours")
         if self.num_frames < 2 or self.frame_size < 16 or self.frame_size % 2:
-            raise ValueError(f"need num_frames >= 2 and an even frame_size >= 16, got {self.num_frames}, {self.frame_size}")
+            raise ValueError(
+                f"need num_frames >= 2 and an even frame_size >= 16, got {self.num_frames}, {self.frame_size}"
+            )
         if self.fps < 1:
             raise ValueError(f"fps must be >= 1, got {self.fps}")
         for name in ("two_object_fraction", "compositional_fraction", "val_fraction", "test_fraction"):
@@ -221,7 +226,9 @@ def sample_clip_attributes(
     def can_rotate(pair: tuple[str, str]) -> bool:
         return pair[1] not in ROTATION_INVARIANT_SHAPES
 
-    motions = [m for m in config.motions if m != "rotating" or any(map(can_rotate, heldout if compositional else allowed))]
+    motions = [
+        m for m in config.motions if m != "rotating" or any(map(can_rotate, heldout if compositional else allowed))
+    ]
     count = 2 if rng.random() < config.two_object_fraction else 1
     motion = motions[int(rng.integers(len(motions)))]
     first_pool = list(heldout) if compositional else allowed
@@ -260,8 +267,15 @@ def sample_clip_attributes(
     objects = [
         with_derived_fields(
             ObjectAttributes(
-                shape=shape, colour=colour, size=size_name, radius=float(radius),
-                position=(float(x), float(y)), angle=float(angle), motion=motion, speed=float(speed), rotation=rotation,
+                shape=shape,
+                colour=colour,
+                size=size_name,
+                radius=float(radius),
+                position=(float(x), float(y)),
+                angle=float(angle),
+                motion=motion,
+                speed=float(speed),
+                rotation=rotation,
             ),
             config.num_frames,
         )
@@ -269,8 +283,14 @@ def sample_clip_attributes(
     ]
     name = clip_id(index)
     return ClipAttributes(
-        id=name, split=split, num_frames=config.num_frames, frame_size=size, fps=config.fps,
-        background_seed=int(rng.integers(2**31 - 1)), motion=motion, objects=objects,
+        id=name,
+        split=split,
+        num_frames=config.num_frames,
+        frame_size=size,
+        fps=config.fps,
+        background_seed=int(rng.integers(2**31 - 1)),
+        motion=motion,
+        objects=objects,
         video=f"videos/{split}/{name}.mp4",
     )
 
@@ -320,8 +340,13 @@ def encode_mp4(frames: np.ndarray, path: str | os.PathLike, fps: int, crf: int =
         stream.width, stream.height = frames.shape[2], frames.shape[1]
         stream.pix_fmt = "yuv420p"
         stream.codec_context.thread_count = 1
-        stream.options = {"crf": str(crf), "preset": preset, "threads": "1", "g": str(len(frames)),
-                          "x264-params": "bframes=0"}
+        stream.options = {
+            "crf": str(crf),
+            "preset": preset,
+            "threads": "1",
+            "g": str(len(frames)),
+            "x264-params": "bframes=0",
+        }
         for frame in frames:
             for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")):
                 container.mux(packet)
@@ -369,7 +394,9 @@ def clip_records(
     language_rng = np.random.default_rng([seed, index, _LANGUAGE_STREAM])
     clip_captions = captions(attributes, language_rng, config.num_captions)
     clip_questions = questions(attributes, language_rng)
-    clip_conversation = conversation(attributes, clip_captions, np.random.default_rng([seed, index, _CONVERSATION_STREAM]))
+    clip_conversation = conversation(
+        attributes, clip_captions, np.random.default_rng([seed, index, _CONVERSATION_STREAM])
+    )
     return attributes, clip_captions, clip_questions, clip_conversation
 
 
@@ -458,7 +485,9 @@ def _prepare_folder(out: Path, description: dict) -> None:
 
 def _write_manifests(out: Path, records: list[tuple[ClipAttributes, list[str], list[dict], list[dict]]]) -> None:
     attributes_rows, caption_rows, qa_rows, conversation_rows = [], [], [], []
-    by_split: dict[str, dict[str, list[dict]]] = {s: {"captions": [], "qa": [], "refs": [], "conversations": []} for s in SPLITS}
+    by_split: dict[str, dict[str, list[dict]]] = {
+        s: {"captions": [], "qa": [], "refs": [], "conversations": []} for s in SPLITS
+    }
     for attributes, clip_captions, clip_questions, clip_conversation in records:
         video, split, name = attributes.video, attributes.split, attributes.id
         in_split = f"../{video}"  # the same file, relative to OUT/SPLIT/

@@ -94,9 +94,7 @@ def captions(attributes: ClipAttributes, rng: np.random.Generator, num_captions:
         if len(objects) == 1:
             obj = f"{objects[0].colour} {objects[0].shape}"
             sized = obj if motion in ("growing", "shrinking") else f"{objects[0].size} {obj}"
-            text = templates[index].format(
-                a_obj=_article(obj), a_sized_obj=_article(sized), obj=obj, ing=ing, s3=s3
-            )
+            text = templates[index].format(a_obj=_article(obj), a_sized_obj=_article(sized), obj=obj, ing=ing, s3=s3)
         else:
             first, second = (f"{o.colour} {o.shape}" for o in objects)
             text = templates[index].format(a_obj1=_article(first), a_obj2=_article(second), ing=ing)
@@ -110,24 +108,37 @@ def questions(attributes: ClipAttributes, rng: np.random.Generator) -> list[dict
     colour_word = _COLOUR_WORDS[int(rng.integers(2))]
     if len(objects) == 1:
         only = objects[0]
-        colour_q = rng.choice([f"what {colour_word} is the shape?", f"what {colour_word} is the {only.shape}?",
-                               f"which {colour_word} is the object?"])
-        shape_q = rng.choice(["what shape is it?", f"what shape is the {only.colour} object?",
-                              "which shape is shown?"])
-        motion_q = rng.choice([f"how is the {only.shape} moving?", f"what is the {only.colour} {only.shape} doing?",
-                               "how is the object moving?"])
+        colour_q = rng.choice(
+            [
+                f"what {colour_word} is the shape?",
+                f"what {colour_word} is the {only.shape}?",
+                f"which {colour_word} is the object?",
+            ]
+        )
+        shape_q = rng.choice(["what shape is it?", f"what shape is the {only.colour} object?", "which shape is shown?"])
+        motion_q = rng.choice(
+            [
+                f"how is the {only.shape} moving?",
+                f"what is the {only.colour} {only.shape} doing?",
+                "how is the object moving?",
+            ]
+        )
         colour_of, shape_of = only, only
     else:
         colour_of = objects[int(rng.integers(2))]
         shape_of = objects[int(rng.integers(2))]
-        colour_q = rng.choice([f"what {colour_word} is the {colour_of.shape}?",
-                               f"which {colour_word} is the {colour_of.shape}?"])
-        shape_q = rng.choice([f"what shape is the {shape_of.colour} one?",
-                              f"what shape is the {shape_of.colour} object?"])
-        motion_q = rng.choice(["how are the shapes moving?", "what are the objects doing?",
-                               "how are the objects moving?"])
-    count_q = rng.choice(["how many shapes are there?", "how many objects are in the video?",
-                          "how many objects are there?"])
+        colour_q = rng.choice(
+            [f"what {colour_word} is the {colour_of.shape}?", f"which {colour_word} is the {colour_of.shape}?"]
+        )
+        shape_q = rng.choice(
+            [f"what shape is the {shape_of.colour} one?", f"what shape is the {shape_of.colour} object?"]
+        )
+        motion_q = rng.choice(
+            ["how are the shapes moving?", "what are the objects doing?", "how are the objects moving?"]
+        )
+    count_q = rng.choice(
+        ["how many shapes are there?", "how many objects are in the video?", "how many objects are there?"]
+    )
     return [
         {"question": str(colour_q), "answer": colour_of.colour, "type": "colour"},
         {"question": str(shape_q), "answer": shape_of.shape, "type": "shape"},
@@ -138,7 +149,12 @@ def questions(attributes: ClipAttributes, rng: np.random.Generator) -> list[dict
 
 # The motion a hard negative caption names instead of the true one: the opposite where there is one.
 _OPPOSITE_MOTION: dict[str, str] = {
-    "left": "right", "right": "left", "up": "down", "down": "up", "growing": "shrinking", "shrinking": "growing",
+    "left": "right",
+    "right": "left",
+    "up": "down",
+    "down": "up",
+    "growing": "shrinking",
+    "shrinking": "growing",
 }
 
 

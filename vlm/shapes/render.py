@@ -192,7 +192,20 @@ def _unit_outline(shape: str) -> np.ndarray:
         return np.stack([r * np.cos(t), r * np.sin(t)], axis=1)
     if shape == "cross":  # a plus sign, arm half-width 0.32
         a, b = 0.32, 1.0
-        points = [(-a, -b), (a, -b), (a, -a), (b, -a), (b, a), (a, a), (a, b), (-a, b), (-a, a), (-b, a), (-b, -a), (-a, -a)]
+        points = [
+            (-a, -b),
+            (a, -b),
+            (a, -a),
+            (b, -a),
+            (b, a),
+            (a, a),
+            (a, b),
+            (-a, b),
+            (-a, a),
+            (-b, a),
+            (-b, -a),
+            (-a, -a),
+        ]
         outline = np.array(points, dtype=np.float64)
         return outline / np.hypot(a, b)
     if shape == "heart":  # the classic parametric heart, point down, centred on its area centroid
@@ -247,7 +260,9 @@ def render_background(background_seed: int, frame_size: int) -> np.ndarray:
         Image.fromarray(coarse, mode="F").resize((frame_size, frame_size), Image.Resampling.BICUBIC), dtype=np.float32
     )
     blobs = blobs / max(float(np.abs(blobs).max()), 1e-6) * 25.0
-    grain = rng.normal(0.0, 6.0, size=(frame_size, frame_size, 1)) + rng.normal(0.0, 3.0, size=(frame_size, frame_size, 3))
+    grain = rng.normal(0.0, 6.0, size=(frame_size, frame_size, 1)) + rng.normal(
+        0.0, 3.0, size=(frame_size, frame_size, 3)
+    )
     background = base + tint + blobs[..., None] + grain
     return np.clip(background, 0.0, 255.0).astype(np.float32)
 

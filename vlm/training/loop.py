@@ -93,8 +93,10 @@ def enable_activation_checkpointing(llm: torch.nn.Module) -> None:
 def _prompts(model, batch: dict) -> list[str]:
     """The prompt of each caption and QA example ("" for conversations, which the chat template renders)."""
     caption_prompt = model.config.prompts.caption_prompt
-    return [caption_prompt if task == "caption" else VideoAssistant(model).qa_prompt(question) if task == "qa" else ""
-            for task, question in zip(batch["task"], batch["question"])]
+    return [
+        caption_prompt if task == "caption" else VideoAssistant(model).qa_prompt(question) if task == "qa" else ""
+        for task, question in zip(batch["task"], batch["question"])
+    ]
 
 
 def _training_texts(model, processor, batch: dict, max_target_tokens: int) -> list:
@@ -128,10 +130,18 @@ def conversation_truncation(model, sources, max_target_tokens: int) -> list[dict
                 truncated += 1
                 dropped += ids.total_turns - max(ids.kept_turns, 1)
                 cut_first += ids.kept_turns == 0
-        reports.append({"path": loaded.source.path, "max_target_tokens": max_target_tokens, "checked": len(checked),
-                        "truncated": truncated, "assistant_turns_dropped": dropped, "first_turn_cut": cut_first,
-                        "rule": "whole assistant turns are kept from the start while their tokens fit; a first turn "
-                                "longer than the limit alone is cut to it"})
+        reports.append(
+            {
+                "path": loaded.source.path,
+                "max_target_tokens": max_target_tokens,
+                "checked": len(checked),
+                "truncated": truncated,
+                "assistant_turns_dropped": dropped,
+                "first_turn_cut": cut_first,
+                "rule": "whole assistant turns are kept from the start while their tokens fit; a first turn "
+                "longer than the limit alone is cut to it",
+            }
+        )
     return reports
 
 
@@ -155,13 +165,17 @@ def _build_model(config: TrainConfig, cache, llm, tokenizer, encoder):
     encoder_source = config.encoder or (cache.meta.encoder if cache is not None else None)
     if encoder is None and cache is None:
         if config.encoder is None:
-            raise TrainConfigError("training without a feature cache encodes videos on the fly: set encoder (or features)")
+            raise TrainConfigError(
+                "training without a feature cache encodes videos on the fly: set encoder (or features)"
+            )
         encoder = load_encoder(config.encoder)
     if encoder is not None and cache is not None:
         from encoder.videoprism.features import encoder_identity
 
         if encoder_identity(encoder)[1] != cache.meta.encoder_config_sha1:
-            raise TrainConfigError(f"the encoder {encoder_source!r} is not the one the feature cache {config.features} was written with")
+            raise TrainConfigError(
+                f"the encoder {encoder_source!r} is not the one the feature cache {config.features} was written with"
+            )
     num_frames = config.num_frames or (cache.meta.num_frames if cache is not None else None)
     frame_size = config.frame_size or (cache.meta.size if cache is not None else None)
     if cache is not None and (num_frames, frame_size) != (cache.meta.num_frames, cache.meta.size):
@@ -174,16 +188,26 @@ def _build_model(config: TrainConfig, cache, llm, tokenizer, encoder):
         video_width = int(cache.get(first).shape[-1])
     torch.manual_seed(config.seed)  # the resampler's initialisation
     if config.init_from is not None:
-        model = PrismVlmForConditionalGeneration.from_pretrained(config.init_from, llm=llm, tokenizer=tokenizer, encoder=encoder,
-                                                   load_video_encoder=False)
+        model = PrismVlmForConditionalGeneration.from_pretrained(
+            config.init_from, llm=llm, tokenizer=tokenizer, encoder=encoder, load_video_encoder=False
+        )
         model.config.encoder_source = encoder_source or model.config.encoder_source
         model.config.llm_source = config.llm or model.config.llm_source
     else:
         model = PrismVlmForConditionalGeneration.build(
-            llm, tokenizer, encoder, video_width=video_width, num_latents=config.num_latents, depth=config.resampler_depth,
-            num_heads=config.resampler_heads, output_norm=config.resampler_output_norm,
-            prompts=PromptConfig.from_dict(config.prompts), num_frames=num_frames,
-            frame_size=frame_size, encoder_source=encoder_source, llm_source=config.llm,
+            llm,
+            tokenizer,
+            encoder,
+            video_width=video_width,
+            num_latents=config.num_latents,
+            depth=config.resampler_depth,
+            num_heads=config.resampler_heads,
+            output_norm=config.resampler_output_norm,
+            prompts=PromptConfig.from_dict(config.prompts),
+            num_frames=num_frames,
+            frame_size=frame_size,
+            encoder_source=encoder_source,
+            llm_source=config.llm,
         )
     if config.lora is not None:
         model.add_lora(config.lora)
@@ -199,7 +223,9 @@ def evaluate_loss(model, loader, max_target_tokens: int, autocast) -> float:
     processor = PrismVlmProcessor.from_model(model)
     for batch in loader:
         with autocast():
-            losses = model.example_losses(_training_texts(model, processor, batch, max_target_tokens), **_video_kwargs(batch))
+            losses = model.example_losses(
+                _training_texts(model, processor, batch, max_target_tokens), **_video_kwargs(batch)
+            )
         total += float(losses.float().sum())
         count += len(batch["target"])
     return total / max(count, 1)
@@ -236,8 +262,9 @@ def _train(config: TrainConfig, resume: bool, llm, tokenizer, encoder, on_step) 
     from encoder.videoprism.features import FeatureCache
 
     # the resume rule, the tracker package and the precision are checked before any work
-    run = TrainingRun(config, resume=resume, may_change=TrainConfig.RESUME_MAY_CHANGE,
-                      cpu=not torch.cuda.is_available())
+    run = TrainingRun(
+        config, resume=resume, may_change=TrainConfig.RESUME_MAY_CHANGE, cpu=not torch.cuda.is_available()
+    )
     if run.finished:
         return run.model_dir
     accelerator, main, run_dir = run.accelerator, run.main, run.run_dir
@@ -248,26 +275,42 @@ def _train(config: TrainConfig, resume: bool, llm, tokenizer, encoder, on_step) 
     cache_index = CacheIndex(cache) if cache is not None else None
     train_sources = load_sources(config.train_data, cache_index, "training")
     val_sources = load_sources(config.val_data, cache_index, "validation") if config.val_data else []
-    skipped = list({(s.source, s.video): s for loaded in (*train_sources, *val_sources) for s in loaded.skipped}.values())
+    skipped = list(
+        {(s.source, s.video): s for loaded in (*train_sources, *val_sources) for s in loaded.skipped}.values()
+    )
     if cache is not None:
-        crop_mode = (f"feature cache with {cache.num_crops} random crops per clip: each training visit picks one"
-                     if cache.num_crops and config.train_crops else
-                     "feature cache without random crops: training uses the centre crop (no crop augmentation)")
+        crop_mode = (
+            f"feature cache with {cache.num_crops} random crops per clip: each training visit picks one"
+            if cache.num_crops and config.train_crops
+            else "feature cache without random crops: training uses the centre crop (no crop augmentation)"
+        )
     else:
-        crop_mode = ("on the fly: centre crop at 346/288 of frame_size, then a random frame_size crop per visit"
-                     if config.train_crops else "on the fly: centre crop only")
+        crop_mode = (
+            "on the fly: centre crop at 346/288 of frame_size, then a random frame_size crop per visit"
+            if config.train_crops
+            else "on the fly: centre crop only"
+        )
 
     run.begin()  # the run directory and its train_config.json
     if main:
-        report = {"train": [s.report() for s in train_sources], "validation": [s.report() for s in val_sources],
-                  "skipped_videos": len(skipped), "crops": crop_mode}
+        report = {
+            "train": [s.report() for s in train_sources],
+            "validation": [s.report() for s in val_sources],
+            "skipped_videos": len(skipped),
+            "crops": crop_mode,
+        }
         write_json(run_dir / "data_report.json", report)
         known = {(r.get("source"), r.get("video")) for r in read_jsonl_tolerant(run_dir / "data_errors.jsonl")}
-        append_jsonl(run_dir / "data_errors.jsonl", [s.to_dict() for s in skipped if (s.source, s.video) not in known],
-                     ensure_ascii=True)
-        run.note(f"training examples {[len(s.examples) for s in train_sources]} "
-                 f"from {[s.source.path for s in train_sources]}; validation {[len(s.examples) for s in val_sources]}; "
-                 f"skipped videos {len(skipped)} (see data_errors.jsonl)")
+        append_jsonl(
+            run_dir / "data_errors.jsonl",
+            [s.to_dict() for s in skipped if (s.source, s.video) not in known],
+            ensure_ascii=True,
+        )
+        run.note(
+            f"training examples {[len(s.examples) for s in train_sources]} "
+            f"from {[s.source.path for s in train_sources]}; validation {[len(s.examples) for s in val_sources]}; "
+            f"skipped videos {len(skipped)} (see data_errors.jsonl)"
+        )
         run.note(f"frames: {crop_mode}")
     accelerator.wait_for_everyone()
     errors_path = run_dir / "data_errors.jsonl"
@@ -285,35 +328,53 @@ def _train(config: TrainConfig, resume: bool, llm, tokenizer, encoder, on_step) 
         write_json(run_dir / "data_report.json", report)
         for item in report["conversation_truncation"]["train"]:
             if item["truncated"]:
-                run.note(f"{item['path']}: {item['truncated']} of {item['checked']} conversations have more "
-                         f"than {config.max_target_tokens} assistant tokens; their later turns are dropped "
-                         "(data_report.json)")
+                run.note(
+                    f"{item['path']}: {item['truncated']} of {item['checked']} conversations have more "
+                    f"than {config.max_target_tokens} assistant tokens; their later turns are dropped "
+                    "(data_report.json)"
+                )
     parameters = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(parameters, lr=config.learning_rate, betas=(config.adam_beta1, config.adam_beta2),
-                                  eps=config.adam_eps, weight_decay=config.weight_decay)
+    optimizer = torch.optim.AdamW(
+        parameters,
+        lr=config.learning_rate,
+        betas=(config.adam_beta1, config.adam_beta2),
+        eps=config.adam_eps,
+        weight_decay=config.weight_decay,
+    )
     scheduler = warmup_linear_decay(optimizer, config.warmup_steps, config.max_steps, config.final_lr_ratio)
     start_step, data_state = run.restore(model=model, optimizer=optimizer, scheduler=scheduler)
     if start_step and data_state.get("position") != start_step * config.batch_size:
-        raise CheckpointError(f"{run.resume_from}: data position {data_state.get('position')} "
-                              f"does not match step {start_step}")
+        raise CheckpointError(
+            f"{run.resume_from}: data position {data_state.get('position')} does not match step {start_step}"
+        )
     unwrapped = model
     model, optimizer = accelerator.prepare(model, optimizer)  # the optimizer too: fp16's gradient scaling
 
     # ---- data loading
     settings = VideoSettings(unwrapped.config.num_frames, unwrapped.config.frame_size, config.train_crops)
-    stream = ExampleStream([len(s.examples) for s in train_sources], [s.source.weight for s in train_sources], config.seed)
-    sampler = ProcessShardSampler(stream, start_step * config.batch_size, accelerator.process_index, accelerator.num_processes, micro)
+    stream = ExampleStream(
+        [len(s.examples) for s in train_sources], [s.source.weight for s in train_sources], config.seed
+    )
+    sampler = ProcessShardSampler(
+        stream, start_step * config.batch_size, accelerator.process_index, accelerator.num_processes, micro
+    )
     loader = torch.utils.data.DataLoader(
-        GlueExamples(train_sources, settings, config.seed, cache=cache, training=True), batch_size=micro, sampler=sampler,
-        num_workers=config.num_workers, collate_fn=collate_visits, persistent_workers=False,
+        GlueExamples(train_sources, settings, config.seed, cache=cache, training=True),
+        batch_size=micro,
+        sampler=sampler,
+        num_workers=config.num_workers,
+        collate_fn=collate_visits,
+        persistent_workers=False,
         multiprocessing_context=decoding_worker_context(config.num_workers),
     )
     val_loader = None
     if val_sources and config.max_val_examples:
         val_loader = torch.utils.data.DataLoader(
             GlueExamples(val_sources, settings, config.seed, cache=cache, training=False),
-            batch_size=micro, sampler=validation_items(val_sources, config.max_val_examples),
-            num_workers=min(config.num_workers, 1), collate_fn=collate_visits,
+            batch_size=micro,
+            sampler=validation_items(val_sources, config.max_val_examples),
+            num_workers=min(config.num_workers, 1),
+            collate_fn=collate_visits,
             multiprocessing_context=decoding_worker_context(min(config.num_workers, 1)),
         )
 
@@ -330,7 +391,9 @@ def _train(config: TrainConfig, resume: bool, llm, tokenizer, encoder, on_step) 
         val_loss = evaluate_loss(unwrapped, val_loader, config.max_target_tokens, accelerator.autocast)
         metrics.log(step, val_loss=val_loss)
         if config.val_samples:
-            batch = collate_visits([val_loader.dataset[item] for item in validation_items(val_sources, config.val_samples)])
+            batch = collate_visits(
+                [val_loader.dataset[item] for item in validation_items(val_sources, config.val_samples)]
+            )
             with accelerator.autocast():
                 captions = VideoAssistant(unwrapped).caption(**_video_kwargs(batch))
             for video, reference, caption in zip(batch["video"], batch["target"], captions):
@@ -346,8 +409,13 @@ def _train(config: TrainConfig, resume: bool, llm, tokenizer, encoder, on_step) 
                 seen_skips.update((s.source, s.video) for s in new_skips)
                 append_jsonl(errors_path, [s.to_dict() for s in new_skips], ensure_ascii=True)
             sync = micro_step == accumulation - 1
-            with (contextlib.nullcontext() if sync else accelerator.no_sync(model)), _checkpointed_layers(unwrapped.llm, config.gradient_checkpointing):
-                loss = model(_training_texts(unwrapped, processor, batch, config.max_target_tokens), **_video_kwargs(batch))
+            with (
+                contextlib.nullcontext() if sync else accelerator.no_sync(model),
+                _checkpointed_layers(unwrapped.llm, config.gradient_checkpointing),
+            ):
+                loss = model(
+                    _training_texts(unwrapped, processor, batch, config.max_target_tokens), **_video_kwargs(batch)
+                )
                 accelerator.backward(loss / accumulation)
             step_loss += loss.detach() / accumulation
         return float(accelerator.reduce(step_loss, reduction="mean")), {}
@@ -358,12 +426,23 @@ def _train(config: TrainConfig, resume: bool, llm, tokenizer, encoder, on_step) 
             elapsed = time.perf_counter() - window["start"]
             if main:
                 skipped_videos = len({(r.get("source"), r.get("video")) for r in read_jsonl_tolerant(errors_path)})
-                metrics.log(step, loss=window["loss"] / window["steps"], lr=lr,
-                            samples_per_s=window["steps"] * config.batch_size / elapsed, skipped_videos=skipped_videos)
+                metrics.log(
+                    step,
+                    loss=window["loss"] / window["steps"],
+                    lr=lr,
+                    samples_per_s=window["steps"] * config.batch_size / elapsed,
+                    skipped_videos=skipped_videos,
+                )
             window.update(loss=0.0, steps=0, start=time.perf_counter())
         if run.checkpoint_due(step):
-            run.save_checkpoint(step, model_state=trainable_state(unwrapped), optimizer=optimizer, scheduler=scheduler,
-                                data_state={"position": step * config.batch_size}, extra={"loss": step_loss})
+            run.save_checkpoint(
+                step,
+                model_state=trainable_state(unwrapped),
+                optimizer=optimizer,
+                scheduler=scheduler,
+                data_state={"position": step * config.batch_size},
+                extra={"loss": step_loss},
+            )
         if step % config.val_every == 0 or step == config.max_steps:
             validate(step)
             accelerator.wait_for_everyone()
@@ -371,10 +450,20 @@ def _train(config: TrainConfig, resume: bool, llm, tokenizer, encoder, on_step) 
             on_step(step, {"loss": step_loss, "lr": lr})
 
     try:
-        run_steps(start=start_step, max_steps=config.max_steps, compute_loss=compute_loss, optimizer=optimizer,
-                  scheduler=scheduler, parameters=parameters, accelerator=accelerator,
-                  max_grad_norm=config.max_grad_norm, after_step=after_step, title="train glue",
-                  progress=main and config.progress, checkpoint_dir=run_dir / "checkpoints")
+        run_steps(
+            start=start_step,
+            max_steps=config.max_steps,
+            compute_loss=compute_loss,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            parameters=parameters,
+            accelerator=accelerator,
+            max_grad_norm=config.max_grad_norm,
+            after_step=after_step,
+            title="train glue",
+            progress=main and config.progress,
+            checkpoint_dir=run_dir / "checkpoints",
+        )
     finally:
         run.close()
         if samples_log is not None:

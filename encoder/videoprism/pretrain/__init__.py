@@ -9,6 +9,7 @@
 
 Supporting modules: ``data`` (caption manifests, alternating batches), ``tokenizer`` (a
 SentencePiece vocabulary trained on captions), ``heads`` (decoders, projector, MASK token, MAP
-pooling), ``losses``, ``training`` (the shared loop machinery), ``cli`` (``prism-vlm pretrain``).
+pooling), ``losses``, ``loop`` (the stages' loop on the shared harness ``encoder.training.run``); the
+``prism-vlm pretrain`` command is ``vlm.cli.pretrain``.
 Nothing is imported here, so ``prism-vlm`` starts fast.
 """

@@ -134,7 +134,9 @@ class ClipDataset:
         cached = _CLIP_CACHE.get(key) if self.cache_clips else None
         if cached is not None:
             return cached.astype(np.float32) / 255.0
-        clip = load_clip(example.path, num_frames=self.num_frames, size=self.image_size, start=example.start, end=example.end)
+        clip = load_clip(
+            example.path, num_frames=self.num_frames, size=self.image_size, start=example.start, end=example.end
+        )
         if self.cache_clips:
             _CLIP_CACHE[key] = np.round(clip * 255.0).astype(np.uint8)
             return _CLIP_CACHE[key].astype(np.float32) / 255.0
@@ -163,7 +165,9 @@ class AlternatingBatches:
     out of that epoch), so no batch repeats an example.
     """
 
-    def __init__(self, dataset_sizes: Sequence[int], batch_size: int, seed: int = 0, names: Sequence[str] | None = None):
+    def __init__(
+        self, dataset_sizes: Sequence[int], batch_size: int, seed: int = 0, names: Sequence[str] | None = None
+    ):
         if not dataset_sizes:
             raise ValueError("no datasets")
         if batch_size < 1:

@@ -120,17 +120,19 @@ def _standalone(config: VideoPrismVisionConfig) -> VideoPrismVisionConfig:
 
 
 def _decoder_layer_config(encoder_config: VideoPrismVisionConfig, decoder: DecoderConfig) -> VideoPrismVisionConfig:
-    return _standalone(VideoPrismVisionConfig(
-        hidden_size=decoder.width,
-        num_attention_heads=decoder.num_heads,
-        intermediate_size=decoder.width * decoder.mlp_ratio,
-        hidden_act=encoder_config.hidden_act,
-        layer_norm_eps=encoder_config.layer_norm_eps,
-        attn_logit_softcapping=encoder_config.attn_logit_softcapping,
-        num_spatial_layers=0,
-        num_temporal_layers=0,
-        num_auxiliary_layers=0,
-    ))
+    return _standalone(
+        VideoPrismVisionConfig(
+            hidden_size=decoder.width,
+            num_attention_heads=decoder.num_heads,
+            intermediate_size=decoder.width * decoder.mlp_ratio,
+            hidden_act=encoder_config.hidden_act,
+            layer_norm_eps=encoder_config.layer_norm_eps,
+            attn_logit_softcapping=encoder_config.attn_logit_softcapping,
+            num_spatial_layers=0,
+            num_temporal_layers=0,
+            num_auxiliary_layers=0,
+        )
+    )
 
 
 class DistillationDecoder(nn.Module):
@@ -194,7 +196,9 @@ class TokenDistillationHead(nn.Module):
     def position_embeddings(self, num_frames: int) -> torch.Tensor:
         """[T*N, width] decoder position embeddings (the first T temporal rows)."""
         if num_frames > self.num_frames:
-            raise ValueError(f"the decoder has temporal position embeddings for {self.num_frames} frames, got {num_frames}")
+            raise ValueError(
+                f"the decoder has temporal position embeddings for {self.num_frames} frames, got {num_frames}"
+            )
         table = self.temporal_position_embeddings[:num_frames, None, :] + self.spatial_position_embeddings[None]
         return table.reshape(num_frames * self.num_patches, -1)
 
@@ -227,7 +231,9 @@ class TokenDistillationHead(nn.Module):
 class GlobalDistillationHead(nn.Module):
     """Stage 2 global branch: visible tokens -> decoder (no shuffle, no positions) -> MAP -> [B, D]."""
 
-    def __init__(self, encoder_config: VideoPrismVisionConfig, decoder: DecoderConfig, teacher_config: VideoPrismVisionConfig):
+    def __init__(
+        self, encoder_config: VideoPrismVisionConfig, decoder: DecoderConfig, teacher_config: VideoPrismVisionConfig
+    ):
         super().__init__()
         self.decoder = DistillationDecoder(encoder_config, decoder, teacher_config.hidden_size)
         self.pooler = VideoPrismMultiheadAttentionPoolingHead(_standalone(teacher_config))

@@ -53,15 +53,28 @@ class LitConfig(TrainingSettings):
     cache_encoder_tokens: keep the frozen encoder's tokens per clip in memory (needs drop_ratio 0).
     """
 
-    encoder: str = field(metadata={"help": 'the frozen encoder: stage-2 directory, Hub id or .npz (required unless in --config)'})
-    init_from: str | None = field(default=None, metadata={"help": 'stage-1 model directory (the paper); without it the text tower, auxiliary layers and MAP head start from scratch and a tokenizer is trained on the captions'})
+    encoder: str = field(
+        metadata={"help": "the frozen encoder: stage-2 directory, Hub id or .npz (required unless in --config)"}
+    )
+    init_from: str | None = field(
+        default=None,
+        metadata={
+            "help": "stage-1 model directory (the paper); without it the text tower, auxiliary layers and MAP head start from scratch and a tokenizer is trained on the captions"
+        },
+    )
     model: ModelSize = field(default_factory=ModelSize)
-    tokenizer: str | None = field(default=None, metadata={"help": 'without --init-from: VideoPrism tokenizer directory or SentencePiece .model'})
-    vocab_size: int = field(default=8000, metadata={"help": 'without --init-from and --tokenizer: pieces of the trained tokenizer'})
+    tokenizer: str | None = field(
+        default=None, metadata={"help": "without --init-from: VideoPrism tokenizer directory or SentencePiece .model"}
+    )
+    vocab_size: int = field(
+        default=8000, metadata={"help": "without --init-from and --tokenizer: pieces of the trained tokenizer"}
+    )
     initial_temperature: float = 0.07
     drop_ratio: float = 0.0
-    mask_kind: str = field(default="tube", metadata={"choices": ('tube', 'block')})
-    cache_encoder_tokens: bool = field(default=False, metadata={"help": "keep the frozen encoder's tokens per clip in memory"})
+    mask_kind: str = field(default="tube", metadata={"choices": ("tube", "block")})
+    cache_encoder_tokens: bool = field(
+        default=False, metadata={"help": "keep the frozen encoder's tokens per clip in memory"}
+    )
 
     # caching the frozen encoder's tokens changes nothing computed (clips are not augmented)
     RESUME_MAY_CHANGE = (*TrainingSettings.RESUME_MAY_CHANGE, "cache_encoder_tokens")
@@ -83,7 +96,12 @@ class LitTask(ContrastiveTask):
 
     def __init__(self, config: LitConfig, model: ContrastiveModel, tokenizer):
         super().__init__(
-            config, model, tokenizer, config.drop_ratio, config.mask_kind, stage="lit",
+            config,
+            model,
+            tokenizer,
+            config.drop_ratio,
+            config.mask_kind,
+            stage="lit",
             extra_export={"encoder": config.encoder, "init_from": config.init_from},
         )
         self._tokens: dict[tuple[int, int], torch.Tensor] | None = {} if config.cache_encoder_tokens else None
@@ -104,16 +122,27 @@ class LitTask(ContrastiveTask):
             for row, row_tokens in zip(missing, tokens):
                 self._tokens[(dataset_index, row)] = row_tokens.float().cpu()
         encoder_tokens = torch.stack([self._tokens[(dataset_index, r)] for r in rows]).to(device)
-        input_ids, attention_mask = tokenize_texts(self.tokenizer, [dataset.caption(r) for r in rows], max_length=self.max_text_length)
+        input_ids, attention_mask = tokenize_texts(
+            self.tokenizer, [dataset.caption(r) for r in rows], max_length=self.max_text_length
+        )
         with accelerator.autocast():
             video, text, scale = model(
-                None, None, input_ids.to(device), attention_mask.to(device), dataset.is_image, encoder_tokens=encoder_tokens
+                None,
+                None,
+                input_ids.to(device),
+                attention_mask.to(device),
+                dataset.is_image,
+                encoder_tokens=encoder_tokens,
             )
         loss = contrastive_loss(video, text, scale)
         with torch.no_grad():
             similarity = video.float() @ text.float().T
             top1 = (similarity.argmax(dim=1) == torch.arange(len(similarity), device=device)).float().mean()
-        return loss, {"dataset": dataset.name, "temperature": float(1.0 / scale.detach()), "video_to_text_top1": float(top1)}
+        return loss, {
+            "dataset": dataset.name,
+            "temperature": float(1.0 / scale.detach()),
+            "video_to_text_top1": float(top1),
+        }
 
 
 def build_lit(config: LitConfig) -> LitTask:
@@ -122,14 +151,17 @@ def build_lit(config: LitConfig) -> LitTask:
     if config.init_from:
         clip = VideoPrismClipModel.from_pretrained(config.init_from, use_safetensors=True)
         max_length = clip.config.text_config.max_position_embeddings
-        tokenizer = load_tokenizer(config.tokenizer or config.init_from, Path(config.output_dir) / "tokenizer", max_length)
+        tokenizer = load_tokenizer(
+            config.tokenizer or config.init_from, Path(config.output_dir) / "tokenizer", max_length
+        )
         logit_scale = load_logit_scale(config.init_from)
     else:
         clip, tokenizer = _new_towers(config, encoder)
         logit_scale = LogitScale(config.initial_temperature)
     target = clip.video_model.vision_model
     mismatched = [
-        name for name, tensor in encoder.state_dict().items()
+        name
+        for name, tensor in encoder.state_dict().items()
         if name not in target.state_dict() or target.state_dict()[name].shape != tensor.shape
     ]
     if mismatched or set(target.state_dict()) - set(encoder.state_dict()):
@@ -147,11 +179,14 @@ def _new_towers(config: LitConfig, encoder) -> tuple[VideoPrismClipModel, object
     head freshly initialised from ``config.seed``) and its tokenizer."""
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tokenizer = caption_tokenizer(config.tokenizer, out, config.train_manifests, config.vocab_size,
-                                  config.model.max_text_length)
+    tokenizer = caption_tokenizer(
+        config.tokenizer, out, config.train_manifests, config.vocab_size, config.model.max_text_length
+    )
     vision = encoder.config
     size = dataclasses.replace(
-        config.model, hidden_size=vision.hidden_size, num_attention_heads=vision.num_attention_heads,
+        config.model,
+        hidden_size=vision.hidden_size,
+        num_attention_heads=vision.num_attention_heads,
         intermediate_size=vision.intermediate_size,
     )
     vision_config = encoder_vision_config(encoder, config.model.num_auxiliary_layers)
@@ -160,5 +195,6 @@ def _new_towers(config: LitConfig, encoder) -> tuple[VideoPrismClipModel, object
 
 def run_lit(config: LitConfig) -> Path:
     """Run the LiT step (resuming if ``output_dir`` has checkpoints); returns ``output_dir/model``."""
-    return run_training(config, lambda: build_lit(config), "LiT (text tower + MAP head on the frozen encoder)",
-                        plot_keys=("loss",))
+    return run_training(
+        config, lambda: build_lit(config), "LiT (text tower + MAP head on the frozen encoder)", plot_keys=("loss",)
+    )

@@ -83,38 +83,71 @@ class TrainingSettings:
     Every setting is checked when the config is built (TrainConfigError naming it).
     """
 
-    output_dir: str = field(metadata={"help": 'run directory (checkpoints, metrics, model/)'})
-    train_manifests: list[str] = field(default_factory=list, metadata={"help": 'JSONL manifests, one dataset each (batches alternate)', "metavar": 'MANIFEST'})
+    output_dir: str = field(metadata={"help": "run directory (checkpoints, metrics, model/)"})
+    train_manifests: list[str] = field(
+        default_factory=list,
+        metadata={"help": "JSONL manifests, one dataset each (batches alternate)", "metavar": "MANIFEST"},
+    )
     batch_size: int = 8
-    max_steps: int = field(default=1000, metadata={"help": 'optimizer steps in total'})
-    learning_rate: float = field(default=1e-2, metadata={"help": 'peak learning rate (Adafactor: relative step size)'})
+    max_steps: int = field(default=1000, metadata={"help": "optimizer steps in total"})
+    learning_rate: float = field(default=1e-2, metadata={"help": "peak learning rate (Adafactor: relative step size)"})
     warmup_steps: int = 100
     weight_decay: float = 1e-4
     optimizer: str = field(default="adafactor", metadata={"choices": OPTIMIZERS})
-    max_grad_norm: float | None = field(default=None, metadata={"help": 'clip gradients to this norm (default: none)'})
+    max_grad_norm: float | None = field(default=None, metadata={"help": "clip gradients to this norm (default: none)"})
     seed: int = 0
     num_frames: int | None = field(default=None, metadata={"help": "frames per clip (default: the model's)"})
     image_size: int | None = field(default=None, metadata={"help": "clip side in pixels (default: the model's)"})
-    cache_clips: bool = field(default=False, metadata={"help": 'decode every clip once, keep it in memory'})
-    checkpoint_every: int = field(default=500, metadata={
-        "help": "checkpoint interval in steps (one is also written at max_steps)"})
+    cache_clips: bool = field(default=False, metadata={"help": "decode every clip once, keep it in memory"})
+    checkpoint_every: int = field(
+        default=500, metadata={"help": "checkpoint interval in steps (one is also written at max_steps)"}
+    )
     keep_checkpoints: int = field(default=2, metadata={"help": "newest checkpoints kept"})
     log_every: int = field(default=10, metadata={"help": "metrics interval in steps"})
-    mixed_precision: str = field(default="no", metadata={
-        "choices": MIXED_PRECISIONS,
-        "help": "autocast precision (accelerate's names); auto: bf16 on a CUDA GPU, no on the CPU"})
-    cpu: bool = field(default=False, metadata={"help": 'train on the CPU even with CUDA'})
-    cpu_threads: int | None = field(default=None, metadata={"help": 'torch CPU threads (1 is fastest for small models on a shared CPU)'})
-    progress: bool = field(default=True, metadata={"help": 'a progress bar (--no-progress: none)'})
-    resume: bool = field(default=True, metadata={"help": 'continue from the newest checkpoint in the run directory '
-                                                         '(the default; --no-resume: a new run, refused where one is)'})
-    report_to: str = field(default="none", metadata={"choices": ('none', 'tensorboard', 'trackio', 'wandb'), "help": 'also send metrics to this tracker (local ones write to OUT/trackers)'})
+    mixed_precision: str = field(
+        default="no",
+        metadata={
+            "choices": MIXED_PRECISIONS,
+            "help": "autocast precision (accelerate's names); auto: bf16 on a CUDA GPU, no on the CPU",
+        },
+    )
+    cpu: bool = field(default=False, metadata={"help": "train on the CPU even with CUDA"})
+    cpu_threads: int | None = field(
+        default=None, metadata={"help": "torch CPU threads (1 is fastest for small models on a shared CPU)"}
+    )
+    progress: bool = field(default=True, metadata={"help": "a progress bar (--no-progress: none)"})
+    resume: bool = field(
+        default=True,
+        metadata={
+            "help": "continue from the newest checkpoint in the run directory "
+            "(the default; --no-resume: a new run, refused where one is)"
+        },
+    )
+    report_to: str = field(
+        default="none",
+        metadata={
+            "choices": ("none", "tensorboard", "trackio", "wandb"),
+            "help": "also send metrics to this tracker (local ones write to OUT/trackers)",
+        },
+    )
     save_every: InitVar[int | None] = None  # the earlier name of checkpoint_every
 
     # The settings a resumed run may change (how it is watched, saved and run, not what it computes;
     # save_every: the earlier name of checkpoint_every, in configs saved as config.json).
-    RESUME_MAY_CHANGE = ("output_dir", "checkpoint_every", "save_every", "keep_checkpoints", "log_every", "progress",
-                         "resume", "cache_clips", "cpu", "cpu_threads", "mixed_precision", "report_to")
+    RESUME_MAY_CHANGE = (
+        "output_dir",
+        "checkpoint_every",
+        "save_every",
+        "keep_checkpoints",
+        "log_every",
+        "progress",
+        "resume",
+        "cache_clips",
+        "cpu",
+        "cpu_threads",
+        "mixed_precision",
+        "report_to",
+    )
 
     def __post_init__(self, save_every: int | None = None) -> None:
         if save_every is not None:
@@ -163,12 +196,14 @@ class Task(Protocol):
 
 def make_accelerator(settings: TrainingSettings):
     """The accelerator of ``settings`` (the run harness's ``make_accelerator``)."""
-    return _make_accelerator(settings.mixed_precision, cpu=settings.cpu, report_to=settings.report_to,
-                             run_dir=settings.output_dir)
+    return _make_accelerator(
+        settings.mixed_precision, cpu=settings.cpu, report_to=settings.report_to, run_dir=settings.output_dir
+    )
 
 
-def run_training(settings: TrainingSettings, task: Task | Callable[[], Task], title: str,
-                 plot_keys: tuple[str, ...] = ("loss",)) -> Path:
+def run_training(
+    settings: TrainingSettings, task: Task | Callable[[], Task], title: str, plot_keys: tuple[str, ...] = ("loss",)
+) -> Path:
     """Train ``task.model`` for ``settings.max_steps`` steps (resuming from the newest checkpoint by
     the resume rule of ``encoder.training.run``), then export it to ``output_dir/model``. Returns that
     directory.
@@ -212,15 +247,31 @@ def _train(settings: TrainingSettings, task, title: str, plot_keys: tuple[str, .
         if metrics is not None and (step % settings.log_every == 0 or step == settings.max_steps or step == 1):
             metrics.log(step, loss=loss, lr=float(learning_rate), step_seconds=round(seconds, 4), **values)
         if run.checkpoint_due(step):
-            run.save_checkpoint(step, model_state=trainable_state(model), optimizer=optimizer, scheduler=scheduler,
-                                data_state=task.data_state(step), extra={"stage": title})
+            run.save_checkpoint(
+                step,
+                model_state=trainable_state(model),
+                optimizer=optimizer,
+                scheduler=scheduler,
+                data_state=task.data_state(step),
+                extra={"stage": title},
+            )
 
     try:
         model.train()
-        run_steps(start=start, max_steps=settings.max_steps, compute_loss=compute_loss, optimizer=optimizer,
-                  scheduler=scheduler, parameters=trainable, accelerator=accelerator, max_grad_norm=settings.max_grad_norm,
-                  after_step=after_step, title=title, progress=settings.progress and accelerator.is_main_process,
-                  checkpoint_dir=run.run_dir / "checkpoints")
+        run_steps(
+            start=start,
+            max_steps=settings.max_steps,
+            compute_loss=compute_loss,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            parameters=trainable,
+            accelerator=accelerator,
+            max_grad_norm=settings.max_grad_norm,
+            after_step=after_step,
+            title=title,
+            progress=settings.progress and accelerator.is_main_process,
+            checkpoint_dir=run.run_dir / "checkpoints",
+        )
     finally:
         run.close()
     unwrapped = unwrap(model)

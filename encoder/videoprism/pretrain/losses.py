@@ -48,7 +48,9 @@ def contrastive_loss(
         [B, B + N]; the text->video term is unchanged.
     """
     if video_embeds.shape != text_embeds.shape:
-        raise ValueError(f"video {tuple(video_embeds.shape)} and text {tuple(text_embeds.shape)} embeddings differ in shape")
+        raise ValueError(
+            f"video {tuple(video_embeds.shape)} and text {tuple(text_embeds.shape)} embeddings differ in shape"
+        )
     logits = logit_scale * video_embeds.float() @ text_embeds.float().T  # [B, B]
     targets = torch.arange(logits.shape[0], device=logits.device)
     text_to_video = F.cross_entropy(logits.T, targets)

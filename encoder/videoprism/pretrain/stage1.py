@@ -97,9 +97,17 @@ class ModelSize:
     def tiny(cls) -> ModelSize:
         """A CPU-sized model for tests and demos: 64 wide, 2+1 layers, 64 px clips of 8 frames, patch 16."""
         return cls(
-            hidden_size=64, num_attention_heads=4, intermediate_size=256, num_spatial_layers=2,
-            num_temporal_layers=1, num_auxiliary_layers=1, num_frames=8, image_size=64, patch_size=16,
-            text_layers=2, max_text_length=16,
+            hidden_size=64,
+            num_attention_heads=4,
+            intermediate_size=256,
+            num_spatial_layers=2,
+            num_temporal_layers=1,
+            num_auxiliary_layers=1,
+            num_frames=8,
+            image_size=64,
+            patch_size=16,
+            text_layers=2,
+            max_text_length=16,
         )
 
     def check(self) -> None:
@@ -163,14 +171,25 @@ class Stage1Config(TrainingSettings):
     """
 
     model: ModelSize = field(default_factory=ModelSize)
-    init_from: str | None = field(default=None, metadata={"help": 'continue from a VideoPrismClipModel directory'})
-    init_encoder_from: str | None = field(default=None, metadata={"help": 'initialise the video encoder (directory, Hub id or official .npz)'})
-    tokenizer: str | None = field(default=None, metadata={"help": 'VideoPrism tokenizer directory or SentencePiece .model (default: train one)'})
-    vocab_size: int = field(default=8000, metadata={"help": 'pieces of the tokenizer trained when --tokenizer is not given'})
-    drop_ratio: float = field(default=0.5, metadata={"help": 'fraction of video tokens dropped'})
-    mask_kind: str = field(default="tube", metadata={"choices": ('tube', 'block'), "help": 'how tokens are dropped'})
-    initial_temperature: float = field(default=0.07, metadata={"help": 'initial softmax temperature (learned)'})
-    hard_negatives: int = field(default=0, metadata={"help": "per video and step, this many of its manifest row's negative_captions join its video->text candidates (NegCLIP-style; 0 in the paper)"})
+    init_from: str | None = field(default=None, metadata={"help": "continue from a VideoPrismClipModel directory"})
+    init_encoder_from: str | None = field(
+        default=None, metadata={"help": "initialise the video encoder (directory, Hub id or official .npz)"}
+    )
+    tokenizer: str | None = field(
+        default=None, metadata={"help": "VideoPrism tokenizer directory or SentencePiece .model (default: train one)"}
+    )
+    vocab_size: int = field(
+        default=8000, metadata={"help": "pieces of the tokenizer trained when --tokenizer is not given"}
+    )
+    drop_ratio: float = field(default=0.5, metadata={"help": "fraction of video tokens dropped"})
+    mask_kind: str = field(default="tube", metadata={"choices": ("tube", "block"), "help": "how tokens are dropped"})
+    initial_temperature: float = field(default=0.07, metadata={"help": "initial softmax temperature (learned)"})
+    hard_negatives: int = field(
+        default=0,
+        metadata={
+            "help": "per video and step, this many of its manifest row's negative_captions join its video->text candidates (NegCLIP-style; 0 in the paper)"
+        },
+    )
 
     def check(self) -> None:
         super().check()
@@ -258,9 +277,13 @@ def caption_tokenizer(tokenizer: str | None, out_dir: Path, manifests: list[str]
 def encoder_vision_config(encoder, num_auxiliary_layers: int) -> VideoPrismVisionConfig:
     """A video-text model's vision config around ``encoder``'s architecture: its config with
     ``num_auxiliary_layers`` auxiliary layers and L2-normalised embeddings."""
-    return VideoPrismVisionConfig(**{
-        **encoder.config.to_dict(), "num_auxiliary_layers": num_auxiliary_layers, "apply_l2norm": True,
-    })
+    return VideoPrismVisionConfig(
+        **{
+            **encoder.config.to_dict(),
+            "num_auxiliary_layers": num_auxiliary_layers,
+            "apply_l2norm": True,
+        }
+    )
 
 
 def save_logit_scale(logit_scale: LogitScale, out_dir: Path) -> None:
@@ -277,7 +300,9 @@ def load_logit_scale(model_dir: str | os.PathLike, default_temperature: float = 
     return scale
 
 
-def new_clip_model(size: ModelSize, vocab_size: int, seed: int, vision_config: VideoPrismVisionConfig | None = None) -> VideoPrismClipModel:
+def new_clip_model(
+    size: ModelSize, vocab_size: int, seed: int, vision_config: VideoPrismVisionConfig | None = None
+) -> VideoPrismClipModel:
     """A randomly initialised ``VideoPrismClipModel`` (seeded), with the official text position sinusoid."""
     vision = vision_config or size.vision_config()
     config = VideoPrismConfig(vision_config=vision.to_dict(), text_config=size.text_config(vocab_size).to_dict())
@@ -327,7 +352,10 @@ class ContrastiveTask:
             for m in settings.train_manifests
         ]
         self.batches = AlternatingBatches(
-            [len(d) for d in self.datasets], settings.batch_size, settings.seed, names=[str(d.manifest) for d in self.datasets]
+            [len(d) for d in self.datasets],
+            settings.batch_size,
+            settings.seed,
+            names=[str(d.manifest) for d in self.datasets],
         )
         if self.hard_negatives:
             for dataset in self.datasets:
@@ -353,7 +381,10 @@ class ContrastiveTask:
         dataset = self.datasets[dataset_index]
         process = accelerator.process_index if accelerator is not None else 0
         mask = make_mask(
-            self.mask_kind, len(rows), self.grid, self.drop_ratio,
+            self.mask_kind,
+            len(rows),
+            self.grid,
+            self.drop_ratio,
             rng=np.random.default_rng(step_seed(self.settings.seed, 1, step, process)),
         )
         texts = [dataset.caption(r) for r in rows]
@@ -377,8 +408,11 @@ class ContrastiveTask:
         device = accelerator.device
         with accelerator.autocast():
             video, text, scale = model(
-                batch["pixel_values_videos"].to(device), batch["visible_positions"].to(device),
-                batch["input_ids"].to(device), batch["attention_mask"].to(device), batch["crop_temporal_positions"],
+                batch["pixel_values_videos"].to(device),
+                batch["visible_positions"].to(device),
+                batch["input_ids"].to(device),
+                batch["attention_mask"].to(device),
+                batch["crop_temporal_positions"],
             )
         size = len(video)
         text, negatives = text[:size], text[size:]
@@ -386,7 +420,11 @@ class ContrastiveTask:
         with torch.no_grad():
             similarity = video.float() @ text.float().T
             top1 = (similarity.argmax(dim=1) == torch.arange(size, device=similarity.device)).float().mean()
-            metrics = {"dataset": batch["dataset"], "temperature": float(1.0 / scale.detach()), "video_to_text_top1": float(top1)}
+            metrics = {
+                "dataset": batch["dataset"],
+                "temperature": float(1.0 / scale.detach()),
+                "video_to_text_top1": float(top1),
+            }
             if len(negatives):
                 # does each video prefer its caption to every one of its own hard negatives?
                 own = (video.float()[:, None] * negatives.float().view(size, -1, video.shape[1])).sum(-1)  # [B, k]
@@ -397,8 +435,12 @@ class ContrastiveTask:
         model.clip.save_pretrained(out_dir, safe_serialization=True)
         self.tokenizer.save_pretrained(out_dir)
         save_logit_scale(model.logit_scale, out_dir)
-        info = {"stage": self.stage, "temperature": model.logit_scale.temperature, **self.extra_export,
-                "config": config_to_dict(self.settings)}
+        info = {
+            "stage": self.stage,
+            "temperature": model.logit_scale.temperature,
+            **self.extra_export,
+            "config": config_to_dict(self.settings),
+        }
         (out_dir / PRETRAINING_FILE).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
 
 
@@ -435,7 +477,13 @@ def build_stage1(config: Stage1Config) -> ContrastiveTask:
         raise ValueError("video and text widths differ; the contrastive loss compares them by dot product")
     model = ContrastiveModel(clip, logit_scale)
     return ContrastiveTask(
-        config, model, tokenizer, config.drop_ratio, config.mask_kind, stage="stage1", hard_negatives=config.hard_negatives
+        config,
+        model,
+        tokenizer,
+        config.drop_ratio,
+        config.mask_kind,
+        stage="stage1",
+        hard_negatives=config.hard_negatives,
     )
 
 

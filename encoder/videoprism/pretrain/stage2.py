@@ -74,17 +74,23 @@ class Stage2Config(TrainingSettings):
         not augmented: the teacher sees the same intact clip every epoch).
     """
 
-    teacher: str = field(metadata={"help": 'stage-1 model directory (required unless in --config)'})
-    mask_kind: str = field(default="block", metadata={"choices": ('block', 'tube'), "help": 'BEVT block or tube masking'})
+    teacher: str = field(metadata={"help": "stage-1 model directory (required unless in --config)"})
+    mask_kind: str = field(
+        default="block", metadata={"choices": ("block", "tube"), "help": "BEVT block or tube masking"}
+    )
     mask_ratio: float = 0.65
-    shuffle_tokens: bool = field(default=True, metadata={"help": 'shuffle the visible tokens (--no-shuffle-tokens: the ablation)'})
-    global_distillation: bool = field(default=True, metadata={"help": 'distil the global embedding too (--no-global-distillation: the ablation)'})
+    shuffle_tokens: bool = field(
+        default=True, metadata={"help": "shuffle the visible tokens (--no-shuffle-tokens: the ablation)"}
+    )
+    global_distillation: bool = field(
+        default=True, metadata={"help": "distil the global embedding too (--no-global-distillation: the ablation)"}
+    )
     token_loss_weight: float = 1.0
     global_loss_weight: float = 1.0
     decoder: DecoderConfig = field(default_factory=DecoderConfig)
-    min_learning_rate: float = field(default=1e-5, metadata={"help": 'final learning rate of the cosine decay'})
+    min_learning_rate: float = field(default=1e-5, metadata={"help": "final learning rate of the cosine decay"})
     weight_decay: float = 0.05
-    cache_teacher_outputs: bool = field(default=False, metadata={"help": 'keep teacher outputs per clip in memory'})
+    cache_teacher_outputs: bool = field(default=False, metadata={"help": "keep teacher outputs per clip in memory"})
 
     # caching the teacher's outputs changes nothing computed (clips are not augmented)
     RESUME_MAY_CHANGE = (*TrainingSettings.RESUME_MAY_CHANGE, "cache_teacher_outputs")
@@ -106,7 +112,12 @@ class Stage2Config(TrainingSettings):
 class DistillationModel(nn.Module):
     """What stage 2 trains: the student encoder and the two distillation heads."""
 
-    def __init__(self, student: VideoPrismVisionModel, token_head: TokenDistillationHead, global_head: GlobalDistillationHead | None):
+    def __init__(
+        self,
+        student: VideoPrismVisionModel,
+        token_head: TokenDistillationHead,
+        global_head: GlobalDistillationHead | None,
+    ):
         super().__init__()
         self.student = student
         self.token_head = token_head
@@ -151,7 +162,11 @@ class DistillationTask:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed)
             token_head = TokenDistillationHead(vision_config, config.decoder, vision_config.hidden_size)
-            global_head = GlobalDistillationHead(vision_config, config.decoder, vision_config) if config.global_distillation else None
+            global_head = (
+                GlobalDistillationHead(vision_config, config.decoder, vision_config)
+                if config.global_distillation
+                else None
+            )
         self.model = DistillationModel(student, token_head, global_head)
         frames = config.num_frames or vision_config.num_frames
         if frames > vision_config.num_frames:
@@ -172,7 +187,10 @@ class DistillationTask:
             for m in config.train_manifests
         ]
         self.batches = AlternatingBatches(
-            [len(d) for d in self.datasets], config.batch_size, config.seed, names=[str(d.manifest) for d in self.datasets]
+            [len(d) for d in self.datasets],
+            config.batch_size,
+            config.seed,
+            names=[str(d.manifest) for d in self.datasets],
         )
         self._teacher_cache: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
 
@@ -181,7 +199,9 @@ class DistillationTask:
         return self
 
     def scheduler(self, optimizer):
-        return warmup_cosine_decay(optimizer, self.settings.warmup_steps, self.settings.max_steps, self.settings.min_learning_rate)
+        return warmup_cosine_decay(
+            optimizer, self.settings.warmup_steps, self.settings.max_steps, self.settings.min_learning_rate
+        )
 
     def data_state(self, step: int) -> dict:
         return {"next_step": step, "epochs": self.batches.epochs_done(step)}
@@ -202,7 +222,10 @@ class DistillationTask:
             for j, i in enumerate(missing):
                 self._teacher_cache[(dataset_index, rows[i])] = (tokens[j].cpu(), pooled[j].cpu())
         cached = [self._teacher_cache[(dataset_index, r)] for r in rows]
-        return (torch.stack([c[0] for c in cached]).to(pixels.device), torch.stack([c[1] for c in cached]).to(pixels.device))
+        return (
+            torch.stack([c[0] for c in cached]).to(pixels.device),
+            torch.stack([c[1] for c in cached]).to(pixels.device),
+        )
 
     def batch(self, step: int, accelerator=None) -> dict:
         """Pixels [B, T, 3, S, S], the mask [B, N], visible positions [B, K] and the decoder
@@ -212,7 +235,10 @@ class DistillationTask:
         dataset = self.datasets[dataset_index]
         process = accelerator.process_index if accelerator is not None else 0
         mask = make_mask(
-            self.settings.mask_kind, len(rows), self.grid, self.settings.mask_ratio,
+            self.settings.mask_kind,
+            len(rows),
+            self.grid,
+            self.settings.mask_ratio,
             rng=np.random.default_rng(step_seed(self.settings.seed, 2, step, process)),
         )
         length = dataset.num_frames * self.grid[0] * self.grid[1]
@@ -248,7 +274,9 @@ class DistillationTask:
             loss = loss + self.settings.global_loss_weight * global_loss
             values["global_loss"] = float(global_loss.detach())
         with torch.no_grad():
-            distance = 1.0 - torch.nn.functional.cosine_similarity(predicted_tokens.float(), teacher_tokens.float(), dim=-1)
+            distance = 1.0 - torch.nn.functional.cosine_similarity(
+                predicted_tokens.float(), teacher_tokens.float(), dim=-1
+            )
             frames = pixels.shape[1]
             masked = batch["mask"].to(device).repeat(1, frames)  # [B, T*N], position t*N + n
             values["masked_token_loss"] = float(distance[masked].mean()) if masked.any() else 0.0

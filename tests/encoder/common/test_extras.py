@@ -23,7 +23,9 @@ def test_the_library_and_cli_import_no_optional_package():
         "vlm.cli.main.build_parser()\n"
         f"print(sorted(m for m in {OPTIONAL!r} if m in sys.modules))\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300, check=True
+    )
     assert out.stdout.strip() == "[]"
 
 
@@ -37,10 +39,13 @@ def test_pyproject_extras_match_the_table():
     assert extras["all"] == ["prism-vlm[app,train,eval,faiss]"]
 
 
-@pytest.mark.parametrize(("blocked", "argv", "extra"), [
-    ("gradio", ["app"], "app"),
-    ("evaluate", ["eval-caption", "--pred", "P", "--refs", "R"], "eval"),
-])
+@pytest.mark.parametrize(
+    ("blocked", "argv", "extra"),
+    [
+        ("gradio", ["app"], "app"),
+        ("evaluate", ["eval-caption", "--pred", "P", "--refs", "R"], "eval"),
+    ],
+)
 def test_a_missing_extra_is_one_line_naming_it(blocked, argv, extra, monkeypatch, capsys, tmp_path):
     from vlm.cli.main import main
 
@@ -58,7 +63,9 @@ def test_require_and_plots_without_matplotlib(monkeypatch, tmp_path):
     from encoder.training.run_log import plot_metrics_if_installed
 
     monkeypatch.setitem(sys.modules, "peft", None)
-    with pytest.raises(MissingExtraError, match=r"LoRA needs peft, which is not installed: pip install 'prism-vlm\[train\]'"):
+    with pytest.raises(
+        MissingExtraError, match=r"LoRA needs peft, which is not installed: pip install 'prism-vlm\[train\]'"
+    ):
         require("peft", "train", "LoRA")
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     (tmp_path / "metrics.jsonl").write_text('{"step": 1, "loss": 1.0}\n')
@@ -71,9 +78,18 @@ def test_plain_pytest_collects_every_test_from_any_folder(tmp_path):
     """`pytest` (the console script, not `python -m pytest`) run outside the checkout collects the suite:
     the tests import their helpers as ``tests.*`` (pyproject's pythonpath puts the checkout on sys.path)."""
     pytest_script = Path(sys.executable).with_name("pytest")
-    command = [str(pytest_script)] if pytest_script.is_file() else [sys.executable, "-c", "import sys, pytest; sys.exit(pytest.main())"]
-    out = subprocess.run([*command, "--collect-only", "-q", "-p", "no:cacheprovider", str(REPO / "tests")],
-                         cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    command = (
+        [str(pytest_script)]
+        if pytest_script.is_file()
+        else [sys.executable, "-c", "import sys, pytest; sys.exit(pytest.main())"]
+    )
+    out = subprocess.run(
+        [*command, "--collect-only", "-q", "-p", "no:cacheprovider", str(REPO / "tests")],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     summary = out.stdout.strip().splitlines()[-1]
     assert re.fullmatch(r"\d+ tests collected in [\d.]+s", summary), summary  # no "N errors" part

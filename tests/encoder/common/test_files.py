@@ -111,6 +111,7 @@ def test_a_directory_saved_atomically_survives_a_failure_mid_save(tmp_path):
             if fail:
                 raise KeyboardInterrupt  # killed between the two files
             (folder / "weights").write_text(version * 3)
+
         return fill
 
     save_directory_atomically(model, write("v1"))

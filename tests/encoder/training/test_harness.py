@@ -81,8 +81,13 @@ def test_optimizer_and_scheduler_round_trip_exactly(tmp_path, make_optimizer):
     scheduler = warmup_linear_decay(optimizer, warmup_steps=2, total_steps=10)
     _train(model, optimizer, scheduler, steps=3, seed=1)
     path = save_training_checkpoint(
-        tmp_path, 3, model_state=trainable_state(model), optimizer=optimizer, scheduler=scheduler,
-        data_state={"epoch": 0, "position": (3, 7)}, extra={"note": "x"},
+        tmp_path,
+        3,
+        model_state=trainable_state(model),
+        optimizer=optimizer,
+        scheduler=scheduler,
+        data_state={"epoch": 0, "position": (3, 7)},
+        extra={"note": "x"},
     )
     assert path == checkpoint_dir(tmp_path, 3)
     assert not any(p.suffix in (".pt", ".pkl", ".bin") for p in path.iterdir())
@@ -133,8 +138,15 @@ def test_rng_states_are_restored(tmp_path):
 def test_leftover_temp_dir_is_ignored_and_old_checkpoints_pruned(tmp_path):
     model = _model()
     for step in (2, 4, 6):
-        save_training_checkpoint(tmp_path, step, model_state=trainable_state(model), optimizer=None, scheduler=None,
-                                 data_state={"step": step}, keep_last=2)
+        save_training_checkpoint(
+            tmp_path,
+            step,
+            model_state=trainable_state(model),
+            optimizer=None,
+            scheduler=None,
+            data_state={"step": step},
+            keep_last=2,
+        )
     assert [p.name for p in list_checkpoints(tmp_path)] == ["step-00000004", "step-00000006"]
     # a run killed while writing step 8: its temp dir (complete-looking files, even a state.json) is ignored
     half = tmp_path / "checkpoints" / ".tmp-step-00000008"
@@ -145,7 +157,9 @@ def test_leftover_temp_dir_is_ignored_and_old_checkpoints_pruned(tmp_path):
     (tmp_path / "checkpoints" / "step-00000010").mkdir()
     assert latest_checkpoint(tmp_path).name == "step-00000006"
     # the next save of step 8 replaces the leftover temp dir
-    save_training_checkpoint(tmp_path, 8, model_state=trainable_state(model), optimizer=None, scheduler=None, data_state={})
+    save_training_checkpoint(
+        tmp_path, 8, model_state=trainable_state(model), optimizer=None, scheduler=None, data_state={}
+    )
     assert latest_checkpoint(tmp_path).name == "step-00000008"
     assert not half.exists()
     assert latest_checkpoint(tmp_path / "nothing-here") is None
@@ -153,8 +167,12 @@ def test_leftover_temp_dir_is_ignored_and_old_checkpoints_pruned(tmp_path):
 
 def test_resaving_a_step_replaces_it(tmp_path):
     model = _model()
-    save_training_checkpoint(tmp_path, 3, model_state=trainable_state(model), optimizer=None, scheduler=None, data_state={"v": 1})
-    save_training_checkpoint(tmp_path, 3, model_state=trainable_state(model), optimizer=None, scheduler=None, data_state={"v": 2})
+    save_training_checkpoint(
+        tmp_path, 3, model_state=trainable_state(model), optimizer=None, scheduler=None, data_state={"v": 1}
+    )
+    save_training_checkpoint(
+        tmp_path, 3, model_state=trainable_state(model), optimizer=None, scheduler=None, data_state={"v": 2}
+    )
     _, data_state, _ = load_training_checkpoint(latest_checkpoint(tmp_path), model=None, optimizer=None, scheduler=None)
     assert data_state == {"v": 2}
     assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["step-00000003"]
@@ -163,7 +181,9 @@ def test_resaving_a_step_replaces_it(tmp_path):
 @pytest.mark.quick
 def test_mismatched_model_is_refused(tmp_path):
     model = _model()
-    path = save_training_checkpoint(tmp_path, 1, model_state=trainable_state(model), optimizer=None, scheduler=None, data_state={})
+    path = save_training_checkpoint(
+        tmp_path, 1, model_state=trainable_state(model), optimizer=None, scheduler=None, data_state={}
+    )
     other = nn.Sequential(nn.Linear(4, 8), nn.GELU(), nn.Linear(8, 5))
     with pytest.raises(CheckpointError, match="shape"):
         load_training_checkpoint(path, model=other, optimizer=None, scheduler=None)
@@ -252,7 +272,7 @@ def test_plot_metrics_writes_png(tmp_path):
     assert empty.read_bytes()[:4] == b"\x89PNG"
 
 
-_TWO_PROCESS_SCRIPT = r'''
+_TWO_PROCESS_SCRIPT = r"""
 import json, sys, torch
 from torch import nn
 from encoder.training.checkpoints import latest_checkpoint, load_training_checkpoint, save_training_checkpoint, trainable_state
@@ -273,7 +293,7 @@ torch.manual_seed(7)
 load_training_checkpoint(latest_checkpoint(run_dir), model=model, optimizer=optimizer, scheduler=None)
 print(json.dumps({"rank": rank, "expected": expected, "restored": torch.rand(3).tolist()}))
 torch.distributed.destroy_process_group()
-'''
+"""
 
 
 @pytest.mark.slow
@@ -292,10 +312,26 @@ def test_two_processes_main_writes_each_restores_its_own_rng(tmp_path):
     repo = Path(__file__).resolve().parents[3]
     processes = []
     for rank in range(2):
-        env = {**os.environ, "RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_RANK": str(rank), "MASTER_ADDR": "127.0.0.1",
-               "MASTER_PORT": str(port), "OMP_NUM_THREADS": "1", "PYTHONPATH": str(repo)}
-        processes.append(subprocess.Popen([sys.executable, str(script), str(tmp_path / "run")], env=env, cwd=repo,
-                                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        env = {
+            **os.environ,
+            "RANK": str(rank),
+            "WORLD_SIZE": "2",
+            "LOCAL_RANK": str(rank),
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port),
+            "OMP_NUM_THREADS": "1",
+            "PYTHONPATH": str(repo),
+        }
+        processes.append(
+            subprocess.Popen(
+                [sys.executable, str(script), str(tmp_path / "run")],
+                env=env,
+                cwd=repo,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
     outputs = [p.communicate(timeout=120) for p in processes]
     for process, (_, err) in zip(processes, outputs):
         assert process.returncode == 0, err[-2000:]
@@ -305,8 +341,16 @@ def test_two_processes_main_writes_each_restores_its_own_rng(tmp_path):
     assert results[0]["expected"] != results[1]["expected"]
     checkpoint = tmp_path / "run" / "checkpoints" / "step-00000005"
     names = sorted(p.name for p in checkpoint.iterdir())
-    assert names == ["model.safetensors", "optimizer.json", "optimizer.safetensors", "rng-rank1.json",
-                     "rng-rank1.safetensors", "rng.json", "rng.safetensors", "state.json"]
+    assert names == [
+        "model.safetensors",
+        "optimizer.json",
+        "optimizer.safetensors",
+        "rng-rank1.json",
+        "rng-rank1.safetensors",
+        "rng.json",
+        "rng.safetensors",
+        "state.json",
+    ]
     assert json.loads((checkpoint / "state.json").read_text())["world_size"] == 2
 
 
@@ -352,11 +396,23 @@ def test_run_steps_refuses_a_non_finite_loss_before_updating():
         loss.backward()
         return float(loss.detach()), {"double": 2 * step}
 
-    with pytest.raises(FloatingPointError, match="toy: the loss is nan at step 4; the last good checkpoint is kept in CKPT"):
-        run_steps(start=1, max_steps=6, compute_loss=compute_loss, optimizer=optimizer, scheduler=scheduler,
-                  parameters=[weight], accelerator=make_accelerator(cpu=True), max_grad_norm=1.0, title="toy",
-                  progress=False, checkpoint_dir="CKPT",
-                  after_step=lambda step, loss, lr, values: seen.append((step, round(lr, 4), values["double"])))
+    with pytest.raises(
+        FloatingPointError, match="toy: the loss is nan at step 4; the last good checkpoint is kept in CKPT"
+    ):
+        run_steps(
+            start=1,
+            max_steps=6,
+            compute_loss=compute_loss,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            parameters=[weight],
+            accelerator=make_accelerator(cpu=True),
+            max_grad_norm=1.0,
+            title="toy",
+            progress=False,
+            checkpoint_dir="CKPT",
+            after_step=lambda step, loss, lr, values: seen.append((step, round(lr, 4), values["double"])),
+        )
     assert seen == [(2, 0.1, 4), (3, 0.05, 6)]
     assert torch.isfinite(weight).all()  # the NaN step made no update
 
@@ -369,16 +425,27 @@ def test_run_steps_refuses_a_non_finite_loss_before_updating():
 def _glue_config(out, **overrides):
     from vlm.training.config import TrainConfig
 
-    values = {"output_dir": str(out), "train_data": ["a.jsonl"], "max_steps": 6, "warmup_steps": 2,
-              "checkpoint_every": 2}
+    values = {
+        "output_dir": str(out),
+        "train_data": ["a.jsonl"],
+        "max_steps": 6,
+        "warmup_steps": 2,
+        "checkpoint_every": 2,
+    }
     return TrainConfig(**{**values, **overrides})
 
 
 def _stage1_config(out, **overrides):
     from encoder.videoprism.pretrain.stage1 import ModelSize, Stage1Config
 
-    values = {"output_dir": str(out), "train_manifests": ["a.jsonl"], "model": ModelSize.tiny(), "max_steps": 6,
-              "warmup_steps": 2, "checkpoint_every": 2}
+    values = {
+        "output_dir": str(out),
+        "train_manifests": ["a.jsonl"],
+        "model": ModelSize.tiny(),
+        "max_steps": 6,
+        "warmup_steps": 2,
+        "checkpoint_every": 2,
+    }
     if "save_every" in overrides:
         del values["checkpoint_every"]
     return Stage1Config(**{**values, **overrides})
@@ -390,8 +457,9 @@ def _fake_run(config, step: int, model: bool = False) -> None:
     from encoder.training.run import CONFIG_FILE
 
     save_config(config, f"{config.output_dir}/{CONFIG_FILE}")
-    save_training_checkpoint(config.output_dir, step, model_state=trainable_state(_model()), optimizer=None,
-                             scheduler=None, data_state={})
+    save_training_checkpoint(
+        config.output_dir, step, model_state=trainable_state(_model()), optimizer=None, scheduler=None, data_state={}
+    )
     if model:
         (Path(config.output_dir) / "model").mkdir()
         (Path(config.output_dir) / "model" / "weights").write_text("final")
@@ -401,7 +469,12 @@ def test_both_trainings_name_the_run_files_alike():
     from encoder.training import run
 
     assert (run.CONFIG_FILE, run.LOG_FILE, run.METRICS_FILE, run.PLOT_FILE, run.MODEL_DIR) == (
-        "train_config.json", "train_log.txt", "metrics.jsonl", "loss.png", "model")
+        "train_config.json",
+        "train_log.txt",
+        "metrics.jsonl",
+        "loss.png",
+        "model",
+    )
     from encoder.training.checkpoints import CHECKPOINTS_DIR
     from encoder.training.run_log import TRACKERS_DIR
     from encoder.videoprism.pretrain.stage1 import Stage1Config
@@ -409,9 +482,24 @@ def test_both_trainings_name_the_run_files_alike():
 
     assert CONFIG_FILE == run.CONFIG_FILE and (CHECKPOINTS_DIR, TRACKERS_DIR) == ("checkpoints", "trackers")
     glue, stage = {f.name for f in dataclasses.fields(TrainConfig)}, {f.name for f in dataclasses.fields(Stage1Config)}
-    shared = {"output_dir", "max_steps", "batch_size", "learning_rate", "warmup_steps", "weight_decay", "max_grad_norm",
-              "seed", "num_frames", "checkpoint_every", "keep_checkpoints", "log_every", "mixed_precision",
-              "cpu_threads", "progress", "report_to"}
+    shared = {
+        "output_dir",
+        "max_steps",
+        "batch_size",
+        "learning_rate",
+        "warmup_steps",
+        "weight_decay",
+        "max_grad_norm",
+        "seed",
+        "num_frames",
+        "checkpoint_every",
+        "keep_checkpoints",
+        "log_every",
+        "mixed_precision",
+        "cpu_threads",
+        "progress",
+        "report_to",
+    }
     assert shared <= glue and shared <= stage and "save_every" not in stage  # one name per setting
     assert _stage1_config("x", save_every=7).checkpoint_every == 7  # the earlier name still builds a config
 
@@ -440,11 +528,13 @@ def test_bad_settings_are_one_error_type(make, tmp_path):
 
     assert GlueTrainConfigError is TrainConfigError and RunDirectoryError is TrainConfigError  # the old names
     assert issubclass(TrainConfigError, PrismVlmError) and issubclass(TrainConfigError, ValueError)
-    for bad, message in [({"checkpoint_every": 0}, "checkpoint_every must be >= 1"),
-                         ({"keep_checkpoints": 0}, "keep_checkpoints must be >= 1"),
-                         ({"warmup_steps": 7}, r"warmup_steps must be in \[0, max_steps=6\]"),
-                         ({"num_frames": 0}, "num_frames must be in"),
-                         ({"report_to": "mlflow"}, "report_to must be one of")]:
+    for bad, message in [
+        ({"checkpoint_every": 0}, "checkpoint_every must be >= 1"),
+        ({"keep_checkpoints": 0}, "keep_checkpoints must be >= 1"),
+        ({"warmup_steps": 7}, r"warmup_steps must be in \[0, max_steps=6\]"),
+        ({"num_frames": 0}, "num_frames must be in"),
+        ({"report_to": "mlflow"}, "report_to must be one of"),
+    ]:
         with pytest.raises(TrainConfigError, match=message):
             make(tmp_path, **bad)
 
@@ -488,8 +578,9 @@ def test_a_finished_run_is_not_run_again_and_legacy_configs_are_read(tmp_path):
     (tmp_path / "old" / "config.json").write_text(json.dumps(values))
     assert check_resume(legacy, resume=True, may_change=type(legacy).RESUME_MAY_CHANGE) is not None
     with pytest.raises(TrainConfigError, match=r"config.json: \['drop_ratio'\]"):
-        check_resume(_stage1_config(tmp_path / "old", drop_ratio=0.1), resume=True,
-                     may_change=type(legacy).RESUME_MAY_CHANGE)
+        check_resume(
+            _stage1_config(tmp_path / "old", drop_ratio=0.1), resume=True, may_change=type(legacy).RESUME_MAY_CHANGE
+        )
 
 
 def test_an_extended_run_follows_the_longer_schedule(tmp_path):
@@ -509,8 +600,9 @@ def test_an_extended_run_follows_the_longer_schedule(tmp_path):
         scheduler.step()
     assert optimizer.param_groups[0]["lr"] == 0.0
     save_config(_glue_config(tmp_path, max_steps=4, warmup_steps=1), tmp_path / CONFIG_FILE)
-    save_training_checkpoint(tmp_path, 4, model_state=trainable_state(model), optimizer=optimizer, scheduler=scheduler,
-                             data_state={})
+    save_training_checkpoint(
+        tmp_path, 4, model_state=trainable_state(model), optimizer=optimizer, scheduler=scheduler, data_state={}
+    )
     for total, lr in ((4, 0.0), (8, 1 - 3 / 7)):  # step 4 of a warm-up-1 linear decay over 8 steps: 1 - (4 - 1) / 7
         model, optimizer, scheduler = parts(total)
         run = TrainingRun(_glue_config(tmp_path, max_steps=total, warmup_steps=1), cpu=True)

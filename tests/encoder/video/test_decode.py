@@ -311,9 +311,7 @@ def test_odd_size_resize_and_crop(tmp_path):
 def test_rotation_metadata_is_applied(tmp_path, suffix, rotation, hflip, expected):
     original = quadrant_frame(48, 64)
     codec = "libvpx-vp9" if suffix == "webm" else "libx264"
-    path = write_video(
-        tmp_path / f"rot.{suffix}", [original] * 10, codec=codec, rotation=rotation, hflip=hflip, fps=10
-    )
+    path = write_video(tmp_path / f"rot.{suffix}", [original] * 10, codec=codec, rotation=rotation, hflip=hflip, fps=10)
     with av.open(str(path)) as container:  # the metadata really is in the file
         frame = next(container.decode(video=0))
         assert frame.side_data.get(SideDataType.DISPLAYMATRIX) is not None
@@ -667,7 +665,9 @@ def test_kept_frames_are_resized_right_after_conversion(tmp_path, monkeypatch):
     path = write_resolution_switch(tmp_path / "switch.ts")
     held = []
     real = video._to_clip
-    monkeypatch.setattr(video, "_to_clip", lambda frames, size: held.extend(f.shape for f in frames) or real(frames, size))
+    monkeypatch.setattr(
+        video, "_to_clip", lambda frames, size: held.extend(f.shape for f in frames) or real(frames, size)
+    )
     clip = load_clip(path, 16, size=32)
     assert clip.shape == (16, 32, 32, 3)
     assert clip[0].mean() < clip[-1].mean()  # both halves are there

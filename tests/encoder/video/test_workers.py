@@ -24,7 +24,9 @@ REPO = Path(__file__).resolve().parents[3]
 def test_a_worker_killed_mid_clip_costs_only_that_clip():
     """Workers killed on items 3 and 6 (of 7, batches of 2): both recorded as failed, every other
     item decoded once, in order, and the job finishes."""
-    items = [item for batch in decoded_batches(CrashingDataset(7, {3, 6}), batch_size=2, num_workers=2) for item in batch]
+    items = [
+        item for batch in decoded_batches(CrashingDataset(7, {3, 6}), batch_size=2, num_workers=2) for item in batch
+    ]
     assert [index for index, _, _ in items] == list(range(7))
     failed = {index: error for index, value, error in items if value is None}
     assert set(failed) == {3, 6}
@@ -48,7 +50,9 @@ def test_workers_exit_when_the_job_is_killed(tmp_path):
                 pass
     """)
     (tmp_path / "job.py").write_text(script)
-    job = subprocess.Popen([sys.executable, str(tmp_path / "job.py")], cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+    job = subprocess.Popen(
+        [sys.executable, str(tmp_path / "job.py")], cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}
+    )
     try:
         deadline = time.monotonic() + 60
         workers = []

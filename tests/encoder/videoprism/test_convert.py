@@ -1,6 +1,5 @@
 """Parity of converted official checkpoints with the official JAX outputs (tests/fixtures/videoprism_reference)."""
 
-
 import numpy as np
 import pytest
 import torch

@@ -55,7 +55,15 @@ def test_cached_tokens_equal_direct_encoding(tmp_path, tiny_encoder_dir, video_d
     assert len(videos) == 6 and not any(v.endswith(".txt") for v in videos)
 
     counts = extract_features(
-        model, videos, tmp_path / "cache", num_frames=FRAMES, size=SIZE, batch_size=2, shard_size=3, num_workers=2, progress=False
+        model,
+        videos,
+        tmp_path / "cache",
+        num_frames=FRAMES,
+        size=SIZE,
+        batch_size=2,
+        shard_size=3,
+        num_workers=2,
+        progress=False,
     )
     assert counts == {"encoded": 5, "skipped": 0, "errors": 1}
     cache = FeatureCache(tmp_path / "cache")
@@ -84,7 +92,15 @@ def test_manifest_input_and_missing_files(tmp_path, tiny_encoder_dir, video_dir)
     )
     videos = list_videos(manifest)
     assert videos == [str(video_dir / "clip0.mp4"), str(tmp_path / "missing.mp4")]
-    counts = extract_features(load_encoder(tiny_encoder_dir), videos, tmp_path / "cache", num_frames=FRAMES, size=SIZE, num_workers=0, progress=False)
+    counts = extract_features(
+        load_encoder(tiny_encoder_dir),
+        videos,
+        tmp_path / "cache",
+        num_frames=FRAMES,
+        size=SIZE,
+        num_workers=0,
+        progress=False,
+    )
     assert counts == {"encoded": 1, "skipped": 0, "errors": 1}
     assert "FileNotFoundError" in FeatureCache(tmp_path / "cache").errors[str(tmp_path / "missing.mp4")]
     with pytest.raises(FileNotFoundError):
@@ -136,9 +152,25 @@ def test_resume_after_sigkill(tmp_path, tiny_encoder_dir, video_dir):
 
 @pytest.mark.slow
 def test_features_cli(tmp_path, tiny_encoder_dir, video_dir):
-    cmd = [sys.executable, "-m", "vlm.cli.main", "features", "--encoder", str(tiny_encoder_dir),
-           "--videos", str(video_dir),
-           "--out", str(tmp_path / "cache"), "--frames", str(FRAMES), "--size", str(SIZE), "--workers", "0", "--no-progress"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "vlm.cli.main",
+        "features",
+        "--encoder",
+        str(tiny_encoder_dir),
+        "--videos",
+        str(video_dir),
+        "--out",
+        str(tmp_path / "cache"),
+        "--frames",
+        str(FRAMES),
+        "--size",
+        str(SIZE),
+        "--workers",
+        "0",
+        "--no-progress",
+    ]
     done = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout.strip().splitlines()[-1]) == {"encoded": 5, "skipped": 0, "errors": 1}
@@ -147,16 +179,18 @@ def test_features_cli(tmp_path, tiny_encoder_dir, video_dir):
     assert missing.returncode == 2 and "no such folder" in missing.stderr
 
 
-@pytest.mark.parametrize("flag, value", [("--frames", "0"), ("--frames", "-3"), ("--size", "0"), ("--batch-size", "0"),
-                                         ("--workers", "-1")])
+@pytest.mark.parametrize(
+    "flag, value", [("--frames", "0"), ("--frames", "-3"), ("--size", "0"), ("--batch-size", "0"), ("--workers", "-1")]
+)
 def test_features_cli_refuses_absurd_flags_before_writing(tmp_path, tiny_encoder_dir, video_dir, capsys, flag, value):
     """`features --frames 0` used to write a meta.json that then errored every clip."""
     from vlm.cli import main as cli
 
     out = tmp_path / "cache"
     with pytest.raises(SystemExit) as raised:
-        cli.main(["features", "--encoder", str(tiny_encoder_dir), "--videos", str(video_dir), "--out", str(out),
-                  flag, value])
+        cli.main(
+            ["features", "--encoder", str(tiny_encoder_dir), "--videos", str(video_dir), "--out", str(out), flag, value]
+        )
     assert raised.value.code == 2 and flag in capsys.readouterr().err
     assert not out.exists()
 
@@ -165,7 +199,9 @@ def test_extract_features_refuses_a_bad_frame_count_before_writing(tmp_path, tin
     model = load_encoder(tiny_encoder_dir)
     for frames, size in ((0, SIZE), (-2, SIZE), (FRAMES, 0)):
         with pytest.raises(ValueError):
-            extract_features(model, list_videos(video_dir), tmp_path / "cache", num_frames=frames, size=size, progress=False)
+            extract_features(
+                model, list_videos(video_dir), tmp_path / "cache", num_frames=frames, size=size, progress=False
+            )
     assert not (tmp_path / "cache").exists()
 
 
@@ -177,13 +213,16 @@ def test_encode_clips_checks_shapes(tiny_encoder_dir):
         encode_clips(model, np.zeros((1, FRAMES, SIZE, SIZE, 3), np.float32), precision="int8")
 
 
-@pytest.mark.parametrize("content, message", [
-    (b'{"video": "a.mp4"}\n{"video": 5}\n', "rows.jsonl:2: 'video' must be a non-empty path string, got 5"),
-    (b'{"video": null}\n', "rows.jsonl:1: 'video' must be a non-empty path string, got None"),
-    (b'{"video": "a.mp4"}\n{"video": "caf\xe9.mp4"}\n', "rows.jsonl:2: not UTF-8 text"),
-    (b"", "rows.jsonl: lists no videos"),
-    (b"\n\n", "rows.jsonl: lists no videos"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b'{"video": "a.mp4"}\n{"video": 5}\n', "rows.jsonl:2: 'video' must be a non-empty path string, got 5"),
+        (b'{"video": null}\n', "rows.jsonl:1: 'video' must be a non-empty path string, got None"),
+        (b'{"video": "a.mp4"}\n{"video": "caf\xe9.mp4"}\n', "rows.jsonl:2: not UTF-8 text"),
+        (b"", "rows.jsonl: lists no videos"),
+        (b"\n\n", "rows.jsonl: lists no videos"),
+    ],
+)
 def test_bad_manifests_name_file_and_line_before_the_encoder_loads(tmp_path, capsys, content, message):
     from vlm.cli import main as cli
 
@@ -193,8 +232,20 @@ def test_bad_manifests_name_file_and_line_before_the_encoder_loads(tmp_path, cap
         list_videos(manifest)
     assert message in str(error.value)
     # The CLI says the same, without loading the (here missing) encoder first.
-    assert cli.main(["features", "--encoder", str(tmp_path / "no-model"), "--videos", str(manifest),
-                     "--out", str(tmp_path / "c")]) == 2
+    assert (
+        cli.main(
+            [
+                "features",
+                "--encoder",
+                str(tmp_path / "no-model"),
+                "--videos",
+                str(manifest),
+                "--out",
+                str(tmp_path / "c"),
+            ]
+        )
+        == 2
+    )
     assert message in capsys.readouterr().err
     assert not (tmp_path / "c").exists()
 
@@ -213,9 +264,12 @@ def test_a_second_writer_is_refused(tmp_path, tiny_encoder_dir, video_dir):
     (tmp_path / "cache").mkdir()
     with FileLock(str(tmp_path / "cache" / LOCK_FILE)):  # another run is writing
         with pytest.raises(CacheBusyError, match="being written by another process"):
-            extract_features(model, list_videos(video_dir), tmp_path / "cache", num_frames=FRAMES, size=SIZE, progress=False)
-    counts = extract_features(model, list_videos(video_dir), tmp_path / "cache", num_frames=FRAMES, size=SIZE,
-                              num_workers=0, progress=False)
+            extract_features(
+                model, list_videos(video_dir), tmp_path / "cache", num_frames=FRAMES, size=SIZE, progress=False
+            )
+    counts = extract_features(
+        model, list_videos(video_dir), tmp_path / "cache", num_frames=FRAMES, size=SIZE, num_workers=0, progress=False
+    )
     assert counts["encoded"] == 5
 
 
@@ -225,11 +279,14 @@ def test_resume_re_encodes_the_clips_of_a_shard_lost_to_a_power_cut(tmp_path, ti
     model = load_encoder(tiny_encoder_dir)
     videos = list_videos(video_dir)
     cache_dir = tmp_path / "cache"
-    extract_features(model, videos, cache_dir, num_frames=FRAMES, size=SIZE, shard_size=3, num_workers=0, progress=False)
+    extract_features(
+        model, videos, cache_dir, num_frames=FRAMES, size=SIZE, shard_size=3, num_workers=0, progress=False
+    )
     reference = {video: FeatureCache(cache_dir).get(video).clone() for video in FeatureCache(cache_dir).videos}
     (cache_dir / "shard-00000.safetensors").write_bytes(b"")  # empty after the power cut
-    counts = extract_features(model, videos, cache_dir, num_frames=FRAMES, size=SIZE, shard_size=3, num_workers=0,
-                              progress=False)
+    counts = extract_features(
+        model, videos, cache_dir, num_frames=FRAMES, size=SIZE, shard_size=3, num_workers=0, progress=False
+    )
     assert counts == {"encoded": 3, "skipped": 3, "errors": 0}
     assert (cache_dir / "shard-00000.safetensors.corrupt").exists()
     cache = FeatureCache(cache_dir)
@@ -256,10 +313,12 @@ def test_an_aborted_run_keeps_the_clips_encoded_so_far(tmp_path, tiny_encoder_di
     monkeypatch.setattr(features, "encode_clips", failing_second_time)
     videos = [v for v in list_videos(video_dir) if not v.endswith("corrupt.mp4")]
     with pytest.raises(KeyboardInterrupt):
-        extract_features(model, videos, tmp_path / "cache", num_frames=FRAMES, size=SIZE, batch_size=2, num_workers=0,
-                         progress=False)
+        extract_features(
+            model, videos, tmp_path / "cache", num_frames=FRAMES, size=SIZE, batch_size=2, num_workers=0, progress=False
+        )
     assert len(FeatureCache(tmp_path / "cache")) == 2  # the first batch is on disk
     monkeypatch.setattr(features, "encode_clips", real)
-    counts = extract_features(model, videos, tmp_path / "cache", num_frames=FRAMES, size=SIZE, batch_size=2,
-                              num_workers=0, progress=False)
+    counts = extract_features(
+        model, videos, tmp_path / "cache", num_frames=FRAMES, size=SIZE, batch_size=2, num_workers=0, progress=False
+    )
     assert counts == {"encoded": 3, "skipped": 2, "errors": 0}

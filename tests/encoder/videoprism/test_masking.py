@@ -22,7 +22,9 @@ pytestmark = [pytest.mark.usefixtures("one_torch_thread"), pytest.mark.quick]
 
 
 @pytest.mark.parametrize("kind", ["tube", "block"])
-@pytest.mark.parametrize("grid,ratio", [((16, 16), 0.65), ((16, 16), 0.5), ((4, 4), 0.65), ((2, 2), 0.5), ((3, 5), 0.9)])
+@pytest.mark.parametrize(
+    "grid,ratio", [((16, 16), 0.65), ((16, 16), 0.5), ((4, 4), 0.65), ((2, 2), 0.5), ((3, 5), 0.9)]
+)
 def test_masks_have_the_exact_count(kind, grid, ratio):
     mask = make_mask(kind, 6, grid, ratio, rng=3)
     expected = num_masked_positions(grid[0] * grid[1], ratio)
@@ -130,8 +132,14 @@ def test_bad_arguments():
 def tiny_encoder():
     torch.manual_seed(0)
     config = VideoPrismVisionConfig(
-        image_size=72, num_frames=4, tubelet_size=[1, 18, 18], hidden_size=32, num_attention_heads=2,
-        intermediate_size=64, num_spatial_layers=2, num_temporal_layers=2,
+        image_size=72,
+        num_frames=4,
+        tubelet_size=[1, 18, 18],
+        hidden_size=32,
+        num_attention_heads=2,
+        intermediate_size=64,
+        num_spatial_layers=2,
+        num_temporal_layers=2,
     )
     model = VideoPrismVisionModel(config).eval()
     with torch.no_grad():  # non-trivial LayerNorm scales and position embeddings

@@ -48,8 +48,17 @@ COLOURS = {"red": (220, 40, 40), "green": (40, 200, 60), "blue": (50, 60, 220), 
 MOVES = {"left": (0, -1), "right": (0, 1), "up": (-1, 0), "down": (1, 0)}
 SIZE, FRAMES, PATCH = 48, 4, 12  # a 4 x 4 patch grid
 TINY = ModelSize(
-    hidden_size=32, num_attention_heads=2, intermediate_size=64, num_spatial_layers=1, num_temporal_layers=1,
-    num_auxiliary_layers=1, num_frames=FRAMES, image_size=SIZE, patch_size=PATCH, text_layers=1, max_text_length=12,
+    hidden_size=32,
+    num_attention_heads=2,
+    intermediate_size=64,
+    num_spatial_layers=1,
+    num_temporal_layers=1,
+    num_auxiliary_layers=1,
+    num_frames=FRAMES,
+    image_size=SIZE,
+    patch_size=PATCH,
+    text_layers=1,
+    max_text_length=12,
 )
 
 
@@ -87,9 +96,18 @@ def corpus(tmp_path_factory) -> Path:
 
 def _stage1_config(corpus: Path, out: Path, **overrides) -> Stage1Config:
     values = dict(
-        output_dir=str(out), train_manifests=[str(corpus / "videos.jsonl"), str(corpus / "images.jsonl")], model=TINY,
-        batch_size=8, max_steps=40, warmup_steps=3, learning_rate=3e-2, vocab_size=60, checkpoint_every=20, log_every=1,
-        cache_clips=True, progress=False,
+        output_dir=str(out),
+        train_manifests=[str(corpus / "videos.jsonl"), str(corpus / "images.jsonl")],
+        model=TINY,
+        batch_size=8,
+        max_steps=40,
+        warmup_steps=3,
+        learning_rate=3e-2,
+        vocab_size=60,
+        checkpoint_every=20,
+        log_every=1,
+        cache_clips=True,
+        progress=False,
     )
     values.update(overrides)
     return Stage1Config(**values)
@@ -115,10 +133,19 @@ def stage1_run(corpus, tmp_path_factory) -> Path:
 def stage2_run(corpus, stage1_run, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("stage2")
     config = Stage2Config(
-        output_dir=str(out), teacher=str(stage1_run / "model"), train_manifests=[str(corpus / "videos.jsonl")],
-        batch_size=8, max_steps=30, warmup_steps=3, learning_rate=3e-2, checkpoint_every=30, log_every=1,
+        output_dir=str(out),
+        teacher=str(stage1_run / "model"),
+        train_manifests=[str(corpus / "videos.jsonl")],
+        batch_size=8,
+        max_steps=30,
+        warmup_steps=3,
+        learning_rate=3e-2,
+        checkpoint_every=30,
+        log_every=1,
         cache_clips=True,
-        cache_teacher_outputs=True, progress=False, decoder=DecoderConfig(width=16, num_layers=2),
+        cache_teacher_outputs=True,
+        progress=False,
+        decoder=DecoderConfig(width=16, num_layers=2),
     )
     run_stage2(config)
     return out
@@ -215,7 +242,7 @@ def test_caption_tokenizer(corpus, tmp_path):
     ids, mask = tokenize_texts(reloaded, ["A red square moves left!", "blue"], max_length=12)
     expected, _ = tokenize_texts(tokenizer, ["a red square moves left", "blue"], max_length=12)
     assert torch.equal(ids, expected)  # canonicalised the same way
-    assert mask[1].sum() < mask[0].sum() and ids[1, mask[1].sum():].eq(0).all()
+    assert mask[1].sum() < mask[0].sum() and ids[1, mask[1].sum() :].eq(0).all()
     assert (tmp_path / "tok" / "spiece.model").is_file()
 
 
@@ -349,7 +376,8 @@ def test_stage1_loss_decreases(stage1_run):
     assert late < early - 0.2
     # the names every training run has (encoder.training.run; glue training writes them too)
     assert {"train_config.json", "train_log.txt", "metrics.jsonl", "loss.png", "checkpoints", "model"} <= {
-        p.name for p in stage1_run.iterdir()}
+        p.name for p in stage1_run.iterdir()
+    }
     assert not (stage1_run / "config.json").exists()
 
 
@@ -379,15 +407,23 @@ def _with_negatives(corpus: Path, out: Path, count: int) -> Path:
 
 def test_stage1_hard_negatives_join_the_batch_and_the_loss(corpus, tmp_path):
     manifest = _with_negatives(corpus, tmp_path / "data", count=3)
-    config = _stage1_config(corpus, tmp_path / "run", train_manifests=[str(manifest)], hard_negatives=2, max_steps=6,
-                            model=dataclasses.replace(TINY, max_text_length=32))
+    config = _stage1_config(
+        corpus,
+        tmp_path / "run",
+        train_manifests=[str(manifest)],
+        hard_negatives=2,
+        max_steps=6,
+        model=dataclasses.replace(TINY, max_text_length=32),
+    )
     task = build_stage1(config)
     batch = task.batch(0)
     _, rows = task.batches.batch(0)
     assert batch["input_ids"].shape == (8 + 8 * 2, 32)  # captions, then two negatives per video in row order
     dataset = task.datasets[0]
     for position, row in enumerate(rows):
-        own = [tuple(ids) for ids in tokenize_texts(task.tokenizer, list(dataset.negative_captions(row)), 32)[0].tolist()]
+        own = [
+            tuple(ids) for ids in tokenize_texts(task.tokenizer, list(dataset.negative_captions(row)), 32)[0].tolist()
+        ]
         assert len(set(own)) == 3
         drawn = [tuple(ids) for ids in batch["input_ids"][8 + 2 * position : 10 + 2 * position].tolist()]
         assert len(set(drawn)) == 2 and set(drawn) <= set(own)
@@ -420,8 +456,10 @@ def test_stage1_output_loads_in_transformers_and_load_encoder(stage1_run, corpus
     assert isinstance(encoder, VideoPrismVisionModel)
     pixels = ClipDataset(corpus / "videos.jsonl", FRAMES, SIZE).pixels([0, 1, 2, 3])
     with torch.no_grad():
-        assert torch.allclose(encoder(pixel_values_videos=pixels).last_hidden_state,
-                              clip.video_model.vision_model(pixel_values_videos=pixels).last_hidden_state)
+        assert torch.allclose(
+            encoder(pixel_values_videos=pixels).last_hidden_state,
+            clip.video_model.vision_model(pixel_values_videos=pixels).last_hidden_state,
+        )
         ids, mask = tokenize_texts(tokenizer, [f"a {c} square moves left" for c in COLOURS], max_length=12)
         out = clip(pixel_values_videos=pixels, input_ids=ids, attention_mask=mask)
     assert out.video_embeds.shape == out.text_embeds.shape == (4, 32)
@@ -495,8 +533,12 @@ def test_stage2_output_is_a_transformers_encoder(stage2_run, stage1_run, corpus)
 
 def test_stage2_masks_and_shuffle_switches(stage1_run, corpus, tmp_path):
     base = dict(
-        output_dir=str(tmp_path / "s2"), teacher=str(stage1_run / "model"),
-        train_manifests=[str(corpus / "videos.jsonl")], batch_size=8, max_steps=5, warmup_steps=1,
+        output_dir=str(tmp_path / "s2"),
+        teacher=str(stage1_run / "model"),
+        train_manifests=[str(corpus / "videos.jsonl")],
+        batch_size=8,
+        max_steps=5,
+        warmup_steps=1,
         decoder=DecoderConfig(width=16, num_layers=1),
     )
     task = build_stage2(Stage2Config(**base))
@@ -506,7 +548,9 @@ def test_stage2_masks_and_shuffle_switches(stage1_run, corpus, tmp_path):
     identity = torch.arange(FRAMES * 16).expand(8, -1)
     assert (batch["permutation"] != identity).float().mean() > 0.9  # shuffling permutes
     assert torch.equal(task.batch(0)["permutation"], batch["permutation"])  # seeded per step
-    unshuffled = build_stage2(Stage2Config(**base, shuffle_tokens=False, global_distillation=False, mask_kind="tube", mask_ratio=0.5))
+    unshuffled = build_stage2(
+        Stage2Config(**base, shuffle_tokens=False, global_distillation=False, mask_kind="tube", mask_ratio=0.5)
+    )
     batch = unshuffled.batch(0)
     assert torch.equal(batch["permutation"], identity)  # the no-shuffle switch does not permute
     assert unshuffled.model.global_head is None and batch["visible_positions"].shape == (8, 8)
@@ -539,7 +583,9 @@ def noise_corpus_and_random_teacher(tmp_path_factory) -> tuple[Path, Path]:
         for i in range(16):
             base = rng.integers(0, 256, size=(4, 4, 3))
             frames = [
-                np.kron(np.clip(base + rng.integers(-30, 30, size=(4, 4, 3)), 0, 255), np.ones((PATCH, PATCH, 1))).astype(np.uint8)
+                np.kron(
+                    np.clip(base + rng.integers(-30, 30, size=(4, 4, 3)), 0, 255), np.ones((PATCH, PATCH, 1))
+                ).astype(np.uint8)
                 for _ in range(FRAMES)
             ]
             write_video(root / f"n{i}.mp4", frames)
@@ -557,10 +603,18 @@ def test_token_shuffling_removes_the_copy_shortcut(noise_corpus_and_random_teach
     ratios = {}
     for shuffle in (False, True):
         config = Stage2Config(
-            output_dir=str(tmp_path / f"s{shuffle}"), teacher=str(teacher), train_manifests=[str(manifest)],
-            batch_size=8, max_steps=24, warmup_steps=1, learning_rate=3e-2,
-            decoder=DecoderConfig(width=32, num_layers=0), global_distillation=False, shuffle_tokens=shuffle,
-            cache_clips=True, cache_teacher_outputs=True,
+            output_dir=str(tmp_path / f"s{shuffle}"),
+            teacher=str(teacher),
+            train_manifests=[str(manifest)],
+            batch_size=8,
+            max_steps=24,
+            warmup_steps=1,
+            learning_rate=3e-2,
+            decoder=DecoderConfig(width=32, num_layers=0),
+            global_distillation=False,
+            shuffle_tokens=shuffle,
+            cache_clips=True,
+            cache_teacher_outputs=True,
         )
         visible, masked = _train_visible_and_masked_loss(build_stage2(config), steps=24)
         ratios[shuffle] = visible / masked
@@ -575,9 +629,17 @@ def test_token_shuffling_removes_the_copy_shortcut(noise_corpus_and_random_teach
 
 def test_lit_tunes_text_and_head_on_the_frozen_stage2_encoder(stage1_run, stage2_run, corpus, tmp_path):
     config = LitConfig(
-        output_dir=str(tmp_path / "lit"), encoder=str(stage2_run / "model"), init_from=str(stage1_run / "model"),
-        train_manifests=[str(corpus / "videos.jsonl"), str(corpus / "images.jsonl")], batch_size=8, max_steps=24,
-        warmup_steps=2, learning_rate=3e-2, checkpoint_every=24, log_every=1, cache_clips=True,
+        output_dir=str(tmp_path / "lit"),
+        encoder=str(stage2_run / "model"),
+        init_from=str(stage1_run / "model"),
+        train_manifests=[str(corpus / "videos.jsonl"), str(corpus / "images.jsonl")],
+        batch_size=8,
+        max_steps=24,
+        warmup_steps=2,
+        learning_rate=3e-2,
+        checkpoint_every=24,
+        log_every=1,
+        cache_clips=True,
         cache_encoder_tokens=True,
         progress=False,
     )
@@ -601,13 +663,43 @@ def test_lit_from_scratch_learns_a_new_text_tower_on_the_locked_encoder(stage2_r
     from vlm.cli.main import main
     from vlm.retrieval.video_text_model import load_video_text_model
 
-    code = main([
-        "pretrain", "lit", "--out", str(tmp_path / "lit"), "--encoder", str(stage2_run / "model"),
-        "--train", str(corpus / "videos.jsonl"), "--text-layers", "1", "--auxiliary-layers", "1", "--max-text-length", "12",
-        "--vocab-size", "60", "--steps", "40", "--batch-size", "8", "--warmup-steps", "3", "--lr", "3e-2",
-        "--cache-clips", "--cache-encoder-tokens", "--log-every", "1", "--save-every", "40", "--no-progress",
-        "--report-to", "tensorboard",
-    ])
+    code = main(
+        [
+            "pretrain",
+            "lit",
+            "--out",
+            str(tmp_path / "lit"),
+            "--encoder",
+            str(stage2_run / "model"),
+            "--train",
+            str(corpus / "videos.jsonl"),
+            "--text-layers",
+            "1",
+            "--auxiliary-layers",
+            "1",
+            "--max-text-length",
+            "12",
+            "--vocab-size",
+            "60",
+            "--steps",
+            "40",
+            "--batch-size",
+            "8",
+            "--warmup-steps",
+            "3",
+            "--lr",
+            "3e-2",
+            "--cache-clips",
+            "--cache-encoder-tokens",
+            "--log-every",
+            "1",
+            "--save-every",
+            "40",
+            "--no-progress",
+            "--report-to",
+            "tensorboard",
+        ]
+    )
     assert code == 0
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -626,15 +718,62 @@ def test_lit_from_scratch_learns_a_new_text_tower_on_the_locked_encoder(stage2_r
 def test_cli_train_tokenizer_and_stage1(corpus, tmp_path, capsys):
     from vlm.cli.main import main
 
-    assert main(["train-tokenizer", "--captions", str(corpus / "videos.jsonl"), "--out", str(tmp_path / "tok"),
-                 "--vocab-size", "50", "--max-length", "12"]) == 0
+    assert (
+        main(
+            [
+                "train-tokenizer",
+                "--captions",
+                str(corpus / "videos.jsonl"),
+                "--out",
+                str(tmp_path / "tok"),
+                "--vocab-size",
+                "50",
+                "--max-length",
+                "12",
+            ]
+        )
+        == 0
+    )
     with_negatives = _with_negatives(corpus, tmp_path / "data", count=1)
-    code = main([
-        "pretrain", "stage1", "--out", str(tmp_path / "run"), "--train", str(with_negatives), "--hard-negatives", "1",
-        "--tokenizer", str(tmp_path / "tok"), "--size", "tiny", "--hidden-size", "32", "--heads", "2", "--mlp-size", "64",
-        "--model-image-size", str(SIZE), "--patch-size", str(PATCH), "--model-frames", str(FRAMES), "--max-text-length", "12",
-        "--steps", "2", "--batch-size", "4", "--warmup-steps", "1", "--drop-ratio", "0.25", "--no-progress",
-    ])
+    code = main(
+        [
+            "pretrain",
+            "stage1",
+            "--out",
+            str(tmp_path / "run"),
+            "--train",
+            str(with_negatives),
+            "--hard-negatives",
+            "1",
+            "--tokenizer",
+            str(tmp_path / "tok"),
+            "--size",
+            "tiny",
+            "--hidden-size",
+            "32",
+            "--heads",
+            "2",
+            "--mlp-size",
+            "64",
+            "--model-image-size",
+            str(SIZE),
+            "--patch-size",
+            str(PATCH),
+            "--model-frames",
+            str(FRAMES),
+            "--max-text-length",
+            "12",
+            "--steps",
+            "2",
+            "--batch-size",
+            "4",
+            "--warmup-steps",
+            "1",
+            "--drop-ratio",
+            "0.25",
+            "--no-progress",
+        ]
+    )
     assert code == 0 and "wrote" in capsys.readouterr().out
     saved = json.loads((tmp_path / "run" / "train_config.json").read_text())
     assert saved["drop_ratio"] == 0.25 and saved["model"]["hidden_size"] == 32 and saved["model"]["text_layers"] == 2
@@ -651,14 +790,19 @@ def test_stage1_config_round_trips_through_json(tmp_path):
     config = Stage1Config(output_dir="x", train_manifests=["a.jsonl"], model=TINY, drop_ratio=0.3)
     save_config(config, tmp_path / "c.json")
     assert load_config(Stage1Config, tmp_path / "c.json") == config
-    assert dataclasses.asdict(Stage2Config(output_dir="x", teacher="t", train_manifests=["a"]))["decoder"]["num_layers"] == 4
+    assert (
+        dataclasses.asdict(Stage2Config(output_dir="x", teacher="t", train_manifests=["a"]))["decoder"]["num_layers"]
+        == 4
+    )
 
 
 def test_unreadable_clip_is_reported_by_name(tmp_path):
     from encoder.video.decode import VideoDecodeError
 
     (tmp_path / "broken.mp4").write_bytes(b"not a video at all")
-    (tmp_path / "m.jsonl").write_text('{"video": "broken.mp4", "caption": "x"}\n{"video": "missing.mp4", "caption": "y"}\n')
+    (tmp_path / "m.jsonl").write_text(
+        '{"video": "broken.mp4", "caption": "x"}\n{"video": "missing.mp4", "caption": "y"}\n'
+    )
     dataset = ClipDataset(tmp_path / "m.jsonl", FRAMES, SIZE)
     with pytest.raises(VideoDecodeError, match="broken.mp4"):
         dataset.pixels([0])
@@ -676,19 +820,63 @@ def test_pretrain_flags_are_generated_from_the_stage_configs(tmp_path):
     from vlm.cli.pretrain import config_from_args
 
     parser = cli.build_parser()
-    args = parser.parse_args(["pretrain", "stage2", "--out", str(tmp_path / "s2"), "--train", "a.jsonl", "b.jsonl",
-                              "--teacher", "t", "--no-shuffle-tokens", "--decoder-layers", "2", "--decoder-width", "64",
-                              "--steps", "5", "--warmup-steps", "1", "--mask", "tube", "--cache-teacher"])
+    args = parser.parse_args(
+        [
+            "pretrain",
+            "stage2",
+            "--out",
+            str(tmp_path / "s2"),
+            "--train",
+            "a.jsonl",
+            "b.jsonl",
+            "--teacher",
+            "t",
+            "--no-shuffle-tokens",
+            "--decoder-layers",
+            "2",
+            "--decoder-width",
+            "64",
+            "--steps",
+            "5",
+            "--warmup-steps",
+            "1",
+            "--mask",
+            "tube",
+            "--cache-teacher",
+        ]
+    )
     config = config_from_args(Stage2Config, args)
-    assert (config.train_manifests, config.max_steps, config.shuffle_tokens, config.global_distillation) == (["a.jsonl", "b.jsonl"], 5, False, True)
-    assert (config.decoder.num_layers, config.decoder.width, config.mask_kind, config.cache_teacher_outputs) == (2, 64, "tube", True)
+    assert (config.train_manifests, config.max_steps, config.shuffle_tokens, config.global_distillation) == (
+        ["a.jsonl", "b.jsonl"],
+        5,
+        False,
+        True,
+    )
+    assert (config.decoder.num_layers, config.decoder.width, config.mask_kind, config.cache_teacher_outputs) == (
+        2,
+        64,
+        "tube",
+        True,
+    )
 
-    base = Stage1Config(output_dir=str(tmp_path / "s1"), train_manifests=["m.jsonl"], max_steps=9, warmup_steps=2,
-                        model=ModelSize.tiny(), vocab_size=77)
+    base = Stage1Config(
+        output_dir=str(tmp_path / "s1"),
+        train_manifests=["m.jsonl"],
+        max_steps=9,
+        warmup_steps=2,
+        model=ModelSize.tiny(),
+        vocab_size=77,
+    )
     save_config(base, tmp_path / "config.json")
-    args = parser.parse_args(["pretrain", "stage1", "--config", str(tmp_path / "config.json"), "--steps", "7", "--heads", "4"])
+    args = parser.parse_args(
+        ["pretrain", "stage1", "--config", str(tmp_path / "config.json"), "--steps", "7", "--heads", "4"]
+    )
     config = config_from_args(Stage1Config, args)
-    assert (config.max_steps, config.vocab_size, config.train_manifests) == (7, 77, ["m.jsonl"])  # from the file unless given
+    assert (config.max_steps, config.vocab_size, config.train_manifests) == (
+        7,
+        77,
+        ["m.jsonl"],
+    )  # from the file unless given
     assert config.model == dataclasses.replace(ModelSize.tiny(), num_attention_heads=4)
     args = parser.parse_args(["pretrain", "stage1", "--config", str(tmp_path / "config.json"), "--size", "base"])
     assert config_from_args(Stage1Config, args).model == ModelSize.base()
@@ -703,14 +891,44 @@ def test_train_and_pretrain_share_their_flags(tmp_path, capsys):
     from vlm.cli.train import config_from_args as train_config
 
     parser = cli.build_parser()
-    shared = ["--checkpoint-every", "7", "--keep-checkpoints", "3", "--log-every", "2", "--mixed-precision", "bf16",
-              "--threads", "1", "--no-progress", "--report-to", "none", "--max-steps", "9", "--warmup-steps", "1"]
+    shared = [
+        "--checkpoint-every",
+        "7",
+        "--keep-checkpoints",
+        "3",
+        "--log-every",
+        "2",
+        "--mixed-precision",
+        "bf16",
+        "--threads",
+        "1",
+        "--no-progress",
+        "--report-to",
+        "none",
+        "--max-steps",
+        "9",
+        "--warmup-steps",
+        "1",
+    ]
     glue_args = parser.parse_args(["train", "--output-dir", str(tmp_path / "g"), *shared, "--no-resume"])
     glue = train_config(glue_args)
-    stage = pretrain_config(Stage1Config, parser.parse_args(
-        ["pretrain", "stage1", "--out", str(tmp_path / "s"), "--train", "a.jsonl", *shared, "--no-resume"]))
-    names = ("checkpoint_every", "keep_checkpoints", "log_every", "mixed_precision", "cpu_threads", "progress",
-             "report_to", "max_steps", "warmup_steps")
+    stage = pretrain_config(
+        Stage1Config,
+        parser.parse_args(
+            ["pretrain", "stage1", "--out", str(tmp_path / "s"), "--train", "a.jsonl", *shared, "--no-resume"]
+        ),
+    )
+    names = (
+        "checkpoint_every",
+        "keep_checkpoints",
+        "log_every",
+        "mixed_precision",
+        "cpu_threads",
+        "progress",
+        "report_to",
+        "max_steps",
+        "warmup_steps",
+    )
     expected = [7, 3, 2, "bf16", 1, False, "none", 9, 1]
     assert [getattr(glue, n) for n in names] == [getattr(stage, n) for n in names] == expected
     assert glue_args.resume is False and stage.resume is False
@@ -724,9 +942,19 @@ def test_train_and_pretrain_share_their_flags(tmp_path, capsys):
             parser.parse_args([*command, "--mixed-precision", "fp32"])
         assert "invalid choice: 'fp32'" in capsys.readouterr().err
     # without --config, a run directory's own train_config.json (or a legacy config.json) is the base
-    save_config(Stage1Config(output_dir=str(tmp_path / "s"), train_manifests=["m.jsonl"], max_steps=9, warmup_steps=2,
-                             model=ModelSize.tiny(), vocab_size=77), tmp_path / "s" / "train_config.json")
-    resumed = pretrain_config(Stage1Config, parser.parse_args(["pretrain", "stage1", "--out", str(tmp_path / "s"),
-                                                               "--steps", "12"]))
+    save_config(
+        Stage1Config(
+            output_dir=str(tmp_path / "s"),
+            train_manifests=["m.jsonl"],
+            max_steps=9,
+            warmup_steps=2,
+            model=ModelSize.tiny(),
+            vocab_size=77,
+        ),
+        tmp_path / "s" / "train_config.json",
+    )
+    resumed = pretrain_config(
+        Stage1Config, parser.parse_args(["pretrain", "stage1", "--out", str(tmp_path / "s"), "--steps", "12"])
+    )
     assert (resumed.train_manifests, resumed.vocab_size, resumed.max_steps) == (["m.jsonl"], 77, 12)
     assert resumed.model == ModelSize.tiny()

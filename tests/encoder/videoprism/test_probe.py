@@ -135,13 +135,21 @@ def test_probe_on_cached_tokens_of_a_shapes_corpus(tmp_path):
     corpus = make_shapes_corpus(tmp_path / "shapes", 24, seed=0, config=config, progress=False)
     torch.manual_seed(0)
     encoder = VideoPrismVisionModel(
-        VideoPrismVisionConfig(hidden_size=32, num_attention_heads=2, intermediate_size=64, num_spatial_layers=1,
-                               num_temporal_layers=1, image_size=36, num_frames=4)
+        VideoPrismVisionConfig(
+            hidden_size=32,
+            num_attention_heads=2,
+            intermediate_size=64,
+            num_spatial_layers=1,
+            num_temporal_layers=1,
+            image_size=36,
+            num_frames=4,
+        )
     ).eval()
     clips = read_attributes(corpus)
     videos = [str(corpus / clip.video) for clip in clips]
-    extract_features(encoder, videos, tmp_path / "cache", num_frames=4, size=36, batch_size=8, num_workers=0,
-                     progress=False)
+    extract_features(
+        encoder, videos, tmp_path / "cache", num_frames=4, size=36, batch_size=8, num_workers=0, progress=False
+    )
     tokens = cached_tokens(FeatureCache(tmp_path / "cache"), videos)
     assert tokens.shape == (24, 4 * 4, 32)
 
@@ -150,8 +158,9 @@ def test_probe_on_cached_tokens_of_a_shapes_corpus(tmp_path):
     assert [names[label] for label in labels] == [clips[i].objects[0].colour for i in positions]
     positions, labels, names = probe_labels(clips, "motion")
     assert len(positions) == 24 and [names[label] for label in labels] == [clip.motion for clip in clips]
-    accuracy = probe_accuracy(tokens[:16], labels[:16], tokens[16:], labels[16:], ProbeConfig(epochs=2), seed=0,
-                              num_classes=len(names))
+    accuracy = probe_accuracy(
+        tokens[:16], labels[:16], tokens[16:], labels[16:], ProbeConfig(epochs=2), seed=0, num_classes=len(names)
+    )
     assert 0.0 <= accuracy <= 1.0
     with pytest.raises(KeyError, match="not in the feature cache"):
         cached_tokens(FeatureCache(tmp_path / "cache"), videos + ["missing.mp4"])

@@ -32,8 +32,23 @@ def _reply(setup, messages) -> str:
 
 
 def test_one_shot_turns_equal_the_library_chat(setup, capsys):
-    code = main(["chat", setup["clip"], "--model", str(setup["glue"]), "--message", "What is this?",
-                 "--message", "  And   then? ", "--json", "--max-new-tokens", "6", "--device", "cpu"])
+    code = main(
+        [
+            "chat",
+            setup["clip"],
+            "--model",
+            str(setup["glue"]),
+            "--message",
+            "What is this?",
+            "--message",
+            "  And   then? ",
+            "--json",
+            "--max-new-tokens",
+            "6",
+            "--device",
+            "cpu",
+        ]
+    )
     assert code == 0
     turns = json.loads(capsys.readouterr().out)["turns"]
     assert [t["role"] for t in turns] == ["user", "assistant", "user", "assistant"]
@@ -42,8 +57,23 @@ def test_one_shot_turns_equal_the_library_chat(setup, capsys):
     assert turns[1]["content"] == first
     assert turns[3]["content"] == _reply(setup, [turns[0], {"role": "assistant", "content": first}, turns[2]])
     # without --json the replies are printed as they stream
-    assert main(["chat", setup["clip"], "--model", str(setup["glue"]), "--message", "What is this?",
-                 "--max-new-tokens", "6", "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "chat",
+                setup["clip"],
+                "--model",
+                str(setup["glue"]),
+                "--message",
+                "What is this?",
+                "--max-new-tokens",
+                "6",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert out.splitlines() == ["you> What is this?", f"assistant> {first}"]
 
@@ -54,8 +84,10 @@ def test_interactive_reset_and_quit(setup, capsys, monkeypatch):
     assert main(["chat", setup["clip"], "--model", str(setup["glue"]), "--max-new-tokens", "6", "--device", "cpu"]) == 0
     captured = capsys.readouterr()
     replies = [line.removeprefix("assistant> ") for line in captured.out.splitlines() if line.startswith("assistant> ")]
-    assert replies == [_reply(setup, [{"role": "user", "content": "What is this?"}]),
-                       _reply(setup, [{"role": "user", "content": "Again?"}])]  # after /reset: no history
+    assert replies == [
+        _reply(setup, [{"role": "user", "content": "What is this?"}]),
+        _reply(setup, [{"role": "user", "content": "Again?"}]),
+    ]  # after /reset: no history
     assert "unknown command '/bogus'" in captured.err and "(new conversation)" in captured.err
     assert next(lines) == "never read"  # /quit stopped reading
     lines = iter([])  # end of input leaves too
@@ -79,7 +111,18 @@ def test_bad_flags_and_files_give_clear_errors(setup, capsys, tmp_path):
     assert "bad.mp4" in capsys.readouterr().err
     for flag in ("--max-exchanges", "--max-new-tokens", "--frames"):  # refused when parsed, before any model work
         with pytest.raises(SystemExit) as refused:
-            main(["chat", str(tmp_path / "missing.mp4"), "--model", str(tmp_path / "no-model"), "--message", "hi", flag, "0"])
+            main(
+                [
+                    "chat",
+                    str(tmp_path / "missing.mp4"),
+                    "--model",
+                    str(tmp_path / "no-model"),
+                    "--message",
+                    "hi",
+                    flag,
+                    "0",
+                ]
+            )
         assert refused.value.code == 2 and f"{flag}: must be" in capsys.readouterr().err
 
 
@@ -93,8 +136,11 @@ def test_chat_replies_are_scored_by_the_answer_words_they_name():
     assert named_answers("There is one shape.", "count") == {"one"}
     assert named_answers("Someone drums.", "colour") == set()
     clips = [sample_clip_attributes(i, "test", ShapesConfig(), 5, heldout=[]) for i in range(30)]
-    truthful = chat_accuracy(clips, lambda clip, message: f"The object is {clip.objects[0].colour} and {clip.motion}.",
-                             kinds=("colour", "motion"))
+    truthful = chat_accuracy(
+        clips,
+        lambda clip, message: f"The object is {clip.objects[0].colour} and {clip.motion}.",
+        kinds=("colour", "motion"),
+    )
     assert truthful["colour"]["accuracy"] == 1.0 and truthful["motion"]["accuracy"] == 1.0
     assert truthful["colour"]["clips"] == sum(c.count == 1 for c in clips)
     constant = chat_accuracy(clips, lambda clip, message: "The object is a square.")  # the old demo model's reply

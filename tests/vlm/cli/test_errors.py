@@ -24,8 +24,16 @@ LVT_NPZ = REFERENCE_DIR / "lvt_tiny_params.npz"
 
 
 def _features(tmp_path, *flags: str) -> list[str]:
-    return ["features", "--encoder", str(tmp_path / "no-encoder"), "--videos", str(tmp_path), "--out",
-            str(tmp_path / "cache"), *flags]
+    return [
+        "features",
+        "--encoder",
+        str(tmp_path / "no-encoder"),
+        "--videos",
+        str(tmp_path),
+        "--out",
+        str(tmp_path / "cache"),
+        *flags,
+    ]
 
 
 def _raise(error: BaseException):
@@ -47,18 +55,25 @@ def test_a_user_error_is_one_line_and_exit_code_2(tmp_path, capsys):
     assert captured.err.count("\n") == 1 and "Traceback" not in captured.err
 
 
-@pytest.mark.parametrize("error", [UsageError("--foo needs --bar"), ConfigError("run.json: not valid JSON"),
-                                   PrismVlmError("a plain PrismVlmError")])
+@pytest.mark.parametrize(
+    "error",
+    [UsageError("--foo needs --bar"), ConfigError("run.json: not valid JSON"), PrismVlmError("a plain PrismVlmError")],
+)
 def test_a_prism_vlm_error_raised_inside_a_command_is_one_line(tmp_path, capsys, monkeypatch, error):
     monkeypatch.setattr(encoder.video.clips, "list_videos", _raise(error))
     assert main(_features(tmp_path)) == 2
     assert capsys.readouterr().err == f"prism-vlm features: error: {error}\n"
 
 
-@pytest.mark.parametrize("error", [FileNotFoundError(2, "No such file or directory", "clips.jsonl"),
-                                   IsADirectoryError(21, "Is a directory", "out.jsonl"),
-                                   NotADirectoryError(20, "Not a directory", "file/sub"),
-                                   PermissionError(13, "Permission denied", "/root/cache")])
+@pytest.mark.parametrize(
+    "error",
+    [
+        FileNotFoundError(2, "No such file or directory", "clips.jsonl"),
+        IsADirectoryError(21, "Is a directory", "out.jsonl"),
+        NotADirectoryError(20, "Not a directory", "file/sub"),
+        PermissionError(13, "Permission denied", "/root/cache"),
+    ],
+)
 def test_a_path_the_user_named_is_one_line(tmp_path, capsys, monkeypatch, error):
     monkeypatch.setattr(encoder.video.clips, "list_videos", _raise(error))
     assert main(_features(tmp_path)) == 2
@@ -79,14 +94,17 @@ def test_usage_errors_exit_2_with_the_usage_line(capsys):
     assert refused.value.code == 2 and err.startswith("usage: prism-vlm features") and "--encoder" in err
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["search", "--json"], "give INDEX and one or more text queries"),
-    (["search", "--video", "clip.mp4"], "--video needs --texts FILE"),
-    (["caption", "--out", "captions.jsonl"], "nothing to caption"),
-    (["chat", "clip.mp4", "--json"], "--json needs --message"),
-    (["eval-qa", "--data", "qa.jsonl", "--mode", "open", "--candidates-file", "answers.txt"], None),
-    (["app", "--auth", "nopassword"], "expected USER:PASSWORD"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["search", "--json"], "give INDEX and one or more text queries"),
+        (["search", "--video", "clip.mp4"], "--video needs --texts FILE"),
+        (["caption", "--out", "captions.jsonl"], "nothing to caption"),
+        (["chat", "clip.mp4", "--json"], "--json needs --message"),
+        (["eval-qa", "--data", "qa.jsonl", "--mode", "open", "--candidates-file", "answers.txt"], None),
+        (["app", "--auth", "nopassword"], "expected USER:PASSWORD"),
+    ],
+)
 def test_flag_combinations_are_usage_errors(tmp_path, capsys, monkeypatch, argv, message):
     """Flags that do not fit together are UsageErrors (one line), raised before any model loads."""
     if argv[0] == "eval-qa":
@@ -101,18 +119,21 @@ def test_flag_combinations_are_usage_errors(tmp_path, capsys, monkeypatch, argv,
     assert err.startswith(f"prism-vlm {argv[0]}: error: ") and message in err and err.count("\n") == 1
 
 
-@pytest.mark.parametrize("argv, flag", [
-    (["ask", "c.mp4", "what?", "--top-p", "1.5"], "--top-p"),
-    (["caption", "c.mp4", "--temperature", "101"], "--temperature"),
-    (["chat", "c.mp4", "--repetition-penalty", "11"], "--repetition-penalty"),
-    (["app", "--batch-window-ms", "20000"], "--batch-window-ms"),
-    (["app", "--max-batch", "2000"], "--max-batch"),
-    (["eval-qa", "--data", "d", "--mode", "closed", "--num-shots", "-1"], "--num-shots"),
-    (["eval-qa", "--data", "d", "--mode", "closed", "--k", "0"], "--k"),
-    (["make-shapes", "out", "--num", "0"], "--num"),
-    (["make-shapes", "out", "--num", "2", "--workers", "0"], "--workers"),
-    (["make-shapes", "out", "--num", "2", "--captions", "7"], "--captions"),
-])
+@pytest.mark.parametrize(
+    "argv, flag",
+    [
+        (["ask", "c.mp4", "what?", "--top-p", "1.5"], "--top-p"),
+        (["caption", "c.mp4", "--temperature", "101"], "--temperature"),
+        (["chat", "c.mp4", "--repetition-penalty", "11"], "--repetition-penalty"),
+        (["app", "--batch-window-ms", "20000"], "--batch-window-ms"),
+        (["app", "--max-batch", "2000"], "--max-batch"),
+        (["eval-qa", "--data", "d", "--mode", "closed", "--num-shots", "-1"], "--num-shots"),
+        (["eval-qa", "--data", "d", "--mode", "closed", "--k", "0"], "--k"),
+        (["make-shapes", "out", "--num", "0"], "--num"),
+        (["make-shapes", "out", "--num", "2", "--workers", "0"], "--workers"),
+        (["make-shapes", "out", "--num", "2", "--captions", "7"], "--captions"),
+    ],
+)
 def test_values_the_library_refuses_are_refused_by_argparse(capsys, argv, flag):
     """Values the library would refuse with a plain ValueError (a traceback now) are usage errors."""
     with pytest.raises(SystemExit) as refused:
@@ -121,8 +142,22 @@ def test_values_the_library_refuses_are_refused_by_argparse(capsys, argv, flag):
 
 
 def test_make_shapes_flags_that_do_not_fit_together_are_one_line(tmp_path, capsys):
-    assert main(["make-shapes", str(tmp_path / "c"), "--num", "2", "--val-fraction", "0.7", "--test-fraction", "0.7",
-                 "--no-progress"]) == 2
+    assert (
+        main(
+            [
+                "make-shapes",
+                str(tmp_path / "c"),
+                "--num",
+                "2",
+                "--val-fraction",
+                "0.7",
+                "--test-fraction",
+                "0.7",
+                "--no-progress",
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert "val_fraction + test_fraction must be <= 1" in err and err.count("\n") == 1
     assert not (tmp_path / "c").exists()
@@ -145,8 +180,16 @@ def test_retrieval_input_errors_are_prism_vlm_errors_and_keep_value_error(tmp_pa
 # ----------------------------------------------------------------------------------------- bugs
 
 
-@pytest.mark.parametrize("error", [RuntimeError("boom"), ValueError("a bug's ValueError"), TypeError("bad call"),
-                                   KeyError("missing"), ImportError("a bug's ImportError")])
+@pytest.mark.parametrize(
+    "error",
+    [
+        RuntimeError("boom"),
+        ValueError("a bug's ValueError"),
+        TypeError("bad call"),
+        KeyError("missing"),
+        ImportError("a bug's ImportError"),
+    ],
+)
 def test_a_bug_propagates_with_its_traceback(tmp_path, capsys, monkeypatch, error):
     monkeypatch.setattr(encoder.video.clips, "list_videos", _raise(error))
     with pytest.raises(type(error)) as raised:
@@ -168,14 +211,17 @@ def test_a_bug_in_a_retrieval_command_propagates(tmp_path, monkeypatch):
 # ----------------------------------------------------------------------------------------- flag names
 
 
-@pytest.mark.parametrize("argv, old, new", [
-    (["features", "--videos", "v", "--out", "o"], "--model", "--encoder"),
-    (["index", "src", "--out", "o"], "--model", "--video-text-model"),
-    (["search", "ix", "a query"], "--model", "--video-text-model"),
-    (["classify", "c.mp4", "--labels", "a,b"], "--model", "--video-text-model"),
-    (["eval-retrieval", "--data", "d"], "--model", "--video-text-model"),
-    (["eval-zeroshot", "--data", "d"], "--model", "--video-text-model"),
-])
+@pytest.mark.parametrize(
+    "argv, old, new",
+    [
+        (["features", "--videos", "v", "--out", "o"], "--model", "--encoder"),
+        (["index", "src", "--out", "o"], "--model", "--video-text-model"),
+        (["search", "ix", "a query"], "--model", "--video-text-model"),
+        (["classify", "c.mp4", "--labels", "a,b"], "--model", "--video-text-model"),
+        (["eval-retrieval", "--data", "d"], "--model", "--video-text-model"),
+        (["eval-zeroshot", "--data", "d"], "--model", "--video-text-model"),
+    ],
+)
 def test_old_flag_spellings_parse_to_the_same_dest(argv, old, new):
     parser = build_parser()
     old_args, new_args = vars(parser.parse_args([*argv, old, "SRC"])), vars(parser.parse_args([*argv, new, "SRC"]))
@@ -183,8 +229,16 @@ def test_old_flag_spellings_parse_to_the_same_dest(argv, old, new):
     assert old_args[new.lstrip("-").replace("-", "_")] == "SRC" and "model" not in old_args
 
 
-@pytest.mark.parametrize("argv", [["caption", "c.mp4"], ["ask", "c.mp4", "what?"], ["chat", "c.mp4"],
-                                  ["eval-qa", "--data", "d", "--mode", "open"], ["app"]])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["caption", "c.mp4"],
+        ["ask", "c.mp4", "what?"],
+        ["chat", "c.mp4"],
+        ["eval-qa", "--data", "d", "--mode", "open"],
+        ["app"],
+    ],
+)
 def test_model_is_the_glue_in_caption_ask_chat_eval_qa_and_app(argv):
     args = build_parser().parse_args([*argv, "--model", "GLUE"])
     assert args.model == "GLUE" and not hasattr(args, "encoder") and getattr(args, "video_text_model", None) is None
@@ -204,15 +258,41 @@ def test_features_old_and_new_flags_give_the_same_cache(tmp_path, capsys):
     from encoder.videoprism.features import FeatureCache
 
     torch.manual_seed(0)
-    config = VideoPrismVisionConfig(hidden_size=32, num_attention_heads=2, intermediate_size=64, num_spatial_layers=1,
-                                    num_temporal_layers=1, image_size=36, num_frames=2)
+    config = VideoPrismVisionConfig(
+        hidden_size=32,
+        num_attention_heads=2,
+        intermediate_size=64,
+        num_spatial_layers=1,
+        num_temporal_layers=1,
+        image_size=36,
+        num_frames=2,
+    )
     VideoPrismVisionModel(config).save_pretrained(tmp_path / "encoder")
     _write_clips(tmp_path / "clips", 2)
     caches = {}
     for flag in ("--model", "--encoder"):
         out = tmp_path / flag.strip("-")
-        assert main(["features", flag, str(tmp_path / "encoder"), "--videos", str(tmp_path / "clips"),
-                     "--out", str(out), "--frames", "2", "--size", "36", "--workers", "0", "--no-progress"]) == 0
+        assert (
+            main(
+                [
+                    "features",
+                    flag,
+                    str(tmp_path / "encoder"),
+                    "--videos",
+                    str(tmp_path / "clips"),
+                    "--out",
+                    str(out),
+                    "--frames",
+                    "2",
+                    "--size",
+                    "36",
+                    "--workers",
+                    "0",
+                    "--no-progress",
+                ]
+            )
+            == 0
+        )
         assert json.loads(capsys.readouterr().out)["encoded"] == 2
         caches[flag] = FeatureCache(out)
     assert caches["--model"].videos == caches["--encoder"].videos
@@ -226,8 +306,23 @@ def test_index_and_search_old_and_new_flags_give_the_same_results(tmp_path, caps
     for flag in ("--model", "--video-text-model"):
         model = [flag, str(LVT_NPZ), "--tokenizer", str(TEST_SPM_MODEL), "--device", "cpu"]
         index = tmp_path / flag.strip("-")
-        assert main(["index", str(tmp_path / "clips"), "--out", str(index), "--workers", "0", "--no-progress",
-                     "--frames", "2", *model]) == 0
+        assert (
+            main(
+                [
+                    "index",
+                    str(tmp_path / "clips"),
+                    "--out",
+                    str(index),
+                    "--workers",
+                    "0",
+                    "--no-progress",
+                    "--frames",
+                    "2",
+                    *model,
+                ]
+            )
+            == 0
+        )
         assert json.loads(capsys.readouterr().out)["encoded"] == 3
         assert main(["search", str(index), "a red square", "--top", "3", "--json", *model]) == 0
         results[flag] = json.loads(capsys.readouterr().out)["results"]

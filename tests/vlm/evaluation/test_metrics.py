@@ -24,43 +24,70 @@ pytestmark = pytest.mark.quick
 # (text, the COCO toolkit's tokens after punctuation removal), recorded by running
 # stanford-corenlp-3.4.1.jar's PTBTokenizer -preserveLines -lowerCase as pycocoevalcap does.
 JAVA_TOKENIZER_GOLDEN = [
-    ('A man is playing a guitar.', 'a man is playing a guitar'),
-    ('A woman slices an onion; then she adds it to the pan!', 'a woman slices an onion then she adds it to the pan'),
-    ("The dog's owner doesn't like it, but they're laughing.", "the dog 's owner does n't like it but they 're laughing"),
-    ('Two people (a man and a woman) are dancing on stage...', 'two people -lrb- a man and a woman -rrb- are dancing on stage'),
-    ('He said "hello" to the crowd and waved.', 'he said hello to the crowd and waved'),
+    ("A man is playing a guitar.", "a man is playing a guitar"),
+    ("A woman slices an onion; then she adds it to the pan!", "a woman slices an onion then she adds it to the pan"),
+    (
+        "The dog's owner doesn't like it, but they're laughing.",
+        "the dog 's owner does n't like it but they 're laughing",
+    ),
+    (
+        "Two people (a man and a woman) are dancing on stage...",
+        "two people -lrb- a man and a woman -rrb- are dancing on stage",
+    ),
+    ('He said "hello" to the crowd and waved.', "he said hello to the crowd and waved"),
     ("It's 5:30 p.m. and the U.S. team is winning 3-2.", "it 's 5:30 p.m. and the u.s. team is winning 3-2"),
-    ('A well-known chef cooks -- very quickly -- some eggs.', 'a well-known chef cooks very quickly some eggs'),
-    ("She can't stop; I'm sure we'll see, you'd agree, they've gone.", "she ca n't stop i 'm sure we 'll see you 'd agree they 've gone"),
-    ('A cat [in a box] jumps {high} over $5 and 50% of the time & more.', 'a cat -lsb- in a box -rsb- jumps -lcb- high -rcb- over $ 5 and 50 % of the time & more'),
-    ('someone is cutting a/b and c*d', 'someone is cutting a/b and c * d'),
-    ('Mr. Smith and Dr. Jones walk to St. Louis.', 'mr. smith and dr. jones walk to st. louis'),
-    ('a child is playing with a toy car , while a dog watches .', 'a child is playing with a toy car while a dog watches'),
+    ("A well-known chef cooks -- very quickly -- some eggs.", "a well-known chef cooks very quickly some eggs"),
+    (
+        "She can't stop; I'm sure we'll see, you'd agree, they've gone.",
+        "she ca n't stop i 'm sure we 'll see you 'd agree they 've gone",
+    ),
+    (
+        "A cat [in a box] jumps {high} over $5 and 50% of the time & more.",
+        "a cat -lsb- in a box -rsb- jumps -lcb- high -rcb- over $ 5 and 50 % of the time & more",
+    ),
+    ("someone is cutting a/b and c*d", "someone is cutting a/b and c * d"),
+    ("Mr. Smith and Dr. Jones walk to St. Louis.", "mr. smith and dr. jones walk to st. louis"),
+    (
+        "a child is playing with a toy car , while a dog watches .",
+        "a child is playing with a toy car while a dog watches",
+    ),
     ("the video shows a man 's hand .", "the video shows a man 's hand"),
-    ('People are gonna wanna go; gotta love it. Cannot stop.', 'people are gon na wan na go got ta love it can not stop'),
-    ('"Quoted text," she said, \'single quoted\' words.', 'quoted text she said single quoted words'),
+    (
+        "People are gonna wanna go; gotta love it. Cannot stop.",
+        "people are gon na wan na go got ta love it can not stop",
+    ),
+    ("\"Quoted text,\" she said, 'single quoted' words.", "quoted text she said single quoted words"),
     ("A man's 'hat' isn't red...", "a man 's hat is n't red"),
-    ('Is this a question? Yes! Maybe...', 'is this a question yes maybe'),
-    ('e-mail me at john@example.com or visit www.example.com.', 'e-mail me at john@example.com or visit www.example.com'),
-    ('The 1990s were great; 1,000,000 people 3.14 times.', 'the 1990s were great 1,000,000 people 3.14 times'),
-    ('a person is   speaking    with extra spaces', 'a person is speaking with extra spaces'),
-    ('don’t stop – the café’s “best” naïve dish — really… ok', "do n't stop the café 's best naïve dish really ok"),
+    ("Is this a question? Yes! Maybe...", "is this a question yes maybe"),
+    (
+        "e-mail me at john@example.com or visit www.example.com.",
+        "e-mail me at john@example.com or visit www.example.com",
+    ),
+    ("The 1990s were great; 1,000,000 people 3.14 times.", "the 1990s were great 1,000,000 people 3.14 times"),
+    ("a person is   speaking    with extra spaces", "a person is speaking with extra spaces"),
+    ("don’t stop – the café’s “best” naïve dish — really… ok", "do n't stop the café 's best naïve dish really ok"),
     ("the men's team and the boys' toys and james' car", "the men 's team and the boys toys and james car"),
     ("o'clock rock 'n' roll y'all ma'am", "o'clock rock 'n' roll y' all ma'am"),
     ("it's he's she'd we're I've they'll let's", "it 's he 's she 'd we 're i 've they 'll let 's"),
-    ('a 3d movie, 10am, 5pm, 2nd place, 1st. 3rd.', 'a 3d movie 10am 5pm 2nd place 1st 3rd'),
-    ('etc. i.e. e.g. vs. inc. co. ltd. jr. sr. mrs. ms. prof. gen. mt. ft. no. fig.', 'etc. i.e. e.g. vs. inc. co. ltd. jr. sr. mrs. ms. prof. gen. mt. ft. no fig'),
-    ('the end.', 'the end'),
-    ('a. b. c.', 'a. b. c.'),
-    ('U.S.A. is big. The U.K. too.', 'u.s.a. is big the u.k. too'),
-    ('he shouted!!! really??? yes?!', 'he shouted !!! really ??? yes ?!'),
+    ("a 3d movie, 10am, 5pm, 2nd place, 1st. 3rd.", "a 3d movie 10am 5pm 2nd place 1st 3rd"),
+    (
+        "etc. i.e. e.g. vs. inc. co. ltd. jr. sr. mrs. ms. prof. gen. mt. ft. no. fig.",
+        "etc. i.e. e.g. vs. inc. co. ltd. jr. sr. mrs. ms. prof. gen. mt. ft. no fig",
+    ),
+    ("the end.", "the end"),
+    ("a. b. c.", "a. b. c."),
+    ("U.S.A. is big. The U.K. too.", "u.s.a. is big the u.k. too"),
+    ("he shouted!!! really??? yes?!", "he shouted !!! really ??? yes ?!"),
     ("'tis the season, 'twas fun", "'t is the season 't was fun"),
-    ('hello...world and hello.world and hello,world and hello;world and hello:world', 'hello world and hello.world and hello world and hello world and hello world'),
-    ('(hello) [world] {again} <tag>', '-lrb- hello -rrb- -lsb- world -rsb- -lcb- again -rcb- <tag>'),
-    ('the man-made lake -- and the 10-year-old kid - a dash -', 'the man-made lake and the 10-year-old kid a dash'),
-    ('a $3.50 coffee costs £2 or €3 or ¥4', 'a $ 3.50 coffee costs # 2 or $ 3 or ¥ 4'),
-    ('gimme lemme dunno whaddya', 'gim me lem me dunno whaddya'),
-    ('"hi" \'hi\' ``hi\'\' `hi\'', 'hi hi hi hi'),
+    (
+        "hello...world and hello.world and hello,world and hello;world and hello:world",
+        "hello world and hello.world and hello world and hello world and hello world",
+    ),
+    ("(hello) [world] {again} <tag>", "-lrb- hello -rrb- -lsb- world -rsb- -lcb- again -rcb- <tag>"),
+    ("the man-made lake -- and the 10-year-old kid - a dash -", "the man-made lake and the 10-year-old kid a dash"),
+    ("a $3.50 coffee costs £2 or €3 or ¥4", "a $ 3.50 coffee costs # 2 or $ 3 or ¥ 4"),
+    ("gimme lemme dunno whaddya", "gim me lem me dunno whaddya"),
+    ("\"hi\" 'hi' ``hi'' `hi'", "hi hi hi hi"),
     ("can't won't shan't ain't", "ca n't wo n't sha n't ai n't"),
 ]
 
@@ -125,8 +152,12 @@ def test_evaluate_modules_load_by_path_and_tokenise(monkeypatch):
     cider = load_metric("cider_d").compute(predictions=raw_predictions, references=raw_references)
     assert cider["cider_d"] == pytest.approx(Cider().compute_score(gts, res)[0], abs=1e-6)
     bleu = load_metric("bleu4").compute(predictions=raw_predictions, references=raw_references)
-    assert [bleu[f"bleu_{n}"] for n in range(1, 5)] == pytest.approx(Bleu(4).compute_score(gts, res, verbose=0)[0], abs=1e-9)
-    rouge = load_metric("rouge_l").compute(predictions=tokenised_predictions, references=tokenised_references, tokenize=False)
+    assert [bleu[f"bleu_{n}"] for n in range(1, 5)] == pytest.approx(
+        Bleu(4).compute_score(gts, res, verbose=0)[0], abs=1e-9
+    )
+    rouge = load_metric("rouge_l").compute(
+        predictions=tokenised_predictions, references=tokenised_references, tokenize=False
+    )
     assert rouge["rouge_l"] == pytest.approx(Rouge().compute_score(gts, res)[0], abs=1e-9)
     with pytest.raises(ValueError, match="unknown caption metric"):
         metric_path("meteor")
@@ -147,10 +178,14 @@ def test_bad_metric_input():
 def test_cli_eval_caption(tmp_path, capsys):
     predictions, references = random_corpus(4, clips=12)
     pred_file, ref_file = tmp_path / "preds.jsonl", tmp_path / "refs.jsonl"
-    pred_file.write_text("".join(json.dumps({"video": f"v{i}", "caption": p}) + "\n" for i, p in enumerate(predictions)))
+    pred_file.write_text(
+        "".join(json.dumps({"video": f"v{i}", "caption": p}) + "\n" for i, p in enumerate(predictions))
+    )
     ref_file.write_text("".join(json.dumps({"video": f"v{i}", "captions": r}) + "\n" for i, r in enumerate(references)))
     out = tmp_path / "results.json"
-    assert cli.main(["eval-caption", "--pred", str(pred_file), "--refs", str(ref_file), "--out", str(out), "--json"]) == 0
+    assert (
+        cli.main(["eval-caption", "--pred", str(pred_file), "--refs", str(ref_file), "--out", str(out), "--json"]) == 0
+    )
     printed = json.loads(capsys.readouterr().out)
     assert printed == json.loads(out.read_text())
     gts, res = as_coco(predictions, references)  # the corpus is already lower-case words: tokenisation is the identity
@@ -158,14 +193,23 @@ def test_cli_eval_caption(tmp_path, capsys):
     assert printed["bleu_4"] == pytest.approx(Bleu(4).compute_score(gts, res, verbose=0)[0][3], abs=1e-9)
     assert printed["num_clips"] == 12 and printed["missing_predictions"] == 0
 
-    assert cli.main(["eval-caption", "--pred", str(pred_file), "--refs", str(ref_file), "--markdown", str(tmp_path / "t.md")]) == 0
+    assert (
+        cli.main(
+            ["eval-caption", "--pred", str(pred_file), "--refs", str(ref_file), "--markdown", str(tmp_path / "t.md")]
+        )
+        == 0
+    )
     table = capsys.readouterr().out
     assert table == (tmp_path / "t.md").read_text() and f"| 12 | {100 * printed['cider_d']:.2f} |" in table
 
-    pred_file.write_text("".join(json.dumps({"video": f"v{i}", "caption": p}) + "\n" for i, p in enumerate(predictions[:10])))
+    pred_file.write_text(
+        "".join(json.dumps({"video": f"v{i}", "caption": p}) + "\n" for i, p in enumerate(predictions[:10]))
+    )
     assert cli.main(["eval-caption", "--pred", str(pred_file), "--refs", str(ref_file)]) == 2
     assert "2 of 12 clips have no prediction" in capsys.readouterr().err
-    assert cli.main(["eval-caption", "--pred", str(pred_file), "--refs", str(ref_file), "--allow-missing", "--json"]) == 0
+    assert (
+        cli.main(["eval-caption", "--pred", str(pred_file), "--refs", str(ref_file), "--allow-missing", "--json"]) == 0
+    )
     assert json.loads(capsys.readouterr().out)["missing_predictions"] == 2
     pred_file.write_text('{"video": "v0", "caption": "x"}\n{"video": "v0", "caption": "y"}\n')
     assert cli.main(["eval-caption", "--pred", str(pred_file), "--refs", str(ref_file)]) == 2

@@ -34,7 +34,9 @@ def wordnet():
 
 
 def example(answer, question="what is it?", qtype=None, alternatives=(), video="v.mp4"):
-    return QAExample(video, question, answer, qtype or question_type_of(question), f"q-{question}-{answer}", tuple(alternatives))
+    return QAExample(
+        video, question, answer, qtype or question_type_of(question), f"q-{question}-{answer}", tuple(alternatives)
+    )
 
 
 # ----------------------------------------------------------------------------- answers and vocabulary
@@ -67,7 +69,10 @@ def test_question_type_of():
 
 
 def test_select_shots_follow_the_paper_rule():
-    train = [example(a, f"question {i} about {a}?") for i, a in enumerate(["man", "dog", "Man", "woman", "man", "woman", "cat"])]
+    train = [
+        example(a, f"question {i} about {a}?")
+        for i, a in enumerate(["man", "dog", "Man", "woman", "man", "woman", "cat"])
+    ]
     shots = select_shots(train, num_shots=2, seed=0)
     assert [s.answer for s in shots] == ["man", "woman"]  # the two most common answers
     assert all(s.question.endswith(f"about {s.answer}?") or s.question.endswith("about Man?") for s in shots)
@@ -122,7 +127,12 @@ def test_qa_report_per_type_alternatives_and_unanswered(wordnet):
     summary, records = qa_report(examples, predictions, WupsScorer("nextqa", wordnet=wordnet))
     assert [r["correct"] for r in records] == [True, False, True, True, False]
     assert summary["accuracy"] == pytest.approx(60.0) and summary["unanswered"] == 1
-    assert summary["per_type"]["what"] == {"count": 2, "accuracy": 50.0, "wups_0.0": pytest.approx(50 + 50 * 0.857142857), "wups_0.9": pytest.approx(50 + 5 * 0.857142857)}
+    assert summary["per_type"]["what"] == {
+        "count": 2,
+        "accuracy": 50.0,
+        "wups_0.0": pytest.approx(50 + 50 * 0.857142857),
+        "wups_0.9": pytest.approx(50 + 5 * 0.857142857),
+    }
     assert summary["per_type"]["DC"]["wups_0.0"] == 0.0  # counting questions: exact match ("2" is not "two")
     assert summary["per_type"]["who"]["wups_0.9"] == 100.0  # the alternative answer matches
     assert json.loads(json.dumps(summary)) == summary
@@ -204,10 +214,30 @@ def test_malinowski_wups_equals_the_daquar_script_on_public_predictions(wordnet)
     from tests.helpers.fixture_files import FIXTURES_DIR
 
     official = {
-        0.0: {"all": 15.9452, "CH": 4.9503, "CW": 4.0966, "DB": 65.8911, "DC": 92.4089, "DL": 40.1771,
-              "DO": 39.1415, "TC": 14.5103, "TN": 2.6167, "TP": 3.1966},
-        0.9: {"all": 11.5527, "CH": 3.8564, "CW": 3.1918, "DB": 58.8671, "DC": 61.6471, "DL": 25.8329,
-              "DO": 26.9956, "TC": 8.723, "TN": 1.8706, "TP": 1.9863},
+        0.0: {
+            "all": 15.9452,
+            "CH": 4.9503,
+            "CW": 4.0966,
+            "DB": 65.8911,
+            "DC": 92.4089,
+            "DL": 40.1771,
+            "DO": 39.1415,
+            "TC": 14.5103,
+            "TN": 2.6167,
+            "TP": 3.1966,
+        },
+        0.9: {
+            "all": 11.5527,
+            "CH": 3.8564,
+            "CW": 3.1918,
+            "DB": 58.8671,
+            "DC": 61.6471,
+            "DL": 25.8329,
+            "DO": 26.9956,
+            "TC": 8.723,
+            "TN": 1.8706,
+            "TP": 1.9863,
+        },
     }
     scorer = WupsScorer("malinowski", wordnet=wordnet)
     with open(FIXTURES_DIR / "nextoe_hga_val_predictions.csv", encoding="utf-8") as handle:
@@ -261,7 +291,9 @@ def test_batched_one_token_scores_equal_score_answers(model):
     batched = VideoAssistant(model).one_token_log_likelihoods(questions, tokens, [i[0] for i in ids], shots)
     assert batched.shape == (3, 4)
     for row, question in enumerate(questions):
-        ranked = VideoAssistant(model).score_answers(question, candidates, video_tokens=tokens[row : row + 1], shots=shots)
+        ranked = VideoAssistant(model).score_answers(
+            question, candidates, video_tokens=tokens[row : row + 1], shots=shots
+        )
         single = torch.tensor([next(r.log_likelihood for r in ranked if r.answer == c) for c in candidates])
         torch.testing.assert_close(batched[row], single.float(), atol=1e-4, rtol=0)
 
@@ -281,10 +313,15 @@ def qa_files(tmp_path_factory):
         ("clip1.mp4", "what is on the table?", "water bottle"),
         ("broken.mp4", "what is this?", "dog"),
     ]
-    (root / "test.jsonl").write_text("".join(json.dumps({"video": v, "question": q, "answer": a}) + "\n" for v, q, a in rows))
+    (root / "test.jsonl").write_text(
+        "".join(json.dumps({"video": v, "question": q, "answer": a}) + "\n" for v, q, a in rows)
+    )
     train_answers = ["man"] * 4 + ["woman"] * 3 + ["ball", "red", "dog", "car", "blue"] * 2 + ["water bottle"] * 5
     (root / "train.jsonl").write_text(
-        "".join(json.dumps({"video": "clip0.mp4", "question": f"question {i}?", "answer": a}) + "\n" for i, a in enumerate(train_answers))
+        "".join(
+            json.dumps({"video": "clip0.mp4", "question": f"question {i}?", "answer": a}) + "\n"
+            for i, a in enumerate(train_answers)
+        )
     )
     (root / "val.jsonl").write_text(
         "".join(json.dumps({"video": v, "question": q, "answer": a}) + "\n" for v, q, a in rows[:4])
@@ -301,25 +338,41 @@ def test_open_and_closed_evaluation_agree_with_the_model_question_by_question(mo
     shots = select_shots(train)
     assert [s.answer for s in shots] == ["water bottle", "man"]
 
-    results, records = evaluate_qa(VideoAssistant(model), test, "open", train=train, batch_size=3, max_new_tokens=4, num_workers=0, progress=False)
+    results, records = evaluate_qa(
+        VideoAssistant(model), test, "open", train=train, batch_size=3, max_new_tokens=4, num_workers=0, progress=False
+    )
     for example, record in zip(test[:5], records[:5]):
-        expected = VideoAssistant(model).answer([example.question], clips=_clip_frames(example.video), shots=shots, max_new_tokens=4)[0]
+        expected = VideoAssistant(model).answer(
+            [example.question], clips=_clip_frames(example.video), shots=shots, max_new_tokens=4
+        )[0]
         assert record["prediction"] == expected
     assert records[5]["prediction"] is None and results["unanswered"] == 1
     assert results["accuracy"] == pytest.approx(100 * sum(r["correct"] for r in records) / 6)
 
     results, records = evaluate_qa(
-        VideoAssistant(model), test, "closed", train=train, val=val, tune=True, batch_size=4, num_workers=0, progress=False
+        VideoAssistant(model),
+        test,
+        "closed",
+        train=train,
+        val=val,
+        tune=True,
+        batch_size=4,
+        num_workers=0,
+        progress=False,
     )
     closed = results["closed_vocabulary"]
     vocabulary = closed_vocabulary([[e.answer for e in train], [e.answer for e in val]], model.tokenizer)
     assert closed["num_candidates"] == len(vocabulary) == 7  # "water bottle" is not one token
     assert set(closed["val_accuracy_by_k"]) == {"7"}  # every K of the grid is capped at 7
     assert closed["k"] == 7 and closed["test_answer_coverage"] == pytest.approx(100 * 5 / 6)
-    scores = score_candidates(VideoAssistant(model), test, vocabulary, shots, batch_size=4, num_workers=0, progress=False)
+    scores = score_candidates(
+        VideoAssistant(model), test, vocabulary, shots, batch_size=4, num_workers=0, progress=False
+    )
     assert np.isnan(scores[5]).all()  # the unreadable video
     for row, (example, record) in enumerate(zip(test[:5], records[:5])):
-        ranked = VideoAssistant(model).score_answers(example.question, vocabulary, clips=_clip_frames(example.video), shots=shots)
+        ranked = VideoAssistant(model).score_answers(
+            example.question, vocabulary, clips=_clip_frames(example.video), shots=shots
+        )
         assert record["prediction"] == ranked[0].answer
         expected = [next(r.log_likelihood for r in ranked if r.answer == c) for c in vocabulary]
         np.testing.assert_allclose(scores[row], expected, atol=1e-4, rtol=0)
@@ -327,8 +380,12 @@ def test_open_and_closed_evaluation_agree_with_the_model_question_by_question(mo
     multi_token = ["water bottle", "man"]  # scored question by question through score_answers
     scores = score_candidates(VideoAssistant(model), test[:2], multi_token, shots, num_workers=0, progress=False)
     for row, example in enumerate(test[:2]):
-        ranked = VideoAssistant(model).score_answers(example.question, multi_token, clips=_clip_frames(example.video), shots=shots)
-        np.testing.assert_allclose(scores[row], [next(r.log_likelihood for r in ranked if r.answer == c) for c in multi_token], atol=1e-4)
+        ranked = VideoAssistant(model).score_answers(
+            example.question, multi_token, clips=_clip_frames(example.video), shots=shots
+        )
+        np.testing.assert_allclose(
+            scores[row], [next(r.log_likelihood for r in ranked if r.answer == c) for c in multi_token], atol=1e-4
+        )
     assert sum(t["count"] for t in results["per_type"].values()) == 6
 
 
@@ -337,8 +394,18 @@ def test_closed_evaluation_from_a_feature_cache_equals_decoding(model, qa_files,
 
     test, train = read_qa(qa_files / "test.jsonl"), read_qa(qa_files / "train.jsonl")
     videos = sorted({e.video for e in test})
-    extract_features(model.encoder, videos, tmp_path / "cache", num_frames=FRAMES, size=SIZE, num_workers=0, progress=False)
-    cached = evaluate_qa(VideoAssistant(model), test, "closed", train=train, k=5, features=FeatureCache(tmp_path / "cache"), progress=False)
+    extract_features(
+        model.encoder, videos, tmp_path / "cache", num_frames=FRAMES, size=SIZE, num_workers=0, progress=False
+    )
+    cached = evaluate_qa(
+        VideoAssistant(model),
+        test,
+        "closed",
+        train=train,
+        k=5,
+        features=FeatureCache(tmp_path / "cache"),
+        progress=False,
+    )
     decoded = evaluate_qa(VideoAssistant(model), test, "closed", train=train, k=5, num_workers=0, progress=False)
     assert [r["prediction"] for r in cached[1]] == [r["prediction"] for r in decoded[1]]
     assert cached[0]["closed_vocabulary"]["k"] == 5
@@ -346,24 +413,62 @@ def test_closed_evaluation_from_a_feature_cache_equals_decoding(model, qa_files,
 
 def test_bad_qa_files(tmp_path):
     path = tmp_path / "qa.jsonl"
-    path.write_text(json.dumps({"video": "a.mp4", "question": "q?", "answer": "a"}) + "\n" + json.dumps({"video": "a.mp4", "answer": "a"}) + "\n")
+    path.write_text(
+        json.dumps({"video": "a.mp4", "question": "q?", "answer": "a"})
+        + "\n"
+        + json.dumps({"video": "a.mp4", "answer": "a"})
+        + "\n"
+    )
     with pytest.raises(EvaluationFileError, match=r"qa.jsonl:2: 'question' must be a string"):
         read_qa(path)
     path.write_text("")
     with pytest.raises(EvaluationFileError, match="no questions"):
         read_qa(path)
-    path.write_text(json.dumps({"video": "a.mp4", "question": "q?", "answer": 7, "type": "CW", "answers": ["seven"]}) + "\n")
+    path.write_text(
+        json.dumps({"video": "a.mp4", "question": "q?", "answer": 7, "type": "CW", "answers": ["seven"]}) + "\n"
+    )
     [parsed] = read_qa(path, video_root="/videos")
-    assert (parsed.video, parsed.answer, parsed.question_type, parsed.answers) == ("/videos/a.mp4", "7", "CW", ("7", "seven"))
+    assert (parsed.video, parsed.answer, parsed.question_type, parsed.answers) == (
+        "/videos/a.mp4",
+        "7",
+        "CW",
+        ("7", "seven"),
+    )
 
 
 def test_cli_eval_qa(model, tokenizer, qa_files, tmp_path, capsys):
     glue = save_tiny_glue(build_tiny_glue(tokenizer, seed=3), tokenizer, tmp_path / "parts")
-    common = ["eval-qa", "--data", str(qa_files / "test.jsonl"), "--shots", str(qa_files / "train.jsonl"),
-              "--model", str(glue), "--device", "cpu", "--workers", "0", "--no-progress", "--batch-size", "4"]
+    common = [
+        "eval-qa",
+        "--data",
+        str(qa_files / "test.jsonl"),
+        "--shots",
+        str(qa_files / "train.jsonl"),
+        "--model",
+        str(glue),
+        "--device",
+        "cpu",
+        "--workers",
+        "0",
+        "--no-progress",
+        "--batch-size",
+        "4",
+    ]
     out, table, predictions = tmp_path / "r.json", tmp_path / "r.md", tmp_path / "p.jsonl"
-    argv = [*common, "--mode", "closed", "--tune-k-on", str(qa_files / "val.jsonl"), "--wups",
-            "--out", str(out), "--markdown", str(table), "--predictions", str(predictions)]
+    argv = [
+        *common,
+        "--mode",
+        "closed",
+        "--tune-k-on",
+        str(qa_files / "val.jsonl"),
+        "--wups",
+        "--out",
+        str(out),
+        "--markdown",
+        str(table),
+        "--predictions",
+        str(predictions),
+    ]
     assert cli.main(argv) == 0
     printed = capsys.readouterr().out
     results = json.loads(out.read_text())
@@ -373,8 +478,14 @@ def test_cli_eval_qa(model, tokenizer, qa_files, tmp_path, capsys):
     assert len(lines) == 6 and results["accuracy"] == pytest.approx(100 * sum(r["correct"] for r in lines) / 6)
     assert results["wups_0.0"] == pytest.approx(100 * sum(r["wups_0.0"] for r in lines) / 6)
     direct, _ = evaluate_qa(
-        VideoAssistant(model), read_qa(qa_files / "test.jsonl"), "closed", train=read_qa(qa_files / "train.jsonl"),
-        val=read_qa(qa_files / "val.jsonl"), tune=True, num_workers=0, progress=False,
+        VideoAssistant(model),
+        read_qa(qa_files / "test.jsonl"),
+        "closed",
+        train=read_qa(qa_files / "train.jsonl"),
+        val=read_qa(qa_files / "val.jsonl"),
+        tune=True,
+        num_workers=0,
+        progress=False,
     )
     assert results["accuracy"] == direct["accuracy"]
 

@@ -45,7 +45,9 @@ def video_dir(tmp_path_factory):
 def expected_captions(model, clips):
     """The captions VideoAssistant(model).caption gives each clip on its own."""
     return {
-        clip.id: VideoAssistant(model).caption(clips=torch.from_numpy(decode_clip(clip, FRAMES, SIZE))[None], max_new_tokens=6)[0]
+        clip.id: VideoAssistant(model).caption(
+            clips=torch.from_numpy(decode_clip(clip, FRAMES, SIZE))[None], max_new_tokens=6
+        )[0]
         for clip in clips
     }
 
@@ -64,14 +66,25 @@ def test_list_clips_from_folder_manifest_and_text(video_dir, tmp_path):
 
     manifest = tmp_path / "m.jsonl"
     manifest.write_text(
-        json.dumps({"video": "v/a.mp4", "id": "video7", "start": 0.5, "end": 1.0}) + "\n\n" + json.dumps({"video": "/abs/b.mp4"}) + "\n"
+        json.dumps({"video": "v/a.mp4", "id": "video7", "start": 0.5, "end": 1.0})
+        + "\n\n"
+        + json.dumps({"video": "/abs/b.mp4"})
+        + "\n"
     )
-    assert list_clips(manifest) == [Clip("video7", str(tmp_path / "v" / "a.mp4"), 0.5, 1.0), Clip("/abs/b.mp4", "/abs/b.mp4")]
+    assert list_clips(manifest) == [
+        Clip("video7", str(tmp_path / "v" / "a.mp4"), 0.5, 1.0),
+        Clip("/abs/b.mp4", "/abs/b.mp4"),
+    ]
     listing = tmp_path / "list.txt"
     listing.write_text("x.mp4\nsub/y.mp4\n")
-    assert [(c.id, c.source) for c in list_clips(listing)] == [("x.mp4", str(tmp_path / "x.mp4")), ("sub/y.mp4", str(tmp_path / "sub/y.mp4"))]
+    assert [(c.id, c.source) for c in list_clips(listing)] == [
+        ("x.mp4", str(tmp_path / "x.mp4")),
+        ("sub/y.mp4", str(tmp_path / "sub/y.mp4")),
+    ]
 
-    manifest.write_text(json.dumps({"video": "a.mp4", "id": "x"}) + "\n" + json.dumps({"video": "b.mp4", "id": "x"}) + "\n")
+    manifest.write_text(
+        json.dumps({"video": "a.mp4", "id": "x"}) + "\n" + json.dumps({"video": "b.mp4", "id": "x"}) + "\n"
+    )
     with pytest.raises(ClipListError, match="'x' appears more than once"):
         list_clips(manifest)
     manifest.write_text('{"video": "a.mp4"}\n{"vid": 3}\n')
@@ -87,9 +100,20 @@ def test_folder_captions_flushed_as_they_go_errors_recorded_and_resumed(model, v
     seen_after_batch = []
 
     def on_batch(finished):  # what is on disk after each batch
-        seen_after_batch.append((finished, len(read_jsonl_tolerant(out)) + len(read_jsonl_tolerant(errors_path_for(out)))))
+        seen_after_batch.append(
+            (finished, len(read_jsonl_tolerant(out)) + len(read_jsonl_tolerant(errors_path_for(out))))
+        )
 
-    counts = caption_clips(VideoAssistant(model), clips, out, batch_size=2, max_new_tokens=6, num_workers=0, progress=False, on_batch=on_batch)
+    counts = caption_clips(
+        VideoAssistant(model),
+        clips,
+        out,
+        batch_size=2,
+        max_new_tokens=6,
+        num_workers=0,
+        progress=False,
+        on_batch=on_batch,
+    )
     assert counts == {"captioned": 6, "errors": 1, "skipped": 0, "merged": 0}
     assert seen_after_batch == [(2, 2), (4, 4), (6, 6), (7, 7)]  # every batch is on disk before the next starts
     rows = lines(out)
@@ -99,14 +123,18 @@ def test_folder_captions_flushed_as_they_go_errors_recorded_and_resumed(model, v
     assert [e["video"] for e in errors] == ["broken"] and "broken.mp4" in errors[0]["error"]
 
     # Resume: nothing left to do.
-    again = caption_clips(VideoAssistant(model), clips, out, batch_size=2, max_new_tokens=6, num_workers=0, progress=False)
+    again = caption_clips(
+        VideoAssistant(model), clips, out, batch_size=2, max_new_tokens=6, num_workers=0, progress=False
+    )
     assert again["captioned"] == 0 and again["errors"] == 0 and again["skipped"] == 7
     assert lines(out) == rows
 
     # A run killed mid-line: the last two captions lost, a torn line left behind.
     text = out.read_text().splitlines(keepends=True)
     out.write_text("".join(text[:-2]) + '{"video": "clip4", "capt')
-    resumed = caption_clips(VideoAssistant(model), clips, out, batch_size=4, max_new_tokens=6, num_workers=2, progress=False)
+    resumed = caption_clips(
+        VideoAssistant(model), clips, out, batch_size=4, max_new_tokens=6, num_workers=2, progress=False
+    )
     assert resumed["captioned"] == 2 and resumed["skipped"] == 5
     assert lines(out) == rows  # torn line cut off, the two clips captioned again, identically
 
@@ -122,7 +150,9 @@ def test_resume_after_a_tail_torn_inside_a_multibyte_character(model, video_dir,
     first = json.dumps(rows[0], ensure_ascii=False) + "\n"
     out.write_bytes(first.encode() + '{"video": "clip2", "caption": "café'.encode()[:-1])  # cut inside "é"
     assert read_jsonl_tolerant(out) == rows[:1]
-    resumed = caption_clips(VideoAssistant(model), clips, out, batch_size=2, max_new_tokens=6, num_workers=0, progress=False)
+    resumed = caption_clips(
+        VideoAssistant(model), clips, out, batch_size=2, max_new_tokens=6, num_workers=0, progress=False
+    )
     assert resumed["captioned"] == 1 and resumed["skipped"] == 1
     assert lines(out) == rows
     assert (tmp_path / "preds.jsonl.torn").read_bytes().startswith(b'{"video": "clip2"')
@@ -145,7 +175,9 @@ def test_library_refuses_a_bad_frame_count_before_writing(model, video_dir, tmp_
     out = tmp_path / "preds.jsonl"
     for frames in (0, -3, 10000):
         with pytest.raises(ValueError, match="num_frames"):
-            caption_clips(VideoAssistant(model), list_clips(video_dir), out, num_frames=frames, num_workers=0, progress=False)
+            caption_clips(
+                VideoAssistant(model), list_clips(video_dir), out, num_frames=frames, num_workers=0, progress=False
+            )
     assert not out.exists() and not errors_path_for(out).exists()
 
 
@@ -159,7 +191,9 @@ def test_leftover_parts_of_a_killed_multiprocess_run_are_merged_without_duplicat
         "".join(json.dumps({"video": c.id, "caption": reference[c.id]}) + "\n" for c in (clips[1], clips[3]))
     )
     out.write_text(json.dumps({"video": clips[3].id, "caption": reference[clips[3].id]}) + "\n")
-    counts = caption_clips(VideoAssistant(model), clips, out, batch_size=3, max_new_tokens=6, num_workers=0, progress=False)
+    counts = caption_clips(
+        VideoAssistant(model), clips, out, batch_size=3, max_new_tokens=6, num_workers=0, progress=False
+    )
     assert counts["skipped"] == 2 and counts["captioned"] == 4 and counts["merged"] == 1
     rows = lines(out)
     assert sorted(r["video"] for r in rows) == sorted(c.id for c in clips)  # none lost, none twice
@@ -172,18 +206,30 @@ def test_captions_from_a_feature_cache_equal_captions_from_pixels(model, video_d
 
     clips = list_clips(video_dir)
     extract_features(
-        model.encoder, [c.source for c in clips], tmp_path / "cache", num_frames=FRAMES, size=SIZE, batch_size=4,
-        num_workers=0, progress=False,
+        model.encoder,
+        [c.source for c in clips],
+        tmp_path / "cache",
+        num_frames=FRAMES,
+        size=SIZE,
+        batch_size=4,
+        num_workers=0,
+        progress=False,
     )
     cache = FeatureCache(tmp_path / "cache")
     out = tmp_path / "cached.jsonl"
-    counts = caption_clips(VideoAssistant(model), clips, out, features=cache, batch_size=3, max_new_tokens=6, progress=False)
+    counts = caption_clips(
+        VideoAssistant(model), clips, out, features=cache, batch_size=3, max_new_tokens=6, progress=False
+    )
     assert counts["captioned"] == 6 and counts["errors"] == 1
     assert {r["video"]: r["caption"] for r in lines(out)} == expected_captions(model, clips[1:])
     assert "unreadable when the feature cache was built" in lines(tmp_path / "cached.errors.jsonl")[0]["error"]
 
     missing = caption_clips(
-        VideoAssistant(model), [Clip("elsewhere", str(tmp_path / "other.mp4"))], tmp_path / "m.jsonl", features=cache, progress=False
+        VideoAssistant(model),
+        [Clip("elsewhere", str(tmp_path / "other.mp4"))],
+        tmp_path / "m.jsonl",
+        features=cache,
+        progress=False,
     )
     assert missing["errors"] == 1 and "not in the feature cache" in lines(tmp_path / "m.errors.jsonl")[0]["error"]
     assert sorted(c.id for c in clips_from_feature_cache(cache)) == sorted(["broken", *[f"clip{i}" for i in range(6)]])
@@ -216,8 +262,24 @@ def test_hugging_face_dataset_input(model, video_dir, tmp_path):
 
 def test_cli_caption_to_file_and_positional_files(glue_dir, video_dir, tmp_path, capsys):
     out = tmp_path / "cli.jsonl"
-    argv = ["caption", "--videos", str(video_dir), "--out", str(out), "--model", str(glue_dir), "--device", "cpu",
-            "--max-new-tokens", "6", "--batch-size", "4", "--workers", "0", "--no-progress"]
+    argv = [
+        "caption",
+        "--videos",
+        str(video_dir),
+        "--out",
+        str(out),
+        "--model",
+        str(glue_dir),
+        "--device",
+        "cpu",
+        "--max-new-tokens",
+        "6",
+        "--batch-size",
+        "4",
+        "--workers",
+        "0",
+        "--no-progress",
+    ]
     assert cli.main(argv) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["captioned"] == 6 and summary["errors"] == 1
@@ -225,7 +287,10 @@ def test_cli_caption_to_file_and_positional_files(glue_dir, video_dir, tmp_path,
     assert cli.main(argv) == 0 and json.loads(capsys.readouterr().out)["skipped"] == 7
 
     files = [str(video_dir / "clip0.mp4"), str(video_dir / "clip1.mp4")]
-    assert cli.main(["caption", *files, "--model", str(glue_dir), "--device", "cpu", "--max-new-tokens", "6", "--json"]) == 0
+    assert (
+        cli.main(["caption", *files, "--model", str(glue_dir), "--device", "cpu", "--max-new-tokens", "6", "--json"])
+        == 0
+    )
     printed = json.loads(capsys.readouterr().out)
     assert [p["video"] for p in printed] == files
     assert [p["caption"] for p in printed] == [r["caption"] for r in lines(out)[:2]]
@@ -240,16 +305,44 @@ def _free_port() -> int:
 
 
 def test_accelerate_launch_two_processes_merges_to_the_single_process_output(glue_dir, video_dir, tmp_path):
-    common = ["caption", "--videos", str(video_dir), "--model", str(glue_dir), "--max-new-tokens", "6",
-              "--batch-size", "2", "--workers", "0", "--no-progress"]
+    common = [
+        "caption",
+        "--videos",
+        str(video_dir),
+        "--model",
+        str(glue_dir),
+        "--max-new-tokens",
+        "6",
+        "--batch-size",
+        "2",
+        "--workers",
+        "0",
+        "--no-progress",
+    ]
     assert cli.main([*common, "--out", str(tmp_path / "single.jsonl"), "--device", "cpu"]) == 0
     # accelerate launches several CPU processes through torchrun (its --multi_gpu launcher); its --cpu
     # launcher needs MPI for more than one. Without CUDA the command runs them on CPU with gloo.
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "CUDA_VISIBLE_DEVICES": ""}
     launch = [
-        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-        "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
-        "-m", "vlm.cli.main", *common, "--out", str(tmp_path / "sharded.jsonl"),
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        str(_free_port()),
+        "-m",
+        "vlm.cli.main",
+        *common,
+        "--out",
+        str(tmp_path / "sharded.jsonl"),
     ]
     result = subprocess.run(launch, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -271,5 +364,7 @@ def test_a_second_run_on_the_same_output_is_refused(model, video_dir, tmp_path):
         with pytest.raises(OutputBusyError, match="being written by another run"):
             caption_clips(VideoAssistant(model), list_clips(video_dir), out, num_workers=0, progress=False)
     assert not out.exists()
-    counts = caption_clips(VideoAssistant(model), list_clips(video_dir)[1:3], out, max_new_tokens=4, num_workers=0, progress=False)
+    counts = caption_clips(
+        VideoAssistant(model), list_clips(video_dir)[1:3], out, max_new_tokens=4, num_workers=0, progress=False
+    )
     assert counts["captioned"] == 2

@@ -38,8 +38,14 @@ def lvt_model():
 def clips(tmp_path_factory):
     """Six 4-frame 72x72 clips, each a different solid colour drifting right, plus a manifest with captions."""
     root = tmp_path_factory.mktemp("clips")
-    colours = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (40, 50, 220), "yellow": (230, 220, 30),
-               "white": (240, 240, 240), "purple": (150, 40, 170)}
+    colours = {
+        "red": (220, 30, 30),
+        "green": (30, 200, 40),
+        "blue": (40, 50, 220),
+        "yellow": (230, 220, 30),
+        "white": (240, 240, 240),
+        "purple": (150, 40, 170),
+    }
     rows = []
     for number, (name, rgb) in enumerate(colours.items()):
         frames = []
@@ -48,7 +54,9 @@ def clips(tmp_path_factory):
             frame[20:52, 8 + 6 * t : 40 + 6 * t] = rgb
             frames.append(frame)
         write_video(root / f"{name}.mp4", frames)
-        rows.append({"video": f"{name}.mp4", "caption": [f"a {name} square", f"the {name} box moves right"], "n": number})
+        rows.append(
+            {"video": f"{name}.mp4", "caption": [f"a {name} square", f"the {name} box moves right"], "n": number}
+        )
     (root / "captions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     return root
 
@@ -86,12 +94,14 @@ def test_sources_that_cannot_embed_text_are_refused(tmp_path):
 
 def test_metrics_equal_a_hand_computed_case():
     # 3 videos, 4 captions (video 0 has two); rows: captions, columns: videos
-    similarity = torch.tensor([
-        [0.9, 0.1, 0.2],   # caption of video 0: rank 1
-        [0.3, 0.5, 0.1],   # caption of video 0: rank 2
-        [0.8, 0.2, 0.4],   # caption of video 1: rank 3
-        [0.1, 0.2, 0.7],   # caption of video 2: rank 1
-    ])
+    similarity = torch.tensor(
+        [
+            [0.9, 0.1, 0.2],  # caption of video 0: rank 1
+            [0.3, 0.5, 0.1],  # caption of video 0: rank 2
+            [0.8, 0.2, 0.4],  # caption of video 1: rank 3
+            [0.1, 0.2, 0.7],  # caption of video 2: rank 1
+        ]
+    )
     metrics = retrieval_metrics(similarity, [0, 0, 1, 2])
     t2v = metrics["text_to_video"]
     assert t2v["R@1"] == pytest.approx(50.0) and t2v["R@5"] == 100.0 and t2v["median_rank"] == 1.5
@@ -105,12 +115,16 @@ def test_metrics_equal_a_hand_computed_case():
 
 
 def test_eval_retrieval_equals_recall_computed_by_hand(lvt_model, clips, tmp_path):
-    results = evaluate_retrieval(lvt_model, read_captioned_clips(clips / "captions.jsonl"), num_workers=0, progress=False)
+    results = evaluate_retrieval(
+        lvt_model, read_captioned_clips(clips / "captions.jsonl"), num_workers=0, progress=False
+    )
     # by hand: embed every clip and caption, rank each caption's own clip
     from encoder.video.decode import load_clip
 
     rows = [json.loads(line) for line in (clips / "captions.jsonl").read_text().splitlines()]
-    videos = torch.cat([lvt_model.embed_clips(load_clip(clips / r["video"], num_frames=4, size=72)[None]) for r in rows])
+    videos = torch.cat(
+        [lvt_model.embed_clips(load_clip(clips / r["video"], num_frames=4, size=72)[None]) for r in rows]
+    )
     hits, ranks = 0, []
     for number, row in enumerate(rows):
         for caption in row["caption"]:
@@ -135,8 +149,16 @@ def test_index_resume_loses_and_duplicates_nothing(lvt_model, clips, tmp_path):
         raise Killed
 
     with pytest.raises(Killed):  # killed after the first batch: its shard is written, the rest is not
-        build_index(lvt_model, videos_with_bad, tmp_path / "index", batch_size=2, shard_size=1, num_workers=0,
-                    progress=False, on_batch=kill_after_first_batch)
+        build_index(
+            lvt_model,
+            videos_with_bad,
+            tmp_path / "index",
+            batch_size=2,
+            shard_size=1,
+            num_workers=0,
+            progress=False,
+            on_batch=kill_after_first_batch,
+        )
     assert len(VideoIndex.load(tmp_path / "index")) == 2  # the partial index is searchable
     counts = build_index(lvt_model, videos_with_bad, tmp_path / "index", batch_size=2, num_workers=0, progress=False)
     assert counts == {"encoded": 4, "skipped": 2, "errors": 1}
@@ -149,8 +171,13 @@ def test_index_resume_loses_and_duplicates_nothing(lvt_model, clips, tmp_path):
     order = [again.videos.index(v) for v in index.videos]
     assert torch.allclose(index.embeddings, again.embeddings[order], atol=1e-6)
     with pytest.raises(ValueError, match="written with different settings"):  # other frames: refused, nothing written
-        build_index(load_video_text_model(LVT_NPZ, tokenizer=TEST_SPM_MODEL, num_frames=2), videos, tmp_path / "index",
-                    num_workers=0, progress=False)
+        build_index(
+            load_video_text_model(LVT_NPZ, tokenizer=TEST_SPM_MODEL, num_frames=2),
+            videos,
+            tmp_path / "index",
+            num_workers=0,
+            progress=False,
+        )
     assert VideoIndex.load(tmp_path / "index").settings.num_frames == 4
     # a third run does nothing
     assert build_index(lvt_model, videos_with_bad, tmp_path / "index", num_workers=0, progress=False)["encoded"] == 0
@@ -179,10 +206,12 @@ def test_zero_shot_templates_are_ensembled(lvt_model):
     labels = ["playing drums", "cooking"]
     templates = ("a video of {}.", "a photo of a person {}.")
     ensembled = label_embeddings(lvt_model, labels, templates)
-    by_hand = torch.stack([
-        torch.nn.functional.normalize(lvt_model.embed_texts([t.format(label) for t in templates]).mean(0), dim=0)
-        for label in labels
-    ])
+    by_hand = torch.stack(
+        [
+            torch.nn.functional.normalize(lvt_model.embed_texts([t.format(label) for t in templates]).mean(0), dim=0)
+            for label in labels
+        ]
+    )
     assert torch.allclose(ensembled, by_hand, atol=1e-6)
     assert len(CLIP_KINETICS_TEMPLATES) == 28 and resolve_templates("clip-kinetics") == CLIP_KINETICS_TEMPLATES
     with pytest.raises(ValueError, match="exactly one"):
@@ -196,8 +225,12 @@ def test_labelled_manifests_are_checked(tmp_path):
     good.write_text('{"video": "a.mp4", "label": "red"}\n{"video": "b.mp4", "candidates": ["x", "y"], "answer": "y"}\n')
     items = read_labelled_clips(good)
     assert items[0].label == "red" and items[1].answer == 1
-    for row, message in (('{"video": "a.mp4"}', "label"), ('{"video": "a.mp4", "candidates": ["x"], "answer": 3}', "answer"),
-                         ('{"video": 3, "label": "x"}', "video"), ("not json", "JSON")):
+    for row, message in (
+        ('{"video": "a.mp4"}', "label"),
+        ('{"video": "a.mp4", "candidates": ["x"], "answer": 3}', "answer"),
+        ('{"video": 3, "label": "x"}', "video"),
+        ("not json", "JSON"),
+    ):
         bad = tmp_path / "bad.jsonl"
         bad.write_text(row + "\n")
         with pytest.raises(ValueError, match=message):
@@ -214,7 +247,9 @@ def test_cli_index_search_classify_and_evaluate(clips, tmp_path, capsys):
     model = ["--video-text-model", str(LVT_NPZ), "--tokenizer", str(TEST_SPM_MODEL), "--device", "cpu"]
     folder = tmp_path / "folder"
     shutil.copytree(clips, folder, ignore=shutil.ignore_patterns("broken.mp4"))
-    code, out, _ = _cli(["index", str(folder), "--out", str(tmp_path / "index"), "--workers", "0", "--no-progress", *model], capsys)
+    code, out, _ = _cli(
+        ["index", str(folder), "--out", str(tmp_path / "index"), "--workers", "0", "--no-progress", *model], capsys
+    )
     assert code == 0 and json.loads(out)["encoded"] == 6
     code, out, _ = _cli(["search", str(tmp_path / "index"), "a red square", "--top", "3", "--json"], capsys)
     result = json.loads(out)
@@ -224,13 +259,38 @@ def test_cli_index_search_classify_and_evaluate(clips, tmp_path, capsys):
     ranked = json.loads(out)["labels"]
     assert code == 0 and sorted(r["label"] for r in ranked) == ["blue", "green", "red"]
     assert sum(r["probability"] for r in ranked) == pytest.approx(1.0, abs=1e-5)
-    code, out, _ = _cli(["eval-retrieval", "--data", str(folder / "captions.jsonl"), "--workers", "0", "--json", "--no-progress",
-                         *model], capsys)
+    code, out, _ = _cli(
+        [
+            "eval-retrieval",
+            "--data",
+            str(folder / "captions.jsonl"),
+            "--workers",
+            "0",
+            "--json",
+            "--no-progress",
+            *model,
+        ],
+        capsys,
+    )
     assert code == 0 and json.loads(out)["clips"] == 6
-    (folder / "labelled.jsonl").write_text("".join(json.dumps({"video": f"{c}.mp4", "label": c}) + "\n"
-                                                   for c in ("red", "green", "blue")))
-    code, out, _ = _cli(["eval-zeroshot", "--data", str(folder / "labelled.jsonl"), "--templates", "clip-kinetics",
-                         "--workers", "0", "--json", "--no-progress", *model], capsys)
+    (folder / "labelled.jsonl").write_text(
+        "".join(json.dumps({"video": f"{c}.mp4", "label": c}) + "\n" for c in ("red", "green", "blue"))
+    )
+    code, out, _ = _cli(
+        [
+            "eval-zeroshot",
+            "--data",
+            str(folder / "labelled.jsonl"),
+            "--templates",
+            "clip-kinetics",
+            "--workers",
+            "0",
+            "--json",
+            "--no-progress",
+            *model,
+        ],
+        capsys,
+    )
     results = json.loads(out)
     assert code == 0 and results["classification"]["labels"] == 3 and results["classification"]["top5"] == 100.0
 
@@ -238,11 +298,23 @@ def test_cli_index_search_classify_and_evaluate(clips, tmp_path, capsys):
 def test_cli_errors_are_messages(tmp_path, capsys):
     code, _, err = _cli(["search", str(tmp_path), "query"], capsys)
     assert code == 2 and "not a video index" in err
-    code, _, err = _cli(["classify", str(tmp_path / "none.mp4"), "--labels", "a,b", "--video-text-model", str(LVT_NPZ),
-                         "--tokenizer", str(TEST_SPM_MODEL)], capsys)
+    code, _, err = _cli(
+        [
+            "classify",
+            str(tmp_path / "none.mp4"),
+            "--labels",
+            "a,b",
+            "--video-text-model",
+            str(LVT_NPZ),
+            "--tokenizer",
+            str(TEST_SPM_MODEL),
+        ],
+        capsys,
+    )
     assert code == 2 and "no such video" in err
-    code, _, err = _cli(["classify", str(tmp_path), "--labels", "labels.txt", "--video-text-model", str(LVT_NPZ)],
-                        capsys)
+    code, _, err = _cli(
+        ["classify", str(tmp_path), "--labels", "labels.txt", "--video-text-model", str(LVT_NPZ)], capsys
+    )
     assert code == 2 and "labels file not found" in err
     with pytest.raises(SystemExit):
         cli_main(["search", str(tmp_path), "q", "--top", "0"])

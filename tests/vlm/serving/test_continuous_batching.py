@@ -20,7 +20,12 @@ from vlm.serving.continuous_batching import (
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-QUESTIONS = ["what?", "what is the man in the red shirt holding in his hands?", "who is talking here?", "why is the dog so happy today, do you think?"]
+QUESTIONS = [
+    "what?",
+    "what is the man in the red shirt holding in his hands?",
+    "who is talking here?",
+    "why is the dog so happy today, do you think?",
+]
 
 
 @pytest.fixture(scope="module")
@@ -42,8 +47,14 @@ def prompts(model) -> list[torch.Tensor]:
 
 def alone(model, prompt: torch.Tensor, max_new_tokens: int, stop_at_newline: bool = False) -> list[int]:
     with torch.inference_mode():
-        return generate_ids(model.llm, model.tokenizer, prompt[None], torch.ones(1, prompt.shape[0], dtype=torch.long),
-                            GenerationSettings(max_new_tokens=max_new_tokens), stop_at_newline=stop_at_newline)[0]
+        return generate_ids(
+            model.llm,
+            model.tokenizer,
+            prompt[None],
+            torch.ones(1, prompt.shape[0], dtype=torch.long),
+            GenerationSettings(max_new_tokens=max_new_tokens),
+            stop_at_newline=stop_at_newline,
+        )[0]
 
 
 def test_requests_joining_and_leaving_get_their_tokens_alone(model, prompts):
@@ -124,7 +135,9 @@ def test_a_failed_round_reruns_its_requests_alone(model, prompts, monkeypatch):
     failures = []
 
     def fails_on_batches(*args, **kwargs):
-        batch = (kwargs.get("inputs_embeds") if kwargs.get("inputs_embeds") is not None else kwargs["input_ids"]).shape[0]
+        batch = (kwargs.get("inputs_embeds") if kwargs.get("inputs_embeds") is not None else kwargs["input_ids"]).shape[
+            0
+        ]
         if batch > 1 and len(failures) < 1:
             failures.append(batch)
             raise RuntimeError("out of memory")
@@ -173,9 +186,17 @@ def test_bad_settings_and_unsupported_llms_are_refused(model):
     with pytest.raises(ValueError, match="max_batch"):
         ContinuousBatchingConfig(max_batch=0)
     assert supports_continuous_batching(model.llm)
-    sliding = MistralForCausalLM(MistralConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                                               num_attention_heads=2, num_key_value_heads=1, vocab_size=64,
-                                               sliding_window=8))
+    sliding = MistralForCausalLM(
+        MistralConfig(
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            vocab_size=64,
+            sliding_window=8,
+        )
+    )
     assert not supports_continuous_batching(sliding)
     with pytest.raises(ValueError, match="sliding-window"):
         ContinuousBatcher(sliding, model.tokenizer)

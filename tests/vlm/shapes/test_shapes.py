@@ -304,7 +304,16 @@ def test_every_answer_is_one_smollm2_token(corpus, smollm2_tokenizer):
 
     words = {word for vocabulary in ANSWER_VOCABULARY.values() for word in vocabulary}
     assert len(ANSWER_VOCABULARY["colour"]) >= 6 and len(ANSWER_VOCABULARY["shape"]) >= 4
-    assert set(ANSWER_VOCABULARY["motion"]) == {"left", "right", "up", "down", "growing", "shrinking", "rotating", "still"}
+    assert set(ANSWER_VOCABULARY["motion"]) == {
+        "left",
+        "right",
+        "up",
+        "down",
+        "growing",
+        "shrinking",
+        "rotating",
+        "still",
+    }
     for word in words | {row["answer"] for row in _jsonl(corpus / "qa.jsonl")}:
         ids = text_ids(smollm2_tokenizer, answer_continuation(word))
         assert len(ids) == 1, f"{word!r} is {len(ids)} tokens after a space: {ids}"
@@ -355,7 +364,9 @@ def test_heldout_pairs_leave_every_colour_and_shape_in_training():
         training = set()
         for index, split in enumerate(splits):
             if split == "train":
-                training |= {(o.colour, o.shape) for o in sample_clip_attributes(index, split, config, seed, heldout).objects}
+                training |= {
+                    (o.colour, o.shape) for o in sample_clip_attributes(index, split, config, seed, heldout).objects
+                }
         assert not training & set(heldout)
         assert {c for c, _ in training} == set(config.colours) and {s for _, s in training} == set(config.shapes)
 
@@ -412,7 +423,10 @@ def test_cli_make_shapes(tmp_path, capsys):
     from vlm.cli.main import main
 
     out = tmp_path / "cli"
-    assert main(["make-shapes", str(out), "--num", "6", "--seed", "3", "--frames", "8", "--size", "48", "--no-progress"]) == 0
+    assert (
+        main(["make-shapes", str(out), "--num", "6", "--seed", "3", "--frames", "8", "--size", "48", "--no-progress"])
+        == 0
+    )
     summary = json.loads(capsys.readouterr().out)
     assert summary["clips"] == 6 and sum(summary["splits"].values()) == 6
     clips = read_attributes(out)
@@ -444,7 +458,14 @@ def test_hard_negative_captions_change_one_attribute_and_describe_no_clip_phrasi
 
     by_id = {clip.id: clip for clip in clips}
     heldout = {tuple(pair) for pair in json.loads((corpus / "corpus.json").read_text())["heldout_pairs"]}
-    opposite = {"left": "right", "right": "left", "up": "down", "down": "up", "growing": "shrinking", "shrinking": "growing"}
+    opposite = {
+        "left": "right",
+        "right": "left",
+        "up": "down",
+        "down": "up",
+        "growing": "shrinking",
+        "shrinking": "growing",
+    }
     for number, row in enumerate(_jsonl(corpus / "captions.jsonl")):
         clip = by_id[row["id"]]
         for caption in row["caption"]:
@@ -459,7 +480,9 @@ def test_hard_negative_captions_change_one_attribute_and_describe_no_clip_phrasi
             swapped = [s for s in SHAPES if f"{changed.colour} {s}" in shape_negative and s != changed.shape]
             assert len(swapped) == 1 and swapped[0] not in {o.shape for o in clip.objects}
             assert (changed.colour, swapped[0]) not in heldout
-            assert shape_negative == caption.replace(f"{changed.colour} {changed.shape}", f"{changed.colour} {swapped[0]}")
+            assert shape_negative == caption.replace(
+                f"{changed.colour} {changed.shape}", f"{changed.colour} {swapped[0]}"
+            )
             # 2 and 3: the objects kept, the motion replaced (by its opposite where it has one)
             for negative in (opposite_negative, other_negative):
                 assert all(f"{o.colour} {o.shape}" in negative for o in clip.objects)
@@ -475,12 +498,18 @@ def test_hard_negative_captions_change_one_attribute_and_describe_no_clip_phrasi
 
 def test_first_index_continues_the_stream_with_the_same_heldout_pairs(corpus, clips, tmp_path):
     config = ShapesConfig(compositional_fraction=0.0, val_fraction=0.0, test_fraction=0.0)
-    extra = make_shapes_corpus(tmp_path / "pretrain", 6, seed=SEED, config=config, progress=False, first_index=NUM_CLIPS)
+    extra = make_shapes_corpus(
+        tmp_path / "pretrain", 6, seed=SEED, config=config, progress=False, first_index=NUM_CLIPS
+    )
     described = json.loads((extra / "corpus.json").read_text())
-    assert described["first_index"] == NUM_CLIPS and "first_index" not in json.loads((corpus / "corpus.json").read_text())
+    assert described["first_index"] == NUM_CLIPS and "first_index" not in json.loads(
+        (corpus / "corpus.json").read_text()
+    )
     assert described["heldout_pairs"] == json.loads((corpus / "corpus.json").read_text())["heldout_pairs"]
     more = read_attributes(extra)
-    assert [c.id for c in more] == [f"clip_{NUM_CLIPS + i:06d}" for i in range(6)] and {c.split for c in more} == {"train"}
+    assert [c.id for c in more] == [f"clip_{NUM_CLIPS + i:06d}" for i in range(6)] and {c.split for c in more} == {
+        "train"
+    }
     heldout = {tuple(p) for p in described["heldout_pairs"]}
     assert all((o.colour, o.shape) not in heldout for c in more for o in c.objects)
     assert not {c.background_seed for c in more} & {c.background_seed for c in clips}
@@ -521,8 +550,9 @@ def test_conversations_are_natural_multi_turn_and_agree_with_attributes(corpus, 
                 kinds["count"] += 1
                 assert named_answers(r, "count") == {("one", "two")[clip.count - 1]}
                 assert all(f"{o.colour} {o.shape}" in r for o in clip.objects) or clip.count == 1
-            elif q.startswith(("How is the", "How are the", "What is the object doing", "What are the objects",
-                               "What does the shape")):
+            elif q.startswith(
+                ("How is the", "How are the", "What is the object doing", "What are the objects", "What does the shape")
+            ):
                 kinds["motion"] += 1
                 assert named_answers(r, "motion") == {clip.motion}, (q, r)
             elif q.startswith("Is the"):

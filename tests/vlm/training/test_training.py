@@ -35,8 +35,13 @@ from vlm.training.config import TrainConfigError
 from vlm.training.data import ExampleStream, GlueExamples, ProcessShardSampler, VideoSettings, load_examples
 
 REPO = Path(__file__).resolve().parents[3]
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "CUDA_VISIBLE_DEVICES": "",
-       "PYTHONPATH": str(REPO)}
+ENV = {
+    **os.environ,
+    "OMP_NUM_THREADS": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+    "CUDA_VISIBLE_DEVICES": "",
+    "PYTHONPATH": str(REPO),
+}
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models: one thread (tests/conftest.py)
@@ -57,24 +62,49 @@ def parts(tmp_path_factory, smollm2_tokenizer):
     captions.insert(3, {"video": "clips/bad.mp4", "caption": "a broken file"})
     captions.append({"video": "clips/missing.mp4", "caption": "a file that is not there"})
     write_jsonl(root / "captions.jsonl", captions)
-    write_jsonl(root / "qa.jsonl", [{"video": f"clips/c{i}.mp4", "question": "what is shown?", "answer": f"blocks {i}"}
-                                     for i in range(6)])
+    write_jsonl(
+        root / "qa.jsonl",
+        [{"video": f"clips/c{i}.mp4", "question": "what is shown?", "answer": f"blocks {i}"} for i in range(6)],
+    )
     videos = list_videos(root / "captions.jsonl")
     extract_features(model.encoder, videos, root / "cache", num_frames=FRAMES, size=SIZE, num_workers=0, progress=False)
-    extract_features(model.encoder, videos, root / "cache_crops", num_frames=FRAMES, size=SIZE, num_workers=0,
-                     progress=False, crops=2, crop_seed=3)
+    extract_features(
+        model.encoder,
+        videos,
+        root / "cache_crops",
+        num_frames=FRAMES,
+        size=SIZE,
+        num_workers=0,
+        progress=False,
+        crops=2,
+        crop_seed=3,
+    )
     return {"root": root, "model": model, "tokenizer": smollm2_tokenizer}
-
 
 
 def _config(parts, out: Path, **overrides) -> TrainConfig:
     root = parts["root"]
     values = dict(
-        output_dir=str(out), train_data=[str(root / "captions.jsonl"), f"{root / 'qa.jsonl'}:0.5"],
-        val_data=[str(root / "qa.jsonl")], encoder=str(root / "encoder"), llm=str(root / "llm"), num_latents=4,
-        resampler_heads=2, max_steps=6, batch_size=4, micro_batch_size=2, warmup_steps=2, learning_rate=1e-2,
-        log_every=1, checkpoint_every=2, val_every=3, max_val_examples=3, val_samples=2, num_workers=0,
-        progress=False, max_target_tokens=16,
+        output_dir=str(out),
+        train_data=[str(root / "captions.jsonl"), f"{root / 'qa.jsonl'}:0.5"],
+        val_data=[str(root / "qa.jsonl")],
+        encoder=str(root / "encoder"),
+        llm=str(root / "llm"),
+        num_latents=4,
+        resampler_heads=2,
+        max_steps=6,
+        batch_size=4,
+        micro_batch_size=2,
+        warmup_steps=2,
+        learning_rate=1e-2,
+        log_every=1,
+        checkpoint_every=2,
+        val_every=3,
+        max_val_examples=3,
+        val_samples=2,
+        num_workers=0,
+        progress=False,
+        max_target_tokens=16,
     )
     values.update(overrides)
     return TrainConfig(**values)
@@ -110,8 +140,9 @@ def test_labels_are_the_target_tokens_and_eos_only(parts):
     # the losses from the kept logits equal a full-sequence computation
     losses = model.example_losses(texts, video_tokens=tokens)
     with torch.no_grad():
-        logits = model.llm(inputs_embeds=inputs.inputs_embeds, attention_mask=inputs.attention_mask,
-                           position_ids=inputs.position_ids).logits.float()
+        logits = model.llm(
+            inputs_embeds=inputs.inputs_embeds, attention_mask=inputs.attention_mask, position_ids=inputs.position_ids
+        ).logits.float()
     log_probs = torch.log_softmax(logits, dim=-1)
     length = logits.shape[1]
     for row, ids in enumerate(expected):
@@ -126,7 +157,10 @@ def test_labels_are_the_target_tokens_and_eos_only(parts):
     from vlm.training.loop import _prompts
 
     batch = {"task": ["caption", "qa"], "question": ["", "what is shown?"]}
-    assert _prompts(model, batch) == [model.config.prompts.caption_prompt, VideoAssistant(model).qa_prompt("what is shown?")]
+    assert _prompts(model, batch) == [
+        model.config.prompts.caption_prompt,
+        VideoAssistant(model).qa_prompt("what is shown?"),
+    ]
     assert _prompts(model, batch)[1] == "question: what is shown? answer:"
     # only the resampler gets gradients
     model.zero_grad(set_to_none=True)
@@ -230,10 +264,12 @@ def test_hugging_face_dataset_with_column_mapping(parts, tmp_path):
     import datasets
 
     root = parts["root"]
-    dataset = datasets.Dataset.from_dict({
-        "clip_path": [str(root / "clips" / f"c{i}.mp4") for i in range(3)] + [str(root / "clips" / "gone.mp4")],
-        "sentences": [["one", "uno"], ["two"], ["three"], ["four"]],
-    })
+    dataset = datasets.Dataset.from_dict(
+        {
+            "clip_path": [str(root / "clips" / f"c{i}.mp4") for i in range(3)] + [str(root / "clips" / "gone.mp4")],
+            "sentences": [["one", "uno"], ["two"], ["three"], ["four"]],
+        }
+    )
     dataset.save_to_disk(str(tmp_path / "hf"))
     source = DataSource(str(tmp_path / "hf"), columns={"video": "clip_path", "caption": "sentences"})
     loaded = load_examples(source)
@@ -249,7 +285,9 @@ def test_hugging_face_dataset_with_column_mapping(parts, tmp_path):
     evaluation = GlueExamples([loaded], VideoSettings(FRAMES, SIZE), seed=0, training=False)[(0, 0, 0)]
     assert evaluation["target"] == "one"
     with pytest.raises(TrainingDataError, match="'caption_text'"):
-        load_examples(DataSource(str(tmp_path / "hf"), task="caption", columns={"video": "clip_path", "caption": "caption_text"}))
+        load_examples(
+            DataSource(str(tmp_path / "hf"), task="caption", columns={"video": "clip_path", "caption": "caption_text"})
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -262,8 +300,9 @@ def reference_run(parts, tmp_path_factory):
     """An uninterrupted run on the fly (crops, a corrupt and a missing video), in this process."""
     out = tmp_path_factory.mktemp("reference") / "run"
     steps = []
-    model_dir = train_glue(_config(parts, out, report_to="tensorboard"),
-                           on_step=lambda step, values: steps.append((step, values["loss"])))
+    model_dir = train_glue(
+        _config(parts, out, report_to="tensorboard"), on_step=lambda step, values: steps.append((step, values["loss"]))
+    )
     return {"out": out, "model_dir": model_dir, "steps": steps}
 
 
@@ -295,12 +334,15 @@ def test_uninterrupted_run_writes_everything(reference_run, parts):
     # the saved glue loads and its resampler moved away from the seeded initialisation
     loaded = PrismVlmForConditionalGeneration.from_pretrained(model_dir, load_video_encoder=False)
     torch.manual_seed(0)
-    initial = PrismVlmForConditionalGeneration.build(loaded.llm, loaded.tokenizer, video_width=32, num_latents=4, num_heads=2)
+    initial = PrismVlmForConditionalGeneration.build(
+        loaded.llm, loaded.tokenizer, video_width=32, num_latents=4, num_heads=2
+    )
     assert _max_difference(_resampler(model_dir), initial.resampler.state_dict()) > 1e-3
     assert loaded.config.encoder_source == str(parts["root"] / "encoder")
     # the names every training run has (encoder.training.run; the pretraining stages write them too)
     assert {"train_config.json", "train_log.txt", "metrics.jsonl", "loss.png", "checkpoints", "trackers", "model"} <= {
-        p.name for p in out.iterdir()}
+        p.name for p in out.iterdir()
+    }
     # resuming is the default: a finished run is returned as it is; a new run is refused there
     written = (model_dir / "resampler.safetensors").stat().st_mtime_ns
     assert train_glue(_config(parts, out)) == model_dir
@@ -337,8 +379,14 @@ def test_sigkill_then_resume_ends_with_the_same_weights(reference_run, parts, tm
     out = tmp_path / "run"
     config = _config(parts, out)
     config_path = config.save(tmp_path / "config.json")
-    killed = subprocess.Popen([sys.executable, "-c", _train_script(config_path, stop_at=3)], cwd=REPO, env=ENV,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    killed = subprocess.Popen(
+        [sys.executable, "-c", _train_script(config_path, stop_at=3)],
+        cwd=REPO,
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         line = killed.stdout.readline()
         assert line.startswith("STOPPED AT 3"), killed.stderr.read()[-3000:]
@@ -353,8 +401,14 @@ def test_sigkill_then_resume_ends_with_the_same_weights(reference_run, parts, tm
         killed.stderr.close()
     assert not (out / "model").exists()
     # resuming is the default, from the run's own train_config.json
-    resumed = subprocess.run([sys.executable, "-m", "vlm.cli.main", "train", "--output-dir", str(out), "--no-progress"],
-                             cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
+    resumed = subprocess.run(
+        [sys.executable, "-m", "vlm.cli.main", "train", "--output-dir", str(out), "--no-progress"],
+        cwd=REPO,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert json.loads(resumed.stdout.strip().splitlines()[-1])["model"] == str(out / "model")
     difference = _max_difference(_resampler(out / "model"), _resampler(reference_run["model_dir"]))
@@ -362,8 +416,12 @@ def test_sigkill_then_resume_ends_with_the_same_weights(reference_run, parts, tm
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in metrics if "loss" in m] == [1, 2, 3, 4, 5, 6]  # step 3 logged once, not twice
     reference = [json.loads(line) for line in (reference_run["out"] / "metrics.jsonl").read_text().splitlines()]
-    assert [m["loss"] for m in metrics if "loss" in m] == pytest.approx([m["loss"] for m in reference if "loss" in m], abs=1e-6)
-    assert [m["skipped_videos"] for m in metrics if "loss" in m] == [m["skipped_videos"] for m in reference if "loss" in m]
+    assert [m["loss"] for m in metrics if "loss" in m] == pytest.approx(
+        [m["loss"] for m in reference if "loss" in m], abs=1e-6
+    )
+    assert [m["skipped_videos"] for m in metrics if "loss" in m] == [
+        m["skipped_videos"] for m in reference if "loss" in m
+    ]
     assert "resumed from step-00000002" in (out / "train_log.txt").read_text()
 
 
@@ -385,9 +443,27 @@ def test_two_processes_match_one_process_with_the_same_global_batch(reference_ru
     out = tmp_path / "run"
     config_path = _config(parts, out).save(tmp_path / "config.json")
     launch = [
-        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-        "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
-        "-m", "vlm.cli.main", "train", "--config", str(config_path), "--micro-batch-size", "2",
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        str(_free_port()),
+        "-m",
+        "vlm.cli.main",
+        "train",
+        "--config",
+        str(config_path),
+        "--micro-batch-size",
+        "2",
     ]
     result = subprocess.run(launch, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=400)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -405,8 +481,15 @@ def test_training_from_a_cache_with_crops_and_lora(parts, tmp_path):
     from vlm.model import ADAPTER_FILE, PrismVlmForConditionalGeneration
 
     lora = {"r": 2, "lora_alpha": 4, "lora_dropout": 0.0, "target_modules": ["q_proj", "v_proj"]}
-    config = _config(parts, tmp_path / "run", features=str(parts["root"] / "cache_crops"), max_steps=3, val_every=3,
-                     checkpoint_every=3, lora=lora)
+    config = _config(
+        parts,
+        tmp_path / "run",
+        features=str(parts["root"] / "cache_crops"),
+        max_steps=3,
+        val_every=3,
+        checkpoint_every=3,
+        lora=lora,
+    )
     model_dir = train_glue(config)
     report = json.loads((tmp_path / "run" / "data_report.json").read_text())
     assert "2 random crops" in report["crops"]
@@ -420,13 +503,39 @@ def test_training_from_a_cache_with_crops_and_lora(parts, tmp_path):
     assert not any(p.requires_grad for p in loaded.llm.parameters())
     # resuming a run with different settings is refused; max_steps may grow (the run is extended)
     with pytest.raises(TrainConfigError, match=r"differ from its train_config.json: \['learning_rate'\]"):
-        train_glue(_config(parts, tmp_path / "run", features=str(parts["root"] / "cache_crops"), max_steps=3,
-                           lora=lora, learning_rate=1.0), resume=True)
+        train_glue(
+            _config(
+                parts,
+                tmp_path / "run",
+                features=str(parts["root"] / "cache_crops"),
+                max_steps=3,
+                lora=lora,
+                learning_rate=1.0,
+            ),
+            resume=True,
+        )
     with pytest.raises(TrainConfigError, match="max_steps may grow on resume but not shrink"):
-        train_glue(_config(parts, tmp_path / "run", features=str(parts["root"] / "cache_crops"), max_steps=2,
-                           warmup_steps=1, lora=lora))
-    train_glue(_config(parts, tmp_path / "run", features=str(parts["root"] / "cache_crops"), max_steps=4, val_every=3,
-                       checkpoint_every=3, lora=lora))
+        train_glue(
+            _config(
+                parts,
+                tmp_path / "run",
+                features=str(parts["root"] / "cache_crops"),
+                max_steps=2,
+                warmup_steps=1,
+                lora=lora,
+            )
+        )
+    train_glue(
+        _config(
+            parts,
+            tmp_path / "run",
+            features=str(parts["root"] / "cache_crops"),
+            max_steps=4,
+            val_every=3,
+            checkpoint_every=3,
+            lora=lora,
+        )
+    )
     metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in metrics if "loss" in m] == [1, 2, 3, 4]
     assert "resumed from step-00000003" in (tmp_path / "run" / "train_log.txt").read_text()
@@ -442,8 +551,15 @@ def test_resampler_output_norm_trains_saves_and_bounds_the_soft_prompt(parts, tm
     assert config_from_args(args).resampler_output_norm is True
     assert TrainConfig(output_dir="x").resampler_output_norm is False  # the paper says nothing of it: off
 
-    config = _config(parts, tmp_path / "run", features=str(parts["root"] / "cache"), max_steps=3, val_every=3,
-                     checkpoint_every=3, resampler_output_norm=True)
+    config = _config(
+        parts,
+        tmp_path / "run",
+        features=str(parts["root"] / "cache"),
+        max_steps=3,
+        val_every=3,
+        checkpoint_every=3,
+        resampler_output_norm=True,
+    )
     model_dir = train_glue(config)
     loaded = PrismVlmForConditionalGeneration.from_pretrained(model_dir, load_video_encoder=False)
     assert loaded.config.resampler.output_norm is True
@@ -474,8 +590,14 @@ def test_bad_input_fails_before_training_with_a_clear_message(parts, tmp_path):
     with pytest.raises(TrainingDataError, match=r"all skipped \({'missing': 1}\)"):
         train_glue(_config(parts, tmp_path / "b", train_data=[str(tmp_path / "gone.jsonl")], **bad_model))
     with pytest.raises(TrainingDataError, match="no caption column 'text'"):
-        train_glue(_config(parts, tmp_path / "c", train_data=[{"path": str(root / "captions.jsonl"), "columns": {"caption": "text"}}],
-                           **bad_model))
+        train_glue(
+            _config(
+                parts,
+                tmp_path / "c",
+                train_data=[{"path": str(root / "captions.jsonl"), "columns": {"caption": "text"}}],
+                **bad_model,
+            )
+        )
     with pytest.raises(FileNotFoundError, match="training data not found"):
         train_glue(_config(parts, tmp_path / "d", train_data=[str(tmp_path / "nope.jsonl")], **bad_model))
     write_jsonl(tmp_path / "qa_only.jsonl", [{"video": "clips/c0.mp4", "question": "q?"}])
@@ -496,17 +618,37 @@ def test_config_file_and_flags(parts, tmp_path, capsys):
     assert TrainConfig.from_json(path) == config
     assert config.learning_rate == 1e-2 and TrainConfig(output_dir="x").learning_rate == 5e-4  # paper default
     parser = cli.build_parser()
-    args = parser.parse_args(["train", "--config", str(path), "--lr", "0.003", "--train", "a.jsonl:2", "hf:user/set",
-                              "--column", "caption=sentences", "--lora-r", "4", "--threads", "1"])
+    args = parser.parse_args(
+        [
+            "train",
+            "--config",
+            str(path),
+            "--lr",
+            "0.003",
+            "--train",
+            "a.jsonl:2",
+            "hf:user/set",
+            "--column",
+            "caption=sentences",
+            "--lora-r",
+            "4",
+            "--threads",
+            "1",
+        ]
+    )
     overridden = config_from_args(args)
     assert overridden.learning_rate == 0.003 and overridden.max_steps == 6 and overridden.cpu_threads == 1
     assert [(s.path, s.weight, s.columns) for s in overridden.train_data] == [
-        ("a.jsonl", 2.0, {"caption": "sentences"}), ("hf:user/set", 1.0, {"caption": "sentences"})]
+        ("a.jsonl", 2.0, {"caption": "sentences"}),
+        ("hf:user/set", 1.0, {"caption": "sentences"}),
+    ]
     assert overridden.lora["r"] == 4 and overridden.lora["target_modules"] == ["q_proj", "v_proj"]
     (tmp_path / "typo.json").write_text(json.dumps({"output_dir": "x", "learning_rat": 1}))
     with pytest.raises(ValueError, match="learning_rat"):
         TrainConfig.from_json(tmp_path / "typo.json")
-    code = cli.main(["train", "--output-dir", str(tmp_path / "cli"), "--train", str(tmp_path / "missing.jsonl"), "--no-progress"])
+    code = cli.main(
+        ["train", "--output-dir", str(tmp_path / "cli"), "--train", str(tmp_path / "missing.jsonl"), "--no-progress"]
+    )
     assert code == 2 and "training data not found" in capsys.readouterr().err
 
 
@@ -516,9 +658,28 @@ def test_features_command_stores_training_crops(parts, tmp_path, capsys):
 
     root = parts["root"]
     write_jsonl(tmp_path / "two.jsonl", [{"video": str(root / "clips" / f"c{i}.mp4")} for i in (0, 1)])
-    code = cli.main(["features", "--encoder", str(root / "encoder"), "--videos", str(tmp_path / "two.jsonl"), "--out",
-                     str(tmp_path / "cache"), "--frames", str(FRAMES), "--size", str(SIZE), "--crops", "1", "--crop-seed", "3",
-                     "--workers", "0", "--no-progress"])
+    code = cli.main(
+        [
+            "features",
+            "--encoder",
+            str(root / "encoder"),
+            "--videos",
+            str(tmp_path / "two.jsonl"),
+            "--out",
+            str(tmp_path / "cache"),
+            "--frames",
+            str(FRAMES),
+            "--size",
+            str(SIZE),
+            "--crops",
+            "1",
+            "--crop-seed",
+            "3",
+            "--workers",
+            "0",
+            "--no-progress",
+        ]
+    )
     assert code == 0 and json.loads(capsys.readouterr().out)["encoded"] == 2
     cache, reference = FeatureCache(tmp_path / "cache"), FeatureCache(root / "cache_crops")
     assert cache.num_crops == 1 and len(cache) == 2
@@ -547,8 +708,12 @@ def test_train_flags_are_generated_from_train_config(tmp_path, capsys):
         assert old_spelling + " " in usage or old_spelling + "\n" in usage or old_spelling + "," in usage, old_spelling
 
     config_file = tmp_path / "base.json"
-    TrainConfig(output_dir=str(tmp_path / "run"), batch_size=4, max_steps=9, warmup_steps=2, train_crops=True).save(config_file)
-    args = parser.parse_args(["train", "--config", str(config_file), "--max-steps", "7", "--lr", "1e-3", "--no-train-crops"])
+    TrainConfig(output_dir=str(tmp_path / "run"), batch_size=4, max_steps=9, warmup_steps=2, train_crops=True).save(
+        config_file
+    )
+    args = parser.parse_args(
+        ["train", "--config", str(config_file), "--max-steps", "7", "--lr", "1e-3", "--no-train-crops"]
+    )
     config = config_from_args(args)
     assert (config.batch_size, config.max_steps, config.learning_rate, config.train_crops) == (4, 7, 1e-3, False)
     assert config.output_dir == str(tmp_path / "run")  # from the file: a flag not given does not override it

@@ -34,19 +34,36 @@ ABBREVIATIONS = frozenset(
 )
 
 _UNICODE = {
-    "\u2018": "'", "\u2019": "'", "\u201a": "'", "\u201b": "'",
-    "\u201c": '"', "\u201d": '"', "\u201e": '"',
-    "\u2013": " -- ", "\u2014": " -- ", "\u2026": " ... ",
-    "\u00a3": " # ", "\u20ac": " $ ", "\u00a0": " ",
+    "\u2018": "'",
+    "\u2019": "'",
+    "\u201a": "'",
+    "\u201b": "'",
+    "\u201c": '"',
+    "\u201d": '"',
+    "\u201e": '"',
+    "\u2013": " -- ",
+    "\u2014": " -- ",
+    "\u2026": " ... ",
+    "\u00a3": " # ",
+    "\u20ac": " $ ",
+    "\u00a0": " ",
 }
 _BRACKETS = {"(": " -lrb- ", ")": " -rrb- ", "[": " -lsb- ", "]": " -rsb- ", "{": " -lcb- ", "}": " -rcb- "}
 _WHOLE_WORD_SPLITS = {
-    "cannot": ["can", "not"], "gonna": ["gon", "na"], "wanna": ["wan", "na"], "gotta": ["got", "ta"],
-    "gimme": ["gim", "me"], "lemme": ["lem", "me"], "y'all": ["y'", "all"],
-    "'tis": ["'t", "is"], "'twas": ["'t", "was"],
+    "cannot": ["can", "not"],
+    "gonna": ["gon", "na"],
+    "wanna": ["wan", "na"],
+    "gotta": ["got", "ta"],
+    "gimme": ["gim", "me"],
+    "lemme": ["lem", "me"],
+    "y'all": ["y'", "all"],
+    "'tis": ["'t", "is"],
+    "'twas": ["'t", "was"],
 }
 _KEEP_WHOLE = frozenset(["'n'", "o'clock", "ma'am"])
-_ALWAYS_SPLIT = re.compile(r"([*+=&\u2190-\u21ff\u2600-\u27bf])")  # tokens of their own wherever they occur (arrows, marks)
+_ALWAYS_SPLIT = re.compile(
+    r"([*+=&\u2190-\u21ff\u2600-\u27bf])"
+)  # tokens of their own wherever they occur (arrows, marks)
 _INNER_SPLIT = re.compile(r"(\.\.\.+|(?<!\d)[,;:]|[,;:](?!\d))")  # "hello,world" but not "5:30" or "1,000"
 _CONTRACTION = re.compile(r"^(.*[^\W_])(n't|'s|'re|'ve|'ll|'d|'m)$")
 _DECIMAL_UNIT = re.compile(r"^(\d+\.\d+)([a-z]+)$")  # "36.1m" -> "36.1 m" (but "10am", "2nd" stay whole)
@@ -80,7 +97,13 @@ def ptb_tokens(text: str) -> list[str]:
 
 
 def _split_chunk(chunk: str) -> list[str]:
-    if chunk in _KEEP_WHOLE or chunk.startswith("-") and chunk.endswith("-") and len(chunk) > 2 and chunk[1:-1].isalpha():
+    if (
+        chunk in _KEEP_WHOLE
+        or chunk.startswith("-")
+        and chunk.endswith("-")
+        and len(chunk) > 2
+        and chunk[1:-1].isalpha()
+    ):
         return [chunk]  # whole words and escaped brackets ("-lrb-")
     if _EMAIL.match(chunk) or chunk in _STANDALONE:
         return [chunk]
@@ -134,4 +157,6 @@ def _split_chunk(chunk: str) -> list[str]:
 
 def ptb_tokenize_captions(predictions, references) -> tuple[list[str], list[list[str]]]:
     """:func:`ptb_tokenize` over a metric's inputs: predictions [N] and their references [N][R_i]."""
-    return [ptb_tokenize(caption) for caption in predictions], [[ptb_tokenize(ref) for ref in refs] for refs in references]
+    return [ptb_tokenize(caption) for caption in predictions], [
+        [ptb_tokenize(ref) for ref in refs] for refs in references
+    ]

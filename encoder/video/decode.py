@@ -528,20 +528,10 @@ def _decode_frames_with_stats(
     conversion, exactly as :func:`load_clip` would afterwards."""
     num_frames = check_num_frames(num_frames)
     start, end = _check_window(start, end)
-    if max_side is not None and (
-        isinstance(max_side, bool) or not isinstance(max_side, (int, np.integer)) or max_side < 1
-    ):
-        raise ValueError(f"max_side must be a positive int or None, got {max_side!r}")
-    if time_limit_s is not None and not (isinstance(time_limit_s, (int, float)) and time_limit_s > 0):
-        raise ValueError(f"time_limit_s must be a positive number of seconds or None, got {time_limit_s!r}")
+    _check_limits(max_side, time_limit_s)
     began = _time.monotonic()
     path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"no such file: {str(path)!r}")
-    if not path.is_file():
-        raise VideoDecodeError(path, "not a regular file")
-    if path.stat().st_size == 0:
-        raise VideoDecodeError(path, "file is empty")
+    _check_video_file(path)
 
     with _open(path) as container:
         stream = _video_stream(container, path)
@@ -574,6 +564,26 @@ def _decode_frames_with_stats(
     if stats.damaged:
         logger.warning("%s is damaged or truncated; frames come from its decodable part", path)
     return frames, stats
+
+
+def _check_limits(max_side: int | None, time_limit_s: float | None) -> None:
+    """ValueError unless ``max_side`` is a positive int or None and ``time_limit_s`` a positive number or None."""
+    if max_side is not None and (
+        isinstance(max_side, bool) or not isinstance(max_side, (int, np.integer)) or max_side < 1
+    ):
+        raise ValueError(f"max_side must be a positive int or None, got {max_side!r}")
+    if time_limit_s is not None and not (isinstance(time_limit_s, (int, float)) and time_limit_s > 0):
+        raise ValueError(f"time_limit_s must be a positive number of seconds or None, got {time_limit_s!r}")
+
+
+def _check_video_file(path: Path) -> None:
+    """FileNotFoundError for a missing path; VideoDecodeError for a folder or an empty file."""
+    if not path.exists():
+        raise FileNotFoundError(f"no such file: {str(path)!r}")
+    if not path.is_file():
+        raise VideoDecodeError(path, "not a regular file")
+    if path.stat().st_size == 0:
+        raise VideoDecodeError(path, "file is empty")
 
 
 def open_video(path: str | os.PathLike) -> av.container.InputContainer:
@@ -708,7 +718,8 @@ class _FrameCursor:
     Tolerates damaged data: undecodable packets are skipped (up to a limit of
     consecutive failures), a demuxing error ends the stream like an end of file. Decoding
     more than ``stats.frame_budget`` frames in all, or past ``stats.deadline``, raises
-    VideoDecodeError.
+    VideoDecodeError. It notes where good decoding stopped (:meth:`failure_before`) for readers
+    that must not take a frame held over damage, or past a cut, for the frame displayed.
     """
 
     _END = object()
@@ -722,11 +733,19 @@ class _FrameCursor:
         self._step = 1.0 / info.fps if info.fps else 0.04
         self._reset()
 
-    def _reset(self) -> None:
+    def _reset(self, origin: float | None = None) -> None:
         self._frames = self._decoded_frames()
         self._shown = None  # (time, frame): the frame on screen at the last asked time
         self._ahead = None  # (time, frame) or _END: the next frame, not yet consumed
         self._last_time = None
+        self._origin = self._info.start if origin is None else origin  # where decoding (re)started
+        self._good_until = None  # end of display of the last decoded frame since (re)starting
+        self._damage_at = None  # _good_until when damaged data was first met since (re)starting
+
+    def use_stats(self, stats: _DecodeStats) -> None:
+        """Count work (and check budgets) in ``stats`` from now on (a reader keeping one cursor
+        across several clips gives each its own)."""
+        self._stats = stats
 
     @property
     def position(self) -> float:
@@ -746,7 +765,7 @@ class _FrameCursor:
             logger.debug("seek to %.3fs failed: %s", time, exc)
             return False
         self._stats.seeks += 1
-        self._reset()
+        self._reset(origin=max(time, self._info.start))
         return True
 
     def frame_at(self, time: float) -> av.VideoFrame | None:
@@ -759,6 +778,31 @@ class _FrameCursor:
         if self._shown is not None:
             return self._shown[1]
         return None if self._ahead is self._END else self._ahead[1]
+
+    def failure_before(self, time: float, end_slack: float) -> float | None:
+        """Where good decoding ended, when it ended before ``time`` (asked of :meth:`frame_at` just
+        before), so that the frame returned for ``time`` may not be the one displayed; else None.
+
+        Decoding ended before ``time`` when, since the last seek, damaged data (an undecodable
+        packet, a read error, a frame the decoder flags as corrupt) was met after a good frame and
+        ``time`` lies past that frame's display, or the stream ended more than ``end_slack`` seconds before ``time`` (cut short:
+        a truncated file reads like a clean end of file), or nothing was decodable. Damage before
+        the first frame decoded since the last seek is skipped like junk before a keyframe.
+        Returns stream time (seconds): the end of display of the last good frame.
+        """
+        if self._damage_at is not None and time >= self._damage_at - _TIME_EPS:
+            return self._damage_at
+        if self._ahead is self._END:
+            if self._good_until is None:
+                return self._origin
+            if time > self._good_until + end_slack:
+                return self._good_until
+        return None
+
+    def _note_damage(self) -> None:
+        self._stats.damaged = True
+        if self._damage_at is None and self._good_until is not None:
+            self._damage_at = self._good_until
 
     def first_time(self) -> float | None:
         """Time of the first frame decodable from the current position (None at the end)."""
@@ -778,13 +822,13 @@ class _FrameCursor:
             except StopIteration:
                 return
             except av.error.FFmpegError:  # truncated or unreadable: end of stream
-                self._stats.damaged = True
+                self._note_damage()
                 yield from self._timed(self._flush())
                 return
             try:
                 frames = packet.decode()
             except av.error.FFmpegError:
-                self._stats.damaged = True
+                self._note_damage()
                 failures += 1
                 if failures > _MAX_CONSECUTIVE_DECODE_ERRORS:
                     return
@@ -816,6 +860,11 @@ class _FrameCursor:
             if time is None:  # no timestamp: assume the nominal frame step
                 time = self._info.start if self._last_time is None else self._last_time + self._step
             self._last_time = time
+            if frame.is_corrupt:  # decoded from damaged data (the decoder says so): not a good frame
+                self._note_damage()
+            else:
+                shown_for = float(frame.duration * frame.time_base) if frame.duration and frame.time_base else 0.0
+                self._good_until = time + (shown_for if shown_for > 0 else self._step)
             yield time, frame
 
 
@@ -837,27 +886,73 @@ def _read_at_times(
     than where decoding stood skipped nothing (one keyframe, or keyframes too sparse): from
     then on the clip is decoded forward, so the work stays within about two passes.
     """
-    cursor = _FrameCursor(container, stream, info, stats, convert.path)
-    keyframes = _KeyframeIndex(stream, trusted=info.indexed)
-    can_seek = info.can_seek
-    out: list[np.ndarray | None] = [None] * len(times)
-    last_frame = last_array = None
-    for i, time in enumerate(times):
-        if can_seek and (reseek or i == 0) and _worth_seeking(cursor.position, time, keyframes):
-            stood = cursor.position
-            can_seek = _seek_before(cursor, time, info)
-            landed = cursor.first_time() if can_seek else None
-            if i > 0 and landed is not None and landed <= stood + _TIME_EPS:
-                can_seek = False
-                stats.seeking_stopped = True
-        frame = cursor.frame_at(time)
-        if frame is None:
-            continue
-        if frame is not last_frame:
-            last_frame, last_array = frame, convert(frame)
-            stats.frames_converted += 1
-        out[i] = last_array
-    return _fill_gaps(out)
+    reader = _TimeReader(container, stream, info, stats, convert.path)
+    return _fill_gaps(reader.read(times, stats, convert, reseek=reseek))
+
+
+class _TimeReader:
+    """Reads the frames displayed at ascending times through one :class:`_FrameCursor`, seeking
+    only when that skips decoding. :func:`_read_at_times` reads one clip with it; the window
+    reader (``encoder.video.windows``) keeps one across consecutive windows, so each window
+    continues forward from where the previous one stopped.
+    """
+
+    def __init__(self, container, stream, info: _StreamInfo, stats: _DecodeStats, path: Path):
+        self.cursor = _FrameCursor(container, stream, info, stats, path)
+        self.info = info
+        self.can_seek = info.can_seek
+        self._keyframes = _KeyframeIndex(stream, trusted=info.indexed)
+        self._started = False  # a time was read before: a seek landing no later skipped nothing
+        self.failed: tuple[int, float] | None = None  # see read(end_slack=...)
+
+    def read(
+        self,
+        times: np.ndarray,
+        stats: _DecodeStats,
+        convert: _Converter,
+        *,
+        reseek: bool,
+        end_slack: float | None = None,
+    ) -> list[np.ndarray | None]:
+        """Frames displayed at ``times`` (ascending, after any time read before), converted by
+        ``convert``; None where nothing is decodable. Work is counted in ``stats``.
+
+        ``reseek``: seek again between times whenever that skips decoding; otherwise decode
+        forward from the first time (reached with at most one seek). A seek that lands no later
+        than where decoding stood skipped nothing (one keyframe, or keyframes too sparse): from
+        then on the file is decoded forward, so the work stays within about two passes.
+
+        ``end_slack``: when given, stop at the first time that decoding did not reach (see
+        :meth:`_FrameCursor.failure_before`) and record it in :attr:`failed` as ``(index of the
+        time, stream time where good decoding ended)``; the times from there on are left None.
+        """
+        cursor = self.cursor
+        cursor.use_stats(stats)
+        self.failed = None
+        out: list[np.ndarray | None] = [None] * len(times)
+        last_frame = last_array = None
+        for i, time in enumerate(times):
+            if self.can_seek and (reseek or i == 0) and _worth_seeking(cursor.position, time, self._keyframes):
+                stood = cursor.position
+                self.can_seek = _seek_before(cursor, time, self.info)
+                landed = cursor.first_time() if self.can_seek else None
+                if (i > 0 or self._started) and landed is not None and landed <= stood + _TIME_EPS:
+                    self.can_seek = False
+                    stats.seeking_stopped = True
+            frame = cursor.frame_at(time)
+            if end_slack is not None:
+                failed_at = cursor.failure_before(time, end_slack)
+                if failed_at is not None:
+                    self.failed = (i, failed_at)
+                    break
+            if frame is None:
+                continue
+            if frame is not last_frame:
+                last_frame, last_array = frame, convert(frame)
+                stats.frames_converted += 1
+            out[i] = last_array
+        self._started = True
+        return out
 
 
 def _worth_seeking(position: float, target: float, keyframes: _KeyframeIndex) -> bool:

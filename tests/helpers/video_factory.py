@@ -236,3 +236,24 @@ def write_resolution_switch(path: str | Path, small: int = 64, large: int = 1600
     for part in parts:
         part.unlink()
     return path
+
+
+def truncated_copy(path: str | Path, out: str | Path, fraction: float = 0.5) -> Path:
+    """Write the first ``fraction`` of the bytes of ``path`` to ``out`` (a file cut short)."""
+    out = Path(out)
+    data = Path(path).read_bytes()
+    out.write_bytes(data[: int(len(data) * fraction)])
+    return out
+
+
+def corrupted_copy(path: str | Path, out: str | Path, at: float = 0.5, num_bytes: int = 1000, seed: int = 1) -> Path:
+    """Write ``path`` to ``out`` with ``num_bytes`` random bytes in place of those at ``at`` (a
+    fraction of the file's length): damage in the middle of an otherwise whole file."""
+    out = Path(out)
+    data = bytearray(Path(path).read_bytes())
+    offset = int(len(data) * at)
+    data[offset : offset + num_bytes] = (
+        np.random.default_rng(seed).integers(0, 256, num_bytes, dtype=np.uint8).tobytes()
+    )
+    out.write_bytes(bytes(data))
+    return out

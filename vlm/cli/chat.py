@@ -12,6 +12,8 @@ import sys
 
 from encoder.common.cli_arguments import FRAMES, NEW_TOKENS, POSITIVE
 from encoder.common.errors import UsageError
+from vlm.cli.long_video import add_long_video_options, open_long_video_qa
+from vlm.cli.options import add_generation_options, generation_settings
 
 HELP = "/reset starts a new conversation about the same video, /quit (or Ctrl-D) leaves"
 
@@ -58,7 +60,31 @@ class ChatSession:
         self.turns += exchange
 
 
-def open_session(args: argparse.Namespace) -> ChatSession:
+class LongVideoChatSession:
+    """The turns of a chat about a long video: each message is answered from the windows it concerns, the
+    reply naming their times (:class:`vlm.long_video.questions.LongVideoQA`)."""
+
+    def __init__(self, qa):
+        self.qa = qa
+        self.turns: list[dict] = []
+
+    def reset(self) -> None:
+        pass  # each long-video question is answered on its own
+
+    def send(self, message: str):
+        from encoder.common.errors import UsageError
+
+        text = " ".join(message.split())
+        if not text:
+            raise UsageError("the message is empty")
+        reply = self.qa.reply([{"role": "user", "content": text}]).text
+        self.turns += [{"role": "user", "content": text}, {"role": "assistant", "content": reply}]
+        yield reply
+
+
+def open_session(args: argparse.Namespace) -> ChatSession | LongVideoChatSession:
+    """A chat about ``args.video``: a clip's (the video encoded once), or a long video's (longer than one
+    ``--window``: read once as windows, each question answered from the windows it concerns)."""
     import torch
 
     from encoder.videoprism.features import encode_clips
@@ -70,11 +96,12 @@ def open_session(args: argparse.Namespace) -> ChatSession:
     assistant = load_assistant(args.model, device=device)
     if assistant.model.encoder is None:
         raise MissingVideoInputError("the model has no video encoder to read the video with")
+    long_video = open_long_video_qa(args, assistant, device)
+    if long_video is not None:
+        return LongVideoChatSession(long_video)
     clips = assistant.load_videos([args.video], args.frames)
     with torch.inference_mode():
         tokens = encode_clips(assistant.model.encoder, clips)
-    from vlm.cli.main import generation_settings
-
     return ChatSession(assistant, tokens, args.max_new_tokens, args.max_exchanges, generation_settings(args))
 
 
@@ -160,7 +187,7 @@ def add_subcommand(subparsers) -> None:
         "--max-exchanges", type=POSITIVE, default=8, help="exchanges kept in the prompt (default 8, as the app)"
     )
     chat.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
-    from vlm.cli.main import add_generation_options
 
     add_generation_options(chat)
+    add_long_video_options(chat)
     chat.set_defaults(func=_cmd_chat)

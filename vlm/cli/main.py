@@ -13,10 +13,9 @@ from encoder.common.cli_arguments import (
     NEW_TOKENS,
     NON_NEGATIVE,
     POSITIVE,
-    int_range,
-    positive_float,
 )
 from encoder.common.errors import PrismVlmError, UsageError
+from vlm.cli.options import add_generation_options, generation_settings  # noqa: F401  (used by the commands here)
 
 # Shown as one line: every error the package raises for what the user gave (PrismVlmError), and the
 # operating system's answer about a path the user named. A plain ValueError, RuntimeError ... is a bug.
@@ -38,6 +37,7 @@ SUBCOMMAND_MODULES: tuple[str, ...] = (
     "vlm.cli.train",
     "vlm.cli.pretrain",
     "vlm.cli.retrieval",
+    "vlm.cli.long_video",
 )
 
 
@@ -157,13 +157,18 @@ def _cmd_caption_to_file(args: argparse.Namespace) -> int:
 
 def _cmd_ask(args: argparse.Namespace) -> int:
     from encoder.videoprism.loading import default_device
+    from vlm.cli.long_video import open_long_video_qa
     from vlm.inference.assistant import load_assistant
     from vlm.inference.scoring import read_candidates
     from vlm.prompts import load_shots
 
     candidates = read_candidates(args.candidates, args.candidates_file)
     shots = load_shots(args.shots) if args.shots else ()
-    assistant = load_assistant(args.model, device=args.device or default_device())
+    device = args.device or default_device()
+    assistant = load_assistant(args.model, device=device)
+    long_video = open_long_video_qa(args, assistant, device)
+    if long_video is not None:
+        return _ask_long_video(args, long_video, candidates)
     result = assistant.ask_video(
         args.video,
         args.question,
@@ -189,6 +194,38 @@ def _cmd_ask(args: argparse.Namespace) -> int:
     return 0
 
 
+def _ask_long_video(args: argparse.Namespace, long_video, candidates) -> int:
+    """``ask`` about a video longer than one window: answered (or the candidates ranked) from the windows
+    the question concerns, with their times."""
+    if candidates is None:
+        reply = long_video.reply([{"role": "user", "content": args.question}])
+        spans = [{"start": round(a, 3), "end": round(b, 3)} for a, b in reply.spans]
+        output = {"video": args.video, "question": args.question, "answer": reply.text, "spans": spans}
+        print(json.dumps(output) if args.json else reply.text)
+        return 0
+    (start, end), ranked = long_video.rank(args.question, candidates)
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "video": args.video,
+                    "question": args.question,
+                    "answer": ranked[0].answer,
+                    "span": {"start": round(start, 3), "end": round(end, 3)},
+                    "candidates": [scored.to_dict() for scored in ranked],
+                },
+                indent=2,
+            )
+        )
+    else:
+        from vlm.long_video.timeline import clock
+
+        print(f"# from {clock(start)}-{clock(end)}")
+        for scored in ranked:
+            print(f"{scored.answer}\t{scored.probability:.4f}\t{scored.log_likelihood:.4f}")
+    return 0
+
+
 def _cmd_plot(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -204,6 +241,8 @@ def _cmd_plot(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from vlm.cli.long_video import add_long_video_options
+
     parser = argparse.ArgumentParser(prog="prism-vlm", description="VideoPrism video-language assistant")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -279,6 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
     candidates.add_argument("--candidates-file", default=None, help="candidate answers, one per line")
     ask.add_argument("--shots", default=None, help="few-shot examples: JSON list or JSONL of {question, answer}")
     _add_vlm_options(ask)
+    add_long_video_options(ask)
     ask.set_defaults(func=_cmd_ask)
 
     plot = sub.add_parser("plot", help="plot a training run's metrics.jsonl (glue training or pretraining) to a PNG")
@@ -291,61 +331,6 @@ def build_parser() -> argparse.ArgumentParser:
     for module_name in SUBCOMMAND_MODULES:
         importlib.import_module(module_name).add_subcommand(sub)
     return parser
-
-
-def _positive_at_most(high: float):
-    """An argparse ``type``: a number in (0, high] (the ranges GenerationSettings accepts)."""
-
-    def parse(text: str) -> float:
-        value = positive_float(text)
-        if value > high:
-            raise argparse.ArgumentTypeError(f"must be in (0, {high:g}], got {text}")
-        return value
-
-    parse.__name__ = "number"
-    return parse
-
-
-def add_generation_options(command: argparse.ArgumentParser) -> None:
-    """--do-sample, --temperature, --top-p, --top-k, --repetition-penalty, --num-beams, --seed
-    (transformers' generate() options; greedy by default)."""
-    group = command.add_argument_group("generation (greedy by default)")
-    group.add_argument("--do-sample", action="store_true", help="sample instead of taking the most likely token")
-    group.add_argument(
-        "--temperature", type=_positive_at_most(100), default=1.0, help="sampling temperature, (0, 100] (default 1.0)"
-    )
-    group.add_argument(
-        "--top-p", type=_positive_at_most(1), default=1.0, help="nucleus sampling mass, (0, 1] (default 1.0)"
-    )
-    group.add_argument(
-        "--top-k", type=NON_NEGATIVE, default=50, help="sample among the k most likely (default 50; 0: all)"
-    )
-    group.add_argument(
-        "--repetition-penalty",
-        type=_positive_at_most(10),
-        default=1.0,
-        help="> 1 discourages repeats, at most 10 (default 1.0)",
-    )
-    group.add_argument(
-        "--num-beams", type=int_range(1, 64), default=1, help="beam search with this many beams (default 1)"
-    )
-    group.add_argument("--seed", type=int, default=None, help="makes sampling repeatable")
-
-
-def generation_settings(args: argparse.Namespace):
-    """The GenerationSettings of add_generation_options' flags (max_new_tokens from --max-new-tokens)."""
-    from vlm.inference.generation import GenerationSettings
-
-    return GenerationSettings(
-        max_new_tokens=args.max_new_tokens,
-        do_sample=args.do_sample,
-        temperature=args.temperature,
-        top_p=args.top_p,
-        top_k=args.top_k,
-        repetition_penalty=args.repetition_penalty,
-        num_beams=args.num_beams,
-        seed=args.seed,
-    )
 
 
 def _add_vlm_options(command: argparse.ArgumentParser) -> None:

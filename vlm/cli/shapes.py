@@ -1,4 +1,5 @@
-"""``prism-vlm make-shapes``: a thin layer over :func:`vlm.shapes.corpus.make_shapes_corpus`
+"""``prism-vlm make-shapes`` and ``prism-vlm make-long-shapes``: thin layers over
+:func:`vlm.shapes.corpus.make_shapes_corpus` and :func:`vlm.shapes.long_videos.make_long_videos`
 (nothing heavy is imported at module level)."""
 
 from __future__ import annotations
@@ -7,7 +8,7 @@ import argparse
 import json
 import time
 
-from encoder.common.cli_arguments import FRAME_SIZE, FRAMES, NON_NEGATIVE, POSITIVE, int_range
+from encoder.common.cli_arguments import FRAME_SIZE, FRAMES, NON_NEGATIVE, POSITIVE, int_range, positive_float
 from encoder.common.errors import UsageError
 
 
@@ -117,3 +118,74 @@ def add_subcommand(subparsers) -> None:
     command.add_argument("--workers", type=POSITIVE, default=1, help="rendering/encoding processes (default 1)")
     command.add_argument("--no-progress", action="store_true")
     command.set_defaults(func=_cmd_make_shapes)
+    _add_make_long_shapes(subparsers)
+
+
+def _cmd_make_long_shapes(args: argparse.Namespace) -> int:
+    from vlm.shapes.long_videos import make_long_videos, read_long_videos
+
+    started = time.perf_counter()
+    written = []
+    paths = make_long_videos(
+        args.corpus,
+        args.split,
+        args.out,
+        count=args.count,
+        duration_s=args.duration,
+        min_segment_s=args.min_segment,
+        max_segment_s=args.max_segment,
+        seed=args.seed,
+        fps=args.fps,
+        unique_colours=args.unique_colours,
+        progress=not args.no_progress,
+        on_video=written.append,
+    )
+    truths = read_long_videos(args.out)
+    print(
+        json.dumps(
+            {
+                "out": str(args.out),
+                "videos": len(paths),
+                "written": len(written),
+                "skipped": len(paths) - len(written),
+                "split": args.split,
+                "duration": truths[0].duration,
+                "segments": sum(len(truth.segments) for truth in truths),
+                "seconds": round(time.perf_counter() - started, 2),
+            }
+        )
+    )
+    return 0
+
+
+def _add_make_long_shapes(subparsers) -> None:
+    command = subparsers.add_parser(
+        "make-long-shapes",
+        help="long videos made of moving-shapes clips, with ground-truth timelines (long-III.mp4 + long-III.json)",
+        description="Long videos whose segments each show one clip of a make-shapes corpus split for 2-12 s "
+        "(boundaries off whole seconds), with a ground-truth JSON per video (segment times, clip, caption, "
+        "attributes) and an index long_videos.jsonl. Each video has --unique-colours colours shown in exactly "
+        "one one-object segment, and at least one colour in two segments. Re-running into the same folder with "
+        "the same arguments resumes (finished videos are kept; a larger --count adds videos).",
+    )
+    command.add_argument("corpus", help="a make-shapes corpus folder")
+    command.add_argument(
+        "--split",
+        default="test",
+        help="the split whose clips are used: train, val, test (default) or test_compositional",
+    )
+    command.add_argument("--out", required=True, help="output folder (new or empty, or one of the same arguments)")
+    command.add_argument("--count", type=POSITIVE, default=10, help="number of long videos (default 10)")
+    command.add_argument("--duration", type=positive_float, default=120.0, help="seconds per video (default 120)")
+    command.add_argument("--min-segment", type=positive_float, default=2.0, help="shortest segment, s (default 2)")
+    command.add_argument("--max-segment", type=positive_float, default=12.0, help="longest segment, s (default 12)")
+    command.add_argument("--seed", type=NON_NEGATIVE, default=0, help="random seed (default 0)")
+    command.add_argument("--fps", type=POSITIVE, default=None, help="frames per second (default: the corpus's)")
+    command.add_argument(
+        "--unique-colours",
+        type=int_range(0, 8),
+        default=2,
+        help="colours each shown in exactly one one-object segment of a video (default 2)",
+    )
+    command.add_argument("--no-progress", action="store_true")
+    command.set_defaults(func=_cmd_make_long_shapes)

@@ -121,9 +121,16 @@ class VideoAssistant:
 
     # ------------------------------------------------------------------ tasks on tensors
 
-    def _features(self, clips, video_tokens, one_video: str | None = None) -> torch.Tensor:
-        with torch.inference_mode():
-            features = self.model.get_video_features(clips, video_tokens)
+    def _features(self, clips, video_tokens, one_video: str | None = None, video_features=None) -> torch.Tensor:
+        """The soft prompt [B, L, H] of clips or video_tokens, or ``video_features`` as given (e.g. read
+        back from the window cache of a long video)."""
+        if video_features is not None:
+            if clips is not None or video_tokens is not None:
+                raise ValueError("give clips, video_tokens or video_features, not several")
+            features = video_features
+        else:
+            with torch.inference_mode():
+                features = self.model.get_video_features(clips, video_tokens)
         if one_video is not None and features.shape[0] != 1:
             raise ValueError(f"{one_video} takes one video, got a batch of {features.shape[0]}")
         return features
@@ -141,10 +148,13 @@ class VideoAssistant:
         max_new_tokens: int = 32,
         prompt: str | None = None,
         generation: GenerationSettings | None = None,
+        *,
+        video_features: torch.Tensor | None = None,
     ) -> list[str]:
-        """Captions of a batch of videos (clips [B, T, H, W, 3] or video_tokens [B, M, D]): B strings, greedy
-        unless ``generation`` says otherwise. A caption is one line: a row stops at EOS or a newline."""
-        inputs = self.caption_inputs(self._features(clips, video_tokens), prompt)
+        """Captions of a batch of videos (clips [B, T, H, W, 3], video_tokens [B, M, D] or their soft prompts
+        video_features [B, L, H]): B strings, greedy unless ``generation`` says otherwise. A caption is one
+        line: a row stops at EOS or a newline."""
+        inputs = self.caption_inputs(self._features(clips, video_tokens, video_features=video_features), prompt)
         generated = self._generate(inputs, _settings(generation, max_new_tokens), stop_at_newline=True)
         return [self.caption_text(ids) for ids in generated]
 
@@ -156,11 +166,16 @@ class VideoAssistant:
         shots: Sequence[Shot] = (),
         max_new_tokens: int = 32,
         generation: GenerationSettings | None = None,
+        *,
+        video_features: torch.Tensor | None = None,
     ) -> list[str]:
-        """Open-vocabulary answers, one question per video (B of each), stopping at EOS or newline."""
+        """Open-vocabulary answers, one question per video (B of each; clips, video_tokens or video_features
+        as :meth:`caption` takes), stopping at EOS or newline."""
         if isinstance(questions, str):
             raise TypeError("questions must be a list with one question per video")
-        inputs = self.answer_inputs(self._features(clips, video_tokens), questions, shots)
+        inputs = self.answer_inputs(
+            self._features(clips, video_tokens, video_features=video_features), questions, shots
+        )
         generated = self._generate(inputs, _settings(generation, max_new_tokens), stop_at_newline=True)
         return [self.answer_text(ids) for ids in generated]
 
@@ -172,13 +187,15 @@ class VideoAssistant:
         video_tokens: torch.Tensor | None = None,
         shots: Sequence[Shot] = (),
         batch_size: int = 64,
+        *,
+        video_features: torch.Tensor | None = None,
     ) -> list[ScoredAnswer]:
         """Closed-vocabulary QA for ONE video ([1, ...] clips or tokens): every candidate ranked by
         log-likelihood, best first, with softmax probabilities over the candidates."""
         candidates = check_candidates(candidates)
         candidate_ids = candidate_token_ids(self.tokenizer, candidates)
         inputs = self.prompt_inputs(
-            self._features(clips, video_tokens, "score_answers"), [self.qa_prompt(question, shots)]
+            self._features(clips, video_tokens, "score_answers", video_features), [self.qa_prompt(question, shots)]
         )
         with torch.inference_mode():
             scores = candidate_log_likelihoods(
@@ -218,12 +235,15 @@ class VideoAssistant:
         video_tokens: torch.Tensor | None = None,
         max_new_tokens: int = 256,
         generation: GenerationSettings | None = None,
+        *,
+        video_features: torch.Tensor | None = None,
     ) -> Iterator[str]:
-        """Stream the assistant's reply to a multi-turn chat about ONE video, text piece by piece.
+        """Stream the assistant's reply to a multi-turn chat about ONE video (clips, video_tokens or
+        video_features [1, L, H]), text piece by piece.
 
         messages: [{"role": "system"|"user"|"assistant", "content": str}, ...] ending with a user turn; the
         video goes at the start of the first user turn, rendered exactly as conversations are in training."""
-        features = self._features(clips, video_tokens, "chat")
+        features = self._features(clips, video_tokens, "chat", video_features)
         for pieces in self.chat_stream_batch(
             [messages], video_features=features, max_new_tokens=max_new_tokens, generation=generation
         ):

@@ -1,4 +1,5 @@
-"""The synthetic moving-shapes corpus (``prism-vlm make-shapes``): clips whose answers we know."""
+"""The synthetic moving-shapes corpus (``prism-vlm make-shapes``): clips whose answers we know; and long
+videos made of its clips with ground-truth timelines (``prism-vlm make-long-shapes``, :mod:`vlm.shapes.long_videos`)."""
 
 from vlm.shapes.corpus import (
     SPLITS,
@@ -19,6 +20,16 @@ from vlm.shapes.language import (
     captions,
     hard_negative_captions,
     questions,
+)
+from vlm.shapes.long_videos import (
+    LongVideoTruth,
+    Segment,
+    make_long_videos,
+    one_object_segments,
+    read_long_video_truth,
+    read_long_videos,
+    segment_at,
+    unique_colour_segments,
 )
 from vlm.shapes.render import (
     MOTIONS,
@@ -42,19 +53,27 @@ __all__ = [
     "SPLITS",
     "ClipAttributes",
     "CorpusFolderError",
+    "LongVideoTruth",
     "ObjectAttributes",
+    "Segment",
     "ShapesConfig",
     "assign_splits",
     "captions",
     "encode_mp4",
     "hard_negative_captions",
     "heldout_pairs",
+    "make_long_videos",
     "make_shapes_corpus",
     "object_state",
+    "one_object_segments",
     "probe_labels",
     "questions",
     "read_attributes",
+    "read_long_video_truth",
+    "read_long_videos",
     "render_background",
     "render_clip",
     "sample_clip_attributes",
+    "segment_at",
+    "unique_colour_segments",
 ]

@@ -1,0 +1,1 @@
+"""Tests of ``vlm.long_video``."""

@@ -60,6 +60,7 @@ from typing import Union
 
 import av
 import numpy as np
+from av.sidedata.sidedata import SideDataContainer as _SideDataContainer
 from av.sidedata.sidedata import Type as _SideDataType
 from PIL import Image, ImageOps
 
@@ -1032,7 +1033,10 @@ def _upright_rgb(frame: av.VideoFrame, path: Path) -> np.ndarray:
 def _display_matrix(frame: av.VideoFrame) -> np.ndarray | None:
     """The frame's 3x3 display matrix as 9 int32 (FFmpeg layout), or None."""
     try:
-        side_data = frame.side_data.get(_SideDataType.DISPLAYMATRIX)
+        # A container of our own, not ``frame.side_data``: the frame caches that one, which points back
+        # at the frame, and the cycle kept every converted frame (and its decoded picture) alive until
+        # the garbage collector ran: hundreds of native frames over a long video.
+        side_data = _SideDataContainer(frame).get(_SideDataType.DISPLAYMATRIX)
     except (AttributeError, KeyError, ValueError):
         side_data = None
     if side_data is not None:

@@ -8,10 +8,12 @@ code, so the frame a window holds at each sampled time can be read back exactly 
 
 from __future__ import annotations
 
+import gc
 import math
 import weakref
 from pathlib import Path
 
+import av
 import numpy as np
 import pytest
 
@@ -312,3 +314,21 @@ def test_memory_holds_one_window_of_frames(long_mp4, monkeypatch):
         windows += 1
         del window, alive
     assert windows == len(window_spans(SECONDS, 4.0)) == 13 and len(live) == 13 * num_frames
+
+
+@pytest.mark.quick
+def test_no_decoded_frame_outlives_its_window_without_the_garbage_collector(long_mp4):
+    """Decoded frames are freed as soon as they are passed, not when the cyclic garbage collector gets
+    round to them (``frame.side_data`` makes a cycle that kept every converted native frame alive)."""
+
+    def live_frames() -> int:
+        return sum(isinstance(obj, av.VideoFrame) for obj in gc.get_objects())
+
+    gc.collect()
+    before = live_frames()
+    gc.disable()
+    try:
+        counts = [live_frames() - before for _ in iter_windows(long_mp4, 4.0, 8, size=16)]
+    finally:
+        gc.enable()
+    assert len(counts) == 13 and max(counts) <= 4  # the cursor's frame on screen and the one ahead

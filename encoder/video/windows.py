@@ -26,8 +26,10 @@ Streaming
 Memory
     Only the current window is held: each kept frame is converted and resized to ``size`` right
     after it is decoded (as ``load_clip`` does), at most ``num_frames`` of them, then assembled into
-    the window's clip; the previous window's frames are dropped before the next one is read. Peak
-    memory therefore does not grow with the video's length.
+    the window's clip; the previous window's frames are dropped before the next one is read, and a
+    decoded native frame is freed as soon as decoding moves past it (the cursor holds two: the one
+    on screen and the next). Peak memory therefore does not grow with the video's length (a caller
+    that keeps the previous window while asking for the next holds two clips).
 
 Budgets
     Each window has its own budgets, as a ``load_clip`` call would: a wall-time limit
@@ -40,7 +42,8 @@ Budgets
 Damaged files
     A window is yielded only when every sampled time was reached by good decoding. When the file
     cannot be decoded past some point (truncated: the stream ends more than :data:`END_SLACK_S`
-    seconds before a sampled time; or damaged data met after a decoded frame), the windows read in
+    seconds before a sampled time; or damaged data met after a good frame: an undecodable packet, a
+    read error, a frame the decoder flags as corrupt), the windows read in
     full before that point are yielded and then :class:`WindowDecodeError` (a ``VideoDecodeError``)
     is raised, naming the file, the window and the time where good decoding ended. A window with
     some frames and the rest unreachable is never yielded: unlike a single ``load_clip`` clip, whose
@@ -245,7 +248,8 @@ def iter_windows(
         equal to ``load_clip(path, num_frames, size, start=window.start, end=window.end)``.
 
     Raises:
-        WindowError: a bad ``window_s``, ``start_index``, ``max_windows`` or ``on_window`` (at the call).
+        WindowError: a bad ``window_s``, ``start_index``, ``max_windows`` or ``on_window``, or an image
+            file (at the call).
         ValueError: a bad ``num_frames``, ``size``, ``max_side`` or ``time_limit_s`` (at the call).
         FileNotFoundError: ``path`` does not exist (at the call).
         WindowDecodeError: the file is damaged or cut short inside a window; the windows before it
@@ -289,6 +293,8 @@ def _iter_windows_with_stats(
     if on_window is not None and not callable(on_window):
         raise WindowError(f"on_window must be callable or None, got {on_window!r}")
     path = Path(path)
+    if path.suffix.lower() in _decode.IMAGE_SUFFIXES:
+        raise WindowError(f"windows apply to video files, not to an image file: {str(path)!r}")
     _decode._check_video_file(path)
     return _read_windows(path, window_s, num_frames, size, max_side, time_limit_s, start_index, max_windows, on_window)
 

@@ -114,6 +114,8 @@ def test_bad_arguments_fail_at_the_call(long_mp4, tmp_path):
         iter_windows(long_mp4, time_limit_s=0)
     with pytest.raises(FileNotFoundError):
         iter_windows(tmp_path / "missing.mp4")
+    with pytest.raises(WindowError, match="image file"):
+        iter_windows(tmp_path / "still.png")
     with pytest.raises(WindowError, match="duration_s"):
         window_spans(float("nan"), 8.0)
     with pytest.raises(WindowError, match="more than"):

@@ -193,9 +193,7 @@ def _cmd_find(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         progress=not args.no_progress,
     )
-    moments = find_moments(
-        model, video, args.text, top_k=args.top, refine=not args.no_refine, batch_size=args.batch_size
-    )
+    moments = find_moments(model, video, args.text, top_k=args.top)
     if args.json:
         print(json.dumps([moment.to_dict() for moment in moments], indent=2))
     else:
@@ -225,7 +223,6 @@ def add_subcommand(subparsers) -> None:
     find.add_argument("video", help="video file")
     find.add_argument("text", help='what to find, e.g. "a red star moving left"')
     find.add_argument("--top", type=int_range(1, 1000), default=5, help="spans to show (default 5)")
-    find.add_argument("--no-refine", action="store_true", help="whole windows only (no finer sub-window pass)")
     find.add_argument("--json", action="store_true", help='a list of {"start", "end", "score"}')
     find.add_argument(
         "--video-text-model",

@@ -6,24 +6,20 @@ a neighbouring window joins it while its score is at least the span's peak minus
 peak and the video's median window score (so windows that match together form one span, and a flat
 stretch of unrelated windows does not). Spans are ranked by their peak score, best first, and never overlap.
 
-Refinement (``refine=True``): a span is made of whole windows; around the best ones, sub-windows of a
-quarter window (decoded again, embedded by the same model) narrow it to the part that matches, by the same
-joining rule at the finer step.
+The windows are the video-text model's (a quarter of the glue's window: 2 s for the default 8 s), read
+once and cached, so finding a moment decodes nothing. A text may be several phrasings of one thing; their
+embeddings are averaged (prompt ensembling, as the paper does for zero-shot classification).
 """
 
 from __future__ import annotations
 
-import os
+from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from encoder.video.decode import load_clip
 from vlm.long_video.reading import LongVideo
-
-REFINE_FRACTION = 0.25  # sub-window length as a share of the window
 
 
 @dataclass(frozen=True)
@@ -65,56 +61,26 @@ def join_spans(scores: np.ndarray, top_k: int, floor: float | None = None) -> li
     return spans
 
 
-def window_scores(video_text_model, video: LongVideo, text: str) -> torch.Tensor:
-    """Cosine similarity of each window of ``video`` (read with the video-text model) to ``text``: [N]."""
+def text_embedding(video_text_model, text: str | Sequence[str]) -> torch.Tensor:
+    """The L2-normalised mean embedding of one text or several phrasings of it: [D]."""
+    texts = [text] if isinstance(text, str) else list(text)
+    return torch.nn.functional.normalize(video_text_model.embed_texts(texts).mean(dim=0), dim=-1)
+
+
+def window_scores(video_text_model, video: LongVideo, text: str | Sequence[str]) -> torch.Tensor:
+    """Cosine similarity of each video-text window of ``video`` to ``text`` (or its phrasings): [N']."""
     if video.embeddings is None:
         raise ValueError("this long video was read without the video-text model")
-    query = video_text_model.embed_texts([text])[0]  # [D]
-    return video.embeddings @ query
+    return video.embeddings @ text_embedding(video_text_model, text)
 
 
-def find_moments(
-    video_text_model, video: LongVideo, text: str, top_k: int = 5, refine: bool = True, batch_size: int = 8
-) -> list[Moment]:
-    """The spans of ``video`` that best match ``text``, best first (at most ``top_k``)."""
+def find_moments(video_text_model, video: LongVideo, text: str | Sequence[str], top_k: int = 5) -> list[Moment]:
+    """The spans of ``video`` that best match ``text`` (or the mean of its phrasings), best first (at most
+    ``top_k``)."""
     if top_k < 1:
         raise ValueError(f"top_k must be >= 1, got {top_k}")
     scores = window_scores(video_text_model, video, text).numpy()
-    moments = [
-        Moment(float(video.spans[first, 0]), float(video.spans[last, 1]), peak)
-        for first, last, peak in join_spans(scores, top_k)
+    spans = video.text_spans
+    return [
+        Moment(float(spans[first, 0]), float(spans[last, 1]), peak) for first, last, peak in join_spans(scores, top_k)
     ]
-    if refine:
-        query = video_text_model.embed_texts([text])[0]
-        median = float(np.median(scores))
-        moments = [_refine(video_text_model, video, m, query, median, batch_size) for m in moments]
-        moments.sort(key=lambda moment: -moment.score)
-    return moments
-
-
-def _refine(
-    video_text_model, video: LongVideo, moment: Moment, query: torch.Tensor, median: float, batch_size: int
-) -> Moment:
-    """``moment`` narrowed to the sub-windows that match (module docstring)."""
-    step = video.window_s * REFINE_FRACTION
-    starts = np.arange(moment.start, moment.end - step / 2, step)
-    if len(starts) < 2:
-        return moment
-    spans = [(float(s), float(min(s + step, moment.end))) for s in starts]
-    scores = _span_scores(video_text_model, video.path, spans, query, batch_size)
-    first, last, peak = join_spans(scores, 1, floor=median)[0]
-    return Moment(spans[first][0], spans[last][1], max(peak, moment.score))
-
-
-def _span_scores(video_text_model, path: str | os.PathLike, spans, query: torch.Tensor, batch_size: int) -> np.ndarray:
-    """Similarity of ``query`` [D] to each span of ``path``, each decoded on its own: [len(spans)]."""
-    rows = []
-    for start in range(0, len(spans), batch_size):
-        clips = np.stack(
-            [
-                load_clip(Path(path), video_text_model.num_frames, video_text_model.frame_size, begin, end)
-                for begin, end in spans[start : start + batch_size]
-            ]
-        )
-        rows.append(video_text_model.embed_clips(clips) @ query)
-    return torch.cat(rows).numpy()

@@ -4,14 +4,15 @@ The last user message decides which part of the video is read (first rule that a
 
 1. It names a time ("at 1:04", "0:16", "at 75 s"): the clip of ``moment_s`` seconds centred there is
    decoded and the question, without the time, goes to the glue: "At 1:03-1:05: <reply>".
-2. It asks when something happens ("When does the red object appear?"): the thing ("a red object") is
-   found with the video-text model (:func:`vlm.long_video.moments.find_moments`): "At 0:16-0:20." (and
-   "also at ..." for other spans that match nearly as well).
+2. It asks when something happens ("When does the red object appear?"): the thing is found with the
+   video-text model (:func:`vlm.long_video.moments.find_moments`, its phrasings averaged:
+   :func:`query_phrasings`): "At 0:16-0:20." (and "also at ..." for other spans that match nearly as well).
 3. It asks what happens after or before something ("What happens after the star?"): that thing is found,
    and the window right after (before) it is described: "After the star (0:16-0:20), at 0:20-0:28: <caption>."
 4. It asks about the whole video ("Describe the video", "What happens in the video?", "Summarise it"):
    the timeline in words, with times.
-5. Anything else: the window most similar to the question (video-text model) answers it: "At 0:24-0:32: <reply>".
+5. Anything else: the glue's window holding the video-text window most similar to the question answers it:
+   "At 0:24-0:32: <reply>".
 
 Each long-video question is answered on its own (earlier turns are not in the glue's prompt: they were
 about other windows). A video of one window is not a long video: ask it as a clip.
@@ -84,10 +85,20 @@ def without_time(question: str) -> str:
     return re.sub(r"\s+([?.!,])", r"\1", re.sub(r"\s{2,}", " ", text)).strip()
 
 
-def _as_query(thing: str) -> str:
-    """What the video-text model is asked for: "the red object" -> "a red object"."""
+_GENERIC_NOUN = re.compile(r"\b(object|thing|item|shape)(s?)\b", re.IGNORECASE)
+
+
+def query_phrasings(thing: str) -> list[str]:
+    """What the video-text model is asked for, as phrasings whose embeddings are averaged: "the red object"
+    -> ["a red object", "a red shape", "a red shape moving"] (a generic noun also said the way captions
+    say it); a specific thing ("the star") as itself ("a star")."""
     thing = thing.strip().rstrip("?.! ")
-    return re.sub(r"^(the|this|that)\s+", "a ", thing, flags=re.IGNORECASE) or thing
+    base = re.sub(r"^(the|this|that)\s+", "a ", thing, flags=re.IGNORECASE) or thing
+    if not _GENERIC_NOUN.search(base):
+        return [base]
+    as_object = _GENERIC_NOUN.sub(lambda m: "object" + m.group(2), base, count=1)
+    as_shape = _GENERIC_NOUN.sub(lambda m: "shape" + m.group(2), base, count=1)
+    return list(dict.fromkeys([as_object, as_shape, as_shape + " moving"]))
 
 
 def _last_user_text(messages) -> str:
@@ -160,7 +171,9 @@ class LongVideoQA:
         return start, end, features
 
     def _best_window_index(self, question: str) -> int:
-        return int(np.argmax(window_scores(self.video_text_model, self.video, question).numpy()))
+        """The glue window holding the middle of the video-text window most similar to ``question``."""
+        best = int(np.argmax(window_scores(self.video_text_model, self.video, question).numpy()))
+        return self.video.window_at(float(self.video.text_spans[best].mean()))
 
     def _at_time(self, question: str, time_s: float) -> LongVideoReply:
         if time_s > self.video.duration:
@@ -184,9 +197,9 @@ class LongVideoQA:
         return (start, end), self.assistant.score_answers(question, candidates, video_features=features)
 
     def _when(self, thing: str) -> LongVideoReply:
-        query = _as_query(thing)
+        query = query_phrasings(thing)
         median = float(np.median(window_scores(self.video_text_model, self.video, query).numpy()))
-        moments = find_moments(self.video_text_model, self.video, query, top_k=3, batch_size=self.batch_size)
+        moments = find_moments(self.video_text_model, self.video, query, top_k=3)
         best = moments[0]
         also = [m for m in moments[1:] if m.score - median >= ALSO_WITHIN * (best.score - median)]
         text = f"At {clock(best.start)}-{clock(best.end)}."
@@ -195,9 +208,7 @@ class LongVideoQA:
         return LongVideoReply(text, [(m.start, m.end) for m in [best, *also]], "when")
 
     def _after_before(self, which: str, thing: str) -> LongVideoReply:
-        anchor = find_moments(self.video_text_model, self.video, _as_query(thing), top_k=1, batch_size=self.batch_size)[
-            0
-        ]
+        anchor = find_moments(self.video_text_model, self.video, query_phrasings(thing), top_k=1)[0]
         window = self.video.window_s
         if which == "after":
             start, end = anchor.end, min(self.video.duration, anchor.end + window)

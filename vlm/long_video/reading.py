@@ -1,11 +1,12 @@
 """Reading a long video once: its windows through the glue (soft prompts) and the video-text model
 (embeddings), in batches, each kind stored per window in the window cache as it is computed.
 
-:func:`read_long_video` streams the file once per frame setting (:func:`encoder.video.windows.iter_windows`:
-memory holds one batch of windows' frames, whatever the video's length), skips the windows a cache entry
-already holds, and returns a :class:`LongVideo`: the windows' spans, the video-text embeddings
-[N, D] in memory (small) and the glue's soft prompts [N, L, H], read back from the cache a batch at a
-time when needed (:meth:`LongVideo.glue_features`).
+:func:`read_long_video` streams the file once per window length and frame setting (the glue reads windows of
+``window_s``, the video-text model windows of a quarter of that, so that moments are found to a finer step;
+:func:`encoder.video.windows.iter_windows`: memory holds one batch of windows' frames, whatever the video's
+length), skips the windows a cache entry already holds, and returns a :class:`LongVideo`: the windows'
+spans, the video-text embeddings [N', D] in memory (small) and the glue's soft prompts [N, L, H], read back
+from the cache when needed (:meth:`LongVideo.glue_features`).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from vlm.long_video import DEFAULT_WINDOW_S
 from vlm.long_video.cache import WindowCache, WindowSettings, module_fingerprint
 
 GLUE, VIDEO_TEXT = "glue", "video_text"
+TEXT_WINDOW_FRACTION = 0.25  # the video-text model reads windows of a quarter window: moments to about 2 s
 
 
 class _MemoryStore:
@@ -57,22 +59,26 @@ class _Kind:
     num_frames: int
     frame_size: int
     fingerprint: str
+    window_s: float
     store: object = None
+    spans: list = field(default_factory=list)
 
 
 @dataclass
 class LongVideo:
     """A long video read as windows.
 
-    path; spans: [N, 2] float64 (start, end) in seconds; window_s: the window length asked for;
-    embeddings: [N, D] float32 L2-normalised video-text embeddings (None without a video-text model);
-    duration: seconds.
+    path; window_s: the window length asked for; spans: [N, 2] float64 (start, end) in seconds of the glue's
+    windows; text_spans: [N', 2] of the video-text model's windows (a quarter window each, so that moments
+    are found to a finer step); embeddings: [N', D] float32 L2-normalised video-text embeddings (None
+    without a video-text model); duration: seconds.
     """
 
     path: Path
     window_s: float
     spans: np.ndarray
     embeddings: torch.Tensor | None = None
+    text_spans: np.ndarray | None = None
     _glue_store: object = field(default=None, repr=False)
     _glue_dtype: torch.dtype = torch.float32
 
@@ -83,6 +89,11 @@ class LongVideo:
     @property
     def duration(self) -> float:
         return float(self.spans[-1, 1]) if len(self.spans) else 0.0
+
+    def text_window_at(self, time_s: float) -> int:
+        """The index of the video-text window holding ``time_s`` (clamped to the video)."""
+        index = int(np.searchsorted(self.text_spans[:, 1], float(time_s), side="right"))
+        return min(max(index, 0), len(self.text_spans) - 1)
 
     def window_at(self, time_s: float) -> int:
         """The index of the window holding ``time_s`` (clamped to the video)."""
@@ -118,9 +129,9 @@ def read_long_video(
     progress: bool = False,
 ) -> LongVideo:
     """Read ``path`` as consecutive windows of ``window_s`` seconds through the glue ``model``
-    (:class:`vlm.model.PrismVlmForConditionalGeneration`, soft prompts [L, H] per window) and/or the
-    ``video_text_model`` (:class:`vlm.retrieval.video_text_model.VideoTextModel`, an embedding [D] per
-    window), ``batch_size`` windows at a time. Windows a cache entry already holds are not decoded again
+    (:class:`vlm.model.PrismVlmForConditionalGeneration`, soft prompts [L, H] per window) and/or windows of a
+    quarter of that through the ``video_text_model`` (:class:`vlm.retrieval.video_text_model.VideoTextModel`,
+    an embedding [D] per window), ``batch_size`` windows at a time. Windows a cache entry already holds are not decoded again
     (``cache``: a :class:`WindowCache`; None: the default one). A file that cannot be decoded part way
     keeps (in the cache) the windows before the damage and raises ``VideoDecodeError``."""
     from tqdm.auto import tqdm
@@ -131,7 +142,6 @@ def read_long_video(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     path = Path(path)
     cache = cache if cache is not None else WindowCache()
-    spans = video_window_spans(path, window_s)
     kinds = []
     if model is not None:
         if model.encoder is None:
@@ -142,7 +152,7 @@ def read_long_video(
             with torch.inference_mode():
                 return model.get_video_features(clips=clips)
 
-        kinds.append(_Kind(GLUE, glue, model.config.num_frames, model.config.frame_size, fingerprint))
+        kinds.append(_Kind(GLUE, glue, model.config.num_frames, model.config.frame_size, fingerprint, window_s))
     if video_text_model is not None:
         fingerprint = module_fingerprint(video_text_model.clip)
         kinds.append(
@@ -152,19 +162,22 @@ def read_long_video(
                 video_text_model.num_frames,
                 video_text_model.frame_size,
                 fingerprint,
+                window_s * TEXT_WINDOW_FRACTION,
             )
         )
     for kind in kinds:
-        settings = WindowSettings(kind.name, kind.fingerprint, float(window_s), kind.num_frames, kind.frame_size)
-        kind.store = cache.entry(path, settings, spans) if cache.enabled else _MemoryStore()
-    # one pass over the file per frame setting, from the first window some kind still needs
-    by_frames: dict[tuple[int, int], list[_Kind]] = {}
+        kind.spans = video_window_spans(path, kind.window_s)
+        settings = WindowSettings(kind.name, kind.fingerprint, float(kind.window_s), kind.num_frames, kind.frame_size)
+        kind.store = cache.entry(path, settings, kind.spans) if cache.enabled else _MemoryStore()
+    # one pass over the file per window length and frame setting, from the first window some kind still needs
+    by_frames: dict[tuple[float, int, int], list[_Kind]] = {}
     for kind in kinds:
         if not kind.store.complete:
-            by_frames.setdefault((kind.num_frames, kind.frame_size), []).append(kind)
-    for (num_frames, frame_size), group in by_frames.items():
+            by_frames.setdefault((kind.window_s, kind.num_frames, kind.frame_size), []).append(kind)
+    for (length, num_frames, frame_size), group in by_frames.items():
         first = min(kind.store.num_windows for kind in group)
-        bar = tqdm(total=len(spans), initial=first, unit="window", desc="reading", disable=not progress)
+        total = len(group[0].spans)
+        bar = tqdm(total=total, initial=first, unit="window", desc="reading", disable=not progress)
         batch: list[np.ndarray] = []
         index = first
 
@@ -180,7 +193,7 @@ def read_long_video(
             batch.clear()
 
         try:
-            windows = iter_windows(path, window_s, num_frames, frame_size, max_side=max_side, start_index=first)
+            windows = iter_windows(path, length, num_frames, frame_size, max_side=max_side, start_index=first)
             try:
                 for window in windows:
                     batch.append(window.clip)
@@ -199,10 +212,12 @@ def read_long_video(
     if cache.enabled:
         for kind in kinds:
             cache.evict(keep=kind.store.directory)
-    long_video = LongVideo(path, float(window_s), np.asarray(spans, dtype=np.float64).reshape(-1, 2))
+    glue_spans = video_window_spans(path, window_s) if model is None else kinds[0].spans
+    long_video = LongVideo(path, float(window_s), np.asarray(glue_spans, dtype=np.float64).reshape(-1, 2))
     for kind in kinds:
         if kind.name == VIDEO_TEXT:
             long_video.embeddings = kind.store.load().float()
+            long_video.text_spans = np.asarray(kind.spans, dtype=np.float64).reshape(-1, 2)
         else:
             long_video._glue_store = kind.store
             long_video._glue_dtype = model.get_input_embeddings().weight.dtype

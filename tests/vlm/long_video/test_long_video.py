@@ -21,8 +21,8 @@ from vlm.cli.main import main
 from vlm.inference.assistant import VideoAssistant
 from vlm.long_video.cache import WindowCache, WindowCacheError, WindowSettings
 from vlm.long_video.moments import find_moments, join_spans
-from vlm.long_video.questions import LongVideoQA, named_time, without_time
-from vlm.long_video.reading import read_long_video
+from vlm.long_video.questions import LongVideoQA, named_time, query_phrasings, without_time
+from vlm.long_video.reading import TEXT_WINDOW_FRACTION, read_long_video
 from vlm.long_video.timeline import TimelineSegment, clock, format_timeline, merge_windows
 from vlm.shapes import (
     ShapesConfig,
@@ -135,24 +135,26 @@ def test_windows_are_read_once_then_come_from_the_cache(long_videos, tiny_assist
         path, model=tiny_assistant.model, video_text_model=video_text, window_s=WINDOW_S, cache=cache, batch_size=4
     )
     spans = video_window_spans(path, WINDOW_S)
-    assert first.num_windows == len(spans) == 10 and sum(glue_calls) == sum(text_calls) == len(spans)
+    text_spans = video_window_spans(path, WINDOW_S * TEXT_WINDOW_FRACTION)  # the video-text model's finer windows
+    assert first.num_windows == len(spans) == 10 and sum(glue_calls) == len(spans)
+    assert len(first.text_spans) == sum(text_calls) == len(text_spans) == 40
     assert first.glue_features().shape[:2] == (10, tiny_assistant.config.resampler.num_latents)
-    assert first.embeddings.shape == (10, video_text.embedding_dim)
+    assert first.embeddings.shape == (40, video_text.embedding_dim)
     second = read_long_video(
         path, model=tiny_assistant.model, video_text_model=video_text, window_s=WINDOW_S, cache=cache, batch_size=4
     )
-    assert sum(glue_calls) == sum(text_calls) == len(spans)  # encode once, ask many: nothing encoded again
+    assert sum(glue_calls) == len(spans) and sum(text_calls) == len(text_spans)  # encode once: nothing again
     torch.testing.assert_close(second.glue_features(), first.glue_features())
     torch.testing.assert_close(second.embeddings, first.embeddings)
     # the same windows decoded one by one give the cached embeddings (float16 storage)
     from encoder.video.decode import load_clip
 
-    start, end = spans[3]
+    start, end = text_spans[3]
     direct = video_text.embed_clips(load_clip(path, 8, 64, start, end)[None])[0]
     torch.testing.assert_close(first.embeddings[3], direct, atol=2e-3, rtol=0)
     # another window length, another entry; a changed file, a new entry
     read_long_video(path, video_text_model=video_text, window_s=5.0, cache=cache)
-    assert sum(text_calls) == len(spans) + 1 + len(video_window_spans(path, 5.0))  # + the direct window above
+    assert sum(text_calls) == len(text_spans) + 1 + len(video_window_spans(path, 5.0 * TEXT_WINDOW_FRACTION))
     changed = tmp_path / "changed.mp4"
     shutil.copy(long_videos / "long-001.mp4", changed)
     read_long_video(changed, video_text_model=video_text, window_s=WINDOW_S, cache=cache)
@@ -169,7 +171,7 @@ def test_a_video_damaged_part_way_keeps_the_windows_before_the_damage(long_video
     (entry,) = [p for p in (tmp_path / "cache").iterdir() if p.is_dir()]
     meta = json.loads((entry / "meta.json").read_text())
     kept = sum(chunk["windows"] for chunk in meta["chunks"])
-    assert 0 < kept < len(video_window_spans(damaged, WINDOW_S)) and not meta["complete"]
+    assert 0 < kept < len(video_window_spans(damaged, WINDOW_S * TEXT_WINDOW_FRACTION)) and not meta["complete"]
     calls = _count_calls(monkeypatch, video_text, "embed_clips")
     with pytest.raises(VideoDecodeError):  # the next run starts after the kept windows
         read_long_video(damaged, video_text_model=video_text, window_s=WINDOW_S, cache=cache)
@@ -250,6 +252,8 @@ def test_times_named_in_questions_are_read_and_taken_out():
     assert named_time("what happens at 1:02:03") == 3723
     assert named_time("and at 75 s?") == 75 and named_time("What colour is it?") is None
     assert without_time("What colour is the object at 1:04?") == "What colour is the object?"
+    assert query_phrasings("the red object") == ["a red object", "a red shape", "a red shape moving"]
+    assert query_phrasings("the star ") == ["a star"]
 
 
 def test_questions_go_to_the_windows_they_concern(long_videos, tiny_assistant, video_text, tmp_path, monkeypatch):

@@ -84,7 +84,16 @@ def measure(kind: str, video: str, cache_dir: str, batch_size: int, threads: int
     started = time.perf_counter()
     if kind == "timeline":
         long_video = read_long_video(video, model=assistant.model, window_s=8.0, cache=cache, batch_size=batch_size)
-        result = {"segments": len(make_timeline(assistant, long_video, batch_size=batch_size))}
+        read_s = time.perf_counter() - started
+        segments = make_timeline(assistant, long_video, batch_size=batch_size)
+        tokens = [len(assistant.tokenizer(s.caption)["input_ids"]) for s in segments]
+        result = {
+            "segments": len(segments),
+            "read_seconds": round(read_s, 3),
+            "caption_seconds": round(time.perf_counter() - started - read_s, 3),
+            "caption_tokens_mean": round(sum(tokens) / len(tokens), 1),
+            "caption_tokens_max": max(tokens),
+        }
     elif kind == "question":
         long_video = read_long_video(
             video, model=assistant.model, video_text_model=video_text, window_s=8.0, cache=cache, batch_size=batch_size

@@ -32,6 +32,7 @@ from vlm.inference.generation import GenerationSettings
 from vlm.long_video.moments import find_moments, window_scores
 from vlm.long_video.reading import LongVideo
 from vlm.long_video.timeline import clock, make_timeline, timeline_in_words
+from vlm.prompts import ChatMessagesError
 
 MOMENT_S = 2.0  # the clip read around a time the question names
 ALSO_WITHIN = 0.9  # another span is "also" reported when its score is within this share of the best one's margin
@@ -105,7 +106,7 @@ def _last_user_text(messages) -> str:
     for message in reversed(messages):
         if message.get("role") == "user":
             return str(message.get("content", ""))
-    raise ValueError("no user message to answer")
+    raise ChatMessagesError("no user message to answer")
 
 
 class LongVideoQA:
@@ -134,7 +135,7 @@ class LongVideoQA:
         """The reply to the last user message of ``messages`` (chat messages), by the rules of the module."""
         question = " ".join(_last_user_text(messages).split())
         if not question:
-            raise ValueError("the message is empty")
+            raise ChatMessagesError("the message is empty")
         time_s = named_time(question)
         if time_s is not None:
             return self._at_time(question, time_s)

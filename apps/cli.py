@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from pathlib import Path
 
 from encoder.common.cli_arguments import FRAMES, NEW_TOKENS, POSITIVE, int_range, positive_float
 from encoder.common.errors import UsageError
+from vlm.cli.long_video import window_seconds
+from vlm.long_video import DEFAULT_WINDOW_S
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
@@ -80,6 +83,7 @@ def _cmd_app(args: argparse.Namespace) -> int:
         max_new_tokens=args.max_new_tokens,
         concurrency=args.concurrency,
         queue_size=args.queue_size,
+        max_windows=args.max_windows or max(1, math.ceil(args.max_duration / args.window)),
     )
     device = args.device or default_device()
 
@@ -93,7 +97,24 @@ def _cmd_app(args: argparse.Namespace) -> int:
         return service, _search_service(args, limits, device, service.run_model_work)
 
     service, search = run_in_passing_thread(start_models)
-    launch_app(service, host=args.host, port=args.port, share=args.share, auth=credentials, search=search)
+    from apps.long_video import LongVideoService
+    from vlm.long_video.cache import WindowCache
+
+    long_videos = LongVideoService(
+        service,
+        search.model if search is not None else None,
+        window_s=args.window,
+        cache=WindowCache(args.window_cache_dir),
+    )
+    launch_app(
+        service,
+        host=args.host,
+        port=args.port,
+        share=args.share,
+        auth=credentials,
+        search=search,
+        long_videos=long_videos,
+    )
     return 0
 
 
@@ -191,4 +212,23 @@ def add_subcommand(subparsers) -> None:
         "Hub id (default: $PRISM_VLM_VIDEO_TEXT_MODEL, else the demo's)",
     )
     app.add_argument("--video-text-tokenizer", default=None, help="its SentencePiece .model (needed for an .npz)")
+    app.add_argument(
+        "--window",
+        type=window_seconds,
+        default=DEFAULT_WINDOW_S,
+        metavar="SECONDS",
+        help=f"a video longer than one window of this many seconds (default {DEFAULT_WINDOW_S:g}) is read window "
+        "by window: its timeline, moments found by text, chat replies with times",
+    )
+    app.add_argument(
+        "--max-windows",
+        type=POSITIVE,
+        default=None,
+        help="most windows of a long video one request may read (default: --max-duration / --window)",
+    )
+    app.add_argument(
+        "--window-cache-dir",
+        default=None,
+        help="where long videos' windows are cached (default: $PRISM_VLM_CACHE or ~/.cache/prism-vlm/windows)",
+    )
     app.set_defaults(func=_cmd_app)

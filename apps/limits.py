@@ -54,6 +54,8 @@ class AppLimits:
         batches the app can form).
     queue_size: requests allowed to wait; beyond that new ones are refused with "queue full".
     upload_ttl_s: uploads older than this are deleted (checked every quarter of it).
+    max_windows: most windows of a long video (one longer than one window, read window by window:
+        ``apps.long_video``) a request may read; the app's default is max_duration_s / the window.
     """
 
     max_upload_mb: float = 200.0
@@ -71,6 +73,7 @@ class AppLimits:
     concurrency: int = 16
     queue_size: int = 64
     upload_ttl_s: float = 1800.0
+    max_windows: int = 75  # 600 s in windows of 8 s
 
     def __post_init__(self) -> None:
         for name, value in asdict(self).items():

@@ -6,7 +6,9 @@ Named API endpoints (gradio_client): ``/caption`` (video, frames, max_new_tokens
 empty candidates = open vocabulary) and ``/chat`` (video, message, history, frames, max_new_tokens
 -> streamed chat history); with a video-text model, ``/labels`` (video, labels -> zero-shot label
 probabilities) and, with ``--search-dir``, ``/search`` (text, results -> matching clips, with scores).
-Every other event is private.
+Long videos (longer than one window, :mod:`apps.long_video`): ``/timeline`` (video -> [{"start", "end",
+"caption"}]), ``/find`` (video, text, results -> [{"start", "end", "score"}]), and ``/chat`` replies naming
+the times they were read from. Every other event is private.
 """
 
 from __future__ import annotations
@@ -23,11 +25,13 @@ import gradio as gr
 import numpy as np
 
 from apps.limits import VIDEO_SUFFIXES, VideoRejectedError
+from apps.long_video import MAX_FIND_RESULTS, LongVideoService
 from apps.search import MAX_RESULTS, SearchService
 from apps.service import AppInputError, FrameStrip, ModelService, parse_candidates
 from encoder.common.errors import PrismVlmError
 from vlm.inference.generation import GenerationSettings
 from vlm.inference.scoring import CandidateError
+from vlm.long_video.timeline import clock
 from vlm.processing import UnreadableVideoError
 from vlm.prompts import ChatMessagesError, EmptyQuestionError
 from vlm.shapes.language import ANSWER_VOCABULARY
@@ -170,6 +174,30 @@ def model_markdown(service: ModelService) -> str:
     )
 
 
+def long_video_text(long_videos: LongVideoService) -> str:
+    limits = long_videos.limits
+    return (
+        f"A video longer than one window ({long_videos.window_s:g} s) is read window by window (at most "
+        f"{limits.max_windows} windows a request): **Timeline** captions every window (select a row to see its "
+        "frames), **Find** lists the moments a text describes, and chat replies name the times they were read from."
+        + ("" if long_videos.can_find else " Find and chat need a video-text model (--video-text-model).")
+    )
+
+
+def _progress_reporter(progress):
+    """gr.Progress as :mod:`apps.long_video`'s progress callback (done, total, what)."""
+    return lambda done, total, what: progress((done, total), desc=what, unit="windows")
+
+
+def _span_rows(items: list[dict] | None, column: str) -> tuple:
+    """A timeline's or moments' JSON as a table ("m:ss-m:ss", caption or score) and their spans."""
+    import pandas as pd
+
+    items = items or []
+    rows = [[f"{clock(item['start'])}-{clock(item['end'])}", item[column]] for item in items]
+    return pd.DataFrame(rows, columns=["time", column]), [[item["start"], item["end"]] for item in items]
+
+
 def _clip_markdown(path: str, strip) -> str:
     info = strip.info
     return (
@@ -237,14 +265,21 @@ def page_generation(
 
 
 def build_app(
-    service: ModelService, examples: Sequence[str | os.PathLike] | None = None, search: SearchService | None = None
+    service: ModelService,
+    examples: Sequence[str | os.PathLike] | None = None,
+    search: SearchService | None = None,
+    long_videos: LongVideoService | None = None,
 ) -> gr.Blocks:
     """The gr.Blocks page over ``service`` (queue and launch settings are applied by :func:`launch_app`).
 
     examples: clips offered as examples (default: :func:`default_examples`).
-    search: the video-text side (zero-shot labels; the Search tab when it has an index), or None."""
+    search: the video-text side (zero-shot labels; the Search tab when it has an index), or None.
+    long_videos: how uploads longer than one window are read (default: windows of 8 s with ``search``'s
+    video-text model, in the user's window cache)."""
     examples = [Path(p) for p in (default_examples() if examples is None else examples)]
     limits = service.limits
+    if long_videos is None:
+        long_videos = LongVideoService(service, search.model if search is not None else None)
 
     # --------------------------------------------------------------- handlers (API names: parameters)
 
@@ -290,6 +325,7 @@ def build_app(
         temperature: float = 0.0,
         top_p: float = 1.0,
         repetition_penalty: float = 1.0,
+        progress=gr.Progress(),  # shown while a long video is read
     ):
         history = list(history or [])
         prompt = service.chat_prompt(history, message)  # an empty or overlong message fails here
@@ -298,13 +334,15 @@ def build_app(
                 f"The {prompt.dropped_turns} oldest turns of this chat are left out of the model's prompt "
                 f"(it keeps {limits.max_chat_turns} exchanges, {limits.max_history_tokens} tokens)."
             )
-        pieces = service.chat_stream(
-            video,
-            num_frames=frames,
-            max_new_tokens=max_new_tokens,
-            generation=page_generation(temperature, top_p, repetition_penalty),
-            prompt=prompt,
-        )
+        generation = page_generation(temperature, top_p, repetition_penalty)
+        if long_videos.is_long(video):  # read window by window; the reply names the times, in one piece
+            pieces = long_videos.reply_stream(
+                video, prompt.messages, max_new_tokens, generation, _progress_reporter(progress)
+            )
+        else:
+            pieces = service.chat_stream(
+                video, num_frames=frames, max_new_tokens=max_new_tokens, generation=generation, prompt=prompt
+            )
         try:
             reply = next(pieces, None) or ""  # fails here (no video, empty message ...) before the chat changes
             history = history + [{"role": "user", "content": message}, {"role": "assistant", "content": reply}]
@@ -331,6 +369,43 @@ def build_app(
         return gallery, [
             {"rank": rank + 1, "clip": hit.name, "score": round(hit.score, 4)} for rank, hit in enumerate(hits)
         ]
+
+    @shows_errors
+    def timeline(video: str | None, progress=gr.Progress()) -> list[dict]:
+        return [segment.to_dict() for segment in long_videos.timeline(video, _progress_reporter(progress))]
+
+    @shows_errors
+    def find(video: str | None, text: str, results: float = 5, progress=gr.Progress()) -> list[dict]:
+        return [moment.to_dict() for moment in long_videos.find(video, text, results, _progress_reporter(progress))]
+
+    def show_moment(video: str | None, spans: list, frames: float, event: gr.SelectData):
+        """The frames the model samples from the selected row's span."""
+        row = event.index[0] if isinstance(event.index, (list, tuple)) else event.index
+        if not video or not spans or not 0 <= row < len(spans):
+            return None, ""
+        start, end = spans[row]
+        try:
+            moment = long_videos.moment_strip(video, start, end, frames)
+        except Exception as error:
+            if not isinstance(error, PrismVlmError):
+                logger.exception("moment strip failed", exc_info=error)
+            gr.Warning(readable_error(error))
+            return None, ""
+        return strip_image(moment), f"**{clock(start)}-{clock(end)}**: the {len(moment.frames)} frames the model sees."
+
+    def new_long_video(video: str | None):
+        """A new upload empties the long-video results and says how many windows it has."""
+        empty_timeline, _ = _span_rows([], "caption")
+        empty_moments, _ = _span_rows([], "score")
+        cleared = (None, empty_timeline, [], None, empty_moments, [], None, "")
+        count = long_videos.window_count(video) if video and long_videos.is_long(video) else 0
+        facts = (
+            f"This video has {count} windows of {long_videos.window_s:g} s"
+            + (f": more than this app reads ({limits.max_windows})." if count > limits.max_windows else ".")
+            if count
+            else ""
+        )
+        return (*cleared, facts)
 
     def show_video(video: str | None, frames: float):
         """Preview, frame strip and clip facts for a new clip (a bad clip: a message, no strip)."""
@@ -501,6 +576,48 @@ def build_app(
                     )
                     labels_button = gr.Button("Label the clip", scale=1, elem_id="zero-shot-button")
                 label_output = gr.Label(label="Label probabilities", num_top_classes=5, elem_id="zero-shot-output")
+            with gr.Accordion("Long video", open=True, elem_id="long-video"):
+                gr.Markdown(long_video_text(long_videos), elem_id="long-video-info")
+                long_facts = gr.Markdown(elem_id="long-video-facts")
+                with gr.Row(equal_height=False):
+                    with gr.Column(scale=1, min_width=380):
+                        timeline_button = gr.Button("Timeline", variant="primary", elem_id="timeline-button")
+                        timeline_table = gr.Dataframe(
+                            headers=["time", "caption"],
+                            interactive=False,
+                            wrap=True,
+                            label="Timeline (select a row to see its frames)",
+                            elem_id="timeline-table",
+                        )
+                        with gr.Accordion("Timeline (JSON)", open=False):
+                            timeline_json = gr.JSON(label="Timeline", elem_id="timeline-json")
+                    with gr.Column(scale=1, min_width=380):
+                        with gr.Row():
+                            find_text = gr.Textbox(
+                                label="Find in this video",
+                                placeholder="a red star moving left",
+                                scale=4,
+                                elem_id="find-text",
+                            )
+                            find_count = gr.Slider(1, MAX_FIND_RESULTS, value=5, step=1, label="Results", scale=1)
+                        find_button = gr.Button("Find", variant="primary", elem_id="find-button")
+                        find_table = gr.Dataframe(
+                            headers=["time", "score"],
+                            interactive=False,
+                            label="Moments, best first (select a row to see its frames)",
+                            elem_id="find-results",
+                        )
+                        with gr.Accordion("Moments (JSON)", open=False):
+                            find_json = gr.JSON(label="Moments", elem_id="find-json")
+                timeline_spans, find_spans = gr.State([]), gr.State([])
+                moment_strip = gr.Image(
+                    label="Frames of the selected moment",
+                    type="numpy",
+                    format="png",
+                    interactive=False,
+                    elem_id="moment-strip",
+                )
+                moment_facts = gr.Markdown(elem_id="moment-facts")
         with gr.Tab("Search", elem_id="search-tab"):
             if search is not None and search.can_search:
                 gr.Markdown(
@@ -583,6 +700,25 @@ def build_app(
         )
         clear_button.click(lambda: ([], ""), None, [chatbot, message], queue=False, **private)
 
+        long_outputs = [timeline_json, timeline_table, timeline_spans, find_json, find_table, find_spans]
+        video.change(new_long_video, video, [*long_outputs, moment_strip, moment_facts, long_facts], **private)
+        timeline_button.click(timeline, video, timeline_json, api_name="timeline", **model_event).success(
+            lambda items: _span_rows(items, "caption"), timeline_json, [timeline_table, timeline_spans], **private
+        )
+        gr.on(
+            [find_button.click, find_text.submit],
+            find,
+            [video, find_text, find_count],
+            find_json,
+            api_name="find",
+            **model_event,
+        ).success(lambda items: _span_rows(items, "score"), find_json, [find_table, find_spans], **private)
+        moment_event = {**model_event, **private}
+        timeline_table.select(
+            show_moment, [video, timeline_spans, frames], [moment_strip, moment_facts], **moment_event
+        )
+        find_table.select(show_moment, [video, find_spans, frames], [moment_strip, moment_facts], **moment_event)
+
         search_event = {"concurrency_id": SEARCH_QUEUE, "concurrency_limit": limits.concurrency}
         labels_button.click(labels, [video, label_box], label_output, api_name="labels", **search_event)
         gr.on(
@@ -606,6 +742,7 @@ def launch_app(
     quiet: bool = False,
     auth: Sequence[tuple[str, str]] | None = None,
     search: SearchService | None = None,
+    long_videos: LongVideoService | None = None,
 ) -> gr.Blocks:
     """Build the page, bound its queue (``service.limits``: concurrency and size) and serve it.
 
@@ -613,13 +750,14 @@ def launch_app(
     :class:`apps.request_guard.RequestGuard` refuses remote URLs as files, oversized bodies and
     uploads of more than one file. auth: (user, password) pairs required to use the page and API
     (None: open to whoever reaches the address). search: the video-text side (zero-shot labels, and
-    the Search tab over its folder, which is then served too)."""
+    the Search tab over its folder, which is then served too). long_videos: how uploads longer than one
+    window are read (default: :func:`build_app`'s)."""
     from starlette.middleware import Middleware
 
     from apps.request_guard import RequestGuard
 
     examples = [Path(p).resolve() for p in (default_examples() if examples is None else examples)]
-    demo = build_app(service, examples, search)
+    demo = build_app(service, examples, search, long_videos)
     served = [str(p) for p in examples]
     if search is not None and search.search_dir is not None:
         served.append(str(search.search_dir))

@@ -127,13 +127,19 @@ def read_long_video(
     batch_size: int = 8,
     max_side: int | None = None,
     progress: bool = False,
+    run: Callable[[Callable[[], torch.Tensor]], torch.Tensor] | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
 ) -> LongVideo:
     """Read ``path`` as consecutive windows of ``window_s`` seconds through the glue ``model``
     (:class:`vlm.model.PrismVlmForConditionalGeneration`, soft prompts [L, H] per window) and/or windows of a
     quarter of that through the ``video_text_model`` (:class:`vlm.retrieval.video_text_model.VideoTextModel`,
     an embedding [D] per window), ``batch_size`` windows at a time. Windows a cache entry already holds are not decoded again
     (``cache``: a :class:`WindowCache`; None: the default one). A file that cannot be decoded part way
-    keeps (in the cache) the windows before the damage and raises ``VideoDecodeError``."""
+    keeps (in the cache) the windows before the damage and raises ``VideoDecodeError``.
+
+    ``run``: calls each batch's model computation (``run(work)`` returns ``work()``; default: here), e.g. in a
+    server's model thread so that other requests run between batches. ``on_progress(done, total)``: called
+    after each batch with the windows computed so far and all to compute (every kind's pass together)."""
     from tqdm.auto import tqdm
 
     if model is None and video_text_model is None:
@@ -174,6 +180,11 @@ def read_long_video(
     for kind in kinds:
         if not kind.store.complete:
             by_frames.setdefault((kind.window_s, kind.num_frames, kind.frame_size), []).append(kind)
+    run = run if run is not None else (lambda work: work())
+    to_compute = sum(
+        len(group[0].spans) - min(kind.store.num_windows for kind in group) for group in by_frames.values()
+    )
+    computed = 0
     for (length, num_frames, frame_size), group in by_frames.items():
         first = min(kind.store.num_windows for kind in group)
         total = len(group[0].spans)
@@ -182,15 +193,18 @@ def read_long_video(
         index = first
 
         def flush() -> None:
-            nonlocal index
+            nonlocal index, computed
             clips = torch.from_numpy(np.stack(batch))
             for kind in group:
                 done = kind.store.num_windows
                 if done < index + len(batch):  # this kind lacks some windows of the batch
-                    kind.store.append(kind.compute(clips[done - index :]))
+                    kind.store.append(run(lambda kind=kind, done=done: kind.compute(clips[done - index :])))
             index += len(batch)
+            computed += len(batch)
             bar.update(len(batch))
             batch.clear()
+            if on_progress is not None:
+                on_progress(computed, to_compute)
 
         try:
             windows = iter_windows(path, length, num_frames, frame_size, max_side=max_side, start_index=first)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
 from vlm.inference.assistant import VideoAssistant
@@ -42,11 +42,19 @@ def window_captions(
     batch_size: int = 8,
     max_new_tokens: int = 32,
     generation: GenerationSettings | None = None,
+    run: Callable[[Callable[[], list[str]]], list[str]] | None = None,
 ) -> list[str]:
-    """One caption per window of ``video`` (read with the glue), ``batch_size`` windows per generate()."""
+    """One caption per window of ``video`` (read with the glue), ``batch_size`` windows per generate().
+    ``run``: calls each batch's generation (``run(work)`` returns ``work()``; default: here), e.g. in a
+    server's model thread so that other requests run between batches."""
+    run = run if run is not None else (lambda work: work())
     captions: list[str] = []
     for _, features in video.iter_glue_batches(batch_size):
-        captions += assistant.caption(video_features=features, max_new_tokens=max_new_tokens, generation=generation)
+        captions += run(
+            lambda features=features: assistant.caption(
+                video_features=features, max_new_tokens=max_new_tokens, generation=generation
+            )
+        )
     return captions
 
 
@@ -70,9 +78,11 @@ def make_timeline(
     batch_size: int = 8,
     max_new_tokens: int = 32,
     generation: GenerationSettings | None = None,
+    run: Callable[[Callable[[], list[str]]], list[str]] | None = None,
 ) -> list[TimelineSegment]:
-    """The timeline of ``video``: :func:`window_captions` merged by :func:`merge_windows`."""
-    captions = window_captions(assistant, video, batch_size, max_new_tokens, generation)
+    """The timeline of ``video``: :func:`window_captions` (each batch through ``run``) merged by
+    :func:`merge_windows`."""
+    captions = window_captions(assistant, video, batch_size, max_new_tokens, generation, run)
     return merge_windows(video.spans.tolist(), captions)
 
 

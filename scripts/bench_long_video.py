@@ -1,7 +1,9 @@
 """Long videos, measured side by side in one run with the shipped demo models (each measurement in a fresh
 subprocess, so peak memory is that measurement's own):
 
-1. the timeline of a 10-minute vs a 1-minute video (wall time and peak RSS of the whole process);
+1. the timeline of a 10-minute vs a 1-minute video (wall time and peak RSS of the whole process), twice: a
+   10-minute video of other clips (its captions differ in length), and the 1-minute video played ten times
+   over (the same windows ten times: how the cost scales with length alone);
 2. a second question about the same long video vs the first (the window cache: nothing is encoded again);
 3. windows encoded in batches (``--batch-size``, default 8) vs one at a time.
 
@@ -141,6 +143,26 @@ def run(kind: str, video: Path, cache_dir: Path, batch_size: int, threads: int) 
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def _repeat_video(source: Path, out: Path, times: int) -> Path:
+    """``source`` played ``times`` times over, re-encoded as the shapes corpus encodes (frames streamed)."""
+    import av
+
+    from vlm.shapes.long_videos import write_mp4_stream
+
+    with av.open(str(source)) as container:
+        stream = container.streams.video[0]
+        fps, size = int(stream.average_rate), stream.codec_context.width
+
+    def frames():
+        for _ in range(times):
+            with av.open(str(source)) as container:
+                for frame in container.decode(video=0):
+                    yield frame.to_ndarray(format="rgb24")
+
+    write_mp4_stream(frames(), out, fps, size)
+    return out
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.measure:
@@ -156,21 +178,25 @@ def main(argv=None) -> int:
         )
         short = make_long_videos(corpus, "test", root / "one_minute", count=1, duration_s=60.0, seed=1)[0]
         long = make_long_videos(corpus, "test", root / "ten_minutes", count=1, duration_s=600.0, seed=1)[0]
+        repeated = _repeat_video(short, root / "one_minute_ten_times.mp4", 10)
         results = {
             "timeline_1min": run("timeline", short, root / "cache-a", args.batch_size, args.threads),
             "timeline_10min": run("timeline", long, root / "cache-b", args.batch_size, args.threads),
+            "timeline_1min_x10": run("timeline", repeated, root / "cache-f", args.batch_size, args.threads),
             "first_question": run("question", long, root / "cache-c", args.batch_size, args.threads),
             "second_question": run("question", long, root / "cache-c", args.batch_size, args.threads),
             "read_batched": run("read", long, root / "cache-d", args.batch_size, args.threads),
             "read_one_at_a_time": run("read", long, root / "cache-e", 1, args.threads),
         }
-    t1, t10 = results["timeline_1min"], results["timeline_10min"]
+    t1, t10, t10r = results["timeline_1min"], results["timeline_10min"], results["timeline_1min_x10"]
     summary = {
         "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
         "threads": args.threads,
         "timeline_time_ratio_10min_vs_1min": round(t10["seconds"] / t1["seconds"], 2),
         "timeline_peak_rss_ratio_10min_vs_1min": round(t10["peak_rss_mb"] / t1["peak_rss_mb"], 3),
         "timeline_rss_growth_mb_1min_10min": [t1["rss_growth_mb"], t10["rss_growth_mb"]],
+        "timeline_time_ratio_1min_x10_vs_1min": round(t10r["seconds"] / t1["seconds"], 2),
+        "timeline_peak_rss_ratio_1min_x10_vs_1min": round(t10r["peak_rss_mb"] / t1["peak_rss_mb"], 3),
         "second_vs_first_question_speedup": round(
             results["first_question"]["seconds"] / results["second_question"]["seconds"], 1
         ),

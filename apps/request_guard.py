@@ -5,11 +5,12 @@ Gradio fetches a file input given as a URL (``{"path": "https://...", "meta": {"
 1,000 files per request. The app needs none of that, so :class:`RequestGuard` refuses, before
 Gradio sees the request:
 
-- ``GET``/``HEAD`` of ``.../file=<remote URL>`` (403);
-- a JSON request body holding a file whose ``path`` is a remote URL (400), or a JSON body larger
-  than ``max_json_bytes`` (413);
+- a request for ``.../file=<remote URL>`` or ``.../file/<remote URL>`` (any file route spelling, 403);
+- a POST body other than an upload, whatever content type it declares (any case, any parameters), larger
+  than ``max_json_bytes`` (413), holding a file whose ``path`` is a remote URL (400), or JSON nested
+  deeper than :data:`MAX_JSON_DEPTH` (400);
 - an upload larger than ``max_upload_bytes`` in all, announced or streamed (413), or holding more
-  than ``max_files`` files (400).
+  than ``max_files`` files (400; the multipart boundary is read whatever the case of its name).
 
 Everything else passes through untouched.
 """
@@ -25,6 +26,8 @@ _REMOTE = re.compile(r"^\s*([a-zA-Z][a-zA-Z0-9+.-]*:|//|\\\\)")
 network path (//host, \\\\host). Local upload paths never start like that (a Windows drive letter
 is one letter, which this also catches; the app runs on POSIX servers)."""
 _UPLOAD_OVERHEAD = 64 * 1024  # multipart headers and boundaries around the file bytes
+_FILE_ROUTE = re.compile(r"/file[=/]")  # Gradio's file routes: /file=PATH and /file/PATH
+MAX_JSON_DEPTH = 64  # the app's requests nest a few levels; deeper JSON is refused, not parsed further
 
 
 def is_remote_path(path: object) -> bool:
@@ -33,18 +36,26 @@ def is_remote_path(path: object) -> bool:
 
 
 def _remote_files(value: object) -> list[str]:
-    """Remote ``path`` values of every Gradio FileData-like dict inside a JSON value."""
+    """Remote ``path`` values of every Gradio FileData-like dict inside a JSON value; a value nested deeper
+    than :data:`MAX_JSON_DEPTH` is refused (400)."""
     found: list[str] = []
-    stack = [value]
+    stack = [(value, 1)]
     while stack:
-        item = stack.pop()
+        item, depth = stack.pop()
+        if isinstance(item, (dict, list)) and depth > MAX_JSON_DEPTH:
+            raise _Refused(400, f"JSON nested deeper than {MAX_JSON_DEPTH} levels.")
         if isinstance(item, dict):
             if is_remote_path(item.get("path")):
                 found.append(item["path"])
-            stack.extend(item.values())
+            stack.extend((child, depth + 1) for child in item.values())
         elif isinstance(item, list):
-            stack.extend(item)
+            stack.extend((child, depth + 1) for child in item)
     return found
+
+
+def _names_remote_file(path: str) -> bool:
+    """True when a request path asks a file route (``/file=`` or ``/file/``) for a remote URL."""
+    return any(is_remote_path(path[match.end() :]) for match in _FILE_ROUTE.finditer(path))
 
 
 class _Refused(Exception):
@@ -73,11 +84,11 @@ class RequestGuard:
         method = scope.get("method", "GET")
         headers = {key.decode("latin-1").lower(): value.decode("latin-1") for key, value in scope.get("headers", [])}
         try:
-            if "/file=" in path and is_remote_path(path.split("/file=", 1)[1]):
+            if _names_remote_file(path):
                 raise _Refused(403, "This app does not fetch remote files.")
             if method == "POST" and path.rstrip("/").endswith("/upload"):
                 receive = self._upload_receive(headers, receive)
-            elif method == "POST" and headers.get("content-type", "").startswith("application/json"):
+            elif method == "POST":  # whatever content type it declares: Gradio may read it as JSON anyway
                 receive = await self._checked_json(headers, receive)
         except _Refused as refused:
             return await _respond(send, refused.status, refused.message)
@@ -104,9 +115,12 @@ class RequestGuard:
             more = message.get("more_body", False)
         body = b"".join(chunks)
         try:
-            remote = _remote_files(json.loads(body)) if body else []
+            parsed = json.loads(body) if body else None
         except (UnicodeDecodeError, json.JSONDecodeError):
-            remote = []  # not ours to judge: Gradio answers malformed bodies itself
+            parsed = None  # not JSON (a login form, say): not ours to judge
+        except RecursionError:
+            raise _Refused(400, f"JSON nested deeper than {MAX_JSON_DEPTH} levels.") from None
+        remote = _remote_files(parsed)
         if remote:
             raise _Refused(400, "This app takes uploaded files only, not URLs.")
         return _replay(body, receive)
@@ -117,7 +131,7 @@ class RequestGuard:
         announced = headers.get("content-length")
         if announced is not None and announced.isdigit() and int(announced) > limit:
             raise _Refused(413, f"Upload over {self.max_upload_bytes} bytes.")
-        match = re.search(r"boundary=\"?([^\";]+)\"?", headers.get("content-type", ""))
+        match = re.search(r"boundary=\"?([^\";]+)\"?", headers.get("content-type", ""), re.IGNORECASE)
         delimiter = ("--" + match.group(1)).encode("latin-1") if match else None
         state = {"size": 0, "parts": 0, "tail": b""}
 

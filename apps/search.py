@@ -46,6 +46,12 @@ def default_index_dir(search_dir: str | os.PathLike, model: VideoTextModel) -> P
     return cache / "prism-vlm" / "search-index" / key
 
 
+def _resolves_inside(path: str | os.PathLike, folder: str | os.PathLike) -> bool:
+    """Whether ``path``, links followed, lies inside ``folder``: a symlink in the search folder that points
+    elsewhere is neither indexed nor served."""
+    return Path(path).resolve().is_relative_to(Path(folder).resolve())
+
+
 class SearchService:
     """Text-to-clip search over ``index`` (None: no search folder) and zero-shot labels with ``model``.
 
@@ -88,7 +94,8 @@ class SearchService:
         if not search_dir.is_dir():
             raise FileNotFoundError(f"--search-dir {search_dir} is not a folder")
         index_dir = Path(index_dir) if index_dir is not None else default_index_dir(search_dir, model)
-        build_index(model, list_videos(search_dir), index_dir, progress=progress)
+        inside = [video for video in list_videos(search_dir) if _resolves_inside(video, search_dir)]
+        build_index(model, inside, index_dir, progress=progress)
         return cls(model, VideoIndex.load(index_dir), limits, search_dir, run_model_work)
 
     def _locked(self, work: Callable[[], Any]) -> Any:
@@ -107,7 +114,9 @@ class SearchService:
         if float(top_k) != int(top_k) or not 1 <= int(top_k) <= MAX_RESULTS:
             raise AppInputError(f"Results must be a whole number from 1 to {MAX_RESULTS}, got {top_k}.")
         scores, rows = self._run_model_work(lambda: self.index.search(self.model.embed_texts([query]), int(top_k)))
-        return [SearchHit(self.index.videos[int(row)], float(score)) for score, row in zip(scores[0], rows[0])]
+        hits = [SearchHit(self.index.videos[int(row)], float(score)) for score, row in zip(scores[0], rows[0])]
+        # an index kept from before may list a link that leads out of the folder: never served
+        return [hit for hit in hits if self.search_dir is None or _resolves_inside(hit.video, self.search_dir)]
 
     def classify(self, video: str | os.PathLike | None, labels: str | Sequence[str] | None) -> dict[str, float]:
         """Zero-shot label probabilities of the clip, {label: probability}, highest first."""

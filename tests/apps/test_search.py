@@ -194,3 +194,19 @@ def test_index_is_kept_and_updated_across_restarts(search_dir, tmp_path):
     assert len(first.index) == 3 and len(second.index) == 4
     kept = [second.index.videos.index(v) for v in first.index.videos]
     assert torch.equal(second.index.embeddings[kept], first.index.embeddings)
+
+
+def test_a_link_in_the_search_folder_that_leads_out_of_it_is_neither_indexed_nor_served(search_dir, tmp_path):
+    from apps.search import SearchService
+    from vlm.retrieval.video_text_model import load_video_text_model
+
+    model = load_video_text_model(LVT_NPZ, tokenizer=TEST_SPM_MODEL)
+    folder, outside = tmp_path / "clips", tmp_path / "private"
+    shutil.copytree(search_dir, folder)
+    outside.mkdir()
+    shutil.copy(search_dir / "clip0.mp4", outside / "secret.mp4")
+    (folder / "link.mp4").symlink_to(outside / "secret.mp4")
+    (folder / "inner.mp4").symlink_to(folder / "clip0.mp4")  # a link that stays inside is fine
+    served = SearchService.start(model, folder, index_dir=tmp_path / "index", progress=False)
+    assert len(served.index) == 4 and not any("link.mp4" in video for video in served.index.videos)
+    assert all("secret" not in hit.video and "link.mp4" not in hit.video for hit in served.search("a red square", 8))

@@ -54,12 +54,17 @@ def left_pad(rows: Sequence[torch.Tensor], total: int | None = None) -> MergedIn
     return MergedInputs(inputs_embeds, attention_mask, position_ids)
 
 
+MIN_SAMPLING_TEMPERATURE = 1e-3  # lower temperatures are greedy decoding (see GenerationSettings)
+
+
 @dataclass(frozen=True)
 class GenerationSettings:
     """How text is generated (transformers' ``GenerationConfig`` options); greedy by default.
 
     max_new_tokens: at most this many new tokens (32 in the paper).
-    do_sample: sample (with temperature, top_p, top_k) instead of taking the most likely token.
+    do_sample: sample (with temperature, top_p, top_k) instead of taking the most likely token; a temperature
+        below :data:`MIN_SAMPLING_TEMPERATURE` samples as greedy decoding does (the limit of sampling as the
+        temperature goes to 0; dividing the logits by less overflows them), so it is greedy decoding.
     temperature, top_p, top_k: sampling settings (ignored when not sampling; top_k 0: no top-k).
     repetition_penalty: > 1 discourages tokens already in the prompt or the output (1: off).
     num_beams: beam search with this many beams (1: none; not with streaming).
@@ -90,8 +95,13 @@ class GenerationSettings:
             raise ValueError(f"num_beams must be in [1, 64], got {self.num_beams}")
 
     @property
+    def samples(self) -> bool:
+        """Whether tokens are drawn at random (``do_sample`` at a temperature of at least the minimum)."""
+        return self.do_sample and self.temperature >= MIN_SAMPLING_TEMPERATURE
+
+    @property
     def is_greedy(self) -> bool:
-        return not self.do_sample and self.num_beams == 1
+        return not self.samples and self.num_beams == 1
 
     def replace(self, **changes) -> GenerationSettings:
         return dataclasses.replace(self, **changes)
@@ -100,13 +110,13 @@ class GenerationSettings:
         """transformers' GenerationConfig for these settings, stopping at ``stop_ids``."""
         values = {
             "max_new_tokens": self.max_new_tokens,
-            "do_sample": self.do_sample,
+            "do_sample": self.samples,
             "num_beams": self.num_beams,
             "repetition_penalty": self.repetition_penalty,
             "eos_token_id": sorted(stop_ids),
             "pad_token_id": pad_id,
         }
-        if self.do_sample:
+        if self.samples:
             values.update(temperature=self.temperature, top_p=self.top_p, top_k=self.top_k)
         else:  # neutral values, so transformers does not warn about unused sampling settings
             values.update(temperature=1.0, top_p=1.0, top_k=50)

@@ -38,11 +38,18 @@ from encoder.video.decode import VideoDecodeError, load_clip, sample_times
 from vlm.chat_template import recent_turns
 from vlm.inference.assistant import VideoAssistant
 from vlm.inference.generation import GenerationSettings, IncrementalText
-from vlm.inference.scoring import ScoredAnswer
+from vlm.inference.scoring import (
+    ScoredAnswer,
+    candidate_log_likelihoods,
+    candidate_token_ids,
+    check_candidates,
+    rank_candidates,
+)
 from vlm.model import PrismVlmForConditionalGeneration
 from vlm.serving.continuous_batching import ContinuousBatcher, ContinuousBatchingConfig, supports_continuous_batching
 
 CLIP_CACHE_SIZE = 4
+RANKING_SLICE = 64  # candidate answers scored per piece of model work (other requests run between slices)
 T = TypeVar("T")
 
 
@@ -484,11 +491,29 @@ class ModelService:
                 future = self._answerer.submit((len(clip), settings), (question, clip))
             return AnswerResult(future.result())
         clip, _ = self.load(video, num_frames)
-        # one video/prompt prefix shared by the request's candidates
-        ranked = self.run_model_work(
-            lambda: self.assistant.score_answers(question, list(candidates), clips=torch.from_numpy(clip[None]))
-        )
+        ranked = self._rank(question, list(candidates), clip)
         return AnswerResult(ranked[0].answer, ranked)
+
+    def _rank(self, question: str, candidates: list[str], clip: np.ndarray) -> list[ScoredAnswer]:
+        """``VideoAssistant.score_answers`` in slices of :data:`RANKING_SLICE` candidates, each its own piece of
+        model work, so that a long ranking does not hold the other requests: the video/prompt prefix once,
+        then every slice's candidates scored against it (the same log-likelihoods, ranked over them all)."""
+        candidates = check_candidates(candidates)
+        ids = candidate_token_ids(self.assistant.tokenizer, candidates)
+
+        def prefix() -> torch.Tensor:
+            with torch.inference_mode():
+                features = self.model.get_video_features(clips=torch.from_numpy(clip[None]))
+                return self.assistant.prompt_inputs(features, [self.assistant.qa_prompt(question)]).inputs_embeds
+
+        def scores(part: list[list[int]]) -> torch.Tensor:
+            with torch.inference_mode():
+                return candidate_log_likelihoods(self.model.llm, prompt, part)
+
+        prompt = self.run_model_work(prefix)
+        parts = [ids[start : start + RANKING_SLICE] for start in range(0, len(ids), RANKING_SLICE)]
+        log_likelihoods = torch.cat([self.run_model_work(lambda part=part: scores(part)) for part in parts])
+        return rank_candidates(candidates, log_likelihoods, ids)
 
     def chat_prompt(self, history: Sequence[dict], message: str | None) -> ChatPrompt:
         """The checked message after the history's user/assistant turns with text, of which at most

@@ -118,6 +118,31 @@ def test_open_vocabulary_answer(app, client, clips):
     assert probabilities == []
 
 
+def test_a_long_ranking_runs_in_slices_that_let_other_requests_in(app, clips, monkeypatch):
+    """150 candidates: the prefix, then ceil(150 / 64) = 3 slices, each its own piece of model work (other
+    requests run between them), with the library's ranking."""
+    from apps.service import RANKING_SLICE
+
+    _, service, _ = app
+    candidates = [f"answer number {i}" for i in range(150)]
+    pieces = []
+    original = service.run_model_work
+
+    def counted(work):
+        pieces.append(work)
+        return original(work)
+
+    monkeypatch.setattr(service, "run_model_work", counted)
+    result = service.ask(str(clips["a"]), "what is it?", candidates, FRAMES)
+    assert len(pieces) == 1 + math.ceil(len(candidates) / RANKING_SLICE) == 4
+    expected = VideoAssistant(service.model).score_answers(
+        "what is it?", candidates, clips=library_clip(service, clips["a"])
+    )
+    assert [s.answer for s in result.ranked] == [s.answer for s in expected]
+    for got, want in zip(result.ranked, expected):
+        assert got.log_likelihood == pytest.approx(want.log_likelihood, abs=1e-4)
+
+
 def test_closed_vocabulary_answer_with_probabilities(app, client, clips):
     _, service, _ = app
     question, candidates = "what colour is it?", ["red", "blue", "green", "a yellow square"]

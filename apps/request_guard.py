@@ -12,11 +12,16 @@ Gradio sees the request:
 - an upload larger than ``max_upload_bytes`` in all, announced or streamed (413), or holding more
   than ``max_files`` files (400; the multipart boundary is read whatever the case of its name).
 
+Login attempts are slowed per client: after :data:`FREE_LOGIN_FAILURES` failed logins from one address,
+each further attempt from it waits twice as long as the one before (from a quarter second, at most
+:data:`MAX_LOGIN_DELAY_S`) before it is answered; a successful login clears the address's record.
+
 Everything else passes through untouched.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from urllib.parse import unquote
@@ -28,6 +33,9 @@ is one letter, which this also catches; the app runs on POSIX servers)."""
 _UPLOAD_OVERHEAD = 64 * 1024  # multipart headers and boundaries around the file bytes
 _FILE_ROUTE = re.compile(r"/file[=/]")  # Gradio's file routes: /file=PATH and /file/PATH
 MAX_JSON_DEPTH = 64  # the app's requests nest a few levels; deeper JSON is refused, not parsed further
+FREE_LOGIN_FAILURES = 5  # failed logins from one address before its attempts are slowed
+MAX_LOGIN_DELAY_S = 8.0
+_MAX_TRACKED_CLIENTS = 10_000  # addresses remembered (the oldest forgotten first): bounded memory
 
 
 def is_remote_path(path: object) -> bool:
@@ -76,6 +84,20 @@ class RequestGuard:
         self.max_upload_bytes = int(max_upload_bytes)
         self.max_files = int(max_files)
         self.max_json_bytes = int(max_json_bytes)
+        self._login_failures: dict[str, int] = {}
+
+    def login_delay(self, client: str) -> float:
+        """Seconds the next login attempt from ``client`` waits (0 until it has failed FREE_LOGIN_FAILURES times)."""
+        excess = self._login_failures.get(client, 0) - FREE_LOGIN_FAILURES
+        return 0.0 if excess < 0 else min(0.25 * 2**excess, MAX_LOGIN_DELAY_S)
+
+    def _record_login(self, client: str, status: int) -> None:
+        if status < 400:
+            self._login_failures.pop(client, None)
+            return
+        self._login_failures[client] = self._login_failures.pop(client, 0) + 1  # most recent last
+        while len(self._login_failures) > _MAX_TRACKED_CLIENTS:
+            self._login_failures.pop(next(iter(self._login_failures)))
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -92,6 +114,12 @@ class RequestGuard:
                 receive = await self._checked_json(headers, receive)
         except _Refused as refused:
             return await _respond(send, refused.status, refused.message)
+        if method == "POST" and path.rstrip("/").endswith("/login"):
+            client = (scope.get("client") or ("unknown", 0))[0]
+            delay = self.login_delay(client)
+            if delay:
+                await asyncio.sleep(delay)
+            send = self._watching_login(client, send)
         try:
             return await self.app(scope, receive, send)
         except _Refused as refused:  # raised while the app streamed an upload
@@ -124,6 +152,16 @@ class RequestGuard:
         if remote:
             raise _Refused(400, "This app takes uploaded files only, not URLs.")
         return _replay(body, receive)
+
+    def _watching_login(self, client: str, send):
+        """A ``send`` that records whether the login it answers failed (a 4xx or 5xx status)."""
+
+        async def watched(message):
+            if message.get("type") == "http.response.start":
+                self._record_login(client, int(message.get("status", 200)))
+            await send(message)
+
+        return watched
 
     def _upload_receive(self, headers: dict, receive):
         """Count bytes and multipart parts as the upload streams in; refuse past the limits."""

@@ -113,3 +113,51 @@ def test_the_multipart_boundary_is_read_whatever_the_case_of_its_name():
         _request(_guard(), "POST", "/gradio_api/upload", one, {"content-type": "multipart/form-data; BOUNDARY=B"})[0]
         == 200
     )
+
+
+def test_failed_logins_slow_the_next_attempts_from_that_client(monkeypatch):
+    """Gradio answers a wrong login with 400: after FREE_LOGIN_FAILURES of them from one address, each next
+    attempt from it waits (doubling, bounded); another address is not slowed; a success clears the record."""
+    from apps import request_guard
+    from apps.request_guard import FREE_LOGIN_FAILURES, MAX_LOGIN_DELAY_S
+
+    waits = []
+
+    async def no_real_wait(seconds):
+        waits.append(seconds)
+
+    monkeypatch.setattr(request_guard.asyncio, "sleep", no_real_wait)
+    guard = _guard()
+    answer = {"status": 400}
+
+    async def login_app(scope, receive, send):
+        await receive()
+        await send({"type": "http.response.start", "status": answer["status"], "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    def attempt(client: str) -> None:
+        guard.app = login_app
+        scope = {"type": "http", "method": "POST", "path": "/login", "headers": [], "client": (client, 5000)}
+        messages = [{"type": "http.request", "body": b"username=a&password=b", "more_body": False}]
+
+        async def receive():
+            return messages.pop(0) if messages else {"type": "http.disconnect"}
+
+        async def send(message):
+            pass
+
+        asyncio.run(request_guard.RequestGuard.__call__(guard, scope, receive, send))
+
+    for _ in range(FREE_LOGIN_FAILURES):
+        attempt("10.0.0.1")
+    assert waits == []
+    for _ in range(8):
+        attempt("10.0.0.1")
+    assert waits[:3] == [0.25, 0.5, 1.0] and max(waits) == MAX_LOGIN_DELAY_S and waits == sorted(waits)
+    attempt("10.0.0.2")  # another client: not slowed
+    assert len(waits) == 8
+    answer["status"] = 200
+    attempt("10.0.0.1")  # a success (after its wait) clears the record
+    answer["status"] = 400
+    attempt("10.0.0.1")
+    assert len(waits) == 9 and guard.login_delay("10.0.0.1") == 0.0

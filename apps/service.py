@@ -49,7 +49,7 @@ from vlm.model import PrismVlmForConditionalGeneration
 from vlm.serving.continuous_batching import ContinuousBatcher, ContinuousBatchingConfig, supports_continuous_batching
 
 CLIP_CACHE_SIZE = 4
-RANKING_SLICE = 64  # candidate answers scored per piece of model work (other requests run between slices)
+RANKING_SLICE = 32  # candidate answers scored per piece of model work (other requests run between slices)
 T = TypeVar("T")
 
 

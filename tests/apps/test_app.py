@@ -119,7 +119,7 @@ def test_open_vocabulary_answer(app, client, clips):
 
 
 def test_a_long_ranking_runs_in_slices_that_let_other_requests_in(app, clips, monkeypatch):
-    """150 candidates: the prefix, then ceil(150 / 64) = 3 slices, each its own piece of model work (other
+    """150 candidates: the prefix, then ceil(150 / RANKING_SLICE) slices, each its own piece of model work (other
     requests run between them), with the library's ranking."""
     from apps.service import RANKING_SLICE
 
@@ -134,7 +134,7 @@ def test_a_long_ranking_runs_in_slices_that_let_other_requests_in(app, clips, mo
 
     monkeypatch.setattr(service, "run_model_work", counted)
     result = service.ask(str(clips["a"]), "what is it?", candidates, FRAMES)
-    assert len(pieces) == 1 + math.ceil(len(candidates) / RANKING_SLICE) == 4
+    assert len(pieces) == 1 + math.ceil(len(candidates) / RANKING_SLICE) > 2
     expected = VideoAssistant(service.model).score_answers(
         "what is it?", candidates, clips=library_clip(service, clips["a"])
     )

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 from vlm.inference.assistant import VideoAssistant
 from vlm.inference.generation import GenerationSettings
@@ -125,7 +125,3 @@ def format_timeline(segments: Sequence[TimelineSegment], fmt: str = "text") -> s
 def timeline_in_words(segments: Sequence[TimelineSegment]) -> str:
     """The timeline as a reply: ``"0:00-0:08: a red star moving left. 0:08-0:16: ..."``."""
     return " ".join(f"{clock(s.start)}-{clock(s.end)}: {s.caption.rstrip('.')}." for s in segments)
-
-
-def segments_as_dicts(segments: Sequence[TimelineSegment]) -> list[dict]:
-    return [asdict(s) for s in segments]

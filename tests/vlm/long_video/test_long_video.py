@@ -346,3 +346,25 @@ def test_chat_and_ask_over_a_long_video_name_the_times(long_videos, glue_dir, tm
     assert main(["ask", path, "What colour is the object at 0:10?", "--candidates", "red,blue", "--json", *common]) == 0
     ranked = json.loads(capsys.readouterr().out)
     assert ranked["span"] == {"start": 9.0, "end": 11.0} and len(ranked["candidates"]) == 2
+
+
+@pytest.mark.quick
+def test_the_long_video_scores_read_replies_as_documented():
+    from types import SimpleNamespace
+
+    from vlm.long_video.evaluation import (
+        colour_reply_is_right,
+        first_colour,
+        first_named_span,
+        iou,
+        when_reply_is_right,
+    )
+
+    assert iou((0, 4), (2, 6)) == pytest.approx(2 / 6) and iou((0, 1), (2, 3)) == 0
+    assert first_named_span("At 1:03-1:05, and also at 2:00-2:08.") == (63, 65)
+    assert first_named_span("At 1:02:03-1:02:05.") == (3723, 3725) and first_named_span("no time") is None
+    segment = SimpleNamespace(start=60.5, end=66.0)
+    assert when_reply_is_right("At 1:01-1:04.", segment) and not when_reply_is_right("At 0:50-0:58.", segment)
+    assert first_colour("A red star and a blue heart") == "red" and first_colour("a star") is None
+    assert colour_reply_is_right("The object is red.", "red")
+    assert not colour_reply_is_right("It is red or blue.", "red")  # names another colour too

@@ -10,17 +10,14 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-import sys
-import time
 from pathlib import Path
 from urllib.parse import urlparse
 
-import httpx
 import numpy as np
 import pytest
 
-from tests.helpers.app_server import free_port
+from tests.helpers.app_server import chromium_browser
+from tests.helpers.app_server import served_app as served_app_in_subprocess
 from tests.helpers.fixture_files import REAL_CLIP, REFERENCE_DIR, TEST_SPM_MODEL
 from tests.helpers.tiny_glue import FRAMES, SIZE
 from vlm.inference.assistant import VideoAssistant
@@ -28,17 +25,6 @@ from vlm.inference.assistant import VideoAssistant
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[2]
-CHROMIUM = os.environ.get("PRISM_VLM_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 SHARED_CLIP = REAL_CLIP
 LVT_NPZ = REFERENCE_DIR / "lvt_tiny_params.npz"
 UI_MAX_NEW_TOKENS = 32  # the page's default "Max new tokens"
@@ -62,73 +48,16 @@ def search_index(tmp_path_factory) -> Path:
 def served_app(glue_dir, search_folder, search_index, tmp_path_factory):
     """URL of ``prism-vlm app --model glue_dir --search-dir search_folder`` running in a subprocess
     (the video-text model: the official-format tiny LvT fixture)."""
-    root = tmp_path_factory.mktemp("app")
-    port = free_port()
-    env = dict(
-        os.environ, GRADIO_ANALYTICS_ENABLED="False", GRADIO_TEMP_DIR=str(root / "uploads"), PYTHONUNBUFFERED="1"
-    )
-    log_path = root / "server.log"
-    with open(log_path, "w") as log:
-        server = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "vlm.cli.main",
-                "app",
-                "--model",
-                str(glue_dir),
-                "--port",
-                str(port),
-                "--search-dir",
-                str(search_folder),
-                "--search-index",
-                str(search_index),
-                "--video-text-model",
-                str(LVT_NPZ),
-                "--video-text-tokenizer",
-                str(TEST_SPM_MODEL),
-            ],
-            cwd=REPO,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    url = f"http://127.0.0.1:{port}/"
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            if server.poll() is not None:
-                pytest.fail(f"prism-vlm app exited with {server.returncode}:\n{log_path.read_text()[-3000:]}")
-            try:
-                if httpx.get(url, timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"prism-vlm app did not answer within 180 s:\n{log_path.read_text()[-3000:]}")
-            time.sleep(0.5)
+    arguments = ["--model", str(glue_dir), "--search-dir", str(search_folder), "--search-index", str(search_index)]
+    arguments += ["--video-text-model", str(LVT_NPZ), "--video-text-tokenizer", str(TEST_SPM_MODEL)]
+    with served_app_in_subprocess(arguments, tmp_path_factory.mktemp("app")) as url:
         yield url
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
 
 
 @pytest.fixture(scope="module")
 def browser():
-    if not Path(CHROMIUM).is_file():
-        pytest.fail(f"no chromium at {CHROMIUM}: install it with `apt-get install chromium` (.ci/run does)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            yield chromium
-        finally:
-            chromium.close()
+    with chromium_browser() as chromium:
+        yield chromium
 
 
 def test_upload_the_shared_clip_describe_it_and_take_a_screenshot(served_app, browser, glue_dir, tmp_path):

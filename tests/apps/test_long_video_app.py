@@ -8,19 +8,14 @@ moving-shapes clips (about 20 s, windows of 4 s).
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import threading
-import time
 from pathlib import Path
 
-import httpx
 import pytest
 
 from apps.limits import AppLimits
-from tests.apps.test_app_browser import CHROMIUM, CHROMIUM_ARGS
-from tests.helpers.app_server import free_port
+from tests.helpers.app_server import chromium_browser, free_port
+from tests.helpers.app_server import served_app as served_app_in_subprocess
 from tests.helpers.tiny_glue import FRAMES
 from vlm.inference.assistant import VideoAssistant
 from vlm.long_video.cache import WindowCache
@@ -185,55 +180,16 @@ def test_the_windows_limit_and_a_missing_video_text_model_refuse_clearly(app, cl
 def served_app(glue_dir, tmp_path_factory):
     """URL of ``prism-vlm app --model glue_dir --window 4`` (the demo video-text model) in a subprocess."""
     root = tmp_path_factory.mktemp("app")
-    port = free_port()
-    env = dict(
-        os.environ,
-        GRADIO_ANALYTICS_ENABLED="False",
-        GRADIO_TEMP_DIR=str(root / "uploads"),
-        PRISM_VLM_CACHE=str(root / "windows"),
-        PYTHONUNBUFFERED="1",
-    )
-    command = [sys.executable, "-m", "vlm.cli.main", "app", "--model", str(glue_dir), "--port", str(port)]
-    command += ["--video-text-model", str(DEMO_VIDEO_TEXT), "--window", str(WINDOW_S), "--max-duration", "60"]
-    log_path = root / "server.log"
-    with open(log_path, "w") as log:
-        server = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}/"
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            if server.poll() is not None:
-                pytest.fail(f"prism-vlm app exited with {server.returncode}:\n{log_path.read_text()[-3000:]}")
-            try:
-                if httpx.get(url, timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"prism-vlm app did not answer within 180 s:\n{log_path.read_text()[-3000:]}")
-            time.sleep(0.5)
+    arguments = ["--model", str(glue_dir), "--video-text-model", str(DEMO_VIDEO_TEXT), "--window", str(WINDOW_S)]
+    arguments += ["--max-duration", "60"]
+    with served_app_in_subprocess(arguments, root, {"PRISM_VLM_CACHE": str(root / "windows")}) as url:
         yield url
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
 
 
 @pytest.fixture(scope="module")
 def browser():
-    if not Path(CHROMIUM).is_file():
-        pytest.fail(f"no chromium at {CHROMIUM}: install it with `apt-get install chromium` (.ci/run does)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            yield chromium
-        finally:
-            chromium.close()
+    with chromium_browser() as chromium:
+        yield chromium
 
 
 @pytest.mark.browser

@@ -464,23 +464,33 @@ def make_shapes_corpus(
     return out
 
 
-def _prepare_folder(out: Path, description: dict) -> None:
-    corpus_file = out / CORPUS_FILE
-    if corpus_file.is_file():
+def claim_folder(out: Path, settings_file: str, settings: dict, *, mismatch: str, kind: str) -> None:
+    """Make ``out`` a generator's folder: a new or empty folder gets ``settings`` written to ``settings_file``;
+    a folder whose ``settings_file`` holds the same settings is resumed; anything else is refused
+    (CorpusFolderError: ``mismatch`` says what differs, ``kind`` what the folder should have been)."""
+    path = out / settings_file
+    if path.is_file():
         try:
-            existing = json.loads(corpus_file.read_text(encoding="utf-8"))
+            existing = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as error:
-            raise CorpusFolderError(f"{corpus_file}: not valid JSON ({error.msg}); use another folder") from None
-        if existing != description:
-            raise CorpusFolderError(
-                f"{corpus_file} describes another corpus (different seed, size, config or version); "
-                "use another output folder"
-            )
+            raise CorpusFolderError(f"{path}: not valid JSON ({error.msg}); use another folder") from None
+        if existing != settings:
+            raise CorpusFolderError(f"{path} {mismatch}; use another output folder")
         return
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise CorpusFolderError(f"{out} exists and is not an empty folder or a corpus of this generator")
+        raise CorpusFolderError(f"{out} exists and is not an empty folder or {kind}")
     out.mkdir(parents=True, exist_ok=True)
-    write_text_atomically(corpus_file, json.dumps(description, indent=2) + "\n")
+    write_text_atomically(path, json.dumps(settings, indent=2) + "\n")
+
+
+def _prepare_folder(out: Path, description: dict) -> None:
+    claim_folder(
+        out,
+        CORPUS_FILE,
+        description,
+        mismatch="describes another corpus (different seed, size, config or version)",
+        kind="a corpus of this generator",
+    )
 
 
 def _write_manifests(out: Path, records: list[tuple[ClipAttributes, list[str], list[dict], list[dict]]]) -> None:

@@ -73,7 +73,7 @@ import numpy as np
 from encoder.common.atomic_files import atomic_output_path, write_json
 from encoder.common.errors import UsageError
 from encoder.common.jsonl import iter_jsonl_strict, write_jsonl_atomically
-from vlm.shapes.corpus import CORPUS_FILE, SPLITS, CorpusFolderError, read_attributes
+from vlm.shapes.corpus import CORPUS_FILE, SPLITS, claim_folder, read_attributes
 from vlm.shapes.render import PALETTE, ClipAttributes, coverage_mask, object_state, render_background
 
 LONG_VIDEOS_VERSION = 1
@@ -516,21 +516,14 @@ def _unique_colours(segments: list[dict]) -> list[str]:
 
 
 def _prepare_folder(out: Path, settings: dict) -> None:
-    settings_file = out / SETTINGS_FILE
-    if settings_file.is_file():
-        try:
-            existing = json.loads(settings_file.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as error:
-            raise CorpusFolderError(f"{settings_file}: not valid JSON ({error.msg}); use another folder") from None
-        if existing != settings:
-            raise CorpusFolderError(
-                f"{settings_file} holds long videos of other settings (corpus, split, duration, segment bounds, "
-                "seed, fps or unique colours); use another output folder"
-            )
-        return
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise CorpusFolderError(f"{out} exists and is not an empty folder or a make-long-shapes folder")
-    write_json(settings_file, settings)
+    claim_folder(
+        out,
+        SETTINGS_FILE,
+        settings,
+        mismatch="holds long videos of other settings (corpus, split, duration, segment bounds, seed, fps or "
+        "unique colours)",
+        kind="a make-long-shapes folder",
+    )
 
 
 def make_long_videos(

@@ -71,7 +71,7 @@ def test_a_prism_vlm_error_raised_inside_a_command_is_one_line(tmp_path, capsys,
         FileNotFoundError(2, "No such file or directory", "clips.jsonl"),
         IsADirectoryError(21, "Is a directory", "out.jsonl"),
         NotADirectoryError(20, "Not a directory", "file/sub"),
-        PermissionError(13, "Permission denied", "/root/cache"),
+        PermissionError(13, "Permission denied", "cache/locked"),
     ],
 )
 def test_a_path_the_user_named_is_one_line(tmp_path, capsys, monkeypatch, error):

@@ -116,6 +116,20 @@ class WindowEntry:
         self._touch()
         return torch.cat(parts) if parts else None
 
+    def load_range(self, start: int, stop: int) -> torch.Tensor:
+        """Windows ``start`` to ``stop - 1`` [stop - start, ...] (float16), reading only the chunks that hold them."""
+        from safetensors import safe_open
+
+        parts, first = [], 0
+        for chunk in self.meta["chunks"]:
+            last = first + chunk["windows"]
+            if first < stop and start < last:
+                with safe_open(str(self.directory / chunk["file"]), framework="pt") as handle:
+                    parts.append(handle.get_slice("values")[max(start - first, 0) : min(stop, last) - first])
+            first = last
+        self._touch()
+        return torch.cat(parts)
+
     def append(self, values: torch.Tensor) -> None:
         """Store the next windows' values [n, ...] (kept as float16) after the ones already stored."""
         from safetensors.torch import save_file

@@ -77,9 +77,13 @@ def window_scores(video_text_model, video: LongVideo, text: str | Sequence[str])
 def find_moments(video_text_model, video: LongVideo, text: str | Sequence[str], top_k: int = 5) -> list[Moment]:
     """The spans of ``video`` that best match ``text`` (or the mean of its phrasings), best first (at most
     ``top_k``)."""
+    return moments_from_scores(video, window_scores(video_text_model, video, text).numpy(), top_k)
+
+
+def moments_from_scores(video: LongVideo, scores: np.ndarray, top_k: int = 5) -> list[Moment]:
+    """:func:`find_moments` from the video-text windows' scores [N'] already computed."""
     if top_k < 1:
         raise ValueError(f"top_k must be >= 1, got {top_k}")
-    scores = window_scores(video_text_model, video, text).numpy()
     spans = video.text_spans
     return [
         Moment(float(spans[first, 0]), float(spans[last, 1]), peak) for first, last, peak in join_spans(scores, top_k)

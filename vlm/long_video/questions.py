@@ -29,7 +29,7 @@ import torch
 from encoder.video.decode import load_clip
 from vlm.inference.assistant import VideoAssistant
 from vlm.inference.generation import GenerationSettings
-from vlm.long_video.moments import find_moments, window_scores
+from vlm.long_video.moments import find_moments, moments_from_scores, window_scores
 from vlm.long_video.reading import LongVideo
 from vlm.long_video.timeline import clock, make_timeline, timeline_in_words
 from vlm.prompts import ChatMessagesError
@@ -198,9 +198,9 @@ class LongVideoQA:
         return (start, end), self.assistant.score_answers(question, candidates, video_features=features)
 
     def _when(self, thing: str) -> LongVideoReply:
-        query = query_phrasings(thing)
-        median = float(np.median(window_scores(self.video_text_model, self.video, query).numpy()))
-        moments = find_moments(self.video_text_model, self.video, query, top_k=3)
+        scores = window_scores(self.video_text_model, self.video, query_phrasings(thing)).numpy()
+        median = float(np.median(scores))
+        moments = moments_from_scores(self.video, scores, top_k=3)
         best = moments[0]
         also = [m for m in moments[1:] if m.score - median >= ALSO_WITHIN * (best.score - median)]
         text = f"At {clock(best.start)}-{clock(best.end)}."

@@ -46,6 +46,9 @@ class _MemoryStore:
     def load(self) -> torch.Tensor | None:
         return torch.cat(self.parts) if self.parts else None
 
+    def load_range(self, start: int, stop: int) -> torch.Tensor:
+        return self.load()[start:stop]
+
     def finish(self) -> None:
         self.complete = True
 
@@ -101,20 +104,23 @@ class LongVideo:
         return min(max(index, 0), self.num_windows - 1)
 
     def glue_features(self, indices: Sequence[int] | None = None) -> torch.Tensor:
-        """The glue's soft prompts of the windows ``indices`` (all when None): [n, L, H] in the LLM's dtype."""
+        """The glue's soft prompts of the windows ``indices`` (all when None): [n, L, H] in the LLM's dtype,
+        read from the cache chunks that hold them."""
         if self._glue_store is None:
             raise ValueError("this long video was read without the glue")
-        values = self._glue_store.load()
-        if indices is not None:
-            values = values[torch.as_tensor(list(indices), dtype=torch.long)]
-        return values.to(self._glue_dtype)
+        if indices is None:
+            return self._glue_store.load_range(0, self.num_windows).to(self._glue_dtype)
+        rows = [self._glue_store.load_range(index, index + 1) for index in indices]
+        return torch.cat(rows).to(self._glue_dtype)
 
     def iter_glue_batches(self, batch_size: int) -> Iterator[tuple[list[int], torch.Tensor]]:
-        """(window indices, soft prompts [b, L, H]) in order, ``batch_size`` windows at a time."""
-        values = self._glue_store.load()
+        """(window indices, soft prompts [b, L, H]) in order, ``batch_size`` windows at a time (memory holds
+        one batch and the cache chunks it spans, not the whole video's soft prompts)."""
+        if self._glue_store is None:
+            raise ValueError("this long video was read without the glue")
         for start in range(0, self.num_windows, batch_size):
-            indices = list(range(start, min(start + batch_size, self.num_windows)))
-            yield indices, values[start : indices[-1] + 1].to(self._glue_dtype)
+            stop = min(start + batch_size, self.num_windows)
+            yield list(range(start, stop)), self._glue_store.load_range(start, stop).to(self._glue_dtype)
 
 
 def read_long_video(

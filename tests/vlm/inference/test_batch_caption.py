@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +15,7 @@ import torch
 
 from encoder.common.jsonl import read_jsonl_tolerant
 from encoder.video.clips import Clip, ClipListError, clips_from_feature_cache, decode_clip, list_clips
+from tests.helpers.launch import two_process_command
 from tests.helpers.tiny_glue import FRAMES, SIZE, build_tiny_glue, write_clip
 from vlm.cli import main as cli
 from vlm.inference.assistant import VideoAssistant
@@ -298,12 +297,6 @@ def test_cli_caption_to_file_and_positional_files(glue_dir, video_dir, tmp_path,
     assert "give --out FILE" in capsys.readouterr().err
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def test_accelerate_launch_two_processes_merges_to_the_single_process_output(glue_dir, video_dir, tmp_path):
     common = [
         "caption",
@@ -323,27 +316,7 @@ def test_accelerate_launch_two_processes_merges_to_the_single_process_output(glu
     # accelerate launches several CPU processes through torchrun (its --multi_gpu launcher); its --cpu
     # launcher needs MPI for more than one. Without CUDA the command runs them on CPU with gloo.
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "CUDA_VISIBLE_DEVICES": ""}
-    launch = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        "--main_process_port",
-        str(_free_port()),
-        "-m",
-        "vlm.cli.main",
-        *common,
-        "--out",
-        str(tmp_path / "sharded.jsonl"),
-    ]
+    launch = two_process_command(*common, "--out", str(tmp_path / "sharded.jsonl"))
     result = subprocess.run(launch, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
     assert result.returncode == 0, result.stderr[-3000:]
     assert (tmp_path / "sharded.jsonl").read_text() == (tmp_path / "single.jsonl").read_text()

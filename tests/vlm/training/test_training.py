@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -23,6 +22,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from tests.helpers.launch import two_process_command
 from tests.helpers.tiny_glue import (
     FRAMES,
     SIZE,
@@ -425,12 +425,6 @@ def test_sigkill_then_resume_ends_with_the_same_weights(reference_run, parts, tm
     assert "resumed from step-00000002" in (out / "train_log.txt").read_text()
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_two_processes_match_one_process_with_the_same_global_batch(reference_run, parts, tmp_path):
     """The reference ran 1 process x 2 micro-batches of 2; here 2 processes x 1 micro-batch of 2.
@@ -442,29 +436,7 @@ def test_two_processes_match_one_process_with_the_same_global_batch(reference_ru
     still 100x below how far training moved the weights (> 1e-3, checked above)."""
     out = tmp_path / "run"
     config_path = _config(parts, out).save(tmp_path / "config.json")
-    launch = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        "--main_process_port",
-        str(_free_port()),
-        "-m",
-        "vlm.cli.main",
-        "train",
-        "--config",
-        str(config_path),
-        "--micro-batch-size",
-        "2",
-    ]
+    launch = two_process_command("train", "--config", str(config_path), "--micro-batch-size", "2")
     result = subprocess.run(launch, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=400)
     assert result.returncode == 0, result.stderr[-3000:]
     assert len([line for line in result.stdout.splitlines() if line.startswith("{")]) == 1  # printed by process 0 only

@@ -45,10 +45,11 @@ def _batch_window_ms(text: str) -> float:
 
 
 def _cmd_app(args: argparse.Namespace) -> int:
-    from encoder.common.extras import require
+    from encoder.common.extras import is_installed, require
     from encoder.videoprism.loading import default_device
 
-    require("gradio", "app", "prism-vlm app")  # before any model loads
+    if not is_installed("gradio"):
+        require("gradio", "app", "prism-vlm app")  # the install hint, before any model loads
     if args.search_dir is not None and not Path(args.search_dir).is_dir():
         raise FileNotFoundError(f"--search-dir {args.search_dir} is not a folder")
     credentials = read_auth(args.auth, args.auth_file)  # before anything starts
@@ -59,12 +60,12 @@ def _cmd_app(args: argparse.Namespace) -> int:
             "model and upload files",
             file=sys.stderr,
         )
-    # No telemetry or version checks; uploads go to a folder of this server's own.
+    # No telemetry or version checks; uploads go to a folder of this server's own, set before Gradio
+    # is imported (it reads the variable once, at import, for some of its folders).
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-    if not os.environ.get("GRADIO_TEMP_DIR"):
-        from apps.uploads import private_upload_dir
+    from apps.uploads import use_private_upload_dir
 
-        os.environ["GRADIO_TEMP_DIR"] = str(private_upload_dir())
+    use_private_upload_dir()
 
     from apps.batching import BatchingConfig
     from apps.compute_thread import run_in_passing_thread

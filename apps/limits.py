@@ -8,8 +8,12 @@ with a message written for the person who uploaded the file.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
+import threading
+import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -23,7 +27,15 @@ from encoder.video.decode import (
     video_stream,
 )
 
-__all__ = ["VIDEO_SUFFIXES", "AppLimits", "VideoInfo", "VideoRejectedError", "check_video", "probe_video"]
+__all__ = [
+    "VIDEO_SUFFIXES",
+    "AppLimits",
+    "VideoInfo",
+    "VideoRejectedError",
+    "check_video",
+    "decode_slot",
+    "probe_video",
+]
 
 
 class VideoRejectedError(PrismVlmError, ValueError):
@@ -56,6 +68,7 @@ class AppLimits:
     upload_ttl_s: uploads older than this are deleted (checked every quarter of it).
     max_windows: most windows of a long video (one longer than one window, read window by window:
         ``apps.long_video``) a request may read; the app's default is max_duration_s / the window.
+    max_decodes: clips decoded at once (:func:`decode_slot`); further requests wait for a slot.
     """
 
     max_upload_mb: float = 200.0
@@ -74,6 +87,7 @@ class AppLimits:
     queue_size: int = 64
     upload_ttl_s: float = 1800.0
     max_windows: int = 75  # 600 s in windows of 8 s
+    max_decodes: int = 4
 
     def __post_init__(self) -> None:
         for name, value in asdict(self).items():
@@ -101,15 +115,38 @@ def _display_name(path: Path) -> str:
     return path.name or str(path)
 
 
-def probe_video(path: str | os.PathLike) -> VideoInfo:
+SCAN_FRAME_RATE = 120
+"""A clip without a duration in its header is measured from its packets: at most this many per
+second of the longest accepted clip are read (a file of empty packets would otherwise be read whole)."""
+SCAN_SECONDS = 5.0
+"""Wall-time budget of that measurement."""
+
+
+_DECODE_SLOTS: dict[int, threading.BoundedSemaphore] = {}
+_DECODE_SLOTS_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def decode_slot(limits: AppLimits) -> Iterator[None]:
+    """Hold one of the process's ``limits.max_decodes`` decoding slots for the ``with`` block (waits
+    for a free one): however many requests run, at most that many clips are decoded at once."""
+    with _DECODE_SLOTS_LOCK:
+        slots = _DECODE_SLOTS.setdefault(limits.max_decodes, threading.BoundedSemaphore(limits.max_decodes))
+    with slots:
+        yield
+
+
+def probe_video(path: str | os.PathLike, limits: AppLimits | None = None) -> VideoInfo:
     """Duration and frame size from the container header (demuxing packet times only when the
-    header has no duration). The duration is the one the decoder samples a clip from
-    (:func:`encoder.video.decode.stream_duration`). Raises VideoRejectedError when the file is no
-    readable video."""
+    header has no duration, within :data:`SCAN_FRAME_RATE` packets per second of
+    ``limits.max_duration_s`` and :data:`SCAN_SECONDS`). The duration is the one the decoder samples
+    a clip from (:func:`encoder.video.decode.stream_duration`). Raises VideoRejectedError when the
+    file is no readable video."""
+    limits = limits or AppLimits()
     path = Path(path)
     name = _display_name(path)
     try:
-        container = open_video(path)
+        container = open_video(path, max_side=limits.max_side_px)
     except VideoDecodeError as error:
         raise VideoRejectedError(f"'{name}' is not a video this app can read ({error.reason}).") from error
     with container:
@@ -120,7 +157,20 @@ def probe_video(path: str | os.PathLike) -> VideoInfo:
         width, height = int(stream.codec_context.width or 0), int(stream.codec_context.height or 0)
         duration = stream_duration(container, stream)  # the length the decoder samples from
         if duration is None:
-            span = packet_time_span(container, stream)
+            budget = max(10_000, int(limits.max_duration_s * SCAN_FRAME_RATE))
+            try:
+                span = packet_time_span(
+                    container,
+                    stream,
+                    deadline=time.monotonic() + SCAN_SECONDS,
+                    max_packets=budget,
+                    max_duration_s=limits.max_duration_s,
+                )
+            except VideoDecodeError as error:
+                raise VideoRejectedError(
+                    f"'{name}' has no duration in its header and more video packets than this app reads "
+                    f"to measure one ({error.reason})."
+                ) from error
             duration = 0.0 if span is None else span[1]
     if width <= 0 or height <= 0:
         raise VideoRejectedError(f"'{name}' has a video stream without a frame size.")
@@ -145,7 +195,7 @@ def check_video(path: str | os.PathLike | None, limits: AppLimits) -> VideoInfo:
         raise VideoRejectedError(
             f"'{name}' is {size / 2**20:.1f} MB; this app accepts videos up to {limits.max_upload_mb:g} MB."
         )
-    info = probe_video(path)
+    info = probe_video(path, limits)
     if info.duration_s > limits.max_duration_s:
         raise VideoRejectedError(
             f"'{name}' is {info.duration_s:.1f} s long; this app accepts clips up to {limits.max_duration_s:g} s."

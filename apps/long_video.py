@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from apps.limits import AppLimits
+from apps.limits import AppLimits, decode_slot
 from apps.service import (
     AppInputError,
     FrameStrip,
@@ -144,17 +144,18 @@ class LongVideoService:
             run(lambda: [module_fingerprint(module) for module in modules])
             report = None if progress is None else (lambda done, total: progress(done, total, "reading windows"))
             try:
-                long_video = read_long_video(
-                    video,
-                    model=glue,
-                    video_text_model=video_text,
-                    window_s=self.window_s,
-                    cache=self.cache,
-                    batch_size=self.batch_size,
-                    max_side=self.limits.max_side_px,
-                    run=run,
-                    on_progress=report,
-                )
+                with decode_slot(self.limits):
+                    long_video = read_long_video(
+                        video,
+                        model=glue,
+                        video_text_model=video_text,
+                        window_s=self.window_s,
+                        cache=self.cache,
+                        batch_size=self.batch_size,
+                        max_side=self.limits.max_side_px,
+                        run=run,
+                        on_progress=report,
+                    )
             except VideoDecodeError as error:
                 raise AppInputError(f"Could not decode '{Path(video).name}': {error.reason}.") from error
             with self._lock:
@@ -249,15 +250,16 @@ class LongVideoService:
         if not end > start:
             raise AppInputError(f"No such moment: {start:g}-{end:g} s of a {info.duration_s:.1f} s video.")
         try:
-            clip = load_clip(
-                video,
-                frames,
-                self.service.frame_size,
-                start,
-                end,
-                max_side=self.limits.max_side_px,
-                time_limit_s=self.limits.max_decode_s,
-            )
+            with decode_slot(self.limits):
+                clip = load_clip(
+                    video,
+                    frames,
+                    self.service.frame_size,
+                    start,
+                    end,
+                    max_side=self.limits.max_side_px,
+                    time_limit_s=self.limits.max_decode_s,
+                )
         except (VideoDecodeError, ValueError) as error:
             reason = error.reason if isinstance(error, VideoDecodeError) else str(error)
             raise AppInputError(f"Could not decode '{Path(video).name}': {reason}.") from error

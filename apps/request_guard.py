@@ -2,10 +2,12 @@
 
 Gradio fetches a file input given as a URL (``{"path": "https://...", "meta": {"_type":
 "gradio.FileData"}}``) and proxies ``/gradio_api/file=https://...``; its upload route takes up to
-1,000 files per request. The app needs none of that, so :class:`RequestGuard` refuses, before
-Gradio sees the request:
+1,000 files per request; it serves routes the app never uses (``process_recording`` re-encodes
+uploads with ffmpeg outside the queue, ``proxy=``, ``vibe-edit``, ``custom_component``, ...). The app
+needs none of that, so :class:`RequestGuard` refuses, before Gradio sees the request:
 
 - a request for ``.../file=<remote URL>`` or ``.../file/<remote URL>`` (any file route spelling, 403);
+- a path outside :data:`ALLOWED_ROUTES`, the routes the page and its API use (404);
 - a POST body other than an upload, whatever content type it declares (any case, any parameters), larger
   than ``max_json_bytes`` (413), holding a file whose ``path`` is a remote URL (400), or JSON nested
   deeper than :data:`MAX_JSON_DEPTH` (400);
@@ -36,6 +38,22 @@ MAX_JSON_DEPTH = 64  # the app's requests nest a few levels; deeper JSON is refu
 FREE_LOGIN_FAILURES = 5  # failed logins from one address before its attempts are slowed
 MAX_LOGIN_DELAY_S = 8.0
 _MAX_TRACKED_CLIENTS = 10_000  # addresses remembered (the oldest forgotten first): bounded memory
+ALLOWED_ROUTES = re.compile(
+    r"""^/(?:
+        |favicon\.ico|robots\.txt|manifest\.json|theme\.css|pwa_icon(?:/\d+)?
+        |login/?|logout/?|config/?
+        |(?:assets|static|svelte)/.+
+        |gradio_api/(?:
+            info/?|openapi\.json|config/?|login_check/?|app_id/?|user/?|token/?|startup-events|theme\.css
+            |heartbeat/[^/]+|queue/join|queue/data|cancel|reset/?|upload|upload_progress
+            |file=.+|file/.+
+            |(?:call|run|api)/[A-Za-z0-9_-]+/?|call/[A-Za-z0-9_-]+/[A-Za-z0-9_-]+
+        )
+    )$""",
+    re.VERBOSE,
+)
+"""The paths the page and its API use: the page and its assets, login, configuration, the queue,
+uploads, files and the named API endpoints. Everything else is 404."""
 
 
 def is_remote_path(path: object) -> bool:
@@ -108,6 +126,8 @@ class RequestGuard:
         try:
             if _names_remote_file(path):
                 raise _Refused(403, "This app does not fetch remote files.")
+            if not ALLOWED_ROUTES.match(path):
+                raise _Refused(404, "Not found.")
             if method == "POST" and path.rstrip("/").endswith("/upload"):
                 receive = self._upload_receive(headers, receive)
             elif method == "POST":  # whatever content type it declares: Gradio may read it as JSON anyway

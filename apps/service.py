@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from apps.batching import BatchingConfig, MicroBatcher
-from apps.limits import AppLimits, VideoInfo, VideoRejectedError, check_video
+from apps.limits import AppLimits, VideoInfo, VideoRejectedError, check_video, decode_slot
 from encoder.common.errors import PrismVlmError
 from encoder.video.decode import VideoDecodeError, load_clip, sample_times
 from vlm.chat_template import recent_turns
@@ -128,12 +128,13 @@ def checked_video(video: str | os.PathLike | None, limits: AppLimits) -> VideoIn
 
 
 def decode_within_limits(path: Path, limits: AppLimits, num_frames: int, size: int) -> np.ndarray:
-    """A checked clip decoded with the app's bounds (frame side, decode time): [T, size, size, 3] float32
+    """A checked clip decoded with the app's bounds (frame side, decode time, a decoding slot): [T, size, size, 3] float32
     in [0, 1]; a clip that cannot be decoded is an AppInputError naming the file."""
     try:
-        return load_clip(
-            path, num_frames=num_frames, size=size, max_side=limits.max_side_px, time_limit_s=limits.max_decode_s
-        )
+        with decode_slot(limits):
+            return load_clip(
+                path, num_frames=num_frames, size=size, max_side=limits.max_side_px, time_limit_s=limits.max_decode_s
+            )
     except (VideoDecodeError, FileNotFoundError, ValueError) as error:
         reason = error.reason if isinstance(error, VideoDecodeError) else str(error)
         raise AppInputError(f"Could not decode '{path.name}': {reason}.") from error

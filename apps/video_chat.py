@@ -747,14 +747,19 @@ def launch_app(
     """Build the page, bound its queue (``service.limits``: concurrency and size) and serve it.
 
     Only uploads and the example clips are served from disk (``allowed_paths`` = the examples);
-    :class:`apps.request_guard.RequestGuard` refuses remote URLs as files, oversized bodies and
-    uploads of more than one file. auth: (user, password) pairs required to use the page and API
+    :class:`apps.request_guard.RequestGuard` refuses routes the page does not use, remote URLs as
+    files, oversized bodies and uploads of more than one file, and Gradio's URL download is switched
+    off; refused and abandoned uploads are swept (:class:`apps.uploads.AbandonedUploadSweeper`). auth: (user, password) pairs required to use the page and API
     (None: open to whoever reaches the address). search: the video-text side (zero-shot labels, and
     the Search tab over its folder, which is then served too). long_videos: how uploads longer than one
     window are read (default: :func:`build_app`'s)."""
+    from gradio.utils import get_upload_folder
     from starlette.middleware import Middleware
 
     from apps.request_guard import RequestGuard
+    from apps.uploads import AbandonedUploadSweeper
+
+    _refuse_url_downloads()
 
     examples = [Path(p).resolve() for p in (default_examples() if examples is None else examples)]
     demo = build_app(service, examples, search, long_videos)
@@ -780,4 +785,16 @@ def launch_app(
         enable_monitoring=False,
         theme=gr.themes.Soft(),
     )
+    demo.upload_sweeper = AbandonedUploadSweeper(get_upload_folder()).start()
     return demo
+
+
+def _refuse_url_downloads() -> None:
+    """Gradio downloads a file input given as a URL; the request guard refuses such requests, and
+    this is the second layer: the download function itself refuses (Gradio has no setting for it)."""
+    import gradio.processing_utils as processing
+
+    async def refused(url: str, cache_dir: str) -> str:
+        raise gr.Error("This app takes uploaded files only, not URLs.")
+
+    processing.async_ssrf_protected_download = refused

@@ -36,6 +36,16 @@ Bounded work
     is converted, and with an output ``size`` each kept frame is resized right after its
     conversion, so memory holds ``num_frames`` small frames, not native ones.
 
+Untrusted files
+    Only real container formats are opened (:data:`CONTAINER_FORMATS`, FFmpeg's format whitelist: no
+    raw elementary streams, playlists or image sequences) from local files only. An mp4/mov whose boxes
+    declare more samples than its data, its duration or :data:`encoder.video.mp4_boxes.MAX_SAMPLES`
+    allow is refused before FFmpeg indexes them. The decoder refuses a frame of more than
+    ``max_side * max_side`` pixels before allocating it (its ``max_pixels`` option; ``max_side``
+    defaults to :data:`DEFAULT_MAX_SIDE`) and runs at most :data:`MAX_DECODE_THREADS` threads. The wall
+    time is checked on every packet, header scans included, and :data:`MAX_FRAMELESS_PACKETS` packets
+    in a row that decode to no frame end decoding.
+
 Errors
     A missing file raises ``FileNotFoundError``; a file from which no clip can be
     decoded (not a video, no video stream, empty, random bytes, truncated with nothing
@@ -65,11 +75,17 @@ from av.sidedata.sidedata import Type as _SideDataType
 from PIL import Image, ImageOps
 
 from encoder.common.errors import PrismVlmError
+from encoder.video.mp4_boxes import declared_sample_problem
 
 __all__ = [
+    "CONTAINER_FORMATS",
+    "DEFAULT_MAX_SIDE",
     "DEFAULT_TIME_LIMIT_S",
     "IMAGE_SUFFIXES",
+    "MAX_DECODE_THREADS",
+    "MAX_FRAMELESS_PACKETS",
     "MAX_NUM_FRAMES",
+    "MAX_SCAN_PACKETS",
     "MAX_SIZE",
     "MIN_FRAME_BUDGET",
     "VIDEO_SUFFIXES",
@@ -111,9 +127,22 @@ MIN_FRAME_BUDGET = 10_000
 """Smallest per-clip budget of decoded frames (the budget is twice the frames the header announces)."""
 DEFAULT_TIME_LIMIT_S = 600.0
 """Default wall-time budget for decoding one clip, in seconds."""
+DEFAULT_MAX_SIDE = 8192
+"""Default largest frame width or height, in pixels (8K video passes; a larger frame is refused before it is decoded)."""
+MAX_DECODE_THREADS = 4
+"""Most threads one decoder runs (each frame thread holds a frame of its own)."""
+MAX_FRAMELESS_PACKETS = 10_000
+"""Packets in a row that decode to no frame before decoding gives up (real streams give a frame for
+nearly every packet; a file of empty packets would otherwise be read to its end)."""
+CONTAINER_FORMATS = "mov,mp4,m4a,3gp,3g2,mj2,matroska,webm,avi,gif,mpeg,mpegts,flv,ogg,asf,nut,wav,mp3"
+"""The demuxers a file may be opened with (FFmpeg's ``format_whitelist``; the audio ones so that an audio
+file is told it has no video stream)."""
+_FORMAT_NAMES = "mp4, mov, mkv, webm, avi, gif, mpeg, ts, flv, ogg, asf, nut"
+MAX_SCAN_PACKETS = 2_000_000
+"""Most packets read to measure a stream whose header gives no duration (hours of video)."""
 _MAX_SEEK_RETRIES = 3
 _TIME_EPS = 1e-6
-_FORMAT_OPTIONS = {"protocol_whitelist": "file,crypto,data"}
+_FORMAT_OPTIONS = {"protocol_whitelist": "file,crypto,data", "format_whitelist": CONTAINER_FORMATS}
 
 Source = Union[str, os.PathLike, np.ndarray, Image.Image, Sequence]
 
@@ -142,7 +171,7 @@ def load_clip(
     start: float | None = None,
     end: float | None = None,
     *,
-    max_side: int | None = None,
+    max_side: int | None = DEFAULT_MAX_SIDE,
     time_limit_s: float | None = DEFAULT_TIME_LIMIT_S,
 ) -> np.ndarray:
     """Load ``num_frames`` uniformly sampled frames as a square RGB clip.
@@ -163,8 +192,8 @@ def load_clip(
         start: window start in seconds from the beginning of the video (videos only).
         end: window end in seconds (videos only). An ``end`` past the end of the video is
             clamped to the video's end; a ``start`` at or past the end is a ValueError.
-        max_side: videos only: a decoded frame wider or taller than this many pixels is a
-            VideoDecodeError (None: no limit).
+        max_side: videos only: a frame wider or taller than this many pixels (or of more than
+            ``max_side ** 2`` pixels, refused before it is decoded) is a VideoDecodeError (None: no limit).
         time_limit_s: videos only: wall-time budget for decoding, in seconds (None: none).
 
     Returns:
@@ -202,7 +231,7 @@ def decode_frames(
     start: float | None = None,
     end: float | None = None,
     *,
-    max_side: int | None = None,
+    max_side: int | None = DEFAULT_MAX_SIDE,
     time_limit_s: float | None = DEFAULT_TIME_LIMIT_S,
 ) -> list[np.ndarray]:
     """Decode the frames displayed at ``num_frames`` uniformly spaced times of a video.
@@ -214,7 +243,8 @@ def decode_frames(
         num_frames: number of frames to return (1 to :data:`MAX_NUM_FRAMES`).
         start, end: optional window in seconds from the beginning of the video; ``end``
             past the end of the video is clamped, ``start`` at or past it is an error.
-        max_side: a decoded frame wider or taller than this is a VideoDecodeError (None: no limit).
+        max_side: a frame wider or taller than this (or of more than ``max_side ** 2`` pixels) is a
+            VideoDecodeError (None: no limit).
         time_limit_s: wall-time budget in seconds (None: none).
 
     Returns:
@@ -521,7 +551,7 @@ def _decode_frames_with_stats(
     end: float | None = None,
     *,
     size: int | None = None,
-    max_side: int | None = None,
+    max_side: int | None = DEFAULT_MAX_SIDE,
     time_limit_s: float | None = DEFAULT_TIME_LIMIT_S,
 ) -> tuple[list[np.ndarray], _DecodeStats]:
     """:func:`decode_frames` plus a record of how the frames were obtained. With ``size``, each
@@ -533,31 +563,28 @@ def _decode_frames_with_stats(
     began = _time.monotonic()
     path = Path(path)
     _check_video_file(path)
+    deadline = began + time_limit_s if time_limit_s is not None else math.inf
 
-    with _open(path) as container:
+    with _open(path, max_side) as container:
         stream = _video_stream(container, path)
-        info = _stream_info(container, stream, path)
+        info = _stream_info(container, stream, path, deadline)
         window = _resolve_window(info, start, end, path)
         times = sample_times(*window, num_frames)
         announced = int(info.duration * info.fps) if info.fps else 0
-        stats = _DecodeStats(
-            times=times,
-            frame_budget=max(MIN_FRAME_BUDGET, 2 * announced),
-            deadline=began + time_limit_s if time_limit_s is not None else math.inf,
-        )
+        stats = _DecodeStats(times=times, frame_budget=max(MIN_FRAME_BUDGET, 2 * announced), deadline=deadline)
         convert = _Converter(path, size, max_side)
         window_frames = (window[1] - window[0]) * info.fps if info.fps else math.inf
         stats.sequential = not info.can_seek or window_frames <= _SEQUENTIAL_FRAMES_PER_SAMPLE * num_frames
         # Frame threads pay off on long forward runs, but are refilled after every seek.
-        stream.thread_type = "AUTO" if stats.sequential else "SLICE"
+        set_threads(stream, "AUTO" if stats.sequential else "SLICE")
         frames = _read_at_times(container, stream, info, times, stats, convert, reseek=not stats.sequential)
 
     if frames is None and not stats.sequential:
         # Seeking gave nothing (odd index, damaged file): one plain pass from the start.
         stats.fallback = stats.sequential = True
-        with _open(path) as container:
+        with _open(path, max_side) as container:
             stream = _video_stream(container, path)
-            stream.thread_type = "AUTO"
+            set_threads(stream, "AUTO")
             info.can_seek = False
             frames = _read_at_times(container, stream, info, times, stats, convert, reseek=False)
     if frames is None:
@@ -587,17 +614,41 @@ def _check_video_file(path: Path) -> None:
         raise VideoDecodeError(path, "file is empty")
 
 
-def open_video(path: str | os.PathLike) -> av.container.InputContainer:
-    """Open a local video file with PyAV (local protocols only). Raises VideoDecodeError."""
-    return _open(Path(path))
+def open_video(path: str | os.PathLike, max_side: int | None = DEFAULT_MAX_SIDE) -> av.container.InputContainer:
+    """Open a local video file with PyAV: local protocols and :data:`CONTAINER_FORMATS` only, an mp4's
+    declared sample counts checked first, decoders that refuse frames over ``max_side ** 2`` pixels.
+    Raises VideoDecodeError."""
+    return _open(Path(path), max_side)
 
 
-def _open(path: Path) -> av.container.InputContainer:
+def set_threads(stream: av.video.stream.VideoStream, thread_type: str) -> None:
+    """Decode ``stream`` with ``thread_type`` threading ("AUTO", "SLICE", ...) and at most
+    :data:`MAX_DECODE_THREADS` threads."""
+    stream.thread_type = thread_type
+    stream.thread_count = min(os.cpu_count() or 1, MAX_DECODE_THREADS)
+
+
+def _open(path: Path, max_side: int | None = DEFAULT_MAX_SIDE) -> av.container.InputContainer:
+    try:
+        problem = declared_sample_problem(path)
+    except OSError as exc:
+        raise VideoDecodeError(path, _describe(exc)) from exc
+    if problem:
+        raise VideoDecodeError(path, f"impossible sample tables: {problem}")
+    options = dict(_FORMAT_OPTIONS)
+    if max_side is not None:
+        options["max_pixels"] = str(int(max_side) ** 2)  # decoders refuse larger frames before allocating them
     try:
         # Local files only: a playlist (m3u8, concat, ...) must not reach out to the network.
-        return av.open(str(path), mode="r", options=_FORMAT_OPTIONS)
+        container = av.open(str(path), mode="r", options=options)
+    except av.error.ArgumentError as exc:  # what FFmpeg answers for a format off the whitelist
+        raise VideoDecodeError(path, f"not a video container this reader opens ({_FORMAT_NAMES})") from exc
     except (av.error.FFmpegError, OSError, UnicodeDecodeError) as exc:
         raise VideoDecodeError(path, _describe(exc)) from exc
+    for stream in container.streams.video:
+        if stream.codec_context is not None and max_side is not None:
+            stream.codec_context.options = {**stream.codec_context.options, "max_pixels": options["max_pixels"]}
+    return container
 
 
 def _describe(exc: BaseException) -> str:
@@ -622,7 +673,10 @@ def _video_stream(container: av.container.InputContainer, path: Path) -> av.vide
 
 
 def _stream_info(
-    container: av.container.InputContainer, stream: av.video.stream.VideoStream, path: Path
+    container: av.container.InputContainer,
+    stream: av.video.stream.VideoStream,
+    path: Path,
+    deadline: float = math.inf,
 ) -> _StreamInfo:
     start = stream_start(container, stream)
     duration = stream_duration(container, stream)
@@ -634,7 +688,7 @@ def _stream_info(
 
     if duration is None:
         with _open(path) as scan:
-            span = packet_time_span(scan, _video_stream(scan, path))
+            span = packet_time_span(scan, _video_stream(scan, path), deadline=deadline, max_packets=MAX_SCAN_PACKETS)
         if span is None:
             raise VideoDecodeError(path, "no timestamped video packets")
         start, duration = span
@@ -682,14 +736,32 @@ def stream_duration(container: av.container.InputContainer, stream: av.stream.St
 
 
 def packet_time_span(
-    container: av.container.InputContainer, stream: av.video.stream.VideoStream
+    container: av.container.InputContainer,
+    stream: av.video.stream.VideoStream,
+    *,
+    deadline: float = math.inf,
+    max_packets: int | None = None,
+    max_duration_s: float | None = None,
 ) -> tuple[float, float] | None:
     """``(start, duration)`` of ``stream`` in seconds from its packet timestamps (demuxing only, no
-    decoding; a truncated file counts its readable part). None when no packet has a timestamp."""
+    decoding; a truncated file counts its readable part). None when no packet has a timestamp.
+
+    Bounded: past ``deadline`` (a ``time.monotonic()``) or ``max_packets`` packets it raises
+    VideoDecodeError; once the span exceeds ``max_duration_s`` it stops and returns that span (the
+    caller refuses it as too long)."""
     first = last = None
     time_base = stream.time_base or Fraction(1, av.time_base)
+    path = getattr(container, "name", "?")
+    count = 0
     try:
         for packet in container.demux(stream):
+            count += 1
+            if max_packets is not None and count > max_packets:
+                raise VideoDecodeError(path, f"more than {max_packets} video packets to scan")
+            if _time.monotonic() > deadline:
+                raise VideoDecodeError(path, f"scanning its packets took longer than its time limit ({count} read)")
+            if max_duration_s is not None and last is not None and last - first > max_duration_s:
+                break
             stamp = packet.pts if packet.pts is not None else packet.dts
             if stamp is None:
                 continue
@@ -814,9 +886,10 @@ class _FrameCursor:
         return None if self._ahead is self._END else self._ahead[0]
 
     def _decoded_frames(self) -> Iterator[tuple[float, av.VideoFrame]]:
-        """Yield ``(time, frame)`` from the current position on, tolerating damage."""
+        """Yield ``(time, frame)`` from the current position on, tolerating damage. The deadline is
+        checked on every packet; :data:`MAX_FRAMELESS_PACKETS` packets in a row without a frame end it."""
         packets = self._container.demux(self._stream)
-        failures = 0
+        failures = frameless = 0
         while True:
             try:
                 packet = next(packets)
@@ -826,6 +899,11 @@ class _FrameCursor:
                 self._note_damage()
                 yield from self._timed(self._flush())
                 return
+            if _time.monotonic() > self._stats.deadline:
+                raise VideoDecodeError(
+                    self._path,
+                    f"decoding took longer than its time limit ({self._stats.frames_decoded} frames decoded)",
+                )
             try:
                 frames = packet.decode()
             except av.error.FFmpegError:
@@ -835,6 +913,12 @@ class _FrameCursor:
                     return
                 continue
             failures = 0
+            frameless = 0 if frames else frameless + 1
+            if frameless > MAX_FRAMELESS_PACKETS:
+                raise VideoDecodeError(
+                    self._path,
+                    f"{MAX_FRAMELESS_PACKETS} packets in a row decoded to no frame (damaged or hostile file)",
+                )
             yield from self._timed(frames)
 
     def _flush(self) -> list[av.VideoFrame]:

@@ -73,6 +73,7 @@ import numpy as np
 from encoder.common.errors import PrismVlmError
 from encoder.video import decode as _decode  # its private helpers, reached through the module (tests patch them)
 from encoder.video.decode import (
+    DEFAULT_MAX_SIDE,
     DEFAULT_TIME_LIMIT_S,
     VideoDecodeError,
     check_num_frames,
@@ -222,7 +223,7 @@ def iter_windows(
     num_frames: int = 16,
     size: int | None = 288,
     *,
-    max_side: int | None = None,
+    max_side: int | None = DEFAULT_MAX_SIDE,
     time_limit_s: float | None = DEFAULT_TIME_LIMIT_S,
     start_index: int = 0,
     max_windows: int | None = None,
@@ -235,7 +236,8 @@ def iter_windows(
         window_s: window length in seconds (:func:`window_spans` gives the windows).
         num_frames: T, frames per window (1 to ``MAX_NUM_FRAMES``).
         size: output side length, as for ``load_clip`` (None: native resolution).
-        max_side: a decoded frame wider or taller than this is a VideoDecodeError (None: no limit).
+        max_side: a frame wider or taller than this (or of more than ``max_side ** 2`` pixels) is a
+            VideoDecodeError (None: no limit).
         time_limit_s: wall-time budget of each window, in seconds (None: none).
         start_index: first window to read; the earlier ones are skipped by seeking, not decoded.
             At or past the number of windows, nothing is yielded.
@@ -276,7 +278,7 @@ def _iter_windows_with_stats(
     num_frames: int = 16,
     size: int | None = 288,
     *,
-    max_side: int | None = None,
+    max_side: int | None = DEFAULT_MAX_SIDE,
     time_limit_s: float | None = DEFAULT_TIME_LIMIT_S,
     start_index: int = 0,
     max_windows: int | None = None,
@@ -311,9 +313,10 @@ def _read_windows(
     on_window: Callable[[int, int], None] | None,
 ) -> Iterator[tuple[VideoWindow, _decode._DecodeStats]]:
     began = _time.monotonic()
-    with _decode._open(path) as container:
+    with _decode._open(path, max_side) as container:
         stream = _decode._video_stream(container, path)
-        info = _decode._stream_info(container, stream, path)
+        first_deadline = began + time_limit_s if time_limit_s is not None else math.inf
+        info = _decode._stream_info(container, stream, path, first_deadline)
         count = _window_count(info.duration, window_s)
         stop = count if max_windows is None else min(count, start_index + max_windows)
         total = max(stop - start_index, 0)
@@ -334,7 +337,7 @@ def _read_windows(
             )
             if reader is None:
                 # Frame threads pay off on long forward runs, but are refilled after every seek.
-                stream.thread_type = "AUTO" if stats.sequential else "SLICE"
+                _decode.set_threads(stream, "AUTO" if stats.sequential else "SLICE")
                 reader = _decode._TimeReader(container, stream, info, stats, path)
             frames = reader.read(times, stats, convert, reseek=not stats.sequential, end_slack=END_SLACK_S)
             if reader.failed is not None:

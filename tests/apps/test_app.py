@@ -277,17 +277,22 @@ def test_service_rejects_oversized_files_on_its_own(app, tmp_path):
 
 
 def test_frame_size_switch_mid_stream_is_refused_by_the_decoder(app, tmp_path, monkeypatch):
-    """The header check sees 64x64; the decoder checks every frame against max_side_px."""
+    """The header check sees 64x64; the decoder refuses frames over max_side_px ** 2 pixels before
+    decoding them, so the clip is captioned from the frames before the switch and no large frame is
+    ever converted."""
     import dataclasses
 
-    from apps.service import AppInputError
+    import encoder.video.decode as video
     from tests.helpers.video_factory import write_resolution_switch
 
     _, service, _ = app
     path = write_resolution_switch(tmp_path / "switch.ts", large=640, frames_each=10).rename(tmp_path / "switch.mp4")
     monkeypatch.setattr(service, "limits", dataclasses.replace(service.limits, max_side_px=256))
-    with pytest.raises(AppInputError, match="640x640, over the limit of 256 px"):
-        service.caption(path)
+    converted = []
+    real = video._upright_rgb
+    monkeypatch.setattr(video, "_upright_rgb", lambda frame, p: converted.append(frame.width) or real(frame, p))
+    assert service.caption(path).strip()
+    assert converted and set(converted) == {64}
 
 
 def test_server_serves_only_uploads_and_examples(app, clips, glue_dir):
@@ -545,6 +550,52 @@ def test_one_file_per_upload_and_the_size_refused_before_it_lands(app, clips):
         ).status_code
         == 413
     )
+
+
+def test_refused_and_abandoned_uploads_leave_nothing_once_swept(app):
+    """An upload refused for its size mid-stream, and one whose client went away mid-file, each leave
+    Gradio's temporary file in the upload folder; the app's sweeper (on the folder Gradio uploads to)
+    deletes them once idle."""
+    from gradio.utils import get_upload_folder
+
+    from apps.uploads import sweep_abandoned_uploads
+
+    url, _, demo = app
+    folder = Path(get_upload_folder())
+    assert demo.upload_sweeper.folder == folder
+    before = set(folder.glob("tmp*"))
+    head = b'--b\r\nContent-Disposition: form-data; name="files"; filename="clip.mp4"\r\n\r\n'
+    huge = int(LIMITS["max_upload_mb"] * 2**20) * 2
+
+    def streamed():
+        yield head
+        for _ in range(8):
+            yield b"x" * (huge // 8)
+
+    refused = httpx.post(
+        f"{url}gradio_api/upload",
+        content=streamed(),
+        timeout=30,
+        headers={"content-type": "multipart/form-data; boundary=b"},
+    )
+    assert refused.status_code == 413
+    address = httpx.URL(url)
+    with socket.create_connection((address.host, address.port), timeout=10) as connection:
+        connection.sendall(
+            f"POST /gradio_api/upload HTTP/1.1\r\nHost: {address.host}\r\n"
+            "Content-Type: multipart/form-data; boundary=b\r\nContent-Length: 100000\r\n\r\n".encode()
+            + head
+            + b"x" * 50_000
+        )
+        time.sleep(0.5)  # the server has started the file; then the client goes away
+    deadline = time.monotonic() + 10
+    while len(set(folder.glob("tmp*")) - before) < 1 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    left = set(folder.glob("tmp*")) - before
+    assert left, "the refused and abandoned uploads left no temporary file: nothing to sweep"
+    time.sleep(0.5)
+    sweep_abandoned_uploads(folder, idle_s=0.2)
+    assert not (set(folder.glob("tmp*")) & left)
 
 
 def test_auth_protects_the_page_and_the_api(glue_dir, clips):

@@ -161,3 +161,44 @@ def test_failed_logins_slow_the_next_attempts_from_that_client(monkeypatch):
     answer["status"] = 400
     attempt("10.0.0.1")
     assert len(waits) == 9 and guard.login_delay("10.0.0.1") == 0.0
+
+
+@pytest.mark.parametrize(
+    "method, path",
+    [
+        ("POST", "/gradio_api/process_recording"),  # re-encodes uploads with ffmpeg outside the queue
+        ("GET", "/gradio_api/proxy=https://prism-vlm-test.invalid/x"),
+        ("POST", "/gradio_api/vibe-edit"),
+        ("GET", "/gradio_api/custom_component/a/b/c/d.js"),
+        ("GET", "/gradio_api/dev/reload"),
+        ("GET", "/monitoring"),
+        ("GET", "/gradio_api/mcp/sse"),
+        ("GET", "/gradio_api/call/caption/../../etc"),
+        ("GET", "/nothing-here"),
+    ],
+)
+def test_routes_the_app_does_not_use_are_not_found(method, path):
+    status, reached, _ = _request(_guard(), method, path, b"{}" if method == "POST" else b"")
+    assert status == 404 and not reached
+
+
+@pytest.mark.parametrize(
+    "method, path",
+    [
+        ("GET", "/"),
+        ("GET", "/config"),
+        ("GET", "/assets/index-abc.js"),
+        ("GET", "/gradio_api/info"),
+        ("GET", "/gradio_api/heartbeat/abc123"),
+        ("POST", "/gradio_api/queue/join"),
+        ("GET", "/gradio_api/queue/data"),
+        ("POST", "/gradio_api/upload"),
+        ("POST", "/gradio_api/call/timeline"),
+        ("GET", "/gradio_api/call/timeline/0a1b2c"),
+        ("GET", "/gradio_api/file=/tmp/uploads/clip.mp4"),
+        ("POST", "/login"),
+    ],
+)
+def test_routes_the_page_and_its_api_use_pass(method, path):
+    status, reached, _ = _request(_guard(), method, path, b"{}" if method == "POST" else b"")
+    assert status == 200 and reached

@@ -620,8 +620,8 @@ def test_decoding_over_its_frame_budget_is_a_clear_error(tmp_path, monkeypatch):
     path = write_code_video(tmp_path / "many.mp4", 400, fps=100)
     real = video._stream_info
 
-    def lying(container, stream, path):
-        info = real(container, stream, path)
+    def lying(container, stream, path, *args):
+        info = real(container, stream, path, *args)
         info.fps = 1.0
         return info
 
@@ -645,16 +645,29 @@ def test_bad_limits_raise_value_error(tmp_path, kwargs):
         load_clip(path, 4, size=16, **kwargs)
 
 
-def test_frame_size_change_mid_stream_is_checked_on_every_frame(tmp_path):
-    """The header says 64x64; the second half is 1600x1600. max_side refuses it at the first large
-    frame, before converting it."""
+def test_frame_size_change_mid_stream_is_checked_on_every_frame(tmp_path, monkeypatch):
+    """The header says 64x64; the second half is 1600x1600. The decoder refuses frames of more than
+    max_side ** 2 pixels before decoding them (they read like damage: the clip comes from the frames
+    before them), and a frame wider or taller than max_side within that area is refused before it
+    is converted."""
+    import encoder.video.decode as video
+
     path = write_resolution_switch(tmp_path / "switch.ts")
     with av.open(str(path)) as container:
         assert container.streams.video[0].codec_context.width == 64
+    converted = []
+    real = video._upright_rgb
+    monkeypatch.setattr(video, "_upright_rgb", lambda frame, p: converted.append(frame.width) or real(frame, p))
+    frames, stats = video._decode_frames_with_stats(path, 16, max_side=256)
+    assert {f.shape for f in frames} == {(64, 64, 3)} and set(converted) == {64}
+    assert stats.damaged
+    assert stats.frames_decoded <= 20  # the 20 small frames; no large one came out of the decoder
+    # Within the pixel area but over the side: refused before conversion.
+    real_open = video._open
+    monkeypatch.setattr(video, "_open", lambda p, max_side=None: real_open(p, 4096))
     with pytest.raises(VideoDecodeError, match="1600x1600, over the limit of 256"):
         load_clip(path, 16, size=32, max_side=256)
-    with pytest.raises(VideoDecodeError, match="over the limit"):
-        decode_frames(path, 16, max_side=256)
+    assert set(converted) == {64}
 
 
 def test_kept_frames_are_resized_right_after_conversion(tmp_path, monkeypatch):

@@ -169,7 +169,7 @@ def test_windows_hold_the_frames_displayed_at_their_sampled_times(long_mp4):
 def test_the_file_is_opened_once_and_read_forward(long_mp4, monkeypatch):
     opened = []
     real_open = video._open
-    monkeypatch.setattr(video, "_open", lambda path: opened.append(path) or real_open(path))
+    monkeypatch.setattr(video, "_open", lambda path, *args: opened.append(path) or real_open(path, *args))
     records = list(_iter_windows_with_stats(long_mp4, 8.0, 8, size=32))
     assert len(opened) == 1
     # In all, about the file's frames once (each window continues where the previous one stopped;
@@ -280,8 +280,8 @@ def test_budgets_apply_per_window(tmp_path, monkeypatch):
     path = write_code_video(tmp_path / "many.mp4", 800, fps=100)
     real = video._stream_info
 
-    def lying(container, stream, path):
-        info = real(container, stream, path)
+    def lying(container, stream, path, *args):
+        info = real(container, stream, path, *args)
         info.fps = 1.0
         return info
 

@@ -1,12 +1,21 @@
 """Decoding cost of hostile files, this checkout against a baseline revision of encoder/video/decode.py,
 side by side in one run (each measurement in a fresh process, so peak memory is its own).
 
-    python scripts/bench_hostile_inputs.py [--baseline REV] [--work DIR]
+    python scripts/bench_hostile_inputs.py [--baseline REV] [--app-baseline REV] [--work DIR]
 
-Files (made with PyAV):
+Decoder files (made with PyAV):
 - one_keyframe.mp4: 64x64, 100 fps, 200 s, a single keyframe (20,000 frames);
 - keyframes.mp4: the same clip with a keyframe every second (the normal case);
 - size_switch.ts: 20 frames of 64x64 then 20 of 4000x4000 (the header says 64x64).
+
+Upload files (tests/helpers/hostile_media.py), each through what the app does with an upload: the
+header check (open, duration, packet scan when the header has none) then decoding 16 frames at 288
+px with the app's default limits (4096 px a side, 60 s), against ``--app-baseline`` (default fccf18d,
+before these defences); wall and CPU seconds and peak memory over the footprint before:
+- raw_h264.mp4: a raw H.264 stream of two frames and 800,000 access-unit delimiters, named .mp4;
+- sample_count.mp4: 50 million one-byte samples declared by a 660-byte mp4;
+- huge_frames.mkv: 64x64 MJPEG header, then four 16000x16000 grey JPEGs;
+- empty_packets.mkv: a live recording (no duration) of one frame and 8.2 million empty packets.
 
 For each file and decoder (for the size switch also the current one with ``max_side=256``, as the
 app decodes with ``--max-side``): frames decoded, wall seconds and peak resident memory over the
@@ -92,6 +101,63 @@ def make_files(work: Path) -> dict[str, Path]:
     return out
 
 
+def make_upload_files(work: Path) -> dict[str, Path]:
+    from tests.helpers import hostile_media
+
+    makers = {
+        "raw_h264.mp4": lambda p: hostile_media.raw_h264_named_mp4(p, 800_000),
+        "sample_count.mp4": lambda p: hostile_media.sample_count_mp4(p, 50_000_000),
+        "huge_frames.mkv": lambda p: hostile_media.size_switch_mjpeg_mkv(p, 16_000),
+        "empty_packets.mkv": lambda p: hostile_media.delimiter_packets_mkv(p, 8_200_000),
+    }
+    out = {}
+    for name, make in makers.items():
+        if not (work / name).is_file():
+            make(work / name)
+        out[name] = work / name
+    return out
+
+
+def app_child(args) -> None:
+    """The app's handling of one upload in this fresh process (header check, then decoding); prints JSON."""
+    import numpy as np
+
+    module = load_decoder("current" if args.app_child == "current" else "baseline", args.app_baseline, args.work)
+    module.load_clip(np.zeros((2, 8, 8, 3), np.uint8), num_frames=2, size=8)
+    path = Path(args.file)
+    before = peak_resident_mb()
+    began, cpu = time.perf_counter(), time.process_time()
+    try:
+        if args.app_child == "current":
+            from apps.limits import AppLimits, VideoRejectedError, check_video
+
+            limits = AppLimits()
+            try:
+                check_video(path, limits)
+            except VideoRejectedError as error:
+                raise module.VideoDecodeError(path, str(error)) from error
+        else:  # the baseline's header check: open, duration from the header or from every packet
+            limits = None
+            with module.open_video(path) as container:
+                stream = module.video_stream(container, path)
+                if module.stream_duration(container, stream) is None:
+                    module.packet_time_span(container, stream)
+        module.load_clip(path, num_frames=16, size=288, max_side=4096, time_limit_s=60.0)
+        outcome = "read"
+    except module.VideoDecodeError as error:
+        outcome = f"refused: {error.reason}"
+    print(
+        json.dumps(
+            {
+                "outcome": outcome[:90],
+                "seconds": round(time.perf_counter() - began, 2),
+                "cpu": round(time.process_time() - cpu, 2),
+                "peak_mb": round(peak_resident_mb() - before, 1),
+            }
+        )
+    )
+
+
 def load_decoder(which: str, baseline: str, work: Path):
     if which.startswith("current"):
         import encoder.video.decode as module
@@ -154,13 +220,37 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--baseline", default="6b1b874", help="git revision of the baseline encoder/video/decode.py")
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "prism-vlm-bench-hostile")
+    parser.add_argument("--app-baseline", default="fccf18d", help="git revision before the upload defences")
     parser.add_argument("--child", choices=("current", "current-limit", "baseline"), help=argparse.SUPPRESS)
+    parser.add_argument("--app-child", choices=("current", "baseline"), help=argparse.SUPPRESS)
     parser.add_argument("--file", help=argparse.SUPPRESS)
     parser.add_argument("--frames", type=int, default=16, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
         child(args)
         return 0
+    if args.app_child:
+        app_child(args)
+        return 0
+    upload_rows = [
+        "| upload | handled by | outcome | wall s | CPU s | peak memory over start (MB) |",
+        "|---|---|---|---:|---:|---:|",
+    ]
+    for name, path in make_upload_files(args.work).items():
+        for which in ("baseline", "current"):
+            command = [sys.executable, __file__, "--app-child", which, "--file", str(path)]
+            command += ["--app-baseline", args.app_baseline, "--work", str(args.work)]
+            done = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=900)
+            label = "current" if which == "current" else f"baseline {args.app_baseline}"
+            if done.returncode != 0:
+                tail = (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]
+                upload_rows.append(f"| {name} | {label} | failed: {tail[:80]} | | | |")
+                continue
+            result = json.loads(done.stdout.strip().splitlines()[-1])
+            upload_rows.append(
+                f"| {name} | {label} | {result['outcome']} | {result['seconds']} | {result['cpu']} | {result['peak_mb']} |"
+            )
+    print("\n".join(upload_rows) + "\n")
     files = make_files(args.work)
     rows = [
         "| file | frames sampled | decoder | outcome | seconds | peak memory over start (MB) |",

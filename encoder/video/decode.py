@@ -138,7 +138,7 @@ CONTAINER_FORMATS = "mov,mp4,m4a,3gp,3g2,mj2,matroska,webm,avi,gif,mpeg,mpegts,f
 """The demuxers a file may be opened with (FFmpeg's ``format_whitelist``; the audio ones so that an audio
 file is told it has no video stream)."""
 _FORMAT_NAMES = "mp4, mov, mkv, webm, avi, gif, mpeg, ts, flv, ogg, asf, nut"
-MAX_SCAN_PACKETS = 2_000_000
+MAX_SCAN_PACKETS = 1_000_000
 """Most packets read to measure a stream whose header gives no duration (hours of video)."""
 _MAX_SEEK_RETRIES = 3
 _TIME_EPS = 1e-6

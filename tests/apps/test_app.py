@@ -24,6 +24,7 @@ import pytest
 import torch
 from PIL import Image
 
+from tests.helpers import hostile_media
 from tests.helpers.app_server import LIMITS, free_port
 from tests.helpers.tiny_glue import FRAMES, SIZE, write_clip
 from tests.helpers.video_factory import write_video
@@ -293,6 +294,45 @@ def test_frame_size_switch_mid_stream_is_refused_by_the_decoder(app, tmp_path, m
     monkeypatch.setattr(video, "_upright_rgb", lambda frame, p: converted.append(frame.width) or real(frame, p))
     assert service.caption(path).strip()
     assert converted and set(converted) == {64}
+
+
+@pytest.mark.parametrize(
+    "make, expected",
+    [
+        (lambda d: hostile_media.raw_h264_named_mp4(d / "raw.mp4", 100_000), "not a video container this reader opens"),
+        (lambda d: hostile_media.sample_count_mp4(d / "samples.mp4", 50_000_000), "impossible sample tables"),
+        (
+            lambda d: hostile_media.delimiter_packets_mkv(d / "live.mkv", 80_000),
+            "more video packets than this app reads",
+        ),
+        (lambda d: hostile_media.size_switch_mjpeg_mkv(d / "switch.mkv", 16_000), None),  # read from its small frames
+    ],
+    ids=["raw-h264", "sample-count", "empty-packets", "size-switch"],
+)
+def test_hostile_uploads_are_refused_with_a_reason_or_read_within_bounds(app, tmp_path, monkeypatch, make, expected):
+    """Each file of the hostile-input suite through the app's own path (header check, then decoding) at
+    the app's default size and duration limits: a clear refusal, or a caption from what can be read (the
+    huge frames are never decoded)."""
+    import dataclasses
+
+    from apps.limits import AppLimits
+    from apps.service import AppInputError
+
+    _, service, _ = app
+    defaults = AppLimits()
+    monkeypatch.setattr(
+        service,
+        "limits",
+        dataclasses.replace(
+            service.limits, max_upload_mb=defaults.max_upload_mb, max_duration_s=defaults.max_duration_s
+        ),
+    )
+    path = make(tmp_path)
+    if expected is None:
+        assert service.caption(path).strip()
+    else:
+        with pytest.raises(AppInputError, match=expected):
+            service.caption(path)
 
 
 def test_server_serves_only_uploads_and_examples(app, clips, glue_dir):

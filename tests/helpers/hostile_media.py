@@ -59,11 +59,13 @@ def _full_box(kind: bytes, payload: bytes, version: int = 0, flags: int = 0) -> 
     return _box(kind, struct.pack(">I", (version << 24) | flags) + payload)
 
 
-def sample_count_mp4(path: Path, samples: int = 50_000_000, timescale: int = 1_000_000) -> Path:
-    """An mp4 of about 1.4 KB whose one video track declares ``samples`` samples of 1 byte each (no
-    size table), each lasting one tick of ``timescale``, all in one chunk."""
+def sample_count_mp4(
+    path: Path, samples: int = 50_000_000, timescale: int = 1_000_000, ticks_per_sample: int = 1, data_bytes: int = 64
+) -> Path:
+    """A small mp4 whose one video track declares ``samples`` samples of 1 byte each (no size table),
+    each lasting ``ticks_per_sample`` ticks of ``timescale``, all in one chunk of ``data_bytes``."""
     identity = struct.pack(">9I", 0x10000, 0, 0, 0, 0x10000, 0, 0, 0, 0x40000000)
-    duration = samples  # ticks: one per sample
+    duration = samples * ticks_per_sample
     mvhd = _full_box(
         b"mvhd",
         struct.pack(">IIII", 0, 0, timescale, duration)
@@ -95,10 +97,10 @@ def sample_count_mp4(path: Path, samples: int = 50_000_000, timescale: int = 1_0
         + struct.pack(">hh", 24, -1)
     )
     stsd = _full_box(b"stsd", struct.pack(">I", 1) + _box(b"jpeg", jpeg_entry))
-    stts = _full_box(b"stts", struct.pack(">III", 1, samples, 1))
+    stts = _full_box(b"stts", struct.pack(">III", 1, samples, ticks_per_sample))
     stsc = _full_box(b"stsc", struct.pack(">IIII", 1, 1, samples, 1))
     stsz = _full_box(b"stsz", struct.pack(">II", 1, samples))
-    mdat_payload = bytes(64)
+    mdat_payload = bytes(data_bytes)
     head = _box(b"ftyp", b"isom" + struct.pack(">I", 0x200) + b"isomiso2mp41")
     mdat = _box(b"mdat", mdat_payload)
 
@@ -168,11 +170,11 @@ def size_switch_mjpeg_mkv(path: Path, side: int = 16_000, small_frames: int = 4,
     return path
 
 
-def delimiter_packets_mkv(path: Path, packets: int = 300_000, step_ms: int = 1) -> Path:
-    """One 64x64 H.264 frame, then ``packets`` access-unit delimiter packets ``step_ms`` apart; the
-    header carries no duration (as a recording cut off while being written)."""
+def delimiter_packets_mkv(path: Path, packets: int = 300_000, step_ms: int = 1, live: bool = True) -> Path:
+    """One 64x64 H.264 frame, then ``packets`` access-unit delimiter packets ``step_ms`` apart. ``live``:
+    the header carries no duration (as a recording cut off while being written)."""
     frames = _h264_frames(1)
-    with av.open(str(path), "w", format="matroska", options={"live": "1"}) as container:
+    with av.open(str(path), "w", format="matroska", options={"live": "1"} if live else {}) as container:
         stream = container.add_stream("h264", rate=1000)
         stream.width = stream.height = 64
         stream.time_base = Fraction(1, 1000)

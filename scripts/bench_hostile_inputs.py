@@ -110,6 +110,7 @@ def make_upload_files(work: Path) -> dict[str, Path]:
         "huge_frames.mkv": lambda p: hostile_media.size_switch_mjpeg_mkv(p, 16_000),
         "empty_packets.mkv": lambda p: hostile_media.delimiter_packets_mkv(p, 8_200_000),
     }
+    work.mkdir(parents=True, exist_ok=True)
     out = {}
     for name, make in makers.items():
         if not (work / name).is_file():

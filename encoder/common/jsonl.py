@@ -7,13 +7,17 @@ A writer killed mid-line leaves a last line without its newline, possibly cut in
 UTF-8 character. Readers skip such a line (and any line that is not valid UTF-8 JSON holding an
 object); before appending, the torn bytes are moved to a sidecar file ``NAME.torn`` (nothing is
 deleted) so that new lines start on a line of their own.
+
+Strings holding lone surrogates (a file name that is not UTF-8, as ``os.fsdecode`` gives it:
+``b"clip_\\xff.mp4"`` -> ``"clip_\\udcff.mp4"``) cannot be encoded as UTF-8; a row holding one is
+written with ``\\udcXX`` escapes instead, which :func:`json.loads` reads back as the same string.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
 from encoder.common.atomic_files import write_text_atomically
@@ -21,9 +25,22 @@ from encoder.common.atomic_files import write_text_atomically
 TORN_SUFFIX = ".torn"
 
 
+def json_line(row: dict, ensure_ascii: bool = False) -> str:
+    """``row`` as one JSON line (ending in a newline) that can be written as UTF-8: a row holding a
+    lone surrogate (a non-UTF-8 file name decoded by ``os.fsdecode``) is written ASCII-only, with
+    ``\\udcXX`` escapes that read back as the same string."""
+    text = json.dumps(row, ensure_ascii=ensure_ascii)
+    if not ensure_ascii and not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            text = json.dumps(row, ensure_ascii=True)
+    return text + "\n"
+
+
 def jsonl_text(rows: Iterable[dict], ensure_ascii: bool = False) -> str:
-    """``rows`` as JSON lines (one ``json.dumps`` per row, each ending in a newline)."""
-    return "".join(json.dumps(row, ensure_ascii=ensure_ascii) + "\n" for row in rows)
+    """``rows`` as JSON lines (one :func:`json_line` per row)."""
+    return "".join(json_line(row, ensure_ascii) for row in rows)
 
 
 def write_jsonl_atomically(path: str | os.PathLike, rows: Iterable[dict], ensure_ascii: bool = False) -> int:
@@ -38,19 +55,38 @@ def write_jsonl_atomically(path: str | os.PathLike, rows: Iterable[dict], ensure
 def iter_jsonl_tolerant(path: str | os.PathLike) -> Iterator[dict]:
     """The complete JSON-object lines of ``path`` (none if it does not exist); a last line without
     its newline, undecodable bytes and lines that are not JSON objects are skipped."""
+    for _, row in iter_jsonl_numbered(path):
+        yield row
+
+
+def iter_jsonl_numbered(
+    path: str | os.PathLike, on_skipped: Callable[[int, str, bytes], None] | None = None
+) -> Iterator[tuple[int, dict]]:
+    """(line number, object) for the complete JSON-object lines of ``path`` (none if it does not
+    exist), as :func:`iter_jsonl_tolerant`. ``on_skipped(number, reason, raw line)`` is called for
+    each non-blank line skipped because it is not UTF-8, not JSON or not a JSON object; a last line
+    without its newline (a writer killed mid-line, or one still writing) is skipped silently."""
     path = Path(path)
     if not path.is_file():
         return
     with open(path, "rb") as handle:
-        for raw in handle:
+        for number, raw in enumerate(handle, 1):
             if not raw.endswith(b"\n"):
                 return  # torn by a killed writer
+            reason = None
             try:
                 row = json.loads(raw.decode("utf-8"))
-            except (UnicodeDecodeError, json.JSONDecodeError):
-                continue
-            if isinstance(row, dict):
-                yield row
+            except UnicodeDecodeError:
+                reason = "not UTF-8 text"
+            except json.JSONDecodeError as error:
+                reason = f"not valid JSON ({error.msg})"
+            else:
+                if not isinstance(row, dict):
+                    reason = "not a JSON object"
+            if reason is None:
+                yield number, row
+            elif on_skipped is not None and raw.strip():
+                on_skipped(number, reason, raw)
 
 
 def iter_jsonl_strict(

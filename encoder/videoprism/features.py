@@ -14,6 +14,12 @@ A shard is written to a temporary file and renamed into place before its index l
 appended (and flushed to disk), so a run killed at any point loses nothing already indexed, and a
 re-run skips every clip that is indexed or listed as an error.
 
+Index and error lines are checked when read (:func:`read_index`, :func:`read_errors`): a line that is
+not a JSON object, lacks a key, has a "row" that is not a non-negative integer, or a "shard" that is
+not named as the writer names shards (``shard-NNNNN.safetensors``, directly inside the cache
+directory) is logged as a warning naming ``FILE:LINE`` and ignored. A resumed run moves such lines
+to ``index.jsonl.malformed`` (``errors.jsonl.malformed``) and encodes their clips again.
+
 Training crops (``crops=K``, for training the glue from the cache with the paper's random-crop
 augmentation): every clip is stored K + 1 times -- crop 0 is the plain centre crop (the evaluation
 view, identical to a cache without crops) and crops 1..K are random ``size`` crops of the clip's
@@ -25,7 +31,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
+import re
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -40,7 +48,7 @@ from transformers import VideoPrismVisionModel
 
 from encoder.common.atomic_files import atomic_output_path, write_file_atomically
 from encoder.common.errors import PrismVlmError, UsageError
-from encoder.common.jsonl import append_jsonl, read_jsonl_tolerant, write_jsonl_atomically
+from encoder.common.jsonl import append_jsonl, cut_torn_tail, iter_jsonl_numbered, json_line, write_jsonl_atomically
 from encoder.video.clips import Clip, iter_decoded_batches
 from encoder.videoprism.factorized import encode_tokens
 
@@ -49,6 +57,10 @@ ERRORS_FILE = "errors.jsonl"
 META_FILE = "meta.json"
 LOCK_FILE = ".lock"
 PRECISIONS = ("fp32", "bf16")
+MALFORMED_SUFFIX = ".malformed"
+SHARD_NAME = re.compile(r"shard-(\d{5,})\.safetensors")  # what shard_name() writes
+
+logger = logging.getLogger(__name__)
 
 
 def cpu_supports_bf16() -> bool:
@@ -130,16 +142,117 @@ def encoder_identity(model: VideoPrismVisionModel) -> tuple[str, str]:
     return str(source), hashlib.sha1(config_json.encode()).hexdigest()
 
 
+def shard_name(number: int) -> str:
+    """The file name of shard ``number`` of a cache (``shard-00042.safetensors``)."""
+    return f"shard-{number:05d}.safetensors"
+
+
+def _shard_problem(cache_dir: Path, name: object) -> str | None:
+    """Why ``name`` is not a shard of ``cache_dir`` (None when it is): it must be named as
+    :func:`shard_name` names shards and resolve to a file directly inside ``cache_dir``, so an index
+    line can never make a reader or a resume open, rename or read a file elsewhere."""
+    if not isinstance(name, str) or not SHARD_NAME.fullmatch(name):
+        return f"'shard' must be a name like {shard_name(0)}, got {name!r}"
+    if (cache_dir / name).resolve().parent != cache_dir.resolve():
+        return f"the shard {name} resolves outside {cache_dir}"
+    return None
+
+
+def _is_count(value: object) -> bool:
+    """A non-negative int (a JSON integer; not a bool, a float or a string)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _video_problem(row: dict) -> str | None:
+    """Why ``row["video"]`` is not a clip key (None when it is a non-empty string)."""
+    video = row.get("video")
+    return None if isinstance(video, str) and video else f"'video' must be a non-empty string, got {video!r}"
+
+
+def _index_row_problem(row: dict, shard_problem: Callable[[object], str | None]) -> str | None:
+    """Why an index line cannot be used (None when it can): "video" a non-empty string, "shard" a
+    shard of the cache (``shard_problem``), "row" and "crop" (when present) non-negative integers."""
+    if (problem := _video_problem(row)) is not None:
+        return problem
+    if (problem := shard_problem(row.get("shard"))) is not None:
+        return problem
+    for key in ("row", "crop"):
+        if (key == "row" or key in row) and not _is_count(row.get(key)):
+            return f"{key!r} must be a non-negative integer, got {row.get(key)!r}"
+    return None
+
+
+def _errors_row_problem(row: dict) -> str | None:
+    """Why an errors line cannot be used (None when it can): "video" a non-empty string, "error" a string."""
+    if (problem := _video_problem(row)) is not None:
+        return problem
+    return None if isinstance(row.get("error"), str) else f"'error' must be a string, got {row.get('error')!r}"
+
+
+def _warn_malformed(path: Path, number: int, reason: str) -> None:
+    """Log a malformed line of a cache file, naming ``PATH:LINE``."""
+    logger.warning("%s:%d: %s; line ignored (its clip is encoded again on resume)", path, number, reason)
+
+
+def _read_checked(path: Path, problem_of: Callable[[dict], str | None]) -> tuple[list[tuple[int, dict]], list[bytes]]:
+    """((line number, row) of the usable lines, malformed lines as bytes) of a cache's JSONL file;
+    every malformed line (not a JSON object, or one ``problem_of`` rejects) is logged as a warning
+    naming ``PATH:LINE``."""
+    rows: list[tuple[int, dict]] = []
+    malformed: list[bytes] = []
+
+    def skip(number: int, reason: str, raw: bytes) -> None:
+        _warn_malformed(path, number, reason)
+        malformed.append(raw)
+
+    for number, row in iter_jsonl_numbered(path, on_skipped=skip):
+        problem = problem_of(row)
+        if problem is None:
+            rows.append((number, row))
+        else:
+            skip(number, problem, json_line(row, ensure_ascii=True).encode())
+    return rows, malformed
+
+
+def read_index(cache_dir: str | os.PathLike) -> tuple[list[dict], list[bytes]]:
+    """(usable lines, malformed lines) of ``cache_dir``'s index; see :func:`_index_row_problem` for
+    what is checked. Malformed lines are logged as warnings naming the file and line."""
+    rows, malformed = _read_index_numbered(Path(cache_dir))
+    return [row for _, row in rows], malformed
+
+
+def _read_index_numbered(cache_dir: Path) -> tuple[list[tuple[int, dict]], list[bytes]]:
+    """:func:`read_index` with the line number of every usable line."""
+    checked: dict[object, str | None] = {}  # one resolve() per distinct shard name
+
+    def shard_problem(name: object) -> str | None:
+        if not isinstance(name, str):
+            return _shard_problem(cache_dir, name)
+        if name not in checked:
+            checked[name] = _shard_problem(cache_dir, name)
+        return checked[name]
+
+    return _read_checked(cache_dir / INDEX_FILE, lambda row: _index_row_problem(row, shard_problem))
+
+
+def read_errors(cache_dir: str | os.PathLike) -> tuple[list[dict], list[bytes]]:
+    """(usable lines, malformed lines) of ``cache_dir``'s errors file ("video" and "error" strings);
+    malformed lines are logged as warnings naming the file and line."""
+    rows, malformed = _read_checked(Path(cache_dir) / ERRORS_FILE, _errors_row_problem)
+    return [row for _, row in rows], malformed
+
+
 class FeatureCache:
-    """Read access to a cache directory written by ``extract_features``."""
+    """Read access to a cache directory written by ``extract_features``. Index and error lines are
+    checked as they are read (:func:`read_index`): malformed ones are logged and left out."""
 
     def __init__(self, cache_dir: str | os.PathLike):
         self.cache_dir = Path(cache_dir)
         if not (self.cache_dir / META_FILE).is_file():
             raise FileNotFoundError(f"{self.cache_dir} is not a feature cache (no {META_FILE})")
         self.meta = CacheMeta(**json.loads((self.cache_dir / META_FILE).read_text()))
-        rows = read_jsonl_tolerant(self.cache_dir / INDEX_FILE)
-        self.errors = {row["video"]: row["error"] for row in read_jsonl_tolerant(self.cache_dir / ERRORS_FILE)}
+        rows, _ = read_index(self.cache_dir)
+        self.errors = {row["video"]: row["error"] for row in read_errors(self.cache_dir)[0]}
         if not self.meta.crops:
             self.entries = {row["video"]: row for row in rows}
             self.crop_entries = {video: {0: row} for video, row in self.entries.items()}
@@ -147,7 +260,7 @@ class FeatureCache:
         # crops: a clip is cached when all of its 1 + crops rows are indexed
         self.crop_entries: dict[str, dict[int, dict]] = {}
         for row in rows:
-            self.crop_entries.setdefault(row["video"], {})[int(row.get("crop", 0))] = row
+            self.crop_entries.setdefault(row["video"], {})[row.get("crop", 0)] = row
         complete = set(range(self.meta.crops + 1))
         self.crop_entries = {v: crops for v, crops in self.crop_entries.items() if set(crops) >= complete}
         self.entries = {video: crops[0] for video, crops in self.crop_entries.items()}
@@ -201,7 +314,8 @@ def extract_features(
     ``on_batch`` is called with the number of clips finished after each batch (for tests and UIs).
     ``crops`` > 0 also stores that many seeded random training crops per clip (see the module docstring).
     One process writes a cache at a time (a lock file; a second one gets CacheBusyError); on resume,
-    index lines pointing at a missing or damaged shard are dropped so their clips are encoded again.
+    malformed index lines and those pointing at a missing or damaged shard are dropped so their clips
+    are encoded again.
     """
 
     from encoder.video.decode import check_num_frames, check_size
@@ -263,6 +377,7 @@ def write_clip_vectors(
             f"{cache_dir} is being written by another process; wait for it to finish or use another cache directory"
         ) from None
     try:
+        _drop_malformed_lines(cache_dir)
         _drop_unreadable_shards(cache_dir)
         return _extract_locked(
             encode_batch,
@@ -300,33 +415,60 @@ def check_cache_meta(cache_dir: str | os.PathLike, meta: CacheMeta) -> bool:
     return True
 
 
+def _drop_malformed_lines(cache_dir: Path) -> int:
+    """Resume check: malformed lines of the index and of the errors file (:func:`read_index`,
+    :func:`read_errors`) are moved to ``NAME.malformed`` (appended: nothing is deleted), so their
+    clips are encoded again and the valid lines are kept. Returns the number of lines moved."""
+    moved = 0
+    for name, read in ((INDEX_FILE, read_index), (ERRORS_FILE, read_errors)):
+        path = cache_dir / name
+        cut_torn_tail(path)  # a torn last line goes to NAME.torn, as before any append
+        rows, malformed = read(cache_dir)
+        if not malformed:
+            continue
+        with open(path.with_name(name + MALFORMED_SUFFIX), "ab") as sidecar:
+            sidecar.write(b"".join(malformed))
+            sidecar.flush()
+            os.fsync(sidecar.fileno())
+        write_jsonl_atomically(path, rows, ensure_ascii=True)
+        moved += len(malformed)
+    return moved
+
+
 def _drop_unreadable_shards(cache_dir: Path) -> list[str]:
-    """Resume check: index lines whose shard is missing, unreadable or too short (a power loss
-    before the shard reached the disk) are removed from the index, so their clips are encoded
-    again; a damaged shard is renamed ``NAME.corrupt``. Returns the shards dropped."""
+    """Resume check: index lines whose shard is missing or unreadable (a power loss before the
+    shard reached the disk) are removed from the index, so their clips are encoded again; a damaged
+    shard is renamed ``NAME.corrupt``. A line pointing past the end of a readable shard is malformed:
+    logged with its line number and removed alone. Runs after :func:`_drop_malformed_lines`, so
+    every shard name here is one :func:`shard_name` could have written. Returns the shards dropped."""
     index_path = cache_dir / INDEX_FILE
-    rows = read_jsonl_tolerant(index_path)
+    rows, _ = _read_index_numbered(cache_dir)
     if not rows:
         return []
-    needed: dict[str, int] = {}
-    for row in rows:
-        needed[row["shard"]] = max(needed.get(row["shard"], 0), int(row["row"]) + 1)
-    bad = []
-    for name, count in needed.items():
-        try:
-            with safe_open(cache_dir / name, framework="pt") as shard:
-                ok = shard.get_slice("tokens").get_shape()[0] >= count
-        except Exception:  # missing, empty, truncated header: safetensors raises several types
-            ok = False
-        if not ok:
-            bad.append(name)
-    if bad:
-        for name in bad:
-            if (cache_dir / name).exists():
-                os.replace(cache_dir / name, cache_dir / (name + ".corrupt"))
-        kept = [row for row in rows if row["shard"] not in set(bad)]
+    lengths = {name: _shard_length(cache_dir / name) for name in dict.fromkeys(row["shard"] for _, row in rows)}
+    bad = [name for name, length in lengths.items() if length is None]
+    kept = []
+    for number, row in rows:
+        length = lengths[row["shard"]]
+        if length is not None and row["row"] >= length:
+            _warn_malformed(index_path, number, f"row {row['row']} of {row['shard']}, which holds {length} rows")
+        elif length is not None:
+            kept.append(row)
+    for name in bad:
+        if (cache_dir / name).exists():
+            os.replace(cache_dir / name, cache_dir / (name + ".corrupt"))
+    if len(kept) < len(rows):
         write_jsonl_atomically(index_path, kept, ensure_ascii=True)
     return bad
+
+
+def _shard_length(path: Path) -> int | None:
+    """The number of rows of the shard at ``path``; None when it is missing or unreadable."""
+    try:
+        with safe_open(path, framework="pt") as shard:
+            return shard.get_slice("tokens").get_shape()[0]
+    except Exception:  # missing, empty, truncated header: safetensors raises several types
+        return None
 
 
 def _extract_locked(
@@ -356,9 +498,10 @@ def _extract_locked(
         write_file_atomically(meta_path, json.dumps(values, indent=2).encode())
 
     index_path, errors_path = cache_dir / INDEX_FILE, cache_dir / ERRORS_FILE
-    done = set(FeatureCache(cache_dir).entries) | {row["video"] for row in read_jsonl_tolerant(errors_path)}
+    cache = FeatureCache(cache_dir)
+    done = set(cache.entries) | set(cache.errors)
     todo = [v for v in dict.fromkeys(videos) if v not in done]
-    shard_numbers = [int(p.stem.split("-")[1]) for p in cache_dir.glob("shard-*.safetensors")]
+    shard_numbers = [int(match[1]) for p in cache_dir.iterdir() if (match := SHARD_NAME.fullmatch(p.name))]
     next_shard = max(shard_numbers, default=-1) + 1
     counts = {"encoded": 0, "skipped": len(videos) - len(todo), "errors": 0}
     if not todo:
@@ -372,7 +515,7 @@ def _extract_locked(
         nonlocal next_shard
         if not pending_paths:
             return
-        name = f"shard-{next_shard:05d}.safetensors"
+        name = shard_name(next_shard)
         # synced and renamed into place, folder synced: the shard is on disk before the index lines
         # that point at it
         with atomic_output_path(cache_dir / name) as temporary:

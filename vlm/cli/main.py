@@ -345,7 +345,10 @@ def _add_vlm_options(command: argparse.ArgumentParser) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Run one command. A user error (:data:`USER_ERRORS`: a bad flag, file, manifest or model
     directory) is one line on stderr and exit code 2, Ctrl-C exit code 130; anything else is a bug
-    and propagates with its traceback. Bad flags exit 2 with argparse's usage line."""
+    and propagates with its traceback. Bad flags exit 2 with argparse's usage line. File names that
+    are not UTF-8 are printed with their original bytes (``surrogateescape``), as ``ls`` prints them."""
+    if getattr(sys.stdout, "errors", None) == "strict" and hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(errors="surrogateescape")
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

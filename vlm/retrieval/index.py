@@ -8,6 +8,13 @@ loses nothing it had written; a shard that did not reach the disk is redone). ``
 records the model, tokenizer and text settings, so ``VideoIndex.load`` + ``load_index_model``
 search it with the model that built it.
 
+Index lines are checked as the feature cache checks them (``encoder.videoprism.features.read_index``):
+a malformed line (not a JSON object, a missing key, a "row" that is not a non-negative integer, a
+"shard" not named ``shard-NNNNN.safetensors`` inside the index directory) is logged with its line
+number and ignored by ``VideoIndex.load``; ``build_index`` on the same directory moves it aside and
+embeds its clip again. Clip paths that are not UTF-8 (``os.fsdecode`` names) are stored as
+``\\udcXX`` escapes and read back unchanged.
+
 Search is exact by default (one matrix product, ``torch.topk``); ``backend="faiss"`` uses a FAISS
 HNSW graph (``faiss-cpu``, the optional ``faiss`` extra) built once per index size and saved
 beside the shards. Which to use when is measured in BENCHMARKS.md (``scripts/bench_search.py``).
@@ -148,10 +155,8 @@ class VideoIndex:
             rows_by_shard.setdefault(entry["shard"], []).append((position, int(entry["row"])))
         embeddings = torch.zeros(len(videos), settings.embedding_dim)
         for shard, rows in rows_by_shard.items():
-            with safe_open(directory / shard, framework="pt") as handle:
-                vectors = handle.get_tensor("tokens").float()
             positions, shard_rows = zip(*rows)
-            embeddings[list(positions)] = vectors[list(shard_rows)]
+            embeddings[list(positions)] = _shard_rows(directory, shard, shard_rows)
         return cls(directory, videos, embeddings, settings, dict(cache.errors))
 
     def search(
@@ -161,6 +166,23 @@ class VideoIndex:
         if not len(self):
             raise VideoIndexError(f"the index {self.directory} holds no clips")
         return search_embeddings(self.embeddings, queries, top_k, backend, cache_dir=self.directory)
+
+
+def _shard_rows(directory: Path, shard: str, rows: Sequence[int]) -> torch.Tensor:
+    """Rows ``rows`` of the shard ``shard`` of an index, as float32 [len(rows), D]. A missing or
+    unreadable shard, or a row past its end, raises VideoIndexError naming the shard: building the
+    index again on the same directory repairs it (those clips are embedded again)."""
+    repair = f"run prism-vlm index on {directory} again with the same videos to repair it"
+    try:
+        with safe_open(directory / shard, framework="pt") as handle:
+            vectors = handle.get_tensor("tokens").float()
+    except Exception as error:  # missing, empty, truncated: safetensors raises several types
+        raise VideoIndexError(f"{directory / shard} cannot be read ({error}); {repair}") from None
+    if max(rows) >= len(vectors):
+        raise VideoIndexError(
+            f"{directory / 'index.jsonl'} points at row {max(rows)} of {shard}, which holds {len(vectors)} rows; {repair}"
+        )
+    return vectors[list(rows)]
 
 
 def load_index_model(

@@ -115,7 +115,7 @@ def _display_name(path: Path) -> str:
     return path.name or str(path)
 
 
-SCAN_FRAME_RATE = 120
+SCAN_FRAME_RATE = 60
 """A clip without a duration in its header is measured from its packets: at most this many per
 second of the longest accepted clip are read (a file of empty packets would otherwise be read whole)."""
 SCAN_SECONDS = 5.0

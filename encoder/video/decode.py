@@ -937,10 +937,6 @@ class _FrameCursor:
                     f"decoding needed more than {stats.frame_budget} frames "
                     "(the header announces far fewer; damaged or hostile file)",
                 )
-            if _time.monotonic() > stats.deadline:
-                raise VideoDecodeError(
-                    self._path, f"decoding took longer than its time limit ({stats.frames_decoded} frames decoded)"
-                )
             time = frame.time
             if time is None:  # no timestamp: assume the nominal frame step
                 time = self._info.start if self._last_time is None else self._last_time + self._step

@@ -27,8 +27,9 @@ from apps.service import (
     ModelService,
     checked_text,
     checked_video,
+    decode_within_limits,
 )
-from encoder.video.decode import VideoDecodeError, load_clip, sample_times
+from encoder.video.decode import VideoDecodeError, sample_times
 from encoder.video.windows import video_window_spans
 from vlm.inference.generation import GenerationSettings
 from vlm.long_video import DEFAULT_WINDOW_S
@@ -249,19 +250,6 @@ class LongVideoService:
         start, end = max(0.0, float(start)), min(float(end), info.duration_s)
         if not end > start:
             raise AppInputError(f"No such moment: {start:g}-{end:g} s of a {info.duration_s:.1f} s video.")
-        try:
-            with decode_slot(self.limits):
-                clip = load_clip(
-                    video,
-                    frames,
-                    self.service.frame_size,
-                    start,
-                    end,
-                    max_side=self.limits.max_side_px,
-                    time_limit_s=self.limits.max_decode_s,
-                )
-        except (VideoDecodeError, ValueError) as error:
-            reason = error.reason if isinstance(error, VideoDecodeError) else str(error)
-            raise AppInputError(f"Could not decode '{Path(video).name}': {reason}.") from error
+        clip = decode_within_limits(Path(video), self.limits, frames, self.service.frame_size, start, end)
         pixels = np.clip(np.rint(clip * 255.0), 0, 255).astype(np.uint8)
         return FrameStrip(frames=pixels, times_s=sample_times(start, end, len(pixels)), info=info)

@@ -127,13 +127,16 @@ def checked_video(video: str | os.PathLike | None, limits: AppLimits) -> VideoIn
         raise AppInputError(str(error)) from error
 
 
-def decode_within_limits(path: Path, limits: AppLimits, num_frames: int, size: int) -> np.ndarray:
-    """A checked clip decoded with the app's bounds (frame side, decode time, a decoding slot): [T, size, size, 3] float32
-    in [0, 1]; a clip that cannot be decoded is an AppInputError naming the file."""
+def decode_within_limits(
+    path: Path, limits: AppLimits, num_frames: int, size: int, start: float | None = None, end: float | None = None
+) -> np.ndarray:
+    """A checked clip (or its ``[start, end]`` seconds) decoded with the app's bounds (frame side, decode
+    time, a decoding slot): [T, size, size, 3] float32 in [0, 1]; a clip that cannot be decoded is an
+    AppInputError naming the file."""
     try:
         with decode_slot(limits):
             return load_clip(
-                path, num_frames=num_frames, size=size, max_side=limits.max_side_px, time_limit_s=limits.max_decode_s
+                path, num_frames, size, start, end, max_side=limits.max_side_px, time_limit_s=limits.max_decode_s
             )
     except (VideoDecodeError, FileNotFoundError, ValueError) as error:
         reason = error.reason if isinstance(error, VideoDecodeError) else str(error)

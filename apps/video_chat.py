@@ -749,8 +749,9 @@ def launch_app(
     Only uploads and the example clips are served from disk (``allowed_paths`` = the examples);
     :class:`apps.request_guard.RequestGuard` refuses routes the page does not use, remote URLs as
     files, oversized bodies and uploads of more than one file, and Gradio's URL download is switched
-    off; refused and abandoned uploads are swept (:class:`apps.uploads.AbandonedUploadSweeper`). auth: (user, password) pairs required to use the page and API
-    (None: open to whoever reaches the address). search: the video-text side (zero-shot labels, and
+    off; refused and abandoned uploads are swept (:class:`apps.uploads.AbandonedUploadSweeper`).
+    auth: (user, password) pairs required to use the page and API (None: open to whoever reaches the
+    address). search: the video-text side (zero-shot labels, and
     the Search tab over its folder, which is then served too). long_videos: how uploads longer than one
     window are read (default: :func:`build_app`'s)."""
     from gradio.utils import get_upload_folder

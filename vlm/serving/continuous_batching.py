@@ -1,10 +1,10 @@
-"""Continuous batching: greedy generation for many requests at once, each request joining the
-running batch at the next step and leaving it as soon as it is done (iteration-level scheduling,
-as in Orca, vLLM and TGI), in one worker thread that owns the model.
+"""Continuous batching: generation for many requests at once, each request joining the running batch
+at the next step and leaving it as soon as it is done (iteration-level scheduling, as in Orca, vLLM
+and TGI), in one worker thread that owns the model.
 
 A request is a prompt given as input embeddings ``[S, H]`` (video tokens merged into the text,
-no padding; built by a ``prepare`` callable that runs in the worker), with its own token budget
-and stop rule. Each round of the worker:
+no padding; built by a ``prepare`` callable that runs in the worker), with its own token budget,
+stop rule and generation settings. Each round of the worker:
 
 1. runs, in arrival order (when nothing is running, after waiting up to ``window_s`` for requests
    that are still on their way, so that a burst starts together), the jobs waiting at the front of the queue: a :meth:`ContinuousBatcher.call`
@@ -12,7 +12,11 @@ and stop rule. Each round of the worker:
    admitted while fewer than ``max_batch`` rows are running;
 2. prefills the admitted requests together (left-padded) and appends their KV-cache rows to the
    running cache (shorter rows left-padded, masked out);
-3. runs one decode step for every running row.
+3. runs one decode step for every running row, and chooses each row's next token with that row's
+   own settings (:class:`RowSampler`): the most likely token for greedy rows (one ``argmax`` over the
+   batch), else transformers' logits processors (repetition penalty over the row's generated tokens,
+   temperature, top-k, top-p) and a draw from the row's own random generator, seeded from the
+   request's seed, so the same seed gives the same reply whatever else runs beside it.
 
 A row leaves when it generates a stop token (EOS, end of turn; not handed out), a token holding a
 newline when its request stops at newlines (handed out), its ``max_new_tokens``-th token, or when
@@ -21,10 +25,10 @@ that left are dropped. So a request never waits for a whole batch to finish, and
 does not hold up a short caption that arrives after it.
 
 Each row sees exactly its own prompt (padding is masked out, positions count from its first real
-token), so its tokens are those ``generate()`` gives it alone, up to the floating-point
-differences of batched matrix products -- the guarantee batched ``generate()`` gives too.
-Greedy decoding only: sampling and beam search go through ``generate()``
-(:func:`vlm.inference.generation.generate_ids`).
+token), so a greedy row's tokens are those ``generate()`` gives it alone, up to the floating-point
+differences of batched matrix products -- the guarantee batched ``generate()`` gives too. Beam search
+is not batched here (:meth:`ContinuousBatcher.submit` refuses it): run it as model work
+(:meth:`ContinuousBatcher.call`) through ``generate()``.
 
 When a round fails (out of memory, say), each request of that round that has handed out no token
 to a streaming caller is run again alone through ``generate()``, so one request's failure is its own;
@@ -47,7 +51,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from transformers import DynamicCache, PreTrainedTokenizerBase
+from transformers import (
+    DynamicCache,
+    LogitsProcessorList,
+    PreTrainedTokenizerBase,
+    RepetitionPenaltyLogitsProcessor,
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+)
 from transformers.cache_utils import DynamicLayer
 
 from vlm.inference.generation import (
@@ -153,12 +165,54 @@ class GenerationStream:
             self._done.set()
 
 
+class RowSampler:
+    """Chooses one request's next tokens with its own :class:`GenerationSettings` (``max_new_tokens``
+    and ``num_beams`` aside): transformers' repetition penalty over the tokens generated so far, then,
+    when sampling, temperature, top-k and top-p, and a draw from a ``torch.Generator`` of its own,
+    seeded with ``settings.seed`` (None: a seed drawn from torch's global generator).
+    """
+
+    def __init__(self, settings: GenerationSettings):
+        self.settings = settings
+        self.sampling = settings.samples
+        self.processors = LogitsProcessorList()
+        if settings.repetition_penalty != 1.0:
+            self.processors.append(RepetitionPenaltyLogitsProcessor(settings.repetition_penalty))
+        if self.sampling:
+            self.processors.append(TemperatureLogitsWarper(settings.temperature))
+            if settings.top_k > 0:
+                self.processors.append(TopKLogitsWarper(settings.top_k))
+            if settings.top_p < 1.0:
+                self.processors.append(TopPLogitsWarper(settings.top_p))
+        self.seed = settings.seed if settings.seed is not None else int(torch.randint(0, 2**62, ()).item())
+        self._generator: torch.Generator | None = None
+
+    @property
+    def plain_greedy(self) -> bool:
+        """The most likely token, unchanged (the batch's one ``argmax`` serves this row)."""
+        return not self.sampling and not self.processors
+
+    def choose(self, logits: torch.Tensor, generated: list[int]) -> int:
+        """The next token id from this row's logits [V] and the token ids it generated so far."""
+        scores = logits[None].float()
+        if self.processors:
+            ids = torch.tensor([generated], dtype=torch.long, device=logits.device).reshape(1, len(generated))
+            scores = self.processors(ids, scores)
+        if not self.sampling:
+            return int(scores[0].argmax())
+        if self._generator is None:
+            self._generator = torch.Generator(device=logits.device).manual_seed(self.seed)
+        probabilities = torch.softmax(scores[0], dim=-1)
+        return int(torch.multinomial(probabilities, 1, generator=self._generator))
+
+
 @dataclass
 class _Request:
     prepare: Callable[[], torch.Tensor]
     max_new_tokens: int
     stop_at_newline: bool
     streaming: bool
+    sampler: RowSampler
     stream: GenerationStream = field(default_factory=GenerationStream)
 
 
@@ -178,10 +232,11 @@ class _Row:
     pending: int = -1
     generated: int = 0
     finished: bool = False
+    tokens: list[int] = field(default_factory=list)  # chosen so far (the repetition penalty's history)
 
 
 class ContinuousBatcher:
-    """Runs greedy generation requests with continuous batching, and other model work
+    """Runs generation requests with continuous batching, and other model work
     (:meth:`call`) between steps, in one worker thread. See the module docstring.
 
     llm: a causal LM taking ``inputs_embeds`` / ``input_ids``, ``attention_mask``, ``position_ids``
@@ -228,13 +283,19 @@ class ContinuousBatcher:
         *,
         stop_at_newline: bool = False,
         streaming: bool = False,
+        settings: GenerationSettings | None = None,
     ) -> GenerationStream:
         """Queue one request; ``prepare()`` (run in the worker) returns its prompt embeddings [S, H].
         stop_at_newline: the request ends with the first token holding a newline (kept).
-        streaming: its caller shows tokens as they come (after a failed round it is not run again)."""
+        streaming: its caller shows tokens as they come (after a failed round it is not run again).
+        settings: how its tokens are chosen (:class:`RowSampler`; None: greedy); its ``max_new_tokens``
+        is not used (the argument is), and beam search (``num_beams`` > 1) is a ValueError."""
         if not 1 <= max_new_tokens <= 8192:
             raise ValueError(f"max_new_tokens must be in [1, 8192], got {max_new_tokens}")
-        request = _Request(prepare, int(max_new_tokens), stop_at_newline, streaming)
+        settings = settings or GenerationSettings()
+        if settings.num_beams != 1:
+            raise ValueError("beam search is not batched; run it through generate() as model work (call())")
+        request = _Request(prepare, int(max_new_tokens), stop_at_newline, streaming, RowSampler(settings))
         self._enqueue(request)
         return request.stream
 
@@ -356,7 +417,7 @@ class ContinuousBatcher:
             inputs_embeds=inputs,
             last_logits_only=True,
         )
-        for row, token in zip(rows, logits[:, -1].argmax(dim=-1).tolist()):
+        for row, token in zip(rows, self._choose(rows, logits[:, -1])):
             self._take(row, token)
         self._merge(rows, cache, mask)
 
@@ -376,15 +437,26 @@ class ContinuousBatcher:
             last_logits_only=True,
         )
         self._mask = mask
-        for row, token in zip(self._rows, logits[:, -1].argmax(dim=-1).tolist()):
+        for row, token in zip(self._rows, self._choose(self._rows, logits[:, -1])):
             row.length += 1
             self._take(row, token)
         self._remove_finished()
+
+    @staticmethod
+    def _choose(rows: list[_Row], logits: torch.Tensor) -> list[int]:
+        """Each row's next token from the last logits [B, V]: one argmax for the batch, replaced by the
+        row's own choice where its settings ask for more than the most likely token."""
+        tokens = logits.argmax(dim=-1).tolist()
+        for index, row in enumerate(rows):
+            if not row.request.sampler.plain_greedy:
+                tokens[index] = row.request.sampler.choose(logits[index], row.tokens)
+        return tokens
 
     def _take(self, row: _Row, token: int) -> None:
         """Row's next token: a stop token ends it (not handed out); else it is handed out and ends the
         row if it holds a newline (when asked) or uses up the budget."""
         row.generated += 1
+        row.tokens.append(token)
         if token in self._stop_ids:
             self._end(row)
             return
@@ -449,7 +521,8 @@ class ContinuousBatcher:
 
     def _recover(self, admitted: list[_Request], error: BaseException) -> None:
         """After a failed round: each request of it that showed no token to a streaming caller runs
-        alone through generate(); the others get the error."""
+        alone through generate() with its settings (a sampled one draws other tokens than it would
+        have in the batch); the others get the error."""
         requests = [row.request for row in self._rows]
         requests += [request for request in admitted if request not in requests and not request.stream.done]
         self._rows, self._cache, self._mask = [], None, None
@@ -472,7 +545,7 @@ class ContinuousBatcher:
                     self.tokenizer,
                     embeds[None],
                     torch.ones(1, embeds.shape[0], dtype=torch.long, device=embeds.device),
-                    GenerationSettings(max_new_tokens=request.max_new_tokens),
+                    request.sampler.settings.replace(max_new_tokens=request.max_new_tokens, seed=request.sampler.seed),
                     stop_at_newline=request.stop_at_newline,
                 )
         except Exception as failure:  # noqa: BLE001 -- fails alone

@@ -205,3 +205,66 @@ def test_bad_settings_and_unsupported_llms_are_refused(model):
             batcher.submit(lambda: None, 0)
     with pytest.raises(RuntimeError, match="closed"):
         batcher.submit(lambda: None, 3)
+
+
+# ----------------------------------------------------------------------------- per-row settings
+
+SAMPLED = GenerationSettings(do_sample=True, temperature=1.5, top_p=0.95, top_k=40, seed=7)
+
+
+def _submitted_alone(model, prompt: torch.Tensor, settings: GenerationSettings, max_new_tokens: int) -> list[int]:
+    with ContinuousBatcher(model.llm, model.tokenizer, ContinuousBatchingConfig(max_batch=1)) as batcher:
+        return batcher.submit(lambda: prompt, max_new_tokens, settings=settings).result(timeout=60)
+
+
+def test_the_same_seed_gives_the_same_reply_alone_and_in_a_busy_batch(model, prompts):
+    """A sampled row draws from its own generator: its reply depends on its seed, not on its neighbours
+    (greedy rows, other sampled rows, rows joining and leaving)."""
+    reference = _submitted_alone(model, prompts[1], SAMPLED, 16)
+    assert reference == _submitted_alone(model, prompts[1], SAMPLED, 16)
+    other_seed = _submitted_alone(model, prompts[1], SAMPLED.replace(seed=8), 16)
+    assert other_seed != reference  # the seed matters: this is sampling
+    assert reference != alone(model, prompts[1], 16)  # and not greedy decoding
+    with ContinuousBatcher(model.llm, model.tokenizer, ContinuousBatchingConfig(max_batch=4)) as batcher:
+        running = batcher.submit(lambda: prompts[0], 40, streaming=True, settings=SAMPLED.replace(seed=1))
+        next(iter(running))  # a sampled neighbour is already generating
+        greedy = batcher.submit(lambda: prompts[2], 6)
+        ours = batcher.submit(lambda: prompts[1], 16, settings=SAMPLED)
+        other = batcher.submit(lambda: prompts[3], 10, settings=SAMPLED.replace(seed=99, temperature=0.7))
+        results = [stream.result(timeout=60) for stream in (ours, greedy, other, running)]
+        assert max(batcher.step_sizes) >= 3  # they really ran together
+    assert results[0] == reference
+
+
+def test_greedy_rows_are_unaffected_by_a_sampled_neighbour(model, prompts):
+    expected = [alone(model, prompt, 12) for prompt in prompts[1:]]
+    with ContinuousBatcher(model.llm, model.tokenizer, ContinuousBatchingConfig(max_batch=4)) as batcher:
+        sampled = batcher.submit(lambda: prompts[0], 30, streaming=True, settings=SAMPLED)
+        next(iter(sampled))
+        greedy = [batcher.submit(lambda p=p: p, 12) for p in prompts[1:]]
+        assert [stream.result(timeout=60) for stream in greedy] == expected
+        sampled.result(timeout=60)
+
+
+@pytest.mark.quick
+def test_a_repetition_penalty_row_equals_generate_with_it(model, prompts):
+    """Greedy with a repetition penalty (transformers' processor over the generated tokens) gives what
+    generate() gives with the same setting."""
+    settings = GenerationSettings(max_new_tokens=14, repetition_penalty=0.05)  # < 1: repeats favoured
+    with torch.inference_mode():
+        expected = generate_ids(
+            model.llm, model.tokenizer, prompts[2][None], torch.ones(1, prompts[2].shape[0], dtype=torch.long), settings
+        )[0]
+    assert expected != alone(model, prompts[2], 14)  # the penalty changes this reply
+    with ContinuousBatcher(model.llm, model.tokenizer, ContinuousBatchingConfig(max_batch=2)) as batcher:
+        neighbour = batcher.submit(lambda: prompts[0], 14)
+        penalised = batcher.submit(lambda: prompts[2], 14, settings=settings)
+        assert penalised.result(timeout=60) == expected
+        neighbour.result(timeout=60)
+
+
+@pytest.mark.quick
+def test_beam_search_is_refused_with_a_pointer(model, prompts):
+    with ContinuousBatcher(model.llm, model.tokenizer) as batcher:
+        with pytest.raises(ValueError, match="beam search is not batched"):
+            batcher.submit(lambda: prompts[0], 4, settings=GenerationSettings(num_beams=2))

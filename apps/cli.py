@@ -37,7 +37,7 @@ def read_auth(pairs: list[str] | None, auth_file: str | None) -> list[tuple[str,
 
 
 def _batch_window_ms(text: str) -> float:
-    """An argparse ``type``: a positive number of milliseconds, at most 10 000 (BatchingConfig's 10 s)."""
+    """An argparse ``type``: a positive number of milliseconds, at most 10 000 (the continuous batcher's 10 s)."""
     value = positive_float(text)
     if value > 10_000:
         raise argparse.ArgumentTypeError(f"must be at most 10000 ms, got {text}")
@@ -67,14 +67,14 @@ def _cmd_app(args: argparse.Namespace) -> int:
 
     use_private_upload_dir()
 
-    from apps.batching import BatchingConfig
     from apps.compute_thread import run_in_passing_thread
     from apps.limits import AppLimits
     from apps.service import ModelService
     from apps.video_chat import launch_app
     from vlm.model import default_model_dir, load_model
+    from vlm.serving.continuous_batching import ContinuousBatchingConfig
 
-    batching = BatchingConfig(window_s=args.batch_window_ms / 1000, max_batch=args.max_batch)
+    batching = ContinuousBatchingConfig(window_s=args.batch_window_ms / 1000, max_batch=args.max_batch)
     limits = AppLimits(
         max_upload_mb=args.max_upload_mb,
         max_duration_s=args.max_duration,

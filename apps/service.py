@@ -1,15 +1,15 @@
 """The app's one shared model: caption, question answering, chat and the frames the model sees,
 each a few lines over :class:`vlm.inference.assistant.VideoAssistant`.
 
-Greedy captions, open answers and chat replies (the app's default settings) are generated with
-continuous batching (:mod:`vlm.serving.continuous_batching`): a request joins the running batch at the next
-step and leaves it when its text is done, so it never waits for a whole batch, and a chat reply
-streams while other requests come and go. Requests with sampling or a repetition penalty are
-collected into batches of the same settings (:mod:`apps.batching`). All model work (those batches,
-ranking candidate answers, and the search side's, :meth:`ModelService.run_model_work`) runs one
-piece at a time in the continuous batcher's worker, between steps -- on CPU torch is faster in the only thread
-that runs it (:mod:`apps.compute_thread`) -- or under a lock for an LLM
-whose KV cache rows cannot join and leave.
+Captions, open answers and chat replies, greedy or sampled, are generated with continuous batching
+(:mod:`vlm.serving.continuous_batching`), each row with its own settings: a request joins the running
+batch at the next step and leaves it when its text is done, so it never waits for a whole batch, and a
+chat reply streams while other requests come and go. All other model work (beam search, which runs
+alone through ``generate()``, ranking candidate answers, and the search side's,
+:meth:`ModelService.run_model_work`) runs one piece at a time in the continuous batcher's worker,
+between steps -- on CPU torch is faster in the only thread that runs it (:mod:`apps.compute_thread`).
+An LLM whose KV cache rows cannot join and leave has no batcher: each request runs alone through
+``generate()`` under a lock.
 
 Every request checks its clip with :func:`apps.limits.check_video` and decodes it before any model
 work (decoding overlaps). Bad input raises :class:`AppInputError` with a message for the page; the
@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import queue
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
@@ -31,13 +30,12 @@ from typing import TypeVar
 import numpy as np
 import torch
 
-from apps.batching import BatchingConfig, MicroBatcher
 from apps.limits import AppLimits, VideoInfo, VideoRejectedError, check_video, decode_slot
 from encoder.common.errors import PrismVlmError
 from encoder.video.decode import VideoDecodeError, load_clip, sample_times
 from vlm.chat_template import recent_turns
 from vlm.inference.assistant import VideoAssistant
-from vlm.inference.generation import GenerationSettings, IncrementalText
+from vlm.inference.generation import GenerationSettings, IncrementalText, MergedInputs, generate_ids
 from vlm.inference.scoring import (
     ScoredAnswer,
     candidate_log_likelihoods,
@@ -46,7 +44,12 @@ from vlm.inference.scoring import (
     rank_candidates,
 )
 from vlm.model import PrismVlmForConditionalGeneration
-from vlm.serving.continuous_batching import ContinuousBatcher, ContinuousBatchingConfig, supports_continuous_batching
+from vlm.serving.continuous_batching import (
+    ContinuousBatcher,
+    ContinuousBatchingConfig,
+    GenerationStream,
+    supports_continuous_batching,
+)
 
 CLIP_CACHE_SIZE = 4
 RANKING_SLICE = 32  # candidate answers scored per piece of model work (other requests run between slices)
@@ -181,7 +184,7 @@ class ModelService:
         model: PrismVlmForConditionalGeneration,
         limits: AppLimits | None = None,
         model_dir: str | os.PathLike | None = None,
-        batching: BatchingConfig | None = None,
+        batching: ContinuousBatchingConfig | None = None,
     ):
         if model.encoder is None:
             raise ValueError("the app needs a model with its video encoder (load it with load_video_encoder=True)")
@@ -190,9 +193,10 @@ class ModelService:
         self.limits = limits or AppLimits()
         self.model_dir = None if model_dir is None else Path(model_dir)
         self._model_lock = threading.Lock()
-        self.batching = batching or BatchingConfig()
-        # Greedy requests: continuous batching (each answer equals its unbatched one, tested); the
-        # batcher's worker also runs all other model work, one piece at a time.
+        self.batching = batching or ContinuousBatchingConfig()
+        # Every request that can: continuous batching, each row with its own settings (a greedy answer
+        # equals its unbatched one, tested); the batcher's worker also runs all other model work, one
+        # piece at a time.
         self._arriving = 0  # batchable requests between arrival and submission (checking, decoding)
         self._arriving_lock = threading.Lock()
         more_coming = lambda: self._arriving > 0  # noqa: E731
@@ -200,16 +204,12 @@ class ModelService:
             ContinuousBatcher(
                 model.llm,
                 model.tokenizer,
-                ContinuousBatchingConfig(self.batching.max_batch, self.batching.window_s),
+                self.batching,
                 more_coming=more_coming,
             )
             if supports_continuous_batching(model.llm)
             else None
         )
-        # Other settings: requests that arrive together with the same settings run as one batch.
-        self._captioner = MicroBatcher(self._caption_batch, self.batching, name="captions", more_coming=more_coming)
-        self._answerer = MicroBatcher(self._answer_batch, self.batching, name="answers", more_coming=more_coming)
-        self._chatter = MicroBatcher(self._chat_batch, self.batching, name="chats", more_coming=more_coming)
         self._cache_lock = threading.Lock()
         self._clips: OrderedDict[tuple, tuple[np.ndarray, VideoInfo]] = OrderedDict()
 
@@ -337,37 +337,63 @@ class ModelService:
     ) -> str:
         """A caption of the clip (greedy unless ``generation`` says otherwise)."""
         settings = self._generation(max_new_tokens, generation, 32)
-        if self._continuous(settings):
-            model, assistant = self.model, self.assistant
-            with self._arrival():
-                clip, _ = self.load(video, num_frames)
-                stream = self._submit(
-                    lambda: assistant.caption_inputs(model.get_video_features(clip[None])).row(0), settings
-                )
-            return assistant.caption_text(self._generated(stream))
-        with self._arrival():
-            clip, _ = self.load(video, num_frames)
-            future = self._captioner.submit((len(clip), settings), clip)
-        return future.result()
+        ids = self._token_ids(video, num_frames, self.assistant.caption_inputs, settings)
+        return self.assistant.caption_text(self._all(ids))
 
     def _continuous(self, settings: GenerationSettings) -> bool:
-        """Whether a request with these settings is generated with continuous batching (greedy, no
-        repetition penalty, an LLM whose cache rows can join and leave)."""
-        return self._generator is not None and settings.is_greedy and settings.repetition_penalty == 1.0
+        """Whether a request with these settings is generated with continuous batching (anything but beam
+        search, with an LLM whose cache rows can join and leave)."""
+        return self._generator is not None and settings.num_beams == 1
 
-    def _submit(self, prompt, settings: GenerationSettings, stop_at_newline: bool = True, streaming: bool = False):
-        """Queue ``prompt()`` ([S, H] input embeddings, built in the worker) for continuous batching."""
-        return self._generator.submit(
-            prompt, settings.max_new_tokens, stop_at_newline=stop_at_newline, streaming=streaming
-        )
+    def _token_ids(
+        self,
+        video: str | os.PathLike | None,
+        num_frames: int | None,
+        inputs_of: Callable[[torch.Tensor], MergedInputs],
+        settings: GenerationSettings,
+        *,
+        stop_at_newline: bool = True,
+        streaming: bool = False,
+    ) -> GenerationStream | list[int]:
+        """One request's generated token ids, its prompt ``inputs_of(video features [1, L, H])`` (built in
+        the model's thread): a stream of the continuous batcher (iterate it as tokens come; cancel it when
+        done), or for beam search and LLMs whose cache rows cannot join and leave, the whole list,
+        generated alone through ``generate()`` as model work."""
+        model = self.model
+        with self._arrival():
+            clip, _ = self.load(video, num_frames)
+
+            def prompt() -> torch.Tensor:
+                return inputs_of(model.get_video_features(clip[None])).row(0)
+
+            if self._continuous(settings):
+                return self._generator.submit(
+                    prompt,
+                    settings.max_new_tokens,
+                    stop_at_newline=stop_at_newline,
+                    streaming=streaming,
+                    settings=settings,
+                )
+
+        def alone() -> list[int]:
+            with torch.inference_mode():
+                embeds = prompt()
+                mask = torch.ones(1, embeds.shape[0], dtype=torch.long, device=embeds.device)
+                return generate_ids(
+                    model.llm, model.tokenizer, embeds[None], mask, settings, stop_at_newline=stop_at_newline
+                )[0]
+
+        return self.run_model_work(alone)
 
     @staticmethod
-    def _generated(stream) -> list[int]:
-        """A submitted request's token ids (a caller that gives up while waiting frees its slot)."""
+    def _all(ids: GenerationStream | list[int]) -> list[int]:
+        """Every token id of :meth:`_token_ids` (a caller that gives up while waiting frees its slot)."""
+        if isinstance(ids, list):
+            return ids
         try:
-            return stream.result()
+            return ids.result()
         finally:
-            stream.cancel()
+            ids.cancel()
 
     def run_model_work(self, work: Callable[[], T]) -> T:
         """``work()`` with the model to itself: in the continuous batcher's worker between steps, or
@@ -391,78 +417,8 @@ class ModelService:
             with self._arriving_lock:
                 self._arriving -= 1
 
-    def _caption_batch(self, key: tuple[int, GenerationSettings], clips: Sequence[np.ndarray]) -> list[str]:
-        """Captions of same-length clips [T, S, S, 3] in one model call (key: T, generation settings)."""
-        return self.run_model_work(
-            lambda: self.assistant.caption(
-                clips=torch.from_numpy(np.stack(clips)), max_new_tokens=key[1].max_new_tokens, generation=key[1]
-            )
-        )
-
-    def _answer_batch(
-        self, key: tuple[int, GenerationSettings], requests: Sequence[tuple[str, np.ndarray]]
-    ) -> list[str]:
-        """Open answers to (question, clip) pairs in one model call (key: T, generation settings)."""
-        clips = torch.from_numpy(np.stack([clip for _, clip in requests]))
-        return self.run_model_work(
-            lambda: self.assistant.answer(
-                [question for question, _ in requests],
-                clips=clips,
-                max_new_tokens=key[1].max_new_tokens,
-                generation=key[1],
-            )
-        )
-
-    def _chat_batch(
-        self, key: tuple[int, GenerationSettings], requests: Sequence[_ChatRequest]
-    ) -> list[BaseException | None]:
-        """Chat replies generated together (key: T, generation settings); each request's pieces go to its
-        own queue as they are generated, and its end marker as soon as its reply is complete. A
-        request whose client left (``stopped``) is no longer fed; when all have left, generation stops.
-        Returns, per request, None, or the exception that broke the batch after some text was streamed
-        (before that, the exception propagates and the batcher retries the requests one by one)."""
-        return self.run_model_work(lambda: self._stream_chat_batch(key, requests))
-
-    def _stream_chat_batch(
-        self, key: tuple[int, GenerationSettings], requests: Sequence[_ChatRequest]
-    ) -> list[BaseException | None]:
-        streamed = False
-        ended = [False] * len(requests)
-        try:
-            with torch.inference_mode():
-                clips = torch.from_numpy(np.stack([request.clip for request in requests]))
-                stream = self.assistant.chat_stream_batch(
-                    [r.messages for r in requests], clips=clips, max_new_tokens=key[1].max_new_tokens, generation=key[1]
-                )
-                try:
-                    for pieces in stream:
-                        for row, (request, piece) in enumerate(zip(requests, pieces)):
-                            if ended[row]:
-                                continue
-                            if piece is None or request.stopped.is_set():
-                                ended[row] = True
-                                request.pieces.put(("end", None))
-                            elif piece:
-                                request.pieces.put(("text", piece))
-                                streamed = True
-                        if all(ended):
-                            break
-                finally:
-                    stream.close()
-        except Exception as error:
-            if not streamed:
-                raise
-            return [error] * len(requests)
-        for row, request in enumerate(requests):
-            if not ended[row]:
-                request.pieces.put(("end", None))
-        return [None] * len(requests)
-
     def close(self) -> None:
-        """Stop the batching threads (requests already queued are served first)."""
-        self._captioner.close()
-        self._answerer.close()
-        self._chatter.close()
+        """Stop the batching thread (requests already queued are served first)."""
         if self._generator is not None:
             self._generator.close()
 
@@ -481,19 +437,12 @@ class ModelService:
         settings = self._generation(max_new_tokens, generation, 32)
         if candidates is not None:
             candidates = self._candidates(candidates)
-        if candidates is None and self._continuous(settings):
-            model, assistant = self.model, self.assistant
-            with self._arrival():
-                clip, _ = self.load(video, num_frames)
-                stream = self._submit(
-                    lambda: assistant.answer_inputs(model.get_video_features(clip[None]), [question]).row(0), settings
-                )
-            return AnswerResult(assistant.answer_text(self._generated(stream)))
         if candidates is None:
-            with self._arrival():
-                clip, _ = self.load(video, num_frames)
-                future = self._answerer.submit((len(clip), settings), (question, clip))
-            return AnswerResult(future.result())
+            assistant = self.assistant
+            ids = self._token_ids(
+                video, num_frames, lambda features: assistant.answer_inputs(features, [question]), settings
+            )
+            return AnswerResult(assistant.answer_text(self._all(ids)))
         clip, _ = self.load(video, num_frames)
         ranked = self._rank(question, list(candidates), clip)
         return AnswerResult(ranked[0].answer, ranked)
@@ -565,54 +514,24 @@ class ModelService:
         """The assistant's reply to ``message`` about the clip, in text pieces as they are generated
         (``prompt``: a :meth:`chat_prompt` already made, instead of ``history`` and ``message``).
 
-        Replies of chats being processed at the same time are generated together (one batch, up
-        to ``batching.max_batch``, left-padded; greedy by default, then the same text as alone), each streamed to
-        its own client. Closing this generator early (a client that goes away) stops feeding it; a
-        batch whose clients have all gone stops after the current token."""
+        Replies of chats being processed at the same time are generated with continuous batching (up
+        to ``batching.max_batch`` rows, each with its own settings; greedy by default, then the same text
+        as alone), each streamed to its own client. Closing this generator early (a client that goes away)
+        takes its row out of the batch at the next step."""
         messages = (prompt or self.chat_prompt(history, message)).messages
         settings = self._generation(max_new_tokens, generation, 256)
-        if self._continuous(settings):
-            yield from self._continuous_chat(video, messages, num_frames, settings)
-            return
-        with self._arrival():
-            clip, _ = self.load(video, num_frames)
-            request = _ChatRequest(messages, clip)
-            future = self._chatter.submit((len(clip), settings), request)
-        future.add_done_callback(lambda done: request.pieces.put(("done", done)))
+        assistant = self.assistant
+        ids = self._token_ids(
+            video,
+            num_frames,
+            lambda features: assistant.chat_inputs(features, [messages]),
+            settings,
+            stop_at_newline=False,
+            streaming=True,
+        )
+        text = IncrementalText(self.model.tokenizer)
         try:
-            while True:
-                kind, value = request.pieces.get()
-                if kind == "text":
-                    yield value
-                elif kind == "end":
-                    return
-                else:  # "done": the batch is over without an end marker for this request
-                    if value.cancelled():
-                        return
-                    outcome = value.exception() or value.result()  # an exception, or None
-                    if outcome is not None:
-                        raise outcome
-                    return
-        finally:
-            request.stopped.set()
-            future.cancel()  # a request still waiting for its batch leaves the queue
-
-    def _continuous_chat(
-        self, video, messages: list[dict], num_frames: int | None, settings: GenerationSettings
-    ) -> Iterator[str]:
-        """A greedy chat reply with continuous batching, streamed in text pieces."""
-        model, assistant = self.model, self.assistant
-        with self._arrival():
-            clip, _ = self.load(video, num_frames)
-            stream = self._submit(
-                lambda: assistant.chat_inputs(model.get_video_features(clip[None]), [messages]).row(0),
-                settings,
-                stop_at_newline=False,
-                streaming=True,
-            )
-        text = IncrementalText(model.tokenizer)
-        try:
-            for token in stream:
+            for token in ids:
                 piece = text.add(token)
                 if piece:
                     yield piece
@@ -620,15 +539,5 @@ class ModelService:
             if rest:
                 yield rest
         finally:
-            stream.cancel()  # a client that goes away leaves the batch at the next step
-
-
-@dataclass
-class _ChatRequest:
-    """One chat reply in a batch: its messages and clip [T, S, S, 3], the queue its pieces go to
-    (("text", piece), ("end", None); ("done", future) when the batch is over), and whether its client left."""
-
-    messages: list[dict]
-    clip: np.ndarray
-    pieces: queue.Queue = field(default_factory=queue.Queue)
-    stopped: threading.Event = field(default_factory=threading.Event)
+            if isinstance(ids, GenerationStream):
+                ids.cancel()  # a client that goes away leaves the batch at the next step

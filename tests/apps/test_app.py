@@ -746,8 +746,8 @@ def test_user_errors_show_in_one_line_and_bugs_keep_their_traceback_in_the_log(c
 
 
 def test_concurrent_captions_and_open_answers_are_batched_and_equal_unbatched(app, clips):
-    """Greedy requests that arrive together are generated together (continuous batching); each answer
-    equals the one it gets alone. With a repetition penalty they are collected into one batch."""
+    """Requests that arrive together are generated together (continuous batching), greedy ones and
+    those with a repetition penalty alike; each answer equals the one it gets alone."""
     from concurrent.futures import ThreadPoolExecutor
 
     from vlm.inference.generation import GenerationSettings
@@ -765,10 +765,44 @@ def test_concurrent_captions_and_open_answers_are_batched_and_equal_unbatched(ap
 
     penalised = GenerationSettings(repetition_penalty=1.3)
     alone_penalised = [service.caption(v, FRAMES, 6, penalised) for v in videos]
-    batches = len(service._captioner.batch_sizes)
+    steps = len(service._generator.step_sizes)
     with ThreadPoolExecutor(len(videos)) as pool:
         assert list(pool.map(lambda v: service.caption(v, FRAMES, 6, penalised), videos)) == alone_penalised
-    assert max(service._captioner.batch_sizes[batches:]) > 1
+    assert max(list(service._generator.step_sizes)[steps:]) > 1
+
+
+def test_sampled_requests_share_the_batch_and_keep_their_seeds(app, clips):
+    """A sampled chat reply runs in the continuous batch beside greedy captions (no collecting batcher, no
+    second generate thread): the same seed gives the same reply alone and beside them, and the greedy
+    captions equal theirs alone."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from vlm.inference.generation import GenerationSettings
+
+    _, service, _ = app
+    sampled = GenerationSettings(do_sample=True, temperature=1.2, top_p=0.9, seed=11)
+    reply_alone = "".join(service.chat_stream(clips["a"], [], "Describe it.", FRAMES, 12, sampled))
+    other_seed = "".join(service.chat_stream(clips["a"], [], "Describe it.", FRAMES, 12, sampled.replace(seed=12)))
+    assert reply_alone != other_seed
+    videos = [clips["b"], clips["c"], clips["a"]]
+    captions_alone = [service.caption(v, FRAMES, 6) for v in videos]
+    threads_seen: set[str] = set()
+
+    def reply() -> str:
+        pieces = []
+        for piece in service.chat_stream(clips["a"], [], "Describe it.", FRAMES, 12, sampled):
+            threads_seen.update(thread.name for thread in threading.enumerate())  # while it streams
+            pieces.append(piece)
+        return "".join(pieces)
+
+    steps = len(service._generator.step_sizes)
+    with ThreadPoolExecutor(4) as pool:
+        replied = pool.submit(reply)
+        captions = list(pool.map(lambda v: service.caption(v, FRAMES, 6), videos))
+        assert replied.result(timeout=120) == reply_alone
+    assert captions == captions_alone
+    assert max(list(service._generator.step_sizes)[steps:]) > 1
+    assert threads_seen and "prism-vlm-generate" not in threads_seen  # no generate() thread beside the worker
 
 
 def test_a_caption_does_not_wait_for_a_long_chat_reply(app, clips):

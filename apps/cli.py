@@ -7,11 +7,15 @@ import math
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from encoder.common.cli_arguments import FRAMES, NEW_TOKENS, POSITIVE, int_range, positive_float
 from encoder.common.errors import UsageError
 from vlm.cli.long_video import window_seconds
 from vlm.long_video import DEFAULT_WINDOW_S
+
+if TYPE_CHECKING:
+    from apps.limits import AppLimits
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
@@ -68,23 +72,13 @@ def _cmd_app(args: argparse.Namespace) -> int:
     use_private_upload_dir()
 
     from apps.compute_thread import run_in_passing_thread
-    from apps.limits import AppLimits
     from apps.service import ModelService
     from apps.video_chat import launch_app
     from vlm.model import default_model_dir, load_model
-    from vlm.serving.continuous_batching import ContinuousBatchingConfig
 
-    batching = ContinuousBatchingConfig(window_s=args.batch_window_ms / 1000, max_batch=args.max_batch)
-    limits = AppLimits(
-        max_upload_mb=args.max_upload_mb,
-        max_duration_s=args.max_duration,
-        max_side_px=args.max_side,
-        max_decode_s=args.max_decode_seconds,
-        max_frames=args.max_frames,
-        max_new_tokens=args.max_new_tokens,
-        concurrency=args.concurrency,
-        queue_size=args.queue_size,
-        max_windows=args.max_windows or max(1, math.ceil(args.max_duration / args.window)),
+    batching = batching_from_arguments(args)
+    limits = limits_from_arguments(
+        args, max_windows=args.max_windows or max(1, math.ceil(args.max_duration / args.window))
     )
     device = args.device or default_device()
 
@@ -119,6 +113,55 @@ def _cmd_app(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from encoder.common.extras import is_installed, require
+    from encoder.videoprism.loading import default_device
+
+    for module in ("fastapi", "uvicorn"):
+        if not is_installed(module):
+            require(module, "serve", "prism-vlm serve")
+    from apps.openai_server import ServerConfig, build_openai_app, read_api_keys
+
+    keys = read_api_keys(args.api_key, args.api_key_file)  # before anything starts
+    if args.api_key_file is not None and not keys:
+        raise UsageError(f"--api-key-file {args.api_key_file} holds no key")
+    media = args.allowed_local_media_path
+    if media is not None and not Path(media).is_dir():
+        raise FileNotFoundError(f"--allowed-local-media-path {media} is not a folder")
+    if not keys and args.host not in LOOPBACK_HOSTS:
+        print(
+            f"prism-vlm serve: warning: --host {args.host} without --api-key: anyone who reaches the address "
+            "can use the model",
+            file=sys.stderr,
+        )
+    import uvicorn
+
+    from apps.compute_thread import run_in_passing_thread
+    from apps.service import ModelService
+    from vlm.model import default_model_dir, load_model
+
+    limits = limits_from_arguments(args)
+    device = args.device or default_device()
+    service = run_in_passing_thread(
+        lambda: ModelService(
+            load_model(args.model, device=device),
+            limits,
+            model_dir=args.model or default_model_dir(),
+            batching=batching_from_arguments(args),
+        )
+    )
+    config = ServerConfig(
+        model_name=args.served_model_name,
+        api_keys=keys,
+        allowed_local_media_path=None if media is None else Path(media).resolve(),
+        allow_remote_media=args.allow_remote_media,
+    )
+    print(f"prism-vlm serve: http://{args.host}:{args.port}/v1 (model {args.served_model_name!r})", file=sys.stderr)
+    uvicorn.run(build_openai_app(service, config), host=args.host, port=args.port, log_level="warning")
+    service.close()
+    return 0
+
+
 def _search_service(args: argparse.Namespace, limits, device: str, run_model_work=None):
     """The video-text side: --video-text-model (default: $PRISM_VLM_VIDEO_TEXT_MODEL or the demo's,
     when installed), indexing --search-dir at start; its model work runs through ``run_model_work``
@@ -140,8 +183,74 @@ def _search_service(args: argparse.Namespace, limits, device: str, run_model_wor
     )
 
 
+def add_limit_arguments(command: argparse.ArgumentParser) -> None:
+    """The per-request limits and the batching flags that ``app`` and ``serve`` share (``AppLimits``)."""
+    command.add_argument(
+        "--max-upload-mb", type=positive_float, default=200.0, help="largest accepted upload in MB (default 200)"
+    )
+    command.add_argument(
+        "--max-duration", type=positive_float, default=600.0, help="longest accepted clip in seconds (default 600)"
+    )
+    command.add_argument(
+        "--max-side",
+        type=POSITIVE,
+        default=4096,
+        help="largest accepted frame width or height in pixels, checked on every decoded frame (default 4096)",
+    )
+    command.add_argument(
+        "--max-decode-seconds",
+        type=positive_float,
+        default=60.0,
+        help="wall-time budget for decoding one clip (default 60)",
+    )
+    command.add_argument("--max-frames", type=FRAMES, default=32, help="most frames a request may sample (default 32)")
+    command.add_argument(
+        "--max-new-tokens", type=NEW_TOKENS, default=256, help="most tokens a request may generate (default 256)"
+    )
+    command.add_argument("--concurrency", type=POSITIVE, default=16, help="requests processed at once (default 16)")
+    command.add_argument(
+        "--max-batch",
+        type=int_range(1, 1024),
+        default=8,
+        help="most requests generated together: captions, open answers and chat replies join a running batch "
+        "(default 8; 1: one at a time)",
+    )
+    command.add_argument(
+        "--batch-window-ms",
+        type=_batch_window_ms,
+        default=500.0,
+        help="longest a starting batch waits for requests still being decoded (default 500 ms, at most "
+        "10000; a lone request never waits)",
+    )
+    command.add_argument("--queue-size", type=POSITIVE, default=64, help="requests allowed to wait (default 64)")
+
+
+def limits_from_arguments(args: argparse.Namespace, **more) -> AppLimits:
+    """:class:`AppLimits` from :func:`add_limit_arguments`'s flags (``more``: other fields)."""
+    from apps.limits import AppLimits
+
+    return AppLimits(
+        max_upload_mb=args.max_upload_mb,
+        max_duration_s=args.max_duration,
+        max_side_px=args.max_side,
+        max_decode_s=args.max_decode_seconds,
+        max_frames=args.max_frames,
+        max_new_tokens=args.max_new_tokens,
+        concurrency=args.concurrency,
+        queue_size=args.queue_size,
+        **more,
+    )
+
+
+def batching_from_arguments(args: argparse.Namespace):
+    """The continuous batcher's config from ``--max-batch`` and ``--batch-window-ms``."""
+    from vlm.serving.continuous_batching import ContinuousBatchingConfig
+
+    return ContinuousBatchingConfig(window_s=args.batch_window_ms / 1000, max_batch=args.max_batch)
+
+
 def add_subcommand(subparsers) -> None:
-    """Register ``app``."""
+    """Register ``app`` and ``serve``."""
     app = subparsers.add_parser(
         "app", help="start the Gradio app: describe, chat about and ask questions on an uploaded clip"
     )
@@ -158,44 +267,7 @@ def add_subcommand(subparsers) -> None:
     )
     app.add_argument("--auth-file", default=None, help="file of USER:PASS lines, one login per line")
     app.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
-    app.add_argument(
-        "--max-upload-mb", type=positive_float, default=200.0, help="largest accepted upload in MB (default 200)"
-    )
-    app.add_argument(
-        "--max-duration", type=positive_float, default=600.0, help="longest accepted clip in seconds (default 600)"
-    )
-    app.add_argument(
-        "--max-side",
-        type=POSITIVE,
-        default=4096,
-        help="largest accepted frame width or height in pixels, checked on every decoded frame (default 4096)",
-    )
-    app.add_argument(
-        "--max-decode-seconds",
-        type=positive_float,
-        default=60.0,
-        help="wall-time budget for decoding one clip (default 60)",
-    )
-    app.add_argument("--max-frames", type=FRAMES, default=32, help="most frames a request may sample (default 32)")
-    app.add_argument(
-        "--max-new-tokens", type=NEW_TOKENS, default=256, help="most tokens a request may generate (default 256)"
-    )
-    app.add_argument("--concurrency", type=POSITIVE, default=16, help="requests processed at once (default 16)")
-    app.add_argument(
-        "--max-batch",
-        type=int_range(1, 1024),
-        default=8,
-        help="most requests generated together: captions, open answers and chat replies join a running batch "
-        "(default 8; 1: one at a time)",
-    )
-    app.add_argument(
-        "--batch-window-ms",
-        type=_batch_window_ms,
-        default=500.0,
-        help="longest a starting batch waits for requests still being decoded (default 500 ms, at most "
-        "10000; a lone request never waits)",
-    )
-    app.add_argument("--queue-size", type=POSITIVE, default=64, help="requests allowed to wait (default 64)")
+    add_limit_arguments(app)
     app.add_argument(
         "--search-dir",
         default=None,
@@ -233,3 +305,30 @@ def add_subcommand(subparsers) -> None:
         help="where long videos' windows are cached (default: $PRISM_VLM_CACHE or ~/.cache/prism-vlm/windows)",
     )
     app.set_defaults(func=_cmd_app)
+
+    serve = subparsers.add_parser(
+        "serve", help="serve an OpenAI-compatible chat-completions API (video_url / image_url parts) on the glue"
+    )
+    serve.add_argument("--model", default=None, help="saved glue model directory (default: the installed demo model)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=int_range(1, 65535), default=8000, help="port (default 8000)")
+    keys = serve.add_mutually_exclusive_group()
+    keys.add_argument("--api-key", action="append", metavar="KEY", help="accepted bearer key (repeatable)")
+    keys.add_argument("--api-key-file", default=None, help="file of accepted keys, one per line")
+    serve.add_argument(
+        "--allowed-local-media-path",
+        default=None,
+        metavar="DIR",
+        help="file:// media URLs may name files inside this folder (default: none)",
+    )
+    serve.add_argument(
+        "--allow-remote-media",
+        action="store_true",
+        help="fetch http(s):// media URLs (size- and time-limited; default: refused)",
+    )
+    serve.add_argument(
+        "--served-model-name", default="prism-vlm", help="the model name clients use (default prism-vlm)"
+    )
+    serve.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    add_limit_arguments(serve)
+    serve.set_defaults(func=_cmd_serve)

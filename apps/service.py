@@ -251,11 +251,17 @@ class ModelService:
             raise AppInputError(f"Frames must be a whole number from 1 to {self.limits.max_frames}, got {num_frames}.")
         return int(num_frames)
 
+    def generation_settings(
+        self, max_new_tokens: int | float | None, generation: GenerationSettings | None, default: int = 256
+    ) -> GenerationSettings:
+        """The request's generation settings (greedy when None) with its checked max_new_tokens (``default``
+        when None, within the limit)."""
+        return self._generation(max_new_tokens, generation, default)
+
     def _generation(
         self, max_new_tokens: int | float | None, generation: GenerationSettings | None, default: int
     ) -> GenerationSettings:
-        """The request's generation settings (greedy when None) with its checked max_new_tokens; the
-        batch key part (requests batch only with identical settings)."""
+        """The request's generation settings (greedy when None) with its checked max_new_tokens."""
         return (generation or GenerationSettings()).replace(max_new_tokens=self._tokens(max_new_tokens, default))
 
     def _tokens(self, max_new_tokens: int | float | None, default: int) -> int:
@@ -301,10 +307,21 @@ class ModelService:
 
     # ------------------------------------------------------------------ clips
 
-    def load(self, video: str | os.PathLike | None, num_frames: int | None = None) -> tuple[np.ndarray, VideoInfo]:
+    def load(
+        self, video: str | os.PathLike | np.ndarray | None, num_frames: int | None = None
+    ) -> tuple[np.ndarray, VideoInfo]:
         """Check and decode a clip: float32 [T, S, S, 3] in [0, 1] and its VideoInfo (cached for the
-        last few clips, so the frame strip, captions and chat turns decode a clip once)."""
+        last few clips, so the frame strip, captions and chat turns decode a clip once). A clip already
+        in memory (float32 [T, S, S, 3] in [0, 1], e.g. frames sent as images) is taken as it is, its
+        duration counted as one second per frame."""
         num_frames = self._frames(num_frames)
+        if isinstance(video, np.ndarray):
+            size = self.frame_size
+            if video.dtype != np.float32 or video.ndim != 4 or video.shape[1:] != (size, size, 3):
+                raise AppInputError(f"An in-memory clip must be float32 [T, {size}, {size}, 3], got {video.shape}.")
+            if len(video) != num_frames:
+                raise AppInputError(f"The clip has {len(video)} frames; this request samples {num_frames}.")
+            return video, VideoInfo(duration_s=float(len(video)), width=size, height=size)
         info = checked_video(video, self.limits)
         path = Path(video)
         stat = path.stat()
@@ -354,11 +371,12 @@ class ModelService:
         *,
         stop_at_newline: bool = True,
         streaming: bool = False,
-    ) -> GenerationStream | list[int]:
+        top_logprobs: int | None = None,
+    ) -> GenerationStream:
         """One request's generated token ids, its prompt ``inputs_of(video features [1, L, H])`` (built in
         the model's thread): a stream of the continuous batcher (iterate it as tokens come; cancel it when
-        done), or for beam search and LLMs whose cache rows cannot join and leave, the whole list,
-        generated alone through ``generate()`` as model work."""
+        done), or for beam search and LLMs whose cache rows cannot join and leave, generated alone through
+        ``generate()`` as model work and returned complete (without log-probabilities)."""
         model = self.model
         with self._arrival():
             clip, _ = self.load(video, num_frames)
@@ -373,23 +391,23 @@ class ModelService:
                     stop_at_newline=stop_at_newline,
                     streaming=streaming,
                     settings=settings,
+                    top_logprobs=top_logprobs,
                 )
 
-        def alone() -> list[int]:
+        def alone() -> GenerationStream:
             with torch.inference_mode():
                 embeds = prompt()
                 mask = torch.ones(1, embeds.shape[0], dtype=torch.long, device=embeds.device)
-                return generate_ids(
+                ids = generate_ids(
                     model.llm, model.tokenizer, embeds[None], mask, settings, stop_at_newline=stop_at_newline
                 )[0]
+            return GenerationStream.finished(ids, prompt_tokens=embeds.shape[0])
 
         return self.run_model_work(alone)
 
     @staticmethod
-    def _all(ids: GenerationStream | list[int]) -> list[int]:
+    def _all(ids: GenerationStream) -> list[int]:
         """Every token id of :meth:`_token_ids` (a caller that gives up while waiting frees its slot)."""
-        if isinstance(ids, list):
-            return ids
         try:
             return ids.result()
         finally:
@@ -520,15 +538,7 @@ class ModelService:
         takes its row out of the batch at the next step."""
         messages = (prompt or self.chat_prompt(history, message)).messages
         settings = self._generation(max_new_tokens, generation, 256)
-        assistant = self.assistant
-        ids = self._token_ids(
-            video,
-            num_frames,
-            lambda features: assistant.chat_inputs(features, [messages]),
-            settings,
-            stop_at_newline=False,
-            streaming=True,
-        )
+        ids = self.chat_tokens(video, messages, num_frames, settings)
         text = IncrementalText(self.model.tokenizer)
         try:
             for token in ids:
@@ -539,5 +549,26 @@ class ModelService:
             if rest:
                 yield rest
         finally:
-            if isinstance(ids, GenerationStream):
-                ids.cancel()  # a client that goes away leaves the batch at the next step
+            ids.cancel()  # a client that goes away leaves the batch at the next step
+
+    def chat_tokens(
+        self,
+        video: str | os.PathLike | np.ndarray | None,
+        messages: list[dict],
+        num_frames: int | None,
+        settings: GenerationSettings,
+        top_logprobs: int | None = None,
+    ) -> GenerationStream:
+        """The reply to checked chat ``messages`` (:meth:`chat_prompt`'s) as a stream of token ids, with its
+        prompt length and, when asked, log-probabilities (``settings`` already within the limits: see
+        :meth:`generation_settings`); the caller cancels it when done."""
+        assistant = self.assistant
+        return self._token_ids(
+            video,
+            num_frames,
+            lambda features: assistant.chat_inputs(features, [messages]),
+            settings,
+            stop_at_newline=False,
+            streaming=True,
+            top_logprobs=top_logprobs,
+        )

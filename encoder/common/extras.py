@@ -7,6 +7,7 @@ Everything else comes with an extra:
 | extra | packages | for |
 | --- | --- | --- |
 | ``app`` | gradio | ``prism-vlm app`` |
+| ``serve`` | fastapi, uvicorn | ``prism-vlm serve`` (the OpenAI-compatible API) |
 | ``train`` | peft, datasets, matplotlib | LoRA, Hugging Face dataset sources, loss plots |
 | ``eval`` | evaluate, datasets, nltk | caption metrics, dataset sources, WUPS |
 | ``faiss`` | faiss-cpu | ``prism-vlm search --backend faiss`` |
@@ -22,6 +23,7 @@ from encoder.common.errors import PrismVlmError
 
 EXTRAS: dict[str, tuple[str, ...]] = {
     "app": ("gradio",),
+    "serve": ("fastapi", "uvicorn"),
     "train": ("peft", "datasets", "matplotlib"),
     "eval": ("evaluate", "datasets", "nltk"),
     "faiss": ("faiss-cpu",),

@@ -107,6 +107,11 @@ class GenerationStream:
     error (a failed ``prepare``, a failed round) is raised by the iteration and by :meth:`result`.
     :meth:`cancel` tells the worker the caller left: a waiting request is dropped, a running one
     leaves the batch at the next step. The stop token is never handed out.
+
+    prompt_tokens: the prompt's length in positions (set when it is prefilled). logprobs: when the
+    request asked for them, one ``(log-probability, [(token id, log-probability), ...])`` per token
+    handed out, its own and the most likely ones, from the model's distribution before any sampling
+    settings (appended before the token is handed out).
     """
 
     def __init__(self) -> None:
@@ -115,6 +120,18 @@ class GenerationStream:
         self._done = threading.Event()
         self._cancelled = threading.Event()
         self._error: BaseException | None = None
+        self.prompt_tokens = 0
+        self.logprobs: list[tuple[float, list[tuple[int, float]]]] = []
+
+    @classmethod
+    def finished(cls, tokens: list[int], prompt_tokens: int) -> GenerationStream:
+        """A stream of tokens generated elsewhere (e.g. by ``generate()`` alone), already complete."""
+        stream = cls()
+        stream.prompt_tokens = prompt_tokens
+        for token in tokens:
+            stream._put(token)
+        stream._finish()
+        return stream
 
     def __iter__(self) -> Iterator[int]:
         while True:
@@ -152,6 +169,7 @@ class GenerationStream:
 
     def _restart(self) -> None:
         self._tokens.clear()
+        self.logprobs.clear()
 
     def _finish(self) -> None:
         if not self._done.is_set():
@@ -213,6 +231,7 @@ class _Request:
     stop_at_newline: bool
     streaming: bool
     sampler: RowSampler
+    top_logprobs: int | None = None
     stream: GenerationStream = field(default_factory=GenerationStream)
 
 
@@ -284,18 +303,23 @@ class ContinuousBatcher:
         stop_at_newline: bool = False,
         streaming: bool = False,
         settings: GenerationSettings | None = None,
+        top_logprobs: int | None = None,
     ) -> GenerationStream:
         """Queue one request; ``prepare()`` (run in the worker) returns its prompt embeddings [S, H].
         stop_at_newline: the request ends with the first token holding a newline (kept).
         streaming: its caller shows tokens as they come (after a failed round it is not run again).
         settings: how its tokens are chosen (:class:`RowSampler`; None: greedy); its ``max_new_tokens``
-        is not used (the argument is), and beam search (``num_beams`` > 1) is a ValueError."""
+        is not used (the argument is), and beam search (``num_beams`` > 1) is a ValueError.
+        top_logprobs: record each token's log-probability and the ``top_logprobs`` most likely
+        alternatives (0 to 20) in the stream's ``logprobs`` (None: not recorded)."""
         if not 1 <= max_new_tokens <= 8192:
             raise ValueError(f"max_new_tokens must be in [1, 8192], got {max_new_tokens}")
         settings = settings or GenerationSettings()
         if settings.num_beams != 1:
             raise ValueError("beam search is not batched; run it through generate() as model work (call())")
-        request = _Request(prepare, int(max_new_tokens), stop_at_newline, streaming, RowSampler(settings))
+        if top_logprobs is not None and not 0 <= top_logprobs <= 20:
+            raise ValueError(f"top_logprobs must be in [0, 20], got {top_logprobs}")
+        request = _Request(prepare, int(max_new_tokens), stop_at_newline, streaming, RowSampler(settings), top_logprobs)
         self._enqueue(request)
         return request.stream
 
@@ -403,6 +427,7 @@ class ContinuousBatcher:
                 request.stream._fail(error)
                 continue
             rows.append(_Row(request, length=embeds.shape[0]))
+            request.stream.prompt_tokens = embeds.shape[0]
             prompts.append(embeds)
         if not rows:
             return
@@ -417,8 +442,9 @@ class ContinuousBatcher:
             inputs_embeds=inputs,
             last_logits_only=True,
         )
-        for row, token in zip(rows, self._choose(rows, logits[:, -1])):
-            self._take(row, token)
+        last = logits[:, -1]
+        for index, (row, token) in enumerate(zip(rows, self._choose(rows, last))):
+            self._take(row, token, last[index])
         self._merge(rows, cache, mask)
 
     def _step(self) -> None:
@@ -437,9 +463,10 @@ class ContinuousBatcher:
             last_logits_only=True,
         )
         self._mask = mask
-        for row, token in zip(self._rows, self._choose(self._rows, logits[:, -1])):
+        last = logits[:, -1]
+        for index, (row, token) in enumerate(zip(self._rows, self._choose(self._rows, last))):
             row.length += 1
-            self._take(row, token)
+            self._take(row, token, last[index])
         self._remove_finished()
 
     @staticmethod
@@ -452,14 +479,20 @@ class ContinuousBatcher:
                 tokens[index] = row.request.sampler.choose(logits[index], row.tokens)
         return tokens
 
-    def _take(self, row: _Row, token: int) -> None:
-        """Row's next token: a stop token ends it (not handed out); else it is handed out and ends the
-        row if it holds a newline (when asked) or uses up the budget."""
+    def _take(self, row: _Row, token: int, logits: torch.Tensor) -> None:
+        """Row's next token (chosen from its ``logits`` [V]): a stop token ends it (not handed out); else it
+        is handed out (with its log-probabilities, when asked) and ends the row if it holds a newline (when
+        asked) or uses up the budget."""
         row.generated += 1
         row.tokens.append(token)
         if token in self._stop_ids:
             self._end(row)
             return
+        if row.request.top_logprobs is not None:
+            log_probs = torch.log_softmax(logits.float(), dim=-1)
+            top = torch.topk(log_probs, row.request.top_logprobs) if row.request.top_logprobs else None
+            alternatives = [] if top is None else list(zip(top.indices.tolist(), top.values.tolist()))
+            row.request.stream.logprobs.append((float(log_probs[token]), alternatives))
         row.request.stream._put(token)
         row.pending = token
         if (row.request.stop_at_newline and self._is_newline(token)) or row.generated >= row.request.max_new_tokens:

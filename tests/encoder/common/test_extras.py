@@ -36,13 +36,14 @@ def test_pyproject_extras_match_the_table():
     for extra, packages in EXTRAS.items():
         declared = {requirement.split(">")[0].split("=")[0] for requirement in extras[extra]}
         assert declared == set(packages), extra
-    assert extras["all"] == ["prism-vlm[app,train,eval,faiss]"]
+    assert extras["all"] == ["prism-vlm[app,serve,train,eval,faiss]"]
 
 
 @pytest.mark.parametrize(
     ("blocked", "argv", "extra"),
     [
         ("gradio", ["app"], "app"),
+        ("uvicorn", ["serve"], "serve"),
         ("evaluate", ["eval-caption", "--pred", "P", "--refs", "R"], "eval"),
     ],
 )

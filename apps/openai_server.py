@@ -58,6 +58,7 @@ from apps.service import AppInputError, ModelService
 from encoder.common.errors import PrismVlmError
 from encoder.video.decode import load_clip
 from vlm.inference.generation import GenerationSettings, IncrementalText
+from vlm.serving.continuous_batching import BatcherClosedError
 
 __all__ = ["ApiError", "ServerConfig", "build_openai_app"]
 
@@ -513,7 +514,6 @@ def build_openai_app(service: ModelService, config: ServerConfig | None = None) 
     admission = _Admission(service.limits.concurrency, service.limits.queue_size)
     max_body = math.ceil(service.limits.max_upload_bytes * 4 / 3) + (1 << 20)
     app = FastAPI(title="prism-vlm", docs_url=None, redoc_url=None, openapi_url=None)
-    app.state.closing = False
     atexit.register(shutil.rmtree, folder, ignore_errors=True)  # media files are removed per request already
 
     def authorized(request: Request) -> None:
@@ -538,6 +538,10 @@ def build_openai_app(service: ModelService, config: ServerConfig | None = None) 
     async def wrong_method(_request, _error):
         return error_response(405, "method not allowed on this route")
 
+    @app.exception_handler(BatcherClosedError)
+    async def closed(_request, _error):
+        return error_response(503, "the server is shutting down", kind="server_error")
+
     @app.exception_handler(Exception)
     async def internal(_request, error: Exception):
         logger.exception("request failed", exc_info=error)
@@ -554,8 +558,6 @@ def build_openai_app(service: ModelService, config: ServerConfig | None = None) 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
         authorized(request)
-        if app.state.closing:
-            raise ApiError(503, "the server is shutting down", kind="server_error")
         body = await _read_json(request, max_body)
         if isinstance(body, dict) and body.get("model") not in (None, config.model_name):
             raise ApiError(

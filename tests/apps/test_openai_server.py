@@ -227,7 +227,7 @@ def test_errors_are_openai_error_objects(served, media, glue_dir):
     assert "Traceback" not in str(refused.value) and "/tmp" not in str(refused.value)
 
 
-def test_a_full_queue_is_429(glue_dir, media):
+def test_a_full_queue_is_429_and_a_closed_service_503(glue_dir, media):
     from apps.limits import AppLimits
     from apps.openai_server import ServerConfig
     from apps.service import ModelService
@@ -255,6 +255,10 @@ def test_a_full_queue_is_429(glue_dir, media):
             assert running.result(timeout=120).choices[0].message.content is not None
             assert queued.result(timeout=120).choices[0].message.content is not None
         ask()  # room again
+        service.close()  # the model's worker stops: the server answers 503 from then on
+        with pytest.raises(openai.InternalServerError) as closed:
+            ask()
+        assert closed.value.status_code == 503 and "shutting down" in str(closed.value)
     finally:
         gate.set()
         server.should_exit = True

@@ -74,6 +74,10 @@ from vlm.inference.generation import (
 _POLL_S = 0.01  # how often a starting batch rechecks more_coming()
 
 
+class BatcherClosedError(RuntimeError):
+    """A request or call given to a batcher that was closed (the server is shutting down)."""
+
+
 @dataclass(frozen=True)
 class ContinuousBatchingConfig:
     """max_batch: most requests generated together (1: one request at a time, in arrival order);
@@ -346,7 +350,7 @@ class ContinuousBatcher:
     def _enqueue(self, job: _Request | _Call) -> None:
         with self._condition:
             if self._closed:
-                raise RuntimeError("the batcher is closed")
+                raise BatcherClosedError("the batcher is closed")
             self._jobs.append(job)
             self._condition.notify()
 

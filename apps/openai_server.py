@@ -14,7 +14,7 @@ Routes (FastAPI; every ``/v1`` route behind the API keys when any are set):
   ``finish_reason: "length"``), ``stop`` (up to 4 strings), ``seed``, ``logprobs`` / ``top_logprobs``,
   ``stream`` (server-sent events in OpenAI's chunk format, ending in ``[DONE]``; ``stream_options:
   {"include_usage": true}`` adds a usage chunk), and vLLM's ``media_io_kwargs: {"video": {"num_frames":
-  N}}`` (clamped to ``[1, max_frames]``).
+  N}}`` (clamped to ``[1, max_frames]``) and ``ignore_eos`` (benchmarks: go on to ``max_tokens``).
 - Closed-vocabulary answers: a request with ``"candidates": ["red", "blue", ...]`` gets every candidate
   ranked by its exact log-likelihood as the answer to the last user message (``prism-vlm ask
   --candidates``), in a top-level ``"candidates"`` list of ``{"answer", "probability", "log_likelihood"}``,
@@ -127,6 +127,7 @@ class ChatRequest:
     include_usage: bool
     top_logprobs: int | None
     candidates: list[str] | None
+    ignore_eos: bool = False
 
 
 class MediaReader:
@@ -316,6 +317,9 @@ def parse_request(body: object, service: ModelService, reader: MediaReader, crea
     candidates = body.get("candidates")
     if candidates is not None and (not isinstance(candidates, list) or not all(isinstance(c, str) for c in candidates)):
         raise ApiError(400, "candidates must be a list of strings", param="candidates")
+    ignore_eos = body.get("ignore_eos", False)
+    if not isinstance(ignore_eos, bool):
+        raise ApiError(400, "ignore_eos must be true or false", param="ignore_eos")
     stream = body.get("stream", False)
     if not isinstance(stream, bool):
         raise ApiError(400, "stream must be true or false", param="stream")
@@ -347,6 +351,7 @@ def parse_request(body: object, service: ModelService, reader: MediaReader, crea
         include_usage=include_usage,
         top_logprobs=(top_logprobs or 0) if logprobs else None,
         candidates=candidates,
+        ignore_eos=ignore_eos,
     )
 
 
@@ -437,7 +442,7 @@ def _generate(service: ModelService, request: ChatRequest) -> Iterator[tuple[str
     """The reply as ``(text piece, log-probability entry or None)``, then ``("", {"finish_reason", "usage"})``.
     Runs in a worker thread (it blocks)."""
     stream = service.chat_tokens(
-        request.video, request.messages, request.num_frames, request.settings, request.top_logprobs
+        request.video, request.messages, request.num_frames, request.settings, request.top_logprobs, request.ignore_eos
     )
     text, cut = IncrementalText(service.model.tokenizer), StopText(request.stop)
     count = 0

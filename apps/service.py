@@ -372,11 +372,12 @@ class ModelService:
         stop_at_newline: bool = True,
         streaming: bool = False,
         top_logprobs: int | None = None,
+        ignore_eos: bool = False,
     ) -> GenerationStream:
         """One request's generated token ids, its prompt ``inputs_of(video features [1, L, H])`` (built in
         the model's thread): a stream of the continuous batcher (iterate it as tokens come; cancel it when
         done), or for beam search and LLMs whose cache rows cannot join and leave, generated alone through
-        ``generate()`` as model work and returned complete (without log-probabilities)."""
+        ``generate()`` as model work and returned complete (without log-probabilities, stopping at EOS)."""
         model = self.model
         with self._arrival():
             clip, _ = self.load(video, num_frames)
@@ -392,6 +393,7 @@ class ModelService:
                     streaming=streaming,
                     settings=settings,
                     top_logprobs=top_logprobs,
+                    ignore_eos=ignore_eos,
                 )
 
         def alone() -> GenerationStream:
@@ -558,10 +560,12 @@ class ModelService:
         num_frames: int | None,
         settings: GenerationSettings,
         top_logprobs: int | None = None,
+        ignore_eos: bool = False,
     ) -> GenerationStream:
         """The reply to checked chat ``messages`` (:meth:`chat_prompt`'s) as a stream of token ids, with its
         prompt length and, when asked, log-probabilities (``settings`` already within the limits: see
-        :meth:`generation_settings`); the caller cancels it when done."""
+        :meth:`generation_settings`); ``ignore_eos``: go on past end-of-text tokens (benchmarks). The
+        caller cancels the stream when done."""
         assistant = self.assistant
         return self._token_ids(
             video,
@@ -571,4 +575,5 @@ class ModelService:
             stop_at_newline=False,
             streaming=True,
             top_logprobs=top_logprobs,
+            ignore_eos=ignore_eos,
         )

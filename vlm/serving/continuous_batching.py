@@ -236,6 +236,7 @@ class _Request:
     streaming: bool
     sampler: RowSampler
     top_logprobs: int | None = None
+    ignore_eos: bool = False
     stream: GenerationStream = field(default_factory=GenerationStream)
 
 
@@ -308,6 +309,7 @@ class ContinuousBatcher:
         streaming: bool = False,
         settings: GenerationSettings | None = None,
         top_logprobs: int | None = None,
+        ignore_eos: bool = False,
     ) -> GenerationStream:
         """Queue one request; ``prepare()`` (run in the worker) returns its prompt embeddings [S, H].
         stop_at_newline: the request ends with the first token holding a newline (kept).
@@ -315,7 +317,8 @@ class ContinuousBatcher:
         settings: how its tokens are chosen (:class:`RowSampler`; None: greedy); its ``max_new_tokens``
         is not used (the argument is), and beam search (``num_beams`` > 1) is a ValueError.
         top_logprobs: record each token's log-probability and the ``top_logprobs`` most likely
-        alternatives (0 to 20) in the stream's ``logprobs`` (None: not recorded)."""
+        alternatives (0 to 20) in the stream's ``logprobs`` (None: not recorded).
+        ignore_eos: stop tokens do not end the request (handed out like any token; for benchmarks)."""
         if not 1 <= max_new_tokens <= 8192:
             raise ValueError(f"max_new_tokens must be in [1, 8192], got {max_new_tokens}")
         settings = settings or GenerationSettings()
@@ -323,7 +326,9 @@ class ContinuousBatcher:
             raise ValueError("beam search is not batched; run it through generate() as model work (call())")
         if top_logprobs is not None and not 0 <= top_logprobs <= 20:
             raise ValueError(f"top_logprobs must be in [0, 20], got {top_logprobs}")
-        request = _Request(prepare, int(max_new_tokens), stop_at_newline, streaming, RowSampler(settings), top_logprobs)
+        request = _Request(
+            prepare, int(max_new_tokens), stop_at_newline, streaming, RowSampler(settings), top_logprobs, ignore_eos
+        )
         self._enqueue(request)
         return request.stream
 
@@ -489,7 +494,7 @@ class ContinuousBatcher:
         asked) or uses up the budget."""
         row.generated += 1
         row.tokens.append(token)
-        if token in self._stop_ids:
+        if token in self._stop_ids and not row.request.ignore_eos:
             self._end(row)
             return
         if row.request.top_logprobs is not None:

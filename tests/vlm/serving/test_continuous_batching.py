@@ -269,3 +269,12 @@ def test_beam_search_is_refused_with_a_pointer(model, prompts):
     with ContinuousBatcher(model.llm, model.tokenizer) as batcher:
         with pytest.raises(ValueError, match="beam search is not batched"):
             batcher.submit(lambda: prompts[0], 4, settings=GenerationSettings(num_beams=2))
+
+
+@pytest.mark.quick
+def test_ignore_eos_goes_on_past_a_stop_token(model, prompts):
+    expected = alone(model, prompts[1], 8)
+    with ContinuousBatcher(model.llm, model.tokenizer) as batcher:
+        batcher._stop_ids = set(batcher._stop_ids) | {expected[2]}  # the third token now ends the reply
+        assert batcher.submit(lambda: prompts[1], 8).result(timeout=60) == expected[:2]
+        assert batcher.submit(lambda: prompts[1], 8, ignore_eos=True).result(timeout=60) == expected

@@ -57,6 +57,12 @@ def _cmd_app(args: argparse.Namespace) -> int:
     if args.search_dir is not None and not Path(args.search_dir).is_dir():
         raise FileNotFoundError(f"--search-dir {args.search_dir} is not a folder")
     credentials = read_auth(args.auth, args.auth_file)  # before anything starts
+    openai_api = None
+    if args.openai_api:
+        for module in ("fastapi", "uvicorn"):
+            if not is_installed(module):
+                require(module, "serve", "prism-vlm app --openai-api")
+        openai_api = api_config_from_arguments(args, "app")
     if not credentials and (args.share or args.host not in LOOPBACK_HOSTS):
         exposed = "a public --share link" if args.share else f"--host {args.host}"
         print(
@@ -109,6 +115,7 @@ def _cmd_app(args: argparse.Namespace) -> int:
         auth=credentials,
         search=search,
         long_videos=long_videos,
+        openai_api=openai_api,
     )
     return 0
 
@@ -120,20 +127,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     for module in ("fastapi", "uvicorn"):
         if not is_installed(module):
             require(module, "serve", "prism-vlm serve")
-    from apps.openai_server import ServerConfig, build_openai_app, read_api_keys
+    from apps.openai_server import build_openai_app
 
-    keys = read_api_keys(args.api_key, args.api_key_file)  # before anything starts
-    if args.api_key_file is not None and not keys:
-        raise UsageError(f"--api-key-file {args.api_key_file} holds no key")
-    media = args.allowed_local_media_path
-    if media is not None and not Path(media).is_dir():
-        raise FileNotFoundError(f"--allowed-local-media-path {media} is not a folder")
-    if not keys and args.host not in LOOPBACK_HOSTS:
-        print(
-            f"prism-vlm serve: warning: --host {args.host} without --api-key: anyone who reaches the address "
-            "can use the model",
-            file=sys.stderr,
-        )
+    config = api_config_from_arguments(args, "serve")  # before anything starts
     import uvicorn
 
     from apps.compute_thread import run_in_passing_thread
@@ -149,12 +145,6 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             model_dir=args.model or default_model_dir(),
             batching=batching_from_arguments(args),
         )
-    )
-    config = ServerConfig(
-        model_name=args.served_model_name,
-        api_keys=keys,
-        allowed_local_media_path=None if media is None else Path(media).resolve(),
-        allow_remote_media=args.allow_remote_media,
     )
     print(f"prism-vlm serve: http://{args.host}:{args.port}/v1 (model {args.served_model_name!r})", file=sys.stderr)
     uvicorn.run(build_openai_app(service, config), host=args.host, port=args.port, log_level="warning")
@@ -223,6 +213,52 @@ def add_limit_arguments(command: argparse.ArgumentParser) -> None:
         "10000; a lone request never waits)",
     )
     command.add_argument("--queue-size", type=POSITIVE, default=64, help="requests allowed to wait (default 64)")
+
+
+def add_api_arguments(command: argparse.ArgumentParser) -> None:
+    """The OpenAI-compatible API's flags, which ``serve`` and ``app --openai-api`` share."""
+    keys = command.add_mutually_exclusive_group()
+    keys.add_argument("--api-key", action="append", metavar="KEY", help="accepted API bearer key (repeatable)")
+    keys.add_argument("--api-key-file", default=None, help="file of accepted API keys, one per line")
+    command.add_argument(
+        "--allowed-local-media-path",
+        default=None,
+        metavar="DIR",
+        help="file:// media URLs may name files inside this folder (default: none)",
+    )
+    command.add_argument(
+        "--allow-remote-media",
+        action="store_true",
+        help="fetch http(s):// media URLs (size- and time-limited; default: refused)",
+    )
+    command.add_argument(
+        "--served-model-name", default="prism-vlm", help="the model name API clients use (default prism-vlm)"
+    )
+
+
+def api_config_from_arguments(args: argparse.Namespace, command: str):
+    """The API's :class:`apps.openai_server.ServerConfig` from :func:`add_api_arguments`'s flags (checked
+    before any model loads; a warning when it listens beyond this machine without a key)."""
+    from apps.openai_server import ServerConfig, read_api_keys
+
+    keys = read_api_keys(args.api_key, args.api_key_file)
+    if args.api_key_file is not None and not keys:
+        raise UsageError(f"--api-key-file {args.api_key_file} holds no key")
+    media = args.allowed_local_media_path
+    if media is not None and not Path(media).is_dir():
+        raise FileNotFoundError(f"--allowed-local-media-path {media} is not a folder")
+    if not keys and args.host not in LOOPBACK_HOSTS:
+        print(
+            f"prism-vlm {command}: warning: the API on --host {args.host} without --api-key: anyone who reaches "
+            "the address can use the model",
+            file=sys.stderr,
+        )
+    return ServerConfig(
+        model_name=args.served_model_name,
+        api_keys=keys,
+        allowed_local_media_path=None if media is None else Path(media).resolve(),
+        allow_remote_media=args.allow_remote_media,
+    )
 
 
 def limits_from_arguments(args: argparse.Namespace, **more) -> AppLimits:
@@ -304,6 +340,13 @@ def add_subcommand(subparsers) -> None:
         default=None,
         help="where long videos' windows are cached (default: $PRISM_VLM_CACHE or ~/.cache/prism-vlm/windows)",
     )
+    app.add_argument(
+        "--openai-api",
+        action="store_true",
+        help="also serve the OpenAI-compatible API (prism-vlm serve's) at /v1 in this process, on the same "
+        "model (its own keys: --api-key; docs/serving.md)",
+    )
+    add_api_arguments(app)
     app.set_defaults(func=_cmd_app)
 
     serve = subparsers.add_parser(
@@ -312,23 +355,7 @@ def add_subcommand(subparsers) -> None:
     serve.add_argument("--model", default=None, help="saved glue model directory (default: the installed demo model)")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=int_range(1, 65535), default=8000, help="port (default 8000)")
-    keys = serve.add_mutually_exclusive_group()
-    keys.add_argument("--api-key", action="append", metavar="KEY", help="accepted bearer key (repeatable)")
-    keys.add_argument("--api-key-file", default=None, help="file of accepted keys, one per line")
-    serve.add_argument(
-        "--allowed-local-media-path",
-        default=None,
-        metavar="DIR",
-        help="file:// media URLs may name files inside this folder (default: none)",
-    )
-    serve.add_argument(
-        "--allow-remote-media",
-        action="store_true",
-        help="fetch http(s):// media URLs (size- and time-limited; default: refused)",
-    )
-    serve.add_argument(
-        "--served-model-name", default="prism-vlm", help="the model name clients use (default prism-vlm)"
-    )
+    add_api_arguments(serve)
     serve.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     add_limit_arguments(serve)
     serve.set_defaults(func=_cmd_serve)

@@ -511,8 +511,9 @@ class _Ticket:
         _remove(self.created)
 
 
-def build_openai_app(service: ModelService, config: ServerConfig | None = None) -> FastAPI:
-    """The FastAPI app of the API (see the module docstring) over ``service``."""
+def build_openai_app(service: ModelService, config: ServerConfig | None = None, prefix: str = "/v1") -> FastAPI:
+    """The FastAPI app of the API (see the module docstring) over ``service``, its routes under ``prefix``
+    (``""`` for an app mounted at ``/v1`` inside another, as ``prism-vlm app --openai-api`` does)."""
     config = config or ServerConfig()
     folder = Path(tempfile.mkdtemp(prefix="prism-vlm-serve-"))
     reader = MediaReader(service, config, folder)
@@ -552,7 +553,7 @@ def build_openai_app(service: ModelService, config: ServerConfig | None = None) 
         logger.exception("request failed", exc_info=error)
         return error_response(500, "internal error", kind="server_error")
 
-    @app.get("/v1/models")
+    @app.get(f"{prefix}/models")
     async def models(request: Request):
         authorized(request)
         return {
@@ -560,7 +561,7 @@ def build_openai_app(service: ModelService, config: ServerConfig | None = None) 
             "data": [{"id": config.model_name, "object": "model", "created": 0, "owned_by": "prism-vlm"}],
         }
 
-    @app.post("/v1/chat/completions")
+    @app.post(f"{prefix}/chat/completions")
     async def chat_completions(request: Request):
         authorized(request)
         body = await _read_json(request, max_body)

@@ -94,14 +94,24 @@ class RequestGuard:
     """ASGI middleware (see the module docstring).
 
     app: the wrapped ASGI app; max_upload_bytes: largest accepted file; max_files: files per upload
-    request; max_json_bytes: largest accepted JSON request body.
+    request; max_json_bytes: largest accepted JSON request body; api_prefix: the path of a mounted
+    OpenAI-compatible API (``apps.openai_server``), passed through untouched: it checks its own keys, body
+    size and media.
     """
 
-    def __init__(self, app, max_upload_bytes: int, max_files: int = 1, max_json_bytes: int = 2 << 20):
+    def __init__(
+        self,
+        app,
+        max_upload_bytes: int,
+        max_files: int = 1,
+        max_json_bytes: int = 2 << 20,
+        api_prefix: str | None = None,
+    ):
         self.app = app
         self.max_upload_bytes = int(max_upload_bytes)
         self.max_files = int(max_files)
         self.max_json_bytes = int(max_json_bytes)
+        self.api_prefix = api_prefix
         self._login_failures: dict[str, int] = {}
 
     def login_delay(self, client: str) -> float:
@@ -123,6 +133,8 @@ class RequestGuard:
         path = unquote(scope.get("path", ""))
         method = scope.get("method", "GET")
         headers = {key.decode("latin-1").lower(): value.decode("latin-1") for key, value in scope.get("headers", [])}
+        if self.api_prefix and (path == self.api_prefix or path.startswith(self.api_prefix + "/")):
+            return await self.app(scope, receive, send)  # the mounted OpenAI API: its own keys and limits
         try:
             if _names_remote_file(path):
                 raise _Refused(403, "This app does not fetch remote files.")

@@ -20,6 +20,7 @@ import os
 import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import gradio as gr
 import numpy as np
@@ -35,6 +36,9 @@ from vlm.long_video.timeline import clock
 from vlm.processing import UnreadableVideoError
 from vlm.prompts import ChatMessagesError, EmptyQuestionError
 from vlm.shapes.language import ANSWER_VOCABULARY
+
+if TYPE_CHECKING:
+    from apps.openai_server import ServerConfig
 
 logger = logging.getLogger(__name__)
 
@@ -743,6 +747,7 @@ def launch_app(
     auth: Sequence[tuple[str, str]] | None = None,
     search: SearchService | None = None,
     long_videos: LongVideoService | None = None,
+    openai_api: ServerConfig | None = None,
 ) -> gr.Blocks:
     """Build the page, bound its queue (``service.limits``: concurrency and size) and serve it.
 
@@ -753,7 +758,9 @@ def launch_app(
     auth: (user, password) pairs required to use the page and API (None: open to whoever reaches the
     address). search: the video-text side (zero-shot labels, and
     the Search tab over its folder, which is then served too). long_videos: how uploads longer than one
-    window are read (default: :func:`build_app`'s)."""
+    window are read (default: :func:`build_app`'s). openai_api: also serve the OpenAI-compatible API
+    (:mod:`apps.openai_server`) at ``/v1`` in this process, on the same model service and its one batcher
+    (its own keys; Gradio's login does not cover it)."""
     from gradio.utils import get_upload_folder
     from starlette.middleware import Middleware
 
@@ -772,13 +779,20 @@ def launch_app(
         server_name=host,
         server_port=port,
         share=share,
-        prevent_thread_lock=prevent_thread_lock,
+        prevent_thread_lock=True,  # the API is mounted first; then the thread is blocked if asked
         quiet=quiet,
         max_file_size=service.limits.max_upload_bytes,
         allowed_paths=served,
         auth=list(auth) if auth else None,
         app_kwargs={
-            "middleware": [Middleware(RequestGuard, max_upload_bytes=service.limits.max_upload_bytes, max_files=1)]
+            "middleware": [
+                Middleware(
+                    RequestGuard,
+                    max_upload_bytes=service.limits.max_upload_bytes,
+                    max_files=1,
+                    api_prefix="/v1" if openai_api is not None else None,
+                )
+            ]
         },
         footer_links=["api"],
         ssr_mode=False,
@@ -787,6 +801,12 @@ def launch_app(
         theme=gr.themes.Soft(),
     )
     demo.upload_sweeper = AbandonedUploadSweeper(get_upload_folder()).start()
+    if openai_api is not None:
+        from apps.openai_server import build_openai_app
+
+        demo.app.mount("/v1", build_openai_app(service, openai_api, prefix=""))
+    if not prevent_thread_lock:
+        demo.block_thread()
     return demo
 
 

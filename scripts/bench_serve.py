@@ -4,7 +4,8 @@ time, side by side, each on a fresh server, and a greedy caption asked while a l
     python scripts/bench_serve.py [--model DIR] [--clip FILE] [--requests 20] [--max-batch 8] [--json-out FILE]
 
 Load: ``--requests`` chat completions about ``--clip``, released together from as many threads, half
-greedy and half sampled (temperature 0.8, a seed each), 32 new tokens at most, against a server started
+greedy and half sampled (temperature 0.8, a seed each), 32 new tokens each (``ignore_eos``, as vLLM's
+serving benchmark does, so that both servers generate the same work), against a server started
 with ``--max-batch 1`` (one at a time, in arrival order) and then one with ``--max-batch N``; the clip
 sent as a base64 ``video_url`` (decoded for every request), then as a ``file://`` URL (decoded once:
 the service keeps its last clips). Reported: requests per second, median and p90 latency (each request
@@ -79,6 +80,7 @@ def ask(client, video_url: str, index: int, max_tokens: int = 32) -> float:
         max_tokens=max_tokens,
         temperature=0.8 if sampled else 0,
         seed=index,
+        extra_body={"ignore_eos": True},
     )
     return time.perf_counter() - began
 

@@ -263,3 +263,39 @@ def test_a_full_queue_is_429_and_a_closed_service_503(glue_dir, media):
         gate.set()
         server.should_exit = True
         service.close()
+
+
+def test_the_gradio_app_mounts_the_same_api_on_its_model(glue_dir, media, tmp_path, monkeypatch):
+    """``prism-vlm app --openai-api``: /v1 in the app's process answers as the app does (one model, one
+    batcher), with its own key; the page's routes are guarded as before."""
+    from apps.limits import AppLimits
+    from apps.openai_server import ServerConfig
+    from apps.service import ModelService
+    from apps.video_chat import launch_app
+    from vlm.model import load_model
+
+    monkeypatch.setenv("GRADIO_ANALYTICS_ENABLED", "False")
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "uploads"))
+    service = ModelService(load_model(glue_dir), AppLimits(**LIMITS), model_dir=glue_dir)
+    demo = launch_app(
+        service,
+        port=free_port(),
+        examples=[],
+        prevent_thread_lock=True,
+        quiet=True,
+        openai_api=ServerConfig(api_keys=(KEY,)),
+    )
+    try:
+        client = openai.OpenAI(base_url=f"{demo.local_url}v1", api_key=KEY, max_retries=0, timeout=120)
+        reply = client.chat.completions.create(
+            model="prism-vlm", messages=_video_message(_data_url(media["clip"])), max_tokens=6, temperature=0
+        )
+        assert reply.choices[0].message.content == "".join(
+            service.chat_stream(media["clip"], [], "What is in the video?", None, 6)
+        )
+        with pytest.raises(openai.AuthenticationError):
+            openai.OpenAI(base_url=f"{demo.local_url}v1", api_key="wrong", max_retries=0).models.list()
+        assert httpx.post(f"{demo.local_url}gradio_api/process_recording", timeout=10).status_code == 404
+    finally:
+        demo.close()
+        service.close()

@@ -9,7 +9,7 @@ alone through ``generate()``, ranking candidate answers, and the search side's,
 :meth:`ModelService.run_model_work`) runs one piece at a time in the continuous batcher's worker,
 between steps -- on CPU torch is faster in the only thread that runs it (:mod:`apps.compute_thread`).
 An LLM whose KV cache rows cannot join and leave has no batcher: each request runs alone through
-``generate()`` under a lock.
+``generate()``, one piece of model work at a time, in one model thread.
 
 Every request checks its clip with :func:`apps.limits.check_video` and decodes it before any model
 work (decoding overlaps). Bad input raises :class:`AppInputError` with a message for the page; the
@@ -23,6 +23,7 @@ import os
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
@@ -192,7 +193,6 @@ class ModelService:
         self.assistant = VideoAssistant(model)
         self.limits = limits or AppLimits()
         self.model_dir = None if model_dir is None else Path(model_dir)
-        self._model_lock = threading.Lock()
         self.batching = batching or ContinuousBatchingConfig()
         # Every request that can: continuous batching, each row with its own settings (a greedy answer
         # equals its unbatched one, tested); the batcher's worker also runs all other model work, one
@@ -210,6 +210,8 @@ class ModelService:
             if supports_continuous_batching(model.llm)
             else None
         )
+        # An LLM whose cache rows cannot join and leave: one worker thread runs every piece of model work.
+        self._solo = ThreadPoolExecutor(1, thread_name_prefix="prism-vlm-model") if self._generator is None else None
         self._cache_lock = threading.Lock()
         self._clips: OrderedDict[tuple, tuple[np.ndarray, VideoInfo]] = OrderedDict()
 
@@ -416,14 +418,13 @@ class ModelService:
             ids.cancel()
 
     def run_model_work(self, work: Callable[[], T]) -> T:
-        """``work()`` with the model to itself: in the continuous batcher's worker between steps, or
-        under the model lock (an LLM whose cache rows cannot join and leave). The app's other model
+        """``work()`` with the model to itself: in the continuous batcher's worker between steps, or in
+        the one model thread (an LLM whose cache rows cannot join and leave). The app's other model
         work (search, zero-shot labels) runs here too, so that one thread runs torch
         (:mod:`apps.compute_thread`)."""
         if self._generator is not None:
             return self._generator.call(work).result()
-        with self._model_lock:
-            return work()
+        return self._solo.submit(work).result()
 
     @contextlib.contextmanager
     def _arrival(self):
@@ -438,7 +439,9 @@ class ModelService:
                 self._arriving -= 1
 
     def close(self) -> None:
-        """Stop the batching thread (requests already queued are served first)."""
+        """Stop the model's worker thread (requests already queued are served first)."""
+        if self._solo is not None:
+            self._solo.shutdown(wait=True)
         if self._generator is not None:
             self._generator.close()
 

@@ -805,6 +805,28 @@ def test_sampled_requests_share_the_batch_and_keep_their_seeds(app, clips):
     assert threads_seen and "prism-vlm-generate" not in threads_seen  # no generate() thread beside the worker
 
 
+def test_an_llm_that_cannot_batch_runs_each_request_alone_in_one_model_thread(app, clips, monkeypatch):
+    """Without continuous batching (an LLM whose cache rows cannot join and leave), every request runs
+    alone through generate() in one model thread, with the same answers; beam search does everywhere."""
+    import apps.service as service_module
+    from apps.service import ModelService
+    from vlm.inference.generation import GenerationSettings
+
+    _, service, _ = app
+    monkeypatch.setattr(service_module, "supports_continuous_batching", lambda llm: False)
+    solo = ModelService(service.model, service.limits)
+    try:
+        assert solo._generator is None
+        assert solo.caption(clips["a"], FRAMES, 6) == service.caption(clips["a"], FRAMES, 6)
+        chat = lambda s: "".join(s.chat_stream(clips["b"], [], "What is it?", FRAMES, 8))  # noqa: E731
+        assert chat(solo) == chat(service)
+        assert solo.run_model_work(lambda: threading.current_thread().name).startswith("prism-vlm-model")
+        beams = GenerationSettings(num_beams=2)
+        assert solo.caption(clips["a"], FRAMES, 6, beams) == service.caption(clips["a"], FRAMES, 6, beams)
+    finally:
+        solo.close()
+
+
 def test_a_caption_does_not_wait_for_a_long_chat_reply(app, clips):
     """A caption asked while a long chat reply streams joins the running batch and is answered before
     the reply ends (no head-of-line blocking); both equal their answers alone."""

@@ -30,7 +30,12 @@ def _cmd_eval_caption(args: argparse.Namespace) -> int:
     results = evaluate_captions(
         read_caption_predictions(args.pred), read_caption_references(args.refs), allow_missing=args.allow_missing
     )
+    from vlm.evaluation.protocol import protocol_card
+
     results = {"predictions": args.pred, "references": args.refs, **results}
+    results["protocol"] = protocol_card(
+        data={"predictions": args.pred, "references": args.refs}, settings={"allow_missing": args.allow_missing}
+    )
     write_outputs(args, results, caption_markdown(results))
     return 0
 
@@ -83,7 +88,31 @@ def _cmd_eval_qa(args: argparse.Namespace) -> int:
         num_workers=args.workers,
         progress=not args.no_progress,
     )
+    from vlm.evaluation.protocol import protocol_card
+    from vlm.hub import default_model_dir
+
     results = {"data": args.data, "model": str(args.model), **results}
+    results["protocol"] = protocol_card(
+        glue=assistant.model,
+        glue_dir=args.model or default_model_dir(),
+        data={
+            "data": args.data,
+            "shots": args.shots,
+            "tune_k_on": args.tune_k_on,
+            "candidates_file": args.candidates_file,
+            **{f"extra_vocab_{i}": path for i, path in enumerate(args.extra_vocab)},
+        },
+        settings={
+            "mode": args.mode,
+            "num_shots": args.num_shots,
+            "seed": args.seed,
+            "k": args.k,
+            "max_new_tokens": args.max_new_tokens,
+            "generation": "greedy",
+            "wups": args.wups,
+            "features": args.features,
+        },
+    )
     if args.predictions:
         from encoder.common.jsonl import write_jsonl_atomically
 

@@ -199,8 +199,16 @@ def _cmd_eval_retrieval(args: argparse.Namespace) -> int:
     results = evaluate_retrieval(
         model, items, batch_size=args.batch_size, num_workers=args.workers, progress=not args.no_progress
     )
-    write_outputs(args, {"data": args.data, "model": model.source, **results}, retrieval_markdown(results))
+    results = {"data": args.data, "model": model.source, **results, "protocol": _protocol(model, args)}
+    write_outputs(args, results, retrieval_markdown(results))
     return 0
+
+
+def _protocol(model, args: argparse.Namespace, **settings) -> dict:
+    """The protocol card of an evaluation by the video-text ``model`` on ``args.data``."""
+    from vlm.evaluation.protocol import protocol_card
+
+    return protocol_card(video_text_model=model, data={"data": args.data}, settings=settings)
 
 
 def _cmd_eval_zeroshot(args: argparse.Namespace) -> int:
@@ -224,7 +232,9 @@ def _cmd_eval_zeroshot(args: argparse.Namespace) -> int:
         from encoder.common.jsonl import write_jsonl_atomically
 
         write_jsonl_atomically(args.predictions, records)
-    write_outputs(args, {"data": args.data, "model": model.source, **results}, zero_shot_markdown(results))
+    protocol = _protocol(model, args, labels=args.labels, templates=args.templates)
+    results = {"data": args.data, "model": model.source, **results, "protocol": protocol}
+    write_outputs(args, results, zero_shot_markdown(results))
     return 0
 
 

@@ -4,6 +4,7 @@ tokenisation reproduces the toolkit's Java tokenizer (golden outputs recorded fr
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 
@@ -192,6 +193,9 @@ def test_cli_eval_caption(tmp_path, capsys):
     assert printed["cider_d"] == pytest.approx(Cider().compute_score(gts, res)[0], abs=1e-6)
     assert printed["bleu_4"] == pytest.approx(Bleu(4).compute_score(gts, res, verbose=0)[0][3], abs=1e-9)
     assert printed["num_clips"] == 12 and printed["missing_predictions"] == 0
+    card = printed["protocol"]
+    assert card["data"]["predictions"]["sha256"] == hashlib.sha256(pred_file.read_bytes()).hexdigest()
+    assert card["data"]["references"]["path"] == str(ref_file) and "model" not in card
 
     assert (
         cli.main(

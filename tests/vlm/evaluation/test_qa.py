@@ -4,6 +4,7 @@ and the eval-qa command, with a tiny random glue model."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 
@@ -474,6 +475,18 @@ def test_cli_eval_qa(model, tokenizer, qa_files, tmp_path, capsys):
     results = json.loads(out.read_text())
     assert printed == table.read_text() and "| **all** | 6 |" in printed and "WUPS protocol: nextqa" in printed
     assert results["mode"] == "closed" and results["closed_vocabulary"]["k"] == 7 and "wups_0.9" in results
+    card = results["protocol"]  # what decided the numbers, beside them
+    assert card["decoding"]["frames"] == FRAMES and card["decoding"]["frame_size"] == SIZE
+    assert "centres of num_frames equal segments" in card["decoding"]["rule"]
+    assert (
+        card["model"]["directory"] == str(glue)
+        and card["model"]["prompts"]["qa_template"] == "question: {question} answer:"
+    )
+    assert card["model"]["weights_sha256"] and all(len(h) == 64 for h in card["model"]["weights_sha256"].values())
+    assert card["data"]["data"]["sha256"] == hashlib.sha256((qa_files / "test.jsonl").read_bytes()).hexdigest()
+    assert card["data"]["shots"]["path"] == str(qa_files / "train.jsonl")
+    assert card["settings"]["mode"] == "closed" and card["settings"]["num_shots"] == 2
+    assert card["software"]["decoder"].startswith("PyAV ") and card["package"]["version"]
     lines = [json.loads(line) for line in predictions.read_text().splitlines()]
     assert len(lines) == 6 and results["accuracy"] == pytest.approx(100 * sum(r["correct"] for r in lines) / 6)
     assert results["wups_0.0"] == pytest.approx(100 * sum(r["wups_0.0"] for r in lines) / 6)

@@ -272,7 +272,11 @@ def test_cli_index_search_classify_and_evaluate(clips, tmp_path, capsys):
         ],
         capsys,
     )
-    assert code == 0 and json.loads(out)["clips"] == 6
+    retrieval = json.loads(out)
+    assert code == 0 and retrieval["clips"] == 6
+    card = retrieval["protocol"]
+    assert card["model"]["kind"] == "video_text" and card["model"]["identity"]
+    assert card["decoding"]["frames"] > 0 and card["data"]["data"]["path"] == str(folder / "captions.jsonl")
     (folder / "labelled.jsonl").write_text(
         "".join(json.dumps({"video": f"{c}.mp4", "label": c}) + "\n" for c in ("red", "green", "blue"))
     )
@@ -293,6 +297,7 @@ def test_cli_index_search_classify_and_evaluate(clips, tmp_path, capsys):
     )
     results = json.loads(out)
     assert code == 0 and results["classification"]["labels"] == 3 and results["classification"]["top5"] == 100.0
+    assert results["protocol"]["settings"]["templates"] == "clip-kinetics"
 
 
 def test_cli_errors_are_messages(tmp_path, capsys):

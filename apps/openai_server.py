@@ -56,7 +56,7 @@ from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 
 from apps.service import AppInputError, ModelService
 from encoder.common.errors import PrismVlmError
-from encoder.video.decode import load_clip
+from encoder.video.decode import load_clip, pick_uniformly, resize_shorter_side
 from vlm.inference.generation import GenerationSettings, IncrementalText
 from vlm.serving.continuous_batching import BatcherClosedError
 
@@ -120,7 +120,6 @@ class ChatRequest:
     messages: list[dict]
     video: Path | np.ndarray | None
     settings: GenerationSettings
-    clamped: bool
     num_frames: int | None
     stop: tuple[str, ...]
     stream: bool
@@ -152,6 +151,20 @@ class MediaReader:
         if url.startswith("file:"):
             return self._local_file(url)
         return self._write(self._download(url), Path(urlparse(url).path).suffix.lower() or ".mp4", created)
+
+    def frames(self, urls: list[str], num_frames: int) -> np.ndarray:
+        """Image URLs, in order, as a clip float32 [num_frames, S, S, 3]: only the images the clip keeps
+        (picked uniformly) are decoded, each once, and each is shrunk to the model's frame size as soon
+        as it is decoded (so memory holds one full-size image at a time)."""
+        size = self.service.frame_size
+        picked = pick_uniformly(list(range(len(urls))), num_frames)
+        decoded: dict[int, np.ndarray] = {}
+        for index in dict.fromkeys(picked):
+            decoded[index] = resize_shorter_side(self.image(urls[index]), size)
+        try:
+            return load_clip([decoded[index] for index in picked], num_frames=num_frames, size=size)
+        except ValueError as error:
+            raise ApiError(400, f"image_url frames: {error}", param="messages") from None
 
     def image(self, url: str) -> np.ndarray:
         """An image URL as uint8 [H, W, 3] (data URL; file and remote URLs under the media rules)."""
@@ -295,7 +308,7 @@ def parse_request(body: object, service: ModelService, reader: MediaReader, crea
         if isinstance(asked, bool) or not isinstance(asked, int):
             raise ApiError(400, "media_io_kwargs.video.num_frames must be an integer", param="media_io_kwargs")
         num_frames = min(max(asked, 1), limits.max_frames)
-    settings, clamped = _settings(body, service)
+    settings = _settings(body, service)
     stop = body.get("stop") or ()
     stop = (stop,) if isinstance(stop, str) else stop
     if (
@@ -332,11 +345,7 @@ def parse_request(body: object, service: ModelService, reader: MediaReader, crea
     if videos:
         video = reader.video_file(videos[0], created)
     elif images:
-        frames = service._frames(num_frames)
-        try:
-            video = load_clip([reader.image(url) for url in images], num_frames=frames, size=service.frame_size)
-        except ValueError as error:
-            raise ApiError(400, f"image_url frames: {error}", param="messages") from None
+        video = reader.frames(images, service._frames(num_frames))
     if video is None:
         raise ApiError(400, "send a video: one video_url part, or image_url parts as its frames", param="messages")
     chat = service.chat_prompt(turns[:-1], turns[-1]["content"])
@@ -344,7 +353,6 @@ def parse_request(body: object, service: ModelService, reader: MediaReader, crea
         messages=chat.messages,
         video=video,
         settings=settings,
-        clamped=clamped,
         num_frames=num_frames,
         stop=tuple(stop),
         stream=stream,
@@ -381,12 +389,11 @@ def _message_text(content: object, videos: list[str], images: list[str]) -> str:
     return "\n".join(texts)
 
 
-def _settings(body: dict, service: ModelService) -> tuple[GenerationSettings, bool]:
-    """Generation settings of a request, and whether its token budget was clamped to the server's limit."""
+def _settings(body: dict, service: ModelService) -> GenerationSettings:
+    """Generation settings of a request (its token budget clamped to the server's limit)."""
     limit = service.limits.max_new_tokens
     asked = _integer(body, "max_completion_tokens", 1)
     asked = asked if asked is not None else _integer(body, "max_tokens", 1)
-    clamped = asked is not None and asked > limit
     temperature = _number(body, "temperature", 0.0, 2.0, 1.0)
     top_p = _number(body, "top_p", 1e-6, 1.0, 1.0)
     seed = _integer(body, "seed", -(2**63), 2**63 - 1)
@@ -398,7 +405,7 @@ def _settings(body: dict, service: ModelService) -> tuple[GenerationSettings, bo
         top_k=0,
         seed=None if seed is None else seed % 2**63,
     )
-    return service.generation_settings(min(asked or limit, limit), settings), clamped
+    return service.generation_settings(min(asked or limit, limit), settings)
 
 
 # ----------------------------------------------------------------------------- the reply

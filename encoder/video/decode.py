@@ -66,7 +66,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Union
+from typing import TypeVar, Union
 
 import av
 import numpy as np
@@ -97,6 +97,7 @@ __all__ = [
     "load_clip",
     "open_video",
     "packet_time_span",
+    "pick_uniformly",
     "resize_shorter_side",
     "sample_times",
     "stream_duration",
@@ -145,6 +146,7 @@ _TIME_EPS = 1e-6
 _FORMAT_OPTIONS = {"protocol_whitelist": "file,crypto,data", "format_whitelist": CONTAINER_FORMATS}
 
 Source = Union[str, os.PathLike, np.ndarray, Image.Image, Sequence]
+T = TypeVar("T")
 
 
 class VideoDecodeError(PrismVlmError, RuntimeError):
@@ -213,14 +215,14 @@ def load_clip(
         path = Path(source)
         if path.suffix.lower() in IMAGE_SUFFIXES:
             _reject_window(start, end, "an image file")
-            frames = _repeat([_read_image(path)], num_frames)
+            frames = pick_uniformly([_read_image(path)], num_frames)
         else:
             frames, _ = _decode_frames_with_stats(
                 path, num_frames, start, end, size=size, max_side=max_side, time_limit_s=time_limit_s
             )
     else:
         _reject_window(start, end, "in-memory frames")
-        frames = _repeat(_frames_from_memory(source), num_frames)
+        frames = pick_uniformly(_frames_from_memory(source), num_frames)
 
     return _to_clip(frames, size)
 
@@ -432,8 +434,10 @@ def _read_image(path: Path) -> np.ndarray:
         raise VideoDecodeError(path, f"not a readable image ({exc})") from exc
 
 
-def _repeat(frames: list[np.ndarray], num_frames: int) -> list[np.ndarray]:
-    """Pick ``num_frames`` of ``frames`` uniformly (frame shown at each segment centre)."""
+def pick_uniformly(frames: Sequence[T], num_frames: int) -> list[T]:
+    """``num_frames`` of ``frames`` picked uniformly, the one shown at each segment centre (repeating
+    frames when there are fewer): what :func:`load_clip` does with in-memory frames, so that a caller can
+    decode only the frames it will keep."""
     count = len(frames)
     indices = np.minimum(((np.arange(num_frames) + 0.5) * count / num_frames).astype(np.int64), count - 1)
     return [frames[i] for i in indices]

@@ -299,3 +299,28 @@ def test_the_gradio_app_mounts_the_same_api_on_its_model(glue_dir, media, tmp_pa
     finally:
         demo.close()
         service.close()
+
+
+@pytest.mark.quick
+def test_only_the_image_frames_a_clip_keeps_are_decoded_and_shrunk_at_once(tmp_path, monkeypatch):
+    """200 image parts for an 8-frame clip: 8 images decoded, each shrunk to the frame size right away."""
+    from types import SimpleNamespace
+
+    from apps.limits import AppLimits
+    from apps.openai_server import MediaReader, ServerConfig
+
+    service = SimpleNamespace(frame_size=16, limits=AppLimits())
+    reader = MediaReader(service, ServerConfig(), tmp_path)
+    decoded = []
+    real = MediaReader.image
+
+    def counting(self, url):
+        image = real(self, url)
+        decoded.append(image.shape)
+        return image
+
+    monkeypatch.setattr(MediaReader, "image", counting)
+    urls = [_png_url(i) for i in range(200)]
+    clip = reader.frames(urls, 8)
+    assert clip.shape == (8, 16, 16, 3) and len(decoded) == 8
+    assert [round(float(frame.mean()) * 255) for frame in clip] == [12 + 25 * i for i in range(8)]  # images 12, 37, ...

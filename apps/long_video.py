@@ -224,7 +224,7 @@ class LongVideoService:
         video it concerns, naming the times), made in one piece of model work."""
         if not self.can_find:
             raise AppInputError(NO_VIDEO_TEXT)
-        settings = self.service._generation(max_new_tokens, generation, REPLY_TOKENS)
+        settings = self.service.generation_settings(max_new_tokens, generation, REPLY_TOKENS)
         long_video = self.read(video, text=True, progress=progress)
         qa = LongVideoQA(
             self.service.assistant,

@@ -78,7 +78,6 @@ MAX_MESSAGES = 64
 MAX_IMAGE_FRAMES = 256
 MAX_STOP_STRINGS = 4
 MAX_STOP_CHARS = 64
-MAX_JSON_DEPTH = 32
 
 
 @dataclass(frozen=True)
@@ -496,7 +495,11 @@ class _Admission:
             raise ApiError(429, "the server's queue is full; try again later", kind="rate_limit_error")
         self._held += 1
         ticket = _Ticket(self)
-        await self._running.acquire()
+        try:
+            await self._running.acquire()
+        except BaseException:  # the client went away while waiting: its place is free again
+            ticket.release()
+            raise
         ticket.running = True
         return ticket
 
@@ -642,9 +645,7 @@ def _run(function, *args):
     """``function(*args)``, a user error of the service as a 400."""
     try:
         return function(*args)
-    except AppInputError as error:
-        raise ApiError(400, str(error)) from None
-    except PrismVlmError as error:
+    except PrismVlmError as error:  # a bad clip, question or candidates
         raise ApiError(400, str(error)) from None
 
 

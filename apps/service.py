@@ -258,12 +258,6 @@ class ModelService:
     ) -> GenerationSettings:
         """The request's generation settings (greedy when None) with its checked max_new_tokens (``default``
         when None, within the limit)."""
-        return self._generation(max_new_tokens, generation, default)
-
-    def _generation(
-        self, max_new_tokens: int | float | None, generation: GenerationSettings | None, default: int
-    ) -> GenerationSettings:
-        """The request's generation settings (greedy when None) with its checked max_new_tokens."""
         return (generation or GenerationSettings()).replace(max_new_tokens=self._tokens(max_new_tokens, default))
 
     def _tokens(self, max_new_tokens: int | float | None, default: int) -> int:
@@ -355,7 +349,7 @@ class ModelService:
         generation: GenerationSettings | None = None,
     ) -> str:
         """A caption of the clip (greedy unless ``generation`` says otherwise)."""
-        settings = self._generation(max_new_tokens, generation, 32)
+        settings = self.generation_settings(max_new_tokens, generation, 32)
         ids = self._token_ids(video, num_frames, self.assistant.caption_inputs, settings)
         return self.assistant.caption_text(self._all(ids))
 
@@ -457,7 +451,7 @@ class ModelService:
         """Open-vocabulary answer (candidates None; greedy unless ``generation`` says otherwise) or
         candidates ranked by log-likelihood."""
         question = self._text(question, "question")
-        settings = self._generation(max_new_tokens, generation, 32)
+        settings = self.generation_settings(max_new_tokens, generation, 32)
         if candidates is not None:
             candidates = self._candidates(candidates)
         if candidates is None:
@@ -542,7 +536,7 @@ class ModelService:
         as alone), each streamed to its own client. Closing this generator early (a client that goes away)
         takes its row out of the batch at the next step."""
         messages = (prompt or self.chat_prompt(history, message)).messages
-        settings = self._generation(max_new_tokens, generation, 256)
+        settings = self.generation_settings(max_new_tokens, generation, 256)
         ids = self.chat_tokens(video, messages, num_frames, settings)
         text = IncrementalText(self.model.tokenizer)
         try:

@@ -143,6 +143,8 @@ MAX_SCAN_PACKETS = 1_000_000
 """Most packets read to measure a stream whose header gives no duration (hours of video)."""
 _MAX_SEEK_RETRIES = 3
 _TIME_EPS = 1e-6
+# FFmpeg's EINVAL: av.error.ArgumentError from PyAV 17, av.error.ValueError before it
+_INVALID_ARGUMENT = getattr(av.error, "ArgumentError", None) or av.error.ValueError
 _FORMAT_OPTIONS = {"protocol_whitelist": "file,crypto,data", "format_whitelist": CONTAINER_FORMATS}
 
 Source = Union[str, os.PathLike, np.ndarray, Image.Image, Sequence]
@@ -516,7 +518,8 @@ class _KeyframeIndex:
     _MAX_WALK = 2000  # entries to walk back from a time to its keyframe
 
     def __init__(self, stream: av.video.stream.VideoStream, trusted: bool):
-        self._entries = stream.index_entries if trusted else None
+        # PyAV >= 16 exposes the index; on older releases every lookup answers "unknown"
+        self._entries = getattr(stream, "index_entries", None) if trusted else None
         self._time_base = stream.time_base
 
     def keyframe_before(self, time: float) -> float | None:
@@ -645,7 +648,7 @@ def _open(path: Path, max_side: int | None = DEFAULT_MAX_SIDE) -> av.container.I
     try:
         # Local files only: a playlist (m3u8, concat, ...) must not reach out to the network.
         container = av.open(str(path), mode="r", options=options)
-    except av.error.ArgumentError as exc:  # what FFmpeg answers for a format off the whitelist
+    except _INVALID_ARGUMENT as exc:  # what FFmpeg answers for a format off the whitelist
         raise VideoDecodeError(path, f"not a video container this reader opens ({_FORMAT_NAMES})") from exc
     except (av.error.FFmpegError, OSError, UnicodeDecodeError) as exc:
         raise VideoDecodeError(path, _describe(exc)) from exc

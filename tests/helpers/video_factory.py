@@ -9,6 +9,8 @@ index back from a decoded frame.
 
 from __future__ import annotations
 
+import math
+import struct
 from collections.abc import Iterable, Sequence
 from fractions import Fraction
 from pathlib import Path
@@ -126,7 +128,12 @@ def write_video(
             options["x265-params"] = "log-level=error"
         options.update(codec_options or {})
         stream.options = options
-        if rotation is not None or hflip:
+        rotate_in_header = (rotation is not None or hflip) and not hasattr(stream, "set_display_rotation")
+        if rotate_in_header and path.suffix.lower() not in (".mp4", ".mov"):
+            import pytest
+
+            pytest.skip(f"PyAV {av.__version__} cannot write a display rotation into {path.suffix} files")
+        if (rotation is not None or hflip) and not rotate_in_header:
             stream.set_display_rotation(rotation or 0, hflip=hflip)
         palette = _palette(frames) if pix_fmt == "pal8" else None
         for i, array in enumerate(frames):
@@ -140,7 +147,38 @@ def write_video(
             frame.time_base = time_base
             container.mux(stream.encode(frame))
         container.mux(stream.encode(None))
+    if rotate_in_header:
+        _write_tkhd_matrix(path, display_matrix(rotation or 0, hflip))
     return path
+
+
+def display_matrix(rotation: float, hflip: bool = False) -> list[int]:
+    """FFmpeg's display matrix (9 int32) for ``rotation`` counter-clockwise degrees, then a horizontal
+    flip: what av_display_rotation_set and av_display_matrix_flip write."""
+    radians = math.radians(rotation)
+    cos, sin = math.cos(radians), math.sin(radians)
+    matrix = [int(cos * 65536), int(-sin * 65536), 0, int(sin * 65536), int(cos * 65536), 0, 0, 0, 1 << 30]
+    if hflip:
+        for i in (0, 3, 6):
+            matrix[i] = -matrix[i]
+    return matrix
+
+
+def _write_tkhd_matrix(path: Path, matrix: Sequence[int]) -> None:
+    """Set the display matrix of an mp4/mov file's one track in place (its tkhd box, which the mov
+    demuxer reads as the stream's display matrix): for PyAV releases before
+    ``VideoStream.set_display_rotation``."""
+    data = bytearray(path.read_bytes())
+    at = data.find(b"tkhd")
+    if at < 0 or data.find(b"tkhd", at + 4) >= 0:
+        raise ValueError(f"{path} needs exactly one tkhd box to set its rotation")
+    version = data[at + 4]
+    # after type: version+flags 4, creation and modification times, track id 4, reserved 4, duration,
+    # reserved 8, layer 2, alternate group 2, volume 2, reserved 2
+    times = 8 if version == 1 else 4
+    offset = at + 4 + 4 + 2 * times + 4 + 4 + times + 8 + 8
+    data[offset : offset + 36] = struct.pack(">9i", *matrix)
+    path.write_bytes(bytes(data))
 
 
 def _palette(frames: list[np.ndarray]) -> np.ndarray:

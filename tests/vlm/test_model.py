@@ -388,6 +388,24 @@ def test_fast_scoring_equals_naive_scoring(model, clips, tokenizer, candidates):
     assert len(set(fast.tolist())) == len(candidates)
 
 
+def test_greedy_flags_name_exactly_the_continuations_greedy_decoding_produces(model, clips, tokenizer):
+    """return_greedy: True for the 1- and 3-token continuations greedy decoding gives after the prefix
+    (found by argmax, step by step), False for the same with one token changed."""
+    prefix = _prefix(model, clips)
+    embedding = model.llm.get_input_embeddings()
+    greedy_ids, embeds = [], prefix
+    with torch.no_grad():
+        for _ in range(3):
+            logits = model.llm(inputs_embeds=embeds).logits[0, -1]
+            greedy_ids.append(int(logits.argmax()))
+            embeds = torch.cat([embeds, embedding(torch.tensor([greedy_ids[-1]]))[None]], dim=1)
+    other = (greedy_ids[2] + 1) % model.llm.config.vocab_size
+    ids = [greedy_ids[:1], greedy_ids, greedy_ids[:2] + [other], [(greedy_ids[0] + 1) % model.llm.config.vocab_size]]
+    scores, greedy = candidate_log_likelihoods(model.llm, prefix, ids, batch_size=2, return_greedy=True)
+    assert greedy.tolist() == [True, True, False, False]
+    torch.testing.assert_close(scores, naive_candidate_log_likelihoods(model.llm, prefix, ids), atol=1e-4, rtol=0)
+
+
 def test_scoring_memory_is_bounded_by_fed_tokens_whatever_the_lengths(model, clips, tokenizer):
     """A 1,000-token candidate among short ones: every forward feeds at most max_tokens_per_forward
     tokens (rows x padded width) unless one candidate alone is longer, and scores are unchanged."""

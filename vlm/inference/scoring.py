@@ -107,7 +107,9 @@ def candidate_log_likelihoods(
     candidate_ids: Sequence[Sequence[int]],
     batch_size: int = 64,
     max_tokens_per_forward: int = 2048,
-) -> torch.Tensor:
+    *,
+    return_greedy: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Summed log-likelihood of each candidate continuation.
 
     prefix_embeds: [1, P, H] the LLM's input embeddings of video + prompt (no padding).
@@ -116,7 +118,9 @@ def candidate_log_likelihoods(
     max_tokens_per_forward: and at most this many fed tokens (rows x padded width) per forward, so
         the logits held at once ([rows, width, V] float32) stay bounded whatever the candidates'
         lengths (a candidate longer than this is scored alone). Candidates are grouped by length.
-    Returns float32 [K].
+    return_greedy: also return bool [K]: whether greedy decoding would produce the candidate (each of its
+        tokens the most likely one after the prefix and the tokens before it).
+    Returns float32 [K] (and the greedy flags).
     """
     if prefix_embeds.ndim != 3 or prefix_embeds.shape[0] != 1:
         raise ValueError(f"prefix_embeds must have shape [1, P, H], got {tuple(prefix_embeds.shape)}")
@@ -138,6 +142,7 @@ def candidate_log_likelihoods(
     first_log_probs = torch.log_softmax(last_logits[0, -1].float(), dim=-1)  # [V]
     first_tokens = torch.tensor([ids[0] for ids in candidate_ids], device=device)
     totals = first_log_probs[first_tokens].clone()  # [K]
+    greedy = first_tokens == first_log_probs.argmax()  # [K]
     multi = sorted(
         (index for index, ids in enumerate(candidate_ids) if len(ids) > 1), key=lambda i: len(candidate_ids[i])
     )
@@ -165,8 +170,12 @@ def candidate_log_likelihoods(
         token_log_probs = (logits.gather(-1, targets[..., None]).squeeze(-1) - torch.logsumexp(logits, dim=-1)) * mask[
             :, 1:
         ]
-        totals[torch.tensor(rows, device=device)] += token_log_probs.sum(dim=1)
-    return totals
+        rows_index = torch.tensor(rows, device=device)
+        totals[rows_index] += token_log_probs.sum(dim=1)
+        if return_greedy:
+            greedy_tokens = (logits.argmax(dim=-1) == targets) | (mask[:, 1:] == 0)
+            greedy[rows_index] &= greedy_tokens.all(dim=1)
+    return (totals, greedy) if return_greedy else totals
 
 
 def _length_groups(rows: list[int], lengths: list[int], max_rows: int, max_tokens: int) -> Iterator[list[int]]:

@@ -752,7 +752,8 @@ def test_stream_starting_after_the_container_has_one_duration_everywhere(tmp_pat
     path = _write_late_video(tmp_path / "audio_first.mkv", first_s=2.0, audio_s=6.0)
     with av.open(str(path)) as container:
         stream = video_stream(container, path)
-        assert stream.duration is None and container.start_time == 0
+        # start_time is 0, or slightly negative where the AAC encoder's priming is written (FFmpeg 7)
+        assert stream.duration is None and -0.1 < container.start_time / av.time_base <= 0
         end = container.duration / av.time_base
         assert stream_start(container, stream) == pytest.approx(2.0)
         assert stream_duration(container, stream) == pytest.approx(end - 2.0)

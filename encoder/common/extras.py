@@ -12,6 +12,7 @@ Everything else comes with an extra:
 | ``eval`` | evaluate, datasets, nltk | caption metrics, dataset sources, WUPS |
 | ``faiss`` | faiss-cpu | ``prism-vlm search --backend faiss`` |
 | ``all`` | all of the above | |
+| ``lmms`` | lmms-eval, filelock<4 | the lmms-eval models ``prism_vlm`` and ``prism_vlm_chat`` (not in ``all``: lmms-eval pins av<16) |
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "train": ("peft", "datasets", "matplotlib"),
     "eval": ("evaluate", "datasets", "nltk"),
     "faiss": ("faiss-cpu",),
+    "lmms": ("lmms-eval", "filelock"),  # filelock<4: lmms-eval 0.7.3 imports filelock._api
 }
 
 

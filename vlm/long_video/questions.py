@@ -187,15 +187,20 @@ class LongVideoQA:
     def rank(self, question: str, candidates) -> tuple[tuple[float, float], list]:
         """Closed-vocabulary: the candidates ranked (:meth:`VideoAssistant.score_answers`) on the moment the
         question names, else on the window most similar to it. Returns ((start, end), ranked answers)."""
+        question, (start, end), features = self.moment(question)
+        return (start, end), self.assistant.score_answers(question, candidates, video_features=features)
+
+    def moment(self, question: str) -> tuple[str, tuple[float, float], torch.Tensor]:
+        """What a closed question is asked on: the moment it names (the question then without the time), else
+        the glue window most similar to it. Returns (question, (start, end) seconds, soft prompt [1, L, H])."""
         question = " ".join(question.split())
         time_s = named_time(question)
         if time_s is not None and time_s <= self.video.duration:
             start, end, features = self._moment_features(time_s)
-            question = without_time(question) or question
-        else:
-            index = self._best_window_index(question)
-            (start, end), features = self.video.spans[index].tolist(), self.video.glue_features([index])
-        return (start, end), self.assistant.score_answers(question, candidates, video_features=features)
+            return without_time(question) or question, (start, end), features
+        index = self._best_window_index(question)
+        start, end = (float(t) for t in self.video.spans[index])
+        return question, (start, end), self.video.glue_features([index])
 
     def _when(self, thing: str) -> LongVideoReply:
         scores = window_scores(self.video_text_model, self.video, query_phrasings(thing)).numpy()

@@ -1,0 +1,787 @@
+"""lmms-eval's models of a prism-vlm glue: ``python -m lmms_eval --model prism_vlm --model_args pretrained=GLUE``.
+
+:class:`PrismVlm` (``prism_vlm``, lmms-eval's simple model) answers the three request types of lmms-eval's
+``ConfigurableTask``:
+
+- ``loglikelihood``: exact. The requests of one question (its choices) share one decode, one encode and one
+  forward over the prompt's prefix (its KV cache reused for every choice, as ``VideoAssistant.score_answers``
+  does); questions whose choices are all one token are scored ``batch_size`` at a time in one forward. The
+  greedy flag says whether greedy decoding would write the choice.
+- ``generate_until``: lmms-eval's ``gen_kwargs`` (``max_new_tokens``, ``temperature``, ``do_sample``,
+  ``top_p``, ``top_k``, ``num_beams``, ``repetition_penalty``, ``until``), ``batch_size`` requests per batch.
+- ``generate_until_multi_round``: round after round through the task's ``doc_to_text``.
+
+:class:`PrismVlmChat` (``prism_vlm_chat``) takes the chat tasks' messages (``ConfigurableMessagesTask``):
+the conversation in the LLM's chat template with the video at the start of the first user turn.
+
+The model's arguments are :class:`LmmsModelSettings`. ``prompt=qa`` (the default) puts lmms-eval's context in
+the glue's QA template, as ``prism-vlm eval-qa`` and ``prism-vlm ask`` do (so a local task's accuracy equals
+``eval-qa --mode closed``'s and its answers equal ``ask``'s); ``prompt=chat`` makes it the user turn of a chat.
+
+Each question reads one video: a path (or a dict with the path and ``start``/``end`` seconds) or a list of
+frames (PIL images) from the task's ``doc_to_visual``. A video that cannot be read gives no answer (an empty
+string; a log-likelihood of -inf) and is listed in the protocol card; the evaluation goes on.
+
+``window=SECONDS`` reads a video longer than two windows as windows (``vlm.long_video``): each question is
+asked on the moment it names or on the window the video-text model finds most similar to it.
+
+``protocol=PATH`` writes the protocol card (:mod:`vlm.evaluation.protocol`) there after every call: the
+glue's sources and hashes, frames, frame size, sampling rule, decoder, prompt templates, the model arguments,
+lmms-eval's version, and per task the request types and generation settings it sent.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import warnings
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from lmms_eval.api.instance import Instance
+from lmms_eval.api.model import lmms
+from tqdm.auto import tqdm
+
+from encoder.common.errors import UsageError
+from encoder.video.decode import VideoDecodeError, load_clip
+from vlm.inference.generation import MIN_SAMPLING_TEMPERATURE, GenerationSettings
+from vlm.inference.scoring import candidate_log_likelihoods
+from vlm.prompts import ANSWER_PREFIX, leading_special_ids, text_ids
+
+logger = logging.getLogger(__name__)
+
+PROMPTS = ("qa", "chat")
+SCORES = ("loss", "logprob")
+MAX_NEW_TOKENS_LIMIT = 8192  # GenerationSettings' bound; lmms-eval tasks ask for up to 32768
+_IGNORED_ARGS = ("max_batch_size",)  # passed by lmms-eval to every model; batches here are batch_size
+
+
+@dataclass(frozen=True)
+class LmmsModelSettings:
+    """The model arguments (``--model_args key=value,...``).
+
+    pretrained: a saved glue directory or a Hub id (None: the installed demo model).
+    num_frames: frames sampled per video (None: the glue's). frame_size: their side (None: the glue's).
+    batch_size: questions (and videos decoded and encoded) per batch.
+    device: cpu, cuda, cuda:1 ... (None: cuda when available).
+    prompt: "qa" (the glue's QA template, as eval-qa and ask) or "chat" (the LLM's chat template).
+    score: what ``loglikelihood`` returns: "loss", the negative log-likelihood (lmms-eval's convention: its
+        ``multiple_choice`` metrics and its ``*_mcppl`` tasks pick the choice with the SMALLEST value), or
+        "logprob", the log-likelihood (lm-evaluation-harness's convention, e.g. for ``acc_mutual_info``).
+    max_new_tokens: generation's default when a task's gen_kwargs give none.
+    window: seconds per window for long videos (0: every video is one clip of num_frames frames).
+    video_text_model: with window: the video-text model that finds a question's moment (None: the demo's).
+    protocol: write the protocol card (JSON) here after every call (None: none written).
+    """
+
+    pretrained: str | None = None
+    num_frames: int | None = None
+    frame_size: int | None = None
+    batch_size: int = 8
+    device: str | None = None
+    prompt: str = "qa"
+    score: str = "loss"
+    max_new_tokens: int = 32
+    window: float = 0.0
+    video_text_model: str | None = None
+    protocol: str | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("num_frames", "frame_size"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+                raise UsageError(f"{name} must be a positive integer, got {value!r}")
+        if (
+            not isinstance(self.batch_size, int)
+            or isinstance(self.batch_size, bool)
+            or not 1 <= self.batch_size <= 1024
+        ):
+            raise UsageError(f"batch_size must be an integer in [1, 1024], got {self.batch_size!r}")
+        if self.score not in SCORES:
+            raise UsageError(f"score must be one of {', '.join(SCORES)}, got {self.score!r}")
+        if self.prompt not in PROMPTS:
+            raise UsageError(f"prompt must be one of {', '.join(PROMPTS)}, got {self.prompt!r}")
+        if not isinstance(self.max_new_tokens, int) or not 1 <= self.max_new_tokens <= MAX_NEW_TOKENS_LIMIT:
+            raise UsageError(f"max_new_tokens must be an integer in [1, {MAX_NEW_TOKENS_LIMIT}]")
+        if not isinstance(self.window, (int, float)) or isinstance(self.window, bool) or not 0 <= self.window <= 3600:
+            raise UsageError(f"window must be seconds in [0, 3600] (0: off), got {self.window!r}")
+
+    @classmethod
+    def from_model_args(cls, args: dict) -> LmmsModelSettings:
+        """Settings from lmms-eval's parsed ``--model_args`` (and its batch_size / device); UsageError naming
+        an unknown argument and the known ones."""
+        known = {f.name: f for f in dataclasses.fields(cls)}
+        values = {}
+        for name, value in args.items():
+            if name in _IGNORED_ARGS:
+                continue
+            if name not in known:
+                raise UsageError(f"unknown prism_vlm model argument {name!r}; known: {', '.join(known)}")
+            values[name] = _coerce(name, value)
+        return cls(**values)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _coerce(name: str, value):
+    """lmms-eval's arguments as the settings' types ("8" from --batch_size, "none" for None, ...)."""
+    if isinstance(value, str) and value.lower() in ("", "none", "null"):
+        return None if name not in ("batch_size", "prompt", "score", "max_new_tokens", "window") else value
+    if name in ("num_frames", "frame_size", "batch_size", "max_new_tokens") and isinstance(value, str):
+        try:
+            return int(value)
+        except ValueError:
+            raise UsageError(f"{name} must be an integer, got {value!r}") from None
+    if name == "window" and isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            raise UsageError(f"window must be seconds, got {value!r}") from None
+    if name in ("pretrained", "device", "video_text_model", "protocol") and value is not None:
+        return str(value)
+    return value
+
+
+def generation_settings(gen_kwargs: dict, default_max_new_tokens: int) -> tuple[GenerationSettings, list[str]]:
+    """lmms-eval's ``gen_kwargs`` as (GenerationSettings, the ``until`` strings).
+
+    As lmms-eval's models read them: a temperature above 0 samples (``do_sample`` may say so too), 0 or
+    None is greedy; ``max_new_tokens`` is capped at 8192; keys other than the generation settings are
+    ignored (the protocol card records them all)."""
+    kwargs = dict(gen_kwargs or {})
+    until = kwargs.get("until") or []
+    until = [until] if isinstance(until, str) else [text for text in until if isinstance(text, str) and text]
+    max_new_tokens = int(kwargs.get("max_new_tokens") or default_max_new_tokens)
+    temperature = float(kwargs.get("temperature") or 0.0)
+    do_sample = bool(kwargs.get("do_sample")) or temperature > 0
+    samples = do_sample and temperature >= MIN_SAMPLING_TEMPERATURE
+    settings = GenerationSettings(
+        max_new_tokens=max(1, min(max_new_tokens, MAX_NEW_TOKENS_LIMIT)),
+        do_sample=samples,
+        temperature=min(temperature, 100.0) if samples else 1.0,
+        top_p=float(kwargs.get("top_p") or 1.0) if samples else 1.0,
+        top_k=int(kwargs.get("top_k") or 0) if samples else 50,
+        repetition_penalty=float(kwargs.get("repetition_penalty") or 1.0),
+        num_beams=int(kwargs.get("num_beams") or 1),
+    )
+    return settings, until
+
+
+def cut_at(text: str, until: Sequence[str]) -> str:
+    """``text`` up to the first occurrence of any stop string."""
+    for stop in until:
+        position = text.find(stop)
+        if position >= 0:
+            text = text[:position]
+    return text
+
+
+# ---------------------------------------------------------------------------------------------------- videos
+
+
+@dataclass(frozen=True)
+class VideoSource:
+    """What one question reads: a file (with a window in seconds) or in-memory frames."""
+
+    path: str | None = None
+    start: float | None = None
+    end: float | None = None
+    frames: tuple = ()
+
+    @property
+    def name(self) -> str:
+        return self.path if self.path is not None else f"<{len(self.frames)} frames>"
+
+
+def video_source(visuals) -> VideoSource:
+    """The one video of a question from ``doc_to_visual``'s list; UsageError for none or several videos.
+
+    A visual is a path, a dict with one (``path``, ``video`` or ``url``; ``start``/``video_start``/
+    ``start_time`` and ``end``/... in seconds) or PIL images (the frames of one clip)."""
+    if visuals is None or isinstance(visuals, (str, os.PathLike, dict)):
+        visuals = [] if visuals is None else [visuals]
+    visuals = list(visuals)
+    images = [v for v in visuals if hasattr(v, "convert") and hasattr(v, "size")]  # PIL images
+    videos = [v for v in visuals if not (hasattr(v, "convert") and hasattr(v, "size"))]
+    if images and not videos:
+        return VideoSource(frames=tuple(images))
+    if len(videos) != 1 or images:
+        raise UsageError(
+            f"prism_vlm reads one video per question; this one has {len(videos)} videos and {len(images)} images"
+        )
+    video = videos[0]
+    if isinstance(video, (str, os.PathLike)):
+        return VideoSource(path=str(video))
+    if isinstance(video, dict):
+        path = next((video[k] for k in ("path", "video", "url") if isinstance(video.get(k), (str, os.PathLike))), None)
+        if path is None:
+            raise UsageError(f"a video dict needs a path ('path', 'video' or 'url'), got keys {sorted(video)}")
+        start = next((video[k] for k in ("start", "video_start", "start_time") if video.get(k) is not None), None)
+        end = next((video[k] for k in ("end", "video_end", "end_time") if video.get(k) is not None), None)
+        return VideoSource(str(path), None if start is None else float(start), None if end is None else float(end))
+    raise UsageError(f"prism_vlm cannot read a visual of type {type(video).__name__}")
+
+
+# ---------------------------------------------------------------------------------------------------- the card
+
+
+@dataclass
+class _ProtocolRecord:
+    """What the protocol card adds to the glue's: per task, the request types and generation settings sent,
+    the videos that could not be read, and the questions cut to the QA template's length."""
+
+    tasks: dict = field(default_factory=lambda: defaultdict(lambda: {"requests": defaultdict(int), "gen_kwargs": []}))
+    unreadable: dict = field(default_factory=dict)
+    truncated_questions: int = 0
+
+    def add(self, request_type: str, task: str | None, gen_kwargs: dict | None = None) -> None:
+        entry = self.tasks[task or "?"]
+        entry["requests"][request_type] += 1
+        if gen_kwargs is not None:
+            shown = json.loads(json.dumps(gen_kwargs, default=str))
+            if shown not in entry["gen_kwargs"]:
+                entry["gen_kwargs"].append(shown)
+
+    def to_dict(self) -> dict:
+        return {
+            "tasks": {
+                name: {"requests": dict(t["requests"]), "gen_kwargs": t["gen_kwargs"]} for name, t in self.tasks.items()
+            },
+            "unreadable_videos": dict(self.unreadable),
+            "truncated_questions": self.truncated_questions,
+        }
+
+
+# ---------------------------------------------------------------------------------------------------- the model
+
+
+class PrismVlm(lmms):
+    """lmms-eval's simple model of a glue (see the module docstring); model arguments: :class:`LmmsModelSettings`."""
+
+    is_simple = True
+    default_prompt = "qa"
+
+    def __init__(self, **model_args):
+        super().__init__()
+        from encoder.videoprism.loading import default_device
+        from vlm.inference.assistant import load_assistant
+
+        model_args.setdefault("prompt", self.default_prompt)
+        self.settings = LmmsModelSettings.from_model_args(model_args)
+        self.device_name = self.settings.device or default_device()
+        self.assistant = load_assistant(self.settings.pretrained, device=self.device_name)
+        config = self.assistant.config
+        self.num_frames = self.settings.num_frames or config.num_frames
+        self.frame_size = self.settings.frame_size or config.frame_size
+        patch = _patch_size(self.assistant.model)
+        if patch and self.frame_size % patch:
+            raise UsageError(
+                f"frame_size must be a multiple of the encoder's patch size {patch}, got {self.frame_size}"
+            )
+        self.batch_size = self.settings.batch_size
+        self.record = _ProtocolRecord()
+        self._long_videos: dict[str, list | None] = {}  # path -> window spans (None: not a long video)
+        self._long_questions: dict[str, object] = {}  # path -> its LongVideoQA
+        self._video_text = None
+        if self.settings.protocol is None:
+            warnings.warn(
+                "prism_vlm: no protocol=PATH in --model_args: the settings behind these scores are not written down",
+                stacklevel=2,
+            )
+
+    # ------------------------------------------------------------------ lmms-eval's requests
+
+    def loglikelihood(self, requests: list[Instance]) -> list[tuple[float, bool]]:
+        """Per request: (the negative log-likelihood of the continuation given video + context, or with
+        ``score=logprob`` the log-likelihood; whether greedy decoding writes it). Requests of one question
+        (video and context) are scored together. An unreadable video: inf (-inf)."""
+        results: list[tuple[float, bool] | None] = [None] * len(requests)
+        questions: dict[tuple, list[tuple[int, str]]] = defaultdict(list)
+        question_visuals: dict[tuple, Callable | None] = {}
+        for index, request in enumerate(requests):
+            args = request.args
+            context, continuation = args[0], args[1]
+            if len(args) >= 6:
+                doc_to_visual, doc_id, task, split = args[2:6]
+                doc = self.task_dict[task][split][doc_id]
+                continuation = continuation(doc) if callable(continuation) else continuation
+                key = (task, split, doc_id, context)
+                question_visuals[key] = lambda doc=doc, fn=doc_to_visual: fn(doc)
+            else:  # lmms-eval's unconditional requests (acc_mutual_info): ("", choice), no video
+                task = getattr(request, "task_name", None)
+                key = (task, None, None, context)
+                question_visuals[key] = None
+            if isinstance(continuation, list):  # doc_to_target giving a list: its first
+                continuation = continuation[0]
+            self.record.add("loglikelihood", task)
+            questions[key].append((index, str(continuation)))
+        keys = list(questions)
+        with tqdm(total=len(requests), desc="prism_vlm loglikelihood", unit="request", disable=self.rank != 0) as bar:
+            for start in range(0, len(keys), self.batch_size):
+                batch = keys[start : start + self.batch_size]
+                features = self._question_features(
+                    [(question_visuals[key], key[3]) for key in batch], [key[:3] for key in batch]
+                )
+                scored = self._score(
+                    [key[3] for key in batch], features, [[text for _, text in questions[key]] for key in batch]
+                )
+                sign = -1.0 if self.settings.score == "loss" else 1.0
+                for key, scores in zip(batch, scored):
+                    for (index, _), (log_likelihood, greedy) in zip(questions[key], scores):
+                        results[index] = _harness_output((sign * log_likelihood, greedy))
+                    bar.update(len(questions[key]))
+        self._write_protocol()
+        return results
+
+    def generate_until(self, requests: list[Instance]) -> list[str]:
+        """The answer to each request's context about its video, with its gen_kwargs; "" for an unreadable one."""
+        results: list[str | None] = [None] * len(requests)
+        groups: dict[str, list[int]] = defaultdict(list)
+        for index, request in enumerate(requests):
+            gen_kwargs, task = request.args[1], request.args[4]
+            self.record.add("generate_until", task, gen_kwargs)
+            groups[json.dumps(gen_kwargs, sort_keys=True, default=str)].append(index)
+        with tqdm(total=len(requests), desc="prism_vlm generate_until", unit="request", disable=self.rank != 0) as bar:
+            for indices in groups.values():
+                settings, until = generation_settings(requests[indices[0]].args[1], self.settings.max_new_tokens)
+                for start in range(0, len(indices), self.batch_size):
+                    batch = indices[start : start + self.batch_size]
+                    asked = []
+                    for index in batch:
+                        context, _, doc_to_visual, doc_id, task, split = requests[index].args
+                        doc = self.task_dict[task][split][doc_id]
+                        asked.append(((lambda doc=doc, fn=doc_to_visual: fn(doc)), context, (task, split, doc_id)))
+                    texts = self._generate(
+                        [[{"role": "user", "content": context}] for _, context, _ in asked],
+                        self._question_features([(v, c) for v, c, _ in asked], [k for _, _, k in asked]),
+                        settings,
+                    )
+                    for index, text in zip(batch, texts):
+                        results[index] = cut_at(text, until)
+                    bar.update(len(batch))
+        self._write_protocol()
+        return results
+
+    def generate_until_multi_round(self, requests: list[Instance]) -> list[list[str]]:
+        """Per request, the answer of every round: round 0 answers the context; each later round is what the
+        task's ``doc_to_text(doc, previous_output=..., round_idx=...)`` asks, until it says it is done."""
+        results = []
+        for request in tqdm(requests, desc="prism_vlm multi-round", unit="request", disable=self.rank != 0):
+            context, gen_kwargs, doc_to_visual, doc_to_text, doc_id, task, split = request.args
+            self.record.add("generate_until_multi_round", task, gen_kwargs)
+            settings, until = generation_settings(gen_kwargs, self.settings.max_new_tokens)
+            doc = self.task_dict[task][split][doc_id]
+            visuals = doc_to_visual(doc)
+            conversation = [{"role": "user", "content": context}]
+            outputs: list[str] = []
+            info = None
+            for round_index in range(64):  # a task that never says it is done stops here
+                key = (task, split, doc_id)
+                features = self._question_features([(lambda v=visuals: v, conversation[-1]["content"])], [key])
+                text = cut_at(self._generate([conversation], features, settings)[0], until)
+                outputs.append(text)
+                round_visuals, next_context, terminal, _, info = doc_to_text(
+                    doc, previous_output=list(outputs), round_idx=round_index + 1, previous_round_info=info
+                )
+                if terminal:
+                    break
+                if round_visuals:
+                    visuals = round_visuals
+                conversation = [*conversation, {"role": "assistant", "content": text or " "}]
+                conversation.append({"role": "user", "content": next_context})
+            results.append(outputs)
+        self._write_protocol()
+        return results
+
+    # ------------------------------------------------------------------ prompts
+
+    def _question(self, context: str) -> str:
+        """A context as the glue's QA question (whitespace collapsed; cut to the template's question length,
+        as ``eval-qa`` and ``ask`` cut it, and counted in the protocol card)."""
+        from vlm.prompts import clean_question
+
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            question = clean_question(
+                self.assistant.tokenizer, context, self.assistant.config.prompts.max_question_tokens
+            )
+        self.record.truncated_questions += sum("truncated" in str(w.message) for w in caught)
+        return question
+
+    def _inputs(self, conversations: list[list[dict]], features: torch.Tensor):
+        """The LLM inputs of B questions (features [B, L, H]): the QA prompt of the last user turn (nothing
+        after the video for an empty one), or the whole conversation in the chat template."""
+        if self.settings.prompt == "qa":
+            prompts = [c[-1]["content"] for c in conversations]
+            return self.assistant.prompt_inputs(
+                features, [self.assistant.qa_prompt(self._question(p)) if p.strip() else "" for p in prompts]
+            )
+        return self.assistant.chat_inputs(features, [_chat_turns(c) for c in conversations])
+
+    # ------------------------------------------------------------------ scoring and generation
+
+    def _score(
+        self, contexts: list[str], features: list[torch.Tensor | None], continuations: list[list[str]]
+    ) -> list[list[tuple[float, bool]]]:
+        """(log-likelihood, greedy) of each question's continuations. features: per question [1, L, H], None for
+        an unreadable video (-inf), or the string "text" for a text-only request (no video)."""
+        tokenizer = self.assistant.tokenizer
+        ids = [[self._continuation_ids(text) for text in texts] for texts in continuations]
+        scores: list[list[tuple[float, bool]] | None] = [None] * len(contexts)
+        with_video = [i for i, f in enumerate(features) if isinstance(f, torch.Tensor)]
+        for i, f in enumerate(features):
+            if f is None:
+                scores[i] = [(-math.inf, False)] * len(continuations[i])
+        one_token = [i for i in with_video if all(len(t) == 1 for t in ids[i])]
+        if one_token:  # every choice one token: the questions in one forward
+            inputs = self._inputs(
+                [[{"role": "user", "content": contexts[i]}] for i in one_token],
+                torch.cat([features[i] for i in one_token]),
+            )
+            log_probs = self._last_log_probs(inputs)  # [b, V]
+            for row, i in enumerate(one_token):
+                best = int(log_probs[row].argmax())
+                scores[i] = [(float(log_probs[row, t[0]]), t[0] == best) for t in ids[i]]
+        for i in range(len(contexts)):
+            if scores[i] is not None:
+                continue
+            if isinstance(features[i], torch.Tensor):
+                prefix = self._inputs([[{"role": "user", "content": contexts[i]}]], features[i]).row(0)[None]
+            else:  # no video: the context after the tokenizer's leading tokens (or its BOS/EOS)
+                prefix_ids = leading_special_ids(tokenizer) + text_ids(tokenizer, contexts[i])
+                prefix_ids = prefix_ids or [
+                    tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+                ]
+                embedding = self.assistant.model.get_input_embeddings()
+                prefix = embedding(torch.tensor(prefix_ids, device=embedding.weight.device))[None]
+            with torch.inference_mode():
+                totals, greedy = candidate_log_likelihoods(
+                    self.assistant.model.llm, prefix, ids[i], batch_size=64, return_greedy=True
+                )
+            scores[i] = [(float(t), bool(g)) for t, g in zip(totals.tolist(), greedy.tolist())]
+        return scores
+
+    def _continuation_ids(self, continuation: str) -> list[int]:
+        """A continuation's token ids as the glue writes answers: after the QA prompt a space then the stripped
+        text (``answer_continuation``); as a chat reply, the stripped text. An empty one: the EOS token."""
+        text = continuation.strip()
+        if not text:
+            return [self.assistant.tokenizer.eos_token_id]
+        return text_ids(self.assistant.tokenizer, (ANSWER_PREFIX if self.settings.prompt == "qa" else "") + text)
+
+    def _last_log_probs(self, inputs) -> torch.Tensor:
+        """float32 [B, V] next-token log-probabilities after each (left-padded) row of ``inputs``."""
+        from vlm.inference.generation import accepts_logits_to_keep
+
+        llm = self.assistant.model.llm
+        kwargs = {"logits_to_keep": 1} if accepts_logits_to_keep(llm) else {}
+        with torch.inference_mode():
+            logits = llm(
+                inputs_embeds=inputs.inputs_embeds,
+                attention_mask=inputs.attention_mask,
+                position_ids=inputs.position_ids,
+                use_cache=False,
+                **kwargs,
+            ).logits[:, -1]
+        return torch.log_softmax(logits.float(), dim=-1)
+
+    def _generate(
+        self, conversations: list[list[dict]], features: list[torch.Tensor | None], settings: GenerationSettings
+    ) -> list[str]:
+        """Replies to B conversations (only the last user turn in qa mode); "" where the video is unreadable."""
+        rows = [i for i, f in enumerate(features) if isinstance(f, torch.Tensor)]
+        texts = [""] * len(conversations)
+        if not rows:
+            return texts
+        stacked = torch.cat([features[i] for i in rows])
+        if self.settings.prompt == "qa":
+            questions = [self._question(conversations[i][-1]["content"] or "?") for i in rows]
+            with warnings.catch_warnings():  # counted by _question
+                warnings.filterwarnings("ignore", message="question has .* tokens; truncated")
+                answers = self.assistant.answer(
+                    questions, video_features=stacked, max_new_tokens=settings.max_new_tokens, generation=settings
+                )
+        else:
+            pieces: list[list[str]] = [[] for _ in rows]
+            for step in self.assistant.chat_stream_batch(
+                [_chat_turns(conversations[i]) for i in rows],
+                video_features=stacked,
+                max_new_tokens=settings.max_new_tokens,
+                generation=settings,
+            ):
+                for row, piece in enumerate(step):
+                    if piece:
+                        pieces[row].append(piece)
+            answers = ["".join(p).strip() for p in pieces]
+        for i, answer in zip(rows, answers):
+            texts[i] = answer
+        return texts
+
+    # ------------------------------------------------------------------ videos
+
+    def _question_features(self, asked: list[tuple], keys: list[tuple]) -> list:
+        """Per question, its video's soft prompt [1, L, H] (None: unreadable; the string "text": no video).
+        asked: (a callable giving doc_to_visual's list, or None for a text-only request; the question text);
+        keys: the questions' documents (task, split, doc_id): a document's video is read once per batch."""
+        sources: dict[tuple, VideoSource | None] = {}
+        outcome: list = [None] * len(asked)
+        for i, ((visuals, _), key) in enumerate(zip(asked, keys)):
+            if visuals is None:
+                outcome[i] = "text"
+                continue
+            if key not in sources:
+                try:
+                    sources[key] = video_source(visuals())
+                except UsageError as error:
+                    self._unreadable(key, str(error))
+                    sources[key] = None
+        clips: dict[tuple, torch.Tensor] = {}
+        for key, source in sources.items():
+            if source is None or self._long(source) is not None:
+                continue
+            try:
+                clip = load_clip(
+                    source.path if source.path is not None else list(source.frames),
+                    self.num_frames,
+                    self.frame_size,
+                    source.start,
+                    source.end,
+                )
+            except (VideoDecodeError, FileNotFoundError, ValueError) as error:
+                self._unreadable(key, f"{source.name}: {error}")
+                continue
+            clips[key] = torch.from_numpy(clip)
+        features: dict[tuple, torch.Tensor] = {}
+        if clips:
+            with torch.inference_mode():
+                encoded = self.assistant.model.get_video_features(clips=torch.stack(list(clips.values())))
+            features = {key: encoded[row : row + 1] for row, key in enumerate(clips)}
+        for i, ((visuals, question), key) in enumerate(zip(asked, keys)):
+            if visuals is None:
+                continue
+            source = sources.get(key)
+            if key in features:
+                outcome[i] = features[key]
+            elif source is not None and self._long(source) is not None:
+                outcome[i] = self._long_video_features(source, key, question)
+        return outcome
+
+    def _unreadable(self, key: tuple, reason: str) -> None:
+        name = "/".join(str(part) for part in key)
+        if name not in self.record.unreadable:
+            logger.warning("prism_vlm: no answer for %s: %s", name, reason)
+        self.record.unreadable[name] = reason
+
+    def _long(self, source: VideoSource):
+        """The window spans of a file longer than two windows when ``window`` is on, else None."""
+        if not self.settings.window or source.path is None or source.start is not None or source.end is not None:
+            return None
+        if source.path not in self._long_videos:
+            from encoder.video.windows import video_window_spans
+
+            try:
+                spans = video_window_spans(source.path, self.settings.window)
+            except (VideoDecodeError, FileNotFoundError, ValueError):
+                spans = []
+            self._long_videos[source.path] = spans if len(spans) >= 2 else None
+        return self._long_videos[source.path]
+
+    def _long_video_features(self, source: VideoSource, key: tuple, question: str):
+        """The soft prompt [1, L, H] of the moment ``question`` names, or of the window most like it."""
+        from vlm.long_video.questions import LongVideoQA
+        from vlm.long_video.reading import read_long_video
+
+        if self._video_text is None:
+            from vlm.retrieval.video_text_model import default_video_text_model, load_video_text_model
+
+            self._video_text = load_video_text_model(
+                self.settings.video_text_model or default_video_text_model(), device=self.device_name
+            )
+        if source.path not in self._long_questions:
+            try:
+                video = read_long_video(
+                    source.path,
+                    model=self.assistant.model,
+                    video_text_model=self._video_text,
+                    window_s=self.settings.window,
+                    batch_size=self.batch_size,
+                )
+            except (VideoDecodeError, FileNotFoundError, ValueError) as error:
+                self._unreadable(key, f"{source.name}: {error}")
+                return None
+            self._long_questions[source.path] = LongVideoQA(self.assistant, self._video_text, video)
+        return self._long_questions[source.path].moment(question)[2]
+
+    # ------------------------------------------------------------------ the protocol card
+
+    def protocol_card(self) -> dict:
+        """The protocol card of this evaluation so far (:func:`vlm.evaluation.protocol.protocol_card`)."""
+        from importlib.metadata import PackageNotFoundError, version
+
+        from vlm.evaluation.protocol import protocol_card
+
+        try:
+            harness = version("lmms-eval")
+        except PackageNotFoundError:
+            harness = None
+        card = protocol_card(
+            glue=self.assistant.model,
+            glue_dir=self.settings.pretrained or _default_glue_dir(),
+            settings={
+                "harness": {"name": "lmms-eval", "version": harness, "model": type(self).__name__},
+                "model_args": self.settings.to_dict(),
+                "device": str(self.device_name),
+                "prompt_template": self.settings.prompt,
+                **self.record.to_dict(),
+            },
+        )
+        card["decoding"].update(frames=self.num_frames, frame_size=self.frame_size)
+        return card
+
+    def _write_protocol(self) -> None:
+        if self.settings.protocol is None or self.rank != 0:
+            return
+        path = Path(self.settings.protocol)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_name(path.name + ".tmp")
+        temporary.write_text(json.dumps(self.protocol_card(), indent=2) + "\n", encoding="utf-8")
+        os.replace(temporary, path)
+
+
+class PrismVlmChat(PrismVlm):
+    """lmms-eval's chat model of a glue: the chat tasks' messages in the LLM's chat template (generation only)."""
+
+    is_simple = False
+    default_prompt = "chat"
+
+    def loglikelihood(self, requests):
+        raise NotImplementedError("prism_vlm_chat only generates; score multiple-choice tasks with --model prism_vlm")
+
+    def generate_until(self, requests: list[Instance]) -> list[str]:
+        """The reply to each request's messages (lmms-eval's ``doc_to_messages``)."""
+        results: list[str | None] = [None] * len(requests)
+        groups: dict[str, list[int]] = defaultdict(list)
+        for index, request in enumerate(requests):
+            gen_kwargs, task = request.args[2], request.args[4]
+            self.record.add("generate_until", task, gen_kwargs)
+            groups[json.dumps(gen_kwargs, sort_keys=True, default=str)].append(index)
+        with tqdm(total=len(requests), desc="prism_vlm_chat", unit="request", disable=self.rank != 0) as bar:
+            for indices in groups.values():
+                settings, until = generation_settings(requests[indices[0]].args[2], self.settings.max_new_tokens)
+                for start in range(0, len(indices), self.batch_size):
+                    batch = indices[start : start + self.batch_size]
+                    conversations, asked, keys = [], [], []
+                    for index in batch:
+                        _, doc_to_messages, _, doc_id, task, split = requests[index].args
+                        conversation, visuals = chat_messages(doc_to_messages(self.task_dict[task][split][doc_id]))
+                        conversations.append(conversation)
+                        asked.append((lambda v=visuals: v, conversation[-1]["content"]))
+                        keys.append((task, split, doc_id))
+                    texts = self._generate(conversations, self._question_features(asked, keys), settings)
+                    for index, text in zip(batch, texts):
+                        results[index] = cut_at(text, until)
+                    bar.update(len(batch))
+        self._write_protocol()
+        return results
+
+    def generate_until_multi_round(self, requests: list[Instance]) -> list[list[str]]:
+        """Per request, the reply of every round; each later round's messages come from
+        ``doc_to_messages(doc, round_idx=..., previous_output=...)`` and continue the conversation."""
+        results = []
+        for request in tqdm(requests, desc="prism_vlm_chat multi-round", unit="request", disable=self.rank != 0):
+            _, doc_to_messages, gen_kwargs, doc_id, task, split = request.args
+            self.record.add("generate_until_multi_round", task, gen_kwargs)
+            settings, until = generation_settings(gen_kwargs, self.settings.max_new_tokens)
+            doc = self.task_dict[task][split][doc_id]
+            conversation, visuals = chat_messages(doc_to_messages(doc))
+            outputs: list[str] = []
+            info = None
+            for round_index in range(64):
+                features = self._question_features(
+                    [(lambda v=visuals: v, conversation[-1]["content"])], [(task, split, doc_id)]
+                )
+                text = cut_at(self._generate([conversation], features, settings)[0], until)
+                outputs.append(text)
+                messages, terminal, _, info = doc_to_messages(
+                    doc, round_idx=round_index + 1, previous_output=list(outputs), previous_round_info=info
+                )
+                if terminal or messages is None:
+                    break
+                turns, round_visuals = chat_messages(messages)
+                visuals = round_visuals or visuals
+                conversation = [*conversation, {"role": "assistant", "content": text or " "}, *turns]
+            results.append(outputs)
+        self._write_protocol()
+        return results
+
+
+def chat_messages(messages) -> tuple[list[dict], list]:
+    """lmms-eval's messages (dicts or its ``ChatMessages``) as (our chat messages with text content, the
+    visuals: the video URLs / paths and images in them). Text parts of a turn are joined by newlines."""
+    if hasattr(messages, "messages"):
+        messages = messages.messages
+    conversation, visuals = [], []
+    for message in messages:
+        role = _get(message, "role")
+        content = _get(message, "content")
+        parts = [{"type": "text", "text": content}] if isinstance(content, str) else list(content or [])
+        texts = []
+        for part in parts:
+            kind = _get(part, "type")
+            if kind == "text":
+                texts.append(str(_get(part, "text") or ""))
+            elif kind == "video":
+                start, end = _get(part, "start_time"), _get(part, "end_time")
+                url = _get(part, "url")
+                visuals.append(url if start is None and end is None else {"path": url, "start": start, "end": end})
+            elif kind == "image":
+                visuals.append(_get(part, "url"))
+        text = "\n".join(t for t in texts if t.strip())
+        if conversation and conversation[-1]["role"] == role == "user":
+            conversation[-1]["content"] += "\n" + text
+        else:
+            conversation.append({"role": role, "content": text or " "})
+    if not conversation or conversation[-1]["role"] != "user":
+        raise UsageError("the task's messages must end with a user turn")
+    return conversation, visuals
+
+
+def _chat_turns(conversation: list[dict]) -> list[dict]:
+    """A conversation for the chat template (an empty turn as one space: the template refuses empty ones)."""
+    return [{"role": m["role"], "content": m["content"] if m["content"].strip() else " "} for m in conversation]
+
+
+def _harness_output(score: tuple[float, bool]):
+    """A loglikelihood result as lmms-eval keeps it: lmms-eval 0.7.3 passes every model output through
+    ``unwrap_generation_output``, which turns a (float, bool) tuple into its string (breaking every
+    ``multiple_choice`` task); its ``GenerationResult`` is passed through as is, so the tuple goes in one there.
+    An lmms-eval that keeps tuples gets the tuple."""
+    from lmms_eval.api import instance
+
+    unwrap = getattr(instance, "unwrap_generation_output", None)
+    if unwrap is None or unwrap(score)[0] == score:
+        return score
+    return instance.GenerationResult(text=score)
+
+
+def _get(item, name: str):
+    return item.get(name) if isinstance(item, dict) else getattr(item, name, None)
+
+
+def _patch_size(model) -> int | None:
+    encoder = getattr(model, "encoder", None)
+    tubelet = getattr(getattr(encoder, "config", None), "tubelet_size", None)
+    return int(tubelet[-1]) if tubelet else None
+
+
+def _default_glue_dir():
+    from vlm.model import default_model_dir
+
+    return default_model_dir()

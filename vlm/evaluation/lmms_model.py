@@ -22,7 +22,7 @@ Each question reads one video: a path (or a dict with the path and ``start``/``e
 frames (PIL images) from the task's ``doc_to_visual``. A video that cannot be read gives no answer (an empty
 string; a log-likelihood of -inf) and is listed in the protocol card; the evaluation goes on.
 
-``window=SECONDS`` reads a video longer than two windows as windows (``vlm.long_video``): each question is
+``window=SECONDS`` reads a video of two windows or more as windows (``vlm.long_video``): each question is
 asked on the moment it names or on the window the video-text model finds most similar to it.
 
 ``protocol=PATH`` writes the protocol card (:mod:`vlm.evaluation.protocol`) there after every call: the
@@ -38,7 +38,7 @@ import logging
 import math
 import os
 import warnings
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,6 +59,7 @@ logger = logging.getLogger(__name__)
 PROMPTS = ("qa", "chat")
 SCORES = ("loss", "logprob")
 MAX_NEW_TOKENS_LIMIT = 8192  # GenerationSettings' bound; lmms-eval tasks ask for up to 32768
+LONG_VIDEOS_HELD = 4  # long videos kept read between questions (a task asks about one video's questions together)
 _IGNORED_ARGS = ("max_batch_size",)  # passed by lmms-eval to every model; batches here are batch_size
 
 
@@ -288,7 +289,7 @@ class PrismVlm(lmms):
         self.batch_size = self.settings.batch_size
         self.record = _ProtocolRecord()
         self._long_videos: dict[str, list | None] = {}  # path -> window spans (None: not a long video)
-        self._long_questions: dict[str, object] = {}  # path -> its LongVideoQA
+        self._long_questions: OrderedDict[str, object] = OrderedDict()  # path -> its LongVideoQA, the last few
         self._video_text = None
         if self.settings.protocol is None:
             warnings.warn(
@@ -580,7 +581,7 @@ class PrismVlm(lmms):
         self.record.unreadable[name] = reason
 
     def _long(self, source: VideoSource):
-        """The window spans of a file longer than two windows when ``window`` is on, else None."""
+        """The window spans of a file of two windows or more when ``window`` is on, else None."""
         if not self.settings.window or source.path is None or source.start is not None or source.end is not None:
             return None
         if source.path not in self._long_videos:
@@ -617,6 +618,9 @@ class PrismVlm(lmms):
                 self._unreadable(key, f"{source.name}: {error}")
                 return None
             self._long_questions[source.path] = LongVideoQA(self.assistant, self._video_text, video)
+            while len(self._long_questions) > LONG_VIDEOS_HELD:  # each holds every window's soft prompt
+                self._long_questions.popitem(last=False)
+        self._long_questions.move_to_end(source.path)
         return self._long_questions[source.path].moment(question)[2]
 
     # ------------------------------------------------------------------ the protocol card

@@ -57,7 +57,7 @@ def shapes(tmp_path_factory):
     return {"root": root, "rows": rows, "choices": choices, "tasks": write_lmms_tasks(root / "tasks", rows)}
 
 
-def _evaluate(model: str, tasks: list[str], shapes, protocol: Path, extra: str = "") -> dict:
+def _evaluate(model: str, tasks: list[str], shapes, protocol: Path, extra: str = "", limit: int | None = None) -> dict:
     from lmms_eval.evaluator import simple_evaluate
     from lmms_eval.tasks import TaskManager
 
@@ -68,6 +68,7 @@ def _evaluate(model: str, tasks: list[str], shapes, protocol: Path, extra: str =
         task_manager=TaskManager(include_path=str(shapes["tasks"])),
         batch_size=4,
         log_samples=True,
+        limit=limit,
     )
 
 
@@ -180,6 +181,37 @@ def test_chat_model_replies_as_the_library_chat(shapes, offline, assistant):
     card = json.loads(protocol.read_text())
     assert card["settings"]["prompt_template"] == "chat" and card["settings"]["harness"]["model"] == "PrismVlmChat"
     assert card["settings"]["tasks"]["prism_shapes_chat"]["requests"] == {"generate_until": len(shapes["rows"])}
+
+
+def test_long_video_windows_ask_each_question_on_its_window(shapes, offline, assistant, tmp_path, monkeypatch):
+    """window=0.5 reads the 2-s clips as 4 windows: each question is scored on the window LongVideoQA picks."""
+    from vlm.long_video.questions import LongVideoQA
+    from vlm.long_video.reading import read_long_video
+    from vlm.retrieval.video_text_model import default_video_text_model, load_video_text_model
+
+    monkeypatch.setenv("PRISM_VLM_CACHE", str(tmp_path / "cache"))
+    out = _evaluate("prism_vlm", ["prism_shapes_mc"], shapes, tmp_path / "protocol.json", ",window=0.5", limit=2)
+    video_text = load_video_text_model(default_video_text_model(), device="cpu")
+    whole = []
+    for doc_id, sample in sorted(_by_doc(out["samples"]["prism_shapes_mc"]).items()):
+        row = shapes["rows"][doc_id]
+        video = read_long_video(row["video"], model=assistant.model, video_text_model=video_text, window_s=0.5)
+        assert len(video.spans) == 4
+        question, _, features = LongVideoQA(assistant, video_text, video).moment(row["question"])
+        ranked = assistant.score_answers(question, shapes["choices"], video_features=features)
+        expected = {scored.answer: -scored.log_likelihood for scored in ranked}
+        losses = [response[0][0] for response in sample["resps"]]
+        assert losses == pytest.approx([expected[choice] for choice in shapes["choices"]], abs=1e-3)
+        whole.append(
+            assistant.score_answers(row["question"], shapes["choices"], clips=assistant.load_videos([row["video"]]))
+        )
+    assert any(  # a window is not the whole clip
+        loss != pytest.approx(-scored.log_likelihood, abs=1e-3)
+        for sample, ranked in zip(sorted(out["samples"]["prism_shapes_mc"], key=lambda s: s["doc_id"]), whole)
+        for loss, scored in zip(
+            [r[0][0] for r in sample["resps"]], sorted(ranked, key=lambda a: shapes["choices"].index(a.answer))
+        )
+    )
 
 
 def test_protocol_card_records_what_decided_the_scores(simple_run, shapes):

@@ -297,3 +297,27 @@ def test_visuals_and_messages_are_read_or_refused_clearly():
     assert visuals == ["a.mp4"]
     with pytest.raises(UsageError, match="end with a user turn"):
         chat_messages([{"role": "assistant", "content": "hi"}])
+
+
+def test_unconditional_requests_score_the_choice_without_video(offline):
+    """lmms-eval's acc_mutual_info adds ("", choice) requests: no video, no task document."""
+    import torch
+    from lmms_eval.api.instance import Instance
+
+    from vlm.evaluation.lmms_model import PrismVlm
+
+    with pytest.warns(UserWarning, match="no protocol=PATH"):
+        model = PrismVlm(device="cpu", score="logprob")
+    requests = [
+        Instance("loglikelihood", ("", choice), i, metadata={"task": "t", "doc_id": 0, "repeats": 1})
+        for i, choice in enumerate(["red", "the cat sat on the mat"])
+    ]
+    scores = [result.text if hasattr(result, "text") else result for result in model.loglikelihood(requests)]
+    tokenizer, llm = model.assistant.tokenizer, model.assistant.model.llm
+    for (log_likelihood, _), choice in zip(scores, ["red", "the cat sat on the mat"]):
+        start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+        ids = [start, *tokenizer(" " + choice, add_special_tokens=False)["input_ids"]]
+        with torch.inference_mode():
+            log_probs = torch.log_softmax(llm(torch.tensor([ids])).logits[0, :-1].float(), dim=-1)
+        expected = float(log_probs[torch.arange(len(ids) - 1), torch.tensor(ids[1:])].sum())
+        assert log_likelihood == pytest.approx(expected, abs=1e-3) and log_likelihood < 0

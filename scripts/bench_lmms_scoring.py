@@ -98,11 +98,18 @@ def write_tasks(folder: Path, clips: int) -> dict[str, int]:
     rng = np.random.default_rng(0)
     caption_rows = []
     for index, clip in enumerate(captions):
-        others = [c["caption"][0] for j, c in enumerate(captions) if j != index and c["caption"][0] != clip["caption"][0]]
+        others = [
+            c["caption"][0] for j, c in enumerate(captions) if j != index and c["caption"][0] != clip["caption"][0]
+        ]
         choices = [clip["caption"][0], *rng.choice(others, size=min(4, len(others)), replace=False).tolist()]
         rng.shuffle(choices)
         caption_rows.append(
-            {"video": str(corpus / clip["video"]), "question": "what happens in the video?", "answer": clip["caption"][0], "choices": choices}
+            {
+                "video": str(corpus / clip["video"]),
+                "question": "what happens in the video?",
+                "answer": clip["caption"][0],
+                "choices": choices,
+            }
         )
     (folder / "bench_utils.py").write_text(UTILS.lstrip())
     counts = {}
@@ -153,7 +160,11 @@ def main() -> None:
                 "questions": questions,
                 "choices": choices,
                 "prism_vlm": {"seconds": ship_s, "questions_per_s": questions / ship_s, "accuracy": ship_acc},
-                "one_choice_at_a_time": {"seconds": base_s, "questions_per_s": questions / base_s, "accuracy": base_acc},
+                "one_choice_at_a_time": {
+                    "seconds": base_s,
+                    "questions_per_s": questions / base_s,
+                    "accuracy": base_acc,
+                },
                 "speedup": base_s / ship_s,
                 "max_abs_score_difference": difference,
             }

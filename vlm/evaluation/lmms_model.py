@@ -3,16 +3,20 @@
 :class:`PrismVlm` (``prism_vlm``, lmms-eval's simple model) answers the three request types of lmms-eval's
 ``ConfigurableTask``:
 
-- ``loglikelihood``: exact. The requests of one question (its choices) share one decode, one encode and one
-  forward over the prompt's prefix (its KV cache reused for every choice, as ``VideoAssistant.score_answers``
-  does); questions whose choices are all one token are scored ``batch_size`` at a time in one forward. The
-  greedy flag says whether greedy decoding would write the choice.
+- ``loglikelihood``: exact. The requests of one question (its choices) share one forward over the prompt's
+  prefix (its KV cache reused for every choice, as ``VideoAssistant.score_answers`` does); questions whose
+  choices are all one token are scored ``batch_size`` at a time in one forward. The greedy flag says whether
+  greedy decoding would write the choice.
 - ``generate_until``: lmms-eval's ``gen_kwargs`` (``max_new_tokens``, ``temperature``, ``do_sample``,
   ``top_p``, ``top_k``, ``num_beams``, ``repetition_penalty``, ``until``), ``batch_size`` requests per batch.
 - ``generate_until_multi_round``: round after round through the task's ``doc_to_text``.
 
 :class:`PrismVlmChat` (``prism_vlm_chat``) takes the chat tasks' messages (``ConfigurableMessagesTask``):
 the conversation in the LLM's chat template with the video at the start of the first user turn.
+
+Video files are decoded ahead by worker processes (``workers``), in the order the questions come, while the
+model works; each video (file and window) is decoded and encoded once however many questions ask about it.
+Under ``accelerate launch`` with several processes each takes lmms-eval's share of the requests on its own GPU.
 
 The model's arguments are :class:`LmmsModelSettings`. ``prompt=qa`` (the default) puts lmms-eval's context in
 the glue's QA template, as ``prism-vlm eval-qa`` and ``prism-vlm ask`` do (so a local task's accuracy equals
@@ -40,6 +44,7 @@ import os
 import warnings
 from collections import OrderedDict, defaultdict
 from collections.abc import Callable, Sequence
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -59,6 +64,7 @@ logger = logging.getLogger(__name__)
 PROMPTS = ("qa", "chat")
 SCORES = ("loss", "logprob")
 MAX_NEW_TOKENS_LIMIT = 8192  # GenerationSettings' bound; lmms-eval tasks ask for up to 32768
+MAX_ROUNDS = 64  # a multi-round task that never says it is done stops here
 LONG_VIDEOS_HELD = 4  # long videos kept read between questions (a task asks about one video's questions together)
 _IGNORED_ARGS = ("max_batch_size",)  # passed by lmms-eval to every model; batches here are batch_size
 
@@ -70,6 +76,7 @@ class LmmsModelSettings:
     pretrained: a saved glue directory or a Hub id (None: the installed demo model).
     num_frames: frames sampled per video (None: the glue's). frame_size: their side (None: the glue's).
     batch_size: questions (and videos decoded and encoded) per batch.
+    workers: processes decoding the video files ahead (0: in this process), as ``eval-qa --workers``.
     device: cpu, cuda, cuda:1 ... (None: cuda when available).
     prompt: "qa" (the glue's QA template, as eval-qa and ask) or "chat" (the LLM's chat template).
     score: what ``loglikelihood`` returns: "loss", the negative log-likelihood (lmms-eval's convention: its
@@ -85,6 +92,7 @@ class LmmsModelSettings:
     num_frames: int | None = None
     frame_size: int | None = None
     batch_size: int = 8
+    workers: int = 2
     device: str | None = None
     prompt: str = "qa"
     score: str = "loss"
@@ -104,6 +112,8 @@ class LmmsModelSettings:
             or not 1 <= self.batch_size <= 1024
         ):
             raise UsageError(f"batch_size must be an integer in [1, 1024], got {self.batch_size!r}")
+        if not isinstance(self.workers, int) or isinstance(self.workers, bool) or not 0 <= self.workers <= 64:
+            raise UsageError(f"workers must be an integer in [0, 64], got {self.workers!r}")
         if self.score not in SCORES:
             raise UsageError(f"score must be one of {', '.join(SCORES)}, got {self.score!r}")
         if self.prompt not in PROMPTS:
@@ -134,8 +144,8 @@ class LmmsModelSettings:
 def _coerce(name: str, value):
     """lmms-eval's arguments as the settings' types ("8" from --batch_size, "none" for None, ...)."""
     if isinstance(value, str) and value.lower() in ("", "none", "null"):
-        return None if name not in ("batch_size", "prompt", "score", "max_new_tokens", "window") else value
-    if name in ("num_frames", "frame_size", "batch_size", "max_new_tokens") and isinstance(value, str):
+        return None if name not in ("batch_size", "workers", "prompt", "score", "max_new_tokens", "window") else value
+    if name in ("num_frames", "frame_size", "batch_size", "workers", "max_new_tokens") and isinstance(value, str):
         try:
             return int(value)
         except ValueError:
@@ -260,6 +270,119 @@ class _ProtocolRecord:
         }
 
 
+class _VideoPlan:
+    """The videos of one call's questions, read in the order they are asked: files decoded ahead by ``workers``
+    processes (``encoder.video.clips.iter_decoded_batches``, as ``eval-qa`` decodes) while the model works,
+    each video (file and window) decoded and encoded once however many questions ask about it.
+
+    docs: (document key (task, split, doc_id), a callable giving ``doc_to_visual``'s list, or None for a
+    text-only request) in the order their questions come."""
+
+    def __init__(self, model: PrismVlm, docs: Sequence[tuple[tuple, Callable | None]], workers: int | None = None):
+        from encoder.video.clips import Clip, iter_decoded_batches
+
+        self.model = model
+        self.sources: dict[tuple, VideoSource | None] = {}
+        self.video_of: dict[tuple, tuple] = {}  # document key -> video identity
+        clips, self._clip_videos, planned = [], [], set()
+        for key, visuals in docs:
+            if visuals is None or key in self.sources:
+                continue
+            try:
+                source = video_source(visuals())
+            except UsageError as error:
+                model._unreadable(key, str(error))
+                source = None
+            self.sources[key] = source
+            video = ("file", source.path, source.start, source.end) if source and source.path else ("doc", *key)
+            self.video_of[key] = video
+            if source is not None and source.path is not None and model._long(source) is None and video not in planned:
+                planned.add(video)
+                clips.append(Clip(str(len(clips)), source.path, source.start, source.end))
+                self._clip_videos.append(video)
+        workers = model.settings.workers if workers is None else workers
+        self._decoded = (
+            iter_decoded_batches(clips, model.num_frames, model.frame_size, model.batch_size, min(workers, len(clips)))
+            if clips
+            else iter(())
+        )
+        self._frames: dict[tuple, tuple] = {}  # decoded, not yet encoded: video -> (frames or None, error)
+        self._consumed: set[tuple] = set()  # file videos the workers have handed over
+        self._encoded: OrderedDict[tuple, torch.Tensor | None] = OrderedDict()  # the last few videos' soft prompts
+        self._errors: dict[tuple, str] = {}
+
+    def close(self) -> None:
+        """Stops the decoding processes."""
+        close = getattr(self._decoded, "close", None)
+        if close is not None:
+            close()
+
+    def features(self, asked: Sequence[tuple[tuple, str]]) -> list:
+        """Per question (its document key, its text): its video's soft prompt [1, L, H]; None where the video
+        cannot be read; the string "text" for a text-only request."""
+        pending: dict[tuple, tuple] = {}  # video -> the first document asking (for the unreadable list)
+        for key, _ in asked:
+            source = self.sources.get(key)
+            video = self.video_of.get(key)
+            if source is not None and self.model._long(source) is None:
+                if video in self._encoded:
+                    self._encoded.move_to_end(video)  # kept through this batch's encoding
+                else:
+                    pending.setdefault(video, key)
+        self._encode(pending)
+        outcome = []
+        for key, question in asked:
+            if key not in self.video_of:
+                outcome.append("text")
+                continue
+            source = self.sources[key]
+            if source is None:
+                outcome.append(None)
+            elif self.model._long(source) is not None:
+                outcome.append(self.model._long_video_features(source, key, question))
+            else:
+                features = self._encoded[self.video_of[key]]
+                if features is None:
+                    self.model._unreadable(key, self._errors.get(self.video_of[key], "unreadable"))
+                outcome.append(features)
+        return outcome
+
+    def _encode(self, pending: dict[tuple, tuple]) -> None:
+        """Decode (or take from the workers) and encode the ``pending`` videos, in one batch."""
+        clips: dict[tuple, torch.Tensor] = {}
+        for video, key in pending.items():
+            source = self.sources[key]
+            if video[0] == "file" and video not in self._consumed:
+                while video not in self._frames:
+                    batch = next(self._decoded, None)
+                    if batch is None:  # cannot happen: every file video was planned
+                        self._frames[video] = (None, "not decoded")
+                        break
+                    for clip, frames, error in batch:
+                        self._frames[self._clip_videos[int(clip.id)]] = (frames, error)
+                frames, error = self._frames.pop(video)
+                self._consumed.add(video)
+            else:  # in-memory frames, or a file asked about again after its soft prompt was let go: here
+                what = list(source.frames) if source.path is None else source.path
+                try:
+                    frames = load_clip(what, self.model.num_frames, self.model.frame_size, source.start, source.end)
+                    error = None
+                except (VideoDecodeError, FileNotFoundError, ValueError) as failure:
+                    frames, error = None, f"{type(failure).__name__}: {failure}"
+            if frames is None:
+                self._errors[video] = f"{source.name}: {error}"
+                self._encoded[video] = None
+            else:
+                clips[video] = torch.from_numpy(frames)
+        if clips:
+            with torch.inference_mode():
+                encoded = self.model.assistant.model.get_video_features(clips=torch.stack(list(clips.values())))
+            for row, video in enumerate(clips):
+                self._encoded[video] = encoded[row : row + 1]
+        while len(self._encoded) > 4 * self.model.batch_size:  # the videos of the last few batches
+            self._encoded.popitem(last=False)
+
+
 # ---------------------------------------------------------------------------------------------------- the model
 
 
@@ -277,6 +400,7 @@ class PrismVlm(lmms):
         model_args.setdefault("prompt", self.default_prompt)
         self.settings = LmmsModelSettings.from_model_args(model_args)
         self.device_name = self.settings.device or default_device()
+        self._data_parallel()
         self.assistant = load_assistant(self.settings.pretrained, device=self.device_name)
         config = self.assistant.config
         self.num_frames = self.settings.num_frames or config.num_frames
@@ -296,6 +420,18 @@ class PrismVlm(lmms):
                 "prism_vlm: no protocol=PATH in --model_args: the settings behind these scores are not written down",
                 stacklevel=2,
             )
+
+    def _data_parallel(self) -> None:
+        """Under ``accelerate launch`` with several processes: this one's rank and GPU (lmms-eval gives each
+        rank its share of the requests; each process holds its own copy of the glue)."""
+        from accelerate import Accelerator
+
+        accelerator = Accelerator()
+        if accelerator.num_processes > 1:
+            self.accelerator = accelerator  # lmms-eval waits for every process through it
+            self._rank, self._world_size = accelerator.process_index, accelerator.num_processes
+            if self.settings.device is None:
+                self.device_name = f"cuda:{accelerator.local_process_index}"
 
     # ------------------------------------------------------------------ lmms-eval's requests
 
@@ -324,12 +460,12 @@ class PrismVlm(lmms):
             self.record.add("loglikelihood", task)
             questions[key].append((index, str(continuation)))
         keys = list(questions)
-        with tqdm(total=len(requests), desc="prism_vlm loglikelihood", unit="request", disable=self.rank != 0) as bar:
+        plan = _VideoPlan(self, [(key[:3], question_visuals[key]) for key in keys])
+        bar = tqdm(total=len(requests), desc="prism_vlm loglikelihood", unit="request", disable=self.rank != 0)
+        with bar, closing(plan):
             for start in range(0, len(keys), self.batch_size):
                 batch = keys[start : start + self.batch_size]
-                features = self._question_features(
-                    [(question_visuals[key], key[3]) for key in batch], [key[:3] for key in batch]
-                )
+                features = plan.features([(key[:3], key[3]) for key in batch])
                 scored = self._score(
                     [key[3] for key in batch], features, [[text for _, text in questions[key]] for key in batch]
                 )
@@ -352,21 +488,22 @@ class PrismVlm(lmms):
         with tqdm(total=len(requests), desc="prism_vlm generate_until", unit="request", disable=self.rank != 0) as bar:
             for indices in groups.values():
                 settings, until = generation_settings(requests[indices[0]].args[1], self.settings.max_new_tokens)
-                for start in range(0, len(indices), self.batch_size):
-                    batch = indices[start : start + self.batch_size]
-                    asked = []
-                    for index in batch:
-                        context, _, doc_to_visual, doc_id, task, split = requests[index].args
-                        doc = self.task_dict[task][split][doc_id]
-                        asked.append(((lambda doc=doc, fn=doc_to_visual: fn(doc)), context, (task, split, doc_id)))
-                    texts = self._generate(
-                        [[{"role": "user", "content": context}] for _, context, _ in asked],
-                        self._question_features([(v, c) for v, c, _ in asked], [k for _, _, k in asked]),
-                        settings,
-                    )
-                    for index, text in zip(batch, texts):
-                        results[index] = cut_at(text, until)
-                    bar.update(len(batch))
+                asked = {}  # request -> (document key, its visuals, context)
+                for index in indices:
+                    context, _, doc_to_visual, doc_id, task, split = requests[index].args
+                    doc = self.task_dict[task][split][doc_id]
+                    asked[index] = ((task, split, doc_id), lambda doc=doc, fn=doc_to_visual: fn(doc), context)
+                with closing(_VideoPlan(self, [(key, visuals) for key, visuals, _ in asked.values()])) as plan:
+                    for start in range(0, len(indices), self.batch_size):
+                        batch = indices[start : start + self.batch_size]
+                        texts = self._generate(
+                            [[{"role": "user", "content": asked[i][2]}] for i in batch],
+                            plan.features([(asked[i][0], asked[i][2]) for i in batch]),
+                            settings,
+                        )
+                        for index, text in zip(batch, texts):
+                            results[index] = cut_at(text, until)
+                        bar.update(len(batch))
         self._write_protocol()
         return results
 
@@ -374,30 +511,36 @@ class PrismVlm(lmms):
         """Per request, the answer of every round: round 0 answers the context; each later round is what the
         task's ``doc_to_text(doc, previous_output=..., round_idx=...)`` asks, until it says it is done."""
         results = []
-        for request in tqdm(requests, desc="prism_vlm multi-round", unit="request", disable=self.rank != 0):
-            context, gen_kwargs, doc_to_visual, doc_to_text, doc_id, task, split = request.args
-            self.record.add("generate_until_multi_round", task, gen_kwargs)
-            settings, until = generation_settings(gen_kwargs, self.settings.max_new_tokens)
+        docs = []
+        for request in requests:
+            _, _, doc_to_visual, _, doc_id, task, split = request.args
             doc = self.task_dict[task][split][doc_id]
-            visuals = doc_to_visual(doc)
-            conversation = [{"role": "user", "content": context}]
-            outputs: list[str] = []
-            info = None
-            for round_index in range(64):  # a task that never says it is done stops here
-                key = (task, split, doc_id)
-                features = self._question_features([(lambda v=visuals: v, conversation[-1]["content"])], [key])
-                text = cut_at(self._generate([conversation], features, settings)[0], until)
-                outputs.append(text)
-                round_visuals, next_context, terminal, _, info = doc_to_text(
-                    doc, previous_output=list(outputs), round_idx=round_index + 1, previous_round_info=info
-                )
-                if terminal:
-                    break
-                if round_visuals:
-                    visuals = round_visuals
-                conversation = [*conversation, {"role": "assistant", "content": text or " "}]
-                conversation.append({"role": "user", "content": next_context})
-            results.append(outputs)
+            docs.append(((task, split, doc_id), lambda doc=doc, fn=doc_to_visual: fn(doc)))
+        bar = tqdm(requests, desc="prism_vlm multi-round", unit="request", disable=self.rank != 0)
+        with closing(_VideoPlan(self, docs)) as plan:
+            for request, (key, _) in zip(bar, docs):
+                context, gen_kwargs, _, doc_to_text, doc_id, task, split = request.args
+                self.record.add("generate_until_multi_round", task, gen_kwargs)
+                settings, until = generation_settings(gen_kwargs, self.settings.max_new_tokens)
+                doc = self.task_dict[task][split][doc_id]
+                conversation = [{"role": "user", "content": context}]
+                outputs: list[str] = []
+                info, round_plan = None, plan
+                for round_index in range(MAX_ROUNDS):
+                    features = round_plan.features([(key, conversation[-1]["content"])])
+                    text = cut_at(self._generate([conversation], features, settings)[0], until)
+                    outputs.append(text)
+                    round_visuals, next_context, terminal, _, info = doc_to_text(
+                        doc, previous_output=list(outputs), round_idx=round_index + 1, previous_round_info=info
+                    )
+                    if terminal:
+                        break
+                    if round_visuals:  # this round shows other visuals: read here
+                        key = (task, split, doc_id, round_index + 1)
+                        round_plan = _VideoPlan(self, [(key, lambda v=round_visuals: v)], workers=0)
+                    conversation = [*conversation, {"role": "assistant", "content": text or " "}]
+                    conversation.append({"role": "user", "content": next_context})
+                results.append(outputs)
         self._write_protocol()
         return results
 
@@ -527,53 +670,6 @@ class PrismVlm(lmms):
 
     # ------------------------------------------------------------------ videos
 
-    def _question_features(self, asked: list[tuple], keys: list[tuple]) -> list:
-        """Per question, its video's soft prompt [1, L, H] (None: unreadable; the string "text": no video).
-        asked: (a callable giving doc_to_visual's list, or None for a text-only request; the question text);
-        keys: the questions' documents (task, split, doc_id): a document's video is read once per batch."""
-        sources: dict[tuple, VideoSource | None] = {}
-        outcome: list = [None] * len(asked)
-        for i, ((visuals, _), key) in enumerate(zip(asked, keys)):
-            if visuals is None:
-                outcome[i] = "text"
-                continue
-            if key not in sources:
-                try:
-                    sources[key] = video_source(visuals())
-                except UsageError as error:
-                    self._unreadable(key, str(error))
-                    sources[key] = None
-        clips: dict[tuple, torch.Tensor] = {}
-        for key, source in sources.items():
-            if source is None or self._long(source) is not None:
-                continue
-            try:
-                clip = load_clip(
-                    source.path if source.path is not None else list(source.frames),
-                    self.num_frames,
-                    self.frame_size,
-                    source.start,
-                    source.end,
-                )
-            except (VideoDecodeError, FileNotFoundError, ValueError) as error:
-                self._unreadable(key, f"{source.name}: {error}")
-                continue
-            clips[key] = torch.from_numpy(clip)
-        features: dict[tuple, torch.Tensor] = {}
-        if clips:
-            with torch.inference_mode():
-                encoded = self.assistant.model.get_video_features(clips=torch.stack(list(clips.values())))
-            features = {key: encoded[row : row + 1] for row, key in enumerate(clips)}
-        for i, ((visuals, question), key) in enumerate(zip(asked, keys)):
-            if visuals is None:
-                continue
-            source = sources.get(key)
-            if key in features:
-                outcome[i] = features[key]
-            elif source is not None and self._long(source) is not None:
-                outcome[i] = self._long_video_features(source, key, question)
-        return outcome
-
     def _unreadable(self, key: tuple, reason: str) -> None:
         name = "/".join(str(part) for part in key)
         if name not in self.record.unreadable:
@@ -642,6 +738,7 @@ class PrismVlm(lmms):
                 "harness": {"name": "lmms-eval", "version": harness, "model": type(self).__name__},
                 "model_args": self.settings.to_dict(),
                 "device": str(self.device_name),
+                "processes": self.world_size,  # with several, the request counts are this first process's share
                 "prompt_template": self.settings.prompt,
                 **self.record.to_dict(),
             },
@@ -679,19 +776,19 @@ class PrismVlmChat(PrismVlm):
         with tqdm(total=len(requests), desc="prism_vlm_chat", unit="request", disable=self.rank != 0) as bar:
             for indices in groups.values():
                 settings, until = generation_settings(requests[indices[0]].args[2], self.settings.max_new_tokens)
-                for start in range(0, len(indices), self.batch_size):
-                    batch = indices[start : start + self.batch_size]
-                    conversations, asked, keys = [], [], []
-                    for index in batch:
-                        _, doc_to_messages, _, doc_id, task, split = requests[index].args
-                        conversation, visuals = chat_messages(doc_to_messages(self.task_dict[task][split][doc_id]))
-                        conversations.append(conversation)
-                        asked.append((lambda v=visuals: v, conversation[-1]["content"]))
-                        keys.append((task, split, doc_id))
-                    texts = self._generate(conversations, self._question_features(asked, keys), settings)
-                    for index, text in zip(batch, texts):
-                        results[index] = cut_at(text, until)
-                    bar.update(len(batch))
+                asked = {}  # request -> (document key, its visuals, its conversation)
+                for index in indices:
+                    _, doc_to_messages, _, doc_id, task, split = requests[index].args
+                    conversation, visuals = chat_messages(doc_to_messages(self.task_dict[task][split][doc_id]))
+                    asked[index] = ((task, split, doc_id), lambda v=visuals: v, conversation)
+                with closing(_VideoPlan(self, [(key, visuals) for key, visuals, _ in asked.values()])) as plan:
+                    for start in range(0, len(indices), self.batch_size):
+                        batch = indices[start : start + self.batch_size]
+                        features = plan.features([(asked[i][0], asked[i][2][-1]["content"]) for i in batch])
+                        texts = self._generate([asked[i][2] for i in batch], features, settings)
+                        for index, text in zip(batch, texts):
+                            results[index] = cut_at(text, until)
+                        bar.update(len(batch))
         self._write_protocol()
         return results
 
@@ -699,29 +796,34 @@ class PrismVlmChat(PrismVlm):
         """Per request, the reply of every round; each later round's messages come from
         ``doc_to_messages(doc, round_idx=..., previous_output=...)`` and continue the conversation."""
         results = []
-        for request in tqdm(requests, desc="prism_vlm_chat multi-round", unit="request", disable=self.rank != 0):
-            _, doc_to_messages, gen_kwargs, doc_id, task, split = request.args
-            self.record.add("generate_until_multi_round", task, gen_kwargs)
-            settings, until = generation_settings(gen_kwargs, self.settings.max_new_tokens)
-            doc = self.task_dict[task][split][doc_id]
-            conversation, visuals = chat_messages(doc_to_messages(doc))
-            outputs: list[str] = []
-            info = None
-            for round_index in range(64):
-                features = self._question_features(
-                    [(lambda v=visuals: v, conversation[-1]["content"])], [(task, split, doc_id)]
-                )
-                text = cut_at(self._generate([conversation], features, settings)[0], until)
-                outputs.append(text)
-                messages, terminal, _, info = doc_to_messages(
-                    doc, round_idx=round_index + 1, previous_output=list(outputs), previous_round_info=info
-                )
-                if terminal or messages is None:
-                    break
-                turns, round_visuals = chat_messages(messages)
-                visuals = round_visuals or visuals
-                conversation = [*conversation, {"role": "assistant", "content": text or " "}, *turns]
-            results.append(outputs)
+        firsts = []  # per request: (document key, its first conversation and visuals)
+        for request in requests:
+            _, doc_to_messages, _, doc_id, task, split = request.args
+            firsts.append(((task, split, doc_id), *chat_messages(doc_to_messages(self.task_dict[task][split][doc_id]))))
+        bar = tqdm(requests, desc="prism_vlm_chat multi-round", unit="request", disable=self.rank != 0)
+        with closing(_VideoPlan(self, [(key, lambda v=visuals: v) for key, _, visuals in firsts])) as plan:
+            for request, (key, conversation, _) in zip(bar, firsts):
+                _, doc_to_messages, gen_kwargs, doc_id, task, split = request.args
+                self.record.add("generate_until_multi_round", task, gen_kwargs)
+                settings, until = generation_settings(gen_kwargs, self.settings.max_new_tokens)
+                doc = self.task_dict[task][split][doc_id]
+                outputs: list[str] = []
+                info, round_plan = None, plan
+                for round_index in range(MAX_ROUNDS):
+                    features = round_plan.features([(key, conversation[-1]["content"])])
+                    text = cut_at(self._generate([conversation], features, settings)[0], until)
+                    outputs.append(text)
+                    messages, terminal, _, info = doc_to_messages(
+                        doc, round_idx=round_index + 1, previous_output=list(outputs), previous_round_info=info
+                    )
+                    if terminal or messages is None:
+                        break
+                    turns, round_visuals = chat_messages(messages)
+                    if round_visuals:
+                        key = (task, split, doc_id, round_index + 1)
+                        round_plan = _VideoPlan(self, [(key, lambda v=round_visuals: v)], workers=0)
+                    conversation = [*conversation, {"role": "assistant", "content": text or " "}, *turns]
+                results.append(outputs)
         self._write_protocol()
         return results
 

@@ -171,16 +171,26 @@ def test_multi_round_answers_each_round_as_ask_would(simple_run, shapes, assista
 
 def test_chat_model_replies_as_the_library_chat(shapes, offline, assistant):
     protocol = shapes["root"] / "chat" / "protocol.json"
-    out = _evaluate("prism_vlm_chat", ["prism_shapes_chat"], shapes, protocol)
+    out = _evaluate("prism_vlm_chat", ["prism_shapes_chat", "prism_shapes_rounds"], shapes, protocol)
     samples = _by_doc(out["samples"]["prism_shapes_chat"])
+    rounds = _by_doc(out["samples"]["prism_shapes_rounds"])
     for doc_id in (0, 4):
         row = shapes["rows"][doc_id]
         clips = assistant.load_videos([row["video"]])
         expected = assistant.chat([{"role": "user", "content": row["question"]}], clips=clips, max_new_tokens=24)
         assert samples[doc_id]["resps"][0][0] == expected.strip() and expected.strip()
+        # multi-round: the rounds are one conversation
+        conversation = [{"role": "user", "content": row["question"]}]
+        first = assistant.chat(conversation, clips=clips, max_new_tokens=16).strip()
+        conversation += [{"role": "assistant", "content": first}, {"role": "user", "content": row["follow_up"]}]
+        second = assistant.chat(conversation, clips=clips, max_new_tokens=16).strip()
+        assert rounds[doc_id]["resps"][0][0] == [first, second]
     card = json.loads(protocol.read_text())
     assert card["settings"]["prompt_template"] == "chat" and card["settings"]["harness"]["model"] == "PrismVlmChat"
     assert card["settings"]["tasks"]["prism_shapes_chat"]["requests"] == {"generate_until": len(shapes["rows"])}
+    assert card["settings"]["tasks"]["prism_shapes_rounds"]["requests"] == {
+        "generate_until_multi_round": len(shapes["rows"])
+    }
 
 
 def test_long_video_windows_ask_each_question_on_its_window(shapes, offline, assistant, tmp_path, monkeypatch):

@@ -13,7 +13,7 @@ NExT-QA's options). The demo glue (SmolLM2-135M-Instruct) scores them through lm
 Reported per task: questions/s and choices/s of the ``loglikelihood`` calls alone (model loading and lmms-eval's
 own work excluded), the accuracy of each and the largest difference between their scores (they must agree).
 
-    python scripts/bench_lmms_scoring.py [--clips 12] [--batch-size 8] [--device cpu] [--json-out FILE]
+    python scripts/bench_lmms_scoring.py [--clips 12] [--batch-size 8] [--workers 2] [--device cpu] [--json-out FILE]
 
 Needs the lmms extra (``pip install 'prism-vlm[lmms]'``).
 """
@@ -138,6 +138,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clips", type=int, default=12)
     parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--workers", type=int, default=2, help="prism_vlm's decoding processes (its default, 2)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--json-out", default=None)
     args = parser.parse_args()
@@ -148,7 +149,7 @@ def main() -> None:
         folder = Path(temporary)
         counts = write_tasks(folder, args.clips)
         common = {"device": args.device, "batch_size": args.batch_size}
-        shipped, baseline = TimedPrismVlm(**common), OneChoiceAtATime(**common)
+        shipped, baseline = TimedPrismVlm(workers=args.workers, **common), OneChoiceAtATime(workers=0, **common)
         run(shipped, "words", folder)  # warm-up (first decode, first forwards)
         results = {}
         for task, questions in counts.items():

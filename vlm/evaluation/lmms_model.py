@@ -64,6 +64,7 @@ logger = logging.getLogger(__name__)
 PROMPTS = ("qa", "chat")
 SCORES = ("loss", "logprob")
 MAX_NEW_TOKENS_LIMIT = 8192  # GenerationSettings' bound; lmms-eval tasks ask for up to 32768
+WORKERS_FROM_BATCHES = 4  # decoding processes start (a few seconds each) for more than this many batches of videos
 MAX_ROUNDS = 64  # a multi-round task that never says it is done stops here
 LONG_VIDEOS_HELD = 4  # long videos kept read between questions (a task asks about one video's questions together)
 _IGNORED_ARGS = ("max_batch_size",)  # passed by lmms-eval to every model; batches here are batch_size
@@ -76,7 +77,8 @@ class LmmsModelSettings:
     pretrained: a saved glue directory or a Hub id (None: the installed demo model).
     num_frames: frames sampled per video (None: the glue's). frame_size: their side (None: the glue's).
     batch_size: questions (and videos decoded and encoded) per batch.
-    workers: processes decoding the video files ahead (0: in this process), as ``eval-qa --workers``.
+    workers: processes decoding the video files ahead (0: in this process), as ``eval-qa --workers``; a call
+        with at most 4 batches of videos decodes in this process (starting the processes would cost more).
     device: cpu, cuda, cuda:1 ... (None: cuda when available).
     prompt: "qa" (the glue's QA template, as eval-qa and ask) or "chat" (the LLM's chat template).
     score: what ``loglikelihood`` returns: "loss", the negative log-likelihood (lmms-eval's convention: its
@@ -301,6 +303,8 @@ class _VideoPlan:
                 clips.append(Clip(str(len(clips)), source.path, source.start, source.end))
                 self._clip_videos.append(video)
         workers = model.settings.workers if workers is None else workers
+        if len(clips) <= WORKERS_FROM_BATCHES * model.batch_size:  # starting them would cost more than they save
+            workers = 0
         self._decoded = (
             iter_decoded_batches(clips, model.num_frames, model.frame_size, model.batch_size, min(workers, len(clips)))
             if clips

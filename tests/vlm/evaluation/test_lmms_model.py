@@ -74,8 +74,14 @@ def _evaluate(model: str, tasks: list[str], shapes, protocol: Path, extra: str =
 
 @pytest.fixture(scope="module")
 def simple_run(shapes, offline):
+    """The three simple tasks, the videos decoded by 2 worker processes (which a run this small would not start)."""
+    import vlm.evaluation.lmms_model
+
     protocol = shapes["root"] / "simple" / "protocol.json"
-    out = _evaluate("prism_vlm", ["prism_shapes_mc", "prism_shapes_open", "prism_shapes_rounds"], shapes, protocol)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(vlm.evaluation.lmms_model, "WORKERS_FROM_BATCHES", 0)
+        tasks = ["prism_shapes_mc", "prism_shapes_open", "prism_shapes_rounds"]
+        out = _evaluate("prism_vlm", tasks, shapes, protocol, ",workers=2")
     return out, json.loads(protocol.read_text())
 
 

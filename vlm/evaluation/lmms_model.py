@@ -24,7 +24,7 @@ the glue's QA template, as ``prism-vlm eval-qa`` and ``prism-vlm ask`` do (so a 
 
 Each question reads one video: a path (or a dict with the path and ``start``/``end`` seconds) or a list of
 frames (PIL images) from the task's ``doc_to_visual``. A video that cannot be read gives no answer (an empty
-string; a log-likelihood of -inf) and is listed in the protocol card; the evaluation goes on.
+string; an infinite loss for every choice) and is listed in the protocol card; the evaluation goes on.
 
 ``window=SECONDS`` reads a video of two windows or more as windows (``vlm.long_video``): each question is
 asked on the moment it names or on the window the video-text model finds most similar to it.
@@ -54,7 +54,7 @@ from lmms_eval.api.model import lmms
 from tqdm.auto import tqdm
 
 from encoder.common.errors import UsageError
-from encoder.video.decode import VideoDecodeError, load_clip
+from encoder.video.decode import MAX_NUM_FRAMES, MAX_SIZE, VideoDecodeError, load_clip
 from vlm.inference.generation import MIN_SAMPLING_TEMPERATURE, GenerationSettings
 from vlm.inference.scoring import candidate_log_likelihoods
 from vlm.prompts import ANSWER_PREFIX, leading_special_ids, text_ids
@@ -104,10 +104,10 @@ class LmmsModelSettings:
     protocol: str | None = None
 
     def __post_init__(self) -> None:
-        for name in ("num_frames", "frame_size"):
+        for name, limit in (("num_frames", MAX_NUM_FRAMES), ("frame_size", MAX_SIZE)):  # the decoder's bounds
             value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
-                raise UsageError(f"{name} must be a positive integer, got {value!r}")
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= limit):
+                raise UsageError(f"{name} must be an integer in [1, {limit}], got {value!r}")
         if (
             not isinstance(self.batch_size, int)
             or isinstance(self.batch_size, bool)
@@ -171,19 +171,22 @@ def generation_settings(gen_kwargs: dict, default_max_new_tokens: int) -> tuple[
     kwargs = dict(gen_kwargs or {})
     until = kwargs.get("until") or []
     until = [until] if isinstance(until, str) else [text for text in until if isinstance(text, str) and text]
-    max_new_tokens = int(kwargs.get("max_new_tokens") or default_max_new_tokens)
-    temperature = float(kwargs.get("temperature") or 0.0)
-    do_sample = bool(kwargs.get("do_sample")) or temperature > 0
-    samples = do_sample and temperature >= MIN_SAMPLING_TEMPERATURE
-    settings = GenerationSettings(
-        max_new_tokens=max(1, min(max_new_tokens, MAX_NEW_TOKENS_LIMIT)),
-        do_sample=samples,
-        temperature=min(temperature, 100.0) if samples else 1.0,
-        top_p=float(kwargs.get("top_p") or 1.0) if samples else 1.0,
-        top_k=int(kwargs.get("top_k") or 0) if samples else 50,
-        repetition_penalty=float(kwargs.get("repetition_penalty") or 1.0),
-        num_beams=int(kwargs.get("num_beams") or 1),
-    )
+    try:
+        max_new_tokens = int(kwargs.get("max_new_tokens") or default_max_new_tokens)
+        temperature = float(kwargs.get("temperature") or 0.0)
+        do_sample = bool(kwargs.get("do_sample")) or temperature > 0
+        samples = do_sample and temperature >= MIN_SAMPLING_TEMPERATURE
+        settings = GenerationSettings(
+            max_new_tokens=max(1, min(max_new_tokens, MAX_NEW_TOKENS_LIMIT)),
+            do_sample=samples,
+            temperature=min(temperature, 100.0) if samples else 1.0,
+            top_p=float(kwargs.get("top_p") or 1.0) if samples else 1.0,
+            top_k=int(kwargs.get("top_k") or 0) if samples else 50,
+            repetition_penalty=float(kwargs.get("repetition_penalty") or 1.0),
+            num_beams=int(kwargs.get("num_beams") or 1),
+        )
+    except (TypeError, ValueError) as error:
+        raise UsageError(f"the task's gen_kwargs {kwargs} cannot be used: {error}") from None
     return settings, until
 
 
@@ -238,7 +241,10 @@ def video_source(visuals) -> VideoSource:
             raise UsageError(f"a video dict needs a path ('path', 'video' or 'url'), got keys {sorted(video)}")
         start = next((video[k] for k in ("start", "video_start", "start_time") if video.get(k) is not None), None)
         end = next((video[k] for k in ("end", "video_end", "end_time") if video.get(k) is not None), None)
-        return VideoSource(str(path), None if start is None else float(start), None if end is None else float(end))
+        try:
+            return VideoSource(str(path), None if start is None else float(start), None if end is None else float(end))
+        except (TypeError, ValueError):
+            raise UsageError(f"a video's start and end must be seconds, got {start!r} and {end!r}") from None
     raise UsageError(f"prism_vlm cannot read a visual of type {type(video).__name__}")
 
 
@@ -248,7 +254,8 @@ def video_source(visuals) -> VideoSource:
 @dataclass
 class _ProtocolRecord:
     """What the protocol card adds to the glue's: per task, the request types and generation settings sent,
-    the videos that could not be read, and the questions cut to the QA template's length."""
+    the questions left unanswered (a video that cannot be read, messages that cannot be used) and why, and the
+    questions cut to the QA template's length."""
 
     tasks: dict = field(default_factory=lambda: defaultdict(lambda: {"requests": defaultdict(int), "gen_kwargs": []}))
     unreadable: dict = field(default_factory=dict)
@@ -267,7 +274,7 @@ class _ProtocolRecord:
             "tasks": {
                 name: {"requests": dict(t["requests"]), "gen_kwargs": t["gen_kwargs"]} for name, t in self.tasks.items()
             },
-            "unreadable_videos": dict(self.unreadable),
+            "unanswered": dict(self.unreadable),  # question (task/split/doc_id) -> why: its video, its messages
             "truncated_questions": self.truncated_questions,
         }
 
@@ -783,8 +790,15 @@ class PrismVlmChat(PrismVlm):
                 asked = {}  # request -> (document key, its visuals, its conversation)
                 for index in indices:
                     _, doc_to_messages, _, doc_id, task, split = requests[index].args
-                    conversation, visuals = chat_messages(doc_to_messages(self.task_dict[task][split][doc_id]))
+                    try:
+                        conversation, visuals = chat_messages(doc_to_messages(self.task_dict[task][split][doc_id]))
+                    except UsageError as error:  # this question gets no answer; the others go on
+                        self._unreadable((task, split, doc_id), str(error))
+                        results[index] = ""
+                        continue
                     asked[index] = ((task, split, doc_id), lambda v=visuals: v, conversation)
+                bar.update(len(indices) - len(asked))
+                indices = [index for index in indices if index in asked]
                 with closing(_VideoPlan(self, [(key, visuals) for key, visuals, _ in asked.values()])) as plan:
                     for start in range(0, len(indices), self.batch_size):
                         batch = indices[start : start + self.batch_size]
@@ -800,15 +814,24 @@ class PrismVlmChat(PrismVlm):
         """Per request, the reply of every round; each later round's messages come from
         ``doc_to_messages(doc, round_idx=..., previous_output=...)`` and continue the conversation."""
         results = []
-        firsts = []  # per request: (document key, its first conversation and visuals)
+        firsts = []  # per request: (document key, its first conversation (None: refused) and visuals)
         for request in requests:
             _, doc_to_messages, _, doc_id, task, split = request.args
-            firsts.append(((task, split, doc_id), *chat_messages(doc_to_messages(self.task_dict[task][split][doc_id]))))
+            try:
+                conversation, visuals = chat_messages(doc_to_messages(self.task_dict[task][split][doc_id]))
+            except UsageError as error:  # this question gets no answer; the others go on
+                self._unreadable((task, split, doc_id), str(error))
+                conversation, visuals = None, None
+            firsts.append(((task, split, doc_id), conversation, visuals))
         bar = tqdm(requests, desc="prism_vlm_chat multi-round", unit="request", disable=self.rank != 0)
-        with closing(_VideoPlan(self, [(key, lambda v=visuals: v) for key, _, visuals in firsts])) as plan:
+        plan_docs = [(key, lambda v=visuals: v) for key, conversation, visuals in firsts if conversation is not None]
+        with closing(_VideoPlan(self, plan_docs)) as plan:
             for request, (key, conversation, _) in zip(bar, firsts):
                 _, doc_to_messages, gen_kwargs, doc_id, task, split = request.args
                 self.record.add("generate_until_multi_round", task, gen_kwargs)
+                if conversation is None:
+                    results.append([""])
+                    continue
                 settings, until = generation_settings(gen_kwargs, self.settings.max_new_tokens)
                 doc = self.task_dict[task][split][doc_id]
                 outputs: list[str] = []
@@ -822,7 +845,11 @@ class PrismVlmChat(PrismVlm):
                     )
                     if terminal or messages is None:
                         break
-                    turns, round_visuals = chat_messages(messages)
+                    try:
+                        turns, round_visuals = chat_messages(messages)
+                    except UsageError as error:  # the rounds so far stand
+                        self._unreadable((task, split, doc_id), f"round {round_index + 1}: {error}")
+                        break
                     if round_visuals:
                         key = (task, split, doc_id, round_index + 1)
                         round_plan = _VideoPlan(self, [(key, lambda v=round_visuals: v)], workers=0)

@@ -247,8 +247,8 @@ def test_protocol_card_records_what_decided_the_scores(simple_run, shapes):
     assert tasks["prism_shapes_mc"]["requests"] == {"loglikelihood": count * len(shapes["choices"])}
     assert tasks["prism_shapes_open"]["gen_kwargs"] == [{"max_new_tokens": 32, "temperature": 0, "until": ["\n\n"]}]
     assert tasks["prism_shapes_rounds"]["requests"] == {"generate_until_multi_round": count}
-    assert set(settings["unreadable_videos"]) == {f"{task}/test/{count - 1}" for task in tasks}
-    assert all("broken.mp4" in reason for reason in settings["unreadable_videos"].values())
+    assert set(settings["unanswered"]) == {f"{task}/test/{count - 1}" for task in tasks}
+    assert all("broken.mp4" in reason for reason in settings["unanswered"].values())
 
 
 def lmms_eval_version() -> str:
@@ -287,6 +287,9 @@ def test_gen_kwargs_become_generation_settings():
     assert sampled.samples and sampled.temperature == 0.7 and sampled.top_p == 0.9 and sampled.max_new_tokens == 32
     assert generation_settings({"do_sample": False, "temperature": None, "num_beams": 3}, 8)[0].num_beams == 3
     assert cut_at("a red star\n\nmore", ["\n\n", "star"]) == "a red "
+    for bad in ({"num_beams": 1000}, {"top_p": 5, "temperature": 1}, {"max_new_tokens": "lots"}):
+        with pytest.raises(UsageError, match="gen_kwargs"):
+            generation_settings(bad, 32)
 
 
 def test_visuals_and_messages_are_read_or_refused_clearly():
@@ -303,6 +306,8 @@ def test_visuals_and_messages_are_read_or_refused_clearly():
         video_source(["a.mp4", "b.mp4"])
     with pytest.raises(UsageError, match="one video per question"):
         video_source([])
+    with pytest.raises(UsageError, match="must be seconds"):
+        video_source([{"path": "a.mp4", "start": "soon"}])
     conversation, visuals = chat_messages(
         [
             {"role": "system", "content": [{"type": "text", "text": "Be brief."}]},

@@ -518,7 +518,7 @@ class _KeyframeIndex:
     _MAX_WALK = 2000  # entries to walk back from a time to its keyframe
 
     def __init__(self, stream: av.video.stream.VideoStream, trusted: bool):
-        # PyAV >= 16 exposes the index; on older releases every lookup answers "unknown"
+        # PyAV 17 exposes the index; on older releases every lookup answers "unknown"
         self._entries = getattr(stream, "index_entries", None) if trusted else None
         self._time_base = stream.time_base
 

@@ -85,7 +85,8 @@ class LmmsModelSettings:
         ``multiple_choice`` metrics and its ``*_mcppl`` tasks pick the choice with the SMALLEST value), or
         "logprob", the log-likelihood (lm-evaluation-harness's convention, e.g. for ``acc_mutual_info``).
     max_new_tokens: generation's default when a task's gen_kwargs give none.
-    window: seconds per window for long videos (0: every video is one clip of num_frames frames).
+    window: seconds per window for long videos (0: every video is one clip of num_frames frames); each window is
+        read at the glue's frames and frame size.
     video_text_model: with window: the video-text model that finds a question's moment (None: the demo's).
     protocol: write the protocol card (JSON) here after every call (None: none written).
     """
@@ -406,13 +407,16 @@ class PrismVlm(lmms):
     def __init__(self, **model_args):
         super().__init__()
         from encoder.videoprism.loading import default_device
+        from vlm.hub import default_model_dir, resolve_model_dir
         from vlm.inference.assistant import load_assistant
 
         model_args.setdefault("prompt", self.default_prompt)
         self.settings = LmmsModelSettings.from_model_args(model_args)
         self.device_name = self.settings.device or default_device()
         self._data_parallel()
-        self.assistant = load_assistant(self.settings.pretrained, device=self.device_name)
+        # a Hub id's snapshot folder: the card hashes the weight files loaded, wherever they came from
+        self.glue_dir = resolve_model_dir(self.settings.pretrained) if self.settings.pretrained else default_model_dir()
+        self.assistant = load_assistant(self.glue_dir if self.settings.pretrained else None, device=self.device_name)
         config = self.assistant.config
         self.num_frames = self.settings.num_frames or config.num_frames
         self.frame_size = self.settings.frame_size or config.frame_size
@@ -550,7 +554,7 @@ class PrismVlm(lmms):
                         key = (task, split, doc_id, round_index + 1)
                         round_plan = _VideoPlan(self, [(key, lambda v=round_visuals: v)], workers=0)
                     conversation = [*conversation, {"role": "assistant", "content": text or " "}]
-                    conversation.append({"role": "user", "content": next_context})
+                    conversation.append({"role": "user", "content": str(next_context or "")})
                 results.append(outputs)
         self._write_protocol()
         return results
@@ -657,7 +661,7 @@ class PrismVlm(lmms):
             return texts
         stacked = torch.cat([features[i] for i in rows])
         if self.settings.prompt == "qa":
-            questions = [self._question(conversations[i][-1]["content"] or "?") for i in rows]
+            questions = [self._question(conversations[i][-1]["content"].strip() or "?") for i in rows]
             with warnings.catch_warnings():  # counted by _question
                 warnings.filterwarnings("ignore", message="question has .* tokens; truncated")
                 answers = self.assistant.answer(
@@ -744,7 +748,7 @@ class PrismVlm(lmms):
             harness = None
         card = protocol_card(
             glue=self.assistant.model,
-            glue_dir=self.settings.pretrained or _default_glue_dir(),
+            glue_dir=self.glue_dir,
             settings={
                 "harness": {"name": "lmms-eval", "version": harness, "model": type(self).__name__},
                 "model_args": self.settings.to_dict(),
@@ -916,9 +920,3 @@ def _patch_size(model) -> int | None:
     encoder = getattr(model, "encoder", None)
     tubelet = getattr(getattr(encoder, "config", None), "tubelet_size", None)
     return int(tubelet[-1]) if tubelet else None
-
-
-def _default_glue_dir():
-    from vlm.model import default_model_dir
-
-    return default_model_dir()

@@ -326,9 +326,13 @@ def test_unconditional_requests_score_the_choice_without_video(offline):
     from lmms_eval.api.instance import Instance
 
     from vlm.evaluation.lmms_model import PrismVlm
+    from vlm.model import default_model_dir
 
+    glue = default_model_dir()
     with pytest.warns(UserWarning, match="no protocol=PATH"):
-        model = PrismVlm(device="cpu", score="logprob")
+        model = PrismVlm(pretrained=str(glue), device="cpu", score="logprob")
+    card = model.protocol_card()["model"]  # the glue given by its folder: that folder's weight files hashed
+    assert card["directory"] == str(glue) and set(card["weights_sha256"]) == {"resampler.safetensors"}
     requests = [
         Instance("loglikelihood", ("", choice), i, metadata={"task": "t", "doc_id": 0, "repeats": 1})
         for i, choice in enumerate(["red", "the cat sat on the mat"])

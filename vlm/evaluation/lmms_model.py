@@ -37,6 +37,7 @@ lmms-eval's version, and per task the request types and generation settings it s
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import math
@@ -57,7 +58,7 @@ from encoder.common.errors import UsageError
 from encoder.video.decode import MAX_NUM_FRAMES, MAX_SIZE, VideoDecodeError, load_clip
 from vlm.inference.generation import MIN_SAMPLING_TEMPERATURE, GenerationSettings
 from vlm.inference.scoring import candidate_log_likelihoods
-from vlm.prompts import ANSWER_PREFIX, leading_special_ids, text_ids
+from vlm.prompts import ANSWER_PREFIX, leading_special_ids, qa_prompt, text_ids
 
 logger = logging.getLogger(__name__)
 
@@ -280,6 +281,19 @@ class _ProtocolRecord:
         }
 
 
+@dataclass(frozen=True)
+class _Asked:
+    """One generation request, read: its document key (task, split, doc_id), gen_kwargs, conversation so far
+    (None: it cannot be answered), a callable giving its visuals, and ``next_round(previous outputs, round
+    index, info) -> (the next user turns or None when done, that round's visuals, info)``."""
+
+    key: tuple
+    gen_kwargs: dict
+    conversation: list[dict] | None
+    visuals: Callable
+    next_round: Callable
+
+
 class _VideoPlan:
     """The videos of one call's questions, read in the order they are asked: files decoded ahead by ``workers``
     processes (``encoder.video.clips.iter_decoded_batches``, as ``eval-qa`` decodes) while the model works,
@@ -493,71 +507,93 @@ class PrismVlm(lmms):
         return results
 
     def generate_until(self, requests: list[Instance]) -> list[str]:
-        """The answer to each request's context about its video, with its gen_kwargs; "" for an unreadable one."""
+        """The reply to each request (its context about its video, or in the chat model its messages), with its
+        gen_kwargs; "" where the video or the messages cannot be used."""
         results: list[str | None] = [None] * len(requests)
+        parsed = [self._parse(request) for request in requests]
         groups: dict[str, list[int]] = defaultdict(list)
-        for index, request in enumerate(requests):
-            gen_kwargs, task = request.args[1], request.args[4]
-            self.record.add("generate_until", task, gen_kwargs)
-            groups[json.dumps(gen_kwargs, sort_keys=True, default=str)].append(index)
-        with tqdm(total=len(requests), desc="prism_vlm generate_until", unit="request", disable=self.rank != 0) as bar:
+        for index, (request, asked) in enumerate(zip(requests, parsed)):
+            self.record.add(request.request_type, asked.key[0], asked.gen_kwargs)
+            if asked.conversation is None:
+                results[index] = ""
+            else:
+                groups[json.dumps(asked.gen_kwargs, sort_keys=True, default=str)].append(index)
+        desc = f"{type(self).__name__} generate_until"
+        unanswered = len(requests) - sum(map(len, groups.values()))
+        bar = tqdm(total=len(requests), initial=unanswered, desc=desc, unit="request", disable=self.rank != 0)
+        with bar:
             for indices in groups.values():
-                settings, until = generation_settings(requests[indices[0]].args[1], self.settings.max_new_tokens)
-                asked = {}  # request -> (document key, its visuals, context)
-                for index in indices:
-                    context, _, doc_to_visual, doc_id, task, split = requests[index].args
-                    doc = self.task_dict[task][split][doc_id]
-                    asked[index] = ((task, split, doc_id), lambda doc=doc, fn=doc_to_visual: fn(doc), context)
-                with closing(_VideoPlan(self, [(key, visuals) for key, visuals, _ in asked.values()])) as plan:
+                settings, until = generation_settings(parsed[indices[0]].gen_kwargs, self.settings.max_new_tokens)
+                with closing(_VideoPlan(self, [(parsed[i].key, parsed[i].visuals) for i in indices])) as plan:
                     for start in range(0, len(indices), self.batch_size):
-                        batch = indices[start : start + self.batch_size]
-                        texts = self._generate(
-                            [[{"role": "user", "content": asked[i][2]}] for i in batch],
-                            plan.features([(asked[i][0], asked[i][2]) for i in batch]),
-                            settings,
-                        )
-                        for index, text in zip(batch, texts):
+                        batch = [parsed[i] for i in indices[start : start + self.batch_size]]
+                        features = plan.features([(a.key, a.conversation[-1]["content"]) for a in batch])
+                        texts = self._generate([a.conversation for a in batch], features, settings)
+                        for index, text in zip(indices[start : start + self.batch_size], texts):
                             results[index] = cut_at(text, until)
                         bar.update(len(batch))
         self._write_protocol()
         return results
 
     def generate_until_multi_round(self, requests: list[Instance]) -> list[list[str]]:
-        """Per request, the answer of every round: round 0 answers the context; each later round is what the
-        task's ``doc_to_text(doc, previous_output=..., round_idx=...)`` asks, until it says it is done."""
+        """Per request, the reply of every round: round 0 answers the request's context (messages); each later
+        round is what the task asks next (``doc_to_text`` / ``doc_to_messages`` with ``round_idx`` and
+        ``previous_output``), until it says it is done. In chat mode the rounds are one conversation."""
         results = []
-        docs = []
-        for request in requests:
-            _, _, doc_to_visual, _, doc_id, task, split = request.args
-            doc = self.task_dict[task][split][doc_id]
-            docs.append(((task, split, doc_id), lambda doc=doc, fn=doc_to_visual: fn(doc)))
-        bar = tqdm(requests, desc="prism_vlm multi-round", unit="request", disable=self.rank != 0)
-        with closing(_VideoPlan(self, docs)) as plan:
-            for request, (key, _) in zip(bar, docs):
-                context, gen_kwargs, _, doc_to_text, doc_id, task, split = request.args
-                self.record.add("generate_until_multi_round", task, gen_kwargs)
-                settings, until = generation_settings(gen_kwargs, self.settings.max_new_tokens)
-                doc = self.task_dict[task][split][doc_id]
-                conversation = [{"role": "user", "content": context}]
+        parsed = [self._parse(request) for request in requests]
+        plan_docs = [(asked.key, asked.visuals) for asked in parsed if asked.conversation is not None]
+        bar = tqdm(requests, desc=f"{type(self).__name__} multi-round", unit="request", disable=self.rank != 0)
+        with closing(_VideoPlan(self, plan_docs)) as plan:
+            for request, asked in zip(bar, parsed):
+                self.record.add(request.request_type, asked.key[0], asked.gen_kwargs)
+                if asked.conversation is None:
+                    results.append([""])
+                    continue
+                settings, until = generation_settings(asked.gen_kwargs, self.settings.max_new_tokens)
+                conversation, key, round_plan = asked.conversation, asked.key, plan
                 outputs: list[str] = []
-                info, round_plan = None, plan
+                info = None
                 for round_index in range(MAX_ROUNDS):
                     features = round_plan.features([(key, conversation[-1]["content"])])
                     text = cut_at(self._generate([conversation], features, settings)[0], until)
                     outputs.append(text)
-                    round_visuals, next_context, terminal, _, info = doc_to_text(
-                        doc, previous_output=list(outputs), round_idx=round_index + 1, previous_round_info=info
-                    )
-                    if terminal:
+                    try:
+                        turns, round_visuals, info = asked.next_round(list(outputs), round_index + 1, info)
+                    except UsageError as error:  # the rounds so far stand
+                        self._unreadable(asked.key, f"round {round_index + 1}: {error}")
+                        break
+                    if turns is None:
                         break
                     if round_visuals:  # this round shows other visuals: read here
-                        key = (task, split, doc_id, round_index + 1)
+                        key = (*asked.key, round_index + 1)
                         round_plan = _VideoPlan(self, [(key, lambda v=round_visuals: v)], workers=0)
-                    conversation = [*conversation, {"role": "assistant", "content": text or " "}]
-                    conversation.append({"role": "user", "content": str(next_context or "")})
+                    conversation = [*conversation, {"role": "assistant", "content": text or " "}, *turns]
                 results.append(outputs)
         self._write_protocol()
         return results
+
+    def _parse(self, request: Instance) -> _Asked:
+        """A generation request of lmms-eval's ``ConfigurableTask``: (context, gen_kwargs, doc_to_visual,
+        [doc_to_text,] doc_id, task, split)."""
+        if len(request.args) == 7:
+            context, gen_kwargs, doc_to_visual, doc_to_text, doc_id, task, split = request.args
+        else:
+            (context, gen_kwargs, doc_to_visual, doc_id, task, split), doc_to_text = request.args, None
+        doc = self.task_dict[task][split][doc_id]
+
+        def next_round(outputs: list[str], round_index: int, info):
+            visuals, text, terminal, _, info = doc_to_text(
+                doc, previous_output=outputs, round_idx=round_index, previous_round_info=info
+            )
+            return (None if terminal else [{"role": "user", "content": str(text or "")}]), visuals, info
+
+        return _Asked(
+            (task, split, doc_id),
+            gen_kwargs,
+            [{"role": "user", "content": context}],
+            lambda: doc_to_visual(doc),
+            next_round,
+        )
 
     # ------------------------------------------------------------------ prompts
 
@@ -579,8 +615,9 @@ class PrismVlm(lmms):
         after the video for an empty one), or the whole conversation in the chat template."""
         if self.settings.prompt == "qa":
             prompts = [c[-1]["content"] for c in conversations]
+            template = self.assistant.config.prompts  # the question is cleaned once, by _question
             return self.assistant.prompt_inputs(
-                features, [self.assistant.qa_prompt(self._question(p)) if p.strip() else "" for p in prompts]
+                features, [qa_prompt(template, self._question(p)) if p.strip() else "" for p in prompts]
             )
         return self.assistant.chat_inputs(features, [_chat_turns(c) for c in conversations])
 
@@ -604,7 +641,7 @@ class PrismVlm(lmms):
                 [[{"role": "user", "content": contexts[i]}] for i in one_token],
                 torch.cat([features[i] for i in one_token]),
             )
-            log_probs = self._last_log_probs(inputs)  # [b, V]
+            log_probs = self.assistant.next_token_log_probs(inputs)  # [b, V]
             for row, i in enumerate(one_token):
                 best = int(log_probs[row].argmax())
                 scores[i] = [(float(log_probs[row, t[0]]), t[0] == best) for t in ids[i]]
@@ -634,22 +671,6 @@ class PrismVlm(lmms):
         if not text:
             return [self.assistant.tokenizer.eos_token_id]
         return text_ids(self.assistant.tokenizer, (ANSWER_PREFIX if self.settings.prompt == "qa" else "") + text)
-
-    def _last_log_probs(self, inputs) -> torch.Tensor:
-        """float32 [B, V] next-token log-probabilities after each (left-padded) row of ``inputs``."""
-        from vlm.inference.generation import accepts_logits_to_keep
-
-        llm = self.assistant.model.llm
-        kwargs = {"logits_to_keep": 1} if accepts_logits_to_keep(llm) else {}
-        with torch.inference_mode():
-            logits = llm(
-                inputs_embeds=inputs.inputs_embeds,
-                attention_mask=inputs.attention_mask,
-                position_ids=inputs.position_ids,
-                use_cache=False,
-                **kwargs,
-            ).logits[:, -1]
-        return torch.log_softmax(logits.float(), dim=-1)
 
     def _generate(
         self, conversations: list[list[dict]], features: list[torch.Tensor | None], settings: GenerationSettings
@@ -780,87 +801,26 @@ class PrismVlmChat(PrismVlm):
     def loglikelihood(self, requests):
         raise NotImplementedError("prism_vlm_chat only generates; score multiple-choice tasks with --model prism_vlm")
 
-    def generate_until(self, requests: list[Instance]) -> list[str]:
-        """The reply to each request's messages (lmms-eval's ``doc_to_messages``)."""
-        results: list[str | None] = [None] * len(requests)
-        groups: dict[str, list[int]] = defaultdict(list)
-        for index, request in enumerate(requests):
-            gen_kwargs, task = request.args[2], request.args[4]
-            self.record.add("generate_until", task, gen_kwargs)
-            groups[json.dumps(gen_kwargs, sort_keys=True, default=str)].append(index)
-        with tqdm(total=len(requests), desc="prism_vlm_chat", unit="request", disable=self.rank != 0) as bar:
-            for indices in groups.values():
-                settings, until = generation_settings(requests[indices[0]].args[2], self.settings.max_new_tokens)
-                asked = {}  # request -> (document key, its visuals, its conversation)
-                for index in indices:
-                    _, doc_to_messages, _, doc_id, task, split = requests[index].args
-                    try:
-                        conversation, visuals = chat_messages(doc_to_messages(self.task_dict[task][split][doc_id]))
-                    except UsageError as error:  # this question gets no answer; the others go on
-                        self._unreadable((task, split, doc_id), str(error))
-                        results[index] = ""
-                        continue
-                    asked[index] = ((task, split, doc_id), lambda v=visuals: v, conversation)
-                bar.update(len(indices) - len(asked))
-                indices = [index for index in indices if index in asked]
-                with closing(_VideoPlan(self, [(key, visuals) for key, visuals, _ in asked.values()])) as plan:
-                    for start in range(0, len(indices), self.batch_size):
-                        batch = indices[start : start + self.batch_size]
-                        features = plan.features([(asked[i][0], asked[i][2][-1]["content"]) for i in batch])
-                        texts = self._generate([asked[i][2] for i in batch], features, settings)
-                        for index, text in zip(batch, texts):
-                            results[index] = cut_at(text, until)
-                        bar.update(len(batch))
-        self._write_protocol()
-        return results
+    def _parse(self, request: Instance) -> _Asked:
+        """A request of lmms-eval's ``ConfigurableMessagesTask``: (context, doc_to_messages, gen_kwargs, doc_id,
+        task, split); messages that cannot be used leave it unanswered (conversation None)."""
+        _, doc_to_messages, gen_kwargs, doc_id, task, split = request.args
+        doc, key = self.task_dict[task][split][doc_id], (task, split, doc_id)
+        try:
+            conversation, visuals = chat_messages(doc_to_messages(doc))
+        except UsageError as error:  # this question gets no answer; the others go on
+            self._unreadable(key, str(error))
+            conversation, visuals = None, []
 
-    def generate_until_multi_round(self, requests: list[Instance]) -> list[list[str]]:
-        """Per request, the reply of every round; each later round's messages come from
-        ``doc_to_messages(doc, round_idx=..., previous_output=...)`` and continue the conversation."""
-        results = []
-        firsts = []  # per request: (document key, its first conversation (None: refused) and visuals)
-        for request in requests:
-            _, doc_to_messages, _, doc_id, task, split = request.args
-            try:
-                conversation, visuals = chat_messages(doc_to_messages(self.task_dict[task][split][doc_id]))
-            except UsageError as error:  # this question gets no answer; the others go on
-                self._unreadable((task, split, doc_id), str(error))
-                conversation, visuals = None, None
-            firsts.append(((task, split, doc_id), conversation, visuals))
-        bar = tqdm(requests, desc="prism_vlm_chat multi-round", unit="request", disable=self.rank != 0)
-        plan_docs = [(key, lambda v=visuals: v) for key, conversation, visuals in firsts if conversation is not None]
-        with closing(_VideoPlan(self, plan_docs)) as plan:
-            for request, (key, conversation, _) in zip(bar, firsts):
-                _, doc_to_messages, gen_kwargs, doc_id, task, split = request.args
-                self.record.add("generate_until_multi_round", task, gen_kwargs)
-                if conversation is None:
-                    results.append([""])
-                    continue
-                settings, until = generation_settings(gen_kwargs, self.settings.max_new_tokens)
-                doc = self.task_dict[task][split][doc_id]
-                outputs: list[str] = []
-                info, round_plan = None, plan
-                for round_index in range(MAX_ROUNDS):
-                    features = round_plan.features([(key, conversation[-1]["content"])])
-                    text = cut_at(self._generate([conversation], features, settings)[0], until)
-                    outputs.append(text)
-                    messages, terminal, _, info = doc_to_messages(
-                        doc, round_idx=round_index + 1, previous_output=list(outputs), previous_round_info=info
-                    )
-                    if terminal or messages is None:
-                        break
-                    try:
-                        turns, round_visuals = chat_messages(messages)
-                    except UsageError as error:  # the rounds so far stand
-                        self._unreadable((task, split, doc_id), f"round {round_index + 1}: {error}")
-                        break
-                    if round_visuals:
-                        key = (task, split, doc_id, round_index + 1)
-                        round_plan = _VideoPlan(self, [(key, lambda v=round_visuals: v)], workers=0)
-                    conversation = [*conversation, {"role": "assistant", "content": text or " "}, *turns]
-                results.append(outputs)
-        self._write_protocol()
-        return results
+        def next_round(outputs: list[str], round_index: int, info):
+            messages, terminal, _, info = doc_to_messages(
+                doc, round_idx=round_index, previous_output=outputs, previous_round_info=info
+            )
+            if terminal or messages is None:
+                return None, None, info
+            return (*chat_messages(messages), info)
+
+        return _Asked(key, gen_kwargs, conversation, lambda: visuals, next_round)
 
 
 def chat_messages(messages) -> tuple[list[dict], list]:
@@ -904,12 +864,19 @@ def _harness_output(score: tuple[float, bool]):
     ``unwrap_generation_output``, which turns a (float, bool) tuple into its string (breaking every
     ``multiple_choice`` task); its ``GenerationResult`` is passed through as is, so the tuple goes in one there.
     An lmms-eval that keeps tuples gets the tuple."""
+    if _harness_keeps_tuples():
+        return score
+    from lmms_eval.api.instance import GenerationResult
+
+    return GenerationResult(text=score)
+
+
+@functools.cache
+def _harness_keeps_tuples() -> bool:
     from lmms_eval.api import instance
 
     unwrap = getattr(instance, "unwrap_generation_output", None)
-    if unwrap is None or unwrap(score)[0] == score:
-        return score
-    return instance.GenerationResult(text=score)
+    return unwrap is None or unwrap((0.0, False))[0] == (0.0, False)
 
 
 def _get(item, name: str):

@@ -215,9 +215,15 @@ class VideoAssistant:
         video_tokens: [B, M, D] (one video per question); candidate_ids: C token ids. The prompt is exactly
         :meth:`score_answers`'s, so the scores equal its log-likelihoods. Returns float32 [B, C] on the CPU."""
         inputs = self.prompt_inputs(self._features(None, video_tokens), [self.qa_prompt(q, shots) for q in questions])
+        log_probs = self.next_token_log_probs(inputs)
+        return log_probs[:, torch.as_tensor(list(candidate_ids), device=log_probs.device)].cpu()
+
+    def next_token_log_probs(self, inputs: MergedInputs) -> torch.Tensor:
+        """float32 [B, V]: the LLM's next-token log-probabilities after each (left-padded) row of ``inputs``,
+        one forward pass."""
         llm = self.model.llm
+        kwargs = {"logits_to_keep": 1} if accepts_logits_to_keep(llm) else {}
         with torch.inference_mode():
-            kwargs = {"logits_to_keep": 1} if accepts_logits_to_keep(llm) else {}
             logits = llm(
                 inputs_embeds=inputs.inputs_embeds,
                 attention_mask=inputs.attention_mask,
@@ -225,8 +231,7 @@ class VideoAssistant:
                 use_cache=False,
                 **kwargs,
             ).logits[:, -1]
-            log_probs = torch.log_softmax(logits.float(), dim=-1)
-            return log_probs[:, torch.as_tensor(list(candidate_ids), device=log_probs.device)].cpu()
+            return torch.log_softmax(logits.float(), dim=-1)
 
     def chat_stream(
         self,
